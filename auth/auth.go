@@ -1,0 +1,135 @@
+// Package auth decides where a POP3 login goes.
+//
+// A [Router] maps the credentials a client presented (see [Credentials]) to a
+// [Decision]: the backend that holds the mailbox and the name and password to
+// log in there with. [Static] implements the static table of popgate's
+// configuration (exact user, then domain, then a default). The package also
+// decodes the SASL mechanisms popgate relays (PLAIN and LOGIN).
+//
+// Nothing in this package logs or formats a password: [Password] prints as
+// "***" through every fmt verb and through log/slog.
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Password is a secret. Its String, GoString, Format and LogValue methods all
+// print "***", so a Password that ends up in a log line or an error message
+// by mistake does not leak. Convert it explicitly with string(p) where the
+// cleartext is needed on the wire.
+type Password string
+
+const redacted = "***"
+
+// String returns "***".
+func (Password) String() string { return redacted }
+
+// GoString returns "***".
+func (Password) GoString() string { return redacted }
+
+// Format prints "***" for every verb.
+func (Password) Format(f fmt.State, _ rune) { io.WriteString(f, redacted) }
+
+// LogValue returns "***".
+func (Password) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// Credentials are what a client presented in the AUTHORIZATION state.
+type Credentials struct {
+	User     string   // USER argument or SASL authentication identity
+	Password Password // PASS argument or SASL password
+	AuthzID  string   // SASL PLAIN authorization identity; "" when none was given
+	Method   string   // "USER" (USER/PASS), "PLAIN" or "LOGIN"
+}
+
+// MaxCredentialLen bounds the user name and the password. RFC 1939 limits
+// arguments to 40 octets; clients send longer ones (tokens, long addresses),
+// so this is generous but finite.
+const MaxCredentialLen = 1024
+
+// ErrBadCredentialBytes is returned by [Credentials.Check] for a name or
+// password that holds CR, LF or NUL: relayed to a backend or a lookup
+// service they would end a command line and start another (the nginx
+// credential-injection class).
+var ErrBadCredentialBytes = errors.New("auth: credentials contain CR, LF or NUL")
+
+// Check reports whether the credentials may be relayed: a user name is
+// present, nothing is longer than [MaxCredentialLen], and no field holds CR,
+// LF or NUL.
+func (c Credentials) Check() error {
+	if c.User == "" {
+		return errors.New("auth: empty user name")
+	}
+	for _, s := range []string{c.User, string(c.Password), c.AuthzID} {
+		if len(s) > MaxCredentialLen {
+			return errors.New("auth: credentials too long")
+		}
+		if strings.ContainsAny(s, "\r\n\x00") {
+			return ErrBadCredentialBytes
+		}
+	}
+	return nil
+}
+
+// Request is one login attempt to route.
+type Request struct {
+	Credentials
+	Client   netip.AddrPort // the client's address (after PROXY protocol, when used)
+	Local    netip.AddrPort // the address the client connected to
+	Listener string         // name of the listener the client came in on
+	TLS      bool           // the client connection is encrypted
+	Attempt  int            // 1 for the first login attempt on this connection
+}
+
+// Decision says where a login goes.
+type Decision struct {
+	// Backend names a configured backend. Its address and TLS settings are
+	// used unless Address overrides the address.
+	Backend string
+	// Address, when not empty, is the host:port to connect to instead of
+	// the backend's configured address (a lookup service's answer).
+	Address string
+	// User and Password are what popgate sends to the backend. A router
+	// that does not rewrite them copies the client's.
+	User     string
+	Password Password
+}
+
+// Router decides where a login goes. Route returns [ErrNoRoute] when nothing
+// routes the user, a *[DeniedError] when the credentials were checked and
+// refused, and any other error for a failure that may pass (an unreachable
+// lookup service, say): popgate answers the first two with the same
+// "-ERR [AUTH]" and the last with "-ERR [SYS/TEMP]".
+type Router interface {
+	Route(ctx context.Context, req *Request) (Decision, error)
+}
+
+// RouterFunc adapts a function to a [Router].
+type RouterFunc func(ctx context.Context, req *Request) (Decision, error)
+
+// Route calls f(ctx, req).
+func (f RouterFunc) Route(ctx context.Context, req *Request) (Decision, error) { return f(ctx, req) }
+
+// ErrNoRoute is returned by a [Router] when nothing routes the user.
+var ErrNoRoute = errors.New("auth: no route for user")
+
+// DeniedError is returned by a [Router] that checked the credentials and
+// refused them. Reason is for the log, never for the client.
+type DeniedError struct {
+	Reason string
+	Wait   time.Duration // the router asks to delay the answer this long (0: none)
+}
+
+func (e *DeniedError) Error() string {
+	if e.Reason == "" {
+		return "auth: login denied"
+	}
+	return "auth: login denied: " + e.Reason
+}

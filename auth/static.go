@@ -1,0 +1,65 @@
+package auth
+
+import (
+	"context"
+	"strings"
+)
+
+// Static routes from fixed tables: the exact user name first, then the
+// domain (the part after the last "@"), then Default. Keys are compared
+// case-insensitively (ASCII): mail systems treat "Alice@Example.COM" and
+// "alice@example.com" as one mailbox, and a table that told them apart would
+// route the same person two ways. A Static must not be changed after first
+// use; build a new one instead.
+type Static struct {
+	Users   map[string]string // user name → backend name
+	Domains map[string]string // domain → backend name
+	Default string            // backend for everyone else; "" refuses them with ErrNoRoute
+}
+
+// NewStatic returns a Static with lower-cased keys.
+func NewStatic(users, domains map[string]string, def string) *Static {
+	s := &Static{Users: make(map[string]string, len(users)), Domains: make(map[string]string, len(domains)), Default: def}
+	for k, v := range users {
+		s.Users[strings.ToLower(k)] = v
+	}
+	for k, v := range domains {
+		s.Domains[strings.ToLower(strings.TrimPrefix(k, "@"))] = v
+	}
+	return s
+}
+
+// Lookup returns the backend name for user and whether any rule matched,
+// Default included.
+func (s *Static) Lookup(user string) (string, bool) {
+	if b, ok := s.lookupTables(user); ok {
+		return b, true
+	}
+	if s.Default != "" {
+		return s.Default, true
+	}
+	return "", false
+}
+
+func (s *Static) lookupTables(user string) (string, bool) {
+	u := strings.ToLower(user)
+	if b, ok := s.Users[u]; ok {
+		return b, true
+	}
+	if i := strings.LastIndexByte(u, '@'); i >= 0 {
+		if b, ok := s.Domains[u[i+1:]]; ok {
+			return b, true
+		}
+	}
+	return "", false
+}
+
+// Route implements [Router]. The backend login uses the client's own
+// credentials.
+func (s *Static) Route(_ context.Context, req *Request) (Decision, error) {
+	b, ok := s.Lookup(req.User)
+	if !ok {
+		return Decision{}, ErrNoRoute
+	}
+	return Decision{Backend: b, User: req.User, Password: req.Password}, nil
+}

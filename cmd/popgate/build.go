@@ -1,0 +1,141 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
+)
+
+// instance is a configuration turned into running parts, before listening.
+type instance struct {
+	cfg       *Config
+	certs     *tlsconf.Server
+	server    *proxy.Server
+	listeners []proxy.Listener
+	addrs     []string // listen addresses, by index of listeners
+}
+
+// build loads certificates and backend trust and makes the proxy server.
+func build(c *Config, log *slog.Logger) (*instance, error) {
+	in := &instance{cfg: c}
+	certs := make([]tlsconf.CertFile, len(c.TLS.Certificates))
+	for i, cf := range c.TLS.Certificates {
+		certs[i] = tlsconf.CertFile{Cert: cf.Cert, Key: cf.Key}
+	}
+	needTLS := false
+	for _, l := range c.Listen {
+		needTLS = needTLS || l.TLS != "none"
+	}
+	if needTLS {
+		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
+			Certificates:      certs,
+			DefaultServerName: c.TLS.DefaultServerName,
+			MinVersion:        c.TLS.MinVersion,
+			Logger:            log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("tls: %w", err)
+		}
+		in.certs = ts
+	}
+
+	for _, lc := range c.Listen {
+		mode, _ := proxy.ParseTLSMode(lc.TLS)
+		l := proxy.Listener{Name: lc.name(), TLS: mode}
+		if mode != proxy.TLSNone {
+			tc := in.certs.TLSConfig()
+			if lc.MinVersion != "" {
+				v, _ := tlsconf.ParseVersion(lc.MinVersion)
+				tc = tc.Clone()
+				tc.MinVersion = v
+				if v < tls.VersionTLS12 {
+					tc.CipherSuites = tlsconf.LegacyCipherSuites()
+				}
+			}
+			l.TLSConfig = tc
+		}
+		for _, p := range lc.AllowPlaintextFrom {
+			pfx, _ := parsePrefix(p)
+			l.AllowPlaintextFrom = append(l.AllowPlaintextFrom, pfx)
+		}
+		if mode == proxy.TLSNone && !isLoopback(lc.Address) {
+			log.Warn("LISTENER WITHOUT TLS ON A NON-LOOPBACK ADDRESS: passwords will cross the network in clear text",
+				"listener", l.Name, "address", lc.Address)
+		}
+		in.listeners = append(in.listeners, l)
+		in.addrs = append(in.addrs, lc.Address)
+	}
+
+	backends := make(map[string]*proxy.Backend, len(c.Backend))
+	for _, bc := range c.Backend {
+		mode, _ := proxy.ParseTLSMode(bc.TLS)
+		b := &proxy.Backend{
+			Name:           bc.Name,
+			Address:        bc.Address,
+			TLS:            mode,
+			ConnectTimeout: bc.ConnectTimeout.or(defaultConnectTimeout),
+			Timeout:        bc.Timeout.Duration,
+		}
+		if mode != proxy.TLSNone {
+			tc, err := tlsconf.Backend(tlsconf.BackendConfig{
+				ServerName:         bc.ServerName,
+				Address:            bc.Address,
+				CAFile:             bc.CAFile,
+				InsecureSkipVerify: bc.InsecureSkipVerify,
+				MinVersion:         bc.MinVersion,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("backend %q: %w", bc.Name, err)
+			}
+			b.TLSConfig = tc
+			if bc.InsecureSkipVerify {
+				log.Warn("backend certificate is NOT verified (insecure_skip_verify): anyone on the path can read the passwords",
+					"backend", bc.Name)
+			}
+		} else if !isLoopback(bc.Address) {
+			log.Warn("backend is reached without TLS: passwords cross the network to it in clear text",
+				"backend", bc.Name, "address", bc.Address)
+		}
+		backends[bc.Name] = b
+	}
+
+	lim := c.Limits
+	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
+		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
+	}
+	srv, err := proxy.New(proxy.Config{
+		Router:              auth.NewStatic(c.Route.Users, c.Route.Domains, c.Route.Default),
+		Backends:            backends,
+		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
+		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
+		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxFailures),
+		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
+		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConns),
+		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
+		Logger:              log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	in.server = srv
+	return in, nil
+}
+
+// isLoopback reports whether a listen or dial address stays on this host.
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}

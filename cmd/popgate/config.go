@@ -1,0 +1,374 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
+)
+
+// Config is the TOML configuration file (DESIGN.md, "Config contract").
+// Every field's zero value is documented in config.example.toml.
+type Config struct {
+	Log     LogConfig       `toml:"log"`
+	Listen  []ListenConfig  `toml:"listen"`
+	TLS     TLSConfig       `toml:"tls"`
+	Backend []BackendConfig `toml:"backend"`
+	Route   RouteConfig     `toml:"route"`
+	Limits  LimitsConfig    `toml:"limits"`
+	Metrics MetricsConfig   `toml:"metrics"`
+}
+
+// LogConfig is [log].
+type LogConfig struct {
+	Level  string `toml:"level"`  // debug | info | warn | error; "" = info
+	Format string `toml:"format"` // auto | text | json; "" = auto
+}
+
+// ListenConfig is one [[listen]].
+type ListenConfig struct {
+	Name               string   `toml:"name"`
+	Address            string   `toml:"address"`
+	TLS                string   `toml:"tls"`
+	AllowPlaintextFrom []string `toml:"allow_plaintext_from"`
+	MinVersion         string   `toml:"min_version"`
+	ProxyProtocol      bool     `toml:"proxy_protocol"`
+}
+
+// TLSConfig is [tls].
+type TLSConfig struct {
+	MinVersion        string         `toml:"min_version"`
+	DefaultServerName string         `toml:"default_server_name"`
+	Certificates      []CertConfig   `toml:"certificates"`
+	ACME              map[string]any `toml:"acme"`
+}
+
+// CertConfig is one entry of tls.certificates.
+type CertConfig struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+// BackendConfig is one [[backend]].
+type BackendConfig struct {
+	Name               string   `toml:"name"`
+	Address            string   `toml:"address"`
+	TLS                string   `toml:"tls"`
+	ServerName         string   `toml:"server_name"`
+	CAFile             string   `toml:"ca_file"`
+	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
+	MinVersion         string   `toml:"min_version"`
+	ClientAddress      string   `toml:"client_address"`
+	ConnectTimeout     Duration `toml:"connect_timeout"`
+	Timeout            Duration `toml:"timeout"`
+}
+
+// RouteConfig is [route].
+type RouteConfig struct {
+	Default string            `toml:"default"`
+	Users   map[string]string `toml:"users"`
+	Domains map[string]string `toml:"domains"`
+	MapFile string            `toml:"map_file"`
+	HTTP    map[string]any    `toml:"http"`
+}
+
+// LimitsConfig is [limits].
+type LimitsConfig struct {
+	MaxConnections      *int     `toml:"max_connections"`
+	MaxConnectionsPerIP *int     `toml:"max_connections_per_ip"`
+	LoginTimeout        Duration `toml:"login_timeout"`
+	IdleTimeout         Duration `toml:"idle_timeout"`
+	MaxLoginFailures    *int     `toml:"max_login_failures"`
+	FailureDelay        Duration `toml:"failure_delay"`
+	MaxFailuresPerIP    *int     `toml:"max_failures_per_ip"`
+	MaxFailuresPerUser  *int     `toml:"max_failures_per_user"`
+	FailureWindow       Duration `toml:"failure_window"`
+	TrustedProxies      []string `toml:"trusted_proxies"`
+	ShutdownTimeout     Duration `toml:"shutdown_timeout"`
+}
+
+// MetricsConfig is [metrics].
+type MetricsConfig struct {
+	Address *string `toml:"address"`
+}
+
+// Duration is a Go duration string in TOML ("30s", "10m").
+type Duration struct {
+	time.Duration
+	Set bool // present in the file
+}
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (use Go syntax such as \"30s\" or \"10m\")", b)
+	}
+	if v < 0 {
+		return fmt.Errorf("invalid duration %q: negative", b)
+	}
+	d.Duration, d.Set = v, true
+	return nil
+}
+
+// or returns d, or def when d was not set.
+func (d Duration) or(def time.Duration) time.Duration {
+	if d.Set {
+		return d.Duration
+	}
+	return def
+}
+
+func intOr(p *int, def int) int {
+	if p != nil {
+		return *p
+	}
+	return def
+}
+
+// Defaults of the contract.
+const (
+	defaultLoginTimeout    = 60 * time.Second
+	defaultIdleTimeout     = 10 * time.Minute
+	defaultFailureDelay    = time.Second
+	defaultShutdownTimeout = 30 * time.Second
+	defaultMaxConns        = 10000
+	defaultMaxConnsPerIP   = 50
+	defaultMaxFailures     = 3
+	defaultConnectTimeout  = 5 * time.Second
+)
+
+// LoadConfig reads and decodes path and validates the result. Errors name
+// the offending key, and the line where the decoder knows it.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig decodes and validates a configuration; name is used in errors.
+func ParseConfig(name string, data []byte) (*Config, error) {
+	var c Config
+	md, err := toml.Decode(string(data), &c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("config %s: line %d: %s", name, pe.Position.Line, pe.Message)
+		}
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	var errs []error
+	if und := md.Undecoded(); len(und) > 0 {
+		for _, k := range und {
+			if isOpaqueTable(k) {
+				continue
+			}
+			errs = append(errs, fmt.Errorf("unknown key %q", k.String()))
+		}
+	}
+	errs = append(errs, c.validate()...)
+	if len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = "  " + e.Error()
+		}
+		return nil, fmt.Errorf("config %s: %d problem(s):\n%s", name, len(errs), strings.Join(msgs, "\n"))
+	}
+	return &c, nil
+}
+
+// isOpaqueTable reports keys inside tables decoded as maps for features that
+// are refused by validate with a clearer message.
+func isOpaqueTable(k toml.Key) bool {
+	return len(k) >= 2 && (k[0] == "tls" && k[1] == "acme" || k[0] == "route" && k[1] == "http")
+}
+
+func (c *Config) validate() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	notYet := func(key string) { add("%s: not supported by this version of popgate", key) }
+
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "auto", "text", "json":
+	default:
+		add("log.format: %q is not one of auto, text, json", c.Log.Format)
+	}
+
+	if len(c.Listen) == 0 {
+		add("listen: no [[listen]] section; popgate would serve nothing")
+	}
+	names := map[string]bool{}
+	for i, l := range c.Listen {
+		key := fmt.Sprintf("listen[%d]", i)
+		if l.Address == "" {
+			add("%s.address: missing", key)
+		} else if _, _, err := net.SplitHostPort(l.Address); err != nil {
+			add("%s.address: %q is not host:port", key, l.Address)
+		}
+		if _, err := proxy.ParseTLSMode(l.TLS); err != nil {
+			add("%s.tls: %q is not one of implicit, starttls, none", key, l.TLS)
+		}
+		if n := l.name(); names[n] {
+			add("%s.name: %q used twice", key, n)
+		} else {
+			names[n] = true
+		}
+		for j, p := range l.AllowPlaintextFrom {
+			if _, err := parsePrefix(p); err != nil {
+				add("%s.allow_plaintext_from[%d]: %v", key, j, err)
+			}
+		}
+		if len(l.AllowPlaintextFrom) > 0 && l.TLS != "starttls" {
+			add("%s.allow_plaintext_from: only meaningful with tls = \"starttls\"", key)
+		}
+		if _, err := tlsconf.ParseVersion(l.MinVersion); err != nil {
+			add("%s.min_version: %v", key, err)
+		}
+		if l.ProxyProtocol {
+			notYet(key + ".proxy_protocol")
+		}
+	}
+
+	if _, err := tlsconf.ParseVersion(c.TLS.MinVersion); err != nil {
+		add("tls.min_version: %v", err)
+	}
+	for i, cf := range c.TLS.Certificates {
+		if cf.Cert == "" || cf.Key == "" {
+			add("tls.certificates[%d]: both cert and key are required", i)
+		}
+	}
+	if c.TLS.ACME != nil {
+		notYet("tls.acme")
+	}
+
+	backends := map[string]bool{}
+	for i, b := range c.Backend {
+		key := fmt.Sprintf("backend[%d]", i)
+		if b.Name == "" {
+			add("%s.name: missing", key)
+		} else if backends[b.Name] {
+			add("%s.name: %q used twice", key, b.Name)
+		}
+		backends[b.Name] = true
+		if b.Address == "" {
+			add("%s.address: missing", key)
+		} else if _, _, err := net.SplitHostPort(b.Address); err != nil {
+			add("%s.address: %q is not host:port", key, b.Address)
+		}
+		mode, err := proxy.ParseTLSMode(b.TLS)
+		if b.TLS == "" {
+			add("%s.tls: missing (none, starttls or implicit)", key)
+		} else if err != nil {
+			add("%s.tls: %q is not one of none, starttls, implicit", key, b.TLS)
+		}
+		if mode == proxy.TLSNone && (b.ServerName != "" || b.CAFile != "" || b.InsecureSkipVerify) {
+			add("%s: server_name, ca_file and insecure_skip_verify need tls = \"starttls\" or \"implicit\"", key)
+		}
+		if b.CAFile != "" && b.InsecureSkipVerify {
+			add("%s: ca_file and insecure_skip_verify contradict each other", key)
+		}
+		if _, err := tlsconf.ParseVersion(b.MinVersion); err != nil {
+			add("%s.min_version: %v", key, err)
+		}
+		switch b.ClientAddress {
+		case "", "none":
+		default:
+			notYet(key + ".client_address = " + fmt.Sprintf("%q", b.ClientAddress))
+		}
+	}
+	if len(c.Backend) == 0 {
+		add("backend: no [[backend]] section; nothing to route to")
+	}
+
+	checkRoute := func(key, target string) {
+		if !backends[target] {
+			add("%s: backend %q is not defined (defined: %s)", key, target, strings.Join(sortedKeys(backends), ", "))
+		}
+	}
+	if c.Route.Default != "" {
+		checkRoute("route.default", c.Route.Default)
+	}
+	for _, u := range sortedKeys(c.Route.Users) {
+		checkRoute(fmt.Sprintf("route.users.%q", u), c.Route.Users[u])
+	}
+	for _, d := range sortedKeys(c.Route.Domains) {
+		checkRoute(fmt.Sprintf("route.domains.%q", d), c.Route.Domains[d])
+	}
+	if c.Route.Default == "" && len(c.Route.Users) == 0 && len(c.Route.Domains) == 0 && c.Route.MapFile == "" && c.Route.HTTP == nil {
+		add("route: no route at all; set route.default, route.users or route.domains")
+	}
+	if c.Route.MapFile != "" {
+		notYet("route.map_file")
+	}
+	if c.Route.HTTP != nil {
+		notYet("route.http")
+	}
+
+	lim := c.Limits
+	for key, p := range map[string]*int{
+		"limits.max_connections":        lim.MaxConnections,
+		"limits.max_connections_per_ip": lim.MaxConnectionsPerIP,
+		"limits.max_login_failures":     lim.MaxLoginFailures,
+	} {
+		if p != nil && *p < 0 {
+			add("%s: must not be negative", key)
+		}
+	}
+	if lim.MaxLoginFailures != nil && *lim.MaxLoginFailures == 0 {
+		add("limits.max_login_failures: must be at least 1")
+	}
+	if lim.LoginTimeout.Set && lim.LoginTimeout.Duration == 0 {
+		add("limits.login_timeout: must be positive")
+	}
+	if lim.MaxFailuresPerIP != nil || lim.MaxFailuresPerUser != nil || lim.FailureWindow.Set {
+		notYet("limits.max_failures_per_ip / max_failures_per_user / failure_window")
+	}
+	if len(lim.TrustedProxies) > 0 {
+		notYet("limits.trusted_proxies")
+	}
+	if c.Metrics.Address != nil && *c.Metrics.Address != "" {
+		notYet("metrics.address")
+	}
+	return errs
+}
+
+func (l ListenConfig) name() string {
+	if l.Name != "" {
+		return l.Name
+	}
+	return l.Address
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR network", s)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,247 @@
+// Command popgate is a TLS-terminating POP3 proxy.
+//
+// Usage:
+//
+//	popgate run   -config /etc/popgate/popgate.toml   serve
+//	popgate check -config FILE                         validate a configuration and exit
+//	popgate route -config FILE USER                    show where USER's logins go
+//	popgate demo                                       a working proxy on loopback, no setup
+//	popgate version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lmittmann/tint"
+	"github.com/popgate/popgate/auth"
+)
+
+const usage = `popgate: a TLS-terminating POP3 proxy
+
+Usage:
+  popgate run   -config FILE       serve POP3S / POP3+STLS as FILE says
+  popgate check -config FILE       validate FILE (and its certificates) and exit
+  popgate route -config FILE USER  print the backend USER's logins go to
+  popgate demo                     start a proxy and a sample mailbox on loopback
+  popgate version                  print the version
+`
+
+func main() {
+	os.Exit(mainErr(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func mainErr(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:], stderr)
+	case "check":
+		err = cmdCheck(args[1:], stdout, stderr)
+	case "route":
+		err = cmdRoute(args[1:], stdout, stderr)
+	case "demo":
+		err = cmdDemo(args[1:], stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "popgate", version())
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "popgate: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "popgate:", err)
+		return 1
+	}
+	return 0
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " (" + s.Value[:12] + ")"
+			}
+		}
+		return v
+	}
+	return "(unknown)"
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (*flag.FlagSet, *string, error) {
+	fs := flag.NewFlagSet("popgate "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/popgate/popgate.toml", "configuration `file`")
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	return fs, path, nil
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) error {
+	_, path, err := configFlag("check", args, stderr)
+	if err != nil {
+		return err
+	}
+	c, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(c.Log, stderr)
+	in, err := build(c, log)
+	if err != nil {
+		return err
+	}
+	in.server.Close()
+	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listen), len(c.Backend))
+	return nil
+}
+
+func cmdRoute(args []string, stdout, stderr io.Writer) error {
+	fs, path, err := configFlag("route", args, stderr)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("route: give exactly one user name")
+	}
+	c, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	user := fs.Arg(0)
+	st := auth.NewStatic(c.Route.Users, c.Route.Domains, c.Route.Default)
+	name, ok := st.Lookup(user)
+	if !ok {
+		fmt.Fprintf(stdout, "%s: no route (logins are refused with -ERR [AUTH])\n", user)
+		return nil
+	}
+	for _, b := range c.Backend {
+		if b.Name == name {
+			fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n", user, name, b.Address, b.TLS)
+		}
+	}
+	return nil
+}
+
+func cmdRun(args []string, stderr io.Writer) error {
+	_, path, err := configFlag("run", args, stderr)
+	if err != nil {
+		return err
+	}
+	c, err := LoadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(c.Log, stderr)
+	in, err := build(c, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("popgate starting", "version", version(), "config", *path)
+	return serve(ctx, in, log, c.Limits.ShutdownTimeout.or(defaultShutdownTimeout))
+}
+
+// serve binds every listener, serves until ctx is done, then shuts down
+// gracefully within grace.
+func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Duration) error {
+	var lns []net.Listener
+	for i, l := range in.listeners {
+		ln, err := net.Listen("tcp", in.addrs[i])
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		lns = append(lns, ln)
+	}
+	errc := make(chan error, len(lns))
+	var wg sync.WaitGroup
+	for i, l := range in.listeners {
+		log.Info("listening", "listener", l.Name, "address", lns[i].Addr().String(), "tls", l.TLS.String())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- in.server.Serve(ctx, lns[i], l)
+		}()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "grace", grace, "sessions", in.server.Sessions())
+	case err = <-errc:
+		log.Error("listener failed, shutting down", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if serr := in.server.Shutdown(sctx); serr != nil {
+		log.Warn("shutdown grace period over; closed remaining sessions", "err", serr)
+	}
+	wg.Wait()
+	log.Info("stopped")
+	return err
+}
+
+// newLogger builds the process logger: colored text on a terminal, JSON
+// otherwise, unless the config says which.
+func newLogger(lc LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch lc.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	format := lc.Format
+	if format == "" || format == "auto" {
+		format = "json"
+		if isTerminal(w) {
+			format = "tint"
+		}
+	}
+	switch format {
+	case "tint":
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly}))
+	case "text":
+		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	default:
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && !strings.EqualFold(os.Getenv("TERM"), "dumb")
+}

@@ -1,0 +1,280 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/proxy/internal/pop3"
+)
+
+// backendConn is a backend connection that completed the login.
+type backendConn struct {
+	raw  net.Conn      // the TCP socket
+	conn net.Conn      // raw, or the TLS connection over it
+	br   *bufio.Reader // holds any bytes the backend sent after its login reply
+	tls  *tls.ConnectionState
+}
+
+// backendRejected is a login the backend refused with -ERR. Its reply is
+// relayed to the client as it is, response code included.
+type backendRejected struct {
+	backend string
+	reply   string // without CRLF
+}
+
+func (e *backendRejected) Error() string {
+	return fmt.Sprintf("backend %q refused the login: %s", e.backend, e.reply)
+}
+
+func isBackendRejected(err error) bool {
+	var br *backendRejected
+	return errors.As(err, &br)
+}
+
+// errNoSTLS is a backend configured for STLS that does not offer it.
+var errNoSTLS = errors.New("backend does not offer STLS; refusing to log in over plaintext")
+
+// maxBackendLine bounds a backend's response line.
+const maxBackendLine = 2 * pop3.MaxResponseLen
+
+// dialBackend connects to b, logs in with dec's credentials and returns the
+// connection and the backend's reply to the login, CRLF included. A login
+// the backend refused returns the reply and a *backendRejected.
+func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision) (*backendConn, string, error) {
+	addr := b.Address
+	if dec.Address != "" {
+		addr = dec.Address
+	}
+	dctx, cancel := context.WithTimeout(ctx, b.connectTimeout())
+	raw, err := s.dial(dctx, addr)
+	cancel()
+	if err != nil {
+		return nil, "", fmt.Errorf("dial backend %q (%s): %w", b.Name, addr, err)
+	}
+	// Cancelling ctx (shutdown, login_timeout) interrupts any read below.
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	bc, reply, err := s.loginBackend(ctx, raw, b, dec)
+	if !stop() || err != nil {
+		raw.Close()
+		if err == nil {
+			err = ctx.Err()
+		}
+		if isBackendRejected(err) {
+			return nil, reply, err
+		}
+		return nil, "", fmt.Errorf("backend %q (%s): %w", b.Name, addr, err)
+	}
+	raw.SetDeadline(time.Time{})
+	return bc, reply, nil
+}
+
+func (s *Server) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if s.cfg.DialContext != nil {
+		return s.cfg.DialContext(ctx, "tcp", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// backendClient is the POP3 client side of a backend login.
+type backendClient struct {
+	b       *Backend
+	conn    net.Conn
+	br      *bufio.Reader
+	timeout time.Duration
+	ctx     context.Context
+}
+
+func (c *backendClient) deadline() {
+	d := time.Now().Add(c.timeout)
+	if cd, ok := c.ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
+	}
+	c.conn.SetDeadline(d)
+}
+
+// cmd sends lines (each without CRLF) in one write and reads one reply line.
+func (c *backendClient) cmd(lines ...string) ([]byte, error) {
+	c.deadline()
+	n := 0
+	for _, l := range lines {
+		n += len(l) + 2
+	}
+	buf := make([]byte, 0, n)
+	for _, l := range lines {
+		buf = append(buf, l...)
+		buf = append(buf, '\r', '\n')
+	}
+	if _, err := c.conn.Write(buf); err != nil {
+		return nil, err
+	}
+	return c.readLine()
+}
+
+func (c *backendClient) readLine() ([]byte, error) {
+	c.deadline()
+	line, err := pop3.ReadLine(c.br, maxBackendLine)
+	if err == pop3.ErrLineTooLong {
+		return nil, errors.New("backend reply too long")
+	}
+	return line, err
+}
+
+// capa asks for the capabilities; nil means the backend does not know CAPA
+// (RFC 1939-only servers), which is no error.
+func (c *backendClient) capa() (map[string]string, error) {
+	line, err := c.cmd("CAPA")
+	if err != nil {
+		return nil, fmt.Errorf("CAPA: %w", err)
+	}
+	if !pop3.IsOK(line) {
+		return nil, nil
+	}
+	caps, err := pop3.ParseCapa(c.br, 100)
+	if err != nil {
+		return nil, fmt.Errorf("CAPA: %w", err)
+	}
+	return caps, nil
+}
+
+func (c *backendClient) handshake() (*tls.ConnectionState, error) {
+	c.deadline()
+	tc := tls.Client(c.conn, c.b.TLSConfig)
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	st := tc.ConnectionState()
+	c.conn = tc
+	c.br = bufio.NewReaderSize(tc, 1024)
+	return &st, nil
+}
+
+func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, dec auth.Decision) (*backendConn, string, error) {
+	c := &backendClient{b: b, conn: raw, timeout: b.timeout(), ctx: ctx}
+	var st *tls.ConnectionState
+	var err error
+	if b.TLS == TLSImplicit {
+		if st, err = c.handshake(); err != nil {
+			return nil, "", err
+		}
+	} else {
+		c.br = bufio.NewReaderSize(raw, 1024)
+	}
+	greeting, err := c.readLine()
+	if err != nil {
+		return nil, "", fmt.Errorf("greeting: %w", err)
+	}
+	if !pop3.IsOK(greeting) {
+		return nil, "", fmt.Errorf("greeting is not +OK: %.80q", greeting)
+	}
+	caps, err := c.capa()
+	if err != nil {
+		return nil, "", err
+	}
+	if b.TLS == TLSStartTLS {
+		if caps != nil {
+			if _, ok := caps["STLS"]; !ok {
+				return nil, "", errNoSTLS
+			}
+		}
+		line, err := c.cmd("STLS")
+		if err != nil {
+			return nil, "", fmt.Errorf("STLS: %w", err)
+		}
+		if !pop3.IsOK(line) {
+			return nil, "", fmt.Errorf("STLS refused: %.80q", line)
+		}
+		// Anything after the +OK and before the handshake did not come
+		// through TLS: a response injection (CVE-2011-0411 class, the
+		// client side of it). Abort.
+		if c.br.Buffered() > 0 {
+			return nil, "", errors.New("backend sent data after its STLS reply, before TLS: possible injection, aborting")
+		}
+		if st, err = c.handshake(); err != nil {
+			return nil, "", err
+		}
+		// RFC 2595 §4: capabilities may differ after STLS.
+		if caps, err = c.capa(); err != nil {
+			return nil, "", err
+		}
+	}
+	reply, err := c.login(caps, dec)
+	if err != nil {
+		return nil, reply, err
+	}
+	return &backendConn{raw: raw, conn: c.conn, br: c.br, tls: st}, reply, nil
+}
+
+// login sends the credentials: USER/PASS, or AUTH PLAIN for a backend that
+// offers SASL PLAIN but not USER. It returns the backend's final reply with
+// CRLF.
+func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string, error) {
+	_, hasUser := caps["USER"]
+	plain := false
+	for _, m := range strings.Fields(caps["SASL"]) {
+		if strings.EqualFold(m, "PLAIN") {
+			plain = true
+		}
+	}
+	pass := string(dec.Password)
+	var line []byte
+	var err error
+	switch {
+	case caps == nil || hasUser || !plain:
+		_, pipelining := caps["PIPELINING"]
+		if pipelining {
+			// One round trip: RFC 2449 §6.6.
+			line, err = c.cmd("USER "+dec.User, "PASS "+pass)
+		} else {
+			line, err = c.cmd("USER " + dec.User)
+		}
+		if err != nil {
+			return "", fmt.Errorf("USER: %w", err)
+		}
+		if !pop3.IsOK(line) {
+			return c.verdict(line)
+		}
+		if pipelining {
+			line, err = c.readLine()
+		} else {
+			line, err = c.cmd("PASS " + pass)
+		}
+		if err != nil {
+			return "", fmt.Errorf("PASS: %w", err)
+		}
+	default:
+		ir := auth.EncodePlain(dec.User, dec.Password)
+		if len("AUTH PLAIN ")+len(ir)+2 <= pop3.MaxCommandLen {
+			line, err = c.cmd("AUTH PLAIN " + ir)
+		} else {
+			// RFC 5034 §4: an initial response that does not fit
+			// in 255 octets goes on the continuation line.
+			line, err = c.cmd("AUTH PLAIN")
+			if err == nil && len(line) >= 1 && line[0] == '+' {
+				line, err = c.cmd(ir)
+			}
+		}
+		if err != nil {
+			return "", fmt.Errorf("AUTH PLAIN: %w", err)
+		}
+	}
+	return c.verdict(line)
+}
+
+func (c *backendClient) verdict(line []byte) (string, error) {
+	reply := string(line) + "\r\n"
+	switch {
+	case pop3.IsOK(line):
+		return reply, nil
+	case pop3.IsErr(line):
+		return reply, &backendRejected{backend: c.b.Name, reply: string(line)}
+	}
+	return "", fmt.Errorf("unexpected login reply %.80q", line)
+}

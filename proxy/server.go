@@ -1,0 +1,433 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/popgate/popgate/auth"
+)
+
+// TLSMode says how a connection is encrypted.
+type TLSMode int
+
+const (
+	// TLSNone is plaintext throughout.
+	TLSNone TLSMode = iota
+	// TLSImplicit starts TLS before the first POP3 byte (POP3S, RFC 8314).
+	TLSImplicit
+	// TLSStartTLS starts in plaintext and upgrades with STLS (RFC 2595).
+	TLSStartTLS
+)
+
+// String returns the configuration name of m: "none", "implicit" or
+// "starttls".
+func (m TLSMode) String() string {
+	switch m {
+	case TLSNone:
+		return "none"
+	case TLSImplicit:
+		return "implicit"
+	case TLSStartTLS:
+		return "starttls"
+	}
+	return fmt.Sprintf("TLSMode(%d)", int(m))
+}
+
+// ParseTLSMode parses "none", "implicit" or "starttls".
+func ParseTLSMode(s string) (TLSMode, error) {
+	switch s {
+	case "none":
+		return TLSNone, nil
+	case "implicit":
+		return TLSImplicit, nil
+	case "starttls":
+		return TLSStartTLS, nil
+	}
+	return 0, fmt.Errorf("unknown TLS mode %q (want none, implicit or starttls)", s)
+}
+
+// Listener describes how clients on one listening socket are served.
+type Listener struct {
+	// Name identifies the listener in logs; "" uses the socket address.
+	Name string
+	// TLS is the client-side encryption: TLSImplicit for POP3S,
+	// TLSStartTLS for STLS on the plaintext port, TLSNone for tests and
+	// loopback.
+	TLS TLSMode
+	// TLSConfig serves TLSImplicit and TLSStartTLS; required for them.
+	TLSConfig *tls.Config
+	// AllowPlaintextFrom lists client networks that may log in without
+	// TLS on a TLSStartTLS listener. Empty: nobody may.
+	AllowPlaintextFrom []netip.Prefix
+}
+
+// Backend is a POP3 server popgate logs in to.
+type Backend struct {
+	// Name identifies the backend in routes and logs.
+	Name string
+	// Address is host:port.
+	Address string
+	// TLS is how popgate talks to the backend. With TLSStartTLS a backend
+	// that does not complete STLS refuses the login; popgate never falls
+	// back to plaintext.
+	TLS TLSMode
+	// TLSConfig is the client configuration (trust, server name) for
+	// TLSImplicit and TLSStartTLS; required for them.
+	TLSConfig *tls.Config
+	// ConnectTimeout bounds the TCP connect; 0 means 5s.
+	ConnectTimeout time.Duration
+	// Timeout bounds each backend reply during the login (greeting, CAPA,
+	// STLS and TLS handshake, USER, PASS); 0 means 15s.
+	Timeout time.Duration
+}
+
+func (b *Backend) connectTimeout() time.Duration {
+	if b.ConnectTimeout > 0 {
+		return b.ConnectTimeout
+	}
+	return 5 * time.Second
+}
+
+func (b *Backend) timeout() time.Duration {
+	if b.Timeout > 0 {
+		return b.Timeout
+	}
+	return 15 * time.Second
+}
+
+// Config configures a [Server]. Only Router and Backends are required.
+type Config struct {
+	// Router decides where each login goes.
+	Router auth.Router
+	// Backends are the backends a Router's decision may name.
+	Backends map[string]*Backend
+	// Greeting is the text of the greeting after "+OK "; "" means
+	// "POP3 server ready". It carries no APOP timestamp: APOP cannot be
+	// relayed (RFC 1939 §7).
+	Greeting string
+	// LoginTimeout bounds the whole AUTHORIZATION state, TLS handshake
+	// and backend login included; 0 means 60s.
+	LoginTimeout time.Duration
+	// IdleTimeout closes a logged-in session when neither side has sent
+	// anything for this long; 0 means 10 minutes (RFC 1939 §3 asks for at
+	// least 10). No QUIT is sent.
+	IdleTimeout time.Duration
+	// MaxLoginFailures closes the connection after this many failed
+	// logins; 0 means 3.
+	MaxLoginFailures int
+	// FailureDelay is waited before answering a failed login; 0 means
+	// none.
+	FailureDelay time.Duration
+	// MaxConnections caps concurrent client connections; 0 means no cap.
+	// Connections beyond it get "-ERR [SYS/TEMP]" and are closed.
+	MaxConnections int
+	// MaxConnectionsPerIP caps concurrent connections from one client
+	// address; 0 means no cap.
+	MaxConnectionsPerIP int
+	// Logger receives the session log; nil discards it.
+	Logger *slog.Logger
+	// DialContext connects to backends; nil means a net.Dialer.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) loginTimeout() time.Duration {
+	if c.LoginTimeout > 0 {
+		return c.LoginTimeout
+	}
+	return 60 * time.Second
+}
+
+func (c *Config) idleTimeout() time.Duration {
+	if c.IdleTimeout > 0 {
+		return c.IdleTimeout
+	}
+	return 10 * time.Minute
+}
+
+func (c *Config) maxLoginFailures() int {
+	if c.MaxLoginFailures > 0 {
+		return c.MaxLoginFailures
+	}
+	return 3
+}
+
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func (c *Config) greeting() string {
+	if c.Greeting != "" {
+		return c.Greeting
+	}
+	return "POP3 server ready"
+}
+
+// Validate reports every problem of the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Router == nil {
+		errs = append(errs, errors.New("proxy: Config.Router is nil"))
+	}
+	for name, b := range c.Backends {
+		if b == nil {
+			errs = append(errs, fmt.Errorf("proxy: backend %q is nil", name))
+			continue
+		}
+		if b.Address == "" {
+			errs = append(errs, fmt.Errorf("proxy: backend %q has no address", name))
+		}
+		if b.TLS != TLSNone && b.TLSConfig == nil {
+			errs = append(errs, fmt.Errorf("proxy: backend %q: TLS %s needs a TLSConfig", name, b.TLS))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Server is a POP3 proxy. Build it with [New]; it serves listeners passed to
+// [Server.Serve] until [Server.Shutdown] or [Server.Close].
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	idBase string // random per process, so connection IDs differ across restarts
+	nextID atomic.Uint64
+
+	ctx    context.Context // cancelled by Close and at the end of Shutdown
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	perIP     map[netip.Addr]int
+	closing   bool
+	wg        sync.WaitGroup // live connections
+	idle      chan struct{}  // closed when sessions drops to zero while closing
+
+	bufs bufPool // large splice buffers, borrowed only while data flows
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var rb [3]byte
+	rand.Read(rb[:])
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		log:       log,
+		idBase:    hex.EncodeToString(rb[:]),
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		sessions:  make(map[*session]struct{}),
+		perIP:     make(map[netip.Addr]int),
+	}, nil
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts connections on ln and serves them as l says, until ctx is
+// done, Shutdown or Close is called, or ln fails. It closes ln when it
+// returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
+	if l.TLS != TLSNone && l.TLSConfig == nil {
+		return fmt.Errorf("proxy: listener %q: TLS %s needs a TLSConfig", l.Name, l.TLS)
+	}
+	if l.Name == "" {
+		l.Name = ln.Addr().String()
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() || ctx.Err() != nil {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				// EMFILE and friends: back off, capped, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "listener", l.Name, "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+					return ErrServerClosed
+				}
+				continue
+			}
+			return fmt.Errorf("proxy: listener %q: %w", l.Name, err)
+		}
+		backoff = 0
+		s.accept(c, l)
+	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// accept registers c and starts its session, or refuses it when a limit is
+// reached.
+func (s *Server) accept(c net.Conn, l Listener) {
+	ip := addrPort(c.RemoteAddr()).Addr()
+	s.mu.Lock()
+	refuse := ""
+	switch {
+	case s.closing:
+		refuse = "shutting down"
+	case s.cfg.MaxConnections > 0 && len(s.sessions) >= s.cfg.MaxConnections:
+		refuse = "max_connections reached"
+	case s.cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxConnectionsPerIP:
+		refuse = "max_connections_per_ip reached"
+	}
+	if refuse != "" {
+		s.mu.Unlock()
+		s.log.Warn("connection refused", "listener", l.Name, "remote", c.RemoteAddr().String(), "reason", refuse)
+		go refuseConn(c, l)
+		return
+	}
+	sess := s.newSession(c, l)
+	s.sessions[sess] = struct{}{}
+	s.perIP[ip]++
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go sess.serve()
+}
+
+// refuseConn tells a client popgate is busy and closes. On a TLS listener
+// the client would not understand plaintext, so the connection is just
+// closed.
+func refuseConn(c net.Conn, l Listener) {
+	if l.TLS != TLSImplicit {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write([]byte("-ERR [SYS/TEMP] Too many connections, try again later\r\n"))
+	}
+	c.Close()
+}
+
+func (s *Server) removeSession(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, sess)
+	ip := sess.remote.Addr()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+	if s.closing && len(s.sessions) == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, waits for running sessions to end until ctx is
+// done, then closes the rest (both sockets; no QUIT is sent to any backend)
+// and returns ctx's error. Sessions still in the AUTHORIZATION state are
+// closed at once: they have nothing to lose.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	var idle chan struct{}
+	if len(s.sessions) > 0 {
+		idle = make(chan struct{})
+		s.idle = idle
+	}
+	for sess := range s.sessions {
+		sess.closeIfNotSpliced()
+	}
+	s.mu.Unlock()
+	var err error
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	s.Close()
+	return err
+}
+
+// Close closes all listeners and all sessions at once and waits for their
+// goroutines to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for sess := range s.sessions {
+		sess.close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Sessions returns the number of live client connections.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+func (s *Server) newConnID() string {
+	return fmt.Sprintf("%s%06x", s.idBase, s.nextID.Add(1))
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.AddrPort()
+	case interface{ AddrPort() netip.AddrPort }:
+		return a.AddrPort()
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap
+	}
+	return netip.AddrPort{}
+}

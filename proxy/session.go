@@ -1,0 +1,618 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/proxy/internal/pop3"
+)
+
+// Session results, as logged in the session's last line ("result").
+const (
+	resultOK           = "ok"            // logged in and spliced
+	resultAuthFailed   = "auth_failed"   // too many failed logins
+	resultNoRoute      = "no_route"      // last failure: nothing routes the user
+	resultBackendError = "backend_error" // last failure: backend unreachable or broken
+	resultLookupError  = "lookup_error"  // last failure: the router failed
+	resultQuit         = "quit"          // client sent QUIT before logging in
+	resultTimeout      = "timeout"       // login_timeout passed
+	resultClosed       = "closed"        // client went away before logging in
+	resultTLSError     = "tls_error"     // TLS handshake failed
+	resultProtoError   = "protocol_error"
+	resultShutdown     = "shutdown"
+)
+
+// maxBadCommands closes a connection that keeps sending what is not POP3 (an
+// HTTP request, a port scanner), as go-imap and Dovecot do.
+const maxBadCommands = 10
+
+// session is one client connection. Its goroutine runs the AUTHORIZATION
+// state and then copies client→backend; a second goroutine copies
+// backend→client once the login succeeded.
+type session struct {
+	srv    *Server
+	l      Listener
+	id     string
+	raw    net.Conn       // the accepted socket
+	conn   net.Conn       // raw, or the TLS connection over it
+	br     *bufio.Reader  // client input during AUTHORIZATION
+	bw     *bufio.Writer  // client output during AUTHORIZATION, flushed when input runs dry
+	remote netip.AddrPort // the client
+	local  netip.AddrPort
+	log    *slog.Logger
+	start  time.Time
+	// deadline ends the AUTHORIZATION state (login_timeout).
+	deadline time.Time
+
+	tls      *tls.ConnectionState // nil until TLS is up
+	user     string               // USER argument awaiting PASS
+	failures int                  // failed logins
+	badCmds  int                  // commands that were not understood
+	result   string
+	lastErr  error // cause of the last failure, for the log
+
+	// Known once routed.
+	loginUser string
+	backend   string
+
+	mu      sync.Mutex
+	spliced bool
+	closed  bool
+	bconn   net.Conn // the backend socket, once dialed for the splice
+
+	sp splice
+}
+
+func (s *Server) newSession(c net.Conn, l Listener) *session {
+	sess := &session{
+		srv:    s,
+		l:      l,
+		id:     s.newConnID(),
+		raw:    c,
+		conn:   c,
+		remote: addrPort(c.RemoteAddr()),
+		local:  addrPort(c.LocalAddr()),
+		start:  s.cfg.now(),
+	}
+	sess.deadline = sess.start.Add(s.cfg.loginTimeout())
+	sess.log = s.log.With("conn", sess.id, "remote", sess.remote.String(), "listener", l.Name)
+	return sess
+}
+
+// close ends the session at once: both sockets are closed, no QUIT is sent.
+func (sess *session) close() {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	sess.closed = true
+	sess.raw.Close()
+	if sess.bconn != nil {
+		sess.bconn.Close()
+	}
+}
+
+// closeIfNotSpliced closes a session still in AUTHORIZATION (shutdown).
+func (sess *session) closeIfNotSpliced() {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if !sess.spliced {
+		sess.closed = true
+		sess.raw.Close()
+	}
+}
+
+func (sess *session) isClosed() bool {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.closed
+}
+
+func (sess *session) serve() {
+	defer sess.srv.removeSession(sess)
+	defer sess.raw.Close()
+	sess.raw.SetDeadline(sess.deadline)
+
+	if sess.l.TLS == TLSImplicit {
+		if !sess.startTLS() {
+			sess.logEnd()
+			return
+		}
+	}
+	sess.br = bufio.NewReaderSize(sess.conn, 1024)
+	sess.bw = bufio.NewWriterSize(sess.conn, 512)
+	sess.bw.WriteString("+OK " + sess.srv.cfg.greeting() + "\r\n")
+	bc := sess.authorize()
+	if bc != nil {
+		sess.result = resultOK
+		sess.runSplice(bc)
+	}
+	sess.logEnd()
+}
+
+// startTLS runs the server handshake on the raw connection.
+func (sess *session) startTLS() bool {
+	tc := tls.Server(sess.raw, sess.l.TLSConfig)
+	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		sess.result = resultTLSError
+		sess.lastErr = err
+		if isTimeout(err) {
+			sess.result = resultTimeout
+		}
+		return false
+	}
+	st := tc.ConnectionState()
+	sess.tls = &st
+	sess.conn = tc
+	return true
+}
+
+// loginAllowed reports whether credentials may be sent on this connection:
+// on TLS, on a plaintext listener, or from a network allowed plaintext.
+func (sess *session) loginAllowed() bool {
+	if sess.tls != nil || sess.l.TLS == TLSNone {
+		return true
+	}
+	ip := sess.remote.Addr().Unmap()
+	for _, p := range sess.l.AllowPlaintextFrom {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (sess *session) reply(s string) {
+	sess.bw.WriteString(s)
+	sess.bw.WriteString("\r\n")
+}
+
+// authorize runs the AUTHORIZATION state until a backend login succeeds
+// (returned) or the session ends (nil).
+func (sess *session) authorize() *backendConn {
+	for {
+		// Answers to pipelined commands go out together; nothing waits
+		// on a delayed ACK because the last answer flushes.
+		if sess.br.Buffered() == 0 {
+			if err := sess.bw.Flush(); err != nil {
+				sess.endRead(err)
+				return nil
+			}
+		}
+		line, err := pop3.ReadLine(sess.br, pop3.MaxCommandLen)
+		if err == pop3.ErrLineTooLong {
+			if !sess.badCommand("Line too long") {
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			sess.endRead(err)
+			return nil
+		}
+		cmd, err := pop3.ParseCommand(line)
+		if err != nil {
+			if !sess.badCommand("Unknown command") {
+				return nil
+			}
+			continue
+		}
+		sess.log.Debug("command", "cmd", cmd.Name)
+		switch cmd.Name {
+		case "CAPA":
+			sess.capa()
+		case "NOOP":
+			sess.reply("+OK")
+		case "QUIT":
+			sess.reply("+OK Bye")
+			sess.bw.Flush()
+			sess.result = resultQuit
+			return nil
+		case "STLS":
+			if !sess.stls() {
+				return nil
+			}
+		case "USER":
+			sess.cmdUser(cmd.Arg)
+		case "PASS":
+			if sess.user == "" {
+				sess.reply("-ERR USER first")
+				continue
+			}
+			creds := auth.Credentials{User: sess.user, Password: auth.Password(cmd.Arg), Method: "USER"}
+			sess.user = ""
+			if bc, done := sess.login(creds); bc != nil || done {
+				return bc
+			}
+		case "AUTH":
+			creds, ok, done := sess.cmdAuth(cmd.Arg)
+			if done {
+				return nil
+			}
+			if !ok {
+				continue
+			}
+			if bc, done := sess.login(creds); bc != nil || done {
+				return bc
+			}
+		case "APOP":
+			// The digest is bound to a greeting timestamp the backend
+			// never sent (RFC 1939 §7); not offered, not relayed.
+			sess.reply("-ERR APOP not supported, use USER/PASS or AUTH")
+		default:
+			if !sess.badCommand("Unknown command in AUTHORIZATION state") {
+				return nil
+			}
+		}
+	}
+}
+
+// endRead records why reading from the client stopped.
+func (sess *session) endRead(err error) {
+	switch {
+	case sess.isClosed():
+		sess.result = resultShutdown
+	case isTimeout(err):
+		sess.result = resultTimeout
+		sess.conn.Write([]byte("-ERR [SYS/TEMP] Login timeout\r\n"))
+	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
+		sess.result = resultClosed
+	default:
+		sess.result = resultClosed
+		sess.lastErr = err
+	}
+}
+
+// badCommand answers a line that is not understood; it reports false when
+// the connection is to be closed.
+func (sess *session) badCommand(msg string) bool {
+	sess.badCmds++
+	if sess.badCmds >= maxBadCommands {
+		sess.reply("-ERR Too many bad commands, closing")
+		sess.bw.Flush()
+		sess.result = resultProtoError
+		return false
+	}
+	sess.reply("-ERR " + msg)
+	return true
+}
+
+func (sess *session) capa() {
+	var b strings.Builder
+	b.WriteString("+OK Capability list follows\r\n")
+	if sess.loginAllowed() {
+		b.WriteString("USER\r\nSASL PLAIN LOGIN\r\n")
+	}
+	if sess.l.TLS == TLSStartTLS && sess.tls == nil {
+		b.WriteString("STLS\r\n")
+	}
+	b.WriteString("RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION popgate\r\n.")
+	sess.reply(b.String())
+}
+
+// stls upgrades the connection (RFC 2595 §4). Bytes the client sent behind
+// STLS are discarded with the old reader: they were sent in plaintext and
+// could have been injected by anyone on the path (CVE-2011-0411).
+func (sess *session) stls() bool {
+	switch {
+	case sess.tls != nil:
+		sess.reply("-ERR Already using TLS")
+		return true
+	case sess.l.TLS != TLSStartTLS:
+		sess.reply("-ERR STLS not available")
+		return true
+	}
+	sess.reply("+OK Begin TLS negotiation")
+	if err := sess.bw.Flush(); err != nil {
+		sess.endRead(err)
+		return false
+	}
+	if n := sess.br.Buffered(); n > 0 {
+		sess.log.Warn("discarded bytes sent after STLS before the TLS handshake", "bytes", n)
+	}
+	if !sess.startTLS() {
+		return false
+	}
+	// RFC 2595 §4: the session starts over; a USER given before STLS
+	// is forgotten.
+	sess.user = ""
+	sess.br = bufio.NewReaderSize(sess.conn, 1024)
+	sess.bw = bufio.NewWriterSize(sess.conn, 512)
+	return true
+}
+
+const msgPlaintextRefused = "-ERR [AUTH] Plaintext login is not allowed here, use STLS first"
+
+func (sess *session) cmdUser(arg string) {
+	if !sess.loginAllowed() {
+		sess.reply(msgPlaintextRefused)
+		return
+	}
+	if arg == "" {
+		sess.reply("-ERR Missing user name")
+		return
+	}
+	if len(arg) > auth.MaxCredentialLen {
+		sess.reply("-ERR User name too long")
+		return
+	}
+	sess.user = arg
+	sess.reply("+OK")
+}
+
+// Base64 prompts of AUTH LOGIN: "Username:" and "Password:".
+const (
+	promptUser = "+ VXNlcm5hbWU6"
+	promptPass = "+ UGFzc3dvcmQ6"
+)
+
+// cmdAuth runs AUTH (RFC 5034) up to the decoded credentials. ok is false
+// when the exchange failed and was answered; done is true when the
+// connection ended.
+func (sess *session) cmdAuth(arg string) (creds auth.Credentials, ok, done bool) {
+	mech, ir, hasIR := strings.Cut(arg, " ")
+	mech = strings.ToUpper(mech)
+	if mech == "" {
+		// Not in RFC 5034; Outlook-era clients ask this way.
+		if sess.loginAllowed() {
+			sess.reply("+OK\r\nPLAIN\r\nLOGIN\r\n.")
+		} else {
+			sess.reply("+OK\r\n.")
+		}
+		return creds, false, false
+	}
+	if !sess.loginAllowed() {
+		sess.reply(msgPlaintextRefused)
+		return creds, false, false
+	}
+	switch mech {
+	case "PLAIN":
+		resp, ok, done := sess.saslResponse(ir, hasIR, "+ ")
+		if !ok {
+			return creds, false, done
+		}
+		creds, err := auth.ParsePlain(resp)
+		if err != nil {
+			sess.reply("-ERR Malformed SASL PLAIN response")
+			return creds, false, false
+		}
+		return creds, true, false
+	case "LOGIN":
+		user, ok, done := sess.saslResponse(ir, hasIR, promptUser)
+		if !ok {
+			return creds, false, done
+		}
+		pass, ok, done := sess.saslResponse("", false, promptPass)
+		if !ok {
+			return creds, false, done
+		}
+		return auth.Credentials{User: string(user), Password: auth.Password(pass), Method: "LOGIN"}, true, false
+	default:
+		sess.reply("-ERR Unsupported SASL mechanism")
+		return creds, false, false
+	}
+}
+
+// saslResponse returns the decoded response: the initial response if the
+// command carried one, else the line after a continuation prompt.
+func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []byte, ok, done bool) {
+	if !hasIR {
+		sess.reply(prompt)
+		if err := sess.bw.Flush(); err != nil {
+			sess.endRead(err)
+			return nil, false, true
+		}
+		line, err := pop3.ReadLine(sess.br, auth.MaxSASLLen+2)
+		if err == pop3.ErrLineTooLong {
+			sess.reply("-ERR SASL response too long")
+			return nil, false, false
+		}
+		if err != nil {
+			sess.endRead(err)
+			return nil, false, true
+		}
+		ir = string(line)
+	}
+	switch ir {
+	case "*":
+		sess.reply("-ERR Authentication cancelled")
+		return nil, false, false
+	case "=":
+		return []byte{}, true, false
+	}
+	b, err := auth.DecodeBase64(ir)
+	if err != nil {
+		sess.reply("-ERR Invalid base64 in SASL response")
+		return nil, false, false
+	}
+	return b, true, false
+}
+
+// login routes creds and logs in to the backend. It returns the backend
+// connection on success; done is true when the session is to end.
+func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
+	attempt := sess.failures + 1
+	sess.log.Debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
+	var reply string
+	bc, reply, err := sess.tryLogin(creds, attempt)
+	if err == nil {
+		sess.bw.WriteString(reply)
+		return bc, false
+	}
+	sess.failures++
+	sess.lastErr = err
+	lvl := slog.LevelInfo
+	switch {
+	case errors.Is(err, auth.ErrNoRoute):
+		sess.result = resultNoRoute
+	case isDenied(err):
+		sess.result = resultAuthFailed
+	case isLookupError(err):
+		sess.result = resultLookupError
+		lvl = slog.LevelWarn
+	case isBackendRejected(err):
+		sess.result = resultAuthFailed
+	default:
+		sess.result = resultBackendError
+		lvl = slog.LevelWarn
+	}
+	sess.log.Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
+	if !sess.sleep(failureDelay(sess.srv.cfg.FailureDelay, err)) {
+		sess.result = resultShutdown
+		return nil, true
+	}
+	sess.bw.WriteString(reply)
+	if sess.failures >= sess.srv.cfg.maxLoginFailures() {
+		sess.bw.Flush()
+		sess.log.Info("too many failed logins, closing", "failures", sess.failures)
+		return nil, true
+	}
+	return nil, false
+}
+
+// tryLogin returns the line to send to the client (CRLF included) and, on
+// success, the logged-in backend connection.
+func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn, string, error) {
+	const authFailed = "-ERR [AUTH] Authentication failed\r\n"
+	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
+	if err := creds.Check(); err != nil {
+		return nil, authFailed, &auth.DeniedError{Reason: err.Error()}
+	}
+	if creds.AuthzID != "" && creds.AuthzID != creds.User {
+		return nil, authFailed, &auth.DeniedError{Reason: "SASL authorization identity differs from the user"}
+	}
+	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+	defer cancel()
+	req := &auth.Request{
+		Credentials: creds,
+		Client:      sess.remote,
+		Local:       sess.local,
+		Listener:    sess.l.Name,
+		TLS:         sess.tls != nil,
+		Attempt:     attempt,
+	}
+	dec, err := sess.srv.cfg.Router.Route(ctx, req)
+	if err != nil {
+		if errors.Is(err, auth.ErrNoRoute) || isDenied(err) {
+			return nil, authFailed, err
+		}
+		return nil, tempFail, &lookupError{err}
+	}
+	sess.backend = dec.Backend
+	b := sess.srv.cfg.Backends[dec.Backend]
+	if b == nil {
+		return nil, tempFail, &lookupError{errors.New("route names unknown backend " + quote(dec.Backend))}
+	}
+	if dec.User == "" {
+		dec.User, dec.Password = creds.User, creds.Password
+	}
+	// A router may rewrite the login; hold the result to the same rule.
+	if err := (auth.Credentials{User: dec.User, Password: dec.Password}).Check(); err != nil {
+		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
+	}
+	sess.loginUser = dec.User
+	bc, reply, err := sess.srv.dialBackend(ctx, b, dec)
+	if err != nil {
+		if isBackendRejected(err) {
+			return nil, reply, err
+		}
+		return nil, tempFail, err
+	}
+	return bc, reply, nil
+}
+
+// sleep waits d unless the server closes first.
+func (sess *session) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	if until := time.Until(sess.deadline); d > until {
+		d = max(until, 0)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-sess.srv.ctx.Done():
+		return false
+	}
+}
+
+func failureDelay(d time.Duration, err error) time.Duration {
+	var de *auth.DeniedError
+	if errors.As(err, &de) && de.Wait > d {
+		return de.Wait
+	}
+	return d
+}
+
+func (sess *session) logEnd() {
+	attrs := []slog.Attr{
+		slog.String("result", sess.result),
+		slog.String("dur", sess.srv.cfg.now().Sub(sess.start).Round(time.Microsecond).String()),
+	}
+	if sess.loginUser != "" {
+		attrs = append(attrs, slog.String("user", sess.loginUser))
+	}
+	if sess.backend != "" {
+		attrs = append(attrs, slog.String("backend", sess.backend))
+	}
+	if sess.tls != nil {
+		attrs = append(attrs,
+			slog.String("tls_version", tls.VersionName(sess.tls.Version)),
+			slog.String("tls_cipher", tls.CipherSuiteName(sess.tls.CipherSuite)))
+		if sess.tls.ServerName != "" {
+			attrs = append(attrs, slog.String("sni", sess.tls.ServerName))
+		}
+	}
+	if sess.result == resultOK {
+		attrs = append(attrs, slog.Int64("bytes_in", sess.sp.in.Load()), slog.Int64("bytes_out", sess.sp.out.Load()))
+		if sess.sp.endReason != "" {
+			attrs = append(attrs, slog.String("end", sess.sp.endReason))
+		}
+	} else if sess.failures > 0 {
+		attrs = append(attrs, slog.Int("failures", sess.failures))
+	}
+	if sess.lastErr != nil && sess.result != resultOK {
+		attrs = append(attrs, slog.String("err", sess.lastErr.Error()))
+	}
+	sess.log.LogAttrs(context.Background(), slog.LevelInfo, "session end", attrs...)
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isDenied(err error) bool {
+	var de *auth.DeniedError
+	return errors.As(err, &de)
+}
+
+// lookupError wraps a Router failure that is not a refusal.
+type lookupError struct{ err error }
+
+func (e *lookupError) Error() string { return "route lookup: " + e.err.Error() }
+func (e *lookupError) Unwrap() error { return e.err }
+
+func isLookupError(err error) bool {
+	var le *lookupError
+	return errors.As(err, &le)
+}
+
+func quote(s string) string { return "\"" + s + "\"" }

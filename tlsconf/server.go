@@ -1,0 +1,276 @@
+package tlsconf
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ALPN is the application protocol the server config offers (RFC 7301 ID
+// "pop3"). A client that offers ALPN without it is refused, so a TLS
+// connection meant for another protocol cannot be redirected to POP3 (the
+// ALPACA attack); clients that send no ALPN at all are served.
+const ALPN = "pop3"
+
+// CertFile names a certificate and its private key, both PEM files. Cert may
+// hold the full chain, leaf first.
+type CertFile struct {
+	Cert string
+	Key  string
+}
+
+// ServerConfig configures a [Server].
+type ServerConfig struct {
+	// Certificates are the static certificates, chosen by SNI. None means
+	// a generated self-signed certificate (and a WARN).
+	Certificates []CertFile
+	// DefaultServerName picks the certificate for clients that send no SNI
+	// or a name no certificate covers. It must be covered by one of
+	// Certificates. "" means the first certificate.
+	DefaultServerName string
+	// MinVersion is the lowest TLS version accepted: "1.0" .. "1.3".
+	// "" means "1.2".
+	MinVersion string
+	// Logger receives load warnings and reload notices. nil discards.
+	Logger *slog.Logger
+}
+
+// Server is the server-side certificate store. Its GetCertificate reads the
+// current set without locking; [Server.Reload] swaps in a new set only when
+// every file loaded. It is safe for concurrent use.
+type Server struct {
+	cfg    ServerConfig
+	log    *slog.Logger
+	config *tls.Config
+	mu     sync.Mutex // serialises Reload
+	set    atomic.Pointer[certSet]
+}
+
+// certSet is one immutable generation of loaded certificates.
+type certSet struct {
+	certs      []*tls.Certificate
+	exact      map[string][]*tls.Certificate // "mail.example.com"
+	wildcard   map[string][]*tls.Certificate // "example.com" for "*.example.com"
+	defaults   []*tls.Certificate
+	names      []string
+	selfSigned bool
+}
+
+// NewServer loads and checks every certificate/key pair in cfg. An
+// unreadable or mismatched file is an error naming it. Without Certificates
+// it generates a self-signed certificate for DefaultServerName (or
+// "localhost") plus localhost, 127.0.0.1 and ::1, and logs a WARN.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	minVersion, err := ParseVersion(cfg.MinVersion)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.cfg.Certificates = slices.Clone(cfg.Certificates)
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	var set *certSet
+	if len(cfg.Certificates) == 0 {
+		set, err = s.selfSigned()
+	} else {
+		set, err = s.load()
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.set.Store(set)
+	// One config for every listener, so that all share session ticket keys
+	// (Go rotates them itself); session tickets stay enabled.
+	s.config = &tls.Config{
+		MinVersion:     minVersion,
+		CipherSuites:   cipherSuites(minVersion),
+		GetCertificate: s.getCertificate,
+		NextProtos:     []string{ALPN},
+	}
+	return s, nil
+}
+
+// TLSConfig returns the server config. Every call returns the same value so
+// that listeners share session ticket keys; do not modify it (a Clone made
+// before first use gets its own ticket keys).
+//
+// GetCertificate picks, for the client's SNI: the certificate with that exact
+// name (case-insensitive, trailing dot ignored), else one with a wildcard for
+// the left-most label ("*.example.com" covers "a.example.com", not
+// "a.b.example.com", RFC 6125 §6.4.3), else DefaultServerName's certificate,
+// else the first. Among several certificates for a name (say ECDSA and RSA),
+// the first the client supports wins.
+func (s *Server) TLSConfig() *tls.Config { return s.config }
+
+// SelfSigned reports whether the server serves its generated certificate.
+func (s *Server) SelfSigned() bool { return s.set.Load().selfSigned }
+
+// Names returns the DNS names the loaded certificates cover (from their
+// SANs), lowercased, sorted, wildcards included as "*.example.com".
+func (s *Server) Names() []string { return slices.Clone(s.set.Load().names) }
+
+// Leaves returns the parsed leaf certificates, in configuration order.
+func (s *Server) Leaves() []*x509.Certificate {
+	set := s.set.Load()
+	leaves := make([]*x509.Certificate, len(set.certs))
+	for i, c := range set.certs {
+		leaves[i] = c.Leaf
+	}
+	return leaves
+}
+
+// Reload re-reads every certificate file. On any error it keeps serving the
+// previous set and returns the error, which names the file. With no
+// configured certificates it does nothing.
+func (s *Server) Reload() error {
+	if len(s.cfg.Certificates) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set, err := s.load()
+	if err != nil {
+		return err
+	}
+	s.set.Store(set)
+	s.log.Info("tls certificates reloaded", "names", set.names)
+	return nil
+}
+
+func (s *Server) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	set := s.set.Load()
+	if hello.ServerName != "" {
+		if certs := set.lookup(hello.ServerName); certs != nil {
+			return pick(hello, certs), nil
+		}
+		s.log.Debug("tls sni not covered, using default certificate", "sni", hello.ServerName)
+	}
+	return pick(hello, set.defaults), nil
+}
+
+// lookup returns the certificates covering name: exact first, then a
+// wildcard for the left-most label only.
+func (set *certSet) lookup(name string) []*tls.Certificate {
+	name = normalizeName(name)
+	if certs, ok := set.exact[name]; ok {
+		return certs
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 && i < len(name)-1 {
+		return set.wildcard[name[i+1:]]
+	}
+	return nil
+}
+
+// pick returns the first of certs the client can use, or the first one when
+// it can use none (the handshake then fails with a clear alert).
+func pick(hello *tls.ClientHelloInfo, certs []*tls.Certificate) *tls.Certificate {
+	if len(certs) > 1 {
+		for _, c := range certs {
+			if hello.SupportsCertificate(c) == nil {
+				return c
+			}
+		}
+	}
+	return certs[0]
+}
+
+// load reads every configured pair into a new certSet.
+func (s *Server) load() (*certSet, error) {
+	var certs []*tls.Certificate
+	for _, f := range s.cfg.Certificates {
+		c, err := loadPair(f)
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		if now.After(c.Leaf.NotAfter) || now.Before(c.Leaf.NotBefore) {
+			s.log.Warn("tls certificate is not valid now", "cert", f.Cert,
+				"not_before", c.Leaf.NotBefore, "not_after", c.Leaf.NotAfter)
+		}
+		if len(c.Leaf.DNSNames) == 0 {
+			s.log.Warn("tls certificate has no DNS names; SNI never selects it", "cert", f.Cert)
+		}
+		certs = append(certs, c)
+	}
+	return s.index(certs, false)
+}
+
+func loadPair(f CertFile) (*tls.Certificate, error) {
+	certPEM, err := os.ReadFile(f.Cert)
+	if err != nil {
+		return nil, fmt.Errorf("tlsconf: read certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(f.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tlsconf: read key: %w", err)
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("tlsconf: certificate %s with key %s: %w", f.Cert, f.Key, err)
+	}
+	if c.Leaf == nil { // GODEBUG=x509keypairleaf=0
+		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err)
+		}
+	}
+	return &c, nil
+}
+
+// selfSigned builds the fallback set.
+func (s *Server) selfSigned() (*certSet, error) {
+	names := []string{"localhost"}
+	if s.cfg.DefaultServerName != "" {
+		names[0] = normalizeName(s.cfg.DefaultServerName)
+	}
+	for _, n := range []string{"localhost", "127.0.0.1", "::1"} {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	c, err := SelfSigned(names...)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Warn("no tls certificate configured: serving a self-signed certificate that clients will not trust",
+		"names", names)
+	return s.index([]*tls.Certificate{&c}, true)
+}
+
+// index builds the lookup maps and the default for certs.
+func (s *Server) index(certs []*tls.Certificate, selfSigned bool) (*certSet, error) {
+	set := &certSet{
+		certs:      certs,
+		exact:      make(map[string][]*tls.Certificate),
+		wildcard:   make(map[string][]*tls.Certificate),
+		selfSigned: selfSigned,
+	}
+	for _, c := range certs {
+		for _, n := range c.Leaf.DNSNames {
+			n = normalizeName(n)
+			if !slices.Contains(set.names, n) {
+				set.names = append(set.names, n)
+			}
+			if base, ok := strings.CutPrefix(n, "*."); ok {
+				set.wildcard[base] = append(set.wildcard[base], c)
+			} else {
+				set.exact[n] = append(set.exact[n], c)
+			}
+		}
+	}
+	slices.Sort(set.names)
+	set.defaults = certs[:1]
+	if name := s.cfg.DefaultServerName; name != "" && !selfSigned {
+		if set.defaults = set.lookup(name); set.defaults == nil {
+			return nil, fmt.Errorf("tlsconf: default server name %q is not covered by any certificate", name)
+		}
+	}
+	return set, nil
+}
