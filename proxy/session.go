@@ -265,7 +265,9 @@ func (sess *session) endRead(err error) {
 		sess.result = resultShutdown
 	case isTimeout(err):
 		sess.result = resultTimeout
-		sess.conn.Write([]byte("-ERR [SYS/TEMP] Login timeout\r\n"))
+		sess.raw.SetWriteDeadline(time.Now().Add(time.Second))
+		sess.bw.WriteString("-ERR [SYS/TEMP] Login timeout\r\n")
+		sess.bw.Flush()
 	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
 		sess.result = resultClosed
 	default:

@@ -288,4 +288,3 @@ func (sess *session) pumpBuffered(dst, src net.Conn, count *atomic.Int64) error 
 // tlsRecordPlaintext is the most a tls.Conn returns from one Read: one
 // record's plaintext. A read of exactly this much may have more behind it.
 const tlsRecordPlaintext = 16 << 10
-
