@@ -7,7 +7,7 @@
 // decodes the SASL mechanisms popgate relays (PLAIN and LOGIN).
 //
 // Nothing in this package logs or formats a password: [Password] prints as
-// "***" through every fmt verb and through log/slog.
+// "***" through every fmt verb, log/slog and encoding/json.
 package auth
 
 import (
@@ -41,12 +41,24 @@ func (Password) Format(f fmt.State, _ rune) { io.WriteString(f, redacted) }
 // LogValue returns "***".
 func (Password) LogValue() slog.Value { return slog.StringValue(redacted) }
 
+// MarshalJSON returns "***", so a Password inside a struct logged by a JSON
+// handler stays hidden.
+func (Password) MarshalJSON() ([]byte, error) { return []byte(`"***"`), nil }
+
+// MarshalText returns "***".
+func (Password) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+
 // Credentials are what a client presented in the AUTHORIZATION state.
 type Credentials struct {
 	User     string   // USER argument or SASL authentication identity
 	Password Password // PASS argument or SASL password
 	AuthzID  string   // SASL PLAIN authorization identity; "" when none was given
 	Method   string   // "USER" (USER/PASS), "PLAIN" or "LOGIN"
+}
+
+// LogValue logs the user and method, never the password.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("user", c.User), slog.String("method", c.Method))
 }
 
 // MaxCredentialLen bounds the user name and the password. RFC 1939 limits
