@@ -94,6 +94,10 @@ func (s *Server) newSession(c net.Conn, l Listener) *session {
 func (sess *session) close() {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
+	sess.closeLocked()
+}
+
+func (sess *session) closeLocked() {
 	sess.closed = true
 	sess.raw.Close()
 	if sess.bconn != nil {

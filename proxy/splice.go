@@ -46,6 +46,11 @@ type splice struct {
 	out       atomic.Int64 // backend → client bytes
 	last      atomic.Int64 // time of the last activity, ns since session start
 	endReason string       // why the splice ended, for the log
+
+	// Guarded by session.mu.
+	timer    *time.Timer // the idle timer, re-armed by itself
+	finished bool        // the splice is over; the timer must not re-arm
+	idledOut bool        // the idle timer closed the session
 }
 
 // runSplice carries the session after the login: it writes the bytes the
@@ -97,8 +102,15 @@ func (sess *session) runSplice(bc *backendConn) {
 
 	idle := sess.srv.cfg.idleTimeout()
 	sess.touch()
-	timer := time.AfterFunc(idle, sess.idleCheck)
-	defer timer.Stop()
+	sess.mu.Lock()
+	sess.sp.timer = time.AfterFunc(idle, sess.idleCheck)
+	sess.mu.Unlock()
+	defer func() {
+		sess.mu.Lock()
+		sess.sp.finished = true
+		sess.sp.timer.Stop()
+		sess.mu.Unlock()
+	}()
 
 	done := make(chan error, 1)
 	go backendToClient(sess, bc, done)
@@ -119,9 +131,11 @@ func (sess *session) runSplice(bc *backendConn) {
 		berr = <-done
 	}
 	sess.mu.Lock()
-	idleClosed := sess.sp.endReason == "idle timeout"
+	idledOut := sess.sp.idledOut
 	sess.mu.Unlock()
-	if !idleClosed {
+	if idledOut {
+		sess.sp.endReason = "idle timeout"
+	} else {
 		sess.sp.endReason = endReason(cerr, berr)
 	}
 }
@@ -173,15 +187,18 @@ func (sess *session) touch() {
 func (sess *session) idleCheck() {
 	idle := sess.srv.cfg.idleTimeout()
 	quiet := time.Since(sess.start) - time.Duration(sess.sp.last.Load())
-	if quiet < idle {
-		time.AfterFunc(idle-quiet, sess.idleCheck)
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.sp.finished {
 		return
 	}
-	sess.mu.Lock()
-	sess.sp.endReason = "idle timeout"
-	sess.mu.Unlock()
+	if quiet < idle {
+		sess.sp.timer.Reset(idle - quiet)
+		return
+	}
+	sess.sp.idledOut = true
 	sess.log.Info("idle timeout, closing both sides without QUIT", "idle", idle)
-	sess.close()
+	sess.closeLocked()
 }
 
 // pump copies src to dst until src ends (nil) or an error (returned).
