@@ -163,6 +163,12 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			// LastKey names the key whose value failed, e.g. a Duration's
+			// UnmarshalText error, which otherwise says only "invalid
+			// duration".
+			if pe.LastKey != "" {
+				return nil, fmt.Errorf("config %s: line %d: %s: %s", name, pe.Position.Line, pe.LastKey, pe.Message)
+			}
 			return nil, fmt.Errorf("config %s: line %d: %s", name, pe.Position.Line, pe.Message)
 		}
 		return nil, fmt.Errorf("config %s: %w", name, err)
@@ -309,6 +315,22 @@ func (c *Config) validate() []error {
 	for _, d := range sortedKeys(c.Route.Domains) {
 		checkRoute(fmt.Sprintf("route.domains.%q", d), c.Route.Domains[d])
 	}
+	// auth.NewStatic folds keys to lower case (and drops a domain's leading
+	// "@"); two keys that fold to one but name different backends would
+	// route by map order, differently from run to run.
+	checkFolded := func(table string, m map[string]string, fold func(string) string) {
+		seen := map[string]string{}
+		for _, k := range sortedKeys(m) {
+			f := fold(k)
+			if prev, ok := seen[f]; ok && m[prev] != m[k] {
+				add("route.%s.%q: the same key as %q (keys ignore case), but a different backend", table, k, prev)
+			} else if !ok {
+				seen[f] = k
+			}
+		}
+	}
+	checkFolded("users", c.Route.Users, strings.ToLower)
+	checkFolded("domains", c.Route.Domains, func(d string) string { return strings.ToLower(strings.TrimPrefix(d, "@")) })
 	if c.Route.Default == "" && len(c.Route.Users) == 0 && len(c.Route.Domains) == 0 && c.Route.MapFile == "" && c.Route.HTTP == nil {
 		add("route: no route at all; set route.default, route.users or route.domains")
 	}
@@ -332,8 +354,21 @@ func (c *Config) validate() []error {
 	if lim.MaxLoginFailures != nil && *lim.MaxLoginFailures == 0 {
 		add("limits.max_login_failures: must be at least 1")
 	}
-	if lim.LoginTimeout.Set && lim.LoginTimeout.Duration == 0 {
-		add("limits.login_timeout: must be positive")
+	for key, d := range map[string]Duration{
+		"limits.login_timeout": lim.LoginTimeout,
+		"limits.idle_timeout":  lim.IdleTimeout,
+	} {
+		if d.Set && d.Duration == 0 {
+			add("%s: must be positive", key)
+		}
+	}
+	for i, b := range c.Backend {
+		if b.ConnectTimeout.Set && b.ConnectTimeout.Duration == 0 {
+			add("backend[%d].connect_timeout: must be positive", i)
+		}
+		if b.Timeout.Set && b.Timeout.Duration == 0 {
+			add("backend[%d].timeout: must be positive", i)
+		}
 	}
 	if lim.MaxFailuresPerIP != nil || lim.MaxFailuresPerUser != nil || lim.FailureWindow.Set {
 		notYet("limits.max_failures_per_ip / max_failures_per_user / failure_window")

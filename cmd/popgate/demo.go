@@ -21,8 +21,9 @@ const (
 )
 
 // cmdDemo runs popgate on loopback with a self-signed certificate in front
-// of the built-in sample mailbox, and prints how to fetch a message.
-func cmdDemo(args []string, stdout, stderr io.Writer) error {
+// of the built-in sample mailbox, and prints how to fetch a message. It
+// stops when ctx is done or on SIGTERM/SIGINT.
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("popgate demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	pop3s := fs.String("pop3s", "127.0.0.1:9950", "POP3S (implicit TLS) listen `address`")
@@ -92,7 +93,7 @@ Ctrl-C stops the demo.
 
 `, sPort, pPort, ca, demoUser, mb.Password, len(mb.Messages), baddr)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return serve(ctx, in, log, 0)
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/proxy"
 )
 
 const usage = `popgate: a TLS-terminating POP3 proxy
@@ -44,6 +45,13 @@ func main() {
 }
 
 func mainErr(args []string, stdout, stderr io.Writer) int {
+	return mainContext(context.Background(), args, stdout, stderr)
+}
+
+// mainContext is mainErr with a context: run and demo stop when ctx is done
+// (or on SIGTERM/SIGINT), so that tests can stop them without signalling
+// their own process.
+func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -51,13 +59,13 @@ func mainErr(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "run":
-		err = cmdRun(args[1:], stderr)
+		err = cmdRun(ctx, args[1:], stderr)
 	case "check":
 		err = cmdCheck(args[1:], stdout, stderr)
 	case "route":
 		err = cmdRoute(args[1:], stdout, stderr)
 	case "demo":
-		err = cmdDemo(args[1:], stdout, stderr)
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "popgate", version())
 		return 0
@@ -147,7 +155,8 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdRun(args []string, stderr io.Writer) error {
+// cmdRun serves until ctx is done or a SIGTERM or SIGINT arrives.
+func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	_, path, err := configFlag("run", args, stderr)
 	if err != nil {
 		return err
@@ -161,7 +170,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log.Info("popgate starting", "version", version(), "config", *path)
 	return serve(ctx, in, log, c.Limits.ShutdownTimeout.or(defaultShutdownTimeout))
@@ -196,7 +205,14 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 	case <-ctx.Done():
 		log.Info("shutting down", "grace", grace, "sessions", in.server.Sessions())
 	case err = <-errc:
-		log.Error("listener failed, shutting down", "err", err)
+		// When ctx is done, every Serve returns ErrServerClosed, and
+		// select may pick that over ctx.Done: that is a normal stop.
+		if ctx.Err() != nil && errors.Is(err, proxy.ErrServerClosed) {
+			err = nil
+			log.Info("shutting down", "grace", grace, "sessions", in.server.Sessions())
+		} else {
+			log.Error("listener failed, shutting down", "err", err)
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

@@ -1,0 +1,443 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testCert is a certificate/key pair written to PEM files.
+type testCert struct {
+	certFile string
+	keyFile  string
+	leaf     *x509.Certificate
+}
+
+// pool returns a pool that trusts the certificate.
+func (c testCert) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.leaf)
+	return p
+}
+
+// writeTestCert generates a self-signed ECDSA P-256 certificate for name and
+// writes it and its key to dir as prefix.crt and prefix.key.
+func writeTestCert(t *testing.T, dir, prefix, name string) testCert {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: name},
+		DNSNames:              []string{name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testCert{
+		certFile: filepath.Join(dir, prefix+".crt"),
+		keyFile:  filepath.Join(dir, prefix+".key"),
+		leaf:     leaf,
+	}
+	writeFile(t, c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	writeFile(t, c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	return c
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeConfig writes text to a fresh config file and returns its path.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "popgate.toml")
+	writeFile(t, path, []byte(text))
+	return path
+}
+
+// fullConfig is a configuration using every supported key: an implicit TLS
+// and a STLS listener, static certificates, backends of all three TLS modes
+// and every kind of route. cert is also the backends' CA.
+func fullConfig(cert testCert) string {
+	return fmt.Sprintf(`# every supported key
+[log]
+level = "debug"
+format = "json"
+
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:9950"
+tls = "implicit"
+min_version = "1.3"
+
+[[listen]]
+name = "pop3"
+address = "127.0.0.1:1100"
+tls = "starttls"
+allow_plaintext_from = ["127.0.0.0/8", "::1", "10.1.2.3/16"]
+proxy_protocol = false
+
+[tls]
+min_version = "1.2"
+default_server_name = "mail.example.com"
+certificates = [{ cert = %[1]q, key = %[2]q }]
+
+[[backend]]
+name = "legacy"
+address = "127.0.0.1:1110"
+tls = "none"
+client_address = "none"
+
+[[backend]]
+name = "modern"
+address = "127.0.0.1:1111"
+tls = "starttls"
+server_name = "mail.example.com"
+ca_file = %[1]q
+min_version = "1.2"
+connect_timeout = "2s"
+timeout = "15s"
+
+[[backend]]
+name = "pop3s"
+address = "127.0.0.1:1112"
+tls = "implicit"
+server_name = "mail.example.com"
+ca_file = %[1]q
+
+[route]
+default = "legacy"
+users = { "alice@example.com" = "modern", "Carol@Example.COM" = "pop3s" }
+domains = { "example.org" = "pop3s", "@example.net" = "modern" }
+
+[limits]
+max_connections = 100
+max_connections_per_ip = 5
+login_timeout = "30s"
+idle_timeout = "15m"
+max_login_failures = 2
+failure_delay = "0s"
+shutdown_timeout = "1m30s"
+
+[metrics]
+address = ""
+`, cert.certFile, cert.keyFile)
+}
+
+func TestParseConfigFull(t *testing.T) {
+	cert := writeTestCert(t, t.TempDir(), "mail", "mail.example.com")
+	c, err := ParseConfig("full.toml", []byte(fullConfig(cert)))
+	if err != nil {
+		t.Fatalf("ParseConfig(full) error = %v, want nil", err)
+	}
+
+	if len(c.Listen) != 2 {
+		t.Fatalf("ParseConfig(full): %d listeners, want 2", len(c.Listen))
+	}
+	if l := c.Listen[0]; l.Name != "pop3s" || l.TLS != "implicit" || l.MinVersion != "1.3" {
+		t.Errorf("listen[0] = %+v, want pop3s, implicit, min_version 1.3", l)
+	}
+	if l := c.Listen[1]; l.TLS != "starttls" || strings.Join(l.AllowPlaintextFrom, " ") != "127.0.0.0/8 ::1 10.1.2.3/16" {
+		t.Errorf("listen[1] = %+v, want starttls with three allow_plaintext_from entries", l)
+	}
+	if got := c.TLS.Certificates; len(got) != 1 || got[0].Cert != cert.certFile || got[0].Key != cert.keyFile {
+		t.Errorf("tls.certificates = %+v, want [{%s %s}]", got, cert.certFile, cert.keyFile)
+	}
+	if c.TLS.DefaultServerName != "mail.example.com" || c.TLS.MinVersion != "1.2" {
+		t.Errorf("tls = %+v, want default_server_name mail.example.com, min_version 1.2", c.TLS)
+	}
+
+	wantBackends := []struct{ name, tls, serverName, caFile string }{
+		{"legacy", "none", "", ""},
+		{"modern", "starttls", "mail.example.com", cert.certFile},
+		{"pop3s", "implicit", "mail.example.com", cert.certFile},
+	}
+	if len(c.Backend) != len(wantBackends) {
+		t.Fatalf("ParseConfig(full): %d backends, want %d", len(c.Backend), len(wantBackends))
+	}
+	for i, want := range wantBackends {
+		b := c.Backend[i]
+		if b.Name != want.name || b.TLS != want.tls || b.ServerName != want.serverName || b.CAFile != want.caFile {
+			t.Errorf("backend[%d] = %+v, want %+v", i, b, want)
+		}
+	}
+	if b := c.Backend[1]; b.ConnectTimeout.or(0) != 2*time.Second || b.Timeout.Duration != 15*time.Second {
+		t.Errorf("backend[1] timeouts = %v, %v, want 2s, 15s", b.ConnectTimeout.Duration, b.Timeout.Duration)
+	}
+	if got := c.Backend[0].ConnectTimeout.or(defaultConnectTimeout); got != defaultConnectTimeout {
+		t.Errorf("backend[0].connect_timeout (unset) = %v, want default %v", got, defaultConnectTimeout)
+	}
+
+	if c.Route.Default != "legacy" || c.Route.Users["alice@example.com"] != "modern" || c.Route.Domains["example.org"] != "pop3s" {
+		t.Errorf("route = %+v, want default legacy, alice -> modern, example.org -> pop3s", c.Route)
+	}
+
+	lim := c.Limits
+	for _, d := range []struct {
+		key  string
+		got  Duration
+		want time.Duration
+	}{
+		{"login_timeout", lim.LoginTimeout, 30 * time.Second},
+		{"idle_timeout", lim.IdleTimeout, 15 * time.Minute},
+		{"failure_delay", lim.FailureDelay, 0},
+		{"shutdown_timeout", lim.ShutdownTimeout, 90 * time.Second},
+	} {
+		if !d.got.Set || d.got.Duration != d.want {
+			t.Errorf("limits.%s = %+v, want %v (set)", d.key, d.got, d.want)
+		}
+	}
+	if intOr(lim.MaxConnections, -1) != 100 || intOr(lim.MaxConnectionsPerIP, -1) != 5 || intOr(lim.MaxLoginFailures, -1) != 2 {
+		t.Errorf("limits = %+v, want max_connections 100, max_connections_per_ip 5, max_login_failures 2", lim)
+	}
+	if c.Metrics.Address == nil || *c.Metrics.Address != "" {
+		t.Errorf("metrics.address = %v, want set to \"\"", c.Metrics.Address)
+	}
+}
+
+// Pieces of small configurations.
+const (
+	listenNone = "[[listen]]\naddress = \"127.0.0.1:1100\"\ntls = \"none\"\n\n"
+	backendB   = "[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n\n"
+	routeB     = "[route]\ndefault = \"b\"\n\n"
+	minimal    = listenNone + backendB + routeB
+)
+
+func TestParseConfigAccepts(t *testing.T) {
+	tests := []struct {
+		name string
+		toml string
+	}{
+		{"minimal", minimal},
+		{"metrics address empty disables", minimal + "[metrics]\naddress = \"\"\n"},
+		{"client_address none", listenNone + backendB + "client_address = \"none\"\n" + routeB},
+		{"allow_plaintext_from bare address", "[[listen]]\naddress = \"127.0.0.1:110\"\ntls = \"starttls\"\nallow_plaintext_from = [\"192.0.2.1\", \"2001:db8::/32\"]\n" + backendB + routeB},
+		{"route by users only", listenNone + backendB + "[route]\nusers = { \"a@example.com\" = \"b\" }\n"},
+		{"route by domains only", listenNone + backendB + "[route]\ndomains = { \"example.com\" = \"b\" }\n"},
+		{"same user twice to the same backend", listenNone + backendB + "[route]\nusers = { \"a@example.com\" = \"b\", \"A@Example.com\" = \"b\" }\n"},
+		{"zero durations", minimal + "[limits]\nfailure_delay = \"0s\"\nshutdown_timeout = \"0s\"\n"},
+		{"legacy tls versions", "[tls]\nmin_version = \"1.0\"\n\n" + minimal},
+		{"comments and empty tables", "# popgate\n[log]\n[limits]\n[metrics]\n" + minimal},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseConfig(tc.name, []byte(tc.toml)); err != nil {
+				t.Errorf("ParseConfig(%s) error = %v, want nil", tc.name, err)
+			}
+		})
+	}
+}
+
+// lineOf returns the 1-based number of the first line of text containing s.
+func lineOf(t *testing.T, text, s string) int {
+	t.Helper()
+	i := strings.Index(text, s)
+	if i < 0 {
+		t.Fatalf("%q not in config", s)
+	}
+	return strings.Count(text[:i], "\n") + 1
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	const (
+		badDuration      = minimal + "[limits]\nlogin_timeout = \"5 minutes\"\n"
+		negativeDuration = minimal + "[limits]\nidle_timeout = \"-5s\"\n"
+		badBackendDur    = listenNone + backendB + "connect_timeout = \"5\"\n\n" + routeB
+	)
+	tests := []struct {
+		name string
+		toml string
+		want []string // each must appear in the error
+	}{
+		{"unknown top-level key", "colour = \"blue\"\n" + minimal, []string{`unknown key "colour"`}},
+		{"unknown key in log", "[log]\nlevle = \"debug\"\n" + minimal, []string{`unknown key "log.levle"`}},
+		{"unknown key in limits", minimal + "[limits]\nmax_conections = 5\n", []string{`unknown key "limits.max_conections"`}},
+		{"unknown key in backend", listenNone + backendB + "servername = \"pop.internal\"\n\n" + routeB, []string{`unknown key "backend.servername"`}},
+		{"unknown key in listen", "[[listen]]\naddress = \"127.0.0.1:110\"\ntls = \"none\"\nallow_plaintext = true\n" + backendB + routeB, []string{`unknown key "listen.allow_plaintext"`}},
+		{"unknown key in certificates", "[tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\", chain = \"c\" }]\n" + minimal, []string{`unknown key "tls.certificates.chain"`}},
+		{"bad duration", badDuration, []string{
+			"limits.login_timeout",
+			fmt.Sprintf("line %d", lineOf(t, badDuration, "login_timeout")),
+			`invalid duration "5 minutes"`,
+		}},
+		{"duration without unit", badBackendDur, []string{
+			"backend.connect_timeout",
+			fmt.Sprintf("line %d", lineOf(t, badBackendDur, "connect_timeout")),
+			`invalid duration "5"`,
+		}},
+		{"negative duration", negativeDuration, []string{
+			"limits.idle_timeout",
+			fmt.Sprintf("line %d", lineOf(t, negativeDuration, "idle_timeout")),
+			"negative",
+		}},
+		{"zero login_timeout", minimal + "[limits]\nlogin_timeout = \"0s\"\n", []string{"limits.login_timeout", "positive"}},
+		{"wrong type", "[log]\nlevel = 1\n" + minimal, []string{"log.level"}},
+		{"route.default undefined", listenNone + backendB + "[route]\ndefault = \"nope\"\n", []string{`route.default: backend "nope" is not defined`}},
+		{"route.users undefined", listenNone + backendB + "[route]\nusers = { \"x@example.com\" = \"nope\" }\n", []string{`route.users."x@example.com": backend "nope" is not defined`}},
+		{"route.domains undefined", listenNone + backendB + "[route]\ndomains = { \"example.org\" = \"nope\" }\n", []string{`route.domains."example.org": backend "nope" is not defined`}},
+		{"route users differing only in case", listenNone + backendB + "[[backend]]\nname = \"c\"\naddress = \"127.0.0.1:1\"\ntls = \"none\"\n\n[route]\nusers = { \"Alice@example.com\" = \"b\", \"alice@EXAMPLE.com\" = \"c\" }\n",
+			[]string{`route.users."alice@EXAMPLE.com"`, `"Alice@example.com"`}},
+		{"route domains differing only in case or @", listenNone + backendB + "[[backend]]\nname = \"c\"\naddress = \"127.0.0.1:1\"\ntls = \"none\"\n\n[route]\ndomains = { \"example.org\" = \"b\", \"@Example.ORG\" = \"c\" }\n",
+			[]string{`route.domains."example.org"`, `"@Example.ORG"`}},
+		{"duplicate backend name", listenNone + backendB + backendB + routeB, []string{`backend[1].name: "b" used twice`}},
+		{"backend name missing", listenNone + "[[backend]]\naddress = \"127.0.0.1:1\"\ntls = \"none\"\n" + routeB, []string{"backend[0].name: missing"}},
+		{"backend address not host:port", listenNone + "[[backend]]\nname = \"b\"\naddress = \"pop.internal\"\ntls = \"none\"\n" + routeB, []string{"backend[0].address"}},
+		{"bad listen tls mode", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"ssl\"\n" + backendB + routeB, []string{`listen[0].tls: "ssl"`}},
+		{"missing listen tls", "[[listen]]\naddress = \"127.0.0.1:995\"\n" + backendB + routeB, []string{"listen[0].tls"}},
+		{"missing listen address", "[[listen]]\ntls = \"none\"\n" + backendB + routeB, []string{"listen[0].address: missing"}},
+		{"bad backend tls mode", listenNone + "[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\ntls = \"stls\"\n" + routeB, []string{`backend[0].tls: "stls"`}},
+		{"missing backend tls", listenNone + "[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\n" + routeB, []string{"backend[0].tls: missing"}},
+		{"server_name without tls", listenNone + backendB + "server_name = \"pop.internal\"\n\n" + routeB, []string{"backend[0]: server_name"}},
+		{"ca_file with insecure_skip_verify", listenNone + "[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\ntls = \"implicit\"\nca_file = \"ca.pem\"\ninsecure_skip_verify = true\n" + routeB, []string{"backend[0]: ca_file and insecure_skip_verify"}},
+		{"allow_plaintext_from invalid CIDR", "[[listen]]\naddress = \"127.0.0.1:110\"\ntls = \"starttls\"\nallow_plaintext_from = [\"127.0.0.0/8\", \"10.0.0.0/33\"]\n" + backendB + routeB, []string{`listen[0].allow_plaintext_from[1]: "10.0.0.0/33"`}},
+		{"allow_plaintext_from on implicit", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"implicit\"\nallow_plaintext_from = [\"127.0.0.0/8\"]\n" + backendB + routeB, []string{"listen[0].allow_plaintext_from"}},
+		{"duplicate listener", listenNone + listenNone + backendB + routeB, []string{`listen[1].name: "127.0.0.1:1100" used twice`}},
+		{"tls.min_version 1.4", "[tls]\nmin_version = \"1.4\"\n" + minimal, []string{"tls.min_version", `"1.4"`}},
+		{"listen min_version 1.4", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"implicit\"\nmin_version = \"1.4\"\n" + backendB + routeB, []string{"listen[0].min_version", `"1.4"`}},
+		{"backend min_version 1.4", listenNone + "[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\ntls = \"implicit\"\nmin_version = \"1.4\"\n" + routeB, []string{"backend[0].min_version", `"1.4"`}},
+		{"certificate without key", "[tls]\ncertificates = [{ cert = \"a.crt\" }]\n" + minimal, []string{"tls.certificates[0]"}},
+		{"bad log level", "[log]\nlevel = \"verbose\"\n" + minimal, []string{`log.level: "verbose"`}},
+		{"bad log format", "[log]\nformat = \"xml\"\n" + minimal, []string{`log.format: "xml"`}},
+		{"negative max_connections", minimal + "[limits]\nmax_connections = -1\n", []string{"limits.max_connections: must not be negative"}},
+		{"zero max_login_failures", minimal + "[limits]\nmax_login_failures = 0\n", []string{"limits.max_login_failures"}},
+		{"no listen", backendB + routeB, []string{"[[listen]]"}},
+		{"no backend", listenNone + "[route]\ndefault = \"b\"\n", []string{"[[backend]]"}},
+		{"no route at all", listenNone + backendB, []string{"route: no route at all"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig(tc.name, []byte(tc.toml))
+			if err == nil {
+				t.Fatalf("ParseConfig(%s) error = nil, want mention of %q", tc.name, tc.want)
+			}
+			if !strings.HasPrefix(err.Error(), "config "+tc.name+":") {
+				t.Errorf("ParseConfig(%s) error = %v, want it to start with %q", tc.name, err, "config "+tc.name+":")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("ParseConfig(%s) error = %v, want mention of %q", tc.name, err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseConfigNotYetSupported(t *testing.T) {
+	const notYet = "not supported by this version"
+	tests := []struct {
+		name string
+		toml string
+		key  string
+	}{
+		{"tls.acme", minimal + "[tls.acme]\ndomains = [\"mail.example.com\"]\nemail = \"postmaster@example.com\"\ncache_dir = \"/var/lib/popgate/acme\"\n", "tls.acme"},
+		{"route.map_file", listenNone + backendB + "[route]\nmap_file = \"/etc/popgate/routes\"\n", "route.map_file"},
+		{"route.map_file beside a default", listenNone + backendB + "[route]\ndefault = \"b\"\nmap_file = \"/etc/popgate/routes\"\n", "route.map_file"},
+		{"route.http", listenNone + backendB + "[route]\ndefault = \"b\"\n[route.http]\nurl = \"http://127.0.0.1:8080/auth\"\ntimeout = \"3s\"\n", "route.http"},
+		{"metrics.address", minimal + "[metrics]\naddress = \"127.0.0.1:9110\"\n", "metrics.address"},
+		{"proxy_protocol", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"none\"\nproxy_protocol = true\n" + backendB + routeB, "listen[0].proxy_protocol"},
+		{"client_address xclient", listenNone + backendB + "client_address = \"xclient\"\n\n" + routeB, "backend[0].client_address"},
+		{"client_address proxy-v2", listenNone + backendB + "client_address = \"proxy-v2\"\n\n" + routeB, "backend[0].client_address"},
+		{"max_failures_per_ip", minimal + "[limits]\nmax_failures_per_ip = 20\n", "max_failures_per_ip"},
+		{"max_failures_per_user", minimal + "[limits]\nmax_failures_per_user = 10\n", "max_failures_per_user"},
+		{"failure_window", minimal + "[limits]\nfailure_window = \"10m\"\n", "failure_window"},
+		{"trusted_proxies", minimal + "[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]\n", "limits.trusted_proxies"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig(tc.name, []byte(tc.toml))
+			if err == nil {
+				t.Fatalf("ParseConfig(%s) error = nil, want mention of %q", tc.name, tc.key)
+			}
+			// The key and the verdict on one line: the error names what
+			// is unsupported.
+			found := false
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if strings.Contains(line, tc.key) && strings.Contains(line, notYet) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("ParseConfig(%s) error = %v, want mention of %q with %q", tc.name, err, tc.key, notYet)
+			}
+			if strings.Contains(err.Error(), "unknown key") {
+				t.Errorf("ParseConfig(%s) error = %v, want no \"unknown key\" for a documented key", tc.name, err)
+			}
+		})
+	}
+}
+
+func TestParseConfigReportsAllProblems(t *testing.T) {
+	text := "colour = \"blue\"\n" +
+		"[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"ssl\"\n" +
+		"[[listen]]\naddress = \"127.0.0.1:110\"\ntls = \"starttls\"\nallow_plaintext_from = [\"300.0.0.1\"]\n" +
+		"[tls]\nmin_version = \"1.4\"\n" +
+		"[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\n" +
+		"[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\ntls = \"none\"\n" +
+		"[route]\ndefault = \"nope\"\nusers = { \"x@example.com\" = \"gone\" }\n" +
+		"[metrics]\naddress = \"127.0.0.1:9110\"\n"
+	want := []string{
+		`unknown key "colour"`,
+		`listen[0].tls: "ssl"`,
+		`listen[1].allow_plaintext_from[0]: "300.0.0.1"`,
+		"tls.min_version",
+		"backend[0].tls: missing",
+		`backend[1].name: "b" used twice`,
+		`route.default: backend "nope" is not defined`,
+		`route.users."x@example.com": backend "gone" is not defined`,
+		"metrics.address: not supported",
+	}
+	_, err := ParseConfig("many", []byte(text))
+	if err == nil {
+		t.Fatalf("ParseConfig(many) error = nil, want %d problems", len(want))
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("ParseConfig(many) error = %v, want mention of %q", err, w)
+		}
+	}
+	if head := fmt.Sprintf("%d problem(s)", len(want)); !strings.Contains(err.Error(), head) {
+		t.Errorf("ParseConfig(many) error = %v, want mention of %q", err, head)
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "absent.toml")
+	_, err := LoadConfig(path)
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("LoadConfig(%s) error = %v, want mention of %q", path, err, path)
+	}
+}
