@@ -62,8 +62,9 @@ type session struct {
 	result   string
 	lastErr  error // cause of the last failure, for the log
 
-	// Known once routed.
-	loginUser string
+	// Known once a login was tried.
+	user0     string // the user name the client gave (last attempt)
+	loginUser string // the name sent to the backend, when a router rewrote it
 	backend   string
 
 	mu      sync.Mutex
@@ -449,6 +450,7 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 // connection on success; done is true when the session is to end.
 func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
+	sess.user0 = creds.User
 	sess.log.Debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
 	bc, reply, err := sess.tryLogin(creds, attempt)
@@ -523,11 +525,13 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if dec.User == "" {
 		dec.User, dec.Password = creds.User, creds.Password
 	}
+	if dec.User != creds.User {
+		sess.loginUser = dec.User
+	}
 	// A router may rewrite the login; hold the result to the same rule.
 	if err := (auth.Credentials{User: dec.User, Password: dec.Password}).Check(); err != nil {
 		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
-	sess.loginUser = dec.User
 	bc, reply, err := sess.srv.dialBackend(ctx, b, dec)
 	if err != nil {
 		if isBackendRejected(err) {
@@ -569,8 +573,11 @@ func (sess *session) logEnd() {
 		slog.String("result", sess.result),
 		slog.String("dur", sess.srv.cfg.now().Sub(sess.start).Round(time.Microsecond).String()),
 	}
+	if sess.user0 != "" {
+		attrs = append(attrs, slog.String("user", sess.user0))
+	}
 	if sess.loginUser != "" {
-		attrs = append(attrs, slog.String("user", sess.loginUser))
+		attrs = append(attrs, slog.String("login_user", sess.loginUser))
 	}
 	if sess.backend != "" {
 		attrs = append(attrs, slog.String("backend", sess.backend))
