@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -188,8 +189,9 @@ func (sess *session) reply(s string) {
 func (sess *session) authorize() *backendConn {
 	for {
 		// Answers to pipelined commands go out together; nothing waits
-		// on a delayed ACK because the last answer flushes.
-		if sess.br.Buffered() == 0 {
+		// on a delayed ACK because the answer to the last complete
+		// command flushes.
+		if !sess.lineBuffered() {
 			if err := sess.bw.Flush(); err != nil {
 				sess.endRead(err)
 				return nil
@@ -261,6 +263,16 @@ func (sess *session) authorize() *backendConn {
 			}
 		}
 	}
+}
+
+// lineBuffered reports whether a complete command line is already buffered.
+func (sess *session) lineBuffered() bool {
+	n := sess.br.Buffered()
+	if n == 0 {
+		return false
+	}
+	p, _ := sess.br.Peek(n)
+	return bytes.IndexByte(p, '\n') >= 0
 }
 
 // endRead records why reading from the client stopped.
