@@ -151,3 +151,17 @@ func FuzzSASLPlain(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkSASLPlain(b *testing.B) {
+	in := EncodePlain("alice@example.com", "correct horse battery staple")
+	b.ReportAllocs()
+	for range b.N {
+		raw, err := DecodeBase64(in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ParsePlain(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/popgate/popgate/auth"
@@ -60,9 +61,15 @@ func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision)
 	}
 	// Cancelling ctx (shutdown, login_timeout) interrupts any read below.
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
-	bc, reply, err := s.loginBackend(ctx, raw, b, dec)
+	key := b.TLS.String() + " " + addr
+	bc, reply, err := s.loginBackend(ctx, raw, b, key, dec)
 	if !stop() || err != nil {
 		raw.Close()
+		if err != nil {
+			// Whatever went wrong, ask for the capabilities again
+			// next time: the backend may have changed.
+			s.caps.forget(key)
+		}
 		if err == nil {
 			err = ctx.Err()
 		}
@@ -152,20 +159,24 @@ func (c *backendClient) handshake() (*tls.ConnectionState, error) {
 	}
 	st := tc.ConnectionState()
 	c.conn = tc
-	c.br = bufio.NewReaderSize(tc, 1024)
+	c.br.Reset(tc)
 	return &st, nil
 }
 
-func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, dec auth.Decision) (*backendConn, string, error) {
-	c := &backendClient{b: b, conn: raw, timeout: b.timeout(), ctx: ctx}
+func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key string, dec auth.Decision) (*backendConn, string, error) {
+	c := &backendClient{b: b, conn: raw, timeout: b.timeout(), ctx: ctx, br: s.getReader(raw)}
+	ok := false
+	defer func() {
+		if !ok {
+			s.putReader(c.br)
+		}
+	}()
 	var st *tls.ConnectionState
 	var err error
 	if b.TLS == TLSImplicit {
 		if st, err = c.handshake(); err != nil {
 			return nil, "", err
 		}
-	} else {
-		c.br = bufio.NewReaderSize(raw, 1024)
 	}
 	greeting, err := c.readLine()
 	if err != nil {
@@ -174,12 +185,17 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, dec
 	if !pop3.IsOK(greeting) {
 		return nil, "", fmt.Errorf("greeting is not +OK: %.80q", greeting)
 	}
-	caps, err := c.capa()
-	if err != nil {
-		return nil, "", err
+	// Capabilities seen on an earlier login save a round trip. For a
+	// starttls backend the cache holds what it offered after STLS, and
+	// an entry exists only if it offered STLS at all.
+	caps, cached := s.caps.get(key)
+	if !cached {
+		if caps, err = c.capa(); err != nil {
+			return nil, "", err
+		}
 	}
 	if b.TLS == TLSStartTLS {
-		if caps != nil {
+		if !cached && caps != nil {
 			if _, ok := caps["STLS"]; !ok {
 				return nil, "", errNoSTLS
 			}
@@ -201,14 +217,20 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, dec
 			return nil, "", err
 		}
 		// RFC 2595 §4: capabilities may differ after STLS.
-		if caps, err = c.capa(); err != nil {
-			return nil, "", err
+		if !cached {
+			if caps, err = c.capa(); err != nil {
+				return nil, "", err
+			}
 		}
+	}
+	if !cached {
+		s.caps.put(key, caps)
 	}
 	reply, err := c.login(caps, dec)
 	if err != nil {
 		return nil, reply, err
 	}
+	ok = true
 	return &backendConn{raw: raw, conn: c.conn, br: c.br, tls: st}, reply, nil
 }
 
@@ -277,4 +299,45 @@ func (c *backendClient) verdict(line []byte) (string, error) {
 		return reply, &backendRejected{backend: c.b.Name, reply: string(line)}
 	}
 	return "", fmt.Errorf("unexpected login reply %.80q", line)
+}
+
+// capsTTL is how long a backend's capabilities are trusted without asking
+// again. Any failed login forgets them at once.
+const capsTTL = time.Minute
+
+// capsCache remembers backends' CAPA answers, keyed by TLS mode and address.
+type capsCache struct {
+	mu sync.Mutex
+	m  map[string]capsEntry
+}
+
+type capsEntry struct {
+	caps map[string]string // nil: the backend does not know CAPA
+	at   time.Time
+}
+
+func (cc *capsCache) get(key string) (map[string]string, bool) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	e, ok := cc.m[key]
+	if !ok || time.Since(e.at) > capsTTL {
+		return nil, false
+	}
+	return e.caps, true
+}
+
+func (cc *capsCache) put(key string, caps map[string]string) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.m == nil || len(cc.m) >= 4096 {
+		// Addresses from a lookup service can be many; stay bounded.
+		cc.m = make(map[string]capsEntry)
+	}
+	cc.m[key] = capsEntry{caps: caps, at: time.Now()}
+}
+
+func (cc *capsCache) forget(key string) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	delete(cc.m, key)
 }

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -217,7 +219,44 @@ type Server struct {
 	wg        sync.WaitGroup // live connections
 	idle      chan struct{}  // closed when sessions drops to zero while closing
 
-	bufs bufPool // large splice buffers, borrowed only while data flows
+	bufs    bufPool   // large splice buffers, borrowed only while data flows
+	readers sync.Pool // *bufio.Reader for AUTHORIZATION and backend logins
+	writers sync.Pool // *bufio.Writer for AUTHORIZATION
+	caps    capsCache // backends' capabilities
+}
+
+// Sizes of the AUTHORIZATION buffers. The reader holds any command line
+// (255 octets) with room for pipelined ones; longer SASL lines are
+// assembled by pop3.ReadLine.
+const (
+	readerSize = 1024
+	writerSize = 512
+)
+
+func (s *Server) getReader(r io.Reader) *bufio.Reader {
+	if br, ok := s.readers.Get().(*bufio.Reader); ok {
+		br.Reset(r)
+		return br
+	}
+	return bufio.NewReaderSize(r, readerSize)
+}
+
+func (s *Server) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	s.readers.Put(br)
+}
+
+func (s *Server) getWriter(w io.Writer) *bufio.Writer {
+	if bw, ok := s.writers.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
+	}
+	return bufio.NewWriterSize(w, writerSize)
+}
+
+func (s *Server) putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	s.writers.Put(bw)
 }
 
 // New returns a Server for cfg.

@@ -124,25 +124,46 @@ func (sess *session) isClosed() bool {
 }
 
 func (sess *session) serve() {
-	defer sess.srv.removeSession(sess)
-	defer sess.raw.Close()
 	sess.raw.SetDeadline(sess.deadline)
-
 	if sess.l.TLS == TLSImplicit {
 		if !sess.startTLS() {
-			sess.logEnd()
+			sess.end()
 			return
 		}
 	}
-	sess.br = bufio.NewReaderSize(sess.conn, 1024)
-	sess.bw = bufio.NewWriterSize(sess.conn, 512)
+	sess.br = sess.srv.getReader(sess.conn)
+	sess.bw = sess.srv.getWriter(sess.conn)
 	sess.bw.WriteString("+OK " + sess.srv.cfg.greeting() + "\r\n")
 	bc := sess.authorize()
-	if bc != nil {
-		sess.result = resultOK
-		sess.runSplice(bc)
+	if bc == nil {
+		sess.end()
+		return
 	}
+	sess.result = resultOK
+	// From here the two splice goroutines own the session; this one
+	// returns, and with it the stack the TLS handshake grew.
+	sess.startSplice(bc)
+}
+
+// end closes the client connection, logs the session's line and releases
+// it. It runs once, from whichever goroutine finishes the session.
+func (sess *session) end() {
+	sess.raw.Close()
+	sess.releaseBuffers()
 	sess.logEnd()
+	sess.srv.removeSession(sess)
+}
+
+// releaseBuffers returns the AUTHORIZATION buffers to their pools.
+func (sess *session) releaseBuffers() {
+	if sess.br != nil {
+		sess.srv.putReader(sess.br)
+		sess.br = nil
+	}
+	if sess.bw != nil {
+		sess.srv.putWriter(sess.bw)
+		sess.bw = nil
+	}
 }
 
 // startTLS runs the server handshake on the raw connection.
@@ -340,14 +361,16 @@ func (sess *session) stls() bool {
 	if n := sess.br.Buffered(); n > 0 {
 		sess.log.Warn("discarded bytes sent after STLS before the TLS handshake", "bytes", n)
 	}
+	// Dropping the reader drops what it buffered.
+	sess.releaseBuffers()
 	if !sess.startTLS() {
 		return false
 	}
 	// RFC 2595 §4: the session starts over; a USER given before STLS
 	// is forgotten.
 	sess.user = ""
-	sess.br = bufio.NewReaderSize(sess.conn, 1024)
-	sess.bw = bufio.NewWriterSize(sess.conn, 512)
+	sess.br = sess.srv.getReader(sess.conn)
+	sess.bw = sess.srv.getWriter(sess.conn)
 	return true
 }
 

@@ -640,3 +640,51 @@ func TestALPN(t *testing.T) {
 		}
 	}
 }
+
+// TestBackendCapsCache: a second login skips CAPA; a backend that stops
+// offering STLS while its capabilities are cached still never gets a
+// password in clear.
+func TestBackendCapsCache(t *testing.T) {
+	h := newHarness(t, harnessOpts{backendMode: TLSStartTLS})
+	for range 2 {
+		c := h.dial("pop3s")
+		c.login()
+		c.cmd("QUIT")
+		c.eof()
+	}
+	capas := 0
+	for _, cmd := range h.backend.Commands() {
+		if cmd == "CAPA" {
+			capas++
+		}
+	}
+	if capas != 2 { // once before and once after STLS, on the first login only
+		t.Errorf("backend got %d CAPA for two logins, want 2: %q", capas, h.backend.Commands())
+	}
+
+	// Replace the backend by one without STLS on the same address.
+	addr := h.srv.cfg.Backends["b1"].Address
+	h.backend.Close()
+	plain := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{testUser: {Password: testPass}}}
+	if _, err := plain.Start(addr); err != nil {
+		t.Fatalf("cannot rebind %s: %v", addr, err)
+	}
+	t.Cleanup(func() { plain.Close() })
+	c := h.dial("pop3s")
+	c.cmd("USER " + testUser)
+	if got := c.cmd("PASS " + testPass); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") {
+		t.Errorf("login = %q, want -ERR [SYS/TEMP]", got)
+	}
+	for _, cmd := range plain.Commands() {
+		if !slices.Contains([]string{"STLS", "CAPA"}, cmd) {
+			t.Errorf("backend without STLS received %q", cmd)
+		}
+	}
+	// The failure forgot the cache: the next login asks CAPA again and
+	// refuses before STLS.
+	c.cmd("USER " + testUser)
+	c.cmd("PASS " + testPass)
+	if !slices.Contains(plain.Commands(), "CAPA") {
+		t.Errorf("no CAPA after the failed login: %q", plain.Commands())
+	}
+}

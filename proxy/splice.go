@@ -48,30 +48,39 @@ type splice struct {
 	endReason string       // why the splice ended, for the log
 
 	// Guarded by session.mu.
+	running  int         // directions still copying
+	cerr     error       // how client → backend ended (nil: client EOF)
+	berr     error       // how backend → client ended (nil: backend EOF)
 	timer    *time.Timer // the idle timer, re-armed by itself
 	finished bool        // the splice is over; the timer must not re-arm
 	idledOut bool        // the idle timer closed the session
 }
 
-// runSplice carries the session after the login: it writes the bytes the
-// client pipelined behind its login to the backend, then copies both ways
-// until either side closes or the session is idle for idle_timeout. It
-// returns when both directions have stopped.
-func (sess *session) runSplice(bc *backendConn) {
+// startSplice hands the session to two goroutines that carry it after the
+// login: the bytes the client pipelined behind its login go to the backend
+// first, then both directions are copied until either side closes or the
+// session is idle for idle_timeout. The last goroutine to finish ends the
+// session.
+func (sess *session) startSplice(bc *backendConn) {
 	sess.mu.Lock()
 	if sess.closed {
 		sess.mu.Unlock()
 		bc.raw.Close()
+		sess.end()
 		return
 	}
 	sess.spliced = true
 	sess.bconn = bc.raw
 	sess.mu.Unlock()
-	defer bc.raw.Close()
 
+	fail := func(reason string) {
+		sess.sp.endReason = reason
+		bc.raw.Close()
+		sess.end()
+	}
 	// The backend's login reply is in bw; flush it with nothing else.
 	if err := sess.bw.Flush(); err != nil {
-		sess.sp.endReason = "client write: " + err.Error()
+		fail("client write: " + err.Error())
 		return
 	}
 	sess.raw.SetDeadline(time.Time{})
@@ -82,7 +91,7 @@ func (sess *session) runSplice(bc *backendConn) {
 	if n := sess.br.Buffered(); n > 0 {
 		p, _ := sess.br.Peek(n)
 		if _, err := bc.conn.Write(p); err != nil {
-			sess.sp.endReason = "backend write: " + err.Error()
+			fail("backend write: " + err.Error())
 			return
 		}
 		sess.sp.in.Add(int64(n))
@@ -92,58 +101,47 @@ func (sess *session) runSplice(bc *backendConn) {
 	if n := bc.br.Buffered(); n > 0 {
 		p, _ := bc.br.Peek(n)
 		if _, err := sess.conn.Write(p); err != nil {
-			sess.sp.endReason = "client write: " + err.Error()
+			fail("client write: " + err.Error())
 			return
 		}
 		sess.sp.out.Add(int64(n))
 	}
-	// The AUTHORIZATION buffers are garbage from here on.
-	sess.br, sess.bw, bc.br = nil, nil, nil
+	sess.srv.putReader(bc.br)
+	bc.br = nil
+	sess.releaseBuffers()
 
 	idle := sess.srv.cfg.idleTimeout()
 	sess.touch()
 	sess.mu.Lock()
+	sess.sp.running = 2
 	sess.sp.timer = time.AfterFunc(idle, sess.idleCheck)
 	sess.mu.Unlock()
-	defer func() {
-		sess.mu.Lock()
-		sess.sp.finished = true
-		sess.sp.timer.Stop()
-		sess.mu.Unlock()
-	}()
+	go clientToBackend(sess, bc)
+	go backendToClient(sess, bc)
+}
 
-	done := make(chan error, 1)
-	go backendToClient(sess, bc, done)
-	cerr := sess.pump(bc.conn, sess.conn, &sess.sp.in)
-	var berr error
-	if cerr == nil {
+// clientToBackend copies the client's commands to the backend.
+func clientToBackend(sess *session, bc *backendConn) {
+	err := sess.pump(bc.conn, sess.conn, &sess.sp.in)
+	if err == nil {
 		// The client half-closed: tell the backend, which will close
 		// in turn (a POP3 server ends the session at EOF without
 		// entering UPDATE); its remaining output still reaches the
 		// client.
 		closeWrite(bc.conn)
-		berr = <-done
 	} else {
 		// The client is gone or the backend refused its bytes: end
 		// both sides now.
 		bc.raw.Close()
 		sess.raw.Close()
-		berr = <-done
 	}
-	sess.mu.Lock()
-	idledOut := sess.sp.idledOut
-	sess.mu.Unlock()
-	if idledOut {
-		sess.sp.endReason = "idle timeout"
-	} else {
-		sess.sp.endReason = endReason(cerr, berr)
-	}
+	sess.pumpDone(bc, true, err)
 }
 
 // backendToClient copies the backend's output to the client. When the
 // backend closes, the client connection is closed too: a POP3 server that
 // closes has ended the session (after QUIT, or on its own timeout).
-func backendToClient(sess *session, bc *backendConn, done chan<- error) {
+func backendToClient(sess *session, bc *backendConn) {
 	err := sess.pump(sess.conn, bc.conn, &sess.sp.out)
 	if err == nil {
 		// Orderly: close_notify on TLS, then FIN.
@@ -151,7 +149,36 @@ func backendToClient(sess *session, bc *backendConn, done chan<- error) {
 	} else {
 		sess.raw.Close()
 	}
-	done <- err
+	sess.pumpDone(bc, false, err)
+}
+
+// pumpDone records the end of one direction; the second one ends the
+// session.
+func (sess *session) pumpDone(bc *backendConn, client bool, err error) {
+	sess.mu.Lock()
+	if client {
+		sess.sp.cerr = err
+	} else {
+		sess.sp.berr = err
+	}
+	sess.sp.running--
+	last := sess.sp.running == 0
+	if last {
+		sess.sp.finished = true
+		sess.sp.timer.Stop()
+	}
+	idledOut := sess.sp.idledOut
+	sess.mu.Unlock()
+	if !last {
+		return
+	}
+	if idledOut {
+		sess.sp.endReason = "idle timeout"
+	} else {
+		sess.sp.endReason = endReason(sess.sp.cerr, sess.sp.berr)
+	}
+	bc.raw.Close()
+	sess.end()
 }
 
 func endReason(cerr, berr error) string {

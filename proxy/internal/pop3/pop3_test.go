@@ -161,3 +161,30 @@ func FuzzReadLine(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseCommand(b *testing.B) {
+	line := []byte("user alice@example.com")
+	b.ReportAllocs()
+	for range b.N {
+		if _, err := ParseCommand(line); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkReadLine(b *testing.B) {
+	input := strings.Repeat("USER alice@example.com\r\n", 1000)
+	r := strings.NewReader(input)
+	br := bufio.NewReaderSize(r, 1024)
+	b.ReportAllocs()
+	b.SetBytes(int64(len("USER alice@example.com\r\n")))
+	for i := range b.N {
+		if i%1000 == 0 {
+			r.Reset(input)
+			br.Reset(r)
+		}
+		if _, err := ReadLine(br, MaxCommandLen); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
