@@ -153,7 +153,7 @@ func (c *backendClient) capa() (map[string]string, error) {
 
 func (c *backendClient) handshake() (*tls.ConnectionState, error) {
 	c.deadline()
-	tc := tls.Client(c.conn, c.b.TLSConfig)
+	tc := tls.Client(newRecordConn(c.conn), c.b.TLSConfig)
 	if err := tc.HandshakeContext(c.ctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake: %w", err)
 	}

@@ -223,6 +223,12 @@ type Server struct {
 	readers sync.Pool // *bufio.Reader for AUTHORIZATION and backend logins
 	writers sync.Pool // *bufio.Writer for AUTHORIZATION
 	caps    capsCache // backends' capabilities
+
+	// parker holds idle splice directions without goroutines; nil
+	// where epoll is not available.
+	parker    *parker
+	parkAfter time.Duration // idle time before a direction parks
+	smallBufs sync.Pool     // *[]byte of smallBufSize for TLS reads
 }
 
 // Sizes of the AUTHORIZATION buffers. The reader holds any command line
@@ -271,7 +277,14 @@ func New(cfg Config) (*Server, error) {
 	var rb [3]byte
 	rand.Read(rb[:])
 	ctx, cancel := context.WithCancel(context.Background())
+	pk, err := newParker()
+	if err != nil {
+		log.Debug("idle sessions keep their goroutines", "err", err)
+		pk = nil
+	}
 	return &Server{
+		parker:    pk,
+		parkAfter: parkAfter,
 		cfg:       cfg,
 		log:       log,
 		idBase:    hex.EncodeToString(rb[:]),
@@ -438,13 +451,34 @@ func (s *Server) Close() error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
+	sessions := make([]*session, 0, len(s.sessions))
 	for sess := range s.sessions {
-		sess.close()
+		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
+	// Outside s.mu: closing a parked session ends it right here, and
+	// ending takes s.mu.
+	for _, sess := range sessions {
+		sess.close()
+	}
 	s.cancel()
 	s.wg.Wait()
+	if s.parker != nil {
+		s.parker.close()
+	}
 	return nil
+}
+
+// Accepted returns the number of client connections accepted so far.
+func (s *Server) Accepted() uint64 { return s.nextID.Load() }
+
+// Parked returns the number of splice directions that wait for data
+// without a goroutine.
+func (s *Server) Parked() int64 {
+	if s.parker == nil {
+		return 0
+	}
+	return s.parker.parked.Load()
 }
 
 // Sessions returns the number of live client connections.

@@ -51,7 +51,6 @@ type session struct {
 	bw     *bufio.Writer  // client output during AUTHORIZATION, flushed when input runs dry
 	remote netip.AddrPort // the client
 	local  netip.AddrPort
-	log    *slog.Logger
 	start  time.Time
 	// deadline ends the AUTHORIZATION state (login_timeout).
 	deadline time.Time
@@ -88,23 +87,34 @@ func (s *Server) newSession(c net.Conn, l Listener) *session {
 		start:  s.cfg.now(),
 	}
 	sess.deadline = sess.start.Add(s.cfg.loginTimeout())
-	sess.log = s.log.With("conn", sess.id, "remote", sess.remote.String(), "listener", l.Name)
 	return sess
+}
+
+// logger returns the session's logger. It is built on demand rather than
+// kept: an idle session should not hold a handler's worth of memory.
+func (sess *session) logger() *slog.Logger {
+	return sess.srv.log.With("conn", sess.id, "remote", sess.remote.String(), "listener", sess.l.Name)
+}
+
+// debug logs at DEBUG level, without building a logger when that level is
+// off.
+func (sess *session) debug(msg string, args ...any) {
+	if sess.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		sess.logger().Debug(msg, args...)
+	}
 }
 
 // close ends the session at once: both sockets are closed, no QUIT is sent.
 func (sess *session) close() {
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	sess.closeLocked()
-}
-
-func (sess *session) closeLocked() {
 	sess.closed = true
 	sess.raw.Close()
 	if sess.bconn != nil {
 		sess.bconn.Close()
 	}
+	sess.mu.Unlock()
+	// Parked directions wait on sockets that are closed now.
+	sess.dirDone(nil, nil, true)
 }
 
 // closeIfNotSpliced closes a session still in AUTHORIZATION (shutdown).
@@ -168,7 +178,7 @@ func (sess *session) releaseBuffers() {
 
 // startTLS runs the server handshake on the raw connection.
 func (sess *session) startTLS() bool {
-	tc := tls.Server(sess.raw, sess.l.TLSConfig)
+	tc := tls.Server(newRecordConn(sess.raw), sess.l.TLSConfig)
 	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -236,7 +246,7 @@ func (sess *session) authorize() *backendConn {
 			}
 			continue
 		}
-		sess.log.Debug("command", "cmd", cmd.Name)
+		sess.debug("command", "cmd", cmd.Name)
 		switch cmd.Name {
 		case "CAPA":
 			sess.capa()
@@ -359,7 +369,7 @@ func (sess *session) stls() bool {
 		return false
 	}
 	if n := sess.br.Buffered(); n > 0 {
-		sess.log.Warn("discarded bytes sent after STLS before the TLS handshake", "bytes", n)
+		sess.logger().Warn("discarded bytes sent after STLS before the TLS handshake", "bytes", n)
 	}
 	// Dropping the reader drops what it buffered.
 	sess.releaseBuffers()
@@ -486,7 +496,7 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
 	sess.user0 = creds.User
-	sess.log.Debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
+	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
 	bc, reply, err := sess.tryLogin(creds, attempt)
 	if err == nil {
@@ -510,7 +520,7 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 		sess.result = resultBackendError
 		lvl = slog.LevelWarn
 	}
-	sess.log.Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
+	sess.logger().Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
 	if !sess.sleep(failureDelay(sess.srv.cfg.FailureDelay, err)) {
 		sess.result = resultShutdown
 		return nil, true
@@ -518,7 +528,7 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	sess.bw.WriteString(reply)
 	if sess.failures >= sess.srv.cfg.maxLoginFailures() {
 		sess.bw.Flush()
-		sess.log.Info("too many failed logins, closing", "failures", sess.failures)
+		sess.logger().Info("too many failed logins, closing", "failures", sess.failures)
 		return nil, true
 	}
 	return nil, false
@@ -636,7 +646,7 @@ func (sess *session) logEnd() {
 	if sess.lastErr != nil && sess.result != resultOK {
 		attrs = append(attrs, slog.String("err", sess.lastErr.Error()))
 	}
-	sess.log.LogAttrs(context.Background(), slog.LevelInfo, "session end", attrs...)
+	sess.logger().LogAttrs(context.Background(), slog.LevelInfo, "session end", attrs...)
 }
 
 func isTimeout(err error) bool {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -40,6 +41,10 @@ func (bp *bufPool) put(b *[]byte) {
 	bp.p.Put(b)
 }
 
+// parkAfter is how long a splice direction waits for data with its own
+// goroutine before it parks (see parker). Tests shorten Server.parkAfter.
+const parkAfter = time.Second
+
 // splice is the state of a logged-in session's copy.
 type splice struct {
 	in        atomic.Int64 // client → backend bytes
@@ -48,18 +53,67 @@ type splice struct {
 	endReason string       // why the splice ended, for the log
 
 	// Guarded by session.mu.
-	running  int         // directions still copying
-	cerr     error       // how client → backend ended (nil: client EOF)
-	berr     error       // how backend → client ended (nil: backend EOF)
-	timer    *time.Timer // the idle timer, re-armed by itself
-	finished bool        // the splice is over; the timer must not re-arm
-	idledOut bool        // the idle timer closed the session
+	dirs     [2]*direction // client → backend, backend → client
+	running  int           // directions not done
+	cerr     error         // how client → backend ended (nil: client EOF)
+	berr     error         // how backend → client ended (nil: backend EOF)
+	timer    *time.Timer   // the idle timer, re-armed by itself
+	finished bool          // the splice is over; the timer must not re-arm
+	idledOut bool          // the idle timer closed the session
 }
+
+// dirState is where a direction is in its life.
+type dirState int
+
+const (
+	dirRunning dirState = iota // a goroutine copies
+	dirParked                  // waiting in the parker, no goroutine
+	dirDone                    // finished
+)
+
+// direction is one half of a splice.
+type direction struct {
+	sess      *session
+	toBackend bool
+	src, dst  net.Conn
+	count     *atomic.Int64
+	raw       *net.TCPConn // src itself when it is a plain TCP socket
+	rec       *recordConn  // the socket under src when src is TLS over TCP
+	sock      *net.TCPConn // the socket to wait on when parked; nil: never park
+	small     []byte       // read buffer of a TLS source, only while running
+
+	// Guarded by session.mu.
+	state      dirState
+	gen        uint32 // parking generation, to ignore stale wakeups
+	registered bool   // sock is in the parker's epoll set
+	fd         int32  // sock's descriptor when registered
+}
+
+func newDirection(sess *session, toBackend bool, src, dst net.Conn, count *atomic.Int64) *direction {
+	d := &direction{sess: sess, toBackend: toBackend, src: src, dst: dst, count: count}
+	switch c := src.(type) {
+	case *net.TCPConn:
+		d.raw = c
+		d.sock = c
+	case *tls.Conn:
+		if rc, ok := c.NetConn().(*recordConn); ok {
+			d.rec = rc
+			d.sock = rc.TCPConn
+		}
+	}
+	if sess.srv.parker == nil {
+		d.sock = nil
+	}
+	return d
+}
+
+// errParked ends a direction's goroutine that parked itself.
+var errParked = errors.New("parked")
 
 // startSplice hands the session to two goroutines that carry it after the
 // login: the bytes the client pipelined behind its login go to the backend
 // first, then both directions are copied until either side closes or the
-// session is idle for idle_timeout. The last goroutine to finish ends the
+// session is idle for idle_timeout. The last direction to finish ends the
 // session.
 func (sess *session) startSplice(bc *backendConn) {
 	sess.mu.Lock()
@@ -110,58 +164,81 @@ func (sess *session) startSplice(bc *backendConn) {
 	bc.br = nil
 	sess.releaseBuffers()
 
+	up := newDirection(sess, true, sess.conn, bc.conn, &sess.sp.in)
+	down := newDirection(sess, false, bc.conn, sess.conn, &sess.sp.out)
 	idle := sess.srv.cfg.idleTimeout()
 	sess.touch()
 	sess.mu.Lock()
+	sess.sp.dirs = [2]*direction{up, down}
 	sess.sp.running = 2
 	sess.sp.timer = time.AfterFunc(idle, sess.idleCheck)
 	sess.mu.Unlock()
-	go clientToBackend(sess, bc)
-	go backendToClient(sess, bc)
+	go up.run()
+	go down.run()
 }
 
-// clientToBackend copies the client's commands to the backend.
-func clientToBackend(sess *session, bc *backendConn) {
-	err := sess.pump(bc.conn, sess.conn, &sess.sp.in)
-	if err == nil {
-		// The client half-closed: tell the backend, which will close
-		// in turn (a POP3 server ends the session at EOF without
-		// entering UPDATE); its remaining output still reaches the
-		// client.
-		closeWrite(bc.conn)
+// run copies until the direction ends or parks.
+func (d *direction) run() {
+	var err error
+	if d.raw != nil {
+		err = d.copyRaw()
 	} else {
-		// The client is gone or the backend refused its bytes: end
-		// both sides now.
-		bc.raw.Close()
-		sess.raw.Close()
+		err = d.copyBuffered()
 	}
-	sess.pumpDone(bc, true, err)
+	if err == errParked {
+		return
+	}
+	d.finish(err)
 }
 
-// backendToClient copies the backend's output to the client. When the
-// backend closes, the client connection is closed too: a POP3 server that
-// closes has ended the session (after QUIT, or on its own timeout).
-func backendToClient(sess *session, bc *backendConn) {
-	err := sess.pump(sess.conn, bc.conn, &sess.sp.out)
-	if err == nil {
-		// Orderly: close_notify on TLS, then FIN.
-		sess.conn.Close()
+// finish does what the end of one direction asks of the other side, and
+// ends the session when both are done.
+func (d *direction) finish(err error) {
+	sess := d.sess
+	closedAll := true
+	if d.toBackend {
+		if err == nil {
+			// The client half-closed: tell the backend, which will
+			// close in turn (a POP3 server ends the session at EOF
+			// without entering UPDATE); its remaining output still
+			// reaches the client.
+			closeWrite(d.dst)
+			closedAll = false
+		} else {
+			// The client is gone or the backend refused its bytes:
+			// end both sides now.
+			sess.bconn.Close()
+			sess.raw.Close()
+		}
 	} else {
-		sess.raw.Close()
+		// The backend closed: a POP3 server that closes has ended the
+		// session (after QUIT, or on its own timeout). Close the
+		// client too, orderly when the backend was.
+		if err == nil {
+			d.dst.Close()
+		} else {
+			sess.raw.Close()
+		}
+		sess.bconn.Close()
 	}
-	sess.pumpDone(bc, false, err)
+	sess.dirDone(d, err, closedAll)
 }
 
-// pumpDone records the end of one direction; the second one ends the
-// session.
-func (sess *session) pumpDone(bc *backendConn, client bool, err error) {
+// dirDone records that d ended with err. When the sockets were closed, a
+// parked direction can no longer be woken and is finished here too.
+func (sess *session) dirDone(d *direction, err error, socketsClosed bool) {
 	sess.mu.Lock()
-	if client {
-		sess.sp.cerr = err
-	} else {
-		sess.sp.berr = err
+	if sess.sp.dirs[0] == nil || sess.sp.finished {
+		// Not spliced (yet), or already ended.
+		sess.mu.Unlock()
+		return
 	}
-	sess.sp.running--
+	if d != nil {
+		sess.recordDirLocked(d, err)
+	}
+	if socketsClosed {
+		sess.finishParkedLocked()
+	}
 	last := sess.sp.running == 0
 	if last {
 		sess.sp.finished = true
@@ -177,8 +254,75 @@ func (sess *session) pumpDone(bc *backendConn, client bool, err error) {
 	} else {
 		sess.sp.endReason = endReason(sess.sp.cerr, sess.sp.berr)
 	}
-	bc.raw.Close()
+	sess.bconn.Close()
 	sess.end()
+}
+
+func (sess *session) recordDirLocked(d *direction, err error) {
+	if d.state == dirDone {
+		return
+	}
+	if d.state == dirParked {
+		sess.srv.parker.unparked()
+	}
+	d.state = dirDone
+	if sess.srv.parker != nil {
+		sess.srv.parker.forget(d)
+	}
+	if d.toBackend {
+		sess.sp.cerr = err
+	} else {
+		sess.sp.berr = err
+	}
+	sess.sp.running--
+}
+
+// finishParkedLocked ends the directions that wait in the parker: their
+// sockets are closed, so no wakeup will come.
+func (sess *session) finishParkedLocked() {
+	for _, d := range sess.sp.dirs {
+		if d != nil && d.state == dirParked {
+			sess.recordDirLocked(d, net.ErrClosed)
+		}
+	}
+}
+
+// park hands d to the parker; its goroutine must return errParked at once
+// when park reports true.
+func (d *direction) park() bool {
+	sess := d.sess
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.closed || d.state != dirRunning {
+		return false
+	}
+	d.gen++
+	d.state = dirParked
+	if d.small != nil {
+		b := d.small
+		sess.srv.smallBufs.Put(&b)
+		d.small = nil
+	}
+	if err := sess.srv.parker.arm(d); err != nil {
+		d.state = dirRunning
+		return false
+	}
+	return true
+}
+
+// wake resumes a parked direction in a new goroutine. It is called by the
+// parker with the generation the event was armed with.
+func (d *direction) wake(gen uint32) {
+	sess := d.sess
+	sess.mu.Lock()
+	if d.state != dirParked || d.gen != gen {
+		sess.mu.Unlock()
+		return
+	}
+	d.state = dirRunning
+	sess.srv.parker.unparked()
+	sess.mu.Unlock()
+	go d.run()
 }
 
 func endReason(cerr, berr error) string {
@@ -215,33 +359,30 @@ func (sess *session) idleCheck() {
 	idle := sess.srv.cfg.idleTimeout()
 	quiet := time.Since(sess.start) - time.Duration(sess.sp.last.Load())
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
 	if sess.sp.finished {
+		sess.mu.Unlock()
 		return
 	}
 	if quiet < idle {
 		sess.sp.timer.Reset(idle - quiet)
+		sess.mu.Unlock()
 		return
 	}
 	sess.sp.idledOut = true
-	sess.log.Info("idle timeout, closing both sides without QUIT", "idle", idle)
-	sess.closeLocked()
+	sess.mu.Unlock()
+	sess.logger().Info("idle timeout, closing both sides without QUIT", "idle", idle)
+	sess.close()
 }
 
-// pump copies src to dst until src ends (nil) or an error (returned).
-func (sess *session) pump(dst, src net.Conn, count *atomic.Int64) error {
-	if tc, ok := src.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
-			return sess.pumpRaw(dst, rc, count)
-		}
-	}
-	return sess.pumpBuffered(dst, src, count)
-}
-
-// pumpRaw copies from a plain TCP socket. It waits for readability with no
+// copyRaw copies from a plain TCP socket. It waits for readability with no
 // buffer held and borrows a pooled buffer only for a read that has data.
-func (sess *session) pumpRaw(dst net.Conn, rc syscall.RawConn, count *atomic.Int64) error {
-	pool := &sess.srv.bufs
+// After parkAfter without data it parks.
+func (d *direction) copyRaw() error {
+	pool := &d.sess.srv.bufs
+	rc, err := d.raw.SyscallConn()
+	if err != nil {
+		return err
+	}
 	var (
 		buf  *[]byte
 		n    int
@@ -271,7 +412,16 @@ func (sess *session) pumpRaw(dst net.Conn, rc syscall.RawConn, count *atomic.Int
 		}
 	}()
 	for {
+		if d.sock != nil {
+			d.raw.SetReadDeadline(time.Now().Add(d.sess.srv.parkAfter))
+		}
 		if err := rc.Read(read); err != nil {
+			if d.sock != nil && isTimeout(err) && d.park() {
+				return errParked
+			}
+			if isTimeout(err) && !d.sess.isClosed() {
+				continue
+			}
 			return err
 		}
 		if rerr != nil {
@@ -280,38 +430,59 @@ func (sess *session) pumpRaw(dst net.Conn, rc syscall.RawConn, count *atomic.Int
 		if n <= 0 {
 			return nil
 		}
-		sess.touch()
-		count.Add(int64(n))
-		if _, err := dst.Write((*buf)[:n]); err != nil {
+		d.sess.touch()
+		d.count.Add(int64(n))
+		if _, err := d.dst.Write((*buf)[:n]); err != nil {
 			return err
 		}
 	}
 }
 
-// pumpBuffered copies from a connection that buffers internally (TLS). A
+// copyBuffered copies from a connection that buffers internally (TLS). A
 // read that fills the small buffer means more is pending, and the next read
 // borrows a large buffer; a read that does not fill the large one means the
 // source ran dry, and the buffer goes back before the next read can block.
-func (sess *session) pumpBuffered(dst, src net.Conn, count *atomic.Int64) error {
-	pool := &sess.srv.bufs
-	small := make([]byte, smallBufSize)
+// After parkAfter without data, at a record boundary, it parks.
+func (d *direction) copyBuffered() error {
+	srv := d.sess.srv
+	if d.small == nil {
+		if b, ok := srv.smallBufs.Get().(*[]byte); ok {
+			d.small = *b
+		} else {
+			d.small = make([]byte, smallBufSize)
+		}
+	}
 	var big *[]byte
 	defer func() {
 		if big != nil {
-			pool.put(big)
+			srv.bufs.put(big)
 		}
 	}()
-	buf := small
+	buf := d.small
 	for {
-		n, err := src.Read(buf)
+		if d.sock != nil {
+			d.src.SetReadDeadline(time.Now().Add(d.sess.srv.parkAfter))
+		}
+		n, err := d.src.Read(buf)
 		if n > 0 {
-			sess.touch()
-			count.Add(int64(n))
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			d.sess.touch()
+			d.count.Add(int64(n))
+			if _, werr := d.dst.Write(buf[:n]); werr != nil {
 				return werr
 			}
 		}
 		if err != nil {
+			if n == 0 && isTimeout(err) && !d.sess.isClosed() {
+				if big != nil {
+					srv.bufs.put(big)
+					big = nil
+					buf = d.small
+				}
+				if d.rec != nil && d.rec.atBoundary() && d.park() {
+					return errParked
+				}
+				continue
+			}
 			if err == io.EOF {
 				return nil
 			}
@@ -319,12 +490,12 @@ func (sess *session) pumpBuffered(dst, src net.Conn, count *atomic.Int64) error 
 		}
 		switch {
 		case big == nil && n == len(buf):
-			big = pool.get()
+			big = srv.bufs.get()
 			buf = *big
 		case big != nil && n < len(buf) && n < tlsRecordPlaintext:
-			pool.put(big)
+			srv.bufs.put(big)
 			big = nil
-			buf = small
+			buf = d.small
 		}
 	}
 }

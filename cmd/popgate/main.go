@@ -200,6 +200,7 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 			errc <- in.server.Serve(ctx, lns[i], l)
 		}()
 	}
+	go trimWhenQuiet(ctx, in.server, quietPeriod, log)
 	var err error
 	select {
 	case <-ctx.Done():
@@ -260,4 +261,37 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && !strings.EqualFold(os.Getenv("TERM"), "dumb")
+}
+
+// quietPeriod is how long popgate must accept no connection before it
+// returns freed memory to the operating system.
+const quietPeriod = 5 * time.Second
+
+// trimWhenQuiet returns freed memory to the OS once no connection has been
+// accepted for a quiet period. A burst of logins leaves garbage behind; when
+// the sessions it opened then sit idle, nothing allocates, no collection
+// runs, and the garbage would stay resident until the runtime's two-minute
+// forced GC. One collection per quiet spell is cheap next to the logins
+// that caused it.
+func trimWhenQuiet(ctx context.Context, srv *proxy.Server, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last, dirty := srv.Accepted(), true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n := srv.Accepted(); n != last {
+			last, dirty = n, true
+			continue
+		}
+		if dirty {
+			dirty = false
+			start := time.Now()
+			debug.FreeOSMemory()
+			log.Debug("quiet: returned free memory to the OS", "took", time.Since(start).Round(time.Microsecond).String(), "sessions", srv.Sessions())
+		}
+	}
 }
