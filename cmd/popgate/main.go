@@ -263,8 +263,8 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && !strings.EqualFold(os.Getenv("TERM"), "dumb")
 }
 
-// quietPeriod is how long popgate must accept no connection before it
-// returns freed memory to the operating system.
+// quietPeriod is how long popgate must see no connection come or go
+// before it returns freed memory to the operating system.
 const quietPeriod = 5 * time.Second
 
 // trimWhenQuiet returns freed memory to the OS once no connection has been
@@ -276,15 +276,21 @@ const quietPeriod = 5 * time.Second
 func trimWhenQuiet(ctx context.Context, srv *proxy.Server, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	last, dirty := srv.Accepted(), true
+	type activity struct {
+		accepted uint64
+		sessions int
+	}
+	now := func() activity { return activity{srv.Accepted(), srv.Sessions()} }
+	last, dirty := now(), true
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if n := srv.Accepted(); n != last {
-			last, dirty = n, true
+		// New connections and ended sessions both leave garbage.
+		if a := now(); a != last {
+			last, dirty = a, true
 			continue
 		}
 		if dirty {

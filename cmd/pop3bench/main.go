@@ -1,0 +1,777 @@
+// Command pop3bench is popgate's benchmark: it measures popgate side by
+// side with the backend it fronts, in one run, and reports the ratios.
+//
+// From the repository root, as root (Dovecot drops privileges itself):
+//
+//	go run ./cmd/pop3bench
+//
+// It builds popgate from the current source and runs it as a separate
+// process with a generated configuration: one implicit-TLS listener on
+// 127.0.0.1 with a certificate the benchmark generates (ECDSA P-256, or
+// RSA-2048 with -cert rsa), in front of the backend's plaintext port (the
+// legacy-server case). The backend is a real Dovecot, tuned for
+// performance, when the dovecot binary is installed, and the in-memory
+// server of proxy/pop3test otherwise (-backend forces either).
+//
+// Every workload runs twice: "direct", the clients talking POP3S to the
+// backend itself, and "popgate", the same clients through popgate. Every
+// session makes a full TLS 1.3 handshake (the clients keep no session
+// cache) and sends one command at a time:
+//
+//   - login, at 1 and 32 concurrent clients: connect, TLS, greeting,
+//     USER, PASS, STAT, QUIT, and wait for the server to close;
+//   - retr, at 4 concurrent clients: the same with RETR of a 10 MiB
+//     message full of dot-stuffed lines, its size checked against the
+//     "+OK n octets" line and its unstuffed content against a CRC;
+//   - idle: -idle sessions logged in through popgate and held, and
+//     popgate's resident memory per session. These go to the in-memory
+//     backend (a Dovecot POP3 session is a process of its own) in a fresh
+//     popgate process, so that earlier workloads leave nothing in its heap.
+//
+// For each workload and side it reports sessions/s, latency percentiles,
+// MB/s, errors, popgate's CPU (utime+stime from /proc) per session and per
+// GB, popgate's RSS, the backend's CPU (Dovecot's master and all its
+// processes), and the ratios popgate/direct. The figures are printed as a
+// table and written as JSON (-json). At the end it checks that there was
+// no error, that every byte arrived, that popgate's file descriptors went
+// back to their baseline once all sessions had closed, and that popgate is
+// still alive and exits cleanly; it exits 1 if a check failed.
+//
+// Everything listens on 127.0.0.1 only. The benchmark stops only the
+// processes it started, by PID, and removes its temporary directory.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/popgate/popgate/internal/certgen"
+	"github.com/popgate/popgate/internal/dovecotrun"
+	"github.com/popgate/popgate/proxy/pop3test"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// options are the command-line flags.
+type options struct {
+	Cert        certgen.KeyType
+	Backend     string // auto | dovecot | memory
+	Workloads   map[string]bool
+	Logins      int
+	Retrs       int
+	Duration    time.Duration
+	Idle        int
+	Popgate     string
+	JSON        string
+	LogLevel    string
+	MLKEM       bool
+	IdleSettle  time.Duration
+	Concurrency []int // of the login workload
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("pop3bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: go run ./cmd/pop3bench [flags]\n\nBenchmarks popgate side by side with its backend (see the package comment).\n\n")
+		fs.PrintDefaults()
+	}
+	o := &options{}
+	cert := fs.String("cert", "ecdsa", "certificate kind of popgate and the backend: ecdsa (P-256) or rsa (2048)")
+	fs.StringVar(&o.Backend, "backend", "auto", "backend: dovecot, memory (proxy/pop3test in this process), or auto (dovecot when installed)")
+	workloads := fs.String("workloads", "login,retr,idle", "comma-separated workloads to run: login, retr, idle")
+	fs.IntVar(&o.Logins, "logins", 5000, "login sessions per side and concurrency (at most; see -duration)")
+	fs.IntVar(&o.Retrs, "retrs", 200, "RETR sessions of the 10 MiB message per side (at most; see -duration)")
+	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "time limit of each side of each workload")
+	fs.IntVar(&o.Idle, "idle", 2000, "idle sessions held through popgate (each costs the benchmark 2 and popgate 2 file descriptors)")
+	fs.StringVar(&o.Popgate, "popgate", "", "popgate binary to run instead of building ./cmd/popgate")
+	fs.StringVar(&o.JSON, "json", "pop3bench.json", "file to write the figures to as JSON (\"\" for none)")
+	fs.StringVar(&o.LogLevel, "popgate-log-level", "warn", "popgate's log.level (debug, info, warn, error); info logs a line per session")
+	fs.BoolVar(&o.MLKEM, "mlkem", false, "let clients offer Go's default key exchanges (X25519MLKEM768 first) instead of X25519 only")
+	fs.DurationVar(&o.IdleSettle, "idle-settle", 2*time.Second, "wait before sampling popgate's memory in the idle workload")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var err error
+	if o.Cert, err = certgen.ParseKeyType(*cert); err != nil {
+		return nil, errors.New("-cert: want ecdsa or rsa")
+	}
+	switch o.Backend {
+	case "auto", "dovecot", "memory":
+	default:
+		return nil, fmt.Errorf("-backend %q: want dovecot, memory or auto", o.Backend)
+	}
+	o.Workloads = map[string]bool{}
+	for _, w := range strings.Split(*workloads, ",") {
+		switch w = strings.TrimSpace(w); w {
+		case "login", "retr", "idle":
+			o.Workloads[w] = true
+		case "":
+		default:
+			return nil, fmt.Errorf("-workloads: unknown workload %q (want login, retr, idle)", w)
+		}
+	}
+	if len(o.Workloads) == 0 {
+		return nil, errors.New("-workloads: nothing to run")
+	}
+	switch o.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return nil, fmt.Errorf("-popgate-log-level %q: want debug, info, warn or error", o.LogLevel)
+	}
+	if o.Logins < 1 || o.Retrs < 1 || o.Duration <= 0 || o.IdleSettle < 0 {
+		return nil, errors.New("-logins and -retrs must be positive, -duration too")
+	}
+	// Each idle session holds two descriptors in this process (client and
+	// in-memory server) and two in popgate.
+	if limit := fdLimit(); o.Workloads["idle"] && (o.Idle < 1 || 2*o.Idle+200 > limit) {
+		return nil, fmt.Errorf("-idle %d: want 1 to %d (this process and popgate may each hold %d file descriptors and need 2 per idle session)", o.Idle, (limit-200)/2, limit)
+	}
+	o.Concurrency = []int{1, 32}
+	return o, nil
+}
+
+func fdLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 1024
+	}
+	return int(min(rl.Max, 1<<20))
+}
+
+// Sizes of the workloads.
+const (
+	loginUsers  = 100 // mailboxes the login workload rotates through
+	retrClients = 4
+	retrSize    = 10 << 20
+	warmup      = 20 // unmeasured sessions before each measurement, at least
+	idleOpeners = 32 // clients opening idle sessions at once
+	popgateName = "popgate.test"
+)
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "pop3bench: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b := &bench{o: o, progress: stderr}
+	rep, err := b.run(ctx)
+	if cerr := b.cleanup(); cerr != nil {
+		fmt.Fprintf(stderr, "pop3bench: cleanup: %v\n", cerr)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = errors.New("interrupted; everything it started is stopped")
+		}
+		fmt.Fprintf(stderr, "pop3bench: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout)
+	writeTable(stdout, rep)
+	if o.JSON != "" {
+		path := o.JSON
+		if err := writeJSON(path, rep); err != nil {
+			path = filepath.Join(os.TempDir(), "pop3bench.json")
+			if err2 := writeJSON(path, rep); err2 != nil {
+				fmt.Fprintf(stderr, "pop3bench: write JSON: %v; %v\n", err, err2)
+				return 1
+			}
+		}
+		if abs, err := filepath.Abs(path); err == nil {
+			path = abs
+		}
+		fmt.Fprintf(stdout, "\nJSON written to %s\n", path)
+	}
+	if !rep.OK {
+		return 1
+	}
+	return 0
+}
+
+// bench is one run of the benchmark and what it started.
+type bench struct {
+	o        *options
+	progress io.Writer
+	dir      string // temporary; removed by cleanup
+
+	ca       *certgen.CA
+	caFile   string
+	pgCert   string
+	pgKey    string
+	bin      string
+	back     *backend // login and retr
+	idleBack *backend // idle: always in-memory
+	procs    []*popgateProc
+
+	accounts     []account
+	retrAccounts []account
+	want         wantMessage
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.progress, "pop3bench: "+format+"\n", args...)
+}
+
+// cleanup stops everything the run started and removes its directory.
+func (b *bench) cleanup() error {
+	var errs []error
+	for _, p := range b.procs {
+		if err := p.stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := b.back.stop(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.idleBack.stop(); err != nil {
+		errs = append(errs, err)
+	}
+	if b.dir != "" {
+		errs = append(errs, os.RemoveAll(b.dir))
+	}
+	return errors.Join(errs...)
+}
+
+// clientTLS is the clients' configuration: TLS 1.3 only, no session cache
+// (every session makes a full handshake), no ALPN (as most mail clients).
+func (b *bench) clientTLS(serverName string) *tls.Config {
+	c := &tls.Config{
+		RootCAs:    b.ca.Pool,
+		ServerName: serverName,
+		MinVersion: tls.VersionTLS13,
+		MaxVersion: tls.VersionTLS13,
+	}
+	if !b.o.MLKEM {
+		// What OpenSSL 3.0 clients (and most mail clients) offer, and what
+		// OpenSSL 3.0 in Dovecot would pick anyway.
+		c.CurvePreferences = []tls.CurveID{tls.X25519}
+	}
+	return c
+}
+
+func (b *bench) run(ctx context.Context) (*Report, error) {
+	start := time.Now()
+	rep := &Report{Meta: Meta{
+		Start: start, Args: os.Args[1:], CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
+		CPUModel: cpuModel(), Kernel: strings.TrimSpace(readOr("/proc/sys/kernel/osrelease")),
+		Cert: b.o.Cert.String(), ClientTLS: "TLS 1.3, full handshake per session (no session cache), X25519",
+	}}
+	if b.o.MLKEM {
+		rep.Meta.ClientTLS = "TLS 1.3, full handshake per session (no session cache), Go's default key exchanges"
+	}
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		return nil, fmt.Errorf("needs Linux's /proc: %w", err)
+	}
+	var err error
+	if b.dir, err = os.MkdirTemp("", "pop3bench-"); err != nil {
+		return nil, err
+	}
+	// Dovecot's unprivileged processes read their part below it.
+	if err := os.Chmod(b.dir, 0o755); err != nil {
+		return nil, err
+	}
+
+	// Build popgate while the certificates and the backend are prepared.
+	type built struct {
+		path string
+		err  error
+	}
+	buildc := make(chan built, 1)
+	if b.o.Popgate != "" {
+		buildc <- built{b.o.Popgate, nil}
+		rep.Meta.PopgateSource = "given with -popgate"
+	} else {
+		b.logf("building popgate from source")
+		go func() {
+			p, err := buildPopgate(ctx, b.dir)
+			buildc <- built{p, err}
+		}()
+		rep.Meta.PopgateSource = "built from source, no -race"
+	}
+
+	if b.ca, err = certgen.NewCA("pop3bench", b.o.Cert); err != nil {
+		return nil, err
+	}
+	b.caFile = filepath.Join(b.dir, "ca.pem")
+	if err := b.ca.WriteCert(b.caFile); err != nil {
+		return nil, err
+	}
+	if b.pgCert, b.pgKey, err = b.ca.IssueFiles(b.dir, "popgate", popgateName, b.o.Cert); err != nil {
+		return nil, err
+	}
+	for i := range loginUsers {
+		b.accounts = append(b.accounts, account{fmt.Sprintf("user%d", i), fmt.Sprintf("bench-pw-%d", i)})
+	}
+	for i := range retrClients {
+		b.retrAccounts = append(b.retrAccounts, account{fmt.Sprintf("retr%d", i), fmt.Sprintf("bench-retr-pw-%d", i)})
+	}
+	msg := pop3test.GenerateMessage(retrSize)
+	b.want = newWantMessage(msg)
+
+	if b.o.Workloads["login"] || b.o.Workloads["retr"] {
+		if err := b.startBackend(msg); err != nil {
+			return nil, err
+		}
+		rep.Meta.Backend, rep.Meta.BackendVersion, rep.Meta.BackendTuning = b.back.Kind, b.back.Version, b.back.Tuning
+	}
+	if b.o.Workloads["idle"] {
+		mb := map[string]*pop3test.Mailbox{}
+		for _, a := range b.idleAccounts() {
+			mb[a.User] = &pop3test.Mailbox{Password: a.Pass}
+		}
+		if b.idleBack, err = startMemory(mb, nil); err != nil {
+			return nil, err
+		}
+		if rep.Meta.Backend == "" {
+			rep.Meta.Backend = "memory (idle only)"
+		}
+	}
+
+	bl := <-buildc
+	if bl.err != nil {
+		return nil, bl.err
+	}
+	b.bin = bl.path
+	rep.Meta.Popgate = b.bin
+
+	var main *popgateProc
+	var fdBase int
+	if b.back != nil {
+		if err := b.prime(ctx); err != nil {
+			return nil, err
+		}
+		if main, err = b.startPopgate(ctx, "popgate", b.back.PlainAddr); err != nil {
+			return nil, err
+		}
+		if fdBase, err = settledFDs(main.PID, 0); err != nil {
+			return nil, err
+		}
+	}
+	if b.o.Workloads["login"] {
+		for _, c := range b.o.Concurrency {
+			w, err := b.loadWorkload(ctx, main, "login", c)
+			if err != nil {
+				return nil, err
+			}
+			rep.Workloads = append(rep.Workloads, *w)
+		}
+	}
+	if b.o.Workloads["retr"] {
+		w, err := b.loadWorkload(ctx, main, "retr", retrClients)
+		if err != nil {
+			return nil, err
+		}
+		rep.Workloads = append(rep.Workloads, *w)
+	}
+
+	var checks []Check
+	if main != nil {
+		checks = append(checks, b.endChecks(main, "popgate", fdBase)...)
+	}
+	if b.o.Workloads["idle"] {
+		id, idleChecks, err := b.idleWorkload(ctx)
+		if err != nil {
+			return nil, err
+		}
+		rep.Idle = id
+		checks = append(checks, idleChecks...)
+	}
+	rep.Checks = append(workloadChecks(rep), checks...)
+	rep.OK = true
+	for _, c := range rep.Checks {
+		rep.OK = rep.OK && c.OK
+	}
+	rep.Meta.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// startBackend starts the login/retr backend the flags ask for.
+func (b *bench) startBackend(msg []byte) error {
+	kind := b.o.Backend
+	if kind == "auto" {
+		kind = "memory"
+		if dovecotrun.Available() {
+			kind = "dovecot"
+		}
+	}
+	var err error
+	switch kind {
+	case "dovecot":
+		b.logf("starting Dovecot")
+		dir := filepath.Join(b.dir, "dovecot")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		b.back, err = startDovecot(dir, b.ca, b.caFile, b.o.Cert, b.accounts, b.retrAccounts, msg, func(f string, a ...any) { b.logf(f, a...) })
+		return err
+	default:
+		certFile, keyFile, err := b.ca.IssueFiles(b.dir, "memory", memoryServerName, b.o.Cert)
+		if err != nil {
+			return err
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return err
+		}
+		mb := map[string]*pop3test.Mailbox{}
+		for _, a := range b.accounts {
+			mb[a.User] = &pop3test.Mailbox{Password: a.Pass}
+		}
+		for _, a := range b.retrAccounts {
+			mb[a.User] = &pop3test.Mailbox{Password: a.Pass, Messages: [][]byte{msg}}
+		}
+		b.back, err = startMemory(mb, &cert)
+		return err
+	}
+}
+
+// prime logs in to every mailbox once, directly, so that no measured
+// session pays for a mailbox's first opening (Dovecot builds its index
+// files then).
+func (b *bench) prime(ctx context.Context) error {
+	t := target{Side: "direct", Addr: b.back.TLSAddr, TLS: b.clientTLS(b.back.ServerName)}
+	res := runLoad(ctx, t, b.accounts, 8, len(b.accounts), time.Minute, nil)
+	retr := runLoad(ctx, t, b.retrAccounts, len(b.retrAccounts), len(b.retrAccounts), time.Minute, &b.want)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if res.Errors+retr.Errors > 0 {
+		return fmt.Errorf("the backend fails sessions before the benchmark starts: %s", strings.Join(append(res.ErrorMsgs, retr.ErrorMsgs...), "; "))
+	}
+	return nil
+}
+
+// idleAccounts are the mailboxes of the idle workload, one per session.
+func (b *bench) idleAccounts() []account {
+	acc := make([]account, b.o.Idle)
+	for i := range acc {
+		acc[i] = account{fmt.Sprintf("idle%d", i), fmt.Sprintf("idle-pw-%d", i)}
+	}
+	return acc
+}
+
+// startPopgate runs a popgate named name in front of backendAddr.
+func (b *bench) startPopgate(ctx context.Context, name, backendAddr string) (*popgateProc, error) {
+	cfg := popgateConfig{
+		LogLevel: b.o.LogLevel, CertFile: b.pgCert, KeyFile: b.pgKey, ServerName: popgateName,
+		Backends: []popgateBackend{{Name: "backend", Address: backendAddr}},
+		Default:  "backend",
+	}
+	conf := b.clientTLS(popgateName)
+	probe := func(addr string) error {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := dialPOP3(pctx, target{Addr: addr, TLS: conf})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.quit()
+	}
+	p, err := startPopgate(ctx, b.bin, b.dir, name, cfg, probe)
+	if err != nil {
+		return nil, err
+	}
+	b.procs = append(b.procs, p)
+	b.logf("%s running, pid %d, at %s", name, p.PID, p.Addr)
+	return p, nil
+}
+
+// loadWorkload runs workload ("login" or "retr") at concurrency conc,
+// direct and then through pg.
+func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, workload string, conc int) (*WorkloadResult, error) {
+	w := &WorkloadResult{Name: fmt.Sprintf("%s c=%d", workload, conc), Workload: workload, Concurrency: conc}
+	accounts, total := b.accounts, b.o.Logins
+	var want *wantMessage
+	if workload == "retr" {
+		accounts, total, want = b.retrAccounts, b.o.Retrs, &b.want
+	}
+	targets := []target{
+		{Side: "direct", Addr: b.back.TLSAddr, TLS: b.clientTLS(b.back.ServerName)},
+		{Side: "popgate", Addr: pg.Addr, TLS: b.clientTLS(popgateName)},
+	}
+	for _, t := range targets {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// Unmeasured: Dovecot forks its processes, both sides warm up.
+		runLoad(ctx, t, accounts, conc, max(warmup, 2*conc), b.o.Duration, want)
+
+		before := b.sample(pg)
+		res := runLoad(ctx, t, accounts, conc, total, b.o.Duration, want)
+		time.Sleep(300 * time.Millisecond) // let processes finish the last sessions' teardown
+		after := b.sample(pg)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		side := sideResult(t.Side, res, before, after)
+		if t.Side == "direct" {
+			w.Direct = side
+		} else {
+			w.Popgate = side
+		}
+		b.logf("%s %s: %d sessions, %d errors, %.0f/s", w.Name, t.Side, res.Sessions, res.Errors, side.SessionsPerSec)
+	}
+	w.Ratios = ratios(w)
+	return w, nil
+}
+
+// snapshot is the processes' counters at one moment.
+type snapshot struct {
+	PopgateCPU float64 // seconds
+	BackendCPU float64
+	BackendOK  bool
+	ClientCPU  float64
+	RSSKiB     int64
+}
+
+func (b *bench) sample(pg *popgateProc) snapshot {
+	var s snapshot
+	if cpu, err := processCPU(pg.PID); err == nil {
+		s.PopgateCPU = cpu.Seconds()
+	}
+	if m, err := readMem(pg.PID); err == nil {
+		s.RSSKiB = m.RSSKiB
+	}
+	s.BackendCPU, s.BackendOK = b.back.cpu()
+	s.ClientCPU = selfCPU().Seconds()
+	return s
+}
+
+// sideResult turns a run's client measurements and the counters around it
+// into the figures of one side.
+func sideResult(side string, res loadResult, before, after snapshot) SideResult {
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	s := SideResult{
+		Side: side, Sessions: res.Sessions, Errors: res.Errors, ErrorSamples: res.ErrorMsgs,
+		Seconds:       res.Elapsed.Seconds(),
+		Bytes:         res.Bytes,
+		Payload:       res.Payload,
+		SessionP50Ms:  ms(percentile(res.Session, 50)),
+		SessionP99Ms:  ms(percentile(res.Session, 99)),
+		LoginP50Ms:    ms(percentile(res.Login, 50)),
+		LoginP99Ms:    ms(percentile(res.Login, 99)),
+		PopgateCPUSec: after.PopgateCPU - before.PopgateCPU,
+		PopgateRSSKiB: after.RSSKiB,
+		ClientCPUSec:  after.ClientCPU - before.ClientCPU,
+	}
+	if res.TLS != nil {
+		s.TLS = fmt.Sprintf("%s %s %s", tls.VersionName(res.TLS.Version), tls.CipherSuiteName(res.TLS.CipherSuite), res.TLS.CurveID)
+	}
+	if s.Seconds > 0 {
+		s.SessionsPerSec = float64(res.Sessions) / s.Seconds
+		s.MBPerSec = float64(res.Bytes) / 1e6 / s.Seconds
+	}
+	if res.Sessions > 0 {
+		s.PopgateCPUPerSessionMs = s.PopgateCPUSec * 1000 / float64(res.Sessions)
+	}
+	if res.Bytes > 0 {
+		s.PopgateCPUPerGBSec = ptr(s.PopgateCPUSec / (float64(res.Bytes) / 1e9))
+	}
+	if before.BackendOK && after.BackendOK {
+		cpu := after.BackendCPU - before.BackendCPU
+		s.BackendCPUSec = &cpu
+		if res.Sessions > 0 {
+			s.BackendCPUPerSessionMs = ptr(cpu * 1000 / float64(res.Sessions))
+		}
+		if res.Bytes > 0 {
+			s.BackendCPUPerGBSec = ptr(cpu / (float64(res.Bytes) / 1e9))
+		}
+	}
+	return s
+}
+
+// idleWorkload holds -idle sessions through a fresh popgate in front of
+// the in-memory backend and measures popgate's memory with them.
+func (b *bench) idleWorkload(ctx context.Context) (*IdleResult, []Check, error) {
+	pg, err := b.startPopgate(ctx, "popgate-idle", b.idleBack.PlainAddr)
+	if err != nil {
+		return nil, nil, err
+	}
+	accounts := b.idleAccounts()
+	t := target{Side: "popgate", Addr: pg.Addr, TLS: b.clientTLS(popgateName)}
+	// A few whole sessions first, so the baseline includes the code and
+	// pools every session needs.
+	warm := runLoad(ctx, t, accounts, min(4, len(accounts)), warmup, time.Minute, nil)
+	fdBase, err := settledFDs(pg.PID, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	sleepCtx(ctx, b.o.IdleSettle)
+	m0, err := readMem(pg.PID)
+	if err != nil {
+		return nil, nil, err
+	}
+	cpu0, _ := processCPU(pg.PID)
+
+	b.logf("idle: opening %d sessions through popgate", len(accounts))
+	is := openIdle(ctx, t, accounts, idleOpeners)
+	cpu1, _ := processCPU(pg.PID)
+	sleepCtx(ctx, b.o.IdleSettle)
+	m1, err := readMem(pg.PID)
+	if err != nil {
+		return nil, nil, err
+	}
+	fdsWith, _ := countFDs(pg.PID)
+	opened := len(is.conns)
+	// popgate returns freed memory to the OS after 5 s without a new
+	// connection; sample again once that has happened.
+	quiet := max(b.o.IdleSettle, 8*time.Second)
+	sleepCtx(ctx, quiet-b.o.IdleSettle)
+	mq, err := readMem(pg.PID)
+	if err != nil {
+		return nil, nil, err
+	}
+	b.logf("idle: %d sessions open, popgate RSS %d KiB (before: %d KiB); closing them", opened, m1.RSSKiB, m0.RSSKiB)
+	closeErrs, closeMsgs := is.closeAll(idleOpeners)
+	fdsAfter, _ := settledFDs(pg.PID, fdBase)
+	m2, _ := readMem(pg.PID)
+
+	id := &IdleResult{
+		Sessions: len(accounts), Opened: opened,
+		Errors:       is.Errors + closeErrs + warm.Errors,
+		ErrorSamples: append(append(append([]string{}, warm.ErrorMsgs...), is.ErrorMsgs...), closeMsgs...),
+		Backend:      "in-memory proxy/pop3test inside the benchmark process (a Dovecot POP3 session is a process of its own)",
+		OpenSeconds:  is.Elapsed.Seconds(),
+		RSSBeforeKiB: m0.RSSKiB, RSSWithKiB: m1.RSSKiB, RSSAfterKiB: m2.RSSKiB,
+		FDsBefore: fdBase, FDsWith: fdsWith, FDsAfter: fdsAfter,
+		ThreadsWith: m1.Threads,
+	}
+	if opened > 0 {
+		id.PerSessionKiB = float64(m1.RSSKiB-m0.RSSKiB) / float64(opened)
+		id.QuietSeconds = quiet.Seconds()
+		id.RSSQuietKiB = mq.RSSKiB
+		id.PerSessionQuietKiB = float64(mq.RSSKiB-m0.RSSKiB) / float64(opened)
+		id.CPUPerLoginMs = (cpu1 - cpu0).Seconds() * 1000 / float64(opened)
+	}
+	checks := []Check{{
+		Name:   "idle: every session logged in and ended cleanly",
+		OK:     id.Errors == 0 && opened == len(accounts),
+		Detail: fmt.Sprintf("%d of %d opened, %d errors", opened, len(accounts), id.Errors),
+	}, {
+		Name:   "idle: popgate holds 2 descriptors per session",
+		OK:     fdsWith-fdBase == 2*opened,
+		Detail: fmt.Sprintf("%d more with %d sessions", fdsWith-fdBase, opened),
+	}}
+	checks = append(checks, b.endChecks(pg, "popgate-idle", fdBase)...)
+	return id, checks, nil
+}
+
+// endChecks checks pg after its last session: descriptors back to the
+// baseline, still alive, a clean exit on SIGTERM, and what it logged.
+func (b *bench) endChecks(pg *popgateProc, name string, fdBase int) []Check {
+	fds, err := settledFDs(pg.PID, fdBase)
+	fdCheck := Check{Name: name + ": file descriptors back to the baseline after all sessions closed",
+		OK: err == nil && fds <= fdBase, Detail: fmt.Sprintf("%d open, baseline %d", fds, fdBase)}
+	if err != nil {
+		fdCheck.Detail = err.Error()
+	}
+	alive := Check{Name: name + ": still running at the end", OK: pg.alive(), Detail: fmt.Sprintf("pid %d", pg.PID)}
+	if !alive.OK {
+		alive.Detail = fmt.Sprintf("pid %d exited: %v; log %s", pg.PID, pg.exitErr, pg.LogFile)
+	}
+	stopErr := pg.stop()
+	exit := Check{Name: name + ": clean exit on SIGTERM", OK: stopErr == nil}
+	if stopErr != nil {
+		exit.Detail = stopErr.Error()
+	}
+	logCheck := Check{Name: name + ": no WARN or ERROR in its log"}
+	if sum, err := summarizeLog(pg.LogFile); err != nil {
+		logCheck.Detail = err.Error()
+	} else {
+		logCheck.OK = sum.Warn == 0 && sum.Error == 0
+		logCheck.Detail = fmt.Sprintf("%d WARN, %d ERROR", sum.Warn, sum.Error)
+		for _, s := range sum.Samples {
+			logCheck.Detail += "\n      " + s
+		}
+	}
+	return []Check{fdCheck, alive, exit, logCheck}
+}
+
+// workloadChecks are the verdicts on the load workloads' client results.
+func workloadChecks(r *Report) []Check {
+	var checks []Check
+	errs, sessions := 0, 0
+	var retrs, payload, wantPayload int64
+	for _, w := range r.Workloads {
+		for _, s := range []SideResult{w.Direct, w.Popgate} {
+			errs += s.Errors
+			sessions += s.Sessions
+			if w.Workload == "retr" {
+				retrs += int64(s.Sessions)
+				payload += s.Payload
+			}
+		}
+	}
+	if len(r.Workloads) > 0 {
+		checks = append(checks, Check{Name: "no errors in the login and retr workloads", OK: errs == 0,
+			Detail: fmt.Sprintf("%d errors in %d sessions", errs, sessions+errs)})
+	}
+	wantPayload = retrs * retrSize
+	if retrs > 0 {
+		checks = append(checks, Check{
+			Name:   "every RETR: size as announced in +OK n octets, unstuffed length and CRC-32C right",
+			OK:     payload == wantPayload,
+			Detail: fmt.Sprintf("%d messages, %d octets", retrs, payload),
+		})
+	}
+	return checks
+}
+
+// settledFDs polls pid's descriptor count until it is at most target (or,
+// with target 0, until it stops changing), for up to 10 s, and returns it:
+// connections close asynchronously after the client sees the end.
+func settledFDs(pid, target int) (int, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	last := -1
+	for {
+		n, err := countFDs(pid)
+		if err != nil {
+			return 0, err
+		}
+		if (target > 0 && n <= target) || (target == 0 && n == last) || time.Now().After(deadline) {
+			return n, nil
+		}
+		last = n
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// cpuModel returns the first "model name" of /proc/cpuinfo.
+func cpuModel() string {
+	for line := range strings.Lines(readOr("/proc/cpuinfo")) {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}

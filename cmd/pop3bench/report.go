@@ -1,0 +1,308 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is everything one run measured; it is printed as a table and
+// written as JSON. Durations are in the unit their name says; MB is 10^6
+// octets, GB 10^9. A nil pointer is a figure that could not be measured
+// (the CPU of an in-memory backend, which runs inside the benchmark).
+type Report struct {
+	Meta      Meta             `json:"meta"`
+	Workloads []WorkloadResult `json:"workloads"`
+	Idle      *IdleResult      `json:"idle,omitempty"`
+	Checks    []Check          `json:"checks"`
+	OK        bool             `json:"ok"`
+}
+
+// Meta says what ran, where.
+type Meta struct {
+	Start          time.Time `json:"start"`
+	Seconds        float64   `json:"seconds"`
+	Args           []string  `json:"args"`
+	CPUs           int       `json:"cpus"`
+	CPUModel       string    `json:"cpu_model,omitempty"`
+	Kernel         string    `json:"kernel,omitempty"`
+	GoVersion      string    `json:"go_version"`
+	Cert           string    `json:"cert"`
+	ClientTLS      string    `json:"client_tls"`
+	Backend        string    `json:"backend"`
+	BackendVersion string    `json:"backend_version,omitempty"`
+	BackendTuning  []string  `json:"backend_tuning,omitempty"`
+	Popgate        string    `json:"popgate"`
+	PopgateSource  string    `json:"popgate_source"` // "built from source" or "given with -popgate"
+}
+
+// SideResult is one side (direct or popgate) of one workload.
+type SideResult struct {
+	Side           string   `json:"side"`
+	Sessions       int      `json:"sessions"`
+	Errors         int      `json:"errors"`
+	ErrorSamples   []string `json:"error_samples,omitempty"`
+	Seconds        float64  `json:"seconds"`
+	SessionsPerSec float64  `json:"sessions_per_s"`
+	Bytes          int64    `json:"bytes,omitempty"`   // RETR responses as received
+	Payload        int64    `json:"payload,omitempty"` // unstuffed messages, all verified
+	MBPerSec       float64  `json:"mb_per_s,omitempty"`
+	SessionP50Ms   float64  `json:"session_p50_ms"`
+	SessionP99Ms   float64  `json:"session_p99_ms"`
+	LoginP50Ms     float64  `json:"login_p50_ms"` // dial to PASS's +OK
+	LoginP99Ms     float64  `json:"login_p99_ms"`
+	TLS            string   `json:"tls,omitempty"`
+
+	PopgateCPUSec          float64  `json:"popgate_cpu_s"`
+	PopgateCPUPerSessionMs float64  `json:"popgate_cpu_per_session_ms"`
+	PopgateCPUPerGBSec     *float64 `json:"popgate_cpu_per_gb_s,omitempty"`
+	PopgateRSSKiB          int64    `json:"popgate_rss_kib"`
+	BackendCPUSec          *float64 `json:"backend_cpu_s"`
+	BackendCPUPerSessionMs *float64 `json:"backend_cpu_per_session_ms"`
+	BackendCPUPerGBSec     *float64 `json:"backend_cpu_per_gb_s,omitempty"`
+	ClientCPUSec           float64  `json:"client_cpu_s"` // the benchmark process itself
+}
+
+// Ratios compare the popgate side with the direct side of one workload.
+type Ratios struct {
+	// CPUPerSession is popgate's own CPU per proxied session over the
+	// backend's CPU per direct (TLS) session.
+	CPUPerSession *float64 `json:"cpu_per_session,omitempty"`
+	// CPUPerGB is popgate's CPU per GB relayed over the backend's per GB
+	// sent directly over TLS.
+	CPUPerGB *float64 `json:"cpu_per_gb,omitempty"`
+	// Throughput is popgate's sessions/s (MB/s for RETR) over direct's.
+	Throughput      float64 `json:"throughput"`
+	AddedP50Ms      float64 `json:"added_session_p50_ms"`
+	AddedP99Ms      float64 `json:"added_session_p99_ms"`
+	AddedLoginP50Ms float64 `json:"added_login_p50_ms"`
+	AddedLoginP99Ms float64 `json:"added_login_p99_ms"`
+}
+
+// WorkloadResult is one workload at one concurrency, both sides.
+type WorkloadResult struct {
+	Name        string     `json:"name"`
+	Workload    string     `json:"workload"`
+	Concurrency int        `json:"concurrency"`
+	Direct      SideResult `json:"direct"`
+	Popgate     SideResult `json:"popgate"`
+	Ratios      Ratios     `json:"ratios"`
+}
+
+// IdleResult is the idle workload: sessions logged in through popgate and
+// held, and popgate's memory with them.
+type IdleResult struct {
+	Sessions      int      `json:"sessions"`
+	Opened        int      `json:"opened"`
+	Errors        int      `json:"errors"`
+	ErrorSamples  []string `json:"error_samples,omitempty"`
+	Backend       string   `json:"backend"`
+	OpenSeconds   float64  `json:"open_seconds"`
+	RSSBeforeKiB  int64    `json:"rss_before_kib"`
+	RSSWithKiB    int64    `json:"rss_with_sessions_kib"`
+	RSSAfterKiB   int64    `json:"rss_after_close_kib"`
+	PerSessionKiB float64  `json:"rss_per_session_kib"`
+	// After popgate has seen no new connection for its quiet period (it
+	// then returns freed memory to the OS).
+	QuietSeconds       float64 `json:"quiet_after_seconds"`
+	RSSQuietKiB        int64   `json:"rss_with_sessions_quiet_kib"`
+	PerSessionQuietKiB float64 `json:"rss_per_session_quiet_kib"`
+	FDsBefore          int     `json:"fds_before"`
+	FDsWith            int     `json:"fds_with_sessions"`
+	FDsAfter           int     `json:"fds_after_close"`
+	ThreadsWith        int64   `json:"threads_with_sessions"`
+	CPUPerLoginMs      float64 `json:"popgate_cpu_per_login_ms"` // while opening
+}
+
+// Check is one end-of-run verdict.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// ratios computes the comparison of w's two sides.
+func ratios(w *WorkloadResult) Ratios {
+	d, p := &w.Direct, &w.Popgate
+	r := Ratios{
+		AddedP50Ms:      p.SessionP50Ms - d.SessionP50Ms,
+		AddedP99Ms:      p.SessionP99Ms - d.SessionP99Ms,
+		AddedLoginP50Ms: p.LoginP50Ms - d.LoginP50Ms,
+		AddedLoginP99Ms: p.LoginP99Ms - d.LoginP99Ms,
+	}
+	if d.MBPerSec > 0 {
+		r.Throughput = p.MBPerSec / d.MBPerSec
+	} else if d.SessionsPerSec > 0 {
+		r.Throughput = p.SessionsPerSec / d.SessionsPerSec
+	}
+	if b := d.BackendCPUPerSessionMs; b != nil && *b > 0 {
+		r.CPUPerSession = ptr(p.PopgateCPUPerSessionMs / *b)
+	}
+	if b := d.BackendCPUPerGBSec; b != nil && *b > 0 && p.PopgateCPUPerGBSec != nil {
+		r.CPUPerGB = ptr(*p.PopgateCPUPerGBSec / *b)
+	}
+	return r
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// writeTable prints r for people.
+func writeTable(w io.Writer, r *Report) {
+	m := r.Meta
+	fmt.Fprintf(w, "pop3bench %s: %d CPUs", m.Start.Format("2006-01-02 15:04:05 MST"), m.CPUs)
+	if m.CPUModel != "" {
+		fmt.Fprintf(w, " (%s)", m.CPUModel)
+	}
+	fmt.Fprintf(w, ", %s, kernel %s\n", m.GoVersion, m.Kernel)
+	fmt.Fprintf(w, "certificate %s; clients: %s\n", m.Cert, m.ClientTLS)
+	fmt.Fprintf(w, "backend %s", m.Backend)
+	if m.BackendVersion != "" {
+		fmt.Fprintf(w, " %s", m.BackendVersion)
+	}
+	fmt.Fprintf(w, "; popgate %s (%s) -> backend over plaintext\n", m.Popgate, m.PopgateSource)
+	if len(m.BackendTuning) > 0 {
+		fmt.Fprintf(w, "backend tuning: %s\n", strings.Join(m.BackendTuning, "; "))
+	}
+
+	if len(r.Workloads) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "workload\tside\tsessions\terr\tsess/s\tMB/s\tp50 ms\tp99 ms\tlogin p50\tlogin p99\tpg CPU/sess\tpg CPU/GB\tbe CPU/sess\tbe CPU/GB\tpg RSS\t")
+		for _, wr := range r.Workloads {
+			for _, s := range []*SideResult{&wr.Direct, &wr.Popgate} {
+				mbs, pgGB, beGB := "", "", ""
+				if wr.Workload == "retr" {
+					mbs = fmt.Sprintf("%.0f", s.MBPerSec)
+					pgGB, beGB = optSec(s.PopgateCPUPerGBSec), optSec(s.BackendCPUPerGBSec)
+				}
+				login50, login99 := "", ""
+				if wr.Workload == "login" {
+					login50, login99 = fmt.Sprintf("%.2f", s.LoginP50Ms), fmt.Sprintf("%.2f", s.LoginP99Ms)
+				}
+				pgCPU, rss := fmt.Sprintf("%.3f ms", s.PopgateCPUPerSessionMs), kib(s.PopgateRSSKiB)
+				if s.Side == "direct" {
+					pgCPU, rss = "-", "-"
+					if wr.Workload == "retr" {
+						pgGB = "-"
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+					wr.Name, s.Side, s.Sessions, s.Errors, s.SessionsPerSec, mbs,
+					s.SessionP50Ms, s.SessionP99Ms, login50, login99,
+					pgCPU, pgGB, optMs(s.BackendCPUPerSessionMs), beGB, rss)
+			}
+		}
+		tw.Flush()
+		fmt.Fprintln(w, "  pg = popgate, be = backend; CPU is user+system time from /proc, per session or per GB (10^9 octets) relayed;")
+		fmt.Fprintln(w, "  latencies: whole session (dial to the server's close after QUIT) and login (dial to PASS's +OK); MB = 10^6 octets")
+
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "popgate / direct:")
+		for _, wr := range r.Workloads {
+			rt := wr.Ratios
+			var parts []string
+			if rt.CPUPerSession != nil && wr.Workload == "login" {
+				parts = append(parts, fmt.Sprintf("CPU per login %.2fx (%.3f vs %.3f ms)", *rt.CPUPerSession,
+					wr.Popgate.PopgateCPUPerSessionMs, deref(wr.Direct.BackendCPUPerSessionMs)))
+			}
+			if rt.CPUPerGB != nil {
+				parts = append(parts, fmt.Sprintf("CPU per GB %.2fx (%.2f vs %.2f s)", *rt.CPUPerGB,
+					deref(wr.Popgate.PopgateCPUPerGBSec), deref(wr.Direct.BackendCPUPerGBSec)))
+			}
+			if d, p := wr.Direct.BackendCPUPerSessionMs, wr.Popgate.BackendCPUPerSessionMs; wr.Workload == "login" && d != nil && p != nil {
+				parts = append(parts, fmt.Sprintf("popgate+backend CPU per login %.3f ms vs direct %.3f ms", wr.Popgate.PopgateCPUPerSessionMs+*p, *d))
+			}
+			parts = append(parts, fmt.Sprintf("throughput %.2fx", rt.Throughput))
+			if wr.Workload == "login" {
+				parts = append(parts, fmt.Sprintf("added login latency p50 %+.2f ms, p99 %+.2f ms", rt.AddedLoginP50Ms, rt.AddedLoginP99Ms))
+			}
+			parts = append(parts, fmt.Sprintf("added session latency p50 %+.2f ms, p99 %+.2f ms", rt.AddedP50Ms, rt.AddedP99Ms))
+			fmt.Fprintf(w, "  %-10s %s\n", wr.Name, strings.Join(parts, "; "))
+		}
+	}
+
+	if id := r.Idle; id != nil {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "idle: %d sessions logged in through popgate and held (backend: %s)\n", id.Sessions, id.Backend)
+		fmt.Fprintf(w, "  opened %d in %.1f s (%d errors), popgate CPU %.3f ms per login while opening\n",
+			id.Opened, id.OpenSeconds, id.Errors, id.CPUPerLoginMs)
+		fmt.Fprintf(w, "  popgate RSS %s before, %s with the sessions, %s after they closed: %.1f KiB per idle session\n",
+			kib(id.RSSBeforeKiB), kib(id.RSSWithKiB), kib(id.RSSAfterKiB), id.PerSessionKiB)
+		if id.RSSQuietKiB > 0 {
+			fmt.Fprintf(w, "  %.0f s after the last login (popgate quiet): RSS %s with the sessions: %.1f KiB per idle session\n",
+				id.QuietSeconds, kib(id.RSSQuietKiB), id.PerSessionQuietKiB)
+		}
+		fmt.Fprintf(w, "  popgate fds %d before, %d with the sessions, %d after; %d threads\n",
+			id.FDsBefore, id.FDsWith, id.FDsAfter, id.ThreadsWith)
+	}
+
+	if len(r.Checks) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "checks:")
+		for _, c := range r.Checks {
+			verdict := "ok  "
+			if !c.OK {
+				verdict = "FAIL"
+			}
+			fmt.Fprintf(w, "  %s %s", verdict, c.Name)
+			if c.Detail != "" {
+				fmt.Fprintf(w, ": %s", c.Detail)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	for _, wr := range r.Workloads {
+		for _, s := range []*SideResult{&wr.Direct, &wr.Popgate} {
+			for _, e := range s.ErrorSamples {
+				fmt.Fprintf(w, "  error (%s, %s): %s\n", wr.Name, s.Side, e)
+			}
+		}
+	}
+	if r.Idle != nil {
+		for _, e := range r.Idle.ErrorSamples {
+			fmt.Fprintf(w, "  error (idle): %s\n", e)
+		}
+	}
+}
+
+func deref(p *float64) float64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+func optMs(p *float64) string {
+	if p == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.3f ms", *p)
+}
+
+func optSec(p *float64) string {
+	if p == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f s", *p)
+}
+
+// kib formats a size in KiB as MiB with one decimal.
+func kib(v int64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(v)/1024)
+}
+
+// writeJSON writes r, indented, to path.
+func writeJSON(path string, r *Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
