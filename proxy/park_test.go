@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"crypto/tls"
-	"io"
 	"net"
 	"runtime"
 	"slices"
@@ -109,21 +108,43 @@ func TestRecordConn(t *testing.T) {
 	rc := newRecordConn(conn).(*recordConn)
 	defer rc.Close()
 	rc.SetDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 64)
 	var got []string
+	var bounds []bool
 	for {
-		n, err := io.ReadAtLeast(rc, buf, 1)
+		buf := make([]byte, 64)
+		n, err := rc.Read(buf)
 		if err != nil {
 			break
 		}
 		got = append(got, string(buf[:n]))
-		if rc.atBoundary() != (string(buf[:n]) == "abc" || string(buf[:n]) == "de") {
-			t.Errorf("atBoundary after %q = %v", buf[:n], rc.atBoundary())
-		}
+		bounds = append(bounds, rc.atBoundary())
 	}
-	want := []string{"\x17\x03\x03\x00\x03", "abc", "\x17\x03\x03\x00\x02", "de"}
+	// After the first record the second is pending: not at a boundary.
+	if want := []bool{false, true}; !slices.Equal(bounds, want) {
+		t.Errorf("atBoundary after each read = %v, want %v", bounds, want)
+	}
+	// Both records arrived in one segment; each Read returns one.
+	want := []string{"\x17\x03\x03\x00\x03abc", "\x17\x03\x03\x00\x02de"}
 	if !slices.Equal(got, want) {
 		t.Errorf("reads = %q, want %q", got, want)
+	}
+	// Byte by byte: never past a record's end, boundary only at ends.
+	var rc2 recordConn
+	stream := []byte{23, 3, 3, 0, 2, 'x', 'y', 23, 3, 3, 0, 0, 23, 3, 3, 0, 1, 'z'}
+	var ends []int
+	for i := range stream {
+		if rc2.advance(stream[i:i+1]) != 1 {
+			t.Fatalf("advance refused octet %d", i)
+		}
+		if rc2.atBoundary() {
+			ends = append(ends, i)
+		}
+	}
+	if want := []int{6, 11, 17}; !slices.Equal(ends, want) {
+		t.Errorf("record ends at %v, want %v", ends, want)
+	}
+	if got := rc2.advance(stream); got != 7 {
+		t.Errorf("advance over two records took %d octets, want 7", got)
 	}
 	if _, ok := newRecordConn(nil).(*recordConn); ok {
 		t.Error("newRecordConn wrapped a non-TCP conn")
@@ -139,4 +160,38 @@ func countOf(s []string, v string) int {
 		}
 	}
 	return n
+}
+
+// FuzzRecordFraming: however the socket splits a stream of records, the
+// octets recordConn hands on stop exactly at record ends.
+func FuzzRecordFraming(f *testing.F) {
+	f.Add([]byte{3, 0, 200, 7}, uint8(3))
+	f.Add([]byte{0, 1, 0}, uint8(1))
+	f.Fuzz(func(t *testing.T, lens []byte, chunk uint8) {
+		var stream []byte
+		var ends []int
+		for _, l := range lens {
+			stream = append(stream, 23, 3, 3, 0, l)
+			stream = append(stream, make([]byte, l)...)
+			ends = append(ends, len(stream))
+		}
+		step := int(chunk%17) + 1
+		var rc recordConn
+		var got []int
+		pos := 0
+		for pos < len(stream) {
+			end := min(pos+step, len(stream))
+			took := rc.advance(stream[pos:end])
+			if took == 0 {
+				t.Fatalf("advance took nothing at %d", pos)
+			}
+			pos += took
+			if rc.atBoundary() {
+				got = append(got, pos)
+			}
+		}
+		if !slices.Equal(got, ends) {
+			t.Fatalf("boundaries %v, want %v", got, ends)
+		}
+	})
 }

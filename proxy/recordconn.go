@@ -5,17 +5,18 @@ import (
 )
 
 // recordConn is the TCP socket under a tls.Conn. Its Read never returns
-// bytes past the end of the current TLS record, so crypto/tls never holds
-// a record it has not decrypted yet. When a TLS read returns nothing and
-// recordConn is at a record boundary, nothing is buffered anywhere but in
-// the kernel: the session can wait on the socket alone (see parker) and give
-// up its goroutine. The cost is one extra read(2) per record, for the
-// 5-octet header.
+// bytes past the end of the current TLS record: what the socket delivered
+// beyond it waits in pending for the next Read. So crypto/tls never holds a
+// record it has not decrypted yet, and when a TLS read returns nothing while
+// recordConn is at a record boundary with nothing pending, no byte is
+// buffered anywhere but in the kernel: the session can wait on the socket
+// alone (see parker) and give up its goroutine.
 type recordConn struct {
 	*net.TCPConn
 	hdr       [5]byte
-	hdrN      int // octets of the next header read so far
-	remaining int // body octets of the current record still to read
+	hdrN      int    // octets of the next record header seen so far
+	remaining int    // body octets of the current record not yet returned
+	pending   []byte // octets read from the socket past the current record
 }
 
 func newRecordConn(c net.Conn) net.Conn {
@@ -25,31 +26,67 @@ func newRecordConn(c net.Conn) net.Conn {
 	return c
 }
 
-// Read reads at most to the end of the current record (header or body).
+// Read reads at most to the end of the current record.
 func (c *recordConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if c.remaining == 0 {
-		want := min(len(c.hdr)-c.hdrN, len(p))
-		n, err := c.TCPConn.Read(p[:want])
-		copy(c.hdr[c.hdrN:], p[:n])
-		c.hdrN += n
-		if c.hdrN == len(c.hdr) {
-			// RFC 8446 §5.1: type, legacy version, 16-bit length.
-			c.remaining = int(c.hdr[3])<<8 | int(c.hdr[4])
-			c.hdrN = 0
-		}
-		return n, err
+	var n int
+	var err error
+	fromPending := len(c.pending) > 0
+	if fromPending {
+		n = copy(p, c.pending)
+		c.pending = c.pending[n:]
+	} else {
+		n, err = c.TCPConn.Read(p)
 	}
-	if len(p) > c.remaining {
-		p = p[:c.remaining]
+	i := c.advance(p[:n])
+	if i < n {
+		// The next record's octets: keep them, in order, ahead of
+		// anything already pending.
+		rest := make([]byte, 0, n-i+len(c.pending))
+		rest = append(rest, p[i:n]...)
+		c.pending = append(rest, c.pending...)
+		n = i
 	}
-	n, err := c.TCPConn.Read(p)
-	c.remaining -= n
+	if len(c.pending) == 0 {
+		c.pending = nil
+	}
 	return n, err
 }
 
-// atBoundary reports whether every octet read so far belonged to complete
-// records. Only the goroutine reading through the tls.Conn may call it.
-func (c *recordConn) atBoundary() bool { return c.remaining == 0 && c.hdrN == 0 }
+// advance follows the record framing over b (RFC 8446 §5.1: type, legacy
+// version, 16-bit length, body) and returns how many of its octets belong
+// to the current record.
+func (c *recordConn) advance(b []byte) int {
+	i := 0
+	for i < len(b) {
+		if c.remaining > 0 {
+			take := min(c.remaining, len(b)-i)
+			c.remaining -= take
+			i += take
+			if c.remaining == 0 {
+				return i
+			}
+			continue
+		}
+		c.hdr[c.hdrN] = b[i]
+		c.hdrN++
+		i++
+		if c.hdrN == len(c.hdr) {
+			c.remaining = int(c.hdr[3])<<8 | int(c.hdr[4])
+			c.hdrN = 0
+			if c.remaining == 0 {
+				return i
+			}
+		}
+	}
+	return i
+}
+
+// atBoundary reports whether every octet read from the socket so far
+// belonged to complete records that were all returned. Only the goroutine
+// reading through the tls.Conn may call it.
+func (c *recordConn) atBoundary() bool {
+	return c.remaining == 0 && c.hdrN == 0 && len(c.pending) == 0
+}
