@@ -650,6 +650,9 @@ func (sess *session) logEnd() {
 }
 
 func isTimeout(err error) bool {
+	if err == nil || err == io.EOF {
+		return false
+	}
 	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}

@@ -173,8 +173,11 @@ func (sess *session) startSplice(bc *backendConn) {
 	sess.sp.running = 2
 	sess.sp.timer = time.AfterFunc(idle, sess.idleCheck)
 	sess.mu.Unlock()
-	go up.run()
 	go down.run()
+	// The session goroutine carries the client's side itself: one
+	// goroutine start fewer per login. Its stack, grown by the TLS
+	// handshake, goes when the direction parks.
+	up.run()
 }
 
 // run copies until the direction ends or parks.
@@ -471,6 +474,9 @@ func (d *direction) copyBuffered() error {
 				return werr
 			}
 		}
+		if err == io.EOF {
+			return nil
+		}
 		if err != nil {
 			if n == 0 && isTimeout(err) && !d.sess.isClosed() {
 				if big != nil {
@@ -482,9 +488,6 @@ func (d *direction) copyBuffered() error {
 					return errParked
 				}
 				continue
-			}
-			if err == io.EOF {
-				return nil
 			}
 			return err
 		}
