@@ -49,15 +49,34 @@ const maxBackendLine = 2 * pop3.MaxResponseLen
 // connection and the backend's reply to the login, CRLF included. A login
 // the backend refused returns the reply and a *backendRejected.
 func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision) (*backendConn, string, error) {
-	addr := b.Address
+	addrs := b.addresses()
 	if dec.Address != "" {
-		addr = dec.Address
+		addrs = []string{dec.Address}
 	}
-	dctx, cancel := context.WithTimeout(ctx, b.connectTimeout())
-	raw, err := s.dial(dctx, addr)
-	cancel()
-	if err != nil {
-		return nil, "", fmt.Errorf("dial backend %q (%s): %w", b.Name, addr, err)
+	// Addresses are tried in order while they cannot be reached; once a
+	// connection stands, its answer is final: a login is never tried
+	// twice.
+	var raw net.Conn
+	var addr string
+	var errs []error
+	for _, addr = range addrs {
+		dctx, cancel := context.WithTimeout(ctx, b.connectTimeout())
+		c, err := s.dial(dctx, addr)
+		cancel()
+		if err == nil {
+			raw = c
+			break
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if raw == nil {
+		return nil, "", fmt.Errorf("dial backend %q: %w", b.Name, errors.Join(errs...))
+	}
+	if len(errs) > 0 {
+		s.log.Warn("backend address unreachable, used the next one", "backend", b.Name, "address", addr, "err", errors.Join(errs...))
 	}
 	// Cancelling ctx (shutdown, login_timeout) interrupts any read below.
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })

@@ -79,6 +79,11 @@ type Backend struct {
 	Name string
 	// Address is host:port.
 	Address string
+	// Fallbacks are further host:port addresses, tried in order when the
+	// ones before cannot be reached (refused, timed out). Once a
+	// connection stands, its answer is final: a login is never retried
+	// elsewhere.
+	Fallbacks []string
 	// TLS is how popgate talks to the backend. With TLSStartTLS a backend
 	// that does not complete STLS refuses the login; popgate never falls
 	// back to plaintext.
@@ -91,6 +96,10 @@ type Backend struct {
 	// Timeout bounds each backend reply during the login (greeting, CAPA,
 	// STLS and TLS handshake, USER, PASS); 0 means 15s.
 	Timeout time.Duration
+}
+
+func (b *Backend) addresses() []string {
+	return append([]string{b.Address}, b.Fallbacks...)
 }
 
 func (b *Backend) connectTimeout() time.Duration {
@@ -136,6 +145,20 @@ type Config struct {
 	// MaxConnectionsPerIP caps concurrent connections from one client
 	// address; 0 means no cap.
 	MaxConnectionsPerIP int
+	// Throttle limits failed logins per client address and per user; nil
+	// means no limit. A throttled attempt reaches neither the router nor
+	// a backend.
+	Throttle Throttle
+	// HideBackendErrors answers every login a backend refused with
+	// popgate's own "-ERR [AUTH] Authentication failed", so that a
+	// backend saying "no such user" cannot be used to probe names. The
+	// default relays the backend's answer, which carries [IN-USE], quota
+	// and lock messages users need.
+	HideBackendErrors bool
+	// ExtraCapabilities are added to the CAPA answer before login (for
+	// clients that look for TOP or UIDL first). popgate does not check
+	// that the backends honour them.
+	ExtraCapabilities []string
 	// Logger receives the session log; nil discards it.
 	Logger *slog.Logger
 	// DialContext connects to backends; nil means a net.Dialer.
@@ -198,6 +221,17 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Throttle counts failed logins. See auth.Throttle.
+type Throttle interface {
+	// Allow reports whether a login from ip for user may be tried, and
+	// if not, how long until it may.
+	Allow(ip netip.Addr, user string) (bool, time.Duration)
+	// Failure records a failed login (bad credentials, unknown user).
+	Failure(ip netip.Addr, user string)
+	// Success records a successful login.
+	Success(ip netip.Addr, user string)
 }
 
 // Server is a POP3 proxy. Build it with [New]; it serves listeners passed to

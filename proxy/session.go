@@ -32,6 +32,7 @@ const (
 	resultTLSError     = "tls_error"     // TLS handshake failed
 	resultProtoError   = "protocol_error"
 	resultShutdown     = "shutdown"
+	resultThrottled    = "throttled" // last failure: too many failed logins
 )
 
 // maxBadCommands closes a connection that keeps sending what is not POP3 (an
@@ -347,6 +348,10 @@ func (sess *session) capa() {
 	if sess.l.TLS == TLSStartTLS && sess.tls == nil {
 		b.WriteString("STLS\r\n")
 	}
+	for _, c := range sess.srv.cfg.ExtraCapabilities {
+		b.WriteString(c)
+		b.WriteString("\r\n")
+	}
 	b.WriteString("RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION popgate\r\n.")
 	sess.reply(b.String())
 }
@@ -499,14 +504,24 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
 	bc, reply, err := sess.tryLogin(creds, attempt)
+	th := sess.srv.cfg.Throttle
+	ip := sess.remote.Addr().Unmap()
 	if err == nil {
+		if th != nil {
+			th.Success(ip, creds.User)
+		}
 		sess.bw.WriteString(reply)
 		return bc, false
+	}
+	if th != nil && isCredentialFailure(err) {
+		th.Failure(ip, creds.User)
 	}
 	sess.failures++
 	sess.lastErr = err
 	lvl := slog.LevelInfo
 	switch {
+	case isThrottled(err):
+		sess.result = resultThrottled
 	case errors.Is(err, auth.ErrNoRoute):
 		sess.result = resultNoRoute
 	case isDenied(err):
@@ -545,6 +560,12 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if creds.AuthzID != "" && creds.AuthzID != creds.User {
 		return nil, authFailed, &auth.DeniedError{Reason: "SASL authorization identity differs from the user"}
 	}
+	ip := sess.remote.Addr().Unmap()
+	if th := sess.srv.cfg.Throttle; th != nil {
+		if ok, wait := th.Allow(ip, creds.User); !ok {
+			return nil, "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
+		}
+	}
 	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
 	defer cancel()
 	req := &auth.Request{
@@ -580,6 +601,9 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	bc, reply, err := sess.srv.dialBackend(ctx, b, dec)
 	if err != nil {
 		if isBackendRejected(err) {
+			if sess.srv.cfg.HideBackendErrors {
+				reply = authFailed
+			}
 			return nil, reply, err
 		}
 		return nil, tempFail, err
@@ -663,6 +687,34 @@ func isTimeout(err error) bool {
 func isDenied(err error) bool {
 	var de *auth.DeniedError
 	return errors.As(err, &de)
+}
+
+// throttledError is a login refused by the Throttle before any lookup.
+type throttledError struct{ wait time.Duration }
+
+func (e *throttledError) Error() string {
+	return "too many failed logins; refused for " + e.wait.Round(time.Second).String()
+}
+
+func isThrottled(err error) bool {
+	var te *throttledError
+	return errors.As(err, &te)
+}
+
+// isCredentialFailure reports failures that count against the throttle:
+// wrong credentials and unknown users, not broken backends or lookups.
+func isCredentialFailure(err error) bool {
+	var br *backendRejected
+	if errors.As(err, &br) {
+		// A locked mailbox or a backend in trouble is no guess.
+		for _, code := range []string{"[IN-USE]", "[LOGIN-DELAY]", "[SYS/"} {
+			if strings.Contains(br.reply, code) {
+				return false
+			}
+		}
+		return true
+	}
+	return errors.Is(err, auth.ErrNoRoute) || isDenied(err)
 }
 
 // lookupError wraps a Router failure that is not a refusal.

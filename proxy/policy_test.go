@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/proxy/pop3test"
+)
+
+// countingThrottle refuses after max failures per address.
+type countingThrottle struct {
+	mu        sync.Mutex
+	max       int
+	failures  map[netip.Addr]int
+	successes int
+}
+
+func (c *countingThrottle) Allow(ip netip.Addr, user string) (bool, time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failures[ip] < c.max, time.Minute
+}
+
+func (c *countingThrottle) Failure(ip netip.Addr, user string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures[ip]++
+}
+
+func (c *countingThrottle) Success(ip netip.Addr, user string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.successes++
+}
+
+// TestThrottle: after the throttle refuses, even the right password is
+// turned away without reaching the backend; failures that are not guesses
+// ([IN-USE]) do not count.
+func TestThrottle(t *testing.T) {
+	th := &countingThrottle{max: 2, failures: map[netip.Addr]int{}}
+	h := newHarness(t, harnessOpts{config: func(c *Config) { c.Throttle = th; c.MaxLoginFailures = 10 }})
+	c := h.dial("pop3s")
+	c.login()
+	c.cmd("QUIT")
+	if th.successes != 1 {
+		t.Errorf("successes = %d, want 1", th.successes)
+	}
+	c = h.dial("pop3s")
+	for range 2 {
+		c.cmd("USER " + testUser)
+		c.cmd("PASS wrong")
+	}
+	logins := h.backend.Logins()
+	cmds := len(h.backend.Commands())
+	c.cmd("USER " + testUser)
+	if got := c.cmd("PASS " + testPass); !strings.HasPrefix(got, "-ERR [SYS/TEMP] Too many failed logins") {
+		t.Errorf("throttled login = %q", got)
+	}
+	if h.backend.Logins() != logins || len(h.backend.Commands()) != cmds {
+		t.Errorf("a throttled attempt reached the backend: %q", h.backend.Commands()[cmds:])
+	}
+	c.cmd("QUIT")
+	waitFor(t, "session end", func() bool { return h.srv.Sessions() == 0 })
+	if !strings.Contains(h.logs.String(), "reason=throttled") {
+		t.Errorf("log lacks reason=throttled:\n%s", h.logs)
+	}
+
+	th2 := &countingThrottle{max: 1, failures: map[netip.Addr]int{}}
+	h = newHarness(t, harnessOpts{backend: func(s *pop3test.Server) { s.LoginError = "[IN-USE] locked" }, config: func(c *Config) { c.Throttle = th2 }})
+	c = h.dial("pop3s")
+	c.cmd("USER " + testUser)
+	c.cmd("PASS " + testPass)
+	if n := th2.failures[netip.MustParseAddr("127.0.0.1")]; n != 0 {
+		t.Errorf("[IN-USE] counted as %d failures", n)
+	}
+}
+
+// TestHideBackendErrors: with the option, a backend's refusal text is
+// replaced by popgate's own.
+func TestHideBackendErrors(t *testing.T) {
+	for _, hide := range []bool{false, true} {
+		h := newHarness(t, harnessOpts{backend: func(s *pop3test.Server) { s.LoginError = "No such user here" }, config: func(c *Config) { c.HideBackendErrors = hide }})
+		c := h.dial("pop3s")
+		c.cmd("USER " + testUser)
+		got := c.cmd("PASS " + testPass)
+		want := "-ERR No such user here"
+		if hide {
+			want = "-ERR [AUTH] Authentication failed"
+		}
+		if got != want {
+			t.Errorf("hide=%v: login = %q, want %q", hide, got, want)
+		}
+	}
+}
+
+// TestBackendFallbacks: an unreachable first address is skipped; a
+// reachable one that refuses the login is final.
+func TestBackendFallbacks(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	h := newHarness(t, harnessOpts{config: func(c *Config) {
+		b := c.Backends["b1"]
+		b.Fallbacks = []string{b.Address}
+		b.Address = dead
+	}})
+	c := h.dial("pop3s")
+	c.login()
+	c.cmd("QUIT")
+	if !strings.Contains(h.logs.String(), "used the next one") {
+		t.Errorf("no log line about the fallback:\n%s", h.logs)
+	}
+
+	second := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{testUser: {Password: testPass}}}
+	addr2, err := second.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	h = newHarness(t, harnessOpts{backend: func(s *pop3test.Server) { s.LoginError = "[AUTH] nope" }, config: func(c *Config) {
+		c.Backends["b1"].Fallbacks = []string{addr2.String()}
+	}})
+	c = h.dial("pop3s")
+	c.cmd("USER " + testUser)
+	if got := c.cmd("PASS " + testPass); got != "-ERR [AUTH] nope" {
+		t.Errorf("login = %q", got)
+	}
+	if n := len(second.Commands()); n != 0 {
+		t.Errorf("the fallback was asked after a refused login: %q", second.Commands())
+	}
+}
+
+// TestExtraCapabilities: configured capabilities join popgate's own before
+// login.
+func TestExtraCapabilities(t *testing.T) {
+	h := newHarness(t, harnessOpts{config: func(c *Config) { c.ExtraCapabilities = []string{"TOP", "UIDL"} }})
+	c := h.dial("pop3s")
+	c.send("CAPA\r\n")
+	c.expect("+OK")
+	got := c.multi()
+	if !slices.Contains(got, "TOP") || !slices.Contains(got, "UIDL") || !slices.Contains(got, "USER") {
+		t.Errorf("CAPA = %q", got)
+	}
+}
