@@ -3,8 +3,13 @@
 // A [Router] maps the credentials a client presented (see [Credentials]) to a
 // [Decision]: the backend that holds the mailbox and the name and password to
 // log in there with. [Static] implements the static table of popgate's
-// configuration (exact user, then domain, then a default). The package also
-// decodes the SASL mechanisms popgate relays (PLAIN and LOGIN).
+// configuration (exact user, then domain, then a default), [MapFile] a
+// route file re-read when it changes, [HTTP] a lookup service speaking
+// nginx's auth_http protocol, [Cache] an LRU in front of any Router, and
+// [Chain] the lookup order of the configuration (static users, static
+// domains, map file, HTTP service, default). [Throttle] counts failed logins
+// per client address and per user name. The package also decodes the SASL
+// mechanisms popgate relays (PLAIN and LOGIN).
 //
 // Nothing in this package logs or formats a password: [Password] prints as
 // "***" through every fmt verb, log/slog and encoding/json.
@@ -98,6 +103,13 @@ type Request struct {
 	Listener string         // name of the listener the client came in on
 	TLS      bool           // the client connection is encrypted
 	Attempt  int            // 1 for the first login attempt on this connection
+
+	// TLSVersion and TLSCipher describe the client's TLS connection when
+	// TLS is set, for lookup services that want them (auth_http's
+	// Auth-SSL-Protocol and Auth-SSL-Cipher); "" when unknown. nginx sends
+	// OpenSSL's words ("TLSv1.3"): [TLSVersionName] gives them.
+	TLSVersion string
+	TLSCipher  string
 }
 
 // Decision says where a login goes.

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"strconv"
 	"strings"
 )
 
@@ -42,16 +43,46 @@ func (s *Static) Lookup(user string) (string, bool) {
 }
 
 func (s *Static) lookupTables(user string) (string, bool) {
+	b, _, ok := s.match(user)
+	return b, ok
+}
+
+// Match looks user up in Users, then in Domains, leaving Default out (a
+// [Chain] asks other sources before the default). It returns the backend and
+// the rule that matched, named by its configuration key, such as
+// `route.users "alice@example.com"` or `route.domains "example.com"`, for
+// `popgate route`.
+func (s *Static) Match(user string) (backend, rule string, ok bool) {
+	b, kind, ok := s.match(user)
+	if !ok {
+		return "", "", false
+	}
+	u := strings.ToLower(user)
+	if kind == matchDomain {
+		u = u[strings.LastIndexByte(u, '@')+1:]
+	}
+	return b, kind + " " + strconv.Quote(u), true
+}
+
+const (
+	matchUser   = "route.users"
+	matchDomain = "route.domains"
+)
+
+func (s *Static) match(user string) (backend, kind string, ok bool) {
+	if s == nil {
+		return "", "", false
+	}
 	u := strings.ToLower(user)
 	if b, ok := s.Users[u]; ok {
-		return b, true
+		return b, matchUser, true
 	}
 	if i := strings.LastIndexByte(u, '@'); i >= 0 {
 		if b, ok := s.Domains[u[i+1:]]; ok {
-			return b, true
+			return b, matchDomain, true
 		}
 	}
-	return "", false
+	return "", "", false
 }
 
 // Route implements [Router]. The backend login uses the client's own

@@ -84,6 +84,8 @@ type popgateConfig struct {
 	Backends []popgateBackend
 	Default  string            // route.default; "" leaves it out
 	Users    map[string]string // route.users: user → backend name
+	MapFile  string            // route.map_file; "" leaves it out
+	HTTPURL  string            // route.http.url; "" leaves [route.http] out
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -299,6 +301,14 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 			pairs = append(pairs, fmt.Sprintf("%s = %s", q(u), q(cfg.Users[u])))
 		}
 		p("users = { %s }", strings.Join(pairs, ", "))
+	}
+	if cfg.MapFile != "" {
+		p("map_file = %s", q(cfg.MapFile))
+	}
+	if cfg.HTTPURL != "" {
+		p("")
+		p("[route.http]")
+		p("url = %s", q(cfg.HTTPURL))
 	}
 	p("")
 	p("[limits]")

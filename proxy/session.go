@@ -576,6 +576,10 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 		TLS:         sess.tls != nil,
 		Attempt:     attempt,
 	}
+	if sess.tls != nil {
+		req.TLSVersion = auth.TLSVersionName(sess.tls.Version)
+		req.TLSCipher = tls.CipherSuiteName(sess.tls.CipherSuite)
+	}
 	dec, err := sess.srv.cfg.Router.Route(ctx, req)
 	if err != nil {
 		if errors.Is(err, auth.ErrNoRoute) || isDenied(err) {
@@ -585,7 +589,13 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	}
 	sess.backend = dec.Backend
 	b := sess.srv.cfg.Backends[dec.Backend]
-	if b == nil {
+	switch {
+	case b == nil && dec.Backend == "" && dec.Address != "":
+		// A bare address from a lookup service with no backend
+		// settings to apply: plaintext, as nginx does.
+		b = &Backend{Name: "(lookup)", Address: dec.Address}
+		sess.backend = dec.Address
+	case b == nil:
 		return nil, tempFail, &lookupError{errors.New("route names unknown backend " + quote(dec.Backend))}
 	}
 	if dec.User == "" {

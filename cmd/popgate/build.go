@@ -19,6 +19,9 @@ type instance struct {
 	server    *proxy.Server
 	listeners []proxy.Listener
 	addrs     []string // listen addresses, by index of listeners
+	router    *auth.Chain
+	mapFile   *auth.MapFile // nil without route.map_file
+	lookup    *auth.HTTP    // nil without [route.http]
 }
 
 // build loads certificates and backend trust and makes the proxy server.
@@ -78,6 +81,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		b := &proxy.Backend{
 			Name:           bc.Name,
 			Address:        bc.Address,
+			Fallbacks:      bc.Fallbacks,
 			TLS:            mode,
 			ConnectTimeout: bc.ConnectTimeout.or(defaultConnectTimeout),
 			Timeout:        bc.Timeout.Duration,
@@ -105,13 +109,27 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		backends[bc.Name] = b
 	}
 
+	router, err := buildRouter(in, c, backends)
+	if err != nil {
+		return nil, err
+	}
+	in.router = router
 	lim := c.Limits
+	var throttle proxy.Throttle
+	if th := auth.NewThrottle(intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP), intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
+		lim.FailureWindow.or(defaultFailureWindow), 0, nil); th != nil {
+		throttle = th
+	}
 	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
 	}
 	srv, err := proxy.New(proxy.Config{
-		Router:              auth.NewStatic(c.Route.Users, c.Route.Domains, c.Route.Default),
+		Router:              router,
 		Backends:            backends,
+		Throttle:            throttle,
+		Greeting:            c.POP3.Greeting,
+		ExtraCapabilities:   c.POP3.Capabilities,
+		HideBackendErrors:   c.POP3.HideBackendErrors,
 		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
 		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
 		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxFailures),
@@ -138,4 +156,36 @@ func isLoopback(hostport string) bool {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.IsLoopback()
+}
+
+// buildRouter makes the lookup chain of DESIGN.md: exact user, domain, map
+// file, HTTP service, default.
+func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*auth.Chain, error) {
+	known := func(name string) bool { return backends[name] != nil }
+	chain := &auth.Chain{
+		Static:  auth.NewStatic(c.Route.Users, c.Route.Domains, ""),
+		Default: c.Route.Default,
+	}
+	if c.Route.MapFile != "" {
+		mf, err := auth.LoadMapFile(c.Route.MapFile, known)
+		if err != nil {
+			return nil, fmt.Errorf("route.map_file: %w", err)
+		}
+		chain.Map = mf
+		in.mapFile = mf
+	}
+	if h := c.Route.HTTP; h != nil {
+		lookup := &auth.HTTP{
+			URL:          h.URL,
+			Backend:      h.Backend,
+			KnownBackend: known,
+			Timeout:      h.Timeout.Duration,
+		}
+		in.lookup = lookup
+		chain.HTTP = lookup
+		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
+			chain.HTTP = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL))
+		}
+	}
+	return chain, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -24,7 +25,15 @@ type Config struct {
 	Backend []BackendConfig `toml:"backend"`
 	Route   RouteConfig     `toml:"route"`
 	Limits  LimitsConfig    `toml:"limits"`
+	POP3    POP3Config      `toml:"pop3"`
 	Metrics MetricsConfig   `toml:"metrics"`
+}
+
+// POP3Config is [pop3]: what popgate says before login.
+type POP3Config struct {
+	Greeting          string   `toml:"greeting"`
+	Capabilities      []string `toml:"capabilities"`
+	HideBackendErrors bool     `toml:"hide_backend_errors"`
 }
 
 // LogConfig is [log].
@@ -61,6 +70,7 @@ type CertConfig struct {
 type BackendConfig struct {
 	Name               string   `toml:"name"`
 	Address            string   `toml:"address"`
+	Fallbacks          []string `toml:"fallbacks"`
 	TLS                string   `toml:"tls"`
 	ServerName         string   `toml:"server_name"`
 	CAFile             string   `toml:"ca_file"`
@@ -77,7 +87,18 @@ type RouteConfig struct {
 	Users   map[string]string `toml:"users"`
 	Domains map[string]string `toml:"domains"`
 	MapFile string            `toml:"map_file"`
-	HTTP    map[string]any    `toml:"http"`
+	HTTP    *RouteHTTPConfig  `toml:"http"`
+}
+
+// RouteHTTPConfig is [route.http]: a lookup service speaking nginx's
+// auth_http protocol.
+type RouteHTTPConfig struct {
+	URL              string   `toml:"url"`
+	Timeout          Duration `toml:"timeout"`
+	CacheTTL         Duration `toml:"cache_ttl"`
+	NegativeCacheTTL Duration `toml:"negative_cache_ttl"`
+	CacheSize        *int     `toml:"cache_size"`
+	Backend          string   `toml:"backend"`
 }
 
 // LimitsConfig is [limits].
@@ -144,6 +165,13 @@ const (
 	defaultMaxConnsPerIP   = 50
 	defaultMaxFailures     = 3
 	defaultConnectTimeout  = 5 * time.Second
+	defaultMaxFailuresIP   = 20
+	defaultMaxFailuresUser = 10
+	defaultFailureWindow   = 10 * time.Minute
+	defaultHTTPCacheTTL    = 60 * time.Second
+	defaultHTTPNegativeTTL = 10 * time.Second
+	defaultHTTPCacheSize   = 100000
+	mapFilePoll            = 5 * time.Second
 )
 
 // LoadConfig reads and decodes path and validates the result. Errors name
@@ -196,7 +224,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 // isOpaqueTable reports keys inside tables decoded as maps for features that
 // are refused by validate with a clearer message.
 func isOpaqueTable(k toml.Key) bool {
-	return len(k) >= 2 && (k[0] == "tls" && k[1] == "acme" || k[0] == "route" && k[1] == "http")
+	return len(k) >= 2 && k[0] == "tls" && k[1] == "acme"
 }
 
 func (c *Config) validate() []error {
@@ -276,6 +304,11 @@ func (c *Config) validate() []error {
 		} else if _, _, err := net.SplitHostPort(b.Address); err != nil {
 			add("%s.address: %q is not host:port", key, b.Address)
 		}
+		for j, f := range b.Fallbacks {
+			if _, _, err := net.SplitHostPort(f); err != nil {
+				add("%s.fallbacks[%d]: %q is not host:port", key, j, f)
+			}
+		}
 		mode, err := proxy.ParseTLSMode(b.TLS)
 		if b.TLS == "" {
 			add("%s.tls: missing (none, starttls or implicit)", key)
@@ -334,11 +367,22 @@ func (c *Config) validate() []error {
 	if c.Route.Default == "" && len(c.Route.Users) == 0 && len(c.Route.Domains) == 0 && c.Route.MapFile == "" && c.Route.HTTP == nil {
 		add("route: no route at all; set route.default, route.users or route.domains")
 	}
-	if c.Route.MapFile != "" {
-		notYet("route.map_file")
-	}
-	if c.Route.HTTP != nil {
-		notYet("route.http")
+	if h := c.Route.HTTP; h != nil {
+		switch u, err := url.Parse(h.URL); {
+		case h.URL == "":
+			add("route.http.url: missing")
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			add("route.http.url: %q is not an http:// or https:// URL", h.URL)
+		}
+		if h.Backend != "" && !backends[h.Backend] {
+			add("route.http.backend: backend %q is not defined", h.Backend)
+		}
+		if h.Timeout.Set && h.Timeout.Duration == 0 {
+			add("route.http.timeout: must be positive")
+		}
+		if h.CacheSize != nil && *h.CacheSize < 0 {
+			add("route.http.cache_size: must not be negative")
+		}
 	}
 
 	lim := c.Limits
@@ -370,8 +414,13 @@ func (c *Config) validate() []error {
 			add("backend[%d].timeout: must be positive", i)
 		}
 	}
-	if lim.MaxFailuresPerIP != nil || lim.MaxFailuresPerUser != nil || lim.FailureWindow.Set {
-		notYet("limits.max_failures_per_ip / max_failures_per_user / failure_window")
+	for key, p := range map[string]*int{
+		"limits.max_failures_per_ip":   lim.MaxFailuresPerIP,
+		"limits.max_failures_per_user": lim.MaxFailuresPerUser,
+	} {
+		if p != nil && *p < 0 {
+			add("%s: must not be negative", key)
+		}
 	}
 	if len(lim.TrustedProxies) > 0 {
 		notYet("limits.trusted_proxies")

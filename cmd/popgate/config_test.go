@@ -356,6 +356,35 @@ func TestParseConfigRejects(t *testing.T) {
 	}
 }
 
+// TestParseConfigRouting: the routing and throttling keys are accepted,
+// and their mistakes named.
+func TestParseConfigRouting(t *testing.T) {
+	ok := []string{
+		listenNone + backendB + "[route]\nmap_file = \"/etc/popgate/routes\"\n",
+		listenNone + backendB + "[route]\ndefault = \"b\"\n[route.http]\nurl = \"http://127.0.0.1:8080/auth\"\ntimeout = \"3s\"\ncache_ttl = \"30s\"\nnegative_cache_ttl = \"5s\"\ncache_size = 1000\nbackend = \"b\"\n",
+		minimal + "[limits]\nmax_failures_per_ip = 20\nmax_failures_per_user = 10\nfailure_window = \"10m\"\n",
+		minimal + "[pop3]\ngreeting = \"hello\"\ncapabilities = [\"TOP\", \"UIDL\"]\nhide_backend_errors = true\n",
+	}
+	for i, cfg := range ok {
+		if _, err := ParseConfig(fmt.Sprint("ok", i), []byte(cfg)); err != nil {
+			t.Errorf("ParseConfig(ok%d) = %v", i, err)
+		}
+	}
+	bad := []struct{ toml, key string }{
+		{listenNone + backendB + "[route]\n[route.http]\ntimeout = \"3s\"\n", "route.http.url"},
+		{listenNone + backendB + "[route]\n[route.http]\nurl = \"ftp://x/\"\n", "route.http.url"},
+		{listenNone + backendB + "[route]\n[route.http]\nurl = \"http://127.0.0.1/\"\nbackend = \"nope\"\n", "route.http.backend"},
+		{listenNone + backendB + "[route]\n[route.http]\nurl = \"http://127.0.0.1/\"\nbogus = 1\n", "route.http.bogus"},
+		{minimal + "[limits]\nmax_failures_per_ip = -1\n", "limits.max_failures_per_ip"},
+	}
+	for _, tc := range bad {
+		_, err := ParseConfig("bad", []byte(tc.toml))
+		if err == nil || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("ParseConfig(%q) error = %v, want mention of %q", tc.toml, err, tc.key)
+		}
+	}
+}
+
 func TestParseConfigNotYetSupported(t *testing.T) {
 	const notYet = "not supported by this version"
 	tests := []struct {
@@ -364,16 +393,10 @@ func TestParseConfigNotYetSupported(t *testing.T) {
 		key  string
 	}{
 		{"tls.acme", minimal + "[tls.acme]\ndomains = [\"mail.example.com\"]\nemail = \"postmaster@example.com\"\ncache_dir = \"/var/lib/popgate/acme\"\n", "tls.acme"},
-		{"route.map_file", listenNone + backendB + "[route]\nmap_file = \"/etc/popgate/routes\"\n", "route.map_file"},
-		{"route.map_file beside a default", listenNone + backendB + "[route]\ndefault = \"b\"\nmap_file = \"/etc/popgate/routes\"\n", "route.map_file"},
-		{"route.http", listenNone + backendB + "[route]\ndefault = \"b\"\n[route.http]\nurl = \"http://127.0.0.1:8080/auth\"\ntimeout = \"3s\"\n", "route.http"},
 		{"metrics.address", minimal + "[metrics]\naddress = \"127.0.0.1:9110\"\n", "metrics.address"},
 		{"proxy_protocol", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"none\"\nproxy_protocol = true\n" + backendB + routeB, "listen[0].proxy_protocol"},
 		{"client_address xclient", listenNone + backendB + "client_address = \"xclient\"\n\n" + routeB, "backend[0].client_address"},
 		{"client_address proxy-v2", listenNone + backendB + "client_address = \"proxy-v2\"\n\n" + routeB, "backend[0].client_address"},
-		{"max_failures_per_ip", minimal + "[limits]\nmax_failures_per_ip = 20\n", "max_failures_per_ip"},
-		{"max_failures_per_user", minimal + "[limits]\nmax_failures_per_user = 10\n", "max_failures_per_user"},
-		{"failure_window", minimal + "[limits]\nfailure_window = \"10m\"\n", "failure_window"},
 		{"trusted_proxies", minimal + "[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]\n", "limits.trusted_proxies"},
 	}
 	for _, tc := range tests {

@@ -141,17 +141,25 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	user := fs.Arg(0)
-	st := auth.NewStatic(c.Route.Users, c.Route.Domains, c.Route.Default)
-	name, ok := st.Lookup(user)
-	if !ok {
-		fmt.Fprintf(stdout, "%s: no route (logins are refused with -ERR [AUTH])\n", user)
+	known := map[string]BackendConfig{}
+	for _, b := range c.Backend {
+		known[b.Name] = b
+	}
+	in := &instance{}
+	backends := map[string]*proxy.Backend{}
+	for name := range known {
+		backends[name] = &proxy.Backend{Name: name}
+	}
+	chain, err := buildRouter(in, c, backends)
+	if err != nil {
+		return err
+	}
+	if name, ok := routeTarget(chain, user); ok {
+		b := known[name]
+		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, chain.Explain(user))
 		return nil
 	}
-	for _, b := range c.Backend {
-		if b.Name == name {
-			fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n", user, name, b.Address, b.TLS)
-		}
-	}
+	fmt.Fprintf(stdout, "%s: %s\n", user, chain.Explain(user))
 	return nil
 }
 
@@ -201,6 +209,35 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 		}()
 	}
 	go trimWhenQuiet(ctx, in.server, quietPeriod, log)
+	if mf := in.mapFile; mf != nil {
+		go mf.Watch(ctx, mapFilePoll, func(err error) {
+			if err != nil {
+				log.Error("route.map_file: reload failed; keeping the previous table", "file", mf.Path(), "err", err)
+				return
+			}
+			log.Info("route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
+		})
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					if err := mf.Reload(); err != nil {
+						log.Error("SIGHUP: route.map_file reload failed; keeping the previous table", "file", mf.Path(), "err", err)
+					} else {
+						log.Info("SIGHUP: route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
+					}
+				}
+			}
+		}()
+	}
+	if in.lookup != nil {
+		defer in.lookup.Close()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -300,4 +337,21 @@ func trimWhenQuiet(ctx context.Context, srv *proxy.Server, every time.Duration, 
 			log.Debug("quiet: returned free memory to the OS", "took", time.Since(start).Round(time.Microsecond).String(), "sessions", srv.Sessions())
 		}
 	}
+}
+
+// routeTarget returns the backend a static, map file or default rule sends
+// user to, without asking an HTTP service.
+func routeTarget(c *auth.Chain, user string) (string, bool) {
+	if b, _, ok := c.Static.Match(user); ok {
+		return b, true
+	}
+	if c.Map != nil {
+		if b, _, ok := c.Map.Lookup(user); ok {
+			return b, true
+		}
+	}
+	if c.HTTP == nil && c.Default != "" {
+		return c.Default, true
+	}
+	return "", false
 }
