@@ -124,6 +124,11 @@ type Decision struct {
 	// that does not rewrite them copies the client's.
 	User     string
 	Password Password
+	// AuthzID, when set, is relayed to the backend as the SASL PLAIN
+	// authorization identity: User logs in to act as AuthzID (a master
+	// user opening a mailbox). popgate sets it only for backends that
+	// allow it.
+	AuthzID string
 }
 
 // Router decides where a login goes. Route returns [ErrNoRoute] when nothing

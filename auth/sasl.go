@@ -50,7 +50,14 @@ func ParsePlain(msg []byte) (Credentials, error) {
 // EncodePlain builds the base64 SASL PLAIN initial response for a backend
 // login (no authorization identity).
 func EncodePlain(user string, pass Password) string {
-	b := make([]byte, 0, len(user)+len(pass)+2)
+	return EncodePlainAs("", user, pass)
+}
+
+// EncodePlainAs builds a SASL PLAIN initial response with an authorization
+// identity: user logs in to act as authzid.
+func EncodePlainAs(authzid, user string, pass Password) string {
+	b := make([]byte, 0, len(authzid)+len(user)+len(pass)+2)
+	b = append(b, authzid...)
 	b = append(b, 0)
 	b = append(b, user...)
 	b = append(b, 0)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -42,13 +43,27 @@ func isBackendRejected(err error) bool {
 // errNoSTLS is a backend configured for STLS that does not offer it.
 var errNoSTLS = errors.New("backend does not offer STLS; refusing to log in over plaintext")
 
+// errNoXCLIENT is a backend configured for XCLIENT that does not advertise
+// it. Dovecot advertises it only to its login_trusted_networks; logging in
+// without it would hide every client behind popgate's address, which the
+// operator asked not to happen, so the login fails instead.
+var errNoXCLIENT = errors.New("backend does not advertise XCLIENT (client_address = \"xclient\"); popgate's address is likely missing from the backend's login_trusted_networks")
+
+// clientInfo is what a backend may be told about the client.
+type clientInfo struct {
+	remote netip.AddrPort // the client
+	local  netip.AddrPort // the address the client connected to
+	connID string
+	tls    bool // the client's connection to popgate is encrypted
+}
+
 // maxBackendLine bounds a backend's response line.
 const maxBackendLine = 2 * pop3.MaxResponseLen
 
 // dialBackend connects to b, logs in with dec's credentials and returns the
 // connection and the backend's reply to the login, CRLF included. A login
 // the backend refused returns the reply and a *backendRejected.
-func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision) (*backendConn, string, error) {
+func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
 	addrs := b.addresses()
 	if dec.Address != "" {
 		addrs = []string{dec.Address}
@@ -80,8 +95,8 @@ func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision)
 	}
 	// Cancelling ctx (shutdown, login_timeout) interrupts any read below.
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
-	key := b.TLS.String() + " " + addr
-	bc, reply, err := s.loginBackend(ctx, raw, b, key, dec)
+	key := b.TLS.String() + " " + b.ClientAddress.String() + " " + addr
+	bc, reply, err := s.loginBackend(ctx, raw, b, key, dec, ci)
 	if !stop() || err != nil {
 		raw.Close()
 		if err != nil {
@@ -182,7 +197,7 @@ func (c *backendClient) handshake() (*tls.ConnectionState, error) {
 	return &st, nil
 }
 
-func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key string, dec auth.Decision) (*backendConn, string, error) {
+func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key string, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
 	c := &backendClient{b: b, conn: raw, timeout: b.timeout(), ctx: ctx, br: s.getReader(raw)}
 	ok := false
 	defer func() {
@@ -192,6 +207,22 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 	}()
 	var st *tls.ConnectionState
 	var err error
+	if v := b.ClientAddress; v == ClientAddressProxyV1 || v == ClientAddressProxyV2 {
+		// The PROXY header comes before anything else, TLS included
+		// (haproxy doc/proxy-protocol.txt §2).
+		version := byte(1)
+		if v == ClientAddressProxyV2 {
+			version = 2
+		}
+		hdr, err := proxyHeaderFor(version, ci.remote, ci.local)
+		if err != nil {
+			return nil, "", fmt.Errorf("PROXY header: %w", err)
+		}
+		c.deadline()
+		if _, err := raw.Write(hdr); err != nil {
+			return nil, "", fmt.Errorf("PROXY header: %w", err)
+		}
+	}
 	if b.TLS == TLSImplicit {
 		if st, err = c.handshake(); err != nil {
 			return nil, "", err
@@ -245,12 +276,38 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 	if !cached {
 		s.caps.put(key, caps)
 	}
+	if b.ClientAddress == ClientAddressXCLIENT {
+		if err := c.xclient(greeting, caps, ci); err != nil {
+			return nil, "", err
+		}
+	}
 	reply, err := c.login(caps, dec)
 	if err != nil {
 		return nil, reply, err
 	}
 	ok = true
 	return &backendConn{raw: raw, conn: c.conn, br: c.br, tls: st}, reply, nil
+}
+
+// xclient tells a Dovecot backend the client's address, after STLS and
+// before the login. Dovecot advertises XCLIENT by starting its greeting
+// with "[XCLIENT]" (src/pop3-login/client.c); other servers may list it in
+// CAPA. A +OK does not prove the backend trusted it: Dovecot answers +OK
+// to untrusted senders too and ignores the command.
+func (c *backendClient) xclient(greeting []byte, caps map[string]string, ci clientInfo) error {
+	_, inCaps := caps["XCLIENT"]
+	text := strings.TrimPrefix(string(greeting), "+OK")
+	if !inCaps && !strings.HasPrefix(strings.TrimSpace(text), "[XCLIENT]") {
+		return errNoXCLIENT
+	}
+	line, err := c.cmd(xclientLine(ci.remote, ci.connID, ci.tls))
+	if err != nil {
+		return fmt.Errorf("XCLIENT: %w", err)
+	}
+	if !pop3.IsOK(line) {
+		return fmt.Errorf("backend refused XCLIENT (%.80q); popgate's address is likely missing from the backend's login_trusted_networks", line)
+	}
+	return nil
 }
 
 // login sends the credentials: USER/PASS, or AUTH PLAIN for a backend that
@@ -267,8 +324,11 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 	pass := string(dec.Password)
 	var line []byte
 	var err error
+	if dec.AuthzID != "" && !plain {
+		return "", errors.New("backend offers no SASL PLAIN to relay an authorization identity with")
+	}
 	switch {
-	case caps == nil || hasUser || !plain:
+	case dec.AuthzID == "" && (caps == nil || hasUser || !plain):
 		// USER and PASS are not pipelined even to a backend that
 		// offers PIPELINING: Dovecot writes its two answers separately
 		// without TCP_NODELAY, and Nagle then holds the second one for
@@ -284,7 +344,7 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("PASS: %w", err)
 		}
 	default:
-		ir := auth.EncodePlain(dec.User, dec.Password)
+		ir := auth.EncodePlainAs(dec.AuthzID, dec.User, dec.Password)
 		if len("AUTH PLAIN ")+len(ir)+2 <= pop3.MaxCommandLen {
 			line, err = c.cmd("AUTH PLAIN " + ir)
 		} else {

@@ -71,6 +71,14 @@ type Listener struct {
 	// AllowPlaintextFrom lists client networks that may log in without
 	// TLS on a TLSStartTLS listener. Empty: nobody may.
 	AllowPlaintextFrom []netip.Prefix
+	// ProxyProtocol requires a PROXY protocol v1 or v2 header at the start
+	// of every connection, before the TLS handshake and the greeting, and
+	// accepts it only from Config.TrustedProxies. The header's client
+	// address is then the session's client address for limits, throttling,
+	// logs, routing and the backend. A connection from elsewhere, or
+	// without a valid header, is closed. false: no header is ever read
+	// (PROXY protocol is never guessed).
+	ProxyProtocol bool
 }
 
 // Backend is a POP3 server popgate logs in to.
@@ -91,11 +99,20 @@ type Backend struct {
 	// TLSConfig is the client configuration (trust, server name) for
 	// TLSImplicit and TLSStartTLS; required for them.
 	TLSConfig *tls.Config
+	// RelayAuthzID lets clients log in with a SASL PLAIN authorization
+	// identity different from their user name (a master user opening
+	// another user's mailbox): popgate logs in to this backend with AUTH
+	// PLAIN carrying that identity, and the backend decides. Without it
+	// such logins are refused.
+	RelayAuthzID bool
 	// ConnectTimeout bounds the TCP connect; 0 means 5s.
 	ConnectTimeout time.Duration
 	// Timeout bounds each backend reply during the login (greeting, CAPA,
 	// STLS and TLS handshake, USER, PASS); 0 means 15s.
 	Timeout time.Duration
+	// ClientAddress is how the backend learns the client's address:
+	// ClientAddressNone (the zero value) tells it nothing.
+	ClientAddress ClientAddressMode
 }
 
 func (b *Backend) addresses() []string {
@@ -143,8 +160,16 @@ type Config struct {
 	// Connections beyond it get "-ERR [SYS/TEMP]" and are closed.
 	MaxConnections int
 	// MaxConnectionsPerIP caps concurrent connections from one client
-	// address; 0 means no cap.
+	// address; 0 means no cap. Behind a PROXY protocol listener the
+	// address is the header's, counted once the header is read.
 	MaxConnectionsPerIP int
+	// TrustedProxies are the source networks a listener with
+	// ProxyProtocol accepts connections (and headers) from. Empty: such
+	// a listener accepts nobody.
+	TrustedProxies []netip.Prefix
+	// ProxyHeaderTimeout bounds the wait for a PROXY header; 0 means 5s.
+	// login_timeout bounds it too.
+	ProxyHeaderTimeout time.Duration
 	// Throttle limits failed logins per client address and per user; nil
 	// means no limit. A throttled attempt reaches neither the router nor
 	// a backend.
@@ -188,6 +213,24 @@ func (c *Config) maxLoginFailures() int {
 	return 3
 }
 
+func (c *Config) proxyHeaderTimeout() time.Duration {
+	if c.ProxyHeaderTimeout > 0 {
+		return c.ProxyHeaderTimeout
+	}
+	return 5 * time.Second
+}
+
+// trustedProxy reports whether ip may send a PROXY header.
+func (c *Config) trustedProxy(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range c.TrustedProxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *Config) now() time.Time {
 	if c.Now != nil {
 		return c.Now()
@@ -218,6 +261,9 @@ func (c *Config) Validate() error {
 		}
 		if b.TLS != TLSNone && b.TLSConfig == nil {
 			errs = append(errs, fmt.Errorf("proxy: backend %q: TLS %s needs a TLSConfig", name, b.TLS))
+		}
+		if b.ClientAddress < ClientAddressNone || b.ClientAddress > ClientAddressProxyV2 {
+			errs = append(errs, fmt.Errorf("proxy: backend %q: unknown client address mode %d", name, b.ClientAddress))
 		}
 	}
 	return errors.Join(errs...)
@@ -340,6 +386,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	if l.TLS != TLSNone && l.TLSConfig == nil {
 		return fmt.Errorf("proxy: listener %q: TLS %s needs a TLSConfig", l.Name, l.TLS)
 	}
+	if l.ProxyProtocol && len(s.cfg.TrustedProxies) == 0 {
+		return fmt.Errorf("proxy: listener %q: ProxyProtocol needs Config.TrustedProxies", l.Name)
+	}
 	if l.Name == "" {
 		l.Name = ln.Addr().String()
 	}
@@ -393,9 +442,17 @@ func (s *Server) isClosing() bool {
 }
 
 // accept registers c and starts its session, or refuses it when a limit is
-// reached.
+// reached. On a PROXY protocol listener the client address is not known
+// yet: the per-IP limit is applied by the session once it has read the
+// header (see session.readProxyHeader), and here only the source is checked
+// against the trusted proxies, which costs no read.
 func (s *Server) accept(c net.Conn, l Listener) {
 	ip := addrPort(c.RemoteAddr()).Addr()
+	if l.ProxyProtocol && !s.cfg.trustedProxy(ip) {
+		s.log.Warn("connection refused", "listener", l.Name, "remote", c.RemoteAddr().String(), "reason", "not from a trusted proxy (limits.trusted_proxies)")
+		c.Close()
+		return
+	}
 	s.mu.Lock()
 	refuse := ""
 	switch {
@@ -403,7 +460,7 @@ func (s *Server) accept(c net.Conn, l Listener) {
 		refuse = "shutting down"
 	case s.cfg.MaxConnections > 0 && len(s.sessions) >= s.cfg.MaxConnections:
 		refuse = "max_connections reached"
-	case s.cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxConnectionsPerIP:
+	case !l.ProxyProtocol && s.cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxConnectionsPerIP:
 		refuse = "max_connections_per_ip reached"
 	}
 	if refuse != "" {
@@ -414,10 +471,28 @@ func (s *Server) accept(c net.Conn, l Listener) {
 	}
 	sess := s.newSession(c, l)
 	s.sessions[sess] = struct{}{}
-	s.perIP[ip]++
+	if !l.ProxyProtocol {
+		s.perIP[ip]++
+		sess.ipCounted = true
+	}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go sess.serve()
+}
+
+// countIP registers the session's client address, learnt from a PROXY
+// header, with the per-IP limit; false means the limit is reached.
+func (s *Server) countIP(sess *session, client netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ip := client.Addr()
+	if s.cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxConnectionsPerIP {
+		return false
+	}
+	sess.remote = client
+	s.perIP[ip]++
+	sess.ipCounted = true
+	return true
 }
 
 // refuseConn tells a client popgate is busy and closes. On a TLS listener
@@ -435,9 +510,11 @@ func (s *Server) removeSession(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.sessions, sess)
-	ip := sess.remote.Addr()
-	if s.perIP[ip]--; s.perIP[ip] <= 0 {
-		delete(s.perIP, ip)
+	if sess.ipCounted {
+		ip := sess.remote.Addr()
+		if s.perIP[ip]--; s.perIP[ip] <= 0 {
+			delete(s.perIP, ip)
+		}
 	}
 	if s.closing && len(s.sessions) == 0 && s.idle != nil {
 		close(s.idle)

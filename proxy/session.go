@@ -32,7 +32,10 @@ const (
 	resultTLSError     = "tls_error"     // TLS handshake failed
 	resultProtoError   = "protocol_error"
 	resultShutdown     = "shutdown"
-	resultThrottled    = "throttled" // last failure: too many failed logins
+	resultThrottled    = "throttled"          // last failure: too many failed logins
+	resultProxyHeader  = "proxy_header_error" // PROXY header missing, invalid or late
+	resultProxyLocal   = "proxy_local"        // PROXY LOCAL: the load balancer's health check
+	resultPerIPLimit   = "per_ip_limit"       // max_connections_per_ip, for a client behind a PROXY header
 )
 
 // maxBadCommands closes a connection that keeps sending what is not POP3 (an
@@ -50,9 +53,15 @@ type session struct {
 	conn   net.Conn       // raw, or the TLS connection over it
 	br     *bufio.Reader  // client input during AUTHORIZATION
 	bw     *bufio.Writer  // client output during AUTHORIZATION, flushed when input runs dry
-	remote netip.AddrPort // the client
-	local  netip.AddrPort
-	start  time.Time
+	remote netip.AddrPort // the client; from the PROXY header when there is one
+	local  netip.AddrPort // the address the client connected to
+	// proxy is the load balancer's address when a PROXY header named the
+	// client, else invalid.
+	proxy netip.AddrPort
+	// ipCounted is true once remote counts against max_connections_per_ip;
+	// guarded by srv.mu.
+	ipCounted bool
+	start     time.Time
 	// deadline ends the AUTHORIZATION state (login_timeout).
 	deadline time.Time
 
@@ -94,6 +103,9 @@ func (s *Server) newSession(c net.Conn, l Listener) *session {
 // logger returns the session's logger. It is built on demand rather than
 // kept: an idle session should not hold a handler's worth of memory.
 func (sess *session) logger() *slog.Logger {
+	if sess.proxy.IsValid() {
+		return sess.srv.log.With("conn", sess.id, "remote", sess.remote.String(), "listener", sess.l.Name, "proxy", sess.proxy.String())
+	}
 	return sess.srv.log.With("conn", sess.id, "remote", sess.remote.String(), "listener", sess.l.Name)
 }
 
@@ -136,6 +148,10 @@ func (sess *session) isClosed() bool {
 
 func (sess *session) serve() {
 	sess.raw.SetDeadline(sess.deadline)
+	if sess.l.ProxyProtocol && !sess.readProxyHeader() {
+		sess.end()
+		return
+	}
 	if sess.l.TLS == TLSImplicit {
 		if !sess.startTLS() {
 			sess.end()
@@ -175,6 +191,63 @@ func (sess *session) releaseBuffers() {
 		sess.srv.putWriter(sess.bw)
 		sess.bw = nil
 	}
+}
+
+// readProxyHeader reads the PROXY protocol header that must open the
+// connection (haproxy doc/proxy-protocol.txt §2: before the TLS handshake
+// and before the greeting) and makes its client address the session's. It
+// runs in the session's goroutine, so a slow sender holds up nobody else,
+// and reads no octet past the header, so the raw socket stays what TLS and
+// the splice read from. It reports false when the session is to end.
+func (sess *session) readProxyHeader() bool {
+	sess.raw.SetReadDeadline(minTime(sess.deadline, sess.srv.cfg.now().Add(sess.srv.cfg.proxyHeaderTimeout())))
+	hdr, err := readProxyHeader(sess.raw)
+	var info proxyInfo
+	if err == nil {
+		info, err = parseProxyHeader(hdr)
+	}
+	if err != nil {
+		sess.result = resultProxyHeader
+		switch {
+		case sess.isClosed():
+			sess.result = resultShutdown
+		case isTimeout(err):
+			err = errors.New("no PROXY header before the timeout")
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			err = errors.New("connection closed before a complete PROXY header")
+		}
+		sess.lastErr = err
+		if sess.result == resultProxyHeader {
+			sess.logger().Warn("PROXY header missing or invalid, closing", "err", err)
+		}
+		return false
+	}
+	if info.local {
+		// The load balancer's own connection, a health check: nothing
+		// to serve, nothing worth a log line above DEBUG.
+		sess.result = resultProxyLocal
+		return false
+	}
+	sess.proxy = sess.remote
+	if !sess.srv.countIP(sess, info.source) {
+		sess.remote = info.source // for the log lines only
+		sess.result = resultPerIPLimit
+		sess.logger().Warn("connection refused", "reason", "max_connections_per_ip reached")
+		refuseConn(sess.raw, sess.l)
+		return false
+	}
+	if info.dest.IsValid() {
+		sess.local = info.dest
+	}
+	sess.raw.SetReadDeadline(sess.deadline)
+	return true
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // startTLS runs the server handshake on the raw connection.
@@ -557,9 +630,6 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if err := creds.Check(); err != nil {
 		return nil, authFailed, &auth.DeniedError{Reason: err.Error()}
 	}
-	if creds.AuthzID != "" && creds.AuthzID != creds.User {
-		return nil, authFailed, &auth.DeniedError{Reason: "SASL authorization identity differs from the user"}
-	}
 	ip := sess.remote.Addr().Unmap()
 	if th := sess.srv.cfg.Throttle; th != nil {
 		if ok, wait := th.Allow(ip, creds.User); !ok {
@@ -604,11 +674,24 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if dec.User != creds.User {
 		sess.loginUser = dec.User
 	}
+	if creds.AuthzID != "" && creds.AuthzID != creds.User {
+		// Acting as someone else: only where the route's backend
+		// relays the identity, and only as the client asked.
+		if !b.RelayAuthzID {
+			return nil, authFailed, &auth.DeniedError{Reason: "SASL authorization identity differs from the user and backend " + quote(b.Name) + " does not relay it"}
+		}
+		dec.AuthzID = creds.AuthzID
+		if strings.ContainsAny(dec.AuthzID, "\r\n\x00") {
+			return nil, authFailed, &auth.DeniedError{Reason: "bad authorization identity"}
+		}
+		sess.loginUser = dec.User + " as " + dec.AuthzID
+	}
 	// A router may rewrite the login; hold the result to the same rule.
 	if err := (auth.Credentials{User: dec.User, Password: dec.Password}).Check(); err != nil {
 		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
-	bc, reply, err := sess.srv.dialBackend(ctx, b, dec)
+	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls != nil}
+	bc, reply, err := sess.srv.dialBackend(ctx, b, dec, ci)
 	if err != nil {
 		if isBackendRejected(err) {
 			if sess.srv.cfg.HideBackendErrors {
@@ -680,7 +763,11 @@ func (sess *session) logEnd() {
 	if sess.lastErr != nil && sess.result != resultOK {
 		attrs = append(attrs, slog.String("err", sess.lastErr.Error()))
 	}
-	sess.logger().LogAttrs(context.Background(), slog.LevelInfo, "session end", attrs...)
+	lvl := slog.LevelInfo
+	if sess.result == resultProxyLocal {
+		lvl = slog.LevelDebug
+	}
+	sess.logger().LogAttrs(context.Background(), lvl, "session end", attrs...)
 }
 
 func isTimeout(err error) bool {

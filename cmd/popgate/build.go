@@ -82,6 +82,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 			Name:           bc.Name,
 			Address:        bc.Address,
 			Fallbacks:      bc.Fallbacks,
+			RelayAuthzID:   bc.RelayAuthzID,
 			TLS:            mode,
 			ConnectTimeout: bc.ConnectTimeout.or(defaultConnectTimeout),
 			Timeout:        bc.Timeout.Duration,

@@ -77,6 +77,7 @@ type BackendConfig struct {
 	InsecureSkipVerify bool     `toml:"insecure_skip_verify"`
 	MinVersion         string   `toml:"min_version"`
 	ClientAddress      string   `toml:"client_address"`
+	RelayAuthzID       bool     `toml:"relay_authzid"`
 	ConnectTimeout     Duration `toml:"connect_timeout"`
 	Timeout            Duration `toml:"timeout"`
 }

@@ -111,6 +111,25 @@ type Server struct {
 	// line included, have been written.
 	DropAfterBytes int
 
+	// MasterUsers maps master user names to passwords: AUTH PLAIN with an
+	// authorization identity naming a mailbox and a master user's
+	// credentials opens that mailbox (as Dovecot's master users do).
+	MasterUsers map[string]string
+
+	// XCLIENT lists XCLIENT in CAPA and accepts Dovecot's XCLIENT command
+	// in the AUTHORIZATION state, answering "+OK Updated" (or "-ERR " +
+	// XCLIENTError when that is set). The line shows in Commands.
+	XCLIENT bool
+
+	// XCLIENTError, when set, refuses XCLIENT with "-ERR " + XCLIENTError.
+	XCLIENTError string
+
+	// ProxyHeader requires a PROXY protocol v1 or v2 header before
+	// anything else on every connection (before TLS when Implicit). It
+	// shows in Commands as "PROXY <source> <destination>", or
+	// "PROXY LOCAL"; a connection without a valid header is closed.
+	ProxyHeader bool
+
 	// Logf, when set, receives debug lines (commands and status lines).
 	// PASS arguments and SASL payloads are replaced with "***".
 	Logf func(format string, args ...any)

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
 )
 
 // state is a POP3 session state (RFC 1939 §3). UPDATE is entered and left
@@ -71,6 +73,11 @@ func (s *Server) serveSession(c net.Conn) {
 }
 
 func (c *session) run(done <-chan struct{}) error {
+	if c.s.ProxyHeader {
+		if err := c.readProxyHeader(); err != nil {
+			return err
+		}
+	}
 	if c.s.Silent {
 		// Before any TLS handshake: not even a ServerHello is sent.
 		_, err := io.Copy(io.Discard, c.conn)
@@ -239,6 +246,15 @@ func (c *session) command(line string) error {
 			return c.auth(args)
 		case "STLS":
 			return c.stls()
+		case "XCLIENT":
+			switch {
+			case !c.s.XCLIENT:
+				c.reply("-ERR unknown command or not valid before login")
+			case c.s.XCLIENTError != "":
+				c.reply("-ERR %s", c.s.XCLIENTError)
+			default:
+				c.reply("+OK Updated")
+			}
 		case "QUIT":
 			c.reply("+OK bye")
 			return errQuit
@@ -310,6 +326,9 @@ func (c *session) capa() {
 		if c.stlsAvailable() {
 			c.bw.WriteString("STLS\r\n")
 		}
+		if c.s.XCLIENT {
+			c.bw.WriteString("XCLIENT\r\n")
+		}
 	}
 	c.bw.WriteString("RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nTOP\r\nUIDL\r\nIMPLEMENTATION pop3test\r\n.\r\n")
 }
@@ -368,8 +387,18 @@ func (c *session) auth(args []string) error {
 		}
 		// message = [authzid] NUL authcid NUL passwd (RFC 4616 §2)
 		parts := strings.Split(string(b), "\x00")
-		if len(parts) != 3 || parts[1] == "" || (parts[0] != "" && parts[0] != parts[1]) {
+		if len(parts) != 3 || parts[1] == "" {
 			c.reply(authFailed)
+			return nil
+		}
+		if parts[0] != "" && parts[0] != parts[1] {
+			// A master user logs in to another user's mailbox.
+			master, ok := c.s.MasterUsers[parts[1]]
+			if !ok || subtle.ConstantTimeCompare([]byte(master), []byte(parts[2])) != 1 || c.s.Mailboxes[parts[0]] == nil {
+				c.reply(authFailed)
+				return nil
+			}
+			c.loginAs(parts[0])
 			return nil
 		}
 		c.login(parts[1], parts[2])
@@ -431,6 +460,11 @@ func (c *session) login(user, pass string) {
 		c.reply(authFailed)
 		return
 	}
+	c.loginAs(user)
+}
+
+// loginAs opens user's mailbox after the credentials were checked.
+func (c *session) loginAs(user string) {
 	if c.s.LoginError != "" {
 		c.reply("-ERR %s", c.s.LoginError)
 		return
@@ -637,4 +671,44 @@ func topOf(msg []byte, n int) []byte {
 		}
 	}
 	return msg[:end]
+}
+
+// readProxyHeader reads the PROXY header that must open the connection and
+// records it. The header is read through a reader of its own; octets the
+// peer sent behind it in the same segment are kept for the session.
+func (c *session) readProxyHeader() error {
+	c.raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer c.raw.SetReadDeadline(time.Time{})
+	br := bufio.NewReaderSize(c.raw, 256)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		c.s.record("PROXY (invalid)")
+		return fmt.Errorf("PROXY header: %w", err)
+	}
+	if h.Command.IsLocal() {
+		c.s.record("PROXY LOCAL")
+	} else {
+		c.s.record(fmt.Sprintf("PROXY %v %v", h.SourceAddr, h.DestinationAddr))
+	}
+	if br.Buffered() > 0 {
+		rest, _ := br.Peek(br.Buffered())
+		c.raw = &prefixConn{Conn: c.raw, prefix: bytes.Clone(rest)}
+		c.conn = c.raw
+	}
+	return nil
+}
+
+// prefixConn returns prefix before reading from Conn.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
 }
