@@ -73,6 +73,7 @@ func startDovecot(t *testing.T) *dovecot {
 		CAFile:        ca.CAFile,
 		ServerName:    dovecotServerName,
 		NoTLSInstance: true,
+		HAProxy:       true, // HAProxyAddr, for client_address = "proxy-v1"/"proxy-v2"
 		Logf:          t.Logf,
 	})
 	if err != nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -54,7 +55,7 @@ type clientInfo struct {
 	remote netip.AddrPort // the client
 	local  netip.AddrPort // the address the client connected to
 	connID string
-	tls    bool // the client's connection to popgate is encrypted
+	tls    *tls.ConnectionState // the client's TLS to popgate; nil: plaintext
 }
 
 // maxBackendLine bounds a backend's response line.
@@ -214,7 +215,7 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 		if v == ClientAddressProxyV2 {
 			version = 2
 		}
-		hdr, err := proxyHeaderFor(version, ci.remote, ci.local)
+		hdr, err := proxyHeaderFor(version, ci.remote, ci.local, ci.tls)
 		if err != nil {
 			return nil, "", fmt.Errorf("PROXY header: %w", err)
 		}
@@ -235,6 +236,8 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 	if !pop3.IsOK(greeting) {
 		return nil, "", fmt.Errorf("greeting is not +OK: %.80q", greeting)
 	}
+	// Decided now: greeting points into c.br, which later reads reuse.
+	xclientGreeting := hasXCLIENTTag(greeting)
 	// Capabilities seen on an earlier login save a round trip. For a
 	// starttls backend the cache holds what it offered after STLS, and
 	// an entry exists only if it offered STLS at all.
@@ -277,7 +280,7 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 		s.caps.put(key, caps)
 	}
 	if b.ClientAddress == ClientAddressXCLIENT {
-		if err := c.xclient(greeting, caps, ci); err != nil {
+		if err := c.xclient(xclientGreeting, caps, ci); err != nil {
 			return nil, "", err
 		}
 	}
@@ -294,13 +297,11 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 // with "[XCLIENT]" (src/pop3-login/client.c); other servers may list it in
 // CAPA. A +OK does not prove the backend trusted it: Dovecot answers +OK
 // to untrusted senders too and ignores the command.
-func (c *backendClient) xclient(greeting []byte, caps map[string]string, ci clientInfo) error {
-	_, inCaps := caps["XCLIENT"]
-	text := strings.TrimPrefix(string(greeting), "+OK")
-	if !inCaps && !strings.HasPrefix(strings.TrimSpace(text), "[XCLIENT]") {
+func (c *backendClient) xclient(inGreeting bool, caps map[string]string, ci clientInfo) error {
+	if _, inCaps := caps["XCLIENT"]; !inCaps && !inGreeting {
 		return errNoXCLIENT
 	}
-	line, err := c.cmd(xclientLine(ci.remote, ci.connID, ci.tls))
+	line, err := c.cmd(xclientLine(ci.remote, ci.connID, ci.tls != nil))
 	if err != nil {
 		return fmt.Errorf("XCLIENT: %w", err)
 	}
@@ -308,6 +309,12 @@ func (c *backendClient) xclient(greeting []byte, caps map[string]string, ci clie
 		return fmt.Errorf("backend refused XCLIENT (%.80q); popgate's address is likely missing from the backend's login_trusted_networks", line)
 	}
 	return nil
+}
+
+// hasXCLIENTTag reports whether a greeting's text starts with "[XCLIENT]".
+func hasXCLIENTTag(greeting []byte) bool {
+	text := bytes.TrimSpace(bytes.TrimPrefix(greeting, []byte("+OK")))
+	return bytes.HasPrefix(text, []byte("[XCLIENT]"))
 }
 
 // login sends the credentials: USER/PASS, or AUTH PLAIN for a backend that

@@ -292,6 +292,7 @@ func (sess *session) reply(s string) {
 // authorize runs the AUTHORIZATION state until a backend login succeeds
 // (returned) or the session ends (nil).
 func (sess *session) authorize() *backendConn {
+	first := true
 	for {
 		// Answers to pipelined commands go out together; nothing waits
 		// on a delayed ACK because the answer to the last complete
@@ -299,6 +300,12 @@ func (sess *session) authorize() *backendConn {
 		if !sess.lineBuffered() {
 			if err := sess.bw.Flush(); err != nil {
 				sess.endRead(err)
+				return nil
+			}
+		}
+		if first && sess.tls == nil {
+			first = false
+			if sess.tlsOnPlaintext() {
 				return nil
 			}
 		}
@@ -370,6 +377,24 @@ func (sess *session) authorize() *backendConn {
 	}
 }
 
+// tlsOnPlaintext reports whether the client opened with a TLS handshake
+// record (type 22, version 3.x) on a plaintext port: a client configured
+// for POP3S on port 110. It cannot understand a POP3 answer, so the
+// connection is closed with a log line that says what happened.
+func (sess *session) tlsOnPlaintext() bool {
+	b, err := sess.br.Peek(1)
+	if err != nil || b[0] != 0x16 {
+		return false
+	}
+	if b, err = sess.br.Peek(2); err != nil || b[1] != 0x03 {
+		return false
+	}
+	sess.result = resultProtoError
+	sess.lastErr = errors.New("TLS handshake on a plaintext listener (client expects implicit TLS, port 995?)")
+	sess.logger().Info("TLS handshake on a plaintext listener, closing")
+	return true
+}
+
 // lineBuffered reports whether a complete command line is already buffered.
 func (sess *session) lineBuffered() bool {
 	n := sess.br.Buffered()
@@ -402,10 +427,13 @@ func (sess *session) endRead(err error) {
 // the connection is to be closed.
 func (sess *session) badCommand(msg string) bool {
 	sess.badCmds++
+	sess.debug("bad command", "reason", msg, "count", sess.badCmds)
 	if sess.badCmds >= maxBadCommands {
 		sess.reply("-ERR Too many bad commands, closing")
 		sess.bw.Flush()
 		sess.result = resultProtoError
+		sess.lastErr = errors.New("too many bad commands")
+		sess.logger().Info("too many bad commands, closing", "count", sess.badCmds)
 		return false
 	}
 	sess.reply("-ERR " + msg)
@@ -545,6 +573,7 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 		}
 		line, err := pop3.ReadLine(sess.br, auth.MaxSASLLen+2)
 		if err == pop3.ErrLineTooLong {
+			sess.debug("SASL response too long", "limit", auth.MaxSASLLen)
 			sess.reply("-ERR SASL response too long")
 			return nil, false, false
 		}
@@ -690,7 +719,7 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if err := (auth.Credentials{User: dec.User, Password: dec.Password}).Check(); err != nil {
 		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
-	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls != nil}
+	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls}
 	bc, reply, err := sess.srv.dialBackend(ctx, b, dec, ci)
 	if err != nil {
 		if isBackendRejected(err) {

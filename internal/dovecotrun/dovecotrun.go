@@ -87,6 +87,11 @@ type Options struct {
 	// MaxUserIPConnections is mail_max_userip_connections; 0 means 100.
 	MaxUserIPConnections int
 
+	// HAProxy adds a plaintext POP3 listener at Instance.HAProxyAddr that
+	// requires a PROXY protocol (v1 or v2) header (inet_listener haproxy =
+	// yes), trusted from loopback (haproxy_trusted_networks).
+	HAProxy bool
+
 	// ExtraConfig is appended, one line per element, to every instance's
 	// dovecot.conf, e.g. "service pop3 {", "  process_limit = 2048", "}".
 	// A section that already exists (service pop3-login, service anvil,
@@ -104,15 +109,16 @@ type Options struct {
 // Instance is a running Dovecot. Its exported fields are set by Start and
 // must not be changed.
 type Instance struct {
-	PlainAddr  string            // 127.0.0.1:port, POP3 with STLS offered; plaintext login allowed
-	TLSAddr    string            // 127.0.0.1:port, implicit TLS (POP3S)
-	NoTLSAddr  string            // second instance without STLS; "" unless Options.NoTLSInstance
-	CAFile     string            // PEM of the CA clients should trust
-	CertFile   string            // Dovecot's certificate (PEM)
-	KeyFile    string            // its key (PEM)
-	ServerName string            // DNS name in the certificate
-	Dir        string            // configuration, logs, Maildirs
-	Users      map[string]string // user → password, as in the passwd-file
+	PlainAddr   string            // 127.0.0.1:port, POP3 with STLS offered; plaintext login allowed
+	TLSAddr     string            // 127.0.0.1:port, implicit TLS (POP3S)
+	NoTLSAddr   string            // second instance without STLS; "" unless Options.NoTLSInstance
+	HAProxyAddr string            // 127.0.0.1:port, PROXY header required; "" unless Options.HAProxy
+	CAFile      string            // PEM of the CA clients should trust
+	CertFile    string            // Dovecot's certificate (PEM)
+	KeyFile     string            // its key (PEM)
+	ServerName  string            // DNS name in the certificate
+	Dir         string            // configuration, logs, Maildirs
+	Users       map[string]string // user → password, as in the passwd-file
 
 	uid, gid int    // owner of the Maildirs, the uid mail processes run as
 	mailDir  string // Dir/mail; a user's home is mailDir/USER
@@ -137,6 +143,8 @@ type master struct {
 	baseDir, stateDir  string
 	plainPort, tlsPort int
 	plainAddr, tlsAddr string
+	haproxyPort        int // 0: no PROXY protocol listener
+	haproxyAddr        string
 	cmd                *exec.Cmd
 	exited             chan struct{}
 	exitErr            error
@@ -247,6 +255,7 @@ func Start(opts Options) (_ *Instance, err error) {
 	cfg := config{
 		MailUID: d.uid, MailGID: d.gid, Passwd: passwd, Home: d.mailDir,
 		MaxUserIP: opts.MaxUserIPConnections, Extra: opts.ExtraConfig,
+		HAProxy: opts.HAProxy,
 	}
 	if cfg.MaxUserIP <= 0 {
 		cfg.MaxUserIP = 100
@@ -255,7 +264,7 @@ func Start(opts Options) (_ *Instance, err error) {
 	if err := d.start(d.main, bin, cfg, opts.Logf); err != nil {
 		return nil, err
 	}
-	d.PlainAddr, d.TLSAddr = d.main.plainAddr, d.main.tlsAddr
+	d.PlainAddr, d.TLSAddr, d.HAProxyAddr = d.main.plainAddr, d.main.tlsAddr, d.main.haproxyAddr
 	if opts.NoTLSInstance {
 		d.noTLS = &master{name: "notls"}
 		if err := d.start(d.noTLS, bin, cfg, opts.Logf); err != nil {
@@ -365,6 +374,7 @@ type config struct {
 	Passwd           string // passwd-file with {PLAIN} passwords
 	Home             string // user homes are Home/USER
 	MaxUserIP        int
+	HAProxy          bool
 	Extra            []string
 }
 
@@ -402,6 +412,13 @@ func (d *Instance) start(m *master, bin string, cfg config, logf func(string, ..
 			if m.tlsPort, err = freePort(); err != nil {
 				return err
 			}
+		}
+		m.haproxyPort, m.haproxyAddr = 0, ""
+		if cfg.HAProxy {
+			if m.haproxyPort, err = freePort(); err != nil {
+				return err
+			}
+			m.haproxyAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.haproxyPort))
 		}
 		m.plainAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.plainPort))
 		m.tlsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.tlsPort))
@@ -448,6 +465,9 @@ func (m *master) run(bin, dir string) error {
 	addrs := []string{m.plainAddr}
 	if m.ssl {
 		addrs = append(addrs, m.tlsAddr)
+	}
+	if m.haproxyAddr != "" {
+		addrs = append(addrs, m.haproxyAddr)
 	}
 	for _, a := range addrs {
 		for {
@@ -534,6 +554,10 @@ func (m *master) config(c config) string {
 	p("auth_failure_delay = 0")
 	// Loopback is trusted: Dovecot then offers and honours XCLIENT from it.
 	p("login_trusted_networks = 127.0.0.0/8")
+	if m.haproxyPort != 0 {
+		// Who may send a PROXY header to the haproxy = yes listener.
+		p("haproxy_trusted_networks = 127.0.0.0/8")
+	}
 	p("pop3_uidl_format = %%08Xu%%08Xv")
 	if m.ssl {
 		p("ssl = yes")
@@ -561,6 +585,15 @@ func (m *master) config(c config) string {
 	p("    port = %d", m.tlsPort) // 0: not listening
 	p("    ssl = yes")
 	p("  }")
+	if m.haproxyPort != 0 {
+		// A third listener, besides the built-in names; it speaks
+		// plaintext POP3 after a mandatory PROXY header.
+		p("  inet_listener pop3-haproxy {")
+		p("    address = 127.0.0.1")
+		p("    port = %d", m.haproxyPort)
+		p("    haproxy = yes")
+		p("  }")
+	}
 	p("}")
 	// No growing auth penalty per IP (anvil), so a deliberate failed login
 	// does not slow the next logins down by seconds.

@@ -116,9 +116,11 @@ type Server struct {
 	// credentials opens that mailbox (as Dovecot's master users do).
 	MasterUsers map[string]string
 
-	// XCLIENT lists XCLIENT in CAPA and accepts Dovecot's XCLIENT command
-	// in the AUTHORIZATION state, answering "+OK Updated" (or "-ERR " +
-	// XCLIENTError when that is set). The line shows in Commands.
+	// XCLIENT accepts Dovecot's XCLIENT command in the AUTHORIZATION
+	// state, answering "+OK Updated" (or "-ERR " + XCLIENTError when that
+	// is set), and lists XCLIENT in CAPA unless Greeting starts with
+	// "[XCLIENT]", Dovecot's way of advertising it. The line shows in
+	// Commands.
 	XCLIENT bool
 
 	// XCLIENTError, when set, refuses XCLIENT with "-ERR " + XCLIENTError.

@@ -326,7 +326,7 @@ func (c *session) capa() {
 		if c.stlsAvailable() {
 			c.bw.WriteString("STLS\r\n")
 		}
-		if c.s.XCLIENT {
+		if c.s.XCLIENT && !strings.HasPrefix(c.s.Greeting, "[XCLIENT]") {
 			c.bw.WriteString("XCLIENT\r\n")
 		}
 	}
