@@ -76,6 +76,8 @@ type popgateBackend struct {
 	TLS        string // none | starttls | implicit
 	ServerName string
 	CAFile     string
+	// ClientAddress is client_address; "" leaves it out (none).
+	ClientAddress string
 }
 
 // popgateConfig is what a test chooses of popgate's config; the rest is
@@ -86,6 +88,13 @@ type popgateConfig struct {
 	Users    map[string]string // route.users: user → backend name
 	MapFile  string            // route.map_file; "" leaves it out
 	HTTPURL  string            // route.http.url; "" leaves [route.http] out
+	// ACME is the body of [tls.acme]; with it popgate has no static
+	// certificate and ACMEServerName is its tls.default_server_name.
+	ACME           string
+	ACMEServerName string
+	// ProxyListener adds listener "pp": plaintext, proxy_protocol = true,
+	// with limits.trusted_proxies = 127.0.0.0/8.
+	ProxyListener bool
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -103,11 +112,15 @@ func dovecotBackends(d *dovecot) []popgateBackend {
 type popgate struct {
 	POP3SAddr  string // listener "pop3s": implicit TLS
 	POP3Addr   string // listener "pop3": STLS
+	PPAddr     string // listener "pp": PROXY header, then plaintext; "" unless ProxyListener
 	CAFile     string // CA of popgate's certificate
 	ServerName string // popgateServerName
 	ca         *testCA
 
 	secrets []string // passwords that must never show up in popgate's log
+
+	exited  chan struct{} // closed when the process has exited
+	process *os.Process
 
 	mu     sync.Mutex
 	stderr bytes.Buffer // everything popgate wrote to stderr (and stdout)
@@ -151,6 +164,7 @@ func startPopgate(t *testing.T, cfg popgateConfig, secrets ...string) *popgate {
 	}
 	pw.Close()
 	exited := make(chan struct{})
+	p.exited, p.process = exited, cmd.Process
 	var exitErr error
 	go func() {
 		exitErr = cmd.Wait()
@@ -183,8 +197,11 @@ func startPopgate(t *testing.T, cfg popgateConfig, secrets ...string) *popgate {
 	})
 
 	want := map[string]*string{"pop3s": &p.POP3SAddr, "pop3": &p.POP3Addr}
+	if cfg.ProxyListener {
+		want["pp"] = &p.PPAddr
+	}
 	deadline := time.After(30 * time.Second)
-	for p.POP3SAddr == "" || p.POP3Addr == "" {
+	for p.POP3SAddr == "" || p.POP3Addr == "" || cfg.ProxyListener && p.PPAddr == "" {
 		select {
 		case ev := <-events:
 			if dst, ok := want[ev.Listener]; ok {
@@ -273,10 +290,24 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	p(`name = "pop3"`)
 	p(`address = "127.0.0.1:0"`)
 	p(`tls = "starttls"`)
+	if cfg.ProxyListener {
+		p("")
+		p("[[listen]]")
+		p(`name = "pp"`)
+		p(`address = "127.0.0.1:0"`)
+		p(`tls = "none"`)
+		p(`proxy_protocol = true`)
+	}
 	p("")
 	p("[tls]")
-	p("default_server_name = %s", q(popgateServerName))
-	p("certificates = [{ cert = %s, key = %s }]", q(certFile), q(keyFile))
+	if cfg.ACME != "" {
+		p("default_server_name = %s", q(cfg.ACMEServerName))
+		p("[tls.acme]")
+		p("%s", cfg.ACME)
+	} else {
+		p("default_server_name = %s", q(popgateServerName))
+		p("certificates = [{ cert = %s, key = %s }]", q(certFile), q(keyFile))
+	}
 	for _, be := range cfg.Backends {
 		p("")
 		p("[[backend]]")
@@ -288,6 +319,9 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 		}
 		if be.CAFile != "" {
 			p("ca_file = %s", q(be.CAFile))
+		}
+		if be.ClientAddress != "" {
+			p("client_address = %s", q(be.ClientAddress))
 		}
 	}
 	p("")
@@ -313,6 +347,9 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	p("")
 	p("[limits]")
 	p(`shutdown_timeout = "2s"`)
+	if cfg.ProxyListener {
+		p(`trusted_proxies = ["127.0.0.0/8"]`)
+	}
 	p("")
 	p("[metrics]")
 	p(`address = ""`) // several popgates run at once; none may take 127.0.0.1:9110

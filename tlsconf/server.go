@@ -1,6 +1,7 @@
 package tlsconf
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/crypto/acme"
 )
 
 // ALPN is the application protocol the server config offers (RFC 7301 ID
@@ -28,12 +31,18 @@ type CertFile struct {
 
 // ServerConfig configures a [Server].
 type ServerConfig struct {
-	// Certificates are the static certificates, chosen by SNI. None means
-	// a generated self-signed certificate (and a WARN).
+	// Certificates are the static certificates, chosen by SNI. None (and
+	// no ACME) means a generated self-signed certificate (and a WARN).
 	Certificates []CertFile
+	// ACME, when set, obtains certificates for ACME.Domains. A name a
+	// static certificate covers uses that certificate; other names in
+	// ACME.Domains get the ACME one; names outside both get the default
+	// certificate and never cause an order.
+	ACME *ACMEConfig
 	// DefaultServerName picks the certificate for clients that send no SNI
 	// or a name no certificate covers. It must be covered by one of
-	// Certificates. "" means the first certificate.
+	// Certificates or be one of ACME.Domains. "" means the first
+	// certificate, or without static certificates the first ACME domain.
 	DefaultServerName string
 	// MinVersion is the lowest TLS version accepted: "1.0" .. "1.3".
 	// "" means "1.2".
@@ -51,16 +60,21 @@ type Server struct {
 	config *tls.Config
 	mu     sync.Mutex // serialises Reload
 	set    atomic.Pointer[certSet]
+	acme   *acmeState // nil without ACME
 }
 
 // certSet is one immutable generation of loaded certificates.
 type certSet struct {
-	certs      []*tls.Certificate
-	exact      map[string][]*tls.Certificate // "mail.example.com"
-	wildcard   map[string][]*tls.Certificate // "example.com" for "*.example.com"
-	defaults   []*tls.Certificate
-	names      []string
-	selfSigned bool
+	certs    []*tls.Certificate
+	exact    map[string][]*tls.Certificate // "mail.example.com"
+	wildcard map[string][]*tls.Certificate // "example.com" for "*.example.com"
+	defaults []*tls.Certificate            // nil: the default is acmeDefault's ACME certificate
+	// acmeDefault is the ACME name that stands in for a missing SNI (and
+	// for names nothing covers) when no static certificate is the
+	// default; "" otherwise.
+	acmeDefault string
+	names       []string
+	selfSigned  bool
 }
 
 // NewServer loads and checks every certificate/key pair in cfg. An
@@ -77,11 +91,28 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	nextProtos := []string{ALPN}
+	if cfg.ACME != nil {
+		acmeCfg := *cfg.ACME
+		s.cfg.ACME = &acmeCfg
+		if s.acme, err = newACME(&acmeCfg, s.log); err != nil {
+			return nil, err
+		}
+		if acmeCfg.tlsALPN() {
+			// Server preference decides ALPN, so a client offering both
+			// gets "pop3"; only a hello offering nothing but acme-tls/1
+			// gets a challenge certificate (wantsChallenge).
+			nextProtos = append(nextProtos, acme.ALPNProto)
+		}
+	}
 	var set *certSet
-	if len(cfg.Certificates) == 0 {
-		set, err = s.selfSigned()
-	} else {
+	switch {
+	case len(cfg.Certificates) > 0:
 		set, err = s.load()
+	case s.acme != nil:
+		set, err = s.index(nil, false)
+	default:
+		set, err = s.selfSigned()
 	}
 	if err != nil {
 		return nil, err
@@ -93,7 +124,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		MinVersion:     minVersion,
 		CipherSuites:   cipherSuites(minVersion),
 		GetCertificate: s.getCertificate,
-		NextProtos:     []string{ALPN},
+		NextProtos:     nextProtos,
 	}
 	return s, nil
 }
@@ -105,8 +136,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // GetCertificate picks, for the client's SNI: the certificate with that exact
 // name (case-insensitive, trailing dot ignored), else one with a wildcard for
 // the left-most label ("*.example.com" covers "a.example.com", not
-// "a.b.example.com", RFC 6125 §6.4.3), else DefaultServerName's certificate,
-// else the first. Among several certificates for a name (say ECDSA and RSA),
+// "a.b.example.com", RFC 6125 §6.4.3), else the ACME certificate when the
+// name is an ACME domain, else DefaultServerName's certificate (static or
+// ACME), else the first. A TLS-ALPN-01 validation (ALPN "acme-tls/1" alone)
+// gets autocert's challenge certificate. Among several certificates for a name (say ECDSA and RSA),
 // the first the client supports wins.
 func (s *Server) TLSConfig() *tls.Config { return s.config }
 
@@ -145,13 +178,30 @@ func (s *Server) Reload() error {
 	return nil
 }
 
+// ACME reports whether the server obtains certificates with ACME.
+func (s *Server) ACME() bool { return s.acme != nil }
+
+// getCertificate: a TLS-ALPN-01 validation gets autocert's challenge
+// certificate; else a static certificate covering the SNI; else the ACME
+// certificate when the SNI is an ACME domain; else the default: the
+// default name's static certificate, or its ACME certificate. No SNI is the
+// default name (autocert alone refuses an empty SNI; old clients send none).
 func (s *Server) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if s.acme != nil && wantsChallenge(hello) {
+		return s.acme.m.GetCertificate(hello)
+	}
 	set := s.set.Load()
 	if hello.ServerName != "" {
 		if certs := set.lookup(hello.ServerName); certs != nil {
 			return pick(hello, certs), nil
 		}
+		if name := normalizeName(hello.ServerName); s.acme != nil && s.acme.allowed[name] {
+			return s.acme.certificate(hello, name)
+		}
 		s.log.Debug("tls sni not covered, using default certificate", "sni", hello.ServerName)
+	}
+	if set.defaults == nil {
+		return s.acme.certificate(hello, set.acmeDefault)
 	}
 	return pick(hello, set.defaults), nil
 }
@@ -266,11 +316,66 @@ func (s *Server) index(certs []*tls.Certificate, selfSigned bool) (*certSet, err
 		}
 	}
 	slices.Sort(set.names)
-	set.defaults = certs[:1]
-	if name := s.cfg.DefaultServerName; name != "" && !selfSigned {
+	name := normalizeName(s.cfg.DefaultServerName)
+	switch {
+	case selfSigned:
+		set.defaults = certs[:1]
+	case name != "":
 		if set.defaults = set.lookup(name); set.defaults == nil {
-			return nil, fmt.Errorf("tlsconf: default server name %q is not covered by any certificate", name)
+			if s.acme == nil || !s.acme.allowed[name] {
+				return nil, fmt.Errorf("tlsconf: default server name %q is not covered by any certificate or acme domain", s.cfg.DefaultServerName)
+			}
+			set.acmeDefault = name
 		}
+	case len(certs) > 0:
+		set.defaults = certs[:1]
+	default: // ACME alone
+		set.acmeDefault = s.acme.domains[0]
 	}
 	return set, nil
+}
+
+// Watch re-reads the static certificate files whenever one of them changes
+// (size, modification time, or a file appearing or vanishing, as stat sees
+// it through symlinks, so a Kubernetes secret's swapped link counts),
+// checking every interval, until ctx is done. A failed reload keeps the
+// previous certificates and logs an ERROR; it is tried again when a file
+// changes again. Without static certificates Watch returns at once.
+func (s *Server) Watch(ctx context.Context, every time.Duration) {
+	if len(s.cfg.Certificates) == 0 {
+		return
+	}
+	last := s.fingerprint()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fp := s.fingerprint()
+		if fp == last {
+			continue
+		}
+		last = fp
+		if err := s.Reload(); err != nil {
+			s.log.Error("tls certificate files changed but do not load; keeping the previous certificates", "err", err)
+		}
+	}
+}
+
+// fingerprint summarises what stat says about every certificate file.
+func (s *Server) fingerprint() string {
+	var b strings.Builder
+	for _, f := range s.cfg.Certificates {
+		for _, name := range []string{f.Cert, f.Key} {
+			if fi, err := os.Stat(name); err != nil {
+				fmt.Fprintf(&b, "%s: %v\n", name, err)
+			} else {
+				fmt.Fprintf(&b, "%s: %d %d\n", name, fi.Size(), fi.ModTime().UnixNano())
+			}
+		}
+	}
+	return b.String()
 }

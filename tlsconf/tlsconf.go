@@ -1,6 +1,9 @@
 // Package tlsconf builds the *tls.Config values popgate uses: the server side
-// that clients reach (static certificates chosen by SNI, or a generated
-// self-signed certificate), and the client side used to dial backends.
+// that clients reach (static certificates chosen by SNI and reloaded when
+// their files change, certificates obtained with ACME through
+// golang.org/x/crypto/acme/autocert with HTTP-01 and TLS-ALPN-01 answerers,
+// or a generated self-signed certificate), and the client side used to dial
+// backends.
 //
 // A typical server setup:
 //
@@ -11,7 +14,10 @@
 //	})
 //	ln := tls.NewListener(tcpLn, srv.TLSConfig())
 //
-// and on SIGHUP (or when the files change) srv.Reload().
+// and on SIGHUP srv.Reload(); srv.Watch(ctx, 5*time.Second) reloads when the
+// files change. With ServerConfig.ACME set, srv.ListenChallenges binds the
+// challenge answerers and Challenges.Serve runs them and obtains the
+// certificates.
 //
 // Version policy: TLS 1.2 is the default minimum. Setting "1.0" or "1.1"
 // also enables the CBC suites old clients need (see [LegacyCipherSuites]).

@@ -38,6 +38,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	if needTLS {
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
 			Certificates:      certs,
+			ACME:              c.TLS.ACME.tlsconf(),
 			DefaultServerName: c.TLS.DefaultServerName,
 			MinVersion:        c.TLS.MinVersion,
 			Logger:            log,
@@ -50,7 +51,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 
 	for _, lc := range c.Listen {
 		mode, _ := proxy.ParseTLSMode(lc.TLS)
-		l := proxy.Listener{Name: lc.name(), TLS: mode}
+		l := proxy.Listener{Name: lc.name(), TLS: mode, ProxyProtocol: lc.ProxyProtocol}
 		if mode != proxy.TLSNone {
 			tc := in.certs.TLSConfig()
 			if lc.MinVersion != "" {
@@ -78,11 +79,16 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	backends := make(map[string]*proxy.Backend, len(c.Backend))
 	for _, bc := range c.Backend {
 		mode, _ := proxy.ParseTLSMode(bc.TLS)
+		var clientAddr proxy.ClientAddressMode
+		if bc.ClientAddress != "" {
+			clientAddr, _ = proxy.ParseClientAddressMode(bc.ClientAddress)
+		}
 		b := &proxy.Backend{
 			Name:           bc.Name,
 			Address:        bc.Address,
 			Fallbacks:      bc.Fallbacks,
 			RelayAuthzID:   bc.RelayAuthzID,
+			ClientAddress:  clientAddr,
 			TLS:            mode,
 			ConnectTimeout: bc.ConnectTimeout.or(defaultConnectTimeout),
 			Timeout:        bc.Timeout.Duration,
@@ -124,6 +130,11 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
 	}
+	var trusted []netip.Prefix
+	for _, p := range lim.TrustedProxies {
+		pfx, _ := parsePrefix(p)
+		trusted = append(trusted, pfx)
+	}
 	srv, err := proxy.New(proxy.Config{
 		Router:              router,
 		Backends:            backends,
@@ -137,6 +148,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
 		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConns),
 		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
+		TrustedProxies:      trusted,
 		Logger:              log,
 	})
 	if err != nil {

@@ -54,10 +54,10 @@ type ListenConfig struct {
 
 // TLSConfig is [tls].
 type TLSConfig struct {
-	MinVersion        string         `toml:"min_version"`
-	DefaultServerName string         `toml:"default_server_name"`
-	Certificates      []CertConfig   `toml:"certificates"`
-	ACME              map[string]any `toml:"acme"`
+	MinVersion        string       `toml:"min_version"`
+	DefaultServerName string       `toml:"default_server_name"`
+	Certificates      []CertConfig `toml:"certificates"`
+	ACME              *ACMEConfig  `toml:"acme"`
 }
 
 // CertConfig is one entry of tls.certificates.
@@ -205,9 +205,6 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	var errs []error
 	if und := md.Undecoded(); len(und) > 0 {
 		for _, k := range und {
-			if isOpaqueTable(k) {
-				continue
-			}
 			errs = append(errs, fmt.Errorf("unknown key %q", k.String()))
 		}
 	}
@@ -220,12 +217,6 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %d problem(s):\n%s", name, len(errs), strings.Join(msgs, "\n"))
 	}
 	return &c, nil
-}
-
-// isOpaqueTable reports keys inside tables decoded as maps for features that
-// are refused by validate with a clearer message.
-func isOpaqueTable(k toml.Key) bool {
-	return len(k) >= 2 && k[0] == "tls" && k[1] == "acme"
 }
 
 func (c *Config) validate() []error {
@@ -274,8 +265,8 @@ func (c *Config) validate() []error {
 		if _, err := tlsconf.ParseVersion(l.MinVersion); err != nil {
 			add("%s.min_version: %v", key, err)
 		}
-		if l.ProxyProtocol {
-			notYet(key + ".proxy_protocol")
+		if l.ProxyProtocol && len(c.Limits.TrustedProxies) == 0 {
+			add("%s.proxy_protocol: needs limits.trusted_proxies (the load balancers that may send the header)", key)
 		}
 	}
 
@@ -287,9 +278,8 @@ func (c *Config) validate() []error {
 			add("tls.certificates[%d]: both cert and key are required", i)
 		}
 	}
-	if c.TLS.ACME != nil {
-		notYet("tls.acme")
-	}
+	validateACME(c.TLS.ACME, add)
+	checkDefaultName(c, add)
 
 	backends := map[string]bool{}
 	for i, b := range c.Backend {
@@ -325,10 +315,10 @@ func (c *Config) validate() []error {
 		if _, err := tlsconf.ParseVersion(b.MinVersion); err != nil {
 			add("%s.min_version: %v", key, err)
 		}
-		switch b.ClientAddress {
-		case "", "none":
-		default:
-			notYet(key + ".client_address = " + fmt.Sprintf("%q", b.ClientAddress))
+		if b.ClientAddress != "" {
+			if _, err := proxy.ParseClientAddressMode(b.ClientAddress); err != nil {
+				add("%s.client_address: %q is not one of none, xclient, proxy-v1, proxy-v2", key, b.ClientAddress)
+			}
 		}
 	}
 	if len(c.Backend) == 0 {
@@ -423,8 +413,10 @@ func (c *Config) validate() []error {
 			add("%s: must not be negative", key)
 		}
 	}
-	if len(lim.TrustedProxies) > 0 {
-		notYet("limits.trusted_proxies")
+	for i, p := range lim.TrustedProxies {
+		if _, err := parsePrefix(p); err != nil {
+			add("limits.trusted_proxies[%d]: %v", i, err)
+		}
 	}
 	if c.Metrics.Address != nil && *c.Metrics.Address != "" {
 		notYet("metrics.address")

@@ -245,6 +245,11 @@ func TestParseConfigAccepts(t *testing.T) {
 		{"minimal", minimal},
 		{"metrics address empty disables", minimal + "[metrics]\naddress = \"\"\n"},
 		{"client_address none", listenNone + backendB + "client_address = \"none\"\n" + routeB},
+		{"client_address xclient", listenNone + backendB + "client_address = \"xclient\"\n" + routeB},
+		{"client_address proxy-v1", listenNone + backendB + "client_address = \"proxy-v1\"\n" + routeB},
+		{"client_address proxy-v2", listenNone + backendB + "client_address = \"proxy-v2\"\n" + routeB},
+		{"proxy_protocol with trusted_proxies", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"none\"\nproxy_protocol = true\n" + backendB + routeB + "[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n"},
+		{"trusted_proxies alone", minimal + "[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]\n"},
 		{"allow_plaintext_from bare address", "[[listen]]\naddress = \"127.0.0.1:110\"\ntls = \"starttls\"\nallow_plaintext_from = [\"192.0.2.1\", \"2001:db8::/32\"]\n" + backendB + routeB},
 		{"route by users only", listenNone + backendB + "[route]\nusers = { \"a@example.com\" = \"b\" }\n"},
 		{"route by domains only", listenNone + backendB + "[route]\ndomains = { \"example.com\" = \"b\" }\n"},
@@ -284,6 +289,9 @@ func TestParseConfigRejects(t *testing.T) {
 		want []string // each must appear in the error
 	}{
 		{"unknown top-level key", "colour = \"blue\"\n" + minimal, []string{`unknown key "colour"`}},
+		{"proxy_protocol without trusted_proxies", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"none\"\nproxy_protocol = true\n" + backendB + routeB, []string{"listen[0].proxy_protocol", "limits.trusted_proxies"}},
+		{"bad trusted_proxies", minimal + "[limits]\ntrusted_proxies = [\"10.0.0.0/33\", \"lb.example.com\"]\n", []string{"limits.trusted_proxies[0]", "limits.trusted_proxies[1]"}},
+		{"bad client_address", listenNone + backendB + "client_address = \"proxy\"\n" + routeB, []string{`backend[0].client_address: "proxy"`, "xclient"}},
 		{"unknown key in log", "[log]\nlevle = \"debug\"\n" + minimal, []string{`unknown key "log.levle"`}},
 		{"unknown key in limits", minimal + "[limits]\nmax_conections = 5\n", []string{`unknown key "limits.max_conections"`}},
 		{"unknown key in backend", listenNone + backendB + "servername = \"pop.internal\"\n\n" + routeB, []string{`unknown key "backend.servername"`}},
@@ -392,12 +400,7 @@ func TestParseConfigNotYetSupported(t *testing.T) {
 		toml string
 		key  string
 	}{
-		{"tls.acme", minimal + "[tls.acme]\ndomains = [\"mail.example.com\"]\nemail = \"postmaster@example.com\"\ncache_dir = \"/var/lib/popgate/acme\"\n", "tls.acme"},
 		{"metrics.address", minimal + "[metrics]\naddress = \"127.0.0.1:9110\"\n", "metrics.address"},
-		{"proxy_protocol", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"none\"\nproxy_protocol = true\n" + backendB + routeB, "listen[0].proxy_protocol"},
-		{"client_address xclient", listenNone + backendB + "client_address = \"xclient\"\n\n" + routeB, "backend[0].client_address"},
-		{"client_address proxy-v2", listenNone + backendB + "client_address = \"proxy-v2\"\n\n" + routeB, "backend[0].client_address"},
-		{"trusted_proxies", minimal + "[limits]\ntrusted_proxies = [\"10.0.0.0/8\"]\n", "limits.trusted_proxies"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,6 +28,7 @@ import (
 	"github.com/lmittmann/tint"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 const usage = `popgate: a TLS-terminating POP3 proxy
@@ -198,6 +199,17 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 		}
 		lns = append(lns, ln)
 	}
+	var challenges *tlsconf.Challenges
+	if in.certs != nil {
+		ch, err := in.certs.ListenChallenges()
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return err
+		}
+		challenges = ch
+	}
 	errc := make(chan error, len(lns))
 	var wg sync.WaitGroup
 	for i, l := range in.listeners {
@@ -209,7 +221,25 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 		}()
 	}
 	go trimWhenQuiet(ctx, in.server, quietPeriod, log)
-	if mf := in.mapFile; mf != nil {
+	stopChallenges := func() {}
+	if challenges != nil {
+		if a := challenges.HTTPAddr(); a != "" {
+			log.Info("acme http-01 answerer listening", "address", a)
+		}
+		if a := challenges.TLSALPNAddr(); a != "" {
+			log.Info("acme tls-alpn-01 answerer listening", "address", a)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stopChallenges = cancel
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			challenges.Serve(cctx)
+		}()
+	}
+	mf, certs := in.mapFile, in.certs
+	if mf != nil {
 		go mf.Watch(ctx, mapFilePoll, func(err error) {
 			if err != nil {
 				log.Error("route.map_file: reload failed; keeping the previous table", "file", mf.Path(), "err", err)
@@ -217,6 +247,11 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 			}
 			log.Info("route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
 		})
+	}
+	if certs != nil {
+		go certs.Watch(ctx, certFilePoll)
+	}
+	if mf != nil || certs != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
@@ -226,10 +261,17 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 				case <-ctx.Done():
 					return
 				case <-hup:
+				}
+				if mf != nil {
 					if err := mf.Reload(); err != nil {
 						log.Error("SIGHUP: route.map_file reload failed; keeping the previous table", "file", mf.Path(), "err", err)
 					} else {
 						log.Info("SIGHUP: route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
+					}
+				}
+				if certs != nil {
+					if err := certs.Reload(); err != nil {
+						log.Error("SIGHUP: tls certificate reload failed; keeping the previous certificates", "err", err)
 					}
 				}
 			}
@@ -257,6 +299,7 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 	if serr := in.server.Shutdown(sctx); serr != nil {
 		log.Warn("shutdown grace period over; closed remaining sessions", "err", serr)
 	}
+	stopChallenges() // also when a listener failed and ctx is not done
 	wg.Wait()
 	log.Info("stopped")
 	return err
@@ -303,6 +346,10 @@ func isTerminal(w io.Writer) bool {
 // quietPeriod is how long popgate must see no connection come or go
 // before it returns freed memory to the operating system.
 const quietPeriod = 5 * time.Second
+
+// certFilePoll is how often popgate checks tls.certificates files for
+// changes.
+const certFilePoll = 5 * time.Second
 
 // trimWhenQuiet returns freed memory to the OS once no connection has been
 // accepted for a quiet period. A burst of logins leaves garbage behind; when

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/popgate/popgate/tlsconf"
+)
+
+// ACMEConfig is [tls.acme]: certificates from an ACME CA (Let's Encrypt by
+// default) through autocert.
+type ACMEConfig struct {
+	Domains      []string `toml:"domains"`
+	Email        string   `toml:"email"`
+	CacheDir     string   `toml:"cache_dir"`
+	DirectoryURL string   `toml:"directory_url"`
+	CAFile       string   `toml:"ca_file"`
+	// HTTPChallenge is the HTTP-01 answerer's address; omitted means
+	// ":80", "" disables it.
+	HTTPChallenge    *string  `toml:"http_challenge"`
+	TLSALPNChallenge string   `toml:"tls_alpn_challenge"`
+	RenewBefore      Duration `toml:"renew_before"`
+}
+
+// defaultHTTPChallenge is tls.acme.http_challenge when the key is absent.
+const defaultHTTPChallenge = ":80"
+
+func (a *ACMEConfig) httpChallenge() string {
+	if a.HTTPChallenge == nil {
+		return defaultHTTPChallenge
+	}
+	return *a.HTTPChallenge
+}
+
+// tlsconf converts the section for tlsconf.
+func (a *ACMEConfig) tlsconf() *tlsconf.ACMEConfig {
+	if a == nil {
+		return nil
+	}
+	return &tlsconf.ACMEConfig{
+		Domains:          a.Domains,
+		Email:            a.Email,
+		CacheDir:         a.CacheDir,
+		DirectoryURL:     a.DirectoryURL,
+		CAFile:           a.CAFile,
+		HTTPChallenge:    a.httpChallenge(),
+		TLSALPNChallenge: a.TLSALPNChallenge,
+		RenewBefore:      a.RenewBefore.Duration,
+	}
+}
+
+// validateACME checks [tls.acme]; nil (no section) is valid.
+func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
+	if a == nil {
+		return
+	}
+	if len(a.Domains) == 0 {
+		add("tls.acme.domains: missing; list the names to obtain certificates for")
+	}
+	for i, d := range a.Domains {
+		switch n := strings.ToLower(strings.TrimSuffix(d, ".")); {
+		case n == "":
+			add("tls.acme.domains[%d]: empty", i)
+		case strings.Contains(n, "*"):
+			add("tls.acme.domains[%d]: %q: wildcards need DNS-01, which popgate does not do; use tls.certificates", i, d)
+		case !strings.Contains(n, ".") || strings.ContainsAny(n, " /:@[]") || net.ParseIP(n) != nil:
+			add("tls.acme.domains[%d]: %q is not a fully qualified host name", i, d)
+		}
+	}
+	if a.CacheDir == "" {
+		add("tls.acme.cache_dir: missing; without a cache every restart orders new certificates")
+	}
+	if a.Email != "" && !strings.Contains(a.Email, "@") {
+		add("tls.acme.email: %q is not an email address", a.Email)
+	}
+	if a.DirectoryURL != "" {
+		if u, err := url.Parse(a.DirectoryURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add("tls.acme.directory_url: %q is not an https:// URL", a.DirectoryURL)
+		}
+	}
+	checkAddr := func(key, addr string) {
+		if addr == "" {
+			return
+		}
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			add("tls.acme.%s: %q is not host:port (\":80\", \"192.0.2.1:443\")", key, addr)
+			return
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			add("tls.acme.%s: %q: port must be 1-65535", key, addr)
+		}
+	}
+	checkAddr("http_challenge", a.httpChallenge())
+	checkAddr("tls_alpn_challenge", a.TLSALPNChallenge)
+	if a.TLSALPNChallenge != "" && a.TLSALPNChallenge == a.httpChallenge() {
+		add("tls.acme: http_challenge and tls_alpn_challenge are the same address %q", a.TLSALPNChallenge)
+	}
+}
+
+// checkDefaultName checks that tls.default_server_name is covered when
+// ACME is the only certificate source.
+func checkDefaultName(c *Config, add func(format string, args ...any)) {
+	a := c.TLS.ACME
+	name := strings.ToLower(strings.TrimSuffix(c.TLS.DefaultServerName, "."))
+	if a == nil || name == "" || len(c.TLS.Certificates) > 0 {
+		return // static certificates are checked when they load
+	}
+	for _, d := range a.Domains {
+		if strings.ToLower(strings.TrimSuffix(d, ".")) == name {
+			return
+		}
+	}
+	add("tls.default_server_name: %q is not one of tls.acme.domains", c.TLS.DefaultServerName)
+}

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const listenTLS = "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n"
+
+func TestParseConfigACME(t *testing.T) {
+	base := listenTLS + backendB + routeB
+	c, err := ParseConfig("acme", []byte(base+`[tls]
+default_server_name = "Mail.Example.com."
+[tls.acme]
+domains = ["mail.example.com", "pop.example.org"]
+email = "postmaster@example.com"
+cache_dir = "/var/lib/popgate/acme"
+directory_url = "https://acme-staging-v02.api.letsencrypt.org/directory"
+ca_file = "/etc/popgate/acme-ca.pem"
+tls_alpn_challenge = ":443"
+renew_before = "720h"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.TLS.ACME.tlsconf()
+	if len(a.Domains) != 2 || a.CacheDir != "/var/lib/popgate/acme" || a.HTTPChallenge != ":80" ||
+		a.TLSALPNChallenge != ":443" || a.RenewBefore != 720*time.Hour || a.CAFile == "" || a.Email == "" {
+		t.Errorf("tls.acme = %+v", a)
+	}
+	c, err = ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \"\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.TLS.ACME.tlsconf().HTTPChallenge; got != "" {
+		t.Errorf("http_challenge = \"\" gives %q, want disabled", got)
+	}
+
+	for _, tc := range []struct{ name, acme, key string }{
+		{"no domains", "cache_dir = \"/c\"\n", "tls.acme.domains"},
+		{"wildcard", "domains = [\"*.example.com\"]\ncache_dir = \"/c\"\n", "tls.acme.domains[0]"},
+		{"dotless", "domains = [\"localhost\"]\ncache_dir = \"/c\"\n", "tls.acme.domains[0]"},
+		{"ip", "domains = [\"192.0.2.1\"]\ncache_dir = \"/c\"\n", "tls.acme.domains[0]"},
+		{"no cache", "domains = [\"mail.example.com\"]\n", "tls.acme.cache_dir"},
+		{"bad url", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndirectory_url = \"acme.example.com\"\n", "tls.acme.directory_url"},
+		{"bad email", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nemail = \"postmaster\"\n", "tls.acme.email"},
+		{"bad http port", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \":99999\"\n", "tls.acme.http_challenge"},
+		{"bad alpn addr", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ntls_alpn_challenge = \"443\"\n", "tls.acme.tls_alpn_challenge"},
+		{"same addr", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \":8000\"\ntls_alpn_challenge = \":8000\"\n", "tls.acme"},
+		{"unknown key", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nstaging = true\n", "tls.acme.staging"},
+		{"bad renew_before", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nrenew_before = \"a month\"\n", "renew_before"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig(tc.name, []byte(base+"[tls.acme]\n"+tc.acme))
+			if err == nil || !strings.Contains(err.Error(), tc.key) {
+				t.Errorf("ParseConfig(%q) = %v, want an error naming %q", tc.acme, err, tc.key)
+			}
+		})
+	}
+	_, err = ParseConfig("default", []byte(base+"[tls]\ndefault_server_name = \"other.example.com\"\n[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "tls.default_server_name") {
+		t.Errorf("default_server_name outside tls.acme.domains: %v, want an error naming it", err)
+	}
+}
+
+// TestServeACMEChallenges: serve binds the challenge answerers of
+// [tls.acme], answers 404 for anything but a challenge on the HTTP-01 one,
+// creates the cache directory 0700, and stops them with the server.
+func TestServeACMEChallenges(t *testing.T) {
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "acme")
+	httpAddr, alpnAddr := freeAddr(t), freeAddr(t)
+	toml := fmt.Sprintf(`%s%s%s[tls.acme]
+domains = ["mail.example.com"]
+cache_dir = %q
+directory_url = "http://127.0.0.1:1/directory"
+http_challenge = %q
+tls_alpn_challenge = %q
+`, listenTLS, backendB, routeB, cache, httpAddr, alpnAddr)
+	c, err := ParseConfig("acme", []byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	in, err := build(c, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(cache); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("cache_dir: %v, %v; want a directory with mode 0700", fi, err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, in, log, time.Second) }()
+	var resp *http.Response
+	for i := 0; ; i++ {
+		resp, err = http.Get("http://" + httpAddr + "/index.html")
+		if err == nil || i == 100 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("GET from the HTTP-01 answerer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /index.html from the HTTP-01 answerer = %s, want 404", resp.Status)
+	}
+	resp, err = http.Get("http://" + httpAddr + "/.well-known/acme-challenge/nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Errorf("GET an unknown token = %s, want an error status", resp.Status)
+	}
+	if c, err := net.Dial("tcp", alpnAddr); err != nil {
+		t.Errorf("TLS-ALPN-01 answerer not listening: %v", err)
+	} else {
+		c.Close()
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+	if c, err := net.Dial("tcp", httpAddr); err == nil {
+		c.Close()
+		t.Errorf("HTTP-01 answerer still listening after serve returned")
+	}
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestExampleConfigACME: the commented [tls.acme] block of
+// config.example.toml is valid once uncommented.
+func TestExampleConfigACME(t *testing.T) {
+	data, err := os.ReadFile("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	in := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(line) == "# [tls.acme]" {
+			in = true
+		} else if in && !strings.HasPrefix(line, "# ") {
+			break
+		}
+		if in {
+			block = append(block, strings.TrimPrefix(line, "# "))
+		}
+	}
+	if len(block) < 5 {
+		t.Fatalf("config.example.toml has no commented [tls.acme] block")
+	}
+	c, err := ParseConfig("example acme", []byte(listenTLS+backendB+routeB+strings.Join(block, "\n")+"\n"))
+	if err != nil {
+		t.Fatalf("the [tls.acme] block of config.example.toml: %v", err)
+	}
+	if a := c.TLS.ACME; a == nil || len(a.Domains) == 0 || a.TLSALPNChallenge == "" || a.CAFile == "" || !a.RenewBefore.Set {
+		t.Errorf("[tls.acme] from the example = %+v, want every key", a)
+	}
+}

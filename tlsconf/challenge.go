@@ -1,0 +1,188 @@
+package tlsconf
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/acme"
+)
+
+// Challenges are a Server's ACME challenge answerers (HTTP-01 and
+// TLS-ALPN-01), bound by [Server.ListenChallenges] and run by
+// [Challenges.Serve].
+type Challenges struct {
+	a       *acmeState
+	log     *slog.Logger
+	httpLn  net.Listener // nil: no HTTP-01 answerer
+	alpnLn  net.Listener // nil: no TLS-ALPN-01 answerer
+	httpSrv *http.Server
+}
+
+// ListenChallenges binds the challenge answerers ACMEConfig asks for. It
+// returns nil, nil when the server has no ACME. The caller must call
+// Serve, or Close.
+func (s *Server) ListenChallenges() (*Challenges, error) {
+	if s.acme == nil {
+		return nil, nil
+	}
+	c := &Challenges{a: s.acme, log: s.log}
+	cfg := s.cfg.ACME
+	if cfg.HTTPChallenge != "" {
+		ln, err := net.Listen("tcp", cfg.HTTPChallenge)
+		if err != nil {
+			return nil, fmt.Errorf("tlsconf: acme http_challenge: %w", err)
+		}
+		c.httpLn = ln
+		fallback := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "popgate answers ACME HTTP-01 challenges here, nothing else", http.StatusNotFound)
+		})
+		h := s.acme.m.HTTPHandler(fallback)
+		c.httpSrv = &http.Server{
+			// The CA asks for http://NAME/ on port 80; behind a port
+			// mapping (and in tests) the Host header carries a port,
+			// which autocert's host policy would refuse.
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if host, _, err := net.SplitHostPort(r.Host); err == nil {
+					r = r.Clone(r.Context())
+					r.Host = host
+				}
+				h.ServeHTTP(w, r)
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       time.Minute,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		}
+	}
+	if cfg.TLSALPNChallenge != "" {
+		ln, err := net.Listen("tcp", cfg.TLSALPNChallenge)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("tlsconf: acme tls_alpn_challenge: %w", err)
+		}
+		c.alpnLn = ln
+	}
+	return c, nil
+}
+
+// HTTPAddr is the HTTP-01 answerer's address, "" without one.
+func (c *Challenges) HTTPAddr() string { return addrOf(c.httpLn) }
+
+// TLSALPNAddr is the TLS-ALPN-01 answerer's address, "" without one.
+func (c *Challenges) TLSALPNAddr() string { return addrOf(c.alpnLn) }
+
+func addrOf(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	return ln.Addr().String()
+}
+
+// Close closes the answerers' listeners.
+func (c *Challenges) Close() {
+	if c.httpLn != nil {
+		c.httpLn.Close()
+	}
+	if c.alpnLn != nil {
+		c.alpnLn.Close()
+	}
+}
+
+// Serve answers challenges until ctx is done, then closes the listeners.
+// Once the answerers run it obtains (or loads from the cache) the
+// certificate of every ACME domain in the background, so that the first
+// client does not wait for an order; that goroutine ends by itself
+// (autocert bounds an order to 5 minutes) and is not waited for.
+func (c *Challenges) Serve(ctx context.Context) {
+	var wg sync.WaitGroup
+	if c.httpSrv != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.httpSrv.Serve(c.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				c.log.Error("acme http-01 answerer failed", "err", err)
+			}
+		}()
+	}
+	if c.alpnLn != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.serveTLSALPN(ctx)
+		}()
+	}
+	go c.a.prefetch(ctx)
+	<-ctx.Done()
+	if c.httpSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = c.httpSrv.Shutdown(sctx)
+		cancel()
+	}
+	c.Close()
+	wg.Wait()
+}
+
+// serveTLSALPN answers TLS-ALPN-01 (RFC 8737): a handshake offering only
+// "acme-tls/1" gets the challenge certificate, anything else is refused;
+// the connection is closed after the handshake.
+func (c *Challenges) serveTLSALPN(ctx context.Context) {
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{acme.ALPNProto},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if !wantsChallenge(hello) {
+				return nil, errors.New("tlsconf: this address answers ACME TLS-ALPN-01 challenges only")
+			}
+			return c.a.m.GetCertificate(hello)
+		},
+	}
+	sem := make(chan struct{}, 64) // bounds concurrent handshakes
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var delay time.Duration
+	for {
+		conn, err := c.alpnLn.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			c.log.Warn("acme tls-alpn-01 answerer: accept failed; retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		select {
+		case sem <- struct{}{}:
+		default:
+			conn.Close() // overloaded: the CA retries
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			answerTLSALPN(conn, cfg, c.log)
+		}()
+	}
+}
+
+func answerTLSALPN(conn net.Conn, cfg *tls.Config, log *slog.Logger) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Server(conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		log.Debug("acme tls-alpn-01 handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	log.Debug("acme tls-alpn-01 challenge answered", "remote", conn.RemoteAddr().String(), "sni", tc.ConnectionState().ServerName)
+}
