@@ -261,6 +261,17 @@ func (m *MapFile) lookup(user string) (r mapRule, kind, key string, ok bool) {
 	return mapRule{}, "", "", false
 }
 
+// HasDomain reports whether the current table has a "@domain backend"
+// line for domain (case-insensitive, a trailing dot ignored). It reads the
+// live table, so a reload is seen at once; for the ACME on-demand policy.
+func (m *MapFile) HasDomain(domain string) bool {
+	if m == nil {
+		return false
+	}
+	_, ok := m.table.Load().domains[strings.ToLower(strings.TrimSuffix(domain, "."))]
+	return ok
+}
+
 // Route implements [Router]: the backend from the file, the client's own
 // credentials, [ErrNoRoute] when no line matches.
 func (m *MapFile) Route(_ context.Context, req *Request) (Decision, error) {

@@ -281,3 +281,34 @@ func BenchmarkMapFileLookup(b *testing.B) {
 		}
 	}
 }
+
+// TestMapFileHasDomain: only "@domain" lines count, case-insensitively, and
+// a reload is seen at once.
+func TestMapFileHasDomain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes")
+	writeFile(t, path, goodMap)
+	m, err := LoadMapFile(path, knownTest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for d, want := range map[string]bool{
+		"example.org": true, "Example.COM": true, "example.com.": true,
+		"example.net": false, // commented out
+		"y@other.net": false, "other.net": false, "bob": false, "": false,
+	} {
+		if got := m.HasDomain(d); got != want {
+			t.Errorf("HasDomain(%q) = %v, want %v", d, got, want)
+		}
+	}
+	writeFile(t, path, "@customer.test new\n")
+	if err := m.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if !m.HasDomain("customer.test") || m.HasDomain("example.org") {
+		t.Error("HasDomain does not follow a reload")
+	}
+	var nilMap *MapFile
+	if nilMap.HasDomain("example.org") {
+		t.Error("nil MapFile has a domain")
+	}
+}

@@ -365,3 +365,83 @@ func TestACMEPebble(t *testing.T) {
 		serial(obtained2), obtained2["issuer"], len(answered), pb.orders(), pb.count("Issued certificate"))
 	pg.stop(t)
 }
+
+// TestACMEPebbleRoutes: with tls.acme.domains_from_routes, a name made of a
+// domain found only in the map file (pop.customer.test) gets a certificate
+// from Pebble (real HTTP-01 validation) on the first handshake with that
+// SNI, with no per-name configuration; later handshakes reuse it, and a
+// name under an unrouted domain gets the default certificate and places no
+// order.
+func TestACMEPebbleRoutes(t *testing.T) {
+	requireInterop(t, "pebble", "pebble-challtestsrv")
+	t.Parallel()
+	pb := startPebble(t)
+
+	const user, pass = "carol@customer.test", "acme-Routes-5c2a"
+	const customerName = "pop.customer.test"
+	backend := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{
+		user: {Password: pass, Messages: [][]byte{[]byte("Subject: hi\r\n\r\nhello\r\n")}},
+	}}
+	addr, err := backend.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	mapFile := filepath.Join(t.TempDir(), "routes")
+	writeFile(t, mapFile, []byte("@customer.test mem\n"), 0o600)
+	cfg := popgateConfig{
+		Backends:       []popgateBackend{{Name: "mem", Address: addr.String(), TLS: "none"}},
+		MapFile:        mapFile,
+		ACMEServerName: acmeName,
+		ACME: pb.acmeTOML(filepath.Join(t.TempDir(), "acme-routes"),
+			fmt.Sprintf("http_challenge = %q\ntls_alpn_challenge = \"\"\ndomains_from_routes = true", pb.HTTPAddr)),
+	}
+	pg := startPopgate(t, cfg, pass)
+	pg.waitRecord(t, "acme certificate obtained") // acmeName, prefetched
+	if n := pb.orders(); n != 1 {
+		t.Fatalf("after start: Pebble has %d orders, want 1 (%s)", n, acmeName)
+	}
+
+	verify := func(name string) *tls.Config {
+		return &tls.Config{ServerName: name, RootCAs: pb.Roots}
+	}
+	var serials []string
+	for i := range 2 {
+		c := dialPOP3(t, pg.POP3SAddr, verify(customerName)) // verifies for customerName against Pebble's root
+		leaf := c.c.(*tls.Conn).ConnectionState().PeerCertificates[0]
+		c.login(user, pass)
+		if resp := c.cmd("STAT"); !strings.HasPrefix(resp, "+OK 1 ") {
+			t.Errorf("handshake %d: STAT = %q", i+1, resp)
+		}
+		c.cmd("QUIT")
+		t.Logf("handshake %d with SNI %s: certificate %q serial %x issued by %q", i+1, customerName, leaf.DNSNames, leaf.SerialNumber, leaf.Issuer.CommonName)
+		serials = append(serials, leaf.SerialNumber.Text(16))
+	}
+	if serials[0] != serials[1] {
+		t.Errorf("second handshake served serial %s, first %s: want the same certificate", serials[1], serials[0])
+	}
+	if n := pb.orders(); n != 2 {
+		t.Errorf("after two handshakes for %s: Pebble has %d orders, want 2", customerName, n)
+	}
+	obtained := pg.records("acme certificate obtained")
+	if len(obtained) != 2 || obtained[1]["name"] != customerName {
+		t.Errorf("popgate logged %d obtained certificates (%v), want the second for %s", len(obtained), obtained, customerName)
+	}
+
+	// A name under a domain the routing table does not have: the default
+	// certificate, no order.
+	conn, err := tls.Dial("tcp", pg.POP3SAddr, &tls.Config{ServerName: "pop.unrouted.test", InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("handshake for pop.unrouted.test: %v", err)
+	}
+	leaf := conn.ConnectionState().PeerCertificates[0]
+	conn.Close()
+	if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != acmeName {
+		t.Errorf("pop.unrouted.test served %q, want the default %s", leaf.DNSNames, acmeName)
+	}
+	if n := pb.orders(); n != 2 {
+		t.Errorf("after a handshake for an unrouted name: Pebble has %d orders, want still 2", n)
+	}
+	t.Logf("routes: Pebble orders: %d, issued: %d, HTTP-01 validations: %d", pb.orders(), pb.count("Issued certificate"), pb.count("validate w/ HTTP"))
+	pg.stop(t)
+}

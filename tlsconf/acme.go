@@ -59,6 +59,18 @@ type ACMEConfig struct {
 	// RenewBefore is how long before expiry a certificate is renewed; 0
 	// means autocert's default (30 days).
 	RenewBefore time.Duration
+	// AllowHost, when set, extends the policy beyond Domains: a name that
+	// is not one of Domains, is a valid DNS name and for which AllowHost
+	// returns true gets a certificate ordered at its first handshake (on
+	// demand; see [RouteNames]). It gets names lower-cased without a
+	// trailing dot, is called on handshakes and HTTP-01 requests, and
+	// must be fast and safe for concurrent use. Names it refuses never
+	// cause an order. The SNI-less default stays DefaultServerName.
+	AllowHost func(name string) bool
+	// OrderRetry is how long after a failed order for an AllowHost name
+	// no new order is placed for it (handshakes for it fail meanwhile);
+	// 0 means [DefaultOrderRetry].
+	OrderRetry time.Duration
 }
 
 // tlsALPN reports whether TLS-ALPN-01 is answered at all.
@@ -70,6 +82,10 @@ type acmeState struct {
 	domains []string        // normalized, in configuration order
 	allowed map[string]bool // the same, as a set
 	log     *slog.Logger
+	// allowHost is ACMEConfig.AllowHost; limiter rate-limits orders for
+	// the names it allows.
+	allowHost func(string) bool
+	limiter   *orderLimiter
 	// get obtains the certificate for hello.ServerName (in policy); it is
 	// m.GetCertificate, replaced by tests.
 	get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
@@ -78,7 +94,7 @@ type acmeState struct {
 // newACME checks cfg, creates the cache directory and builds the manager.
 // It contacts nobody.
 func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
-	a := &acmeState{allowed: map[string]bool{}, log: log}
+	a := &acmeState{allowed: map[string]bool{}, log: log, allowHost: cfg.AllowHost, limiter: newOrderLimiter(cfg.OrderRetry)}
 	if len(cfg.Domains) == 0 {
 		return nil, errors.New("tlsconf: acme: no domains")
 	}
@@ -132,7 +148,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
 		Cache:       &loggingCache{DirCache: autocert.DirCache(cfg.CacheDir), log: log},
-		HostPolicy:  autocert.HostWhitelist(a.domains...),
+		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
 		Client: &acme.Client{
@@ -143,6 +159,15 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	}
 	a.get = a.m.GetCertificate
 	return a, nil
+}
+
+// hostPolicy is autocert's host policy: the explicit domains, then
+// AllowHost. autocert consults it before an order and on HTTP-01 requests.
+func (a *acmeState) hostPolicy(_ context.Context, host string) error {
+	if !a.inPolicy(host) {
+		return fmt.Errorf("tlsconf: acme: host %q is not in tls.acme.domains or the on-demand policy", host)
+	}
+	return nil
 }
 
 // checkACMEName refuses names an ACME CA cannot validate with HTTP-01 or

@@ -36,8 +36,9 @@ type ServerConfig struct {
 	Certificates []CertFile
 	// ACME, when set, obtains certificates for ACME.Domains. A name a
 	// static certificate covers uses that certificate; other names in
-	// ACME.Domains get the ACME one; names outside both get the default
-	// certificate and never cause an order.
+	// ACME.Domains (or allowed by ACME.AllowHost) get the ACME one; names
+	// outside all of these get the default certificate and never cause an
+	// order.
 	ACME *ACMEConfig
 	// DefaultServerName picks the certificate for clients that send no SNI
 	// or a name no certificate covers. It must be covered by one of
@@ -183,7 +184,8 @@ func (s *Server) ACME() bool { return s.acme != nil }
 
 // getCertificate: a TLS-ALPN-01 validation gets autocert's challenge
 // certificate; else a static certificate covering the SNI; else the ACME
-// certificate when the SNI is an ACME domain; else the default: the
+// certificate when the SNI is an ACME domain, or an on-demand name
+// (ACMEConfig.AllowHost, rate-limited after failures); else the default: the
 // default name's static certificate, or its ACME certificate. No SNI is the
 // default name (autocert alone refuses an empty SNI; old clients send none).
 func (s *Server) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -197,6 +199,8 @@ func (s *Server) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, e
 		}
 		if name := normalizeName(hello.ServerName); s.acme != nil && s.acme.allowed[name] {
 			return s.acme.certificate(hello, name)
+		} else if s.acme != nil && s.acme.onDemand(name) {
+			return s.acme.onDemandCertificate(hello, name)
 		}
 		s.log.Debug("tls sni not covered, using default certificate", "sni", hello.ServerName)
 	}

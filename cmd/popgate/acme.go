@@ -1,11 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
 
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/tlsconf"
 )
 
@@ -22,6 +24,24 @@ type ACMEConfig struct {
 	HTTPChallenge    *string  `toml:"http_challenge"`
 	TLSALPNChallenge string   `toml:"tls_alpn_challenge"`
 	RenewBefore      Duration `toml:"renew_before"`
+	// DomainsFromRoutes also obtains certificates, on demand, for the
+	// names RouteNamePatterns make of the routed domains (route.domains
+	// and the map file's "@domain" lines).
+	DomainsFromRoutes bool `toml:"domains_from_routes"`
+	// RouteNamePatterns are the names per routed domain; omitted means
+	// defaultRouteNamePatterns.
+	RouteNamePatterns []string `toml:"route_name_patterns"`
+}
+
+// defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
+// absent.
+var defaultRouteNamePatterns = []string{"pop.{domain}", "mail.{domain}"}
+
+func (a *ACMEConfig) routeNamePatterns() []string {
+	if a.RouteNamePatterns == nil {
+		return defaultRouteNamePatterns
+	}
+	return a.RouteNamePatterns
 }
 
 // defaultHTTPChallenge is tls.acme.http_challenge when the key is absent.
@@ -34,12 +54,21 @@ func (a *ACMEConfig) httpChallenge() string {
 	return *a.HTTPChallenge
 }
 
-// tlsconf converts the section for tlsconf.
-func (a *ACMEConfig) tlsconf() *tlsconf.ACMEConfig {
+// tlsconf converts the section for tlsconf; hasDomain is the routing
+// table's domain lookup, used with domains_from_routes.
+func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, error) {
 	if a == nil {
-		return nil
+		return nil, nil
+	}
+	var allow func(string) bool
+	if a.DomainsFromRoutes {
+		var err error
+		if allow, err = tlsconf.RouteNames(a.routeNamePatterns(), hasDomain); err != nil {
+			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
+		}
 	}
 	return &tlsconf.ACMEConfig{
+		AllowHost:        allow,
 		Domains:          a.Domains,
 		Email:            a.Email,
 		CacheDir:         a.CacheDir,
@@ -48,7 +77,7 @@ func (a *ACMEConfig) tlsconf() *tlsconf.ACMEConfig {
 		HTTPChallenge:    a.httpChallenge(),
 		TLSALPNChallenge: a.TLSALPNChallenge,
 		RenewBefore:      a.RenewBefore.Duration,
-	}
+	}, nil
 }
 
 // validateACME checks [tls.acme]; nil (no section) is valid.
@@ -97,6 +126,39 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 	checkAddr("tls_alpn_challenge", a.TLSALPNChallenge)
 	if a.TLSALPNChallenge != "" && a.TLSALPNChallenge == a.httpChallenge() {
 		add("tls.acme: http_challenge and tls_alpn_challenge are the same address %q", a.TLSALPNChallenge)
+	}
+	if a.RouteNamePatterns != nil && !a.DomainsFromRoutes {
+		add("tls.acme.route_name_patterns: set, but tls.acme.domains_from_routes is not true")
+	}
+	if a.RouteNamePatterns != nil && len(a.RouteNamePatterns) == 0 {
+		add("tls.acme.route_name_patterns: empty; omit it for the default %q", defaultRouteNamePatterns)
+	}
+	for i, p := range a.RouteNamePatterns {
+		if err := tlsconf.CheckNamePattern(p); err != nil {
+			add("tls.acme.route_name_patterns[%d]: %q: %v", i, p, err)
+		}
+	}
+}
+
+// checkRouteNames checks that tls.acme.domains_from_routes has a routing
+// table to take domains from.
+func checkRouteNames(c *Config, add func(format string, args ...any)) {
+	if a := c.TLS.ACME; a != nil && a.DomainsFromRoutes && len(c.Route.Domains) == 0 && c.Route.MapFile == "" {
+		add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
+	}
+}
+
+// routeDomains returns the routing table's domain lookup for the ACME
+// on-demand policy: route.domains (fixed) and the map file's "@domain"
+// lines (live: a reload is seen at once). mapFile is called on every use,
+// since the map file is loaded after the certificates.
+func routeDomains(c *Config, mapFile func() *auth.MapFile) func(domain string) bool {
+	static := make(map[string]bool, len(c.Route.Domains))
+	for d := range c.Route.Domains {
+		static[strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(d, "@"), "."))] = true
+	}
+	return func(domain string) bool {
+		return static[domain] || mapFile().HasDomain(domain)
 	}
 }
 

@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/auth"
 )
 
 const listenTLS = "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n"
@@ -31,7 +34,13 @@ renew_before = "720h"
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := c.TLS.ACME.tlsconf()
+	a, err := c.TLS.ACME.tlsconf(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.AllowHost != nil {
+		t.Error("AllowHost set without domains_from_routes")
+	}
 	if len(a.Domains) != 2 || a.CacheDir != "/var/lib/popgate/acme" || a.HTTPChallenge != ":80" ||
 		a.TLSALPNChallenge != ":443" || a.RenewBefore != 720*time.Hour || a.CAFile == "" || a.Email == "" {
 		t.Errorf("tls.acme = %+v", a)
@@ -40,7 +49,8 @@ renew_before = "720h"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.TLS.ACME.tlsconf().HTTPChallenge; got != "" {
+	if a, _ := c.TLS.ACME.tlsconf(nil); a.HTTPChallenge != "" {
+		got := a.HTTPChallenge
 		t.Errorf("http_challenge = \"\" gives %q, want disabled", got)
 	}
 
@@ -176,11 +186,93 @@ func TestExampleConfigACME(t *testing.T) {
 	if len(block) < 5 {
 		t.Fatalf("config.example.toml has no commented [tls.acme] block")
 	}
-	c, err := ParseConfig("example acme", []byte(listenTLS+backendB+routeB+strings.Join(block, "\n")+"\n"))
+	routes := routeB + "[route.domains]\n\"example.org\" = \"b\"\n\n" // for domains_from_routes
+	c, err := ParseConfig("example acme", []byte(listenTLS+backendB+routes+strings.Join(block, "\n")+"\n"))
 	if err != nil {
 		t.Fatalf("the [tls.acme] block of config.example.toml: %v", err)
 	}
-	if a := c.TLS.ACME; a == nil || len(a.Domains) == 0 || a.TLSALPNChallenge == "" || a.CAFile == "" || !a.RenewBefore.Set {
+	if a := c.TLS.ACME; a == nil || len(a.Domains) == 0 || a.TLSALPNChallenge == "" || a.CAFile == "" || !a.RenewBefore.Set ||
+		a.RouteNamePatterns == nil {
 		t.Errorf("[tls.acme] from the example = %+v, want every key", a)
+	}
+}
+
+// TestACMEDomainsFromRoutes: tls.acme.domains_from_routes with the default
+// and custom patterns, the policy built from route.domains and the live map
+// file, and the validation of the new keys.
+func TestACMEDomainsFromRoutes(t *testing.T) {
+	dir := t.TempDir()
+	mapPath := filepath.Join(dir, "routes")
+	if err := os.WriteFile(mapPath, []byte("@mapped.test b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	routes := fmt.Sprintf("[route]\ndefault = \"b\"\nmap_file = %q\n[route.domains]\n\"@Customer.Test\" = \"b\"\n\n", mapPath)
+	base := listenTLS + backendB + routes
+	acmeBase := "[tls.acme]\ndomains = [\"mail.provider.example\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\n"
+
+	c, err := ParseConfig("routes", []byte(base+acmeBase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.TLS.ACME.routeNamePatterns(); !slices.Equal(got, []string{"pop.{domain}", "mail.{domain}"}) {
+		t.Errorf("default route_name_patterns = %q", got)
+	}
+	in, err := build(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.mapFile == nil {
+		t.Fatal("no map file loaded")
+	}
+	a, err := c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return in.mapFile }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(want map[string]bool) {
+		t.Helper()
+		for name, w := range want {
+			if got := a.AllowHost(name); got != w {
+				t.Errorf("AllowHost(%q) = %v, want %v", name, got, w)
+			}
+		}
+	}
+	check(map[string]bool{
+		"pop.customer.test": true, "mail.customer.test": true, "pop.mapped.test": true,
+		"imap.customer.test": false, "pop.other.test": false, "customer.test": false, "pop.new.test": false,
+	})
+	if err := os.WriteFile(mapPath, []byte("@new.test b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.mapFile.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	check(map[string]bool{"pop.new.test": true, "pop.mapped.test": false, "pop.customer.test": true})
+
+	c, err = ParseConfig("patterns", []byte(base+acmeBase+"route_name_patterns = [\"pop3.{domain}\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err = c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return nil })); err != nil {
+		t.Fatal(err)
+	}
+	check(map[string]bool{"pop3.customer.test": true, "pop.customer.test": false})
+
+	for _, tc := range []struct{ name, routes, acme, key string }{
+		{"no brace", routes, acmeBase + "route_name_patterns = [\"pop.example.com\"]\n", "tls.acme.route_name_patterns[0]"},
+		{"twice", routes, acmeBase + "route_name_patterns = [\"pop.{domain}\", \"{domain}.{domain}\"]\n", "tls.acme.route_name_patterns[1]"},
+		{"bare", routes, acmeBase + "route_name_patterns = [\"{domain}\"]\n", "tls.acme.route_name_patterns[0]"},
+		{"wildcard", routes, acmeBase + "route_name_patterns = [\"*.{domain}\"]\n", "tls.acme.route_name_patterns[0]"},
+		{"not last", routes, acmeBase + "route_name_patterns = [\"{domain}.pop\"]\n", "tls.acme.route_name_patterns[0]"},
+		{"bad label", routes, acmeBase + "route_name_patterns = [\"po p.{domain}\"]\n", "tls.acme.route_name_patterns[0]"},
+		{"empty list", routes, acmeBase + "route_name_patterns = []\n", "tls.acme.route_name_patterns"},
+		{"patterns without flag", routes, "[tls.acme]\ndomains = [\"mail.provider.example\"]\ncache_dir = \"/c\"\nroute_name_patterns = [\"pop.{domain}\"]\n", "tls.acme.domains_from_routes"},
+		{"no routing domains", routeB, acmeBase, "tls.acme.domains_from_routes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig(tc.name, []byte(listenTLS+backendB+tc.routes+tc.acme))
+			if err == nil || !strings.Contains(err.Error(), tc.key) {
+				t.Errorf("ParseConfig(%q) = %v, want an error naming %q", tc.acme, err, tc.key)
+			}
+		})
 	}
 }

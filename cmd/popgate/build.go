@@ -36,9 +36,15 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		needTLS = needTLS || l.TLS != "none"
 	}
 	if needTLS {
+		// The map file loads later (buildRouter); the policy reads
+		// in.mapFile on handshakes only, after build has returned.
+		acme, err := c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return in.mapFile }))
+		if err != nil {
+			return nil, err
+		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
 			Certificates:      certs,
-			ACME:              c.TLS.ACME.tlsconf(),
+			ACME:              acme,
 			DefaultServerName: c.TLS.DefaultServerName,
 			MinVersion:        c.TLS.MinVersion,
 			Logger:            log,

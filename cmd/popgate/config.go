@@ -280,6 +280,7 @@ func (c *Config) validate() []error {
 	}
 	validateACME(c.TLS.ACME, add)
 	checkDefaultName(c, add)
+	checkRouteNames(c, add)
 
 	backends := map[string]bool{}
 	for i, b := range c.Backend {
