@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/popgate/popgate/internal/dovecotrun"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,20 +55,8 @@ func requireInterop(t *testing.T, bins ...string) {
 	}
 }
 
-// lookBinary finds name in PATH or in the sbin directories, which a non-login
-// root shell may not have in PATH.
-func lookBinary(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
-		p := filepath.Join(dir, name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s: not found", name)
-}
+// lookBinary finds name in PATH or in the sbin directories.
+func lookBinary(name string) (string, error) { return dovecotrun.LookBinary(name) }
 
 // redact replaces every secret in s with "***", so failing commands can print
 // their output without leaking a password into the test log.

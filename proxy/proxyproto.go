@@ -3,9 +3,11 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/popgate/popgate/auth"
 	"io"
 	"net"
 	"net/netip"
@@ -177,7 +179,7 @@ func proxyHeaderFor(version byte, src, dst netip.AddrPort, clientTLS *tls.Connec
 		// follow PP2_CLIENT_SSL (doc/proxy-protocol.txt §2.2.5).
 		sub, err := proxyproto.JoinTLVs([]proxyproto.TLV{{
 			Type:  proxyproto.PP2_SUBTYPE_SSL_VERSION,
-			Value: []byte(haproxyTLSVersion(clientTLS.Version)),
+			Value: []byte(cmp.Or(auth.TLSVersionName(clientTLS.Version), "TLS")), // haproxy's ssl_fc_protocol words
 		}})
 		if err != nil {
 			return nil, err
@@ -188,21 +190,6 @@ func proxyHeaderFor(version byte, src, dst netip.AddrPort, clientTLS *tls.Connec
 		}
 	}
 	return h.Format()
-}
-
-// haproxyTLSVersion names a TLS version as haproxy's ssl_fc_protocol does.
-func haproxyTLSVersion(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "TLSv1"
-	case tls.VersionTLS11:
-		return "TLSv1.1"
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	}
-	return "TLS"
 }
 
 // xclientLine is the XCLIENT command for Dovecot (src/pop3-login/client.c):
