@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/popgate/popgate/internal/dovecotrun"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/dovecotrun"
 )
 
 // envInterop is the switch: the interop tests run only when it is "1", which

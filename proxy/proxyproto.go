@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/popgate/popgate/auth"
 	"io"
 	"net"
 	"net/netip"
@@ -15,6 +14,8 @@ import (
 	"strings"
 
 	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/popgate/popgate/auth"
 )
 
 // ClientAddressMode is how a backend learns the real client address.
