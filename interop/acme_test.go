@@ -144,7 +144,16 @@ func startPebble(t *testing.T) *pebble {
 
 	// The root is made afresh at every start; only its management API has it.
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}
-	resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/roots/0", mgmtPort))
+	// Pebble logs its readiness before the management listener has
+	// bound (they start in their own goroutines): retry for a while.
+	var resp *http.Response
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		resp, err = client.Get(fmt.Sprintf("https://127.0.0.1:%d/roots/0", mgmtPort))
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("fetch Pebble's root: %v", err)
 	}
