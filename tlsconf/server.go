@@ -349,7 +349,7 @@ func (s *Server) Watch(ctx context.Context, every time.Duration) {
 	if len(s.cfg.Certificates) == 0 {
 		return
 	}
-	last := s.fingerprint()
+	last := s.stat()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -358,28 +358,49 @@ func (s *Server) Watch(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		fp := s.fingerprint()
-		if fp == last {
+		now := s.stat()
+		if !filesChanged(last, now) {
 			continue
 		}
-		last = fp
+		last = now
 		if err := s.Reload(); err != nil {
 			s.log.Error("tls certificate files changed but do not load; keeping the previous certificates", "err", err)
 		}
 	}
 }
 
-// fingerprint summarises what stat says about every certificate file.
-func (s *Server) fingerprint() string {
-	var b strings.Builder
+// stat returns what stat says about every certificate file (nil where it
+// fails).
+func (s *Server) stat() []os.FileInfo {
+	var out []os.FileInfo
 	for _, f := range s.cfg.Certificates {
 		for _, name := range []string{f.Cert, f.Key} {
-			if fi, err := os.Stat(name); err != nil {
-				fmt.Fprintf(&b, "%s: %v\n", name, err)
-			} else {
-				fmt.Fprintf(&b, "%s: %d %d\n", name, fi.Size(), fi.ModTime().UnixNano())
+			fi, err := os.Stat(name)
+			if err != nil {
+				fi = nil
 			}
+			out = append(out, fi)
 		}
 	}
-	return b.String()
+	return out
+}
+
+// filesChanged compares two stat rounds by identity (a file replaced by
+// rename is another file even when size and a coarse mtime match), size
+// and modification time.
+func filesChanged(a, b []os.FileInfo) bool {
+	if len(a) != len(b) {
+		return true
+	}
+	for i := range a {
+		switch {
+		case a[i] == nil || b[i] == nil:
+			if (a[i] == nil) != (b[i] == nil) {
+				return true
+			}
+		case !os.SameFile(a[i], b[i]) || a[i].Size() != b[i].Size() || !a[i].ModTime().Equal(b[i].ModTime()):
+			return true
+		}
+	}
+	return false
 }
