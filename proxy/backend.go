@@ -64,7 +64,21 @@ const maxBackendLine = 2 * pop3.MaxResponseLen
 // dialBackend connects to b, logs in with dec's credentials and returns the
 // connection and the backend's reply to the login, CRLF included. A login
 // the backend refused returns the reply and a *backendRejected.
-func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
+func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
+	start := time.Now()
+	bc, reply, err := s.dialLogin(ctx, cfg, b, dec, ci)
+	result := BackendOK
+	switch {
+	case isBackendRejected(err):
+		result = BackendRejected
+	case err != nil:
+		result = BackendError
+	}
+	s.obs.BackendLogin(b.Name, time.Since(start), result)
+	return bc, reply, err
+}
+
+func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
 	addrs := b.addresses()
 	if dec.Address != "" {
 		addrs = []string{dec.Address}
@@ -77,8 +91,10 @@ func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision,
 	var errs []error
 	for _, addr = range addrs {
 		dctx, cancel := context.WithTimeout(ctx, b.connectTimeout())
-		c, err := s.dial(dctx, addr)
+		t := time.Now()
+		c, err := dial(dctx, cfg, addr)
 		cancel()
+		s.obs.BackendConnect(b.Name, time.Since(t), err)
 		if err == nil {
 			raw = c
 			break
@@ -117,9 +133,9 @@ func (s *Server) dialBackend(ctx context.Context, b *Backend, dec auth.Decision,
 	return bc, reply, nil
 }
 
-func (s *Server) dial(ctx context.Context, addr string) (net.Conn, error) {
-	if s.cfg.DialContext != nil {
-		return s.cfg.DialContext(ctx, "tcp", addr)
+func dial(ctx context.Context, cfg *Config, addr string) (net.Conn, error) {
+	if cfg.DialContext != nil {
+		return cfg.DialContext(ctx, "tcp", addr)
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", addr)

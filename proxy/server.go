@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,8 +186,12 @@ type Config struct {
 	// clients that look for TOP or UIDL first). popgate does not check
 	// that the backends honour them.
 	ExtraCapabilities []string
-	// Logger receives the session log; nil discards it.
+	// Logger receives the session log; nil discards it. Only New reads
+	// it: Reconfigure keeps the first Logger.
 	Logger *slog.Logger
+	// Observer receives counts for metrics; nil counts nothing. Only New
+	// reads it: Reconfigure keeps the first Observer.
+	Observer Observer
 	// DialContext connects to backends; nil means a net.Dialer.
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
 	// Now returns the current time; nil means time.Now.
@@ -283,8 +289,9 @@ type Throttle interface {
 // Server is a POP3 proxy. Build it with [New]; it serves listeners passed to
 // [Server.Serve] until [Server.Shutdown] or [Server.Close].
 type Server struct {
-	cfg    Config
+	cfg    atomic.Pointer[Config] // the current configuration; each session keeps the one it started with
 	log    *slog.Logger
+	obs    Observer
 	idBase string // random per process, so connection IDs differ across restarts
 	nextID atomic.Uint64
 
@@ -292,10 +299,13 @@ type Server struct {
 	cancel context.CancelFunc
 
 	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
+	listeners map[net.Listener]*atomic.Pointer[Listener]
 	sessions  map[*session]struct{}
 	perIP     map[netip.Addr]int
 	closing   bool
+	endedIn   int64          // octets relayed client→backend by ended sessions
+	endedOut  int64          // octets relayed backend→client by ended sessions
+	relaying  int            // sessions past the login
 	wg        sync.WaitGroup // live connections
 	idle      chan struct{}  // closed when sessions drops to zero while closing
 
@@ -362,18 +372,40 @@ func New(cfg Config) (*Server, error) {
 		log.Debug("idle sessions keep their goroutines", "err", err)
 		pk = nil
 	}
-	return &Server{
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	s := &Server{
 		parker:    pk,
 		parkAfter: parkAfter,
-		cfg:       cfg,
 		log:       log,
+		obs:       obs,
 		idBase:    hex.EncodeToString(rb[:]),
 		ctx:       ctx,
 		cancel:    cancel,
-		listeners: make(map[net.Listener]struct{}),
+		listeners: make(map[net.Listener]*atomic.Pointer[Listener]),
 		sessions:  make(map[*session]struct{}),
 		perIP:     make(map[netip.Addr]int),
-	}, nil
+	}
+	s.cfg.Store(&cfg)
+	return s, nil
+}
+
+// config returns the current configuration.
+func (s *Server) config() *Config { return s.cfg.Load() }
+
+// Reconfigure makes cfg the configuration of the connections accepted from
+// now on: routes, backends, limits, timeouts, the throttle, the greeting.
+// Running sessions keep the configuration they started with. An invalid
+// cfg is refused and the current one stays. Logger and Observer are
+// those New was given; cfg's are ignored.
+func (s *Server) Reconfigure(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s.cfg.Store(&cfg)
+	return nil
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -386,19 +418,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	if l.TLS != TLSNone && l.TLSConfig == nil {
 		return fmt.Errorf("proxy: listener %q: TLS %s needs a TLSConfig", l.Name, l.TLS)
 	}
-	if l.ProxyProtocol && len(s.cfg.TrustedProxies) == 0 {
+	if l.ProxyProtocol && len(s.config().TrustedProxies) == 0 {
 		return fmt.Errorf("proxy: listener %q: ProxyProtocol needs Config.TrustedProxies", l.Name)
 	}
 	if l.Name == "" {
 		l.Name = ln.Addr().String()
 	}
+	spec := new(atomic.Pointer[Listener])
+	spec.Store(&l)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	s.listeners[ln] = spec
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -431,8 +465,29 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 			return fmt.Errorf("proxy: listener %q: %w", l.Name, err)
 		}
 		backoff = 0
-		s.accept(c, l)
+		s.accept(c, *spec.Load())
 	}
+}
+
+// UpdateListener changes how connections accepted from now on by ln, which
+// Serve must be serving, are served; connections already accepted keep
+// the settings they were accepted with. The socket stays open throughout,
+// so no connection is refused while the settings change.
+func (s *Server) UpdateListener(ln net.Listener, l Listener) error {
+	if l.TLS != TLSNone && l.TLSConfig == nil {
+		return fmt.Errorf("proxy: listener %q: TLS %s needs a TLSConfig", l.Name, l.TLS)
+	}
+	if l.Name == "" {
+		l.Name = ln.Addr().String()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	spec := s.listeners[ln]
+	if spec == nil {
+		return fmt.Errorf("proxy: listener %q is not being served", l.Name)
+	}
+	spec.Store(&l)
+	return nil
 }
 
 func (s *Server) isClosing() bool {
@@ -448,28 +503,32 @@ func (s *Server) isClosing() bool {
 // against the trusted proxies, which costs no read.
 func (s *Server) accept(c net.Conn, l Listener) {
 	ip := addrPort(c.RemoteAddr()).Addr()
-	if l.ProxyProtocol && !s.cfg.trustedProxy(ip) {
+	cfg := s.config()
+	s.obs.Accepted(l.Name)
+	if l.ProxyProtocol && !cfg.trustedProxy(ip) {
+		s.obs.Refused(l.Name, "untrusted_proxy")
 		s.log.Warn("connection refused", "listener", l.Name, "remote", c.RemoteAddr().String(), "reason", "not from a trusted proxy (limits.trusted_proxies)")
 		c.Close()
 		return
 	}
 	s.mu.Lock()
-	refuse := ""
+	refuse, reason := "", ""
 	switch {
 	case s.closing:
-		refuse = "shutting down"
-	case s.cfg.MaxConnections > 0 && len(s.sessions) >= s.cfg.MaxConnections:
-		refuse = "max_connections reached"
-	case !l.ProxyProtocol && s.cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxConnectionsPerIP:
-		refuse = "max_connections_per_ip reached"
+		refuse, reason = "shutting down", "shutting_down"
+	case cfg.MaxConnections > 0 && len(s.sessions) >= cfg.MaxConnections:
+		refuse, reason = "max_connections reached", "max_connections"
+	case !l.ProxyProtocol && cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= cfg.MaxConnectionsPerIP:
+		refuse, reason = "max_connections_per_ip reached", "max_connections_per_ip"
 	}
 	if refuse != "" {
 		s.mu.Unlock()
+		s.obs.Refused(l.Name, reason)
 		s.log.Warn("connection refused", "listener", l.Name, "remote", c.RemoteAddr().String(), "reason", refuse)
 		go refuseConn(c, l)
 		return
 	}
-	sess := s.newSession(c, l)
+	sess := s.newSession(c, l, cfg)
 	s.sessions[sess] = struct{}{}
 	if !l.ProxyProtocol {
 		s.perIP[ip]++
@@ -486,7 +545,7 @@ func (s *Server) countIP(sess *session, client netip.AddrPort) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ip := client.Addr()
-	if s.cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= s.cfg.MaxConnectionsPerIP {
+	if limit := sess.cfg.MaxConnectionsPerIP; limit > 0 && s.perIP[ip] >= limit {
 		return false
 	}
 	sess.remote = client
@@ -510,6 +569,13 @@ func (s *Server) removeSession(sess *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.sessions, sess)
+	// Under s.mu, with the delete: Stats never counts these octets twice
+	// or not at all.
+	s.endedIn += sess.sp.in.Load()
+	s.endedOut += sess.sp.out.Load()
+	if sess.relaying {
+		s.relaying--
+	}
 	if sess.ipCounted {
 		ip := sess.remote.Addr()
 		if s.perIP[ip]--; s.perIP[ip] <= 0 {
@@ -597,6 +663,84 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// Stats are the server's numbers at one moment, for metrics.
+type Stats struct {
+	// Active counts open client connections by listener name, in the
+	// AUTHORIZATION state and relaying.
+	Active map[string]int
+	// Relaying counts logged-in sessions being relayed.
+	Relaying int
+	// BytesIn and BytesOut count the octets relayed client→backend and
+	// backend→client since the server started, by ended and live
+	// sessions. They only grow.
+	BytesIn, BytesOut int64
+}
+
+// Stats returns the current numbers. It costs a walk over the live
+// sessions.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Stats{Active: make(map[string]int), Relaying: s.relaying, BytesIn: s.endedIn, BytesOut: s.endedOut}
+	for sess := range s.sessions {
+		st.Active[sess.l.Name]++
+		st.BytesIn += sess.sp.in.Load()
+		st.BytesOut += sess.sp.out.Load()
+	}
+	return st
+}
+
+// SessionList describes the live client connections, oldest first.
+func (s *Server) SessionList() []SessionInfo {
+	s.mu.Lock()
+	list := make([]SessionInfo, 0, len(s.sessions))
+	for sess := range s.sessions {
+		list = append(list, sess.info())
+	}
+	s.mu.Unlock()
+	slices.SortFunc(list, func(a, b SessionInfo) int {
+		if c := a.Started.Compare(b.Started); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return list
+}
+
+// EndSessions ends every session of user (the name the client logged in
+// with, compared without regard to case), logged in or still logging in:
+// both sockets are closed, no QUIT is sent. It returns how many it ended.
+// Moving a mailbox: change its route, reload, then end its sessions so
+// that the client's next login goes to the new backend.
+func (s *Server) EndSessions(user string) int {
+	return s.endWhere(func(sess *session) bool {
+		u := sess.userName()
+		return u != "" && strings.EqualFold(u, user)
+	})
+}
+
+// EndSession ends the session with connection id id, as EndSessions does,
+// and reports whether there was one.
+func (s *Server) EndSession(id string) bool {
+	return s.endWhere(func(sess *session) bool { return sess.id == id }) > 0
+}
+
+func (s *Server) endWhere(match func(*session) bool) int {
+	s.mu.Lock()
+	var ended []*session
+	for sess := range s.sessions {
+		if match(sess) {
+			ended = append(ended, sess)
+		}
+	}
+	s.mu.Unlock()
+	// Outside s.mu, as in Close: ending a parked session takes it.
+	for _, sess := range ended {
+		sess.endByAdmin()
+	}
+	return len(ended)
 }
 
 func (s *Server) newConnID() string {

@@ -21,18 +21,18 @@ import (
 
 // Session results, as logged in the session's last line ("result").
 const (
-	resultOK           = "ok"            // logged in and spliced
-	resultAuthFailed   = "auth_failed"   // too many failed logins
-	resultNoRoute      = "no_route"      // last failure: nothing routes the user
-	resultBackendError = "backend_error" // last failure: backend unreachable or broken
-	resultLookupError  = "lookup_error"  // last failure: the router failed
-	resultQuit         = "quit"          // client sent QUIT before logging in
-	resultTimeout      = "timeout"       // login_timeout passed
-	resultClosed       = "closed"        // client went away before logging in
-	resultTLSError     = "tls_error"     // TLS handshake failed
+	resultOK           = LoginOK           // logged in and spliced
+	resultAuthFailed   = LoginAuthFailed   // last failure: bad credentials
+	resultNoRoute      = LoginNoRoute      // last failure: nothing routes the user
+	resultBackendError = LoginBackendError // last failure: backend unreachable or broken
+	resultLookupError  = LoginLookupError  // last failure: the router failed
+	resultQuit         = "quit"            // client sent QUIT before logging in
+	resultTimeout      = "timeout"         // login_timeout passed
+	resultClosed       = "closed"          // client went away before logging in
+	resultTLSError     = "tls_error"       // TLS handshake failed
 	resultProtoError   = "protocol_error"
 	resultShutdown     = "shutdown"
-	resultThrottled    = "throttled"          // last failure: too many failed logins
+	resultThrottled    = LoginThrottled       // last failure: too many failed logins
 	resultProxyHeader  = "proxy_header_error" // PROXY header missing, invalid or late
 	resultProxyLocal   = "proxy_local"        // PROXY LOCAL: the load balancer's health check
 	resultPerIPLimit   = "per_ip_limit"       // max_connections_per_ip, for a client behind a PROXY header
@@ -47,6 +47,7 @@ const maxBadCommands = 10
 // backend→client once the login succeeded.
 type session struct {
 	srv    *Server
+	cfg    *Config // the server's configuration when the session started
 	l      Listener
 	id     string
 	raw    net.Conn       // the accepted socket
@@ -61,43 +62,96 @@ type session struct {
 	// ipCounted is true once remote counts against max_connections_per_ip;
 	// guarded by srv.mu.
 	ipCounted bool
-	start     time.Time
+	// relaying is true once the session counts in srv.relaying; guarded
+	// by srv.mu.
+	relaying bool
+	start    time.Time
 	// deadline ends the AUTHORIZATION state (login_timeout).
 	deadline time.Time
 
-	tls      *tls.ConnectionState // nil until TLS is up
+	tls      *tls.ConnectionState // nil until TLS is up; written under mu
 	user     string               // USER argument awaiting PASS
 	failures int                  // failed logins
 	badCmds  int                  // commands that were not understood
 	result   string
 	lastErr  error // cause of the last failure, for the log
 
-	// Known once a login was tried.
+	// Known once a login was tried. user0 and backend are written under
+	// mu, for SessionList.
 	user0     string // the user name the client gave (last attempt)
 	loginUser string // the name sent to the backend, when a router rewrote it
 	backend   string
 
-	mu      sync.Mutex
-	spliced bool
-	closed  bool
-	bconn   net.Conn // the backend socket, once dialed for the splice
+	mu         sync.Mutex
+	spliced    bool
+	closed     bool
+	adminEnded bool     // ended through EndSessions or EndSession
+	bconn      net.Conn // the backend socket, once dialed for the splice
 
 	sp splice
 }
 
-func (s *Server) newSession(c net.Conn, l Listener) *session {
+func (s *Server) newSession(c net.Conn, l Listener, cfg *Config) *session {
 	sess := &session{
 		srv:    s,
+		cfg:    cfg,
 		l:      l,
 		id:     s.newConnID(),
 		raw:    c,
 		conn:   c,
 		remote: addrPort(c.RemoteAddr()),
 		local:  addrPort(c.LocalAddr()),
-		start:  s.cfg.now(),
+		start:  cfg.now(),
 	}
-	sess.deadline = sess.start.Add(s.cfg.loginTimeout())
+	sess.deadline = sess.start.Add(cfg.loginTimeout())
 	return sess
+}
+
+// info describes the session for SessionList; the caller holds srv.mu.
+func (sess *session) info() SessionInfo {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	in := SessionInfo{
+		ID:       sess.id,
+		User:     sess.user0,
+		Client:   sess.remote,
+		Listener: sess.l.Name,
+		State:    "authorization",
+		Started:  sess.start,
+		BytesIn:  sess.sp.in.Load(),
+		BytesOut: sess.sp.out.Load(),
+	}
+	if sess.spliced {
+		in.State = "relaying"
+		in.Backend = sess.backend
+	}
+	if sess.tls != nil {
+		in.TLSVersion = tls.VersionName(sess.tls.Version)
+	}
+	return in
+}
+
+// userName is the user name of the session's (last) login attempt.
+func (sess *session) userName() string {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.user0
+}
+
+// setLogin records the user name and backend of a login attempt.
+func (sess *session) setLogin(user, backend string) {
+	sess.mu.Lock()
+	sess.user0, sess.backend = user, backend
+	sess.mu.Unlock()
+}
+
+// endByAdmin ends the session on an operator's request: both sockets are
+// closed, no QUIT is sent, and the session's last log line says so.
+func (sess *session) endByAdmin() {
+	sess.mu.Lock()
+	sess.adminEnded = true
+	sess.mu.Unlock()
+	sess.close()
 }
 
 // logger returns the session's logger. It is built on demand rather than
@@ -160,7 +214,7 @@ func (sess *session) serve() {
 	}
 	sess.br = sess.srv.getReader(sess.conn)
 	sess.bw = sess.srv.getWriter(sess.conn)
-	sess.bw.WriteString("+OK " + sess.srv.cfg.greeting() + "\r\n")
+	sess.bw.WriteString("+OK " + sess.cfg.greeting() + "\r\n")
 	bc := sess.authorize()
 	if bc == nil {
 		sess.end()
@@ -178,6 +232,9 @@ func (sess *session) end() {
 	sess.raw.Close()
 	sess.releaseBuffers()
 	sess.logEnd()
+	if sess.result == resultOK {
+		sess.srv.obs.SessionEnd(sess.l.Name, sess.cfg.now().Sub(sess.start), sess.sp.in.Load(), sess.sp.out.Load())
+	}
 	sess.srv.removeSession(sess)
 }
 
@@ -200,7 +257,7 @@ func (sess *session) releaseBuffers() {
 // and reads no octet past the header, so the raw socket stays what TLS and
 // the splice read from. It reports false when the session is to end.
 func (sess *session) readProxyHeader() bool {
-	sess.raw.SetReadDeadline(minTime(sess.deadline, sess.srv.cfg.now().Add(sess.srv.cfg.proxyHeaderTimeout())))
+	sess.raw.SetReadDeadline(minTime(sess.deadline, sess.cfg.now().Add(sess.cfg.proxyHeaderTimeout())))
 	hdr, err := readProxyHeader(sess.raw)
 	var info proxyInfo
 	if err == nil {
@@ -230,7 +287,10 @@ func (sess *session) readProxyHeader() bool {
 	}
 	sess.proxy = sess.remote
 	if !sess.srv.countIP(sess, info.source) {
+		sess.srv.mu.Lock()        // SessionList reads remote under it
 		sess.remote = info.source // for the log lines only
+		sess.srv.mu.Unlock()
+		sess.srv.obs.Refused(sess.l.Name, "max_connections_per_ip")
 		sess.result = resultPerIPLimit
 		sess.logger().Warn("connection refused", "reason", "max_connections_per_ip reached")
 		refuseConn(sess.raw, sess.l)
@@ -261,10 +321,14 @@ func (sess *session) startTLS() bool {
 		if isTimeout(err) {
 			sess.result = resultTimeout
 		}
+		sess.srv.obs.TLSHandshakeFailed(sess.l.Name)
 		return false
 	}
 	st := tc.ConnectionState()
+	sess.srv.obs.TLSHandshake(sess.l.Name, st.Version, st.CipherSuite)
+	sess.mu.Lock()
 	sess.tls = &st
+	sess.mu.Unlock()
 	sess.conn = tc
 	return true
 }
@@ -449,7 +513,7 @@ func (sess *session) capa() {
 	if sess.l.TLS == TLSStartTLS && sess.tls == nil {
 		b.WriteString("STLS\r\n")
 	}
-	for _, c := range sess.srv.cfg.ExtraCapabilities {
+	for _, c := range sess.cfg.ExtraCapabilities {
 		b.WriteString(c)
 		b.WriteString("\r\n")
 	}
@@ -602,13 +666,14 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 // connection on success; done is true when the session is to end.
 func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
-	sess.user0 = creds.User
+	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
 	bc, reply, err := sess.tryLogin(creds, attempt)
-	th := sess.srv.cfg.Throttle
+	th := sess.cfg.Throttle
 	ip := sess.remote.Addr().Unmap()
 	if err == nil {
+		sess.srv.obs.Login(sess.l.Name, LoginOK)
 		if th != nil {
 			th.Success(ip, creds.User)
 		}
@@ -637,13 +702,14 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 		sess.result = resultBackendError
 		lvl = slog.LevelWarn
 	}
+	sess.srv.obs.Login(sess.l.Name, sess.result)
 	sess.logger().Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
-	if !sess.sleep(failureDelay(sess.srv.cfg.FailureDelay, err)) {
+	if !sess.sleep(failureDelay(sess.cfg.FailureDelay, err)) {
 		sess.result = resultShutdown
 		return nil, true
 	}
 	sess.bw.WriteString(reply)
-	if sess.failures >= sess.srv.cfg.maxLoginFailures() {
+	if sess.failures >= sess.cfg.maxLoginFailures() {
 		sess.bw.Flush()
 		sess.logger().Info("too many failed logins, closing", "failures", sess.failures)
 		return nil, true
@@ -660,7 +726,7 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 		return nil, authFailed, &auth.DeniedError{Reason: err.Error()}
 	}
 	ip := sess.remote.Addr().Unmap()
-	if th := sess.srv.cfg.Throttle; th != nil {
+	if th := sess.cfg.Throttle; th != nil {
 		if ok, wait := th.Allow(ip, creds.User); !ok {
 			return nil, "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
 		}
@@ -679,21 +745,21 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 		req.TLSVersion = auth.TLSVersionName(sess.tls.Version)
 		req.TLSCipher = tls.CipherSuiteName(sess.tls.CipherSuite)
 	}
-	dec, err := sess.srv.cfg.Router.Route(ctx, req)
+	dec, err := sess.cfg.Router.Route(ctx, req)
 	if err != nil {
 		if errors.Is(err, auth.ErrNoRoute) || isDenied(err) {
 			return nil, authFailed, err
 		}
 		return nil, tempFail, &lookupError{err}
 	}
-	sess.backend = dec.Backend
-	b := sess.srv.cfg.Backends[dec.Backend]
+	sess.setLogin(creds.User, dec.Backend)
+	b := sess.cfg.Backends[dec.Backend]
 	switch {
 	case b == nil && dec.Backend == "" && dec.Address != "":
 		// A bare address from a lookup service with no backend
 		// settings to apply: plaintext, as nginx does.
 		b = &Backend{Name: "(lookup)", Address: dec.Address}
-		sess.backend = dec.Address
+		sess.setLogin(creds.User, dec.Address)
 	case b == nil:
 		return nil, tempFail, &lookupError{errors.New("route names unknown backend " + quote(dec.Backend))}
 	}
@@ -720,10 +786,10 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
 	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls}
-	bc, reply, err := sess.srv.dialBackend(ctx, b, dec, ci)
+	bc, reply, err := sess.srv.dialBackend(ctx, sess.cfg, b, dec, ci)
 	if err != nil {
 		if isBackendRejected(err) {
-			if sess.srv.cfg.HideBackendErrors {
+			if sess.cfg.HideBackendErrors {
 				reply = authFailed
 			}
 			return nil, reply, err
@@ -762,7 +828,7 @@ func failureDelay(d time.Duration, err error) time.Duration {
 func (sess *session) logEnd() {
 	attrs := []slog.Attr{
 		slog.String("result", sess.result),
-		slog.String("dur", sess.srv.cfg.now().Sub(sess.start).Round(time.Microsecond).String()),
+		slog.String("dur", sess.cfg.now().Sub(sess.start).Round(time.Microsecond).String()),
 	}
 	if sess.user0 != "" {
 		attrs = append(attrs, slog.String("user", sess.user0))
@@ -788,6 +854,12 @@ func (sess *session) logEnd() {
 		}
 	} else if sess.failures > 0 {
 		attrs = append(attrs, slog.Int("failures", sess.failures))
+	}
+	sess.mu.Lock()
+	adminEnded := sess.adminEnded
+	sess.mu.Unlock()
+	if adminEnded {
+		attrs = append(attrs, slog.String("ended_by", "admin"))
 	}
 	if sess.lastErr != nil && sess.result != resultOK {
 		attrs = append(attrs, slog.String("err", sess.lastErr.Error()))

@@ -662,7 +662,7 @@ func TestBackendCapsCache(t *testing.T) {
 	}
 
 	// Replace the backend by one without STLS on the same address.
-	addr := h.srv.cfg.Backends["b1"].Address
+	addr := h.srv.config().Backends["b1"].Address
 	h.backend.Close()
 	plain := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{testUser: {Password: testPass}}}
 	if _, err := plain.Start(addr); err != nil {

@@ -126,6 +126,10 @@ func (sess *session) startSplice(bc *backendConn) {
 	sess.spliced = true
 	sess.bconn = bc.raw
 	sess.mu.Unlock()
+	sess.srv.mu.Lock()
+	sess.relaying = true
+	sess.srv.relaying++
+	sess.srv.mu.Unlock()
 
 	fail := func(reason string) {
 		sess.sp.endReason = reason
@@ -166,7 +170,7 @@ func (sess *session) startSplice(bc *backendConn) {
 
 	up := newDirection(sess, true, sess.conn, bc.conn, &sess.sp.in)
 	down := newDirection(sess, false, bc.conn, sess.conn, &sess.sp.out)
-	idle := sess.srv.cfg.idleTimeout()
+	idle := sess.cfg.idleTimeout()
 	sess.touch()
 	sess.mu.Lock()
 	sess.sp.dirs = [2]*direction{up, down}
@@ -359,7 +363,7 @@ func (sess *session) touch() {
 // the session would become idle. One timer, no goroutine, no per-read
 // deadline.
 func (sess *session) idleCheck() {
-	idle := sess.srv.cfg.idleTimeout()
+	idle := sess.cfg.idleTimeout()
 	quiet := time.Since(sess.start) - time.Duration(sess.sp.last.Load())
 	sess.mu.Lock()
 	if sess.sp.finished {
