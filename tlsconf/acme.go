@@ -3,6 +3,7 @@ package tlsconf
 import (
 	"bytes"
 	"context"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -89,6 +91,45 @@ type acmeState struct {
 	// get obtains the certificate for hello.ServerName (in policy); it is
 	// m.GetCertificate, replaced by tests.
 	get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// seen holds the expiry of the certificates served, by seenKey.
+	seen sync.Map
+}
+
+// seenKey names an ACME certificate: autocert keeps an ECDSA and, for
+// clients that need it, an RSA certificate per name.
+type seenKey struct {
+	name string
+	rsa  bool
+}
+
+type seenCert struct {
+	cert     *tls.Certificate
+	notAfter time.Time
+}
+
+// note records c as the certificate served for name. It costs a map read
+// per handshake; the leaf is parsed only for a certificate not seen before.
+func (a *acmeState) note(name string, c *tls.Certificate) {
+	_, isRSA := c.PrivateKey.(*rsa.PrivateKey)
+	k := seenKey{name, isRSA}
+	if v, ok := a.seen.Load(k); ok && v.(seenCert).cert == c {
+		return
+	}
+	if leaf := leafOf(c); leaf != nil {
+		a.seen.Store(k, seenCert{c, leaf.NotAfter})
+	}
+}
+
+// expiry adds the ACME certificates seen so far to m (name → the earliest
+// expiry among the name's certificates).
+func (a *acmeState) expiry(m map[string]time.Time) {
+	a.seen.Range(func(k, v any) bool {
+		name, t := k.(seenKey).name, v.(seenCert).notAfter
+		if old, ok := m[name]; !ok || t.Before(old) {
+			m[name] = t
+		}
+		return true
+	})
 }
 
 // newACME checks cfg, creates the cache directory and builds the manager.
@@ -205,6 +246,7 @@ func (a *acmeState) certificate(hello *tls.ClientHelloInfo, name string) (*tls.C
 		a.log.Error("acme certificate unavailable", "name", name, "err", err)
 		return nil, fmt.Errorf("tlsconf: acme certificate for %q: %w", name, err)
 	}
+	a.note(name, c)
 	return c, nil
 }
 
@@ -229,6 +271,7 @@ func (a *acmeState) prefetch(ctx context.Context) {
 			a.log.Error("acme certificate unavailable", "name", d, "err", err)
 			continue
 		}
+		a.note(d, c)
 		if leaf := leafOf(c); leaf != nil {
 			a.log.Info("acme certificate ready", "name", d, "not_after", leaf.NotAfter,
 				"issuer", leaf.Issuer.String(), "serial", leaf.SerialNumber.Text(16))

@@ -411,3 +411,52 @@ func (b *syncBuffer) Reset() {
 	defer b.mu.Unlock()
 	b.buf.Reset()
 }
+
+// TestExpiryAndMissing: static certificates report their expiry at once,
+// ACME ones once served; MissingACME names the domains without one yet.
+func TestExpiryAndMissing(t *testing.T) {
+	dir := t.TempDir()
+	static := writePair(t, dir, "static", newCert(t, "static.example.net", "*.example.net"))
+	srv, _ := newACMEServer(t, ServerConfig{Certificates: []CertFile{static}}, "mail.example.com", "pop.example.org")
+	exp := srv.Expiry()
+	if len(exp) != 2 || exp["static.example.net"].IsZero() || exp["*.example.net"].IsZero() {
+		t.Errorf("Expiry before any ACME handshake = %v, want the static names only", exp)
+	}
+	if got := srv.MissingACME(); !slices.Equal(got, []string{"mail.example.com", "pop.example.org"}) {
+		t.Errorf("MissingACME = %q", got)
+	}
+	if _, err := srv.getCertificate(&tls.ClientHelloInfo{ServerName: "pop.example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.MissingACME(); !slices.Equal(got, []string{"mail.example.com"}) {
+		t.Errorf("MissingACME after serving pop.example.org = %q", got)
+	}
+	if at := srv.Expiry()["pop.example.org"]; at.Before(time.Now()) {
+		t.Errorf("pop.example.org expiry = %v", at)
+	}
+}
+
+// TestShareACME: a Server built for a reload shares the ACME client and
+// what it has seen, whatever its own ACME says.
+func TestShareACME(t *testing.T) {
+	old, f := newACMEServer(t, ServerConfig{}, "mail.example.com")
+	if _, err := old.getCertificate(&tls.ClientHelloInfo{ServerName: "mail.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(ServerConfig{ShareACME: old, MinVersion: "1.3", ACME: &ACMEConfig{Domains: []string{"other.example.com"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.acme != old.acme || !slices.Contains(srv.TLSConfig().NextProtos, acme.ALPNProto) {
+		t.Fatal("the new Server has its own ACME client")
+	}
+	if len(srv.MissingACME()) != 0 || srv.Expiry()["mail.example.com"].IsZero() {
+		t.Errorf("shared ACME state lost: missing %q, expiry %v", srv.MissingACME(), srv.Expiry())
+	}
+	if _, err := srv.getCertificate(&tls.ClientHelloInfo{ServerName: "mail.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.names()); n != 2 {
+		t.Errorf("the fake CA was asked %d times, want 2 (once per handshake, through the one client)", n)
+	}
+}

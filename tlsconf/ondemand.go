@@ -185,5 +185,6 @@ func (a *acmeState) onDemandCertificate(hello *tls.ClientHelloInfo, name string)
 			"retry_after", a.limiter.now().Add(a.limiter.retry))
 		return nil, fmt.Errorf("tlsconf: acme certificate for %q: %w", name, err)
 	}
+	a.note(name, c)
 	return c, nil
 }

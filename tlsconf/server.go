@@ -50,6 +50,12 @@ type ServerConfig struct {
 	MinVersion string
 	// Logger receives load warnings and reload notices. nil discards.
 	Logger *slog.Logger
+	// ShareACME, when set, makes the new Server use ShareACME's ACME
+	// client (its manager, renewals, challenge answerers and the
+	// expiries seen) instead of starting one from ACME, which is then
+	// ignored. A configuration reload that keeps [tls.acme] as it was
+	// uses it: two ACME clients for the same names would each renew them.
+	ShareACME *Server
 }
 
 // Server is the server-side certificate store. Its GetCertificate reads the
@@ -93,7 +99,13 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	nextProtos := []string{ALPN}
-	if cfg.ACME != nil {
+	if cfg.ShareACME != nil && cfg.ShareACME.acme != nil {
+		s.acme = cfg.ShareACME.acme
+		s.cfg.ACME = cfg.ShareACME.cfg.ACME
+		if s.cfg.ACME.tlsALPN() {
+			nextProtos = append(nextProtos, acme.ALPNProto)
+		}
+	} else if cfg.ACME != nil {
 		acmeCfg := *cfg.ACME
 		s.cfg.ACME = &acmeCfg
 		if s.acme, err = newACME(&acmeCfg, s.log); err != nil {
@@ -181,6 +193,48 @@ func (s *Server) Reload() error {
 
 // ACME reports whether the server obtains certificates with ACME.
 func (s *Server) ACME() bool { return s.acme != nil }
+
+// Expiry returns, for every name the server holds a certificate for, when
+// the certificate expires (the earliest, when a name has several): static
+// certificates by the DNS names of their leaves, ACME certificates by the
+// name they were served for, once served (or fetched at start-up).
+func (s *Server) Expiry() map[string]time.Time {
+	m := make(map[string]time.Time)
+	for _, c := range s.set.Load().certs {
+		if c.Leaf == nil {
+			continue
+		}
+		for _, n := range c.Leaf.DNSNames {
+			n = strings.ToLower(n)
+			if old, ok := m[n]; !ok || c.Leaf.NotAfter.Before(old) {
+				m[n] = c.Leaf.NotAfter
+			}
+		}
+	}
+	if s.acme != nil {
+		s.acme.expiry(m)
+	}
+	return m
+}
+
+// MissingACME returns the tls.acme.domains the server has no certificate
+// for yet (the order is under way or failed); nil when all are there.
+func (s *Server) MissingACME() []string {
+	if s.acme == nil {
+		return nil
+	}
+	var missing []string
+	for _, d := range s.acme.domains {
+		if _, ok := s.acme.seen.Load(seenKey{d, false}); ok {
+			continue
+		}
+		if _, ok := s.acme.seen.Load(seenKey{d, true}); ok {
+			continue
+		}
+		missing = append(missing, d)
+	}
+	return missing
+}
 
 // getCertificate: a TLS-ALPN-01 validation gets autocert's challenge
 // certificate; else a static certificate covering the SNI; else the ACME
