@@ -1,0 +1,27 @@
+// Package admin serves popgate's admin address (metrics.address, by
+// default 127.0.0.1:9110): Prometheus metrics, health and readiness
+// checks, and the live sessions, which an operator can list and end.
+//
+// The binary wires it up:
+//
+//	m := admin.NewMetrics(version, commit)
+//	srv, err := proxy.New(proxy.Config{Observer: m, ...})
+//	m.SetSources(admin.Sources{Sessions: srv, Certificates: certs.NotAfter})
+//	h := admin.Handler(m, srv, ready, log)
+//	go admin.Serve(ctx, ln, h, log)
+//
+// and calls [Metrics.Reloaded] and [Metrics.SetSources] again after each
+// configuration reload.
+//
+// The endpoints:
+//
+//	GET    /metrics           Prometheus text exposition
+//	GET    /healthz           200 "ok" while the process runs
+//	GET    /readyz            200 "ready", or 503 and the reason
+//	GET    /sessions          JSON array of proxy.SessionInfo, oldest first
+//	DELETE /sessions?user=U   end every session of user U: {"ended": N}
+//	DELETE /sessions?id=ID    end the session with connection id ID
+//
+// The address has no authentication: bind it to loopback or a
+// management network.
+package admin

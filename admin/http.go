@@ -1,0 +1,209 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/popgate/popgate/proxy"
+)
+
+// Handler returns the admin endpoints (see the package comment). A nil m
+// serves no /metrics; a nil sessions no /sessions; a nil ready is always
+// ready; a nil log discards. Other methods on a known path are answered
+// 405 with an Allow header, unknown paths 404.
+func Handler(m *Metrics, sessions Sessions, ready func() error, log *slog.Logger) http.Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{sessions: sessions, ready: ready, log: log}
+	mux := http.NewServeMux()
+	// GET patterns also match HEAD.
+	mux.HandleFunc("GET /{$}", h.index)
+	mux.HandleFunc("GET /healthz", h.healthz)
+	mux.HandleFunc("GET /readyz", h.readyz)
+	if m != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+			ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelError),
+			ErrorHandling: promhttp.ContinueOnError,
+		}))
+	}
+	if sessions != nil {
+		mux.HandleFunc("GET /sessions", h.listSessions)
+		mux.HandleFunc("DELETE /sessions", h.endSessions)
+	}
+	return mux
+}
+
+type handler struct {
+	sessions Sessions
+	ready    func() error
+	log      *slog.Logger
+}
+
+const index = `popgate admin
+GET    /metrics          Prometheus metrics
+GET    /healthz          liveness
+GET    /readyz           readiness
+GET    /sessions         live sessions (JSON)
+DELETE /sessions?user=U  end the sessions of user U
+DELETE /sessions?id=ID   end the session with connection id ID
+`
+
+func (h *handler) index(w http.ResponseWriter, r *http.Request) {
+	writeText(w, http.StatusOK, index)
+}
+
+func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
+	writeText(w, http.StatusOK, "ok\n")
+}
+
+func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
+	if h.ready != nil {
+		if err := h.ready(); err != nil {
+			writeText(w, http.StatusServiceUnavailable, err.Error()+"\n")
+			return
+		}
+	}
+	writeText(w, http.StatusOK, "ready\n")
+}
+
+func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
+	list := h.sessions.SessionList()
+	if list == nil {
+		list = []proxy.SessionInfo{} // "[]", not "null"
+	}
+	h.writeJSON(w, http.StatusOK, list)
+}
+
+// endSessions ends the sessions of one user or the one session with an id:
+// DELETE /sessions?user=NAME or DELETE /sessions?id=ID.
+func (h *handler) endSessions(w http.ResponseWriter, r *http.Request) {
+	user, id, err := sessionQuery(r.URL.RawQuery)
+	if err != nil {
+		h.writeJSON(w, http.StatusBadRequest, struct {
+			Error string `json:"error"`
+		}{err.Error()})
+		return
+	}
+	var n int
+	if user != "" {
+		n = h.sessions.EndSessions(user)
+		h.log.Info("admin: sessions ended", "user", user, "ended", n, "remote", r.RemoteAddr)
+	} else {
+		if h.sessions.EndSession(id) {
+			n = 1
+		}
+		h.log.Info("admin: sessions ended", "conn", id, "ended", n, "remote", r.RemoteAddr)
+	}
+	h.writeJSON(w, http.StatusOK, struct {
+		Ended int `json:"ended"`
+	}{n})
+}
+
+// sessionQuery returns the one non-empty user or id of a DELETE /sessions
+// query.
+func sessionQuery(raw string) (user, id string, err error) {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return "", "", fmt.Errorf("bad query: %w", err)
+	}
+	for k, v := range q {
+		switch {
+		case k != "user" && k != "id":
+			return "", "", fmt.Errorf("unknown parameter %q: want user or id", k)
+		case len(v) != 1:
+			return "", "", fmt.Errorf("parameter %s given %d times", k, len(v))
+		case v[0] == "":
+			return "", "", fmt.Errorf("parameter %s is empty", k)
+		}
+	}
+	_, hasUser := q["user"]
+	_, hasID := q["id"]
+	switch {
+	case hasUser && hasID:
+		return "", "", errors.New("give user or id, not both")
+	case !hasUser && !hasID:
+		return "", "", errors.New("give user or id")
+	}
+	return q.Get("user"), q.Get("id"), nil
+}
+
+func writeText(w http.ResponseWriter, code int, s string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	io.WriteString(w, s) // an error means the client went away
+}
+
+func (h *handler) writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		h.log.Error("admin: encode response", "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n')) // an error means the client went away
+}
+
+// Timeouts and limits of the admin HTTP server. Scrapes are small and
+// local; WriteTimeout leaves room for a slow /metrics on a busy proxy.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 16 << 10
+	shutdownTimeout   = 5 * time.Second
+)
+
+// Serve serves h on ln until ctx is done, then shuts the server down,
+// letting requests in progress finish for up to 5 seconds before closing
+// their connections. It returns nil after ctx is done, else the error that
+// stopped it. It closes ln. A nil log discards.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go serveHTTP(srv, ln, errc)
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin: serve %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("admin: shutdown: requests still running, closing them", "err", err)
+		srv.Close() // its error is the listener's, already closed by Shutdown
+	}
+	<-errc // http.ErrServerClosed
+	return nil
+}
+
+// serveHTTP runs srv on ln and reports why it stopped.
+func serveHTTP(srv *http.Server, ln net.Listener, errc chan<- error) {
+	errc <- srv.Serve(ln)
+}

@@ -1,0 +1,418 @@
+package admin
+
+import (
+	"crypto/tls"
+	"maps"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/popgate/popgate/proxy"
+)
+
+// Sessions is what the admin endpoints need of the proxy; *proxy.Server
+// implements it.
+type Sessions interface {
+	Stats() proxy.Stats
+	SessionList() []proxy.SessionInfo
+	EndSessions(user string) int
+	EndSession(id string) bool
+}
+
+// Sources are what [Metrics] reads at each scrape rather than counting
+// events. A nil field exports none of its series.
+type Sources struct {
+	// Sessions gives popgate_connections_active, popgate_sessions_active
+	// and popgate_bytes_total, read once per scrape.
+	Sessions Sessions
+	// Certificates returns the NotAfter of each served certificate by
+	// name, for popgate_certificate_expiry_timestamp_seconds.
+	Certificates func() map[string]time.Time
+	// LookupCache returns the hits and misses of the [route.http] lookup
+	// cache since it was made, for popgate_lookup_cache_hits_total and
+	// popgate_lookup_cache_misses_total. See [Metrics.SetSources] for what
+	// happens when it is replaced.
+	LookupCache func() (hits, misses int64)
+}
+
+// Histogram buckets, in seconds.
+var (
+	backendBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	sessionBuckets = []float64{1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400}
+)
+
+// Metrics counts popgate's events for Prometheus in a registry of its own
+// (not the global one). It implements [proxy.Observer]; its methods do not
+// block beyond the first event of a new listener or backend name, which
+// creates the label children that later events reuse.
+type Metrics struct {
+	reg *prometheus.Registry
+	now func() time.Time
+
+	connections     *prometheus.CounterVec
+	refused         *prometheus.CounterVec
+	tlsHandshakes   *prometheus.CounterVec
+	tlsErrors       *prometheus.CounterVec
+	logins          *prometheus.CounterVec
+	backendConnect  *prometheus.HistogramVec
+	backendLogin    *prometheus.HistogramVec
+	backendLogins   *prometheus.CounterVec
+	backendErrors   *prometheus.CounterVec
+	sessionDuration *prometheus.HistogramVec
+	reloads         *prometheus.CounterVec
+	reloadOK        prometheus.Gauge
+	reloadTime      prometheus.Gauge
+
+	// Label children by listener, backend, refusal and TLS parameters,
+	// so that the hot path needs no label hashing.
+	listeners children[string, *listenerMetrics]
+	backends  children[string, *backendMetrics]
+	refusals  children[[2]string, prometheus.Counter]
+	ciphers   children[[2]uint16, prometheus.Counter]
+	loginRes  map[string]prometheus.Counter // read-only after NewMetrics
+
+	src sourceCollector
+}
+
+type listenerMetrics struct {
+	accepted  prometheus.Counter
+	tlsErrors prometheus.Counter
+	duration  prometheus.Observer
+}
+
+type backendMetrics struct {
+	connect       prometheus.Observer
+	connectErrors prometheus.Counter
+	login         prometheus.Observer
+	loginErrors   prometheus.Counter
+	logins        map[string]prometheus.Counter // by result; read-only once made
+}
+
+// NewMetrics returns a Metrics whose registry holds popgate's series, the
+// Go runtime's (go_*), the process's (process_*) and
+// popgate_build_info{version,commit,go_version}.
+func NewMetrics(version, commit string) *Metrics {
+	return newMetrics(version, commit, time.Now)
+}
+
+func newMetrics(version, commit string, now func() time.Time) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		now: now,
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_connections_total",
+			Help: "Client connections accepted, by listener.",
+		}, []string{"listener"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_connections_refused_total",
+			Help: "Client connections refused before their session started, by listener and reason (max_connections, max_connections_per_ip, untrusted_proxy, shutting_down).",
+		}, []string{"listener", "reason"}),
+		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_tls_handshakes_total",
+			Help: "Client TLS handshakes completed, by protocol version (\"TLS 1.3\") and cipher suite.",
+		}, []string{"version", "cipher"}),
+		tlsErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_tls_handshake_errors_total",
+			Help: "Client TLS handshakes that failed, by listener.",
+		}, []string{"listener"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_logins_total",
+			Help: "Client login attempts, by result (ok, auth_failed, no_route, throttled, backend_error, lookup_error).",
+		}, []string{"result"}),
+		backendConnect: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "popgate_backend_connect_seconds",
+			Help:    "Time in seconds to open a successful TCP connection to a backend, by backend.",
+			Buckets: backendBuckets,
+		}, []string{"backend"}),
+		backendLogin: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "popgate_backend_login_seconds",
+			Help:    "Time in seconds of backend logins (connect, greeting, TLS, XCLIENT, authentication), whatever their result, by backend.",
+			Buckets: backendBuckets,
+		}, []string{"backend"}),
+		backendLogins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_backend_logins_total",
+			Help: "Backend logins, by backend and result (ok; rejected: the backend refused the credentials; error: unreachable, broken or timed out).",
+		}, []string{"backend", "result"}),
+		backendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_backend_errors_total",
+			Help: "Backend failures, by backend and stage (connect: no TCP connection; login: the login failed other than by a refusal of the credentials).",
+		}, []string{"backend", "stage"}),
+		sessionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "popgate_session_duration_seconds",
+			Help:    "Duration in seconds of logged-in sessions, from accept to close, by listener.",
+			Buckets: sessionBuckets,
+		}, []string{"listener"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_config_reloads_total",
+			Help: "Configuration reloads, by result (ok, failed).",
+		}, []string{"result"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "popgate_config_last_reload_successful",
+			Help: "Whether the last configuration reload succeeded (1) or failed (0); 1 at start.",
+		}),
+		reloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "popgate_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time in seconds of the last successful configuration load, at start or by a reload.",
+		}),
+		loginRes: make(map[string]prometheus.Counter),
+	}
+	m.listeners.newFn = m.newListener
+	m.backends.newFn = m.newBackend
+	m.refusals.newFn = func(k [2]string) prometheus.Counter {
+		return m.refused.WithLabelValues(k[0], k[1])
+	}
+	m.ciphers.newFn = func(k [2]uint16) prometheus.Counter {
+		return m.tlsHandshakes.WithLabelValues(tls.VersionName(k[0]), tls.CipherSuiteName(k[1]))
+	}
+	// Every result shows from the start, so that rate() and alerts work
+	// before the first event.
+	for _, r := range []string{proxy.LoginOK, proxy.LoginAuthFailed, proxy.LoginNoRoute, proxy.LoginThrottled, proxy.LoginBackendError, proxy.LoginLookupError} {
+		m.loginRes[r] = m.logins.WithLabelValues(r)
+	}
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("failed")
+	m.reloadOK.Set(1)
+	m.reloadTime.Set(unixSeconds(now()))
+
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "popgate_build_info",
+		Help:        "Always 1; its labels name the running popgate's version, commit and Go version.",
+		ConstLabels: prometheus.Labels{"version": version, "commit": commit, "go_version": runtime.Version()},
+	})
+	buildInfo.Set(1)
+
+	m.reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo,
+		m.connections, m.refused, m.tlsHandshakes, m.tlsErrors, m.logins,
+		m.backendConnect, m.backendLogin, m.backendLogins, m.backendErrors,
+		m.sessionDuration,
+		m.reloads, m.reloadOK, m.reloadTime,
+		&m.src,
+	)
+	return m
+}
+
+// SetSources sets what m reads at each scrape. It may be called while
+// scrapes run, after a configuration reload.
+//
+// The lookup cache counters stay monotonic across a replacement: a reload
+// makes a new cache whose counts start again at 0, so SetSources reads the
+// old LookupCache one last time and adds its counts to a base that the
+// new source's counts are added to. Hence a source that continues the old
+// counts (the same cache kept across a reload) must not be passed again:
+// its counts would be counted twice; keep the whole Sources value then,
+// or wrap the cache's counters so that they start at 0.
+func (m *Metrics) SetSources(src Sources) { m.src.set(src) }
+
+// Reloaded records the end of a configuration reload; err is nil when the
+// new configuration is in use.
+func (m *Metrics) Reloaded(err error) {
+	if err != nil {
+		m.reloads.WithLabelValues("failed").Inc()
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("ok").Inc()
+	m.reloadOK.Set(1)
+	m.reloadTime.Set(unixSeconds(m.now()))
+}
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+var _ proxy.Observer = (*Metrics)(nil)
+
+// Accepted implements [proxy.Observer].
+func (m *Metrics) Accepted(listener string) { m.listeners.get(listener).accepted.Inc() }
+
+// Refused implements [proxy.Observer].
+func (m *Metrics) Refused(listener, reason string) {
+	m.refusals.get([2]string{listener, reason}).Inc()
+}
+
+// TLSHandshake implements [proxy.Observer]. The version is exported as
+// crypto/tls names it ("TLS 1.3"), the cipher suite likewise
+// ("TLS_AES_128_GCM_SHA256"); unknown numbers as "0x1305".
+func (m *Metrics) TLSHandshake(listener string, version, cipher uint16) {
+	m.ciphers.get([2]uint16{version, cipher}).Inc()
+}
+
+// TLSHandshakeFailed implements [proxy.Observer].
+func (m *Metrics) TLSHandshakeFailed(listener string) { m.listeners.get(listener).tlsErrors.Inc() }
+
+// Login implements [proxy.Observer].
+func (m *Metrics) Login(listener, result string) {
+	if c, ok := m.loginRes[result]; ok {
+		c.Inc()
+		return
+	}
+	m.logins.WithLabelValues(result).Inc()
+}
+
+// BackendConnect implements [proxy.Observer]: a success is timed, a
+// failure counted in popgate_backend_errors_total{stage="connect"}.
+func (m *Metrics) BackendConnect(backend string, d time.Duration, err error) {
+	b := m.backends.get(backend)
+	if err != nil {
+		b.connectErrors.Inc()
+		return
+	}
+	b.connect.Observe(d.Seconds())
+}
+
+// BackendLogin implements [proxy.Observer]: every login is timed and
+// counted by result; a result of proxy.BackendError also counts in
+// popgate_backend_errors_total{stage="login"}.
+func (m *Metrics) BackendLogin(backend string, d time.Duration, result string) {
+	b := m.backends.get(backend)
+	b.login.Observe(d.Seconds())
+	if c, ok := b.logins[result]; ok {
+		c.Inc()
+	} else {
+		m.backendLogins.WithLabelValues(backend, result).Inc()
+	}
+	if result == proxy.BackendError {
+		b.loginErrors.Inc()
+	}
+}
+
+// SessionEnd implements [proxy.Observer]. The octets are not counted
+// here: popgate_bytes_total comes from [Sources.Sessions], which includes
+// the sessions still running.
+func (m *Metrics) SessionEnd(listener string, d time.Duration, in, out int64) {
+	m.listeners.get(listener).duration.Observe(d.Seconds())
+}
+
+func (m *Metrics) newListener(name string) *listenerMetrics {
+	return &listenerMetrics{
+		accepted:  m.connections.WithLabelValues(name),
+		tlsErrors: m.tlsErrors.WithLabelValues(name),
+		duration:  m.sessionDuration.WithLabelValues(name),
+	}
+}
+
+func (m *Metrics) newBackend(name string) *backendMetrics {
+	b := &backendMetrics{
+		connect:       m.backendConnect.WithLabelValues(name),
+		connectErrors: m.backendErrors.WithLabelValues(name, "connect"),
+		login:         m.backendLogin.WithLabelValues(name),
+		loginErrors:   m.backendErrors.WithLabelValues(name, "login"),
+		logins:        make(map[string]prometheus.Counter),
+	}
+	for _, r := range []string{proxy.BackendOK, proxy.BackendRejected, proxy.BackendError} {
+		b.logins[r] = m.backendLogins.WithLabelValues(name, r)
+	}
+	return b
+}
+
+// children caches label children by key. Reads are a map lookup without
+// a lock; a new key copies the map, which is rare: keys are listener and
+// backend names from the configuration, refusal reasons and TLS
+// parameters.
+type children[K comparable, V any] struct {
+	m     atomic.Pointer[map[K]V]
+	mu    sync.Mutex // serialises writers
+	newFn func(K) V
+}
+
+func (c *children[K, V]) get(k K) V {
+	if p := c.m.Load(); p != nil {
+		if v, ok := (*p)[k]; ok {
+			return v
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var old map[K]V
+	if p := c.m.Load(); p != nil {
+		old = *p
+		if v, ok := old[k]; ok {
+			return v
+		}
+	}
+	next := make(map[K]V, len(old)+1)
+	maps.Copy(next, old)
+	v := c.newFn(k)
+	next[k] = v
+	c.m.Store(&next)
+	return v
+}
+
+// sourceCollector exports the series read from Sources at scrape time.
+type sourceCollector struct {
+	mu  sync.Mutex
+	src Sources
+	// Lookup cache counts of the sources replaced so far.
+	hitsBase, missesBase int64
+}
+
+var (
+	activeDesc = prometheus.NewDesc("popgate_connections_active",
+		"Open client connections, logging in or relaying, by listener.", []string{"listener"}, nil)
+	sessionsDesc = prometheus.NewDesc("popgate_sessions_active",
+		"Logged-in sessions being relayed.", nil, nil)
+	bytesDesc = prometheus.NewDesc("popgate_bytes_total",
+		"Octets relayed between clients and backends after login, by direction (client_to_backend, backend_to_client).", []string{"direction"}, nil)
+	certDesc = prometheus.NewDesc("popgate_certificate_expiry_timestamp_seconds",
+		"Unix time in seconds when a served certificate expires (its NotAfter), by name.", []string{"name"}, nil)
+	hitsDesc = prometheus.NewDesc("popgate_lookup_cache_hits_total",
+		"Route lookups ([route.http]) answered from the cache.", nil, nil)
+	missesDesc = prometheus.NewDesc("popgate_lookup_cache_misses_total",
+		"Route lookups ([route.http]) not found in the cache.", nil, nil)
+)
+
+func (c *sourceCollector) set(src Sources) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.src.LookupCache; old != nil {
+		h, m := old()
+		c.hitsBase += h
+		c.missesBase += m
+	}
+	c.src = src
+}
+
+// Describe implements prometheus.Collector.
+func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	src := c.src
+	var hits, misses int64
+	if src.LookupCache != nil {
+		// Under mu so that set cannot move counts to the base between
+		// the read and the sum.
+		h, m := src.LookupCache()
+		hits, misses = c.hitsBase+h, c.missesBase+m
+	}
+	c.mu.Unlock()
+
+	if src.Sessions != nil {
+		st := src.Sessions.Stats()
+		for l, n := range st.Active {
+			ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(n), l)
+		}
+		ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(st.Relaying))
+		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(st.BytesIn), "client_to_backend")
+		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(st.BytesOut), "backend_to_client")
+	}
+	if src.Certificates != nil {
+		for name, t := range src.Certificates() {
+			ch <- prometheus.MustNewConstMetric(certDesc, prometheus.GaugeValue, float64(t.Unix()), name)
+		}
+	}
+	if src.LookupCache != nil {
+		ch <- prometheus.MustNewConstMetric(hitsDesc, prometheus.CounterValue, float64(hits))
+		ch <- prometheus.MustNewConstMetric(missesDesc, prometheus.CounterValue, float64(misses))
+	}
+}
