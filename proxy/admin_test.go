@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"slices"
@@ -292,12 +293,25 @@ func TestUpdateListener(t *testing.T) {
 	if list := h.srv.SessionList(); len(list) != 1 || list[0].Listener != "p" {
 		t.Errorf("sessions = %+v, want the one from before the update, on listener p", list)
 	}
-	other, err := net.Listen("tcp", "127.0.0.1:0")
+}
+
+// TestUpdateListenerBeforeServe: settings given before Serve has
+// registered the socket are the ones it serves.
+func TestUpdateListenerBeforeServe(t *testing.T) {
+	h := newHarness(t, harnessOpts{listeners: []Listener{}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer other.Close()
-	if err := h.srv.UpdateListener(other, Listener{Name: "x"}); err == nil {
-		t.Error("UpdateListener accepted a listener nobody serves")
+	if err := h.srv.UpdateListener(ln, Listener{Name: "updated", TLS: TLSNone}); err != nil {
+		t.Fatal(err)
 	}
+	go h.srv.Serve(context.Background(), ln, Listener{Name: "original", TLS: TLSNone})
+	h.addrs["x"] = ln.Addr().String()
+	c := h.dial("x")
+	waitFor(t, "the session", func() bool { return len(h.srv.SessionList()) == 1 })
+	if got := h.srv.SessionList()[0].Listener; got != "updated" {
+		t.Errorf("listener = %q, want the updated settings", got)
+	}
+	c.cmd("QUIT")
 }

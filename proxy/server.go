@@ -424,15 +424,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	if l.Name == "" {
 		l.Name = ln.Addr().String()
 	}
-	spec := new(atomic.Pointer[Listener])
-	spec.Store(&l)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = spec
+	spec := s.listeners[ln]
+	if spec == nil {
+		spec = new(atomic.Pointer[Listener])
+		spec.Store(&l)
+		s.listeners[ln] = spec
+	}
+	// else UpdateListener came first: its settings are the newer ones.
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -469,10 +473,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	}
 }
 
-// UpdateListener changes how connections accepted from now on by ln, which
-// Serve must be serving, are served; connections already accepted keep
-// the settings they were accepted with. The socket stays open throughout,
-// so no connection is refused while the settings change.
+// UpdateListener changes how connections accepted from now on by ln are
+// served; connections already accepted keep the settings they were
+// accepted with. The socket stays open throughout, so no connection is
+// refused while the settings change. Called before Serve has started on
+// ln, it takes the place of Serve's Listener.
 func (s *Server) UpdateListener(ln net.Listener, l Listener) error {
 	if l.TLS != TLSNone && l.TLSConfig == nil {
 		return fmt.Errorf("proxy: listener %q: TLS %s needs a TLSConfig", l.Name, l.TLS)
@@ -482,9 +487,13 @@ func (s *Server) UpdateListener(ln net.Listener, l Listener) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closing {
+		return ErrServerClosed
+	}
 	spec := s.listeners[ln]
 	if spec == nil {
-		return fmt.Errorf("proxy: listener %q is not being served", l.Name)
+		spec = new(atomic.Pointer[Listener])
+		s.listeners[ln] = spec
 	}
 	spec.Store(&l)
 	return nil

@@ -2,10 +2,12 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
@@ -13,20 +15,54 @@ import (
 )
 
 // instance is a configuration turned into running parts, before listening.
+// A reload builds a new one from the new file; the proxy server and the
+// bound sockets carry over.
 type instance struct {
-	cfg       *Config
-	certs     *tlsconf.Server
-	server    *proxy.Server
-	listeners []proxy.Listener
-	addrs     []string // listen addresses, by index of listeners
-	router    *auth.Chain
-	mapFile   *auth.MapFile // nil without route.map_file
-	lookup    *auth.HTTP    // nil without [route.http]
+	cfg         *Config
+	certs       *tlsconf.Server // nil without TLS listeners
+	certsReused bool            // certs is the previous instance's; its files are re-read when this one goes live
+	server      *proxy.Server   // set by build; a reload reconfigures the running one
+	proxyConfig proxy.Config
+	listeners   []proxy.Listener
+	addrs       []string // listen addresses, by index of listeners
+	keys        []string // the listeners' ListenConfig.key, by index
+	router      *auth.Chain
+	mapFile     *auth.MapFile  // nil without route.map_file
+	lookup      *auth.HTTP     // nil without [route.http]
+	cache       *auth.Cache    // nil without [route.http] caching
+	throttle    *auth.Throttle // nil when failures are not limited
+	// hasDomain reports whether the routing table names a domain
+	// (route.domains, the map file's "@domain" lines).
+	hasDomain func(domain string) bool
 }
 
 // build loads certificates and backend trust and makes the proxy server.
 func build(c *Config, log *slog.Logger) (*instance, error) {
+	in, err := buildInstance(c, log, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	if in.server, err = proxy.New(in.proxyConfig); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// errACMEChanged refuses a reload that changes [tls.acme].
+var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a reload (one ACME client runs per process, so that renewals are not doubled); restart popgate to apply them")
+
+// buildInstance turns c into running parts, without a proxy server. prev
+// is the running instance on a reload (nil at start): its certificate
+// store is kept when [tls] is unchanged, its ACME client always, its
+// failure counts when the throttle's limits are unchanged. current
+// returns the live instance for the ACME on-demand policy; nil means the
+// one being built.
+func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (*instance, error) {
 	in := &instance{cfg: c}
+	if current == nil {
+		current = func() *instance { return in }
+	}
+	in.hasDomain = routeDomains(c, func() *auth.MapFile { return in.mapFile })
 	certs := make([]tlsconf.CertFile, len(c.TLS.Certificates))
 	for i, cf := range c.TLS.Certificates {
 		certs[i] = tlsconf.CertFile{Cert: cf.Cert, Key: cf.Key}
@@ -35,16 +71,29 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	for _, l := range c.Listen {
 		needTLS = needTLS || l.TLS != "none"
 	}
-	if needTLS {
+	var prevCerts *tlsconf.Server
+	if prev != nil {
+		prevCerts = prev.certs
+		prevACME := prevCerts != nil && prevCerts.ACME()
+		if (prevACME || c.TLS.ACME != nil) && (!prevACME || !reflect.DeepEqual(prev.cfg.TLS.ACME, c.TLS.ACME)) {
+			return nil, errACMEChanged
+		}
+	}
+	switch {
+	case !needTLS:
+	case prevCerts != nil && reflect.DeepEqual(prev.cfg.TLS, c.TLS):
+		in.certs, in.certsReused = prevCerts, true
+	default:
 		// The map file loads later (buildRouter); the policy reads
-		// in.mapFile on handshakes only, after build has returned.
-		acme, err := c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return in.mapFile }))
+		// the live instance's routes on handshakes only.
+		acme, err := c.TLS.ACME.tlsconf(func(d string) bool { return current().hasDomain(d) })
 		if err != nil {
 			return nil, err
 		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
 			Certificates:      certs,
 			ACME:              acme,
+			ShareACME:         prevCerts,
 			DefaultServerName: c.TLS.DefaultServerName,
 			MinVersion:        c.TLS.MinVersion,
 			Logger:            log,
@@ -80,6 +129,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		}
 		in.listeners = append(in.listeners, l)
 		in.addrs = append(in.addrs, lc.Address)
+		in.keys = append(in.keys, lc.key())
 	}
 
 	backends := make(map[string]*proxy.Backend, len(c.Backend))
@@ -129,9 +179,16 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	in.router = router
 	lim := c.Limits
 	var throttle proxy.Throttle
-	if th := auth.NewThrottle(intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP), intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
-		lim.FailureWindow.or(defaultFailureWindow), 0, nil); th != nil {
-		throttle = th
+	switch {
+	case prev != nil && sameThrottle(prev.cfg.Limits, lim):
+		// Failure counts survive a reload that keeps the limits.
+		in.throttle = prev.throttle
+	default:
+		in.throttle = auth.NewThrottle(intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP), intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
+			lim.FailureWindow.or(defaultFailureWindow), 0, nil)
+	}
+	if in.throttle != nil {
+		throttle = in.throttle
 	}
 	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
@@ -141,7 +198,7 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		pfx, _ := parsePrefix(p)
 		trusted = append(trusted, pfx)
 	}
-	srv, err := proxy.New(proxy.Config{
+	in.proxyConfig = proxy.Config{
 		Router:              router,
 		Backends:            backends,
 		Throttle:            throttle,
@@ -156,12 +213,19 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
 		TrustedProxies:      trusted,
 		Logger:              log,
-	})
-	if err != nil {
+	}
+	if err := in.proxyConfig.Validate(); err != nil {
 		return nil, err
 	}
-	in.server = srv
 	return in, nil
+}
+
+// sameThrottle reports whether two [limits] sections limit failed logins
+// alike.
+func sameThrottle(a, b LimitsConfig) bool {
+	return intOr(a.MaxFailuresPerIP, defaultMaxFailuresIP) == intOr(b.MaxFailuresPerIP, defaultMaxFailuresIP) &&
+		intOr(a.MaxFailuresPerUser, defaultMaxFailuresUser) == intOr(b.MaxFailuresPerUser, defaultMaxFailuresUser) &&
+		a.FailureWindow.or(defaultFailureWindow) == b.FailureWindow.or(defaultFailureWindow)
 }
 
 // isLoopback reports whether a listen or dial address stays on this host.
@@ -203,7 +267,8 @@ func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*
 		in.lookup = lookup
 		chain.HTTP = lookup
 		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
-			chain.HTTP = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL))
+			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL))
+			chain.HTTP = in.cache
 		}
 	}
 	return chain, nil

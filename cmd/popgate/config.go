@@ -119,7 +119,20 @@ type LimitsConfig struct {
 
 // MetricsConfig is [metrics].
 type MetricsConfig struct {
+	// Address serves /metrics, /healthz, /readyz and /sessions; omitted
+	// means defaultMetricsAddress, "" disables.
 	Address *string `toml:"address"`
+}
+
+// defaultMetricsAddress is metrics.address when the key is absent:
+// loopback, since /sessions can end sessions.
+const defaultMetricsAddress = "127.0.0.1:9110"
+
+func (c *Config) metricsAddress() string {
+	if c.Metrics.Address == nil {
+		return defaultMetricsAddress
+	}
+	return *c.Metrics.Address
 }
 
 // Duration is a Go duration string in TOML ("30s", "10m").
@@ -222,7 +235,6 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 func (c *Config) validate() []error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	notYet := func(key string) { add("%s: not supported by this version of popgate", key) }
 
 	switch c.Log.Level {
 	case "", "debug", "info", "warn", "error":
@@ -238,13 +250,17 @@ func (c *Config) validate() []error {
 	if len(c.Listen) == 0 {
 		add("listen: no [[listen]] section; popgate would serve nothing")
 	}
-	names := map[string]bool{}
+	names, addrs := map[string]bool{}, map[string]bool{}
 	for i, l := range c.Listen {
 		key := fmt.Sprintf("listen[%d]", i)
 		if l.Address == "" {
 			add("%s.address: missing", key)
 		} else if _, _, err := net.SplitHostPort(l.Address); err != nil {
 			add("%s.address: %q is not host:port", key, l.Address)
+		} else if k := l.key(); addrs[k] {
+			add("%s.address: %q used twice", key, l.Address)
+		} else {
+			addrs[k] = true
 		}
 		if _, err := proxy.ParseTLSMode(l.TLS); err != nil {
 			add("%s.tls: %q is not one of implicit, starttls, none", key, l.TLS)
@@ -419,10 +435,21 @@ func (c *Config) validate() []error {
 			add("limits.trusted_proxies[%d]: %v", i, err)
 		}
 	}
-	if c.Metrics.Address != nil && *c.Metrics.Address != "" {
-		notYet("metrics.address")
+	if a := c.metricsAddress(); a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add("metrics.address: %v", err)
+		}
 	}
 	return errs
+}
+
+// key identifies the listener's socket across reloads: its address, or
+// for port 0 (any free port, for tests) its name too.
+func (l ListenConfig) key() string {
+	if _, port, _ := net.SplitHostPort(l.Address); port == "0" || port == "" {
+		return l.Address + " " + l.name()
+	}
+	return l.Address
 }
 
 func (l ListenConfig) name() string {

@@ -16,19 +16,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/lmittmann/tint"
+	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
-	"github.com/popgate/popgate/tlsconf"
 )
 
 const usage = `popgate: a TLS-terminating POP3 proxy
@@ -68,7 +67,8 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	case "demo":
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintln(stdout, "popgate", version())
+		v, commit, goVersion := versionInfo()
+		fmt.Fprintf(stdout, "popgate %s\ncommit %s\n%s %s/%s\n", v, commit, goVersion, runtime.GOOS, runtime.GOARCH)
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -87,17 +87,48 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	return 0
 }
 
-func version() string {
+// Set at build time, for release builds:
+//
+//	go build -ldflags "-X main.buildVersion=v1.2.0 -X main.buildCommit=$(git rev-parse HEAD)" ./cmd/popgate
+//
+// Without them the module version and the VCS revision Go records in the
+// binary are used.
+var (
+	buildVersion string
+	buildCommit  string
+)
+
+// versionInfo returns popgate's version, the commit it was built from
+// ("-dirty" when the tree had changes) and the Go version.
+func versionInfo() (version, commit, goVersion string) {
+	version, commit, goVersion = buildVersion, buildCommit, runtime.Version()
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		v := bi.Main.Version
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				v += " (" + s.Value[:12] + ")"
+		goVersion = bi.GoVersion
+		if version == "" {
+			version = bi.Main.Version
+		}
+		if commit == "" {
+			var modified bool
+			for _, s := range bi.Settings {
+				switch s.Key {
+				case "vcs.revision":
+					commit = s.Value
+				case "vcs.modified":
+					modified = s.Value == "true"
+				}
+			}
+			if commit != "" && modified {
+				commit += "-dirty"
 			}
 		}
-		return v
 	}
-	return "(unknown)"
+	if version == "" {
+		version = "(devel)"
+	}
+	if commit == "" {
+		commit = "unknown"
+	}
+	return version, commit, goVersion
 }
 
 func configFlag(name string, args []string, stderr io.Writer) (*flag.FlagSet, *string, error) {
@@ -174,149 +205,53 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(c.Log, stderr)
-	in, err := build(c, log)
+	level := new(slog.LevelVar)
+	level.Set(logLevel(c.Log.Level))
+	log := newLoggerLevel(c.Log, level, stderr)
+	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {
 		return err
 	}
+	v, commit, goVersion := versionInfo()
+	var metrics *admin.Metrics
+	if c.metricsAddress() != "" {
+		metrics = admin.NewMetrics(v, commit)
+		in.proxyConfig.Observer = metrics
+	}
+	if in.server, err = proxy.New(in.proxyConfig); err != nil {
+		return err
+	}
+	r := newRunner(in, log)
+	r.path, r.level, r.metrics = *path, level, metrics
+	// The on-demand ACME policy reads the live routes from now on.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	log.Info("popgate starting", "version", version(), "config", *path)
-	return serve(ctx, in, log, c.Limits.ShutdownTimeout.or(defaultShutdownTimeout))
-}
-
-// serve binds every listener, serves until ctx is done, then shuts down
-// gracefully within grace.
-func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Duration) error {
-	var lns []net.Listener
-	for i, l := range in.listeners {
-		ln, err := net.Listen("tcp", in.addrs[i])
-		if err != nil {
-			for _, o := range lns {
-				o.Close()
-			}
-			return fmt.Errorf("listener %q: %w", l.Name, err)
-		}
-		lns = append(lns, ln)
-	}
-	var challenges *tlsconf.Challenges
-	if in.certs != nil {
-		ch, err := in.certs.ListenChallenges()
-		if err != nil {
-			for _, o := range lns {
-				o.Close()
-			}
-			return err
-		}
-		challenges = ch
-	}
-	errc := make(chan error, len(lns))
-	var wg sync.WaitGroup
-	for i, l := range in.listeners {
-		log.Info("listening", "listener", l.Name, "address", lns[i].Addr().String(), "tls", l.TLS.String())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errc <- in.server.Serve(ctx, lns[i], l)
-		}()
-	}
-	go trimWhenQuiet(ctx, in.server, quietPeriod, log)
-	stopChallenges := func() {}
-	if challenges != nil {
-		if a := challenges.HTTPAddr(); a != "" {
-			log.Info("acme http-01 answerer listening", "address", a)
-		}
-		if a := challenges.TLSALPNAddr(); a != "" {
-			log.Info("acme tls-alpn-01 answerer listening", "address", a)
-		}
-		cctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		stopChallenges = cancel
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			challenges.Serve(cctx)
-		}()
-	}
-	mf, certs := in.mapFile, in.certs
-	if mf != nil {
-		go mf.Watch(ctx, mapFilePoll, func(err error) {
-			if err != nil {
-				log.Error("route.map_file: reload failed; keeping the previous table", "file", mf.Path(), "err", err)
-				return
-			}
-			log.Info("route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
-		})
-	}
-	if certs != nil {
-		go certs.Watch(ctx, certFilePoll)
-	}
-	if mf != nil || certs != nil {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-				}
-				if mf != nil {
-					if err := mf.Reload(); err != nil {
-						log.Error("SIGHUP: route.map_file reload failed; keeping the previous table", "file", mf.Path(), "err", err)
-					} else {
-						log.Info("SIGHUP: route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
-					}
-				}
-				if certs != nil {
-					if err := certs.Reload(); err != nil {
-						log.Error("SIGHUP: tls certificate reload failed; keeping the previous certificates", "err", err)
-					}
-				}
-			}
-		}()
-	}
-	if in.lookup != nil {
-		defer in.lookup.Close()
-	}
-	var err error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "grace", grace, "sessions", in.server.Sessions())
-	case err = <-errc:
-		// When ctx is done, every Serve returns ErrServerClosed, and
-		// select may pick that over ctx.Done: that is a normal stop.
-		if ctx.Err() != nil && errors.Is(err, proxy.ErrServerClosed) {
-			err = nil
-			log.Info("shutting down", "grace", grace, "sessions", in.server.Sessions())
-		} else {
-			log.Error("listener failed, shutting down", "err", err)
-		}
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	if serr := in.server.Shutdown(sctx); serr != nil {
-		log.Warn("shutdown grace period over; closed remaining sessions", "err", serr)
-	}
-	stopChallenges() // also when a listener failed and ctx is not done
-	wg.Wait()
-	log.Info("stopped")
-	return err
+	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "config", *path, "pid", os.Getpid())
+	return r.run(ctx)
 }
 
 // newLogger builds the process logger: colored text on a terminal, JSON
 // otherwise, unless the config says which.
 func newLogger(lc LogConfig, w io.Writer) *slog.Logger {
-	var level slog.Level
-	switch lc.Level {
+	return newLoggerLevel(lc, logLevel(lc.Level), w)
+}
+
+// logLevel maps log.level to a slog level; "" is info.
+func logLevel(s string) slog.Level {
+	switch s {
 	case "debug":
-		level = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn":
-		level = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		level = slog.LevelError
+		return slog.LevelError
 	}
+	return slog.LevelInfo
+}
+
+// newLoggerLevel is newLogger with a level that can change (a
+// *slog.LevelVar, which a reload sets).
+func newLoggerLevel(lc LogConfig, level slog.Leveler, w io.Writer) *slog.Logger {
 	format := lc.Format
 	if format == "" || format == "auto" {
 		format = "json"

@@ -1,0 +1,425 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
+)
+
+// runner serves a configuration for the life of the process: it binds the
+// listeners, applies reloads (SIGHUP) and drains on shutdown. The proxy
+// server, the bound sockets, the ACME client and the metrics outlive every
+// reload; routes, backends, limits and certificates are replaced.
+type runner struct {
+	log   *slog.Logger
+	level *slog.LevelVar // the log level a reload sets; nil: fixed
+	// path is the configuration file a reload reads; "" re-applies the
+	// running configuration (re-reading the map file and certificates).
+	path    string
+	srv     *proxy.Server
+	metrics *admin.Metrics // nil without metrics.address
+	// grace overrides limits.shutdown_timeout when set (demo, tests).
+	grace *time.Duration
+
+	cur      atomic.Pointer[instance]
+	serving  atomic.Bool // every listener is bound and served
+	draining atomic.Bool // shutdown has begun
+
+	ctx  context.Context // the whole run's
+	wg   sync.WaitGroup  // accept loops, answerers, the admin server
+	errc chan error      // a listener that failed
+
+	mu         sync.Mutex        // serialises reloads; guards what follows
+	lns        map[string]*bound // POP3 listeners by ListenConfig.key
+	adminLn    *bound            // nil without metrics.address
+	adminAddr  string
+	challenges *tlsconf.Challenges
+	stopGen    context.CancelFunc // ends the current instance's map file watch
+	stopCerts  context.CancelFunc // ends the certificate file watch
+	watched    *tlsconf.Server    // whose files stopCerts' watch polls
+}
+
+// bound is a listening socket and the way to stop serving it.
+type bound struct {
+	ln   net.Listener
+	stop context.CancelFunc
+}
+
+func newRunner(in *instance, log *slog.Logger) *runner {
+	r := &runner{log: log, srv: in.server, lns: map[string]*bound{}, errc: make(chan error, 1)}
+	r.cur.Store(in)
+	return r
+}
+
+// serve runs an instance built by build until ctx is done, without
+// metrics or configuration file (the demo and tests).
+func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Duration) error {
+	r := newRunner(in, log)
+	r.grace = &grace
+	return r.run(ctx)
+}
+
+// current returns the live instance.
+func (r *runner) current() *instance { return r.cur.Load() }
+
+// run binds everything, serves until ctx is done (or a listener fails),
+// then shuts down gracefully.
+func (r *runner) run(ctx context.Context) error {
+	in := r.current()
+	r.ctx = ctx
+	r.mu.Lock()
+	lns, err := r.bindNew(in)
+	if err == nil && in.certs != nil {
+		r.challenges, err = in.certs.ListenChallenges()
+	}
+	if err == nil {
+		if addr := in.cfg.metricsAddress(); addr != "" && r.metrics != nil {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", addr); err != nil {
+				err = fmt.Errorf("metrics.address: %w", err)
+			} else {
+				r.startAdmin(ln)
+			}
+		}
+	}
+	if err != nil {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		if r.challenges != nil {
+			r.challenges.Close()
+		}
+		r.mu.Unlock()
+		return err
+	}
+	for i, l := range in.listeners {
+		r.startListener(in.keys[i], lns[in.keys[i]], l)
+	}
+	if ch := r.challenges; ch != nil {
+		if a := ch.HTTPAddr(); a != "" {
+			r.log.Info("acme http-01 answerer listening", "address", a)
+		}
+		if a := ch.TLSALPNAddr(); a != "" {
+			r.log.Info("acme tls-alpn-01 answerer listening", "address", a)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		r.wg.Go(func() { ch.Serve(cctx) })
+	}
+	r.startWatches(in)
+	r.setSources(in)
+	r.mu.Unlock()
+	r.serving.Store(true)
+	go trimWhenQuiet(ctx, r.srv, quietPeriod, r.log)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				r.reload()
+			}
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err = <-r.errc:
+		r.log.Error("listener failed, shutting down", "err", err)
+	}
+	return r.shutdown(err)
+}
+
+// shutdown stops accepting, lets sessions finish within the grace period,
+// closes the rest and stops everything else.
+func (r *runner) shutdown(err error) error {
+	r.draining.Store(true)
+	grace := r.current().cfg.Limits.ShutdownTimeout.or(defaultShutdownTimeout)
+	if r.grace != nil {
+		grace = *r.grace
+	}
+	r.log.Info("shutting down", "grace", grace.String(), "sessions", r.srv.Sessions())
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if serr := r.srv.Shutdown(sctx); serr != nil {
+		r.log.Warn("shutdown grace period over; closed remaining sessions", "sessions", r.srv.Sessions(), "err", serr)
+	}
+	r.mu.Lock()
+	for _, b := range r.lns {
+		b.stop()
+	}
+	if r.adminLn != nil {
+		r.adminLn.stop()
+	}
+	if r.stopGen != nil {
+		r.stopGen()
+	}
+	if r.stopCerts != nil {
+		r.stopCerts()
+	}
+	if r.challenges != nil {
+		r.challenges.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	if l := r.current().lookup; l != nil {
+		l.Close()
+	}
+	r.log.Info("stopped")
+	return err
+}
+
+// bindNew binds the addresses of in that are not bound yet; on failure it
+// closes what it bound.
+func (r *runner) bindNew(in *instance) (map[string]net.Listener, error) {
+	lns := map[string]net.Listener{}
+	for i, addr := range in.addrs {
+		key := in.keys[i]
+		if r.lns[key] != nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return nil, fmt.Errorf("listener %q: %w", in.listeners[i].Name, err)
+		}
+		lns[key] = ln
+	}
+	return lns, nil
+}
+
+// startListener serves ln as l. r.mu is held.
+func (r *runner) startListener(key string, ln net.Listener, l proxy.Listener) {
+	ctx, stop := context.WithCancel(r.ctx)
+	r.lns[key] = &bound{ln: ln, stop: stop}
+	r.log.Info("listening", "listener", l.Name, "address", ln.Addr().String(), "tls", l.TLS.String(), "proxy_protocol", l.ProxyProtocol)
+	r.wg.Go(func() {
+		err := r.srv.Serve(ctx, ln, l)
+		if err != nil && !errors.Is(err, proxy.ErrServerClosed) && ctx.Err() == nil {
+			select {
+			case r.errc <- err:
+			default:
+			}
+		}
+	})
+}
+
+// startAdmin serves the admin endpoints on ln. r.mu is held.
+func (r *runner) startAdmin(ln net.Listener) {
+	ctx, stop := context.WithCancel(context.Background())
+	r.adminLn, r.adminAddr = &bound{ln: ln, stop: stop}, ln.Addr().String()
+	h := admin.Handler(r.metrics, r.srv, r.ready, r.log)
+	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions")
+	r.wg.Go(func() {
+		if err := admin.Serve(ctx, ln, h, r.log); err != nil {
+			r.log.Error("admin endpoints failed", "err", err)
+		}
+	})
+}
+
+// ready is /readyz: listeners bound, certificates loaded, not draining.
+func (r *runner) ready() error {
+	switch {
+	case r.draining.Load():
+		return errors.New("draining: shutting down")
+	case !r.serving.Load():
+		return errors.New("starting: listeners not bound yet")
+	}
+	if certs := r.current().certs; certs != nil {
+		if missing := certs.MissingACME(); len(missing) > 0 {
+			return fmt.Errorf("no ACME certificate yet for %s", strings.Join(missing, ", "))
+		}
+	}
+	return nil
+}
+
+// startWatches polls in's map file and certificate files. r.mu is held.
+func (r *runner) startWatches(in *instance) {
+	if r.stopGen != nil {
+		r.stopGen()
+		r.stopGen = nil
+	}
+	if mf := in.mapFile; mf != nil {
+		ctx, stop := context.WithCancel(r.ctx)
+		r.stopGen = stop
+		go mf.Watch(ctx, mapFilePoll, func(err error) {
+			if err != nil {
+				r.log.Error("route.map_file: reload failed; keeping the previous table", "file", mf.Path(), "err", err)
+				return
+			}
+			r.log.Info("route.map_file reloaded", "file", mf.Path(), "routes", mf.Len())
+		})
+	}
+	if in.certs != r.watched {
+		if r.stopCerts != nil {
+			r.stopCerts()
+			r.stopCerts = nil
+		}
+		r.watched = in.certs
+		if in.certs != nil {
+			ctx, stop := context.WithCancel(r.ctx)
+			r.stopCerts = stop
+			go in.certs.Watch(ctx, certFilePoll)
+		}
+	}
+}
+
+// setSources points the metrics at in's parts.
+func (r *runner) setSources(in *instance) {
+	if r.metrics == nil {
+		return
+	}
+	src := admin.Sources{Sessions: r.srv}
+	if certs := in.certs; certs != nil {
+		src.Certificates = certs.Expiry
+	}
+	if c := in.cache; c != nil {
+		src.LookupCache = func() (int64, int64) { return c.Hits(), c.Misses() }
+	}
+	r.metrics.SetSources(src)
+}
+
+// reload re-reads the configuration file and applies it to new sessions.
+// Nothing changes unless all of it can: an invalid file, an address that
+// cannot be bound, a broken certificate or map file, or a change that
+// needs a restart, keeps the running configuration, and the reason is
+// logged.
+func (r *runner) reload() error {
+	err := r.apply()
+	if r.metrics != nil {
+		r.metrics.Reloaded(err)
+	}
+	if err != nil {
+		r.log.Error("configuration reload failed; keeping the running configuration", "config", r.path, "err", err)
+	}
+	return err
+}
+
+func (r *runner) apply() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining.Load() {
+		return errors.New("shutting down")
+	}
+	old := r.current()
+	c := old.cfg
+	if r.path != "" {
+		var err error
+		if c, err = LoadConfig(r.path); err != nil {
+			return err
+		}
+	}
+	in, err := buildInstance(c, r.log, old, r.current)
+	if err != nil {
+		return err
+	}
+	if c.Log.Format != old.cfg.Log.Format {
+		r.log.Warn("log.format changed; it takes effect at the next restart", "running", old.cfg.Log.Format, "configured", c.Log.Format)
+	}
+	lns, err := r.bindNew(in)
+	if err != nil {
+		return err
+	}
+	closeNew := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	var adminLn net.Listener
+	addr := c.metricsAddress()
+	adminChanged := addr != old.cfg.metricsAddress() && r.metrics != nil
+	if adminChanged && addr != "" {
+		if adminLn, err = net.Listen("tcp", addr); err != nil {
+			closeNew()
+			return fmt.Errorf("metrics.address: %w", err)
+		}
+	}
+	if in.certsReused {
+		// [tls] is as it was: re-read its files, as SIGHUP always did.
+		if err := in.certs.Reload(); err != nil {
+			closeNew()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			return err
+		}
+	}
+	if err := r.srv.Reconfigure(in.proxyConfig); err != nil {
+		closeNew()
+		if adminLn != nil {
+			adminLn.Close()
+		}
+		return err
+	}
+
+	// From here on nothing fails: the new configuration goes live.
+	r.cur.Store(in)
+	var added, removed []string
+	keep := map[string]bool{}
+	for i, l := range in.listeners {
+		a := in.keys[i]
+		keep[a] = true
+		if ln := lns[a]; ln != nil {
+			r.startListener(a, ln, l)
+			added = append(added, l.Name)
+			continue
+		}
+		if err := r.srv.UpdateListener(r.lns[a].ln, l); err != nil {
+			// Serve has not registered the socket yet (a reload
+			// right after start): it will serve the old settings
+			// until the next reload.
+			r.log.Warn("listener settings not updated", "listener", l.Name, "err", err)
+		}
+	}
+	for a, b := range r.lns {
+		if !keep[a] {
+			b.stop()
+			delete(r.lns, a)
+			removed = append(removed, b.ln.Addr().String())
+			r.log.Info("listener closed; its sessions go on", "address", b.ln.Addr().String())
+		}
+	}
+	if adminChanged {
+		if r.adminLn != nil {
+			r.adminLn.stop()
+			r.adminLn, r.adminAddr = nil, ""
+		}
+		if adminLn != nil {
+			r.startAdmin(adminLn)
+		}
+	}
+	if r.level != nil {
+		r.level.Set(logLevel(c.Log.Level))
+	}
+	r.startWatches(in)
+	r.setSources(in)
+	if old.lookup != nil && old.lookup != in.lookup {
+		old.lookup.Close()
+	}
+	slices.Sort(added)
+	slices.Sort(removed)
+	r.log.Info("configuration reloaded; new sessions use it, running ones keep theirs",
+		"config", r.path, "listeners", len(in.listeners), "backends", len(c.Backend),
+		"listeners_added", added, "listeners_removed", removed, "sessions", r.srv.Sessions())
+	return nil
+}
