@@ -677,7 +677,8 @@ func (s *Server) Sessions() int {
 // Stats are the server's numbers at one moment, for metrics.
 type Stats struct {
 	// Active counts open client connections by listener name, in the
-	// AUTHORIZATION state and relaying.
+	// AUTHORIZATION state and relaying; every served listener is there,
+	// with 0 when it has none.
 	Active map[string]int
 	// Relaying counts logged-in sessions being relayed.
 	Relaying int
@@ -693,6 +694,9 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{Active: make(map[string]int), Relaying: s.relaying, BytesIn: s.endedIn, BytesOut: s.endedOut}
+	for _, spec := range s.listeners {
+		st.Active[spec.Load().Name] = 0
+	}
 	for sess := range s.sessions {
 		st.Active[sess.l.Name]++
 		st.BytesIn += sess.sp.in.Load()

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -379,6 +380,9 @@ default = "mbox"
 [limits]
 failure_delay = "0s"
 shutdown_timeout = "10s"
+
+[metrics]
+address = "127.0.0.1:0"
 `, cert.certFile, cert.keyFile, baddr.String()))
 
 	logs := &logSink{listening: make(chan [2]string, 4)}
@@ -443,6 +447,68 @@ shutdown_timeout = "10s"
 		checkSame(t, stat, retr, wantStat, wantRetr)
 	})
 
+	t.Run("metrics", func(t *testing.T) {
+		// One failed login as well.
+		c, err := net.Dial("tcp", addrs["plain"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newPOPClient(t, c)
+		p.cmd("USER " + user)
+		io.WriteString(c, "PASS wrong\r\n")
+		if l := p.line(); !strings.HasPrefix(l, "-ERR") {
+			t.Fatalf("wrong password: %q", l)
+		}
+		p.cmd("QUIT")
+		for len(logs.records(t, "session end")) < 3 {
+			time.Sleep(5 * time.Millisecond) // the sessions end just after QUIT
+		}
+		var inSum, outSum float64
+		for _, e := range logs.records(t, "session end") {
+			in, _ := e["bytes_in"].(float64)
+			out, _ := e["bytes_out"].(float64)
+			inSum, outSum = inSum+in, outSum+out
+		}
+		admin := logs.records(t, "admin endpoints listening")[0]["address"].(string)
+		resp, err := http.Get("http://" + admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		m := parseMetrics(t, string(body))
+		for series, want := range map[string]float64{
+			`popgate_connections_total{listener="plain"}`:                                     2,
+			`popgate_connections_total{listener="pop3s"}`:                                     1,
+			`popgate_connections_active{listener="plain"}`:                                    0,
+			`popgate_sessions_active`:                                                         0,
+			`popgate_logins_total{result="ok"}`:                                               2,
+			`popgate_logins_total{result="auth_failed"}`:                                      1,
+			`popgate_logins_total{result="no_route"}`:                                         0,
+			`popgate_tls_handshakes_total{cipher="TLS_AES_128_GCM_SHA256",version="TLS 1.3"}`: 1,
+			`popgate_bytes_total{direction="client_to_backend"}`:                              inSum,
+			`popgate_bytes_total{direction="backend_to_client"}`:                              outSum,
+			`popgate_backend_logins_total{backend="mbox",result="ok"}`:                        2,
+			`popgate_backend_logins_total{backend="mbox",result="rejected"}`:                  1,
+			`popgate_backend_login_seconds_count{backend="mbox"}`:                             3,
+			`popgate_backend_connect_seconds_count{backend="mbox"}`:                           3,
+			`popgate_session_duration_seconds_count{listener="plain"}`:                        1,
+			`popgate_session_duration_seconds_count{listener="pop3s"}`:                        1,
+			`popgate_certificate_expiry_timestamp_seconds{name="mail.example.com"}`:           float64(cert.leaf.NotAfter.Unix()),
+			`popgate_config_last_reload_successful`:                                           1,
+		} {
+			if got, ok := m[series]; !ok || got != want {
+				t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
+			}
+		}
+		if outSum < float64(len(mbox.Messages[0])*2) {
+			t.Errorf("backend_to_client = %v, want at least both RETRs of message 1", outSum)
+		}
+		if !strings.Contains(string(body), `popgate_build_info{`) {
+			t.Error("no popgate_build_info")
+		}
+	})
+
 	cancel()
 	select {
 	case code := <-done:
@@ -461,11 +527,14 @@ shutdown_timeout = "10s"
 		t.Errorf("log has no \"stopped\" line:\n%s", log)
 	}
 	ends := logs.records(t, "session end")
-	if len(ends) != 2 {
-		t.Fatalf("log has %d \"session end\" lines, want 2:\n%s", len(ends), log)
+	if len(ends) != 3 {
+		t.Fatalf("log has %d \"session end\" lines, want 3:\n%s", len(ends), log)
 	}
 	seen := map[any]bool{}
 	for _, e := range ends {
+		if e["result"] == "quit" && e["failures"] == float64(1) {
+			continue // the failed login of the metrics subtest
+		}
 		seen[e["listener"]] = true
 		for key, want := range map[string]any{"result": "ok", "user": user, "backend": "mbox"} {
 			if e[key] != want {

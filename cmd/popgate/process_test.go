@@ -1,0 +1,590 @@
+package main
+
+// Tests of the popgate binary as an operator runs it: its own process,
+// real signals (SIGHUP, SIGTERM), the admin endpoints over HTTP.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/proxy/pop3test"
+)
+
+// binary is popgate built once for the process tests, with a version and
+// commit set the way release builds set them.
+var binary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binary.dir != "" {
+		os.RemoveAll(binary.dir)
+	}
+	os.Exit(code)
+}
+
+func popgateBinary(t *testing.T) string {
+	t.Helper()
+	binary.once.Do(func() {
+		binary.dir, binary.err = os.MkdirTemp("", "popgate-bin-")
+		if binary.err != nil {
+			return
+		}
+		binary.path = filepath.Join(binary.dir, "popgate")
+		cmd := exec.Command("go", "build", "-race", "-o", binary.path,
+			"-ldflags", "-X main.buildVersion=v9.8.7-test -X main.buildCommit=0123456789abcdef", ".")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binary.err != nil {
+		t.Fatal(binary.err)
+	}
+	return binary.path
+}
+
+// process is a running popgate.
+type process struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	logs  *logSink
+	done  chan struct{}
+	err   error // Wait's, once done is closed
+	addrs map[string]string
+	admin string // the admin endpoints' address
+}
+
+// startPopgate runs popgate with the configuration file path and waits
+// until it listens on listeners names and on the admin address.
+func startPopgate(t *testing.T, path string, names ...string) *process {
+	t.Helper()
+	p := &process{
+		t:     t,
+		cmd:   exec.Command(popgateBinary(t), "run", "-config", path),
+		logs:  &logSink{listening: make(chan [2]string, 16)},
+		done:  make(chan struct{}),
+		addrs: map[string]string{},
+	}
+	p.cmd.Stderr = p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill() // only this test's own process
+			<-p.done
+		}
+	})
+	p.waitListening(names...)
+	p.admin = p.waitLog("admin endpoints listening")["address"].(string)
+	return p
+}
+
+// waitListening waits for the "listening" lines of names.
+func (p *process) waitListening(names ...string) {
+	p.t.Helper()
+	guard := time.After(60 * time.Second) // against a hang, not a timing check
+	for _, n := range names {
+		for p.addrs[n] == "" {
+			select {
+			case l := <-p.logs.listening:
+				p.addrs[l[0]] = l[1]
+			case <-p.done:
+				p.t.Fatalf("popgate exited (%v); log:\n%s", p.err, p.logs)
+			case <-guard:
+				p.t.Fatalf("no listening line for %s; log:\n%s", n, p.logs)
+			}
+		}
+	}
+}
+
+// waitLog waits for the n-th log line whose msg is msg (n = 1 when
+// omitted) and returns it.
+func (p *process) waitLog(msg string, n ...int) map[string]any {
+	p.t.Helper()
+	want := 1
+	if len(n) > 0 {
+		want = n[0]
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if recs := p.logs.records(p.t, msg); len(recs) >= want {
+			return recs[want-1]
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("no %d× %q in the log:\n%s", want, msg, p.logs)
+		}
+		select {
+		case <-p.done:
+			if recs := p.logs.records(p.t, msg); len(recs) >= want {
+				return recs[want-1]
+			}
+			p.t.Fatalf("popgate exited (%v) before logging %q; log:\n%s", p.err, msg, p.logs)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (p *process) signal(sig syscall.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *process) wait() int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		p.t.Fatalf("popgate did not exit; log:\n%s", p.logs)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// dial connects to listener name and reads the greeting.
+func (p *process) dial(name string) *popClient {
+	p.t.Helper()
+	c, err := net.Dial("tcp", p.addrs[name])
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return newPOPClient(p.t, c)
+}
+
+// get fetches an admin path and returns the status code and body.
+func (p *process) get(path string) (int, string) {
+	p.t.Helper()
+	resp, err := http.Get("http://" + p.admin + path)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// metrics scrapes /metrics into series ("name{labels}") and values.
+func (p *process) metrics() map[string]float64 {
+	p.t.Helper()
+	code, body := p.get("/metrics")
+	if code != http.StatusOK {
+		p.t.Fatalf("GET /metrics = %d", code)
+	}
+	return parseMetrics(p.t, body)
+}
+
+func parseMetrics(t *testing.T, body string) map[string]float64 {
+	t.Helper()
+	m := map[string]float64{}
+	for line := range strings.Lines(body) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+// login logs in as user and returns the STAT answer.
+func (c *popClient) login(user, pass string) string {
+	c.t.Helper()
+	c.cmd("USER " + user)
+	c.cmd("PASS " + pass)
+	return c.cmd("STAT")
+}
+
+const (
+	procUser = "alice"
+	procPass = "s3cret-PASSWORD-never-logged"
+)
+
+// mailbox starts a pop3test backend holding n small messages for procUser.
+func mailbox(t *testing.T, msgs ...[]byte) string {
+	t.Helper()
+	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: msgs}}}
+	addr, err := b.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return addr.String()
+}
+
+func messages(n int) [][]byte {
+	var m [][]byte
+	for i := range n {
+		m = append(m, fmt.Appendf(nil, "Subject: %d\r\n\r\nmessage %d\r\n", i+1, i+1))
+	}
+	return m
+}
+
+// checkLogs fails unless every line is JSON and none holds the password.
+func checkLogs(t *testing.T, logs *logSink) {
+	t.Helper()
+	s := logs.String()
+	if strings.Contains(s, procPass) {
+		t.Errorf("the log contains the password:\n%s", s)
+	}
+	for line := range strings.Lines(strings.TrimSpace(s)) {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("log line is not JSON: %q", line)
+		}
+	}
+}
+
+// TestProcessReload: SIGHUP re-reads the file. A changed route moves the
+// next login to the new backend while the session opened before goes on
+// with the old one; a new listener is bound; a broken file, or one naming
+// an unknown backend, is refused and the running configuration keeps
+// serving.
+func TestProcessReload(t *testing.T) {
+	a := mailbox(t, messages(2)...)
+	b := mailbox(t, messages(3)...)
+	config := func(route, extra string) string {
+		return fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+%s
+[[backend]]
+name = "a"
+address = %q
+tls = "none"
+
+[[backend]]
+name = "b"
+address = %q
+tls = "none"
+
+[route]
+users = { %q = %q }
+
+[limits]
+failure_delay = "0s"
+shutdown_timeout = "5s"
+
+[metrics]
+address = "127.0.0.1:0"
+`, extra, a, b, procUser, route)
+	}
+	path := writeConfig(t, config("a", ""))
+	p := startPopgate(t, path, "plain")
+
+	before := p.dial("plain")
+	if stat := before.login(procUser, procPass); !strings.HasPrefix(stat, "+OK 2 ") {
+		t.Fatalf("before the reload: STAT = %q, want backend a's 2 messages", stat)
+	}
+
+	writeFile(t, path, []byte(config("b", `
+[[listen]]
+name = "extra"
+address = "127.0.0.1:0"
+tls = "none"
+`)))
+	p.signal(syscall.SIGHUP)
+	rec := p.waitLog("configuration reloaded; new sessions use it, running ones keep theirs")
+	if added := fmt.Sprint(rec["listeners_added"]); added != "[extra]" {
+		t.Errorf("reload line listeners_added = %s, want [extra]", added)
+	}
+	p.waitListening("extra")
+
+	after := p.dial("plain")
+	if stat := after.login(procUser, procPass); !strings.HasPrefix(stat, "+OK 3 ") {
+		t.Errorf("after the reload: STAT = %q, want backend b's 3 messages", stat)
+	}
+	after.cmd("QUIT")
+	// The session from before still talks to backend a.
+	if stat := before.cmd("STAT"); !strings.HasPrefix(stat, "+OK 2 ") {
+		t.Errorf("session from before the reload: STAT = %q, want backend a's 2 messages", stat)
+	}
+	if got := unstuff(t, before.multi("RETR 2")); !bytes.Equal(got, messages(2)[1]) {
+		t.Errorf("session from before the reload: RETR 2 = %q", got)
+	}
+	extra := p.dial("extra")
+	if stat := extra.login(procUser, procPass); !strings.HasPrefix(stat, "+OK 3 ") {
+		t.Errorf("new listener: STAT = %q, want backend b's 3 messages", stat)
+	}
+	extra.cmd("QUIT")
+
+	// Refused reloads: a syntax error, then a route to a backend that
+	// does not exist. Each names its reason; b keeps serving.
+	for i, bad := range []struct{ text, reason string }{
+		{"[[listen]\n", "config"},
+		{config("nowhere", ""), `backend "nowhere" is not defined`},
+	} {
+		writeFile(t, path, []byte(bad.text))
+		p.signal(syscall.SIGHUP)
+		rec := p.waitLog("configuration reload failed; keeping the running configuration", i+1)
+		if err, _ := rec["err"].(string); !strings.Contains(err, bad.reason) {
+			t.Errorf("reload failure %d: err = %q, want mention of %q", i+1, err, bad.reason)
+		}
+		c := p.dial("plain")
+		if stat := c.login(procUser, procPass); !strings.HasPrefix(stat, "+OK 3 ") {
+			t.Errorf("after refused reload %d: STAT = %q, want backend b's 3 messages", i+1, stat)
+		}
+		c.cmd("QUIT")
+	}
+	// The sessions that QUIT end a moment after their +OK.
+	var m map[string]float64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if m = p.metrics(); m["popgate_sessions_active"] == 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for series, want := range map[string]float64{
+		`popgate_config_reloads_total{result="ok"}`:     1,
+		`popgate_config_reloads_total{result="failed"}`: 2,
+		`popgate_config_last_reload_successful`:         0,
+		`popgate_logins_total{result="ok"}`:             5,
+		`popgate_connections_total{listener="plain"}`:   4,
+		`popgate_connections_total{listener="extra"}`:   1,
+		`popgate_connections_active{listener="plain"}`:  1,
+		`popgate_sessions_active`:                       1,
+	} {
+		if got, ok := m[series]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+	before.cmd("QUIT")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0; log:\n%s", code, p.logs)
+	}
+	checkLogs(t, p.logs)
+}
+
+// TestProcessDrain: SIGTERM during a RETR of a large message lets it
+// complete; new connections are refused meanwhile and /readyz says
+// draining; then popgate exits 0.
+func TestProcessDrain(t *testing.T) {
+	big := pop3test.GenerateMessage(24 << 20)
+	backend := mailbox(t, big)
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+shutdown_timeout = "2m"
+
+[metrics]
+address = "127.0.0.1:0"
+`, backend))
+	p := startPopgate(t, path, "plain")
+	if code, body := p.get("/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz before the drain = %d %q", code, body)
+	}
+	c := p.dial("plain")
+	c.login(procUser, procPass)
+	// Start the RETR and read only its beginning: most of the message is
+	// still on its way when the signal comes.
+	if _, err := io.WriteString(c.c, "RETR 1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	var answer bytes.Buffer
+	if _, err := io.CopyN(&answer, c.r, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(syscall.SIGTERM)
+	p.waitLog("shutting down")
+
+	if code, body := p.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "draining") {
+		t.Errorf("/readyz during the drain = %d %q, want 503 draining", code, body)
+	}
+	if nc, err := net.Dial("tcp", p.addrs["plain"]); err == nil {
+		// Connected after all: it must be closed without a greeting.
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		if b, _ := bufio.NewReader(nc).ReadString('\n'); b != "" {
+			t.Errorf("new connection during the drain was served: %q", b)
+		}
+		nc.Close()
+	}
+	// The rest of the message arrives, all of it.
+	for !bytes.HasSuffix(answer.Bytes(), []byte("\r\n.\r\n")) {
+		line, err := c.r.ReadBytes('\n')
+		if err != nil {
+			t.Fatalf("RETR after SIGTERM: %v after %d octets", err, answer.Len())
+		}
+		answer.Write(line)
+	}
+	if got := unstuff(t, answer.Bytes()); !bytes.Equal(got, big) {
+		t.Fatalf("RETR through the drain: %d octets, want the %d-octet message unchanged", len(got), len(big))
+	}
+	c.cmd("QUIT")
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code = %d, want 0; log:\n%s", code, p.logs)
+	}
+	checkLogs(t, p.logs)
+	ends := p.logs.records(t, "session end")
+	if len(ends) != 1 || ends[0]["result"] != "ok" || ends[0]["bytes_out"].(float64) < float64(len(big)) {
+		t.Errorf("session end lines %v, want one ok with the whole message", ends)
+	}
+}
+
+// TestProcessDrainTimeout: a session still open when shutdown_timeout has
+// passed is closed, without a QUIT to the backend, and popgate exits 0.
+func TestProcessDrainTimeout(t *testing.T) {
+	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: messages(1)}}}
+	addr, err := b.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+[route]
+default = "mbox"
+[limits]
+shutdown_timeout = "1s"
+[metrics]
+address = "127.0.0.1:0"
+`, addr))
+	p := startPopgate(t, path, "plain")
+	c := p.dial("plain")
+	c.login(procUser, procPass)
+	c.cmd("DELE 1")
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code = %d, want 0; log:\n%s", code, p.logs)
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Error("the session is still open after popgate exited")
+	}
+	if b.Quits() != 0 || len(b.Messages(procUser)) != 1 {
+		t.Errorf("backend saw %d QUITs and keeps %d messages; closing at the deadline must send no QUIT", b.Quits(), len(b.Messages(procUser)))
+	}
+	p.waitLog("shutdown grace period over; closed remaining sessions")
+	checkLogs(t, p.logs)
+}
+
+// TestProcessAdminSessions: GET /sessions lists the live session, DELETE
+// ends the user's sessions without QUIT, and `popgate version` says what
+// -ldflags set.
+func TestProcessAdminSessions(t *testing.T) {
+	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: messages(2)}}}
+	addr, err := b.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+[route]
+default = "mbox"
+[metrics]
+address = "127.0.0.1:0"
+`, addr))
+	p := startPopgate(t, path, "plain")
+	c := p.dial("plain")
+	c.login(procUser, procPass)
+	c.cmd("DELE 1")
+
+	code, body := p.get("/sessions")
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || len(list) != 1 {
+		t.Fatalf("GET /sessions = %d %q (%v), want one session", code, body, err)
+	}
+	for k, want := range map[string]any{"user": procUser, "backend": "mbox", "listener": "plain", "state": "relaying", "bytes_in": float64(len("STAT\r\nDELE 1\r\n"))} {
+		if list[0][k] != want {
+			t.Errorf("session %s = %v, want %v", k, list[0][k], want)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+p.admin+"/sessions?user="+procUser, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(out)) != `{"ended":1}` {
+		t.Errorf("DELETE /sessions?user= = %d %q, want 200 {\"ended\":1}", resp.StatusCode, out)
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Error("the session is still open after DELETE")
+	}
+	if end := p.waitLog("session end"); end["ended_by"] != "admin" {
+		t.Errorf("session end line %v, want ended_by=admin", end)
+	}
+	if b.Quits() != 0 || len(b.Messages(procUser)) != 2 {
+		t.Errorf("backend saw %d QUITs and keeps %d messages, want 0 and 2", b.Quits(), len(b.Messages(procUser)))
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code = %d", code)
+	}
+
+	v, err := exec.Command(popgateBinary(t), "version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"popgate v9.8.7-test", "commit 0123456789abcdef", "go1."} {
+		if !strings.Contains(string(v), want) {
+			t.Errorf("popgate version = %q, want mention of %q", v, want)
+		}
+	}
+}
