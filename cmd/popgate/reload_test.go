@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/proxy"
+)
+
+// startRunner serves the configuration file path in this process, as
+// cmdRun does, and returns once every listener is served. Reloads are
+// driven by calling r.reload, not by signals.
+func startRunner(t *testing.T, path string) (*runner, *logSink) {
+	t.Helper()
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logSink{listening: make(chan [2]string, 16)}
+	level := new(slog.LevelVar)
+	level.Set(logLevel(c.Log.Level))
+	log := newLoggerLevel(c.Log, level, logs)
+	in, err := buildInstance(c, log, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := admin.NewMetrics("test", "test")
+	in.proxyConfig.Observer = metrics
+	if in.server, err = proxy.New(in.proxyConfig); err != nil {
+		t.Fatal(err)
+	}
+	r := newRunner(in, log)
+	r.path, r.level, r.metrics = path, level, metrics
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run = %v", err)
+		}
+	})
+	for !r.serving.Load() {
+		select {
+		case err := <-done:
+			t.Fatalf("run = %v; log:\n%s", err, logs)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return r, logs
+}
+
+// addrOf returns the bound address of the listener named name.
+func (r *runner) addrOf(name string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in := r.current()
+	for i, l := range in.listeners {
+		if l.Name == name {
+			if b := r.lns[in.keys[i]]; b != nil {
+				return b.ln.Addr().String()
+			}
+		}
+	}
+	return ""
+}
+
+// serial returns the serial of the certificate served at addr for sni.
+func serial(t *testing.T, addr, sni string) string {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: sni})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
+// TestReloadCases: what a reload changes in place, and what it refuses.
+func TestReloadCases(t *testing.T) {
+	dir := t.TempDir()
+	one := writeTestCert(t, dir, "one", "mail.example.com")
+	two := writeTestCert(t, dir, "two", "mail.example.com")
+	backend := mailbox(t, messages(1)...)
+	config := func(tlsSection, listeners, level, metrics string) string {
+		return fmt.Sprintf(`[log]
+format = "json"
+level = %q
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+%s
+%s
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+[route]
+default = "mbox"
+[metrics]
+address = %q
+`, level, listeners, tlsSection, backend, metrics)
+	}
+	tlsOne := fmt.Sprintf("[tls]\ncertificates = [{ cert = %q, key = %q }]\n", one.certFile, one.keyFile)
+	tlsTwo := fmt.Sprintf("[tls]\ncertificates = [{ cert = %q, key = %q }]\n", two.certFile, two.keyFile)
+	plain := "[[listen]]\nname = \"plain\"\naddress = \"127.0.0.1:0\"\ntls = \"none\"\n"
+	path := writeConfig(t, config(tlsOne, plain, "info", "127.0.0.1:0"))
+	r, logs := startRunner(t, path)
+	pop3s := r.addrOf("pop3s")
+	serialOne, serialTwo := one.leaf.SerialNumber.String(), two.leaf.SerialNumber.String()
+	if got := serial(t, pop3s, "mail.example.com"); got != serialOne {
+		t.Fatalf("serial = %s, want %s", got, serialOne)
+	}
+
+	reload := func(text string) error {
+		t.Helper()
+		writeFile(t, path, []byte(text))
+		return r.reload()
+	}
+
+	t.Run("certificate files replaced, [tls] unchanged", func(t *testing.T) {
+		old := r.current().certs
+		copyFile(t, two.certFile, one.certFile)
+		copyFile(t, two.keyFile, one.keyFile)
+		if err := reload(config(tlsOne, plain, "info", "127.0.0.1:0")); err != nil {
+			t.Fatal(err)
+		}
+		if r.current().certs != old {
+			t.Error("a new certificate store for an unchanged [tls]")
+		}
+		if got := serial(t, pop3s, "mail.example.com"); got != serialTwo {
+			t.Errorf("serial after the reload = %s, want the replaced file's %s", got, serialTwo)
+		}
+	})
+
+	t.Run("broken certificate file", func(t *testing.T) {
+		writeFile(t, one.keyFile, []byte("not a key"))
+		err := reload(config(tlsOne, plain, "info", "127.0.0.1:0"))
+		if err == nil || !strings.Contains(err.Error(), one.keyFile) {
+			t.Errorf("reload with a broken key = %v, want an error naming %s", err, one.keyFile)
+		}
+		if got := serial(t, pop3s, "mail.example.com"); got != serialTwo {
+			t.Errorf("serial after the refused reload = %s, want the previous %s", got, serialTwo)
+		}
+	})
+
+	t.Run("[tls] changed, level, listener removed, metrics moved", func(t *testing.T) {
+		c, err := net.Dial("tcp", r.addrOf("plain"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := newPOPClient(t, c)
+		oldPlain, oldAdmin := r.addrOf("plain"), r.adminAddr
+		if err := reload(config(tlsTwo, "", "debug", "127.0.0.1:0")); err != nil {
+			t.Fatal(err)
+		}
+		if got := serial(t, pop3s, "mail.example.com"); got != serialTwo {
+			t.Errorf("serial = %s, want %s", got, serialTwo)
+		}
+		if r.level.Level() != slog.LevelDebug {
+			t.Errorf("log level after the reload = %v, want DEBUG", r.level.Level())
+		}
+		if c, err := net.Dial("tcp", oldPlain); err == nil {
+			c.Close()
+			t.Errorf("the removed listener %s still accepts", oldPlain)
+		}
+		// Its session goes on.
+		if stat := before.login(procUser, procPass); !strings.HasPrefix(stat, "+OK 1 ") {
+			t.Errorf("session of the removed listener: STAT = %q", stat)
+		}
+		before.cmd("QUIT")
+		// metrics.address "127.0.0.1:0" both times: the same key, so the
+		// admin socket stays.
+		if r.adminAddr != oldAdmin {
+			t.Errorf("admin address moved from %s to %s without a change", oldAdmin, r.adminAddr)
+		}
+		newAdmin := freeAddr(t)
+		if err := reload(config(tlsTwo, "", "debug", newAdmin)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get("http://" + newAdmin + "/healthz")
+		if err != nil {
+			t.Fatalf("new admin address: %v", err)
+		}
+		resp.Body.Close()
+		waitUntil(t, "the old admin address to close", func() bool {
+			c, err := net.Dial("tcp", oldAdmin)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil
+		})
+	})
+
+	t.Run("tls.acme added is refused", func(t *testing.T) {
+		acme := tlsTwo + fmt.Sprintf("[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = %q\ndirectory_url = \"http://127.0.0.1:1/directory\"\nhttp_challenge = \"\"\n", filepath.Join(dir, "acme"))
+		live := r.current()
+		err := reload(config(acme, "", "debug", r.adminAddr))
+		if err == nil || !strings.Contains(err.Error(), "tls.acme") || !strings.Contains(err.Error(), "restart") {
+			t.Errorf("reload adding [tls.acme] = %v, want a refusal naming tls.acme and restart", err)
+		}
+		if r.current() != live {
+			t.Error("the refused reload replaced the running configuration")
+		}
+	})
+
+	t.Run("address in use is refused", func(t *testing.T) {
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer taken.Close()
+		listener := fmt.Sprintf("[[listen]]\nname = \"taken\"\naddress = %q\ntls = \"none\"\n", taken.Addr())
+		live := r.current()
+		if err := reload(config(tlsTwo, listener, "debug", r.adminAddr)); err == nil || !strings.Contains(err.Error(), "taken") {
+			t.Errorf("reload with an address in use = %v, want an error naming the listener", err)
+		}
+		if r.current() != live {
+			t.Error("the refused reload replaced the running configuration")
+		}
+	})
+	if n := len(logs.records(t, "configuration reload failed; keeping the running configuration")); n != 3 {
+		t.Errorf("%d reload failures logged, want 3", n)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, to, b)
+}
+
+// waitUntil polls cond for state that settles asynchronously.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
