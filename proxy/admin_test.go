@@ -113,8 +113,8 @@ func TestObserverEvents(t *testing.T) {
 		t.Errorf("session end %q: want in=%d and out > 20", end, len("RETR 1\r\nQUIT\r\n"))
 	}
 	st := h.srv.Stats()
-	if st.BytesIn != in || st.BytesOut != out || st.Relaying != 0 || len(st.Active) != 0 {
-		t.Errorf("Stats after the session = %+v, want bytes %d/%d and nothing live", st, in, out)
+	if st.BytesIn != in || st.BytesOut != out || st.Relaying != 0 || st.Active["pop3s"] != 0 || len(st.Active) != 3 {
+		t.Errorf("Stats after the session = %+v, want bytes %d/%d and the three listeners with nothing live", st, in, out)
 	}
 
 	// A failed handshake, and a refusal by max_connections.
