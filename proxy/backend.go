@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -56,6 +57,8 @@ type clientInfo struct {
 	local  netip.AddrPort // the address the client connected to
 	connID string
 	tls    *tls.ConnectionState // the client's TLS to popgate; nil: plaintext
+	// logger returns the session's logger, for lines about its login.
+	logger func() *slog.Logger
 }
 
 // maxBackendLine bounds a backend's response line.
@@ -108,7 +111,7 @@ func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec aut
 		return nil, "", fmt.Errorf("dial backend %q: %w", b.Name, errors.Join(errs...))
 	}
 	if len(errs) > 0 {
-		s.log.Warn("backend address unreachable, used the next one", "backend", b.Name, "address", addr, "err", errors.Join(errs...))
+		ci.logger().Warn("backend address unreachable, used the next one", "backend", b.Name, "address", addr, "err", errors.Join(errs...))
 	}
 	// Cancelling ctx (shutdown, login_timeout) interrupts any read below.
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })

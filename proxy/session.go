@@ -785,7 +785,7 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if err := (auth.Credentials{User: dec.User, Password: dec.Password}).Check(); err != nil {
 		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
-	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls}
+	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls, logger: sess.logger}
 	bc, reply, err := sess.srv.dialBackend(ctx, sess.cfg, b, dec, ci)
 	if err != nil {
 		if isBackendRejected(err) {
