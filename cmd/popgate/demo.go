@@ -28,10 +28,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	pop3s := fs.String("pop3s", "127.0.0.1:9950", "POP3S (implicit TLS) listen `address`")
 	pop3 := fs.String("pop3", "127.0.0.1:1100", "POP3+STLS listen `address`")
+	adminAddr := fs.String("admin", "127.0.0.1:9110", "admin endpoints' (metrics, sessions) listen `address`")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	for _, a := range []string{*pop3s, *pop3} {
+	for _, a := range []string{*pop3s, *pop3, *adminAddr} {
 		if !isLoopback(a) {
 			return fmt.Errorf("demo: %s is not a loopback address; the demo serves a public sample password", a)
 		}
@@ -54,12 +55,16 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Backend: []BackendConfig{{Name: "sample", Address: baddr.String(), TLS: "none"}},
 		Route:   RouteConfig{Default: "sample"},
 	}
+	admin := freeOr(*adminAddr)
+	c.Metrics.Address = &admin
 	c.Limits.FailureDelay = Duration{Duration: 0, Set: true}
+	c.Limits.ShutdownTimeout = Duration{Duration: 0, Set: true}
 	log := newLogger(c.Log, stderr)
-	in, err := build(c, log)
+	r, err := prepare(c, log)
 	if err != nil {
 		return err
 	}
+	in := r.current()
 	dir, err := os.MkdirTemp("", "popgate-demo-")
 	if err != nil {
 		return err
@@ -89,13 +94,18 @@ or with STLS on the plaintext port:
 
   curl --ssl-reqd --cacert %[3]s pop3://%[4]s:%[5]s@localhost:%[2]s/1
 
+Live sessions and metrics:
+
+  curl http://%[8]s/sessions
+  curl http://%[8]s/metrics
+
 Ctrl-C stops the demo.
 
-`, sPort, pPort, ca, demoUser, mb.Password, len(mb.Messages), baddr)
+`, sPort, pPort, ca, demoUser, mb.Password, len(mb.Messages), baddr, admin)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, in, log, 0)
+	return r.run(ctx)
 }
 
 // freeOr returns addr when it can be bound now, else the same host with a

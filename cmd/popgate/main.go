@@ -208,26 +208,36 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(logLevel(c.Log.Level))
 	log := newLoggerLevel(c.Log, level, stderr)
-	in, err := buildInstance(c, log, nil, nil)
+	r, err := prepare(c, log)
 	if err != nil {
 		return err
 	}
+	r.path, r.level = *path, level
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	v, commit, goVersion := versionInfo()
+	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "config", *path, "pid", os.Getpid())
+	return r.run(ctx)
+}
+
+// prepare turns c into a runner, with metrics when metrics.address is set.
+func prepare(c *Config, log *slog.Logger) (*runner, error) {
+	in, err := buildInstance(c, log, nil, nil)
+	if err != nil {
+		return nil, err
+	}
 	var metrics *admin.Metrics
 	if c.metricsAddress() != "" {
+		v, commit, _ := versionInfo()
 		metrics = admin.NewMetrics(v, commit)
 		in.proxyConfig.Observer = metrics
 	}
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
-		return err
+		return nil, err
 	}
 	r := newRunner(in, log)
-	r.path, r.level, r.metrics = *path, level, metrics
-	// The on-demand ACME policy reads the live routes from now on.
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "config", *path, "pid", os.Getpid())
-	return r.run(ctx)
+	r.metrics = metrics
+	return r, nil
 }
 
 // newLogger builds the process logger: colored text on a terminal, JSON
