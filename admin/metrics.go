@@ -266,11 +266,18 @@ func (m *Metrics) BackendConnect(backend string, d time.Duration, err error) {
 }
 
 // BackendLogin implements [proxy.Observer]: every login is timed and
-// counted by result; a result of proxy.BackendError also counts in
+// counted by result; proxy.BackendUnreachable counts as "error" there
+// (its failed connects are in popgate_backend_errors_total{stage="connect"}
+// already), proxy.BackendError also in
 // popgate_backend_errors_total{stage="login"}.
 func (m *Metrics) BackendLogin(backend string, d time.Duration, result string) {
 	b := m.backends.get(backend)
 	b.login.Observe(d.Seconds())
+	if result == proxy.BackendUnreachable {
+		result = proxy.BackendError
+		b.logins[result].Inc()
+		return
+	}
 	if c, ok := b.logins[result]; ok {
 		c.Inc()
 	} else {

@@ -164,6 +164,19 @@ func TestMetrics(t *testing.T) {
 			},
 		},
 		{
+			name: "backend unreachable",
+			events: func(m *Metrics, _ *testClock) {
+				m.BackendConnect("mx1", time.Millisecond, errors.New("refused"))
+				m.BackendLogin("mx1", 2*time.Millisecond, proxy.BackendUnreachable)
+			},
+			want: map[string]float64{
+				`popgate_backend_logins_total{backend="mx1",result="error"}`:  1,
+				`popgate_backend_errors_total{backend="mx1",stage="connect"}`: 1,
+				`popgate_backend_errors_total{backend="mx1",stage="login"}`:   0,
+				`popgate_backend_login_seconds_count{backend="mx1"}`:          1,
+			},
+		},
+		{
 			name: "session end",
 			events: func(m *Metrics, _ *testClock) {
 				m.SessionEnd("pop3s", 90*time.Second, 10, 20)

@@ -352,7 +352,7 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	}
 	p("")
 	p("[metrics]")
-	p(`address = ""`) // several popgates run at once; none may take 127.0.0.1:9110
+	p(`address = "127.0.0.1:0"`) // several popgates run at once; none may take 127.0.0.1:9110
 	return b.String()
 }
 
@@ -429,6 +429,7 @@ func TestProxyFetch(t *testing.T) {
 					})
 				}
 			})
+			checkMetrics(t, pg, mode)
 		})
 	}
 	compareMessages(t, d.messages(t, userAlice), want)

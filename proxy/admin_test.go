@@ -92,7 +92,7 @@ func TestObserverEvents(t *testing.T) {
 		"login pop3s ok",
 		"backend_login b1 rejected",
 		"backend_login b1 ok",
-		"backend_login down error",
+		"backend_login down unreachable",
 		"connect down false",
 		"session_end pop3s ",
 	} {

@@ -71,9 +71,12 @@ func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec a
 	start := time.Now()
 	bc, reply, err := s.dialLogin(ctx, cfg, b, dec, ci)
 	result := BackendOK
+	var de *dialError
 	switch {
 	case isBackendRejected(err):
 		result = BackendRejected
+	case errors.As(err, &de):
+		result = BackendUnreachable
 	case err != nil:
 		result = BackendError
 	}
@@ -108,7 +111,7 @@ func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec aut
 		}
 	}
 	if raw == nil {
-		return nil, "", fmt.Errorf("dial backend %q: %w", b.Name, errors.Join(errs...))
+		return nil, "", &dialError{fmt.Errorf("dial backend %q: %w", b.Name, errors.Join(errs...))}
 	}
 	if len(errs) > 0 {
 		ci.logger().Warn("backend address unreachable, used the next one", "backend", b.Name, "address", addr, "err", errors.Join(errs...))
@@ -135,6 +138,12 @@ func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec aut
 	raw.SetDeadline(time.Time{})
 	return bc, reply, nil
 }
+
+// dialError is a backend none of whose addresses could be connected to.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
 
 func dial(ctx context.Context, cfg *Config, addr string) (net.Conn, error) {
 	if cfg.DialContext != nil {

@@ -29,8 +29,10 @@ type Observer interface {
 	BackendConnect(backend string, d time.Duration, err error)
 	// BackendLogin: a backend login (connect, greeting, STLS or TLS,
 	// XCLIENT, USER/PASS or AUTH) took d and ended with result, one of
-	// BackendOK, BackendRejected (the backend refused the credentials) or
-	// BackendError (unreachable, broken, timed out).
+	// BackendOK, BackendRejected (the backend refused the credentials),
+	// BackendUnreachable (no address could be connected to; each failed
+	// connect was reported to BackendConnect) or BackendError (broken or
+	// timed out once connected).
 	BackendLogin(backend string, d time.Duration, result string)
 	// SessionEnd: a logged-in session ended after d, having relayed in
 	// octets from the client and out octets to it.
@@ -50,9 +52,10 @@ const (
 
 // Backend login results, for [Observer.BackendLogin].
 const (
-	BackendOK       = "ok"
-	BackendRejected = "rejected"
-	BackendError    = "error"
+	BackendOK          = "ok"
+	BackendRejected    = "rejected"
+	BackendUnreachable = "unreachable"
+	BackendError       = "error"
 )
 
 // nopObserver is the Observer of a Server without one.
