@@ -201,6 +201,13 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Signals first: loading certificates or a large map file takes a
+	// moment, and SIGHUP's default action would end the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	c, err := LoadConfig(*path)
 	if err != nil {
 		return err
@@ -212,26 +219,22 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r.path, r.level = *path, level
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	r.path, r.level, r.hup = *path, level, hup
 	v, commit, goVersion := versionInfo()
 	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "config", *path, "pid", os.Getpid())
 	return r.run(ctx)
 }
 
-// prepare turns c into a runner, with metrics when metrics.address is set.
+// prepare turns c into a runner. Metrics are counted even while
+// metrics.address is "", so that a reload can turn the endpoints on.
 func prepare(c *Config, log *slog.Logger) (*runner, error) {
 	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	var metrics *admin.Metrics
-	if c.metricsAddress() != "" {
-		v, commit, _ := versionInfo()
-		metrics = admin.NewMetrics(v, commit)
-		in.proxyConfig.Observer = metrics
-	}
+	v, commit, _ := versionInfo()
+	metrics := admin.NewMetrics(v, commit)
+	in.proxyConfig.Observer = metrics
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
 		return nil, err
 	}

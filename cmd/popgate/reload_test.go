@@ -203,6 +203,32 @@ address = %q
 		})
 	})
 
+	t.Run("admin endpoints off, then on again", func(t *testing.T) {
+		old := r.adminAddr
+		if err := reload(config(tlsTwo, "", "debug", "")); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the admin address to close", func() bool {
+			c, err := net.Dial("tcp", old)
+			if err == nil {
+				c.Close()
+			}
+			return err != nil
+		})
+		addr := freeAddr(t)
+		if err := reload(config(tlsTwo, "", "debug", addr)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("/metrics after turning the endpoints on = %s", resp.Status)
+		}
+	})
+
 	t.Run("tls.acme added is refused", func(t *testing.T) {
 		acme := tlsTwo + fmt.Sprintf("[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = %q\ndirectory_url = \"http://127.0.0.1:1/directory\"\nhttp_challenge = \"\"\n", filepath.Join(dir, "acme"))
 		live := r.current()

@@ -31,7 +31,11 @@ type runner struct {
 	// running configuration (re-reading the map file and certificates).
 	path    string
 	srv     *proxy.Server
-	metrics *admin.Metrics // nil without metrics.address
+	metrics *admin.Metrics // nil only for serve (tests)
+	// hup delivers SIGHUP; nil makes run register for it. cmdRun
+	// registers before it loads anything, so that an early SIGHUP is a
+	// reload after start and not the signal's default, which kills.
+	hup chan os.Signal
 	// grace overrides limits.shutdown_timeout when set (demo, tests).
 	grace *time.Duration
 
@@ -126,8 +130,11 @@ func (r *runner) run(ctx context.Context) error {
 	r.serving.Store(true)
 	go trimWhenQuiet(ctx, r.srv, quietPeriod, r.log)
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	hup := r.hup
+	if hup == nil {
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+	}
 	defer signal.Stop(hup)
 	go func() {
 		for {
@@ -347,7 +354,7 @@ func (r *runner) apply() error {
 	}
 	var adminLn net.Listener
 	addr := c.metricsAddress()
-	adminChanged := addr != old.cfg.metricsAddress() && r.metrics != nil
+	adminChanged := addr != old.cfg.metricsAddress() && r.metrics != nil // nil: serve, no admin
 	if adminChanged && addr != "" {
 		if adminLn, err = net.Listen("tcp", addr); err != nil {
 			closeNew()
