@@ -388,6 +388,7 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 
 	var checks []Check
 	if main != nil {
+		checks = append(checks, metricsCheck(main, rep.Workloads))
 		checks = append(checks, b.endChecks(main, "popgate", fdBase)...)
 	}
 	if b.o.Workloads["idle"] {
@@ -709,6 +710,31 @@ func (b *bench) endChecks(pg *popgateProc, name string, fdBase int) []Check {
 		}
 	}
 	return []Check{fdCheck, alive, exit, logCheck}
+}
+
+// metricsCheck scrapes popgate's /metrics once the workloads are done: the
+// logins and octets the clients measured (warm-up sessions come on top)
+// are counted, and no login failed.
+func metricsCheck(pg *popgateProc, ws []WorkloadResult) Check {
+	c := Check{Name: "popgate: /metrics counts the sessions, no failed login"}
+	m, err := pg.scrape()
+	if err != nil {
+		c.Detail = err.Error()
+		return c
+	}
+	var sessions, bytes float64
+	for _, w := range ws {
+		sessions += float64(w.Popgate.Sessions)
+		bytes += float64(w.Popgate.Bytes)
+	}
+	failed := 0.0
+	for _, r := range []string{"auth_failed", "no_route", "throttled", "backend_error", "lookup_error"} {
+		failed += m[`popgate_logins_total{result="`+r+`"}`]
+	}
+	ok, out := m[`popgate_logins_total{result="ok"}`], m[`popgate_bytes_total{direction="backend_to_client"}`]
+	c.OK = ok >= sessions && out >= bytes && failed == 0
+	c.Detail = fmt.Sprintf("logins ok %.0f (clients measured %.0f), failed %.0f, backend_to_client %.0f octets (RETR answers %.0f)", ok, sessions, failed, out, bytes)
+	return c
 }
 
 // workloadChecks are the verdicts on the load workloads' client results.

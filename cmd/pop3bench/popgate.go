@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,7 +92,7 @@ func (c popgateConfig) toml() string {
 	p(`shutdown_timeout = "5s"`)
 	p("")
 	p("[metrics]")
-	p(`address = ""`)
+	p(`address = "127.0.0.1:0"`) // served, as in production; pop3bench scrapes it once at the end
 	return b.String()
 }
 
@@ -266,4 +267,44 @@ func readOr(name string) string {
 		return fmt.Sprintf("(%v)\n", err)
 	}
 	return string(b)
+}
+
+// scrape reads popgate's /metrics (the admin address is in its log) into
+// series ("name{labels}") and values.
+func (p *popgateProc) scrape() (map[string]float64, error) {
+	f, err := os.Open(p.LogFile)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var addr string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() && addr == "" {
+		var ev struct{ Msg, Address string }
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Msg == "admin endpoints listening" {
+			addr = ev.Address
+		}
+	}
+	if addr == "" {
+		return nil, errors.New("no \"admin endpoints listening\" line in " + p.LogFile)
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := map[string]float64{}
+	sc = bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m, sc.Err()
 }
