@@ -40,6 +40,7 @@ type popgateBackend struct {
 // popgateConfig is what the benchmark chooses of popgate's configuration.
 type popgateConfig struct {
 	Addr       string // listener address, 127.0.0.1:port
+	AdminAddr  string // metrics.address, 127.0.0.1:port
 	LogLevel   string
 	CertFile   string
 	KeyFile    string
@@ -92,15 +93,16 @@ func (c popgateConfig) toml() string {
 	p(`shutdown_timeout = "5s"`)
 	p("")
 	p("[metrics]")
-	p(`address = "127.0.0.1:0"`) // served, as in production; pop3bench scrapes it once at the end
+	p("address = %s", q(c.AdminAddr)) // served, as in production; pop3bench scrapes it once at the end
 	return b.String()
 }
 
 // popgateProc is a running popgate.
 type popgateProc struct {
-	Addr    string
-	PID     int
-	LogFile string // popgate's stderr
+	Addr      string
+	AdminAddr string // the admin endpoints
+	PID       int
+	LogFile   string // popgate's stderr
 
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -120,11 +122,16 @@ func startPopgate(ctx context.Context, bin, dir, name string, cfg popgateConfig,
 			return nil, err
 		}
 		cfg.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
+		cfg.AdminAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		if err := os.WriteFile(conf, []byte(cfg.toml()), 0o600); err != nil {
 			return nil, err
 		}
 		p, err := runPopgate(ctx, bin, conf, logFile, cfg.Addr, probe)
 		if err == nil {
+			p.AdminAddr = cfg.AdminAddr
 			return p, nil
 		}
 		if attempt < 5 && strings.Contains(err.Error(), "address already in use") {
@@ -269,27 +276,14 @@ func readOr(name string) string {
 	return string(b)
 }
 
-// scrape reads popgate's /metrics (the admin address is in its log) into
-// series ("name{labels}") and values.
+// scrape reads popgate's /metrics into series ("name{labels}") and values.
 func (p *popgateProc) scrape() (map[string]float64, error) {
-	f, err := os.Open(p.LogFile)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var addr string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() && addr == "" {
-		var ev struct{ Msg, Address string }
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Msg == "admin endpoints listening" {
-			addr = ev.Address
-		}
-	}
-	if addr == "" {
-		return nil, errors.New("no \"admin endpoints listening\" line in " + p.LogFile)
-	}
-	resp, err := http.Get("http://" + addr + "/metrics")
+	addr := p.AdminAddr
+	var sc *bufio.Scanner
+	// No keep-alive: the file descriptor check that follows counts
+	// popgate's sockets.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+	resp, err := client.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return nil, err
 	}
