@@ -233,8 +233,16 @@ const (
 	procPass = "s3cret-PASSWORD-never-logged"
 )
 
-// mailbox starts a pop3test backend holding n small messages for procUser.
+// mailbox starts a pop3test backend holding msgs for procUser and
+// returns its address.
 func mailbox(t *testing.T, msgs ...[]byte) string {
+	t.Helper()
+	_, addr := mailboxServer(t, msgs...)
+	return addr
+}
+
+// mailboxServer is mailbox, with the server, for what it saw.
+func mailboxServer(t *testing.T, msgs ...[]byte) (*pop3test.Server, string) {
 	t.Helper()
 	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: msgs}}}
 	addr, err := b.Start("127.0.0.1:0")
@@ -242,7 +250,34 @@ func mailbox(t *testing.T, msgs ...[]byte) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	return addr.String()
+	return b, addr.String()
+}
+
+// oneBackend is a configuration with a plaintext listener "plain" in
+// front of the backend at addr, JSON logs and the admin endpoints on a
+// free port; limits is the [limits] section's body.
+func oneBackend(addr, limits string) string {
+	return fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+%s
+[metrics]
+address = "127.0.0.1:0"
+`, addr, limits)
 }
 
 func messages(n int) [][]byte {
@@ -396,29 +431,7 @@ tls = "none"
 // draining; then popgate exits 0.
 func TestProcessDrain(t *testing.T) {
 	big := pop3test.GenerateMessage(24 << 20)
-	backend := mailbox(t, big)
-	path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-
-[[listen]]
-name = "plain"
-address = "127.0.0.1:0"
-tls = "none"
-
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-
-[route]
-default = "mbox"
-
-[limits]
-shutdown_timeout = "2m"
-
-[metrics]
-address = "127.0.0.1:0"
-`, backend))
+	path := writeConfig(t, oneBackend(mailbox(t, big), `shutdown_timeout = "2m"`))
 	p := startPopgate(t, path, "plain")
 	if code, body := p.get("/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz before the drain = %d %q", code, body)
@@ -473,29 +486,8 @@ address = "127.0.0.1:0"
 // TestProcessDrainTimeout: a session still open when shutdown_timeout has
 // passed is closed, without a QUIT to the backend, and popgate exits 0.
 func TestProcessDrainTimeout(t *testing.T) {
-	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: messages(1)}}}
-	addr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "plain"
-address = "127.0.0.1:0"
-tls = "none"
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-[limits]
-shutdown_timeout = "1s"
-[metrics]
-address = "127.0.0.1:0"
-`, addr))
+	b, addr := mailboxServer(t, messages(1)...)
+	path := writeConfig(t, oneBackend(addr, `shutdown_timeout = "1s"`))
 	p := startPopgate(t, path, "plain")
 	c := p.dial("plain")
 	c.login(procUser, procPass)
@@ -518,27 +510,8 @@ address = "127.0.0.1:0"
 // ends the user's sessions without QUIT, and `popgate version` says what
 // -ldflags set.
 func TestProcessAdminSessions(t *testing.T) {
-	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: messages(2)}}}
-	addr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "plain"
-address = "127.0.0.1:0"
-tls = "none"
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-[metrics]
-address = "127.0.0.1:0"
-`, addr))
+	b, addr := mailboxServer(t, messages(2)...)
+	path := writeConfig(t, oneBackend(addr, ""))
 	p := startPopgate(t, path, "plain")
 	c := p.dial("plain")
 	c.login(procUser, procPass)
