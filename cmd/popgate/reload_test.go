@@ -279,3 +279,40 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestListenerFailure: a listener that fails stops popgate with an error,
+// ACME answerers included, rather than hanging in the drain.
+func TestListenerFailure(t *testing.T) {
+	dir := t.TempDir()
+	c, err := ParseConfig("acme", []byte(fmt.Sprintf(`%s%s%s[tls.acme]
+domains = ["mail.example.com"]
+cache_dir = %q
+directory_url = "http://127.0.0.1:1/directory"
+http_challenge = %q
+[metrics]
+address = "127.0.0.1:0"
+`, listenTLS, backendB, routeB, filepath.Join(dir, "acme"), freeAddr(t))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := prepare(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.run(t.Context()) }()
+	waitUntil(t, "serving", r.serving.Load)
+	r.mu.Lock()
+	for _, b := range r.lns {
+		b.ln.Close() // as if the socket broke
+	}
+	r.mu.Unlock()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("run after a listener failed = nil, want the failure")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return after a listener failed")
+	}
+}

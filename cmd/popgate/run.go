@@ -52,6 +52,7 @@ type runner struct {
 	adminLn    *bound            // nil without metrics.address
 	adminAddr  string
 	challenges *tlsconf.Challenges
+	stopChall  context.CancelFunc // ends challenges' Serve
 	stopGen    context.CancelFunc // ends the current instance's map file watch
 	stopCerts  context.CancelFunc // ends the certificate file watch
 	watched    *tlsconf.Server    // whose files stopCerts' watch polls
@@ -108,6 +109,7 @@ func (r *runner) run(ctx context.Context) error {
 			r.challenges.Close()
 		}
 		r.mu.Unlock()
+		r.srv.Close()
 		return err
 	}
 	for i, l := range in.listeners {
@@ -120,8 +122,10 @@ func (r *runner) run(ctx context.Context) error {
 		if a := ch.TLSALPNAddr(); a != "" {
 			r.log.Info("acme tls-alpn-01 answerer listening", "address", a)
 		}
+		// Its own context: shutdown ends it also when a listener
+		// failed and ctx is not done.
 		cctx, cancel := context.WithCancel(ctx)
-		defer cancel()
+		r.stopChall = cancel
 		r.wg.Go(func() { ch.Serve(cctx) })
 	}
 	r.startWatches(in)
@@ -182,8 +186,8 @@ func (r *runner) shutdown(err error) error {
 	if r.stopCerts != nil {
 		r.stopCerts()
 	}
-	if r.challenges != nil {
-		r.challenges.Close()
+	if r.stopChall != nil {
+		r.stopChall() // Serve closes the answerers' listeners
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
