@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,8 @@ var binary struct {
 }
 
 func TestMain(m *testing.M) {
+	// Under a service manager the tests must not speak for the service.
+	os.Unsetenv("NOTIFY_SOCKET")
 	code := m.Run()
 	if binary.dir != "" {
 		os.RemoveAll(binary.dir)
@@ -76,6 +79,12 @@ type process struct {
 // until it listens on listeners names and on the admin address.
 func startPopgate(t *testing.T, path string, names ...string) *process {
 	t.Helper()
+	return startPopgateEnv(t, path, nil, names...)
+}
+
+// startPopgateEnv is startPopgate with env added to the environment.
+func startPopgateEnv(t *testing.T, path string, env []string, names ...string) *process {
+	t.Helper()
 	p := &process{
 		t:     t,
 		cmd:   exec.Command(popgateBinary(t), "run", "-config", path),
@@ -83,6 +92,7 @@ func startPopgate(t *testing.T, path string, names ...string) *process {
 		done:  make(chan struct{}),
 		addrs: map[string]string{},
 	}
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stderr = p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -559,5 +569,46 @@ func TestProcessAdminSessions(t *testing.T) {
 		if !strings.Contains(string(v), want) {
 			t.Errorf("popgate version = %q, want mention of %q", v, want)
 		}
+	}
+}
+
+// TestProcessSystemdNotify: under Type=notify, popgate says READY=1 once it
+// listens, RELOADING=1 then READY=1 around a reload (with the
+// MONOTONIC_USEC that Type=notify-reload wants), STOPPING=1 at the drain.
+func TestProcessSystemdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	next := func() string {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(60 * time.Second)) // against a hang
+		buf := make([]byte, 4096)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	path := writeConfig(t, oneBackend(mailbox(t, messages(1)...), ""))
+	p := startPopgateEnv(t, path, []string{"NOTIFY_SOCKET=" + sock}, "plain")
+	if got := next(); !strings.HasPrefix(got, "READY=1\n") {
+		t.Errorf("first notification %q, want READY=1", got)
+	}
+	p.signal(syscall.SIGHUP)
+	if got := next(); !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=[1-9][0-9]*$`).MatchString(got) {
+		t.Errorf("notification at a reload %q, want RELOADING=1 with MONOTONIC_USEC", got)
+	}
+	if got := next(); got != "READY=1\nSTATUS=serving; configuration reloaded" {
+		t.Errorf("notification after the reload %q", got)
+	}
+	p.signal(syscall.SIGTERM)
+	if got := next(); !strings.HasPrefix(got, "STOPPING=1\n") {
+		t.Errorf("notification at SIGTERM %q, want STOPPING=1", got)
+	}
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code %d", code)
 	}
 }

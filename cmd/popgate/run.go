@@ -78,6 +78,14 @@ func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Durat
 	return r.run(ctx)
 }
 
+// notify sends state to systemd (sdNotify). Outside systemd it does
+// nothing; a socket that is set but refuses is worth a WARN.
+func (r *runner) notify(state string) {
+	if err := sdNotify(state); err != nil {
+		r.log.Warn("could not notify systemd", "err", err)
+	}
+}
+
 // current returns the live instance.
 func (r *runner) current() *instance { return r.cur.Load() }
 
@@ -132,6 +140,7 @@ func (r *runner) run(ctx context.Context) error {
 	r.setSources(in)
 	r.mu.Unlock()
 	r.serving.Store(true)
+	r.notify(fmt.Sprintf("READY=1\nSTATUS=serving %d listeners", len(in.listeners)))
 	go trimWhenQuiet(ctx, r.srv, quietPeriod, r.log)
 
 	hup := r.hup
@@ -163,6 +172,7 @@ func (r *runner) run(ctx context.Context) error {
 // closes the rest and stops everything else.
 func (r *runner) shutdown(err error) error {
 	r.draining.Store(true)
+	r.notify(fmt.Sprintf("STOPPING=1\nSTATUS=draining %d sessions", r.srv.Sessions()))
 	grace := r.current().cfg.Limits.ShutdownTimeout.or(defaultShutdownTimeout)
 	if r.grace != nil {
 		grace = *r.grace
@@ -316,7 +326,13 @@ func (r *runner) setSources(in *instance) {
 // needs a restart, keeps the running configuration, and the reason is
 // logged.
 func (r *runner) reload() error {
+	r.notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 	err := r.apply()
+	status := "STATUS=serving; configuration reloaded"
+	if err != nil {
+		status = "STATUS=serving; last reload failed: " + strings.ReplaceAll(err.Error(), "\n", "; ")
+	}
+	r.notify("READY=1\n" + status)
 	if r.metrics != nil {
 		r.metrics.Reloaded(err)
 	}
