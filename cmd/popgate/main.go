@@ -2,7 +2,7 @@
 //
 // Usage:
 //
-//	popgate run   -config /etc/popgate/popgate.toml   serve
+//	popgate run   -config /etc/popgate/popgate.toml   serve (SIGHUP reloads)
 //	popgate check -config FILE                         validate a configuration and exit
 //	popgate route -config FILE USER                    show where USER's logins go
 //	popgate demo                                       a working proxy on loopback, no setup
@@ -34,6 +34,7 @@ const usage = `popgate: a TLS-terminating POP3 proxy
 
 Usage:
   popgate run   -config FILE       serve POP3S / POP3+STLS as FILE says
+                [-watch-config]    (SIGHUP reloads FILE; -watch-config also on change)
   popgate check -config FILE       validate FILE (and its certificates) and exit
   popgate route -config FILE USER  print the backend USER's logins go to
   popgate demo                     start a proxy and a sample mailbox on loopback
@@ -131,10 +132,13 @@ func versionInfo() (version, commit, goVersion string) {
 	return version, commit, goVersion
 }
 
-func configFlag(name string, args []string, stderr io.Writer) (*flag.FlagSet, *string, error) {
+func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag.FlagSet)) (*flag.FlagSet, *string, error) {
 	fs := flag.NewFlagSet("popgate "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "/etc/popgate/popgate.toml", "configuration `file`")
+	for _, f := range more {
+		f(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -197,7 +201,10 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 
 // cmdRun serves until ctx is done or a SIGTERM or SIGINT arrives.
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
-	_, path, err := configFlag("run", args, stderr)
+	var watch bool
+	_, path, err := configFlag("run", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&watch, "watch-config", false, "reload when the configuration file's content changes (checked every 5s), as on SIGHUP")
+	})
 	if err != nil {
 		return err
 	}
@@ -220,6 +227,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	r.path, r.level, r.hup = *path, level, hup
+	if watch {
+		r.watchEvery = configFilePoll
+	}
 	v, commit, goVersion := versionInfo()
 	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "config", *path, "pid", os.Getpid())
 	return r.run(ctx)

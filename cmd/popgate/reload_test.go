@@ -316,3 +316,33 @@ address = "127.0.0.1:0"
 		t.Fatal("run did not return after a listener failed")
 	}
 }
+
+// TestWatchConfig: with -watch-config a changed file is reloaded without
+// a signal, a broken one refused, the next good one applied.
+func TestWatchConfig(t *testing.T) {
+	backend := mailbox(t, messages(1)...)
+	config := func(level string) string {
+		return fmt.Sprintf("[log]\nformat = \"json\"\nlevel = %q\n%s[[backend]]\nname = \"mbox\"\naddress = %q\ntls = \"none\"\n[route]\ndefault = \"mbox\"\n[metrics]\naddress = \"127.0.0.1:0\"\n",
+			level, listenNone, backend)
+	}
+	path := writeConfig(t, config("info"))
+	r, logs := startRunner(t, path)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r.watchConfig(ctx, 10*time.Millisecond)
+	const ok, failed = "configuration reloaded; new sessions use it, running ones keep theirs", "configuration reload failed; keeping the running configuration"
+
+	writeFile(t, path, []byte(config("debug")))
+	waitUntil(t, "the reload", func() bool { return len(logs.records(t, ok)) == 1 })
+	if r.level.Level() != slog.LevelDebug {
+		t.Errorf("level after the watched reload = %v", r.level.Level())
+	}
+	writeFile(t, path, []byte(config("loud")))
+	waitUntil(t, "the refusal", func() bool { return len(logs.records(t, failed)) == 1 })
+	if r.level.Level() != slog.LevelDebug {
+		t.Errorf("level after a refused reload = %v, want DEBUG still", r.level.Level())
+	}
+	// At WARN the reload's own INFO line is not logged: the level shows it.
+	writeFile(t, path, []byte(config("warn")))
+	waitUntil(t, "the second reload", func() bool { return r.level.Level() == slog.LevelWarn })
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,9 @@ type runner struct {
 	hup chan os.Signal
 	// grace overrides limits.shutdown_timeout when set (demo, tests).
 	grace *time.Duration
+	// watchEvery, when set, polls path and reloads when its content
+	// changes (-watch-config).
+	watchEvery time.Duration
 
 	cur      atomic.Pointer[instance]
 	serving  atomic.Bool // every listener is bound and served
@@ -142,6 +146,9 @@ func (r *runner) run(ctx context.Context) error {
 	r.serving.Store(true)
 	r.notify(fmt.Sprintf("READY=1\nSTATUS=serving %d listeners", len(in.listeners)))
 	go trimWhenQuiet(ctx, r.srv, quietPeriod, r.log)
+	if r.watchEvery > 0 && r.path != "" {
+		r.watchConfig(ctx, r.watchEvery)
+	}
 
 	hup := r.hup
 	if hup == nil {
@@ -449,4 +456,40 @@ func (r *runner) apply() error {
 		"config", r.path, "listeners", len(in.listeners), "backends", len(c.Backend),
 		"listeners_added", added, "listeners_removed", removed, "sessions", r.srv.Sessions())
 	return nil
+}
+
+// configFilePoll is how often -watch-config reads the configuration file.
+const configFilePoll = 5 * time.Second
+
+// watchConfig reloads when the content of the configuration file changes,
+// for setups where nobody sends SIGHUP (a Kubernetes ConfigMap, a file a
+// deployment tool writes). A change that does not load is refused and
+// logged once; the next change tries again. It reads the file once now,
+// then polls in a goroutine of its own until ctx is done.
+func (r *runner) watchConfig(ctx context.Context, every time.Duration) {
+	sum := func() ([32]byte, bool) {
+		b, err := os.ReadFile(r.path)
+		return sha256.Sum256(b), err == nil
+	}
+	last, _ := sum()
+	go r.pollConfig(ctx, every, last, sum)
+}
+
+func (r *runner) pollConfig(ctx context.Context, every time.Duration, last [32]byte, sum func() ([32]byte, bool)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cur, ok := sum()
+		if !ok || cur == last {
+			continue // unreadable for a moment (being replaced), or unchanged
+		}
+		last = cur
+		r.log.Info("configuration file changed; reloading", "config", r.path)
+		r.reload()
+	}
 }
