@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -54,7 +56,7 @@ const index = `popgate admin
 GET    /metrics          Prometheus metrics
 GET    /healthz          liveness
 GET    /readyz           readiness
-GET    /sessions         live sessions (JSON)
+GET    /sessions         live sessions (JSON); ?user=U only those of user U
 DELETE /sessions?user=U  end the sessions of user U
 DELETE /sessions?id=ID   end the session with connection id ID
 `
@@ -77,8 +79,14 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	writeText(w, http.StatusOK, "ready\n")
 }
 
+// listSessions answers GET /sessions, and GET /sessions?user=NAME with
+// that user's sessions only (compared without regard to case, as DELETE
+// does).
 func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
 	list := h.sessions.SessionList()
+	if user := r.URL.Query().Get("user"); user != "" {
+		list = slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return !strings.EqualFold(s.User, user) })
+	}
 	if list == nil {
 		list = []proxy.SessionInfo{} // "[]", not "null"
 	}

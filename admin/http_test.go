@@ -39,6 +39,7 @@ func TestHandler(t *testing.T) {
 		wantCode   int
 		wantBody   string // exact, unless empty
 		wantIn     string // substring of the body
+		wantNotIn  string // not a substring of the body, when set
 		wantHeader map[string]string
 		wantLeft   []string // IDs of the sessions left
 		wantLog    string   // substring of the log
@@ -61,6 +62,9 @@ func TestHandler(t *testing.T) {
 		{name: "sessions", method: "GET", target: "/sessions", sessions: testSessions(), wantCode: 200,
 			wantIn:     `{"id":"c2","user":"Alice@Example.com","client":"[2001:db8::1]:40001","listener":"pop3","backend":"mx1","state":"relaying","started":"2026-03-01T12:00:01Z","bytes_in":0,"bytes_out":0,"tls_version":""}`,
 			wantHeader: map[string]string{"Content-Type": "application/json"}},
+		{name: "sessions of a user", method: "GET", target: "/sessions?user=ALICE%40example.COM", sessions: testSessions(), wantCode: 200,
+			wantIn: `"id":"c2"`, wantNotIn: `"id":"c3"`},
+		{name: "sessions of nobody", method: "GET", target: "/sessions?user=bob", sessions: testSessions(), wantCode: 200, wantBody: "[]\n"},
 		{name: "sessions PUT", method: "PUT", target: "/sessions", wantCode: 405,
 			wantHeader: map[string]string{"Allow": "DELETE, GET, HEAD"}},
 		{name: "end by user", method: "DELETE", target: "/sessions?user=ALICE%40example.com", sessions: testSessions(),
@@ -108,6 +112,9 @@ func TestHandler(t *testing.T) {
 			}
 			if !strings.Contains(body, tc.wantIn) {
 				t.Errorf("%s %s body = %q, want it to contain %q", tc.method, tc.target, body, tc.wantIn)
+			}
+			if tc.wantNotIn != "" && strings.Contains(body, tc.wantNotIn) {
+				t.Errorf("%s %s body = %q, want it without %q", tc.method, tc.target, body, tc.wantNotIn)
 			}
 			for k, want := range tc.wantHeader {
 				if got := rec.Header().Get(k); got != want {
