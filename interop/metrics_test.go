@@ -3,10 +3,11 @@ package interop
 import (
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/promtext"
 )
 
 // scrape fetches popgate's /metrics into series ("name{labels}") and values.
@@ -22,18 +23,9 @@ func (p *popgate) scrape(t *testing.T) map[string]float64 {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /metrics: %v %s", err, resp.Status)
 	}
-	m := map[string]float64{}
-	for line := range strings.Lines(string(body)) {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		m[line[:i]] = v
+	m, err := promtext.Parse(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
 }

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/popgate/popgate/internal/promtext"
 )
 
 // buildPopgate builds cmd/popgate from the module the benchmark runs in
@@ -278,27 +280,13 @@ func readOr(name string) string {
 
 // scrape reads popgate's /metrics into series ("name{labels}") and values.
 func (p *popgateProc) scrape() (map[string]float64, error) {
-	addr := p.AdminAddr
-	var sc *bufio.Scanner
 	// No keep-alive: the file descriptor check that follows counts
 	// popgate's sockets.
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
-	resp, err := client.Get("http://" + addr + "/metrics")
+	resp, err := client.Get("http://" + p.AdminAddr + "/metrics")
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	m := map[string]float64{}
-	sc = bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			m[line[:i]] = v
-		}
-	}
-	return m, sc.Err()
+	return promtext.Parse(resp.Body)
 }

@@ -15,13 +15,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/internal/promtext"
 	"github.com/popgate/popgate/proxy/pop3test"
 )
 
@@ -214,18 +214,9 @@ func (p *process) metrics() map[string]float64 {
 
 func parseMetrics(t *testing.T, body string) map[string]float64 {
 	t.Helper()
-	m := map[string]float64{}
-	for line := range strings.Lines(body) {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		m[line[:i]] = v
+	m, err := promtext.Parse(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
 }
