@@ -24,9 +24,8 @@ type instance struct {
 	server      *proxy.Server   // set by build; a reload reconfigures the running one
 	proxyConfig proxy.Config
 	listeners   []proxy.Listener
-	addrs       []string // listen addresses, by index of listeners
-	keys        []string // the listeners' ListenConfig.key, by index
-	router      *auth.Chain
+	addrs       []string       // listen addresses, by index of listeners
+	keys        []string       // the listeners' ListenConfig.key, by index
 	mapFile     *auth.MapFile  // nil without route.map_file
 	lookup      *auth.HTTP     // nil without [route.http]
 	cache       *auth.Cache    // nil without [route.http] caching
@@ -176,7 +175,6 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	if err != nil {
 		return nil, err
 	}
-	in.router = router
 	lim := c.Limits
 	var throttle proxy.Throttle
 	switch {

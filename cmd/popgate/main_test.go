@@ -165,6 +165,13 @@ func TestRoute(t *testing.T) {
 	}
 }
 
+// serve runs an instance built by build until ctx is done, without
+// metrics or configuration file, with grace as limits.shutdown_timeout.
+func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Duration) error {
+	in.cfg.Limits.ShutdownTimeout = Duration{Duration: grace, Set: true}
+	return newRunner(in, log).run(ctx)
+}
+
 // TestServeCancelled: when ctx is done every accept loop returns
 // proxy.ErrServerClosed; serve must report a normal stop, not pass that on
 // as a listener failure, whichever of the two it sees first.

@@ -75,6 +75,17 @@ func (r *runner) addrOf(name string) string {
 	return ""
 }
 
+// adminAddress is the address the admin endpoints are bound to; "" when
+// they are off.
+func (r *runner) adminAddress() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.adminLn == nil {
+		return ""
+	}
+	return r.adminLn.ln.Addr().String()
+}
+
 // serial returns the serial of the certificate served at addr for sni.
 func serial(t *testing.T, addr, sni string) string {
 	t.Helper()
@@ -161,7 +172,7 @@ address = %q
 			t.Fatal(err)
 		}
 		before := newPOPClient(t, c)
-		oldPlain, oldAdmin := r.addrOf("plain"), r.adminAddr
+		oldPlain, oldAdmin := r.addrOf("plain"), r.adminAddress()
 		if err := reload(config(tlsTwo, "", "debug", "127.0.0.1:0")); err != nil {
 			t.Fatal(err)
 		}
@@ -182,8 +193,8 @@ address = %q
 		before.cmd("QUIT")
 		// metrics.address "127.0.0.1:0" both times: the same key, so the
 		// admin socket stays.
-		if r.adminAddr != oldAdmin {
-			t.Errorf("admin address moved from %s to %s without a change", oldAdmin, r.adminAddr)
+		if r.adminAddress() != oldAdmin {
+			t.Errorf("admin address moved from %s to %s without a change", oldAdmin, r.adminAddress())
 		}
 		newAdmin := freeAddr(t)
 		if err := reload(config(tlsTwo, "", "debug", newAdmin)); err != nil {
@@ -204,7 +215,7 @@ address = %q
 	})
 
 	t.Run("admin endpoints off, then on again", func(t *testing.T) {
-		old := r.adminAddr
+		old := r.adminAddress()
 		if err := reload(config(tlsTwo, "", "debug", "")); err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +243,7 @@ address = %q
 	t.Run("tls.acme added is refused", func(t *testing.T) {
 		acme := tlsTwo + fmt.Sprintf("[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = %q\ndirectory_url = \"http://127.0.0.1:1/directory\"\nhttp_challenge = \"\"\n", filepath.Join(dir, "acme"))
 		live := r.current()
-		err := reload(config(acme, "", "debug", r.adminAddr))
+		err := reload(config(acme, "", "debug", r.adminAddress()))
 		if err == nil || !strings.Contains(err.Error(), "tls.acme") || !strings.Contains(err.Error(), "restart") {
 			t.Errorf("reload adding [tls.acme] = %v, want a refusal naming tls.acme and restart", err)
 		}
@@ -249,7 +260,7 @@ address = %q
 		defer taken.Close()
 		listener := fmt.Sprintf("[[listen]]\nname = \"taken\"\naddress = %q\ntls = \"none\"\n", taken.Addr())
 		live := r.current()
-		if err := reload(config(tlsTwo, listener, "debug", r.adminAddr)); err == nil || !strings.Contains(err.Error(), "taken") {
+		if err := reload(config(tlsTwo, listener, "debug", r.adminAddress())); err == nil || !strings.Contains(err.Error(), "taken") {
 			t.Errorf("reload with an address in use = %v, want an error naming the listener", err)
 		}
 		if r.current() != live {

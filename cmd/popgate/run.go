@@ -37,8 +37,6 @@ type runner struct {
 	// registers before it loads anything, so that an early SIGHUP is a
 	// reload after start and not the signal's default, which kills.
 	hup chan os.Signal
-	// grace overrides limits.shutdown_timeout when set (demo, tests).
-	grace *time.Duration
 	// watchEvery, when set, polls path and reloads when its content
 	// changes (-watch-config).
 	watchEvery time.Duration
@@ -54,7 +52,6 @@ type runner struct {
 	mu         sync.Mutex        // serialises reloads; guards what follows
 	lns        map[string]*bound // POP3 listeners by ListenConfig.key
 	adminLn    *bound            // nil without metrics.address
-	adminAddr  string
 	challenges *tlsconf.Challenges
 	stopChall  context.CancelFunc // ends challenges' Serve
 	stopGen    context.CancelFunc // ends the current instance's map file watch
@@ -72,14 +69,6 @@ func newRunner(in *instance, log *slog.Logger) *runner {
 	r := &runner{log: log, srv: in.server, lns: map[string]*bound{}, errc: make(chan error, 1)}
 	r.cur.Store(in)
 	return r
-}
-
-// serve runs an instance built by build until ctx is done, without
-// metrics or configuration file (the demo and tests).
-func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Duration) error {
-	r := newRunner(in, log)
-	r.grace = &grace
-	return r.run(ctx)
 }
 
 // notify sends state to systemd (sdNotify). Outside systemd it does
@@ -181,9 +170,6 @@ func (r *runner) shutdown(err error) error {
 	r.draining.Store(true)
 	r.notify(fmt.Sprintf("STOPPING=1\nSTATUS=draining %d sessions", r.srv.Sessions()))
 	grace := r.current().cfg.Limits.ShutdownTimeout.or(defaultShutdownTimeout)
-	if r.grace != nil {
-		grace = *r.grace
-	}
 	r.log.Info("shutting down", "grace", grace.String(), "sessions", r.srv.Sessions())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
@@ -255,7 +241,7 @@ func (r *runner) startListener(key string, ln net.Listener, l proxy.Listener) {
 // startAdmin serves the admin endpoints on ln. r.mu is held.
 func (r *runner) startAdmin(ln net.Listener) {
 	ctx, stop := context.WithCancel(context.Background())
-	r.adminLn, r.adminAddr = &bound{ln: ln, stop: stop}, ln.Addr().String()
+	r.adminLn = &bound{ln: ln, stop: stop}
 	h := admin.Handler(r.metrics, r.srv, r.ready, r.log)
 	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions")
 	r.wg.Go(func() {
@@ -436,7 +422,7 @@ func (r *runner) apply() error {
 	if adminChanged {
 		if r.adminLn != nil {
 			r.adminLn.stop()
-			r.adminLn, r.adminAddr = nil, ""
+			r.adminLn = nil
 		}
 		if adminLn != nil {
 			r.startAdmin(adminLn)
