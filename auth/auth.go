@@ -124,10 +124,14 @@ type Decision struct {
 	// that does not rewrite them copies the client's.
 	User     string
 	Password Password
-	// AuthzID, when set, is relayed to the backend as the SASL PLAIN
-	// authorization identity: User logs in to act as AuthzID (a master
-	// user opening a mailbox). popgate sets it only for backends that
-	// allow it.
+	// AuthzID, when set, says the directory allows this login to act as
+	// AuthzID: popgate relays it to the backend as the SASL PLAIN
+	// authorization identity (User logs in to act as AuthzID, a master
+	// user opening a mailbox), on backends that relay one. A router sets
+	// it only on the directory's explicit word (auth_http's Auth-Authzid
+	// answer), never by copying the client's: a client's authorization
+	// identity is relayed with its own credentials only, and refused when
+	// a router rewrote User or Password without naming it.
 	AuthzID string
 }
 

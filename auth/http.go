@@ -32,6 +32,7 @@ import (
 //	Auth-SSL: on                       (TLS only, with the two below when known)
 //	Auth-SSL-Protocol: TLSv1.3
 //	Auth-SSL-Cipher: TLS_AES_128_GCM_SHA256
+//	Auth-Authzid: <authzid, escaped>   (popgate's extension; only when the client sent one)
 //
 // plus [HTTP.Header] (nginx's auth_http_header, for a shared secret). User
 // and password are escaped as nginx escapes them (ngx_escape_uri with
@@ -47,7 +48,19 @@ import (
 // address, as nginx requires) and Auth-Port give the address, used with the
 // settings of [HTTP.Backend]. Auth-User and Auth-Pass, when present, replace
 // the name and password sent to the backend (master-user logins); nginx
-// takes them verbatim, not url-decoded, and so does popgate. Any other
+// takes them verbatim, not url-decoded, and so does popgate.
+//
+// Auth-Authzid (popgate's extension) carries the SASL PLAIN authorization
+// identity of a client that asked to act as another user, so the service
+// can decide. An "Auth-Authzid: NAME" in the answer allows the login to act
+// as NAME ([Decision.AuthzID]); without it popgate refuses the identity
+// whenever the answer rewrote the login (Auth-User or Auth-Pass): master
+// credentials from the service must never open a mailbox the service did
+// not name. A service written for nginx ignores the request header and
+// never answers one, and keeps working for clients that send no
+// authorization identity.
+//
+// Any other
 // Auth-Status text is a refusal: a *[DeniedError] with the text (and
 // Auth-Error-Code) in Reason, for the log only, and Auth-Wait (seconds) as
 // Wait. "Auth-Status: WAIT" asks to ask again after Auth-Wait seconds; HTTP
@@ -184,6 +197,9 @@ func (h *HTTP) ask(ctx context.Context, req *Request) (Decision, time.Duration, 
 		hdr.Set("Client-IP", s)
 		hdr.Set("Client-Host", s)
 	}
+	if req.AuthzID != "" {
+		hdr.Set("Auth-Authzid", escapeMailAuth(req.AuthzID))
+	}
 	if req.TLS {
 		hdr.Set("Auth-SSL", "on")
 		if v := escapeMailAuth(req.TLSVersion); v != "" {
@@ -243,8 +259,13 @@ func (h *HTTP) decide(rh http.Header, req *Request) (Decision, time.Duration, er
 	if p, ok := single(rh, "Auth-Pass"); ok {
 		d.Password = Password(p)
 	}
-	if err := (Credentials{User: d.User, Password: d.Password}).Check(); err != nil {
-		return Decision{}, -1, errors.New("auth: auth_http: unusable Auth-User or Auth-Pass")
+	if z, ok := single(rh, "Auth-Authzid"); ok {
+		d.AuthzID = z
+	} else if len(rh.Values("Auth-Authzid")) > 1 {
+		return Decision{}, -1, errors.New("auth: auth_http: more than one Auth-Authzid")
+	}
+	if err := (Credentials{User: d.User, Password: d.Password, AuthzID: d.AuthzID}).Check(); err != nil {
+		return Decision{}, -1, errors.New("auth: auth_http: unusable Auth-User, Auth-Pass or Auth-Authzid")
 	}
 	if name, ok := single(rh, "Auth-Backend"); ok {
 		if name == "" || h.KnownBackend != nil && !h.KnownBackend(name) {

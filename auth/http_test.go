@@ -122,6 +122,55 @@ func TestHTTPRequestHeaders(t *testing.T) {
 			t.Errorf("header %s sent on a plaintext connection", k)
 		}
 	}
+	if _, ok := got["Auth-Authzid"]; ok {
+		t.Errorf("Auth-Authzid sent for a login without an authorization identity")
+	}
+
+	// A SASL authorization identity is told to the service, escaped.
+	req = testRequest()
+	req.AuthzID = "carol smith@example.com"
+	if _, err := h.Route(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if g := (*last.Load()).Get("Auth-Authzid"); g != "carol%20smith@example.com" {
+		t.Errorf("header Auth-Authzid = %q, want %q", g, "carol%20smith@example.com")
+	}
+}
+
+// TestHTTPAuthzidAnswer: only an Auth-Authzid answer names an
+// authorization identity in the Decision; the client's is never copied.
+func TestHTTPAuthzidAnswer(t *testing.T) {
+	cases := []struct {
+		name   string
+		answer func(http.ResponseWriter, *http.Request)
+		want   string
+		errMsg string
+	}{
+		{"no answer header", ok("192.0.2.10", "110", "Auth-User", "alice*master", "Auth-Pass", "m"), "", ""},
+		{"named", ok("192.0.2.10", "110", "Auth-User", "master", "Auth-Pass", "m", "Auth-Authzid", "carol@example.com"), "carol@example.com", ""},
+		{"two", ok("192.0.2.10", "110", "Auth-Authzid", "a", "Auth-Authzid", "b"), "", "more than one Auth-Authzid"},
+		{"nul", ok("192.0.2.10", "110", "Auth-Authzid", "a\x00b"), "", "auth: auth_http"}, // the HTTP client refuses it already
+		{"too long", ok("192.0.2.10", "110", "Auth-Authzid", strings.Repeat("a", MaxCredentialLen+1)), "", "unusable"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, _ := authServer(t, tc.answer)
+			h := &HTTP{URL: srv.URL}
+			defer h.Close()
+			req := testRequest()
+			req.AuthzID = "carol@example.com"
+			d, err := h.Route(context.Background(), req)
+			if tc.errMsg != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.errMsg) {
+					t.Fatalf("Route = %v, want an error with %q", err, tc.errMsg)
+				}
+				return
+			}
+			if err != nil || d.AuthzID != tc.want {
+				t.Fatalf("Route: AuthzID %q, %v; want %q", d.AuthzID, err, tc.want)
+			}
+		})
+	}
 }
 
 func TestHTTPAnswers(t *testing.T) {

@@ -766,23 +766,22 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	if dec.User == "" {
 		dec.User, dec.Password = creds.User, creds.Password
 	}
-	if dec.User != creds.User {
+	authz, err := authorizationID(creds, dec, b)
+	if err != nil {
+		if isDenied(err) {
+			return nil, authFailed, err
+		}
+		return nil, tempFail, err
+	}
+	dec.AuthzID = authz
+	switch {
+	case authz != "":
+		sess.loginUser = dec.User + " as " + authz
+	case dec.User != creds.User:
 		sess.loginUser = dec.User
 	}
-	if creds.AuthzID != "" && creds.AuthzID != creds.User {
-		// Acting as someone else: only where the route's backend
-		// relays the identity, and only as the client asked.
-		if !b.RelayAuthzID {
-			return nil, authFailed, &auth.DeniedError{Reason: "SASL authorization identity differs from the user and backend " + quote(b.Name) + " does not relay it"}
-		}
-		dec.AuthzID = creds.AuthzID
-		if strings.ContainsAny(dec.AuthzID, "\r\n\x00") {
-			return nil, authFailed, &auth.DeniedError{Reason: "bad authorization identity"}
-		}
-		sess.loginUser = dec.User + " as " + dec.AuthzID
-	}
 	// A router may rewrite the login; hold the result to the same rule.
-	if err := (auth.Credentials{User: dec.User, Password: dec.Password}).Check(); err != nil {
+	if err := (auth.Credentials{User: dec.User, Password: dec.Password, AuthzID: dec.AuthzID}).Check(); err != nil {
 		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
 	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls, logger: sess.logger}
@@ -797,6 +796,50 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 		return nil, tempFail, err
 	}
 	return bc, reply, nil
+}
+
+// authorizationID returns the SASL authorization identity to send to
+// backend b with the login dec, or an error that refuses the login. A login
+// acts as another identity only when someone who may decide said so
+// explicitly:
+//
+//   - the route names the identity (Decision.AuthzID, auth_http's
+//     Auth-Authzid answer): it is sent, and must be the one the client
+//     asked for when the client asked for one;
+//   - the route logs in with the client's own credentials and b relays
+//     authorization identities (relay_authzid): the client's is sent, and
+//     the backend checks with the client's own password whether the client
+//     may act as it.
+//
+// A route that rewrote the login (a master user's name and password) and
+// did not name the identity refuses one the client asked for: the master
+// credentials would let any user act as any other (a client's authzid
+// relayed with a lookup's master login). A *auth.DeniedError refuses the
+// login as bad credentials; any other error is the configuration's fault.
+func authorizationID(creds auth.Credentials, dec auth.Decision, b *Backend) (string, error) {
+	asked := creds.AuthzID
+	if asked == creds.User {
+		asked = "" // acting as oneself is no request to act as another
+	}
+	if dec.AuthzID != "" {
+		if asked != "" && dec.AuthzID != asked {
+			return "", &auth.DeniedError{Reason: "SASL authorization identity " + quote(asked) + " differs from the one the route named"}
+		}
+		if !b.RelayAuthzID {
+			return "", &lookupError{errors.New("route names an authorization identity but backend " + quote(b.Name) + " does not relay one (relay_authzid)")}
+		}
+		return dec.AuthzID, nil
+	}
+	if asked == "" {
+		return "", nil
+	}
+	if !b.RelayAuthzID {
+		return "", &auth.DeniedError{Reason: "SASL authorization identity differs from the user and backend " + quote(b.Name) + " does not relay it"}
+	}
+	if dec.User != creds.User || dec.Password != creds.Password {
+		return "", &auth.DeniedError{Reason: "SASL authorization identity differs from the user and the route rewrote the login without naming it"}
+	}
+	return asked, nil
 }
 
 // sleep waits d unless the server closes first.

@@ -116,6 +116,13 @@ type Server struct {
 	// credentials opens that mailbox (as Dovecot's master users do).
 	MasterUsers map[string]string
 
+	// MasterSeparator, when set, lets a master user log in as
+	// "user" + MasterSeparator + "master" with the master's password
+	// (Dovecot's auth_master_user_separator), with USER/PASS, AUTH LOGIN
+	// or AUTH PLAIN; with AUTH PLAIN an authorization identity, when
+	// given, names the mailbox instead, as Dovecot does.
+	MasterSeparator string
+
 	// XCLIENT accepts Dovecot's XCLIENT command in the AUTHORIZATION
 	// state, answering "+OK Updated" (or "-ERR " + XCLIENTError when that
 	// is set), and lists XCLIENT in CAPA unless Greeting starts with

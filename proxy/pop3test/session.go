@@ -392,9 +392,14 @@ func (c *session) auth(args []string) error {
 			return nil
 		}
 		if parts[0] != "" && parts[0] != parts[1] {
-			// A master user logs in to another user's mailbox.
-			master, ok := c.s.MasterUsers[parts[1]]
-			if !ok || subtle.ConstantTimeCompare([]byte(master), []byte(parts[2])) != 1 || c.s.Mailboxes[parts[0]] == nil {
+			// A master user logs in to another user's mailbox, named
+			// by the authorization identity; "user*master" as the
+			// authentication identity names the master too.
+			mu := parts[1]
+			if u, m, ok := c.splitMaster(mu); ok && u != "" {
+				mu = m
+			}
+			if !c.isMaster(mu, parts[2]) || c.s.Mailboxes[parts[0]] == nil {
 				c.reply(authFailed)
 				return nil
 			}
@@ -455,12 +460,34 @@ func (c *session) saslResponse(ir string, hasIR bool, challenge string) (resp []
 // login checks credentials and, if they are right, locks the maildrop and
 // enters TRANSACTION.
 func (c *session) login(user, pass string) {
+	if u, m, ok := c.splitMaster(user); ok {
+		if !c.isMaster(m, pass) || c.s.Mailboxes[u] == nil {
+			c.reply(authFailed)
+			return
+		}
+		c.loginAs(u)
+		return
+	}
 	mb := c.s.Mailboxes[user]
 	if mb == nil || subtle.ConstantTimeCompare([]byte(mb.Password), []byte(pass)) != 1 {
 		c.reply(authFailed)
 		return
 	}
 	c.loginAs(user)
+}
+
+// splitMaster splits "user*master" at the server's MasterSeparator.
+func (c *session) splitMaster(name string) (user, master string, ok bool) {
+	if c.s.MasterSeparator == "" {
+		return "", "", false
+	}
+	return strings.Cut(name, c.s.MasterSeparator)
+}
+
+// isMaster checks a master user's password.
+func (c *session) isMaster(name, pass string) bool {
+	want, ok := c.s.MasterUsers[name]
+	return ok && subtle.ConstantTimeCompare([]byte(want), []byte(pass)) == 1
 }
 
 // loginAs opens user's mailbox after the credentials were checked.
