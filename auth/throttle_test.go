@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -28,138 +29,243 @@ var (
 	ip2 = netip.MustParseAddr("192.0.2.2")
 )
 
+func newTestThrottle(perIP, perUser int, window time.Duration, clk *fakeClock) *Throttle {
+	c := ThrottleConfig{MaxPerIP: perIP, MaxPerUser: perUser, Window: window, Size: 100}
+	if clk != nil {
+		c.Now = clk.now
+	}
+	return NewThrottle(c)
+}
+
+// try runs one attempt that ends with r; it reports whether Begin let it go
+// ahead.
+func try(th *Throttle, ip netip.Addr, user string, r AttemptResult) bool {
+	ok, _ := th.Begin(ip, user)
+	if ok {
+		th.End(ip, user, r)
+	}
+	return ok
+}
+
+// allowed asks Begin and gives the place back at once.
+func allowed(th *Throttle, ip netip.Addr, user string) (bool, time.Duration) {
+	ok, wait := th.Begin(ip, user)
+	if ok {
+		th.End(ip, user, AttemptAborted)
+	}
+	return ok, wait
+}
+
 func TestThrottlePerIP(t *testing.T) {
 	clk := newClock()
-	th := NewThrottle(3, 0, 10*time.Minute, 100, clk.now)
+	th := newTestThrottle(3, 0, 10*time.Minute, clk)
 	for i := range 3 {
-		if ok, _ := th.Allow(ip1, fmt.Sprint("user", i)); !ok {
+		if !try(th, ip1, fmt.Sprint("user", i), AttemptFailed) {
 			t.Fatalf("attempt %d refused", i+1)
 		}
-		th.Failure(ip1, fmt.Sprint("user", i))
 	}
 	clk.add(time.Minute)
 	// The correct password from the same address is refused, without asking.
-	if ok, wait := th.Allow(ip1, "alice"); ok || wait != 10*time.Minute-time.Minute {
-		t.Errorf("Allow(ip1) = %v, %v; want refused for 9m", ok, wait)
+	if ok, wait := allowed(th, ip1, "alice"); ok || wait != 10*time.Minute-time.Minute {
+		t.Errorf("Begin(ip1) = %v, %v; want refused for 9m", ok, wait)
 	}
 	// Another address works.
-	if ok, _ := th.Allow(ip2, "alice"); !ok {
-		t.Error("Allow(ip2) refused")
+	if ok, _ := allowed(th, ip2, "alice"); !ok {
+		t.Error("Begin(ip2) refused")
 	}
 	// IPv4-mapped IPv6 is the same address.
-	if ok, _ := th.Allow(netip.MustParseAddr("::ffff:192.0.2.1"), "alice"); ok {
+	if ok, _ := allowed(th, netip.MustParseAddr("::ffff:192.0.2.1"), "alice"); ok {
 		t.Error("IPv4-mapped form of ip1 allowed")
 	}
-	// A success from ip1 (from before, say) does not clear the address.
-	th.Success(ip1, "alice")
-	if ok, _ := th.Allow(ip1, "alice"); ok {
-		t.Error("Success cleared the address")
-	}
 	clk.add(9*time.Minute - time.Nanosecond)
-	if ok, _ := th.Allow(ip1, "alice"); ok {
+	if ok, _ := allowed(th, ip1, "alice"); ok {
 		t.Error("allowed before the window passed")
 	}
 	clk.add(time.Nanosecond)
-	if ok, wait := th.Allow(ip1, "alice"); !ok || wait != 0 {
-		t.Errorf("Allow after the window = %v, %v", ok, wait)
+	if ok, wait := allowed(th, ip1, "alice"); !ok || wait != 0 {
+		t.Errorf("Begin after the window = %v, %v", ok, wait)
 	}
 	// The count starts over: two more failures do not lock.
-	th.Failure(ip1, "x")
-	th.Failure(ip1, "x")
-	if ok, _ := th.Allow(ip1, "alice"); !ok {
+	try(th, ip1, "x", AttemptFailed)
+	try(th, ip1, "x", AttemptFailed)
+	if ok, _ := allowed(th, ip1, "alice"); !ok {
 		t.Error("locked after 2 failures in a new window")
+	}
+	// A success does not clear the address's count.
+	try(th, ip1, "alice", AttemptSucceeded)
+	try(th, ip1, "y", AttemptFailed)
+	if ok, _ := allowed(th, ip1, "alice"); ok {
+		t.Error("a success cleared the address's count")
 	}
 }
 
 func TestThrottleWindow(t *testing.T) {
 	clk := newClock()
-	th := NewThrottle(3, 0, 10*time.Minute, 100, clk.now)
-	th.Failure(ip1, "")
-	th.Failure(ip1, "")
+	th := newTestThrottle(3, 0, 10*time.Minute, clk)
+	try(th, ip1, "", AttemptFailed)
+	try(th, ip1, "", AttemptFailed)
 	clk.add(10 * time.Minute) // the window of those two has passed
-	th.Failure(ip1, "")
-	if ok, _ := th.Allow(ip1, ""); !ok {
+	try(th, ip1, "", AttemptFailed)
+	if ok, _ := allowed(th, ip1, ""); !ok {
 		t.Error("failures from an old window counted")
 	}
-	// Failures while locked do not extend the lock.
-	th.Failure(ip1, "")
-	th.Failure(ip1, "") // third in this window: locked until +10m
+	try(th, ip1, "", AttemptFailed)
+	try(th, ip1, "", AttemptFailed) // third in this window: locked until +10m
 	clk.add(5 * time.Minute)
-	th.Failure(ip1, "")
+	if try(th, ip1, "", AttemptFailed) {
+		t.Error("an attempt went ahead while locked")
+	}
 	clk.add(5 * time.Minute)
-	if ok, _ := th.Allow(ip1, ""); !ok {
-		t.Error("lock extended by a failure while locked")
+	if ok, _ := allowed(th, ip1, ""); !ok {
+		t.Error("still locked after the window")
 	}
 }
 
 func TestThrottlePerUser(t *testing.T) {
 	clk := newClock()
-	th := NewThrottle(0, 2, time.Minute, 100, clk.now)
-	th.Failure(ip1, "Alice")
-	th.Failure(ip2, "alice")
+	th := newTestThrottle(0, 2, time.Minute, clk)
+	try(th, ip1, "Alice", AttemptFailed)
+	try(th, ip2, "alice", AttemptFailed)
 	for _, ip := range []netip.Addr{ip1, ip2, netip.MustParseAddr("198.51.100.7")} {
-		if ok, wait := th.Allow(ip, "ALICE"); ok || wait != time.Minute {
-			t.Errorf("Allow(%v, ALICE) = %v, %v; want refused", ip, ok, wait)
+		if ok, wait := allowed(th, ip, "ALICE"); ok || wait != time.Minute {
+			t.Errorf("Begin(%v, ALICE) = %v, %v; want refused", ip, ok, wait)
 		}
 	}
-	if ok, _ := th.Allow(ip1, "bob"); !ok {
+	if ok, _ := allowed(th, ip1, "bob"); !ok {
 		t.Error("bob refused: per-IP limit is 0 (none)")
 	}
 	clk.add(time.Minute)
-	if ok, _ := th.Allow(ip1, "alice"); !ok {
+	if ok, _ := allowed(th, ip1, "alice"); !ok {
 		t.Error("alice still refused after the window")
 	}
 	// Success clears the user's count.
-	th.Failure(ip1, "alice")
-	th.Success(ip1, "alice")
-	th.Failure(ip1, "alice")
-	if ok, _ := th.Allow(ip1, "alice"); !ok {
+	try(th, ip1, "alice", AttemptFailed)
+	try(th, ip1, "alice", AttemptSucceeded)
+	try(th, ip1, "alice", AttemptFailed)
+	if ok, _ := allowed(th, ip1, "alice"); !ok {
 		t.Error("count survived a success")
+	}
+	// An aborted attempt (backend down) does not count.
+	try(th, ip1, "alice", AttemptAborted)
+	try(th, ip1, "alice", AttemptAborted)
+	if ok, _ := allowed(th, ip1, "alice"); !ok {
+		t.Error("aborted attempts counted")
+	}
+}
+
+// TestThrottleInFlight: attempts in flight hold their place, so that a
+// burst cannot pass the limit before the first failures are reported.
+func TestThrottleInFlight(t *testing.T) {
+	clk := newClock()
+	th := newTestThrottle(5, 3, time.Minute, clk)
+	for i := range 3 {
+		if ok, _ := th.Begin(ip1, "alice"); !ok {
+			t.Fatalf("attempt %d refused", i+1)
+		}
+	}
+	// Three in flight fill alice's budget; the address has room.
+	if ok, wait := th.Begin(ip2, "alice"); ok || wait != InFlightRetry {
+		t.Fatalf("4th attempt in flight = %v, %v; want refused for %v", ok, wait, InFlightRetry)
+	}
+	if ok, _ := allowed(th, ip1, "bob"); !ok {
+		t.Fatal("bob refused")
+	}
+	// One ends aborted: its place is free again.
+	th.End(ip1, "alice", AttemptAborted)
+	if !try(th, ip2, "alice", AttemptFailed) {
+		t.Fatal("attempt refused after one in flight was aborted")
+	}
+	// The two still in flight fail: 3 failures lock alice.
+	th.End(ip1, "alice", AttemptFailed)
+	th.End(ip1, "alice", AttemptFailed)
+	if ok, wait := allowed(th, ip1, "alice"); ok || wait != time.Minute {
+		t.Errorf("after 3 failures: %v, %v; want locked for 1m", ok, wait)
+	}
+	// Nothing in flight, no failure: nothing kept.
+	th2 := newTestThrottle(5, 5, time.Minute, clk)
+	try(th2, ip1, "carol", AttemptSucceeded)
+	try(th2, ip2, "dave", AttemptAborted)
+	if n := th2.Len(); n != 0 {
+		t.Errorf("Len() = %d after attempts that left nothing to count", n)
+	}
+}
+
+func TestClientNet(t *testing.T) {
+	tests := []struct {
+		ip   string
+		bits int
+		want string
+	}{
+		{"192.0.2.1", 64, "192.0.2.1/32"},
+		{"::ffff:192.0.2.1", 64, "192.0.2.1/32"},
+		{"2001:db8:1:2:3:4:5:6", 0, "2001:db8:1:2::/64"},
+		{"2001:db8:1:2:3:4:5:6", 64, "2001:db8:1:2::/64"},
+		{"2001:db8:1:2:3:4:5:6", 56, "2001:db8:1::/56"},
+		{"2001:db8:1:2:3:4:5:6", 128, "2001:db8:1:2:3:4:5:6/128"},
+		{"2001:db8:1:2:3:4:5:6", 200, "2001:db8:1:2::/64"},
+		{"fe80::1%eth0", 64, "fe80::/64"},
+	}
+	for _, tc := range tests {
+		p, ok := ClientNet(netip.MustParseAddr(tc.ip), tc.bits)
+		if !ok || p.String() != tc.want {
+			t.Errorf("ClientNet(%s, %d) = %v, %v; want %s", tc.ip, tc.bits, p, ok, tc.want)
+		}
+	}
+	if _, ok := ClientNet(netip.Addr{}, 64); ok {
+		t.Error("ClientNet(invalid) ok")
 	}
 }
 
 func TestThrottleIPv6Prefix(t *testing.T) {
-	th := NewThrottle(2, 0, time.Minute, 100, newClock().now)
-	th.Failure(netip.MustParseAddr("2001:db8:1:2::1"), "")
-	th.Failure(netip.MustParseAddr("2001:db8:1:2:ffff::9"), "")
-	if ok, _ := th.Allow(netip.MustParseAddr("2001:db8:1:2::77"), ""); ok {
-		t.Error("same /64 allowed")
-	}
-	if ok, _ := th.Allow(netip.MustParseAddr("2001:db8:1:3::1"), ""); !ok {
-		t.Error("other /64 refused")
+	for _, tc := range []struct {
+		bits      int
+		same, oth string
+	}{
+		{0, "2001:db8:1:2::77", "2001:db8:1:3::1"},
+		{56, "2001:db8:1:ff::1", "2001:db8:2::1"},
+		{128, "2001:db8:1:2::1", "2001:db8:1:2::2"},
+	} {
+		th := NewThrottle(ThrottleConfig{MaxPerIP: 2, Window: time.Minute, IPv6Prefix: tc.bits, Now: newClock().now})
+		try(th, netip.MustParseAddr("2001:db8:1:2::1"), "", AttemptFailed)
+		try(th, netip.MustParseAddr("2001:db8:1:2::1"), "", AttemptFailed)
+		if ok, _ := allowed(th, netip.MustParseAddr(tc.same), ""); ok {
+			t.Errorf("/%d: %s allowed", tc.bits, tc.same)
+		}
+		if ok, _ := allowed(th, netip.MustParseAddr(tc.oth), ""); !ok {
+			t.Errorf("/%d: %s refused", tc.bits, tc.oth)
+		}
 	}
 }
 
 func TestThrottleDisabled(t *testing.T) {
 	for _, th := range []*Throttle{
-		NewThrottle(0, 0, time.Minute, 10, nil),
-		NewThrottle(1, 1, 0, 10, nil),
+		newTestThrottle(0, 0, time.Minute, nil),
+		newTestThrottle(1, 1, 0, nil),
 		nil,
 	} {
-		th.Failure(ip1, "a")
-		th.Failure(ip1, "a")
-		if ok, _ := th.Allow(ip1, "a"); !ok {
+		try(th, ip1, "a", AttemptFailed)
+		try(th, ip1, "a", AttemptFailed)
+		if ok, _ := allowed(th, ip1, "a"); !ok {
 			t.Errorf("%+v refused", th)
 		}
-		th.Success(ip1, "a")
 	}
 	// Invalid address and empty user are not checked.
-	th := NewThrottle(1, 1, time.Minute, 10, nil)
-	th.Failure(netip.Addr{}, "")
-	if ok, _ := th.Allow(netip.Addr{}, ""); !ok || th.Len() != 0 {
+	th := newTestThrottle(1, 1, time.Minute, nil)
+	try(th, netip.Addr{}, "", AttemptFailed)
+	if ok, _ := allowed(th, netip.Addr{}, ""); !ok || th.Len() != 0 {
 		t.Errorf("zero address/user tracked: Len %d", th.Len())
 	}
 }
 
 func TestThrottleBounded(t *testing.T) {
-	th := NewThrottle(5, 5, time.Hour, 1000, newClock().now)
+	th := NewThrottle(ThrottleConfig{MaxPerIP: 5, MaxPerUser: 5, Window: time.Hour, Size: 1000, Now: newClock().now})
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 100_000 {
 		var a [16]byte
 		for i := range a {
 			a[i] = byte(rng.Uint32())
 		}
-		th.Failure(netip.AddrFrom16(a), fmt.Sprintf("user%x", rng.Uint64()))
+		try(th, netip.AddrFrom16(a), fmt.Sprintf("user%x", rng.Uint64()), AttemptFailed)
 	}
 	if n := th.Len(); n > 2000 {
 		t.Errorf("Len() = %d, want <= 2000 (1000 per kind)", n)
@@ -171,18 +277,37 @@ func TestThrottleBounded(t *testing.T) {
 	}
 }
 
+// TestThrottleConcurrent: however attempts interleave, no more than the
+// limit go ahead before their failures are in; run with -race.
 func TestThrottleConcurrent(t *testing.T) {
-	th := NewThrottle(1000, 1000, time.Minute, 100, nil)
-	var wg sync.WaitGroup
-	for g := range 8 {
+	const limit = 10
+	th := newTestThrottle(1000, limit, time.Minute, nil)
+	var (
+		wg      sync.WaitGroup
+		ahead   atomic.Int32
+		release = make(chan struct{})
+	)
+	for g := range 90 {
 		wg.Go(func() {
-			for i := range 500 {
-				ip := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i)})
-				th.Allow(ip, "u")
-				th.Failure(ip, "u")
-				th.Success(ip, "u")
+			ip := netip.AddrFrom4([4]byte{10, 0, 0, byte(g % 2)})
+			if ok, _ := th.Begin(ip, "victim"); !ok {
+				return
 			}
+			ahead.Add(1)
+			<-release // the backend is slow: all attempts are in flight together
+			th.End(ip, "victim", AttemptFailed)
 		})
 	}
+	// Let every goroutine reach Begin before any attempt ends.
+	for deadline := time.Now().Add(10 * time.Second); ahead.Load() < limit && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
 	wg.Wait()
+	if n := ahead.Load(); n != limit {
+		t.Errorf("%d of 90 concurrent attempts went ahead, want %d", n, limit)
+	}
+	if ok, _ := allowed(th, ip1, "victim"); ok {
+		t.Error("the victim's budget is not spent")
+	}
 }

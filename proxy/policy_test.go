@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -9,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy/pop3test"
 )
 
@@ -18,24 +22,29 @@ type countingThrottle struct {
 	max       int
 	failures  map[netip.Addr]int
 	successes int
+	inFlight  int
 }
 
-func (c *countingThrottle) Allow(ip netip.Addr, user string) (bool, time.Duration) {
+func (c *countingThrottle) Begin(ip netip.Addr, user string) (bool, time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.failures[ip] < c.max, time.Minute
+	if c.failures[ip] >= c.max {
+		return false, time.Minute
+	}
+	c.inFlight++
+	return true, 0
 }
 
-func (c *countingThrottle) Failure(ip netip.Addr, user string) {
+func (c *countingThrottle) End(ip netip.Addr, user string, r auth.AttemptResult) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.failures[ip]++
-}
-
-func (c *countingThrottle) Success(ip netip.Addr, user string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.successes++
+	c.inFlight--
+	switch r {
+	case auth.AttemptFailed:
+		c.failures[ip]++
+	case auth.AttemptSucceeded:
+		c.successes++
+	}
 }
 
 // TestThrottle: after the throttle refuses, even the right password is
@@ -148,5 +157,90 @@ func TestExtraCapabilities(t *testing.T) {
 	got := c.multi()
 	if !slices.Contains(got, "TOP") || !slices.Contains(got, "UIDL") || !slices.Contains(got, "USER") {
 		t.Errorf("CAPA = %q", got)
+	}
+}
+
+// TestThrottleRace: 90 wrong guesses for one user sent at once from two
+// addresses, against a lookup that holds every attempt until the test lets
+// go (a slow backend), reach the lookup no more than max_failures_per_user
+// times; and the right password sent afterwards is refused too. Before
+// attempts reserved their place, all 90 went through.
+func TestThrottleRace(t *testing.T) {
+	const guesses, perUser, perIP = 90, 10, 20
+	var (
+		mu      sync.Mutex
+		routed  int
+		release = make(chan struct{})
+	)
+	router := auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
+		mu.Lock()
+		routed++
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return auth.Decision{}, ctx.Err()
+		}
+		return auth.Decision{Backend: "b1", User: req.User, Password: req.Password}, nil
+	})
+	th := auth.NewThrottle(auth.ThrottleConfig{MaxPerIP: perIP, MaxPerUser: perUser, Window: time.Minute})
+	h := newHarness(t, harnessOpts{config: func(c *Config) { c.Router = router; c.Throttle = th }})
+
+	answers := make(chan string, guesses)
+	var wg sync.WaitGroup
+	for i := range guesses {
+		wg.Go(func() {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%2))}}
+			c, err := d.Dial("tcp", h.addrs["plain"])
+			if err != nil {
+				answers <- "dial: " + err.Error()
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			fmt.Fprintf(c, "USER %s\r\nPASS wrong-guess-%d\r\n", testUser, i)
+			br := bufio.NewReader(c)
+			var last string
+			for range 3 { // greeting, USER, PASS
+				if last, err = br.ReadString('\n'); err != nil {
+					answers <- "read: " + err.Error()
+					return
+				}
+			}
+			answers <- strings.TrimSpace(last)
+		})
+	}
+	// Every guess is either refused at once or held by the lookup.
+	waitFor(t, "all guesses answered or held", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(answers)+routed >= guesses
+	})
+	close(release)
+	wg.Wait()
+	close(answers)
+	counts := map[string]int{}
+	for a := range answers {
+		counts[a]++
+	}
+	mu.Lock()
+	got := routed
+	mu.Unlock()
+	if got > perUser {
+		t.Errorf("%d of %d concurrent guesses reached the lookup, want at most %d (answers %v)", got, guesses, perUser, counts)
+	}
+	if n := counts["-ERR [SYS/TEMP] Too many failed logins, try again later"]; n != guesses-got {
+		t.Errorf("%d guesses throttled, want %d (answers %v)", n, guesses-got, counts)
+	}
+	// The budget is spent: the right password is refused without a lookup.
+	c := h.dial("plain")
+	c.cmd("USER " + testUser)
+	if a := c.cmd("PASS " + testPass); !strings.HasPrefix(a, "-ERR [SYS/TEMP] Too many failed logins") {
+		t.Errorf("right password after the burst = %q", a)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if routed != got {
+		t.Errorf("the throttled login reached the lookup")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -430,4 +431,54 @@ func TestProxyHeaderSSLTLV(t *testing.T) {
 			t.Errorf("SSL TLV version %q, want TLSv1.3", v)
 		}
 	}
+}
+
+// TestPerIPIPv6Prefix: max_connections_per_ip counts an IPv6 client by its
+// network (ipv6_prefix, /64 by default), as the failed-login throttle does,
+// so one host cannot take every connection by cycling through its /64; an
+// IPv4-mapped address is its IPv4 address. The addresses come in PROXY
+// headers, since loopback has a single IPv6 address.
+func TestPerIPIPv6Prefix(t *testing.T) {
+	const limit = 3
+	for _, tc := range []struct {
+		prefix   int
+		accepted int // of 5 connections from 2001:db8:1:2::1 ... ::5
+	}{
+		{0, limit},   // default /64: one client
+		{64, limit},  // the same, said
+		{120, limit}, // ::1 to ::5 share a /120
+		{128, 5},     // every address its own client
+	} {
+		t.Run(fmt.Sprintf("prefix=%d", tc.prefix), func(t *testing.T) {
+			h := newHarness(t, harnessOpts{
+				listeners: proxyListeners(),
+				config: func(c *Config) {
+					c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+					c.MaxConnectionsPerIP = limit
+					c.IPv6Prefix = tc.prefix
+				},
+			})
+			accepted := 0
+			for i := range 5 {
+				src := netip.AddrPortFrom(netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%d", i+1)), 40000)
+				c := h.dialFrom("pp", "", headerV2(t, src), nil)
+				if strings.HasPrefix(c.line(), "+OK") {
+					accepted++
+				}
+			}
+			if accepted != tc.accepted {
+				t.Errorf("%d of 5 connections from one /64 accepted, want %d", accepted, tc.accepted)
+			}
+		})
+	}
+	// IPv4 and its IPv4-mapped form are one client.
+	h := newHarness(t, harnessOpts{
+		listeners: proxyListeners(),
+		config: func(c *Config) {
+			c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+			c.MaxConnectionsPerIP = 1
+		},
+	})
+	h.dialFrom("pp", "", headerV2(t, netip.MustParseAddrPort("192.0.2.77:1")), nil).expect("+OK")
+	h.dialFrom("pp", "", headerV2(t, netip.MustParseAddrPort("[::ffff:192.0.2.77]:2")), nil).expect("-ERR [SYS/TEMP]")
 }

@@ -165,6 +165,11 @@ type Config struct {
 	// address; 0 means no cap. Behind a PROXY protocol listener the
 	// address is the header's, counted once the header is read.
 	MaxConnectionsPerIP int
+	// IPv6Prefix is the prefix length that groups IPv6 clients into one
+	// client for MaxConnectionsPerIP, as the Throttle groups them for
+	// failed logins (see auth.ClientNet); 0 means auth.DefaultIPv6Prefix
+	// (/64). IPv4 clients count by their address.
+	IPv6Prefix int
 	// TrustedProxies are the source networks a listener with
 	// ProxyProtocol accepts connections (and headers) from. Empty: such
 	// a listener accepts nobody.
@@ -226,6 +231,11 @@ func (c *Config) proxyHeaderTimeout() time.Duration {
 	return 5 * time.Second
 }
 
+// clientNet returns the network ip counts in for the per-client limits.
+func (c *Config) clientNet(ip netip.Addr) (netip.Prefix, bool) {
+	return auth.ClientNet(ip, c.IPv6Prefix)
+}
+
 // trustedProxy reports whether ip may send a PROXY header.
 func (c *Config) trustedProxy(ip netip.Addr) bool {
 	ip = ip.Unmap()
@@ -275,15 +285,15 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Throttle counts failed logins. See auth.Throttle.
+// Throttle limits failed logins. See auth.Throttle.
 type Throttle interface {
-	// Allow reports whether a login from ip for user may be tried, and
-	// if not, how long until it may.
-	Allow(ip netip.Addr, user string) (bool, time.Duration)
-	// Failure records a failed login (bad credentials, unknown user).
-	Failure(ip netip.Addr, user string)
-	// Success records a successful login.
-	Success(ip netip.Addr, user string)
+	// Begin reports whether a login from ip for user may be tried, and
+	// if not, how long until it may. A login that may be tried holds a
+	// place in the budget until End.
+	Begin(ip netip.Addr, user string) (bool, time.Duration)
+	// End reports how a login that Begin let go ahead ended: failed (bad
+	// credentials, unknown user), succeeded, or aborted (neither).
+	End(ip netip.Addr, user string, r auth.AttemptResult)
 }
 
 // Server is a POP3 proxy. Build it with [New]; it serves listeners passed to
@@ -301,7 +311,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]*atomic.Pointer[Listener]
 	sessions  map[*session]struct{}
-	perIP     map[netip.Addr]int
+	perIP     map[netip.Prefix]int // sessions per client network (auth.ClientNet)
 	closing   bool
 	endedIn   int64          // octets relayed client→backend by ended sessions
 	endedOut  int64          // octets relayed backend→client by ended sessions
@@ -386,7 +396,7 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		listeners: make(map[net.Listener]*atomic.Pointer[Listener]),
 		sessions:  make(map[*session]struct{}),
-		perIP:     make(map[netip.Addr]int),
+		perIP:     make(map[netip.Prefix]int),
 	}
 	s.cfg.Store(&cfg)
 	return s, nil
@@ -520,6 +530,7 @@ func (s *Server) accept(c net.Conn, l Listener) {
 		c.Close()
 		return
 	}
+	ipNet, hasIP := cfg.clientNet(ip)
 	s.mu.Lock()
 	refuse, reason := "", ""
 	switch {
@@ -527,7 +538,7 @@ func (s *Server) accept(c net.Conn, l Listener) {
 		refuse, reason = "shutting down", "shutting_down"
 	case cfg.MaxConnections > 0 && len(s.sessions) >= cfg.MaxConnections:
 		refuse, reason = "max_connections reached", "max_connections"
-	case !l.ProxyProtocol && cfg.MaxConnectionsPerIP > 0 && s.perIP[ip] >= cfg.MaxConnectionsPerIP:
+	case !l.ProxyProtocol && hasIP && cfg.MaxConnectionsPerIP > 0 && s.perIP[ipNet] >= cfg.MaxConnectionsPerIP:
 		refuse, reason = "max_connections_per_ip reached", "max_connections_per_ip"
 	}
 	if refuse != "" {
@@ -539,9 +550,9 @@ func (s *Server) accept(c net.Conn, l Listener) {
 	}
 	sess := s.newSession(c, l, cfg)
 	s.sessions[sess] = struct{}{}
-	if !l.ProxyProtocol {
-		s.perIP[ip]++
-		sess.ipCounted = true
+	if !l.ProxyProtocol && hasIP {
+		s.perIP[ipNet]++
+		sess.ipNet = ipNet
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -553,13 +564,17 @@ func (s *Server) accept(c net.Conn, l Listener) {
 func (s *Server) countIP(sess *session, client netip.AddrPort) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ip := client.Addr()
-	if limit := sess.cfg.MaxConnectionsPerIP; limit > 0 && s.perIP[ip] >= limit {
+	ipNet, ok := sess.cfg.clientNet(client.Addr())
+	if !ok {
+		sess.remote = client
+		return true
+	}
+	if limit := sess.cfg.MaxConnectionsPerIP; limit > 0 && s.perIP[ipNet] >= limit {
 		return false
 	}
 	sess.remote = client
-	s.perIP[ip]++
-	sess.ipCounted = true
+	s.perIP[ipNet]++
+	sess.ipNet = ipNet
 	return true
 }
 
@@ -585,10 +600,9 @@ func (s *Server) removeSession(sess *session) {
 	if sess.relaying {
 		s.relaying--
 	}
-	if sess.ipCounted {
-		ip := sess.remote.Addr()
-		if s.perIP[ip]--; s.perIP[ip] <= 0 {
-			delete(s.perIP, ip)
+	if sess.ipNet.IsValid() {
+		if s.perIP[sess.ipNet]--; s.perIP[sess.ipNet] <= 0 {
+			delete(s.perIP, sess.ipNet)
 		}
 	}
 	if s.closing && len(s.sessions) == 0 && s.idle != nil {

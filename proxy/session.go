@@ -59,9 +59,10 @@ type session struct {
 	// proxy is the load balancer's address when a PROXY header named the
 	// client, else invalid.
 	proxy netip.AddrPort
-	// ipCounted is true once remote counts against max_connections_per_ip;
-	// guarded by srv.mu.
-	ipCounted bool
+	// ipNet is the client network (auth.ClientNet) counted against
+	// max_connections_per_ip; invalid while not counted. Guarded by
+	// srv.mu.
+	ipNet netip.Prefix
 	// relaying is true once the session counts in srv.relaying; guarded
 	// by srv.mu.
 	relaying bool
@@ -669,19 +670,28 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
-	bc, reply, err := sess.tryLogin(creds, attempt)
+	var err error
+	// The attempt holds its place in the throttle's budgets from before
+	// the lookup until its outcome is known, so that attempts sent at
+	// once cannot race past the limit.
 	th := sess.cfg.Throttle
 	ip := sess.remote.Addr().Unmap()
+	if th != nil {
+		if ok, wait := th.Begin(ip, creds.User); !ok {
+			reply, err = "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
+			th = nil // nothing to end
+		}
+	}
+	if err == nil {
+		bc, reply, err = sess.tryLogin(creds, attempt)
+		if th != nil {
+			th.End(ip, creds.User, attemptResult(err))
+		}
+	}
 	if err == nil {
 		sess.srv.obs.Login(sess.l.Name, LoginOK)
-		if th != nil {
-			th.Success(ip, creds.User)
-		}
 		sess.bw.WriteString(reply)
 		return bc, false
-	}
-	if th != nil && isCredentialFailure(err) {
-		th.Failure(ip, creds.User)
 	}
 	sess.failures++
 	sess.lastErr = err
@@ -724,12 +734,6 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
 	if err := creds.Check(); err != nil {
 		return nil, authFailed, &auth.DeniedError{Reason: err.Error()}
-	}
-	ip := sess.remote.Addr().Unmap()
-	if th := sess.cfg.Throttle; th != nil {
-		if ok, wait := th.Allow(ip, creds.User); !ok {
-			return nil, "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
-		}
 	}
 	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
 	defer cancel()
@@ -940,6 +944,17 @@ func (e *throttledError) Error() string {
 func isThrottled(err error) bool {
 	var te *throttledError
 	return errors.As(err, &te)
+}
+
+// attemptResult tells the throttle how a login attempt ended.
+func attemptResult(err error) auth.AttemptResult {
+	switch {
+	case err == nil:
+		return auth.AttemptSucceeded
+	case isCredentialFailure(err):
+		return auth.AttemptFailed
+	}
+	return auth.AttemptAborted
 }
 
 // isCredentialFailure reports failures that count against the throttle:

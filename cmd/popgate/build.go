@@ -182,8 +182,12 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		// Failure counts survive a reload that keeps the limits.
 		in.throttle = prev.throttle
 	default:
-		in.throttle = auth.NewThrottle(intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP), intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
-			lim.FailureWindow.or(defaultFailureWindow), 0, nil)
+		in.throttle = auth.NewThrottle(auth.ThrottleConfig{
+			MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP),
+			MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
+			Window:     lim.FailureWindow.or(defaultFailureWindow),
+			IPv6Prefix: intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
+		})
 	}
 	if in.throttle != nil {
 		throttle = in.throttle
@@ -209,6 +213,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
 		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConns),
 		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
+		IPv6Prefix:          intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
 		TrustedProxies:      trusted,
 		Logger:              log,
 	}
@@ -223,7 +228,8 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 func sameThrottle(a, b LimitsConfig) bool {
 	return intOr(a.MaxFailuresPerIP, defaultMaxFailuresIP) == intOr(b.MaxFailuresPerIP, defaultMaxFailuresIP) &&
 		intOr(a.MaxFailuresPerUser, defaultMaxFailuresUser) == intOr(b.MaxFailuresPerUser, defaultMaxFailuresUser) &&
-		a.FailureWindow.or(defaultFailureWindow) == b.FailureWindow.or(defaultFailureWindow)
+		a.FailureWindow.or(defaultFailureWindow) == b.FailureWindow.or(defaultFailureWindow) &&
+		intOr(a.IPv6Prefix, auth.DefaultIPv6Prefix) == intOr(b.IPv6Prefix, auth.DefaultIPv6Prefix)
 }
 
 // isLoopback reports whether a listen or dial address stays on this host.

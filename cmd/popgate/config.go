@@ -113,6 +113,7 @@ type LimitsConfig struct {
 	MaxFailuresPerIP    *int     `toml:"max_failures_per_ip"`
 	MaxFailuresPerUser  *int     `toml:"max_failures_per_user"`
 	FailureWindow       Duration `toml:"failure_window"`
+	IPv6Prefix          *int     `toml:"ipv6_prefix"`
 	TrustedProxies      []string `toml:"trusted_proxies"`
 	ShutdownTimeout     Duration `toml:"shutdown_timeout"`
 }
@@ -429,6 +430,9 @@ func (c *Config) validate() []error {
 		if p != nil && *p < 0 {
 			add("%s: must not be negative", key)
 		}
+	}
+	if p := lim.IPv6Prefix; p != nil && (*p < 1 || *p > 128) {
+		add("limits.ipv6_prefix: must be between 1 and 128 (the length of the IPv6 prefix that counts as one client; 64 by default)")
 	}
 	for i, p := range lim.TrustedProxies {
 		if _, err := parsePrefix(p); err != nil {

@@ -371,6 +371,8 @@ func TestParseConfigRouting(t *testing.T) {
 		listenNone + backendB + "[route]\nmap_file = \"/etc/popgate/routes\"\n",
 		listenNone + backendB + "[route]\ndefault = \"b\"\n[route.http]\nurl = \"http://127.0.0.1:8080/auth\"\ntimeout = \"3s\"\ncache_ttl = \"30s\"\nnegative_cache_ttl = \"5s\"\ncache_size = 1000\nbackend = \"b\"\n",
 		minimal + "[limits]\nmax_failures_per_ip = 20\nmax_failures_per_user = 10\nfailure_window = \"10m\"\n",
+		minimal + "[limits]\nipv6_prefix = 56\n",
+		minimal + "[limits]\nipv6_prefix = 128\n",
 		minimal + "[pop3]\ngreeting = \"hello\"\ncapabilities = [\"TOP\", \"UIDL\"]\nhide_backend_errors = true\n",
 	}
 	for i, cfg := range ok {
@@ -384,6 +386,8 @@ func TestParseConfigRouting(t *testing.T) {
 		{listenNone + backendB + "[route]\n[route.http]\nurl = \"http://127.0.0.1/\"\nbackend = \"nope\"\n", "route.http.backend"},
 		{listenNone + backendB + "[route]\n[route.http]\nurl = \"http://127.0.0.1/\"\nbogus = 1\n", "route.http.bogus"},
 		{minimal + "[limits]\nmax_failures_per_ip = -1\n", "limits.max_failures_per_ip"},
+		{minimal + "[limits]\nipv6_prefix = 0\n", "limits.ipv6_prefix"},
+		{minimal + "[limits]\nipv6_prefix = 129\n", "limits.ipv6_prefix"},
 	}
 	for _, tc := range bad {
 		_, err := ParseConfig("bad", []byte(tc.toml))
