@@ -89,22 +89,87 @@ func TestThrottle(t *testing.T) {
 	}
 }
 
-// TestHideBackendErrors: with the option, a backend's refusal text is
-// replaced by popgate's own.
-func TestHideBackendErrors(t *testing.T) {
-	for _, hide := range []bool{false, true} {
-		h := newHarness(t, harnessOpts{backend: func(s *pop3test.Server) { s.LoginError = "No such user here" }, config: func(c *Config) { c.HideBackendErrors = hide }})
-		c := h.dial("pop3s")
-		c.cmd("USER " + testUser)
-		got := c.cmd("PASS " + testPass)
-		want := "-ERR No such user here"
-		if hide {
-			want = "-ERR [AUTH] Authentication failed"
-		}
-		if got != want {
-			t.Errorf("hide=%v: login = %q, want %q", hide, got, want)
-		}
+// TestBackendErrorText: a backend's refusal of the credentials gets
+// popgate's own words unless RelayBackendErrors is set (names cannot be
+// told apart by the text); answers that come after the password was
+// checked, and the backend's own trouble, are relayed as they are.
+func TestBackendErrorText(t *testing.T) {
+	const ours = "-ERR [AUTH] Authentication failed"
+	tests := []struct {
+		loginError string // the backend's refusal, after "-ERR "
+		relay      bool
+		want       string
+	}{
+		{"No such user here", false, ours},
+		{"[AUTH] Authentication failed.", false, ours},
+		{"[IN-USE] mailbox locked", false, "-ERR [IN-USE] mailbox locked"},
+		{"[LOGIN-DELAY] wait 15 minutes", false, "-ERR [LOGIN-DELAY] wait 15 minutes"},
+		{"[SYS/TEMP] storage unavailable", false, "-ERR [SYS/TEMP] storage unavailable"},
+		{"No such user here", true, "-ERR No such user here"},
+		{"[AUTH] Authentication failed.", true, "-ERR [AUTH] Authentication failed."},
+		{"[IN-USE] mailbox locked", true, "-ERR [IN-USE] mailbox locked"},
 	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%s/relay=%v", tc.loginError, tc.relay), func(t *testing.T) {
+			h := newHarness(t, harnessOpts{backend: func(s *pop3test.Server) { s.LoginError = tc.loginError }, config: func(c *Config) { c.RelayBackendErrors = tc.relay }})
+			c := h.dial("pop3s")
+			c.cmd("USER " + testUser)
+			if got := c.cmd("PASS " + testPass); got != tc.want {
+				t.Errorf("login = %q, want %q", got, tc.want)
+			}
+			// The unknown name gets the same words as the default.
+			c.cmd("USER nobody@example.com")
+			if got := c.cmd("PASS " + testPass); got != ours {
+				t.Errorf("unknown name = %q, want %q", got, ours)
+			}
+		})
+	}
+}
+
+// TestFailureTiming: a client that times its failed logins cannot tell a
+// routed name with a wrong password (refused by the backend after its
+// auth failure delay, with its spread) from a name no route matches
+// (refused by popgate): both take what the backend takes. 50 attempts of
+// each kind alternate on two connections; the medians must lie within the
+// backend's own spread of each other. Before popgate imitated the
+// backend's time, the unrouted name was answered at once and the medians
+// differed by the whole delay, several times the spread; the margin keeps
+// this from hinging on scheduling noise.
+func TestFailureTiming(t *testing.T) {
+	const (
+		delay    = 50 * time.Millisecond // the backend's failure delay ...
+		spread   = 20 * time.Millisecond // ... plus up to this much
+		attempts = 50
+	)
+	h := newHarness(t, harnessOpts{
+		backend: func(s *pop3test.Server) { s.AuthFailureDelay, s.AuthFailureJitter = delay, spread },
+		config:  func(c *Config) { c.MaxLoginFailures = 1000 },
+	})
+	routed, unrouted := h.dial("plain"), h.dial("plain")
+	timeFailure := func(c *client, user string) time.Duration {
+		c.cmd("USER " + user)
+		start := time.Now()
+		if got := c.cmd("PASS wrong-password"); got != "-ERR [AUTH] Authentication failed" {
+			t.Fatalf("%s: %q", user, got)
+		}
+		return time.Since(start)
+	}
+	var r, u []time.Duration
+	for range attempts {
+		r = append(r, timeFailure(routed, testUser))
+		u = append(u, timeFailure(unrouted, "nobody@example.com"))
+	}
+	mr, mu := median(r), median(u)
+	t.Logf("median failure: routed %v, unrouted %v (backend %v + up to %v)", mr, mu, delay, spread)
+	if diff := (mr - mu).Abs(); diff > spread {
+		t.Errorf("medians differ by %v (routed %v, unrouted %v), more than the backend's spread %v", diff, mr, mu, spread)
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // TestBackendFallbacks: an unreachable first address is skipped; a
@@ -136,6 +201,7 @@ func TestBackendFallbacks(t *testing.T) {
 	defer second.Close()
 	h = newHarness(t, harnessOpts{backend: func(s *pop3test.Server) { s.LoginError = "[AUTH] nope" }, config: func(c *Config) {
 		c.Backends["b1"].Fallbacks = []string{addr2.String()}
+		c.RelayBackendErrors = true // the first backend's own words prove who answered
 	}})
 	c = h.dial("pop3s")
 	c.cmd("USER " + testUser)

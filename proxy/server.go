@@ -181,12 +181,15 @@ type Config struct {
 	// means no limit. A throttled attempt reaches neither the router nor
 	// a backend.
 	Throttle Throttle
-	// HideBackendErrors answers every login a backend refused with
-	// popgate's own "-ERR [AUTH] Authentication failed", so that a
-	// backend saying "no such user" cannot be used to probe names. The
-	// default relays the backend's answer, which carries [IN-USE], quota
-	// and lock messages users need.
-	HideBackendErrors bool
+	// RelayBackendErrors relays a backend's refusal of the credentials
+	// as the backend worded it. The default answers it with popgate's
+	// own "-ERR [AUTH] Authentication failed", the words every other
+	// refusal of credentials gets (an unknown name, a lookup's no), so
+	// that the text gives no name away. Either way, refusals that come
+	// only after the password was checked ([IN-USE], [LOGIN-DELAY]) and
+	// the backend's own trouble ([SYS/TEMP], [SYS/PERM]) are relayed as
+	// they are.
+	RelayBackendErrors bool
 	// ExtraCapabilities are added to the CAPA answer before login (for
 	// clients that look for TOP or UIDL first). popgate does not check
 	// that the backends honour them.
@@ -304,6 +307,10 @@ type Server struct {
 	obs    Observer
 	idBase string // random per process, so connection IDs differ across restarts
 	nextID atomic.Uint64
+
+	// failTimes holds recent backend refusals' durations, which
+	// popgate's own refusals imitate.
+	failTimes failureTimes
 
 	ctx    context.Context // cancelled by Close and at the end of Shutdown
 	cancel context.CancelFunc

@@ -667,6 +667,7 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 // connection on success; done is true when the session is to end.
 func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
+	start := time.Now()
 	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
@@ -714,7 +715,7 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	}
 	sess.srv.obs.Login(sess.l.Name, sess.result)
 	sess.logger().Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
-	if !sess.sleep(failureDelay(sess.cfg.FailureDelay, err)) {
+	if !sess.sleep(sess.failureWait(err, time.Since(start))) {
 		sess.result = resultShutdown
 		return nil, true
 	}
@@ -792,7 +793,14 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	bc, reply, err := sess.srv.dialBackend(ctx, sess.cfg, b, dec, ci)
 	if err != nil {
 		if isBackendRejected(err) {
-			if sess.cfg.HideBackendErrors {
+			// A refusal of the credentials gets popgate's own words,
+			// the same as an unknown name's: a backend that words
+			// "no such user" apart from "wrong password" (or only
+			// ends its sentence differently) would give names away.
+			// Answers that come only after the password was checked
+			// ([IN-USE], [LOGIN-DELAY]) and the backend's own trouble
+			// ([SYS/...]) are relayed as they are.
+			if !sess.cfg.RelayBackendErrors && isCredentialFailure(err) {
 				reply = authFailed
 			}
 			return nil, reply, err
@@ -864,12 +872,27 @@ func (sess *session) sleep(d time.Duration) bool {
 	}
 }
 
-func failureDelay(d time.Duration, err error) time.Duration {
+// failureWait returns how long to wait before answering a login that
+// failed with err after took. A refusal for bad credentials that no
+// backend gave (no route, a lookup's refusal) first waits until it took as
+// long as a backend refusal does (see failureTimes), so that timing tells
+// no name apart; a backend's refusal is recorded for that. Then every
+// failure waits failure_delay, or the lookup's Auth-Wait when longer.
+func (sess *session) failureWait(err error, took time.Duration) time.Duration {
+	var pad time.Duration
+	if attemptResult(err) == auth.AttemptFailed {
+		if isBackendRejected(err) {
+			sess.srv.failTimes.add(took)
+		} else {
+			pad = max(sess.srv.failTimes.sample()-took, 0)
+		}
+	}
+	d := sess.cfg.FailureDelay
 	var de *auth.DeniedError
 	if errors.As(err, &de) && de.Wait > d {
-		return de.Wait
+		d = de.Wait
 	}
-	return d
+	return pad + d
 }
 
 func (sess *session) logEnd() {

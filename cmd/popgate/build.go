@@ -206,7 +206,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		Throttle:            throttle,
 		Greeting:            c.POP3.Greeting,
 		ExtraCapabilities:   c.POP3.Capabilities,
-		HideBackendErrors:   c.POP3.HideBackendErrors,
+		RelayBackendErrors:  c.POP3.HideBackendErrors != nil && !*c.POP3.HideBackendErrors,
 		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
 		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
 		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxFailures),

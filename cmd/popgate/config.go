@@ -33,7 +33,7 @@ type Config struct {
 type POP3Config struct {
 	Greeting          string   `toml:"greeting"`
 	Capabilities      []string `toml:"capabilities"`
-	HideBackendErrors bool     `toml:"hide_backend_errors"`
+	HideBackendErrors *bool    `toml:"hide_backend_errors"` // nil: true
 }
 
 // LogConfig is [log].

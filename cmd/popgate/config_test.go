@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -455,5 +456,37 @@ func TestLoadConfigMissingFile(t *testing.T) {
 	_, err := LoadConfig(path)
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Errorf("LoadConfig(%s) error = %v, want mention of %q", path, err, path)
+	}
+}
+
+// TestBuildLoginPolicy: the keys of this wave reach the proxy and the
+// throttle: hide_backend_errors is on unless said otherwise, ipv6_prefix
+// groups IPv6 clients for the connection cap.
+func TestBuildLoginPolicy(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		extra      string
+		relay      bool
+		ipv6Prefix int
+	}{
+		{"", false, 64},
+		{"[pop3]\nhide_backend_errors = true\n", false, 64},
+		{"[pop3]\nhide_backend_errors = false\n", true, 64},
+		{"[limits]\nipv6_prefix = 48\n", false, 48},
+	} {
+		c, err := ParseConfig("t", []byte(minimal+tc.extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := buildInstance(c, log, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := in.proxyConfig.RelayBackendErrors; got != tc.relay {
+			t.Errorf("%q: RelayBackendErrors = %v, want %v", tc.extra, got, tc.relay)
+		}
+		if got := in.proxyConfig.IPv6Prefix; got != tc.ipv6Prefix {
+			t.Errorf("%q: IPv6Prefix = %d, want %d", tc.extra, got, tc.ipv6Prefix)
+		}
 	}
 }

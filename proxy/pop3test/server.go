@@ -92,6 +92,11 @@ type Server struct {
 	// credentials still get "-ERR [AUTH] Authentication failed".
 	LoginError string
 
+	// AuthFailureDelay is waited before refusing wrong credentials, plus
+	// a random part below AuthFailureJitter (Dovecot's
+	// auth_failure_delay, and the spread of a real backend).
+	AuthFailureDelay, AuthFailureJitter time.Duration
+
 	// GreetingDelay is waited before the greeting (after the TLS handshake
 	// when Implicit). Zero means no delay.
 	GreetingDelay time.Duration

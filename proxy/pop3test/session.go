@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -388,7 +389,7 @@ func (c *session) auth(args []string) error {
 		// message = [authzid] NUL authcid NUL passwd (RFC 4616 §2)
 		parts := strings.Split(string(b), "\x00")
 		if len(parts) != 3 || parts[1] == "" {
-			c.reply(authFailed)
+			c.authFail()
 			return nil
 		}
 		if parts[0] != "" && parts[0] != parts[1] {
@@ -400,7 +401,7 @@ func (c *session) auth(args []string) error {
 				mu = m
 			}
 			if !c.isMaster(mu, parts[2]) || c.s.Mailboxes[parts[0]] == nil {
-				c.reply(authFailed)
+				c.authFail()
 				return nil
 			}
 			c.loginAs(parts[0])
@@ -462,7 +463,7 @@ func (c *session) saslResponse(ir string, hasIR bool, challenge string) (resp []
 func (c *session) login(user, pass string) {
 	if u, m, ok := c.splitMaster(user); ok {
 		if !c.isMaster(m, pass) || c.s.Mailboxes[u] == nil {
-			c.reply(authFailed)
+			c.authFail()
 			return
 		}
 		c.loginAs(u)
@@ -470,10 +471,21 @@ func (c *session) login(user, pass string) {
 	}
 	mb := c.s.Mailboxes[user]
 	if mb == nil || subtle.ConstantTimeCompare([]byte(mb.Password), []byte(pass)) != 1 {
-		c.reply(authFailed)
+		c.authFail()
 		return
 	}
 	c.loginAs(user)
+}
+
+// authFail refuses a login, after the server's AuthFailureDelay.
+func (c *session) authFail() {
+	if d := c.s.AuthFailureDelay; d > 0 {
+		if j := c.s.AuthFailureJitter; j > 0 {
+			d += rand.N(j)
+		}
+		time.Sleep(d)
+	}
+	c.reply(authFailed)
 }
 
 // splitMaster splits "user*master" at the server's MasterSeparator.
