@@ -52,6 +52,14 @@ const dovecotServerName = dovecotrun.DefaultServerName
 // dovecot), so it needs root, as CI runs it.
 func startDovecot(t *testing.T) *dovecot {
 	t.Helper()
+	return startDovecotWith(t, nil)
+}
+
+// startDovecotWith is startDovecot with the options changed by opt, when
+// set, before Dovecot starts: more users, master users, extra
+// configuration.
+func startDovecotWith(t *testing.T, opt func(*dovecotrun.Options)) *dovecot {
+	t.Helper()
 	requireInterop(t, "dovecot")
 	if os.Geteuid() != 0 {
 		t.Fatal("the Dovecot interop tests start Dovecot as root (it drops privileges itself); run scripts/test as root")
@@ -65,7 +73,7 @@ func startDovecot(t *testing.T) *dovecot {
 	}
 	ca := newTestCA(t, dir, "dovecot")
 	certFile, keyFile := ca.issue(t, dir, "pop.test", dovecotServerName)
-	inst, err := dovecotrun.Start(dovecotrun.Options{
+	opts := dovecotrun.Options{
 		Dir:           dir,
 		Users:         testUsers(),
 		CertFile:      certFile,
@@ -75,7 +83,11 @@ func startDovecot(t *testing.T) *dovecot {
 		NoTLSInstance: true,
 		HAProxy:       true, // HAProxyAddr, for client_address = "proxy-v1"/"proxy-v2"
 		Logf:          t.Logf,
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	inst, err := dovecotrun.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,6 +78,8 @@ type popgateBackend struct {
 	CAFile     string
 	// ClientAddress is client_address; "" leaves it out (none).
 	ClientAddress string
+	// RelayAuthzID is relay_authzid.
+	RelayAuthzID bool
 }
 
 // popgateConfig is what a test chooses of popgate's config; the rest is
@@ -95,6 +97,10 @@ type popgateConfig struct {
 	// ProxyListener adds listener "pp": plaintext, proxy_protocol = true,
 	// with limits.trusted_proxies = 127.0.0.0/8.
 	ProxyListener bool
+	// NoFailureLimits sets failure_delay = "0s" and switches the failure
+	// throttle off (max_failures_per_ip and _per_user = 0), for tests
+	// that are refused many times on purpose.
+	NoFailureLimits bool
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -323,6 +329,9 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 		if be.ClientAddress != "" {
 			p("client_address = %s", q(be.ClientAddress))
 		}
+		if be.RelayAuthzID {
+			p("relay_authzid = true")
+		}
 	}
 	p("")
 	p("[route]")
@@ -349,6 +358,11 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	p(`shutdown_timeout = "2s"`)
 	if cfg.ProxyListener {
 		p(`trusted_proxies = ["127.0.0.0/8"]`)
+	}
+	if cfg.NoFailureLimits {
+		p(`failure_delay = "0s"`)
+		p("max_failures_per_ip = 0")
+		p("max_failures_per_user = 0")
 	}
 	p("")
 	p("[metrics]")

@@ -30,6 +30,10 @@
 //     above it must be searchable by others.
 //   - Dovecot 2.3 cannot switch STLS off for one listener: a second master
 //     process (Options.NoTLSInstance, ssl = no) serves NoTLSAddr.
+//
+// Options.MasterUsers adds Dovecot master users (a second passwd-file with
+// master = yes): "user*master" with the master's password, or SASL PLAIN
+// with authzid "user" and authcid "master", opens user's mailbox.
 package dovecotrun
 
 import (
@@ -70,6 +74,14 @@ type Options struct {
 	// get a Maildir. Names must be usable as a directory name and neither
 	// may hold ':' or a line break.
 	Users map[string]string
+
+	// MasterUsers maps master user name to password; non-empty adds a
+	// master passdb (a passwd-file of its own, master = yes,
+	// result_success = continue, so the login user must exist in the
+	// normal passdb) and auth_master_user_separator = *. Master users have
+	// no mailbox and cannot log in as themselves. Same rules for names and
+	// passwords as Users.
+	MasterUsers map[string]string
 
 	// CertFile and KeyFile are Dovecot's certificate and key (PEM); CAFile
 	// is what clients should trust for them. All three empty: Start
@@ -190,7 +202,7 @@ func Start(opts Options) (_ *Instance, err error) {
 			return nil, fmt.Errorf("dovecotrun: system user %q missing (the dovecot-core package creates it): %w", name, err)
 		}
 	}
-	for u, pw := range opts.Users {
+	for u, pw := range mergedUsers(opts.Users, opts.MasterUsers) {
 		if u == "" || u == "." || u == ".." || strings.ContainsAny(u, ":/\r\n\x00") || strings.ContainsAny(pw, ":\r\n\x00") {
 			return nil, fmt.Errorf("dovecotrun: user %q: name must be a plain directory name and neither it nor the password may hold ':' or a line break", u)
 		}
@@ -231,16 +243,15 @@ func Start(opts Options) (_ *Instance, err error) {
 	}
 
 	passwd := filepath.Join(d.Dir, "users.passwd")
-	var pw strings.Builder
-	for _, u := range slices.Sorted(maps.Keys(d.Users)) {
-		// user:password:uid:gid:gecos:home:shell:extra; the userdb is static.
-		fmt.Fprintf(&pw, "%s:{PLAIN}%s::::::\n", u, d.Users[u])
-	}
-	if err := writeFile(passwd, []byte(pw.String()), 0o640); err != nil {
+	if err := writePasswd(passwd, d.Users); err != nil {
 		return nil, err
 	}
-	if err := chownGroup(passwd, "dovecot"); err != nil { // auth runs as default_internal_user
-		return nil, err
+	masterPasswd := ""
+	if len(opts.MasterUsers) > 0 {
+		masterPasswd = filepath.Join(d.Dir, "masters.passwd")
+		if err := writePasswd(masterPasswd, opts.MasterUsers); err != nil {
+			return nil, err
+		}
 	}
 	d.mailDir = filepath.Join(d.Dir, "mail")
 	if err := os.Mkdir(d.mailDir, 0o755); err != nil {
@@ -253,7 +264,7 @@ func Start(opts Options) (_ *Instance, err error) {
 	}
 
 	cfg := config{
-		MailUID: d.uid, MailGID: d.gid, Passwd: passwd, Home: d.mailDir,
+		MailUID: d.uid, MailGID: d.gid, Passwd: passwd, MasterPasswd: masterPasswd, Home: d.mailDir,
 		MaxUserIP: opts.MaxUserIPConnections, Extra: opts.ExtraConfig,
 		HAProxy: opts.HAProxy,
 	}
@@ -372,6 +383,7 @@ func (d *Instance) Stop() error {
 type config struct {
 	MailUID, MailGID int
 	Passwd           string // passwd-file with {PLAIN} passwords
+	MasterPasswd     string // master users' passwd-file; "" for none
 	Home             string // user homes are Home/USER
 	MaxUserIP        int
 	HAProxy          bool
@@ -571,6 +583,21 @@ func (m *master) config(c config) string {
 	p("  driver = passwd-file")
 	p("  args = %s", c.Passwd)
 	p("}")
+	if c.MasterPasswd != "" {
+		// Dovecot keeps master passdbs in a list of their own, so the
+		// order of the two blocks does not matter. result_success =
+		// continue (older configurations say pass = yes) then looks
+		// the login user up in the normal passdb, without its
+		// password: a master cannot open the mailbox of a user who
+		// does not exist (the static userdb would make one).
+		p("auth_master_user_separator = *")
+		p("passdb {")
+		p("  driver = passwd-file")
+		p("  args = %s", c.MasterPasswd)
+		p("  master = yes")
+		p("  result_success = continue")
+		p("}")
+	}
 	p("userdb {")
 	p("  driver = static")
 	p("  args = uid=%d gid=%d home=%s/%%u", c.MailUID, c.MailGID, c.Home)
@@ -819,6 +846,33 @@ func readGreeting(addr string, conf *tls.Config) (string, error) {
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimRight(line, "\r\n"), err
+}
+
+// mergedUsers returns both tables in one, for checking names and passwords.
+func mergedUsers(users, masters map[string]string) map[string]string {
+	all := maps.Clone(users)
+	if all == nil {
+		all = map[string]string{}
+	}
+	for u, pw := range masters {
+		all[u] = pw
+	}
+	return all
+}
+
+// writePasswd writes users (name → password) as a passwd-file with {PLAIN}
+// passwords, readable by Dovecot's auth process (default_internal_user) and
+// nobody else but root.
+func writePasswd(name string, users map[string]string) error {
+	var pw strings.Builder
+	for _, u := range slices.Sorted(maps.Keys(users)) {
+		// user:password:uid:gid:gecos:home:shell:extra; the userdb is static.
+		fmt.Fprintf(&pw, "%s:{PLAIN}%s::::::\n", u, users[u])
+	}
+	if err := writeFile(name, []byte(pw.String()), 0o640); err != nil {
+		return err
+	}
+	return chownGroup(name, "dovecot")
 }
 
 // readOr returns the contents of name, or a note saying why it has none.
