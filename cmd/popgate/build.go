@@ -265,7 +265,7 @@ func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*
 		in.lookup = lookup
 		chain.HTTP = lookup
 		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
-			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL))
+			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL), nil)
 			chain.HTTP = in.cache
 		}
 	}
