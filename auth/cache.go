@@ -7,10 +7,11 @@ import (
 	"crypto/sha256"
 	"errors"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Cache remembers the answers of a [Router] (an auth_http service, say) so
@@ -36,11 +37,20 @@ import (
 // never cached. A ttl or negativeTTL <= 0 disables that half; a size <= 0
 // disables both. Each half holds at most size entries, evicting the least
 // recently used.
+//
+// A Cache starts no goroutine and needs no Close: an answer past its TTL
+// is dropped when it is next looked up, or when it is the least recently
+// used as a new answer comes in, and size bounds the memory of those not
+// looked up again. It is garbage like any value once unreferenced, so a
+// configuration reload may make a new one each time. It is safe for
+// concurrent use.
 type Cache struct {
 	r      Router
 	key    []byte
-	pos    *expirable.LRU[string, cachedDecision]
-	neg    *expirable.LRU[string, cachedDenial]
+	now    func() time.Time
+	mu     sync.Mutex // guards pos and neg; never held while r answers
+	pos    *ttlLRU[cachedDecision]
+	neg    *ttlLRU[cachedDenial]
 	hits   atomic.Int64
 	misses atomic.Int64
 }
@@ -55,19 +65,72 @@ type cachedDenial struct {
 	noRoute bool
 }
 
-// NewCache returns a Cache in front of r. Note that each half with a TTL
-// starts a goroutine of golang-lru's that runs for the life of the process:
-// make one Cache per router, not one per request.
-func NewCache(r Router, size int, ttl, negativeTTL time.Duration) *Cache {
-	c := &Cache{r: r, key: make([]byte, 32)}
+// ttlLRU is an LRU whose entries expire ttl after they were added. It
+// starts no goroutine: expired entries are removed where they are met (by
+// get, and at the least recently used end by add), not by a timer.
+// golang-lru's expirable.LRU runs a cleanup goroutine that nothing stops
+// (v2.0.7 has no Close), two per Cache, which every configuration reload
+// leaked. A ttlLRU is not safe for concurrent use.
+type ttlLRU[V any] struct {
+	ttl time.Duration
+	lru *simplelru.LRU[string, expiring[V]]
+}
+
+type expiring[V any] struct {
+	v       V
+	expires time.Time
+}
+
+func newTTLLRU[V any](size int, ttl time.Duration) *ttlLRU[V] {
+	lru, _ := simplelru.NewLRU[string, expiring[V]](size, nil) // err only for size <= 0
+	return &ttlLRU[V]{ttl: ttl, lru: lru}
+}
+
+// get returns key's value unless it is missing or expired at now (past
+// its add plus ttl); an expired one is removed. A hit does not extend the
+// TTL.
+func (c *ttlLRU[V]) get(key string, now time.Time) (V, bool) {
+	e, ok := c.lru.Get(key)
+	if !ok {
+		var zero V
+		return zero, false
+	}
+	if now.After(e.expires) {
+		c.lru.Remove(key)
+		var zero V
+		return zero, false
+	}
+	return e.v, true
+}
+
+// add stores v under key until now+ttl, first dropping expired entries
+// from the least recently used end.
+func (c *ttlLRU[V]) add(key string, v V, now time.Time) {
+	for {
+		_, e, ok := c.lru.GetOldest()
+		if !ok || !now.After(e.expires) {
+			break
+		}
+		c.lru.RemoveOldest()
+	}
+	c.lru.Add(key, expiring[V]{v: v, expires: now.Add(c.ttl)})
+}
+
+// NewCache returns a Cache in front of r. now is the clock (nil:
+// time.Now).
+func NewCache(r Router, size int, ttl, negativeTTL time.Duration, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	c := &Cache{r: r, key: make([]byte, 32), now: now}
 	if _, err := rand.Read(c.key); err != nil {
 		panic("auth: no randomness for the cache key: " + err.Error()) // crypto/rand does not fail on supported systems
 	}
 	if size > 0 && ttl > 0 {
-		c.pos = expirable.NewLRU[string, cachedDecision](size, nil, ttl)
+		c.pos = newTTLLRU[cachedDecision](size, ttl)
 	}
 	if size > 0 && negativeTTL > 0 {
-		c.neg = expirable.NewLRU[string, cachedDenial](size, nil, negativeTTL)
+		c.neg = newTTLLRU[cachedDenial](size, negativeTTL)
 	}
 	return c
 }
@@ -78,25 +141,30 @@ func (c *Cache) Hits() int64 { return c.hits.Load() }
 // Misses returns how many Routes asked the wrapped Router.
 func (c *Cache) Misses() int64 { return c.misses.Load() }
 
-// Len returns the number of cached answers, successes and refusals.
+// Len returns the number of cached answers, successes and refusals,
+// counting expired ones not dropped yet.
 func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := 0
 	if c.pos != nil {
-		n += c.pos.Len()
+		n += c.pos.lru.Len()
 	}
 	if c.neg != nil {
-		n += c.neg.Len()
+		n += c.neg.lru.Len()
 	}
 	return n
 }
 
 // Purge forgets every cached answer (after a configuration reload, say).
 func (c *Cache) Purge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.pos != nil {
-		c.pos.Purge()
+		c.pos.lru.Purge()
 	}
 	if c.neg != nil {
-		c.neg.Purge()
+		c.neg.lru.Purge()
 	}
 }
 
@@ -131,28 +199,48 @@ func (c *Cache) Route(ctx context.Context, req *Request) (Decision, error) {
 		return c.r.Route(ctx, req)
 	}
 	key := c.cacheKey(req)
+	if d, ok, err := c.lookup(key, req); ok {
+		c.hits.Add(1)
+		return d, err
+	}
+	c.misses.Add(1)
+	d, err := c.r.Route(ctx, req)
+	c.store(key, req, d, err)
+	return d, err
+}
+
+// lookup returns the cached answer for key; ok is false on a miss.
+func (c *Cache) lookup(key string, req *Request) (d Decision, ok bool, err error) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.pos != nil {
-		if e, ok := c.pos.Get(key); ok {
-			c.hits.Add(1)
+		if e, ok := c.pos.get(key, now); ok {
 			d := e.d
 			if e.clientPass {
 				d.Password = req.Password
 			}
-			return d, nil
+			return d, true, nil
 		}
 	}
 	if c.neg != nil {
-		if e, ok := c.neg.Get(key); ok {
-			c.hits.Add(1)
+		if e, ok := c.neg.get(key, now); ok {
 			if e.noRoute {
-				return Decision{}, ErrNoRoute
+				return Decision{}, true, ErrNoRoute
 			}
 			de := *e.denied // a copy: callers may not share one
-			return Decision{}, &de
+			return Decision{}, true, &de
 		}
 	}
-	c.misses.Add(1)
-	d, err := c.r.Route(ctx, req)
+	return Decision{}, false, nil
+}
+
+// store caches the wrapped Router's answer d, err to req, if it is one
+// that is cached.
+func (c *Cache) store(key string, req *Request, d Decision, err error) {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var de *DeniedError
 	switch {
 	case err == nil:
@@ -161,17 +249,16 @@ func (c *Cache) Route(ctx context.Context, req *Request) (Decision, error) {
 			if d.Password == req.Password {
 				e.d.Password, e.clientPass = "", true
 			}
-			c.pos.Add(key, e)
+			c.pos.add(key, e, now)
 		}
 	case errors.Is(err, ErrNoRoute):
 		if c.neg != nil {
-			c.neg.Add(key, cachedDenial{noRoute: true})
+			c.neg.add(key, cachedDenial{noRoute: true}, now)
 		}
 	case errors.As(err, &de):
 		if c.neg != nil {
 			cp := *de
-			c.neg.Add(key, cachedDenial{denied: &cp})
+			c.neg.add(key, cachedDenial{denied: &cp}, now)
 		}
 	}
-	return d, err
 }

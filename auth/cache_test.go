@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,7 +37,7 @@ func creq(user, pass string) *Request {
 
 func TestCache(t *testing.T) {
 	inner := &countingRouter{}
-	c := NewCache(inner, 100, time.Hour, time.Hour)
+	c := NewCache(inner, 100, time.Hour, time.Hour, nil)
 	ctx := context.Background()
 	steps := []struct {
 		name      string
@@ -88,20 +90,20 @@ func TestCache(t *testing.T) {
 }
 
 func TestCacheHoldsNoClientPassword(t *testing.T) {
-	c := NewCache(&countingRouter{}, 100, time.Hour, time.Hour)
+	c := NewCache(&countingRouter{}, 100, time.Hour, time.Hour, nil)
 	const secret = "right"
 	for _, u := range []string{"a", "b", "c"} {
 		if _, err := c.Route(context.Background(), creq(u, secret)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, k := range c.pos.Keys() {
+	for _, k := range c.pos.lru.Keys() {
 		if strings.Contains(k, secret) {
 			t.Errorf("a cache key holds the password")
 		}
 	}
-	for _, v := range c.pos.Values() {
-		if v.d.Password != "" || !v.clientPass {
+	for _, v := range c.pos.lru.Values() {
+		if v.v.d.Password != "" || !v.v.clientPass {
 			t.Errorf("a cached decision holds the client's password")
 		}
 	}
@@ -109,20 +111,152 @@ func TestCacheHoldsNoClientPassword(t *testing.T) {
 
 func TestCacheExpiry(t *testing.T) {
 	inner := &countingRouter{}
-	c := NewCache(inner, 100, 50*time.Millisecond, 20*time.Millisecond)
+	clk := newClock()
+	c := NewCache(inner, 100, time.Minute, 10*time.Second, clk.now)
 	ctx := context.Background()
-	c.Route(ctx, creq("alice", "right"))
-	c.Route(ctx, creq("alice", "wrong"))
-	c.Route(ctx, creq("alice", "right"))
-	c.Route(ctx, creq("alice", "wrong"))
-	if n := inner.n.Load(); n != 2 {
-		t.Fatalf("inner asked %d times before expiry, want 2", n)
+	steps := []struct {
+		name      string
+		advance   time.Duration // before the step
+		pass      string
+		reachable bool
+	}{
+		{"success", 0, "right", true},
+		{"refusal", 0, "wrong", true},
+		{"success cached", 0, "right", false},
+		{"refusal cached", 0, "wrong", false},
+		{"refusal at its TTL", 10 * time.Second, "wrong", false},
+		{"refusal past its TTL", time.Nanosecond, "wrong", true},
+		{"refusal cached anew", 9 * time.Second, "wrong", false},
+		// Hits did not extend the success's TTL: it was added at 0.
+		{"success at its TTL", 41*time.Second - time.Nanosecond, "right", false},
+		{"success past its TTL", time.Nanosecond, "right", true},
+		{"success cached anew", 59 * time.Second, "right", false},
+		{"success expired again", time.Minute, "right", true},
 	}
-	time.Sleep(200 * time.Millisecond)
-	c.Route(ctx, creq("alice", "right"))
-	c.Route(ctx, creq("alice", "wrong"))
-	if n := inner.n.Load(); n != 4 {
-		t.Errorf("inner asked %d times after expiry, want 4", n)
+	for _, s := range steps {
+		clk.add(s.advance)
+		before := inner.n.Load()
+		if _, err := c.Route(ctx, creq("alice", s.pass)); (err == nil) != (s.pass == "right") {
+			t.Errorf("%s: Route = %v", s.name, err)
+		}
+		if reached := inner.n.Load() != before; reached != s.reachable {
+			t.Errorf("%s: inner router reached = %v, want %v", s.name, reached, s.reachable)
+		}
+	}
+}
+
+// TestTTLLRU: expired entries are dropped where they are met: by get, and
+// at the least recently used end by add, up to the first live one.
+func TestTTLLRU(t *testing.T) {
+	clk := newClock()
+	l := newTTLLRU[int](10, time.Minute)
+	for i, k := range []string{"a", "b", "c"} {
+		l.add(k, i, clk.now())
+	}
+	clk.add(30 * time.Second)
+	l.add("d", 3, clk.now())
+	if v, ok := l.get("a", clk.now()); !ok || v != 0 {
+		t.Errorf(`get("a") = %d, %v; want 0, true`, v, ok)
+	}
+	clk.add(31 * time.Second) // a, b, c expired; d not
+	if _, ok := l.get("b", clk.now()); ok {
+		t.Error(`get("b") found an expired entry`)
+	}
+	if n := l.lru.Len(); n != 3 {
+		t.Errorf("Len() after getting an expired entry = %d, want 3", n)
+	}
+	// From the LRU end: c goes, d stops the sweep, a (used after d) stays.
+	l.add("e", 4, clk.now())
+	if got, want := fmt.Sprint(l.lru.Keys()), "[d a e]"; got != want {
+		t.Errorf("keys after add = %s, want %s", got, want)
+	}
+	if _, ok := l.get("a", clk.now()); ok {
+		t.Error(`get("a") found an expired entry`)
+	}
+	if n := l.lru.Len(); n != 2 {
+		t.Errorf("Len() = %d, want 2", n)
+	}
+}
+
+// TestCacheDropsExpired: expired answers leave memory as new answers come
+// in, the stored master password among them, without a goroutine.
+func TestCacheDropsExpired(t *testing.T) {
+	clk := newClock()
+	c := NewCache(&countingRouter{}, 100, time.Minute, time.Minute, clk.now)
+	ctx := context.Background()
+	c.Route(ctx, creq("bob", "master-me"))
+	for i := range 10 {
+		c.Route(ctx, creq(fmt.Sprint("u", i), "right"))
+		c.Route(ctx, creq(fmt.Sprint("u", i), "wrong"))
+	}
+	if c.Len() != 21 {
+		t.Fatalf("Len() = %d, want 21", c.Len())
+	}
+	clk.add(time.Minute + time.Second)
+	c.Route(ctx, creq("carol", "right"))
+	c.Route(ctx, creq("carol", "wrong"))
+	if c.Len() != 2 {
+		t.Errorf("Len() after new answers = %d, want 2 (carol's)", c.Len())
+	}
+	for _, v := range c.pos.lru.Values() {
+		if v.v.d.Password == "masterpw" {
+			t.Error("an expired master password is still held")
+		}
+	}
+}
+
+// TestCacheNoGoroutine: a Cache starts no goroutine, so a reload that
+// makes a new one leaks nothing.
+func TestCacheNoGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	caches := make([]*Cache, 50)
+	for i := range caches {
+		caches[i] = NewCache(&countingRouter{}, 100, time.Minute, time.Second, nil)
+		caches[i].Route(context.Background(), creq("alice", "right"))
+		caches[i].Route(context.Background(), creq("alice", "wrong"))
+	}
+	// Other tests' goroutines may still be ending, never starting: a
+	// small slack, not an exact count.
+	if after := runtime.NumGoroutine(); after > before+5 {
+		t.Errorf("goroutines: %d before making %d caches, %d after", before, len(caches), after)
+	}
+	runtime.KeepAlive(caches)
+}
+
+// TestCacheConcurrent runs lookups, expiries and purges at once, for the
+// race detector.
+func TestCacheConcurrent(t *testing.T) {
+	inner := &countingRouter{}
+	clk := newClock()
+	c := NewCache(inner, 8, time.Second, time.Second, clk.now)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 300 {
+				pass := "right"
+				if i%3 == 0 {
+					pass = "wrong"
+				}
+				d, err := c.Route(context.Background(), creq(fmt.Sprint("u", (g+i)%12), pass))
+				if (err == nil) != (pass == "right") || (err == nil && string(d.Password) != pass) {
+					t.Errorf("Route(%q) = %+v, %v", pass, d, err)
+					return
+				}
+				switch i % 50 {
+				case 0:
+					clk.add(300 * time.Millisecond)
+				case 25:
+					c.Purge()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := c.Len(); n > 16 {
+		t.Errorf("Len() = %d, want <= 16", n)
+	}
+	if c.Hits()+c.Misses() != 8*300 {
+		t.Errorf("hits %d + misses %d, want %d", c.Hits(), c.Misses(), 8*300)
 	}
 }
 
@@ -139,7 +273,7 @@ func TestCacheDisabled(t *testing.T) {
 	} {
 		t.Run(fmt.Sprint(tc.size, tc.ttl, tc.neg), func(t *testing.T) {
 			inner := &countingRouter{}
-			c := NewCache(inner, tc.size, tc.ttl, tc.neg)
+			c := NewCache(inner, tc.size, tc.ttl, tc.neg, nil)
 			for _, p := range []string{"right", "right", "wrong", "wrong"} {
 				c.Route(context.Background(), creq("alice", p))
 			}
@@ -151,7 +285,7 @@ func TestCacheDisabled(t *testing.T) {
 }
 
 func TestCacheSizeBound(t *testing.T) {
-	c := NewCache(&countingRouter{}, 10, time.Hour, time.Hour)
+	c := NewCache(&countingRouter{}, 10, time.Hour, time.Hour, nil)
 	for i := range 1000 {
 		c.Route(context.Background(), creq(fmt.Sprint("u", i), "right"))
 		c.Route(context.Background(), creq(fmt.Sprint("u", i), "wrong"))
@@ -166,13 +300,13 @@ func TestCacheSizeBound(t *testing.T) {
 }
 
 func TestCacheKeyUnambiguous(t *testing.T) {
-	c := NewCache(&countingRouter{}, 10, time.Hour, time.Hour)
+	c := NewCache(&countingRouter{}, 10, time.Hour, time.Hour, nil)
 	a := &Request{Credentials: Credentials{User: "ab", AuthzID: "c"}}
 	b := &Request{Credentials: Credentials{User: "a", AuthzID: "bc"}}
 	if c.cacheKey(a) == c.cacheKey(b) {
 		t.Error("different requests share a key")
 	}
-	c2 := NewCache(&countingRouter{}, 10, time.Hour, time.Hour)
+	c2 := NewCache(&countingRouter{}, 10, time.Hour, time.Hour, nil)
 	if c.cacheKey(a) == c2.cacheKey(a) {
 		t.Error("two caches share the HMAC key")
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -71,7 +72,7 @@ import (
 //
 // The zero value with URL set is ready to use; fields must not change after
 // the first Route. HTTP keeps its own http.Client (no proxy from the
-// environment, bounded idle connections); [HTTP.Close] drops idle ones.
+// environment, bounded idle connections); [HTTP.Close] drops them.
 type HTTP struct {
 	// URL of the service, http:// or https://.
 	URL string
@@ -93,6 +94,7 @@ type HTTP struct {
 
 	once   sync.Once
 	client *http.Client
+	closed atomic.Bool // Close was called: keep no connection open
 }
 
 const (
@@ -141,8 +143,13 @@ func (h *HTTP) httpClient() *http.Client {
 	return h.client
 }
 
-// Close closes idle connections to the service.
+// Close closes the idle connections to the service and keeps none open
+// from then on. HTTP still answers Route after Close (a session that began
+// before a configuration reload logs in through the HTTP it began with):
+// each lookup then closes its connection when it is done, and so does one
+// that was under way when Close was called.
 func (h *HTTP) Close() {
+	h.closed.Store(true)
 	h.httpClient().CloseIdleConnections()
 }
 
@@ -209,6 +216,14 @@ func (h *HTTP) ask(ctx context.Context, req *Request) (Decision, time.Duration, 
 			hdr.Set("Auth-SSL-Cipher", v)
 		}
 	}
+	// After Close: no keep-alive, and (run after the body is closed) no
+	// connection left idle by a lookup that began before Close.
+	hr.Close = h.closed.Load()
+	defer func() {
+		if h.closed.Load() {
+			h.httpClient().CloseIdleConnections()
+		}
+	}()
 	resp, err := h.httpClient().Do(hr)
 	if err != nil {
 		// *url.Error names the method and URL (without userinfo

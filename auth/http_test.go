@@ -402,3 +402,63 @@ func TestEscapeMailAuth(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPClose: Close drops the idle connection, and lookups after it
+// (or under way when it came) still work but leave no connection open.
+func TestHTTPClose(t *testing.T) {
+	var open atomic.Int32 // connections the service holds
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var block atomic.Bool
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if block.Load() {
+			entered <- struct{}{}
+			<-release
+		}
+		ok("", "", "Auth-Backend", "b1")(w, r)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	h := &HTTP{URL: srv.URL}
+	route := func(what string) { // also from another goroutine: no Fatal
+		t.Helper()
+		if d, err := h.Route(context.Background(), testRequest()); err != nil || d.Backend != "b1" {
+			t.Errorf("%s: Route = %+v, %v", what, d, err)
+		}
+	}
+	closedAll := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); open.Load() != 0; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d connections still open", what, open.Load())
+			}
+		}
+	}
+
+	route("before Close")
+	if open.Load() != 1 {
+		t.Fatalf("%d connections open after a lookup, want 1 (kept alive)", open.Load())
+	}
+	// A lookup under way when Close comes.
+	block.Store(true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		route("under way")
+	}()
+	<-entered
+	h.Close()
+	close(release)
+	<-done
+	closedAll("lookup under way at Close")
+	block.Store(false)
+	route("after Close")
+	closedAll("lookup after Close")
+}

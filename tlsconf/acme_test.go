@@ -7,14 +7,17 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
@@ -459,4 +462,62 @@ func TestShareACME(t *testing.T) {
 	if n := len(f.names()); n != 2 {
 		t.Errorf("the fake CA was asked %d times, want 2 (once per handshake, through the one client)", n)
 	}
+}
+
+// TestShareACMEFreesPrevious: a Server built with ShareACME does not keep
+// the one it shares with, with or without ACME, so that a chain of reloads
+// holds one certificate store, not all of them.
+func TestShareACMEFreesPrevious(t *testing.T) {
+	for _, withACME := range []bool{true, false} {
+		t.Run(fmt.Sprint("acme=", withACME), func(t *testing.T) {
+			// In a function of its own, so that no local keeps the
+			// earlier Servers.
+			build := func() (*Server, []weak.Pointer[Server]) {
+				var first *Server
+				if withACME {
+					first, _ = newACMEServer(t, ServerConfig{}, "mail.example.com")
+				} else {
+					first = newTestServer(t, ServerConfig{})
+				}
+				prev, earlier := first, []weak.Pointer[Server]{weak.Make(first)}
+				for range 3 {
+					prev = newTestServer(t, ServerConfig{ShareACME: prev, DefaultServerName: "mail.example.com"})
+					earlier = append(earlier, weak.Make(prev))
+				}
+				return prev, earlier[:len(earlier)-1]
+			}
+			last, earlier := build()
+			alive := 0
+			for range 10 {
+				runtime.GC()
+				alive = 0
+				for _, p := range earlier {
+					if p.Value() != nil {
+						alive++
+					}
+				}
+				if alive == 0 {
+					break
+				}
+			}
+			if alive != 0 {
+				t.Errorf("%d of the %d earlier Servers are still reachable from the last", alive, len(earlier))
+			}
+			if last.ACME() != withACME {
+				t.Errorf("ACME() = %v, want %v", last.ACME(), withACME)
+			}
+			if _, err := last.getCertificate(&tls.ClientHelloInfo{ServerName: "mail.example.com"}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func newTestServer(t *testing.T, cfg ServerConfig) *Server {
+	t.Helper()
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -95,6 +95,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	s.cfg.Certificates = slices.Clone(cfg.Certificates)
+	// What is shared is taken below; keeping the Server itself would chain
+	// each reload's store to the one before, none ever freed.
+	s.cfg.ShareACME = nil
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -16,7 +16,8 @@ import (
 
 // instance is a configuration turned into running parts, before listening.
 // A reload builds a new one from the new file; the proxy server and the
-// bound sockets carry over.
+// bound sockets carry over. An instance that is dropped (replaced by a
+// reload, refused, or at the end) is closed.
 type instance struct {
 	cfg         *Config
 	certs       *tlsconf.Server // nil without TLS listeners
@@ -42,9 +43,26 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 		return nil, err
 	}
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
+		in.close()
 		return nil, err
 	}
 	return in, nil
+}
+
+// close releases what in alone owns: its connections to the lookup
+// service and its cached lookup answers. It is called as soon as in is
+// dropped, while sessions that started with it may still run (for hours,
+// once spliced), so it leaves their parts working: the lookup still
+// answers, with a connection per request, and the cache starts over. What
+// a later instance may share (the certificate store, the throttle) is left
+// alone, and so are the file watches, which the runner stops.
+func (in *instance) close() {
+	if in.lookup != nil {
+		in.lookup.Close()
+	}
+	if in.cache != nil {
+		in.cache.Purge()
+	}
 }
 
 // errACMEChanged refuses a reload that changes [tls.acme].
@@ -56,8 +74,13 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 // failure counts when the throttle's limits are unchanged. current
 // returns the live instance for the ACME on-demand policy; nil means the
 // one being built.
-func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (*instance, error) {
+func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
 	in := &instance{cfg: c}
+	defer func() {
+		if err != nil {
+			in.close()
+		}
+	}()
 	if current == nil {
 		current = func() *instance { return in }
 	}
@@ -271,7 +294,7 @@ func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*
 		in.lookup = lookup
 		chain.HTTP = lookup
 		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
-			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL))
+			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL), nil)
 			chain.HTTP = in.cache
 		}
 	}

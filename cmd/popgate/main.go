@@ -160,6 +160,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	in.server.Close()
+	in.close()
 	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listen), len(c.Backend))
 	return nil
 }
@@ -246,6 +247,7 @@ func prepare(c *Config, log *slog.Logger) (*runner, error) {
 	metrics := admin.NewMetrics(v, commit)
 	in.proxyConfig.Observer = metrics
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
+		in.close()
 		return nil, err
 	}
 	r := newRunner(in, log)

@@ -194,9 +194,7 @@ func (r *runner) shutdown(err error) error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
-	if l := r.current().lookup; l != nil {
-		l.Close()
-	}
+	r.current().close()
 	r.log.Info("stopped")
 	return err
 }
@@ -353,6 +351,12 @@ func (r *runner) apply() error {
 	if err != nil {
 		return err
 	}
+	live := false
+	defer func() {
+		if !live {
+			in.close() // refused: nothing has used it
+		}
+	}()
 	if c.Log.Format != old.cfg.Log.Format {
 		r.log.Warn("log.format changed; it takes effect at the next restart", "running", old.cfg.Log.Format, "configured", c.Log.Format)
 	}
@@ -394,6 +398,7 @@ func (r *runner) apply() error {
 
 	// From here on nothing fails: the new configuration goes live.
 	r.cur.Store(in)
+	live = true
 	var added, removed []string
 	keep := map[string]bool{}
 	for i, l := range in.listeners {
@@ -433,9 +438,9 @@ func (r *runner) apply() error {
 	}
 	r.startWatches(in)
 	r.setSources(in)
-	if old.lookup != nil && old.lookup != in.lookup {
-		old.lookup.Close()
-	}
+	// At once, not when its last session ends (which may be hours after
+	// its login): close leaves running sessions working.
+	old.close()
 	slices.Sort(added)
 	slices.Sort(removed)
 	r.log.Info("configuration reloaded; new sessions use it, running ones keep theirs",
