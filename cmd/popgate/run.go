@@ -242,7 +242,7 @@ func (r *runner) startListener(key string, ln net.Listener, l proxy.Listener) {
 func (r *runner) startAdmin(ln net.Listener) {
 	ctx, stop := context.WithCancel(context.Background())
 	r.adminLn = &bound{ln: ln, stop: stop}
-	h := admin.Handler(r.metrics, r.srv, r.ready, r.log)
+	h := admin.Handler(r.metrics, r.srv, r.ready, nil, r.log)
 	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions")
 	r.wg.Go(func() {
 		if err := admin.Serve(ctx, ln, h, r.log); err != nil {
