@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // writeToken writes a fresh random admin token to a file and returns the
@@ -32,9 +34,10 @@ func TestParseConfigMetricsAccess(t *testing.T) {
 		{"localhost without token", "address = \"localhost:9110\"\n"},
 		{"disabled", "address = \"\"\n"},
 		{"all interfaces with a token", "address = \"0.0.0.0:9110\"\ntoken_file = \"/etc/popgate/admin-token\"\n"},
+		{"all interfaces, insecure_open", "address = \":9110\"\ninsecure_open = true\n"},
 		{"protect_metrics with a token", "token_file = \"/etc/popgate/admin-token\"\nprotect_metrics = true\n"},
 		{"allowed_hosts", "allowed_hosts = [\"popgate-admin.internal\", \"admin.example.\", \"10.0.0.5\", \"::1\", \"[2001:db8::1]\", \"my_host\"]\n"},
-		{"every key", "address = \"10.0.0.5:9110\"\ntoken_file = \"/run/secrets/popgate-admin-token\"\nprotect_metrics = false\nallowed_hosts = [\"popgate.internal\"]\n"},
+		{"every key", "address = \"10.0.0.5:9110\"\ntoken_file = \"/run/secrets/popgate-admin-token\"\nprotect_metrics = false\ninsecure_open = false\nallowed_hosts = [\"popgate.internal\"]\n"},
 	}
 	for _, tc := range accept {
 		t.Run(tc.name, func(t *testing.T) {
@@ -44,11 +47,19 @@ func TestParseConfigMetricsAccess(t *testing.T) {
 		})
 	}
 
+	open := []string{"metrics.address", "not a loopback address", "metrics.token_file is not set", "metrics.insecure_open"}
 	reject := []struct {
 		name    string
 		metrics string
 		want    []string
 	}{
+		{"all interfaces without token", "address = \"0.0.0.0:9110\"\n", open},
+		{"empty host without token", "address = \":9110\"\n", open},
+		{"IPv6 all interfaces without token", "address = \"[::]:9110\"\n", open},
+		{"management address without token", "address = \"10.0.0.5:9110\"\n", open},
+		{"host name without token", "address = \"popgate.internal:9110\"\n", open},
+		{"insecure_open false said", "address = \"0.0.0.0:9110\"\ninsecure_open = false\n", open},
+		{"insecure_open with a token", "address = \"0.0.0.0:9110\"\ntoken_file = \"/t\"\ninsecure_open = true\n", []string{"metrics.insecure_open", "contradicts metrics.token_file"}},
 		{"protect_metrics without token", "protect_metrics = true\n", []string{"metrics.protect_metrics: needs metrics.token_file"}},
 		{"allowed_hosts with a port", "allowed_hosts = [\"admin.example:9110\"]\n", []string{`metrics.allowed_hosts[0]: "admin.example:9110"`}},
 		{"allowed_hosts with a scheme", "allowed_hosts = [\"ok.example\", \"http://admin.example\"]\n", []string{`metrics.allowed_hosts[1]`}},
@@ -155,7 +166,8 @@ func TestAdminAccess(t *testing.T) {
 	}
 }
 
-// TestCheckAdmin: popgate check reads the token file.
+// TestCheckAdmin: popgate check refuses an open non-loopback admin
+// address and a bad token file, and warns about insecure_open.
 func TestCheckAdmin(t *testing.T) {
 	cert := writeTestCert(t, t.TempDir(), "mail", "mail.example.com")
 	tokenFile, token := writeToken(t)
@@ -170,7 +182,11 @@ func TestCheckAdmin(t *testing.T) {
 		wantErr  []string // in stderr
 		wantNot  string   // not in stderr, when set
 	}{
+		{"all interfaces without token", metrics("address = \"0.0.0.0:9110\"\n"), 1,
+			[]string{`metrics.address: "0.0.0.0:9110" is not a loopback address`, "metrics.token_file", "metrics.insecure_open"}, ""},
 		{"all interfaces with a token", metrics(fmt.Sprintf("address = \"0.0.0.0:9110\"\ntoken_file = %q\n", tokenFile)), 0, nil, "WARN"},
+		{"insecure_open", metrics("address = \"0.0.0.0:9110\"\ninsecure_open = true\n"), 0,
+			[]string{`"level":"WARN"`, "ADMIN ENDPOINTS OPEN WITHOUT A TOKEN", "metrics.insecure_open", `"address":"0.0.0.0:9110"`}, ""},
 		{"missing token file", metrics("token_file = \"/nonexistent/admin-token\"\n"), 1, []string{"metrics.token_file", "/nonexistent/admin-token"}, ""},
 	}
 	for _, tc := range tests {
@@ -198,8 +214,68 @@ func TestCheckAdmin(t *testing.T) {
 	}
 }
 
-// TestReloadAdminAccess: a reload re-reads the token file; one whose
-// token file does not load is refused and the running token stays.
+// TestRunRefusesOpenAdmin: popgate run does not start with a
+// non-loopback admin address and no token; it says which keys to set.
+// The address is TEST-NET-1's, which no host has: should popgate try to
+// bind it, it fails without listening beyond loopback.
+func TestRunRefusesOpenAdmin(t *testing.T) {
+	path := writeConfig(t, "[log]\nformat = \"json\"\n"+strings.Replace(minimal, "127.0.0.1:1100", "127.0.0.1:0", 1)+"[metrics]\naddress = \"192.0.2.1:9110\"\n")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // against a start that should not happen
+	defer cancel()
+	code, _, errOut := run(ctx, "run", "-config", path)
+	if code != 1 {
+		t.Errorf("popgate run = %d, want 1; stderr:\n%s", code, errOut)
+	}
+	for _, w := range []string{"metrics.address", "metrics.token_file", "metrics.insecure_open"} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("popgate run stderr = %q, want mention of %q", errOut, w)
+		}
+	}
+	if strings.Contains(errOut, "listening") {
+		t.Errorf("popgate run listened before refusing:\n%s", errOut)
+	}
+}
+
+// TestPrepareWarnsInsecureOpen: the start (prepare, before anything is
+// bound) warns when insecure_open leaves the admin address open.
+func TestPrepareWarnsInsecureOpen(t *testing.T) {
+	for _, tc := range []struct {
+		name, metrics string
+		wantWarn      bool
+	}{
+		{"insecure_open", "address = \"0.0.0.0:9110\"\ninsecure_open = true\n", true},
+		{"insecure_open on loopback", "address = \"127.0.0.1:9110\"\ninsecure_open = true\n", false},
+		{"loopback without token", "address = \"127.0.0.1:9110\"\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig(tc.name, []byte(minimal+"[metrics]\n"+tc.metrics))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs bytes.Buffer
+			r, err := prepare(c, slog.New(slog.NewJSONHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.srv.Close()
+			const msg = `"level":"WARN","msg":"ADMIN ENDPOINTS OPEN WITHOUT A TOKEN ON A NON-LOOPBACK ADDRESS (metrics.insecure_open): anyone who reaches it can list the sessions and end them; set metrics.token_file","address":"0.0.0.0:9110"`
+			if got := strings.Count(logs.String(), msg); got != b2i(tc.wantWarn) {
+				t.Errorf("%d× %s in the log, want %d; log:\n%s", got, msg, b2i(tc.wantWarn), &logs)
+			}
+		})
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TestReloadAdminAccess: a reload re-reads the token file; one that
+// would open a non-loopback address without a token, or whose token file
+// does not load, is refused and the running token stays.
 func TestReloadAdminAccess(t *testing.T) {
 	backend := mailbox(t, messages(1)...)
 	tokenFile, token := writeToken(t)
@@ -250,6 +326,7 @@ func TestReloadAdminAccess(t *testing.T) {
 		token      []byte // the token file's content, when not nil
 		want       []string
 	}{
+		{"open on a non-loopback address", config("address = \"192.0.2.1:9110\"\n"), nil, []string{"metrics.address", "metrics.token_file"}},
 		{"empty token file", config(withToken), []byte("\n"), []string{"metrics.token_file", "empty"}},
 	} {
 		t.Run(bad.name, func(t *testing.T) {

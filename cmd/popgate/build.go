@@ -253,7 +253,8 @@ func isLoopbackHost(host string) bool {
 // adminAccess turns [metrics] into the admin endpoints' access rules,
 // reading metrics.token_file. On a loopback address, or with
 // metrics.allowed_hosts, the Host header must name the address: that
-// stops DNS rebinding from a browser on this host.
+// stops DNS rebinding from a browser on this host. A non-loopback address
+// without a token (metrics.insecure_open) is logged at WARN every time.
 func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
 	m := c.Metrics
 	a := admin.Access{ProtectMetrics: m.ProtectMetrics}
@@ -274,6 +275,11 @@ func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
 		a.Hosts = append(a.Hosts, host)
 	}
 	a.Hosts = append(a.Hosts, m.AllowedHosts...)
+	if a.Token == "" && !isLoopback(addr) {
+		log.Warn("ADMIN ENDPOINTS OPEN WITHOUT A TOKEN ON A NON-LOOPBACK ADDRESS (metrics.insecure_open): "+
+			"anyone who reaches it can list the sessions and end them; set metrics.token_file",
+			"address", addr)
+	}
 	return a, nil
 }
 

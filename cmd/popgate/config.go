@@ -123,10 +123,14 @@ type MetricsConfig struct {
 	// means defaultMetricsAddress, "" disables.
 	Address *string `toml:"address"`
 	// TokenFile holds the bearer token /sessions asks for (and /metrics
-	// with ProtectMetrics), re-read on every reload; "" asks for none.
+	// with ProtectMetrics), re-read on every reload; "" asks for none,
+	// which a non-loopback Address allows only with InsecureOpen.
 	TokenFile string `toml:"token_file"`
 	// ProtectMetrics asks for the token on /metrics too; needs TokenFile.
 	ProtectMetrics bool `toml:"protect_metrics"`
+	// InsecureOpen allows a non-loopback Address without a token, with a
+	// warning at every start.
+	InsecureOpen bool `toml:"insecure_open"`
 	// AllowedHosts are further names (and addresses) the admin endpoints
 	// answer to in the Host header; set, they turn the Host check on
 	// for a non-loopback Address too.
@@ -448,13 +452,23 @@ func (c *Config) validate() []error {
 	return errs
 }
 
-// validateMetrics checks [metrics].
+// validateMetrics checks [metrics]. The admin address lists user names
+// and client addresses (and what failed logins typed as a name) and ends
+// sessions, so a non-loopback address needs a token or an explicit
+// insecure_open.
 func validateMetrics(c *Config, add func(string, ...any)) {
 	m := c.Metrics
 	if a := c.metricsAddress(); a != "" {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			add("metrics.address: %v", err)
+		} else if !isLoopback(a) && m.TokenFile == "" && !m.InsecureOpen {
+			add("metrics.address: %q is not a loopback address and metrics.token_file is not set: anyone who reaches it "+
+				"could list the sessions (user names, client addresses) and end them; set metrics.token_file, "+
+				"or metrics.insecure_open = true if something else guards the address", a)
 		}
+	}
+	if m.InsecureOpen && m.TokenFile != "" {
+		add("metrics.insecure_open: contradicts metrics.token_file (with a token the endpoints are not open)")
 	}
 	if m.ProtectMetrics && m.TokenFile == "" {
 		add("metrics.protect_metrics: needs metrics.token_file")
