@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"strings"
@@ -180,6 +181,14 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		backends[bc.Name] = b
 	}
 
+	if h := c.Route.HTTP; h != nil {
+		// validate has checked the URL. Its host only: the URL may
+		// carry credentials.
+		if u, err := url.Parse(h.URL); err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+			log.Warn("route.http.url is plain http:// to a host that is not loopback: every login's password crosses the network "+
+				"to the lookup service in clear text; use https://", "host", u.Host)
+		}
+	}
 	router, err := buildRouter(in, c, backends)
 	if err != nil {
 		return nil, err
@@ -204,6 +213,11 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	for _, p := range lim.TrustedProxies {
 		pfx, _ := parsePrefix(p)
 		trusted = append(trusted, pfx)
+		if pfx.Bits() == 0 {
+			log.Warn("limits.trusted_proxies includes every address: any client can send a PROXY header and claim to be any address, "+
+				"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
+				"trusted_proxy", p)
+		}
 	}
 	in.proxyConfig = proxy.Config{
 		Router:              router,
@@ -243,7 +257,7 @@ func isLoopback(hostport string) bool {
 
 // isLoopbackHost reports whether a host name or IP address is this host.
 func isLoopbackHost(host string) bool {
-	if host == "localhost" {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	a, err := netip.ParseAddr(host)
