@@ -7,7 +7,7 @@
 //	m := admin.NewMetrics(version, commit)
 //	srv, err := proxy.New(proxy.Config{Observer: m, ...})
 //	m.SetSources(admin.Sources{Sessions: srv, Certificates: certs.NotAfter})
-//	h := admin.Handler(m, srv, ready, log)
+//	h := admin.Handler(m, srv, ready, func() admin.Access { return access }, log)
 //	go admin.Serve(ctx, ln, h, log)
 //
 // and calls [Metrics.Reloaded] and [Metrics.SetSources] again after each
@@ -22,6 +22,9 @@
 //	DELETE /sessions?user=U   end every session of user U: {"ended": N}
 //	DELETE /sessions?id=ID    end the session with connection id ID
 //
-// The address has no authentication: bind it to loopback or a
-// management network.
+// [Access] protects them: a bearer token for /sessions in every method
+// (and for /metrics when asked), compared in constant time, and a Host
+// check against DNS rebinding for loopback addresses. /healthz and
+// /readyz stay open for probes. Without a token anyone who reaches the
+// address can list and end sessions: bind it to loopback then.
 package admin

@@ -21,9 +21,12 @@ import (
 
 // Handler returns the admin endpoints (see the package comment). A nil m
 // serves no /metrics; a nil sessions no /sessions; a nil ready is always
-// ready; a nil log discards. Other methods on a known path are answered
-// 405 with an Allow header, unknown paths 404.
-func Handler(m *Metrics, sessions Sessions, ready func() error, log *slog.Logger) http.Handler {
+// ready; a nil log discards. access is called for every request and says
+// who may make it (a configuration reload can change the answer); nil
+// lets everyone in, as the zero Access does. Other methods on a known
+// path are answered 405 with an Allow header, unknown paths 404 (both
+// after the Host and token checks of Access).
+func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Access, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -43,7 +46,10 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, log *slog.Logger
 		mux.HandleFunc("GET /sessions", h.listSessions)
 		mux.HandleFunc("DELETE /sessions", h.endSessions)
 	}
-	return mux
+	if access == nil {
+		return mux
+	}
+	return &guard{next: mux, access: access, log: log}
 }
 
 type handler struct {
@@ -59,6 +65,8 @@ GET    /readyz           readiness
 GET    /sessions         live sessions (JSON); ?user=U only those of user U
 DELETE /sessions?user=U  end the sessions of user U
 DELETE /sessions?id=ID   end the session with connection id ID
+When an admin token is set, /sessions (and /metrics if protected) need
+the header "Authorization: Bearer TOKEN".
 `
 
 func (h *handler) index(w http.ResponseWriter, r *http.Request) {

@@ -99,7 +99,7 @@ func TestHandler(t *testing.T) {
 			log := slog.New(slog.NewJSONHandler(&logBuf, nil))
 			sessions := &fakeSessions{list: tc.sessions}
 			ready := func() error { return tc.ready }
-			h := Handler(NewMetrics("dev", ""), sessions, ready, log)
+			h := Handler(NewMetrics("dev", ""), sessions, ready, nil, log)
 
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.target, nil))
@@ -143,7 +143,7 @@ func TestHandler(t *testing.T) {
 // TestHandlerSessionsJSON decodes GET /sessions back into SessionInfo.
 func TestHandlerSessionsJSON(t *testing.T) {
 	want := testSessions()
-	h := Handler(nil, &fakeSessions{list: want}, nil, nil)
+	h := Handler(nil, &fakeSessions{list: want}, nil, nil, nil)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/sessions", nil))
 	var got []proxy.SessionInfo
@@ -157,7 +157,7 @@ func TestHandlerSessionsJSON(t *testing.T) {
 
 // TestHandlerNil checks what nil arguments leave out.
 func TestHandlerNil(t *testing.T) {
-	h := Handler(nil, nil, nil, nil)
+	h := Handler(nil, nil, nil, nil, nil)
 	for target, want := range map[string]int{
 		"/metrics":  404,
 		"/sessions": 404,
@@ -200,7 +200,7 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- Serve(ctx, ln, Handler(NewMetrics("dev", ""), &fakeSessions{}, nil, nil), nil) }()
+	go func() { errc <- Serve(ctx, ln, Handler(NewMetrics("dev", ""), &fakeSessions{}, nil, nil, nil), nil) }()
 
 	url := "http://" + ln.Addr().String()
 	for _, path := range []string{"/healthz", "/metrics", "/sessions"} {

@@ -255,7 +255,7 @@ func TestMetrics(t *testing.T) {
 			clock := newClock(t0)
 			m := newMetrics("1.2.3", "abc123", clock.now)
 			tc.events(m, clock)
-			got, _ := scrape(t, Handler(m, nil, nil, nil))
+			got, _ := scrape(t, Handler(m, nil, nil, nil, nil))
 			for series, want := range tc.want {
 				v, ok := got[series]
 				if !ok {
@@ -319,7 +319,7 @@ func TestMetricsFamilies(t *testing.T) {
 	if runtime.GOOS == "linux" {
 		want["process_start_time_seconds"] = "GAUGE"
 	}
-	_, fams := scrape(t, Handler(m, nil, nil, nil))
+	_, fams := scrape(t, Handler(m, nil, nil, nil, nil))
 	for name, typ := range want {
 		f, ok := fams[name]
 		if !ok {
@@ -344,7 +344,7 @@ func TestMetricsFamilies(t *testing.T) {
 // and checks that the counters never go down.
 func TestLookupCacheMonotonic(t *testing.T) {
 	m := newMetrics("dev", "", newClock(t0).now)
-	h := Handler(m, nil, nil, nil)
+	h := Handler(m, nil, nil, nil, nil)
 	a, b, c := &counts{}, &counts{}, &counts{}
 	steps := []struct {
 		name                 string
@@ -382,7 +382,7 @@ func TestLookupCacheMonotonic(t *testing.T) {
 // go down.
 func TestMetricsConcurrent(t *testing.T) {
 	m := NewMetrics("dev", "")
-	h := Handler(m, nil, nil, nil)
+	h := Handler(m, nil, nil, nil, nil)
 	sessions := &fakeSessions{}
 	var wg sync.WaitGroup
 	for i := range 4 {

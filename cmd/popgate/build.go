@@ -4,11 +4,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
+	"os"
 	"reflect"
+	"strings"
 
+	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -31,6 +36,7 @@ type instance struct {
 	lookup      *auth.HTTP     // nil without [route.http]
 	cache       *auth.Cache    // nil without [route.http] caching
 	throttle    *auth.Throttle // nil when failures are not limited
+	admin       admin.Access   // who may use the admin endpoints (metrics.token_file read)
 	// hasDomain reports whether the routing table names a domain
 	// (route.domains, the map file's "@domain" lines).
 	hasDomain func(domain string) bool
@@ -85,6 +91,9 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		current = func() *instance { return in }
 	}
 	in.hasDomain = routeDomains(c, func() *auth.MapFile { return in.mapFile })
+	if in.admin, err = adminAccess(c, log); err != nil {
+		return nil, err
+	}
 	certs := make([]tlsconf.CertFile, len(c.TLS.Certificates))
 	for i, cf := range c.TLS.Certificates {
 		certs[i] = tlsconf.CertFile{Cert: cf.Cert, Key: cf.Key}
@@ -194,6 +203,14 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		backends[bc.Name] = b
 	}
 
+	if h := c.Route.HTTP; h != nil {
+		// validate has checked the URL. Its host only: the URL may
+		// carry credentials.
+		if u, err := url.Parse(h.URL); err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+			log.Warn("route.http.url is plain http:// to a host that is not loopback: every login's password crosses the network "+
+				"to the lookup service in clear text; use https://", "host", u.Host)
+		}
+	}
 	router, err := buildRouter(in, c, backends)
 	if err != nil {
 		return nil, err
@@ -222,6 +239,11 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	for _, p := range lim.TrustedProxies {
 		pfx, _ := parsePrefix(p)
 		trusted = append(trusted, pfx)
+		if pfx.Bits() == 0 {
+			log.Warn("limits.trusted_proxies includes every address: any client can send a PROXY header and claim to be any address, "+
+				"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
+				"trusted_proxy", p)
+		}
 	}
 	in.proxyConfig = proxy.Config{
 		Router:              router,
@@ -258,14 +280,85 @@ func sameThrottle(a, b LimitsConfig) bool {
 // isLoopback reports whether a listen or dial address stays on this host.
 func isLoopback(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
+	return err == nil && isLoopbackHost(host)
+}
+
+// isLoopbackHost reports whether a host name or IP address is this host.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.IsLoopback()
+}
+
+// adminAccess turns [metrics] into the admin endpoints' access rules,
+// reading metrics.token_file. On a loopback address, or with
+// metrics.allowed_hosts, the Host header must name the address: that
+// stops DNS rebinding from a browser on this host. A non-loopback address
+// without a token (metrics.insecure_open) is logged at WARN every time.
+func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
+	m := c.Metrics
+	a := admin.Access{ProtectMetrics: m.ProtectMetrics}
+	if m.TokenFile != "" {
+		tok, err := readToken(m.TokenFile)
+		if err != nil {
+			return a, fmt.Errorf("metrics.token_file: %w", err)
+		}
+		a.Token = tok
+	}
+	addr := c.metricsAddress()
+	if addr == "" {
+		return a, nil
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	a.CheckHost = isLoopback(addr) || len(m.AllowedHosts) > 0
+	if ip, err := netip.ParseAddr(host); host != "" && (err != nil || !ip.IsUnspecified()) {
+		a.Hosts = append(a.Hosts, host)
+	}
+	a.Hosts = append(a.Hosts, m.AllowedHosts...)
+	if a.Token == "" && !isLoopback(addr) {
+		log.Warn("ADMIN ENDPOINTS OPEN WITHOUT A TOKEN ON A NON-LOOPBACK ADDRESS (metrics.insecure_open): "+
+			"anyone who reaches it can list the sessions and end them; set metrics.token_file",
+			"address", addr)
+	}
+	return a, nil
+}
+
+// Bounds of the admin token in metrics.token_file.
+const (
+	minTokenLen = 16   // characters; openssl rand -hex 32 makes 64
+	maxTokenLen = 4096 // a file this long is not a token (or not the right file)
+)
+
+// readToken reads the admin token from path: one line of printable ASCII
+// without spaces, its line end dropped. Errors never show the token.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenLen+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	const hint = "put a random token in it, e.g. openssl rand -hex 32"
+	tok := strings.TrimRight(string(b), "\r\n")
+	switch {
+	case tok == "":
+		return "", fmt.Errorf("%s is empty; %s", path, hint)
+	case len(tok) > maxTokenLen:
+		return "", fmt.Errorf("%s holds more than %d bytes, which is no token", path, maxTokenLen)
+	case len(tok) < minTokenLen:
+		return "", fmt.Errorf("%s: the token is %d characters, too short (at least %d); %s", path, len(tok), minTokenLen, hint)
+	}
+	for _, r := range tok {
+		if r <= ' ' || r > '~' {
+			return "", fmt.Errorf("%s: the token holds a space, a control character or a non-ASCII one (one line of printable ASCII is needed); %s", path, hint)
+		}
+	}
+	return tok, nil
 }
 
 // buildRouter makes the lookup chain of DESIGN.md: exact user, domain, map

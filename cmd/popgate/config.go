@@ -118,11 +118,24 @@ type LimitsConfig struct {
 	ShutdownTimeout     Duration `toml:"shutdown_timeout"`
 }
 
-// MetricsConfig is [metrics].
+// MetricsConfig is [metrics]: the admin endpoints.
 type MetricsConfig struct {
 	// Address serves /metrics, /healthz, /readyz and /sessions; omitted
 	// means defaultMetricsAddress, "" disables.
 	Address *string `toml:"address"`
+	// TokenFile holds the bearer token /sessions asks for (and /metrics
+	// with ProtectMetrics), re-read on every reload; "" asks for none,
+	// which a non-loopback Address allows only with InsecureOpen.
+	TokenFile string `toml:"token_file"`
+	// ProtectMetrics asks for the token on /metrics too; needs TokenFile.
+	ProtectMetrics bool `toml:"protect_metrics"`
+	// InsecureOpen allows a non-loopback Address without a token, with a
+	// warning at every start.
+	InsecureOpen bool `toml:"insecure_open"`
+	// AllowedHosts are further names (and addresses) the admin endpoints
+	// answer to in the Host header; set, they turn the Host check on
+	// for a non-loopback Address too.
+	AllowedHosts []string `toml:"allowed_hosts"`
 }
 
 // defaultMetricsAddress is metrics.address when the key is absent:
@@ -439,12 +452,59 @@ func (c *Config) validate() []error {
 			add("limits.trusted_proxies[%d]: %v", i, err)
 		}
 	}
+	validateMetrics(c, add)
+	return errs
+}
+
+// validateMetrics checks [metrics]. The admin address lists user names
+// and client addresses (and what failed logins typed as a name) and ends
+// sessions, so a non-loopback address needs a token or an explicit
+// insecure_open.
+func validateMetrics(c *Config, add func(string, ...any)) {
+	m := c.Metrics
 	if a := c.metricsAddress(); a != "" {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			add("metrics.address: %v", err)
+		} else if !isLoopback(a) && m.TokenFile == "" && !m.InsecureOpen {
+			add("metrics.address: %q is not a loopback address and metrics.token_file is not set: anyone who reaches it "+
+				"could list the sessions (user names, client addresses) and end them; set metrics.token_file, "+
+				"or metrics.insecure_open = true if something else guards the address", a)
 		}
 	}
-	return errs
+	if m.InsecureOpen && m.TokenFile != "" {
+		add("metrics.insecure_open: contradicts metrics.token_file (with a token the endpoints are not open)")
+	}
+	if m.ProtectMetrics && m.TokenFile == "" {
+		add("metrics.protect_metrics: needs metrics.token_file")
+	}
+	for i, h := range m.AllowedHosts {
+		if !validHost(h) {
+			add("metrics.allowed_hosts[%d]: %q is not a host name or an IP address (no port, no scheme, no wildcard)", i, h)
+		}
+	}
+}
+
+// validHost reports whether h is an IP address (IPv6 with or without
+// brackets) or a DNS name, with an optional trailing dot.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")); err == nil {
+		return true
+	}
+	name := strings.TrimSuffix(h, ".")
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // key identifies the listener's socket across reloads: its address, or

@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -190,7 +191,31 @@ func (p *process) dial(name string) *popClient {
 // get fetches an admin path and returns the status code and body.
 func (p *process) get(path string) (int, string) {
 	p.t.Helper()
-	resp, err := http.Get("http://" + p.admin + path)
+	resp := p.request(http.MethodGet, path, "", "")
+	return resp.StatusCode, resp.body
+}
+
+// adminResponse is an admin endpoint's answer, its body read.
+type adminResponse struct {
+	*http.Response
+	body string
+}
+
+// request sends method path to the admin address with token as the
+// bearer token ("": none) and host as the Host header ("": the address).
+func (p *process) request(method, path, host, token string) adminResponse {
+	p.t.Helper()
+	req, err := http.NewRequest(method, "http://"+p.admin+path, nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -199,7 +224,7 @@ func (p *process) get(path string) (int, string) {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	return resp.StatusCode, string(b)
+	return adminResponse{resp, string(b)}
 }
 
 // metrics scrapes /metrics into series ("name{labels}") and values.
@@ -507,36 +532,60 @@ func TestProcessDrainTimeout(t *testing.T) {
 	checkLogs(t, p.logs)
 }
 
-// TestProcessAdminSessions: GET /sessions lists the live session, DELETE
-// ends the user's sessions without QUIT, and `popgate version` says what
-// -ldflags set.
+// TestProcessAdminSessions: /sessions needs the token of
+// metrics.token_file in every method, and refuses a Host that is not the
+// loopback address (DNS rebinding) even with it; GET /sessions lists the
+// live session, DELETE ends the user's sessions without QUIT; /metrics
+// stays open; and `popgate version` says what -ldflags set.
 func TestProcessAdminSessions(t *testing.T) {
 	b, addr := mailboxServer(t, messages(2)...)
-	path := writeConfig(t, oneBackend(addr, ""))
+	tokenFile, token := writeToken(t)
+	path := writeConfig(t, oneBackend(addr, "")+fmt.Sprintf("token_file = %q\n", tokenFile))
 	p := startPopgate(t, path, "plain")
+	if rec := p.waitLog("admin endpoints listening"); rec["token_required"] != true || rec["host_check"] != true {
+		t.Errorf("admin endpoints listening line %v, want token_required and host_check true", rec)
+	}
 	c := p.dial("plain")
 	c.login(procUser, procPass)
 	c.cmd("DELE 1")
 
-	code, body := p.get("/sessions")
+	end := "/sessions?user=" + procUser
+	for _, tc := range []struct {
+		name, method, path, host, token string
+		wantCode                        int
+	}{
+		{"list without token", http.MethodGet, "/sessions", "", "", http.StatusUnauthorized},
+		{"end without token", http.MethodDelete, end, "", "", http.StatusUnauthorized},
+		{"list with a wrong token", http.MethodGet, "/sessions", "", rand.Text(), http.StatusUnauthorized},
+		{"end with a wrong token", http.MethodDelete, end, "", rand.Text(), http.StatusUnauthorized},
+		{"end from a rebound name", http.MethodDelete, end, "attacker.example", token, http.StatusMisdirectedRequest},
+		{"list from a rebound name", http.MethodGet, "/sessions", "attacker.example:9110", token, http.StatusMisdirectedRequest},
+		{"metrics without token", http.MethodGet, "/metrics", "", "", http.StatusOK},
+		{"healthz without token", http.MethodGet, "/healthz", "", "", http.StatusOK},
+		{"metrics as localhost", http.MethodGet, "/metrics", "localhost", "", http.StatusOK},
+	} {
+		resp := p.request(tc.method, tc.path, tc.host, tc.token)
+		if resp.StatusCode != tc.wantCode {
+			t.Errorf("%s: %s %s = %d %q, want %d", tc.name, tc.method, tc.path, resp.StatusCode, resp.body, tc.wantCode)
+		}
+		if resp.StatusCode == http.StatusUnauthorized && !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+			t.Errorf("%s: WWW-Authenticate = %q, want a Bearer challenge", tc.name, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
+
+	resp := p.request(http.MethodGet, "/sessions", "", token)
 	var list []map[string]any
-	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || len(list) != 1 {
-		t.Fatalf("GET /sessions = %d %q (%v), want one session", code, body, err)
+	if err := json.Unmarshal([]byte(resp.body), &list); resp.StatusCode != http.StatusOK || err != nil || len(list) != 1 {
+		t.Fatalf("GET /sessions = %d %q (%v), want one session: the refused DELETEs ended none", resp.StatusCode, resp.body, err)
 	}
 	for k, want := range map[string]any{"user": procUser, "backend": "mbox", "listener": "plain", "state": "relaying", "bytes_in": float64(len("STAT\r\nDELE 1\r\n"))} {
 		if list[0][k] != want {
 			t.Errorf("session %s = %v, want %v", k, list[0][k], want)
 		}
 	}
-	req, _ := http.NewRequest(http.MethodDelete, "http://"+p.admin+"/sessions?user="+procUser, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(out)) != `{"ended":1}` {
-		t.Errorf("DELETE /sessions?user= = %d %q, want 200 {\"ended\":1}", resp.StatusCode, out)
+	resp = p.request(http.MethodDelete, end, "", token)
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(resp.body) != `{"ended":1}` {
+		t.Errorf("DELETE /sessions?user= = %d %q, want 200 {\"ended\":1}", resp.StatusCode, resp.body)
 	}
 	if _, err := c.r.ReadByte(); err == nil {
 		t.Error("the session is still open after DELETE")
@@ -550,6 +599,10 @@ func TestProcessAdminSessions(t *testing.T) {
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(); code != 0 {
 		t.Errorf("exit code = %d", code)
+	}
+	checkLogs(t, p.logs)
+	if strings.Contains(p.logs.String(), token) {
+		t.Error("the log shows the admin token")
 	}
 
 	v, err := exec.Command(popgateBinary(t), "version").Output()

@@ -240,14 +240,21 @@ func (r *runner) startListener(key string, ln net.Listener, l proxy.Listener) {
 func (r *runner) startAdmin(ln net.Listener) {
 	ctx, stop := context.WithCancel(context.Background())
 	r.adminLn = &bound{ln: ln, stop: stop}
-	h := admin.Handler(r.metrics, r.srv, r.ready, r.log)
-	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions")
+	h := admin.Handler(r.metrics, r.srv, r.ready, r.adminAccess, r.log)
+	a := r.adminAccess()
+	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions",
+		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost)
 	r.wg.Go(func() {
 		if err := admin.Serve(ctx, ln, h, r.log); err != nil {
 			r.log.Error("admin endpoints failed", "err", err)
 		}
 	})
 }
+
+// adminAccess is the running configuration's access rules for the admin
+// endpoints, asked for on every request: a reload that changes the token
+// applies to the next one.
+func (r *runner) adminAccess() admin.Access { return r.current().admin }
 
 // ready is /readyz: listeners bound, certificates loaded, not draining.
 func (r *runner) ready() error {
