@@ -1,6 +1,9 @@
 package auth
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
 	"strings"
 	"sync"
@@ -29,15 +32,20 @@ import (
 //     moment: Begin refuses it, with the time left, until the lock ends, and
 //     the count then starts from zero.
 //   - While failures and attempts in flight together reach the limit,
-//     Begin refuses further attempts of that key too, with a retry hint of
-//     [InFlightRetry]; once the attempts end, their outcome decides.
-//   - Success clears the user's count, not the address's: a user who
-//     mistyped and then got in is not held to old typos, while one address
-//     guessing at many names (or a NAT shared with a legitimate user) keeps
-//     its count, as fail2ban does.
+//     Begin waits for attempts of that key to end (until its context ends,
+//     then it refuses with a retry hint of [InFlightRetry]); their outcome
+//     decides. Logins that all succeed thus wait for each other, at worst,
+//     and are never refused for failures nobody made.
+//   - Success clears the user's count, not the address's, and only when
+//     every failure counted for the user came from the succeeding client's
+//     network: a user who mistyped and then got in is not held to old
+//     typos, while an attacker guessing from elsewhere keeps his count even
+//     when the real user logs in meanwhile. One address guessing at many
+//     names (or a NAT shared with a legitimate user) keeps its count, as
+//     fail2ban does.
 //   - Addresses are grouped as [ClientNet] groups them (IPv6 by
 //     ThrottleConfig.IPv6Prefix); user names compare case-insensitively
-//     (ASCII).
+//     (ASCII), and one longer than 64 bytes is kept as its SHA-256.
 //   - A max of 0 means no limit on that key; a window <= 0 disables the
 //     Throttle.
 //
@@ -48,14 +56,17 @@ import (
 // nothing in flight and no failure is not kept. A Throttle is safe for
 // concurrent use.
 type Throttle struct {
+	now func() time.Time
+
+	mu             sync.Mutex
 	maxIP, maxUser int
 	window         time.Duration
 	ipv6Bits       int
-	now            func() time.Time
-
-	mu    sync.Mutex
-	ips   *simplelru.LRU[netip.Prefix, *failures]
-	users *simplelru.LRU[string, *failures]
+	ips            *simplelru.LRU[netip.Prefix, *failures]
+	users          *simplelru.LRU[string, *failures]
+	// ended is closed (and replaced) whenever an attempt ends, waking
+	// the Begins that wait for a place.
+	ended chan struct{}
 }
 
 // ThrottleConfig configures [NewThrottle].
@@ -78,6 +89,10 @@ type failures struct {
 	start    time.Time // first failure of the current count
 	locked   time.Time // zero, or when the lock ends
 	inFlight int       // attempts begun and not yet ended
+	// from is the client network of the count's failures (user keys);
+	// mixed is set once they came from more than one.
+	from  netip.Prefix
+	mixed bool
 }
 
 // DefaultThrottleSize is the LRU size NewThrottle uses for Size <= 0.
@@ -103,54 +118,131 @@ const (
 
 // NewThrottle returns a Throttle.
 func NewThrottle(c ThrottleConfig) *Throttle {
-	size := c.Size
-	if size <= 0 {
-		size = DefaultThrottleSize
-	}
 	now := c.Now
 	if now == nil {
 		now = time.Now
 	}
-	t := &Throttle{maxIP: max(c.MaxPerIP, 0), maxUser: max(c.MaxPerUser, 0), window: c.Window, ipv6Bits: c.IPv6Prefix, now: now}
+	t := &Throttle{now: now, ended: make(chan struct{})}
 	// simplelru.NewLRU fails only for size <= 0.
-	t.ips, _ = simplelru.NewLRU[netip.Prefix, *failures](size, nil)
-	t.users, _ = simplelru.NewLRU[string, *failures](size, nil)
+	t.ips, _ = simplelru.NewLRU[netip.Prefix, *failures](throttleSize(c), nil)
+	t.users, _ = simplelru.NewLRU[string, *failures](throttleSize(c), nil)
+	t.setLimits(c)
 	return t
 }
 
-func (t *Throttle) enabled() bool { return t != nil && t.window > 0 && (t.maxIP > 0 || t.maxUser > 0) }
+func throttleSize(c ThrottleConfig) int {
+	if c.Size <= 0 {
+		return DefaultThrottleSize
+	}
+	return c.Size
+}
+
+func (t *Throttle) setLimits(c ThrottleConfig) {
+	t.maxIP, t.maxUser, t.window, t.ipv6Bits = max(c.MaxPerIP, 0), max(c.MaxPerUser, 0), c.Window, c.IPv6Prefix
+}
+
+// Reconfigure changes the limits (c.Now is ignored) and keeps every count,
+// lock and attempt in flight: a reload that tightens or loosens the limits
+// does not unlock a user under attack. Counts made under another
+// IPv6Prefix stay under their old key until they expire.
+func (t *Throttle) Reconfigure(c ThrottleConfig) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.setLimits(c)
+	t.ips.Resize(throttleSize(c))
+	t.users.Resize(throttleSize(c))
+	t.wake() // waiters recheck under the new limits
+}
+
+// enabled reports whether the Throttle limits anything; t.mu is held.
+func (t *Throttle) enabled() bool { return t.window > 0 && (t.maxIP > 0 || t.maxUser > 0) }
+
+// maxUserKey is the longest user name kept as it is; longer ones are kept
+// as their SHA-256, so that a flood of long names costs little memory.
+const maxUserKey = 64
 
 func userKey(user string) (string, bool) {
-	return strings.ToLower(user), user != ""
+	k := strings.ToLower(user)
+	if len(k) > maxUserKey {
+		h := sha256.Sum256([]byte(k))
+		k = "sha256:" + hex.EncodeToString(h[:])
+	}
+	return k, user != ""
+}
+
+// wake wakes the Begins waiting for a place; t.mu is held.
+func (t *Throttle) wake() {
+	close(t.ended)
+	t.ended = make(chan struct{})
 }
 
 // Begin reports whether a login attempt from ip for user may go ahead and,
 // when not, how long until it may. An attempt that may go ahead holds a
 // place in both budgets until End reports how it ended; the caller must
-// call End exactly once for it. An invalid ip or empty user is not checked
-// on that side.
-func (t *Throttle) Begin(ip netip.Addr, user string) (ok bool, retryAfter time.Duration) {
-	if !t.enabled() {
+// call End exactly once for it. When only attempts in flight fill a budget,
+// Begin waits for one to end, at most until ctx ends. An invalid ip or
+// empty user is not checked on that side.
+func (t *Throttle) Begin(ctx context.Context, ip netip.Addr, user string) (ok bool, retryAfter time.Duration) {
+	if t == nil {
 		return true, 0
 	}
-	now := t.now()
+	for {
+		ok, retryAfter, ended := t.begin(ip, user)
+		if ended == nil {
+			return ok, retryAfter
+		}
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return false, InFlightRetry
+		}
+	}
+}
+
+// begin makes one try of Begin. A non-nil ended means the budget is full of
+// attempts in flight: wait for it to close and try again.
+func (t *Throttle) begin(ip netip.Addr, user string) (ok bool, retryAfter time.Duration, ended <-chan struct{}) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !t.enabled() {
+		return true, 0, nil
+	}
+	now := t.now()
 	ipk, hasIP := ClientNet(ip, t.ipv6Bits)
 	hasIP = hasIP && t.maxIP > 0
 	uk, hasUser := userKey(user)
 	hasUser = hasUser && t.maxUser > 0
 	var fi, fu *failures
+	busy := false
+	check := func(f *failures, limit int) {
+		if f == nil {
+			return
+		}
+		n := f.count(now, t.window)
+		switch left := f.lockLeft(now); {
+		case left > 0:
+			retryAfter = max(retryAfter, left)
+		case n >= limit:
+			// Counted under a looser limit (before a reload): as
+			// good as locked until the count's window ends.
+			retryAfter = max(retryAfter, f.start.Add(t.window).Sub(now))
+		case n+f.inFlight >= limit:
+			busy = true
+		}
+	}
 	if hasIP {
 		fi, _ = t.ips.Get(ipk)
-		retryAfter = max(retryAfter, fi.wait(now, t.maxIP, t.window))
+		check(fi, t.maxIP)
 	}
 	if hasUser {
 		fu, _ = t.users.Get(uk)
-		retryAfter = max(retryAfter, fu.wait(now, t.maxUser, t.window))
+		check(fu, t.maxUser)
 	}
-	if retryAfter > 0 {
-		return false, retryAfter
+	switch {
+	case retryAfter > 0:
+		return false, retryAfter, nil
+	case busy:
+		return false, InFlightRetry, t.ended
 	}
 	if hasIP {
 		if fi == nil {
@@ -166,28 +258,34 @@ func (t *Throttle) Begin(ip netip.Addr, user string) (ok bool, retryAfter time.D
 		}
 		fu.inFlight++
 	}
-	return true, 0
+	return true, 0, nil
 }
 
 // End reports how an attempt that Begin let go ahead ended.
 func (t *Throttle) End(ip netip.Addr, user string, r AttemptResult) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	defer t.wake()
 	if !t.enabled() {
 		return
 	}
 	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if k, ok := ClientNet(ip, t.ipv6Bits); ok && t.maxIP > 0 {
-		endKey(t.ips, k, r, false, now, t.maxIP, t.window)
+	ipk, hasIP := ClientNet(ip, t.ipv6Bits)
+	if hasIP && t.maxIP > 0 {
+		endKey(t.ips, ipk, r, netip.Prefix{}, now, t.maxIP, t.window)
 	}
 	if k, ok := userKey(user); ok && t.maxUser > 0 {
-		endKey(t.users, k, r, true, now, t.maxUser, t.window)
+		endKey(t.users, k, r, ipk, now, t.maxUser, t.window)
 	}
 }
 
-// endKey ends one attempt of key k in lru. A success clears the count when
-// clearOnSuccess is set (user names).
-func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult, clearOnSuccess bool, now time.Time, limit int, window time.Duration) {
+// endKey ends one attempt of key k in lru. from is the client's network
+// for a user key, which a success clears when all its failures came from
+// there; invalid for an address key, which a success never clears.
+func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult, from netip.Prefix, now time.Time, limit int, window time.Duration) {
 	f, ok := lru.Get(k)
 	if !ok {
 		if r != AttemptFailed {
@@ -203,29 +301,13 @@ func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult
 	}
 	switch {
 	case r == AttemptFailed:
-		f.add(now, limit, window)
-	case r == AttemptSucceeded && clearOnSuccess:
+		f.add(now, limit, window, from)
+	case r == AttemptSucceeded && from.IsValid() && !f.mixed && (f.n == 0 || f.from == from):
 		f.n, f.locked = 0, time.Time{}
 	}
 	if f.inFlight == 0 && f.count(now, window) == 0 && f.lockLeft(now) == 0 {
 		lru.Remove(k)
 	}
-}
-
-// wait returns how long the key is refused: the lock's time left, or
-// InFlightRetry while failures and attempts in flight fill the budget.
-// f may be nil (nothing tracked).
-func (f *failures) wait(now time.Time, limit int, window time.Duration) time.Duration {
-	if f == nil {
-		return 0
-	}
-	if left := f.lockLeft(now); left > 0 {
-		return left
-	}
-	if f.count(now, window)+f.inFlight >= limit {
-		return InFlightRetry
-	}
-	return 0
 }
 
 func (f *failures) lockLeft(now time.Time) time.Duration {
@@ -250,13 +332,17 @@ func (f *failures) count(now time.Time, window time.Duration) int {
 	return f.n
 }
 
-// add counts one failure at now against limit.
-func (f *failures) add(now time.Time, limit int, window time.Duration) {
+// add counts one failure from the client network from at now against
+// limit.
+func (f *failures) add(now time.Time, limit int, window time.Duration, from netip.Prefix) {
 	if f.lockLeft(now) > 0 {
 		return // locked: the lock does not grow
 	}
 	if f.count(now, window) == 0 {
-		f.n, f.start, f.locked = 0, now, time.Time{} // a new count
+		// A new count.
+		f.n, f.start, f.locked, f.from, f.mixed = 0, now, time.Time{}, from, false
+	} else if from != f.from {
+		f.mixed = true
 	}
 	f.n++
 	if f.n >= limit {

@@ -1,9 +1,11 @@
 package auth
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,10 +39,18 @@ func newTestThrottle(perIP, perUser int, window time.Duration, clk *fakeClock) *
 	return NewThrottle(c)
 }
 
+// noWait is an ended context: Begin refuses at once where it would wait
+// for attempts in flight.
+var noWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // try runs one attempt that ends with r; it reports whether Begin let it go
 // ahead.
 func try(th *Throttle, ip netip.Addr, user string, r AttemptResult) bool {
-	ok, _ := th.Begin(ip, user)
+	ok, _ := th.Begin(noWait, ip, user)
 	if ok {
 		th.End(ip, user, r)
 	}
@@ -49,7 +59,7 @@ func try(th *Throttle, ip netip.Addr, user string, r AttemptResult) bool {
 
 // allowed asks Begin and gives the place back at once.
 func allowed(th *Throttle, ip netip.Addr, user string) (bool, time.Duration) {
-	ok, wait := th.Begin(ip, user)
+	ok, wait := th.Begin(noWait, ip, user)
 	if ok {
 		th.End(ip, user, AttemptAborted)
 	}
@@ -138,18 +148,42 @@ func TestThrottlePerUser(t *testing.T) {
 	if ok, _ := allowed(th, ip1, "alice"); !ok {
 		t.Error("alice still refused after the window")
 	}
-	// Success clears the user's count.
+	// Success clears the user's count when the failures came from the
+	// succeeding client's network ...
 	try(th, ip1, "alice", AttemptFailed)
 	try(th, ip1, "alice", AttemptSucceeded)
 	try(th, ip1, "alice", AttemptFailed)
 	if ok, _ := allowed(th, ip1, "alice"); !ok {
 		t.Error("count survived a success")
 	}
+	clk.add(time.Minute)
+	// ... and not when an attacker elsewhere made them: the real user's
+	// polling does not renew the attacker's budget.
+	try(th, ip2, "alice", AttemptFailed)
+	try(th, ip1, "alice", AttemptSucceeded)
+	try(th, ip2, "alice", AttemptFailed)
+	if ok, _ := allowed(th, ip2, "alice"); ok {
+		t.Error("the user's success cleared failures made from another network")
+	}
+	clk.add(time.Minute)
 	// An aborted attempt (backend down) does not count.
 	try(th, ip1, "alice", AttemptAborted)
 	try(th, ip1, "alice", AttemptAborted)
 	if ok, _ := allowed(th, ip1, "alice"); !ok {
 		t.Error("aborted attempts counted")
+	}
+}
+
+// TestThrottleMixedSuccess: failures from two networks are not cleared by
+// a success from either.
+func TestThrottleMixedSuccess(t *testing.T) {
+	th := newTestThrottle(0, 3, time.Minute, newClock())
+	try(th, ip1, "alice", AttemptFailed)
+	try(th, ip2, "alice", AttemptFailed)
+	try(th, ip1, "alice", AttemptSucceeded)
+	try(th, ip1, "alice", AttemptFailed) // third: locked
+	if ok, _ := allowed(th, ip1, "alice"); ok {
+		t.Error("a success cleared failures from two networks")
 	}
 }
 
@@ -159,23 +193,36 @@ func TestThrottleInFlight(t *testing.T) {
 	clk := newClock()
 	th := newTestThrottle(5, 3, time.Minute, clk)
 	for i := range 3 {
-		if ok, _ := th.Begin(ip1, "alice"); !ok {
+		if ok, _ := th.Begin(context.Background(), ip1, "alice"); !ok {
 			t.Fatalf("attempt %d refused", i+1)
 		}
 	}
-	// Three in flight fill alice's budget; the address has room.
-	if ok, wait := th.Begin(ip2, "alice"); ok || wait != InFlightRetry {
+	// Three in flight fill alice's budget; the address has room. A
+	// fourth waits for one of them, here until its context ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if ok, wait := th.Begin(ctx, ip2, "alice"); ok || wait != InFlightRetry {
 		t.Fatalf("4th attempt in flight = %v, %v; want refused for %v", ok, wait, InFlightRetry)
+	}
+	// One that waits goes ahead as soon as one in flight ends well.
+	went := make(chan bool)
+	go func() {
+		ok, _ := th.Begin(context.Background(), ip2, "alice")
+		went <- ok
+	}()
+	th.End(ip1, "alice", AttemptSucceeded)
+	if !<-went {
+		t.Fatal("a waiting attempt was refused after one in flight succeeded")
+	}
+	th.End(ip2, "alice", AttemptAborted)
+	if ok, _ := th.Begin(context.Background(), ip1, "alice"); !ok {
+		t.Fatal("place not given back")
 	}
 	if ok, _ := allowed(th, ip1, "bob"); !ok {
 		t.Fatal("bob refused")
 	}
-	// One ends aborted: its place is free again.
-	th.End(ip1, "alice", AttemptAborted)
-	if !try(th, ip2, "alice", AttemptFailed) {
-		t.Fatal("attempt refused after one in flight was aborted")
-	}
-	// The two still in flight fail: 3 failures lock alice.
+	// Three in flight again; they fail: 3 failures lock alice.
+	th.End(ip1, "alice", AttemptFailed)
 	th.End(ip1, "alice", AttemptFailed)
 	th.End(ip1, "alice", AttemptFailed)
 	if ok, wait := allowed(th, ip1, "alice"); ok || wait != time.Minute {
@@ -290,7 +337,7 @@ func TestThrottleConcurrent(t *testing.T) {
 	for g := range 90 {
 		wg.Go(func() {
 			ip := netip.AddrFrom4([4]byte{10, 0, 0, byte(g % 2)})
-			if ok, _ := th.Begin(ip, "victim"); !ok {
+			if ok, _ := th.Begin(context.Background(), ip, "victim"); !ok {
 				return
 			}
 			ahead.Add(1)
@@ -309,5 +356,44 @@ func TestThrottleConcurrent(t *testing.T) {
 	}
 	if ok, _ := allowed(th, ip1, "victim"); ok {
 		t.Error("the victim's budget is not spent")
+	}
+}
+
+// TestThrottleLongNames: a long user name is kept as its hash, so a flood
+// of long names costs little memory; names still compare as before.
+func TestThrottleLongNames(t *testing.T) {
+	th := newTestThrottle(0, 1, time.Minute, newClock())
+	long := strings.Repeat("a", 1000)
+	try(th, ip1, long, AttemptFailed)
+	if ok, _ := allowed(th, ip1, strings.ToUpper(long)); ok {
+		t.Error("the long name's count was lost")
+	}
+	if ok, _ := allowed(th, ip1, long+"b"); !ok {
+		t.Error("another long name shares its count")
+	}
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	for _, k := range th.users.Keys() {
+		if len(k) > 80 {
+			t.Errorf("a %d-byte key is kept", len(k))
+		}
+	}
+}
+
+// TestThrottleReconfigure: new limits apply to the counts already made; a
+// lock survives.
+func TestThrottleReconfigure(t *testing.T) {
+	clk := newClock()
+	th := newTestThrottle(0, 2, time.Minute, clk)
+	try(th, ip1, "alice", AttemptFailed)
+	try(th, ip1, "alice", AttemptFailed) // locked
+	th.Reconfigure(ThrottleConfig{MaxPerUser: 5, Window: time.Minute})
+	if ok, _ := allowed(th, ip1, "alice"); ok {
+		t.Error("a reload unlocked alice")
+	}
+	try(th, ip1, "bob", AttemptFailed)
+	th.Reconfigure(ThrottleConfig{MaxPerUser: 1, Window: time.Minute})
+	if ok, _ := allowed(th, ip1, "bob"); ok {
+		t.Error("bob's failure did not count against the tightened limit")
 	}
 }

@@ -101,6 +101,8 @@ type popgateConfig struct {
 	// throttle off (max_failures_per_ip and _per_user = 0), for tests
 	// that are refused many times on purpose.
 	NoFailureLimits bool
+	// ExtraLimits are lines added to [limits] (attack review).
+	ExtraLimits []string
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -363,6 +365,9 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 		p(`failure_delay = "0s"`)
 		p("max_failures_per_ip = 0")
 		p("max_failures_per_user = 0")
+	}
+	for _, l := range cfg.ExtraLimits {
+		p("%s", l)
 	}
 	p("")
 	p("[metrics]")

@@ -132,6 +132,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		Router:   auth.NewStatic(map[string]string{testUser: "b1"}, nil, ""),
 		Backends: map[string]*Backend{"b1": be},
 		Logger:   slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Refusals wait for the backends' time from the start; tests
+		// that time them set their own.
+		AssumedFailureTime: time.Millisecond,
 	}
 	if o.config != nil {
 		o.config(&cfg)

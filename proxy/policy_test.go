@@ -25,7 +25,7 @@ type countingThrottle struct {
 	inFlight  int
 }
 
-func (c *countingThrottle) Begin(ip netip.Addr, user string) (bool, time.Duration) {
+func (c *countingThrottle) Begin(_ context.Context, ip netip.Addr, user string) (bool, time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.failures[ip] >= c.max {
@@ -276,11 +276,12 @@ func TestThrottleRace(t *testing.T) {
 			answers <- strings.TrimSpace(last)
 		})
 	}
-	// Every guess is either refused at once or held by the lookup.
-	waitFor(t, "all guesses answered or held", func() bool {
+	// The budget's worth of guesses is held by the lookup; the others wait
+	// for their outcome, which locks the user.
+	waitFor(t, "a budget of guesses held", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(answers)+routed >= guesses
+		return routed >= perUser
 	})
 	close(release)
 	wg.Wait()

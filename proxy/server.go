@@ -181,6 +181,17 @@ type Config struct {
 	// means no limit. A throttled attempt reaches neither the router nor
 	// a backend.
 	Throttle Throttle
+	// AssumedFailureTime is what a backend is assumed to take to refuse a
+	// login until it has refused a few dozen: popgate answers every
+	// refusal of credentials no sooner than the longest time backends
+	// took recently (see failureTimes), and starts from this. 0 means
+	// DefaultAssumedFailureTime; tests set a small one.
+	AssumedFailureTime time.Duration
+	// MasterUserSeparator is the backends' master user separator
+	// (Dovecot's auth_master_user_separator, e.g. "*"). A client's name
+	// "user*master" then counts in the failed-login throttle as the master
+	// user, not as a fresh user name each time. "" means none.
+	MasterUserSeparator string
 	// RelayBackendErrors relays a backend's refusal of the credentials
 	// as the backend worded it. The default answers it with popgate's
 	// own "-ERR [AUTH] Authentication failed", the words every other
@@ -225,6 +236,13 @@ func (c *Config) maxLoginFailures() int {
 		return c.MaxLoginFailures
 	}
 	return 3
+}
+
+func (c *Config) assumedFailureTime() time.Duration {
+	if c.AssumedFailureTime > 0 {
+		return c.AssumedFailureTime
+	}
+	return DefaultAssumedFailureTime
 }
 
 func (c *Config) proxyHeaderTimeout() time.Duration {
@@ -292,8 +310,9 @@ func (c *Config) Validate() error {
 type Throttle interface {
 	// Begin reports whether a login from ip for user may be tried, and
 	// if not, how long until it may. A login that may be tried holds a
-	// place in the budget until End.
-	Begin(ip netip.Addr, user string) (bool, time.Duration)
+	// place in the budget until End. Begin may wait for places to free,
+	// at most until ctx ends. user "" counts against ip only.
+	Begin(ctx context.Context, ip netip.Addr, user string) (bool, time.Duration)
 	// End reports how a login that Begin let go ahead ended: failed (bad
 	// credentials, unknown user), succeeded, or aborted (neither).
 	End(ip netip.Addr, user string, r auth.AttemptResult)

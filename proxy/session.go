@@ -671,23 +671,34 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
-	var err error
+	// Unusable credentials are refused before anything else; they count
+	// against the client's address only, so that an over-long name never
+	// becomes a throttle key.
+	err := creds.Check()
+	throttleUser := sess.throttleUser(creds.User)
+	if err != nil {
+		reply, err = msgAuthFailed, &auth.DeniedError{Reason: err.Error()}
+		throttleUser = ""
+	}
 	// The attempt holds its place in the throttle's budgets from before
 	// the lookup until its outcome is known, so that attempts sent at
 	// once cannot race past the limit.
 	th := sess.cfg.Throttle
 	ip := sess.remote.Addr().Unmap()
 	if th != nil {
-		if ok, wait := th.Begin(ip, creds.User); !ok {
+		ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+		ok, wait := th.Begin(ctx, ip, throttleUser)
+		cancel()
+		if !ok {
 			reply, err = "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
 			th = nil // nothing to end
 		}
 	}
 	if err == nil {
 		bc, reply, err = sess.tryLogin(creds, attempt)
-		if th != nil {
-			th.End(ip, creds.User, attemptResult(err))
-		}
+	}
+	if th != nil {
+		th.End(ip, throttleUser, sess.attemptResult(err))
 	}
 	if err == nil {
 		sess.srv.obs.Login(sess.l.Name, LoginOK)
@@ -728,14 +739,40 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	return nil, false
 }
 
+// msgAuthFailed answers every refusal of credentials, whatever its reason.
+const msgAuthFailed = "-ERR [AUTH] Authentication failed\r\n"
+
+// throttleUser returns the name a login counts under in the throttle: the
+// user, or with MasterUserSeparator the master user a "user*master" name
+// logs in as, so that guesses at the master's password spread over many
+// user names share one budget.
+func (sess *session) throttleUser(user string) string {
+	if sep := sess.cfg.MasterUserSeparator; sep != "" {
+		if i := strings.LastIndex(user, sep); i >= 0 {
+			return sep + user[i+len(sep):] // "*master": no user is named so
+		}
+	}
+	return user
+}
+
+// attemptResult tells the throttle how a login attempt ended. An attempt
+// that the login deadline cut off while the lookup or the backend was
+// deciding counts as failed: a backend that answers a right password at
+// once and a wrong one after its failure delay would otherwise answer
+// "+OK" to right guesses while no wrong one was ever counted.
+func (sess *session) attemptResult(err error) auth.AttemptResult {
+	r := attemptResult(err)
+	if r == auth.AttemptAborted && isTimeout(err) && !sess.cfg.now().Before(sess.deadline) {
+		return auth.AttemptFailed
+	}
+	return r
+}
+
 // tryLogin returns the line to send to the client (CRLF included) and, on
 // success, the logged-in backend connection.
 func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn, string, error) {
-	const authFailed = "-ERR [AUTH] Authentication failed\r\n"
+	const authFailed = msgAuthFailed
 	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
-	if err := creds.Check(); err != nil {
-		return nil, authFailed, &auth.DeniedError{Reason: err.Error()}
-	}
 	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
 	defer cancel()
 	req := &auth.Request{
@@ -830,7 +867,7 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 // login as bad credentials; any other error is the configuration's fault.
 func authorizationID(creds auth.Credentials, dec auth.Decision, b *Backend) (string, error) {
 	asked := creds.AuthzID
-	if asked == creds.User {
+	if strings.EqualFold(asked, creds.User) {
 		asked = "" // acting as oneself is no request to act as another
 	}
 	if dec.AuthzID != "" {
@@ -873,19 +910,18 @@ func (sess *session) sleep(d time.Duration) bool {
 }
 
 // failureWait returns how long to wait before answering a login that
-// failed with err after took. A refusal for bad credentials that no
-// backend gave (no route, a lookup's refusal) first waits until it took as
-// long as a backend refusal does (see failureTimes), so that timing tells
-// no name apart; a backend's refusal is recorded for that. Then every
-// failure waits failure_delay, or the lookup's Auth-Wait when longer.
+// failed with err after took. A refusal of credentials, whoever gave it,
+// first waits until it took the floor of failureTimes, so that timing
+// tells no name apart; a backend's refusal is recorded there first. Then
+// every failure waits failure_delay, or the lookup's Auth-Wait when longer.
 func (sess *session) failureWait(err error, took time.Duration) time.Duration {
 	var pad time.Duration
 	if attemptResult(err) == auth.AttemptFailed {
-		if isBackendRejected(err) {
-			sess.srv.failTimes.add(took)
-		} else {
-			pad = max(sess.srv.failTimes.sample()-took, 0)
+		var br *backendRejected
+		if errors.As(err, &br) {
+			sess.srv.failTimes.add(br.backend, took, sess.cfg.assumedFailureTime())
 		}
+		pad = max(sess.srv.failTimes.floor(sess.cfg.assumedFailureTime())-took, 0)
 	}
 	d := sess.cfg.FailureDelay
 	var de *auth.DeniedError
@@ -985,11 +1021,12 @@ func attemptResult(err error) auth.AttemptResult {
 func isCredentialFailure(err error) bool {
 	var br *backendRejected
 	if errors.As(err, &br) {
-		// A locked mailbox or a backend in trouble is no guess.
-		for _, code := range []string{"[IN-USE]", "[LOGIN-DELAY]", "[SYS/"} {
-			if strings.Contains(br.reply, code) {
-				return false
-			}
+		// A locked mailbox or a backend in trouble is no guess. The
+		// code counts only where RFC 2449 puts it, so that a backend
+		// echoing the user name cannot make a guess uncounted.
+		switch code := pop3.ResponseCode(br.reply); {
+		case code == pop3.CodeInUse, code == pop3.CodeLoginDelay, strings.HasPrefix(code, "[SYS/"):
+			return false
 		}
 		return true
 	}

@@ -35,8 +35,11 @@ type instance struct {
 	mapFile     *auth.MapFile  // nil without route.map_file
 	lookup      *auth.HTTP     // nil without [route.http]
 	cache       *auth.Cache    // nil without [route.http] caching
-	throttle    *auth.Throttle // nil when failures are not limited
-	admin       admin.Access   // who may use the admin endpoints (metrics.token_file read)
+	throttle    *auth.Throttle // shared by every instance of the process
+	// throttleConfig is this configuration's limits, applied to throttle
+	// by goLive.
+	throttleConfig auth.ThrottleConfig
+	admin          admin.Access // who may use the admin endpoints (metrics.token_file read)
 	// hasDomain reports whether the routing table names a domain
 	// (route.domains, the map file's "@domain" lines).
 	hasDomain func(domain string) bool
@@ -76,8 +79,8 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 
 // buildInstance turns c into running parts, without a proxy server. prev
 // is the running instance on a reload (nil at start): its certificate
-// store is kept when [tls] is unchanged, its ACME client always, its
-// failure counts when the throttle's limits are unchanged. current
+// store is kept when [tls] is unchanged, its ACME client and its throttle
+// (with every count) always. current
 // returns the live instance for the ACME on-demand policy; nil means the
 // one being built.
 func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
@@ -216,21 +219,19 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		return nil, err
 	}
 	lim := c.Limits
-	var throttle proxy.Throttle
-	switch {
-	case prev != nil && sameThrottle(prev.cfg.Limits, lim):
-		// Failure counts survive a reload that keeps the limits.
-		in.throttle = prev.throttle
-	default:
-		in.throttle = auth.NewThrottle(auth.ThrottleConfig{
-			MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP),
-			MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
-			Window:     lim.FailureWindow.or(defaultFailureWindow),
-			IPv6Prefix: intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
-		})
+	in.throttleConfig = auth.ThrottleConfig{
+		MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP),
+		MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
+		Window:     lim.FailureWindow.or(defaultFailureWindow),
+		IPv6Prefix: intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
 	}
-	if in.throttle != nil {
-		throttle = in.throttle
+	if prev != nil {
+		// One throttle for the life of the process: counts, locks and
+		// attempts in flight survive every reload; the new limits apply
+		// once the reload goes live (instance.goLive).
+		in.throttle = prev.throttle
+	} else {
+		in.throttle = auth.NewThrottle(in.throttleConfig)
 	}
 	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
@@ -248,7 +249,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	in.proxyConfig = proxy.Config{
 		Router:              router,
 		Backends:            backends,
-		Throttle:            throttle,
+		Throttle:            in.throttle,
 		Greeting:            c.POP3.Greeting,
 		ExtraCapabilities:   c.POP3.Capabilities,
 		RelayBackendErrors:  c.POP3.HideBackendErrors != nil && !*c.POP3.HideBackendErrors,
@@ -259,6 +260,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConns),
 		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
 		IPv6Prefix:          intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
+		MasterUserSeparator: lim.MasterUserSeparator,
 		TrustedProxies:      trusted,
 		Logger:              log,
 	}
@@ -268,13 +270,10 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	return in, nil
 }
 
-// sameThrottle reports whether two [limits] sections limit failed logins
-// alike.
-func sameThrottle(a, b LimitsConfig) bool {
-	return intOr(a.MaxFailuresPerIP, defaultMaxFailuresIP) == intOr(b.MaxFailuresPerIP, defaultMaxFailuresIP) &&
-		intOr(a.MaxFailuresPerUser, defaultMaxFailuresUser) == intOr(b.MaxFailuresPerUser, defaultMaxFailuresUser) &&
-		a.FailureWindow.or(defaultFailureWindow) == b.FailureWindow.or(defaultFailureWindow) &&
-		intOr(a.IPv6Prefix, auth.DefaultIPv6Prefix) == intOr(b.IPv6Prefix, auth.DefaultIPv6Prefix)
+// goLive applies what in shares with the instance it replaces once in is
+// the running configuration: the throttle's limits.
+func (in *instance) goLive() {
+	in.throttle.Reconfigure(in.throttleConfig)
 }
 
 // isLoopback reports whether a listen or dial address stays on this host.

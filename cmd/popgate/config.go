@@ -114,6 +114,7 @@ type LimitsConfig struct {
 	MaxFailuresPerUser  *int     `toml:"max_failures_per_user"`
 	FailureWindow       Duration `toml:"failure_window"`
 	IPv6Prefix          *int     `toml:"ipv6_prefix"`
+	MasterUserSeparator string   `toml:"master_user_separator"`
 	TrustedProxies      []string `toml:"trusted_proxies"`
 	ShutdownTimeout     Duration `toml:"shutdown_timeout"`
 }
@@ -446,6 +447,9 @@ func (c *Config) validate() []error {
 	}
 	if p := lim.IPv6Prefix; p != nil && (*p < 1 || *p > 128) {
 		add("limits.ipv6_prefix: must be between 1 and 128 (the length of the IPv6 prefix that counts as one client; 64 by default)")
+	}
+	if sep := lim.MasterUserSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+		add("limits.master_user_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\")")
 	}
 	for i, p := range lim.TrustedProxies {
 		if _, err := parsePrefix(p); err != nil {

@@ -374,6 +374,7 @@ func TestParseConfigRouting(t *testing.T) {
 		minimal + "[limits]\nmax_failures_per_ip = 20\nmax_failures_per_user = 10\nfailure_window = \"10m\"\n",
 		minimal + "[limits]\nipv6_prefix = 56\n",
 		minimal + "[limits]\nipv6_prefix = 128\n",
+		minimal + "[limits]\nmaster_user_separator = \"*\"\n",
 		minimal + "[pop3]\ngreeting = \"hello\"\ncapabilities = [\"TOP\", \"UIDL\"]\nhide_backend_errors = true\n",
 	}
 	for i, cfg := range ok {
@@ -389,6 +390,7 @@ func TestParseConfigRouting(t *testing.T) {
 		{minimal + "[limits]\nmax_failures_per_ip = -1\n", "limits.max_failures_per_ip"},
 		{minimal + "[limits]\nipv6_prefix = 0\n", "limits.ipv6_prefix"},
 		{minimal + "[limits]\nipv6_prefix = 129\n", "limits.ipv6_prefix"},
+		{minimal + "[limits]\nmaster_user_separator = \"* \"\n", "limits.master_user_separator"},
 	}
 	for _, tc := range bad {
 		_, err := ParseConfig("bad", []byte(tc.toml))

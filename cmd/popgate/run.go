@@ -405,6 +405,7 @@ func (r *runner) apply() error {
 
 	// From here on nothing fails: the new configuration goes live.
 	r.cur.Store(in)
+	in.goLive()
 	live = true
 	var added, removed []string
 	keep := map[string]bool{}

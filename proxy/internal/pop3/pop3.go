@@ -24,11 +24,43 @@ const (
 
 // RFC 2449 §8 and RFC 3206 response codes.
 const (
-	CodeAuth    = "[AUTH]"
-	CodeSysTemp = "[SYS/TEMP]"
-	CodeSysPerm = "[SYS/PERM]"
-	CodeInUse   = "[IN-USE]"
+	CodeAuth       = "[AUTH]"
+	CodeSysTemp    = "[SYS/TEMP]"
+	CodeSysPerm    = "[SYS/PERM]"
+	CodeInUse      = "[IN-USE]"
+	CodeLoginDelay = "[LOGIN-DELAY]"
 )
+
+// ResponseCode returns the response code of a "-ERR" or "+OK" line, such
+// as "[SYS/TEMP]", upper-cased, or "" when the line has none. A code is
+// recognised only where RFC 2449 §8 puts it, right after the status
+// indicator and one space: "-ERR [IN-USE] locked" has one, "-ERR no such
+// user [IN-USE]" does not.
+func ResponseCode(line string) string {
+	var rest string
+	switch {
+	case strings.HasPrefix(line, "-ERR "):
+		rest = line[len("-ERR "):]
+	case strings.HasPrefix(line, "+OK "):
+		rest = line[len("+OK "):]
+	default:
+		return ""
+	}
+	if !strings.HasPrefix(rest, "[") {
+		return ""
+	}
+	end := strings.IndexByte(rest, ']')
+	if end < 2 {
+		return ""
+	}
+	// resp-level = 1*(ALPHA / DIGIT / "-"), levels separated by "/".
+	for _, c := range rest[1:end] {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '/') {
+			return ""
+		}
+	}
+	return strings.ToUpper(rest[:end+1])
+}
 
 // ErrLineTooLong is returned by [ReadLine] for a line longer than the limit.
 // The rest of the line has been discarded; the reader is positioned at the

@@ -188,3 +188,25 @@ func BenchmarkReadLine(b *testing.B) {
 		}
 	}
 }
+
+func TestResponseCode(t *testing.T) {
+	tests := []struct{ line, want string }{
+		{"-ERR [IN-USE] locked", CodeInUse},
+		{"-ERR [in-use] locked", CodeInUse},
+		{"-ERR [SYS/TEMP] try later", CodeSysTemp},
+		{"-ERR [LOGIN-DELAY] wait", CodeLoginDelay},
+		{"+OK [XYZ] fine", "[XYZ]"},
+		{"-ERR no such user [SYS/TEMP]", ""},
+		{"-ERR [AUTH", ""},
+		{"-ERR []", ""},
+		{"-ERR [a b] x", ""},
+		{"-ERR", ""},
+		{"-ERR[IN-USE]", ""},
+		{"garbage [IN-USE]", ""},
+	}
+	for _, tc := range tests {
+		if got := ResponseCode(tc.line); got != tc.want {
+			t.Errorf("ResponseCode(%q) = %q, want %q", tc.line, got, tc.want)
+		}
+	}
+}
