@@ -20,26 +20,33 @@ import (
 type Challenges struct {
 	a       *acmeState
 	log     *slog.Logger
+	gate    *connGate    // admits the connections of both answerers
 	httpLn  net.Listener // nil: no HTTP-01 answerer
 	alpnLn  net.Listener // nil: no TLS-ALPN-01 answerer
 	httpSrv *http.Server
+	// challengeCert returns the TLS-ALPN-01 challenge certificate for a
+	// validation hello: autocert's GetCertificate, replaced by tests.
+	challengeCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// helloTimeout is challengeHelloTimeout, shortened by tests.
+	helloTimeout time.Duration
 }
 
-// ListenChallenges binds the challenge answerers ACMEConfig asks for. It
-// returns nil, nil when the server has no ACME. The caller must call
-// Serve, or Close.
-func (s *Server) ListenChallenges() (*Challenges, error) {
+// ListenChallenges binds the challenge answerers ACMEConfig asks for, which
+// hold at most the connections lim allows. It returns nil, nil when the
+// server has no ACME. The caller must call Serve, or Close.
+func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 	if s.acme == nil {
 		return nil, nil
 	}
-	c := &Challenges{a: s.acme, log: s.log}
+	c := &Challenges{a: s.acme, log: s.log, gate: newConnGate(lim, s.log),
+		challengeCert: s.acme.m.GetCertificate, helloTimeout: challengeHelloTimeout}
 	cfg := s.cfg.ACME
 	if cfg.HTTPChallenge != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPChallenge)
 		if err != nil {
 			return nil, fmt.Errorf("tlsconf: acme http_challenge: %w", err)
 		}
-		c.httpLn = ln
+		c.httpLn = &gateListener{Listener: ln, g: c.gate}
 		fallback := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "popgate answers ACME HTTP-01 challenges here, nothing else", http.StatusNotFound)
 		})
@@ -55,13 +62,21 @@ func (s *Server) ListenChallenges() (*Challenges, error) {
 				}
 				h.ServeHTTP(w, r)
 			}),
-			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       time.Minute,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+			// A CA sends one request per connection, right after
+			// connecting; keep-alives are off.
+			ReadHeaderTimeout: challengeHelloTimeout,
+			ReadTimeout:       challengeAnswerTimeout,
+			WriteTimeout:      challengeAnswerTimeout,
+			MaxHeaderBytes:    4 << 10,
+			ConnState: func(nc net.Conn, st http.ConnState) {
+				// StateActive: a whole request header was read.
+				if gc, ok := nc.(*gatedConn); ok && st == http.StateActive {
+					gc.busy()
+				}
+			},
+			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
+		c.httpSrv.SetKeepAlivesEnabled(false)
 	}
 	if cfg.TLSALPNChallenge != "" {
 		ln, err := net.Listen("tcp", cfg.TLSALPNChallenge)
@@ -69,7 +84,7 @@ func (s *Server) ListenChallenges() (*Challenges, error) {
 			c.Close()
 			return nil, fmt.Errorf("tlsconf: acme tls_alpn_challenge: %w", err)
 		}
-		c.alpnLn = ln
+		c.alpnLn = &gateListener{Listener: ln, g: c.gate}
 	}
 	return c, nil
 }
@@ -133,19 +148,29 @@ func (c *Challenges) Serve(ctx context.Context) {
 
 // serveTLSALPN answers TLS-ALPN-01 (RFC 8737): a handshake offering only
 // "acme-tls/1" gets the challenge certificate, anything else is refused;
-// the connection is closed after the handshake.
+// the connection is closed after the handshake. The gate bounds the
+// connections; each has challengeHelloTimeout for its ClientHello, then
+// challengeAnswerTimeout for the rest of the handshake.
 func (c *Challenges) serveTLSALPN(ctx context.Context) {
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{acme.ALPNProto},
-		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			if !wantsChallenge(hello) {
 				return nil, errors.New("tlsconf: this address answers ACME TLS-ALPN-01 challenges only")
 			}
-			return c.a.m.GetCertificate(hello)
+			// A validation's ClientHello is in: the connection is
+			// busy now, and no newcomer displaces it.
+			if gc, ok := hello.Conn.(*gatedConn); ok {
+				gc.busy()
+			}
+			_ = hello.Conn.SetDeadline(time.Now().Add(challengeAnswerTimeout))
+			return nil, nil
+		},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.challengeCert(hello)
 		},
 	}
-	sem := make(chan struct{}, 64) // bounds concurrent handshakes
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var delay time.Duration
@@ -157,28 +182,21 @@ func (c *Challenges) serveTLSALPN(ctx context.Context) {
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			c.log.Warn("acme tls-alpn-01 answerer: accept failed; retrying", "err", err, "delay", delay)
-			time.Sleep(delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return
+			}
 			continue
 		}
 		delay = 0
-		select {
-		case sem <- struct{}{}:
-		default:
-			conn.Close() // overloaded: the CA retries
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			answerTLSALPN(conn, cfg, c.log)
-		}()
+		_ = conn.SetDeadline(time.Now().Add(c.helloTimeout))
+		wg.Go(func() { answerTLSALPN(conn, cfg, c.log) })
 	}
 }
 
 func answerTLSALPN(conn net.Conn, cfg *tls.Config, log *slog.Logger) {
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	tc := tls.Server(conn, cfg)
 	if err := tc.Handshake(); err != nil {
 		log.Debug("acme tls-alpn-01 handshake failed", "remote", conn.RemoteAddr().String(), "err", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -90,7 +92,12 @@ func (r *runner) run(ctx context.Context) error {
 	r.mu.Lock()
 	lns, err := r.bindNew(in)
 	if err == nil && in.certs != nil {
-		r.challenges, err = in.certs.ListenChallenges()
+		// The answerers count clients as the POP3 limits do, by the
+		// live limits.ipv6_prefix.
+		lim := tlsconf.ChallengeLimits{ClientNet: func(ip netip.Addr) (netip.Prefix, bool) {
+			return auth.ClientNet(ip, intOr(r.current().cfg.Limits.IPv6Prefix, auth.DefaultIPv6Prefix))
+		}}
+		r.challenges, err = in.certs.ListenChallenges(lim)
 	}
 	if err == nil {
 		if addr := in.cfg.metricsAddress(); addr != "" && r.metrics != nil {
