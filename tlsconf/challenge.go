@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,21 +49,8 @@ func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 			return nil, fmt.Errorf("tlsconf: acme http_challenge: %w", err)
 		}
 		c.httpLn = &gateListener{Listener: ln, g: c.gate}
-		fallback := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			http.Error(w, "popgate answers ACME HTTP-01 challenges here, nothing else", http.StatusNotFound)
-		})
-		h := s.acme.m.HTTPHandler(fallback)
 		c.httpSrv = &http.Server{
-			// The CA asks for http://NAME/ on port 80; behind a port
-			// mapping (and in tests) the Host header carries a port,
-			// which autocert's host policy would refuse.
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if host, _, err := net.SplitHostPort(r.Host); err == nil {
-					r = r.Clone(r.Context())
-					r.Host = host
-				}
-				h.ServeHTTP(w, r)
-			}),
+			Handler: challengeHandler(s.acme.m.HTTPHandler(http.NotFoundHandler()), s.log),
 			// A CA sends one request per connection, right after
 			// connecting; keep-alives are off.
 			ReadHeaderTimeout: challengeHelloTimeout,
@@ -87,6 +76,103 @@ func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 		c.alpnLn = &gateListener{Listener: ln, g: c.gate}
 	}
 	return c, nil
+}
+
+// challengePath is where the CA fetches an HTTP-01 key authorization
+// (RFC 8555 §8.3).
+const challengePath = "/.well-known/acme-challenge/"
+
+// maxTokenLen bounds an HTTP-01 token. RFC 8555 §8.1 asks for at least 128
+// bits of entropy, base64url-encoded: Let's Encrypt's are 43 characters.
+const maxTokenLen = 128
+
+// challengeHandler serves HTTP-01 through h (autocert's handler): a GET or
+// HEAD of challengePath plus a token (base64url, at most maxTokenLen
+// characters) for a host in the policy gets h's answer when it is a 200.
+// Everything else gets a bare 404, without a body: h's error texts name
+// the cache directory by its absolute path (a token with a NUL, or one too
+// long for a file name) and the host policy.
+func challengeHandler(h http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.URL.Path, challengePath)
+		if !ok || !validToken(token) || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+			bareNotFound(w)
+			return
+		}
+		// The CA asks for http://NAME/ on port 80; behind a port mapping
+		// (and in tests) the Host header carries a port, which
+		// autocert's host policy would refuse.
+		if host, _, err := net.SplitHostPort(r.Host); err == nil {
+			r = r.Clone(r.Context())
+			r.Host = host
+		}
+		rec := &recordedResponse{header: make(http.Header)}
+		h.ServeHTTP(rec, r)
+		if rec.status != http.StatusOK || rec.overflow {
+			log.Debug("acme http-01 request not answered", "host", r.Host, "status", rec.status)
+			bareNotFound(w)
+			return
+		}
+		if ct := rec.header.Get("Content-Type"); ct != "" {
+			w.Header().Set("Content-Type", ct)
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rec.body)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(rec.body)
+	})
+}
+
+// validToken reports whether t can be an ACME token: 1 to maxTokenLen
+// base64url characters.
+func validToken(t string) bool {
+	if t == "" || len(t) > maxTokenLen {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		switch c := t[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// bareNotFound answers 404 with no body.
+func bareNotFound(w http.ResponseWriter) {
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNotFound)
+}
+
+// maxChallengeResponse bounds what recordedResponse keeps: a key
+// authorization is a token, a dot and a 43-character thumbprint.
+const maxChallengeResponse = 1 << 10
+
+// recordedResponse keeps what a handler answers, so that only a success
+// reaches the client.
+type recordedResponse struct {
+	header   http.Header
+	status   int
+	body     []byte
+	overflow bool // the handler wrote more than maxChallengeResponse
+}
+
+func (r *recordedResponse) Header() http.Header { return r.header }
+
+func (r *recordedResponse) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+}
+
+func (r *recordedResponse) Write(p []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	if len(r.body)+len(p) > maxChallengeResponse {
+		r.overflow = true
+		return len(p), nil
+	}
+	r.body = append(r.body, p...)
+	return len(p), nil
 }
 
 // HTTPAddr is the HTTP-01 answerer's address, "" without one.

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -210,6 +211,39 @@ func get(addr, src, host, method, path string) (int, string, error) {
 	return resp.StatusCode, string(body), err
 }
 
+// TestHTTPAnswererBare404: the HTTP-01 answerer serves a key
+// authorization and answers everything else with a 404 without a body, so
+// that no error text (the cache directory's path, the host policy) leaks.
+func TestHTTPAnswererBare404(t *testing.T) {
+	ch := startChallenges(t, ChallengeLimits{}, time.Minute, nil)
+	const token, keyAuth = "tok3n_-A", "tok3n_-A.thumbprint"
+	ch.writeToken(t, token, keyAuth)
+	addr := ch.HTTPAddr()
+	if code, body, err := get(addr, "127.0.0.1", challengeName, http.MethodGet, challengePath+token); err != nil || code != http.StatusOK || body != keyAuth {
+		t.Errorf("GET the token = %d %q, %v; want 200 %q", code, body, err, keyAuth)
+	}
+	for _, tc := range []struct {
+		name, host, method, path string
+	}{
+		{"not a challenge", challengeName, http.MethodGet, "/index.html"},
+		{"root", challengeName, http.MethodGet, "/"},
+		{"unknown token", challengeName, http.MethodGet, challengePath + "nope"},
+		{"NUL in token", challengeName, http.MethodGet, challengePath + "a%00b"},
+		{"300-byte token", challengeName, http.MethodGet, challengePath + strings.Repeat("a", 300)},
+		{"slash in token", challengeName, http.MethodGet, challengePath + "a/../../x"},
+		{"empty token", challengeName, http.MethodGet, challengePath},
+		{"host outside the policy", "evil.example", http.MethodGet, challengePath + token},
+		{"POST", challengeName, http.MethodPost, challengePath + token},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body, err := get(addr, "127.0.0.1", tc.host, tc.method, tc.path)
+			if err != nil || code != http.StatusNotFound || body != "" {
+				t.Errorf("%s %s (Host %s) = %d %q, %v; want a bare 404", tc.method, tc.path, tc.host, code, body, err)
+			}
+		})
+	}
+}
+
 // TestHTTPAnswererFlood: the HTTP-01 answerer serves the CA while many
 // more idle connections than its caps are held open, and holds no more
 // than its cap.
@@ -223,7 +257,7 @@ func TestHTTPAnswererFlood(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, src := range []string{"127.0.0.1", "127.0.0.2", "127.0.0.5"} {
 		wg.Go(func() {
-			if code, body, err := get(addr, src, challengeName, http.MethodGet, "/.well-known/acme-challenge/"+token); err != nil || code != http.StatusOK || body != keyAuth {
+			if code, body, err := get(addr, src, challengeName, http.MethodGet, challengePath+token); err != nil || code != http.StatusOK || body != keyAuth {
 				t.Errorf("GET the token from %s during the flood = %d %q, %v; want 200", src, code, body, err)
 			}
 		})
