@@ -103,6 +103,12 @@ type popgateConfig struct {
 	NoFailureLimits bool
 	// ExtraLimits are lines added to [limits] (attack review).
 	ExtraLimits []string
+	// POP3SAddress is listener "pop3s"'s address; "" means a free
+	// loopback port.
+	POP3SAddress string
+	// NoFile, when set, is popgate's file descriptor limit (soft and
+	// hard, so that Go cannot raise it).
+	NoFile int
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -158,6 +164,11 @@ func startPopgate(t *testing.T, cfg popgateConfig, secrets ...string) *popgate {
 	writeFile(t, conf, []byte(popgateTOML(cfg, certFile, keyFile)), 0o600)
 
 	cmd := exec.Command(bin, "run", "-config", conf)
+	if cfg.NoFile > 0 {
+		// sh's ulimit -n sets both limits; exec keeps the PID, so
+		// signals still reach popgate.
+		cmd = exec.Command("/bin/sh", "-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(cfg.NoFile), bin, "run", "-config", conf)
+	}
 	cmd.Dir = dir
 	cmd.SysProcAttr = childProcAttr()
 	pr, pw, err := os.Pipe()
@@ -291,7 +302,11 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	p("")
 	p("[[listen]]")
 	p(`name = "pop3s"`)
-	p(`address = "127.0.0.1:0"`)
+	if cfg.POP3SAddress != "" {
+		p("address = %s", q(cfg.POP3SAddress))
+	} else {
+		p(`address = "127.0.0.1:0"`)
+	}
 	p(`tls = "implicit"`)
 	p("")
 	p("[[listen]]")

@@ -36,6 +36,7 @@ const (
 	resultProxyHeader  = "proxy_header_error" // PROXY header missing, invalid or late
 	resultProxyLocal   = "proxy_local"        // PROXY LOCAL: the load balancer's health check
 	resultPerIPLimit   = "per_ip_limit"       // max_connections_per_ip, for a client behind a PROXY header
+	resultACMEALPN     = "acme_tls_alpn"      // a handshake that negotiated acme-tls/1: a CA's TLS-ALPN-01 validation, closed without a greeting
 )
 
 // maxBadCommands closes a connection that keeps sending what is not POP3 (an
@@ -331,8 +332,19 @@ func (sess *session) startTLS() bool {
 	sess.tls = &st
 	sess.mu.Unlock()
 	sess.conn = tc
+	if st.NegotiatedProtocol == alpnACME {
+		// RFC 8737 §3: the connection exists for the handshake alone;
+		// no POP3 byte follows (a client that offers acme-tls/1
+		// beside a foreign protocol gets here too).
+		sess.result = resultACMEALPN
+		return false
+	}
 	return true
 }
+
+// alpnACME is the ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737
+// §6.2), which a TLS config offers where it answers them.
+const alpnACME = "acme-tls/1"
 
 // loginAllowed reports whether credentials may be sent on this connection:
 // on TLS, on a plaintext listener, or from a network allowed plaintext.

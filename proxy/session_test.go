@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -638,6 +639,74 @@ func TestALPN(t *testing.T) {
 			conn.Close()
 		}
 	}
+}
+
+// TestACMEALPNClosed: a handshake that negotiates acme-tls/1 (a CA's
+// TLS-ALPN-01 validation, or a client offering it beside a foreign
+// protocol) is closed without a greeting, on POP3S and after STLS; one
+// that offers pop3 too gets pop3 and is served.
+func TestACMEALPNClosed(t *testing.T) {
+	front := newTLSPair(t, "localhost")
+	srvCfg := front.server.Clone()
+	srvCfg.NextProtos = []string{"pop3", alpnACME} // as tlsconf offers them where TLS-ALPN-01 is answered
+	h := newHarness(t, harnessOpts{listeners: []Listener{
+		{Name: "pop3s", TLS: TLSImplicit, TLSConfig: srvCfg},
+		{Name: "pop3", TLS: TLSStartTLS, TLSConfig: srvCfg},
+	}})
+	for _, tc := range []struct {
+		name     string
+		listener string
+		protos   []string
+		served   bool
+	}{
+		{"pop3s acme-tls/1", "pop3s", []string{alpnACME}, false},
+		{"pop3s acme-tls/1 and foreign", "pop3s", []string{alpnACME, "imap"}, false},
+		{"pop3s acme-tls/1 and pop3", "pop3s", []string{alpnACME, "pop3"}, true},
+		{"stls acme-tls/1", "pop3", []string{alpnACME}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, err := net.Dial("tcp", h.addrs[tc.listener])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			c := &client{t: t, conn: raw, br: bufio.NewReader(raw)}
+			cfg := front.client.Clone()
+			cfg.NextProtos = tc.protos
+			if tc.listener == "pop3" {
+				c.expect("+OK")
+				c.send("STLS\r\n")
+				c.stls(cfg)
+			} else {
+				tc := tls.Client(raw, cfg)
+				c.deadline()
+				if err := tc.Handshake(); err != nil {
+					t.Fatalf("handshake: %v", err)
+				}
+				c.conn, c.br = tc, bufio.NewReader(tc)
+			}
+			st := c.conn.(*tls.Conn).ConnectionState()
+			if !tc.served {
+				if st.NegotiatedProtocol != alpnACME {
+					t.Fatalf("ALPN %q negotiated %q, want %q", tc.protos, st.NegotiatedProtocol, alpnACME)
+				}
+				c.deadline()
+				if rest, err := io.ReadAll(c.br); len(rest) > 0 || err != nil && !isClosedErr(err) {
+					t.Errorf("after an acme-tls/1 handshake the server sent %q (%v), want it closed without a greeting", rest, err)
+				}
+				return
+			}
+			if st.NegotiatedProtocol != "pop3" {
+				t.Errorf("ALPN %q negotiated %q, want pop3", tc.protos, st.NegotiatedProtocol)
+			}
+			c.expect("+OK")
+			c.login()
+			c.cmd("QUIT")
+		})
+	}
+	waitFor(t, "three session end lines with result=acme_tls_alpn", func() bool {
+		return strings.Count(h.logs.String(), "result="+resultACMEALPN) == 3
+	})
 }
 
 // TestBackendCapsCache: a second login skips CAPA; a backend that stops

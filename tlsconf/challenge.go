@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,48 +22,50 @@ import (
 type Challenges struct {
 	a       *acmeState
 	log     *slog.Logger
+	gate    *connGate    // admits the connections of both answerers
 	httpLn  net.Listener // nil: no HTTP-01 answerer
 	alpnLn  net.Listener // nil: no TLS-ALPN-01 answerer
 	httpSrv *http.Server
+	// challengeCert returns the TLS-ALPN-01 challenge certificate for a
+	// validation hello: autocert's GetCertificate, replaced by tests.
+	challengeCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// helloTimeout is challengeHelloTimeout, shortened by tests.
+	helloTimeout time.Duration
 }
 
-// ListenChallenges binds the challenge answerers ACMEConfig asks for. It
-// returns nil, nil when the server has no ACME. The caller must call
-// Serve, or Close.
-func (s *Server) ListenChallenges() (*Challenges, error) {
+// ListenChallenges binds the challenge answerers ACMEConfig asks for, which
+// hold at most the connections lim allows. It returns nil, nil when the
+// server has no ACME. The caller must call Serve, or Close.
+func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 	if s.acme == nil {
 		return nil, nil
 	}
-	c := &Challenges{a: s.acme, log: s.log}
+	c := &Challenges{a: s.acme, log: s.log, gate: newConnGate(lim, s.log),
+		challengeCert: s.acme.m.GetCertificate, helloTimeout: challengeHelloTimeout}
 	cfg := s.cfg.ACME
 	if cfg.HTTPChallenge != "" {
 		ln, err := net.Listen("tcp", cfg.HTTPChallenge)
 		if err != nil {
 			return nil, fmt.Errorf("tlsconf: acme http_challenge: %w", err)
 		}
-		c.httpLn = ln
-		fallback := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			http.Error(w, "popgate answers ACME HTTP-01 challenges here, nothing else", http.StatusNotFound)
-		})
-		h := s.acme.m.HTTPHandler(fallback)
+		c.httpLn = &gateListener{Listener: ln, g: c.gate}
 		c.httpSrv = &http.Server{
-			// The CA asks for http://NAME/ on port 80; behind a port
-			// mapping (and in tests) the Host header carries a port,
-			// which autocert's host policy would refuse.
-			Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if host, _, err := net.SplitHostPort(r.Host); err == nil {
-					r = r.Clone(r.Context())
-					r.Host = host
+			Handler: challengeHandler(s.acme.m.HTTPHandler(http.NotFoundHandler()), s.log),
+			// A CA sends one request per connection, right after
+			// connecting; keep-alives are off.
+			ReadHeaderTimeout: challengeHelloTimeout,
+			ReadTimeout:       challengeAnswerTimeout,
+			WriteTimeout:      challengeAnswerTimeout,
+			MaxHeaderBytes:    4 << 10,
+			ConnState: func(nc net.Conn, st http.ConnState) {
+				// StateActive: a whole request header was read.
+				if gc, ok := nc.(*gatedConn); ok && st == http.StateActive {
+					gc.busy()
 				}
-				h.ServeHTTP(w, r)
-			}),
-			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       time.Minute,
-			MaxHeaderBytes:    16 << 10,
-			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+			},
+			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
+		c.httpSrv.SetKeepAlivesEnabled(false)
 	}
 	if cfg.TLSALPNChallenge != "" {
 		ln, err := net.Listen("tcp", cfg.TLSALPNChallenge)
@@ -69,9 +73,106 @@ func (s *Server) ListenChallenges() (*Challenges, error) {
 			c.Close()
 			return nil, fmt.Errorf("tlsconf: acme tls_alpn_challenge: %w", err)
 		}
-		c.alpnLn = ln
+		c.alpnLn = &gateListener{Listener: ln, g: c.gate}
 	}
 	return c, nil
+}
+
+// challengePath is where the CA fetches an HTTP-01 key authorization
+// (RFC 8555 §8.3).
+const challengePath = "/.well-known/acme-challenge/"
+
+// maxTokenLen bounds an HTTP-01 token. RFC 8555 §8.1 asks for at least 128
+// bits of entropy, base64url-encoded: Let's Encrypt's are 43 characters.
+const maxTokenLen = 128
+
+// challengeHandler serves HTTP-01 through h (autocert's handler): a GET or
+// HEAD of challengePath plus a token (base64url, at most maxTokenLen
+// characters) for a host in the policy gets h's answer when it is a 200.
+// Everything else gets a bare 404, without a body: h's error texts name
+// the cache directory by its absolute path (a token with a NUL, or one too
+// long for a file name) and the host policy.
+func challengeHandler(h http.Handler, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.URL.Path, challengePath)
+		if !ok || !validToken(token) || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+			bareNotFound(w)
+			return
+		}
+		// The CA asks for http://NAME/ on port 80; behind a port mapping
+		// (and in tests) the Host header carries a port, which
+		// autocert's host policy would refuse.
+		if host, _, err := net.SplitHostPort(r.Host); err == nil {
+			r = r.Clone(r.Context())
+			r.Host = host
+		}
+		rec := &recordedResponse{header: make(http.Header)}
+		h.ServeHTTP(rec, r)
+		if rec.status != http.StatusOK || rec.overflow {
+			log.Debug("acme http-01 request not answered", "host", r.Host, "status", rec.status)
+			bareNotFound(w)
+			return
+		}
+		if ct := rec.header.Get("Content-Type"); ct != "" {
+			w.Header().Set("Content-Type", ct)
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(rec.body)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(rec.body)
+	})
+}
+
+// validToken reports whether t can be an ACME token: 1 to maxTokenLen
+// base64url characters.
+func validToken(t string) bool {
+	if t == "" || len(t) > maxTokenLen {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		switch c := t[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// bareNotFound answers 404 with no body.
+func bareNotFound(w http.ResponseWriter) {
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNotFound)
+}
+
+// maxChallengeResponse bounds what recordedResponse keeps: a key
+// authorization is a token, a dot and a 43-character thumbprint.
+const maxChallengeResponse = 1 << 10
+
+// recordedResponse keeps what a handler answers, so that only a success
+// reaches the client.
+type recordedResponse struct {
+	header   http.Header
+	status   int
+	body     []byte
+	overflow bool // the handler wrote more than maxChallengeResponse
+}
+
+func (r *recordedResponse) Header() http.Header { return r.header }
+
+func (r *recordedResponse) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+}
+
+func (r *recordedResponse) Write(p []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	if len(r.body)+len(p) > maxChallengeResponse {
+		r.overflow = true
+		return len(p), nil
+	}
+	r.body = append(r.body, p...)
+	return len(p), nil
 }
 
 // HTTPAddr is the HTTP-01 answerer's address, "" without one.
@@ -133,19 +234,29 @@ func (c *Challenges) Serve(ctx context.Context) {
 
 // serveTLSALPN answers TLS-ALPN-01 (RFC 8737): a handshake offering only
 // "acme-tls/1" gets the challenge certificate, anything else is refused;
-// the connection is closed after the handshake.
+// the connection is closed after the handshake. The gate bounds the
+// connections; each has challengeHelloTimeout for its ClientHello, then
+// challengeAnswerTimeout for the rest of the handshake.
 func (c *Challenges) serveTLSALPN(ctx context.Context) {
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{acme.ALPNProto},
-		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			if !wantsChallenge(hello) {
 				return nil, errors.New("tlsconf: this address answers ACME TLS-ALPN-01 challenges only")
 			}
-			return c.a.m.GetCertificate(hello)
+			// A validation's ClientHello is in: the connection is
+			// busy now, and no newcomer displaces it.
+			if gc, ok := hello.Conn.(*gatedConn); ok {
+				gc.busy()
+			}
+			_ = hello.Conn.SetDeadline(time.Now().Add(challengeAnswerTimeout))
+			return nil, nil
+		},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.challengeCert(hello)
 		},
 	}
-	sem := make(chan struct{}, 64) // bounds concurrent handshakes
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var delay time.Duration
@@ -157,28 +268,21 @@ func (c *Challenges) serveTLSALPN(ctx context.Context) {
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			c.log.Warn("acme tls-alpn-01 answerer: accept failed; retrying", "err", err, "delay", delay)
-			time.Sleep(delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return
+			}
 			continue
 		}
 		delay = 0
-		select {
-		case sem <- struct{}{}:
-		default:
-			conn.Close() // overloaded: the CA retries
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			answerTLSALPN(conn, cfg, c.log)
-		}()
+		_ = conn.SetDeadline(time.Now().Add(c.helloTimeout))
+		wg.Go(func() { answerTLSALPN(conn, cfg, c.log) })
 	}
 }
 
 func answerTLSALPN(conn net.Conn, cfg *tls.Config, log *slog.Logger) {
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	tc := tls.Server(conn, cfg)
 	if err := tc.Handshake(); err != nil {
 		log.Debug("acme tls-alpn-01 handshake failed", "remote", conn.RemoteAddr().String(), "err", err)

@@ -31,6 +31,27 @@ type ACMEConfig struct {
 	// RouteNamePatterns are the names per routed domain; omitted means
 	// defaultRouteNamePatterns.
 	RouteNamePatterns []string `toml:"route_name_patterns"`
+	// MaxChallengeConnections caps the connections the challenge
+	// answerers hold at once (both together); omitted means
+	// tlsconf.DefaultChallengeConns. The file descriptor limit may lower
+	// it (see fdBudget).
+	MaxChallengeConnections *int `toml:"max_challenge_connections"`
+	// MaxChallengeConnectionsPerIP caps those from one client address
+	// (limits.ipv6_prefix groups IPv6); omitted means
+	// tlsconf.DefaultChallengeConnsPerIP.
+	MaxChallengeConnectionsPerIP *int `toml:"max_challenge_connections_per_ip"`
+}
+
+// challengeConns returns max_challenge_connections and
+// max_challenge_connections_per_ip with their defaults.
+func (a *ACMEConfig) challengeConns() (total, perIP int) {
+	return intOr(a.MaxChallengeConnections, tlsconf.DefaultChallengeConns),
+		intOr(a.MaxChallengeConnectionsPerIP, tlsconf.DefaultChallengeConnsPerIP)
+}
+
+// answersChallenges reports whether popgate binds a challenge answerer.
+func (a *ACMEConfig) answersChallenges() bool {
+	return a != nil && (a.httpChallenge() != "" || a.TLSALPNChallenge != "")
 }
 
 // defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
@@ -126,6 +147,20 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 	checkAddr("tls_alpn_challenge", a.TLSALPNChallenge)
 	if a.TLSALPNChallenge != "" && a.TLSALPNChallenge == a.httpChallenge() {
 		add("tls.acme: http_challenge and tls_alpn_challenge are the same address %q", a.TLSALPNChallenge)
+	}
+	for _, k := range []struct {
+		key string
+		p   *int
+	}{
+		{"max_challenge_connections", a.MaxChallengeConnections},
+		{"max_challenge_connections_per_ip", a.MaxChallengeConnectionsPerIP},
+	} {
+		if k.p != nil && *k.p < 1 {
+			add("tls.acme.%s: must be at least 1 (the challenge answerers always have a cap; omit the key for the default)", k.key)
+		}
+	}
+	if total, perIP := a.challengeConns(); total >= 1 && perIP > total {
+		add("tls.acme.max_challenge_connections_per_ip: %d is more than max_challenge_connections (%d)", perIP, total)
 	}
 	if a.RouteNamePatterns != nil && !a.DomainsFromRoutes {
 		add("tls.acme.route_name_patterns: set, but tls.acme.domains_from_routes is not true")

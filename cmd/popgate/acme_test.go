@@ -45,6 +45,16 @@ renew_before = "720h"
 		a.TLSALPNChallenge != ":443" || a.RenewBefore != 720*time.Hour || a.CAFile == "" || a.Email == "" {
 		t.Errorf("tls.acme = %+v", a)
 	}
+	if total, perIP := c.TLS.ACME.challengeConns(); total != 256 || perIP != 16 {
+		t.Errorf("challenge caps without the keys = %d, %d per address; want 256, 16", total, perIP)
+	}
+	c, err = ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections = 1000\nmax_challenge_connections_per_ip = 4\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total, perIP := c.TLS.ACME.challengeConns(); total != 1000 || perIP != 4 {
+		t.Errorf("challenge caps = %d, %d per address; want 1000, 4", total, perIP)
+	}
 	c, err = ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \"\"\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +77,10 @@ renew_before = "720h"
 		{"same addr", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \":8000\"\ntls_alpn_challenge = \":8000\"\n", "tls.acme"},
 		{"unknown key", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nstaging = true\n", "tls.acme.staging"},
 		{"bad renew_before", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nrenew_before = \"a month\"\n", "renew_before"},
+		{"zero challenge cap", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections = 0\n", "tls.acme.max_challenge_connections:"},
+		{"negative per-ip cap", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections_per_ip = -1\n", "tls.acme.max_challenge_connections_per_ip:"},
+		{"per-ip over total", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections = 8\nmax_challenge_connections_per_ip = 9\n", "tls.acme.max_challenge_connections_per_ip: 9"},
+		{"per-ip over default total", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections_per_ip = 300\n", "tls.acme.max_challenge_connections_per_ip: 300"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseConfig(tc.name, []byte(base+"[tls.acme]\n"+tc.acme))
@@ -99,7 +113,8 @@ tls_alpn_challenge = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.DiscardHandler)
+	var logs syncWriter
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	in, err := build(c, log)
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +165,11 @@ tls_alpn_challenge = %q
 	if c, err := net.Dial("tcp", httpAddr); err == nil {
 		c.Close()
 		t.Errorf("HTTP-01 answerer still listening after serve returned")
+	}
+	if want := planFDs(fdLimit(), c); fdLimit() > 0 && !strings.Contains(logs.String(),
+		fmt.Sprintf(`"msg":"file descriptor budget","limit":%d,"reserve":%d,"acme_challenges":%d,"pop3_sessions":%d`,
+			want.Limit, fdReserve, want.Challenges, want.pop3Sessions())) {
+		t.Errorf("no file descriptor budget line (want %+v) in the log:\n%s", want, logs.String())
 	}
 }
 

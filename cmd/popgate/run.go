@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -89,8 +91,18 @@ func (r *runner) run(ctx context.Context) error {
 	r.ctx = ctx
 	r.mu.Lock()
 	lns, err := r.bindNew(in)
+	budget := planFDs(fdLimit(), in.cfg)
+	if err == nil {
+		r.logFDBudget(budget, in.cfg)
+	}
 	if err == nil && in.certs != nil {
-		r.challenges, err = in.certs.ListenChallenges()
+		lim := budget.challengeLimits()
+		// The answerers count clients as the POP3 limits do, by the
+		// live limits.ipv6_prefix.
+		lim.ClientNet = func(ip netip.Addr) (netip.Prefix, bool) {
+			return auth.ClientNet(ip, intOr(r.current().cfg.Limits.IPv6Prefix, auth.DefaultIPv6Prefix))
+		}
+		r.challenges, err = in.certs.ListenChallenges(lim)
 	}
 	if err == nil {
 		if addr := in.cfg.metricsAddress(); addr != "" && r.metrics != nil {
@@ -162,6 +174,25 @@ func (r *runner) run(ctx context.Context) error {
 		r.log.Error("listener failed, shutting down", "err", err)
 	}
 	return r.shutdown(err)
+}
+
+// logFDBudget logs how the file descriptor limit is shared, and warns
+// when a cap had to be lowered or limits.max_connections does not fit.
+func (r *runner) logFDBudget(b fdBudget, c *Config) {
+	if b.Limit == 0 {
+		return
+	}
+	r.log.Info("file descriptor budget", "limit", b.Limit, "reserve", fdReserve,
+		"acme_challenges", b.Challenges, "pop3_sessions", b.pop3Sessions())
+	if b.ChallengesLowered {
+		total, _ := c.TLS.ACME.challengeConns()
+		r.log.Warn("tls.acme.max_challenge_connections lowered to a quarter of the file descriptor limit, so that POP3 keeps its share",
+			"configured", total, "max_challenge_connections", b.Challenges, "limit", b.Limit)
+	}
+	if mc := intOr(c.Limits.MaxConnections, defaultMaxConns); mc > b.pop3Sessions() {
+		r.log.Warn("limits.max_connections is more than the file descriptor limit holds; accepts fail with \"too many open files\" before it is reached: raise the limit (LimitNOFILE) or lower limits.max_connections",
+			"max_connections", mc, "pop3_sessions", b.pop3Sessions(), "limit", b.Limit)
+	}
 }
 
 // shutdown stops accepting, lets sessions finish within the grace period,
