@@ -85,8 +85,9 @@ type session struct {
 	mu         sync.Mutex
 	spliced    bool
 	closed     bool
-	adminEnded bool     // ended through EndSessions or EndSession
-	bconn      net.Conn // the backend socket, once dialed for the splice
+	stopLogin  context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
+	adminEnded bool               // ended through EndSessions or EndSession
+	bconn      net.Conn           // the backend socket, once dialed for the splice
 
 	sp splice
 }
@@ -176,6 +177,9 @@ func (sess *session) close() {
 	sess.mu.Lock()
 	sess.closed = true
 	sess.raw.Close()
+	if sess.stopLogin != nil {
+		sess.stopLogin()
+	}
 	if sess.bconn != nil {
 		sess.bconn.Close()
 	}
@@ -184,13 +188,20 @@ func (sess *session) close() {
 	sess.dirDone(nil, nil, true)
 }
 
-// closeIfNotSpliced closes a session still in AUTHORIZATION (shutdown).
+// closeIfNotSpliced closes a session still in AUTHORIZATION (shutdown),
+// and abandons the login it may be waiting on: closing the socket ends a
+// read from the client, cancelling stopLogin a lookup, a backend login or
+// the failed-login delay, so that the session ends now and does not hold
+// the drain up.
 func (sess *session) closeIfNotSpliced() {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	if !sess.spliced {
 		sess.closed = true
 		sess.raw.Close()
+		if sess.stopLogin != nil {
+			sess.stopLogin()
+		}
 	}
 }
 
@@ -201,21 +212,21 @@ func (sess *session) isClosed() bool {
 }
 
 func (sess *session) serve() {
-	sess.raw.SetDeadline(sess.deadline)
-	if sess.l.ProxyProtocol && !sess.readProxyHeader() {
-		sess.end()
-		return
+	// Cancelled when the session is closed (shutdown, an operator,
+	// Close) before it is spliced; the login deadline is added where it
+	// applies.
+	ctx, cancel := context.WithCancel(sess.srv.ctx)
+	sess.mu.Lock()
+	sess.stopLogin = cancel
+	if sess.closed {
+		cancel()
 	}
-	if sess.l.TLS == TLSImplicit {
-		if !sess.startTLS() {
-			sess.end()
-			return
-		}
-	}
-	sess.br = sess.srv.getReader(sess.conn)
-	sess.bw = sess.srv.getWriter(sess.conn)
-	sess.bw.WriteString("+OK " + sess.cfg.greeting() + "\r\n")
-	bc := sess.authorize()
+	sess.mu.Unlock()
+	bc := sess.open(ctx)
+	sess.mu.Lock()
+	sess.stopLogin = nil
+	sess.mu.Unlock()
+	cancel()
 	if bc == nil {
 		sess.end()
 		return
@@ -224,6 +235,25 @@ func (sess *session) serve() {
 	// From here the two splice goroutines own the session; this one
 	// returns, and with it the stack the TLS handshake grew.
 	sess.startSplice(bc)
+}
+
+// open runs the session up to the splice: the PROXY header, the TLS
+// handshake and the AUTHORIZATION state. It returns the logged-in backend
+// connection, or nil when the session is to end.
+func (sess *session) open(ctx context.Context) *backendConn {
+	sess.raw.SetDeadline(sess.deadline)
+	if sess.l.ProxyProtocol && !sess.readProxyHeader() {
+		return nil
+	}
+	if sess.l.TLS == TLSImplicit {
+		if !sess.startTLS(ctx) {
+			return nil
+		}
+	}
+	sess.br = sess.srv.getReader(sess.conn)
+	sess.bw = sess.srv.getWriter(sess.conn)
+	sess.bw.WriteString("+OK " + sess.cfg.greeting() + "\r\n")
+	return sess.authorize(ctx)
 }
 
 // end closes the client connection, logs the session's line and releases
@@ -311,9 +341,9 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // startTLS runs the server handshake on the raw connection.
-func (sess *session) startTLS() bool {
+func (sess *session) startTLS(ctx context.Context) bool {
 	tc := tls.Server(newRecordConn(sess.raw), sess.l.TLSConfig)
-	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+	ctx, cancel := context.WithDeadline(ctx, sess.deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		sess.result = resultTLSError
@@ -355,7 +385,7 @@ func (sess *session) reply(s string) {
 
 // authorize runs the AUTHORIZATION state until a backend login succeeds
 // (returned) or the session ends (nil).
-func (sess *session) authorize() *backendConn {
+func (sess *session) authorize(ctx context.Context) *backendConn {
 	first := true
 	for {
 		// Answers to pipelined commands go out together; nothing waits
@@ -403,7 +433,7 @@ func (sess *session) authorize() *backendConn {
 			sess.result = resultQuit
 			return nil
 		case "STLS":
-			if !sess.stls() {
+			if !sess.stls(ctx) {
 				return nil
 			}
 		case "USER":
@@ -415,7 +445,7 @@ func (sess *session) authorize() *backendConn {
 			}
 			creds := auth.Credentials{User: sess.user, Password: auth.Password(cmd.Arg), Method: "USER"}
 			sess.user = ""
-			if bc, done := sess.login(creds); bc != nil || done {
+			if bc, done := sess.login(ctx, creds); bc != nil || done {
 				return bc
 			}
 		case "AUTH":
@@ -426,7 +456,7 @@ func (sess *session) authorize() *backendConn {
 			if !ok {
 				continue
 			}
-			if bc, done := sess.login(creds); bc != nil || done {
+			if bc, done := sess.login(ctx, creds); bc != nil || done {
 				return bc
 			}
 		case "APOP":
@@ -524,7 +554,7 @@ func (sess *session) capa() {
 // stls upgrades the connection (RFC 2595 §4). Bytes the client sent behind
 // STLS are discarded with the old reader: they were sent in plaintext and
 // could have been injected by anyone on the path (CVE-2011-0411).
-func (sess *session) stls() bool {
+func (sess *session) stls(ctx context.Context) bool {
 	switch {
 	case sess.tls != nil:
 		sess.reply("-ERR Already using TLS")
@@ -543,7 +573,7 @@ func (sess *session) stls() bool {
 	}
 	// Dropping the reader drops what it buffered.
 	sess.releaseBuffers()
-	if !sess.startTLS() {
+	if !sess.startTLS(ctx) {
 		return false
 	}
 	// RFC 2595 §4: the session starts over; a USER given before STLS
@@ -664,12 +694,12 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 
 // login routes creds and logs in to the backend. It returns the backend
 // connection on success; done is true when the session is to end.
-func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
+func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
 	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
-	bc, reply, err := sess.tryLogin(creds, attempt)
+	bc, reply, err := sess.tryLogin(ctx, creds, attempt)
 	th := sess.cfg.Throttle
 	ip := sess.remote.Addr().Unmap()
 	if err == nil {
@@ -679,6 +709,14 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 		}
 		sess.bw.WriteString(reply)
 		return bc, false
+	}
+	if ctx.Err() != nil {
+		// The session was closed (shutdown, an operator) while the
+		// login was under way: no failure of the client's, the
+		// router's or the backend's; nothing to count or throttle.
+		sess.result = resultShutdown
+		sess.lastErr = err
+		return nil, true
 	}
 	if th != nil && isCredentialFailure(err) {
 		th.Failure(ip, creds.User)
@@ -704,7 +742,7 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	}
 	sess.srv.obs.Login(sess.l.Name, sess.result)
 	sess.logger().Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
-	if !sess.sleep(failureDelay(sess.cfg.FailureDelay, err)) {
+	if !sess.sleep(ctx, failureDelay(sess.cfg.FailureDelay, err)) {
 		sess.result = resultShutdown
 		return nil, true
 	}
@@ -719,7 +757,7 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 
 // tryLogin returns the line to send to the client (CRLF included) and, on
 // success, the logged-in backend connection.
-func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn, string, error) {
+func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, string, error) {
 	const authFailed = "-ERR [AUTH] Authentication failed\r\n"
 	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
 	if err := creds.Check(); err != nil {
@@ -731,7 +769,7 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 			return nil, "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
 		}
 	}
-	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+	ctx, cancel := context.WithDeadline(ctx, sess.deadline)
 	defer cancel()
 	req := &auth.Request{
 		Credentials: creds,
@@ -799,8 +837,8 @@ func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn
 	return bc, reply, nil
 }
 
-// sleep waits d unless the server closes first.
-func (sess *session) sleep(d time.Duration) bool {
+// sleep waits d unless ctx is done first (the session was closed).
+func (sess *session) sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
@@ -812,7 +850,7 @@ func (sess *session) sleep(d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-sess.srv.ctx.Done():
+	case <-ctx.Done():
 		return false
 	}
 }
