@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +34,128 @@ func drained(t testing.TB, done <-chan error) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Shutdown still waits after the last session ended")
 	}
+}
+
+// splicing returns the session that relays, once there is exactly one.
+func (h *harness) splicing() *session {
+	h.t.Helper()
+	var sess *session
+	waitFor(h.t, "one relaying session", func() bool {
+		h.srv.mu.Lock()
+		defer h.srv.mu.Unlock()
+		sess = nil
+		for s := range h.srv.sessions {
+			if s.relaying {
+				sess = s
+			}
+		}
+		return len(h.srv.sessions) == 1 && sess != nil
+	})
+	return sess
+}
+
+// dirStates returns the states of the client→backend and backend→client
+// directions.
+func (sess *session) dirStates() (up, down dirState) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.sp.dirs[0] == nil {
+		return dirDone, dirDone
+	}
+	return sess.sp.dirs[0].state, sess.sp.dirs[1].state
+}
+
+// TestShutdownRelaying: a logged-in session goes on during the drain
+// exactly as before it, whatever its directions were doing when it began
+// (waiting in the parker, copying a RETR the client reads slowly, or
+// waiting with their own goroutines): the RETR completes, the commands
+// after it are answered, the client's QUIT reaches the backend, which
+// commits the DELE, and Shutdown returns as soon as the session has ended.
+func TestShutdownRelaying(t *testing.T) {
+	big := pop3test.GenerateMessage(8 << 20)
+	small := []byte("Subject: two\r\n\r\nsecond\r\n")
+	cases := []struct {
+		name      string
+		parkAfter time.Duration
+		retr      bool // Shutdown comes while the client reads RETR 1
+		up, down  dirState
+	}{
+		{"idle, both directions parked", 10 * time.Millisecond, false, dirParked, dirParked},
+		{"reading, client to backend parked", 10 * time.Millisecond, true, dirParked, dirRunning},
+		{"idle, not parked", time.Hour, false, dirRunning, dirRunning},
+		{"reading, not parked", time.Hour, true, dirRunning, dirRunning},
+	}
+	for _, tc := range cases {
+		for _, listener := range []string{"pop3s", "plain"} {
+			t.Run(tc.name+"/"+listener, func(t *testing.T) {
+				if (tc.up == dirParked || tc.down == dirParked) && newParkerErr() != nil {
+					t.Skip("parking needs epoll") // never skipped in CI, which runs on Linux
+				}
+				h := newHarness(t, harnessOpts{backend: func(s *pop3test.Server) {
+					s.Mailboxes[testUser].Messages = [][]byte{big, small}
+				}})
+				h.srv.parkAfter = tc.parkAfter
+				c := h.dial(listener)
+				c.login()
+				sess := h.splicing()
+				states := func() bool {
+					up, down := sess.dirStates()
+					return up == tc.up && down == tc.down
+				}
+				var done <-chan error
+				if tc.retr {
+					c.send("RETR 1\r\n")
+					c.expect(fmt.Sprintf("+OK %d octets", len(big)))
+					// Read the beginning only: the rest, more than
+					// the sockets between backend and client can
+					// hold, keeps backend→client busy.
+					var got bytes.Buffer
+					for got.Len() < 64<<10 {
+						got.WriteString(strings.TrimPrefix(c.line(), "."))
+						got.WriteString("\r\n")
+					}
+					waitFor(t, fmt.Sprintf("directions %v/%v", tc.up, tc.down), states)
+					done = h.shutdownAsync()
+					got.Write(readDotStuffed(t, c))
+					if !bytes.Equal(got.Bytes(), big) {
+						t.Fatalf("RETR 1 through the drain: %d octets, want the %d-octet message unchanged", got.Len(), len(big))
+					}
+				} else {
+					waitFor(t, fmt.Sprintf("directions %v/%v", tc.up, tc.down), states)
+					done = h.shutdownAsync()
+					if got := c.cmd("STAT"); !strings.HasPrefix(got, "+OK 2 ") {
+						t.Fatalf("STAT during the drain = %q", got)
+					}
+				}
+				if got := c.cmd("DELE 1"); !strings.HasPrefix(got, "+OK") {
+					t.Fatalf("DELE 1 during the drain = %q", got)
+				}
+				if got := c.cmd("QUIT"); !strings.HasPrefix(got, "+OK") {
+					t.Fatalf("QUIT during the drain = %q", got)
+				}
+				c.eof()
+				drained(t, done)
+				if q := h.backend.Quits(); q != 1 {
+					t.Errorf("backend saw %d QUITs, want the client's one", q)
+				}
+				if msgs := h.backend.Messages(testUser); len(msgs) != 1 || !bytes.Equal(msgs[0], small) {
+					t.Errorf("mailbox after the QUIT holds %d messages, want the DELE committed", len(msgs))
+				}
+				if logs := h.logs.String(); !strings.Contains(logs, `end="backend closed"`) || strings.Contains(logs, "ended_by=") {
+					t.Errorf("the session did not end by its QUIT:\n%s", logs)
+				}
+			})
+		}
+	}
+}
+
+// newParkerErr reports whether this system can park directions.
+func newParkerErr() error {
+	p, err := newParker()
+	if err == nil {
+		p.close()
+	}
+	return err
 }
 
 // TestShutdownAuthorization: sessions still in the AUTHORIZATION state
