@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -257,9 +258,31 @@ func TestShutdownAuthorization(t *testing.T) {
 			if n := h.backend.Logins(); n != logins {
 				t.Errorf("backend logins went from %d to %d during the drain", logins, n)
 			}
-			if !strings.Contains(h.logs.String(), "result=shutdown") {
-				t.Errorf("no session ended with result=shutdown:\n%s", h.logs)
+			if !strings.Contains(h.logs.String(), "result=shutdown") || !strings.Contains(h.logs.String(), "ended_by=shutdown") {
+				t.Errorf("no session ended with result=shutdown, ended_by=shutdown:\n%s", h.logs)
 			}
 		})
+	}
+}
+
+// TestShutdownDeadline: a logged-in session still open when Shutdown's
+// context is done is closed, both sockets, without a QUIT (its DELE is not
+// committed), and its last log line says the drain ended it.
+func TestShutdownDeadline(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	c := h.dial("pop3s")
+	c.login()
+	c.cmd("DELE 1")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the grace period is over before it began
+	if err := h.srv.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Shutdown = %v, want %v", err, context.Canceled)
+	}
+	c.eof()
+	if q, n := h.backend.Quits(), len(h.backend.Messages(testUser)); q != 0 || n != 2 {
+		t.Errorf("backend saw %d QUITs and keeps %d messages, want 0 and 2", q, n)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "result=ok") || !strings.Contains(logs, "ended_by=shutdown") {
+		t.Errorf("session end line does not say the drain ended it:\n%s", logs)
 	}
 }

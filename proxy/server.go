@@ -649,7 +649,7 @@ func (s *Server) Close() error {
 	// Outside s.mu: closing a parked session ends it right here, and
 	// ending takes s.mu.
 	for _, sess := range sessions {
-		sess.close()
+		sess.endBy(endedByShutdown)
 	}
 	s.cancel()
 	s.wg.Wait()
@@ -755,7 +755,7 @@ func (s *Server) endWhere(match func(*session) bool) int {
 	s.mu.Unlock()
 	// Outside s.mu, as in Close: ending a parked session takes it.
 	for _, sess := range ended {
-		sess.endByAdmin()
+		sess.endBy(endedByAdmin)
 	}
 	return len(ended)
 }

@@ -82,12 +82,12 @@ type session struct {
 	loginUser string // the name sent to the backend, when a router rewrote it
 	backend   string
 
-	mu         sync.Mutex
-	spliced    bool
-	closed     bool
-	stopLogin  context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
-	adminEnded bool               // ended through EndSessions or EndSession
-	bconn      net.Conn           // the backend socket, once dialed for the splice
+	mu        sync.Mutex
+	spliced   bool
+	closed    bool
+	stopLogin context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
+	endedBy   string             // endedByAdmin or endedByShutdown when popgate closed the session, else ""
+	bconn     net.Conn           // the backend socket, once dialed for the splice
 
 	sp splice
 }
@@ -146,11 +146,20 @@ func (sess *session) setLogin(user, backend string) {
 	sess.mu.Unlock()
 }
 
-// endByAdmin ends the session on an operator's request: both sockets are
-// closed, no QUIT is sent, and the session's last log line says so.
-func (sess *session) endByAdmin() {
+// Who closed a session, when popgate did rather than a peer or a timeout,
+// as its last log line says ("ended_by").
+const (
+	endedByAdmin    = "admin"    // EndSessions or EndSession (DELETE /sessions)
+	endedByShutdown = "shutdown" // the drain: at once before the login, at its deadline after
+)
+
+// endBy ends the session at once on by's behalf: both sockets are closed,
+// no QUIT is sent, and the session's last log line says who ended it.
+func (sess *session) endBy(by string) {
 	sess.mu.Lock()
-	sess.adminEnded = true
+	if sess.endedBy == "" {
+		sess.endedBy = by
+	}
 	sess.mu.Unlock()
 	sess.close()
 }
@@ -198,6 +207,9 @@ func (sess *session) closeIfNotSpliced() {
 	defer sess.mu.Unlock()
 	if !sess.spliced {
 		sess.closed = true
+		if sess.endedBy == "" {
+			sess.endedBy = endedByShutdown
+		}
 		sess.raw.Close()
 		if sess.stopLogin != nil {
 			sess.stopLogin()
@@ -894,10 +906,10 @@ func (sess *session) logEnd() {
 		attrs = append(attrs, slog.Int("failures", sess.failures))
 	}
 	sess.mu.Lock()
-	adminEnded := sess.adminEnded
+	endedBy := sess.endedBy
 	sess.mu.Unlock()
-	if adminEnded {
-		attrs = append(attrs, slog.String("ended_by", "admin"))
+	if endedBy != "" {
+		attrs = append(attrs, slog.String("ended_by", endedBy))
 	}
 	if sess.lastErr != nil && sess.result != resultOK {
 		attrs = append(attrs, slog.String("err", sess.lastErr.Error()))

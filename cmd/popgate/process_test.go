@@ -592,7 +592,8 @@ func dotStuff(msg []byte) []byte {
 }
 
 // TestProcessDrainTimeout: a session still open when shutdown_timeout has
-// passed is closed, without a QUIT to the backend, and popgate exits 0.
+// passed is closed, without a QUIT to the backend, its last log line says
+// the drain ended it, and popgate exits 0.
 func TestProcessDrainTimeout(t *testing.T) {
 	b, addr := mailboxServer(t, messages(1)...)
 	path := writeConfig(t, oneBackend(addr, `shutdown_timeout = "1s"`))
@@ -611,6 +612,9 @@ func TestProcessDrainTimeout(t *testing.T) {
 		t.Errorf("backend saw %d QUITs and keeps %d messages; closing at the deadline must send no QUIT", b.Quits(), len(b.Messages(procUser)))
 	}
 	p.waitLog("shutdown grace period over; closed remaining sessions")
+	if end := p.waitLog("session end"); end["result"] != "ok" || end["ended_by"] != "shutdown" {
+		t.Errorf("session end line %v, want result=ok, ended_by=shutdown", end)
+	}
 	checkLogs(t, p.logs)
 }
 
