@@ -640,8 +640,12 @@ func (s *Server) removeSession(sess *session) {
 
 // Shutdown stops accepting, waits for running sessions to end until ctx is
 // done, then closes the rest (both sockets; no QUIT is sent to any backend)
-// and returns ctx's error. Sessions still in the AUTHORIZATION state are
-// closed at once: they have nothing to lose.
+// and returns ctx's error. It returns nil as soon as the last session has
+// ended. Logged-in sessions are left alone until then: whatever the client
+// sends, QUIT included, reaches the backend as before. Sessions still in
+// the AUTHORIZATION state are closed at once, and a login they wait on (a
+// lookup, a backend login, the failed-login delay) is abandoned: they have
+// nothing to lose, and would hold the drain up.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
@@ -685,7 +689,7 @@ func (s *Server) Close() error {
 	// Outside s.mu: closing a parked session ends it right here, and
 	// ending takes s.mu.
 	for _, sess := range sessions {
-		sess.close()
+		sess.endBy(endedByShutdown)
 	}
 	s.cancel()
 	s.wg.Wait()
@@ -791,7 +795,7 @@ func (s *Server) endWhere(match func(*session) bool) int {
 	s.mu.Unlock()
 	// Outside s.mu, as in Close: ending a parked session takes it.
 	for _, sess := range ended {
-		sess.endByAdmin()
+		sess.endBy(endedByAdmin)
 	}
 	return len(ended)
 }

@@ -84,11 +84,12 @@ type session struct {
 	loginUser string // the name sent to the backend, when a router rewrote it
 	backend   string
 
-	mu         sync.Mutex
-	spliced    bool
-	closed     bool
-	adminEnded bool     // ended through EndSessions or EndSession
-	bconn      net.Conn // the backend socket, once dialed for the splice
+	mu        sync.Mutex
+	spliced   bool
+	closed    bool
+	stopLogin context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
+	endedBy   string             // endedByAdmin or endedByShutdown when popgate closed the session, else ""
+	bconn     net.Conn           // the backend socket, once dialed for the splice
 
 	sp splice
 }
@@ -147,11 +148,20 @@ func (sess *session) setLogin(user, backend string) {
 	sess.mu.Unlock()
 }
 
-// endByAdmin ends the session on an operator's request: both sockets are
-// closed, no QUIT is sent, and the session's last log line says so.
-func (sess *session) endByAdmin() {
+// Who closed a session, when popgate did rather than a peer or a timeout,
+// as its last log line says ("ended_by").
+const (
+	endedByAdmin    = "admin"    // EndSessions or EndSession (DELETE /sessions)
+	endedByShutdown = "shutdown" // the drain: at once before the login, at its deadline after
+)
+
+// endBy ends the session at once on by's behalf: both sockets are closed,
+// no QUIT is sent, and the session's last log line says who ended it.
+func (sess *session) endBy(by string) {
 	sess.mu.Lock()
-	sess.adminEnded = true
+	if sess.endedBy == "" {
+		sess.endedBy = by
+	}
 	sess.mu.Unlock()
 	sess.close()
 }
@@ -178,6 +188,9 @@ func (sess *session) close() {
 	sess.mu.Lock()
 	sess.closed = true
 	sess.raw.Close()
+	if sess.stopLogin != nil {
+		sess.stopLogin()
+	}
 	if sess.bconn != nil {
 		sess.bconn.Close()
 	}
@@ -186,13 +199,23 @@ func (sess *session) close() {
 	sess.dirDone(nil, nil, true)
 }
 
-// closeIfNotSpliced closes a session still in AUTHORIZATION (shutdown).
+// closeIfNotSpliced closes a session still in AUTHORIZATION (shutdown),
+// and abandons the login it may be waiting on: closing the socket ends a
+// read from the client, cancelling stopLogin a lookup, a backend login or
+// the failed-login delay, so that the session ends now and does not hold
+// the drain up.
 func (sess *session) closeIfNotSpliced() {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	if !sess.spliced {
 		sess.closed = true
+		if sess.endedBy == "" {
+			sess.endedBy = endedByShutdown
+		}
 		sess.raw.Close()
+		if sess.stopLogin != nil {
+			sess.stopLogin()
+		}
 	}
 }
 
@@ -203,21 +226,21 @@ func (sess *session) isClosed() bool {
 }
 
 func (sess *session) serve() {
-	sess.raw.SetDeadline(sess.deadline)
-	if sess.l.ProxyProtocol && !sess.readProxyHeader() {
-		sess.end()
-		return
+	// Cancelled when the session is closed (shutdown, an operator,
+	// Close) before it is spliced; the login deadline is added where it
+	// applies.
+	ctx, cancel := context.WithCancel(sess.srv.ctx)
+	sess.mu.Lock()
+	sess.stopLogin = cancel
+	if sess.closed {
+		cancel()
 	}
-	if sess.l.TLS == TLSImplicit {
-		if !sess.startTLS() {
-			sess.end()
-			return
-		}
-	}
-	sess.br = sess.srv.getReader(sess.conn)
-	sess.bw = sess.srv.getWriter(sess.conn)
-	sess.bw.WriteString("+OK " + sess.cfg.greeting() + "\r\n")
-	bc := sess.authorize()
+	sess.mu.Unlock()
+	bc := sess.open(ctx)
+	sess.mu.Lock()
+	sess.stopLogin = nil
+	sess.mu.Unlock()
+	cancel()
 	if bc == nil {
 		sess.end()
 		return
@@ -226,6 +249,25 @@ func (sess *session) serve() {
 	// From here the two splice goroutines own the session; this one
 	// returns, and with it the stack the TLS handshake grew.
 	sess.startSplice(bc)
+}
+
+// open runs the session up to the splice: the PROXY header, the TLS
+// handshake and the AUTHORIZATION state. It returns the logged-in backend
+// connection, or nil when the session is to end.
+func (sess *session) open(ctx context.Context) *backendConn {
+	sess.raw.SetDeadline(sess.deadline)
+	if sess.l.ProxyProtocol && !sess.readProxyHeader() {
+		return nil
+	}
+	if sess.l.TLS == TLSImplicit {
+		if !sess.startTLS(ctx) {
+			return nil
+		}
+	}
+	sess.br = sess.srv.getReader(sess.conn)
+	sess.bw = sess.srv.getWriter(sess.conn)
+	sess.bw.WriteString("+OK " + sess.cfg.greeting() + "\r\n")
+	return sess.authorize(ctx)
 }
 
 // end closes the client connection, logs the session's line and releases
@@ -313,9 +355,9 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // startTLS runs the server handshake on the raw connection.
-func (sess *session) startTLS() bool {
+func (sess *session) startTLS(ctx context.Context) bool {
 	tc := tls.Server(newRecordConn(sess.raw), sess.l.TLSConfig)
-	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+	ctx, cancel := context.WithDeadline(ctx, sess.deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		sess.result = resultTLSError
@@ -368,7 +410,7 @@ func (sess *session) reply(s string) {
 
 // authorize runs the AUTHORIZATION state until a backend login succeeds
 // (returned) or the session ends (nil).
-func (sess *session) authorize() *backendConn {
+func (sess *session) authorize(ctx context.Context) *backendConn {
 	first := true
 	for {
 		// Answers to pipelined commands go out together; nothing waits
@@ -416,7 +458,7 @@ func (sess *session) authorize() *backendConn {
 			sess.result = resultQuit
 			return nil
 		case "STLS":
-			if !sess.stls() {
+			if !sess.stls(ctx) {
 				return nil
 			}
 		case "USER":
@@ -428,7 +470,7 @@ func (sess *session) authorize() *backendConn {
 			}
 			creds := auth.Credentials{User: sess.user, Password: auth.Password(cmd.Arg), Method: "USER"}
 			sess.user = ""
-			if bc, done := sess.login(creds); bc != nil || done {
+			if bc, done := sess.login(ctx, creds); bc != nil || done {
 				return bc
 			}
 		case "AUTH":
@@ -439,7 +481,7 @@ func (sess *session) authorize() *backendConn {
 			if !ok {
 				continue
 			}
-			if bc, done := sess.login(creds); bc != nil || done {
+			if bc, done := sess.login(ctx, creds); bc != nil || done {
 				return bc
 			}
 		case "APOP":
@@ -537,7 +579,7 @@ func (sess *session) capa() {
 // stls upgrades the connection (RFC 2595 §4). Bytes the client sent behind
 // STLS are discarded with the old reader: they were sent in plaintext and
 // could have been injected by anyone on the path (CVE-2011-0411).
-func (sess *session) stls() bool {
+func (sess *session) stls(ctx context.Context) bool {
 	switch {
 	case sess.tls != nil:
 		sess.reply("-ERR Already using TLS")
@@ -556,7 +598,7 @@ func (sess *session) stls() bool {
 	}
 	// Dropping the reader drops what it buffered.
 	sess.releaseBuffers()
-	if !sess.startTLS() {
+	if !sess.startTLS(ctx) {
 		return false
 	}
 	// RFC 2595 §4: the session starts over; a USER given before STLS
@@ -677,7 +719,7 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 
 // login routes creds and logs in to the backend. It returns the backend
 // connection on success; done is true when the session is to end.
-func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) {
+func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
 	start := time.Now()
 	sess.setLogin(creds.User, "")
@@ -698,8 +740,8 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	th := sess.cfg.Throttle
 	ip := sess.remote.Addr().Unmap()
 	if th != nil {
-		ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
-		ok, wait := th.Begin(ctx, ip, throttleUser)
+		bctx, cancel := context.WithDeadline(ctx, sess.deadline)
+		ok, wait := th.Begin(bctx, ip, throttleUser)
 		cancel()
 		if !ok {
 			reply, err = "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
@@ -707,15 +749,23 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 		}
 	}
 	if err == nil {
-		bc, reply, err = sess.tryLogin(creds, attempt)
+		bc, reply, err = sess.tryLogin(ctx, creds, attempt)
 	}
 	if th != nil {
-		th.End(ip, throttleUser, sess.attemptResult(err))
+		th.End(ip, throttleUser, sess.attemptResult(ctx, err))
 	}
 	if err == nil {
 		sess.srv.obs.Login(sess.l.Name, LoginOK)
 		sess.bw.WriteString(reply)
 		return bc, false
+	}
+	if ctx.Err() != nil {
+		// The session was closed (shutdown, an operator) while the
+		// login was under way: no failure of the client's, the
+		// router's or the backend's; nothing to count or throttle.
+		sess.result = resultShutdown
+		sess.lastErr = err
+		return nil, true
 	}
 	sess.failures++
 	sess.lastErr = err
@@ -738,7 +788,7 @@ func (sess *session) login(creds auth.Credentials) (bc *backendConn, done bool) 
 	}
 	sess.srv.obs.Login(sess.l.Name, sess.result)
 	sess.logger().Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
-	if !sess.sleep(sess.failureWait(err, time.Since(start))) {
+	if !sess.sleep(ctx, sess.failureWait(err, time.Since(start))) {
 		sess.result = resultShutdown
 		return nil, true
 	}
@@ -772,9 +822,9 @@ func (sess *session) throttleUser(user string) string {
 // deciding counts as failed: a backend that answers a right password at
 // once and a wrong one after its failure delay would otherwise answer
 // "+OK" to right guesses while no wrong one was ever counted.
-func (sess *session) attemptResult(err error) auth.AttemptResult {
+func (sess *session) attemptResult(ctx context.Context, err error) auth.AttemptResult {
 	r := attemptResult(err)
-	if r == auth.AttemptAborted && isTimeout(err) && !sess.cfg.now().Before(sess.deadline) {
+	if r == auth.AttemptAborted && ctx.Err() == nil && isTimeout(err) && !sess.cfg.now().Before(sess.deadline) {
 		return auth.AttemptFailed
 	}
 	return r
@@ -782,10 +832,10 @@ func (sess *session) attemptResult(err error) auth.AttemptResult {
 
 // tryLogin returns the line to send to the client (CRLF included) and, on
 // success, the logged-in backend connection.
-func (sess *session) tryLogin(creds auth.Credentials, attempt int) (*backendConn, string, error) {
+func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, string, error) {
 	const authFailed = msgAuthFailed
 	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
-	ctx, cancel := context.WithDeadline(sess.srv.ctx, sess.deadline)
+	ctx, cancel := context.WithDeadline(ctx, sess.deadline)
 	defer cancel()
 	req := &auth.Request{
 		Credentials: creds,
@@ -903,8 +953,8 @@ func authorizationID(creds auth.Credentials, dec auth.Decision, b *Backend) (str
 	return asked, nil
 }
 
-// sleep waits d unless the server closes first.
-func (sess *session) sleep(d time.Duration) bool {
+// sleep waits d unless ctx is done first (the session was closed).
+func (sess *session) sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
@@ -916,7 +966,7 @@ func (sess *session) sleep(d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-sess.srv.ctx.Done():
+	case <-ctx.Done():
 		return false
 	}
 }
@@ -974,10 +1024,10 @@ func (sess *session) logEnd() {
 		attrs = append(attrs, slog.Int("failures", sess.failures))
 	}
 	sess.mu.Lock()
-	adminEnded := sess.adminEnded
+	endedBy := sess.endedBy
 	sess.mu.Unlock()
-	if adminEnded {
-		attrs = append(attrs, slog.String("ended_by", "admin"))
+	if endedBy != "" {
+		attrs = append(attrs, slog.String("ended_by", endedBy))
 	}
 	if sess.lastErr != nil && sess.result != resultOK {
 		attrs = append(attrs, slog.String("err", sess.lastErr.Error()))

@@ -4,12 +4,13 @@ package main
 // real signals (SIGHUP, SIGTERM), the admin endpoints over HTTP.
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -452,65 +453,172 @@ tls = "none"
 	checkLogs(t, p.logs)
 }
 
-// TestProcessDrain: SIGTERM during a RETR of a large message lets it
-// complete; new connections are refused meanwhile and /readyz says
-// draining; then popgate exits 0.
+// TestProcessDrain: during the drain that SIGTERM starts, new connections
+// are refused and /readyz says draining, but logged-in sessions go on as
+// before. Over POP3S, a client reading a large RETR slowly (64 KiB every
+// 50 ms) gets all of it, then DELE and QUIT answered, and the QUIT reaches
+// the backend, which commits the DELE; an idle session wakes up for its
+// commands; a client still logging in (in the failed-login delay) is
+// closed at once and does not hold the drain up. popgate exits 0 once the
+// last session has ended, long before shutdown_timeout.
 func TestProcessDrain(t *testing.T) {
-	big := pop3test.GenerateMessage(24 << 20)
-	path := writeConfig(t, oneBackend(mailbox(t, big), `shutdown_timeout = "2m"`))
-	p := startPopgate(t, path, "plain")
+	const bob, bobPass = "bob", "b0b-PASSWORD-never-logged"
+	big := pop3test.GenerateMessage(4 << 20)
+	small := messages(1)[0]
+	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{
+		procUser: {Password: procPass, Messages: [][]byte{big, small}},
+		bob:      {Password: bobPass, Messages: messages(2)},
+	}}
+	baddr, err := b.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	cert := writeTestCert(t, t.TempDir(), "mail", "localhost")
+	// shutdown_timeout, login_timeout and failure_delay all outlast the
+	// test's own patience (60 s): only the sessions ending can end the
+	// drain in time.
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+
+[tls]
+default_server_name = "localhost"
+certificates = [{ cert = %q, key = %q }]
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+shutdown_timeout = "10m"
+login_timeout = "10m"
+failure_delay = "10m"
+
+[metrics]
+address = "127.0.0.1:0"
+`, cert.certFile, cert.keyFile, baddr))
+	p := startPopgate(t, path, "pop3s")
+	dial := func() *popClient {
+		t.Helper()
+		nc, err := net.Dial("tcp", p.addrs["pop3s"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newPOPClient(t, tls.Client(nc, &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}))
+	}
 	if code, body := p.get("/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz before the drain = %d %q", code, body)
 	}
-	c := p.dial("plain")
+	idle := dial()
+	idle.login(bob, bobPass)
+	pending := dial()
+	pending.cmd("USER " + procUser)
+	io.WriteString(pending.c, "PASS wrong\r\n")
+	p.waitLog("login failed")
+	c := dial()
 	c.login(procUser, procPass)
-	// Start the RETR and read only its beginning: most of the message is
-	// still on its way when the signal comes.
-	if _, err := io.WriteString(c.c, "RETR 1\r\n"); err != nil {
-		t.Fatal(err)
-	}
+
+	// The RETR, read slowly; the signal comes after its first MiB.
+	c.cmd("RETR 1")
+	want := append(dotStuff(big), ".\r\n"...)
 	var answer bytes.Buffer
-	if _, err := io.CopyN(&answer, c.r, 64<<10); err != nil {
-		t.Fatal(err)
+	buf := make([]byte, 64<<10)
+	slowRead := func(upTo int) {
+		t.Helper()
+		for answer.Len() < upTo {
+			c.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
+			n, err := io.ReadFull(c.r, buf[:min(len(buf), upTo-answer.Len())])
+			answer.Write(buf[:n])
+			if err != nil {
+				t.Fatalf("RETR: %v after %d octets", err, answer.Len())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
+	slowRead(1 << 20)
 	p.signal(syscall.SIGTERM)
 	p.waitLog("shutting down")
 
 	if code, body := p.get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "draining") {
 		t.Errorf("/readyz during the drain = %d %q, want 503 draining", code, body)
 	}
-	if nc, err := net.Dial("tcp", p.addrs["plain"]); err == nil {
+	if nc, err := net.Dial("tcp", p.addrs["pop3s"]); err == nil {
 		// Connected after all: it must be closed without a greeting.
 		nc.SetDeadline(time.Now().Add(10 * time.Second))
-		if b, _ := bufio.NewReader(nc).ReadString('\n'); b != "" {
-			t.Errorf("new connection during the drain was served: %q", b)
+		if b, _ := tls.Client(nc, &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}).Read(make([]byte, 1)); b > 0 {
+			t.Errorf("new connection during the drain was served")
 		}
 		nc.Close()
 	}
-	// The rest of the message arrives, all of it.
-	for !bytes.HasSuffix(answer.Bytes(), []byte("\r\n.\r\n")) {
-		line, err := c.r.ReadBytes('\n')
-		if err != nil {
-			t.Fatalf("RETR after SIGTERM: %v after %d octets", err, answer.Len())
-		}
-		answer.Write(line)
+	// The client still logging in is closed at once.
+	if line, err := pending.r.ReadString('\n'); err == nil {
+		t.Errorf("client in the failed-login delay got %q during the drain, want EOF", line)
 	}
-	if got := unstuff(t, answer.Bytes()); !bytes.Equal(got, big) {
-		t.Fatalf("RETR through the drain: %d octets, want the %d-octet message unchanged", len(got), len(big))
+	// The rest of the message arrives, all of it, then the commands
+	// after it are relayed as ever.
+	slowRead(len(want))
+	if !bytes.Equal(answer.Bytes(), want) {
+		t.Fatalf("RETR through the drain: %d octets, want the %d-octet message unchanged", answer.Len(), len(want))
 	}
+	c.cmd("DELE 1")
 	c.cmd("QUIT")
+	if stat := idle.cmd("STAT"); !strings.HasPrefix(stat, "+OK 2 ") {
+		t.Errorf("idle session's STAT during the drain = %q", stat)
+	}
+	idle.cmd("QUIT")
 	if code := p.wait(); code != 0 {
 		t.Errorf("exit code = %d, want 0; log:\n%s", code, p.logs)
 	}
+	if q := b.Quits(); q != 2 {
+		t.Errorf("backend saw %d QUITs, want both clients'", q)
+	}
+	if msgs := b.Messages(procUser); len(msgs) != 1 || !bytes.Equal(msgs[0], small) {
+		t.Errorf("mailbox after the QUIT holds %d messages, want the DELE committed", len(msgs))
+	}
 	checkLogs(t, p.logs)
-	ends := p.logs.records(t, "session end")
-	if len(ends) != 1 || ends[0]["result"] != "ok" || ends[0]["bytes_out"].(float64) < float64(len(big)) {
-		t.Errorf("session end lines %v, want one ok with the whole message", ends)
+	if strings.Contains(p.logs.String(), bobPass) {
+		t.Errorf("the log contains a password:\n%s", p.logs)
+	}
+	if over := p.logs.records(t, "shutdown grace period over; closed remaining sessions"); len(over) > 0 {
+		t.Errorf("the drain ran into shutdown_timeout; log:\n%s", p.logs)
+	}
+	results := map[string]int{}
+	for _, end := range p.logs.records(t, "session end") {
+		results[fmt.Sprint(end["result"], " ", end["end"])]++
+		if end["user"] == procUser && end["result"] == "ok" && end["bytes_out"].(float64) < float64(len(big)) {
+			t.Errorf("session end %v, want the whole message out", end)
+		}
+	}
+	if want := map[string]int{"ok backend closed": 2, "shutdown <nil>": 1}; !maps.Equal(results, want) {
+		t.Errorf("session ends (result, end) %v, want %v; log:\n%s", results, want, p.logs)
 	}
 }
 
+// dotStuff returns msg as a RETR answer carries it (RFC 1939 §3), without
+// the terminating line.
+func dotStuff(msg []byte) []byte {
+	var b bytes.Buffer
+	for line := range bytes.Lines(msg) {
+		if line[0] == '.' {
+			b.WriteByte('.')
+		}
+		b.Write(line)
+	}
+	return b.Bytes()
+}
+
 // TestProcessDrainTimeout: a session still open when shutdown_timeout has
-// passed is closed, without a QUIT to the backend, and popgate exits 0.
+// passed is closed, without a QUIT to the backend, its last log line says
+// the drain ended it, and popgate exits 0.
 func TestProcessDrainTimeout(t *testing.T) {
 	b, addr := mailboxServer(t, messages(1)...)
 	path := writeConfig(t, oneBackend(addr, `shutdown_timeout = "1s"`))
@@ -529,6 +637,9 @@ func TestProcessDrainTimeout(t *testing.T) {
 		t.Errorf("backend saw %d QUITs and keeps %d messages; closing at the deadline must send no QUIT", b.Quits(), len(b.Messages(procUser)))
 	}
 	p.waitLog("shutdown grace period over; closed remaining sessions")
+	if end := p.waitLog("session end"); end["result"] != "ok" || end["ended_by"] != "shutdown" {
+		t.Errorf("session end line %v, want result=ok, ended_by=shutdown", end)
+	}
 	checkLogs(t, p.logs)
 }
 
