@@ -70,8 +70,10 @@ type ACMEConfig struct {
 	// cause an order. The SNI-less default stays DefaultServerName.
 	AllowHost func(name string) bool
 	// OrderRetry is how long after a failed order for an AllowHost name
-	// no new order is placed for it (handshakes for it fail meanwhile);
-	// 0 means [DefaultOrderRetry].
+	// no new order is placed for it and the same key type (handshakes
+	// that need that certificate fail meanwhile; a certificate that
+	// exists is still served); 0 means [DefaultOrderRetry]. For Domains
+	// it is a minute.
 	OrderRetry time.Duration
 }
 
@@ -84,15 +86,27 @@ type acmeState struct {
 	domains []string        // normalized, in configuration order
 	allowed map[string]bool // the same, as a set
 	log     *slog.Logger
-	// allowHost is ACMEConfig.AllowHost; limiter rate-limits orders for
-	// the names it allows.
+	// allowHost is ACMEConfig.AllowHost.
 	allowHost func(string) bool
-	limiter   *orderLimiter
+	// limiter withholds new orders after a failure, per name and key
+	// type.
+	limiter *orderLimiter
 	// get obtains the certificate for hello.ServerName (in policy); it is
-	// m.GetCertificate, replaced by tests.
+	// m.GetCertificate, replaced by tests. It is only called with a hello
+	// from helloFor.
 	get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	// seen holds the expiry of the certificates served, by seenKey.
+	// stored reports whether the cache holds a valid certificate; it is
+	// cacheHolds, replaced by tests.
+	stored func(context.Context, seenKey) bool
+	dir    autocert.DirCache
+	// probe is a certificate with only an ECDSA P-256 key (wantsRSA).
+	probe *tls.Certificate
+	// seen holds the certificates served, by seenKey: autocert keeps
+	// those in memory.
 	seen sync.Map
+
+	mu      sync.Mutex
+	flights map[seenKey]*flight // orders under way
 }
 
 // seenKey names an ACME certificate: autocert keeps an ECDSA and, for
@@ -135,7 +149,19 @@ func (a *acmeState) expiry(m map[string]time.Time) {
 // newACME checks cfg, creates the cache directory and builds the manager.
 // It contacts nobody.
 func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
-	a := &acmeState{allowed: map[string]bool{}, log: log, allowHost: cfg.AllowHost, limiter: newOrderLimiter(cfg.OrderRetry)}
+	a := &acmeState{
+		allowed:   map[string]bool{},
+		log:       log,
+		allowHost: cfg.AllowHost,
+		limiter:   newOrderLimiter(cfg.OrderRetry),
+		dir:       autocert.DirCache(cfg.CacheDir),
+		flights:   map[seenKey]*flight{},
+	}
+	a.stored = a.cacheHolds
+	var err error
+	if a.probe, err = newECDSAProbe(); err != nil {
+		return nil, err
+	}
 	if len(cfg.Domains) == 0 {
 		return nil, errors.New("tlsconf: acme: no domains")
 	}
@@ -188,7 +214,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	}
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
-		Cache:       &loggingCache{DirCache: autocert.DirCache(cfg.CacheDir), log: log},
+		Cache:       &loggingCache{DirCache: a.dir, log: log},
 		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
@@ -236,42 +262,24 @@ func wantsChallenge(hello *tls.ClientHelloInfo) bool {
 	return len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto
 }
 
-// certificate returns the ACME certificate for name, which must be in
-// the policy, and logs a failure.
+// certificate returns the ACME certificate for name, one of the explicit
+// domains (see [acmeState.serve]).
 func (a *acmeState) certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
-	h := *hello
-	h.ServerName = name // autocert refuses an empty SNI, so the default name stands in
-	c, err := a.get(&h)
-	if err != nil {
-		a.log.Error("acme certificate unavailable", "name", name, "err", err)
-		return nil, fmt.Errorf("tlsconf: acme certificate for %q: %w", name, err)
-	}
-	a.note(name, c)
-	return c, nil
+	return a.serve(hello, name, false)
 }
 
-// prefetch obtains (or loads from the cache) the certificate of every
+// prefetch obtains (or loads from the cache) the ECDSA certificate of every
 // domain, so that the first client does not wait for an order, and logs
-// what it has.
+// what it has. An RSA certificate is ordered when a client needs one.
 func (a *acmeState) prefetch(ctx context.Context) {
 	for _, d := range a.domains {
 		if ctx.Err() != nil {
 			return
 		}
-		// A hello as a current client sends it, so that the ECDSA
-		// certificate is the one obtained (autocert orders an RSA one
-		// on demand for clients that need it).
-		c, err := a.get(&tls.ClientHelloInfo{
-			ServerName:       d,
-			SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
-			SupportedCurves:  []tls.CurveID{tls.CurveP256},
-			CipherSuites:     []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
-		})
+		c, err := a.obtain(ctx, seenKey{d, false}, false)
 		if err != nil {
-			a.log.Error("acme certificate unavailable", "name", d, "err", err)
-			continue
+			continue // logged by order
 		}
-		a.note(d, c)
 		if leaf := leafOf(c); leaf != nil {
 			a.log.Info("acme certificate ready", "name", d, "not_after", leaf.NotAfter,
 				"issuer", leaf.Issuer.String(), "serial", leaf.SerialNumber.Text(16))

@@ -1,0 +1,155 @@
+package interop
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/proxy/pop3test"
+)
+
+// On-demand names of these tests live under customer.test, routed by a map
+// file; pebble-challtestsrv resolves them to 127.0.0.1 unless a test says
+// otherwise.
+const (
+	orderUser = "dave@customer.test"
+	orderPass = "acme-Orders-9d41"
+)
+
+// startOnDemand starts popgate with acmeName (prefetched at start) and
+// domains_from_routes over a map file that routes customer.test and
+// domains to an in-memory backend; extra is appended to [tls.acme]. It
+// waits for acmeName's certificate.
+func startOnDemand(t *testing.T, pb *pebble, extra string, domains ...string) *popgate {
+	t.Helper()
+	backend := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{
+		orderUser: {Password: orderPass, Messages: [][]byte{[]byte("Subject: hi\r\n\r\nhello\r\n")}},
+	}}
+	addr, err := backend.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	routes := "@customer.test mem\n"
+	for _, d := range domains {
+		routes += "@" + d + " mem\n"
+	}
+	mapFile := filepath.Join(t.TempDir(), "routes")
+	writeFile(t, mapFile, []byte(routes), 0o600)
+	cfg := popgateConfig{
+		Backends:       []popgateBackend{{Name: "mem", Address: addr.String(), TLS: "none"}},
+		MapFile:        mapFile,
+		ACMEServerName: acmeName,
+		ACME: pb.acmeTOML(filepath.Join(t.TempDir(), "acme-orders"),
+			fmt.Sprintf("http_challenge = %q\ntls_alpn_challenge = \"\"\ndomains_from_routes = true\n%s", pb.HTTPAddr, extra)),
+	}
+	pg := startPopgate(t, cfg, orderPass)
+	pg.waitRecord(t, "acme certificate ready")
+	return pg
+}
+
+// rsaOnly is a client that can use only an RSA certificate: TLS 1.2 with
+// ECDHE-RSA suites, as the issue's reproduction.
+func rsaOnly(pb *pebble, sni string) *tls.Config {
+	return &tls.Config{ServerName: sni, RootCAs: pb.Roots, MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384}}
+}
+
+// tlsLeaf completes a handshake with popgate's POP3S listener and returns
+// the leaf it served.
+func tlsLeaf(pg *popgate, cfg *tls.Config) (*x509.Certificate, error) {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", pg.POP3SAddr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0], nil
+}
+
+// waitRecords waits until popgate has logged n lines with msg and returns
+// them.
+func (p *popgate) waitRecords(t *testing.T, msg string, n int) []map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		recs := p.records(msg)
+		if len(recs) >= n {
+			return recs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("popgate logged %d %q lines, want %d\n%s", len(recs), msg, n, tail(p.log()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestACMEPebbleFailedRSAOrder (issue item 1): an on-demand name has an
+// ECDSA certificate from Pebble; Pebble stops; an RSA-only client starts an
+// RSA order, which fails. That client gets a handshake failure, every
+// ECDSA client keeps getting (and logging in with) the cached certificate,
+// the RSA order is not retried within the back-off, and the failure is
+// logged once, with the key type.
+func TestACMEPebbleFailedRSAOrder(t *testing.T) {
+	requireInterop(t, "pebble", "pebble-challtestsrv")
+	t.Parallel()
+	pb := startPebble(t)
+	pg := startOnDemand(t, pb, "")
+	const name = "pop.customer.test"
+	ecdsa := &tls.Config{ServerName: name, RootCAs: pb.Roots}
+
+	first, err := tlsLeaf(pg, ecdsa)
+	if err != nil {
+		t.Fatalf("first handshake for %s: %v", name, err)
+	}
+	if first.PublicKeyAlgorithm != x509.ECDSA {
+		t.Fatalf("%s: first certificate has a %v key, want ECDSA", name, first.PublicKeyAlgorithm)
+	}
+	orders := pb.orders()
+	pb.stop()
+
+	if _, err := tlsLeaf(pg, rsaOnly(pb, name)); err == nil {
+		t.Fatal("RSA-only handshake succeeded with the CA stopped")
+	} else {
+		t.Logf("RSA-only client with the CA stopped: %v", err)
+	}
+	for i := range 3 {
+		c := dialPOP3(t, pg.POP3SAddr, ecdsa)
+		leaf := c.c.(*tls.Conn).ConnectionState().PeerCertificates[0]
+		c.login(orderUser, orderPass)
+		c.cmd("QUIT")
+		if !leaf.Equal(first) {
+			t.Errorf("ECDSA client %d after the failed RSA order got serial %x, want the cached %x", i+1, leaf.SerialNumber, first.SerialNumber)
+		}
+	}
+	if _, err := tlsLeaf(pg, rsaOnly(pb, name)); err == nil {
+		t.Error("second RSA-only handshake succeeded")
+	}
+	// Six connections; once their session end lines are there, every
+	// line logged before them is too.
+	var tlsErrors int
+	for _, e := range pg.waitRecords(t, "session end", 6) {
+		if e["result"] != "tls_error" {
+			continue
+		}
+		tlsErrors++
+		if msg, _ := e["err"].(string); !strings.Contains(msg, "RSA certificate") {
+			t.Errorf("RSA-only session ended with %q, want an error naming the missing RSA certificate", msg)
+		}
+	}
+	if tlsErrors != 2 {
+		t.Errorf("%d sessions ended in a TLS error, want the 2 RSA-only ones", tlsErrors)
+	}
+	failed := pg.records("acme order failed")
+	if len(failed) != 1 || failed[0]["key_type"] != "rsa" || failed[0]["name"] != name {
+		t.Fatalf("acme order failed lines: %v, want one for %s with key_type rsa", failed, name)
+	}
+	t.Logf("failed RSA order: %v", failed[0]["err"])
+	if n := pb.orders(); n != orders {
+		t.Errorf("Pebble has %d orders, want %d (it was stopped)", n, orders)
+	}
+}
