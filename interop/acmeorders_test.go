@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,4 +153,66 @@ func TestACMEPebbleFailedRSAOrder(t *testing.T) {
 	if n := pb.orders(); n != orders {
 		t.Errorf("Pebble has %d orders, want %d (it was stopped)", n, orders)
 	}
+}
+
+// pointName makes pebble-challtestsrv answer A queries for name with ip,
+// so that Pebble validates it there.
+func (pb *pebble) pointName(t *testing.T, name, ip string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"host":%q,"addresses":[%q]}`, name, ip)
+	resp, err := http.Post("http://"+pb.DNSAddr+"/add-a", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("pebble-challtestsrv /add-a %s: %s", name, resp.Status)
+	}
+}
+
+// TestACMEPebbleFailedValidation (issue item 7): a routed name whose DNS
+// does not point at popgate (Pebble's HTTP-01 validation finds nothing at
+// 127.0.0.2) costs one order, not two, however many handshakes wait for
+// it; popgate logs one ERROR with the CA's reason (not "no viable
+// challenge type found"), and the handshakes fail with it.
+func TestACMEPebbleFailedValidation(t *testing.T) {
+	requireInterop(t, "pebble", "pebble-challtestsrv")
+	t.Parallel()
+	pb := startPebble(t)
+	const name = "pop.broken.test"
+	pb.pointName(t, name, "127.0.0.2")
+	pg := startOnDemand(t, pb, "", "broken.test")
+	orders, validations := pb.orders(), pb.count("validate w/ HTTP")
+
+	const clients = 4
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			_, err := tlsLeaf(pg, &tls.Config{ServerName: name, RootCAs: pb.Roots})
+			errs <- err
+		}()
+	}
+	for range clients {
+		if err := <-errs; err == nil {
+			t.Error("a handshake succeeded although the validation fails")
+		}
+	}
+	if n := pb.orders() - orders; n != 1 {
+		t.Errorf("Pebble got %d orders for %s, want 1", n, name)
+	}
+	ends := pg.waitRecords(t, "session end", clients)
+	failed := pg.records("acme order failed")
+	if len(failed) != 1 {
+		t.Fatalf("%d acme order failed lines, want 1: %v", len(failed), failed)
+	}
+	msg, _ := failed[0]["err"].(string)
+	if failed[0]["key_type"] != "ecdsa" || !strings.Contains(msg, "validation failed: http-01") || strings.Contains(msg, "no viable challenge") {
+		t.Errorf("acme order failed: %v, want key_type ecdsa and the validation error", failed[0])
+	}
+	for _, e := range ends {
+		if m, _ := e["err"].(string); !strings.Contains(m, "validation failed") && !strings.Contains(m, "no new order before") {
+			t.Errorf("session end err %q, want the validation failure", m)
+		}
+	}
+	t.Logf("failed order: %s (Pebble: %d new HTTP-01 validations)", msg, pb.count("validate w/ HTTP")-validations)
 }

@@ -107,6 +107,9 @@ type acmeState struct {
 
 	mu      sync.Mutex
 	flights map[seenKey]*flight // orders under way
+
+	attMu    sync.Mutex
+	attempts map[context.Context]*attempt // autocert's attempts under way, by their context
 }
 
 // seenKey names an ACME certificate: autocert keeps an ECDSA and, for
@@ -156,6 +159,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		limiter:   newOrderLimiter(cfg.OrderRetry),
 		dir:       autocert.DirCache(cfg.CacheDir),
 		flights:   map[seenKey]*flight{},
+		attempts:  map[context.Context]*attempt{},
 	}
 	a.stored = a.cacheHolds
 	var err error
@@ -212,15 +216,22 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		// those per hour), so the CA's offer is trimmed to HTTP-01.
 		rt = &challengeFilter{next: transport, keep: "http-01"}
 	}
+	ct := &caTransport{a: a, next: rt, dirURL: dirURL}
+	if cfg.tlsALPN() {
+		ct.answered = append(ct.answered, "tls-alpn-01")
+	}
+	if cfg.HTTPChallenge != "" {
+		ct.answered = append(ct.answered, "http-01")
+	}
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
-		Cache:       &loggingCache{DirCache: a.dir, log: log},
+		Cache:       &loggingCache{DirCache: a.dir, log: log, read: a.cacheRead},
 		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
 		Client: &acme.Client{
 			DirectoryURL: dirURL,
-			HTTPClient:   &http.Client{Transport: rt, Timeout: 2 * time.Minute},
+			HTTPClient:   &http.Client{Transport: ct}, // caTransport bounds each request
 			UserAgent:    "popgate",
 		},
 	}
@@ -303,10 +314,20 @@ func leafOf(c *tls.Certificate) *x509.Certificate {
 
 // loggingCache is autocert's cache with a log line for every certificate
 // autocert stores: that is the moment one was obtained or renewed, which
-// autocert itself does not report.
+// autocert itself does not report. It tells read (if set) of every read, so
+// that autocert's attempts can be followed (see attempts.go).
 type loggingCache struct {
 	autocert.DirCache
-	log *slog.Logger
+	log  *slog.Logger
+	read func(ctx context.Context, key string)
+}
+
+// Get reads key from the directory.
+func (c *loggingCache) Get(ctx context.Context, key string) ([]byte, error) {
+	if c.read != nil {
+		c.read(ctx, key)
+	}
+	return c.DirCache.Get(ctx, key)
 }
 
 // Put logs "acme certificate obtained" (nothing was cached under the key)

@@ -228,7 +228,11 @@ func TestACMENextProtos(t *testing.T) {
 			if got := slices.Contains(srv.TLSConfig().NextProtos, acme.ALPNProto); got != tc.wantACMETLS {
 				t.Errorf("NextProtos = %q, want acme-tls/1: %v", srv.TLSConfig().NextProtos, tc.wantACMETLS)
 			}
-			_, filtered := srv.acme.m.Client.HTTPClient.Transport.(*challengeFilter)
+			rt := srv.acme.m.Client.HTTPClient.Transport
+			if ct, ok := rt.(*caTransport); ok {
+				rt = ct.next
+			}
+			_, filtered := rt.(*challengeFilter)
 			if filtered != tc.wantFilter {
 				t.Errorf("challenge filter installed = %v, want %v", filtered, tc.wantFilter)
 			}

@@ -225,6 +225,13 @@ func (a *acmeState) order(k seenKey, onDemand bool) (*tls.Certificate, error) {
 	}
 	c, err := a.get(helloFor(k))
 	if err != nil {
+		// An order refused because it could only fail carries the
+		// reason the one before failed; autocert's error then is
+		// only the request that was refused.
+		var refused *orderRefusedError
+		if errors.As(err, &refused) {
+			err = refused
+		}
 		retry := domainOrderRetry
 		if onDemand {
 			retry = a.limiter.retry
