@@ -233,10 +233,23 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 			DirectoryURL: dirURL,
 			HTTPClient:   &http.Client{Transport: ct}, // caTransport bounds each request
 			UserAgent:    "popgate",
+			RetryBackoff: retryBackoff,
 		},
 	}
 	a.get = a.m.GetCertificate
 	return a, nil
+}
+
+// retryBackoff is the ACME client's RetryBackoff: up to three quick
+// retries of a request the CA failed (5xx) or refused for a bad nonce, none
+// of a rate limit (429). The client's default honours Retry-After, which
+// for a rate limit can be hours: a handshake would wait for autocert's
+// 5 minutes and then fail anyway, while more handshakes pile up.
+func retryBackoff(n int, _ *http.Request, resp *http.Response) time.Duration {
+	if resp.StatusCode == http.StatusTooManyRequests || n > 3 {
+		return 0
+	}
+	return time.Duration(n) * time.Second
 }
 
 // hostPolicy is autocert's host policy: the explicit domains, then

@@ -192,3 +192,21 @@ func TestCAErrorRecorded(t *testing.T) {
 		t.Errorf("attempt after a 429: %+v", att)
 	}
 }
+
+// TestRetryBackoff: a rate limit fails the request at once; a CA error or
+// a bad nonce is retried a few times.
+func TestRetryBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		code, n int
+		retry   bool
+	}{
+		{http.StatusTooManyRequests, 1, false},
+		{http.StatusInternalServerError, 1, true},
+		{http.StatusBadRequest, 3, true}, // badNonce comes as 400
+		{http.StatusServiceUnavailable, 4, false},
+	} {
+		if got := retryBackoff(tc.n, nil, &http.Response{StatusCode: tc.code}) > 0; got != tc.retry {
+			t.Errorf("retryBackoff(%d, status %d) retries: %v, want %v", tc.n, tc.code, got, tc.retry)
+		}
+	}
+}
