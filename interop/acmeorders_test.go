@@ -216,3 +216,63 @@ func TestACMEPebbleFailedValidation(t *testing.T) {
 	}
 	t.Logf("failed order: %s (Pebble: %d new HTTP-01 validations)", msg, pb.count("validate w/ HTTP")-validations)
 }
+
+// TestACMEPebbleOrderBudget (issue item 3): a client sending ClientHellos
+// for 20 routed names at once places no more orders than the budget leaves
+// to on-demand names; the other handshakes fail without an order, the
+// exhaustion is logged once, and the reserve still serves a configured
+// domain (here its RSA certificate, for an RSA-only client).
+func TestACMEPebbleOrderBudget(t *testing.T) {
+	requireInterop(t, "pebble", "pebble-challtestsrv")
+	t.Parallel()
+	pb := startPebble(t)
+	var domains []string
+	for i := range 20 {
+		domains = append(domains, fmt.Sprintf("d%d.test", i))
+	}
+	// 6 orders; acmeName takes one at start; on-demand names leave 2.
+	pg := startOnDemand(t, pb, "order_budget = 6\norder_budget_reserve = 2\n", domains...)
+	if n := pb.orders(); n != 1 {
+		t.Fatalf("Pebble has %d orders after start, want 1", n)
+	}
+
+	errs := make(chan error, len(domains))
+	for _, d := range domains {
+		go func() {
+			_, err := tlsLeaf(pg, &tls.Config{ServerName: "pop." + d, RootCAs: pb.Roots})
+			errs <- err
+		}()
+	}
+	var ok int
+	for range domains {
+		if err := <-errs; err == nil {
+			ok++
+		}
+	}
+	if n := pb.orders(); ok != 3 || n != 4 {
+		t.Errorf("20 on-demand names: %d handshakes served, Pebble has %d orders; want 3 and 4", ok, n)
+	}
+	ends := pg.waitRecords(t, "session end", len(domains))
+	var refused int
+	for _, e := range ends {
+		if m, _ := e["err"].(string); strings.Contains(m, "order budget is used up") {
+			refused++
+		}
+	}
+	if refused != 17 {
+		t.Errorf("%d handshakes refused for the budget, want 17", refused)
+	}
+	if n := len(pg.records("acme order budget used up; new orders wait until it refills")); n != 1 {
+		t.Errorf("budget exhaustion logged %d times, want once", n)
+	}
+
+	// The reserve: a configured domain's RSA certificate.
+	leaf, err := tlsLeaf(pg, rsaOnly(pb, acmeName))
+	if err != nil || leaf.PublicKeyAlgorithm != x509.RSA {
+		t.Fatalf("RSA-only client of %s with only the reserve left: %v, %v", acmeName, leaf, err)
+	}
+	if n := pb.orders(); n != 5 {
+		t.Errorf("Pebble has %d orders, want 5", n)
+	}
+	t.Logf("orders: %d; served %d of 20 on-demand names", pb.orders(), ok)
+}

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -69,6 +70,18 @@ type ACMEConfig struct {
 	// must be fast and safe for concurrent use. Names it refuses never
 	// cause an order. The SNI-less default stays DefaultServerName.
 	AllowHost func(name string) bool
+	// OrderBudget bounds the orders placed with the CA, first orders and
+	// renewals of every name together, as a token bucket: at most
+	// OrderBudget at once, refilled evenly by OrderBudget per
+	// OrderBudgetPeriod. 0 means [DefaultOrderBudget]; a zero period
+	// [DefaultOrderBudgetPeriod].
+	OrderBudget       int
+	OrderBudgetPeriod time.Duration
+	// OrderBudgetReserve is how many of the budget's orders on-demand
+	// names (AllowHost) leave to renewals and Domains: an on-demand order
+	// is placed only while more than that many are left. 0 means a fifth
+	// of OrderBudget, rounded up; negative means none.
+	OrderBudgetReserve int
 	// OrderRetry is how long after a failed order for an AllowHost name
 	// no new order is placed for it and the same key type (handshakes
 	// that need that certificate fail meanwhile; a certificate that
@@ -105,11 +118,18 @@ type acmeState struct {
 	// those in memory.
 	seen sync.Map
 
+	// budget bounds the orders placed with the CA.
+	budget *orderBudget
+	// obs is told of orders; it holds an OrderObserver (see
+	// Server.ObserveOrders), or nothing.
+	obs atomic.Value
+
 	mu      sync.Mutex
 	flights map[seenKey]*flight // orders under way
 
 	attMu    sync.Mutex
 	attempts map[context.Context]*attempt // autocert's attempts under way, by their context
+	tickets  map[seenKey]*ticket          // the orders popgate asked autocert for, under way
 }
 
 // seenKey names an ACME certificate: autocert keeps an ECDSA and, for
@@ -160,6 +180,8 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		dir:       autocert.DirCache(cfg.CacheDir),
 		flights:   map[seenKey]*flight{},
 		attempts:  map[context.Context]*attempt{},
+		tickets:   map[seenKey]*ticket{},
+		budget:    newOrderBudget(cfg.OrderBudget, cfg.OrderBudgetPeriod, cfg.OrderBudgetReserve, time.Now),
 	}
 	a.stored = a.cacheHolds
 	var err error
@@ -225,7 +247,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	}
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
-		Cache:       &loggingCache{DirCache: a.dir, log: log, read: a.cacheRead},
+		Cache:       &loggingCache{DirCache: a.dir, log: log, read: a.cacheRead, wrote: a.cacheWrote},
 		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
@@ -331,8 +353,9 @@ func leafOf(c *tls.Certificate) *x509.Certificate {
 // that autocert's attempts can be followed (see attempts.go).
 type loggingCache struct {
 	autocert.DirCache
-	log  *slog.Logger
-	read func(ctx context.Context, key string)
+	log   *slog.Logger
+	read  func(ctx context.Context, key string)
+	wrote func(ctx context.Context, key string) // after a successful Put; may be nil
 }
 
 // Get reads key from the directory.
@@ -356,6 +379,9 @@ func (c *loggingCache) Put(ctx context.Context, key string, data []byte) error {
 	if err := c.DirCache.Put(ctx, key, data); err != nil {
 		c.log.Error("acme cache write failed", "key", key, "err", err)
 		return err
+	}
+	if c.wrote != nil {
+		c.wrote(ctx, key)
 	}
 	if !isCert {
 		return nil

@@ -33,6 +33,9 @@ type fakeACME struct {
 	// ordered lists the certificates asked for that the fake did not
 	// hold: the orders autocert would have placed.
 	ordered []seenKey
+	// a is the server's ACME state: an order marks its ticket as
+	// caTransport would.
+	a *acmeState
 }
 
 func (f *fakeACME) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -44,6 +47,14 @@ func (f *fakeACME) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		return c, nil
 	}
 	f.ordered = append(f.ordered, k)
+	if f.a != nil {
+		f.a.attMu.Lock()
+		if tk := f.a.tickets[k]; tk != nil {
+			tk.contacted = true
+			tk.used = f.fail == nil
+		}
+		f.a.attMu.Unlock()
+	}
 	if f.fail != nil {
 		return nil, f.fail
 	}
@@ -81,7 +92,7 @@ func newACMEServer(t *testing.T, cfg ServerConfig, domains ...string) (*Server, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}}
+	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}, a: srv.acme}
 	srv.acme.get, srv.acme.stored = f.get, f.stored
 	return srv, f
 }

@@ -41,6 +41,11 @@ const maxCauseLen = 300
 type attempt struct {
 	key      seenKey // zero until the cache read names it
 	keyKnown bool
+	// ticket is the order popgate asked autocert for that this attempt
+	// carries out; nil for a renewal.
+	ticket    *ticket
+	contacted bool // it sent (or tried to send) a request to the CA
+	stored    bool // it wrote a certificate to the cache
 
 	orders   int               // orders the CA accepted
 	offered  map[string]bool   // challenge types of the last authorization
@@ -68,8 +73,49 @@ func (a *acmeState) attemptFor(ctx context.Context, create bool) *attempt {
 		a.attMu.Lock()
 		delete(a.attempts, ctx)
 		a.attMu.Unlock()
+		a.attemptEnded(att)
 	})
 	return att
+}
+
+// ticket is an order popgate decided to place (order) and asked autocert
+// for: its unit of the budget is taken in advance, and the attempt's first
+// order uses it.
+type ticket struct {
+	class     orderClass
+	bound     bool // an attempt carries it out
+	used      bool // an order the CA accepted used its unit
+	contacted bool // its attempt sent (or tried to send) a request to the CA
+}
+
+// attemptEnded reports an attempt popgate did not start (a renewal) that
+// got as far as the CA: a metric, and an ERROR if it obtained nothing.
+// Orders popgate starts are reported by order.
+func (a *acmeState) attemptEnded(att *attempt) {
+	a.attMu.Lock()
+	renewal := att.ticket == nil && att.contacted && att.keyKnown
+	k, stored, cause := att.key, att.stored, att.cause()
+	a.attMu.Unlock()
+	if !renewal {
+		return
+	}
+	if stored {
+		a.observe(k, OrderIssued)
+		return
+	}
+	a.observe(k, OrderFailed)
+	a.log.Error("acme renewal failed", "name", k.name, "key_type", k.keyType(), "err", cause)
+}
+
+// cause says why the attempt's last order failed. a.attMu is held.
+func (att *attempt) cause() string {
+	switch {
+	case len(att.failures) > 0:
+		return "validation failed: " + strings.Join(att.failures, "; ")
+	case att.last != "":
+		return att.last
+	}
+	return "no certificate obtained"
 }
 
 // cacheRead is called by loggingCache for every cache read: a read of a
@@ -85,8 +131,26 @@ func (a *acmeState) cacheRead(ctx context.Context, key string) {
 	}
 	a.attMu.Lock()
 	defer a.attMu.Unlock()
-	if !att.keyKnown {
-		att.key, att.keyKnown = k, true
+	if att.keyKnown {
+		return
+	}
+	att.key, att.keyKnown = k, true
+	if t := a.tickets[k]; t != nil && !t.bound {
+		t.bound = true
+		att.ticket = t
+	}
+}
+
+// cacheWrote is called by loggingCache after every cache write: a
+// certificate written is what an attempt obtained.
+func (a *acmeState) cacheWrote(ctx context.Context, key string) {
+	if _, ok := parseCacheKey(key); !ok {
+		return
+	}
+	if att := a.attemptFor(ctx, false); att != nil {
+		a.attMu.Lock()
+		att.stored = true
+		a.attMu.Unlock()
 	}
 }
 
@@ -127,30 +191,43 @@ type caTransport struct {
 func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	att := t.a.attemptFor(ctx, true)
-	isOrder := req.Method == http.MethodPost && t.isNewOrder(req.URL.String())
-	if isOrder && att != nil {
-		if err := t.mayOrder(att); err != nil {
-			return nil, err
-		}
-	}
-	if att != nil && req.Method == http.MethodPost {
+	if att != nil {
 		t.a.attMu.Lock()
-		if typ, ok := att.chalType[req.URL.String()]; ok {
+		att.contacted = true
+		if att.ticket != nil {
+			att.ticket.contacted = true
+		}
+		if typ, ok := att.chalType[req.URL.String()]; ok && req.Method == http.MethodPost {
 			att.tried[typ] = true
 		}
 		t.a.attMu.Unlock()
+	}
+	isOrder := req.Method == http.MethodPost && t.isNewOrder(req.URL.String())
+	var paid payment
+	if isOrder {
+		var err error
+		if paid, err = t.mayOrder(att); err != nil {
+			if att != nil {
+				t.note(att, err.Error())
+			}
+			return nil, err
+		}
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, caRequestTimeout)
 	resp, err := t.next.RoundTrip(req.WithContext(rctx))
 	if err != nil {
 		cancel()
+		t.refund(att, paid)
 		if att != nil {
 			t.note(att, err.Error())
 		}
 		return nil, err
 	}
 	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+	if isOrder && resp.StatusCode != http.StatusCreated {
+		t.refund(att, paid) // not placed
+	}
 	dir := req.Method == http.MethodGet && req.URL.String() == t.dirURL
 	if att == nil && !dir {
 		return resp, nil
@@ -181,19 +258,72 @@ func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// payment is how an order was paid for.
+type payment int
+
+const (
+	paidNothing payment = iota // not an order
+	paidTicket                 // the ticket's unit, taken by order
+	paidBudget                 // a unit taken from the budget here
+)
+
+// refund gives back what an order that the CA did not accept cost.
+func (t *caTransport) refund(att *attempt, p payment) {
+	switch p {
+	case paidTicket:
+		t.a.attMu.Lock()
+		att.ticket.used = false
+		t.a.attMu.Unlock()
+	case paidBudget:
+		t.a.budget.give()
+	}
+}
+
 func (t *caTransport) isNewOrder(url string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.newOrder != "" && url == t.newOrder
 }
 
-// mayOrder refuses a further order of an attempt whose previous order
-// failed when no challenge type is left that it could try: autocert's
-// order loop would place it and then give up with "no viable challenge
-// type found".
-func (t *caTransport) mayOrder(att *attempt) error {
-	t.a.attMu.Lock()
-	defer t.a.attMu.Unlock()
+// mayOrder decides on an order the attempt is about to place and pays for
+// it. It refuses a further order of an attempt whose previous order failed
+// when no challenge type is left that it could try (autocert's order loop
+// would place it and then give up with "no viable challenge type found"),
+// and an order the budget has no room for. The first order of an attempt
+// popgate started is paid by its ticket; any other is paid here, at the
+// priority of the attempt's ticket, or as a renewal.
+func (t *caTransport) mayOrder(att *attempt) (payment, error) {
+	class := classRenewal
+	if att != nil {
+		t.a.attMu.Lock()
+		if err := t.retryUseless(att); err != nil {
+			t.a.attMu.Unlock()
+			return paidNothing, err
+		}
+		tk := att.ticket
+		if tk != nil && att.orders == 0 && !tk.used {
+			tk.used = true
+			t.a.attMu.Unlock()
+			return paidTicket, nil
+		}
+		if tk != nil {
+			class = tk.class
+		}
+		t.a.attMu.Unlock()
+	}
+	ok, next, first := t.a.budget.take(class)
+	if !ok {
+		if first {
+			t.a.budgetExhausted(next)
+		}
+		return paidNothing, &budgetError{next}
+	}
+	return paidBudget, nil
+}
+
+// retryUseless refuses a further order of att that could only fail (see
+// mayOrder). a.attMu is held.
+func (t *caTransport) retryUseless(att *attempt) error {
 	if att.orders == 0 {
 		return nil
 	}
@@ -209,9 +339,9 @@ func (t *caTransport) mayOrder(att *attempt) error {
 	cause := "the previous order failed"
 	switch {
 	case len(att.failures) > 0:
-		cause = "validation failed: " + strings.Join(att.failures, "; ")
+		cause = att.cause()
 	case att.last != "":
-		cause = "the previous order failed: " + att.last
+		cause += ": " + att.last
 	}
 	return &orderRefusedError{Name: att.key.name, Cause: cause}
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // scriptedCA answers the caTransport's requests from a table by method and
@@ -65,7 +67,8 @@ func newScriptedTransport(answered ...string) (*caTransport, *scriptedCA) {
 		"POST https://ca.test/chal/alpn": func() (int, string) { return 200, `{"type":"tls-alpn-01","status":"processing"}` },
 		"POST https://ca.test/chal/http": func() (int, string) { return 200, `{"type":"http-01","status":"processing"}` },
 	}}
-	a := &acmeState{attempts: map[context.Context]*attempt{}}
+	a := &acmeState{attempts: map[context.Context]*attempt{}, tickets: map[seenKey]*ticket{},
+		budget: newOrderBudget(100, time.Hour, 0, time.Now), log: slog.New(slog.DiscardHandler)}
 	return &caTransport{a: a, next: ca, dirURL: caDir, answered: answered}, ca
 }
 
@@ -131,12 +134,12 @@ func TestOneOrderPerFailedValidation(t *testing.T) {
 	cancel()
 	cancelOther()
 	// Ended attempts are forgotten (context.AfterFunc runs in its own
-	// goroutine: wait for it through the lock).
-	for n := 1; n > 0; {
+	// goroutine).
+	waitFor(t, "attempts forgotten", func() bool {
 		rt.a.attMu.Lock()
-		n = len(rt.a.attempts)
-		rt.a.attMu.Unlock()
-	}
+		defer rt.a.attMu.Unlock()
+		return len(rt.a.attempts) == 0
+	})
 }
 
 // TestSecondChallengeTypeAllowed: with both challenge types answered, a

@@ -49,7 +49,7 @@ func newOnDemandServer(t *testing.T, routes *routedDomains, retry time.Duration)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}}
+	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}, a: srv.acme}
 	srv.acme.get, srv.acme.stored = f.get, f.stored
 	return srv, f
 }

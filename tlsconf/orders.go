@@ -215,35 +215,148 @@ func (e *heldBackError) Error() string {
 	return fmt.Sprintf("the last order failed; no new order before %s", e.next.UTC().Format(time.RFC3339))
 }
 
-// order orders k's certificate through autocert, unless the back-off
-// withholds it, and logs a failed order once.
+// order orders k's certificate through autocert, unless something
+// withholds the order: the back-off after a failure, or the budget. It
+// reports an order that reached the CA once (log, metric).
 func (a *acmeState) order(k seenKey, onDemand bool) (*tls.Certificate, error) {
 	if next, ok := a.limiter.blocked(k); ok {
+		a.withheld(WithheldBackoff)
 		a.log.Debug("acme order held back after a failure", "name", k.name, "key_type", k.keyType(),
 			"on_demand", onDemand, "retry_after", next)
 		return nil, &heldBackError{next}
 	}
+	class := classDomain
+	if onDemand {
+		class = classOnDemand
+	}
+	if ok, next, first := a.budget.take(class); !ok {
+		a.withheld(WithheldBudget)
+		if first {
+			a.budgetExhausted(next)
+		}
+		a.log.Debug("acme order held back: the order budget is used up", "name", k.name, "key_type", k.keyType(),
+			"on_demand", onDemand, "retry_after", next)
+		return nil, &budgetError{next}
+	}
+
+	t := &ticket{class: class}
+	a.attMu.Lock()
+	a.tickets[k] = t
+	a.attMu.Unlock()
 	c, err := a.get(helloFor(k))
+	a.attMu.Lock()
+	delete(a.tickets, k)
+	used, contacted := t.used, t.contacted
+	a.attMu.Unlock()
+	if !used {
+		a.budget.give() // no order was placed
+	}
+	if !contacted {
+		// autocert answered from its memory or the cache (written
+		// meanwhile by someone else), or refused without asking the CA.
+		if err != nil {
+			a.log.Debug("acme certificate unavailable", "name", k.name, "key_type", k.keyType(), "err", err)
+			return nil, err
+		}
+		a.note(k.name, c)
+		return c, nil
+	}
 	if err != nil {
 		// An order refused because it could only fail carries the
 		// reason the one before failed; autocert's error then is
 		// only the request that was refused.
 		var refused *orderRefusedError
-		if errors.As(err, &refused) {
+		var budget *budgetError
+		switch {
+		case errors.As(err, &refused):
 			err = refused
+		case errors.As(err, &budget):
+			err = budget
 		}
 		retry := domainOrderRetry
 		if onDemand {
 			retry = a.limiter.retry
 		}
 		next := a.limiter.fail(k, retry)
+		a.observe(k, OrderFailed)
 		a.log.Error("acme order failed", "name", k.name, "key_type", k.keyType(), "on_demand", onDemand,
 			"err", err, "retry_after", next)
 		return nil, err
 	}
 	a.limiter.ok(k)
+	a.observe(k, OrderIssued)
 	a.note(k.name, c)
 	return c, nil
+}
+
+// budgetExhausted logs the first refusal since the budget last had room.
+func (a *acmeState) budgetExhausted(next time.Time) {
+	a.log.Warn("acme order budget used up; new orders wait until it refills", "budget", a.budget.size,
+		"period", a.budget.period.String(), "reserve", a.budget.reserve, "next", next)
+}
+
+// OrderObserver is told of ACME orders, for metrics; admin.Metrics
+// implements it. Its methods must be safe for concurrent use and not
+// block.
+type OrderObserver interface {
+	// ACMEOrder: an attempt to obtain a certificate (a first order or a
+	// renewal) that reached the CA ended; keyType is KeyECDSA or KeyRSA,
+	// result OrderIssued or OrderFailed.
+	ACMEOrder(keyType, result string)
+	// ACMEOrderWithheld: a handshake needed a certificate that does not
+	// exist, and no order was placed, for reason (WithheldBackoff,
+	// WithheldBudget, WithheldDenied, WithheldAskFailed).
+	ACMEOrderWithheld(reason string)
+}
+
+// Order results and reasons to withhold one, as OrderObserver gets them.
+const (
+	OrderIssued = "issued"
+	OrderFailed = "failed"
+
+	WithheldBackoff   = "backoff"    // the last order of the certificate failed recently
+	WithheldBudget    = "budget"     // the order budget is used up
+	WithheldDenied    = "denied"     // the approval hook said no
+	WithheldAskFailed = "ask_failed" // the approval hook did not answer (fail closed)
+)
+
+// observerBox lets acmeState.obs (an atomic.Value) hold an interface.
+type observerBox struct{ o OrderObserver }
+
+func (a *acmeState) observer() OrderObserver {
+	if b, ok := a.obs.Load().(observerBox); ok {
+		return b.o
+	}
+	return nil
+}
+
+func (a *acmeState) observe(k seenKey, result string) {
+	if o := a.observer(); o != nil {
+		o.ACMEOrder(k.keyType(), result)
+	}
+}
+
+func (a *acmeState) withheld(reason string) {
+	if o := a.observer(); o != nil {
+		o.ACMEOrderWithheld(reason)
+	}
+}
+
+// ObserveOrders makes o the observer of the server's ACME orders (and of
+// every server sharing its ACME client). It does nothing without ACME.
+func (s *Server) ObserveOrders(o OrderObserver) {
+	if s.acme != nil {
+		s.acme.obs.Store(observerBox{o})
+	}
+}
+
+// OrderBudgetLeft returns how many orders the ACME order budget has room
+// for now; false without ACME.
+func (s *Server) OrderBudgetLeft() (float64, bool) {
+	if s.acme == nil {
+		return 0, false
+	}
+	return s.acme.budget.left(), true
 }
 
 // cacheHolds reports whether the cache holds a certificate for k that

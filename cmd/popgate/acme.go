@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/tlsconf"
@@ -31,7 +32,22 @@ type ACMEConfig struct {
 	// RouteNamePatterns are the names per routed domain; omitted means
 	// defaultRouteNamePatterns.
 	RouteNamePatterns []string `toml:"route_name_patterns"`
+	// OrderBudget, OrderBudgetPeriod: at most this many orders with the
+	// CA at once, refilled evenly over the period; omitted means
+	// tlsconf.DefaultOrderBudget per tlsconf.DefaultOrderBudgetPeriod.
+	OrderBudget       *int     `toml:"order_budget"`
+	OrderBudgetPeriod Duration `toml:"order_budget_period"`
+	// OrderBudgetReserve is the part of the budget on-demand names leave
+	// to renewals and domains; omitted means a fifth of the budget.
+	OrderBudgetReserve *int `toml:"order_budget_reserve"`
 }
+
+// letsEncryptOrders is Let's Encrypt's limit of new orders per account:
+// 300 per 3 hours (https://letsencrypt.org/docs/rate-limits/).
+const (
+	letsEncryptOrders       = 300
+	letsEncryptOrdersPeriod = 3 * time.Hour
+)
 
 // defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
 // absent.
@@ -67,16 +83,25 @@ func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, 
 			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
 		}
 	}
+	reserve := 0 // tlsconf's default
+	if a.OrderBudgetReserve != nil {
+		if reserve = *a.OrderBudgetReserve; reserve == 0 {
+			reserve = -1 // none
+		}
+	}
 	return &tlsconf.ACMEConfig{
-		AllowHost:        allow,
-		Domains:          a.Domains,
-		Email:            a.Email,
-		CacheDir:         a.CacheDir,
-		DirectoryURL:     a.DirectoryURL,
-		CAFile:           a.CAFile,
-		HTTPChallenge:    a.httpChallenge(),
-		TLSALPNChallenge: a.TLSALPNChallenge,
-		RenewBefore:      a.RenewBefore.Duration,
+		AllowHost:          allow,
+		Domains:            a.Domains,
+		Email:              a.Email,
+		CacheDir:           a.CacheDir,
+		DirectoryURL:       a.DirectoryURL,
+		CAFile:             a.CAFile,
+		HTTPChallenge:      a.httpChallenge(),
+		TLSALPNChallenge:   a.TLSALPNChallenge,
+		RenewBefore:        a.RenewBefore.Duration,
+		OrderBudget:        intOr(a.OrderBudget, tlsconf.DefaultOrderBudget),
+		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod),
+		OrderBudgetReserve: reserve,
 	}, nil
 }
 
@@ -137,6 +162,32 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 		if err := tlsconf.CheckNamePattern(p); err != nil {
 			add("tls.acme.route_name_patterns[%d]: %q: %v", i, p, err)
 		}
+	}
+	validateOrderBudget(a, add)
+}
+
+// validateOrderBudget checks order_budget, order_budget_period and
+// order_budget_reserve.
+func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
+	budget := intOr(a.OrderBudget, tlsconf.DefaultOrderBudget)
+	period := a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod)
+	if budget < 1 {
+		add("tls.acme.order_budget: %d; it must be at least 1 (every certificate, renewals included, needs an order)", budget)
+	}
+	if a.OrderBudgetPeriod.Set && period < time.Minute {
+		add("tls.acme.order_budget_period: %q; it must be at least a minute (\"3h\")", period)
+	}
+	if r := a.OrderBudgetReserve; r != nil && (*r < 0 || *r >= budget) {
+		add("tls.acme.order_budget_reserve: %d; it must be from 0 to order_budget - 1 (%d), or on-demand names could never order", *r, budget-1)
+	}
+	dir := a.DirectoryURL
+	if dir == "" {
+		dir = tlsconf.LetsEncryptURL
+	}
+	if dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
+		(budget > letsEncryptOrders || float64(budget)/period.Hours() > letsEncryptOrders/letsEncryptOrdersPeriod.Hours()) {
+		add("tls.acme.order_budget: %d per %s is above Let's Encrypt's limit of %d new orders per account per %s; beyond it every order fails, renewals included",
+			budget, period, letsEncryptOrders, letsEncryptOrdersPeriod)
 	}
 }
 
