@@ -150,6 +150,16 @@ func TestACMEPebbleFailedRSAOrder(t *testing.T) {
 		t.Fatalf("acme order failed lines: %v, want one for %s with key_type rsa", failed, name)
 	}
 	t.Logf("failed RSA order: %v", failed[0]["err"])
+	m := pg.scrape(t)
+	for series, want := range map[string]float64{
+		`popgate_acme_orders_total{key_type="rsa",result="failed"}`:   1,
+		`popgate_acme_orders_total{key_type="ecdsa",result="issued"}`: 2, // acmeName and name
+		`popgate_acme_orders_withheld_total{reason="backoff"}`:        1,
+	} {
+		if got := m[series]; got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
 	if n := pb.orders(); n != orders {
 		t.Errorf("Pebble has %d orders, want %d (it was stopped)", n, orders)
 	}
@@ -275,4 +285,17 @@ func TestACMEPebbleOrderBudget(t *testing.T) {
 		t.Errorf("Pebble has %d orders, want 5", n)
 	}
 	t.Logf("orders: %d; served %d of 20 on-demand names", pb.orders(), ok)
+
+	m := pg.scrape(t)
+	for series, want := range map[string]float64{
+		`popgate_acme_orders_total{key_type="ecdsa",result="issued"}`: 4,
+		`popgate_acme_orders_total{key_type="rsa",result="issued"}`:   1,
+		`popgate_acme_orders_total{key_type="ecdsa",result="failed"}`: 0,
+		`popgate_acme_orders_withheld_total{reason="budget"}`:         17,
+		`popgate_acme_order_budget_remaining`:                         1,
+	} {
+		if got, present := m[series]; !present || got != want {
+			t.Errorf("%s = %v (present %v), want %v", series, got, present, want)
+		}
+	}
 }
