@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -297,5 +300,87 @@ func TestACMEPebbleOrderBudget(t *testing.T) {
 		if got, present := m[series]; !present || got != want {
 			t.Errorf("%s = %v (present %v), want %v", series, got, present, want)
 		}
+	}
+}
+
+// TestACMEPebbleApprovalHook (issue item 3): with tls.acme.ask_url,
+// popgate asks the provider's system before each on-demand order; only
+// the names it allows are ordered from Pebble, the others' handshakes fail
+// without an order, and a hook that stops answering refuses (fail closed).
+// Certificates popgate has are served without asking.
+func TestACMEPebbleApprovalHook(t *testing.T) {
+	requireInterop(t, "pebble", "pebble-challtestsrv")
+	t.Parallel()
+	pb := startPebble(t)
+	var mu sync.Mutex
+	var asked []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("domain")
+		mu.Lock()
+		asked = append(asked, name)
+		mu.Unlock()
+		if r.URL.Query().Get("key") != "hook-token-7c1e" || r.Header.Get("Authorization") != "" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		if name == "pop.allowed.test" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		http.Error(w, "not a customer", http.StatusNotFound)
+	}))
+	defer hook.Close()
+	pg := startOnDemand(t, pb, fmt.Sprintf("ask_url = %q\n", hook.URL+"/may-order?key=hook-token-7c1e"), "allowed.test", "denied.test", "other.test", "new.test")
+	orders := pb.orders()
+
+	for _, name := range []string{"pop.denied.test", "pop.other.test", "pop.denied.test"} {
+		if _, err := tlsLeaf(pg, &tls.Config{ServerName: name, RootCAs: pb.Roots}); err == nil {
+			t.Errorf("%s: handshake succeeded although the hook refuses it", name)
+		}
+	}
+	leaf, err := tlsLeaf(pg, &tls.Config{ServerName: "pop.allowed.test", RootCAs: pb.Roots})
+	if err != nil {
+		t.Fatalf("pop.allowed.test: %v", err)
+	}
+	if n := pb.orders() - orders; n != 1 {
+		t.Errorf("Pebble got %d orders, want 1 (the allowed name)", n)
+	}
+	mu.Lock()
+	got := slices.Clone(asked)
+	mu.Unlock()
+	if !slices.Equal(got, []string{"pop.denied.test", "pop.other.test", "pop.allowed.test"}) {
+		t.Errorf("hook asked about %q, want each on-demand name once (answers cached)", got)
+	}
+
+	// The hook goes away: names popgate has are served, new ones refused.
+	hook.Close()
+	if again, err := tlsLeaf(pg, &tls.Config{ServerName: "pop.allowed.test", RootCAs: pb.Roots}); err != nil || !again.Equal(leaf) {
+		t.Errorf("pop.allowed.test with the hook down: %v, want its certificate", err)
+	}
+	if _, err := tlsLeaf(pg, &tls.Config{ServerName: "pop.new.test", RootCAs: pb.Roots}); err == nil {
+		t.Error("pop.new.test: handshake succeeded with the hook down")
+	}
+	ends := pg.waitRecords(t, "session end", 6)
+	var denied int
+	for _, e := range ends {
+		if m, _ := e["err"].(string); strings.Contains(m, "approval hook refused the order (HTTP 404)") {
+			denied++
+		}
+	}
+	if denied != 3 {
+		t.Errorf("%d handshakes refused by the hook, want 3", denied)
+	}
+	m := pg.scrape(t)
+	if got := m[`popgate_acme_orders_withheld_total{reason="denied"}`]; got != 3 {
+		t.Errorf("withheld denied = %v, want 3", got)
+	}
+	if got := m[`popgate_acme_orders_withheld_total{reason="ask_failed"}`]; got != 1 {
+		t.Errorf("withheld ask_failed = %v, want 1 (pop.new.test)", got)
+	}
+	if n := len(pg.records("acme approval hook failed; orders for on-demand names are refused until it answers")); n != 1 {
+		t.Errorf("hook failure logged %d times, want once", n)
+	}
+	if strings.Contains(pg.log(), "hook-token-7c1e") {
+		t.Error("popgate logged the hook URL's query")
 	}
 }

@@ -82,6 +82,19 @@ type ACMEConfig struct {
 	// is placed only while more than that many are left. 0 means a fifth
 	// of OrderBudget, rounded up; negative means none.
 	OrderBudgetReserve int
+	// AskURL, when set, is the approval hook: before every new order for
+	// an AllowHost name (not for Domains, not for renewals) popgate asks
+	// GET AskURL with the query parameter domain=NAME added, as Caddy's
+	// on-demand TLS asks its "ask" endpoint. A 2xx answer allows the
+	// order; any other status (a redirect is not followed), a network
+	// error or no answer within AskTimeout refuses it. Answers are cached
+	// for a minute (failures for 10 s); concurrent handshakes for a name
+	// share one request. popgate sends no credentials and nothing about
+	// the client. "" means no hook: AllowHost alone decides.
+	AskURL string
+	// AskTimeout bounds one request to AskURL; 0 means
+	// [DefaultAskTimeout].
+	AskTimeout time.Duration
 	// OrderRetry is how long after a failed order for an AllowHost name
 	// no new order is placed for it and the same key type (handshakes
 	// that need that certificate fail meanwhile; a certificate that
@@ -120,6 +133,8 @@ type acmeState struct {
 
 	// budget bounds the orders placed with the CA.
 	budget *orderBudget
+	// ask is the approval hook for on-demand orders; nil without one.
+	ask *approver
 	// obs is told of orders; it holds an OrderObserver (see
 	// Server.ObserveOrders), or nothing.
 	obs atomic.Value
@@ -185,6 +200,11 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	}
 	a.stored = a.cacheHolds
 	var err error
+	if cfg.AskURL != "" {
+		if a.ask, err = newApprover(cfg.AskURL, cfg.AskTimeout, log); err != nil {
+			return nil, err
+		}
+	}
 	if a.probe, err = newECDSAProbe(); err != nil {
 		return nil, err
 	}

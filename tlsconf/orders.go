@@ -202,7 +202,7 @@ func (a *acmeState) obtain(ctx context.Context, k seenKey, onDemand bool) (*tls.
 		f.cert = c
 		return c, nil
 	}
-	f.cert, f.err = a.order(k, onDemand)
+	f.cert, f.err = a.order(ctx, k, onDemand)
 	return f.cert, f.err
 }
 
@@ -216,14 +216,27 @@ func (e *heldBackError) Error() string {
 }
 
 // order orders k's certificate through autocert, unless something
-// withholds the order: the back-off after a failure, or the budget. It
-// reports an order that reached the CA once (log, metric).
-func (a *acmeState) order(k seenKey, onDemand bool) (*tls.Certificate, error) {
+// withholds the order: the back-off after a failure, the approval hook (for
+// an on-demand name), or the budget. It reports an order that reached the
+// CA once (log, metric). ctx bounds only the wait for the hook.
+func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
 	if next, ok := a.limiter.blocked(k); ok {
 		a.withheld(WithheldBackoff)
 		a.log.Debug("acme order held back after a failure", "name", k.name, "key_type", k.keyType(),
 			"on_demand", onDemand, "retry_after", next)
 		return nil, &heldBackError{next}
+	}
+	if onDemand && a.ask != nil {
+		if err := a.ask.allowed(ctx, k.name); err != nil {
+			var denied *askDeniedError
+			if errors.As(err, &denied) {
+				a.withheld(WithheldDenied)
+			} else {
+				a.withheld(WithheldAskFailed)
+			}
+			a.log.Debug("acme order held back by the approval hook", "name", k.name, "key_type", k.keyType(), "err", err)
+			return nil, err
+		}
 	}
 	class := classDomain
 	if onDemand {

@@ -40,7 +40,16 @@ type ACMEConfig struct {
 	// OrderBudgetReserve is the part of the budget on-demand names leave
 	// to renewals and domains; omitted means a fifth of the budget.
 	OrderBudgetReserve *int `toml:"order_budget_reserve"`
+	// AskURL is the approval hook asked before each new order for an
+	// on-demand name; "" means none. AskTimeout bounds its answer;
+	// omitted means tlsconf.DefaultAskTimeout.
+	AskURL     string   `toml:"ask_url"`
+	AskTimeout Duration `toml:"ask_timeout"`
 }
+
+// maxAskTimeout bounds tls.acme.ask_timeout: a handshake waits for the
+// answer.
+const maxAskTimeout = 30 * time.Second
 
 // letsEncryptOrders is Let's Encrypt's limit of new orders per account:
 // 300 per 3 hours (https://letsencrypt.org/docs/rate-limits/).
@@ -102,6 +111,8 @@ func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, 
 		OrderBudget:        intOr(a.OrderBudget, tlsconf.DefaultOrderBudget),
 		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod),
 		OrderBudgetReserve: reserve,
+		AskURL:             a.AskURL,
+		AskTimeout:         a.AskTimeout.or(tlsconf.DefaultAskTimeout),
 	}, nil
 }
 
@@ -164,6 +175,22 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 		}
 	}
 	validateOrderBudget(a, add)
+	if a.AskURL != "" {
+		if !a.DomainsFromRoutes {
+			add("tls.acme.ask_url: set, but tls.acme.domains_from_routes is not true (the hook approves on-demand names only)")
+		}
+		if err := tlsconf.CheckAskURL(a.AskURL); err != nil {
+			add("tls.acme.ask_url: %v", err)
+		}
+	}
+	if a.AskTimeout.Set {
+		if a.AskURL == "" {
+			add("tls.acme.ask_timeout: set, but tls.acme.ask_url is not")
+		}
+		if a.AskTimeout.Duration <= 0 || a.AskTimeout.Duration > maxAskTimeout {
+			add("tls.acme.ask_timeout: %q; it must be more than 0 and at most %s (a handshake waits for the answer)", a.AskTimeout.Duration, maxAskTimeout)
+		}
+	}
 }
 
 // validateOrderBudget checks order_budget, order_budget_period and

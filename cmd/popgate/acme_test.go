@@ -69,6 +69,15 @@ renew_before = "720h"
 				a.OrderBudget, a.OrderBudgetPeriod, a.OrderBudgetReserve, tc.budget, tc.period, tc.reserve)
 		}
 	}
+	c, err = ParseConfig("ask", []byte(listenTLS+backendB+"[route]\ndefault = \"b\"\ndomains = { \"example.org\" = \"b\" }\n\n"+
+		"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\n"+
+		"ask_url = \"http://127.0.0.1:8080/may-order?key=k\"\nask_timeout = \"2s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := c.TLS.ACME.tlsconf(func(string) bool { return true }); a.AskURL != "http://127.0.0.1:8080/may-order?key=k" || a.AskTimeout != 2*time.Second {
+		t.Errorf("ask_url, ask_timeout = %q, %v", a.AskURL, a.AskTimeout)
+	}
 	c, err = ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \"\"\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +105,11 @@ renew_before = "720h"
 		{"reserve too large", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 10\norder_budget_reserve = 10\n", "tls.acme.order_budget_reserve"},
 		{"negative reserve", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget_reserve = -1\n", "tls.acme.order_budget_reserve"},
 		{"above Let's Encrypt", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 301\n", "tls.acme.order_budget"},
+		{"ask without routes", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nask_url = \"http://127.0.0.1:8080/ask\"\n", "tls.acme.ask_url"},
+		{"ask with credentials", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\nask_url = \"http://u:p@127.0.0.1:8080/ask\"\n", "tls.acme.ask_url"},
+		{"ask not http", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\nask_url = \"127.0.0.1:8080\"\n", "tls.acme.ask_url"},
+		{"ask_timeout alone", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nask_timeout = \"2s\"\n", "tls.acme.ask_timeout"},
+		{"ask_timeout too long", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\nask_url = \"http://127.0.0.1:8080/ask\"\nask_timeout = \"5m\"\n", "tls.acme.ask_timeout"},
 		{"above Let's Encrypt's rate", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 200\norder_budget_period = \"1h\"\n", "tls.acme.order_budget"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
