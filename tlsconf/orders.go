@@ -27,8 +27,8 @@ import (
 //     then the other one.
 //  2. Only when none exists is one ordered, for the preferred key type, and
 //     only if nothing withholds the order: a recent failure for the same
-//     name and key type (the back-off), and for on-demand names also the
-//     approval hook, and the order budget.
+//     name and key type (the back-off), the approval hook (on-demand names
+//     only), the order budget.
 //  3. Concurrent handshakes needing the same certificate share one order.
 //
 // autocert's own GetCertificate would order as soon as the certificate of
