@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 // Sessions is what the admin endpoints need of the proxy; *proxy.Server
@@ -37,6 +38,9 @@ type Sources struct {
 	// popgate_lookup_cache_misses_total. See [Metrics.SetSources] for what
 	// happens when it is replaced.
 	LookupCache func() (hits, misses int64)
+	// ACMEOrderBudget returns how many orders the ACME order budget has
+	// room for now, for popgate_acme_order_budget_remaining.
+	ACMEOrderBudget func() float64
 }
 
 // Histogram buckets, in seconds.
@@ -66,6 +70,8 @@ type Metrics struct {
 	reloads         *prometheus.CounterVec
 	reloadOK        prometheus.Gauge
 	reloadTime      prometheus.Gauge
+	acmeOrders      *prometheus.CounterVec
+	acmeWithheld    *prometheus.CounterVec
 
 	// Label children by listener, backend, refusal and TLS parameters,
 	// so that the hot path needs no label hashing.
@@ -74,6 +80,10 @@ type Metrics struct {
 	refusals  children[[2]string, prometheus.Counter]
 	ciphers   children[[2]uint16, prometheus.Counter]
 	loginRes  map[string]prometheus.Counter // read-only after NewMetrics
+	// ACME order counters by [2]string{result, key type}, and withheld
+	// orders by reason; read-only after NewMetrics.
+	orderRes    map[[2]string]prometheus.Counter
+	withheldRes map[string]prometheus.Counter
 
 	src sourceCollector
 }
@@ -158,7 +168,17 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 			Name: "popgate_config_last_reload_success_timestamp_seconds",
 			Help: "Unix time in seconds of the last successful configuration load, at start or by a reload.",
 		}),
-		loginRes: make(map[string]prometheus.Counter),
+		acmeOrders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_acme_orders_total",
+			Help: "Attempts to obtain an ACME certificate that reached the CA (first orders and renewals), by result (issued, failed) and key type (ecdsa, rsa).",
+		}, []string{"result", "key_type"}),
+		acmeWithheld: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_acme_orders_withheld_total",
+			Help: "Handshakes that needed a new ACME certificate and placed no order, by reason (backoff: the last order failed recently; budget: the order budget is used up; denied: the approval hook said no; ask_failed: it did not answer).",
+		}, []string{"reason"}),
+		loginRes:    make(map[string]prometheus.Counter),
+		orderRes:    make(map[[2]string]prometheus.Counter),
+		withheldRes: make(map[string]prometheus.Counter),
 	}
 	m.listeners.newFn = m.newListener
 	m.backends.newFn = m.newBackend
@@ -172,6 +192,14 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 	// before the first event.
 	for _, r := range []string{proxy.LoginOK, proxy.LoginAuthFailed, proxy.LoginNoRoute, proxy.LoginThrottled, proxy.LoginBackendError, proxy.LoginLookupError} {
 		m.loginRes[r] = m.logins.WithLabelValues(r)
+	}
+	for _, r := range []string{tlsconf.OrderIssued, tlsconf.OrderFailed} {
+		for _, k := range []string{tlsconf.KeyECDSA, tlsconf.KeyRSA} {
+			m.orderRes[[2]string{r, k}] = m.acmeOrders.WithLabelValues(r, k)
+		}
+	}
+	for _, r := range []string{tlsconf.WithheldBackoff, tlsconf.WithheldBudget, tlsconf.WithheldDenied, tlsconf.WithheldAskFailed} {
+		m.withheldRes[r] = m.acmeWithheld.WithLabelValues(r)
 	}
 	m.reloads.WithLabelValues("ok")
 	m.reloads.WithLabelValues("failed")
@@ -193,6 +221,7 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		m.backendConnect, m.backendLogin, m.backendLogins, m.backendErrors,
 		m.sessionDuration,
 		m.reloads, m.reloadOK, m.reloadTime,
+		m.acmeOrders, m.acmeWithheld,
 		&m.src,
 	)
 	return m
@@ -225,7 +254,28 @@ func (m *Metrics) Reloaded(err error) {
 
 func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
-var _ proxy.Observer = (*Metrics)(nil)
+var (
+	_ proxy.Observer        = (*Metrics)(nil)
+	_ tlsconf.OrderObserver = (*Metrics)(nil)
+)
+
+// ACMEOrder implements [tlsconf.OrderObserver].
+func (m *Metrics) ACMEOrder(keyType, result string) {
+	if c, ok := m.orderRes[[2]string{result, keyType}]; ok {
+		c.Inc()
+		return
+	}
+	m.acmeOrders.WithLabelValues(result, keyType).Inc()
+}
+
+// ACMEOrderWithheld implements [tlsconf.OrderObserver].
+func (m *Metrics) ACMEOrderWithheld(reason string) {
+	if c, ok := m.withheldRes[reason]; ok {
+		c.Inc()
+		return
+	}
+	m.acmeWithheld.WithLabelValues(reason).Inc()
+}
 
 // Accepted implements [proxy.Observer].
 func (m *Metrics) Accepted(listener string) { m.listeners.get(listener).accepted.Inc() }
@@ -371,6 +421,8 @@ var (
 		"Route lookups ([route.http]) answered from the cache.", nil, nil)
 	missesDesc = prometheus.NewDesc("popgate_lookup_cache_misses_total",
 		"Route lookups ([route.http]) not found in the cache.", nil, nil)
+	budgetDesc = prometheus.NewDesc("popgate_acme_order_budget_remaining",
+		"ACME orders the order budget (tls.acme.order_budget) has room for now; on-demand names leave order_budget_reserve of them to renewals and domains.", nil, nil)
 )
 
 func (c *sourceCollector) set(src Sources) {
@@ -386,7 +438,7 @@ func (c *sourceCollector) set(src Sources) {
 
 // Describe implements prometheus.Collector.
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, budgetDesc} {
 		ch <- d
 	}
 }
@@ -421,5 +473,8 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	if src.LookupCache != nil {
 		ch <- prometheus.MustNewConstMetric(hitsDesc, prometheus.CounterValue, float64(hits))
 		ch <- prometheus.MustNewConstMetric(missesDesc, prometheus.CounterValue, float64(misses))
+	}
+	if src.ACMEOrderBudget != nil {
+		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, src.ACMEOrderBudget())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 var (
@@ -64,6 +65,7 @@ func TestMetrics(t *testing.T) {
 				`popgate_bytes_total{direction="client_to_backend"}`,
 				`popgate_lookup_cache_hits_total`,
 				`popgate_lookup_cache_misses_total`,
+				`popgate_acme_order_budget_remaining`,
 			},
 		},
 		{
@@ -223,6 +225,30 @@ func TestMetrics(t *testing.T) {
 			},
 		},
 		{
+			name: "acme orders",
+			events: func(m *Metrics, _ *testClock) {
+				m.ACMEOrder(tlsconf.KeyECDSA, tlsconf.OrderIssued)
+				m.ACMEOrder(tlsconf.KeyECDSA, tlsconf.OrderIssued)
+				m.ACMEOrder(tlsconf.KeyRSA, tlsconf.OrderFailed)
+				for range 3 {
+					m.ACMEOrderWithheld(tlsconf.WithheldBudget)
+				}
+				m.ACMEOrderWithheld(tlsconf.WithheldDenied)
+				m.SetSources(Sources{ACMEOrderBudget: func() float64 { return 42 }})
+			},
+			want: map[string]float64{
+				`popgate_acme_orders_total{key_type="ecdsa",result="issued"}`: 2,
+				`popgate_acme_orders_total{key_type="ecdsa",result="failed"}`: 0,
+				`popgate_acme_orders_total{key_type="rsa",result="issued"}`:   0,
+				`popgate_acme_orders_total{key_type="rsa",result="failed"}`:   1,
+				`popgate_acme_orders_withheld_total{reason="budget"}`:         3,
+				`popgate_acme_orders_withheld_total{reason="denied"}`:         1,
+				`popgate_acme_orders_withheld_total{reason="backoff"}`:        0,
+				`popgate_acme_orders_withheld_total{reason="ask_failed"}`:     0,
+				`popgate_acme_order_budget_remaining`:                         42,
+			},
+		},
+		{
 			name: "reload failed",
 			events: func(m *Metrics, clock *testClock) {
 				clock.set(t1)
@@ -280,9 +306,10 @@ func TestMetrics(t *testing.T) {
 func TestMetricsFamilies(t *testing.T) {
 	m := NewMetrics("dev", "")
 	m.SetSources(Sources{
-		Sessions:     &fakeSessions{stats: proxy.Stats{Active: map[string]int{"pop3s": 1}}},
-		Certificates: func() map[string]time.Time { return map[string]time.Time{"a": t0} },
-		LookupCache:  func() (int64, int64) { return 0, 0 },
+		Sessions:        &fakeSessions{stats: proxy.Stats{Active: map[string]int{"pop3s": 1}}},
+		Certificates:    func() map[string]time.Time { return map[string]time.Time{"a": t0} },
+		LookupCache:     func() (int64, int64) { return 0, 0 },
+		ACMEOrderBudget: func() float64 { return 1 },
 	})
 	m.Accepted("pop3s")
 	m.Refused("pop3s", "shutting_down")
@@ -314,6 +341,9 @@ func TestMetricsFamilies(t *testing.T) {
 		"popgate_config_reloads_total":                         "COUNTER",
 		"popgate_config_last_reload_successful":                "GAUGE",
 		"popgate_config_last_reload_success_timestamp_seconds": "GAUGE",
+		"popgate_acme_orders_total":                            "COUNTER",
+		"popgate_acme_orders_withheld_total":                   "COUNTER",
+		"popgate_acme_order_budget_remaining":                  "GAUGE",
 		"go_goroutines":                                        "GAUGE",
 	}
 	if runtime.GOOS == "linux" {

@@ -33,8 +33,12 @@ type pebble struct {
 	Roots        *x509.CertPool // Pebble's issuing root, from its management API
 	HTTPAddr     string         // where Pebble validates HTTP-01 (127.0.0.1:httpPort)
 	TLSAddr      string         // where Pebble validates TLS-ALPN-01 (127.0.0.1:tlsPort)
+	// DNSAddr is pebble-challtestsrv's management address (mock DNS
+	// records: /add-a).
+	DNSAddr string
 
-	log *procLog
+	log  *procLog
+	stop func() // stops Pebble (not its DNS), by PID; t's cleanup does it too
 }
 
 // procLog collects a child process's output.
@@ -56,8 +60,9 @@ func (l *procLog) String() string {
 }
 
 // startDaemon starts bin with args and env, waits until its output contains
-// ready, and stops it (SIGTERM, then SIGKILL, by PID) when t ends.
-func startDaemon(t *testing.T, bin string, args, env []string, ready string) *procLog {
+// ready, and stops it (SIGTERM, then SIGKILL, by PID) when t ends or when
+// the returned function is called, whichever comes first.
+func startDaemon(t *testing.T, bin string, args, env []string, ready string) (*procLog, func()) {
 	t.Helper()
 	path, err := lookBinary(bin)
 	if err != nil {
@@ -75,7 +80,7 @@ func startDaemon(t *testing.T, bin string, args, env []string, ready string) *pr
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -83,6 +88,9 @@ func startDaemon(t *testing.T, bin string, args, env []string, ready string) *pr
 			_ = cmd.Process.Kill()
 			<-exited
 		}
+	})
+	t.Cleanup(func() {
+		stop()
 		if t.Failed() {
 			t.Logf("%s output:\n%s", bin, tail(out.String()))
 		}
@@ -98,7 +106,7 @@ func startDaemon(t *testing.T, bin string, args, env []string, ready string) *pr
 			t.Fatalf("%s not ready (%q) within 30s:\n%s", bin, ready, out.String())
 		}
 	}
-	return out
+	return out, stop
 }
 
 // startPebble starts pebble-challtestsrv (DNS only, every name is
@@ -109,10 +117,10 @@ func startPebble(t *testing.T) *pebble {
 	dir := t.TempDir()
 	ca := newTestCA(t, dir, "pebble-https")
 	certFile, keyFile := ca.issue(t, dir, "pebble", "localhost")
-	dnsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dnsAddr, dnsMgmt := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	startDaemon(t, "pebble-challtestsrv", []string{
 		"-dns01", dnsAddr, "-http01", "", "-https01", "", "-tlsalpn01", "",
-		"-management", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "-defaultIPv6", "",
+		"-management", dnsMgmt, "-defaultIPv6", "",
 	}, nil, "Starting management server")
 
 	acmePort, mgmtPort, httpPort, tlsPort := freePort(t), freePort(t), freePort(t), freePort(t)
@@ -131,7 +139,7 @@ func startPebble(t *testing.T) *pebble {
 	}
 	confFile := filepath.Join(dir, "pebble-config.json")
 	writeFile(t, confFile, conf, 0o600)
-	log := startDaemon(t, "pebble", []string{"-config", confFile, "-dnsserver", dnsAddr},
+	log, stop := startDaemon(t, "pebble", []string{"-config", confFile, "-dnsserver", dnsAddr},
 		[]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"},
 		"ACME directory available")
 	pb := &pebble{
@@ -139,7 +147,9 @@ func startPebble(t *testing.T) *pebble {
 		CAFile:       ca.CAFile,
 		HTTPAddr:     fmt.Sprintf("127.0.0.1:%d", httpPort),
 		TLSAddr:      fmt.Sprintf("127.0.0.1:%d", tlsPort),
+		DNSAddr:      dnsMgmt,
 		log:          log,
+		stop:         stop,
 	}
 
 	// The root is made afresh at every start; only its management API has it.
@@ -207,7 +217,7 @@ func (p *popgate) waitRecord(t *testing.T, msg string) map[string]any {
 		if recs := p.records(msg); len(recs) > 0 {
 			return recs[0]
 		}
-		if strings.Contains(p.log(), `"msg":"acme certificate unavailable"`) || time.Now().After(deadline) {
+		if strings.Contains(p.log(), `"msg":"acme order failed"`) || time.Now().After(deadline) {
 			t.Fatalf("popgate did not log %q\n%s", msg, tail(p.log()))
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -13,7 +13,7 @@ import (
 // scrape fetches popgate's /metrics into series ("name{labels}") and values.
 func (p *popgate) scrape(t *testing.T) map[string]float64 {
 	t.Helper()
-	addr, _ := p.waitRecord(t, "admin endpoints listening")["address"].(string)
+	addr, _ := p.waitRecords(t, "admin endpoints listening", 1)[0]["address"].(string)
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -69,9 +70,36 @@ type ACMEConfig struct {
 	// must be fast and safe for concurrent use. Names it refuses never
 	// cause an order. The SNI-less default stays DefaultServerName.
 	AllowHost func(name string) bool
+	// OrderBudget bounds the orders placed with the CA, first orders and
+	// renewals of every name together, as a token bucket: at most
+	// OrderBudget at once, refilled evenly by OrderBudget per
+	// OrderBudgetPeriod. 0 means [DefaultOrderBudget]; a zero period
+	// [DefaultOrderBudgetPeriod].
+	OrderBudget       int
+	OrderBudgetPeriod time.Duration
+	// OrderBudgetReserve is how many of the budget's orders on-demand
+	// names (AllowHost) leave to renewals and Domains: an on-demand order
+	// is placed only while more than that many are left. 0 means a fifth
+	// of OrderBudget, rounded up; negative means none.
+	OrderBudgetReserve int
+	// AskURL, when set, is the approval hook: before every new order for
+	// an AllowHost name (not for Domains, not for renewals) popgate asks
+	// GET AskURL with the query parameter domain=NAME added, as Caddy's
+	// on-demand TLS asks its "ask" endpoint. A 2xx answer allows the
+	// order; any other status (a redirect is not followed), a network
+	// error or no answer within AskTimeout refuses it. Answers are cached
+	// for a minute (failures for 10 s); concurrent handshakes for a name
+	// share one request. popgate sends no credentials and nothing about
+	// the client. "" means no hook: AllowHost alone decides.
+	AskURL string
+	// AskTimeout bounds one request to AskURL; 0 means
+	// [DefaultAskTimeout].
+	AskTimeout time.Duration
 	// OrderRetry is how long after a failed order for an AllowHost name
-	// no new order is placed for it (handshakes for it fail meanwhile);
-	// 0 means [DefaultOrderRetry].
+	// no new order is placed for it and the same key type (handshakes
+	// that need that certificate fail meanwhile; a certificate that
+	// exists is still served); 0 means [DefaultOrderRetry]. For Domains
+	// it is a minute.
 	OrderRetry time.Duration
 }
 
@@ -84,15 +112,39 @@ type acmeState struct {
 	domains []string        // normalized, in configuration order
 	allowed map[string]bool // the same, as a set
 	log     *slog.Logger
-	// allowHost is ACMEConfig.AllowHost; limiter rate-limits orders for
-	// the names it allows.
+	// allowHost is ACMEConfig.AllowHost.
 	allowHost func(string) bool
-	limiter   *orderLimiter
+	// limiter withholds new orders after a failure, per name and key
+	// type.
+	limiter *orderLimiter
 	// get obtains the certificate for hello.ServerName (in policy); it is
-	// m.GetCertificate, replaced by tests.
+	// m.GetCertificate, replaced by tests. It is only called with a hello
+	// from helloFor.
 	get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	// seen holds the expiry of the certificates served, by seenKey.
+	// stored reports whether the cache holds a valid certificate; it is
+	// cacheHolds, replaced by tests.
+	stored func(context.Context, seenKey) bool
+	dir    autocert.DirCache
+	// probe is a certificate with only an ECDSA P-256 key (wantsRSA).
+	probe *tls.Certificate
+	// seen holds the certificates served, by seenKey: autocert keeps
+	// those in memory.
 	seen sync.Map
+
+	// budget bounds the orders placed with the CA.
+	budget *orderBudget
+	// ask is the approval hook for on-demand orders; nil without one.
+	ask *approver
+	// obs is told of orders; it holds an OrderObserver (see
+	// Server.ObserveOrders), or nothing.
+	obs atomic.Value
+
+	mu      sync.Mutex
+	flights map[seenKey]*flight // orders under way
+
+	attMu    sync.Mutex
+	attempts map[context.Context]*attempt // autocert's attempts under way, by their context
+	tickets  map[seenKey]*ticket          // the orders popgate asked autocert for, under way
 }
 
 // seenKey names an ACME certificate: autocert keeps an ECDSA and, for
@@ -135,7 +187,27 @@ func (a *acmeState) expiry(m map[string]time.Time) {
 // newACME checks cfg, creates the cache directory and builds the manager.
 // It contacts nobody.
 func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
-	a := &acmeState{allowed: map[string]bool{}, log: log, allowHost: cfg.AllowHost, limiter: newOrderLimiter(cfg.OrderRetry)}
+	a := &acmeState{
+		allowed:   map[string]bool{},
+		log:       log,
+		allowHost: cfg.AllowHost,
+		limiter:   newOrderLimiter(cfg.OrderRetry),
+		dir:       autocert.DirCache(cfg.CacheDir),
+		flights:   map[seenKey]*flight{},
+		attempts:  map[context.Context]*attempt{},
+		tickets:   map[seenKey]*ticket{},
+		budget:    newOrderBudget(cfg.OrderBudget, cfg.OrderBudgetPeriod, cfg.OrderBudgetReserve, time.Now),
+	}
+	a.stored = a.cacheHolds
+	var err error
+	if cfg.AskURL != "" {
+		if a.ask, err = newApprover(cfg.AskURL, cfg.AskTimeout, log); err != nil {
+			return nil, err
+		}
+	}
+	if a.probe, err = newECDSAProbe(); err != nil {
+		return nil, err
+	}
 	if len(cfg.Domains) == 0 {
 		return nil, errors.New("tlsconf: acme: no domains")
 	}
@@ -186,20 +258,40 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		// those per hour), so the CA's offer is trimmed to HTTP-01.
 		rt = &challengeFilter{next: transport, keep: "http-01"}
 	}
+	ct := &caTransport{a: a, next: rt, dirURL: dirURL}
+	if cfg.tlsALPN() {
+		ct.answered = append(ct.answered, "tls-alpn-01")
+	}
+	if cfg.HTTPChallenge != "" {
+		ct.answered = append(ct.answered, "http-01")
+	}
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
-		Cache:       &loggingCache{DirCache: autocert.DirCache(cfg.CacheDir), log: log},
+		Cache:       &loggingCache{DirCache: a.dir, log: log, read: a.cacheRead, wrote: a.cacheWrote},
 		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
 		Client: &acme.Client{
 			DirectoryURL: dirURL,
-			HTTPClient:   &http.Client{Transport: rt, Timeout: 2 * time.Minute},
+			HTTPClient:   &http.Client{Transport: ct}, // caTransport bounds each request
 			UserAgent:    "popgate",
+			RetryBackoff: retryBackoff,
 		},
 	}
 	a.get = a.m.GetCertificate
 	return a, nil
+}
+
+// retryBackoff is the ACME client's RetryBackoff: up to three quick
+// retries of a request the CA failed (5xx) or refused for a bad nonce, none
+// of a rate limit (429). The client's default honours Retry-After, which
+// for a rate limit can be hours: a handshake would wait for autocert's
+// 5 minutes and then fail anyway, while more handshakes pile up.
+func retryBackoff(n int, _ *http.Request, resp *http.Response) time.Duration {
+	if resp.StatusCode == http.StatusTooManyRequests || n > 3 {
+		return 0
+	}
+	return time.Duration(n) * time.Second
 }
 
 // hostPolicy is autocert's host policy: the explicit domains, then
@@ -236,42 +328,24 @@ func wantsChallenge(hello *tls.ClientHelloInfo) bool {
 	return len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto
 }
 
-// certificate returns the ACME certificate for name, which must be in
-// the policy, and logs a failure.
+// certificate returns the ACME certificate for name, one of the explicit
+// domains (see [acmeState.serve]).
 func (a *acmeState) certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
-	h := *hello
-	h.ServerName = name // autocert refuses an empty SNI, so the default name stands in
-	c, err := a.get(&h)
-	if err != nil {
-		a.log.Error("acme certificate unavailable", "name", name, "err", err)
-		return nil, fmt.Errorf("tlsconf: acme certificate for %q: %w", name, err)
-	}
-	a.note(name, c)
-	return c, nil
+	return a.serve(hello, name, false)
 }
 
-// prefetch obtains (or loads from the cache) the certificate of every
+// prefetch obtains (or loads from the cache) the ECDSA certificate of every
 // domain, so that the first client does not wait for an order, and logs
-// what it has.
+// what it has. An RSA certificate is ordered when a client needs one.
 func (a *acmeState) prefetch(ctx context.Context) {
 	for _, d := range a.domains {
 		if ctx.Err() != nil {
 			return
 		}
-		// A hello as a current client sends it, so that the ECDSA
-		// certificate is the one obtained (autocert orders an RSA one
-		// on demand for clients that need it).
-		c, err := a.get(&tls.ClientHelloInfo{
-			ServerName:       d,
-			SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
-			SupportedCurves:  []tls.CurveID{tls.CurveP256},
-			CipherSuites:     []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
-		})
+		c, err := a.obtain(ctx, seenKey{d, false}, false)
 		if err != nil {
-			a.log.Error("acme certificate unavailable", "name", d, "err", err)
-			continue
+			continue // logged by order
 		}
-		a.note(d, c)
 		if leaf := leafOf(c); leaf != nil {
 			a.log.Info("acme certificate ready", "name", d, "not_after", leaf.NotAfter,
 				"issuer", leaf.Issuer.String(), "serial", leaf.SerialNumber.Text(16))
@@ -295,10 +369,21 @@ func leafOf(c *tls.Certificate) *x509.Certificate {
 
 // loggingCache is autocert's cache with a log line for every certificate
 // autocert stores: that is the moment one was obtained or renewed, which
-// autocert itself does not report.
+// autocert itself does not report. It tells read (if set) of every read, so
+// that autocert's attempts can be followed (see attempts.go).
 type loggingCache struct {
 	autocert.DirCache
-	log *slog.Logger
+	log   *slog.Logger
+	read  func(ctx context.Context, key string)
+	wrote func(ctx context.Context, key string) // after a successful Put; may be nil
+}
+
+// Get reads key from the directory.
+func (c *loggingCache) Get(ctx context.Context, key string) ([]byte, error) {
+	if c.read != nil {
+		c.read(ctx, key)
+	}
+	return c.DirCache.Get(ctx, key)
 }
 
 // Put logs "acme certificate obtained" (nothing was cached under the key)
@@ -314,6 +399,9 @@ func (c *loggingCache) Put(ctx context.Context, key string, data []byte) error {
 	if err := c.DirCache.Put(ctx, key, data); err != nil {
 		c.log.Error("acme cache write failed", "key", key, "err", err)
 		return err
+	}
+	if c.wrote != nil {
+		c.wrote(ctx, key)
 	}
 	if !isCert {
 		return nil

@@ -23,29 +23,57 @@ import (
 	"golang.org/x/crypto/acme/autocert"
 )
 
-// fakeACME stands in for autocert: it "issues" a self-signed certificate
-// per name and records every name asked for.
+// fakeACME stands in for autocert: it holds certificates by name and key
+// type (as autocert does in memory and in its cache), "orders" a
+// self-signed one of the key type the hello asks for when it has none,
+// unless fail is set, and records every name asked for.
 type fakeACME struct {
 	t     *testing.T
 	mu    sync.Mutex
 	asked []string
-	certs map[string]*tls.Certificate
+	certs map[seenKey]*tls.Certificate
 	fail  error
+	// ordered lists the certificates asked for that the fake did not
+	// hold: the orders autocert would have placed.
+	ordered []seenKey
+	// a is the server's ACME state: an order marks its ticket as
+	// caTransport would.
+	a *acmeState
 }
 
 func (f *fakeACME) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.asked = append(f.asked, hello.ServerName)
+	k := seenKey{hello.ServerName, !slices.Contains(hello.CipherSuites, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)}
+	if c := f.certs[k]; c != nil {
+		return c, nil
+	}
+	f.ordered = append(f.ordered, k)
+	if f.a != nil {
+		f.a.attMu.Lock()
+		if tk := f.a.tickets[k]; tk != nil {
+			tk.contacted = true
+			tk.used = f.fail == nil
+		}
+		f.a.attMu.Unlock()
+	}
 	if f.fail != nil {
 		return nil, f.fail
 	}
-	if c := f.certs[hello.ServerName]; c != nil {
-		return c, nil
-	}
 	c := newCert(f.t, hello.ServerName)
-	f.certs[hello.ServerName] = &c
+	if k.rsa {
+		c = newRSACert(f.t, hello.ServerName)
+	}
+	f.certs[k] = &c
 	return &c, nil
+}
+
+// stored is acmeState.stored: whether the fake holds k.
+func (f *fakeACME) stored(_ context.Context, k seenKey) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.certs[k] != nil
 }
 
 func (f *fakeACME) names() []string {
@@ -67,8 +95,8 @@ func newACMEServer(t *testing.T, cfg ServerConfig, domains ...string) (*Server, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeACME{t: t, certs: map[string]*tls.Certificate{}}
-	srv.acme.get = f.get
+	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}, a: srv.acme}
+	srv.acme.get, srv.acme.stored = f.get, f.stored
 	return srv, f
 }
 
@@ -181,12 +209,12 @@ func TestACMEHandshake(t *testing.T) {
 
 	f.mu.Lock()
 	f.fail = errors.New("CA unreachable")
-	f.certs = map[string]*tls.Certificate{}
+	f.certs = map[seenKey]*tls.Certificate{}
 	f.mu.Unlock()
 	if _, err := handshake(t, srv.TLSConfig(), &tls.Config{ServerName: "pop.example.org", RootCAs: roots}); err == nil {
 		t.Error("handshake succeeded although ACME failed")
 	}
-	if !strings.Contains(logs.String(), "acme certificate unavailable") || !strings.Contains(logs.String(), "CA unreachable") {
+	if !strings.Contains(logs.String(), "acme order failed") || !strings.Contains(logs.String(), "CA unreachable") {
 		t.Errorf("ACME failure not logged:\n%s", logs.String())
 	}
 }
@@ -214,7 +242,11 @@ func TestACMENextProtos(t *testing.T) {
 			if got := slices.Contains(srv.TLSConfig().NextProtos, acme.ALPNProto); got != tc.wantACMETLS {
 				t.Errorf("NextProtos = %q, want acme-tls/1: %v", srv.TLSConfig().NextProtos, tc.wantACMETLS)
 			}
-			_, filtered := srv.acme.m.Client.HTTPClient.Transport.(*challengeFilter)
+			rt := srv.acme.m.Client.HTTPClient.Transport
+			if ct, ok := rt.(*caTransport); ok {
+				rt = ct.next
+			}
+			_, filtered := rt.(*challengeFilter)
 			if filtered != tc.wantFilter {
 				t.Errorf("challenge filter installed = %v, want %v", filtered, tc.wantFilter)
 			}

@@ -45,8 +45,8 @@ func startChallenges(t *testing.T, lim ChallengeLimits, hello time.Duration, log
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeACME{t: t, certs: map[string]*tls.Certificate{}}
-	srv.acme.get = f.get // the prefetch in Serve
+	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}, a: srv.acme}
+	srv.acme.get, srv.acme.stored = f.get, f.stored // the prefetch in Serve
 	ch, err := srv.ListenChallenges(lim)
 	if err != nil {
 		t.Fatal(err)

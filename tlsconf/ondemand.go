@@ -13,12 +13,12 @@ import (
 
 // DefaultOrderRetry is ACMEConfig.OrderRetry when it is 0: how long after a
 // failed order for an on-demand name (ACMEConfig.AllowHost) popgate places
-// no new order for that name.
+// no new order for that name and key type.
 const DefaultOrderRetry = 10 * time.Minute
 
-// maxFailedNames bounds how many on-demand names with a failed order are
-// remembered; the least recently failed is forgotten first (and may then be
-// retried before its OrderRetry has passed).
+// maxFailedNames bounds how many certificates (name and key type) with a
+// failed order are remembered; the least recently failed is forgotten first
+// (and may then be retried before its retry period has passed).
 const maxFailedNames = 4096
 
 // DomainPlaceholder is what a route name pattern holds once, at its end:
@@ -109,50 +109,56 @@ func validHostName(name string) bool {
 	return true
 }
 
-// orderLimiter remembers on-demand names whose last order failed, so that
-// a name is ordered at most once per retry period after a failure.
+// orderLimiter remembers the certificates (name and key type) whose last
+// order failed, so that each is ordered at most once per retry period after
+// a failure. It only withholds new orders: a certificate that exists is
+// served whatever the limiter says.
 type orderLimiter struct {
-	retry time.Duration
+	retry time.Duration    // for on-demand names
 	now   func() time.Time // time.Now; replaced by tests
 
 	mu     sync.Mutex
-	failed *simplelru.LRU[string, time.Time] // name → when its order failed
+	failed *simplelru.LRU[seenKey, time.Time] // → when a new order may be placed
 }
 
 func newOrderLimiter(retry time.Duration) *orderLimiter {
 	if retry <= 0 {
 		retry = DefaultOrderRetry
 	}
-	lru, _ := simplelru.NewLRU[string, time.Time](maxFailedNames, nil) // err only for size <= 0
+	lru, _ := simplelru.NewLRU[seenKey, time.Time](maxFailedNames, nil) // err only for size <= 0
 	return &orderLimiter{retry: retry, now: time.Now, failed: lru}
 }
 
-// blocked returns when name may be ordered again, if that is later than
-// now.
-func (l *orderLimiter) blocked(name string) (time.Time, bool) {
+// blocked returns when k may be ordered again, if that is later than now.
+func (l *orderLimiter) blocked(k seenKey) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	at, ok := l.failed.Peek(name)
+	next, ok := l.failed.Peek(k)
 	if !ok {
 		return time.Time{}, false
 	}
-	next := at.Add(l.retry)
 	if !l.now().Before(next) {
-		l.failed.Remove(name)
+		l.failed.Remove(k)
 		return time.Time{}, false
 	}
 	return next, true
 }
 
-// done records the outcome of an order attempt for name.
-func (l *orderLimiter) done(name string, err error) {
+// fail records a failed order for k and returns when k may be ordered
+// again: retry from now.
+func (l *orderLimiter) fail(k seenKey, retry time.Duration) time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err != nil {
-		l.failed.Add(name, l.now())
-	} else {
-		l.failed.Remove(name)
-	}
+	next := l.now().Add(retry)
+	l.failed.Add(k, next)
+	return next
+}
+
+// ok records a successful order for k.
+func (l *orderLimiter) ok(k seenKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failed.Remove(k)
 }
 
 // onDemand reports whether name (normalized, not one of the explicit
@@ -168,23 +174,8 @@ func (a *acmeState) inPolicy(name string) bool {
 	return a.allowed[name] || a.onDemand(name)
 }
 
-// onDemandCertificate returns the certificate for the on-demand name,
-// ordering it if autocert has none, unless its last order failed less than
-// the retry period ago.
+// onDemandCertificate returns the certificate for the on-demand name (see
+// [acmeState.serve]).
 func (a *acmeState) onDemandCertificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, error) {
-	if next, ok := a.limiter.blocked(name); ok {
-		a.log.Debug("acme order for on-demand name held back after a failure", "name", name, "retry_after", next)
-		return nil, fmt.Errorf("tlsconf: acme certificate for %q: the last order failed; no new order before %s", name, next.Format(time.RFC3339))
-	}
-	h := *hello
-	h.ServerName = name
-	c, err := a.get(&h)
-	a.limiter.done(name, err)
-	if err != nil {
-		a.log.Error("acme certificate unavailable", "name", name, "on_demand", true, "err", err,
-			"retry_after", a.limiter.now().Add(a.limiter.retry))
-		return nil, fmt.Errorf("tlsconf: acme certificate for %q: %w", name, err)
-	}
-	a.note(name, c)
-	return c, nil
+	return a.serve(hello, name, true)
 }

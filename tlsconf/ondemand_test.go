@@ -49,8 +49,8 @@ func newOnDemandServer(t *testing.T, routes *routedDomains, retry time.Duration)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeACME{t: t, certs: map[string]*tls.Certificate{}}
-	srv.acme.get = f.get
+	f := &fakeACME{t: t, certs: map[seenKey]*tls.Certificate{}, a: srv.acme}
+	srv.acme.get, srv.acme.stored = f.get, f.stored
 	return srv, f
 }
 
@@ -82,7 +82,7 @@ func TestOnDemandPolicy(t *testing.T) {
 			t.Errorf("pop.customer.test served %q", got)
 		}
 	}
-	if len(f.certs) != 1 || f.certs["pop.customer.test"] == nil {
+	if len(f.certs) != 1 || f.certs[seenKey{"pop.customer.test", false}] == nil {
 		t.Errorf("orders placed: %v, want exactly one for pop.customer.test", f.names())
 	}
 	if c, err := get(&tls.ClientHelloInfo{ServerName: "mail.customer.test"}); err != nil || c.Leaf.DNSNames[0] != "mail.customer.test" {
@@ -175,7 +175,7 @@ func TestOnDemandRateLimit(t *testing.T) {
 		t.Errorf("orders after the retry period: %d, want 2", n)
 	}
 	// Success clears the record: a later failure starts a new period.
-	if _, ok := srv.acme.limiter.blocked("pop.customer.test"); ok {
+	if _, ok := srv.acme.limiter.blocked(seenKey{"pop.customer.test", false}); ok {
 		t.Error("name still held back after a successful order")
 	}
 }
@@ -187,7 +187,7 @@ func TestOrderLimiterBounded(t *testing.T) {
 		t.Errorf("retry = %v, want %v", l.retry, DefaultOrderRetry)
 	}
 	for i := range maxFailedNames + 100 {
-		l.done(fmt.Sprintf("pop.d%d.test", i), errors.New("x"))
+		l.fail(seenKey{fmt.Sprintf("pop.d%d.test", i), false}, time.Hour)
 	}
 	if n := l.failed.Len(); n > maxFailedNames {
 		t.Errorf("%d names remembered, cap %d", n, maxFailedNames)

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/tlsconf"
@@ -40,6 +41,19 @@ type ACMEConfig struct {
 	// (limits.ipv6_prefix groups IPv6); omitted means
 	// tlsconf.DefaultChallengeConnsPerIP.
 	MaxChallengeConnectionsPerIP *int `toml:"max_challenge_connections_per_ip"`
+	// OrderBudget, OrderBudgetPeriod: at most this many orders with the
+	// CA at once, refilled evenly over the period; omitted means
+	// tlsconf.DefaultOrderBudget per tlsconf.DefaultOrderBudgetPeriod.
+	OrderBudget       *int     `toml:"order_budget"`
+	OrderBudgetPeriod Duration `toml:"order_budget_period"`
+	// OrderBudgetReserve is the part of the budget on-demand names leave
+	// to renewals and domains; omitted means a fifth of the budget.
+	OrderBudgetReserve *int `toml:"order_budget_reserve"`
+	// AskURL is the approval hook asked before each new order for an
+	// on-demand name; "" means none. AskTimeout bounds its answer;
+	// omitted means tlsconf.DefaultAskTimeout.
+	AskURL     string   `toml:"ask_url"`
+	AskTimeout Duration `toml:"ask_timeout"`
 }
 
 // challengeConns returns max_challenge_connections and
@@ -53,6 +67,17 @@ func (a *ACMEConfig) challengeConns() (total, perIP int) {
 func (a *ACMEConfig) answersChallenges() bool {
 	return a != nil && (a.httpChallenge() != "" || a.TLSALPNChallenge != "")
 }
+
+// maxAskTimeout bounds tls.acme.ask_timeout: a handshake waits for the
+// answer.
+const maxAskTimeout = 30 * time.Second
+
+// letsEncryptOrders is Let's Encrypt's limit of new orders per account:
+// 300 per 3 hours (https://letsencrypt.org/docs/rate-limits/).
+const (
+	letsEncryptOrders       = 300
+	letsEncryptOrdersPeriod = 3 * time.Hour
+)
 
 // defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
 // absent.
@@ -88,16 +113,27 @@ func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, 
 			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
 		}
 	}
+	reserve := 0 // tlsconf's default
+	if a.OrderBudgetReserve != nil {
+		if reserve = *a.OrderBudgetReserve; reserve == 0 {
+			reserve = -1 // none
+		}
+	}
 	return &tlsconf.ACMEConfig{
-		AllowHost:        allow,
-		Domains:          a.Domains,
-		Email:            a.Email,
-		CacheDir:         a.CacheDir,
-		DirectoryURL:     a.DirectoryURL,
-		CAFile:           a.CAFile,
-		HTTPChallenge:    a.httpChallenge(),
-		TLSALPNChallenge: a.TLSALPNChallenge,
-		RenewBefore:      a.RenewBefore.Duration,
+		AllowHost:          allow,
+		Domains:            a.Domains,
+		Email:              a.Email,
+		CacheDir:           a.CacheDir,
+		DirectoryURL:       a.DirectoryURL,
+		CAFile:             a.CAFile,
+		HTTPChallenge:      a.httpChallenge(),
+		TLSALPNChallenge:   a.TLSALPNChallenge,
+		RenewBefore:        a.RenewBefore.Duration,
+		OrderBudget:        intOr(a.OrderBudget, tlsconf.DefaultOrderBudget),
+		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod),
+		OrderBudgetReserve: reserve,
+		AskURL:             a.AskURL,
+		AskTimeout:         a.AskTimeout.or(tlsconf.DefaultAskTimeout),
 	}, nil
 }
 
@@ -172,6 +208,48 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 		if err := tlsconf.CheckNamePattern(p); err != nil {
 			add("tls.acme.route_name_patterns[%d]: %q: %v", i, p, err)
 		}
+	}
+	validateOrderBudget(a, add)
+	if a.AskURL != "" {
+		if !a.DomainsFromRoutes {
+			add("tls.acme.ask_url: set, but tls.acme.domains_from_routes is not true (the hook approves on-demand names only)")
+		}
+		if err := tlsconf.CheckAskURL(a.AskURL); err != nil {
+			add("tls.acme.ask_url: %v", err)
+		}
+	}
+	if a.AskTimeout.Set {
+		if a.AskURL == "" {
+			add("tls.acme.ask_timeout: set, but tls.acme.ask_url is not")
+		}
+		if a.AskTimeout.Duration <= 0 || a.AskTimeout.Duration > maxAskTimeout {
+			add("tls.acme.ask_timeout: %q; it must be more than 0 and at most %s (a handshake waits for the answer)", a.AskTimeout.Duration, maxAskTimeout)
+		}
+	}
+}
+
+// validateOrderBudget checks order_budget, order_budget_period and
+// order_budget_reserve.
+func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
+	budget := intOr(a.OrderBudget, tlsconf.DefaultOrderBudget)
+	period := a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod)
+	if budget < 1 {
+		add("tls.acme.order_budget: %d; it must be at least 1 (every certificate, renewals included, needs an order)", budget)
+	}
+	if a.OrderBudgetPeriod.Set && period < time.Minute {
+		add("tls.acme.order_budget_period: %q; it must be at least a minute (\"3h\")", period)
+	}
+	if r := a.OrderBudgetReserve; r != nil && (*r < 0 || *r >= budget) {
+		add("tls.acme.order_budget_reserve: %d; it must be from 0 to order_budget - 1 (%d), or on-demand names could never order", *r, budget-1)
+	}
+	dir := a.DirectoryURL
+	if dir == "" {
+		dir = tlsconf.LetsEncryptURL
+	}
+	if dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
+		(budget > letsEncryptOrders || float64(budget)/period.Hours() > letsEncryptOrders/letsEncryptOrdersPeriod.Hours()) {
+		add("tls.acme.order_budget: %d per %s is above Let's Encrypt's limit of %d new orders per account per %s; beyond it every order fails, renewals included",
+			budget, period, letsEncryptOrders, letsEncryptOrdersPeriod)
 	}
 }
 

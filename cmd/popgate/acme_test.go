@@ -45,6 +45,39 @@ renew_before = "720h"
 		a.TLSALPNChallenge != ":443" || a.RenewBefore != 720*time.Hour || a.CAFile == "" || a.Email == "" {
 		t.Errorf("tls.acme = %+v", a)
 	}
+	if a.OrderBudget != 100 || a.OrderBudgetPeriod != 3*time.Hour || a.OrderBudgetReserve != 0 {
+		t.Errorf("order budget defaults: %d per %v, reserve %d; want 100 per 3h, tlsconf's default reserve",
+			a.OrderBudget, a.OrderBudgetPeriod, a.OrderBudgetReserve)
+	}
+	for _, tc := range []struct {
+		keys    string
+		budget  int
+		period  time.Duration
+		reserve int
+	}{
+		{"order_budget = 40\norder_budget_period = \"1h\"\norder_budget_reserve = 5\n", 40, time.Hour, 5},
+		{"order_budget_reserve = 0\n", 100, 3 * time.Hour, -1},
+		{"directory_url = \"https://ca.internal/dir\"\norder_budget = 1000\n", 1000, 3 * time.Hour, 0},
+	} {
+		c, err := ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\n"+tc.keys))
+		if err != nil {
+			t.Errorf("%q: %v", tc.keys, err)
+			continue
+		}
+		if a, _ := c.TLS.ACME.tlsconf(nil); a.OrderBudget != tc.budget || a.OrderBudgetPeriod != tc.period || a.OrderBudgetReserve != tc.reserve {
+			t.Errorf("%q: order budget %d per %v, reserve %d; want %d per %v, %d", tc.keys,
+				a.OrderBudget, a.OrderBudgetPeriod, a.OrderBudgetReserve, tc.budget, tc.period, tc.reserve)
+		}
+	}
+	c, err = ParseConfig("ask", []byte(listenTLS+backendB+"[route]\ndefault = \"b\"\ndomains = { \"example.org\" = \"b\" }\n\n"+
+		"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\n"+
+		"ask_url = \"http://127.0.0.1:8080/may-order?key=k\"\nask_timeout = \"2s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := c.TLS.ACME.tlsconf(func(string) bool { return true }); a.AskURL != "http://127.0.0.1:8080/may-order?key=k" || a.AskTimeout != 2*time.Second {
+		t.Errorf("ask_url, ask_timeout = %q, %v", a.AskURL, a.AskTimeout)
+	}
 	if total, perIP := c.TLS.ACME.challengeConns(); total != 256 || perIP != 16 {
 		t.Errorf("challenge caps without the keys = %d, %d per address; want 256, 16", total, perIP)
 	}
@@ -77,6 +110,17 @@ renew_before = "720h"
 		{"same addr", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \":8000\"\ntls_alpn_challenge = \":8000\"\n", "tls.acme"},
 		{"unknown key", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nstaging = true\n", "tls.acme.staging"},
 		{"bad renew_before", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nrenew_before = \"a month\"\n", "renew_before"},
+		{"zero budget", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 0\n", "tls.acme.order_budget"},
+		{"short budget period", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget_period = \"10s\"\n", "tls.acme.order_budget_period"},
+		{"reserve too large", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 10\norder_budget_reserve = 10\n", "tls.acme.order_budget_reserve"},
+		{"negative reserve", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget_reserve = -1\n", "tls.acme.order_budget_reserve"},
+		{"above Let's Encrypt", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 301\n", "tls.acme.order_budget"},
+		{"ask without routes", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nask_url = \"http://127.0.0.1:8080/ask\"\n", "tls.acme.ask_url"},
+		{"ask with credentials", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\nask_url = \"http://u:p@127.0.0.1:8080/ask\"\n", "tls.acme.ask_url"},
+		{"ask not http", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\nask_url = \"127.0.0.1:8080\"\n", "tls.acme.ask_url"},
+		{"ask_timeout alone", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nask_timeout = \"2s\"\n", "tls.acme.ask_timeout"},
+		{"ask_timeout too long", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\nask_url = \"http://127.0.0.1:8080/ask\"\nask_timeout = \"5m\"\n", "tls.acme.ask_timeout"},
+		{"above Let's Encrypt's rate", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\norder_budget = 200\norder_budget_period = \"1h\"\n", "tls.acme.order_budget"},
 		{"zero challenge cap", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections = 0\n", "tls.acme.max_challenge_connections:"},
 		{"negative per-ip cap", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections_per_ip = -1\n", "tls.acme.max_challenge_connections_per_ip:"},
 		{"per-ip over total", "domains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections = 8\nmax_challenge_connections_per_ip = 9\n", "tls.acme.max_challenge_connections_per_ip: 9"},

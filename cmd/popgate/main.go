@@ -246,6 +246,11 @@ func prepare(c *Config, log *slog.Logger) (*runner, error) {
 	v, commit, _ := versionInfo()
 	metrics := admin.NewMetrics(v, commit)
 	in.proxyConfig.Observer = metrics
+	if in.certs != nil {
+		// Every later certificate store shares this one's ACME client
+		// (ShareACME), and with it the observer.
+		in.certs.ObserveOrders(metrics)
+	}
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
 		in.close()
 		return nil, err

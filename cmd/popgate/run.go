@@ -342,6 +342,9 @@ func (r *runner) setSources(in *instance) {
 	src := admin.Sources{Sessions: r.srv}
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry
+		if _, ok := certs.OrderBudgetLeft(); ok {
+			src.ACMEOrderBudget = func() float64 { n, _ := certs.OrderBudgetLeft(); return n }
+		}
 	}
 	if c := in.cache; c != nil {
 		src.LookupCache = func() (int64, int64) { return c.Hits(), c.Misses() }

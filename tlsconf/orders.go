@@ -1,0 +1,455 @@
+package tlsconf
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/acme/autocert"
+)
+
+// How popgate decides, for a handshake, between serving a certificate it
+// has and ordering one (see [acmeState.serve]):
+//
+//  1. A certificate that exists (in autocert's memory or in the cache) and
+//     that the client can use is served, whatever happened to any order:
+//     the preferred key type first (ECDSA for clients that can use it),
+//     then the other one.
+//  2. Only when none exists is one ordered, for the preferred key type, and
+//     only if nothing withholds the order: a recent failure for the same
+//     name and key type (the back-off), the approval hook (on-demand names
+//     only), the order budget.
+//  3. Concurrent handshakes needing the same certificate share one order.
+//
+// autocert's own GetCertificate would order as soon as the certificate of
+// the key type the hello prefers is missing; it is called only with a
+// hello made for one key type (helloFor), either when that certificate
+// exists, or when an order for it has been decided.
+
+// domainOrderRetry is the back-off after a failed order for a name of
+// ACMEConfig.Domains: a handshake a minute later tries again, as autocert
+// alone did.
+const domainOrderRetry = time.Minute
+
+// keyType names a certificate's key type in logs and metrics.
+func (k seenKey) keyType() string {
+	if k.rsa {
+		return KeyRSA
+	}
+	return KeyECDSA
+}
+
+// cacheKey is autocert's cache key for k ("name" or "name+rsa").
+func (k seenKey) cacheKey() string {
+	if k.rsa {
+		return k.name + "+rsa"
+	}
+	return k.name
+}
+
+// Key types, as they appear in logs and metric labels.
+const (
+	KeyECDSA = "ecdsa"
+	KeyRSA   = "rsa"
+)
+
+// helloFor is a hello that makes autocert pick the certificate of k's key
+// type: autocert looks at the signature schemes, curves and cipher suites
+// only to choose between ECDSA and RSA.
+func helloFor(k seenKey) *tls.ClientHelloInfo {
+	if k.rsa {
+		return &tls.ClientHelloInfo{
+			ServerName:       k.name,
+			SignatureSchemes: []tls.SignatureScheme{tls.PSSWithSHA256, tls.PKCS1WithSHA256},
+			SupportedCurves:  []tls.CurveID{tls.CurveP256},
+			CipherSuites:     []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256},
+		}
+	}
+	return &tls.ClientHelloInfo{
+		ServerName:       k.name,
+		SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+		SupportedCurves:  []tls.CurveID{tls.CurveP256},
+		CipherSuites:     []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+	}
+}
+
+// newECDSAProbe returns a certificate with only a P-256 key, to ask a hello
+// whether the client can use an ECDSA certificate at all.
+func newECDSAProbe() (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("tlsconf: acme: generate key: %w", err)
+	}
+	return &tls.Certificate{PrivateKey: key}, nil
+}
+
+// wantsRSA reports whether the client cannot use an ECDSA P-256
+// certificate, so that only an RSA one serves it. Unlike autocert's own
+// test it asks crypto/tls, so a TLS 1.3 client that lists no TLS 1.2 ECDSA
+// suite still gets ECDSA. A hello that names no TLS versions (one not made
+// by crypto/tls) is taken to be a current client.
+func (a *acmeState) wantsRSA(hello *tls.ClientHelloInfo) bool {
+	if len(hello.SupportedVersions) == 0 {
+		return false
+	}
+	h := *hello
+	h.ServerName = "" // the probe has no certificate to check the name against
+	return h.SupportsCertificate(a.probe) != nil
+}
+
+// suits reports whether the client can use c for name.
+func suits(hello *tls.ClientHelloInfo, name string, c *tls.Certificate) bool {
+	if len(hello.SupportedVersions) == 0 {
+		return true
+	}
+	h := *hello
+	if h.ServerName != "" {
+		h.ServerName = name
+	}
+	return h.SupportsCertificate(c) == nil
+}
+
+// serve returns the certificate for name (in the policy; onDemand when it
+// is not one of the explicit domains) that suits hello; see the comment at
+// the top of this file.
+func (a *acmeState) serve(hello *tls.ClientHelloInfo, name string, onDemand bool) (*tls.Certificate, error) {
+	ctx := hello.Context()
+	if ctx == nil { // a hello not made by crypto/tls
+		ctx = context.Background()
+	}
+	want := seenKey{name, a.wantsRSA(hello)}
+	keys := []seenKey{want, {name, !want.rsa}}
+	if want.rsa {
+		keys = keys[:1] // the client cannot use ECDSA
+	}
+	for _, k := range keys {
+		if c := a.existing(ctx, k); c != nil && suits(hello, name, c) {
+			return c, nil
+		}
+	}
+	c, err := a.obtain(ctx, want, onDemand)
+	switch {
+	case err == nil:
+		return c, nil
+	case want.rsa:
+		return nil, fmt.Errorf("tlsconf: acme: %q has no RSA certificate, the only kind this client can use: %w", name, err)
+	default:
+		return nil, fmt.Errorf("tlsconf: acme certificate for %q: %w", name, err)
+	}
+}
+
+// existing returns the certificate autocert holds for k, loaded from the
+// cache if need be, without ever ordering one; nil when there is none.
+// A certificate served before stays in autocert's memory (renewed there);
+// otherwise the cache is read first, so that autocert, which orders on a
+// cache miss, is only asked for what it will find.
+func (a *acmeState) existing(ctx context.Context, k seenKey) *tls.Certificate {
+	if _, ok := a.seen.Load(k); !ok && !a.stored(ctx, k) {
+		return nil
+	}
+	c, err := a.get(helloFor(k))
+	if err != nil {
+		a.log.Debug("acme certificate not loaded", "name", k.name, "key_type", k.keyType(), "err", err)
+		return nil
+	}
+	a.note(k.name, c)
+	return c
+}
+
+// flight is one order under way; handshakes that need the same
+// certificate wait for it.
+type flight struct {
+	done chan struct{}
+	cert *tls.Certificate
+	err  error
+}
+
+// obtain returns k's certificate, ordering it if none exists, unless the
+// order is withheld. Concurrent calls for the same k share one order; a
+// waiter gives up when ctx is done.
+func (a *acmeState) obtain(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
+	a.mu.Lock()
+	if f := a.flights[k]; f != nil {
+		a.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.cert, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	a.flights[k] = f
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.flights, k)
+		a.mu.Unlock()
+		close(f.done)
+	}()
+	// Another flight may have ended just before this one began.
+	if c := a.existing(ctx, k); c != nil {
+		f.cert = c
+		return c, nil
+	}
+	f.cert, f.err = a.order(ctx, k, onDemand)
+	return f.cert, f.err
+}
+
+// heldBackError is an order withheld after a recent failure.
+type heldBackError struct {
+	next time.Time
+}
+
+func (e *heldBackError) Error() string {
+	return fmt.Sprintf("the last order failed; no new order before %s", e.next.UTC().Format(time.RFC3339))
+}
+
+// order orders k's certificate through autocert, unless something
+// withholds the order: the back-off after a failure, the approval hook (for
+// an on-demand name), or the budget. It reports an order that reached the
+// CA once (log, metric). ctx bounds only the wait for the hook.
+func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
+	if next, ok := a.limiter.blocked(k); ok {
+		a.withheld(WithheldBackoff)
+		a.log.Debug("acme order held back after a failure", "name", k.name, "key_type", k.keyType(),
+			"on_demand", onDemand, "retry_after", next)
+		return nil, &heldBackError{next}
+	}
+	if onDemand && a.ask != nil {
+		if err := a.ask.allowed(ctx, k.name); err != nil {
+			var denied *askDeniedError
+			if errors.As(err, &denied) {
+				a.withheld(WithheldDenied)
+			} else {
+				a.withheld(WithheldAskFailed)
+			}
+			a.log.Debug("acme order held back by the approval hook", "name", k.name, "key_type", k.keyType(), "err", err)
+			return nil, err
+		}
+	}
+	class := classDomain
+	if onDemand {
+		class = classOnDemand
+	}
+	if ok, next, first := a.budget.take(class); !ok {
+		a.withheld(WithheldBudget)
+		if first {
+			a.budgetExhausted(next)
+		}
+		a.log.Debug("acme order held back: the order budget is used up", "name", k.name, "key_type", k.keyType(),
+			"on_demand", onDemand, "retry_after", next)
+		return nil, &budgetError{next}
+	}
+
+	t := &ticket{class: class}
+	a.attMu.Lock()
+	a.tickets[k] = t
+	a.attMu.Unlock()
+	c, err := a.get(helloFor(k))
+	a.attMu.Lock()
+	delete(a.tickets, k)
+	used, contacted := t.used, t.contacted
+	a.attMu.Unlock()
+	if !used {
+		a.budget.give() // no order was placed
+	}
+	if !contacted {
+		// autocert answered from its memory or the cache (written
+		// meanwhile by someone else), or refused without asking the CA.
+		if err != nil {
+			a.log.Debug("acme certificate unavailable", "name", k.name, "key_type", k.keyType(), "err", err)
+			return nil, err
+		}
+		a.note(k.name, c)
+		return c, nil
+	}
+	if err != nil {
+		// An order refused because it could only fail carries the
+		// reason the one before failed; autocert's error then is
+		// only the request that was refused.
+		var refused *orderRefusedError
+		var budget *budgetError
+		switch {
+		case errors.As(err, &refused):
+			err = refused
+		case errors.As(err, &budget):
+			err = budget
+		}
+		retry := domainOrderRetry
+		if onDemand {
+			retry = a.limiter.retry
+		}
+		next := a.limiter.fail(k, retry)
+		a.observe(k, OrderFailed)
+		a.log.Error("acme order failed", "name", k.name, "key_type", k.keyType(), "on_demand", onDemand,
+			"err", err, "retry_after", next)
+		return nil, err
+	}
+	a.limiter.ok(k)
+	a.observe(k, OrderIssued)
+	a.note(k.name, c)
+	return c, nil
+}
+
+// budgetExhausted logs the first refusal since the budget last had room.
+func (a *acmeState) budgetExhausted(next time.Time) {
+	a.log.Warn("acme order budget used up; new orders wait until it refills", "budget", a.budget.size,
+		"period", a.budget.period.String(), "reserve", a.budget.reserve, "next", next)
+}
+
+// OrderObserver is told of ACME orders, for metrics; admin.Metrics
+// implements it. Its methods must be safe for concurrent use and not
+// block.
+type OrderObserver interface {
+	// ACMEOrder: an attempt to obtain a certificate (a first order or a
+	// renewal) that reached the CA ended; keyType is KeyECDSA or KeyRSA,
+	// result OrderIssued or OrderFailed.
+	ACMEOrder(keyType, result string)
+	// ACMEOrderWithheld: a handshake needed a certificate that does not
+	// exist, and no order was placed, for reason (WithheldBackoff,
+	// WithheldBudget, WithheldDenied, WithheldAskFailed).
+	ACMEOrderWithheld(reason string)
+}
+
+// Order results and reasons to withhold one, as OrderObserver gets them.
+const (
+	OrderIssued = "issued"
+	OrderFailed = "failed"
+
+	WithheldBackoff   = "backoff"    // the last order of the certificate failed recently
+	WithheldBudget    = "budget"     // the order budget is used up
+	WithheldDenied    = "denied"     // the approval hook said no
+	WithheldAskFailed = "ask_failed" // the approval hook did not answer (fail closed)
+)
+
+// observerBox lets acmeState.obs (an atomic.Value) hold an interface.
+type observerBox struct{ o OrderObserver }
+
+func (a *acmeState) observer() OrderObserver {
+	if b, ok := a.obs.Load().(observerBox); ok {
+		return b.o
+	}
+	return nil
+}
+
+func (a *acmeState) observe(k seenKey, result string) {
+	if o := a.observer(); o != nil {
+		o.ACMEOrder(k.keyType(), result)
+	}
+}
+
+func (a *acmeState) withheld(reason string) {
+	if o := a.observer(); o != nil {
+		o.ACMEOrderWithheld(reason)
+	}
+}
+
+// ObserveOrders makes o the observer of the server's ACME orders (and of
+// every server sharing its ACME client). It does nothing without ACME.
+func (s *Server) ObserveOrders(o OrderObserver) {
+	if s.acme != nil {
+		s.acme.obs.Store(observerBox{o})
+	}
+}
+
+// OrderBudgetLeft returns how many orders the ACME order budget has room
+// for now; false without ACME.
+func (s *Server) OrderBudgetLeft() (float64, bool) {
+	if s.acme == nil {
+		return 0, false
+	}
+	return s.acme.budget.left(), true
+}
+
+// cacheHolds reports whether the cache holds a certificate for k that
+// autocert will load rather than order a new one: its checks
+// (autocert.validCert), repeated.
+func (a *acmeState) cacheHolds(ctx context.Context, k seenKey) bool {
+	data, err := a.dir.Get(ctx, k.cacheKey())
+	if err != nil {
+		if !errors.Is(err, autocert.ErrCacheMiss) {
+			a.log.Debug("acme cache read failed", "key", k.cacheKey(), "err", err)
+		}
+		return false
+	}
+	return validCached(data, k, a.limiter.now()) == nil
+}
+
+// validCached checks an autocert cache entry (a private key, then the
+// chain, leaf first, all PEM) for k at now.
+func validCached(data []byte, k seenKey, now time.Time) error {
+	priv, rest := pem.Decode(data)
+	if priv == nil || !bytes.Contains([]byte(priv.Type), []byte("PRIVATE")) {
+		return errors.New("no private key")
+	}
+	key, err := parseCachedKey(priv.Bytes)
+	if err != nil {
+		return err
+	}
+	var der []byte
+	for len(rest) > 0 {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		der = append(der, b.Bytes...)
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return errors.New("trailing data")
+	}
+	certs, err := x509.ParseCertificates(der)
+	if err != nil || len(certs) == 0 {
+		return errors.New("no certificate")
+	}
+	leaf := certs[0]
+	switch {
+	case now.Before(leaf.NotBefore):
+		return errors.New("not valid yet")
+	case now.After(leaf.NotAfter):
+		return errors.New("expired")
+	}
+	if err := leaf.VerifyHostname(k.name); err != nil {
+		return err
+	}
+	switch pub := leaf.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if prv, ok := key.(*rsa.PrivateKey); !ok || !k.rsa || !pub.Equal(prv.Public()) {
+			return errors.New("key does not match")
+		}
+	case *ecdsa.PublicKey:
+		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || !pub.Equal(prv.Public()) {
+			return errors.New("key does not match")
+		}
+	default:
+		return errors.New("unknown key type")
+	}
+	return nil
+}
+
+// parseCachedKey parses a private key as autocert writes (and reads) them.
+func parseCachedKey(der []byte) (crypto.Signer, error) {
+	if key, err := x509.ParsePKCS1PrivateKey(der); err == nil {
+		return key, nil
+	}
+	if key, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+		if s, ok := key.(crypto.Signer); ok {
+			return s, nil
+		}
+		return nil, errors.New("unknown private key type")
+	}
+	if key, err := x509.ParseECPrivateKey(der); err == nil {
+		return key, nil
+	}
+	return nil, errors.New("failed to parse private key")
+}
