@@ -23,6 +23,8 @@ import (
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
+
+	"github.com/popgate/popgate/internal/safefile"
 )
 
 // LetsEncryptURL is the directory of Let's Encrypt's production CA, used
@@ -48,7 +50,8 @@ type ACMEConfig struct {
 	// DirectoryURL is the CA's directory; "" means [LetsEncryptURL].
 	DirectoryURL string
 	// CAFile is a PEM file of roots trusted for the CA's HTTPS endpoint
-	// (a private ACME server); "" means the system roots.
+	// (a private ACME server); "" means the system roots. Like a
+	// [CertFile], a regular file of at most 1 MiB.
 	CAFile string
 	// HTTPChallenge is the address of the HTTP-01 answerer (RFC 8555
 	// §8.3; the CA connects to port 80); "" disables HTTP-01.
@@ -413,7 +416,7 @@ func filterChallenges(body []byte, keep string) []byte {
 
 // loadPool reads a PEM file of CA certificates.
 func loadPool(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
+	data, err := safefile.ReadFile(file, safefile.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("read CA file: %w", err)
 	}

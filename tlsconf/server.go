@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/acme"
+
+	"github.com/popgate/popgate/internal/safefile"
 )
 
 // ALPN is the application protocol the server config offers (RFC 7301 ID
@@ -23,7 +25,9 @@ import (
 const ALPN = "pop3"
 
 // CertFile names a certificate and its private key, both PEM files. Cert may
-// hold the full chain, leaf first.
+// hold the full chain, leaf first. Each must be a regular file (symbolic
+// links are followed) of at most 1 MiB: a named pipe, a device or a larger
+// file is refused without blocking or reading it whole.
 type CertFile struct {
 	Cert string
 	Key  string
@@ -312,11 +316,11 @@ func (s *Server) load() (*certSet, error) {
 }
 
 func loadPair(f CertFile) (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(f.Cert)
+	certPEM, err := safefile.ReadFile(f.Cert, safefile.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("tlsconf: read certificate: %w", err)
 	}
-	keyPEM, err := os.ReadFile(f.Key)
+	keyPEM, err := safefile.ReadFile(f.Key, safefile.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("tlsconf: read key: %w", err)
 	}
