@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,5 +142,48 @@ func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReloadConcurrent: reloads from several goroutines (the file watch
+// and SIGHUP) while the files change; the last reload after the last
+// change decides what is served.
+func TestReloadConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	live := writePair(t, dir, "live", newCert(t, "v0.example.com"))
+	srv, err := NewServer(ServerConfig{Certificates: []CertFile{live}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const versions = 5
+	pairs := make([]CertFile, versions)
+	for i := range pairs {
+		pairs[i] = writePair(t, t.TempDir(), "p", newCert(t, "v"+string(rune('1'+i))+".example.com"))
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				srv.Reload() // errors expected: a pair caught half replaced
+			}
+		})
+	}
+	for _, p := range pairs {
+		replace(t, p.Key, live.Key)
+		replace(t, p.Cert, live.Cert)
+	}
+	close(done)
+	wg.Wait()
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Names(); !slices.Equal(got, []string{"v5.example.com"}) {
+		t.Errorf("Names() = %q, want the last pair's", got)
 	}
 }

@@ -69,9 +69,14 @@ type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
 	config *tls.Config
-	mu     sync.Mutex // serialises Reload
 	set    atomic.Pointer[certSet]
 	acme   *acmeState // nil without ACME
+
+	// mu orders reloads; it is never held while files are read, so that
+	// a read that takes long holds up nothing else.
+	mu     sync.Mutex
+	begun  uint64 // reloads begun
+	stored uint64 // the reload whose set is in use (0: NewServer's)
 }
 
 // certSet is one immutable generation of loaded certificates.
@@ -179,17 +184,27 @@ func (s *Server) Leaves() []*x509.Certificate {
 
 // Reload re-reads every certificate file. On any error it keeps serving the
 // previous set and returns the error, which names the file. With no
-// configured certificates it does nothing.
+// configured certificates it does nothing. Reloads may run concurrently
+// (the file watch and SIGHUP): no lock is held while the files are read,
+// and a reload that finishes after one begun later discards what it read.
 func (s *Server) Reload() error {
 	if len(s.cfg.Certificates) == 0 {
 		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.begun++
+	n := s.begun
+	s.mu.Unlock()
 	set, err := s.load()
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < s.stored {
+		return nil // a later reload read the files after this one did
+	}
+	s.stored = n
 	s.set.Store(set)
 	s.log.Info("tls certificates reloaded", "names", set.names)
 	return nil
