@@ -49,7 +49,11 @@ type runner struct {
 	wg   sync.WaitGroup  // accept loops, answerers, the admin server
 	errc chan error      // a listener that failed
 
-	mu         sync.Mutex        // serialises reloads; guards what follows
+	// reloadMu serialises reloads. It is held while a reload reads the
+	// configuration, certificate and map files; mu, which shutdown
+	// needs, is not, so that a read that hangs cannot hold up SIGTERM.
+	reloadMu   sync.Mutex
+	mu         sync.Mutex        // guards what follows
 	lns        map[string]*bound // POP3 listeners by ListenConfig.key
 	adminLn    *bound            // nil without metrics.address
 	challenges *tlsconf.Challenges
@@ -336,11 +340,13 @@ func (r *runner) reload() error {
 }
 
 func (r *runner) apply() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
 	if r.draining.Load() {
 		return errors.New("shutting down")
 	}
+	// Files are read first, without r.mu; the running instance changes
+	// only under reloadMu, which this reload holds.
 	old := r.current()
 	c := old.cfg
 	if r.path != "" {
@@ -352,6 +358,20 @@ func (r *runner) apply() error {
 	in, err := buildInstance(c, r.log, old, r.current)
 	if err != nil {
 		return err
+	}
+	if in.certsReused {
+		// [tls] is as it was: re-read its files, as SIGHUP always did.
+		// This replaces the running store's certificates at once, as
+		// the file watch does.
+		if err := in.certs.Reload(); err != nil {
+			return err
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining.Load() {
+		return errors.New("shutting down")
 	}
 	if c.Log.Format != old.cfg.Log.Format {
 		r.log.Warn("log.format changed; it takes effect at the next restart", "running", old.cfg.Log.Format, "configured", c.Log.Format)
@@ -372,16 +392,6 @@ func (r *runner) apply() error {
 		if adminLn, err = net.Listen("tcp", addr); err != nil {
 			closeNew()
 			return fmt.Errorf("metrics.address: %w", err)
-		}
-	}
-	if in.certsReused {
-		// [tls] is as it was: re-read its files, as SIGHUP always did.
-		if err := in.certs.Reload(); err != nil {
-			closeNew()
-			if adminLn != nil {
-				adminLn.Close()
-			}
-			return err
 		}
 	}
 	if err := r.srv.Reconfigure(in.proxyConfig); err != nil {
@@ -454,7 +464,7 @@ const configFilePoll = 5 * time.Second
 // then polls in a goroutine of its own until ctx is done.
 func (r *runner) watchConfig(ctx context.Context, every time.Duration) {
 	sum := func() ([32]byte, bool) {
-		b, err := os.ReadFile(r.path)
+		b, err := readConfig(r.path)
 		return sha256.Sum256(b), err == nil
 	}
 	last, _ := sum()
