@@ -333,7 +333,7 @@ func TestWatch(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
-	go func() { defer close(done); srv.Watch(ctx, 10*time.Millisecond) }()
+	go func() { defer close(done); srv.Watch(ctx, 10*time.Millisecond, nil) }()
 	defer func() { cancel(); <-done }()
 	served := func() string {
 		c, err := srv.TLSConfig().GetCertificate(&tls.ClientHelloInfo{})

@@ -93,6 +93,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			Certificates:      certs,
 			ACME:              acme,
 			ShareACME:         prevCerts,
+			Previous:          prevCerts,
 			DefaultServerName: c.TLS.DefaultServerName,
 			MinVersion:        c.TLS.MinVersion,
 			Logger:            log,

@@ -297,7 +297,7 @@ func (r *runner) startWatches(in *instance) {
 		if in.certs != nil {
 			ctx, stop := context.WithCancel(r.ctx)
 			r.stopCerts = stop
-			go in.certs.Watch(ctx, certFilePoll)
+			go in.certs.Watch(ctx, certFilePoll, nil)
 		}
 	}
 }
