@@ -66,6 +66,7 @@ type Metrics struct {
 	reloads         *prometheus.CounterVec
 	reloadOK        prometheus.Gauge
 	reloadTime      prometheus.Gauge
+	certReloads     *prometheus.CounterVec // certreload.go
 
 	// Label children by listener, backend, refusal and TLS parameters,
 	// so that the hot path needs no label hashing.
@@ -195,6 +196,8 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		m.reloads, m.reloadOK, m.reloadTime,
 		&m.src,
 	)
+	m.certReloads = newCertReloadErrors()
+	m.reg.MustRegister(m.certReloads)
 	return m
 }
 

@@ -664,6 +664,10 @@ address = "127.0.0.1:0"
 			t.Errorf("%s: serving serial %s after the refused reload, want the previous %s", swap.kind, got, want)
 		}
 	}
+	// Three refused SIGHUPs, and maybe the file watch's refusals too.
+	if n := p.metrics()[`popgate_certificate_reload_errors_total{reason="unreadable"}`]; n < 3 {
+		t.Errorf(`popgate_certificate_reload_errors_total{reason="unreadable"} = %v, want at least 3`, n)
+	}
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(); code != 0 {
 		t.Errorf("exit code after SIGTERM = %d, want 0; log:\n%s", code, p.logs)

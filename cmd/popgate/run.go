@@ -297,7 +297,7 @@ func (r *runner) startWatches(in *instance) {
 		if in.certs != nil {
 			ctx, stop := context.WithCancel(r.ctx)
 			r.stopCerts = stop
-			go in.certs.Watch(ctx, certFilePoll, nil)
+			go in.certs.Watch(ctx, certFilePoll, r.certsRefused)
 		}
 	}
 }
@@ -334,9 +334,20 @@ func (r *runner) reload() error {
 		r.metrics.Reloaded(err)
 	}
 	if err != nil {
+		r.certsRefused(err)
 		r.log.Error("configuration reload failed; keeping the running configuration", "config", r.path, "err", err)
 	}
 	return err
+}
+
+// certsRefused counts a reload whose static certificate files were
+// refused, in popgate_certificate_reload_errors_total; other errors are
+// not counted there.
+func (r *runner) certsRefused(err error) {
+	var ce *tlsconf.CertificateError
+	if r.metrics != nil && errors.As(err, &ce) {
+		r.metrics.CertificateReloadFailed(ce.Reason)
+	}
 }
 
 func (r *runner) apply() error {
