@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -45,8 +44,16 @@ type ACMEConfig struct {
 	Email string
 	// CacheDir holds the account key and the certificates. Required; it
 	// is created with mode 0700. A restart with a filled cache orders
-	// nothing.
+	// nothing. It, the directories above it and every file read from it
+	// must be safe from other users, as OpenSSH's StrictModes requires
+	// of ~/.ssh (see cache.go): NewServer refuses a directory that is
+	// not, and a file that is not is refused when read.
 	CacheDir string
+	// InsecureCachePermissions turns off the ownership and permission
+	// checks of CacheDir and its files (a WARN at every start), for a
+	// volume whose permissions cannot be fixed: anyone who can write
+	// there can then make popgate serve a certificate of their choosing.
+	InsecureCachePermissions bool
 	// DirectoryURL is the CA's directory; "" means [LetsEncryptURL].
 	DirectoryURL string
 	// CAFile is a PEM file of roots trusted for the CA's HTTPS endpoint
@@ -155,16 +162,8 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("tlsconf: acme: no cache directory")
 	}
-	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("tlsconf: acme: cache directory: %w", err)
-	}
-	if fi, err := os.Stat(cfg.CacheDir); err != nil {
-		return nil, fmt.Errorf("tlsconf: acme: cache directory: %w", err)
-	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("tlsconf: acme: cache directory %s is not a directory", cfg.CacheDir)
-	} else if fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("acme cache directory is accessible to other users; it holds private keys",
-			"dir", cfg.CacheDir, "mode", fi.Mode().Perm().String())
+	if err := checkCache(cfg.CacheDir, cfg.InsecureCachePermissions, log); err != nil {
+		return nil, err
 	}
 	dirURL := cfg.DirectoryURL
 	if dirURL == "" {
@@ -191,7 +190,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	}
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
-		Cache:       &loggingCache{DirCache: autocert.DirCache(cfg.CacheDir), log: log},
+		Cache:       &loggingCache{Cache: &strictCache{dir: cfg.CacheDir, insecure: cfg.InsecureCachePermissions}, log: log},
 		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
@@ -300,7 +299,7 @@ func leafOf(c *tls.Certificate) *x509.Certificate {
 // autocert stores: that is the moment one was obtained or renewed, which
 // autocert itself does not report.
 type loggingCache struct {
-	autocert.DirCache
+	autocert.Cache
 	log *slog.Logger
 }
 
@@ -311,10 +310,10 @@ func (c *loggingCache) Put(ctx context.Context, key string, data []byte) error {
 		!strings.HasSuffix(key, "+http-01") && !strings.HasSuffix(key, ".key")
 	var had bool
 	if isCert {
-		_, err := c.DirCache.Get(ctx, key)
+		_, err := c.Cache.Get(ctx, key)
 		had = err == nil
 	}
-	if err := c.DirCache.Put(ctx, key, data); err != nil {
+	if err := c.Cache.Put(ctx, key, data); err != nil {
 		c.log.Error("acme cache write failed", "key", key, "err", err)
 		return err
 	}

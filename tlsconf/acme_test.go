@@ -282,7 +282,7 @@ func TestFilterChallenges(t *testing.T) {
 
 func TestLoggingCache(t *testing.T) {
 	var logs syncBuffer
-	c := &loggingCache{DirCache: autocert.DirCache(t.TempDir()), log: slog.New(slog.NewJSONHandler(&logs, nil))}
+	c := &loggingCache{Cache: autocert.DirCache(t.TempDir()), log: slog.New(slog.NewJSONHandler(&logs, nil))}
 	cert := newCert(t, "mail.example.com")
 	certPEM, keyPEM, err := EncodePEM(cert)
 	if err != nil {

@@ -31,6 +31,9 @@ type ACMEConfig struct {
 	// RouteNamePatterns are the names per routed domain; omitted means
 	// defaultRouteNamePatterns.
 	RouteNamePatterns []string `toml:"route_name_patterns"`
+	// InsecureCachePermissions serves from a cache_dir that other users
+	// could write (tlsconf.ACMEConfig.InsecureCachePermissions).
+	InsecureCachePermissions bool `toml:"insecure_cache_permissions"`
 }
 
 // defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
@@ -77,6 +80,8 @@ func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, 
 		HTTPChallenge:    a.httpChallenge(),
 		TLSALPNChallenge: a.TLSALPNChallenge,
 		RenewBefore:      a.RenewBefore.Duration,
+
+		InsecureCachePermissions: a.InsecureCachePermissions,
 	}, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"reflect"
 
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -99,7 +100,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			Logger:            log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("tls: %w", err)
+			return nil, tlsError(err)
 		}
 		in.certs = ts
 	}
@@ -222,6 +223,20 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		return nil, err
 	}
 	return in, nil
+}
+
+// tlsError names the key behind an error of tlsconf.NewServer; for a
+// refused ACME cache, the way out as well.
+func tlsError(err error) error {
+	var ce *tlsconf.CacheError
+	switch {
+	case errors.As(err, &ce) && errors.Is(err, safefile.ErrNotPrivate):
+		return fmt.Errorf("tls.acme.cache_dir: %w (another user could put a certificate there that popgate would serve; "+
+			"only if that is acceptable, set tls.acme.insecure_cache_permissions = true)", err)
+	case errors.As(err, &ce):
+		return fmt.Errorf("tls.acme.cache_dir: %w", err)
+	}
+	return fmt.Errorf("tls: %w", err)
 }
 
 // sameThrottle reports whether two [limits] sections limit failed logins

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +72,47 @@ address = "127.0.0.1:0"
 	// Two reloads, and maybe the file watch's refusal too.
 	if n := m[`popgate_certificate_reload_errors_total{reason="expired"}`]; n < 2 {
 		t.Errorf(`popgate_certificate_reload_errors_total{reason="expired"} = %v, want at least 2`, n)
+	}
+}
+
+// TestCacheDirPermissions: `popgate check` and `popgate run` refuse a
+// world-writable tls.acme.cache_dir, naming the key, the directory and the
+// fix; with insecure_cache_permissions = true check passes, with a WARN.
+func TestCacheDirPermissions(t *testing.T) {
+	cache := filepath.Join(t.TempDir(), "acme")
+	if err := os.Mkdir(cache, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cache, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	config := func(extra string) string {
+		return writeConfig(t, listenTLS+backendB+routeB+fmt.Sprintf(`[log]
+format = "json"
+[metrics]
+address = ""
+[tls.acme]
+domains = ["mail.example.com"]
+cache_dir = %q
+directory_url = "http://127.0.0.1:1/directory"
+http_challenge = ""
+%s`, cache, extra))
+	}
+	path := config("")
+	// A guard: run would serve until then if it did not refuse.
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for _, cmd := range []string{"check", "run"} {
+		code, _, stderr := run(ctx, cmd, "-config", path)
+		for _, want := range []string{"tls.acme.cache_dir: ", cache, "writable by its group or others (mode 0777)",
+			"fix: chmod go-w " + cache, "tls.acme.insecure_cache_permissions = true"} {
+			if code != 1 || !strings.Contains(stderr, want) {
+				t.Errorf("popgate %s with a world-writable cache_dir = %d, stderr %q; want 1 and mention of %q", cmd, code, stderr, want)
+			}
+		}
+	}
+	code, stdout, stderr := run(t.Context(), "check", "-config", config("insecure_cache_permissions = true\n"))
+	if code != 0 || !strings.Contains(stdout, "OK") || !strings.Contains(stderr, `"level":"WARN","msg":"acme cache permissions are not checked`) {
+		t.Errorf("popgate check with insecure_cache_permissions = %d, stdout %q, stderr %q; want 0 and a WARN", code, stdout, stderr)
 	}
 }
