@@ -72,6 +72,7 @@ type Metrics struct {
 	reloadTime      prometheus.Gauge
 	acmeOrders      *prometheus.CounterVec
 	acmeWithheld    *prometheus.CounterVec
+	certReloads     *prometheus.CounterVec // certreload.go
 
 	// Label children by listener, backend, refusal and TLS parameters,
 	// so that the hot path needs no label hashing.
@@ -224,6 +225,8 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		m.acmeOrders, m.acmeWithheld,
 		&m.src,
 	)
+	m.certReloads = newCertReloadErrors()
+	m.reg.MustRegister(m.certReloads)
 	return m
 }
 

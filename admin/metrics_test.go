@@ -336,6 +336,7 @@ func TestMetricsFamilies(t *testing.T) {
 		"popgate_sessions_active":                              "GAUGE",
 		"popgate_bytes_total":                                  "COUNTER",
 		"popgate_certificate_expiry_timestamp_seconds":         "GAUGE",
+		"popgate_certificate_reload_errors_total":              "COUNTER",
 		"popgate_lookup_cache_hits_total":                      "COUNTER",
 		"popgate_lookup_cache_misses_total":                    "COUNTER",
 		"popgate_config_reloads_total":                         "COUNTER",

@@ -14,10 +14,18 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/popgate/popgate/internal/safefile"
 )
 
 // MaxMapLine bounds one line of a map file.
 const MaxMapLine = 4096
+
+// MaxMapFileSize bounds a map file: 64 MiB, room for over a million routes
+// (200,000 lines of "user@example.com backend" take about 6 MiB). A larger
+// file, or one that is not a regular file (a named pipe, a device), is
+// refused without being read.
+const MaxMapFileSize = 64 << 20
 
 // maxListedBadLines bounds how many bad lines a [MapFileError] lists.
 const maxListedBadLines = 20
@@ -87,7 +95,8 @@ func (e *MapFileError) Error() string {
 	return b.String()
 }
 
-// LoadMapFile reads the map file at path. known reports whether a backend
+// LoadMapFile reads the map file at path, a regular file (symlinks
+// followed) of at most [MaxMapFileSize]. known reports whether a backend
 // name is configured; a line naming another backend is bad. A nil known
 // accepts every name (tests only: a typo would then route to nowhere).
 func LoadMapFile(path string, known func(backend string) bool) (*MapFile, error) {
@@ -113,15 +122,17 @@ func (m *MapFile) Len() int {
 func (m *MapFile) Reload() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	f, err := os.Open(m.path)
+	f, err := safefile.Open(m.path, safefile.Options{Limit: MaxMapFileSize})
 	if err != nil {
+		// A file refused for what it is (a named pipe, too large) is
+		// remembered too, so that Watch reports it once, not every tick.
+		if fi, serr := os.Stat(m.path); serr == nil {
+			m.last = fi
+		}
 		return fmt.Errorf("auth: map file: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("auth: map file: %w", err)
-	}
+	fi := f.Stat()
 	// Remembered even when the file turns out bad, so Watch does not
 	// re-read (and re-report) an unchanged broken file every tick.
 	m.last = fi
@@ -181,9 +192,12 @@ func parseMap(r io.Reader, sizeHint int, path string, known func(string) bool) (
 		tab[key] = mapRule{backend: backend, line: n}
 	}
 	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
+		switch {
+		case errors.Is(err, bufio.ErrTooLong):
 			bad(n+1, "longer than %d bytes", MaxMapLine)
-		} else {
+		case errors.Is(err, safefile.ErrTooLarge): // grew while being read
+			return nil, fmt.Errorf("auth: map file: %w", err)
+		default:
 			return nil, fmt.Errorf("auth: map file %s: %w", path, err)
 		}
 	}

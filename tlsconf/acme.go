@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -24,6 +23,8 @@ import (
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
+
+	"github.com/popgate/popgate/internal/safefile"
 )
 
 // LetsEncryptURL is the directory of Let's Encrypt's production CA, used
@@ -44,12 +45,21 @@ type ACMEConfig struct {
 	Email string
 	// CacheDir holds the account key and the certificates. Required; it
 	// is created with mode 0700. A restart with a filled cache orders
-	// nothing.
+	// nothing. It, the directories above it and every file read from it
+	// must be safe from other users, as OpenSSH's StrictModes requires
+	// of ~/.ssh (see cache.go): NewServer refuses a directory that is
+	// not, and a file that is not is refused when read.
 	CacheDir string
+	// InsecureCachePermissions turns off the ownership and permission
+	// checks of CacheDir and its files (a WARN at every start), for a
+	// volume whose permissions cannot be fixed: anyone who can write
+	// there can then make popgate serve a certificate of their choosing.
+	InsecureCachePermissions bool
 	// DirectoryURL is the CA's directory; "" means [LetsEncryptURL].
 	DirectoryURL string
 	// CAFile is a PEM file of roots trusted for the CA's HTTPS endpoint
-	// (a private ACME server); "" means the system roots.
+	// (a private ACME server); "" means the system roots. Like a
+	// [CertFile], a regular file of at most 1 MiB.
 	CAFile string
 	// HTTPChallenge is the address of the HTTP-01 answerer (RFC 8555
 	// §8.3; the CA connects to port 80); "" disables HTTP-01.
@@ -124,7 +134,7 @@ type acmeState struct {
 	// stored reports whether the cache holds a valid certificate; it is
 	// cacheHolds, replaced by tests.
 	stored func(context.Context, seenKey) bool
-	dir    autocert.DirCache
+	dir    autocert.Cache // strictCache over cache_dir
 	// probe is a certificate with only an ECDSA P-256 key (wantsRSA).
 	probe *tls.Certificate
 	// seen holds the certificates served, by seenKey: autocert keeps
@@ -192,7 +202,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		log:       log,
 		allowHost: cfg.AllowHost,
 		limiter:   newOrderLimiter(cfg.OrderRetry),
-		dir:       autocert.DirCache(cfg.CacheDir),
+		dir:       &strictCache{dir: cfg.CacheDir, insecure: cfg.InsecureCachePermissions},
 		flights:   map[seenKey]*flight{},
 		attempts:  map[context.Context]*attempt{},
 		tickets:   map[seenKey]*ticket{},
@@ -224,16 +234,8 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	if cfg.CacheDir == "" {
 		return nil, errors.New("tlsconf: acme: no cache directory")
 	}
-	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("tlsconf: acme: cache directory: %w", err)
-	}
-	if fi, err := os.Stat(cfg.CacheDir); err != nil {
-		return nil, fmt.Errorf("tlsconf: acme: cache directory: %w", err)
-	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("tlsconf: acme: cache directory %s is not a directory", cfg.CacheDir)
-	} else if fi.Mode().Perm()&0o077 != 0 {
-		log.Warn("acme cache directory is accessible to other users; it holds private keys",
-			"dir", cfg.CacheDir, "mode", fi.Mode().Perm().String())
+	if err := checkCache(cfg.CacheDir, cfg.InsecureCachePermissions, log); err != nil {
+		return nil, err
 	}
 	dirURL := cfg.DirectoryURL
 	if dirURL == "" {
@@ -267,7 +269,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 	}
 	a.m = &autocert.Manager{
 		Prompt:      autocert.AcceptTOS,
-		Cache:       &loggingCache{DirCache: a.dir, log: log, read: a.cacheRead, wrote: a.cacheWrote},
+		Cache:       &loggingCache{Cache: a.dir, log: log, read: a.cacheRead, wrote: a.cacheWrote},
 		HostPolicy:  a.hostPolicy,
 		RenewBefore: cfg.RenewBefore,
 		Email:       cfg.Email,
@@ -372,18 +374,18 @@ func leafOf(c *tls.Certificate) *x509.Certificate {
 // autocert itself does not report. It tells read (if set) of every read, so
 // that autocert's attempts can be followed (see attempts.go).
 type loggingCache struct {
-	autocert.DirCache
+	autocert.Cache
 	log   *slog.Logger
 	read  func(ctx context.Context, key string)
 	wrote func(ctx context.Context, key string) // after a successful Put; may be nil
 }
 
-// Get reads key from the directory.
+// Get reads key from the cache.
 func (c *loggingCache) Get(ctx context.Context, key string) ([]byte, error) {
 	if c.read != nil {
 		c.read(ctx, key)
 	}
-	return c.DirCache.Get(ctx, key)
+	return c.Cache.Get(ctx, key)
 }
 
 // Put logs "acme certificate obtained" (nothing was cached under the key)
@@ -393,10 +395,10 @@ func (c *loggingCache) Put(ctx context.Context, key string, data []byte) error {
 		!strings.HasSuffix(key, "+http-01") && !strings.HasSuffix(key, ".key")
 	var had bool
 	if isCert {
-		_, err := c.DirCache.Get(ctx, key)
+		_, err := c.Cache.Get(ctx, key)
 		had = err == nil
 	}
-	if err := c.DirCache.Put(ctx, key, data); err != nil {
+	if err := c.Cache.Put(ctx, key, data); err != nil {
 		c.log.Error("acme cache write failed", "key", key, "err", err)
 		return err
 	}
@@ -501,7 +503,7 @@ func filterChallenges(body []byte, keep string) []byte {
 
 // loadPool reads a PEM file of CA certificates.
 func loadPool(file string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(file)
+	data, err := safefile.ReadFile(file, safefile.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("read CA file: %w", err)
 	}

@@ -317,7 +317,7 @@ func TestFilterChallenges(t *testing.T) {
 
 func TestLoggingCache(t *testing.T) {
 	var logs syncBuffer
-	c := &loggingCache{DirCache: autocert.DirCache(t.TempDir()), log: slog.New(slog.NewJSONHandler(&logs, nil))}
+	c := &loggingCache{Cache: autocert.DirCache(t.TempDir()), log: slog.New(slog.NewJSONHandler(&logs, nil))}
 	cert := newCert(t, "mail.example.com")
 	certPEM, keyPEM, err := EncodePEM(cert)
 	if err != nil {
@@ -368,7 +368,7 @@ func TestWatch(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
-	go func() { defer close(done); srv.Watch(ctx, 10*time.Millisecond) }()
+	go func() { defer close(done); srv.Watch(ctx, 10*time.Millisecond, nil) }()
 	defer func() { cancel(); <-done }()
 	served := func() string {
 		c, err := srv.TLSConfig().GetCertificate(&tls.ClientHelloInfo{})

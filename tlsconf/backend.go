@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
+
+	"github.com/popgate/popgate/internal/safefile"
 )
 
 // BackendConfig configures the TLS client side used to dial one backend.
@@ -16,8 +17,8 @@ type BackendConfig struct {
 	ServerName string
 	// Address is the backend's host:port, for the default ServerName.
 	Address string
-	// CAFile is a PEM bundle trusted instead of the system roots.
-	// "" means the system roots.
+	// CAFile is a PEM bundle trusted instead of the system roots, a
+	// regular file of at most 1 MiB. "" means the system roots.
 	CAFile string
 	// InsecureSkipVerify disables all verification of the backend's
 	// certificate. The caller should log this loudly.
@@ -50,7 +51,7 @@ func Backend(cfg BackendConfig) (*tls.Config, error) {
 	}
 	var roots *x509.CertPool
 	if cfg.CAFile != "" {
-		pemData, err := os.ReadFile(cfg.CAFile)
+		pemData, err := safefile.ReadFile(cfg.CAFile, safefile.Options{})
 		if err != nil {
 			return nil, fmt.Errorf("tlsconf: read backend CA file: %w", err)
 		}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/acme"
+
+	"github.com/popgate/popgate/internal/safefile"
 )
 
 // ALPN is the application protocol the server config offers (RFC 7301 ID
@@ -23,7 +25,9 @@ import (
 const ALPN = "pop3"
 
 // CertFile names a certificate and its private key, both PEM files. Cert may
-// hold the full chain, leaf first.
+// hold the full chain, leaf first. Each must be a regular file (symbolic
+// links are followed) of at most 1 MiB: a named pipe, a device or a larger
+// file is refused without blocking or reading it whole.
 type CertFile struct {
 	Cert string
 	Key  string
@@ -50,6 +54,12 @@ type ServerConfig struct {
 	MinVersion string
 	// Logger receives load warnings and reload notices. nil discards.
 	Logger *slog.Logger
+	// Previous, when set, is the Server this one replaces (a
+	// configuration reload that changed [tls]): a certificate that is
+	// not valid now is refused in place of a valid one read from the
+	// same files there, as [Server.Reload] refuses it. The new Server
+	// does not keep a reference to it.
+	Previous *Server
 	// ShareACME, when set, makes the new Server use ShareACME's ACME
 	// client (its manager, renewals, challenge answerers and the
 	// expiries seen) instead of starting one from ACME, which is then
@@ -65,14 +75,21 @@ type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
 	config *tls.Config
-	mu     sync.Mutex // serialises Reload
 	set    atomic.Pointer[certSet]
-	acme   *acmeState // nil without ACME
+	acme   *acmeState       // nil without ACME
+	now    func() time.Time // time.Now; tests set another clock
+
+	// mu orders reloads; it is never held while files are read, so that
+	// a read that takes long holds up nothing else.
+	mu     sync.Mutex
+	begun  uint64 // reloads begun
+	stored uint64 // the reload whose set is in use (0: NewServer's)
 }
 
 // certSet is one immutable generation of loaded certificates.
 type certSet struct {
 	certs    []*tls.Certificate
+	files    []CertFile                    // where certs were read from, for static sets
 	exact    map[string][]*tls.Certificate // "mail.example.com"
 	wildcard map[string][]*tls.Certificate // "example.com" for "*.example.com"
 	defaults []*tls.Certificate            // nil: the default is acmeDefault's ACME certificate
@@ -85,15 +102,18 @@ type certSet struct {
 }
 
 // NewServer loads and checks every certificate/key pair in cfg. An
-// unreadable or mismatched file is an error naming it. Without Certificates
-// it generates a self-signed certificate for DefaultServerName (or
-// "localhost") plus localhost, 127.0.0.1 and ::1, and logs a WARN.
+// unreadable or mismatched file is an error naming it. A certificate that
+// is not valid now loads with an ERROR in the log (unless it would replace
+// a valid one of cfg.Previous): at start nothing better is at hand.
+// Without Certificates it generates a self-signed certificate for
+// DefaultServerName (or "localhost") plus localhost, 127.0.0.1 and ::1,
+// and logs a WARN.
 func NewServer(cfg ServerConfig) (*Server, error) {
 	minVersion, err := ParseVersion(cfg.MinVersion)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	s := &Server{cfg: cfg, log: cfg.Logger, now: time.Now}
 	s.cfg.Certificates = slices.Clone(cfg.Certificates)
 	// What is shared is taken below; keeping the Server itself would chain
 	// each reload's store to the one before, none ever freed.
@@ -124,7 +144,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	var set *certSet
 	switch {
 	case len(cfg.Certificates) > 0:
-		set, err = s.load()
+		var prev *certSet
+		if cfg.Previous != nil {
+			prev = cfg.Previous.set.Load()
+		}
+		set, err = s.load(prev)
 	case s.acme != nil:
 		set, err = s.index(nil, false)
 	default:
@@ -133,6 +157,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.cfg.Previous = nil // kept, it would chain every store to the one before
 	s.set.Store(set)
 	// One config for every listener, so that all share session ticket keys
 	// (Go rotates them itself); session tickets stay enabled.
@@ -177,18 +202,32 @@ func (s *Server) Leaves() []*x509.Certificate {
 }
 
 // Reload re-reads every certificate file. On any error it keeps serving the
-// previous set and returns the error, which names the file. With no
-// configured certificates it does nothing.
+// previous set and returns the error, which names the file; for a file
+// refused, a [*CertificateError]. A certificate that is not valid now
+// (expired, or not yet valid) is refused in place of one from the same
+// files that is: the error names both dates. One that replaces a
+// certificate no better loads, with an ERROR in the log. With no
+// configured certificates it does nothing. Reloads may run concurrently
+// (the file watch and SIGHUP): no lock is held while the files are read,
+// and a reload that finishes after one begun later discards what it read.
 func (s *Server) Reload() error {
 	if len(s.cfg.Certificates) == 0 {
 		return nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	set, err := s.load()
+	s.begun++
+	n := s.begun
+	s.mu.Unlock()
+	set, err := s.load(s.set.Load())
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < s.stored {
+		return nil // a later reload read the files after this one did
+	}
+	s.stored = n
 	s.set.Store(set)
 	s.log.Info("tls certificates reloaded", "names", set.names)
 	return nil
@@ -293,17 +332,25 @@ func pick(hello *tls.ClientHelloInfo, certs []*tls.Certificate) *tls.Certificate
 	return certs[0]
 }
 
-// load reads every configured pair into a new certSet.
-func (s *Server) load() (*certSet, error) {
+// load reads every configured pair into a new certSet. prev is the set it
+// replaces (nil at start). A certificate that is not valid now is refused
+// in place of a valid one read from the same files in prev; without one
+// (at start, or when that one is no better) it loads with an ERROR, as
+// nginx and Caddy serve it: one expired name must not keep popgate from
+// serving all the others.
+func (s *Server) load(prev *certSet) (*certSet, error) {
+	now := s.now()
 	var certs []*tls.Certificate
 	for _, f := range s.cfg.Certificates {
 		c, err := loadPair(f)
 		if err != nil {
 			return nil, err
 		}
-		now := time.Now()
-		if now.After(c.Leaf.NotAfter) || now.Before(c.Leaf.NotBefore) {
-			s.log.Warn("tls certificate is not valid now", "cert", f.Cert,
+		if !validAt(c.Leaf, now) {
+			if old := prev.loaded(f); old != nil && validAt(old.Leaf, now) {
+				return nil, notValidError(f, c.Leaf, old.Leaf, now)
+			}
+			s.log.Error("tls certificate is not valid now; clients will refuse it", "cert", f.Cert,
 				"not_before", c.Leaf.NotBefore, "not_after", c.Leaf.NotAfter)
 		}
 		if len(c.Leaf.DNSNames) == 0 {
@@ -311,25 +358,43 @@ func (s *Server) load() (*certSet, error) {
 		}
 		certs = append(certs, c)
 	}
-	return s.index(certs, false)
+	set, err := s.index(certs, false)
+	if err != nil {
+		return nil, err
+	}
+	set.files = s.cfg.Certificates
+	return set, nil
+}
+
+// loaded returns the certificate of set read from f, or nil.
+func (set *certSet) loaded(f CertFile) *tls.Certificate {
+	if set == nil {
+		return nil
+	}
+	for i, g := range set.files {
+		if g == f {
+			return set.certs[i]
+		}
+	}
+	return nil
 }
 
 func loadPair(f CertFile) (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(f.Cert)
+	certPEM, err := safefile.ReadFile(f.Cert, safefile.Options{})
 	if err != nil {
-		return nil, fmt.Errorf("tlsconf: read certificate: %w", err)
+		return nil, pairError(f, ReasonUnreadable, fmt.Errorf("tlsconf: read certificate: %w", err))
 	}
-	keyPEM, err := os.ReadFile(f.Key)
+	keyPEM, err := safefile.ReadFile(f.Key, safefile.Options{})
 	if err != nil {
-		return nil, fmt.Errorf("tlsconf: read key: %w", err)
+		return nil, pairError(f, ReasonUnreadable, fmt.Errorf("tlsconf: read key: %w", err))
 	}
 	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("tlsconf: certificate %s with key %s: %w", f.Cert, f.Key, err)
+		return nil, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s with key %s: %w", f.Cert, f.Key, err))
 	}
 	if c.Leaf == nil { // GODEBUG=x509keypairleaf=0
 		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err)
+			return nil, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err))
 		}
 	}
 	return &c, nil
@@ -400,13 +465,17 @@ func (s *Server) index(certs []*tls.Certificate, selfSigned bool) (*certSet, err
 // (size, modification time, or a file appearing or vanishing, as stat sees
 // it through symlinks, so a Kubernetes secret's swapped link counts),
 // checking every interval, until ctx is done. A failed reload keeps the
-// previous certificates and logs an ERROR; it is tried again when a file
-// changes again. Without static certificates Watch returns at once.
-func (s *Server) Watch(ctx context.Context, every time.Duration) {
+// previous certificates, logs an ERROR (with the refused certificate's
+// dates when its validity was the reason) and calls refused, when not nil,
+// with the error; it is tried again when a file changes again, or, for a
+// certificate refused as not yet valid, once it is. Without static
+// certificates Watch returns at once.
+func (s *Server) Watch(ctx context.Context, every time.Duration, refused func(error)) {
 	if len(s.cfg.Certificates) == 0 {
 		return
 	}
 	last := s.stat()
+	var retry time.Time // when a certificate refused as not yet valid becomes valid
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -415,13 +484,24 @@ func (s *Server) Watch(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		now := s.stat()
-		if !filesChanged(last, now) {
+		cur := s.stat()
+		if !filesChanged(last, cur) && (retry.IsZero() || s.now().Before(retry)) {
 			continue
 		}
-		last = now
+		last, retry = cur, time.Time{}
 		if err := s.Reload(); err != nil {
-			s.log.Error("tls certificate files changed but do not load; keeping the previous certificates", "err", err)
+			attrs := []any{"err", err}
+			if ce, ok := asCertificateError(err); ok && !ce.NotAfter.IsZero() {
+				attrs = append(attrs, "cert", ce.Cert, "reason", ce.Reason,
+					"not_before", ce.NotBefore, "not_after", ce.NotAfter, "kept_not_after", ce.Kept)
+				if ce.Reason == ReasonNotYetValid {
+					retry = ce.NotBefore
+				}
+			}
+			s.log.Error("tls certificate files changed but do not load; keeping the previous certificates", attrs...)
+			if refused != nil {
+				refused(err)
+			}
 		}
 	}
 }

@@ -14,7 +14,7 @@
 //	})
 //	ln := tls.NewListener(tcpLn, srv.TLSConfig())
 //
-// and on SIGHUP srv.Reload(); srv.Watch(ctx, 5*time.Second) reloads when the
+// and on SIGHUP srv.Reload(); srv.Watch(ctx, 5*time.Second, nil) reloads when the
 // files change. With ServerConfig.ACME set, srv.ListenChallenges binds the
 // challenge answerers and Challenges.Serve runs them and obtains the
 // certificates.

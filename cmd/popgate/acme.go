@@ -54,6 +54,9 @@ type ACMEConfig struct {
 	// omitted means tlsconf.DefaultAskTimeout.
 	AskURL     string   `toml:"ask_url"`
 	AskTimeout Duration `toml:"ask_timeout"`
+	// InsecureCachePermissions serves from a cache_dir that other users
+	// could write (tlsconf.ACMEConfig.InsecureCachePermissions).
+	InsecureCachePermissions bool `toml:"insecure_cache_permissions"`
 }
 
 // challengeConns returns max_challenge_connections and
@@ -134,6 +137,8 @@ func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, 
 		OrderBudgetReserve: reserve,
 		AskURL:             a.AskURL,
 		AskTimeout:         a.AskTimeout.or(tlsconf.DefaultAskTimeout),
+
+		InsecureCachePermissions: a.InsecureCachePermissions,
 	}, nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -128,12 +129,13 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			Certificates:      certs,
 			ACME:              acme,
 			ShareACME:         prevCerts,
+			Previous:          prevCerts,
 			DefaultServerName: c.TLS.DefaultServerName,
 			MinVersion:        c.TLS.MinVersion,
 			Logger:            log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("tls: %w", err)
+			return nil, tlsError(err)
 		}
 		in.certs = ts
 	}
@@ -274,6 +276,20 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 // the running configuration: the throttle's limits.
 func (in *instance) goLive() {
 	in.throttle.Reconfigure(in.throttleConfig)
+}
+
+// tlsError names the key behind an error of tlsconf.NewServer; for a
+// refused ACME cache, the way out as well.
+func tlsError(err error) error {
+	var ce *tlsconf.CacheError
+	switch {
+	case errors.As(err, &ce) && errors.Is(err, safefile.ErrNotPrivate):
+		return fmt.Errorf("tls.acme.cache_dir: %w (another user could put a certificate there that popgate would serve; "+
+			"only if that is acceptable, set tls.acme.insecure_cache_permissions = true)", err)
+	case errors.As(err, &ce):
+		return fmt.Errorf("tls.acme.cache_dir: %w", err)
+	}
+	return fmt.Errorf("tls: %w", err)
 }
 
 // isLoopback reports whether a listen or dial address stays on this host.

@@ -6,12 +6,12 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -203,10 +203,22 @@ const (
 	mapFilePoll            = 5 * time.Second
 )
 
+// maxConfigSize bounds the configuration file: route.users inline can
+// make it large, but never this large.
+const maxConfigSize = 16 << 20
+
+// readConfig reads the configuration file: a regular file (symlinks
+// followed, as a Kubernetes ConfigMap's are) of at most maxConfigSize, so
+// that a file replaced by a named pipe or a link to /dev/zero cannot block
+// or exhaust a reload.
+func readConfig(path string) ([]byte, error) {
+	return safefile.ReadFile(path, safefile.Options{Limit: maxConfigSize})
+}
+
 // LoadConfig reads and decodes path and validates the result. Errors name
 // the offending key, and the line where the decoder knows it.
 func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfig(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}

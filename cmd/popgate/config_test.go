@@ -35,6 +35,13 @@ func (c testCert) pool() *x509.CertPool {
 // writes it and its key to dir as prefix.crt and prefix.key.
 func writeTestCert(t *testing.T, dir, prefix, name string) testCert {
 	t.Helper()
+	return writeTestCertValid(t, dir, prefix, name, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+}
+
+// writeTestCertValid is writeTestCert for a certificate valid from
+// notBefore to notAfter.
+func writeTestCertValid(t *testing.T, dir, prefix, name string, notBefore, notAfter time.Time) testCert {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -47,8 +54,8 @@ func writeTestCert(t *testing.T, dir, prefix, name string) testCert {
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: name},
 		DNSNames:              []string{name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,

@@ -767,3 +767,74 @@ func TestProcessSystemdNotify(t *testing.T) {
 		t.Errorf("exit code %d", code)
 	}
 }
+
+// TestProcessCertificateNotAFile: a certificate file swapped for a named
+// pipe, or for a link to /dev/zero, makes a SIGHUP reload fail at once
+// with an error naming the file, instead of blocking it (and SIGTERM
+// behind it) or filling the memory; the previous certificate stays, and
+// SIGTERM, with the pipe still in place, ends popgate.
+func TestProcessCertificateNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	cert := writeTestCert(t, dir, "mail", "mail.example.com")
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+
+[tls]
+certificates = [{ cert = %q, key = %q }]
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+shutdown_timeout = "5s"
+
+[metrics]
+address = "127.0.0.1:0"
+`, cert.certFile, cert.keyFile, mailbox(t)))
+	p := startPopgate(t, path, "pop3s")
+	want := cert.leaf.SerialNumber.String()
+
+	for i, swap := range []struct {
+		kind   string
+		make   func(string) error
+		detail string
+	}{
+		{"named pipe", func(p string) error { return syscall.Mkfifo(p, 0o600) }, "a named pipe"},
+		{"link to /dev/zero", func(p string) error { return os.Symlink("/dev/zero", p) }, "a character device"},
+		{"named pipe again", func(p string) error { return syscall.Mkfifo(p, 0o600) }, "a named pipe"},
+	} {
+		if err := os.Remove(cert.certFile); err != nil {
+			t.Fatal(err)
+		}
+		if err := swap.make(cert.certFile); err != nil {
+			t.Fatal(err)
+		}
+		p.signal(syscall.SIGHUP)
+		rec := p.waitLog("configuration reload failed; keeping the running configuration", i+1)
+		if err, _ := rec["err"].(string); !strings.Contains(err, cert.certFile) || !strings.Contains(err, swap.detail) {
+			t.Errorf("%s: reload error %q, want it to name %s and say %q", swap.kind, err, cert.certFile, swap.detail)
+		}
+		if got := serial(t, p.addrs["pop3s"], "mail.example.com"); got != want {
+			t.Errorf("%s: serving serial %s after the refused reload, want the previous %s", swap.kind, got, want)
+		}
+	}
+	// Three refused SIGHUPs, and maybe the file watch's refusals too.
+	if n := p.metrics()[`popgate_certificate_reload_errors_total{reason="unreadable"}`]; n < 3 {
+		t.Errorf(`popgate_certificate_reload_errors_total{reason="unreadable"} = %v, want at least 3`, n)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code after SIGTERM = %d, want 0; log:\n%s", code, p.logs)
+	}
+	checkLogs(t, p.logs)
+}

@@ -51,7 +51,11 @@ type runner struct {
 	wg   sync.WaitGroup  // accept loops, answerers, the admin server
 	errc chan error      // a listener that failed
 
-	mu         sync.Mutex        // serialises reloads; guards what follows
+	// reloadMu serialises reloads. It is held while a reload reads the
+	// configuration, certificate and map files; mu, which shutdown
+	// needs, is not, so that a read that hangs cannot hold up SIGTERM.
+	reloadMu   sync.Mutex
+	mu         sync.Mutex        // guards what follows
 	lns        map[string]*bound // POP3 listeners by ListenConfig.key
 	adminLn    *bound            // nil without metrics.address
 	challenges *tlsconf.Challenges
@@ -329,7 +333,7 @@ func (r *runner) startWatches(in *instance) {
 		if in.certs != nil {
 			ctx, stop := context.WithCancel(r.ctx)
 			r.stopCerts = stop
-			go in.certs.Watch(ctx, certFilePoll)
+			go in.certs.Watch(ctx, certFilePoll, r.certsRefused)
 		}
 	}
 }
@@ -369,17 +373,30 @@ func (r *runner) reload() error {
 		r.metrics.Reloaded(err)
 	}
 	if err != nil {
+		r.certsRefused(err)
 		r.log.Error("configuration reload failed; keeping the running configuration", "config", r.path, "err", err)
 	}
 	return err
 }
 
+// certsRefused counts a reload whose static certificate files were
+// refused, in popgate_certificate_reload_errors_total; other errors are
+// not counted there.
+func (r *runner) certsRefused(err error) {
+	var ce *tlsconf.CertificateError
+	if r.metrics != nil && errors.As(err, &ce) {
+		r.metrics.CertificateReloadFailed(ce.Reason)
+	}
+}
+
 func (r *runner) apply() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
 	if r.draining.Load() {
 		return errors.New("shutting down")
 	}
+	// Files are read first, without r.mu; the running instance changes
+	// only under reloadMu, which this reload holds.
 	old := r.current()
 	c := old.cfg
 	if r.path != "" {
@@ -398,6 +415,20 @@ func (r *runner) apply() error {
 			in.close() // refused: nothing has used it
 		}
 	}()
+	if in.certsReused {
+		// [tls] is as it was: re-read its files, as SIGHUP always did.
+		// This replaces the running store's certificates at once, as
+		// the file watch does.
+		if err := in.certs.Reload(); err != nil {
+			return err
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining.Load() {
+		return errors.New("shutting down")
+	}
 	if c.Log.Format != old.cfg.Log.Format {
 		r.log.Warn("log.format changed; it takes effect at the next restart", "running", old.cfg.Log.Format, "configured", c.Log.Format)
 	}
@@ -417,16 +448,6 @@ func (r *runner) apply() error {
 		if adminLn, err = net.Listen("tcp", addr); err != nil {
 			closeNew()
 			return fmt.Errorf("metrics.address: %w", err)
-		}
-	}
-	if in.certsReused {
-		// [tls] is as it was: re-read its files, as SIGHUP always did.
-		if err := in.certs.Reload(); err != nil {
-			closeNew()
-			if adminLn != nil {
-				adminLn.Close()
-			}
-			return err
 		}
 	}
 	if err := r.srv.Reconfigure(in.proxyConfig); err != nil {
@@ -501,7 +522,7 @@ const configFilePoll = 5 * time.Second
 // then polls in a goroutine of its own until ctx is done.
 func (r *runner) watchConfig(ctx context.Context, every time.Duration) {
 	sum := func() ([32]byte, bool) {
-		b, err := os.ReadFile(r.path)
+		b, err := readConfig(r.path)
 		return sha256.Sum256(b), err == nil
 	}
 	last, _ := sum()
