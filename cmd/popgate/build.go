@@ -4,12 +4,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"reflect"
 	"strings"
 
@@ -349,14 +347,14 @@ const (
 // readToken reads the admin token from path: one line of printable ASCII
 // without spaces, its line end dropped. Errors never show the token.
 func readToken(path string) (string, error) {
-	f, err := os.Open(path)
+	// A regular file (a FIFO must not hang start or reload) of bounded
+	// size; safefile's error names the path and never the content.
+	b, err := safefile.ReadFile(path, safefile.Options{Limit: maxTokenLen + 2})
+	if errors.Is(err, safefile.ErrTooLarge) {
+		return "", fmt.Errorf("%s holds more than %d bytes, which is no token", path, maxTokenLen)
+	}
 	if err != nil {
 		return "", err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTokenLen+1))
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
 	}
 	const hint = "put a random token in it, e.g. openssl rand -hex 32"
 	tok := strings.TrimRight(string(b), "\r\n")
