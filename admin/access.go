@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"time"
 )
 
 // Access says who may use the admin endpoints. The zero Access lets
@@ -48,6 +50,32 @@ type guard struct {
 	next   http.Handler
 	access func() Access
 	log    *slog.Logger
+	// Refusals are logged at most once per refusalLogEvery each, with
+	// the number left out since: a flood of them must not flood the log.
+	hostRefusals, tokenRefusals refusalLog
+}
+
+// refusalLogEvery is how often a kind of refusal may be logged.
+const refusalLogEvery = 10 * time.Second
+
+// refusalLog rate-limits one kind of log line.
+type refusalLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// take reports whether a line may be logged now and how many were left
+// out before it.
+func (l *refusalLog) take(now time.Time) (ok bool, skipped int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.last) < refusalLogEvery {
+		l.skipped++
+		return false, 0
+	}
+	l.last, skipped, l.skipped = now, l.skipped, 0
+	return true, skipped
 }
 
 // realm names the protection space in the 401 challenge (RFC 6750 §3).
@@ -56,8 +84,11 @@ const realm = `Bearer realm="popgate admin"`
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a := g.access()
 	if a.CheckHost && !probe(r.URL.Path) && !hostAllowed(r.Host, a.Hosts) {
-		g.log.Warn("admin: request for another host name refused (DNS rebinding?)",
-			"host", r.Host, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+		if ok, skipped := g.hostRefusals.take(time.Now()); ok {
+			g.log.Warn("admin: request for another host name refused (DNS rebinding?)",
+				"host", r.Host, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "refused_before", skipped)
+		}
+		w.Header().Set("Connection", "close")
 		writeText(w, http.StatusMisdirectedRequest, "misdirected request: this address does not answer to that host name\n")
 		return
 	}
@@ -68,9 +99,12 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if given {
 				challenge += `, error="invalid_token"`
 			}
-			g.log.Warn("admin: request without a valid token refused",
-				"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "token_given", given)
+			if ok, skipped := g.tokenRefusals.take(time.Now()); ok {
+				g.log.Warn("admin: request without a valid token refused",
+					"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "token_given", given, "refused_before", skipped)
+			}
 			w.Header().Set("WWW-Authenticate", challenge)
+			w.Header().Set("Connection", "close")
 			writeText(w, http.StatusUnauthorized, "unauthorized: send the admin token as \"Authorization: Bearer TOKEN\"\n")
 			return
 		}

@@ -180,7 +180,7 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
 	writeTimeout      = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
+	idleTimeout       = 30 * time.Second
 	maxHeaderBytes    = 16 << 10
 	shutdownTimeout   = 5 * time.Second
 )
@@ -202,8 +202,10 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logge
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	capped := newCapListener(ln, maxConns, maxConnsPerIP)
 	errc := make(chan error, 1)
-	go serveHTTP(srv, ln, errc)
+	go serveHTTP(srv, capped, errc)
+	go reportRefused(ctx, capped, log)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("admin: serve %s: %w", ln.Addr(), err)
@@ -217,6 +219,23 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logge
 	}
 	<-errc // http.ErrServerClosed
 	return nil
+}
+
+// reportRefused logs, at most once a minute, how many connections the caps
+// refused.
+func reportRefused(ctx context.Context, l *capListener, log *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n := l.refused(); n > 0 {
+				log.Warn("admin: connections refused at the connection caps", "refused", n, "max", maxConns, "max_per_ip", maxConnsPerIP)
+			}
+		}
+	}
 }
 
 // serveHTTP runs srv on ln and reports why it stopped.

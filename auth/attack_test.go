@@ -29,15 +29,15 @@ func TestAttackSuccessResetsAttackersCount(t *testing.T) {
 	for poll := range 10 {
 		for i := range 2 {
 			attacker := netip.AddrFrom4([4]byte{198, 51, 100, byte(poll*2 + i)})
-			if ok, _ := th.Begin(context.Background(), attacker, "alice"); !ok {
+			tk, ok, _ := th.Begin(context.Background(), attacker, "alice")
+			if !ok {
 				continue
 			}
 			guesses++
-			th.End(attacker, "alice", AttemptFailed)
+			th.End(tk, AttemptFailed)
 		}
-		if ok, _ := th.Begin(context.Background(), home, "alice"); ok { // the victim's poll
-			th.End(home, "alice", AttemptSucceeded)
-		}
+		tk, _, _ := th.Begin(context.Background(), home, "alice") // the victim's poll
+		th.End(tk, AttemptSucceeded)
 		now = now.Add(time.Minute)
 	}
 	if guesses > 3 {
@@ -59,9 +59,8 @@ func TestAttackThrottleMemoryPerKey(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	for i := range keys {
 		u := fmt.Sprintf("%d%s", i, strings.Repeat("a", nameLen))
-		if ok, _ := th.Begin(context.Background(), ip, u); ok {
-			th.End(ip, u, AttemptFailed)
-		}
+		tk, _, _ := th.Begin(context.Background(), ip, u)
+		th.End(tk, AttemptFailed)
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)

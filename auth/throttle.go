@@ -64,9 +64,9 @@ type Throttle struct {
 	ipv6Bits       int
 	ips            *simplelru.LRU[netip.Prefix, *failures]
 	users          *simplelru.LRU[string, *failures]
-	// ended is closed (and replaced) whenever an attempt ends, waking
-	// the Begins that wait for a place.
-	ended chan struct{}
+	// reconfigured is closed (and replaced) by Reconfigure, waking every
+	// Begin that waits, to look again under the new limits.
+	reconfigured chan struct{}
 }
 
 // ThrottleConfig configures [NewThrottle].
@@ -93,6 +93,9 @@ type failures struct {
 	// mixed is set once they came from more than one.
 	from  netip.Prefix
 	mixed bool
+	// ended, when not nil, is closed when an attempt of this key ends
+	// (or the key is evicted), waking the Begins that wait for a place.
+	ended chan struct{}
 }
 
 // DefaultThrottleSize is the LRU size NewThrottle uses for Size <= 0.
@@ -122,10 +125,11 @@ func NewThrottle(c ThrottleConfig) *Throttle {
 	if now == nil {
 		now = time.Now
 	}
-	t := &Throttle{now: now, ended: make(chan struct{})}
-	// simplelru.NewLRU fails only for size <= 0.
-	t.ips, _ = simplelru.NewLRU[netip.Prefix, *failures](throttleSize(c), nil)
-	t.users, _ = simplelru.NewLRU[string, *failures](throttleSize(c), nil)
+	t := &Throttle{now: now, reconfigured: make(chan struct{})}
+	// simplelru.NewLRU fails only for size <= 0. An evicted key's waiters
+	// look again (and find a fresh budget).
+	t.ips, _ = simplelru.NewLRU(throttleSize(c), func(_ netip.Prefix, f *failures) { f.wake() })
+	t.users, _ = simplelru.NewLRU(throttleSize(c), func(_ string, f *failures) { f.wake() })
 	t.setLimits(c)
 	return t
 }
@@ -151,7 +155,7 @@ func (t *Throttle) Reconfigure(c ThrottleConfig) {
 	t.setLimits(c)
 	t.ips.Resize(throttleSize(c))
 	t.users.Resize(throttleSize(c))
-	t.wake() // waiters recheck under the new limits
+	t.wakeAll() // waiters look again under the new limits
 }
 
 // enabled reports whether the Throttle limits anything; t.mu is held.
@@ -170,50 +174,61 @@ func userKey(user string) (string, bool) {
 	return k, user != ""
 }
 
-// wake wakes the Begins waiting for a place; t.mu is held.
-func (t *Throttle) wake() {
-	close(t.ended)
-	t.ended = make(chan struct{})
+// wakeAll wakes every Begin that waits (a reconfiguration); t.mu is held.
+func (t *Throttle) wakeAll() {
+	close(t.reconfigured)
+	t.reconfigured = make(chan struct{})
+}
+
+// Ticket is an attempt's place in the budgets, from Begin to End: it
+// records which keys Begin counted, so that End releases exactly those,
+// whatever the limits became meanwhile (a reload).
+type Ticket struct {
+	ip     netip.Prefix // the address key counted; invalid: none
+	user   string       // the user key counted; "": none
+	from   netip.Prefix // the client's network, which a success may clear
+	placed bool         // Begin let the attempt go ahead
 }
 
 // Begin reports whether a login attempt from ip for user may go ahead and,
 // when not, how long until it may. An attempt that may go ahead holds a
-// place in both budgets until End reports how it ended; the caller must
-// call End exactly once for it. When only attempts in flight fill a budget,
-// Begin waits for one to end, at most until ctx ends. An invalid ip or
-// empty user is not checked on that side.
-func (t *Throttle) Begin(ctx context.Context, ip netip.Addr, user string) (ok bool, retryAfter time.Duration) {
+// place in both budgets until End reports how it ended with the Ticket;
+// the caller must call End exactly once for it (End with a Ticket of a
+// refused attempt does nothing). When only attempts in flight fill a
+// budget, Begin waits for one of that budget to end, at most until ctx
+// ends. An invalid ip or empty user is not checked on that side.
+func (t *Throttle) Begin(ctx context.Context, ip netip.Addr, user string) (tk Ticket, ok bool, retryAfter time.Duration) {
 	if t == nil {
-		return true, 0
+		return Ticket{}, true, 0
 	}
 	for {
-		ok, retryAfter, ended := t.begin(ip, user)
+		tk, ok, retryAfter, ended, reconf := t.begin(ip, user)
 		if ended == nil {
-			return ok, retryAfter
+			return tk, ok, retryAfter
 		}
 		select {
 		case <-ended:
+		case <-reconf:
 		case <-ctx.Done():
-			return false, InFlightRetry
+			return Ticket{}, false, InFlightRetry
 		}
 	}
 }
 
 // begin makes one try of Begin. A non-nil ended means the budget is full of
-// attempts in flight: wait for it to close and try again.
-func (t *Throttle) begin(ip netip.Addr, user string) (ok bool, retryAfter time.Duration, ended <-chan struct{}) {
+// attempts in flight: wait for it or reconf to close and try again.
+func (t *Throttle) begin(ip netip.Addr, user string) (tk Ticket, ok bool, retryAfter time.Duration, ended, reconf <-chan struct{}) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.enabled() {
-		return true, 0, nil
+		return Ticket{}, true, 0, nil, nil
 	}
 	now := t.now()
-	ipk, hasIP := ClientNet(ip, t.ipv6Bits)
-	hasIP = hasIP && t.maxIP > 0
+	from, _ := ClientNet(ip, t.ipv6Bits)
+	ipk, hasIP := from, from.IsValid() && t.maxIP > 0
 	uk, hasUser := userKey(user)
 	hasUser = hasUser && t.maxUser > 0
 	var fi, fu *failures
-	busy := false
 	check := func(f *failures, limit int) {
 		if f == nil {
 			return
@@ -226,8 +241,11 @@ func (t *Throttle) begin(ip netip.Addr, user string) (ok bool, retryAfter time.D
 			// Counted under a looser limit (before a reload): as
 			// good as locked until the count's window ends.
 			retryAfter = max(retryAfter, f.start.Add(t.window).Sub(now))
-		case n+f.inFlight >= limit:
-			busy = true
+		case n+f.inFlight >= limit && ended == nil:
+			if f.ended == nil {
+				f.ended = make(chan struct{})
+			}
+			ended = f.ended
 		}
 	}
 	if hasIP {
@@ -240,16 +258,18 @@ func (t *Throttle) begin(ip netip.Addr, user string) (ok bool, retryAfter time.D
 	}
 	switch {
 	case retryAfter > 0:
-		return false, retryAfter, nil
-	case busy:
-		return false, InFlightRetry, t.ended
+		return Ticket{}, false, retryAfter, nil, nil
+	case ended != nil:
+		return Ticket{}, false, InFlightRetry, ended, t.reconfigured
 	}
+	tk = Ticket{from: from, placed: true}
 	if hasIP {
 		if fi == nil {
 			fi = &failures{}
 			t.ips.Add(ipk, fi)
 		}
 		fi.inFlight++
+		tk.ip = ipk
 	}
 	if hasUser {
 		if fu == nil {
@@ -257,38 +277,37 @@ func (t *Throttle) begin(ip netip.Addr, user string) (ok bool, retryAfter time.D
 			t.users.Add(uk, fu)
 		}
 		fu.inFlight++
+		tk.user = uk
 	}
-	return true, 0, nil
+	return tk, true, 0, nil, nil
 }
 
-// End reports how an attempt that Begin let go ahead ended.
-func (t *Throttle) End(ip netip.Addr, user string, r AttemptResult) {
-	if t == nil {
+// End reports how the attempt of tk ended.
+func (t *Throttle) End(tk Ticket, r AttemptResult) {
+	if t == nil || !tk.placed {
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	defer t.wake()
-	if !t.enabled() {
-		return
-	}
 	now := t.now()
-	ipk, hasIP := ClientNet(ip, t.ipv6Bits)
-	if hasIP && t.maxIP > 0 {
-		endKey(t.ips, ipk, r, netip.Prefix{}, now, t.maxIP, t.window)
+	if tk.ip.IsValid() {
+		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window)
 	}
-	if k, ok := userKey(user); ok && t.maxUser > 0 {
-		endKey(t.users, k, r, ipk, now, t.maxUser, t.window)
+	if tk.user != "" {
+		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window)
 	}
 }
 
-// endKey ends one attempt of key k in lru. from is the client's network
-// for a user key, which a success clears when all its failures came from
-// there; invalid for an address key, which a success never clears.
+// endKey ends one attempt of key k in lru under the current limit and
+// window (a limit of 0 or a window <= 0 counts nothing). from is the
+// client's network for a user key, which a success clears when all its
+// failures came from there; invalid for an address key, which a success
+// never clears.
 func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult, from netip.Prefix, now time.Time, limit int, window time.Duration) {
+	counts := limit > 0 && window > 0
 	f, ok := lru.Get(k)
 	if !ok {
-		if r != AttemptFailed {
+		if r != AttemptFailed || !counts {
 			return
 		}
 		// Evicted while in flight (a flood of other keys): the failure
@@ -300,13 +319,24 @@ func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult
 		f.inFlight--
 	}
 	switch {
+	case !counts:
 	case r == AttemptFailed:
 		f.add(now, limit, window, from)
 	case r == AttemptSucceeded && from.IsValid() && !f.mixed && (f.n == 0 || f.from == from):
 		f.n, f.locked = 0, time.Time{}
 	}
+	// The attempts waiting for this key's budget look again.
+	f.wake()
 	if f.inFlight == 0 && f.count(now, window) == 0 && f.lockLeft(now) == 0 {
 		lru.Remove(k)
+	}
+}
+
+// wake wakes the Begins waiting for f's budget.
+func (f *failures) wake() {
+	if f.ended != nil {
+		close(f.ended)
+		f.ended = nil
 	}
 }
 

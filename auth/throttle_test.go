@@ -50,19 +50,15 @@ var noWait = func() context.Context {
 // try runs one attempt that ends with r; it reports whether Begin let it go
 // ahead.
 func try(th *Throttle, ip netip.Addr, user string, r AttemptResult) bool {
-	ok, _ := th.Begin(noWait, ip, user)
-	if ok {
-		th.End(ip, user, r)
-	}
+	tk, ok, _ := th.Begin(noWait, ip, user)
+	th.End(tk, r)
 	return ok
 }
 
 // allowed asks Begin and gives the place back at once.
 func allowed(th *Throttle, ip netip.Addr, user string) (bool, time.Duration) {
-	ok, wait := th.Begin(noWait, ip, user)
-	if ok {
-		th.End(ip, user, AttemptAborted)
-	}
+	tk, ok, wait := th.Begin(noWait, ip, user)
+	th.End(tk, AttemptAborted)
 	return ok, wait
 }
 
@@ -192,39 +188,42 @@ func TestThrottleMixedSuccess(t *testing.T) {
 func TestThrottleInFlight(t *testing.T) {
 	clk := newClock()
 	th := newTestThrottle(5, 3, time.Minute, clk)
+	var tks []Ticket
 	for i := range 3 {
-		if ok, _ := th.Begin(context.Background(), ip1, "alice"); !ok {
+		tk, ok, _ := th.Begin(context.Background(), ip1, "alice")
+		if !ok {
 			t.Fatalf("attempt %d refused", i+1)
 		}
+		tks = append(tks, tk)
 	}
 	// Three in flight fill alice's budget; the address has room. A
 	// fourth waits for one of them, here until its context ends.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if ok, wait := th.Begin(ctx, ip2, "alice"); ok || wait != InFlightRetry {
+	if _, ok, wait := th.Begin(ctx, ip2, "alice"); ok || wait != InFlightRetry {
 		t.Fatalf("4th attempt in flight = %v, %v; want refused for %v", ok, wait, InFlightRetry)
 	}
 	// One that waits goes ahead as soon as one in flight ends well.
-	went := make(chan bool)
+	went := make(chan Ticket)
 	go func() {
-		ok, _ := th.Begin(context.Background(), ip2, "alice")
-		went <- ok
+		tk, ok, _ := th.Begin(context.Background(), ip2, "alice")
+		if !ok {
+			t.Error("a waiting attempt was refused after one in flight succeeded")
+		}
+		went <- tk
 	}()
-	th.End(ip1, "alice", AttemptSucceeded)
-	if !<-went {
-		t.Fatal("a waiting attempt was refused after one in flight succeeded")
-	}
-	th.End(ip2, "alice", AttemptAborted)
-	if ok, _ := th.Begin(context.Background(), ip1, "alice"); !ok {
+	th.End(tks[0], AttemptSucceeded)
+	tk := <-went
+	th.End(tk, AttemptAborted)
+	if tk, ok, _ := th.Begin(context.Background(), ip1, "alice"); !ok {
 		t.Fatal("place not given back")
-	}
-	if ok, _ := allowed(th, ip1, "bob"); !ok {
-		t.Fatal("bob refused")
+	} else {
+		tks[0] = tk
 	}
 	// Three in flight again; they fail: 3 failures lock alice.
-	th.End(ip1, "alice", AttemptFailed)
-	th.End(ip1, "alice", AttemptFailed)
-	th.End(ip1, "alice", AttemptFailed)
+	for _, tk := range tks {
+		th.End(tk, AttemptFailed)
+	}
 	if ok, wait := allowed(th, ip1, "alice"); ok || wait != time.Minute {
 		t.Errorf("after 3 failures: %v, %v; want locked for 1m", ok, wait)
 	}
@@ -337,12 +336,13 @@ func TestThrottleConcurrent(t *testing.T) {
 	for g := range 90 {
 		wg.Go(func() {
 			ip := netip.AddrFrom4([4]byte{10, 0, 0, byte(g % 2)})
-			if ok, _ := th.Begin(context.Background(), ip, "victim"); !ok {
+			tk, ok, _ := th.Begin(context.Background(), ip, "victim")
+			if !ok {
 				return
 			}
 			ahead.Add(1)
 			<-release // the backend is slow: all attempts are in flight together
-			th.End(ip, "victim", AttemptFailed)
+			th.End(tk, AttemptFailed)
 		})
 	}
 	// Let every goroutine reach Begin before any attempt ends.

@@ -180,7 +180,7 @@ type Config struct {
 	// Throttle limits failed logins per client address and per user; nil
 	// means no limit. A throttled attempt reaches neither the router nor
 	// a backend.
-	Throttle Throttle
+	Throttle *auth.Throttle
 	// AssumedFailureTime is what a backend is assumed to take to refuse a
 	// login until it has refused a few dozen: popgate answers every
 	// refusal of credentials no sooner than the longest time backends
@@ -304,18 +304,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// Throttle limits failed logins. See auth.Throttle.
-type Throttle interface {
-	// Begin reports whether a login from ip for user may be tried, and
-	// if not, how long until it may. A login that may be tried holds a
-	// place in the budget until End. Begin may wait for places to free,
-	// at most until ctx ends. user "" counts against ip only.
-	Begin(ctx context.Context, ip netip.Addr, user string) (bool, time.Duration)
-	// End reports how a login that Begin let go ahead ended: failed (bad
-	// credentials, unknown user), succeeded, or aborted (neither).
-	End(ip netip.Addr, user string, r auth.AttemptResult)
 }
 
 // Server is a POP3 proxy. Build it with [New]; it serves listeners passed to

@@ -532,6 +532,9 @@ func (sess *session) endRead(err error) {
 	case isTimeout(err):
 		sess.result = resultTimeout
 		sess.raw.SetWriteDeadline(time.Now().Add(time.Second))
+		// A flush that failed at the deadline left its error in bw;
+		// start afresh so that the client learns why it is closed.
+		sess.bw.Reset(sess.conn)
 		sess.bw.WriteString("-ERR [SYS/TEMP] Login timeout\r\n")
 		sess.bw.Flush()
 	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
@@ -721,7 +724,6 @@ func (sess *session) saslResponse(ir string, hasIR bool, prompt string) (resp []
 // connection on success; done is true when the session is to end.
 func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
-	start := time.Now()
 	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
 	var reply string
@@ -738,22 +740,25 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	// the lookup until its outcome is known, so that attempts sent at
 	// once cannot race past the limit.
 	th := sess.cfg.Throttle
-	ip := sess.remote.Addr().Unmap()
+	var tk auth.Ticket
 	if th != nil {
 		bctx, cancel := context.WithDeadline(ctx, sess.deadline)
-		ok, wait := th.Begin(bctx, ip, throttleUser)
+		var ok bool
+		var wait time.Duration
+		tk, ok, wait = th.Begin(bctx, sess.remote.Addr().Unmap(), throttleUser)
 		cancel()
 		if !ok {
 			reply, err = "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
-			th = nil // nothing to end
 		}
 	}
+	// The attempt's time counts from here: a wait for a place in the
+	// throttle says nothing of the name, and must not become a backend's
+	// refusal time (failureTimes).
+	start := time.Now()
 	if err == nil {
 		bc, reply, err = sess.tryLogin(ctx, creds, attempt)
 	}
-	if th != nil {
-		th.End(ip, throttleUser, sess.attemptResult(ctx, err))
-	}
+	th.End(tk, attemptResult(err))
 	if err == nil {
 		sess.srv.obs.Login(sess.l.Name, LoginOK)
 		sess.bw.WriteString(reply)
@@ -801,33 +806,25 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	return nil, false
 }
 
+// verdictGrace is how long past the login deadline a lookup's or a
+// backend's verdict on credentials already sent is awaited (see tryLogin).
+const verdictGrace = 15 * time.Second
+
 // msgAuthFailed answers every refusal of credentials, whatever its reason.
 const msgAuthFailed = "-ERR [AUTH] Authentication failed\r\n"
 
 // throttleUser returns the name a login counts under in the throttle: the
 // user, or with MasterUserSeparator the master user a "user*master" name
 // logs in as, so that guesses at the master's password spread over many
-// user names share one budget.
+// user names share one budget, the one of the master's own logins
+// ("master", or AUTH PLAIN with "master" as the authentication identity).
 func (sess *session) throttleUser(user string) string {
 	if sep := sess.cfg.MasterUserSeparator; sep != "" {
 		if i := strings.LastIndex(user, sep); i >= 0 {
-			return sep + user[i+len(sep):] // "*master": no user is named so
+			return user[i+len(sep):]
 		}
 	}
 	return user
-}
-
-// attemptResult tells the throttle how a login attempt ended. An attempt
-// that the login deadline cut off while the lookup or the backend was
-// deciding counts as failed: a backend that answers a right password at
-// once and a wrong one after its failure delay would otherwise answer
-// "+OK" to right guesses while no wrong one was ever counted.
-func (sess *session) attemptResult(ctx context.Context, err error) auth.AttemptResult {
-	r := attemptResult(err)
-	if r == auth.AttemptAborted && ctx.Err() == nil && isTimeout(err) && !sess.cfg.now().Before(sess.deadline) {
-		return auth.AttemptFailed
-	}
-	return r
 }
 
 // tryLogin returns the line to send to the client (CRLF included) and, on
@@ -835,7 +832,13 @@ func (sess *session) attemptResult(ctx context.Context, err error) auth.AttemptR
 func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, string, error) {
 	const authFailed = msgAuthFailed
 	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
-	ctx, cancel := context.WithDeadline(ctx, sess.deadline)
+	// A verdict on credentials already sent is awaited a little past the
+	// login deadline, so that it counts: a backend answers a right
+	// password at once and a wrong one after its failure delay, and a
+	// guess timed to be cut off by login_timeout would otherwise tell a
+	// right password (+OK) from a wrong one (closed) without the wrong
+	// ones ever counting. The client, past its deadline, hears nothing.
+	ctx, cancel := context.WithDeadline(ctx, sess.deadline.Add(verdictGrace))
 	defer cancel()
 	req := &auth.Request{
 		Credentials: creds,

@@ -31,11 +31,10 @@ func TestAttackReloadForgetsLocks(t *testing.T) {
 	}
 	ip := netip.MustParseAddr("198.51.100.7")
 	for range 3 {
-		if ok, _ := in1.throttle.Begin(context.Background(), ip, "alice"); ok {
-			in1.throttle.End(ip, "alice", auth.AttemptFailed)
-		}
+		tk, _, _ := in1.throttle.Begin(context.Background(), ip, "alice")
+		in1.throttle.End(tk, auth.AttemptFailed)
 	}
-	if ok, _ := in1.throttle.Begin(context.Background(), ip, "alice"); ok {
+	if _, ok, _ := in1.throttle.Begin(context.Background(), ip, "alice"); ok {
 		t.Fatal("alice not locked after 3 failures")
 	}
 	// The operator tightens the limit to 2.
@@ -48,7 +47,7 @@ func TestAttackReloadForgetsLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	in2.goLive() // as the runner does once the reload is in place
-	if ok, _ := in2.throttle.Begin(context.Background(), ip, "alice"); ok {
+	if _, ok, _ := in2.throttle.Begin(context.Background(), ip, "alice"); ok {
 		t.Errorf("after a reload that lowered max_failures_per_user, the locked user may be guessed again")
 	}
 }
