@@ -127,6 +127,9 @@ func trConversations() []trConversation {
 		c.cmd("QUIT")
 		c.eof()
 	}
+	refusedWith := func(code string) func(*pop3test.Server) {
+		return func(s *pop3test.Server) { s.LoginError = code }
+	}
 	return []trConversation{
 		{
 			name:     "pop3s-retr",
@@ -201,6 +204,103 @@ func trConversations() []trConversation {
 				c.cmd("AUTH LOGIN")
 				c.cmd(b64(testUser))
 				c.cmd(b64(testPass))
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-wrong-password",
+			about:    "A wrong password: the backend refuses it with [AUTH], and so does\npopgate.",
+			listener: "pop3s",
+			run: func(c *trClient) {
+				c.cmd("USER " + testUser)
+				c.cmd("PASS " + trWrongPass)
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-backend-wording",
+			about:    "The backend refuses the credentials in words of its own: popgate\nanswers with its own, the answer every refusal of credentials gets, so\nthat no backend's wording tells a wrong password from an unknown name\n(RelayBackendErrors off, the default).",
+			listener: "pop3s",
+			backend:  refusedWith("[AUTH] no mailbox alice@example.com here"),
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-unknown-user",
+			about:    "A user no route knows: popgate refuses the login with the words of a\nwrong password, without asking any backend.",
+			listener: "pop3s",
+			run: func(c *trClient) {
+				c.cmd("USER nobody@example.com")
+				c.cmd("PASS " + testPass)
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-too-many",
+			about:    "Three failed logins in one session: popgate answers the third and\ncloses the connection.",
+			listener: "pop3s",
+			run: func(c *trClient) {
+				for range 3 {
+					c.cmd("USER " + testUser)
+					c.cmd("PASS " + trWrongPass)
+				}
+				c.eof()
+			},
+		},
+		{
+			name:     "refused-in-use",
+			about:    "The backend accepts the password but the mailbox is locked: its\n[IN-USE] answer is relayed as it is (RFC 2449 §8.1.2).",
+			listener: "pop3s",
+			backend:  refusedWith("[IN-USE] maildrop already locked by another session"),
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-login-delay",
+			about:    "The backend accepts the password but asks the client to wait: its\n[LOGIN-DELAY] answer is relayed as it is (RFC 2449 §8.1.1).",
+			listener: "pop3s",
+			backend:  refusedWith("[LOGIN-DELAY] wait 5 minutes between logins"),
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-sys-perm",
+			about:    "The backend has trouble of its own: its [SYS/PERM] answer is relayed\nas it is (RFC 3206).",
+			listener: "pop3s",
+			backend:  refusedWith("[SYS/PERM] mailbox is corrupt, ask your administrator"),
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
+		{
+			name:        "refused-backend-down",
+			about:       "The backend cannot be reached: popgate answers [SYS/TEMP] (RFC 3206).",
+			listener:    "pop3s",
+			backendDown: true,
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
+		{
+			name:     "refused-throttled",
+			about:    "The failed-login throttle, at one failure per user: after a wrong\npassword even the right one is refused with [SYS/TEMP], and the backend\nis not asked.",
+			listener: "pop3s",
+			config: func(cfg *Config) {
+				fixed := time.Date(2025, 3, 3, 9, 0, 0, 0, time.UTC)
+				cfg.Throttle = auth.NewThrottle(auth.ThrottleConfig{MaxPerUser: 1, Window: time.Hour, Now: func() time.Time { return fixed }})
+			},
+			run: func(c *trClient) {
+				c.cmd("USER " + testUser)
+				c.cmd("PASS " + trWrongPass)
+				login(c)
 				quit(c)
 			},
 		},
