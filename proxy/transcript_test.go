@@ -304,6 +304,41 @@ func trConversations() []trConversation {
 				quit(c)
 			},
 		},
+		{
+			name:        "backend-stls",
+			about:       "A backend reached with STLS: popgate checks that it offers STLS,\nupgrades, asks CAPA again (RFC 2595 §4) and only then logs in.",
+			listener:    "pop3s",
+			backendMode: TLSStartTLS,
+			run: func(c *trClient) {
+				login(c)
+				c.cmd("STAT")
+				quit(c)
+			},
+		},
+		{
+			name:        "backend-pop3s",
+			about:       "A backend reached with implicit TLS (POP3S).",
+			listener:    "pop3s",
+			backendMode: TLSImplicit,
+			run: func(c *trClient) {
+				login(c)
+				c.cmd("STAT")
+				quit(c)
+			},
+		},
+		{
+			name:     "backend-auth-plain",
+			about:    "A backend that offers SASL PLAIN and no USER: popgate logs in to it\nwith AUTH PLAIN, whatever the client used.",
+			listener: "pop3s",
+			backend: func(s *pop3test.Server) {
+				s.NoUSER = true
+				s.SASL = []string{"PLAIN"}
+			},
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
 	}
 }
 
