@@ -164,7 +164,7 @@ func (sess *session) endRead(err error) {
 		// A flush that failed at the deadline left its error in bw;
 		// start afresh so that the client learns why it is closed.
 		sess.bw.Reset(sess.conn)
-		sess.bw.WriteString("-ERR [SYS/TEMP] Login timeout\r\n")
+		sess.bw.WriteString("-ERR " + pop3.CodeSysTemp + " Login timeout\r\n")
 		sess.bw.Flush()
 	case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
 		sess.result = resultClosed
@@ -241,7 +241,7 @@ func (sess *session) stls(ctx context.Context) bool {
 	return true
 }
 
-const msgPlaintextRefused = "-ERR [AUTH] Plaintext login is not allowed here, use STLS first"
+const msgPlaintextRefused = "-ERR " + pop3.CodeAuth + " Plaintext login is not allowed here, use STLS first"
 
 func (sess *session) cmdUser(arg string) {
 	if !sess.loginAllowed() {

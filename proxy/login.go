@@ -40,7 +40,7 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 		tk, ok, wait = th.Begin(bctx, sess.remote.Addr().Unmap(), throttleUser)
 		cancel()
 		if !ok {
-			reply, err = "-ERR [SYS/TEMP] Too many failed logins, try again later\r\n", &throttledError{wait}
+			reply, err = msgThrottled, &throttledError{wait}
 		}
 	}
 	// The attempt's time counts from here: a wait for a place in the
@@ -102,8 +102,18 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 // backend's verdict on credentials already sent is awaited (see tryLogin).
 const verdictGrace = 15 * time.Second
 
-// msgAuthFailed answers every refusal of credentials, whatever its reason.
-const msgAuthFailed = "-ERR [AUTH] Authentication failed\r\n"
+// The login's own answers to the client, CRLF included. The RFC 3206 code
+// tells a client what to do: [AUTH], ask the user for the password again;
+// [SYS/TEMP], try again later without bothering the user.
+const (
+	// msgAuthFailed answers every refusal of credentials, whatever its
+	// reason.
+	msgAuthFailed = "-ERR " + pop3.CodeAuth + " Authentication failed\r\n"
+	// msgTempFail answers a lookup's or a backend's trouble.
+	msgTempFail = "-ERR " + pop3.CodeSysTemp + " Service temporarily unavailable, try again later\r\n"
+	// msgThrottled answers an attempt the throttle refused.
+	msgThrottled = "-ERR " + pop3.CodeSysTemp + " Too many failed logins, try again later\r\n"
+)
 
 // throttleUser returns the name a login counts under in the throttle: the
 // user, or with MasterUserSeparator the master user a "user*master" name
@@ -123,7 +133,7 @@ func (sess *session) throttleUser(user string) string {
 // success, the logged-in backend connection.
 func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, string, error) {
 	const authFailed = msgAuthFailed
-	const tempFail = "-ERR [SYS/TEMP] Service temporarily unavailable, try again later\r\n"
+	const tempFail = msgTempFail
 	// A verdict on credentials already sent is awaited a little past the
 	// login deadline, so that it counts: a backend answers a right
 	// password at once and a wrong one after its failure delay, and a
@@ -325,7 +335,7 @@ func isCredentialFailure(err error) bool {
 		// code counts only where RFC 2449 puts it, so that a backend
 		// echoing the user name cannot make a guess uncounted.
 		switch code := pop3.ResponseCode(br.reply); {
-		case code == pop3.CodeInUse, code == pop3.CodeLoginDelay, strings.HasPrefix(code, "[SYS/"):
+		case code == pop3.CodeInUse, code == pop3.CodeLoginDelay, pop3.IsSys(code):
 			return false
 		}
 		return true

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/popgate/popgate/proxy/internal/pop3"
 )
 
 // Server is a POP3 proxy. Build it with [New]; it serves listeners passed to
@@ -310,7 +312,7 @@ func (s *Server) countIP(sess *session, client netip.AddrPort) bool {
 func refuseConn(c net.Conn, l Listener) {
 	if l.TLS != TLSImplicit {
 		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write([]byte("-ERR [SYS/TEMP] Too many connections, try again later\r\n"))
+		c.Write([]byte("-ERR " + pop3.CodeSysTemp + " Too many connections, try again later\r\n"))
 	}
 	c.Close()
 }
