@@ -13,19 +13,21 @@ import (
 )
 
 // login routes creds and logs in to the backend. It returns the backend
-// connection on success; done is true when the session is to end.
+// connection on success; done is true when the session is to end. What the
+// attempt's end means (the reply, the result counted and logged, the
+// throttle's verdict, the failure's timing) is classify's to decide; login
+// only carries it out.
 func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
 	sess.setLogin(creds.User, "")
 	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
-	var reply string
 	// Unusable credentials are refused before anything else; they count
 	// against the client's address only, so that an over-long name never
 	// becomes a throttle key.
 	err := creds.Check()
 	throttleUser := sess.throttleUser(creds.User)
 	if err != nil {
-		reply, err = msgAuthFailed, &auth.DeniedError{Reason: err.Error()}
+		err = &auth.DeniedError{Reason: err.Error()}
 		throttleUser = ""
 	}
 	// The attempt holds its place in the throttle's budgets from before
@@ -40,7 +42,7 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 		tk, ok, wait = th.Begin(bctx, sess.remote.Addr().Unmap(), throttleUser)
 		cancel()
 		if !ok {
-			reply, err = msgThrottled, &throttledError{wait}
+			err = &throttledError{wait}
 		}
 	}
 	// The attempt's time counts from here: a wait for a place in the
@@ -48,48 +50,34 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	// refusal time (failureTimes).
 	start := time.Now()
 	if err == nil {
-		bc, reply, err = sess.tryLogin(ctx, creds, attempt)
+		bc, err = sess.tryLogin(ctx, creds, attempt)
 	}
-	th.End(tk, attemptResult(err))
+	out := classify(err, sess.cfg)
+	th.End(tk, out.attempt)
 	if err == nil {
-		sess.srv.obs.Login(sess.l.Name, LoginOK)
-		sess.bw.WriteString(reply)
+		sess.srv.obs.Login(sess.l.Name, out.result)
+		sess.bw.WriteString(bc.reply)
 		return bc, false
 	}
 	if ctx.Err() != nil {
 		// The session was closed (shutdown, an operator) while the
 		// login was under way: no failure of the client's, the
-		// router's or the backend's; nothing to count or throttle.
+		// router's or the backend's; nothing to count or answer. The
+		// throttle heard the outcome above: the attempt's own.
 		sess.result = resultShutdown
 		sess.lastErr = err
 		return nil, true
 	}
 	sess.failures++
 	sess.lastErr = err
-	lvl := slog.LevelInfo
-	switch {
-	case isThrottled(err):
-		sess.result = resultThrottled
-	case errors.Is(err, auth.ErrNoRoute):
-		sess.result = resultNoRoute
-	case isDenied(err):
-		sess.result = resultAuthFailed
-	case isLookupError(err):
-		sess.result = resultLookupError
-		lvl = slog.LevelWarn
-	case isBackendRejected(err):
-		sess.result = resultAuthFailed
-	default:
-		sess.result = resultBackendError
-		lvl = slog.LevelWarn
-	}
-	sess.srv.obs.Login(sess.l.Name, sess.result)
-	sess.logger().Log(context.Background(), lvl, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", sess.result, "err", err)
-	if !sess.sleep(ctx, sess.failureWait(err, time.Since(start))) {
+	sess.result = out.result
+	sess.srv.obs.Login(sess.l.Name, out.result)
+	sess.logger().Log(context.Background(), out.level, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", out.result, "err", err)
+	if !sess.sleep(ctx, sess.failureWait(out, time.Since(start))) {
 		sess.result = resultShutdown
 		return nil, true
 	}
-	sess.bw.WriteString(reply)
+	sess.bw.WriteString(out.reply)
 	if sess.failures >= sess.cfg.maxLoginFailures() {
 		sess.bw.Flush()
 		sess.logger().Info("too many failed logins, closing", "failures", sess.failures)
@@ -129,11 +117,10 @@ func (sess *session) throttleUser(user string) string {
 	return user
 }
 
-// tryLogin returns the line to send to the client (CRLF included) and, on
-// success, the logged-in backend connection.
-func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, string, error) {
-	const authFailed = msgAuthFailed
-	const tempFail = msgTempFail
+// tryLogin routes creds and logs in to the backend: it returns the
+// logged-in backend connection, or the failure as one of the typed errors
+// classify knows.
+func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, error) {
 	// A verdict on credentials already sent is awaited a little past the
 	// login deadline, so that it counts: a backend answers a right
 	// password at once and a wrong one after its failure delay, and a
@@ -157,9 +144,9 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	dec, err := sess.cfg.Router.Route(ctx, req)
 	if err != nil {
 		if errors.Is(err, auth.ErrNoRoute) || isDenied(err) {
-			return nil, authFailed, err
+			return nil, err
 		}
-		return nil, tempFail, &lookupError{err}
+		return nil, &lookupError{err}
 	}
 	sess.setLogin(creds.User, dec.Backend)
 	b := sess.cfg.Backends[dec.Backend]
@@ -170,17 +157,14 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		b = &Backend{Name: "(lookup)", Address: dec.Address}
 		sess.setLogin(creds.User, dec.Address)
 	case b == nil:
-		return nil, tempFail, &lookupError{errors.New("route names unknown backend " + quote(dec.Backend))}
+		return nil, &lookupError{errors.New("route names unknown backend " + quote(dec.Backend))}
 	}
 	if dec.User == "" {
 		dec.User, dec.Password = creds.User, creds.Password
 	}
 	authz, err := authorizationID(creds, dec, b)
 	if err != nil {
-		if isDenied(err) {
-			return nil, authFailed, err
-		}
-		return nil, tempFail, err
+		return nil, err
 	}
 	dec.AuthzID = authz
 	switch {
@@ -191,27 +175,10 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	}
 	// A router may rewrite the login; hold the result to the same rule.
 	if err := (auth.Credentials{User: dec.User, Password: dec.Password, AuthzID: dec.AuthzID}).Check(); err != nil {
-		return nil, tempFail, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
+		return nil, &lookupError{errors.New("router returned unusable credentials: " + err.Error())}
 	}
 	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls, logger: sess.logger}
-	bc, reply, err := sess.srv.dialBackend(ctx, sess.cfg, b, dec, ci)
-	if err != nil {
-		if isBackendRejected(err) {
-			// A refusal of the credentials gets popgate's own words,
-			// the same as an unknown name's: a backend that words
-			// "no such user" apart from "wrong password" (or only
-			// ends its sentence differently) would give names away.
-			// Answers that come only after the password was checked
-			// ([IN-USE], [LOGIN-DELAY]) and the backend's own trouble
-			// ([SYS/...]) are relayed as they are.
-			if !sess.cfg.RelayBackendErrors && isCredentialFailure(err) {
-				reply = authFailed
-			}
-			return nil, reply, err
-		}
-		return nil, tempFail, err
-	}
-	return bc, reply, nil
+	return sess.srv.dialBackend(ctx, sess.cfg, b, dec, ci)
 }
 
 // authorizationID returns the SASL authorization identity to send to
@@ -277,31 +244,24 @@ func (sess *session) sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // failureWait returns how long to wait before answering a login that
-// failed with err after took. A refusal of credentials, whoever gave it,
-// first waits until it took the floor of failureTimes, so that timing
-// tells no name apart; a backend's refusal is recorded there first. Then
-// every failure waits failure_delay, or the lookup's Auth-Wait when longer.
-func (sess *session) failureWait(err error, took time.Duration) time.Duration {
+// failed with out after took. A refusal of credentials, whoever gave it
+// (out.pad), first waits until it took the floor of failureTimes, so that
+// timing tells no name apart; a backend's refusal is recorded there first
+// (out.record). Then every failure waits out.delay.
+func (sess *session) failureWait(out loginOutcome, took time.Duration) time.Duration {
+	seed := sess.cfg.assumedFailureTime()
+	if out.record != "" {
+		sess.srv.failTimes.add(out.record, took, seed)
+	}
 	var pad time.Duration
-	if attemptResult(err) == auth.AttemptFailed {
-		var br *backendRejected
-		if errors.As(err, &br) {
-			sess.srv.failTimes.add(br.backend, took, sess.cfg.assumedFailureTime())
-		}
-		pad = max(sess.srv.failTimes.floor(sess.cfg.assumedFailureTime())-took, 0)
+	if out.pad {
+		pad = max(sess.srv.failTimes.floor(seed)-took, 0)
 	}
-	d := sess.cfg.FailureDelay
-	var de *auth.DeniedError
-	if errors.As(err, &de) && de.Wait > d {
-		d = de.Wait
-	}
-	return pad + d
+	return pad + out.delay
 }
 
-func isDenied(err error) bool {
-	var de *auth.DeniedError
-	return errors.As(err, &de)
-}
+// The typed failures of a login, besides auth.ErrNoRoute and
+// *auth.DeniedError from the Router and *backendRejected from the backend.
 
 // throttledError is a login refused by the Throttle before any lookup.
 type throttledError struct{ wait time.Duration }
@@ -310,46 +270,117 @@ func (e *throttledError) Error() string {
 	return "too many failed logins; refused for " + e.wait.Round(time.Second).String()
 }
 
-func isThrottled(err error) bool {
-	var te *throttledError
-	return errors.As(err, &te)
-}
-
-// attemptResult tells the throttle how a login attempt ended.
-func attemptResult(err error) auth.AttemptResult {
-	switch {
-	case err == nil:
-		return auth.AttemptSucceeded
-	case isCredentialFailure(err):
-		return auth.AttemptFailed
-	}
-	return auth.AttemptAborted
-}
-
-// isCredentialFailure reports failures that count against the throttle:
-// wrong credentials and unknown users, not broken backends or lookups.
-func isCredentialFailure(err error) bool {
-	var br *backendRejected
-	if errors.As(err, &br) {
-		// A locked mailbox or a backend in trouble is no guess. The
-		// code counts only where RFC 2449 puts it, so that a backend
-		// echoing the user name cannot make a guess uncounted.
-		switch code := pop3.ResponseCode(br.reply); {
-		case code == pop3.CodeInUse, code == pop3.CodeLoginDelay, pop3.IsSys(code):
-			return false
-		}
-		return true
-	}
-	return errors.Is(err, auth.ErrNoRoute) || isDenied(err)
-}
-
-// lookupError wraps a Router failure that is not a refusal.
+// lookupError is a Router failure that is not a refusal, or a route that
+// cannot be followed (an unknown backend, unusable credentials, an
+// authorization identity the backend does not relay): the lookup's or the
+// configuration's fault, not the client's.
 type lookupError struct{ err error }
 
 func (e *lookupError) Error() string { return "route lookup: " + e.err.Error() }
 func (e *lookupError) Unwrap() error { return e.err }
 
-func isLookupError(err error) bool {
-	var le *lookupError
-	return errors.As(err, &le)
+func isDenied(err error) bool {
+	var de *auth.DeniedError
+	return errors.As(err, &de)
+}
+
+// loginOutcome is what the end of a login attempt means; classify decides
+// it.
+type loginOutcome struct {
+	// result is the popgate_logins_total result ([Observer.Login]), the
+	// failure's "reason" in the log and the session's result.
+	result string
+	// reply answers a failure, CRLF included. A success relays the
+	// backend's own +OK (backendConn.reply) instead.
+	reply string
+	// level is the level of the "login failed" line: WARN for trouble an
+	// operator should look at, INFO for what clients do.
+	level slog.Level
+	// attempt tells the throttle how the attempt ended: only a refusal
+	// of credentials counts as a failure; a success clears the user's count.
+	attempt auth.AttemptResult
+	// pad holds the answer back until the attempt took the floor of
+	// failureTimes (see failureWait): every refusal of credentials
+	// takes as long as a backend's, whoever refused.
+	pad bool
+	// record names the backend whose refusal time failureTimes records;
+	// "" records none. Only backends' refusals set the floor.
+	record string
+	// delay is waited before answering a failure, after any pad:
+	// failure_delay, or a lookup's Auth-Wait when longer.
+	delay time.Duration
+}
+
+// classify decides what a login attempt that ended with err means, for the
+// client, popgate_logins_total, the log, the throttle and the failure's
+// timing. It is the one place that decides; err is nil for a success, else
+// one of the login's typed failures, first match wins:
+//
+//	*throttledError    the throttle refused the attempt; nothing was asked
+//	auth.ErrNoRoute    nothing routes the user
+//	*auth.DeniedError  the lookup (or popgate's own checks) refused the credentials
+//	*lookupError       the lookup failed, or its route cannot be followed
+//	*backendRejected   the backend answered the login -ERR
+//	anything else      the backend could not be reached or broke off the login
+//
+// Every refusal of credentials, an unknown name's included, gets the same
+// words (msgAuthFailed), the same timing (pad) and counts in the throttle,
+// so that no user name can be probed; the log and the result tell them
+// apart for the operator.
+func classify(err error, cfg *Config) loginOutcome {
+	if err == nil {
+		return loginOutcome{result: LoginOK, level: slog.LevelInfo, attempt: auth.AttemptSucceeded}
+	}
+	var (
+		te *throttledError
+		le *lookupError
+		br *backendRejected
+		de *auth.DeniedError
+	)
+	denied := errors.As(err, &de)
+	var out loginOutcome
+	switch {
+	case errors.As(err, &te):
+		out = loginOutcome{result: LoginThrottled, reply: msgThrottled, level: slog.LevelInfo, attempt: auth.AttemptAborted}
+	case errors.Is(err, auth.ErrNoRoute):
+		out = loginOutcome{result: LoginNoRoute, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
+	case denied:
+		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
+	case errors.As(err, &le):
+		out = loginOutcome{result: LoginLookupError, reply: msgTempFail, level: slog.LevelWarn, attempt: auth.AttemptAborted}
+	case errors.As(err, &br) && br.refusedCredentials():
+		// The backend's words are not relayed by default: a backend
+		// that words "no such user" apart from "wrong password" (or
+		// only ends its sentence differently) would give names away.
+		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true, record: br.backend}
+		if cfg.RelayBackendErrors {
+			out.reply = br.reply
+		}
+	case br != nil:
+		// The case above found br: an answer that comes only after
+		// the password was checked ([IN-USE], [LOGIN-DELAY]) or the
+		// backend's own trouble ([SYS/...]), relayed as it is; no
+		// guess, so it does not count.
+		out = loginOutcome{result: LoginAuthFailed, reply: br.reply, level: slog.LevelInfo, attempt: auth.AttemptAborted}
+	default:
+		out = loginOutcome{result: LoginBackendError, reply: msgTempFail, level: slog.LevelWarn, attempt: auth.AttemptAborted}
+	}
+	out.delay = cfg.FailureDelay
+	if denied && de.Wait > out.delay {
+		out.delay = de.Wait // a lookup's Auth-Wait
+	}
+	return out
+}
+
+// refusedCredentials reports whether the backend refused the credentials,
+// rather than answering after it checked them ([IN-USE], [LOGIN-DELAY])
+// or reporting its own trouble ([SYS/TEMP], [SYS/PERM]). The code counts
+// only where RFC 2449 §8 puts it, so that a backend echoing the user name
+// cannot make a guess uncounted.
+func (e *backendRejected) refusedCredentials() bool {
+	switch code := pop3.ResponseCode(e.reply); {
+	case code == pop3.CodeInUse, code == pop3.CodeLoginDelay, pop3.IsSys(code):
+		return false
+	}
+	return true
 }

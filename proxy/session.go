@@ -14,24 +14,22 @@ import (
 	"time"
 )
 
-// Session results, as logged in the session's last line ("result").
+// Session results, as logged in the session's last line ("result"). A
+// session that ended after failed logins, and for none of these reasons,
+// ends with its last failure's login result (LoginAuthFailed, LoginNoRoute,
+// LoginThrottled, LoginBackendError or LoginLookupError; see classify).
 const (
-	resultOK           = LoginOK           // logged in and spliced
-	resultAuthFailed   = LoginAuthFailed   // last failure: bad credentials
-	resultNoRoute      = LoginNoRoute      // last failure: nothing routes the user
-	resultBackendError = LoginBackendError // last failure: backend unreachable or broken
-	resultLookupError  = LoginLookupError  // last failure: the router failed
-	resultQuit         = "quit"            // client sent QUIT before logging in
-	resultTimeout      = "timeout"         // login_timeout passed
-	resultClosed       = "closed"          // client went away before logging in
-	resultTLSError     = "tls_error"       // TLS handshake failed
-	resultProtoError   = "protocol_error"
-	resultShutdown     = "shutdown"
-	resultThrottled    = LoginThrottled       // last failure: too many failed logins
-	resultProxyHeader  = "proxy_header_error" // PROXY header missing, invalid or late
-	resultProxyLocal   = "proxy_local"        // PROXY LOCAL: the load balancer's health check
-	resultPerIPLimit   = "per_ip_limit"       // max_connections_per_ip, for a client behind a PROXY header
-	resultACMEALPN     = "acme_tls_alpn"      // a handshake that negotiated acme-tls/1: a CA's TLS-ALPN-01 validation, closed without a greeting
+	resultOK          = LoginOK     // logged in and spliced
+	resultQuit        = "quit"      // client sent QUIT before logging in
+	resultTimeout     = "timeout"   // login_timeout passed
+	resultClosed      = "closed"    // client went away before logging in
+	resultTLSError    = "tls_error" // TLS handshake failed
+	resultProtoError  = "protocol_error"
+	resultShutdown    = "shutdown"
+	resultProxyHeader = "proxy_header_error" // PROXY header missing, invalid or late
+	resultProxyLocal  = "proxy_local"        // PROXY LOCAL: the load balancer's health check
+	resultPerIPLimit  = "per_ip_limit"       // max_connections_per_ip, for a client behind a PROXY header
+	resultACMEALPN    = "acme_tls_alpn"      // a handshake that negotiated acme-tls/1: a CA's TLS-ALPN-01 validation, closed without a greeting
 )
 
 // session is one client connection. Its goroutine runs the AUTHORIZATION
