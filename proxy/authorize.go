@@ -93,12 +93,12 @@ func (sess *session) authorize(ctx context.Context) *backendConn {
 		case "USER":
 			sess.cmdUser(cmd.Arg)
 		case "PASS":
-			if sess.user == "" {
+			if sess.pendingUser == "" {
 				sess.reply("-ERR USER first")
 				continue
 			}
-			creds := auth.Credentials{User: sess.user, Password: auth.Password(cmd.Arg), Method: "USER"}
-			sess.user = ""
+			creds := auth.Credentials{User: sess.pendingUser, Password: auth.Password(cmd.Arg), Method: "USER"}
+			sess.pendingUser = ""
 			if bc, done := sess.login(ctx, creds); bc != nil || done {
 				return bc
 			}
@@ -235,7 +235,7 @@ func (sess *session) stls(ctx context.Context) bool {
 	}
 	// RFC 2595 §4: the session starts over; a USER given before STLS
 	// is forgotten.
-	sess.user = ""
+	sess.pendingUser = ""
 	sess.br = sess.srv.getReader(sess.conn)
 	sess.bw = sess.srv.getWriter(sess.conn)
 	return true
@@ -256,7 +256,7 @@ func (sess *session) cmdUser(arg string) {
 		sess.reply("-ERR User name too long")
 		return
 	}
-	sess.user = arg
+	sess.pendingUser = arg
 	sess.reply("+OK")
 }
 

@@ -169,9 +169,9 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	dec.AuthzID = authz
 	switch {
 	case authz != "":
-		sess.loginUser = dec.User + " as " + authz
+		sess.backendUser = dec.User + " as " + authz
 	case dec.User != creds.User:
-		sess.loginUser = dec.User
+		sess.backendUser = dec.User
 	}
 	// A router may rewrite the login; hold the result to the same rule.
 	if err := (auth.Credentials{User: dec.User, Password: dec.Password, AuthzID: dec.AuthzID}).Check(); err != nil {

@@ -32,55 +32,69 @@ const (
 	resultACMEALPN    = "acme_tls_alpn"      // a handshake that negotiated acme-tls/1: a CA's TLS-ALPN-01 validation, closed without a greeting
 )
 
-// session is one client connection. Its goroutine runs the AUTHORIZATION
-// state and then copies client→backend; a second goroutine copies
-// backend→client once the login succeeded.
+// session is one client connection. Its goroutine reads the PROXY header,
+// runs the TLS handshake and the AUTHORIZATION state, and after the login
+// hands the session to the splice (splice.go), whose last direction to
+// finish ends it.
+//
+// The fields are grouped by who may touch them.
 type session struct {
-	srv    *Server
-	cfg    *Config // the server's configuration when the session started
-	l      Listener
-	id     string
-	raw    net.Conn       // the accepted socket
-	conn   net.Conn       // raw, or the TLS connection over it
-	br     *bufio.Reader  // client input during AUTHORIZATION
-	bw     *bufio.Writer  // client output during AUTHORIZATION, flushed when input runs dry
-	remote netip.AddrPort // the client; from the PROXY header when there is one
-	local  netip.AddrPort // the address the client connected to
-	// proxy is the load balancer's address when a PROXY header named the
-	// client, else invalid.
-	proxy netip.AddrPort
-	// ipNet is the client network (auth.ClientNet) counted against
-	// max_connections_per_ip; invalid while not counted. Guarded by
-	// srv.mu.
-	ipNet netip.Prefix
-	// relaying is true once the session counts in srv.relaying; guarded
-	// by srv.mu.
-	relaying bool
-	start    time.Time
+	// Set before the session's goroutine starts; never written after.
+	srv   *Server
+	cfg   *Config // the server's configuration when the session started
+	l     Listener
+	id    string
+	raw   net.Conn // the accepted socket
+	start time.Time
 	// deadline ends the AUTHORIZATION state (login_timeout).
 	deadline time.Time
 
-	tls      *tls.ConnectionState // nil until TLS is up; written under mu
-	user     string               // USER argument awaiting PASS
-	failures int                  // failed logins
-	badCmds  int                  // commands that were not understood
-	result   string
-	lastErr  error // cause of the last failure, for the log
+	// The session's goroutine's, then the splice's: no lock.
+	conn  net.Conn       // raw, or the TLS connection over it
+	br    *bufio.Reader  // client input during AUTHORIZATION
+	bw    *bufio.Writer  // client output during AUTHORIZATION, flushed when input runs dry
+	local netip.AddrPort // the address the client connected to
+	// proxy is the load balancer's address when a PROXY header named the
+	// client, else invalid.
+	proxy netip.AddrPort
+	// pendingUser is the USER argument awaiting PASS.
+	pendingUser string
+	// backendUser is the name popgate logs in to the backend as, when it
+	// is not clientUser: a route rewrote the login, or "user as authzid"
+	// with a SASL authorization identity. Logged as login_user.
+	backendUser string
+	failures    int // failed logins
+	badCmds     int // commands that were not understood
+	result      string
+	lastErr     error // cause of the last failure, for the log
 
-	// Known once a login was tried. user0 and backend are written under
-	// mu, for SessionList.
-	user0     string // the user name the client gave (last attempt)
-	loginUser string // the name sent to the backend, when a router rewrote it
-	backend   string
+	// Guarded by srv.mu: the Server reads them under it (SessionList,
+	// the per-client limits, removeSession). remote is written only by
+	// the session's goroutine, which reads it without the lock.
+	remote netip.AddrPort // the client; from the PROXY header when there is one
+	// ipNet is the client network (auth.ClientNet) counted against
+	// max_connections_per_ip; invalid while not counted.
+	ipNet netip.Prefix
+	// relaying is true once the session counts in srv.relaying.
+	relaying bool
 
-	mu        sync.Mutex
-	spliced   bool
-	closed    bool
-	stopLogin context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
-	endedBy   string             // endedByAdmin or endedByShutdown when popgate closed the session, else ""
-	bconn     net.Conn           // the backend socket, once dialed for the splice
+	// mu guards the fields below it, which SessionList, EndSessions and
+	// the closers read from other goroutines. tls, clientUser and backend
+	// are written only by the session's goroutine, which reads them
+	// without the lock.
+	mu  sync.Mutex
+	tls *tls.ConnectionState // nil until TLS is up
+	// clientUser is the user name the client logged in with (its last
+	// attempt while in AUTHORIZATION); "" before any. Logged as user.
+	clientUser string
+	backend    string // the backend of the last attempt, once routed
+	spliced    bool
+	closed     bool
+	stopLogin  context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
+	endedBy    string             // endedByAdmin or endedByShutdown when popgate closed the session, else ""
+	bconn      net.Conn           // the backend socket, once dialed for the splice
 
-	sp splice
+	sp splice // the copy after the login; see its own guards
 }
 
 func (s *Server) newSession(c net.Conn, l Listener, cfg *Config) *session {
@@ -105,7 +119,7 @@ func (sess *session) info() SessionInfo {
 	defer sess.mu.Unlock()
 	in := SessionInfo{
 		ID:       sess.id,
-		User:     sess.user0,
+		User:     sess.clientUser,
 		Client:   sess.remote,
 		Listener: sess.l.Name,
 		State:    "authorization",
@@ -127,13 +141,13 @@ func (sess *session) info() SessionInfo {
 func (sess *session) userName() string {
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
-	return sess.user0
+	return sess.clientUser
 }
 
 // setLogin records the user name and backend of a login attempt.
 func (sess *session) setLogin(user, backend string) {
 	sess.mu.Lock()
-	sess.user0, sess.backend = user, backend
+	sess.clientUser, sess.backend = user, backend
 	sess.mu.Unlock()
 }
 
@@ -382,11 +396,11 @@ func (sess *session) logEnd() {
 		slog.String("result", sess.result),
 		slog.String("dur", sess.cfg.now().Sub(sess.start).Round(time.Microsecond).String()),
 	}
-	if sess.user0 != "" {
-		attrs = append(attrs, slog.String("user", sess.user0))
+	if sess.clientUser != "" {
+		attrs = append(attrs, slog.String("user", sess.clientUser))
 	}
-	if sess.loginUser != "" {
-		attrs = append(attrs, slog.String("login_user", sess.loginUser))
+	if sess.backendUser != "" {
+		attrs = append(attrs, slog.String("login_user", sess.backendUser))
 	}
 	if sess.backend != "" {
 		attrs = append(attrs, slog.String("backend", sess.backend))
