@@ -279,7 +279,7 @@ func (p *popgate) checkLog(t *testing.T) {
 	p.mu.Unlock()
 	for _, s := range p.secrets {
 		if s != "" && strings.Contains(raw, s) {
-			t.Errorf("popgate logged a password (DESIGN: no password is ever logged)")
+			t.Errorf("popgate logged a password; no log line may carry one")
 		}
 	}
 	if strings.Contains(raw, "WARNING: DATA RACE") {
@@ -290,7 +290,8 @@ func (p *popgate) checkLog(t *testing.T) {
 	}
 }
 
-// popgateTOML renders the config file, keys as in DESIGN.md's contract.
+// popgateTOML renders the config file, keys as config.example.toml
+// documents them.
 func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	var b strings.Builder
 	q := strconv.Quote // TOML basic strings take the same escapes for these ASCII values
@@ -541,8 +542,8 @@ func TestProxyBackendDown(t *testing.T) {
 
 // TestProxyBackendWithoutSTLS: a backend configured for STLS that does not
 // offer it gets no login at all, neither USER/PASS nor AUTH, and no password
-// in clear text: the client gets "-ERR [SYS/TEMP]" (DESIGN: backend STLS is
-// all or nothing). A recording relay in front of Dovecot sees every byte
+// in clear text: the client gets "-ERR [SYS/TEMP]" (a starttls backend gets
+// STLS or no login; popgate never falls back to plaintext). A recording relay in front of Dovecot sees every byte
 // popgate sends, and Dovecot's log shows no login for the user.
 func TestProxyBackendWithoutSTLS(t *testing.T) {
 	requireInterop(t, "dovecot")

@@ -91,7 +91,7 @@ func TestAttack2FloorCountsThrottleWait(t *testing.T) {
 
 // TestAttack2OutageCountsAsFailures: an attempt that the login deadline
 // cuts off while the lookup or the backend is deciding counts as a failed
-// login (sess.attemptResult), whenever the credentials were sent. That
+// login (the throttle's AttemptResult), whenever the credentials were sent. That
 // closes the oracle of a PASS sent just before login_timeout, but it also
 // counts every login of a client that sent the right password at once and
 // waited for a lookup or backend that stalled: an auth_http service that

@@ -24,17 +24,20 @@ type backendConn struct {
 	conn net.Conn      // raw, or the TLS connection over it
 	br   *bufio.Reader // holds any bytes the backend sent after its login reply
 	tls  *tls.ConnectionState
+	// reply is the backend's +OK to the login, CRLF included, relayed to
+	// the client as it is.
+	reply string
 }
 
-// backendRejected is a login the backend refused with -ERR. Its reply is
-// relayed to the client as it is, response code included.
+// backendRejected is a login the backend refused with -ERR. classify
+// decides whether the client hears its reply or popgate's own words.
 type backendRejected struct {
 	backend string
-	reply   string // without CRLF
+	reply   string // the backend's -ERR line, CRLF included
 }
 
 func (e *backendRejected) Error() string {
-	return fmt.Sprintf("backend %q refused the login: %s", e.backend, e.reply)
+	return fmt.Sprintf("backend %q refused the login: %s", e.backend, strings.TrimSuffix(e.reply, "\r\n"))
 }
 
 func isBackendRejected(err error) bool {
@@ -65,11 +68,11 @@ type clientInfo struct {
 const maxBackendLine = 2 * pop3.MaxResponseLen
 
 // dialBackend connects to b, logs in with dec's credentials and returns the
-// connection and the backend's reply to the login, CRLF included. A login
-// the backend refused returns the reply and a *backendRejected.
-func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
+// connection, which holds the backend's reply to the login. A login the
+// backend refused returns a *backendRejected with the reply.
+func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, error) {
 	start := time.Now()
-	bc, reply, err := s.dialLogin(ctx, cfg, b, dec, ci)
+	bc, err := s.dialLogin(ctx, cfg, b, dec, ci)
 	result := BackendOK
 	var de *dialError
 	switch {
@@ -81,10 +84,10 @@ func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec a
 		result = BackendError
 	}
 	s.obs.BackendLogin(b.Name, time.Since(start), result)
-	return bc, reply, err
+	return bc, err
 }
 
-func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
+func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, error) {
 	addrs := b.addresses()
 	if dec.Address != "" {
 		addrs = []string{dec.Address}
@@ -111,7 +114,7 @@ func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec aut
 		}
 	}
 	if raw == nil {
-		return nil, "", &dialError{fmt.Errorf("dial backend %q: %w", b.Name, errors.Join(errs...))}
+		return nil, &dialError{fmt.Errorf("dial backend %q: %w", b.Name, errors.Join(errs...))}
 	}
 	if len(errs) > 0 {
 		ci.logger().Warn("backend address unreachable, used the next one", "backend", b.Name, "address", addr, "err", errors.Join(errs...))
@@ -119,7 +122,7 @@ func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec aut
 	// Cancelling ctx (shutdown, login_timeout) interrupts any read below.
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
 	key := b.TLS.String() + " " + b.ClientAddress.String() + " " + addr
-	bc, reply, err := s.loginBackend(ctx, raw, b, key, dec, ci)
+	bc, err := s.loginBackend(ctx, raw, b, key, dec, ci)
 	if !stop() || err != nil {
 		raw.Close()
 		if err != nil {
@@ -131,12 +134,12 @@ func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec aut
 			err = ctx.Err()
 		}
 		if isBackendRejected(err) {
-			return nil, reply, err
+			return nil, err
 		}
-		return nil, "", fmt.Errorf("backend %q (%s): %w", b.Name, addr, err)
+		return nil, fmt.Errorf("backend %q (%s): %w", b.Name, addr, err)
 	}
 	raw.SetDeadline(time.Time{})
-	return bc, reply, nil
+	return bc, nil
 }
 
 // dialError is a backend none of whose addresses could be connected to.
@@ -226,7 +229,7 @@ func (c *backendClient) handshake() (*tls.ConnectionState, error) {
 	return &st, nil
 }
 
-func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key string, dec auth.Decision, ci clientInfo) (*backendConn, string, error) {
+func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key string, dec auth.Decision, ci clientInfo) (*backendConn, error) {
 	c := &backendClient{b: b, conn: raw, timeout: b.timeout(), ctx: ctx, br: s.getReader(raw)}
 	ok := false
 	defer func() {
@@ -245,24 +248,24 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 		}
 		hdr, err := proxyHeaderFor(version, ci.remote, ci.local, ci.tls)
 		if err != nil {
-			return nil, "", fmt.Errorf("PROXY header: %w", err)
+			return nil, fmt.Errorf("PROXY header: %w", err)
 		}
 		c.deadline()
 		if _, err := raw.Write(hdr); err != nil {
-			return nil, "", fmt.Errorf("PROXY header: %w", err)
+			return nil, fmt.Errorf("PROXY header: %w", err)
 		}
 	}
 	if b.TLS == TLSImplicit {
 		if st, err = c.handshake(); err != nil {
-			return nil, "", err
+			return nil, err
 		}
 	}
 	greeting, err := c.readLine()
 	if err != nil {
-		return nil, "", fmt.Errorf("greeting: %w", err)
+		return nil, fmt.Errorf("greeting: %w", err)
 	}
 	if !pop3.IsOK(greeting) {
-		return nil, "", fmt.Errorf("greeting is not +OK: %.80q", greeting)
+		return nil, fmt.Errorf("greeting is not +OK: %.80q", greeting)
 	}
 	// Decided now: greeting points into c.br, which later reads reuse.
 	xclientGreeting := hasXCLIENTTag(greeting)
@@ -272,35 +275,35 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 	caps, cached := s.caps.get(key)
 	if !cached {
 		if caps, err = c.capa(); err != nil {
-			return nil, "", err
+			return nil, err
 		}
 	}
 	if b.TLS == TLSStartTLS {
 		if !cached && caps != nil {
 			if _, ok := caps["STLS"]; !ok {
-				return nil, "", errNoSTLS
+				return nil, errNoSTLS
 			}
 		}
 		line, err := c.cmd("STLS")
 		if err != nil {
-			return nil, "", fmt.Errorf("STLS: %w", err)
+			return nil, fmt.Errorf("STLS: %w", err)
 		}
 		if !pop3.IsOK(line) {
-			return nil, "", fmt.Errorf("STLS refused: %.80q", line)
+			return nil, fmt.Errorf("STLS refused: %.80q", line)
 		}
 		// Anything after the +OK and before the handshake did not come
 		// through TLS: a response injection (CVE-2011-0411 class, the
 		// client side of it). Abort.
 		if c.br.Buffered() > 0 {
-			return nil, "", errors.New("backend sent data after its STLS reply, before TLS: possible injection, aborting")
+			return nil, errors.New("backend sent data after its STLS reply, before TLS: possible injection, aborting")
 		}
 		if st, err = c.handshake(); err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		// RFC 2595 §4: capabilities may differ after STLS.
 		if !cached {
 			if caps, err = c.capa(); err != nil {
-				return nil, "", err
+				return nil, err
 			}
 		}
 	}
@@ -309,15 +312,15 @@ func (s *Server) loginBackend(ctx context.Context, raw net.Conn, b *Backend, key
 	}
 	if b.ClientAddress == ClientAddressXCLIENT {
 		if err := c.xclient(xclientGreeting, caps, ci); err != nil {
-			return nil, "", err
+			return nil, err
 		}
 	}
 	reply, err := c.login(caps, dec)
 	if err != nil {
-		return nil, reply, err
+		return nil, err
 	}
 	ok = true
-	return &backendConn{raw: raw, conn: c.conn, br: c.br, tls: st}, reply, nil
+	return &backendConn{raw: raw, conn: c.conn, br: c.br, tls: st, reply: reply}, nil
 }
 
 // xclient tells a Dovecot backend the client's address, after STLS and
@@ -346,8 +349,8 @@ func hasXCLIENTTag(greeting []byte) bool {
 }
 
 // login sends the credentials: USER/PASS, or AUTH PLAIN for a backend that
-// offers SASL PLAIN but not USER. It returns the backend's final reply with
-// CRLF.
+// offers SASL PLAIN but not USER. It returns the backend's +OK with CRLF, or
+// a *backendRejected holding its -ERR.
 func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string, error) {
 	_, hasUser := caps["USER"]
 	plain := false
@@ -403,7 +406,7 @@ func (c *backendClient) verdict(line []byte) (string, error) {
 	case pop3.IsOK(line):
 		return reply, nil
 	case pop3.IsErr(line):
-		return reply, &backendRejected{backend: c.b.Name, reply: string(line)}
+		return "", &backendRejected{backend: c.b.Name, reply: reply}
 	}
 	return "", fmt.Errorf("unexpected login reply %.80q", line)
 }

@@ -12,8 +12,9 @@
 //
 // The session speaks POP3 to the client until it has credentials, asks the
 // [auth.Router] where they go, logs in to that backend over plaintext, STLS
-// or implicit TLS, relays the backend's answer unchanged and then copies
-// bytes both ways. Nothing is rewritten after the login, and popgate never
+// or implicit TLS, relays the backend's +OK unchanged and then copies bytes
+// both ways. A refusal of the credentials, whoever gave it, is answered in
+// popgate's own words unless [Config.RelayBackendErrors] says otherwise. Nothing is rewritten after the login, and popgate never
 // sends QUIT to a backend on a client's behalf: a session that ends without
 // the client's QUIT leaves the mailbox as it was (RFC 1939 §6).
 //

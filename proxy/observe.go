@@ -7,7 +7,8 @@ import (
 
 // Observer receives the events a metrics system counts. Its methods are
 // called from session goroutines, concurrently, on the hot path: they must
-// be fast and must not block. See package metrics for the Prometheus one.
+// be fast and must not block. admin.Metrics (package admin) is the
+// Prometheus one.
 type Observer interface {
 	// Accepted: a client connection was accepted on listener.
 	Accepted(listener string)

@@ -18,50 +18,6 @@ import (
 	"github.com/popgate/popgate/auth"
 )
 
-// ClientAddressMode is how a backend learns the real client address.
-type ClientAddressMode int
-
-const (
-	// ClientAddressNone tells the backend nothing: it sees popgate's
-	// address.
-	ClientAddressNone ClientAddressMode = iota
-	// ClientAddressXCLIENT sends Dovecot's POP3 XCLIENT command before the
-	// login. The backend must advertise XCLIENT (it does so only to its
-	// login_trusted_networks); one that does not fails the login.
-	ClientAddressXCLIENT
-	// ClientAddressProxyV1 writes a PROXY protocol v1 header first thing
-	// after the TCP connect.
-	ClientAddressProxyV1
-	// ClientAddressProxyV2 writes a PROXY protocol v2 header first thing
-	// after the TCP connect.
-	ClientAddressProxyV2
-)
-
-// String returns the configuration name of m.
-func (m ClientAddressMode) String() string {
-	switch m {
-	case ClientAddressNone:
-		return "none"
-	case ClientAddressXCLIENT:
-		return "xclient"
-	case ClientAddressProxyV1:
-		return "proxy-v1"
-	case ClientAddressProxyV2:
-		return "proxy-v2"
-	}
-	return fmt.Sprintf("ClientAddressMode(%d)", int(m))
-}
-
-// ParseClientAddressMode parses "none", "xclient", "proxy-v1" or "proxy-v2".
-func ParseClientAddressMode(s string) (ClientAddressMode, error) {
-	for m := ClientAddressNone; m <= ClientAddressProxyV2; m++ {
-		if m.String() == s {
-			return m, nil
-		}
-	}
-	return 0, fmt.Errorf("unknown client address mode %q (want none, xclient, proxy-v1 or proxy-v2)", s)
-}
-
 // Limits of an inbound PROXY header (haproxy doc/proxy-protocol.txt).
 const (
 	proxyV1MaxLen = 107 // §2.1, CRLF included

@@ -22,9 +22,10 @@ import (
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
-// TestCapa: before login, CAPA lists only what popgate offers (DESIGN.md):
-// no TOP/UIDL the backend may lack, STLS only before TLS on a starttls
-// listener, USER and SASL only where login is allowed.
+// TestCapa: before login, CAPA lists only what popgate itself offers: no
+// TOP/UIDL that the backend, not known until the login routes the user, may
+// lack (an operator adds them with ExtraCapabilities), STLS only before TLS
+// on a starttls listener, USER and SASL only where login is allowed.
 func TestCapa(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	base := []string{"RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "IMPLEMENTATION popgate"}

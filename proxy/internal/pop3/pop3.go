@@ -22,14 +22,27 @@ const (
 	MaxResponseLen = 512
 )
 
-// RFC 2449 §8 and RFC 3206 response codes.
+// RFC 2449 §8 and RFC 3206 response codes, as [ResponseCode] returns them.
 const (
-	CodeAuth       = "[AUTH]"
-	CodeSysTemp    = "[SYS/TEMP]"
-	CodeSysPerm    = "[SYS/PERM]"
-	CodeInUse      = "[IN-USE]"
+	// CodeAuth: the credentials were refused (RFC 3206 §5).
+	CodeAuth = "[AUTH]"
+	// CodeSysTemp: the server's own trouble, which may pass (RFC 3206 §4).
+	CodeSysTemp = "[SYS/TEMP]"
+	// CodeSysPerm: the server's own trouble, which will not pass (RFC
+	// 3206 §4).
+	CodeSysPerm = "[SYS/PERM]"
+	// CodeInUse: the mailbox is locked by another session (RFC 2449 §8.1).
+	CodeInUse = "[IN-USE]"
+	// CodeLoginDelay: the user logged in too recently (RFC 2449 §8.1).
 	CodeLoginDelay = "[LOGIN-DELAY]"
 )
+
+// IsSys reports whether code, as [ResponseCode] returns it, is of the SYS
+// class (RFC 3206 §4): [SYS/TEMP], [SYS/PERM], or a code below either in
+// the hierarchy of RFC 2449 §8. Such a code blames the server, not the user.
+func IsSys(code string) bool {
+	return strings.HasPrefix(code, "[SYS/")
+}
 
 // ResponseCode returns the response code of a "-ERR" or "+OK" line, such
 // as "[SYS/TEMP]", upper-cased, or "" when the line has none. A code is

@@ -210,3 +210,24 @@ func TestResponseCode(t *testing.T) {
 		}
 	}
 }
+
+func TestIsSys(t *testing.T) {
+	tests := []struct {
+		code string
+		want bool
+	}{
+		{CodeSysTemp, true},
+		{CodeSysPerm, true},
+		{"[SYS/TEMP/QUOTA]", true},
+		{"[SYS]", false}, // no level below SYS: not one of RFC 3206's
+		{CodeAuth, false},
+		{CodeInUse, false},
+		{CodeLoginDelay, false},
+		{"", false},
+	}
+	for _, tc := range tests {
+		if got := IsSys(tc.code); got != tc.want {
+			t.Errorf("IsSys(%q) = %v, want %v", tc.code, got, tc.want)
+		}
+	}
+}
