@@ -2,10 +2,14 @@ package tlsconf
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -150,5 +154,95 @@ func TestAttack3StaleRenewalsTakeReserve(t *testing.T) {
 	t.Logf("renewals of on-demand names placed: %d of 12; budget then %v (reserve 4)", placed, left)
 	if !ok {
 		t.Errorf("the configured domain's renewal found no order: on-demand renewals took the reserve (placed %d, left %v)", placed, left)
+	}
+}
+
+// TestAttack3CacheCheckDisagreesWithAutocert: popgate decides "a
+// certificate exists, serve it, never order" with its own copy of
+// autocert's cache checks (validCached), then asks autocert, which orders
+// on what it takes for a cache miss. The copies differ: popgate ignores
+// white space after the last PEM block, autocert treats any leftover as a
+// corrupt entry, a miss. An entry with one extra trailing newline (a
+// restored backup, a hand-edited file) thus makes every handshake go to
+// the CA outside the order path: no flight, no back-off, no approval hook,
+// paid as a renewal (the reserve); autocert's own one-minute retry is the
+// only bound. Expected: an entry popgate takes for a certificate is never
+// an order.
+func TestAttack3CacheCheckDisagreesWithAutocert(t *testing.T) {
+	var hits atomic.Int64
+	ca := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.NotFound(w, r)
+	}))
+	defer ca.Close()
+	cache := filepath.Join(t.TempDir(), "acme")
+	cfg := acmeConfig(cache)
+	cfg.DirectoryURL = ca.URL + "/directory"
+	srv, err := NewServer(ServerConfig{ACME: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := append(cacheEntry(t, "mail.example.com"), '\n')
+	writeFile(t, filepath.Join(cache, "mail.example.com"), entry)
+	if !srv.acme.cacheHolds(context.Background(), seenKey{"mail.example.com", false}) {
+		t.Fatal("setup: popgate does not take the entry for a valid certificate")
+	}
+	hello := &tls.ClientHelloInfo{
+		ServerName:       "mail.example.com",
+		SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+		SupportedCurves:  []tls.CurveID{tls.CurveP256},
+		CipherSuites:     []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+	}
+	var per []int64
+	for range 3 {
+		before := hits.Load()
+		_, err := srv.TLSConfig().GetCertificate(hello)
+		per = append(per, hits.Load()-before)
+		t.Logf("handshake: %v", err)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("a cache entry popgate takes for a valid certificate made autocert contact the CA outside popgate's order path (requests per handshake: %v)", per)
+	}
+}
+
+// TestAttack3AskOutlivesHandshakes: the approval hook's request for a name
+// is the hook's own, not the handshake's: it goes on, a connection to the
+// hook, until ask_timeout (up to 30 s) after the client that caused it
+// has gone. With no bound on requests in flight, a client that opens and
+// drops handshakes for many routed names while the hook is slow (say,
+// overloaded by this very flood) makes popgate hold one descriptor and
+// goroutine per name, outside every connection cap and outside the file
+// descriptor budget's fixed reserve of 128. Expected: a cap on requests
+// to the hook in flight (beyond it, refuse at once: fail closed).
+func TestAttack3AskOutlivesHandshakes(t *testing.T) {
+	var logs syncBuffer
+	hook := newAskHook(t, nil)
+	hook.block = make(chan struct{})
+	var open, peak atomic.Int64
+	hook.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			if n := open.Add(1); n > peak.Load() {
+				peak.Store(n)
+			}
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	defer close(hook.block)
+	p, _ := newTestApprover(t, hook.srv.URL, 20*time.Second, &logs)
+	const names = 300
+	for i := range names {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		_ = p.allowed(ctx, fmt.Sprintf("pop.d%d.test", i))
+		cancel()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for hook.requests.Load() < names && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("%d handshakes, each gone after 1 ms: %d requests at the hook, %d connections to it open at once", names, hook.requests.Load(), peak.Load())
+	if peak.Load() > 64 {
+		t.Errorf("popgate holds %d connections to a slow approval hook for handshakes that are gone", peak.Load())
 	}
 }
