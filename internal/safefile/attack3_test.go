@@ -49,19 +49,18 @@ func TestAttack3CheckDirLinkInStickyDir(t *testing.T) {
 	}
 }
 
-// TestAttack3OpensBeforeTypeCheck: safefile refuses a named pipe or a
-// device only after it has opened it (fstat on the descriptor), and
-// opening is itself an action for many special files: it completes the
-// rendezvous of a FIFO writer (shown here: a writer blocked in open is
-// released, and gets EPIPE or SIGPIPE when popgate closes), arms a
-// hardware watchdog (/dev/watchdog: a reboot when it is not closed with
-// the magic character), rewinds a tape, raises DTR on a serial line,
-// allocates a pseudo-terminal (/dev/ptmx). A certificate, key, CA or map
-// file path that a mistake or another user points at such a file (the
-// case safefile exists for) makes popgate, often root at start, do that.
-// Expected: a stat (following links) that is not a regular file is
-// refused before any open, and the open's fstat compared with it (device
-// and inode) so that a swap in between is still caught.
+// TestAttack3OpensBeforeTypeCheck: a named pipe or a device is refused
+// before it is opened, because opening is itself an action for many
+// special files: it completes the rendezvous of a FIFO writer (shown here:
+// a writer blocked in open stays blocked), arms a hardware watchdog
+// (/dev/watchdog: a reboot when it is not closed with the magic
+// character), rewinds a tape, raises DTR on a serial line, allocates a
+// pseudo-terminal (/dev/ptmx). A certificate, key, CA or map file path
+// that a mistake or another user points at such a file (the case safefile
+// exists for) must not make popgate, often root at start, do that. A stat
+// (following links) that is not a regular file is refused before any
+// open, and the open's fstat is compared with it (device and inode) so
+// that a swap in between is still caught.
 func TestAttack3OpensBeforeTypeCheck(t *testing.T) {
 	fifo := filepath.Join(t.TempDir(), "cert.pem")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
