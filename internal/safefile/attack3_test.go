@@ -15,12 +15,11 @@ import (
 // that another user owns, in a sticky world-writable directory (/tmp).
 // The sticky bit lets that user (the link's owner) replace the link at
 // will, so "nobody else can rename the directory away and put another in
-// its place" does not hold: they can point it at any other directory that
-// passes the checks (an empty root-owned one makes every certificate a
-// cache miss, and popgate orders them all again and writes their keys
+// its place" would not hold: they could point it at any other directory
+// that passes the checks (an empty root-owned one makes every certificate
+// a cache miss, and popgate orders them all again and writes their keys
 // there), or swap it between CheckDir and the open that follows. CheckDir
-// skips symbolic links without looking at their owner. Expected: refused,
-// as a directory of that user would be.
+// refuses it, as it refuses a directory of that user.
 func TestAttack3CheckDirLinkInStickyDir(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give a link to another user")
