@@ -94,14 +94,14 @@ func TestAttack3PebbleKeyTypesCollide(t *testing.T) {
 }
 
 // TestAttack3AdminPortExhaustsFDs: the admin endpoint (metrics.address)
-// has no connection cap, and a connection that has sent one request (even
-// one refused for want of the token) is kept for idle_timeout, 2 minutes.
-// Whoever reaches it (any local user with the default loopback address;
-// anyone where it listens on a network address with token_file set) holds
-// as many descriptors as they like, beyond the fixed reserve of 128 that
-// the file descriptor budget keeps for it and everything else: POP3S
-// accepts then fail with "too many open files" although the POP3 sessions
-// are far below their share.
+// must not let whoever reaches it (any local user with the default
+// loopback address; anyone where it listens on a network address with
+// token_file set) hold as many descriptors as they like, beyond the fixed
+// reserve of 128 that the file descriptor budget keeps for it and
+// everything else: POP3S accepts would then fail with "too many open
+// files" although the POP3 sessions are far below their share. The admin
+// address caps its connections (admin/limit.go), so 700 held connections
+// leave POP3S serving.
 func TestAttack3AdminPortExhaustsFDs(t *testing.T) {
 	requireInterop(t)
 	t.Parallel()
@@ -148,8 +148,14 @@ func TestAttack3AdminPortExhaustsFDs(t *testing.T) {
 	if served != 3 {
 		t.Errorf("POP3S served %d of 3 clients while the admin endpoint holds %d connections", served, len(conns))
 	}
-	if strings.Contains(pg.log(), "too many open files") {
-		t.Errorf("popgate ran out of file descriptors")
+	for line := range strings.Lines(pg.log()) {
+		// An accept failed; the start-up WARN about max_connections
+		// (the default 10,000 is more than a limit of 512 holds) names
+		// the error too.
+		if strings.Contains(line, "too many open files") && !strings.Contains(line, `"msg":"limits.max_connections is more`) {
+			t.Errorf("popgate ran out of file descriptors: %.300s", line)
+			break
+		}
 	}
 }
 
