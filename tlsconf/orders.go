@@ -1,7 +1,6 @@
 package tlsconf
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -13,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/acme/autocert"
@@ -374,7 +374,7 @@ func (s *Server) OrderBudgetLeft() (float64, bool) {
 
 // cacheHolds reports whether the cache holds a certificate for k that
 // autocert will load rather than order a new one: its checks
-// (autocert.validCert), repeated.
+// (autocert.Manager.cacheGet and validCert), repeated.
 func (a *acmeState) cacheHolds(ctx context.Context, k seenKey) bool {
 	data, err := a.dir.Get(ctx, k.cacheKey())
 	if err != nil {
@@ -387,10 +387,15 @@ func (a *acmeState) cacheHolds(ctx context.Context, k seenKey) bool {
 }
 
 // validCached checks an autocert cache entry (a private key, then the
-// chain, leaf first, all PEM) for k at now.
+// chain, leaf first, all PEM) for k at now exactly as autocert does
+// (golang.org/x/crypto v0.59.0, acme/autocert: Manager.cacheGet,
+// parsePrivateKey, validCert): an entry it takes for a miss is one it
+// orders a certificate for, so any entry this accepts and autocert does
+// not is an order placed outside [acmeState.order]. Keep the two in step
+// (TestValidCachedAgreesWithAutocert compares them).
 func validCached(data []byte, k seenKey, now time.Time) error {
 	priv, rest := pem.Decode(data)
-	if priv == nil || !bytes.Contains([]byte(priv.Type), []byte("PRIVATE")) {
+	if priv == nil || !strings.Contains(priv.Type, "PRIVATE") {
 		return errors.New("no private key")
 	}
 	key, err := parseCachedKey(priv.Bytes)
@@ -405,7 +410,9 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 		}
 		der = append(der, b.Bytes...)
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
+	if len(rest) > 0 {
+		// Anything left over, white space included: autocert takes
+		// the entry for corrupt.
 		return errors.New("trailing data")
 	}
 	certs, err := x509.ParseCertificates(der)
@@ -422,13 +429,16 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 	if err := leaf.VerifyHostname(k.name); err != nil {
 		return err
 	}
+	if revokedLetsEncrypt(leaf) {
+		return errors.New("probably revoked by Let's Encrypt in January 2022")
+	}
 	switch pub := leaf.PublicKey.(type) {
 	case *rsa.PublicKey:
-		if prv, ok := key.(*rsa.PrivateKey); !ok || !k.rsa || !pub.Equal(prv.Public()) {
+		if prv, ok := key.(*rsa.PrivateKey); !ok || !k.rsa || pub.N.Cmp(prv.N) != 0 {
 			return errors.New("key does not match")
 		}
 	case *ecdsa.PublicKey:
-		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || !pub.Equal(prv.Public()) {
+		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || pub.X.Cmp(prv.X) != 0 || pub.Y.Cmp(prv.Y) != 0 {
 			return errors.New("key does not match")
 		}
 	default:
@@ -437,14 +447,26 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 	return nil
 }
 
-// parseCachedKey parses a private key as autocert writes (and reads) them.
+// revokedLetsEncrypt is autocert's isRevokedLetsEncrypt: a Let's Encrypt
+// certificate issued before its TLS-ALPN-01 fix of January 2022.
+func revokedLetsEncrypt(leaf *x509.Certificate) bool {
+	o := leaf.Issuer.Organization
+	return len(o) == 1 && o[0] == "Let's Encrypt" &&
+		leaf.NotBefore.Before(time.Date(2022, time.January, 26, 0, 48, 0, 0, time.UTC))
+}
+
+// parseCachedKey parses a private key as autocert writes (and reads) them:
+// PKCS #1, PKCS #8 (RSA or ECDSA only) or SEC 1.
 func parseCachedKey(der []byte) (crypto.Signer, error) {
 	if key, err := x509.ParsePKCS1PrivateKey(der); err == nil {
 		return key, nil
 	}
 	if key, err := x509.ParsePKCS8PrivateKey(der); err == nil {
-		if s, ok := key.(crypto.Signer); ok {
-			return s, nil
+		switch key := key.(type) {
+		case *rsa.PrivateKey:
+			return key, nil
+		case *ecdsa.PrivateKey:
+			return key, nil
 		}
 		return nil, errors.New("unknown private key type")
 	}
