@@ -3,12 +3,14 @@ package tlsconf
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -212,41 +214,59 @@ func TestAttack3CacheCheckDisagreesWithAutocert(t *testing.T) {
 // TestAttack3AskOutlivesHandshakes: the approval hook's request for a name
 // is the hook's own, not the handshake's: it goes on, a connection to the
 // hook, until ask_timeout (up to 30 s) after the client that caused it
-// has gone. With no bound on requests in flight, a client that opens and
+// has gone. Without a bound on requests in flight, a client that opens and
 // drops handshakes for many routed names while the hook is slow (say,
-// overloaded by this very flood) makes popgate hold one descriptor and
-// goroutine per name, outside every connection cap and outside the file
-// descriptor budget's fixed reserve of 128. Expected: a cap on requests
-// to the hook in flight (beyond it, refuse at once: fail closed).
+// overloaded by this very flood) would make popgate hold one descriptor
+// and goroutine per name, outside every connection cap and outside the
+// file descriptor budget's fixed reserve of 128. At most maxAskInFlight
+// requests are under way; beyond that a name is refused at once (fail
+// closed).
 func TestAttack3AskOutlivesHandshakes(t *testing.T) {
 	var logs syncBuffer
-	hook := newAskHook(t, nil)
-	hook.block = make(chan struct{})
 	var open, peak atomic.Int64
-	hook.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		switch st {
-		case http.StateNew:
-			if n := open.Add(1); n > peak.Load() {
-				peak.Store(n)
+	hook := newAskHookWith(t, nil, func(h *askHook) {
+		h.block = make(chan struct{})
+		h.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				if n := open.Add(1); n > peak.Load() {
+					peak.Store(n)
+				}
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
 			}
-		case http.StateClosed, http.StateHijacked:
-			open.Add(-1)
 		}
-	}
+	})
 	defer close(hook.block)
 	p, _ := newTestApprover(t, hook.srv.URL, 20*time.Second, &logs)
 	const names = 300
+	refused := 0
 	for i := range names {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
-		_ = p.allowed(ctx, fmt.Sprintf("pop.d%d.test", i))
+		var failed *askFailedError
+		if err := p.allowed(ctx, fmt.Sprintf("pop.d%d.test", i)); errors.As(err, &failed) && errors.Is(err, errAskBusy) {
+			refused++
+		}
 		cancel()
 	}
+	// Every request started is blocked at the hook, so none has ended:
+	// the flights are all there will be.
+	p.mu.Lock()
+	started := int64(len(p.flights))
+	p.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
-	for hook.requests.Load() < names && time.Now().Before(deadline) {
+	for hook.requests.Load() < started && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Logf("%d handshakes, each gone after 1 ms: %d requests at the hook, %d connections to it open at once", names, hook.requests.Load(), peak.Load())
-	if peak.Load() > 64 {
-		t.Errorf("popgate holds %d connections to a slow approval hook for handshakes that are gone", peak.Load())
+	t.Logf("%d handshakes, each gone after 1 ms: %d requests at the hook, %d connections to it open at once, %d names refused at once",
+		names, hook.requests.Load(), peak.Load(), refused)
+	if peak.Load() > 64 || started > maxAskInFlight {
+		t.Errorf("popgate holds %d connections (%d requests) to a slow approval hook for handshakes that are gone", peak.Load(), started)
+	}
+	if refused != names-maxAskInFlight {
+		t.Errorf("%d names refused at once, want %d (all beyond the first %d)", refused, names-maxAskInFlight, maxAskInFlight)
+	}
+	if n := strings.Count(logs.String(), "acme approval hook has too many requests under way"); n != 1 {
+		t.Errorf("%d WARN lines about the cap, want 1:\n%s", n, logs.String())
 	}
 }

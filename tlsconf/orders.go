@@ -330,7 +330,7 @@ const (
 	WithheldBackoff   = "backoff"    // the last order of the certificate failed recently
 	WithheldBudget    = "budget"     // the order budget is used up
 	WithheldDenied    = "denied"     // the approval hook said no
-	WithheldAskFailed = "ask_failed" // the approval hook did not answer (fail closed)
+	WithheldAskFailed = "ask_failed" // the approval hook did not answer, or was not asked at its cap (fail closed)
 )
 
 // observerBox lets acmeState.obs (an atomic.Value) hold an interface.
