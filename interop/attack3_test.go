@@ -159,11 +159,12 @@ func TestAttack3AdminPortExhaustsFDs(t *testing.T) {
 	}
 }
 
-// busyHolder keeps one connection to an HTTP-01 answerer looking busy:
-// it sends a request header announcing a body it never sends (the
-// answerer's gate then never displaces it, and net/http holds it up to
-// ReadTimeout to discard the body), and opens another as soon as the
-// answerer closes it. It stops after maxRedials or when stop is closed.
+// busyHolder tries to keep one connection to an HTTP-01 answerer looking
+// busy: it sends a request header announcing a body it never sends (the
+// answerer's gate once never displaced such a connection, and net/http
+// held it up to ReadTimeout to discard the body), and opens another as
+// soon as the answerer closes it. It stops after maxRedials or when stop
+// is closed.
 func busyHolder(target, src string, stop <-chan struct{}, wg *sync.WaitGroup, first *sync.WaitGroup) {
 	defer wg.Done()
 	signal := sync.OnceFunc(first.Done)
@@ -206,12 +207,13 @@ func busyHolder(target, src string, stop <-chan struct{}, wg *sync.WaitGroup, fi
 // TestAttack3PebbleBusyHoldBlocksValidation: 256 connections from 16
 // addresses (16 each: the default max_challenge_connections and
 // max_challenge_connections_per_ip) that each send a request header with
-// an announced body, re-opened whenever popgate closes them, keep Pebble's
-// HTTP-01 validation connection out of the answerer: the gate counts them
-// busy, so it neither displaces them nor admits the CA. A new name's order
-// fails (and is held back for 10 minutes); the same goes for renewals.
-// TestACMEPebbleHTTPFlood holds silent connections, which the gate
-// displaces; these are not silent.
+// an announced body, re-opened whenever popgate closes them, kept Pebble's
+// HTTP-01 validation connection out of the answerer: the gate counted them
+// busy, so it neither displaced them nor admitted the CA, and a new name's
+// order failed (and was held back for 10 minutes; the same went for
+// renewals). Now such a request is closed at once, unread, and never makes
+// its connection busy: the name is ordered. TestACMEPebbleHTTPFlood holds
+// silent connections.
 func TestAttack3PebbleBusyHoldBlocksValidation(t *testing.T) {
 	requireInterop(t, "pebble", "pebble-challtestsrv")
 	t.Parallel()

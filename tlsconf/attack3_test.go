@@ -17,9 +17,10 @@ import (
 )
 
 // holdBusy opens a connection to the HTTP-01 answerer from src and sends a
-// complete request header announcing a body it never sends: the answerer
-// marks the connection busy (no newcomer displaces it) and net/http then
-// waits, up to ReadTimeout, to discard the body after the handler's 404.
+// complete request header announcing a body it never sends. The answerer
+// once marked such a connection busy (no newcomer displaced it) and
+// net/http then waited, up to ReadTimeout, to discard the body after the
+// handler's 404; now it closes the connection at once, the body unread.
 func holdBusy(t *testing.T, addr, src string) net.Conn {
 	t.Helper()
 	c, err := dialer(src).Dial("tcp", addr)
@@ -33,12 +34,14 @@ func holdBusy(t *testing.T, addr, src string) net.Conn {
 }
 
 // TestAttack3ChallengeBusyHold: a handful of connections that each send a
-// request header with an announced but unsent body are "busy" for the
-// gate, so they are never displaced; once they fill max_challenge_connections
-// (spread over max/per_ip client networks), the CA's validation connection
-// is refused, on both answerers (one gate). Silent connections cannot do
-// this (TestHTTPAnswererFlood); busy-looking ones can, with no token and
-// no knowledge of the CA's timing, by re-opening each every ReadTimeout.
+// request header with an announced but unsent body were "busy" for the
+// gate, so never displaced; once they filled max_challenge_connections
+// (spread over max/per_ip client networks), the CA's validation
+// connection was refused, on both answerers (one gate), by connections
+// re-opened every ReadTimeout with no token and no knowledge of the CA's
+// timing. Now only what a CA sends makes a connection busy, a request with
+// a body is closed at once, and a connection busy for longer than
+// busyGrace may be displaced again: the CA gets in.
 func TestAttack3ChallengeBusyHold(t *testing.T) {
 	ch := startChallenges(t, ChallengeLimits{MaxConns: 8, MaxConnsPerIP: 2}, 5*time.Second, nil)
 	const token, keyAuth = "busy-token", "busy-token.thumbprint"
