@@ -88,9 +88,10 @@ type ACMEConfig struct {
 	OrderBudget       int
 	OrderBudgetPeriod time.Duration
 	// OrderBudgetReserve is how many of the budget's orders on-demand
-	// names (AllowHost) leave to renewals and Domains: an on-demand order
-	// is placed only while more than that many are left. 0 means a fifth
-	// of OrderBudget, rounded up; negative means none.
+	// names (AllowHost), first orders and renewals, leave to Domains and
+	// their renewals: an on-demand order is placed only while more than
+	// that many are left. 0 means a fifth of OrderBudget, rounded up;
+	// negative means none.
 	OrderBudgetReserve int
 	// AskURL, when set, is the approval hook: before every new order for
 	// an AllowHost name (not for Domains, not for renewals) popgate asks
@@ -105,11 +106,11 @@ type ACMEConfig struct {
 	// AskTimeout bounds one request to AskURL; 0 means
 	// [DefaultAskTimeout].
 	AskTimeout time.Duration
-	// OrderRetry is how long after a failed order for an AllowHost name
-	// no new order is placed for it and the same key type (handshakes
-	// that need that certificate fail meanwhile; a certificate that
-	// exists is still served); 0 means [DefaultOrderRetry]. For Domains
-	// it is a minute.
+	// OrderRetry is how long after a failed order (or renewal) for an
+	// AllowHost name no new order or renewal is placed for it and the
+	// same key type (handshakes that need that certificate fail
+	// meanwhile; a certificate that exists is still served); 0 means
+	// [DefaultOrderRetry]. For Domains it is a minute.
 	OrderRetry time.Duration
 }
 

@@ -116,12 +116,12 @@ func attack3Transport(t *testing.T, size, reserve int, configured string, routed
 // TestAttack3RenewalOutsidePolicy: a certificate of a routed domain that
 // has since been removed from the routes (a customer who left) stays in
 // autocert's memory, and autocert keeps renewing it: every 30 to 60
-// minutes after a failure, for ever (until a restart). popgate pays each
+// minutes after a failure, for ever (until a restart). popgate paid each
 // such order from the budget, reserve included, although the name is no
 // longer in the policy ("Names it refuses never cause an order") and its
 // HTTP-01 validation cannot succeed (the answerer's host policy refuses
-// the name). Expected: an order for a name outside the policy is refused
-// before it reaches the CA.
+// the name). An order for a name outside the policy is refused before it
+// reaches the CA.
 func TestAttack3RenewalOutsidePolicy(t *testing.T) {
 	rt, ca := attack3Transport(t, 10, 2, "pop.example.org", map[string]bool{})
 	if rt.a.inPolicy("pop.gone.test") {
@@ -132,16 +132,17 @@ func TestAttack3RenewalOutsidePolicy(t *testing.T) {
 	}
 }
 
-// TestAttack3StaleRenewalsTakeReserve: renewals of on-demand names are
-// "renewals" for the budget, so they may take the reserve that a flood of
-// on-demand names must leave to the configured domains. Failing renewals
-// of on-demand names (a customer's DNS moved away, or a hostile customer
-// who had ECDSA and RSA certificates made for pop. and mail. of many
-// domains, then pointed them elsewhere) retry every 30 to 60 minutes with
-// no back-off from popgate: a few dozen such certificates use the whole
-// refill (100 per 3 h by default), and the renewal of a configured domain
-// finds no order left. Expected: on-demand names, renewals included, never
-// take the last order_budget_reserve orders.
+// TestAttack3StaleRenewalsTakeReserve: renewals of on-demand names were
+// "renewals" for the budget, so they could take the reserve that a flood
+// of on-demand names must leave to the configured domains. Failing
+// renewals of on-demand names (a customer's DNS moved away, or a hostile
+// customer who had ECDSA and RSA certificates made for pop. and mail. of
+// many domains, then pointed them elsewhere) retry every 30 to 60 minutes:
+// a few dozen such certificates would use the whole refill (100 per 3 h
+// by default), and the renewal of a configured domain would find no order
+// left. On-demand names, renewals included, never take the last
+// order_budget_reserve orders (and a failed renewal now sets the
+// back-off, as a failed order does).
 func TestAttack3StaleRenewalsTakeReserve(t *testing.T) {
 	routed := map[string]bool{}
 	for i := range 12 {
