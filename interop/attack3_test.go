@@ -45,17 +45,18 @@ func startOnDemandWith(t *testing.T, pb *pebble, challenges string, domains ...s
 
 // TestAttack3PebbleKeyTypesCollide: with TLS-ALPN-01 (tls_alpn_challenge,
 // no http_challenge), an ECDSA client and an RSA-only client of a new
-// on-demand name at the same moment start two orders for the same name
-// at once (one per key type, as designed). autocert keeps TLS-ALPN-01
-// challenge certificates by name alone (Manager.certTokens[name], and the
-// cache key "name+token"), so the second order's challenge certificate
-// replaces the first's, and the first one's cleanup deletes the second's:
-// Pebble validates against the wrong key authorization, or finds none.
-// Either order, or both, fails, and the back-off then withholds that key
-// type for 10 minutes; at Let's Encrypt every such failure also counts
-// against the 5 failed authorizations per name per hour. Any client can do
-// this to any on-demand name (or a configured domain during its start-up
-// prefetch) by sending an RSA-only hello next to a normal one.
+// on-demand name at the same moment need two orders for the same name
+// (one per key type, as designed). autocert keeps TLS-ALPN-01 challenge
+// certificates by name alone (Manager.certTokens[name], and the cache key
+// "name+token"), so concurrent orders broke each other: the second one's
+// challenge certificate replaced the first's, and the first one's cleanup
+// deleted the second's; Pebble validated against the wrong key
+// authorization, or found none, and the back-off then withheld that key
+// type for 10 minutes (at Let's Encrypt every such failure also counts
+// against the 5 failed authorizations per name per hour). Any client could
+// do this to any on-demand name by sending an RSA-only hello next to a
+// normal one. popgate now places one order per name at a time: the second
+// handshake waits for the first order, then orders its own.
 func TestAttack3PebbleKeyTypesCollide(t *testing.T) {
 	requireInterop(t, "pebble", "pebble-challtestsrv")
 	t.Parallel()

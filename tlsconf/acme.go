@@ -156,6 +156,13 @@ type acmeState struct {
 	attMu    sync.Mutex
 	attempts map[context.Context]*attempt // autocert's attempts under way, by their context
 	tickets  map[seenKey]*ticket          // the orders popgate asked autocert for, under way
+	// ordering holds the names an order of popgate's is under way for, at
+	// most one per name whatever the key type (see lockName); the channel
+	// is closed when it ends.
+	ordering map[string]chan struct{}
+	// renewing counts, by name, the renewals under way that were allowed
+	// an order: no order of popgate's starts for the name meanwhile.
+	renewing map[string]int
 }
 
 // seenKey names an ACME certificate: autocert keeps an ECDSA and, for
@@ -207,6 +214,8 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		flights:   map[seenKey]*flight{},
 		attempts:  map[context.Context]*attempt{},
 		tickets:   map[seenKey]*ticket{},
+		ordering:  map[string]chan struct{}{},
+		renewing:  map[string]int{},
 		budget:    newOrderBudget(cfg.OrderBudget, cfg.OrderBudgetPeriod, cfg.OrderBudgetReserve, time.Now),
 	}
 	a.stored = a.cacheHolds

@@ -48,8 +48,12 @@ type attempt struct {
 	contacted bool // it sent (or tried to send) a request to the CA
 	stored    bool // it wrote a certificate to the cache
 	// held is why popgate refused the order of a renewal before it
-	// reached the CA (the policy, the back-off); nil if it did not.
+	// reached the CA (the policy, the back-off, an order of popgate's
+	// for the name); nil if it did not.
 	held *renewalHeldError
+	// renewing: a renewal allowed an order, counted in
+	// acmeState.renewing until it ends.
+	renewing bool
 
 	orders   int               // orders the CA accepted
 	offered  map[string]bool   // challenge types of the last authorization
@@ -76,6 +80,11 @@ func (a *acmeState) attemptFor(ctx context.Context, create bool) *attempt {
 	context.AfterFunc(ctx, func() {
 		a.attMu.Lock()
 		delete(a.attempts, ctx)
+		if att.renewing {
+			if a.renewing[att.key.name]--; a.renewing[att.key.name] <= 0 {
+				delete(a.renewing, att.key.name)
+			}
+		}
 		a.attMu.Unlock()
 		a.attemptEnded(att)
 	})
@@ -186,7 +195,8 @@ func parseCacheKey(key string) (seenKey, bool) {
 
 // renewalHeldError is the order of a renewal that popgate refused before
 // it reached the CA, for Reason: "policy" (the name is no longer in the
-// policy) or "backoff" (its last order failed recently).
+// policy), "backoff" (its last order failed recently) or "busy" (an order
+// of popgate's for the name is under way).
 type renewalHeldError struct {
 	Name   string
 	Reason string
@@ -200,6 +210,10 @@ func (e *renewalHeldError) Unwrap() error { return e.Err }
 // errNotInPolicy is the reason of a renewal refused for a name that is no
 // longer in the policy.
 var errNotInPolicy = errors.New("the name is no longer in tls.acme.domains or the on-demand policy")
+
+// errOrderUnderWay is the reason of a renewal refused while an order of
+// popgate's for the same name is under way.
+var errOrderUnderWay = errors.New("an order for the name, of another key type, is under way")
 
 // errUnknownAttempt refuses an order that popgate cannot tell the name of:
 // autocert reads a certificate's cache entry, with the attempt's context,
@@ -334,10 +348,13 @@ func (t *caTransport) isNewOrder(url string) bool {
 // priority of the attempt's ticket.
 //
 // An attempt popgate did not start is a renewal (autocert's timer): its
-// order is refused for a name no longer in the policy, and while the
-// back-off holds the certificate; it is paid as a renewal for a name of
-// Domains and as an on-demand order (leaving the reserve) for any other.
-// An order of no known attempt is refused.
+// order is refused for a name no longer in the policy, while the back-off
+// holds the certificate, and while an order of popgate's for the name is
+// under way (their TLS-ALPN-01 challenge certificates would collide:
+// autocert keeps them by name only); once allowed, it holds back
+// popgate's orders for the name until it ends. It is paid as a renewal
+// for a name of Domains and as an on-demand order (leaving the reserve)
+// for any other. An order of no known attempt is refused.
 func (t *caTransport) mayOrder(att *attempt) (payment, error) {
 	if att == nil {
 		return paidNothing, errUnknownAttempt
@@ -374,6 +391,16 @@ func (t *caTransport) mayOrder(att *attempt) (payment, error) {
 		if next, blocked := t.a.limiter.blocked(k); blocked {
 			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "backoff", Err: &heldBackError{next}})
 		}
+		t.a.attMu.Lock()
+		if t.a.ordering[k.name] != nil {
+			t.a.attMu.Unlock()
+			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "busy", Err: errOrderUnderWay})
+		}
+		if !att.renewing {
+			att.renewing = true
+			t.a.renewing[k.name]++
+		}
+		t.a.attMu.Unlock()
 	}
 	ok, next, first := t.a.budget.take(class)
 	if !ok {

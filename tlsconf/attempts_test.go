@@ -68,6 +68,7 @@ func newScriptedTransport(answered ...string) (*caTransport, *scriptedCA) {
 		"POST https://ca.test/chal/http": func() (int, string) { return 200, `{"type":"http-01","status":"processing"}` },
 	}}
 	a := &acmeState{attempts: map[context.Context]*attempt{}, tickets: map[seenKey]*ticket{},
+		ordering: map[string]chan struct{}{}, renewing: map[string]int{},
 		budget: newOrderBudget(100, time.Hour, 0, time.Now), log: slog.New(slog.DiscardHandler),
 		allowed: map[string]bool{"pop.x.test": true}, limiter: newOrderLimiter(0)}
 	return &caTransport{a: a, next: ca, dirURL: caDir, answered: answered}, ca
