@@ -1,5 +1,10 @@
 package interop
 
+// Regression tests from the third attack review (certificates: the
+// challenge answerers, orders and renewals, the approval hook, the cache
+// and the files popgate reads): each TestAttack3* test failed while the
+// defect it names was present.
+
 import (
 	"bufio"
 	"crypto/tls"

@@ -1,5 +1,10 @@
 package tlsconf
 
+// Regression tests from the third attack review (certificates: the
+// challenge answerers, orders and renewals, the approval hook, the cache
+// and the files popgate reads): each TestAttack3* test failed while the
+// defect it names was present.
+
 import (
 	"context"
 	"crypto/tls"
@@ -58,7 +63,8 @@ func TestAttack3ChallengeBusyHold(t *testing.T) {
 			conns = append(conns, holdBusy(t, addr, src))
 		}
 	}
-	// Wait until the gate holds them all, busy.
+	// Wait until the gate holds them all (it closed them at once, so
+	// this waits the whole 5 s).
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		total, _ := ch.gate.held(netip.Prefix{})
@@ -67,7 +73,7 @@ func TestAttack3ChallengeBusyHold(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(200 * time.Millisecond) // the headers are read: StateActive
+	time.Sleep(200 * time.Millisecond) // the headers are read
 	start := time.Now()
 	code, body, err := get(addr, "127.0.0.1", challengeName, http.MethodGet, challengePath+token)
 	if err != nil || code != http.StatusOK || body != keyAuth {

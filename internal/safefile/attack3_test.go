@@ -2,6 +2,11 @@
 
 package safefile
 
+// Regression tests from the third attack review (certificates: the
+// challenge answerers, orders and renewals, the approval hook, the cache
+// and the files popgate reads): each TestAttack3* test failed while the
+// defect it names was present.
+
 import (
 	"errors"
 	"os"
