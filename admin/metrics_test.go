@@ -245,6 +245,7 @@ func TestMetrics(t *testing.T) {
 				`popgate_acme_orders_withheld_total{reason="denied"}`:         1,
 				`popgate_acme_orders_withheld_total{reason="backoff"}`:        0,
 				`popgate_acme_orders_withheld_total{reason="ask_failed"}`:     0,
+				`popgate_acme_orders_withheld_total{reason="busy"}`:           0,
 				`popgate_acme_order_budget_remaining`:                         42,
 			},
 		},

@@ -88,9 +88,10 @@ type ACMEConfig struct {
 	OrderBudget       int
 	OrderBudgetPeriod time.Duration
 	// OrderBudgetReserve is how many of the budget's orders on-demand
-	// names (AllowHost) leave to renewals and Domains: an on-demand order
-	// is placed only while more than that many are left. 0 means a fifth
-	// of OrderBudget, rounded up; negative means none.
+	// names (AllowHost), first orders and renewals, leave to Domains and
+	// their renewals: an on-demand order is placed only while more than
+	// that many are left. 0 means a fifth of OrderBudget, rounded up;
+	// negative means none.
 	OrderBudgetReserve int
 	// AskURL, when set, is the approval hook: before every new order for
 	// an AllowHost name (not for Domains, not for renewals) popgate asks
@@ -105,11 +106,11 @@ type ACMEConfig struct {
 	// AskTimeout bounds one request to AskURL; 0 means
 	// [DefaultAskTimeout].
 	AskTimeout time.Duration
-	// OrderRetry is how long after a failed order for an AllowHost name
-	// no new order is placed for it and the same key type (handshakes
-	// that need that certificate fail meanwhile; a certificate that
-	// exists is still served); 0 means [DefaultOrderRetry]. For Domains
-	// it is a minute.
+	// OrderRetry is how long after a failed order (or renewal) for an
+	// AllowHost name no new order or renewal is placed for it and the
+	// same key type (handshakes that need that certificate fail
+	// meanwhile; a certificate that exists is still served); 0 means
+	// [DefaultOrderRetry]. For Domains it is a minute.
 	OrderRetry time.Duration
 }
 
@@ -155,6 +156,13 @@ type acmeState struct {
 	attMu    sync.Mutex
 	attempts map[context.Context]*attempt // autocert's attempts under way, by their context
 	tickets  map[seenKey]*ticket          // the orders popgate asked autocert for, under way
+	// ordering holds the names an order of popgate's is under way for, at
+	// most one per name whatever the key type (see lockName); the channel
+	// is closed when it ends.
+	ordering map[string]chan struct{}
+	// renewing counts, by name, the renewals under way that were allowed
+	// an order: no order of popgate's starts for the name meanwhile.
+	renewing map[string]int
 }
 
 // seenKey names an ACME certificate: autocert keeps an ECDSA and, for
@@ -206,6 +214,8 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		flights:   map[seenKey]*flight{},
 		attempts:  map[context.Context]*attempt{},
 		tickets:   map[seenKey]*ticket{},
+		ordering:  map[string]chan struct{}{},
+		renewing:  map[string]int{},
 		budget:    newOrderBudget(cfg.OrderBudget, cfg.OrderBudgetPeriod, cfg.OrderBudgetReserve, time.Now),
 	}
 	a.stored = a.cacheHolds

@@ -24,6 +24,15 @@ import (
 // new input path, so: no redirects, no proxy from the environment, no
 // credentials or client data sent, the response bounded, a timeout, and
 // no answer is a refusal.
+//
+// A request is the hook's, not the handshake's: it is shared and its answer
+// cached, so it goes on, up to the timeout, after the handshake that caused
+// it has gone. So that handshakes opened and dropped for many names cannot
+// make popgate hold a connection and a goroutine per name, outside every
+// connection cap and the file descriptor budget's reserve, at most
+// maxAskInFlight requests are under way at once; a name that would need
+// one more is refused at once (fail closed), as if the hook had not
+// answered.
 
 // DefaultAskTimeout is ACMEConfig.AskTimeout when it is 0.
 const DefaultAskTimeout = 5 * time.Second
@@ -35,7 +44,16 @@ const (
 	maxAskNames  = 4096             // answers kept, least recently used dropped
 	maxAskBody   = 4 << 10          // of the response body, read and dropped (keeps the connection)
 	maxAskHeader = 16 << 10         // response header bytes
+	// maxAskInFlight bounds the requests to the hook under way at once,
+	// and so its connections.
+	maxAskInFlight = 32
+	// askBusyWarnEvery spaces the WARN lines about refusals at the cap.
+	askBusyWarnEvery = time.Minute
 )
+
+// errAskBusy is the failure of a name the hook was not asked about because
+// maxAskInFlight requests were under way.
+var errAskBusy = fmt.Errorf("%d requests to it are under way already", maxAskInFlight)
 
 // approver asks the approval hook.
 type approver struct {
@@ -47,8 +65,12 @@ type approver struct {
 
 	mu      sync.Mutex
 	answers *simplelru.LRU[string, askAnswer]
-	flights map[string]*askFlight
-	failing bool // the last request failed: report recovery, not every failure
+	flights map[string]*askFlight // requests under way, at most maxAskInFlight
+	failing bool                  // the last request failed: report recovery, not every failure
+	// busy counts the names refused at the cap since the last WARN
+	// (busyWarned).
+	busy       int
+	busyWarned time.Time
 }
 
 // askAnswer is a cached answer: err nil and allowed, err nil and refused
@@ -133,6 +155,7 @@ func newApprover(raw string, timeout time.Duration, log *slog.Logger) (*approver
 				MaxResponseHeaderBytes: maxAskHeader,
 				MaxIdleConns:           4,
 				MaxIdleConnsPerHost:    4,
+				MaxConnsPerHost:        maxAskInFlight,
 				IdleConnTimeout:        30 * time.Second,
 			},
 			// A redirect is an answer (a refusal), never followed.
@@ -149,8 +172,9 @@ func (p *approver) where() string {
 }
 
 // allowed asks whether name may be ordered: nil means yes, an
-// *askDeniedError no, an *askFailedError no answer. Concurrent calls for a
-// name share one request; a caller gives up when ctx is done.
+// *askDeniedError no, an *askFailedError no answer (or no request, at
+// maxAskInFlight). Concurrent calls for a name share one request; a caller
+// gives up when ctx is done.
 func (p *approver) allowed(ctx context.Context, name string) error {
 	p.mu.Lock()
 	if ans, ok := p.answers.Get(name); ok && p.now().Before(ans.until) {
@@ -160,6 +184,11 @@ func (p *approver) allowed(ctx context.Context, name string) error {
 	f := p.flights[name]
 	owner := f == nil
 	if owner {
+		if len(p.flights) >= maxAskInFlight {
+			p.refuseBusyLocked(name)
+			p.mu.Unlock()
+			return &askFailedError{errAskBusy}
+		}
 		f = &askFlight{done: make(chan struct{})}
 		p.flights[name] = f
 	}
@@ -175,6 +204,20 @@ func (p *approver) allowed(ctx context.Context, name string) error {
 	case <-ctx.Done():
 		return &askFailedError{ctx.Err()}
 	}
+}
+
+// refuseBusyLocked logs, at most every askBusyWarnEvery, that names are
+// refused at maxAskInFlight. p.mu is held.
+func (p *approver) refuseBusyLocked(name string) {
+	p.busy++
+	now := p.now()
+	if !p.busyWarned.IsZero() && now.Sub(p.busyWarned) < askBusyWarnEvery {
+		p.log.Debug("acme approval hook not asked: too many requests under way", "name", name)
+		return
+	}
+	p.log.Warn("acme approval hook has too many requests under way; orders for more on-demand names are refused until they end",
+		"hook", p.where(), "in_flight", maxAskInFlight, "refused", p.busy)
+	p.busyWarned, p.busy = now, 0
 }
 
 func (a askAnswer) result() error {

@@ -29,8 +29,15 @@ type askHook struct {
 
 func newAskHook(t *testing.T, allow map[string]int) *askHook {
 	t.Helper()
+	return newAskHookWith(t, allow, nil)
+}
+
+// newAskHookWith is newAskHook with setup run on the hook before its
+// server starts (to set block, or the server's ConnState).
+func newAskHookWith(t *testing.T, allow map[string]int, setup func(*askHook)) *askHook {
+	t.Helper()
 	h := &askHook{allow: allow}
-	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.requests.Add(1)
 		h.mu.Lock()
 		h.reqs = append(h.reqs, r.Clone(context.Background()))
@@ -51,6 +58,10 @@ func newAskHook(t *testing.T, allow map[string]int) *askHook {
 			http.Error(w, "no", http.StatusForbidden)
 		}
 	}))
+	if setup != nil {
+		setup(h)
+	}
+	h.srv.Start()
 	t.Cleanup(h.srv.Close)
 	return h
 }

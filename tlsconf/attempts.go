@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -46,6 +47,13 @@ type attempt struct {
 	ticket    *ticket
 	contacted bool // it sent (or tried to send) a request to the CA
 	stored    bool // it wrote a certificate to the cache
+	// held is why popgate refused the order of a renewal before it
+	// reached the CA (the policy, the back-off, an order of popgate's
+	// for the name); nil if it did not.
+	held *renewalHeldError
+	// renewing: a renewal allowed an order, counted in
+	// acmeState.renewing until it ends.
+	renewing bool
 
 	orders   int               // orders the CA accepted
 	offered  map[string]bool   // challenge types of the last authorization
@@ -72,6 +80,11 @@ func (a *acmeState) attemptFor(ctx context.Context, create bool) *attempt {
 	context.AfterFunc(ctx, func() {
 		a.attMu.Lock()
 		delete(a.attempts, ctx)
+		if att.renewing {
+			if a.renewing[att.key.name]--; a.renewing[att.key.name] <= 0 {
+				delete(a.renewing, att.key.name)
+			}
+		}
 		a.attMu.Unlock()
 		a.attemptEnded(att)
 	})
@@ -89,22 +102,36 @@ type ticket struct {
 }
 
 // attemptEnded reports an attempt popgate did not start (a renewal) that
-// got as far as the CA: a metric, and an ERROR if it obtained nothing.
-// Orders popgate starts are reported by order.
+// got as far as the CA: a metric, and an ERROR and the back-off if it
+// obtained nothing; or, if popgate refused its order before it reached
+// the CA, a DEBUG line only (autocert tries again within an hour). Orders
+// popgate starts are reported by order.
 func (a *acmeState) attemptEnded(att *attempt) {
 	a.attMu.Lock()
 	renewal := att.ticket == nil && att.contacted && att.keyKnown
-	k, stored, cause := att.key, att.stored, att.cause()
+	k, stored, cause, held := att.key, att.stored, att.cause(), att.held
+	if att.orders > 0 {
+		held = nil // it placed an order: a renewal that failed
+	}
 	a.attMu.Unlock()
 	if !renewal {
 		return
 	}
-	if stored {
+	switch {
+	case stored:
+		a.limiter.ok(k)
 		a.observe(k, OrderIssued)
-		return
+	case held != nil:
+		a.log.Debug("acme renewal held back", "name", k.name, "key_type", k.keyType(), "reason", held.Reason, "err", held.Err)
+	default:
+		retry := domainOrderRetry
+		if !a.allowed[k.name] {
+			retry = a.limiter.retry
+		}
+		next := a.limiter.fail(k, retry)
+		a.observe(k, OrderFailed)
+		a.log.Error("acme renewal failed", "name", k.name, "key_type", k.keyType(), "err", cause, "retry_after", next)
 	}
-	a.observe(k, OrderFailed)
-	a.log.Error("acme renewal failed", "name", k.name, "key_type", k.keyType(), "err", cause)
 }
 
 // cause says why the attempt's last order failed. a.attMu is held.
@@ -165,6 +192,33 @@ func parseCacheKey(key string) (seenKey, bool) {
 	}
 	return seenKey{name, rsa}, true
 }
+
+// renewalHeldError is the order of a renewal that popgate refused before
+// it reached the CA, for Reason: "policy" (the name is no longer in the
+// policy), "backoff" (its last order failed recently) or "busy" (an order
+// of popgate's for the name is under way).
+type renewalHeldError struct {
+	Name   string
+	Reason string
+	Err    error
+}
+
+func (e *renewalHeldError) Error() string { return e.Err.Error() }
+
+func (e *renewalHeldError) Unwrap() error { return e.Err }
+
+// errNotInPolicy is the reason of a renewal refused for a name that is no
+// longer in the policy.
+var errNotInPolicy = errors.New("the name is no longer in tls.acme.domains or the on-demand policy")
+
+// errOrderUnderWay is the reason of a renewal refused while an order of
+// popgate's for the same name is under way.
+var errOrderUnderWay = errors.New("an order for the name, of another key type, is under way")
+
+// errUnknownAttempt refuses an order that popgate cannot tell the name of:
+// autocert reads a certificate's cache entry, with the attempt's context,
+// before it orders one (see the comment at the top of this file).
+var errUnknownAttempt = errors.New("tlsconf: acme: an order for a name popgate does not know; refused")
 
 // orderRefusedError is an order autocert wanted to place that could only
 // fail: Cause is why the attempt's previous order failed.
@@ -291,23 +345,60 @@ func (t *caTransport) isNewOrder(url string) bool {
 // would place it and then give up with "no viable challenge type found"),
 // and an order the budget has no room for. The first order of an attempt
 // popgate started is paid by its ticket; any other is paid here, at the
-// priority of the attempt's ticket, or as a renewal.
+// priority of the attempt's ticket.
+//
+// An attempt popgate did not start is a renewal (autocert's timer): its
+// order is refused for a name no longer in the policy, while the back-off
+// holds the certificate, and while an order of popgate's for the name is
+// under way (their TLS-ALPN-01 challenge certificates would collide:
+// autocert keeps them by name only); once allowed, it holds back
+// popgate's orders for the name until it ends. It is paid as a renewal
+// for a name of Domains and as an on-demand order (leaving the reserve)
+// for any other. An order of no known attempt is refused.
 func (t *caTransport) mayOrder(att *attempt) (payment, error) {
-	class := classRenewal
-	if att != nil {
+	if att == nil {
+		return paidNothing, errUnknownAttempt
+	}
+	t.a.attMu.Lock()
+	if !att.keyKnown {
+		t.a.attMu.Unlock()
+		return paidNothing, errUnknownAttempt
+	}
+	if err := t.retryUseless(att); err != nil {
+		t.a.attMu.Unlock()
+		return paidNothing, err
+	}
+	tk, k := att.ticket, att.key
+	if tk != nil && att.orders == 0 && !tk.used {
+		tk.used = true
+		t.a.attMu.Unlock()
+		return paidTicket, nil
+	}
+	t.a.attMu.Unlock()
+	var class orderClass
+	switch {
+	case tk != nil:
+		class = tk.class
+	case t.a.allowed[k.name]:
+		class = classRenewal
+	default:
+		class = classOnDemand
+		if !t.a.inPolicy(k.name) {
+			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "policy", Err: errNotInPolicy})
+		}
+	}
+	if tk == nil {
+		if next, blocked := t.a.limiter.blocked(k); blocked {
+			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "backoff", Err: &heldBackError{next}})
+		}
 		t.a.attMu.Lock()
-		if err := t.retryUseless(att); err != nil {
+		if t.a.ordering[k.name] != nil {
 			t.a.attMu.Unlock()
-			return paidNothing, err
+			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "busy", Err: errOrderUnderWay})
 		}
-		tk := att.ticket
-		if tk != nil && att.orders == 0 && !tk.used {
-			tk.used = true
-			t.a.attMu.Unlock()
-			return paidTicket, nil
-		}
-		if tk != nil {
-			class = tk.class
+		if !att.renewing {
+			att.renewing = true
+			t.a.renewing[k.name]++
 		}
 		t.a.attMu.Unlock()
 	}
@@ -319,6 +410,14 @@ func (t *caTransport) mayOrder(att *attempt) (payment, error) {
 		return paidNothing, &budgetError{next}
 	}
 	return paidBudget, nil
+}
+
+// hold records on att that its order was refused as e says, and returns e.
+func (t *caTransport) hold(att *attempt, e *renewalHeldError) error {
+	t.a.attMu.Lock()
+	defer t.a.attMu.Unlock()
+	att.held = e
+	return e
 }
 
 // retryUseless refuses a further order of att that could only fail (see

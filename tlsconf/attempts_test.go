@@ -68,7 +68,9 @@ func newScriptedTransport(answered ...string) (*caTransport, *scriptedCA) {
 		"POST https://ca.test/chal/http": func() (int, string) { return 200, `{"type":"http-01","status":"processing"}` },
 	}}
 	a := &acmeState{attempts: map[context.Context]*attempt{}, tickets: map[seenKey]*ticket{},
-		budget: newOrderBudget(100, time.Hour, 0, time.Now), log: slog.New(slog.DiscardHandler)}
+		ordering: map[string]chan struct{}{}, renewing: map[string]int{},
+		budget: newOrderBudget(100, time.Hour, 0, time.Now), log: slog.New(slog.DiscardHandler),
+		allowed: map[string]bool{"pop.x.test": true}, limiter: newOrderLimiter(0)}
 	return &caTransport{a: a, next: ca, dirURL: caDir, answered: answered}, ca
 }
 
@@ -211,5 +213,68 @@ func TestRetryBackoff(t *testing.T) {
 		if got := retryBackoff(tc.n, nil, &http.Response{StatusCode: tc.code}) > 0; got != tc.retry {
 			t.Errorf("retryBackoff(%d, status %d) retries: %v, want %v", tc.n, tc.code, got, tc.retry)
 		}
+	}
+}
+
+// TestRenewalRules: a renewal (an attempt popgate did not start) that
+// placed an order and obtained nothing sets the back-off of its name and
+// key type; the next renewal of that certificate is then held back before
+// it reaches the CA, as is one of a name no longer in the policy: a DEBUG
+// line, no failed-order metric, no further back-off. An order of no known
+// attempt is refused.
+func TestRenewalRules(t *testing.T) {
+	var logs syncBuffer
+	rt, ca := newScriptedTransport("http-01")
+	clock := newFakeClock()
+	rt.a.limiter.now = clock.now
+	rt.a.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	routed := map[string]bool{"pop.r.test": true}
+	var mu sync.Mutex
+	rt.a.allowHost = func(n string) bool { mu.Lock(); defer mu.Unlock(); return routed[n] }
+	obs := &recordingObserver{}
+	rt.a.obs.Store(observerBox{obs})
+	_ = send(t, rt, context.Background(), "GET", caDir)
+
+	renew := func(key string) error {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		rt.a.cacheRead(ctx, key)
+		return send(t, rt, ctx, "POST", caNewOrder)
+	}
+	if err := renew("pop.r.test"); err != nil {
+		t.Fatalf("first renewal: %v", err)
+	}
+	waitFor(t, "the failed renewal's back-off", func() bool { _, held := rt.a.limiter.blocked(seenKey{"pop.r.test", false}); return held })
+	var held *renewalHeldError
+	if err := renew("pop.r.test"); !errors.As(err, &held) || held.Reason != "backoff" {
+		t.Errorf("renewal during the back-off: %v, want it held back", err)
+	}
+	if err := renew("pop.r.test+rsa"); err != nil {
+		t.Errorf("renewal of the other key type during the back-off: %v", err)
+	}
+	clock.add(DefaultOrderRetry)
+	if err := renew("pop.r.test"); err != nil {
+		t.Errorf("renewal after the back-off: %v", err)
+	}
+
+	mu.Lock()
+	delete(routed, "pop.r.test")
+	mu.Unlock()
+	clock.add(DefaultOrderRetry)
+	if err := renew("pop.r.test"); !errors.As(err, &held) || held.Reason != "policy" {
+		t.Errorf("renewal of a name no longer routed: %v, want it held back", err)
+	}
+	if err := send(t, rt, context.Background(), "POST", caNewOrder); !errors.Is(err, errUnknownAttempt) {
+		t.Errorf("order of no attempt: %v, want it refused", err)
+	}
+	if n := ca.count("POST " + caNewOrder); n != 3 {
+		t.Errorf("the CA got %d orders, want 3", n)
+	}
+	waitFor(t, "the held renewals' DEBUG lines", func() bool {
+		return strings.Count(logs.String(), `msg="acme renewal held back" name=pop.r.test`) == 2
+	})
+	waitFor(t, "three failed renewals reported", func() bool { o, _ := obs.counts(); return o["ecdsa failed"]+o["rsa failed"] == 3 })
+	if o, _ := obs.counts(); o["ecdsa failed"]+o["rsa failed"] != 3 {
+		t.Errorf("order metrics %v, want 3 failed (the held renewals not counted)", o)
 	}
 }

@@ -26,21 +26,21 @@ const (
 type orderClass int
 
 const (
-	// classRenewal: autocert renewing a certificate it holds (and any
-	// order popgate did not start itself).
+	// classRenewal: autocert renewing a certificate of a name of
+	// ACMEConfig.Domains.
 	classRenewal orderClass = iota
 	// classDomain: a name of ACMEConfig.Domains.
 	classDomain
-	// classOnDemand: a name ACMEConfig.AllowHost allows. It leaves the
-	// reserve to the others.
+	// classOnDemand: a name ACMEConfig.AllowHost allows, first orders
+	// and renewals alike. It leaves the reserve to the others.
 	classOnDemand
 )
 
 // orderBudget is a token bucket of orders: it holds up to size, starts
 // full and refills size per period, evenly. On-demand orders are placed
-// only while more than reserve are left, so that renewals and the
-// configured domains still get theirs when a flood of on-demand names has
-// used the rest.
+// (renewals included) only while more than reserve are left, so that the
+// configured domains, and their renewals, still get theirs when a flood of
+// on-demand names has used the rest.
 type orderBudget struct {
 	size    float64
 	period  time.Duration

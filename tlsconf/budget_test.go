@@ -207,14 +207,17 @@ func TestOrderBudgetFlood(t *testing.T) {
 }
 
 // TestRenewalBudget: orders popgate did not start (autocert's renewals)
-// are paid from the budget when they reach the CA, ahead of on-demand
-// names; refused, they end in one ERROR and a failed-order metric. An
-// attempt popgate started pays its first order with its ticket.
+// of configured domains are paid from the budget when they reach the CA,
+// ahead of on-demand names; refused, they end in one ERROR and a
+// failed-order metric. An attempt popgate started pays its first order
+// with its ticket.
 func TestRenewalBudget(t *testing.T) {
 	var logs syncBuffer
 	rt, ca := newScriptedTransport("http-01")
 	clock := newFakeClock()
 	rt.a.budget = newOrderBudget(3, time.Hour, 2, clock.now)
+	rt.a.allowed = map[string]bool{"pop.r1.test": true, "pop.r2.test": true, "pop.r3.test": true, "pop.r.test": true}
+	rt.a.allowHost = func(n string) bool { return n == "pop.x.test" }
 	rt.a.log = slog.New(slog.NewTextHandler(&logs, nil))
 	obs := &recordingObserver{}
 	rt.a.obs.Store(observerBox{obs})
@@ -236,7 +239,7 @@ func TestRenewalBudget(t *testing.T) {
 	// Two renewals: the reserve is theirs; the third finds nothing.
 	for i, want := range []bool{true, true, false} {
 		ctx, cancel := context.WithCancel(context.Background())
-		rt.a.cacheRead(ctx, "pop.r.test+rsa")
+		rt.a.cacheRead(ctx, fmt.Sprintf("pop.r%d.test+rsa", i+1))
 		err := send(t, rt, ctx, "POST", caNewOrder)
 		if (err == nil) != want {
 			t.Errorf("renewal %d: %v, want placed %v", i+1, err, want)
@@ -244,7 +247,7 @@ func TestRenewalBudget(t *testing.T) {
 		cancel()
 	}
 	waitFor(t, "the refused renewal's ERROR", func() bool {
-		return strings.Contains(logs.String(), `msg="acme renewal failed" name=pop.r.test key_type=rsa err="the ACME order budget is used up`)
+		return strings.Contains(logs.String(), `msg="acme renewal failed" name=pop.r3.test key_type=rsa err="the ACME order budget is used up`)
 	})
 	// The CA refusing an order (a rate limit) gives the unit back.
 	ca.answers["POST "+caNewOrder] = func() (int, string) { return 429, `{"type":"urn:ietf:params:acme:error:rateLimited"}` }

@@ -8,12 +8,17 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/popgate/popgate/internal/safefile"
@@ -249,4 +254,70 @@ func TestCachePlantedAfterStart(t *testing.T) {
 	if c, err := srv.TLSConfig().GetCertificate(hello); err != nil || c.Leaf == nil || c.Leaf.DNSNames[0] != "mail.example.com" {
 		t.Errorf("GetCertificate with popgate's own cache entry = %v, %v", c, err)
 	}
+}
+
+// TestValidCachedAgreesWithAutocert: validCached takes a cache entry for a
+// certificate exactly when autocert does, loading it without contacting
+// the CA; where they differed (white space after the last PEM block),
+// handshakes made autocert order outside popgate's order path.
+func TestValidCachedAgreesWithAutocert(t *testing.T) {
+	const name = "mail.example.com"
+	ecdsaEntry := cacheEntry(t, name)
+	rsaCert := newRSACert(t, name)
+	certPEM, keyPEM, err := EncodePEM(rsaCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaEntry := append(keyPEM, certPEM...)
+	expired := certValid(t, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour), name)
+	certPEM, keyPEM, err = EncodePEM(expired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiredEntry := append(keyPEM, certPEM...)
+	with := func(b []byte, tail string) []byte { return append(append([]byte(nil), b...), tail...) }
+	for _, tc := range []struct {
+		label string
+		entry []byte
+		rsa   bool
+	}{
+		{"ECDSA", ecdsaEntry, false},
+		{"ECDSA, trailing newline", with(ecdsaEntry, "\n"), false},
+		{"ECDSA, trailing CRLF", with(ecdsaEntry, "\r\n"), false},
+		{"ECDSA, trailing space", with(ecdsaEntry, " "), false},
+		{"ECDSA, trailing text", with(ecdsaEntry, "junk"), false},
+		{"ECDSA under the RSA key", ecdsaEntry, true},
+		{"RSA", rsaEntry, true},
+		{"RSA under the ECDSA key", rsaEntry, false},
+		{"RSA, trailing newline", with(rsaEntry, "\n"), true},
+		{"expired", expiredEntry, false},
+		{"certificate only", certPEM, false},
+		{"another name", cacheEntry(t, "other.example.com"), false},
+	} {
+		t.Run(tc.label, func(t *testing.T) {
+			k := seenKey{name, tc.rsa}
+			ours := validCached(tc.entry, k, time.Now()) == nil
+			if got := autocertLoads(t, k, tc.entry); got != ours {
+				t.Errorf("validCached takes the entry for a certificate: %v; autocert loads it without the CA: %v", ours, got)
+			}
+		})
+	}
+}
+
+// autocertLoads reports whether autocert, finding entry in its cache for
+// k, serves it without contacting the CA.
+func autocertLoads(t *testing.T, k seenKey, entry []byte) bool {
+	t.Helper()
+	var hits atomic.Int64
+	ca := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.NotFound(w, r)
+	}))
+	defer ca.Close()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, k.cacheKey()), entry)
+	m := &autocert.Manager{Prompt: autocert.AcceptTOS, Cache: autocert.DirCache(dir),
+		Client: &acme.Client{DirectoryURL: ca.URL + "/directory"}}
+	c, err := m.GetCertificate(helloFor(k))
+	return err == nil && c != nil && hits.Load() == 0
 }

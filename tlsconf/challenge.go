@@ -50,18 +50,16 @@ func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 		}
 		c.httpLn = &gateListener{Listener: ln, g: c.gate}
 		c.httpSrv = &http.Server{
-			Handler: challengeHandler(s.acme.m.HTTPHandler(http.NotFoundHandler()), s.log),
+			Handler: challengeHandler(s.acme.m.HTTPHandler(http.NotFoundHandler()), s.acme.inPolicy, s.log),
 			// A CA sends one request per connection, right after
 			// connecting; keep-alives are off.
 			ReadHeaderTimeout: challengeHelloTimeout,
 			ReadTimeout:       challengeAnswerTimeout,
 			WriteTimeout:      challengeAnswerTimeout,
 			MaxHeaderBytes:    4 << 10,
-			ConnState: func(nc net.Conn, st http.ConnState) {
-				// StateActive: a whole request header was read.
-				if gc, ok := nc.(*gatedConn); ok && st == http.StateActive {
-					gc.busy()
-				}
+			// The handler marks the gate's connection busy.
+			ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+				return context.WithValue(ctx, connKey{}, nc)
 			},
 			ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
@@ -86,14 +84,26 @@ const challengePath = "/.well-known/acme-challenge/"
 // bits of entropy, base64url-encoded: Let's Encrypt's are 43 characters.
 const maxTokenLen = 128
 
+// connKey is the request context key of the connection a challenge
+// request came on.
+type connKey struct{}
+
 // challengeHandler serves HTTP-01 through h (autocert's handler): a GET or
 // HEAD of challengePath plus a token (base64url, at most maxTokenLen
-// characters) for a host in the policy gets h's answer when it is a 200.
+// characters) for a host inPolicy allows gets h's answer when it is a
+// 200. Only such a request marks its connection busy for the gate.
+// A request with a body, which no CA sends, is not answered: its
+// connection is closed at once, without reading the body (net/http would
+// otherwise wait for the body, up to ReadTimeout, to discard it).
 // Everything else gets a bare 404, without a body: h's error texts name
 // the cache directory by its absolute path (a token with a NUL, or one too
 // long for a file name) and the host policy.
-func challengeHandler(h http.Handler, log *slog.Logger) http.Handler {
+func challengeHandler(h http.Handler, inPolicy func(string) bool, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+			closeUnread(w, r, log)
+			return
+		}
 		token, ok := strings.CutPrefix(r.URL.Path, challengePath)
 		if !ok || !validToken(token) || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 			bareNotFound(w)
@@ -105,6 +115,14 @@ func challengeHandler(h http.Handler, log *slog.Logger) http.Handler {
 		if host, _, err := net.SplitHostPort(r.Host); err == nil {
 			r = r.Clone(r.Context())
 			r.Host = host
+		}
+		if !inPolicy(r.Host) {
+			log.Debug("acme http-01 request not answered", "host", r.Host, "status", http.StatusNotFound)
+			bareNotFound(w)
+			return
+		}
+		if gc, ok := r.Context().Value(connKey{}).(*gatedConn); ok {
+			gc.busy()
 		}
 		rec := &recordedResponse{header: make(http.Header)}
 		h.ServeHTTP(rec, r)
@@ -136,6 +154,20 @@ func validToken(t string) bool {
 		}
 	}
 	return true
+}
+
+// closeUnread closes the connection of r without reading its body or
+// answering.
+func closeUnread(w http.ResponseWriter, r *http.Request, log *slog.Logger) {
+	log.Debug("acme http-01 request with a body: connection closed", "host", r.Host, "method", r.Method)
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// Not an HTTP/1 connection (never here): answer and close.
+		w.Header().Set("Connection", "close")
+		bareNotFound(w)
+		return
+	}
+	conn.Close()
 }
 
 // bareNotFound answers 404 with no body.
@@ -245,8 +277,11 @@ func (c *Challenges) serveTLSALPN(ctx context.Context) {
 			if !wantsChallenge(hello) {
 				return nil, errors.New("tlsconf: this address answers ACME TLS-ALPN-01 challenges only")
 			}
+			if !c.a.inPolicy(hello.ServerName) {
+				return nil, fmt.Errorf("tlsconf: acme: host %q is not in tls.acme.domains or the on-demand policy", hello.ServerName)
+			}
 			// A validation's ClientHello is in: the connection is
-			// busy now, and no newcomer displaces it.
+			// busy now, and no newcomer displaces it for a while.
 			if gc, ok := hello.Conn.(*gatedConn); ok {
 				gc.busy()
 			}

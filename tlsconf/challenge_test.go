@@ -267,3 +267,112 @@ func TestHTTPAnswererFlood(t *testing.T) {
 		t.Errorf("the answerers hold %d connections, cap 32", total)
 	}
 }
+
+// TestHTTPAnswererBody: a request with a body, which no CA sends, gets no
+// answer: its connection is closed at once, the body unread (net/http
+// would otherwise wait for it, up to ReadTimeout, and the connection
+// would look busy meanwhile).
+func TestHTTPAnswererBody(t *testing.T) {
+	ch := startChallenges(t, ChallengeLimits{}, time.Minute, nil)
+	for _, req := range []string{
+		"POST " + challengePath + "tok HTTP/1.1\r\nHost: " + challengeName + "\r\nContent-Length: 100000\r\n\r\n",
+		"GET " + challengePath + "tok HTTP/1.1\r\nHost: " + challengeName + "\r\nContent-Length: 10\r\n\r\n",
+		"GET " + challengePath + "tok HTTP/1.1\r\nHost: " + challengeName + "\r\nTransfer-Encoding: chunked\r\n\r\n",
+	} {
+		c, err := net.Dial("tcp", ch.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := c.Read(make([]byte, 512))
+		if n != 0 || err == nil || isTimeoutErr(err) {
+			t.Errorf("%q: read %d bytes, %v; want the connection closed without an answer", strings.SplitN(req, "\r\n", 2)[0], n, err)
+		}
+		c.Close()
+	}
+}
+
+// clientHello returns the first flight of a TLS-ALPN-01 validation
+// handshake for name: a ClientHello offering only acme-tls/1.
+func clientHello(t *testing.T, name string) []byte {
+	t.Helper()
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	go func() {
+		defer cli.Close()
+		_ = tls.Client(cli, &tls.Config{ServerName: name, NextProtos: []string{acme.ALPNProto}, InsecureSkipVerify: true}).Handshake()
+	}()
+	_ = srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hdr := make([]byte, 5)
+	if _, err := io.ReadFull(srv, hdr); err != nil {
+		t.Fatal(err)
+	}
+	rec := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	if _, err := io.ReadFull(srv, rec); err != nil {
+		t.Fatal(err)
+	}
+	return append(hdr, rec...)
+}
+
+// busyConns returns how many connections the gate holds busy.
+func (g *connGate) busyConns() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, gn := range g.nets {
+		n += gn.busy.Len()
+	}
+	return n
+}
+
+// TestTLSALPNAnswererStalled: connections that send a validation's
+// ClientHello and then stall are busy, so not displaced for busyGrace;
+// after that they make room for the CA's validation. A ClientHello for a
+// name outside the policy does not make a connection busy.
+func TestTLSALPNAnswererStalled(t *testing.T) {
+	ch := startChallenges(t, ChallengeLimits{MaxConns: 2, MaxConnsPerIP: 2}, time.Minute, nil)
+	clock := newFakeClock()
+	ch.gate.mu.Lock()
+	ch.gate.now = clock.now
+	ch.gate.mu.Unlock()
+	addr := ch.TLSALPNAddr()
+
+	outside, err := dialer("127.0.0.2").Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outside.Close()
+	if _, err := outside.Write(clientHello(t, "evil.example")); err != nil {
+		t.Fatal(err)
+	}
+	_ = outside.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(io.Discard, outside); isTimeoutErr(err) { // the alert, then EOF
+		t.Fatal("a ClientHello for a name outside the policy was not refused")
+	}
+	if n := ch.gate.busyConns(); n != 0 {
+		t.Errorf("%d busy connections after a ClientHello outside the policy, want 0", n)
+	}
+
+	hello := clientHello(t, challengeName)
+	for _, src := range []string{"127.0.0.2", "127.0.0.3"} {
+		c, err := dialer(src).Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "two stalled validations busy", func() bool { return ch.gate.busyConns() == 2 })
+	if _, err := validate(addr, "127.0.0.1"); err == nil {
+		t.Error("validation admitted while both places were busy for less than busyGrace")
+	}
+	clock.add(busyGrace + time.Millisecond)
+	if _, err := validate(addr, "127.0.0.1"); err != nil {
+		t.Errorf("validation with both places held by validations stalled for longer than busyGrace: %v", err)
+	}
+}

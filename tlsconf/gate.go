@@ -36,13 +36,19 @@ const (
 // descriptor: without a bound, idle connections to them exhaust the
 // process's descriptors, and the POP3 listeners can no longer accept.
 //
-// A connection that has not yet sent its ClientHello or request header is
-// idle. When a cap is reached, a new connection takes the place of the
-// oldest idle one: of its own client network at MaxConnsPerIP, else of
-// the network holding the most connections at MaxConns. A connection is
-// refused only when every candidate is busy. So silent connections, from
-// any number of addresses, cannot keep the CA out: its connection gets in
-// and sends its ClientHello at once, after which it is not displaced.
+// A connection is idle until it has sent what a CA sends: a TLS-ALPN-01
+// ClientHello for a name in the policy, or an HTTP-01 GET or HEAD of a
+// token path, without a body, for a name in the policy. Then it is busy,
+// for busyGrace: a CA's validation is over by then. When a cap is reached,
+// a new connection takes the place of the oldest idle one: of its own
+// client network at MaxConnsPerIP, else of the network holding the most
+// connections at MaxConns; when none is idle, of the one busy the longest,
+// if that is longer than busyGrace. A connection is refused only when
+// every candidate was busy for less. So silent connections, from any
+// number of addresses, cannot keep the CA out: its connection gets in and
+// sends its ClientHello or request at once, after which it is not
+// displaced while it is answered; nor can connections that look like a
+// CA's and then stall, since they are displaced in turn.
 // An attacker sharing the CA's address (which a real CA's addresses do
 // not allow) can still displace the CA's connection in the moment before
 // its first bytes arrive, by opening more than MaxConnsPerIP connections
@@ -93,6 +99,12 @@ func defaultClientNet(ip netip.Addr) (netip.Prefix, bool) {
 // gateWarnEvery spaces the WARN lines of a gate at its caps.
 const gateWarnEvery = time.Minute
 
+// busyGrace is how long a busy connection is not displaced. A CA's
+// validation takes a round trip or two after its first bytes (a TLS
+// handshake, one HTTP response); a connection still there after this
+// long is stalling, and may make room for a newcomer again.
+const busyGrace = time.Second
+
 // connGate admits connections within ChallengeLimits (see there). It is
 // safe for concurrent use.
 type connGate struct {
@@ -114,6 +126,7 @@ type connGate struct {
 type gateNet struct {
 	n    int       // connections held
 	idle list.List // its idle *gatedConns, oldest first
+	busy list.List // its busy *gatedConns, busy the longest first
 }
 
 func newConnGate(lim ChallengeLimits, log *slog.Logger) *connGate {
@@ -132,12 +145,15 @@ func newConnGate(lim ChallengeLimits, log *slog.Logger) *connGate {
 }
 
 // gatedConn is a connection the gate holds. Close gives its place back.
+// Its fields but Conn are guarded by g.mu.
 type gatedConn struct {
 	net.Conn
-	g    *connGate
-	key  netip.Prefix
-	elem *list.Element // in the network's idle list; nil once busy or released
-	held bool          // counted by the gate; false once released (guarded by g.mu)
+	g      *connGate
+	key    netip.Prefix
+	elem   *list.Element // in the network's idle list, or its busy list once busy; nil once released
+	isBusy bool
+	since  time.Time // when it became busy
+	held   bool      // counted by the gate; false once released
 }
 
 // Close releases the connection's place and closes it.
@@ -146,16 +162,25 @@ func (c *gatedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// busy marks the connection as past its first request: it is no longer
-// displaced by new connections.
+// busy marks the connection as sending what a CA sends: for busyGrace
+// from now, it is not displaced by new connections. Only the first call
+// counts.
 func (c *gatedConn) busy() {
 	g := c.g
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if c.elem != nil {
-		g.nets[c.key].idle.Remove(c.elem)
-		c.elem = nil
+	if !c.held || c.isBusy {
+		return
 	}
+	n := g.nets[c.key]
+	n.idle.Remove(c.elem)
+	c.isBusy, c.since = true, g.now()
+	c.elem = n.busy.PushBack(c)
+}
+
+// stale reports whether c, busy, has been so for longer than busyGrace.
+func (c *gatedConn) stale(now time.Time) bool {
+	return now.Sub(c.since) > busyGrace
 }
 
 // key returns the client network a remote address counts in; addresses
@@ -185,15 +210,20 @@ func (g *connGate) admit(c net.Conn) *gatedConn {
 	n := g.nets[key]
 	var victim *gatedConn
 	full := false
+	now := g.now()
 	switch {
 	case n != nil && n.n >= g.maxPerNet:
 		full = true
 		if e := n.idle.Front(); e != nil {
 			victim = e.Value.(*gatedConn)
+		} else if e := n.busy.Front(); e != nil && e.Value.(*gatedConn).stale(now) {
+			victim = e.Value.(*gatedConn)
 		}
 	case g.total >= g.max:
 		full = true
-		victim = g.busiestIdleLocked()
+		if victim = g.busiestIdleLocked(); victim == nil {
+			victim = g.longestBusyLocked(now)
+		}
 	}
 	if full && victim == nil {
 		g.refused++
@@ -239,6 +269,23 @@ func (g *connGate) busiestIdleLocked() *gatedConn {
 	return best.idle.Front().Value.(*gatedConn)
 }
 
+// longestBusyLocked returns the connection busy the longest, if that is
+// longer than busyGrace; else nil.
+func (g *connGate) longestBusyLocked(now time.Time) *gatedConn {
+	var best *gatedConn
+	for _, n := range g.nets {
+		if e := n.busy.Front(); e != nil {
+			if c := e.Value.(*gatedConn); best == nil || c.since.Before(best.since) {
+				best = c
+			}
+		}
+	}
+	if best == nil || !best.stale(now) {
+		return nil
+	}
+	return best
+}
+
 func (g *connGate) release(c *gatedConn) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -251,10 +298,12 @@ func (g *connGate) releaseLocked(c *gatedConn) {
 	}
 	c.held = false
 	n := g.nets[c.key]
-	if c.elem != nil {
+	if c.isBusy {
+		n.busy.Remove(c.elem)
+	} else {
 		n.idle.Remove(c.elem)
-		c.elem = nil
 	}
+	c.elem = nil
 	g.total--
 	if n.n--; n.n == 0 {
 		delete(g.nets, c.key)

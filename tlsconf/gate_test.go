@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // gateConn is a connection as the gate sees it: a remote address and
@@ -204,4 +205,52 @@ func TestChallengeLimitsDefaults(t *testing.T) {
 			t.Errorf("%+v: caps %d, %d per address; want %d, %d", tc.lim, got, per, tc.wantMax, tc.wantPer)
 		}
 	}
+}
+
+// TestGateBusyExpires: a connection busy for longer than busyGrace (a CA's
+// validation is over by then) may be displaced again, the one busy the
+// longest first, at either cap; one busy for less may not.
+func TestGateBusyExpires(t *testing.T) {
+	clock := newFakeClock()
+	g := testGate(3, 2)
+	g.now = clock.now
+	a1, ga1 := admitFrom(g, "192.0.2.1")
+	ga1.busy()
+	clock.add(busyGrace / 2)
+	a2, ga2 := admitFrom(g, "192.0.2.1")
+	ga2.busy()
+	// Per-address cap, both busy for less than busyGrace: refused.
+	if c, gc := admitFrom(g, "192.0.2.1"); gc != nil || !c.closed.Load() {
+		t.Fatal("newcomer admitted while both of its address's connections were busy for less than busyGrace")
+	}
+	clock.add(busyGrace/2 + time.Millisecond) // a1 past busyGrace, a2 not
+	a3, ga3 := admitFrom(g, "192.0.2.1")
+	if ga3 == nil || !a1.closed.Load() || a2.closed.Load() {
+		t.Fatalf("newcomer at the per-address cap: admitted %v, a1 (stalled) closed %v, a2 closed %v; want a1 displaced",
+			ga3 != nil, a1.closed.Load(), a2.closed.Load())
+	}
+	checkHeld(t, g, "192.0.2.1", 2, 2)
+
+	// Total cap: with none idle, the connection busy the longest goes,
+	// once past busyGrace.
+	ga3.busy()
+	b1, gb1 := admitFrom(g, "192.0.2.2")
+	gb1.busy()
+	clock.add(busyGrace / 2) // a2 past busyGrace, a3 and b1 not
+	if c, gc := admitFrom(g, "192.0.2.3"); gc == nil || !a2.closed.Load() || a3.closed.Load() || b1.closed.Load() || c.closed.Load() {
+		t.Fatalf("newcomer at the total cap: admitted %v, a2 (busy the longest, stalled) closed %v, a3 %v, b1 %v; want a2 displaced",
+			gc != nil, a2.closed.Load(), a3.closed.Load(), b1.closed.Load())
+	}
+	// The newcomer is idle: the next one displaces it.
+	if c, gc := admitFrom(g, "192.0.2.4"); gc == nil || c.closed.Load() || a3.closed.Load() || b1.closed.Load() {
+		t.Errorf("second newcomer at the total cap: admitted %v; a3 closed %v, b1 closed %v; want the idle newcomer displaced",
+			gc != nil, a3.closed.Load(), b1.closed.Load())
+	}
+	// Then every place is busy for less than busyGrace: refused.
+	_, gc := admitFrom(g, "192.0.2.5")
+	gc.busy()
+	if c, gc := admitFrom(g, "192.0.2.6"); gc != nil || !c.closed.Load() {
+		t.Errorf("newcomer with every place busy for less than busyGrace: admitted %v; want refused", gc != nil)
+	}
+	checkHeld(t, g, "192.0.2.1", 3, 1)
 }

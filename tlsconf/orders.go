@@ -1,7 +1,6 @@
 package tlsconf
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -13,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/acme/autocert"
@@ -30,6 +30,12 @@ import (
 //     name and key type (the back-off), the approval hook (on-demand names
 //     only), the order budget.
 //  3. Concurrent handshakes needing the same certificate share one order.
+//  4. One order per name at a time, whatever the key type: autocert keeps
+//     a TLS-ALPN-01 challenge certificate by name only, so concurrent
+//     ECDSA and RSA orders for a name would break each other's
+//     validation. A handshake needing the other key type waits for the
+//     order under way; while a renewal of the name is under way, a new
+//     order is held back (see lockName).
 //
 // autocert's own GetCertificate would order as soon as the certificate of
 // the key type the hello prefers is missing; it is called only with a
@@ -215,16 +221,56 @@ func (e *heldBackError) Error() string {
 	return fmt.Sprintf("the last order failed; no new order before %s", e.next.UTC().Format(time.RFC3339))
 }
 
+// nameBusyError is an order withheld while a renewal of the same name is
+// under way.
+type nameBusyError struct{ name string }
+
+func (e *nameBusyError) Error() string {
+	return fmt.Sprintf("a renewal for %s is under way; no new order for it until it ends", e.name)
+}
+
+// lockName makes k's the one order of popgate's under way for k.name (see
+// the comment at the top of this file): it waits, until ctx is done, for
+// one under way (for the other key type) to end, and refuses with a
+// *nameBusyError while a renewal of the name is under way. Call release
+// when the order has ended.
+func (a *acmeState) lockName(ctx context.Context, k seenKey) (release func(), err error) {
+	for {
+		a.attMu.Lock()
+		if a.renewing[k.name] > 0 {
+			a.attMu.Unlock()
+			return nil, &nameBusyError{k.name}
+		}
+		busy := a.ordering[k.name]
+		if busy == nil {
+			mine := make(chan struct{})
+			a.ordering[k.name] = mine
+			a.attMu.Unlock()
+			return func() {
+				a.attMu.Lock()
+				delete(a.ordering, k.name)
+				a.attMu.Unlock()
+				close(mine)
+			}, nil
+		}
+		a.attMu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
 // order orders k's certificate through autocert, unless something
 // withholds the order: the back-off after a failure, the approval hook (for
-// an on-demand name), or the budget. It reports an order that reached the
-// CA once (log, metric). ctx bounds only the wait for the hook.
+// an on-demand name), a renewal of the name under way, or the budget. An
+// order for the name of the other key type is waited for. It reports an
+// order that reached the CA once (log, metric). ctx bounds only the waits
+// for the hook and for the other order.
 func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
-	if next, ok := a.limiter.blocked(k); ok {
-		a.withheld(WithheldBackoff)
-		a.log.Debug("acme order held back after a failure", "name", k.name, "key_type", k.keyType(),
-			"on_demand", onDemand, "retry_after", next)
-		return nil, &heldBackError{next}
+	if err := a.backedOff(k, onDemand); err != nil {
+		return nil, err
 	}
 	if onDemand && a.ask != nil {
 		if err := a.ask.allowed(ctx, k.name); err != nil {
@@ -237,6 +283,21 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 			a.log.Debug("acme order held back by the approval hook", "name", k.name, "key_type", k.keyType(), "err", err)
 			return nil, err
 		}
+	}
+	release, err := a.lockName(ctx, k)
+	if err != nil {
+		var busy *nameBusyError
+		if errors.As(err, &busy) {
+			a.withheld(WithheldBusy)
+		}
+		a.log.Debug("acme order held back: another attempt for the name is under way", "name", k.name, "key_type", k.keyType(),
+			"on_demand", onDemand, "err", err)
+		return nil, err
+	}
+	defer release()
+	// A renewal for the name may have failed while this order waited.
+	if err := a.backedOff(k, onDemand); err != nil {
+		return nil, err
 	}
 	class := classDomain
 	if onDemand {
@@ -302,6 +363,19 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 	return c, nil
 }
 
+// backedOff returns a *heldBackError while the back-off after a failure
+// holds k, counting and logging it.
+func (a *acmeState) backedOff(k seenKey, onDemand bool) error {
+	next, ok := a.limiter.blocked(k)
+	if !ok {
+		return nil
+	}
+	a.withheld(WithheldBackoff)
+	a.log.Debug("acme order held back after a failure", "name", k.name, "key_type", k.keyType(),
+		"on_demand", onDemand, "retry_after", next)
+	return &heldBackError{next}
+}
+
 // budgetExhausted logs the first refusal since the budget last had room.
 func (a *acmeState) budgetExhausted(next time.Time) {
 	a.log.Warn("acme order budget used up; new orders wait until it refills", "budget", a.budget.size,
@@ -318,7 +392,7 @@ type OrderObserver interface {
 	ACMEOrder(keyType, result string)
 	// ACMEOrderWithheld: a handshake needed a certificate that does not
 	// exist, and no order was placed, for reason (WithheldBackoff,
-	// WithheldBudget, WithheldDenied, WithheldAskFailed).
+	// WithheldBudget, WithheldDenied, WithheldAskFailed, WithheldBusy).
 	ACMEOrderWithheld(reason string)
 }
 
@@ -330,7 +404,8 @@ const (
 	WithheldBackoff   = "backoff"    // the last order of the certificate failed recently
 	WithheldBudget    = "budget"     // the order budget is used up
 	WithheldDenied    = "denied"     // the approval hook said no
-	WithheldAskFailed = "ask_failed" // the approval hook did not answer (fail closed)
+	WithheldAskFailed = "ask_failed" // the approval hook did not answer, or was not asked at its cap (fail closed)
+	WithheldBusy      = "busy"       // a renewal of the same name was under way
 )
 
 // observerBox lets acmeState.obs (an atomic.Value) hold an interface.
@@ -374,7 +449,7 @@ func (s *Server) OrderBudgetLeft() (float64, bool) {
 
 // cacheHolds reports whether the cache holds a certificate for k that
 // autocert will load rather than order a new one: its checks
-// (autocert.validCert), repeated.
+// (autocert.Manager.cacheGet and validCert), repeated.
 func (a *acmeState) cacheHolds(ctx context.Context, k seenKey) bool {
 	data, err := a.dir.Get(ctx, k.cacheKey())
 	if err != nil {
@@ -387,10 +462,15 @@ func (a *acmeState) cacheHolds(ctx context.Context, k seenKey) bool {
 }
 
 // validCached checks an autocert cache entry (a private key, then the
-// chain, leaf first, all PEM) for k at now.
+// chain, leaf first, all PEM) for k at now exactly as autocert does
+// (golang.org/x/crypto v0.59.0, acme/autocert: Manager.cacheGet,
+// parsePrivateKey, validCert): an entry it takes for a miss is one it
+// orders a certificate for, so any entry this accepts and autocert does
+// not is an order placed outside [acmeState.order]. Keep the two in step
+// (TestValidCachedAgreesWithAutocert compares them).
 func validCached(data []byte, k seenKey, now time.Time) error {
 	priv, rest := pem.Decode(data)
-	if priv == nil || !bytes.Contains([]byte(priv.Type), []byte("PRIVATE")) {
+	if priv == nil || !strings.Contains(priv.Type, "PRIVATE") {
 		return errors.New("no private key")
 	}
 	key, err := parseCachedKey(priv.Bytes)
@@ -405,7 +485,9 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 		}
 		der = append(der, b.Bytes...)
 	}
-	if len(bytes.TrimSpace(rest)) > 0 {
+	if len(rest) > 0 {
+		// Anything left over, white space included: autocert takes
+		// the entry for corrupt.
 		return errors.New("trailing data")
 	}
 	certs, err := x509.ParseCertificates(der)
@@ -422,13 +504,16 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 	if err := leaf.VerifyHostname(k.name); err != nil {
 		return err
 	}
+	if revokedLetsEncrypt(leaf) {
+		return errors.New("probably revoked by Let's Encrypt in January 2022")
+	}
 	switch pub := leaf.PublicKey.(type) {
 	case *rsa.PublicKey:
-		if prv, ok := key.(*rsa.PrivateKey); !ok || !k.rsa || !pub.Equal(prv.Public()) {
+		if prv, ok := key.(*rsa.PrivateKey); !ok || !k.rsa || pub.N.Cmp(prv.N) != 0 {
 			return errors.New("key does not match")
 		}
 	case *ecdsa.PublicKey:
-		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || !pub.Equal(prv.Public()) {
+		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || pub.X.Cmp(prv.X) != 0 || pub.Y.Cmp(prv.Y) != 0 {
 			return errors.New("key does not match")
 		}
 	default:
@@ -437,14 +522,26 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 	return nil
 }
 
-// parseCachedKey parses a private key as autocert writes (and reads) them.
+// revokedLetsEncrypt is autocert's isRevokedLetsEncrypt: a Let's Encrypt
+// certificate issued before its TLS-ALPN-01 fix of January 2022.
+func revokedLetsEncrypt(leaf *x509.Certificate) bool {
+	o := leaf.Issuer.Organization
+	return len(o) == 1 && o[0] == "Let's Encrypt" &&
+		leaf.NotBefore.Before(time.Date(2022, time.January, 26, 0, 48, 0, 0, time.UTC))
+}
+
+// parseCachedKey parses a private key as autocert writes (and reads) them:
+// PKCS #1, PKCS #8 (RSA or ECDSA only) or SEC 1.
 func parseCachedKey(der []byte) (crypto.Signer, error) {
 	if key, err := x509.ParsePKCS1PrivateKey(der); err == nil {
 		return key, nil
 	}
 	if key, err := x509.ParsePKCS8PrivateKey(der); err == nil {
-		if s, ok := key.(crypto.Signer); ok {
-			return s, nil
+		switch key := key.(type) {
+		case *rsa.PrivateKey:
+			return key, nil
+		case *ecdsa.PrivateKey:
+			return key, nil
 		}
 		return nil, errors.New("unknown private key type")
 	}

@@ -1,10 +1,12 @@
 package tlsconf
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -218,5 +220,96 @@ func TestWantsRSA(t *testing.T) {
 				t.Errorf("wantsRSA = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestOneOrderPerName: while an order for a name is under way, an order
+// for the same name and the other key type waits for it (autocert keeps
+// TLS-ALPN-01 challenge certificates by name only, so the two would break
+// each other's validation); a waiter gives up when its context is done,
+// and goes ahead once the first order has ended.
+func TestOneOrderPerName(t *testing.T) {
+	srv, f := newACMEServer(t, ServerConfig{}, "mail.example.com")
+	a := srv.acme
+	inGet, release := make(chan struct{}), make(chan struct{})
+	a.get = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if !slices.Contains(hello.CipherSuites, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256) { // the ECDSA order
+			close(inGet)
+			<-release
+		}
+		return f.get(hello)
+	}
+	ecdsaKey, rsaKey := seenKey{"mail.example.com", false}, seenKey{"mail.example.com", true}
+	first := make(chan error, 1)
+	go func() {
+		_, err := a.obtain(context.Background(), ecdsaKey, false)
+		first <- err
+	}()
+	<-inGet
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := a.obtain(gone, rsaKey, false); !errors.Is(err, context.Canceled) {
+		t.Errorf("RSA order while the ECDSA order is under way, its handshake gone: %v, want it to have waited", err)
+	}
+	if n := f.orders(rsaKey); n != 0 {
+		t.Errorf("%d RSA orders placed while the ECDSA order was under way, want 0", n)
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("ECDSA order: %v", err)
+	}
+	if _, err := a.obtain(context.Background(), rsaKey, false); err != nil || f.orders(rsaKey) != 1 {
+		t.Errorf("RSA order after the ECDSA order: %v, %d orders; want one", err, f.orders(rsaKey))
+	}
+}
+
+// TestRenewalHoldsBackOrders: a renewal that was allowed its order holds
+// back popgate's orders for the name until it ends (a handshake's order
+// fails at once, counted as withheld "busy"); a renewal's order is held
+// back while an order of popgate's for the name is under way.
+func TestRenewalHoldsBackOrders(t *testing.T) {
+	rt, ca := newScriptedTransport("tls-alpn-01")
+	obs := &recordingObserver{}
+	rt.a.obs.Store(observerBox{obs})
+	ordered := 0
+	rt.a.get = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { ordered++; return nil, errors.New("no CA here") }
+	_ = send(t, rt, context.Background(), "GET", caDir)
+
+	renewal, endRenewal := context.WithCancel(context.Background())
+	rt.a.cacheRead(renewal, "pop.x.test")
+	if err := send(t, rt, renewal, "POST", caNewOrder); err != nil {
+		t.Fatalf("renewal: %v", err)
+	}
+	var busy *nameBusyError
+	if _, err := rt.a.order(context.Background(), seenKey{"pop.x.test", true}, false); !errors.As(err, &busy) || ordered != 0 {
+		t.Errorf("RSA order during the ECDSA renewal: %v (%d orders), want it held back", err, ordered)
+	}
+	if _, w := obs.counts(); w[WithheldBusy] != 1 {
+		t.Errorf("withheld %v, want busy 1", w)
+	}
+	endRenewal()
+	waitFor(t, "the renewal's end", func() bool {
+		rt.a.attMu.Lock()
+		defer rt.a.attMu.Unlock()
+		return len(rt.a.renewing) == 0
+	})
+
+	releaseName, err := rt.a.lockName(context.Background(), seenKey{"pop.x.test", false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, endOther := context.WithCancel(context.Background())
+	defer endOther()
+	rt.a.cacheRead(other, "pop.x.test+rsa")
+	var held *renewalHeldError
+	if err := send(t, rt, other, "POST", caNewOrder); !errors.As(err, &held) || held.Reason != "busy" {
+		t.Errorf("RSA renewal during an ECDSA order: %v, want it held back", err)
+	}
+	releaseName()
+	if n := ca.count("POST " + caNewOrder); n != 1 {
+		t.Errorf("the CA got %d orders, want 1 (the first renewal's)", n)
+	}
+	if _, err := rt.a.order(context.Background(), seenKey{"pop.x.test", true}, false); errors.As(err, &busy) || ordered != 1 {
+		t.Errorf("RSA order after the renewal ended: %v (%d orders), want it placed", err, ordered)
 	}
 }

@@ -8,10 +8,14 @@
 //	f, err := safefile.Open("/etc/popgate/routes", safefile.Options{Limit: 64 << 20})
 //	err := safefile.CheckDir("/var/lib/popgate/acme") // as OpenSSH's StrictModes
 //
-// Every file is opened with O_NONBLOCK, so that opening a FIFO or a device
-// returns at once, then checked through the open descriptor (fstat, not a
-// stat before the open, which a swap could race): only a regular file is
-// read, and at most [Options.Limit] bytes of it. Symbolic links are followed
+// Only a regular file is opened. Opening is itself an action for other
+// files (it completes a named pipe's rendezvous with a waiting writer, arms
+// a watchdog device, rewinds a tape), so every path is looked at first (a
+// stat) and anything else is refused before any open. The file is then
+// opened with O_NONBLOCK, so that one swapped in after the stat (a FIFO or
+// a device) does not block, and checked again through the open descriptor
+// (fstat): it must be the file the stat saw (device and inode) and regular.
+// At most [Options.Limit] bytes of it are read. Symbolic links are followed
 // unless [Options.NoFollow] says otherwise: certbot's live/ directory and
 // Kubernetes' Secret volumes are made of them.
 //
@@ -41,12 +45,15 @@ var (
 	// ErrNotPrivate: the file or directory is owned by another user, or
 	// another user can write it.
 	ErrNotPrivate = errors.New("not private")
+	// ErrChanged: the path named another file each time it was looked at
+	// and opened (it is being replaced over and over).
+	ErrChanged = errors.New("changed while being opened")
 )
 
 // Error is a file refused by the rules of this package.
 type Error struct {
 	Path   string
-	Err    error  // ErrNotRegular, ErrTooLarge or ErrNotPrivate
+	Err    error  // ErrNotRegular, ErrTooLarge, ErrNotPrivate or ErrChanged
 	Detail string // what the file is, e.g. "a named pipe"
 }
 
@@ -92,21 +99,26 @@ type File struct {
 	max  int64
 }
 
+// openTries bounds how often Open looks at and opens a path that names
+// another regular file each time: a file replaced by a rename (certbot,
+// Kubernetes' volume updates) between the two is opened again, once or
+// twice.
+const openTries = 3
+
 // Open opens name for reading under o's rules. The file is open only if
 // the error is nil; close it.
 func Open(name string, o Options) (*File, error) {
-	f, err := openFile(name, o.NoFollow)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, &Error{Path: name, Err: ErrNotRegular, Detail: kind(fi.Mode())}
+	var f *os.File
+	var fi fs.FileInfo
+	for try := 1; ; try++ {
+		var err error
+		f, fi, err = openRegular(name, o.NoFollow)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrChanged) || try == openTries {
+			return nil, err
+		}
 	}
 	if o.Private {
 		if err := CheckPrivate(name, fi); err != nil {
@@ -120,6 +132,41 @@ func Open(name string, o Options) (*File, error) {
 		return nil, tooLarge(name, max)
 	}
 	return &File{f: f, info: fi, left: max, path: name, max: max}, nil
+}
+
+// openRegular looks at name (following links unless noFollow), refuses it
+// unless it is a regular file, then opens it and checks that the open
+// descriptor is that same file, still regular.
+func openRegular(name string, noFollow bool) (*os.File, fs.FileInfo, error) {
+	stat := os.Stat
+	if noFollow {
+		stat = os.Lstat
+	}
+	before, err := stat(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !before.Mode().IsRegular() {
+		return nil, nil, &Error{Path: name, Err: ErrNotRegular, Detail: kind(before.Mode())}
+	}
+	f, err := openFile(name, noFollow)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() { // swapped in after the stat
+		f.Close()
+		return nil, nil, &Error{Path: name, Err: ErrNotRegular, Detail: kind(fi.Mode())}
+	}
+	if !os.SameFile(before, fi) {
+		f.Close()
+		return nil, nil, &Error{Path: name, Err: ErrChanged, Detail: "another file each time"}
+	}
+	return f, fi, nil
 }
 
 // Read implements io.Reader.

@@ -8,7 +8,7 @@ import (
 )
 
 // openFile opens name read-only. Without O_NONBLOCK and O_NOFOLLOW here,
-// only the check of the file type after the open applies.
+// only the stat before the open and the checks after it apply.
 func openFile(name string, noFollow bool) (*os.File, error) {
 	if noFollow {
 		if fi, err := os.Lstat(name); err == nil && fi.Mode()&fs.ModeSymlink != 0 {

@@ -180,6 +180,21 @@ func TestCheckDir(t *testing.T) {
 	if err := os.Symlink(good, linkInOpen); err != nil {
 		t.Fatal(err)
 	}
+	// A link whose target passes through a link in a world-writable
+	// directory, which is on neither the path as given nor the resolved
+	// one.
+	linkThroughOpen := filepath.Join(base, "via")
+	if err := os.Symlink(linkInOpen, linkThroughOpen); err != nil {
+		t.Fatal(err)
+	}
+	linkInSticky := filepath.Join(base, "sticky", "link")
+	if err := os.Symlink(good, linkInSticky); err != nil {
+		t.Fatal(err)
+	}
+	loop := filepath.Join(base, "loop")
+	if err := os.Symlink(loop, loop); err != nil {
+		t.Fatal(err)
+	}
 	file := write(t, filepath.Join(base, "file"), nil, 0o600)
 
 	for _, tc := range []struct {
@@ -195,6 +210,9 @@ func TestCheckDir(t *testing.T) {
 		{"parent world-writable with sticky bit", underSticky, ""},
 		{"symlink to a good directory", linkToGood, ""},
 		{"symlink in a world-writable directory", linkInOpen, "is writable by its group or others"},
+		{"symlink through a symlink in a world-writable directory", linkThroughOpen, "the directory above it, " + filepath.Dir(linkInOpen) + ", is writable"},
+		{"our symlink in a sticky directory", linkInSticky, ""},
+		{"symlink loop", loop, "too many levels of symbolic links"},
 		{"a file", file, "not a directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -225,6 +243,18 @@ func TestCheckDir(t *testing.T) {
 		}
 		if err := CheckDir(above); !errors.Is(err, ErrNotPrivate) || !strings.Contains(err.Error(), "is owned by uid 54321") {
 			t.Errorf("CheckDir(under a directory of uid %d) = %v, want ErrNotPrivate naming the owner", otherUID, err)
+		}
+		// Where only its directory's owner can replace it, a link of
+		// another user is as good as one of root.
+		theirs := filepath.Join(base, "theirs")
+		if err := os.Symlink(good, theirs); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(theirs, otherUID, otherUID); err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckDir(theirs); err != nil {
+			t.Errorf("CheckDir(link of uid %d in a directory only root writes) = %v, want nil", otherUID, err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -54,15 +55,21 @@ func CheckPrivate(name string, fi fs.FileInfo) error {
 // [CheckPrivate], and each directory above it, up to the root, must be
 // owned by root or the process's user and, if its group or others may
 // write it, have the sticky bit (as /tmp has), so that nobody else can
-// rename the directory away and put another in its place. The directories
-// on the path as given are checked as well as those of the resolved path,
-// since a symbolic link on the way is as good as the directory it is in.
+// rename the directory away and put another in its place.
+//
+// The path is resolved as the kernel resolves it, one component at a time,
+// and every directory it passes through is checked: those of the path as
+// given, those a symbolic link on the way leads through, and those of the
+// resolved path. A symbolic link on the way is as good as the directory it
+// is in, with one more rule: in a directory others may write (a sticky
+// one, as /tmp), the sticky bit still lets the link's owner replace the
+// link, so it must be owned by root or the process's user too.
 func CheckDir(dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
-	real, err := filepath.EvalSymlinks(abs)
+	real, err := resolveChecked(abs, dir)
 	if err != nil {
 		return err
 	}
@@ -73,36 +80,70 @@ func CheckDir(dir string) error {
 	if !fi.IsDir() {
 		return &Error{Path: dir, Err: ErrNotRegular, Detail: "not a directory"}
 	}
-	if err := CheckPrivate(dir, fi); err != nil {
-		return err
-	}
-	seen := map[string]bool{real: true}
-	for _, p := range []string{abs, real} {
-		for d := filepath.Dir(p); ; d = filepath.Dir(d) {
-			if !seen[d] {
-				seen[d] = true
-				if err := checkAncestor(d, dir); err != nil {
-					return err
-				}
-			}
-			if d == filepath.Dir(d) { // the root
-				break
-			}
-		}
-	}
-	return nil
+	return CheckPrivate(dir, fi)
 }
 
-// checkAncestor checks directory d above dir. A symbolic link is skipped:
-// what it points to is on the resolved path, and whoever may replace the
-// link must be able to write the directory it is in, which is checked.
+// maxLinks bounds the symbolic links resolveChecked follows, as Linux's
+// limit of 40 does.
+const maxLinks = 40
+
+// resolveChecked resolves abs (absolute and clean) as the kernel does,
+// following symbolic links, and returns the path it leads to; each
+// directory it looks up a name in is checked with checkAncestor, each link
+// it follows with checkLink. dir names the path in errors.
+func resolveChecked(abs, dir string) (string, error) {
+	checked := map[string]bool{}
+	rest := strings.Split(abs, "/")
+	cur := "/"
+	links := 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur) // a directory already passed through
+			continue
+		}
+		if !checked[cur] {
+			checked[cur] = true
+			if err := checkAncestor(cur, dir); err != nil {
+				return "", err
+			}
+		}
+		next := filepath.Join(cur, c)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if links++; links > maxLinks {
+			return "", fmt.Errorf("%s: %w", dir, syscall.ELOOP)
+		}
+		if err := checkLink(next, fi, cur, dir); err != nil {
+			return "", err
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return cur, nil
+}
+
+// checkAncestor checks directory d, which the path to dir passes through.
 func checkAncestor(d, dir string) error {
 	fi, err := os.Lstat(d)
 	if err != nil {
 		return err
-	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return nil
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
@@ -118,6 +159,32 @@ func checkAncestor(d, dir string) error {
 		return &Error{Path: dir, Err: ErrNotPrivate, Detail: fmt.Sprintf(
 			"the directory above it, %s, is writable by its group or others (mode %04o) without the sticky bit, so they could replace %s; fix: chmod go-w %s, or move it elsewhere",
 			d, perm, dir, d)}
+	}
+	return nil
+}
+
+// checkLink checks the symbolic link link (fi its lstat) in directory
+// parent, which checkAncestor has passed: in a directory others may write
+// (it has the sticky bit, then), the link's owner may replace it, so it
+// must be root or the process's user. Elsewhere only the directory's
+// owner can replace a link, and a link's own target cannot be changed.
+func checkLink(link string, fi fs.FileInfo, parent, dir string) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	euid := os.Geteuid()
+	if int(st.Uid) == euid || st.Uid == 0 {
+		return nil
+	}
+	pfi, err := os.Lstat(parent)
+	if err != nil {
+		return err
+	}
+	if perm := pfi.Mode().Perm(); perm&0o022 != 0 {
+		return &Error{Path: dir, Err: ErrNotPrivate, Detail: fmt.Sprintf(
+			"the symbolic link %s on its path is owned by uid %d, neither this process's user (uid %d) nor root, in %s, which others may write (mode %04o): that user can point it elsewhere; fix: chown -h %d %s, or use the path it leads to",
+			link, st.Uid, euid, parent, perm, euid, link)}
 	}
 	return nil
 }
