@@ -176,14 +176,15 @@ func parseMap(r io.Reader, sizeHint int, path string, known func(string) bool) (
 			bad(n, "unknown backend %q", backend)
 			continue
 		}
-		key = strings.ToLower(key)
 		tab, kind := t.users, "user"
-		if d, ok := strings.CutPrefix(key, "@"); ok {
-			key, tab, kind = d, t.domains, "domain"
+		if strings.HasPrefix(key, "@") {
+			key, tab, kind = DomainKey(key), t.domains, "domain"
 			if key == "" || strings.ContainsRune(key, '@') {
 				bad(n, "bad domain %q", "@"+key)
 				continue
 			}
+		} else {
+			key = UserKey(key)
 		}
 		if prev, dup := tab[key]; dup {
 			bad(n, "%s %q already routed on line %d", kind, key, prev.line)
@@ -263,13 +264,13 @@ func (m *MapFile) lookup(user string) (r mapRule, kind, key string, ok bool) {
 		return mapRule{}, "", "", false
 	}
 	t := m.table.Load()
-	u := strings.ToLower(user)
+	u := UserKey(user)
 	if r, ok := t.users[u]; ok {
 		return r, "user", u, true
 	}
-	if i := strings.LastIndexByte(u, '@'); i >= 0 {
-		if r, ok := t.domains[u[i+1:]]; ok {
-			return r, "domain", u[i+1:], true
+	if d, ok := userDomain(user); ok {
+		if r, ok := t.domains[d]; ok {
+			return r, "domain", d, true
 		}
 	}
 	return mapRule{}, "", "", false
@@ -282,7 +283,7 @@ func (m *MapFile) HasDomain(domain string) bool {
 	if m == nil {
 		return false
 	}
-	_, ok := m.table.Load().domains[strings.ToLower(strings.TrimSuffix(domain, "."))]
+	_, ok := m.table.Load().domains[DomainKey(strings.TrimSuffix(domain, "."))]
 	return ok
 }
 

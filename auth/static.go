@@ -18,14 +18,34 @@ type Static struct {
 	Default string            // backend for everyone else; "" refuses them with ErrNoRoute
 }
 
-// NewStatic returns a Static with lower-cased keys.
+// UserKey returns the key a route table holds user for: route tables
+// compare user names case-insensitively.
+func UserKey(user string) string { return strings.ToLower(user) }
+
+// DomainKey returns the key a route table holds domain for: domains are
+// compared case-insensitively, and a route.domains key or a map file line
+// may write the domain with a leading "@".
+func DomainKey(domain string) string { return strings.ToLower(strings.TrimPrefix(domain, "@")) }
+
+// userDomain returns the domain part of a user name as a route table
+// looks it up: the part after the last "@".
+func userDomain(user string) (string, bool) {
+	i := strings.LastIndexByte(user, '@')
+	if i < 0 {
+		return "", false
+	}
+	return DomainKey(user[i+1:]), true
+}
+
+// NewStatic returns a Static with its keys folded by [UserKey] and
+// [DomainKey].
 func NewStatic(users, domains map[string]string, def string) *Static {
 	s := &Static{Users: make(map[string]string, len(users)), Domains: make(map[string]string, len(domains)), Default: def}
 	for k, v := range users {
-		s.Users[strings.ToLower(k)] = v
+		s.Users[UserKey(k)] = v
 	}
 	for k, v := range domains {
-		s.Domains[strings.ToLower(strings.TrimPrefix(k, "@"))] = v
+		s.Domains[DomainKey(k)] = v
 	}
 	return s
 }
@@ -57,11 +77,11 @@ func (s *Static) Match(user string) (backend, rule string, ok bool) {
 	if !ok {
 		return "", "", false
 	}
-	u := strings.ToLower(user)
+	key := UserKey(user)
 	if kind == matchDomain {
-		u = u[strings.LastIndexByte(u, '@')+1:]
+		key, _ = userDomain(user)
 	}
-	return b, kind + " " + strconv.Quote(u), true
+	return b, kind + " " + strconv.Quote(key), true
 }
 
 const (
@@ -73,12 +93,11 @@ func (s *Static) match(user string) (backend, kind string, ok bool) {
 	if s == nil {
 		return "", "", false
 	}
-	u := strings.ToLower(user)
-	if b, ok := s.Users[u]; ok {
+	if b, ok := s.Users[UserKey(user)]; ok {
 		return b, matchUser, true
 	}
-	if i := strings.LastIndexByte(u, '@'); i >= 0 {
-		if b, ok := s.Domains[u[i+1:]]; ok {
+	if d, ok := userDomain(user); ok {
+		if b, ok := s.Domains[d]; ok {
 			return b, matchDomain, true
 		}
 	}

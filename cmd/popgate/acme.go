@@ -273,7 +273,7 @@ func checkRouteNames(c *Config, add func(format string, args ...any)) {
 func routeDomains(c *Config, mapFile func() *auth.MapFile) func(domain string) bool {
 	static := make(map[string]bool, len(c.Route.Domains))
 	for d := range c.Route.Domains {
-		static[strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(d, "@"), "."))] = true
+		static[strings.TrimSuffix(auth.DomainKey(d), ".")] = true
 	}
 	return func(domain string) bool {
 		return static[domain] || mapFile().HasDomain(domain)

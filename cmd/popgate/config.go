@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -383,9 +384,9 @@ func (c *Config) validate() []error {
 	for _, d := range sortedKeys(c.Route.Domains) {
 		checkRoute(fmt.Sprintf("route.domains.%q", d), c.Route.Domains[d])
 	}
-	// auth.NewStatic folds keys to lower case (and drops a domain's leading
-	// "@"); two keys that fold to one but name different backends would
-	// route by map order, differently from run to run.
+	// auth.NewStatic folds keys (auth.UserKey, auth.DomainKey); two keys
+	// that fold to one but name different backends would route by map
+	// order, differently from run to run.
 	checkFolded := func(table string, m map[string]string, fold func(string) string) {
 		seen := map[string]string{}
 		for _, k := range sortedKeys(m) {
@@ -397,8 +398,8 @@ func (c *Config) validate() []error {
 			}
 		}
 	}
-	checkFolded("users", c.Route.Users, strings.ToLower)
-	checkFolded("domains", c.Route.Domains, func(d string) string { return strings.ToLower(strings.TrimPrefix(d, "@")) })
+	checkFolded("users", c.Route.Users, auth.UserKey)
+	checkFolded("domains", c.Route.Domains, auth.DomainKey)
 	if c.Route.Default == "" && len(c.Route.Users) == 0 && len(c.Route.Domains) == 0 && c.Route.MapFile == "" && c.Route.HTTP == nil {
 		add("route: no route at all; set route.default, route.users or route.domains")
 	}
