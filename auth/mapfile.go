@@ -249,15 +249,20 @@ func splitMapLine(line []byte) (key, backend, msg string) {
 	return string(fields[0]), string(fields[1]), ""
 }
 
-// Lookup returns the backend for user, exact user first, then the domain,
-// and the rule that matched, such as `routes:12 user "alice@example.com"`.
-func (m *MapFile) Lookup(user string) (backend, rule string, ok bool) {
+// Lookup implements [Source]: the backend for user, exact user first, then
+// the domain, and the rule that matched, such as
+// `map file routes:12 user "alice@example.com"`.
+func (m *MapFile) Lookup(_ context.Context, user string) (backend, rule string, found bool, err error) {
 	r, kind, key, ok := m.lookup(user)
 	if !ok {
-		return "", "", false
+		return "", "", false, nil
 	}
-	return r.backend, m.path + ":" + strconv.Itoa(r.line) + " " + kind + " " + strconv.Quote(key), true
+	return r.backend, "map file " + m.path + ":" + strconv.Itoa(r.line) + " " + kind + " " + strconv.Quote(key), true, nil
 }
+
+// Close implements [Source]; a MapFile holds nothing open ([MapFile.Watch]
+// ends with its context).
+func (m *MapFile) Close() error { return nil }
 
 func (m *MapFile) lookup(user string) (r mapRule, kind, key string, ok bool) {
 	if m == nil {
@@ -276,9 +281,10 @@ func (m *MapFile) lookup(user string) (r mapRule, kind, key string, ok bool) {
 	return mapRule{}, "", "", false
 }
 
-// HasDomain reports whether the current table has a "@domain backend"
-// line for domain (case-insensitive, a trailing dot ignored). It reads the
-// live table, so a reload is seen at once; for the ACME on-demand policy.
+// HasDomain implements [DomainSource]: it reports whether the current
+// table has a "@domain backend" line for domain (case-insensitive, a
+// trailing dot ignored). It reads the live table, so a reload is seen at
+// once; for the ACME on-demand policy.
 func (m *MapFile) HasDomain(domain string) bool {
 	if m == nil {
 		return false

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/tlsconf"
 )
 
@@ -263,20 +262,6 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 func checkRouteNames(c *Config, add func(format string, args ...any)) {
 	if a := c.TLS.ACME; a != nil && a.DomainsFromRoutes && len(c.Route.Domains) == 0 && c.Route.MapFile == "" {
 		add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
-	}
-}
-
-// routeDomains returns the routing table's domain lookup for the ACME
-// on-demand policy: route.domains (fixed) and the map file's "@domain"
-// lines (live: a reload is seen at once). mapFile is called on every use,
-// since the map file is loaded after the certificates.
-func routeDomains(c *Config, mapFile func() *auth.MapFile) func(domain string) bool {
-	static := make(map[string]bool, len(c.Route.Domains))
-	for d := range c.Route.Domains {
-		static[strings.TrimSuffix(auth.DomainKey(d), ".")] = true
-	}
-	return func(domain string) bool {
-		return static[domain] || mapFile().HasDomain(domain)
 	}
 }
 

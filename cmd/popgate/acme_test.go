@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/popgate/popgate/auth"
 )
 
 const listenTLS = "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n"
@@ -288,7 +286,7 @@ func TestACMEDomainsFromRoutes(t *testing.T) {
 	if in.mapFile == nil {
 		t.Fatal("no map file loaded")
 	}
-	a, err := c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return in.mapFile }))
+	a, err := c.TLS.ACME.tlsconf(in.hasDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +314,10 @@ func TestACMEDomainsFromRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, err = c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return nil })); err != nil {
+	if in, err = build(c, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if a, err = c.TLS.ACME.tlsconf(in.hasDomain); err != nil {
 		t.Fatal(err)
 	}
 	check(map[string]bool{"pop3.customer.test": true, "pop.customer.test": false})

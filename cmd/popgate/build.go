@@ -29,19 +29,18 @@ type instance struct {
 	server      *proxy.Server   // set by build; a reload reconfigures the running one
 	proxyConfig proxy.Config
 	listeners   []proxy.Listener
-	addrs       []string       // listen addresses, by index of listeners
-	keys        []string       // the listeners' ListenConfig.key, by index
-	mapFile     *auth.MapFile  // nil without route.map_file
-	lookup      *auth.HTTP     // nil without [route.http]
-	cache       *auth.Cache    // nil without [route.http] caching
-	throttle    *auth.Throttle // shared by every instance of the process
+	addrs       []string // listen addresses, by index of listeners
+	keys        []string // the listeners' ListenConfig.key, by index
+	// router is the lookup chain; nil until buildInstance has built it.
+	router   *auth.Chain
+	mapFile  *auth.MapFile  // among router's sources, for its file watch; nil without route.map_file
+	cache    *auth.Cache    // among router's sources, for its metrics; nil without [route.http] caching
+	throttle *auth.Throttle // shared by every instance of the process
 	// throttleConfig is this configuration's limits, applied to throttle
 	// by goLive.
 	throttleConfig auth.ThrottleConfig
 	admin          admin.Access // who may use the admin endpoints (metrics.token_file read)
-	// hasDomain reports whether the routing table names a domain
-	// (route.domains, the map file's "@domain" lines).
-	hasDomain func(domain string) bool
+	log            *slog.Logger
 }
 
 // build loads certificates and backend trust and makes the proxy server.
@@ -57,20 +56,27 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	return in, nil
 }
 
-// close releases what in alone owns: its connections to the lookup
-// service and its cached lookup answers. It is called as soon as in is
-// dropped, while sessions that started with it may still run (for hours,
-// once spliced), so it leaves their parts working: the lookup still
-// answers, with a connection per request, and the cache starts over. What
-// a later instance may share (the certificate store, the throttle) is left
-// alone, and so are the file watches, which the runner stops.
+// close releases what in alone owns: its routing sources, with their
+// connections to the lookup service and their cached lookup answers. It is
+// called as soon as in is dropped, while sessions that started with it may
+// still run (for hours, once spliced), so it leaves their parts working:
+// the lookup still answers, with a connection per request, and the cache
+// starts over. What a later instance may share (the certificate store, the
+// throttle) is left alone, and so are the file watches, which the runner
+// stops.
 func (in *instance) close() {
-	if in.lookup != nil {
-		in.lookup.Close()
+	if in.router == nil {
+		return
 	}
-	if in.cache != nil {
-		in.cache.Purge()
+	if err := in.router.Close(); err != nil {
+		in.log.Warn("closing the routing sources", "err", err)
 	}
+}
+
+// hasDomain reports whether in's routes name domain (route.domains, the
+// map file's "@domain" lines), for ACME's domains_from_routes.
+func (in *instance) hasDomain(domain string) bool {
+	return in.router != nil && in.router.HasDomain(domain)
 }
 
 // errACMEChanged refuses a reload that changes [tls.acme].
@@ -83,7 +89,7 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 // returns the live instance for the ACME on-demand policy; nil means the
 // one being built.
 func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
-	in := &instance{cfg: c}
+	in := &instance{cfg: c, log: log}
 	defer func() {
 		if err != nil {
 			in.close()
@@ -92,7 +98,6 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	if current == nil {
 		current = func() *instance { return in }
 	}
-	in.hasDomain = routeDomains(c, func() *auth.MapFile { return in.mapFile })
 	if in.admin, err = adminAccess(c, log); err != nil {
 		return nil, err
 	}
@@ -214,8 +219,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 				"to the lookup service in clear text; use https://", "host", u.Host)
 		}
 	}
-	router, err := buildRouter(in, c, backends)
-	if err != nil {
+	if err := buildRouter(in, c, backends); err != nil {
 		return nil, err
 	}
 	lim := c.Limits
@@ -247,7 +251,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		}
 	}
 	in.proxyConfig = proxy.Config{
-		Router:              router,
+		Router:              in.router,
 		Backends:            backends,
 		Throttle:            in.throttle,
 		Greeting:            c.POP3.Greeting,
@@ -374,21 +378,22 @@ func readToken(path string) (string, error) {
 	return tok, nil
 }
 
-// buildRouter makes the lookup chain of DESIGN.md: exact user, domain, map
-// file, HTTP service, default.
-func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*auth.Chain, error) {
+// buildRouter makes in's lookup chain (in.router) of DESIGN.md: exact user,
+// domain, map file, HTTP service, default.
+func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) error {
 	known := func(name string) bool { return backends[name] != nil }
-	chain := &auth.Chain{
-		Static:  auth.NewStatic(c.Route.Users, c.Route.Domains, ""),
-		Default: c.Route.Default,
+	in.router = &auth.Chain{Default: c.Route.Default}
+	add := func(s auth.Source) { in.router.Sources = append(in.router.Sources, s) }
+	if len(c.Route.Users) > 0 || len(c.Route.Domains) > 0 {
+		add(auth.NewStatic(c.Route.Users, c.Route.Domains, ""))
 	}
 	if c.Route.MapFile != "" {
 		mf, err := auth.LoadMapFile(c.Route.MapFile, known)
 		if err != nil {
-			return nil, fmt.Errorf("route.map_file: %w", err)
+			return fmt.Errorf("route.map_file: %w", err)
 		}
-		chain.Map = mf
 		in.mapFile = mf
+		add(mf)
 	}
 	if h := c.Route.HTTP; h != nil {
 		lookup := &auth.HTTP{
@@ -397,12 +402,12 @@ func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*
 			KnownBackend: known,
 			Timeout:      h.Timeout.Duration,
 		}
-		in.lookup = lookup
-		chain.HTTP = lookup
 		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
 			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL), nil)
-			chain.HTTP = in.cache
+			add(in.cache)
+		} else {
+			add(lookup)
 		}
 	}
-	return chain, nil
+	return nil
 }

@@ -26,7 +26,6 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/popgate/popgate/admin"
-	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -179,24 +178,26 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 	}
 	user := fs.Arg(0)
 	known := map[string]BackendConfig{}
+	backends := map[string]*proxy.Backend{}
 	for _, b := range c.Backend {
 		known[b.Name] = b
+		backends[b.Name] = &proxy.Backend{Name: b.Name}
 	}
-	in := &instance{}
-	backends := map[string]*proxy.Backend{}
-	for name := range known {
-		backends[name] = &proxy.Backend{Name: name}
+	in := &instance{log: newLogger(c.Log, stderr)}
+	if err := buildRouter(in, c, backends); err != nil {
+		return err
 	}
-	chain, err := buildRouter(in, c, backends)
+	defer in.close()
+	name, why, err := in.router.Explain(context.Background(), user)
 	if err != nil {
 		return err
 	}
-	if name, ok := routeTarget(chain, user); ok {
+	if name != "" {
 		b := known[name]
-		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, chain.Explain(user))
+		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, why)
 		return nil
 	}
-	fmt.Fprintf(stdout, "%s: %s\n", user, chain.Explain(user))
+	fmt.Fprintf(stdout, "%s: %s\n", user, why)
 	return nil
 }
 
@@ -349,21 +350,4 @@ func trimWhenQuiet(ctx context.Context, srv *proxy.Server, every time.Duration, 
 			log.Debug("quiet: returned free memory to the OS", "took", time.Since(start).Round(time.Microsecond).String(), "sessions", srv.Sessions())
 		}
 	}
-}
-
-// routeTarget returns the backend a static, map file or default rule sends
-// user to, without asking an HTTP service.
-func routeTarget(c *auth.Chain, user string) (string, bool) {
-	if b, _, ok := c.Static.Match(user); ok {
-		return b, true
-	}
-	if c.Map != nil {
-		if b, _, ok := c.Map.Lookup(user); ok {
-			return b, true
-		}
-	}
-	if c.HTTP == nil && c.Default != "" {
-		return c.Default, true
-	}
-	return "", false
 }
