@@ -33,16 +33,16 @@ type ACMEConfig struct {
 	RouteNamePatterns []string `toml:"route_name_patterns"`
 	// MaxChallengeConnections caps the connections the challenge
 	// answerers hold at once (both together); omitted means
-	// tlsconf.DefaultChallengeConns. The file descriptor limit may lower
+	// defaultChallengeConns. The file descriptor limit may lower
 	// it (see fdBudget).
 	MaxChallengeConnections *int `toml:"max_challenge_connections"`
 	// MaxChallengeConnectionsPerIP caps those from one client address
 	// (limits.ipv6_prefix groups IPv6); omitted means
-	// tlsconf.DefaultChallengeConnsPerIP.
+	// defaultChallengeConnsPerIP.
 	MaxChallengeConnectionsPerIP *int `toml:"max_challenge_connections_per_ip"`
 	// OrderBudget, OrderBudgetPeriod: at most this many orders with the
 	// CA at once, refilled evenly over the period; omitted means
-	// tlsconf.DefaultOrderBudget per tlsconf.DefaultOrderBudgetPeriod.
+	// defaultOrderBudget per defaultOrderBudgetPeriod.
 	OrderBudget       *int     `toml:"order_budget"`
 	OrderBudgetPeriod Duration `toml:"order_budget_period"`
 	// OrderBudgetReserve is the part of the budget on-demand names leave
@@ -50,7 +50,7 @@ type ACMEConfig struct {
 	OrderBudgetReserve *int `toml:"order_budget_reserve"`
 	// AskURL is the approval hook asked before each new order for an
 	// on-demand name; "" means none. AskTimeout bounds its answer;
-	// omitted means tlsconf.DefaultAskTimeout.
+	// omitted means defaultAskTimeout.
 	AskURL     string   `toml:"ask_url"`
 	AskTimeout Duration `toml:"ask_timeout"`
 	// InsecureCachePermissions serves from a cache_dir that other users
@@ -61,8 +61,8 @@ type ACMEConfig struct {
 // challengeConns returns max_challenge_connections and
 // max_challenge_connections_per_ip with their defaults.
 func (a *ACMEConfig) challengeConns() (total, perIP int) {
-	return intOr(a.MaxChallengeConnections, tlsconf.DefaultChallengeConns),
-		intOr(a.MaxChallengeConnectionsPerIP, tlsconf.DefaultChallengeConnsPerIP)
+	return intOr(a.MaxChallengeConnections, defaultChallengeConns),
+		intOr(a.MaxChallengeConnectionsPerIP, defaultChallengeConnsPerIP)
 }
 
 // answersChallenges reports whether popgate binds a challenge answerer.
@@ -81,19 +81,12 @@ const (
 	letsEncryptOrdersPeriod = 3 * time.Hour
 )
 
-// defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
-// absent.
-var defaultRouteNamePatterns = []string{"pop.{domain}", "mail.{domain}"}
-
 func (a *ACMEConfig) routeNamePatterns() []string {
 	if a.RouteNamePatterns == nil {
 		return defaultRouteNamePatterns
 	}
 	return a.RouteNamePatterns
 }
-
-// defaultHTTPChallenge is tls.acme.http_challenge when the key is absent.
-const defaultHTTPChallenge = ":80"
 
 func (a *ACMEConfig) httpChallenge() string {
 	if a.HTTPChallenge == nil {
@@ -131,11 +124,11 @@ func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, 
 		HTTPChallenge:      a.httpChallenge(),
 		TLSALPNChallenge:   a.TLSALPNChallenge,
 		RenewBefore:        a.RenewBefore.Duration,
-		OrderBudget:        intOr(a.OrderBudget, tlsconf.DefaultOrderBudget),
-		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod),
+		OrderBudget:        intOr(a.OrderBudget, defaultOrderBudget),
+		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(defaultOrderBudgetPeriod),
 		OrderBudgetReserve: reserve,
 		AskURL:             a.AskURL,
-		AskTimeout:         a.AskTimeout.or(tlsconf.DefaultAskTimeout),
+		AskTimeout:         a.AskTimeout.or(defaultAskTimeout),
 
 		InsecureCachePermissions: a.InsecureCachePermissions,
 	}, nil
@@ -235,8 +228,8 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 // validateOrderBudget checks order_budget, order_budget_period and
 // order_budget_reserve.
 func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
-	budget := intOr(a.OrderBudget, tlsconf.DefaultOrderBudget)
-	period := a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod)
+	budget := intOr(a.OrderBudget, defaultOrderBudget)
+	period := a.OrderBudgetPeriod.or(defaultOrderBudgetPeriod)
 	if budget < 1 {
 		add("tls.acme.order_budget: %d; it must be at least 1 (every certificate, renewals included, needs an order)", budget)
 	}
@@ -248,7 +241,7 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 	}
 	dir := a.DirectoryURL
 	if dir == "" {
-		dir = tlsconf.LetsEncryptURL
+		dir = defaultACMEDirectoryURL
 	}
 	if dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
 		(budget > letsEncryptOrders || float64(budget)/period.Hours() > letsEncryptOrders/letsEncryptOrdersPeriod.Hours()) {

@@ -185,7 +185,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			RelayAuthzID:   bc.RelayAuthzID,
 			ClientAddress:  clientAddr,
 			TLS:            mode,
-			ConnectTimeout: bc.ConnectTimeout.or(defaultConnectTimeout),
+			ConnectTimeout: bc.ConnectTimeout.or(defaultBackendConnectTimeout),
 			Timeout:        bc.Timeout.Duration,
 		}
 		if mode != proxy.TLSNone {
@@ -224,10 +224,10 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	}
 	lim := c.Limits
 	in.throttleConfig = auth.ThrottleConfig{
-		MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP),
-		MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
+		MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresPerIP),
+		MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresPerUser),
 		Window:     lim.FailureWindow.or(defaultFailureWindow),
-		IPv6Prefix: intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
+		IPv6Prefix: intOr(lim.IPv6Prefix, defaultIPv6Prefix),
 	}
 	if prev != nil {
 		// One throttle for the life of the process: counts, locks and
@@ -259,11 +259,11 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		RelayBackendErrors:  c.POP3.HideBackendErrors != nil && !*c.POP3.HideBackendErrors,
 		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
 		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
-		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxFailures),
+		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxLoginFailures),
 		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
-		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConns),
-		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
-		IPv6Prefix:          intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
+		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConnections),
+		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnectionsPerIP),
+		IPv6Prefix:          intOr(lim.IPv6Prefix, defaultIPv6Prefix),
 		MasterUserSeparator: lim.MasterUserSeparator,
 		TrustedProxies:      trusted,
 		Logger:              log,
@@ -403,7 +403,7 @@ func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) er
 			Timeout:      h.Timeout.Duration,
 		}
 		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
-			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL), nil)
+			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeCacheTTL), nil)
 			add(in.cache)
 		} else {
 			add(lookup)

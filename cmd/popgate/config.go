@@ -140,10 +140,6 @@ type MetricsConfig struct {
 	AllowedHosts []string `toml:"allowed_hosts"`
 }
 
-// defaultMetricsAddress is metrics.address when the key is absent:
-// loopback, since /sessions can end sessions.
-const defaultMetricsAddress = "127.0.0.1:9110"
-
 func (c *Config) metricsAddress() string {
 	if c.Metrics.Address == nil {
 		return defaultMetricsAddress
@@ -185,24 +181,8 @@ func intOr(p *int, def int) int {
 	return def
 }
 
-// Defaults of the contract.
-const (
-	defaultLoginTimeout    = 60 * time.Second
-	defaultIdleTimeout     = 10 * time.Minute
-	defaultFailureDelay    = time.Second
-	defaultShutdownTimeout = 30 * time.Second
-	defaultMaxConns        = 10000
-	defaultMaxConnsPerIP   = 50
-	defaultMaxFailures     = 3
-	defaultConnectTimeout  = 5 * time.Second
-	defaultMaxFailuresIP   = 20
-	defaultMaxFailuresUser = 10
-	defaultFailureWindow   = 10 * time.Minute
-	defaultHTTPCacheTTL    = 60 * time.Second
-	defaultHTTPNegativeTTL = 10 * time.Second
-	defaultHTTPCacheSize   = 100000
-	mapFilePoll            = 5 * time.Second
-)
+// mapFilePoll is how often route.map_file is checked for changes.
+const mapFilePoll = 5 * time.Second
 
 // maxConfigSize bounds the configuration file: route.users inline can
 // make it large, but never this large.

@@ -206,8 +206,8 @@ func TestParseConfigFull(t *testing.T) {
 	if b := c.Backend[1]; b.ConnectTimeout.or(0) != 2*time.Second || b.Timeout.Duration != 15*time.Second {
 		t.Errorf("backend[1] timeouts = %v, %v, want 2s, 15s", b.ConnectTimeout.Duration, b.Timeout.Duration)
 	}
-	if got := c.Backend[0].ConnectTimeout.or(defaultConnectTimeout); got != defaultConnectTimeout {
-		t.Errorf("backend[0].connect_timeout (unset) = %v, want default %v", got, defaultConnectTimeout)
+	if got := c.Backend[0].ConnectTimeout.or(defaultBackendConnectTimeout); got != defaultBackendConnectTimeout {
+		t.Errorf("backend[0].connect_timeout (unset) = %v, want default %v", got, defaultBackendConnectTimeout)
 	}
 
 	if c.Route.Default != "legacy" || c.Route.Users["alice@example.com"] != "modern" || c.Route.Domains["example.org"] != "pop3s" {

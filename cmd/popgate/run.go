@@ -104,7 +104,7 @@ func (r *runner) run(ctx context.Context) error {
 		// The answerers count clients as the POP3 limits do, by the
 		// live limits.ipv6_prefix.
 		lim.ClientNet = func(ip netip.Addr) (netip.Prefix, bool) {
-			return auth.ClientNet(ip, intOr(r.current().cfg.Limits.IPv6Prefix, auth.DefaultIPv6Prefix))
+			return auth.ClientNet(ip, intOr(r.current().cfg.Limits.IPv6Prefix, defaultIPv6Prefix))
 		}
 		r.challenges, err = in.certs.ListenChallenges(lim)
 	}
@@ -193,7 +193,7 @@ func (r *runner) logFDBudget(b fdBudget, c *Config) {
 		r.log.Warn("tls.acme.max_challenge_connections lowered to a quarter of the file descriptor limit, so that POP3 keeps its share",
 			"configured", total, "max_challenge_connections", b.Challenges, "limit", b.Limit)
 	}
-	if mc := intOr(c.Limits.MaxConnections, defaultMaxConns); mc > b.pop3Sessions() {
+	if mc := intOr(c.Limits.MaxConnections, defaultMaxConnections); mc > b.pop3Sessions() {
 		r.log.Warn("limits.max_connections is more than the file descriptor limit holds; accepts fail with \"too many open files\" before it is reached: raise the limit (LimitNOFILE) or lower limits.max_connections",
 			"max_connections", mc, "pop3_sessions", b.pop3Sessions(), "limit", b.Limit)
 	}
