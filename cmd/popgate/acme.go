@@ -65,11 +65,6 @@ func (a *ACMEConfig) challengeConns() (total, perIP int) {
 		intOr(a.MaxChallengeConnectionsPerIP, defaultChallengeConnsPerIP)
 }
 
-// answersChallenges reports whether popgate binds a challenge answerer.
-func (a *ACMEConfig) answersChallenges() bool {
-	return a != nil && (a.httpChallenge() != "" || a.TLSALPNChallenge != "")
-}
-
 // maxAskTimeout bounds tls.acme.ask_timeout: a handshake waits for the
 // answer.
 const maxAskTimeout = 30 * time.Second
@@ -81,13 +76,6 @@ const (
 	letsEncryptOrdersPeriod = 3 * time.Hour
 )
 
-func (a *ACMEConfig) routeNamePatterns() []string {
-	if a.RouteNamePatterns == nil {
-		return defaultRouteNamePatterns
-	}
-	return a.RouteNamePatterns
-}
-
 func (a *ACMEConfig) httpChallenge() string {
 	if a.HTTPChallenge == nil {
 		return defaultHTTPChallenge
@@ -95,50 +83,74 @@ func (a *ACMEConfig) httpChallenge() string {
 	return *a.HTTPChallenge
 }
 
-// tlsconf converts the section for tlsconf; hasDomain is the routing
-// table's domain lookup, used with domains_from_routes.
-func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, error) {
+// settings checks [tls.acme] and returns it with its defaults; nil (no
+// section) is valid and has none.
+func (a *ACMEConfig) settings(add func(format string, args ...any)) *acmeSettings {
 	if a == nil {
-		return nil, nil
+		return nil
 	}
-	var allow func(string) bool
-	if a.DomainsFromRoutes {
-		var err error
-		if allow, err = tlsconf.RouteNames(a.routeNamePatterns(), hasDomain); err != nil {
-			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
-		}
-	}
-	reserve := 0 // tlsconf's default
+	validateACME(a, add)
+	reserve := 0 // tlsconf's default, a fifth of the budget
 	if a.OrderBudgetReserve != nil {
 		if reserve = *a.OrderBudgetReserve; reserve == 0 {
 			reserve = -1 // none
 		}
 	}
-	return &tlsconf.ACMEConfig{
-		AllowHost:          allow,
-		Domains:            a.Domains,
-		Email:              a.Email,
-		CacheDir:           a.CacheDir,
-		DirectoryURL:       a.DirectoryURL,
-		CAFile:             a.CAFile,
-		HTTPChallenge:      a.httpChallenge(),
-		TLSALPNChallenge:   a.TLSALPNChallenge,
-		RenewBefore:        a.RenewBefore.Duration,
-		OrderBudget:        intOr(a.OrderBudget, defaultOrderBudget),
-		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(defaultOrderBudgetPeriod),
-		OrderBudgetReserve: reserve,
-		AskURL:             a.AskURL,
-		AskTimeout:         a.AskTimeout.or(defaultAskTimeout),
+	s := &acmeSettings{
+		ACME: tlsconf.ACMEConfig{
+			Domains:            a.Domains,
+			Email:              a.Email,
+			CacheDir:           a.CacheDir,
+			DirectoryURL:       a.DirectoryURL,
+			CAFile:             a.CAFile,
+			HTTPChallenge:      a.httpChallenge(),
+			TLSALPNChallenge:   a.TLSALPNChallenge,
+			RenewBefore:        a.RenewBefore.or(defaultRenewBefore),
+			OrderBudget:        intOr(a.OrderBudget, defaultOrderBudget),
+			OrderBudgetPeriod:  a.OrderBudgetPeriod.or(defaultOrderBudgetPeriod),
+			OrderBudgetReserve: reserve,
+			AskURL:             a.AskURL,
+			AskTimeout:         a.AskTimeout.or(defaultAskTimeout),
 
-		InsecureCachePermissions: a.InsecureCachePermissions,
-	}, nil
+			InsecureCachePermissions: a.InsecureCachePermissions,
+		},
+		DomainsFromRoutes: a.DomainsFromRoutes,
+		RouteNamePatterns: a.RouteNamePatterns,
+	}
+	if s.ACME.DirectoryURL == "" {
+		s.ACME.DirectoryURL = defaultACMEDirectoryURL
+	}
+	if s.RouteNamePatterns == nil {
+		s.RouteNamePatterns = defaultRouteNamePatterns
+	}
+	s.MaxChallengeConns, s.MaxChallengeConnsPerIP = a.challengeConns()
+	return s
 }
 
-// validateACME checks [tls.acme]; nil (no section) is valid.
-func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
+// answersChallenges reports whether popgate binds a challenge answerer.
+func (a *acmeSettings) answersChallenges() bool {
+	return a != nil && (a.ACME.HTTPChallenge != "" || a.ACME.TLSALPNChallenge != "")
+}
+
+// tlsconf returns the section for tlsconf (nil for none); hasDomain is the
+// routing table's domain lookup, used with domains_from_routes.
+func (a *acmeSettings) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, error) {
 	if a == nil {
-		return
+		return nil, nil
 	}
+	c := a.ACME
+	if a.DomainsFromRoutes {
+		allow, err := tlsconf.RouteNames(a.RouteNamePatterns, hasDomain)
+		if err != nil {
+			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
+		}
+		c.AllowHost = allow
+	}
+	return &c, nil
+}
+
+// validateACME checks [tls.acme].
+func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 	if len(a.Domains) == 0 {
 		add("tls.acme.domains: missing; list the names to obtain certificates for")
 	}
@@ -252,8 +264,8 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 
 // checkRouteNames checks that tls.acme.domains_from_routes has a routing
 // table to take domains from.
-func checkRouteNames(c *Config, add func(format string, args ...any)) {
-	if a := c.TLS.ACME; a != nil && a.DomainsFromRoutes && len(c.Route.Domains) == 0 && c.Route.MapFile == "" {
+func checkRouteNames(s *settings, add func(format string, args ...any)) {
+	if a := s.TLS.ACME; a != nil && a.DomainsFromRoutes && len(s.Route.Domains) == 0 && s.Route.MapFile == "" {
 		add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
 	}
 }

@@ -23,7 +23,7 @@ import (
 // bound sockets carry over. An instance that is dropped (replaced by a
 // reload, refused, or at the end) is closed.
 type instance struct {
-	cfg         *Config
+	cfg         *settings       // what it was built from
 	certs       *tlsconf.Server // nil without TLS listeners
 	certsReused bool            // certs is the previous instance's; its files are re-read when this one goes live
 	server      *proxy.Server   // set by build; a reload reconfigures the running one
@@ -44,7 +44,7 @@ type instance struct {
 }
 
 // build loads certificates and backend trust and makes the proxy server.
-func build(c *Config, log *slog.Logger) (*instance, error) {
+func build(c *settings, log *slog.Logger) (*instance, error) {
 	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {
 		return nil, err
@@ -85,10 +85,9 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 // buildInstance turns c into running parts, without a proxy server. prev
 // is the running instance on a reload (nil at start): its certificate
 // store is kept when [tls] is unchanged, its ACME client and its throttle
-// (with every count) always. current
-// returns the live instance for the ACME on-demand policy; nil means the
-// one being built.
-func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
+// (with every count) always. current returns the live instance for the
+// ACME on-demand policy; nil means the one being built.
+func buildInstance(c *settings, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
 	in := &instance{cfg: c, log: log}
 	defer func() {
 		if err != nil {
@@ -98,16 +97,12 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	if current == nil {
 		current = func() *instance { return in }
 	}
-	if in.admin, err = adminAccess(c, log); err != nil {
+	if in.admin, err = adminAccess(c.Metrics, log); err != nil {
 		return nil, err
 	}
-	certs := make([]tlsconf.CertFile, len(c.TLS.Certificates))
-	for i, cf := range c.TLS.Certificates {
-		certs[i] = tlsconf.CertFile{Cert: cf.Cert, Key: cf.Key}
-	}
 	needTLS := false
-	for _, l := range c.Listen {
-		needTLS = needTLS || l.TLS != "none"
+	for _, l := range c.Listeners {
+		needTLS = needTLS || l.TLS != proxy.TLSNone
 	}
 	var prevCerts *tlsconf.Server
 	if prev != nil {
@@ -129,7 +124,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			return nil, err
 		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
-			Certificates:      certs,
+			Certificates:      c.TLS.Certificates,
 			ACME:              acme,
 			ShareACME:         prevCerts,
 			Previous:          prevCerts,
@@ -143,13 +138,11 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		in.certs = ts
 	}
 
-	for _, lc := range c.Listen {
-		mode, _ := proxy.ParseTLSMode(lc.TLS)
-		l := proxy.Listener{Name: lc.name(), TLS: mode, ProxyProtocol: lc.ProxyProtocol}
-		if mode != proxy.TLSNone {
+	for _, lc := range c.Listeners {
+		l := lc.Listener
+		if l.TLS != proxy.TLSNone {
 			tc := in.certs.TLSConfig()
-			if lc.MinVersion != "" {
-				v, _ := tlsconf.ParseVersion(lc.MinVersion)
+			if v := lc.MinVersion; v != 0 {
 				tc = tc.Clone()
 				tc.MinVersion = v
 				if v < tls.VersionTLS12 {
@@ -158,76 +151,52 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			}
 			l.TLSConfig = tc
 		}
-		for _, p := range lc.AllowPlaintextFrom {
-			pfx, _ := parsePrefix(p)
-			l.AllowPlaintextFrom = append(l.AllowPlaintextFrom, pfx)
-		}
-		if mode == proxy.TLSNone && !isLoopback(lc.Address) {
+		if l.TLS == proxy.TLSNone && !isLoopback(lc.Address) {
 			log.Warn("LISTENER WITHOUT TLS ON A NON-LOOPBACK ADDRESS: passwords will cross the network in clear text",
 				"listener", l.Name, "address", lc.Address)
 		}
 		in.listeners = append(in.listeners, l)
 		in.addrs = append(in.addrs, lc.Address)
-		in.keys = append(in.keys, lc.key())
+		in.keys = append(in.keys, lc.Key)
 	}
 
-	backends := make(map[string]*proxy.Backend, len(c.Backend))
-	for _, bc := range c.Backend {
-		mode, _ := proxy.ParseTLSMode(bc.TLS)
-		var clientAddr proxy.ClientAddressMode
-		if bc.ClientAddress != "" {
-			clientAddr, _ = proxy.ParseClientAddressMode(bc.ClientAddress)
-		}
-		b := &proxy.Backend{
-			Name:           bc.Name,
-			Address:        bc.Address,
-			Fallbacks:      bc.Fallbacks,
-			RelayAuthzID:   bc.RelayAuthzID,
-			ClientAddress:  clientAddr,
-			TLS:            mode,
-			ConnectTimeout: bc.ConnectTimeout.or(defaultBackendConnectTimeout),
-			Timeout:        bc.Timeout.Duration,
-		}
-		if mode != proxy.TLSNone {
-			tc, err := tlsconf.Backend(tlsconf.BackendConfig{
-				ServerName:         bc.ServerName,
-				Address:            bc.Address,
-				CAFile:             bc.CAFile,
-				InsecureSkipVerify: bc.InsecureSkipVerify,
-				MinVersion:         bc.MinVersion,
-			})
+	backends := make(map[string]*proxy.Backend, len(c.Backends))
+	for _, bc := range c.Backends {
+		b := bc.Backend // a copy: a proxy.Server keeps it
+		if b.TLS != proxy.TLSNone {
+			tc, err := tlsconf.Backend(bc.Trust)
 			if err != nil {
-				return nil, fmt.Errorf("backend %q: %w", bc.Name, err)
+				return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 			}
 			b.TLSConfig = tc
-			if bc.InsecureSkipVerify {
+			if bc.Trust.InsecureSkipVerify {
 				log.Warn("backend certificate is NOT verified (insecure_skip_verify): anyone on the path can read the passwords",
-					"backend", bc.Name)
+					"backend", b.Name)
 			}
-		} else if !isLoopback(bc.Address) {
+		} else if !isLoopback(b.Address) {
 			log.Warn("backend is reached without TLS: passwords cross the network to it in clear text",
-				"backend", bc.Name, "address", bc.Address)
+				"backend", b.Name, "address", b.Address)
 		}
-		backends[bc.Name] = b
+		backends[b.Name] = &b
 	}
 
 	if h := c.Route.HTTP; h != nil {
-		// validate has checked the URL. Its host only: the URL may
+		// The settings have checked the URL. Its host only: the URL may
 		// carry credentials.
 		if u, err := url.Parse(h.URL); err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 			log.Warn("route.http.url is plain http:// to a host that is not loopback: every login's password crosses the network "+
 				"to the lookup service in clear text; use https://", "host", u.Host)
 		}
 	}
-	if err := buildRouter(in, c, backends); err != nil {
+	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return nil, err
 	}
 	lim := c.Limits
 	in.throttleConfig = auth.ThrottleConfig{
-		MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresPerIP),
-		MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresPerUser),
-		Window:     lim.FailureWindow.or(defaultFailureWindow),
-		IPv6Prefix: intOr(lim.IPv6Prefix, defaultIPv6Prefix),
+		MaxPerIP:   lim.MaxFailuresPerIP,
+		MaxPerUser: lim.MaxFailuresPerUser,
+		Window:     lim.FailureWindow,
+		IPv6Prefix: lim.IPv6Prefix,
 	}
 	if prev != nil {
 		// One throttle for the life of the process: counts, locks and
@@ -237,18 +206,13 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	} else {
 		in.throttle = auth.NewThrottle(in.throttleConfig)
 	}
-	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
-		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
+	if lim.IdleTimeout < defaultIdleTimeout {
+		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout)
 	}
-	var trusted []netip.Prefix
-	for _, p := range lim.TrustedProxies {
-		pfx, _ := parsePrefix(p)
-		trusted = append(trusted, pfx)
-		if pfx.Bits() == 0 {
-			log.Warn("limits.trusted_proxies includes every address: any client can send a PROXY header and claim to be any address, "+
-				"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
-				"trusted_proxy", p)
-		}
+	for _, p := range lim.TrustedEveryone {
+		log.Warn("limits.trusted_proxies includes every address: any client can send a PROXY header and claim to be any address, "+
+			"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
+			"trusted_proxy", p)
 	}
 	in.proxyConfig = proxy.Config{
 		Router:              in.router,
@@ -256,16 +220,16 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		Throttle:            in.throttle,
 		Greeting:            c.POP3.Greeting,
 		ExtraCapabilities:   c.POP3.Capabilities,
-		RelayBackendErrors:  c.POP3.HideBackendErrors != nil && !*c.POP3.HideBackendErrors,
-		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
-		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
-		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxLoginFailures),
-		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
-		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConnections),
-		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnectionsPerIP),
-		IPv6Prefix:          intOr(lim.IPv6Prefix, defaultIPv6Prefix),
+		RelayBackendErrors:  !c.POP3.HideBackendErrors,
+		LoginTimeout:        lim.LoginTimeout,
+		IdleTimeout:         lim.IdleTimeout,
+		MaxLoginFailures:    lim.MaxLoginFailures,
+		FailureDelay:        lim.FailureDelay,
+		MaxConnections:      lim.MaxConnections,
+		MaxConnectionsPerIP: lim.MaxConnectionsPerIP,
+		IPv6Prefix:          lim.IPv6Prefix,
 		MasterUserSeparator: lim.MasterUserSeparator,
-		TrustedProxies:      trusted,
+		TrustedProxies:      lim.TrustedProxies,
 		Logger:              log,
 	}
 	if err := in.proxyConfig.Validate(); err != nil {
@@ -314,8 +278,7 @@ func isLoopbackHost(host string) bool {
 // metrics.allowed_hosts, the Host header must name the address: that
 // stops DNS rebinding from a browser on this host. A non-loopback address
 // without a token (metrics.insecure_open) is logged at WARN every time.
-func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
-	m := c.Metrics
+func adminAccess(m metricsSettings, log *slog.Logger) (admin.Access, error) {
 	a := admin.Access{ProtectMetrics: m.ProtectMetrics}
 	if m.TokenFile != "" {
 		tok, err := readToken(m.TokenFile)
@@ -324,7 +287,7 @@ func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
 		}
 		a.Token = tok
 	}
-	addr := c.metricsAddress()
+	addr := m.Address
 	if addr == "" {
 		return a, nil
 	}
@@ -380,30 +343,30 @@ func readToken(path string) (string, error) {
 
 // buildRouter makes in's lookup chain (in.router) of DESIGN.md: exact user,
 // domain, map file, HTTP service, default.
-func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) error {
+func buildRouter(in *instance, r *routeSettings, backends map[string]*proxy.Backend) error {
 	known := func(name string) bool { return backends[name] != nil }
-	in.router = &auth.Chain{Default: c.Route.Default}
+	in.router = &auth.Chain{Default: r.Default}
 	add := func(s auth.Source) { in.router.Sources = append(in.router.Sources, s) }
-	if len(c.Route.Users) > 0 || len(c.Route.Domains) > 0 {
-		add(auth.NewStatic(c.Route.Users, c.Route.Domains, ""))
+	if len(r.Users) > 0 || len(r.Domains) > 0 {
+		add(auth.NewStatic(r.Users, r.Domains, ""))
 	}
-	if c.Route.MapFile != "" {
-		mf, err := auth.LoadMapFile(c.Route.MapFile, known)
+	if r.MapFile != "" {
+		mf, err := auth.LoadMapFile(r.MapFile, known)
 		if err != nil {
 			return fmt.Errorf("route.map_file: %w", err)
 		}
 		in.mapFile = mf
 		add(mf)
 	}
-	if h := c.Route.HTTP; h != nil {
+	if h := r.HTTP; h != nil {
 		lookup := &auth.HTTP{
 			URL:          h.URL,
 			Backend:      h.Backend,
 			KnownBackend: known,
-			Timeout:      h.Timeout.Duration,
+			Timeout:      h.Timeout,
 		}
-		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
-			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeCacheTTL), nil)
+		if h.CacheTTL > 0 {
+			in.cache = auth.NewCache(lookup, h.CacheSize, h.CacheTTL, h.NegativeCacheTTL, nil)
 			add(in.cache)
 		} else {
 			add(lookup)

@@ -160,7 +160,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	}
 	in.server.Close()
 	in.close()
-	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listen), len(c.Backend))
+	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listeners), len(c.Backends))
 	return nil
 }
 
@@ -177,14 +177,12 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	user := fs.Arg(0)
-	known := map[string]BackendConfig{}
 	backends := map[string]*proxy.Backend{}
-	for _, b := range c.Backend {
-		known[b.Name] = b
-		backends[b.Name] = &proxy.Backend{Name: b.Name}
+	for _, b := range c.Backends {
+		backends[b.Name] = &b.Backend
 	}
 	in := &instance{log: newLogger(c.Log, stderr)}
-	if err := buildRouter(in, c, backends); err != nil {
+	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return err
 	}
 	defer in.close()
@@ -192,8 +190,7 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if name != "" {
-		b := known[name]
+	if b := backends[name]; b != nil {
 		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, why)
 		return nil
 	}
@@ -222,7 +219,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	level.Set(logLevel(c.Log.Level))
+	level.Set(c.Log.Level)
 	log := newLoggerLevel(c.Log, level, stderr)
 	r, err := prepare(c, log)
 	if err != nil {
@@ -239,7 +236,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 
 // prepare turns c into a runner. Metrics are counted even while
 // metrics.address is "", so that a reload can turn the endpoints on.
-func prepare(c *Config, log *slog.Logger) (*runner, error) {
+func prepare(c *settings, log *slog.Logger) (*runner, error) {
 	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {
 		return nil, err
@@ -263,28 +260,15 @@ func prepare(c *Config, log *slog.Logger) (*runner, error) {
 
 // newLogger builds the process logger: colored text on a terminal, JSON
 // otherwise, unless the config says which.
-func newLogger(lc LogConfig, w io.Writer) *slog.Logger {
-	return newLoggerLevel(lc, logLevel(lc.Level), w)
-}
-
-// logLevel maps log.level to a slog level; "" is info.
-func logLevel(s string) slog.Level {
-	switch s {
-	case "debug":
-		return slog.LevelDebug
-	case "warn":
-		return slog.LevelWarn
-	case "error":
-		return slog.LevelError
-	}
-	return slog.LevelInfo
+func newLogger(lc logSettings, w io.Writer) *slog.Logger {
+	return newLoggerLevel(lc, lc.Level, w)
 }
 
 // newLoggerLevel is newLogger with a level that can change (a
 // *slog.LevelVar, which a reload sets).
-func newLoggerLevel(lc LogConfig, level slog.Leveler, w io.Writer) *slog.Logger {
+func newLoggerLevel(lc logSettings, level slog.Leveler, w io.Writer) *slog.Logger {
 	format := lc.Format
-	if format == "" || format == "auto" {
+	if format == "auto" {
 		format = "json"
 		if isTerminal(w) {
 			format = "tint"
