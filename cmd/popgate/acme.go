@@ -263,11 +263,17 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 }
 
 // checkRouteNames checks that tls.acme.domains_from_routes has a routing
-// table to take domains from.
+// source to take domains from.
 func checkRouteNames(s *settings, add func(format string, args ...any)) {
-	if a := s.TLS.ACME; a != nil && a.DomainsFromRoutes && len(s.Route.Domains) == 0 && s.Route.MapFile == "" {
-		add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
+	if a := s.TLS.ACME; a == nil || !a.DomainsFromRoutes {
+		return
 	}
+	for _, rs := range s.Route.sources() {
+		if rs.domains {
+			return
+		}
+	}
+	add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
 }
 
 // checkDefaultName checks that tls.default_server_name is covered when

@@ -341,36 +341,79 @@ func readToken(path string) (string, error) {
 	return tok, nil
 }
 
-// buildRouter makes in's lookup chain (in.router) of DESIGN.md: exact user,
-// domain, map file, HTTP service, default.
+// buildRouter makes in's lookup chain (in.router) from [route]'s sources.
 func buildRouter(in *instance, r *routeSettings, backends map[string]*proxy.Backend) error {
 	known := func(name string) bool { return backends[name] != nil }
 	in.router = &auth.Chain{Default: r.Default}
-	add := func(s auth.Source) { in.router.Sources = append(in.router.Sources, s) }
-	if len(r.Users) > 0 || len(r.Domains) > 0 {
-		add(auth.NewStatic(r.Users, r.Domains, ""))
-	}
-	if r.MapFile != "" {
-		mf, err := auth.LoadMapFile(r.MapFile, known)
+	for _, rs := range r.sources() {
+		s, err := rs.build(in, known)
 		if err != nil {
-			return fmt.Errorf("route.map_file: %w", err)
+			return fmt.Errorf("%s: %w", rs.key, err)
 		}
-		in.mapFile = mf
-		add(mf)
-	}
-	if h := r.HTTP; h != nil {
-		lookup := &auth.HTTP{
-			URL:          h.URL,
-			Backend:      h.Backend,
-			KnownBackend: known,
-			Timeout:      h.Timeout,
-		}
-		if h.CacheTTL > 0 {
-			in.cache = auth.NewCache(lookup, h.CacheSize, h.CacheTTL, h.NegativeCacheTTL, nil)
-			add(in.cache)
-		} else {
-			add(lookup)
-		}
+		in.router.Sources = append(in.router.Sources, s)
 	}
 	return nil
+}
+
+// routeSource is one routing source of [route], before it is built.
+type routeSource struct {
+	key string // its configuration key
+	// domains: the source routes whole domains (an auth.DomainSource),
+	// which tls.acme.domains_from_routes can take names from.
+	domains bool
+	// build makes the source; known reports whether a backend name is
+	// configured. It may keep parts of it in in (a file to watch,
+	// metrics).
+	build func(in *instance, known func(backend string) bool) (auth.Source, error)
+}
+
+// sources lists the routing sources r configures, in the lookup order of
+// the README's "Routing and authentication": users, domains, map file,
+// HTTP service (route.default comes after them all). It is the one place a
+// source is added; the checks of [route], the chain that routes logins,
+// popgate route and ACME's domains_from_routes all take them from here.
+func (r *routeSettings) sources() []routeSource {
+	var ss []routeSource
+	if len(r.Users) > 0 || len(r.Domains) > 0 {
+		ss = append(ss, routeSource{"route.users and route.domains", len(r.Domains) > 0, r.buildStatic})
+	}
+	if r.MapFile != "" {
+		ss = append(ss, routeSource{"route.map_file", true, r.buildMapFile})
+	}
+	if r.HTTP != nil {
+		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})
+	}
+	return ss
+}
+
+// buildStatic makes route.users and route.domains one auth.Static, without
+// a default: route.default comes after every source.
+func (r *routeSettings) buildStatic(*instance, func(string) bool) (auth.Source, error) {
+	return auth.NewStatic(r.Users, r.Domains, ""), nil
+}
+
+// buildMapFile loads route.map_file; the runner watches it (in.mapFile).
+func (r *routeSettings) buildMapFile(in *instance, known func(string) bool) (auth.Source, error) {
+	mf, err := auth.LoadMapFile(r.MapFile, known)
+	if err != nil {
+		return nil, err
+	}
+	in.mapFile = mf
+	return mf, nil
+}
+
+// build makes the lookup service's client, behind a cache unless
+// cache_ttl is 0 (in.cache, for the metrics).
+func (h *httpRouteSettings) build(in *instance, known func(string) bool) (auth.Source, error) {
+	lookup := &auth.HTTP{
+		URL:          h.URL,
+		Backend:      h.Backend,
+		KnownBackend: known,
+		Timeout:      h.Timeout,
+	}
+	if h.CacheTTL <= 0 {
+		return lookup, nil
+	}
+	in.cache = auth.NewCache(lookup, h.CacheSize, h.CacheTTL, h.NegativeCacheTTL, nil)
+	return in.cache, nil
 }

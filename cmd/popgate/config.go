@@ -494,9 +494,6 @@ func (r RouteConfig) settings(known map[string]bool, add func(string, ...any)) r
 	}
 	checkFolded("users", r.Users, auth.UserKey)
 	checkFolded("domains", r.Domains, auth.DomainKey)
-	if r.Default == "" && len(r.Users) == 0 && len(r.Domains) == 0 && r.MapFile == "" && r.HTTP == nil {
-		add("route: no route at all; set route.default, route.users or route.domains")
-	}
 	if h := r.HTTP; h != nil {
 		switch u, err := url.Parse(h.URL); {
 		case h.URL == "":
@@ -521,6 +518,9 @@ func (r RouteConfig) settings(known map[string]bool, add func(string, ...any)) r
 			NegativeCacheTTL: h.NegativeCacheTTL.or(defaultHTTPNegativeCacheTTL),
 			CacheSize:        intOr(h.CacheSize, defaultHTTPCacheSize),
 		}
+	}
+	if r.Default == "" && len(s.sources()) == 0 {
+		add("route: no route at all; set route.default, route.users or route.domains")
 	}
 	return s
 }
