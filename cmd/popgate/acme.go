@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/url"
@@ -101,7 +102,7 @@ func (a *ACMEConfig) settings(add func(format string, args ...any)) *acmeSetting
 			Domains:            a.Domains,
 			Email:              a.Email,
 			CacheDir:           a.CacheDir,
-			DirectoryURL:       a.DirectoryURL,
+			DirectoryURL:       cmp.Or(a.DirectoryURL, defaultACMEDirectoryURL),
 			CAFile:             a.CAFile,
 			HTTPChallenge:      a.httpChallenge(),
 			TLSALPNChallenge:   a.TLSALPNChallenge,
@@ -116,9 +117,6 @@ func (a *ACMEConfig) settings(add func(format string, args ...any)) *acmeSetting
 		},
 		DomainsFromRoutes: a.DomainsFromRoutes,
 		RouteNamePatterns: a.RouteNamePatterns,
-	}
-	if s.ACME.DirectoryURL == "" {
-		s.ACME.DirectoryURL = defaultACMEDirectoryURL
 	}
 	if s.RouteNamePatterns == nil {
 		s.RouteNamePatterns = defaultRouteNamePatterns
@@ -251,11 +249,7 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 	if r := a.OrderBudgetReserve; r != nil && (*r < 0 || *r >= budget) {
 		add("tls.acme.order_budget_reserve: %d; it must be from 0 to order_budget - 1 (%d), or on-demand names could never order", *r, budget-1)
 	}
-	dir := a.DirectoryURL
-	if dir == "" {
-		dir = defaultACMEDirectoryURL
-	}
-	if dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
+	if dir := cmp.Or(a.DirectoryURL, defaultACMEDirectoryURL); dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
 		(budget > letsEncryptOrders || float64(budget)/period.Hours() > letsEncryptOrders/letsEncryptOrdersPeriod.Hours()) {
 		add("tls.acme.order_budget: %d per %s is above Let's Encrypt's limit of %d new orders per account per %s; beyond it every order fails, renewals included",
 			budget, period, letsEncryptOrders, letsEncryptOrdersPeriod)

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -240,7 +242,7 @@ func ParseConfig(name string, data []byte) (*settings, error) {
 // given first; name is used in the error.
 func (c *Config) check(name string, problems ...error) (*settings, error) {
 	s, errs := c.settings()
-	errs = append(problems, errs...)
+	errs = slices.Concat(problems, errs)
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
@@ -269,21 +271,20 @@ func (c *Config) settings() (*settings, []error) {
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
 	s.POP3 = pop3Settings{
-		Greeting:          c.POP3.Greeting,
+		Greeting:          cmp.Or(c.POP3.Greeting, defaultGreeting),
 		Capabilities:      c.POP3.Capabilities,
 		HideBackendErrors: boolOr(c.POP3.HideBackendErrors, defaultHideBackendErrors),
-	}
-	if s.POP3.Greeting == "" {
-		s.POP3.Greeting = defaultGreeting
 	}
 	s.Metrics = c.Metrics.settings(add)
 	return s, errs
 }
 
+// settings checks [log].
 func (l LogConfig) settings(add func(string, ...any)) logSettings {
-	s := logSettings{Level: slog.LevelInfo, Format: l.Format}
-	switch l.Level {
-	case "", defaultLogLevel:
+	s := logSettings{Format: cmp.Or(l.Format, defaultLogFormat)}
+	switch cmp.Or(l.Level, defaultLogLevel) {
+	case "info":
+		s.Level = slog.LevelInfo
 	case "debug":
 		s.Level = slog.LevelDebug
 	case "warn":
@@ -293,9 +294,7 @@ func (l LogConfig) settings(add func(string, ...any)) logSettings {
 	default:
 		add("log.level: %q is not one of debug, info, warn, error", l.Level)
 	}
-	switch l.Format {
-	case "":
-		s.Format = defaultLogFormat
+	switch s.Format {
 	case "auto", "text", "json":
 	default:
 		add("log.format: %q is not one of auto, text, json", l.Format)
@@ -363,11 +362,9 @@ func prefixes(key string, list []string, add func(string, ...any)) []netip.Prefi
 	return ps
 }
 
+// settings checks [tls] and [tls.acme].
 func (t TLSConfig) settings(add func(string, ...any)) tlsSettings {
-	s := tlsSettings{MinVersion: t.MinVersion, DefaultServerName: t.DefaultServerName, ACME: t.ACME.settings(add)}
-	if s.MinVersion == "" {
-		s.MinVersion = defaultTLSMinVersion
-	}
+	s := tlsSettings{MinVersion: cmp.Or(t.MinVersion, defaultTLSMinVersion), DefaultServerName: t.DefaultServerName, ACME: t.ACME.settings(add)}
 	if _, err := tlsconf.ParseVersion(t.MinVersion); err != nil {
 		add("tls.min_version: %v", err)
 	}
@@ -414,18 +411,11 @@ func (c *Config) backends(add func(string, ...any)) ([]backendSettings, map[stri
 		if b.CAFile != "" && b.InsecureSkipVerify {
 			add("%s: ca_file and insecure_skip_verify contradict each other", key)
 		}
-		minVersion := b.MinVersion
-		if minVersion == "" {
-			minVersion = defaultBackendMinVersion
-		}
-		if _, err := tlsconf.ParseVersion(b.MinVersion); err != nil {
+		minVersion := cmp.Or(b.MinVersion, defaultBackendMinVersion)
+		if _, err := tlsconf.ParseVersion(minVersion); err != nil {
 			add("%s.min_version: %v", key, err)
 		}
-		clientAddress := b.ClientAddress
-		if clientAddress == "" {
-			clientAddress = defaultBackendClientAddress
-		}
-		clientAddr, err := proxy.ParseClientAddressMode(clientAddress)
+		clientAddr, err := proxy.ParseClientAddressMode(cmp.Or(b.ClientAddress, defaultBackendClientAddress))
 		if err != nil {
 			add("%s.client_address: %q is not one of none, xclient, proxy-v1, proxy-v2", key, b.ClientAddress)
 		}
@@ -525,6 +515,7 @@ func (r RouteConfig) settings(known map[string]bool, add func(string, ...any)) r
 	return s
 }
 
+// settings checks [limits].
 func (lim LimitsConfig) settings(add func(string, ...any)) limitSettings {
 	for _, k := range []struct {
 		key string
