@@ -6,8 +6,9 @@
 // configuration (exact user, then domain, then a default), [MapFile] a
 // route file re-read when it changes, [HTTP] a lookup service speaking
 // nginx's auth_http protocol, [Cache] an LRU in front of any Router, and
-// [Chain] the lookup order of the configuration (static users, static
-// domains, map file, HTTP service, default). [Throttle] counts failed logins
+// [Chain] the lookup order of the configuration: the sources of routes
+// (each a [Source]: static users and domains, map file, HTTP service) in
+// turn, then the default. [Throttle] counts failed logins
 // per client address and per user name. The package also decodes the SASL
 // mechanisms popgate relays (PLAIN and LOGIN).
 //

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,10 +39,11 @@ import (
 // disables both. Each half holds at most size entries, evicting the least
 // recently used.
 //
-// A Cache starts no goroutine and needs no Close: an answer past its TTL
-// is dropped when it is next looked up, or when it is the least recently
-// used as a new answer comes in, and size bounds the memory of those not
-// looked up again. It is garbage like any value once unreferenced, so a
+// A Cache starts no goroutine and needs no Close to free its memory
+// ([Cache.Close] is for a [Chain], which closes its sources): an answer
+// past its TTL is dropped when it is next looked up, or when it is the
+// least recently used as a new answer comes in, and size bounds the memory
+// of those not looked up again. It is garbage like any value once unreferenced, so a
 // configuration reload may make a new one each time. It is safe for
 // concurrent use.
 type Cache struct {
@@ -154,6 +156,30 @@ func (c *Cache) Len() int {
 		n += c.neg.lru.Len()
 	}
 	return n
+}
+
+// Lookup implements [Source] for a Cache in front of one (an [HTTP]): it
+// is the wrapped source's Lookup, not cached. In front of another Router,
+// it says that router would decide.
+func (c *Cache) Lookup(ctx context.Context, user string) (backend, rule string, found bool, err error) {
+	if s, ok := c.r.(Source); ok {
+		return s.Lookup(ctx, user)
+	}
+	return "", "would ask the lookup service, which decides", true, nil
+}
+
+// Decide implements [Decider]: it is Route.
+func (c *Cache) Decide(ctx context.Context, req *Request) (Decision, error) { return c.Route(ctx, req) }
+
+// Close implements [Source]: it forgets every cached answer and closes the
+// wrapped Router when that is an [io.Closer] (an [HTTP]). The Cache still
+// answers after Close, starting over empty.
+func (c *Cache) Close() error {
+	c.Purge()
+	if cl, ok := c.r.(io.Closer); ok {
+		return cl.Close()
+	}
+	return nil
 }
 
 // Purge forgets every cached answer (after a configuration reload, say).

@@ -148,10 +148,23 @@ func (h *HTTP) httpClient() *http.Client {
 // before a configuration reload logs in through the HTTP it began with):
 // each lookup then closes its connection when it is done, and so does one
 // that was under way when Close was called.
-func (h *HTTP) Close() {
+func (h *HTTP) Close() error {
 	h.closed.Store(true)
 	h.httpClient().CloseIdleConnections()
+	return nil
 }
+
+// httpRule is what [HTTP.Lookup] says, for `popgate route`.
+const httpRule = "would ask the HTTP service, which decides (and checks the password)"
+
+// Lookup implements [Source] without asking the service, which needs the
+// password: it says the service would decide.
+func (h *HTTP) Lookup(context.Context, string) (backend, rule string, found bool, err error) {
+	return "", httpRule, true, nil
+}
+
+// Decide implements [Decider]: it is Route.
+func (h *HTTP) Decide(ctx context.Context, req *Request) (Decision, error) { return h.Route(ctx, req) }
 
 // Route implements [Router] by asking the service.
 func (h *HTTP) Route(ctx context.Context, req *Request) (Decision, error) {

@@ -176,14 +176,15 @@ func parseMap(r io.Reader, sizeHint int, path string, known func(string) bool) (
 			bad(n, "unknown backend %q", backend)
 			continue
 		}
-		key = strings.ToLower(key)
 		tab, kind := t.users, "user"
-		if d, ok := strings.CutPrefix(key, "@"); ok {
-			key, tab, kind = d, t.domains, "domain"
+		if strings.HasPrefix(key, "@") {
+			key, tab, kind = DomainKey(key), t.domains, "domain"
 			if key == "" || strings.ContainsRune(key, '@') {
 				bad(n, "bad domain %q", "@"+key)
 				continue
 			}
+		} else {
+			key = UserKey(key)
 		}
 		if prev, dup := tab[key]; dup {
 			bad(n, "%s %q already routed on line %d", kind, key, prev.line)
@@ -248,41 +249,47 @@ func splitMapLine(line []byte) (key, backend, msg string) {
 	return string(fields[0]), string(fields[1]), ""
 }
 
-// Lookup returns the backend for user, exact user first, then the domain,
-// and the rule that matched, such as `routes:12 user "alice@example.com"`.
-func (m *MapFile) Lookup(user string) (backend, rule string, ok bool) {
+// Lookup implements [Source]: the backend for user, exact user first, then
+// the domain, and the rule that matched, such as
+// `map file routes:12 user "alice@example.com"`.
+func (m *MapFile) Lookup(_ context.Context, user string) (backend, rule string, found bool, err error) {
 	r, kind, key, ok := m.lookup(user)
 	if !ok {
-		return "", "", false
+		return "", "", false, nil
 	}
-	return r.backend, m.path + ":" + strconv.Itoa(r.line) + " " + kind + " " + strconv.Quote(key), true
+	return r.backend, "map file " + m.path + ":" + strconv.Itoa(r.line) + " " + kind + " " + strconv.Quote(key), true, nil
 }
+
+// Close implements [Source]; a MapFile holds nothing open ([MapFile.Watch]
+// ends with its context).
+func (m *MapFile) Close() error { return nil }
 
 func (m *MapFile) lookup(user string) (r mapRule, kind, key string, ok bool) {
 	if m == nil {
 		return mapRule{}, "", "", false
 	}
 	t := m.table.Load()
-	u := strings.ToLower(user)
+	u := UserKey(user)
 	if r, ok := t.users[u]; ok {
 		return r, "user", u, true
 	}
-	if i := strings.LastIndexByte(u, '@'); i >= 0 {
-		if r, ok := t.domains[u[i+1:]]; ok {
-			return r, "domain", u[i+1:], true
+	if d, ok := userDomain(user); ok {
+		if r, ok := t.domains[d]; ok {
+			return r, "domain", d, true
 		}
 	}
 	return mapRule{}, "", "", false
 }
 
-// HasDomain reports whether the current table has a "@domain backend"
-// line for domain (case-insensitive, a trailing dot ignored). It reads the
-// live table, so a reload is seen at once; for the ACME on-demand policy.
+// HasDomain implements [DomainSource]: it reports whether the current
+// table has a "@domain backend" line for domain (case-insensitive, a
+// trailing dot ignored). It reads the live table, so a reload is seen at
+// once; for the ACME on-demand policy.
 func (m *MapFile) HasDomain(domain string) bool {
 	if m == nil {
 		return false
 	}
-	_, ok := m.table.Load().domains[strings.ToLower(strings.TrimSuffix(domain, "."))]
+	_, ok := m.table.Load().domains[DomainKey(strings.TrimSuffix(domain, "."))]
 	return ok
 }
 

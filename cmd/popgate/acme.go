@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/url"
@@ -8,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/tlsconf"
 )
 
@@ -34,16 +34,16 @@ type ACMEConfig struct {
 	RouteNamePatterns []string `toml:"route_name_patterns"`
 	// MaxChallengeConnections caps the connections the challenge
 	// answerers hold at once (both together); omitted means
-	// tlsconf.DefaultChallengeConns. The file descriptor limit may lower
+	// defaultChallengeConns. The file descriptor limit may lower
 	// it (see fdBudget).
 	MaxChallengeConnections *int `toml:"max_challenge_connections"`
 	// MaxChallengeConnectionsPerIP caps those from one client address
 	// (limits.ipv6_prefix groups IPv6); omitted means
-	// tlsconf.DefaultChallengeConnsPerIP.
+	// defaultChallengeConnsPerIP.
 	MaxChallengeConnectionsPerIP *int `toml:"max_challenge_connections_per_ip"`
 	// OrderBudget, OrderBudgetPeriod: at most this many orders with the
 	// CA at once, refilled evenly over the period; omitted means
-	// tlsconf.DefaultOrderBudget per tlsconf.DefaultOrderBudgetPeriod.
+	// defaultOrderBudget per defaultOrderBudgetPeriod.
 	OrderBudget       *int     `toml:"order_budget"`
 	OrderBudgetPeriod Duration `toml:"order_budget_period"`
 	// OrderBudgetReserve is the part of the budget on-demand names leave
@@ -51,7 +51,7 @@ type ACMEConfig struct {
 	OrderBudgetReserve *int `toml:"order_budget_reserve"`
 	// AskURL is the approval hook asked before each new order for an
 	// on-demand name; "" means none. AskTimeout bounds its answer;
-	// omitted means tlsconf.DefaultAskTimeout.
+	// omitted means defaultAskTimeout.
 	AskURL     string   `toml:"ask_url"`
 	AskTimeout Duration `toml:"ask_timeout"`
 	// InsecureCachePermissions serves from a cache_dir that other users
@@ -62,13 +62,8 @@ type ACMEConfig struct {
 // challengeConns returns max_challenge_connections and
 // max_challenge_connections_per_ip with their defaults.
 func (a *ACMEConfig) challengeConns() (total, perIP int) {
-	return intOr(a.MaxChallengeConnections, tlsconf.DefaultChallengeConns),
-		intOr(a.MaxChallengeConnectionsPerIP, tlsconf.DefaultChallengeConnsPerIP)
-}
-
-// answersChallenges reports whether popgate binds a challenge answerer.
-func (a *ACMEConfig) answersChallenges() bool {
-	return a != nil && (a.httpChallenge() != "" || a.TLSALPNChallenge != "")
+	return intOr(a.MaxChallengeConnections, defaultChallengeConns),
+		intOr(a.MaxChallengeConnectionsPerIP, defaultChallengeConnsPerIP)
 }
 
 // maxAskTimeout bounds tls.acme.ask_timeout: a handshake waits for the
@@ -82,20 +77,6 @@ const (
 	letsEncryptOrdersPeriod = 3 * time.Hour
 )
 
-// defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
-// absent.
-var defaultRouteNamePatterns = []string{"pop.{domain}", "mail.{domain}"}
-
-func (a *ACMEConfig) routeNamePatterns() []string {
-	if a.RouteNamePatterns == nil {
-		return defaultRouteNamePatterns
-	}
-	return a.RouteNamePatterns
-}
-
-// defaultHTTPChallenge is tls.acme.http_challenge when the key is absent.
-const defaultHTTPChallenge = ":80"
-
 func (a *ACMEConfig) httpChallenge() string {
 	if a.HTTPChallenge == nil {
 		return defaultHTTPChallenge
@@ -103,50 +84,71 @@ func (a *ACMEConfig) httpChallenge() string {
 	return *a.HTTPChallenge
 }
 
-// tlsconf converts the section for tlsconf; hasDomain is the routing
-// table's domain lookup, used with domains_from_routes.
-func (a *ACMEConfig) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, error) {
+// settings checks [tls.acme] and returns it with its defaults; nil (no
+// section) is valid and has none.
+func (a *ACMEConfig) settings(add func(format string, args ...any)) *acmeSettings {
 	if a == nil {
-		return nil, nil
+		return nil
 	}
-	var allow func(string) bool
-	if a.DomainsFromRoutes {
-		var err error
-		if allow, err = tlsconf.RouteNames(a.routeNamePatterns(), hasDomain); err != nil {
-			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
-		}
-	}
-	reserve := 0 // tlsconf's default
+	validateACME(a, add)
+	reserve := 0 // tlsconf's default, a fifth of the budget
 	if a.OrderBudgetReserve != nil {
 		if reserve = *a.OrderBudgetReserve; reserve == 0 {
 			reserve = -1 // none
 		}
 	}
-	return &tlsconf.ACMEConfig{
-		AllowHost:          allow,
-		Domains:            a.Domains,
-		Email:              a.Email,
-		CacheDir:           a.CacheDir,
-		DirectoryURL:       a.DirectoryURL,
-		CAFile:             a.CAFile,
-		HTTPChallenge:      a.httpChallenge(),
-		TLSALPNChallenge:   a.TLSALPNChallenge,
-		RenewBefore:        a.RenewBefore.Duration,
-		OrderBudget:        intOr(a.OrderBudget, tlsconf.DefaultOrderBudget),
-		OrderBudgetPeriod:  a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod),
-		OrderBudgetReserve: reserve,
-		AskURL:             a.AskURL,
-		AskTimeout:         a.AskTimeout.or(tlsconf.DefaultAskTimeout),
+	s := &acmeSettings{
+		ACME: tlsconf.ACMEConfig{
+			Domains:            a.Domains,
+			Email:              a.Email,
+			CacheDir:           a.CacheDir,
+			DirectoryURL:       cmp.Or(a.DirectoryURL, defaultACMEDirectoryURL),
+			CAFile:             a.CAFile,
+			HTTPChallenge:      a.httpChallenge(),
+			TLSALPNChallenge:   a.TLSALPNChallenge,
+			RenewBefore:        a.RenewBefore.or(defaultRenewBefore),
+			OrderBudget:        intOr(a.OrderBudget, defaultOrderBudget),
+			OrderBudgetPeriod:  a.OrderBudgetPeriod.or(defaultOrderBudgetPeriod),
+			OrderBudgetReserve: reserve,
+			AskURL:             a.AskURL,
+			AskTimeout:         a.AskTimeout.or(defaultAskTimeout),
 
-		InsecureCachePermissions: a.InsecureCachePermissions,
-	}, nil
+			InsecureCachePermissions: a.InsecureCachePermissions,
+		},
+		DomainsFromRoutes: a.DomainsFromRoutes,
+		RouteNamePatterns: a.RouteNamePatterns,
+	}
+	if s.RouteNamePatterns == nil {
+		s.RouteNamePatterns = defaultRouteNamePatterns
+	}
+	s.MaxChallengeConns, s.MaxChallengeConnsPerIP = a.challengeConns()
+	return s
 }
 
-// validateACME checks [tls.acme]; nil (no section) is valid.
-func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
+// answersChallenges reports whether popgate binds a challenge answerer.
+func (a *acmeSettings) answersChallenges() bool {
+	return a != nil && (a.ACME.HTTPChallenge != "" || a.ACME.TLSALPNChallenge != "")
+}
+
+// tlsconf returns the section for tlsconf (nil for none); hasDomain is the
+// routing table's domain lookup, used with domains_from_routes.
+func (a *acmeSettings) tlsconf(hasDomain func(string) bool) (*tlsconf.ACMEConfig, error) {
 	if a == nil {
-		return
+		return nil, nil
 	}
+	c := a.ACME
+	if a.DomainsFromRoutes {
+		allow, err := tlsconf.RouteNames(a.RouteNamePatterns, hasDomain)
+		if err != nil {
+			return nil, fmt.Errorf("tls.acme.route_name_patterns: %w", err)
+		}
+		c.AllowHost = allow
+	}
+	return &c, nil
+}
+
+// validateACME checks [tls.acme].
+func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 	if len(a.Domains) == 0 {
 		add("tls.acme.domains: missing; list the names to obtain certificates for")
 	}
@@ -236,8 +238,8 @@ func validateACME(a *ACMEConfig, add func(format string, args ...any)) {
 // validateOrderBudget checks order_budget, order_budget_period and
 // order_budget_reserve.
 func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
-	budget := intOr(a.OrderBudget, tlsconf.DefaultOrderBudget)
-	period := a.OrderBudgetPeriod.or(tlsconf.DefaultOrderBudgetPeriod)
+	budget := intOr(a.OrderBudget, defaultOrderBudget)
+	period := a.OrderBudgetPeriod.or(defaultOrderBudgetPeriod)
 	if budget < 1 {
 		add("tls.acme.order_budget: %d; it must be at least 1 (every certificate, renewals included, needs an order)", budget)
 	}
@@ -247,11 +249,7 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 	if r := a.OrderBudgetReserve; r != nil && (*r < 0 || *r >= budget) {
 		add("tls.acme.order_budget_reserve: %d; it must be from 0 to order_budget - 1 (%d), or on-demand names could never order", *r, budget-1)
 	}
-	dir := a.DirectoryURL
-	if dir == "" {
-		dir = tlsconf.LetsEncryptURL
-	}
-	if dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
+	if dir := cmp.Or(a.DirectoryURL, defaultACMEDirectoryURL); dir == tlsconf.LetsEncryptURL && period >= time.Minute &&
 		(budget > letsEncryptOrders || float64(budget)/period.Hours() > letsEncryptOrders/letsEncryptOrdersPeriod.Hours()) {
 		add("tls.acme.order_budget: %d per %s is above Let's Encrypt's limit of %d new orders per account per %s; beyond it every order fails, renewals included",
 			budget, period, letsEncryptOrders, letsEncryptOrdersPeriod)
@@ -259,25 +257,17 @@ func validateOrderBudget(a *ACMEConfig, add func(format string, args ...any)) {
 }
 
 // checkRouteNames checks that tls.acme.domains_from_routes has a routing
-// table to take domains from.
-func checkRouteNames(c *Config, add func(format string, args ...any)) {
-	if a := c.TLS.ACME; a != nil && a.DomainsFromRoutes && len(c.Route.Domains) == 0 && c.Route.MapFile == "" {
-		add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
+// source to take domains from.
+func checkRouteNames(s *settings, add func(format string, args ...any)) {
+	if a := s.TLS.ACME; a == nil || !a.DomainsFromRoutes {
+		return
 	}
-}
-
-// routeDomains returns the routing table's domain lookup for the ACME
-// on-demand policy: route.domains (fixed) and the map file's "@domain"
-// lines (live: a reload is seen at once). mapFile is called on every use,
-// since the map file is loaded after the certificates.
-func routeDomains(c *Config, mapFile func() *auth.MapFile) func(domain string) bool {
-	static := make(map[string]bool, len(c.Route.Domains))
-	for d := range c.Route.Domains {
-		static[strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(d, "@"), "."))] = true
+	for _, rs := range s.Route.sources() {
+		if rs.domains {
+			return
+		}
 	}
-	return func(domain string) bool {
-		return static[domain] || mapFile().HasDomain(domain)
-	}
+	add("tls.acme.domains_from_routes: no route.domains and no route.map_file to take domains from")
 }
 
 // checkDefaultName checks that tls.default_server_name is covered when

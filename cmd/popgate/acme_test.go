@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/popgate/popgate/auth"
 )
 
 const listenTLS = "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n"
@@ -78,14 +76,14 @@ renew_before = "720h"
 	if a, _ := c.TLS.ACME.tlsconf(func(string) bool { return true }); a.AskURL != "http://127.0.0.1:8080/may-order?key=k" || a.AskTimeout != 2*time.Second {
 		t.Errorf("ask_url, ask_timeout = %q, %v", a.AskURL, a.AskTimeout)
 	}
-	if total, perIP := c.TLS.ACME.challengeConns(); total != 256 || perIP != 16 {
+	if total, perIP := c.TLS.ACME.MaxChallengeConns, c.TLS.ACME.MaxChallengeConnsPerIP; total != 256 || perIP != 16 {
 		t.Errorf("challenge caps without the keys = %d, %d per address; want 256, 16", total, perIP)
 	}
 	c, err = ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nmax_challenge_connections = 1000\nmax_challenge_connections_per_ip = 4\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if total, perIP := c.TLS.ACME.challengeConns(); total != 1000 || perIP != 4 {
+	if total, perIP := c.TLS.ACME.MaxChallengeConns, c.TLS.ACME.MaxChallengeConnsPerIP; total != 1000 || perIP != 4 {
 		t.Errorf("challenge caps = %d, %d per address; want 1000, 4", total, perIP)
 	}
 	c, err = ParseConfig("acme", []byte(base+"[tls.acme]\ndomains = [\"mail.example.com\"]\ncache_dir = \"/c\"\nhttp_challenge = \"\"\n"))
@@ -255,7 +253,7 @@ func TestExampleConfigACME(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the [tls.acme] block of config.example.toml: %v", err)
 	}
-	if a := c.TLS.ACME; a == nil || len(a.Domains) == 0 || a.TLSALPNChallenge == "" || a.CAFile == "" || !a.RenewBefore.Set ||
+	if a := c.TLS.ACME; a == nil || len(a.ACME.Domains) == 0 || a.ACME.TLSALPNChallenge == "" || a.ACME.CAFile == "" || a.ACME.RenewBefore == 0 ||
 		a.RouteNamePatterns == nil {
 		t.Errorf("[tls.acme] from the example = %+v, want every key", a)
 	}
@@ -278,7 +276,7 @@ func TestACMEDomainsFromRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.TLS.ACME.routeNamePatterns(); !slices.Equal(got, []string{"pop.{domain}", "mail.{domain}"}) {
+	if got := c.TLS.ACME.RouteNamePatterns; !slices.Equal(got, []string{"pop.{domain}", "mail.{domain}"}) {
 		t.Errorf("default route_name_patterns = %q", got)
 	}
 	in, err := build(c, slog.New(slog.DiscardHandler))
@@ -288,7 +286,7 @@ func TestACMEDomainsFromRoutes(t *testing.T) {
 	if in.mapFile == nil {
 		t.Fatal("no map file loaded")
 	}
-	a, err := c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return in.mapFile }))
+	a, err := c.TLS.ACME.tlsconf(in.hasDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +314,10 @@ func TestACMEDomainsFromRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, err = c.TLS.ACME.tlsconf(routeDomains(c, func() *auth.MapFile { return nil })); err != nil {
+	if in, err = build(c, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	if a, err = c.TLS.ACME.tlsconf(in.hasDomain); err != nil {
 		t.Fatal(err)
 	}
 	check(map[string]bool{"pop3.customer.test": true, "pop.customer.test": false})

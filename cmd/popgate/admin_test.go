@@ -133,7 +133,7 @@ func TestAdminAccess(t *testing.T) {
 				t.Fatal(err)
 			}
 			var logs bytes.Buffer
-			a, err := adminAccess(c, slog.New(slog.NewJSONHandler(&logs, nil)))
+			a, err := adminAccess(c.Metrics, slog.New(slog.NewJSONHandler(&logs, nil)))
 			if tc.wantErr != nil {
 				if err == nil {
 					t.Fatalf("adminAccess = %+v, want an error naming %q", a, tc.wantErr)

@@ -23,29 +23,28 @@ import (
 // bound sockets carry over. An instance that is dropped (replaced by a
 // reload, refused, or at the end) is closed.
 type instance struct {
-	cfg         *Config
+	cfg         *settings       // what it was built from
 	certs       *tlsconf.Server // nil without TLS listeners
 	certsReused bool            // certs is the previous instance's; its files are re-read when this one goes live
 	server      *proxy.Server   // set by build; a reload reconfigures the running one
 	proxyConfig proxy.Config
 	listeners   []proxy.Listener
-	addrs       []string       // listen addresses, by index of listeners
-	keys        []string       // the listeners' ListenConfig.key, by index
-	mapFile     *auth.MapFile  // nil without route.map_file
-	lookup      *auth.HTTP     // nil without [route.http]
-	cache       *auth.Cache    // nil without [route.http] caching
-	throttle    *auth.Throttle // shared by every instance of the process
+	addrs       []string // listen addresses, by index of listeners
+	keys        []string // the listeners' ListenConfig.key, by index
+	// router is the lookup chain; nil until buildInstance has built it.
+	router   *auth.Chain
+	mapFile  *auth.MapFile  // among router's sources, for its file watch; nil without route.map_file
+	cache    *auth.Cache    // among router's sources, for its metrics; nil without [route.http] caching
+	throttle *auth.Throttle // shared by every instance of the process
 	// throttleConfig is this configuration's limits, applied to throttle
 	// by goLive.
 	throttleConfig auth.ThrottleConfig
 	admin          admin.Access // who may use the admin endpoints (metrics.token_file read)
-	// hasDomain reports whether the routing table names a domain
-	// (route.domains, the map file's "@domain" lines).
-	hasDomain func(domain string) bool
+	log            *slog.Logger
 }
 
 // build loads certificates and backend trust and makes the proxy server.
-func build(c *Config, log *slog.Logger) (*instance, error) {
+func build(c *settings, log *slog.Logger) (*instance, error) {
 	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {
 		return nil, err
@@ -57,20 +56,27 @@ func build(c *Config, log *slog.Logger) (*instance, error) {
 	return in, nil
 }
 
-// close releases what in alone owns: its connections to the lookup
-// service and its cached lookup answers. It is called as soon as in is
-// dropped, while sessions that started with it may still run (for hours,
-// once spliced), so it leaves their parts working: the lookup still
-// answers, with a connection per request, and the cache starts over. What
-// a later instance may share (the certificate store, the throttle) is left
-// alone, and so are the file watches, which the runner stops.
+// close releases what in alone owns: its routing sources, with their
+// connections to the lookup service and their cached lookup answers. It is
+// called as soon as in is dropped, while sessions that started with it may
+// still run (for hours, once spliced), so it leaves their parts working:
+// the lookup still answers, with a connection per request, and the cache
+// starts over. What a later instance may share (the certificate store, the
+// throttle) is left alone, and so are the file watches, which the runner
+// stops.
 func (in *instance) close() {
-	if in.lookup != nil {
-		in.lookup.Close()
+	if in.router == nil {
+		return
 	}
-	if in.cache != nil {
-		in.cache.Purge()
+	if err := in.router.Close(); err != nil {
+		in.log.Warn("closing the routing sources", "err", err)
 	}
+}
+
+// hasDomain reports whether in's routes name domain (route.domains, the
+// map file's "@domain" lines), for ACME's domains_from_routes.
+func (in *instance) hasDomain(domain string) bool {
+	return in.router != nil && in.router.HasDomain(domain)
 }
 
 // errACMEChanged refuses a reload that changes [tls.acme].
@@ -79,11 +85,10 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 // buildInstance turns c into running parts, without a proxy server. prev
 // is the running instance on a reload (nil at start): its certificate
 // store is kept when [tls] is unchanged, its ACME client and its throttle
-// (with every count) always. current
-// returns the live instance for the ACME on-demand policy; nil means the
-// one being built.
-func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
-	in := &instance{cfg: c}
+// (with every count) always. current returns the live instance for the
+// ACME on-demand policy; nil means the one being built.
+func buildInstance(c *settings, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
+	in := &instance{cfg: c, log: log}
 	defer func() {
 		if err != nil {
 			in.close()
@@ -92,17 +97,12 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	if current == nil {
 		current = func() *instance { return in }
 	}
-	in.hasDomain = routeDomains(c, func() *auth.MapFile { return in.mapFile })
-	if in.admin, err = adminAccess(c, log); err != nil {
+	if in.admin, err = adminAccess(c.Metrics, log); err != nil {
 		return nil, err
 	}
-	certs := make([]tlsconf.CertFile, len(c.TLS.Certificates))
-	for i, cf := range c.TLS.Certificates {
-		certs[i] = tlsconf.CertFile{Cert: cf.Cert, Key: cf.Key}
-	}
 	needTLS := false
-	for _, l := range c.Listen {
-		needTLS = needTLS || l.TLS != "none"
+	for _, l := range c.Listeners {
+		needTLS = needTLS || l.TLS != proxy.TLSNone
 	}
 	var prevCerts *tlsconf.Server
 	if prev != nil {
@@ -124,7 +124,7 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			return nil, err
 		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
-			Certificates:      certs,
+			Certificates:      c.TLS.Certificates,
 			ACME:              acme,
 			ShareACME:         prevCerts,
 			Previous:          prevCerts,
@@ -138,13 +138,11 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 		in.certs = ts
 	}
 
-	for _, lc := range c.Listen {
-		mode, _ := proxy.ParseTLSMode(lc.TLS)
-		l := proxy.Listener{Name: lc.name(), TLS: mode, ProxyProtocol: lc.ProxyProtocol}
-		if mode != proxy.TLSNone {
+	for _, lc := range c.Listeners {
+		l := lc.Listener
+		if l.TLS != proxy.TLSNone {
 			tc := in.certs.TLSConfig()
-			if lc.MinVersion != "" {
-				v, _ := tlsconf.ParseVersion(lc.MinVersion)
+			if v := lc.MinVersion; v != 0 {
 				tc = tc.Clone()
 				tc.MinVersion = v
 				if v < tls.VersionTLS12 {
@@ -153,77 +151,52 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 			}
 			l.TLSConfig = tc
 		}
-		for _, p := range lc.AllowPlaintextFrom {
-			pfx, _ := parsePrefix(p)
-			l.AllowPlaintextFrom = append(l.AllowPlaintextFrom, pfx)
-		}
-		if mode == proxy.TLSNone && !isLoopback(lc.Address) {
+		if l.TLS == proxy.TLSNone && !isLoopback(lc.Address) {
 			log.Warn("LISTENER WITHOUT TLS ON A NON-LOOPBACK ADDRESS: passwords will cross the network in clear text",
 				"listener", l.Name, "address", lc.Address)
 		}
 		in.listeners = append(in.listeners, l)
 		in.addrs = append(in.addrs, lc.Address)
-		in.keys = append(in.keys, lc.key())
+		in.keys = append(in.keys, lc.Key)
 	}
 
-	backends := make(map[string]*proxy.Backend, len(c.Backend))
-	for _, bc := range c.Backend {
-		mode, _ := proxy.ParseTLSMode(bc.TLS)
-		var clientAddr proxy.ClientAddressMode
-		if bc.ClientAddress != "" {
-			clientAddr, _ = proxy.ParseClientAddressMode(bc.ClientAddress)
-		}
-		b := &proxy.Backend{
-			Name:           bc.Name,
-			Address:        bc.Address,
-			Fallbacks:      bc.Fallbacks,
-			RelayAuthzID:   bc.RelayAuthzID,
-			ClientAddress:  clientAddr,
-			TLS:            mode,
-			ConnectTimeout: bc.ConnectTimeout.or(defaultConnectTimeout),
-			Timeout:        bc.Timeout.Duration,
-		}
-		if mode != proxy.TLSNone {
-			tc, err := tlsconf.Backend(tlsconf.BackendConfig{
-				ServerName:         bc.ServerName,
-				Address:            bc.Address,
-				CAFile:             bc.CAFile,
-				InsecureSkipVerify: bc.InsecureSkipVerify,
-				MinVersion:         bc.MinVersion,
-			})
+	backends := make(map[string]*proxy.Backend, len(c.Backends))
+	for _, bc := range c.Backends {
+		b := bc.Backend // a copy: a proxy.Server keeps it
+		if b.TLS != proxy.TLSNone {
+			tc, err := tlsconf.Backend(bc.Trust)
 			if err != nil {
-				return nil, fmt.Errorf("backend %q: %w", bc.Name, err)
+				return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 			}
 			b.TLSConfig = tc
-			if bc.InsecureSkipVerify {
+			if bc.Trust.InsecureSkipVerify {
 				log.Warn("backend certificate is NOT verified (insecure_skip_verify): anyone on the path can read the passwords",
-					"backend", bc.Name)
+					"backend", b.Name)
 			}
-		} else if !isLoopback(bc.Address) {
+		} else if !isLoopback(b.Address) {
 			log.Warn("backend is reached without TLS: passwords cross the network to it in clear text",
-				"backend", bc.Name, "address", bc.Address)
+				"backend", b.Name, "address", b.Address)
 		}
-		backends[bc.Name] = b
+		backends[b.Name] = &b
 	}
 
 	if h := c.Route.HTTP; h != nil {
-		// validate has checked the URL. Its host only: the URL may
+		// The settings have checked the URL. Its host only: the URL may
 		// carry credentials.
 		if u, err := url.Parse(h.URL); err == nil && u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 			log.Warn("route.http.url is plain http:// to a host that is not loopback: every login's password crosses the network "+
 				"to the lookup service in clear text; use https://", "host", u.Host)
 		}
 	}
-	router, err := buildRouter(in, c, backends)
-	if err != nil {
+	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return nil, err
 	}
 	lim := c.Limits
 	in.throttleConfig = auth.ThrottleConfig{
-		MaxPerIP:   intOr(lim.MaxFailuresPerIP, defaultMaxFailuresIP),
-		MaxPerUser: intOr(lim.MaxFailuresPerUser, defaultMaxFailuresUser),
-		Window:     lim.FailureWindow.or(defaultFailureWindow),
-		IPv6Prefix: intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
+		MaxPerIP:   lim.MaxFailuresPerIP,
+		MaxPerUser: lim.MaxFailuresPerUser,
+		Window:     lim.FailureWindow,
+		IPv6Prefix: lim.IPv6Prefix,
 	}
 	if prev != nil {
 		// One throttle for the life of the process: counts, locks and
@@ -233,35 +206,30 @@ func buildInstance(c *Config, log *slog.Logger, prev *instance, current func() *
 	} else {
 		in.throttle = auth.NewThrottle(in.throttleConfig)
 	}
-	if lim.IdleTimeout.Set && lim.IdleTimeout.Duration < defaultIdleTimeout {
-		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout.Duration)
+	if lim.IdleTimeout < defaultIdleTimeout {
+		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout)
 	}
-	var trusted []netip.Prefix
-	for _, p := range lim.TrustedProxies {
-		pfx, _ := parsePrefix(p)
-		trusted = append(trusted, pfx)
-		if pfx.Bits() == 0 {
-			log.Warn("limits.trusted_proxies includes every address: any client can send a PROXY header and claim to be any address, "+
-				"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
-				"trusted_proxy", p)
-		}
+	for _, p := range lim.TrustedEveryone {
+		log.Warn("limits.trusted_proxies includes every address: any client can send a PROXY header and claim to be any address, "+
+			"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
+			"trusted_proxy", p)
 	}
 	in.proxyConfig = proxy.Config{
-		Router:              router,
+		Router:              in.router,
 		Backends:            backends,
 		Throttle:            in.throttle,
 		Greeting:            c.POP3.Greeting,
 		ExtraCapabilities:   c.POP3.Capabilities,
-		RelayBackendErrors:  c.POP3.HideBackendErrors != nil && !*c.POP3.HideBackendErrors,
-		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
-		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
-		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxFailures),
-		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
-		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConns),
-		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnsPerIP),
-		IPv6Prefix:          intOr(lim.IPv6Prefix, auth.DefaultIPv6Prefix),
+		RelayBackendErrors:  !c.POP3.HideBackendErrors,
+		LoginTimeout:        lim.LoginTimeout,
+		IdleTimeout:         lim.IdleTimeout,
+		MaxLoginFailures:    lim.MaxLoginFailures,
+		FailureDelay:        lim.FailureDelay,
+		MaxConnections:      lim.MaxConnections,
+		MaxConnectionsPerIP: lim.MaxConnectionsPerIP,
+		IPv6Prefix:          lim.IPv6Prefix,
 		MasterUserSeparator: lim.MasterUserSeparator,
-		TrustedProxies:      trusted,
+		TrustedProxies:      lim.TrustedProxies,
 		Logger:              log,
 	}
 	if err := in.proxyConfig.Validate(); err != nil {
@@ -310,8 +278,7 @@ func isLoopbackHost(host string) bool {
 // metrics.allowed_hosts, the Host header must name the address: that
 // stops DNS rebinding from a browser on this host. A non-loopback address
 // without a token (metrics.insecure_open) is logged at WARN every time.
-func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
-	m := c.Metrics
+func adminAccess(m metricsSettings, log *slog.Logger) (admin.Access, error) {
 	a := admin.Access{ProtectMetrics: m.ProtectMetrics}
 	if m.TokenFile != "" {
 		tok, err := readToken(m.TokenFile)
@@ -320,7 +287,7 @@ func adminAccess(c *Config, log *slog.Logger) (admin.Access, error) {
 		}
 		a.Token = tok
 	}
-	addr := c.metricsAddress()
+	addr := m.Address
 	if addr == "" {
 		return a, nil
 	}
@@ -374,35 +341,79 @@ func readToken(path string) (string, error) {
 	return tok, nil
 }
 
-// buildRouter makes the lookup chain of DESIGN.md: exact user, domain, map
-// file, HTTP service, default.
-func buildRouter(in *instance, c *Config, backends map[string]*proxy.Backend) (*auth.Chain, error) {
+// buildRouter makes in's lookup chain (in.router) from [route]'s sources.
+func buildRouter(in *instance, r *routeSettings, backends map[string]*proxy.Backend) error {
 	known := func(name string) bool { return backends[name] != nil }
-	chain := &auth.Chain{
-		Static:  auth.NewStatic(c.Route.Users, c.Route.Domains, ""),
-		Default: c.Route.Default,
-	}
-	if c.Route.MapFile != "" {
-		mf, err := auth.LoadMapFile(c.Route.MapFile, known)
+	in.router = &auth.Chain{Default: r.Default}
+	for _, rs := range r.sources() {
+		s, err := rs.build(in, known)
 		if err != nil {
-			return nil, fmt.Errorf("route.map_file: %w", err)
+			return fmt.Errorf("%s: %w", rs.key, err)
 		}
-		chain.Map = mf
-		in.mapFile = mf
+		in.router.Sources = append(in.router.Sources, s)
 	}
-	if h := c.Route.HTTP; h != nil {
-		lookup := &auth.HTTP{
-			URL:          h.URL,
-			Backend:      h.Backend,
-			KnownBackend: known,
-			Timeout:      h.Timeout.Duration,
-		}
-		in.lookup = lookup
-		chain.HTTP = lookup
-		if ttl := h.CacheTTL.or(defaultHTTPCacheTTL); ttl > 0 {
-			in.cache = auth.NewCache(lookup, intOr(h.CacheSize, defaultHTTPCacheSize), ttl, h.NegativeCacheTTL.or(defaultHTTPNegativeTTL), nil)
-			chain.HTTP = in.cache
-		}
+	return nil
+}
+
+// routeSource is one routing source of [route], before it is built.
+type routeSource struct {
+	key string // its configuration key
+	// domains: the source routes whole domains (an auth.DomainSource),
+	// which tls.acme.domains_from_routes can take names from.
+	domains bool
+	// build makes the source; known reports whether a backend name is
+	// configured. It may keep parts of it in in (a file to watch,
+	// metrics).
+	build func(in *instance, known func(backend string) bool) (auth.Source, error)
+}
+
+// sources lists the routing sources r configures, in the lookup order of
+// the README's "Routing and authentication": users, domains, map file,
+// HTTP service (route.default comes after them all). It is the one place a
+// source is added; the checks of [route], the chain that routes logins,
+// popgate route and ACME's domains_from_routes all take them from here.
+func (r *routeSettings) sources() []routeSource {
+	var ss []routeSource
+	if len(r.Users) > 0 || len(r.Domains) > 0 {
+		ss = append(ss, routeSource{"route.users and route.domains", len(r.Domains) > 0, r.buildStatic})
 	}
-	return chain, nil
+	if r.MapFile != "" {
+		ss = append(ss, routeSource{"route.map_file", true, r.buildMapFile})
+	}
+	if r.HTTP != nil {
+		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})
+	}
+	return ss
+}
+
+// buildStatic makes route.users and route.domains one auth.Static, without
+// a default: route.default comes after every source.
+func (r *routeSettings) buildStatic(*instance, func(string) bool) (auth.Source, error) {
+	return auth.NewStatic(r.Users, r.Domains, ""), nil
+}
+
+// buildMapFile loads route.map_file; the runner watches it (in.mapFile).
+func (r *routeSettings) buildMapFile(in *instance, known func(string) bool) (auth.Source, error) {
+	mf, err := auth.LoadMapFile(r.MapFile, known)
+	if err != nil {
+		return nil, err
+	}
+	in.mapFile = mf
+	return mf, nil
+}
+
+// build makes the lookup service's client, behind a cache unless
+// cache_ttl is 0 (in.cache, for the metrics).
+func (h *httpRouteSettings) build(in *instance, known func(string) bool) (auth.Source, error) {
+	lookup := &auth.HTTP{
+		URL:          h.URL,
+		Backend:      h.Backend,
+		KnownBackend: known,
+		Timeout:      h.Timeout,
+	}
+	if h.CacheTTL <= 0 {
+		return lookup, nil
+	}
+	in.cache = auth.NewCache(lookup, h.CacheSize, h.CacheTTL, h.NegativeCacheTTL, nil)
+	return in.cache, nil
 }

@@ -1,23 +1,30 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
 
-// Config is the TOML configuration file (DESIGN.md, "Config contract").
-// Every field's zero value is documented in config.example.toml.
+// Config is the TOML configuration file (DESIGN.md, "Config contract") as
+// decoded, each key as written: a key that is left out is a nil pointer, an
+// unset Duration or a zero value. ParseConfig checks it and turns it into
+// settings, which the rest of popgate reads; the defaults are in
+// defaults.go, and config.example.toml shows them.
 type Config struct {
 	Log     LogConfig       `toml:"log"`
 	Listen  []ListenConfig  `toml:"listen"`
@@ -139,17 +146,6 @@ type MetricsConfig struct {
 	AllowedHosts []string `toml:"allowed_hosts"`
 }
 
-// defaultMetricsAddress is metrics.address when the key is absent:
-// loopback, since /sessions can end sessions.
-const defaultMetricsAddress = "127.0.0.1:9110"
-
-func (c *Config) metricsAddress() string {
-	if c.Metrics.Address == nil {
-		return defaultMetricsAddress
-	}
-	return *c.Metrics.Address
-}
-
 // Duration is a Go duration string in TOML ("30s", "10m").
 type Duration struct {
 	time.Duration
@@ -184,24 +180,15 @@ func intOr(p *int, def int) int {
 	return def
 }
 
-// Defaults of the contract.
-const (
-	defaultLoginTimeout    = 60 * time.Second
-	defaultIdleTimeout     = 10 * time.Minute
-	defaultFailureDelay    = time.Second
-	defaultShutdownTimeout = 30 * time.Second
-	defaultMaxConns        = 10000
-	defaultMaxConnsPerIP   = 50
-	defaultMaxFailures     = 3
-	defaultConnectTimeout  = 5 * time.Second
-	defaultMaxFailuresIP   = 20
-	defaultMaxFailuresUser = 10
-	defaultFailureWindow   = 10 * time.Minute
-	defaultHTTPCacheTTL    = 60 * time.Second
-	defaultHTTPNegativeTTL = 10 * time.Second
-	defaultHTTPCacheSize   = 100000
-	mapFilePoll            = 5 * time.Second
-)
+func boolOr(p *bool, def bool) bool {
+	if p != nil {
+		return *p
+	}
+	return def
+}
+
+// mapFilePoll is how often route.map_file is checked for changes.
+const mapFilePoll = 5 * time.Second
 
 // maxConfigSize bounds the configuration file: route.users inline can
 // make it large, but never this large.
@@ -215,9 +202,10 @@ func readConfig(path string) ([]byte, error) {
 	return safefile.ReadFile(path, safefile.Options{Limit: maxConfigSize})
 }
 
-// LoadConfig reads and decodes path and validates the result. Errors name
-// the offending key, and the line where the decoder knows it.
-func LoadConfig(path string) (*Config, error) {
+// LoadConfig reads, decodes and checks the configuration file at path and
+// returns its settings. Errors name the offending key, and the line where
+// the decoder knows it.
+func LoadConfig(path string) (*settings, error) {
 	data, err := readConfig(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -225,8 +213,9 @@ func LoadConfig(path string) (*Config, error) {
 	return ParseConfig(path, data)
 }
 
-// ParseConfig decodes and validates a configuration; name is used in errors.
-func ParseConfig(name string, data []byte) (*Config, error) {
+// ParseConfig decodes and checks a configuration and returns its settings;
+// name is used in errors.
+func ParseConfig(name string, data []byte) (*settings, error) {
 	var c Config
 	md, err := toml.Decode(string(data), &c)
 	if err != nil {
@@ -243,12 +232,17 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", name, err)
 	}
 	var errs []error
-	if und := md.Undecoded(); len(und) > 0 {
-		for _, k := range und {
-			errs = append(errs, fmt.Errorf("unknown key %q", k.String()))
-		}
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("unknown key %q", k.String()))
 	}
-	errs = append(errs, c.validate()...)
+	return c.check(name, errs...)
+}
+
+// check returns c's settings, or an error that lists every problem, those
+// given first; name is used in the error.
+func (c *Config) check(name string, problems ...error) (*settings, error) {
+	s, errs := c.settings()
+	errs = slices.Concat(problems, errs)
 	if len(errs) > 0 {
 		msgs := make([]string, len(errs))
 		for i, e := range errs {
@@ -256,84 +250,145 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		}
 		return nil, fmt.Errorf("config %s: %d problem(s):\n%s", name, len(errs), strings.Join(msgs, "\n"))
 	}
-	return &c, nil
+	return s, nil
 }
 
-func (c *Config) validate() []error {
+// settings checks c and turns it into settings, with the defaults of
+// defaults.go applied. The errors name the keys; with any, the settings are
+// incomplete.
+func (c *Config) settings() (*settings, []error) {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
-	switch c.Log.Level {
-	case "", "debug", "info", "warn", "error":
-	default:
-		add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	s := &settings{
+		Log:       c.Log.settings(add),
+		Listeners: c.listeners(add),
+		TLS:       c.TLS.settings(add),
 	}
-	switch c.Log.Format {
-	case "", "auto", "text", "json":
-	default:
-		add("log.format: %q is not one of auto, text, json", c.Log.Format)
+	checkDefaultName(c, add)
+	var known map[string]bool
+	s.Backends, known = c.backends(add)
+	s.Route = c.Route.settings(known, add)
+	checkRouteNames(s, add)
+	s.Limits = c.Limits.settings(add)
+	s.POP3 = pop3Settings{
+		Greeting:          cmp.Or(c.POP3.Greeting, defaultGreeting),
+		Capabilities:      c.POP3.Capabilities,
+		HideBackendErrors: boolOr(c.POP3.HideBackendErrors, defaultHideBackendErrors),
 	}
+	s.Metrics = c.Metrics.settings(add)
+	return s, errs
+}
 
+// settings checks [log].
+func (l LogConfig) settings(add func(string, ...any)) logSettings {
+	s := logSettings{Format: cmp.Or(l.Format, defaultLogFormat)}
+	switch cmp.Or(l.Level, defaultLogLevel) {
+	case "info":
+		s.Level = slog.LevelInfo
+	case "debug":
+		s.Level = slog.LevelDebug
+	case "warn":
+		s.Level = slog.LevelWarn
+	case "error":
+		s.Level = slog.LevelError
+	default:
+		add("log.level: %q is not one of debug, info, warn, error", l.Level)
+	}
+	switch s.Format {
+	case "auto", "text", "json":
+	default:
+		add("log.format: %q is not one of auto, text, json", l.Format)
+	}
+	return s
+}
+
+// listeners checks [[listen]].
+func (c *Config) listeners(add func(string, ...any)) []listenerSettings {
 	if len(c.Listen) == 0 {
 		add("listen: no [[listen]] section; popgate would serve nothing")
 	}
+	var ls []listenerSettings
 	names, addrs := map[string]bool{}, map[string]bool{}
 	for i, l := range c.Listen {
 		key := fmt.Sprintf("listen[%d]", i)
+		s := listenerSettings{Address: l.Address, Key: l.key()}
+		s.Name, s.ProxyProtocol = l.name(), l.ProxyProtocol
 		if l.Address == "" {
 			add("%s.address: missing", key)
 		} else if _, _, err := net.SplitHostPort(l.Address); err != nil {
 			add("%s.address: %q is not host:port", key, l.Address)
-		} else if k := l.key(); addrs[k] {
+		} else if addrs[s.Key] {
 			add("%s.address: %q used twice", key, l.Address)
 		} else {
-			addrs[k] = true
+			addrs[s.Key] = true
 		}
-		if _, err := proxy.ParseTLSMode(l.TLS); err != nil {
+		var err error
+		if s.TLS, err = proxy.ParseTLSMode(l.TLS); err != nil {
 			add("%s.tls: %q is not one of implicit, starttls, none", key, l.TLS)
 		}
-		if n := l.name(); names[n] {
-			add("%s.name: %q used twice", key, n)
+		if names[s.Name] {
+			add("%s.name: %q used twice", key, s.Name)
 		} else {
-			names[n] = true
+			names[s.Name] = true
 		}
-		for j, p := range l.AllowPlaintextFrom {
-			if _, err := parsePrefix(p); err != nil {
-				add("%s.allow_plaintext_from[%d]: %v", key, j, err)
-			}
-		}
+		s.AllowPlaintextFrom = prefixes(key+".allow_plaintext_from", l.AllowPlaintextFrom, add)
 		if len(l.AllowPlaintextFrom) > 0 && l.TLS != "starttls" {
 			add("%s.allow_plaintext_from: only meaningful with tls = \"starttls\"", key)
 		}
-		if _, err := tlsconf.ParseVersion(l.MinVersion); err != nil {
-			add("%s.min_version: %v", key, err)
+		if l.MinVersion != "" {
+			if s.MinVersion, err = tlsconf.ParseVersion(l.MinVersion); err != nil {
+				add("%s.min_version: %v", key, err)
+			}
 		}
 		if l.ProxyProtocol && len(c.Limits.TrustedProxies) == 0 {
 			add("%s.proxy_protocol: needs limits.trusted_proxies (the load balancers that may send the header)", key)
 		}
+		ls = append(ls, s)
 	}
+	return ls
+}
 
-	if _, err := tlsconf.ParseVersion(c.TLS.MinVersion); err != nil {
+// prefixes parses the addresses and networks of the list at key.
+func prefixes(key string, list []string, add func(string, ...any)) []netip.Prefix {
+	var ps []netip.Prefix
+	for i, p := range list {
+		pfx, err := parsePrefix(p)
+		if err != nil {
+			add("%s[%d]: %v", key, i, err)
+			continue
+		}
+		ps = append(ps, pfx)
+	}
+	return ps
+}
+
+// settings checks [tls] and [tls.acme].
+func (t TLSConfig) settings(add func(string, ...any)) tlsSettings {
+	s := tlsSettings{MinVersion: cmp.Or(t.MinVersion, defaultTLSMinVersion), DefaultServerName: t.DefaultServerName, ACME: t.ACME.settings(add)}
+	if _, err := tlsconf.ParseVersion(t.MinVersion); err != nil {
 		add("tls.min_version: %v", err)
 	}
-	for i, cf := range c.TLS.Certificates {
+	for i, cf := range t.Certificates {
 		if cf.Cert == "" || cf.Key == "" {
 			add("tls.certificates[%d]: both cert and key are required", i)
 		}
+		s.Certificates = append(s.Certificates, tlsconf.CertFile{Cert: cf.Cert, Key: cf.Key})
 	}
-	validateACME(c.TLS.ACME, add)
-	checkDefaultName(c, add)
-	checkRouteNames(c, add)
+	return s
+}
 
-	backends := map[string]bool{}
+// backends checks [[backend]] and returns the names it defines too.
+func (c *Config) backends(add func(string, ...any)) ([]backendSettings, map[string]bool) {
+	var bs []backendSettings
+	known := map[string]bool{}
 	for i, b := range c.Backend {
 		key := fmt.Sprintf("backend[%d]", i)
 		if b.Name == "" {
 			add("%s.name: missing", key)
-		} else if backends[b.Name] {
+		} else if known[b.Name] {
 			add("%s.name: %q used twice", key, b.Name)
 		}
-		backends[b.Name] = true
+		known[b.Name] = true
 		if b.Address == "" {
 			add("%s.address: missing", key)
 		} else if _, _, err := net.SplitHostPort(b.Address); err != nil {
@@ -356,36 +411,66 @@ func (c *Config) validate() []error {
 		if b.CAFile != "" && b.InsecureSkipVerify {
 			add("%s: ca_file and insecure_skip_verify contradict each other", key)
 		}
-		if _, err := tlsconf.ParseVersion(b.MinVersion); err != nil {
+		minVersion := cmp.Or(b.MinVersion, defaultBackendMinVersion)
+		if _, err := tlsconf.ParseVersion(minVersion); err != nil {
 			add("%s.min_version: %v", key, err)
 		}
-		if b.ClientAddress != "" {
-			if _, err := proxy.ParseClientAddressMode(b.ClientAddress); err != nil {
-				add("%s.client_address: %q is not one of none, xclient, proxy-v1, proxy-v2", key, b.ClientAddress)
-			}
+		clientAddr, err := proxy.ParseClientAddressMode(cmp.Or(b.ClientAddress, defaultBackendClientAddress))
+		if err != nil {
+			add("%s.client_address: %q is not one of none, xclient, proxy-v1, proxy-v2", key, b.ClientAddress)
 		}
+		if b.ConnectTimeout.Set && b.ConnectTimeout.Duration == 0 {
+			add("%s.connect_timeout: must be positive", key)
+		}
+		if b.Timeout.Set && b.Timeout.Duration == 0 {
+			add("%s.timeout: must be positive", key)
+		}
+		bs = append(bs, backendSettings{
+			Backend: proxy.Backend{
+				Name:           b.Name,
+				Address:        b.Address,
+				Fallbacks:      b.Fallbacks,
+				TLS:            mode,
+				RelayAuthzID:   b.RelayAuthzID,
+				ConnectTimeout: b.ConnectTimeout.or(defaultBackendConnectTimeout),
+				Timeout:        b.Timeout.or(defaultBackendTimeout),
+				ClientAddress:  clientAddr,
+			},
+			Trust: tlsconf.BackendConfig{
+				ServerName:         b.ServerName,
+				Address:            b.Address,
+				CAFile:             b.CAFile,
+				InsecureSkipVerify: b.InsecureSkipVerify,
+				MinVersion:         minVersion,
+			},
+		})
 	}
 	if len(c.Backend) == 0 {
 		add("backend: no [[backend]] section; nothing to route to")
 	}
+	return bs, known
+}
 
+// settings checks [route]; known are the backends' names.
+func (r RouteConfig) settings(known map[string]bool, add func(string, ...any)) routeSettings {
+	s := routeSettings{Default: r.Default, Users: r.Users, Domains: r.Domains, MapFile: r.MapFile}
 	checkRoute := func(key, target string) {
-		if !backends[target] {
-			add("%s: backend %q is not defined (defined: %s)", key, target, strings.Join(sortedKeys(backends), ", "))
+		if !known[target] {
+			add("%s: backend %q is not defined (defined: %s)", key, target, strings.Join(sortedKeys(known), ", "))
 		}
 	}
-	if c.Route.Default != "" {
-		checkRoute("route.default", c.Route.Default)
+	if r.Default != "" {
+		checkRoute("route.default", r.Default)
 	}
-	for _, u := range sortedKeys(c.Route.Users) {
-		checkRoute(fmt.Sprintf("route.users.%q", u), c.Route.Users[u])
+	for _, u := range sortedKeys(r.Users) {
+		checkRoute(fmt.Sprintf("route.users.%q", u), r.Users[u])
 	}
-	for _, d := range sortedKeys(c.Route.Domains) {
-		checkRoute(fmt.Sprintf("route.domains.%q", d), c.Route.Domains[d])
+	for _, d := range sortedKeys(r.Domains) {
+		checkRoute(fmt.Sprintf("route.domains.%q", d), r.Domains[d])
 	}
-	// auth.NewStatic folds keys to lower case (and drops a domain's leading
-	// "@"); two keys that fold to one but name different backends would
-	// route by map order, differently from run to run.
+	// auth.NewStatic folds keys (auth.UserKey, auth.DomainKey); two keys
+	// that fold to one but name different backends would route by map
+	// order, differently from run to run.
 	checkFolded := func(table string, m map[string]string, fold func(string) string) {
 		seen := map[string]string{}
 		for _, k := range sortedKeys(m) {
@@ -397,19 +482,16 @@ func (c *Config) validate() []error {
 			}
 		}
 	}
-	checkFolded("users", c.Route.Users, strings.ToLower)
-	checkFolded("domains", c.Route.Domains, func(d string) string { return strings.ToLower(strings.TrimPrefix(d, "@")) })
-	if c.Route.Default == "" && len(c.Route.Users) == 0 && len(c.Route.Domains) == 0 && c.Route.MapFile == "" && c.Route.HTTP == nil {
-		add("route: no route at all; set route.default, route.users or route.domains")
-	}
-	if h := c.Route.HTTP; h != nil {
+	checkFolded("users", r.Users, auth.UserKey)
+	checkFolded("domains", r.Domains, auth.DomainKey)
+	if h := r.HTTP; h != nil {
 		switch u, err := url.Parse(h.URL); {
 		case h.URL == "":
 			add("route.http.url: missing")
 		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 			add("route.http.url: %q is not an http:// or https:// URL", h.URL)
 		}
-		if h.Backend != "" && !backends[h.Backend] {
+		if h.Backend != "" && !known[h.Backend] {
 			add("route.http.backend: backend %q is not defined", h.Backend)
 		}
 		if h.Timeout.Set && h.Timeout.Duration == 0 {
@@ -418,43 +500,50 @@ func (c *Config) validate() []error {
 		if h.CacheSize != nil && *h.CacheSize < 0 {
 			add("route.http.cache_size: must not be negative")
 		}
+		s.HTTP = &httpRouteSettings{
+			URL:              h.URL,
+			Backend:          h.Backend,
+			Timeout:          h.Timeout.or(defaultHTTPTimeout),
+			CacheTTL:         h.CacheTTL.or(defaultHTTPCacheTTL),
+			NegativeCacheTTL: h.NegativeCacheTTL.or(defaultHTTPNegativeCacheTTL),
+			CacheSize:        intOr(h.CacheSize, defaultHTTPCacheSize),
+		}
 	}
+	if r.Default == "" && len(s.sources()) == 0 {
+		add("route: no route at all; set route.default, route.users or route.domains")
+	}
+	return s
+}
 
-	lim := c.Limits
-	for key, p := range map[string]*int{
-		"limits.max_connections":        lim.MaxConnections,
-		"limits.max_connections_per_ip": lim.MaxConnectionsPerIP,
-		"limits.max_login_failures":     lim.MaxLoginFailures,
+// settings checks [limits].
+func (lim LimitsConfig) settings(add func(string, ...any)) limitSettings {
+	for _, k := range []struct {
+		key string
+		p   *int
+		min int
+	}{
+		{"limits.max_connections", lim.MaxConnections, 0},
+		{"limits.max_connections_per_ip", lim.MaxConnectionsPerIP, 0},
+		{"limits.max_login_failures", lim.MaxLoginFailures, 0},
+		{"limits.max_failures_per_ip", lim.MaxFailuresPerIP, 0},
+		{"limits.max_failures_per_user", lim.MaxFailuresPerUser, 0},
 	} {
-		if p != nil && *p < 0 {
-			add("%s: must not be negative", key)
+		if k.p != nil && *k.p < 0 {
+			add("%s: must not be negative", k.key)
 		}
 	}
 	if lim.MaxLoginFailures != nil && *lim.MaxLoginFailures == 0 {
 		add("limits.max_login_failures: must be at least 1")
 	}
-	for key, d := range map[string]Duration{
-		"limits.login_timeout": lim.LoginTimeout,
-		"limits.idle_timeout":  lim.IdleTimeout,
+	for _, k := range []struct {
+		key string
+		d   Duration
+	}{
+		{"limits.login_timeout", lim.LoginTimeout},
+		{"limits.idle_timeout", lim.IdleTimeout},
 	} {
-		if d.Set && d.Duration == 0 {
-			add("%s: must be positive", key)
-		}
-	}
-	for i, b := range c.Backend {
-		if b.ConnectTimeout.Set && b.ConnectTimeout.Duration == 0 {
-			add("backend[%d].connect_timeout: must be positive", i)
-		}
-		if b.Timeout.Set && b.Timeout.Duration == 0 {
-			add("backend[%d].timeout: must be positive", i)
-		}
-	}
-	for key, p := range map[string]*int{
-		"limits.max_failures_per_ip":   lim.MaxFailuresPerIP,
-		"limits.max_failures_per_user": lim.MaxFailuresPerUser,
-	} {
-		if p != nil && *p < 0 {
-			add("%s: must not be negative", key)
+		if k.d.Set && k.d.Duration == 0 {
+			add("%s: must be positive", k.key)
 		}
 	}
 	if p := lim.IPv6Prefix; p != nil && (*p < 1 || *p > 128) {
@@ -463,22 +552,46 @@ func (c *Config) validate() []error {
 	if sep := lim.MasterUserSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
 		add("limits.master_user_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\")")
 	}
-	for i, p := range lim.TrustedProxies {
-		if _, err := parsePrefix(p); err != nil {
-			add("limits.trusted_proxies[%d]: %v", i, err)
+	var everyone []string
+	for _, p := range lim.TrustedProxies {
+		if pfx, err := parsePrefix(p); err == nil && pfx.Bits() == 0 {
+			everyone = append(everyone, p)
 		}
 	}
-	validateMetrics(c, add)
-	return errs
+	return limitSettings{
+		MaxConnections:      intOr(lim.MaxConnections, defaultMaxConnections),
+		MaxConnectionsPerIP: intOr(lim.MaxConnectionsPerIP, defaultMaxConnectionsPerIP),
+		LoginTimeout:        lim.LoginTimeout.or(defaultLoginTimeout),
+		IdleTimeout:         lim.IdleTimeout.or(defaultIdleTimeout),
+		MaxLoginFailures:    intOr(lim.MaxLoginFailures, defaultMaxLoginFailures),
+		FailureDelay:        lim.FailureDelay.or(defaultFailureDelay),
+		MaxFailuresPerIP:    intOr(lim.MaxFailuresPerIP, defaultMaxFailuresPerIP),
+		MaxFailuresPerUser:  intOr(lim.MaxFailuresPerUser, defaultMaxFailuresPerUser),
+		FailureWindow:       lim.FailureWindow.or(defaultFailureWindow),
+		IPv6Prefix:          intOr(lim.IPv6Prefix, defaultIPv6Prefix),
+		MasterUserSeparator: lim.MasterUserSeparator,
+		TrustedProxies:      prefixes("limits.trusted_proxies", lim.TrustedProxies, add),
+		TrustedEveryone:     everyone,
+		ShutdownTimeout:     lim.ShutdownTimeout.or(defaultShutdownTimeout),
+	}
 }
 
-// validateMetrics checks [metrics]. The admin address lists user names
-// and client addresses (and what failed logins typed as a name) and ends
+// settings checks [metrics]. The admin address lists user names and
+// client addresses (and what failed logins typed as a name) and ends
 // sessions, so a non-loopback address needs a token or an explicit
 // insecure_open.
-func validateMetrics(c *Config, add func(string, ...any)) {
-	m := c.Metrics
-	if a := c.metricsAddress(); a != "" {
+func (m MetricsConfig) settings(add func(string, ...any)) metricsSettings {
+	s := metricsSettings{
+		Address:        defaultMetricsAddress,
+		TokenFile:      m.TokenFile,
+		ProtectMetrics: m.ProtectMetrics,
+		InsecureOpen:   m.InsecureOpen,
+		AllowedHosts:   m.AllowedHosts,
+	}
+	if m.Address != nil {
+		s.Address = *m.Address
+	}
+	if a := s.Address; a != "" {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			add("metrics.address: %v", err)
 		} else if !isLoopback(a) && m.TokenFile == "" && !m.InsecureOpen {
@@ -498,6 +611,7 @@ func validateMetrics(c *Config, add func(string, ...any)) {
 			add("metrics.allowed_hosts[%d]: %q is not a host name or an IP address (no port, no scheme, no wildcard)", i, h)
 		}
 	}
+	return s
 }
 
 // validHost reports whether h is an IP address (IPv6 with or without

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -12,9 +13,12 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/proxy"
 )
 
 // testCert is a certificate/key pair written to PEM files.
@@ -173,41 +177,47 @@ func TestParseConfigFull(t *testing.T) {
 		t.Fatalf("ParseConfig(full) error = %v, want nil", err)
 	}
 
-	if len(c.Listen) != 2 {
-		t.Fatalf("ParseConfig(full): %d listeners, want 2", len(c.Listen))
+	if len(c.Listeners) != 2 {
+		t.Fatalf("ParseConfig(full): %d listeners, want 2", len(c.Listeners))
 	}
-	if l := c.Listen[0]; l.Name != "pop3s" || l.TLS != "implicit" || l.MinVersion != "1.3" {
+	if l := c.Listeners[0]; l.Name != "pop3s" || l.TLS != proxy.TLSImplicit || l.MinVersion != tls.VersionTLS13 || l.Key != "127.0.0.1:9950" {
 		t.Errorf("listen[0] = %+v, want pop3s, implicit, min_version 1.3", l)
 	}
-	if l := c.Listen[1]; l.TLS != "starttls" || strings.Join(l.AllowPlaintextFrom, " ") != "127.0.0.0/8 ::1 10.1.2.3/16" {
-		t.Errorf("listen[1] = %+v, want starttls with three allow_plaintext_from entries", l)
+	if l := c.Listeners[1]; l.TLS != proxy.TLSStartTLS || fmt.Sprint(l.AllowPlaintextFrom) != "[127.0.0.0/8 ::1/128 10.1.0.0/16]" || l.MinVersion != 0 {
+		t.Errorf("listen[1] = %+v, want starttls with three allow_plaintext_from entries, tls.min_version", l)
 	}
 	if got := c.TLS.Certificates; len(got) != 1 || got[0].Cert != cert.certFile || got[0].Key != cert.keyFile {
 		t.Errorf("tls.certificates = %+v, want [{%s %s}]", got, cert.certFile, cert.keyFile)
 	}
-	if c.TLS.DefaultServerName != "mail.example.com" || c.TLS.MinVersion != "1.2" {
-		t.Errorf("tls = %+v, want default_server_name mail.example.com, min_version 1.2", c.TLS)
+	if c.TLS.DefaultServerName != "mail.example.com" || c.TLS.MinVersion != "1.2" || c.TLS.ACME != nil {
+		t.Errorf("tls = %+v, want default_server_name mail.example.com, min_version 1.2, no ACME", c.TLS)
 	}
 
-	wantBackends := []struct{ name, tls, serverName, caFile string }{
-		{"legacy", "none", "", ""},
-		{"modern", "starttls", "mail.example.com", cert.certFile},
-		{"pop3s", "implicit", "mail.example.com", cert.certFile},
+	wantBackends := []struct {
+		name       string
+		tls        proxy.TLSMode
+		serverName string
+		caFile     string
+	}{
+		{"legacy", proxy.TLSNone, "", ""},
+		{"modern", proxy.TLSStartTLS, "mail.example.com", cert.certFile},
+		{"pop3s", proxy.TLSImplicit, "mail.example.com", cert.certFile},
 	}
-	if len(c.Backend) != len(wantBackends) {
-		t.Fatalf("ParseConfig(full): %d backends, want %d", len(c.Backend), len(wantBackends))
+	if len(c.Backends) != len(wantBackends) {
+		t.Fatalf("ParseConfig(full): %d backends, want %d", len(c.Backends), len(wantBackends))
 	}
 	for i, want := range wantBackends {
-		b := c.Backend[i]
-		if b.Name != want.name || b.TLS != want.tls || b.ServerName != want.serverName || b.CAFile != want.caFile {
+		b := c.Backends[i]
+		if b.Name != want.name || b.TLS != want.tls || b.Trust.ServerName != want.serverName || b.Trust.CAFile != want.caFile ||
+			b.Trust.MinVersion == "" || b.TLSConfig != nil {
 			t.Errorf("backend[%d] = %+v, want %+v", i, b, want)
 		}
 	}
-	if b := c.Backend[1]; b.ConnectTimeout.or(0) != 2*time.Second || b.Timeout.Duration != 15*time.Second {
-		t.Errorf("backend[1] timeouts = %v, %v, want 2s, 15s", b.ConnectTimeout.Duration, b.Timeout.Duration)
+	if b := c.Backends[1]; b.ConnectTimeout != 2*time.Second || b.Timeout != 15*time.Second {
+		t.Errorf("backend[1] timeouts = %v, %v, want 2s, 15s", b.ConnectTimeout, b.Timeout)
 	}
-	if got := c.Backend[0].ConnectTimeout.or(defaultConnectTimeout); got != defaultConnectTimeout {
-		t.Errorf("backend[0].connect_timeout (unset) = %v, want default %v", got, defaultConnectTimeout)
+	if b := c.Backends[0]; b.ConnectTimeout != defaultBackendConnectTimeout || b.Timeout != defaultBackendTimeout {
+		t.Errorf("backend[0] timeouts (unset) = %v, %v, want the defaults %v, %v", b.ConnectTimeout, b.Timeout, defaultBackendConnectTimeout, defaultBackendTimeout)
 	}
 
 	if c.Route.Default != "legacy" || c.Route.Users["alice@example.com"] != "modern" || c.Route.Domains["example.org"] != "pop3s" {
@@ -216,24 +226,63 @@ func TestParseConfigFull(t *testing.T) {
 
 	lim := c.Limits
 	for _, d := range []struct {
-		key  string
-		got  Duration
-		want time.Duration
+		key       string
+		got, want time.Duration
 	}{
 		{"login_timeout", lim.LoginTimeout, 30 * time.Second},
 		{"idle_timeout", lim.IdleTimeout, 15 * time.Minute},
 		{"failure_delay", lim.FailureDelay, 0},
 		{"shutdown_timeout", lim.ShutdownTimeout, 90 * time.Second},
 	} {
-		if !d.got.Set || d.got.Duration != d.want {
-			t.Errorf("limits.%s = %+v, want %v (set)", d.key, d.got, d.want)
+		if d.got != d.want {
+			t.Errorf("limits.%s = %v, want %v", d.key, d.got, d.want)
 		}
 	}
-	if intOr(lim.MaxConnections, -1) != 100 || intOr(lim.MaxConnectionsPerIP, -1) != 5 || intOr(lim.MaxLoginFailures, -1) != 2 {
+	if lim.MaxConnections != 100 || lim.MaxConnectionsPerIP != 5 || lim.MaxLoginFailures != 2 {
 		t.Errorf("limits = %+v, want max_connections 100, max_connections_per_ip 5, max_login_failures 2", lim)
 	}
-	if c.Metrics.Address == nil || *c.Metrics.Address != "" {
-		t.Errorf("metrics.address = %v, want set to \"\"", c.Metrics.Address)
+	if c.Metrics.Address != "" {
+		t.Errorf("metrics.address = %q, want \"\" (disabled)", c.Metrics.Address)
+	}
+}
+
+// TestSettingsDefaults: a configuration that sets nothing optional gets
+// the defaults of defaults.go.
+func TestSettingsDefaults(t *testing.T) {
+	c, err := ParseConfig("minimal", []byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := limitSettings{
+		MaxConnections:      defaultMaxConnections,
+		MaxConnectionsPerIP: defaultMaxConnectionsPerIP,
+		LoginTimeout:        defaultLoginTimeout,
+		IdleTimeout:         defaultIdleTimeout,
+		MaxLoginFailures:    defaultMaxLoginFailures,
+		FailureDelay:        defaultFailureDelay,
+		MaxFailuresPerIP:    defaultMaxFailuresPerIP,
+		MaxFailuresPerUser:  defaultMaxFailuresPerUser,
+		FailureWindow:       defaultFailureWindow,
+		IPv6Prefix:          defaultIPv6Prefix,
+		ShutdownTimeout:     defaultShutdownTimeout,
+	}
+	if !reflect.DeepEqual(c.Limits, want) {
+		t.Errorf("limits = %+v, want %+v", c.Limits, want)
+	}
+	if c.Log != (logSettings{Level: slog.LevelInfo, Format: defaultLogFormat}) || c.TLS.MinVersion != defaultTLSMinVersion ||
+		c.Metrics.Address != defaultMetricsAddress || c.POP3.Greeting != defaultGreeting || !c.POP3.HideBackendErrors {
+		t.Errorf("settings = %+v, want the defaults", c)
+	}
+	if b := c.Backends[0]; b.ClientAddress != proxy.ClientAddressNone || b.Trust.MinVersion != defaultBackendMinVersion {
+		t.Errorf("backend = %+v, want the defaults", b)
+	}
+	c, err = ParseConfig("http", []byte(minimal+"[route.http]\nurl = \"http://127.0.0.1:8080/auth\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := c.Route.HTTP; h == nil || *h != (httpRouteSettings{URL: "http://127.0.0.1:8080/auth", Timeout: defaultHTTPTimeout,
+		CacheTTL: defaultHTTPCacheTTL, NegativeCacheTTL: defaultHTTPNegativeCacheTTL, CacheSize: defaultHTTPCacheSize}) {
+		t.Errorf("route.http = %+v, want the defaults", h)
 	}
 }
 
@@ -417,8 +466,8 @@ func TestMetricsAddress(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := c.metricsAddress(); got != tc.want {
-			t.Errorf("metricsAddress() = %q, want %q", got, tc.want)
+		if got := c.Metrics.Address; got != tc.want {
+			t.Errorf("metrics.address = %q, want %q", got, tc.want)
 		}
 	}
 	if _, err := ParseConfig("bad", []byte(minimal+"[metrics]\naddress = \"9110\"\n")); err == nil || !strings.Contains(err.Error(), "metrics.address") {

@@ -59,8 +59,12 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	c.Metrics.Address = &admin
 	c.Limits.FailureDelay = Duration{Duration: 0, Set: true}
 	c.Limits.ShutdownTimeout = Duration{Duration: 0, Set: true}
-	log := newLogger(c.Log, stderr)
-	r, err := prepare(c, log)
+	s, err := c.check("demo")
+	if err != nil {
+		return err
+	}
+	log := newLogger(s.Log, stderr)
+	r, err := prepare(s, log)
 	if err != nil {
 		return err
 	}

@@ -30,10 +30,10 @@ type fdBudget struct {
 }
 
 // planFDs splits limit (0: unknown) for c.
-func planFDs(limit int, c *Config) fdBudget {
+func planFDs(limit int, c *settings) fdBudget {
 	b := fdBudget{Limit: limit}
 	if a := c.TLS.ACME; a.answersChallenges() {
-		b.Challenges, b.ChallengesPerIP = a.challengeConns()
+		b.Challenges, b.ChallengesPerIP = a.MaxChallengeConns, a.MaxChallengeConnsPerIP
 	}
 	if limit <= 0 {
 		return b

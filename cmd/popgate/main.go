@@ -26,7 +26,6 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/popgate/popgate/admin"
-	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -161,7 +160,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	}
 	in.server.Close()
 	in.close()
-	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listen), len(c.Backend))
+	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listeners), len(c.Backends))
 	return nil
 }
 
@@ -178,25 +177,24 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	user := fs.Arg(0)
-	known := map[string]BackendConfig{}
-	for _, b := range c.Backend {
-		known[b.Name] = b
-	}
-	in := &instance{}
 	backends := map[string]*proxy.Backend{}
-	for name := range known {
-		backends[name] = &proxy.Backend{Name: name}
+	for _, b := range c.Backends {
+		backends[b.Name] = &b.Backend
 	}
-	chain, err := buildRouter(in, c, backends)
+	in := &instance{log: newLogger(c.Log, stderr)}
+	if err := buildRouter(in, &c.Route, backends); err != nil {
+		return err
+	}
+	defer in.close()
+	name, why, err := in.router.Explain(context.Background(), user)
 	if err != nil {
 		return err
 	}
-	if name, ok := routeTarget(chain, user); ok {
-		b := known[name]
-		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, chain.Explain(user))
+	if b := backends[name]; b != nil {
+		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, why)
 		return nil
 	}
-	fmt.Fprintf(stdout, "%s: %s\n", user, chain.Explain(user))
+	fmt.Fprintf(stdout, "%s: %s\n", user, why)
 	return nil
 }
 
@@ -221,7 +219,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	level.Set(logLevel(c.Log.Level))
+	level.Set(c.Log.Level)
 	log := newLoggerLevel(c.Log, level, stderr)
 	r, err := prepare(c, log)
 	if err != nil {
@@ -238,7 +236,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 
 // prepare turns c into a runner. Metrics are counted even while
 // metrics.address is "", so that a reload can turn the endpoints on.
-func prepare(c *Config, log *slog.Logger) (*runner, error) {
+func prepare(c *settings, log *slog.Logger) (*runner, error) {
 	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {
 		return nil, err
@@ -262,28 +260,15 @@ func prepare(c *Config, log *slog.Logger) (*runner, error) {
 
 // newLogger builds the process logger: colored text on a terminal, JSON
 // otherwise, unless the config says which.
-func newLogger(lc LogConfig, w io.Writer) *slog.Logger {
-	return newLoggerLevel(lc, logLevel(lc.Level), w)
-}
-
-// logLevel maps log.level to a slog level; "" is info.
-func logLevel(s string) slog.Level {
-	switch s {
-	case "debug":
-		return slog.LevelDebug
-	case "warn":
-		return slog.LevelWarn
-	case "error":
-		return slog.LevelError
-	}
-	return slog.LevelInfo
+func newLogger(lc logSettings, w io.Writer) *slog.Logger {
+	return newLoggerLevel(lc, lc.Level, w)
 }
 
 // newLoggerLevel is newLogger with a level that can change (a
 // *slog.LevelVar, which a reload sets).
-func newLoggerLevel(lc LogConfig, level slog.Leveler, w io.Writer) *slog.Logger {
+func newLoggerLevel(lc logSettings, level slog.Leveler, w io.Writer) *slog.Logger {
 	format := lc.Format
-	if format == "" || format == "auto" {
+	if format == "auto" {
 		format = "json"
 		if isTerminal(w) {
 			format = "tint"
@@ -349,21 +334,4 @@ func trimWhenQuiet(ctx context.Context, srv *proxy.Server, every time.Duration, 
 			log.Debug("quiet: returned free memory to the OS", "took", time.Since(start).Round(time.Microsecond).String(), "sessions", srv.Sessions())
 		}
 	}
-}
-
-// routeTarget returns the backend a static, map file or default rule sends
-// user to, without asking an HTTP service.
-func routeTarget(c *auth.Chain, user string) (string, bool) {
-	if b, _, ok := c.Static.Match(user); ok {
-		return b, true
-	}
-	if c.Map != nil {
-		if b, _, ok := c.Map.Lookup(user); ok {
-			return b, true
-		}
-	}
-	if c.HTTP == nil && c.Default != "" {
-		return c.Default, true
-	}
-	return "", false
 }

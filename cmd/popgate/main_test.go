@@ -168,7 +168,7 @@ func TestRoute(t *testing.T) {
 // serve runs an instance built by build until ctx is done, without
 // metrics or configuration file, with grace as limits.shutdown_timeout.
 func serve(ctx context.Context, in *instance, log *slog.Logger, grace time.Duration) error {
-	in.cfg.Limits.ShutdownTimeout = Duration{Duration: grace, Set: true}
+	in.cfg.Limits.ShutdownTimeout = grace
 	return newRunner(in, log).run(ctx)
 }
 
@@ -183,9 +183,13 @@ func TestServeCancelled(t *testing.T) {
 	for i := range 4 {
 		c.Listen = append(c.Listen, ListenConfig{Name: fmt.Sprint("l", i), Address: "127.0.0.1:0", TLS: "none"})
 	}
+	s, err := c.check("t")
+	if err != nil {
+		t.Fatal(err)
+	}
 	log := slog.New(slog.DiscardHandler)
 	for i := range 50 {
-		in, err := build(c, log)
+		in, err := build(s, log)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,7 +32,7 @@ func startRunner(t *testing.T, path string) (*runner, *logSink) {
 	}
 	logs := &logSink{listening: make(chan [2]string, 16)}
 	level := new(slog.LevelVar)
-	level.Set(logLevel(c.Log.Level))
+	level.Set(c.Log.Level)
 	log := newLoggerLevel(c.Log, level, logs)
 	in, err := buildInstance(c, log, nil, nil)
 	if err != nil {

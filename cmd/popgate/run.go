@@ -104,12 +104,12 @@ func (r *runner) run(ctx context.Context) error {
 		// The answerers count clients as the POP3 limits do, by the
 		// live limits.ipv6_prefix.
 		lim.ClientNet = func(ip netip.Addr) (netip.Prefix, bool) {
-			return auth.ClientNet(ip, intOr(r.current().cfg.Limits.IPv6Prefix, auth.DefaultIPv6Prefix))
+			return auth.ClientNet(ip, r.current().cfg.Limits.IPv6Prefix)
 		}
 		r.challenges, err = in.certs.ListenChallenges(lim)
 	}
 	if err == nil {
-		if addr := in.cfg.metricsAddress(); addr != "" && r.metrics != nil {
+		if addr := in.cfg.Metrics.Address; addr != "" && r.metrics != nil {
 			var ln net.Listener
 			if ln, err = net.Listen("tcp", addr); err != nil {
 				err = fmt.Errorf("metrics.address: %w", err)
@@ -182,18 +182,18 @@ func (r *runner) run(ctx context.Context) error {
 
 // logFDBudget logs how the file descriptor limit is shared, and warns
 // when a cap had to be lowered or limits.max_connections does not fit.
-func (r *runner) logFDBudget(b fdBudget, c *Config) {
+func (r *runner) logFDBudget(b fdBudget, c *settings) {
 	if b.Limit == 0 {
 		return
 	}
 	r.log.Info("file descriptor budget", "limit", b.Limit, "reserve", fdReserve,
 		"acme_challenges", b.Challenges, "pop3_sessions", b.pop3Sessions())
 	if b.ChallengesLowered {
-		total, _ := c.TLS.ACME.challengeConns()
+		total := c.TLS.ACME.MaxChallengeConns
 		r.log.Warn("tls.acme.max_challenge_connections lowered to a quarter of the file descriptor limit, so that POP3 keeps its share",
 			"configured", total, "max_challenge_connections", b.Challenges, "limit", b.Limit)
 	}
-	if mc := intOr(c.Limits.MaxConnections, defaultMaxConns); mc > b.pop3Sessions() {
+	if mc := c.Limits.MaxConnections; mc > b.pop3Sessions() {
 		r.log.Warn("limits.max_connections is more than the file descriptor limit holds; accepts fail with \"too many open files\" before it is reached: raise the limit (LimitNOFILE) or lower limits.max_connections",
 			"max_connections", mc, "pop3_sessions", b.pop3Sessions(), "limit", b.Limit)
 	}
@@ -204,7 +204,7 @@ func (r *runner) logFDBudget(b fdBudget, c *Config) {
 func (r *runner) shutdown(err error) error {
 	r.draining.Store(true)
 	r.notify(fmt.Sprintf("STOPPING=1\nSTATUS=draining %d sessions", r.srv.Sessions()))
-	grace := r.current().cfg.Limits.ShutdownTimeout.or(defaultShutdownTimeout)
+	grace := r.current().cfg.Limits.ShutdownTimeout
 	r.log.Info("shutting down", "grace", grace.String(), "sessions", r.srv.Sessions())
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
@@ -442,8 +442,8 @@ func (r *runner) apply() error {
 		}
 	}
 	var adminLn net.Listener
-	addr := c.metricsAddress()
-	adminChanged := addr != old.cfg.metricsAddress() && r.metrics != nil // nil: serve, no admin
+	addr := c.Metrics.Address
+	adminChanged := addr != old.cfg.Metrics.Address && r.metrics != nil // nil: serve, no admin
 	if adminChanged && addr != "" {
 		if adminLn, err = net.Listen("tcp", addr); err != nil {
 			closeNew()
@@ -497,7 +497,7 @@ func (r *runner) apply() error {
 		}
 	}
 	if r.level != nil {
-		r.level.Set(logLevel(c.Log.Level))
+		r.level.Set(c.Log.Level)
 	}
 	r.startWatches(in)
 	r.setSources(in)
@@ -507,7 +507,7 @@ func (r *runner) apply() error {
 	slices.Sort(added)
 	slices.Sort(removed)
 	r.log.Info("configuration reloaded; new sessions use it, running ones keep theirs",
-		"config", r.path, "listeners", len(in.listeners), "backends", len(c.Backend),
+		"config", r.path, "listeners", len(in.listeners), "backends", len(c.Backends),
 		"listeners_added", added, "listeners_removed", removed, "sessions", r.srv.Sessions())
 	return nil
 }

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"time"
+
+	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/tlsconf"
+)
+
+// The defaults of the configuration file: what a key that is left out
+// means. They are written here only. The configuration applies them (the
+// libraries' own zero-value defaults are never relied on), and configKeys
+// lists them by key for TestConfigKeysDocumented, which holds
+// config.example.toml, README.md and docs/*.md to the same values.
+const (
+	defaultLogLevel  = "info"
+	defaultLogFormat = "auto"
+
+	defaultTLSMinVersion = "1.2"
+
+	defaultACMEDirectoryURL      = tlsconf.LetsEncryptURL
+	defaultHTTPChallenge         = ":80"
+	defaultRenewBefore           = 30 * 24 * time.Hour
+	defaultChallengeConns        = tlsconf.DefaultChallengeConns
+	defaultChallengeConnsPerIP   = tlsconf.DefaultChallengeConnsPerIP
+	defaultOrderBudget           = tlsconf.DefaultOrderBudget
+	defaultOrderBudgetPeriod     = tlsconf.DefaultOrderBudgetPeriod
+	defaultAskTimeout            = tlsconf.DefaultAskTimeout
+	defaultBackendMinVersion     = "1.2"
+	defaultBackendClientAddress  = "none"
+	defaultBackendConnectTimeout = 5 * time.Second
+	defaultBackendTimeout        = 15 * time.Second
+	defaultHTTPTimeout           = 3 * time.Second
+	defaultHTTPCacheTTL          = 60 * time.Second
+	defaultHTTPNegativeCacheTTL  = 10 * time.Second
+	defaultHTTPCacheSize         = 100000
+	defaultMaxConnections        = 10000
+	defaultMaxConnectionsPerIP   = 50
+	defaultLoginTimeout          = 60 * time.Second
+	defaultIdleTimeout           = 10 * time.Minute // RFC 1939 §3 asks for at least this
+	defaultMaxLoginFailures      = 3
+	defaultFailureDelay          = time.Second
+	defaultMaxFailuresPerIP      = 20
+	defaultMaxFailuresPerUser    = 10
+	defaultFailureWindow         = 10 * time.Minute
+	defaultIPv6Prefix            = auth.DefaultIPv6Prefix
+	defaultShutdownTimeout       = 30 * time.Second
+	defaultGreeting              = "POP3 server ready"
+	defaultHideBackendErrors     = true
+	defaultMetricsAddress        = "127.0.0.1:9110" // loopback: /sessions can end sessions
+)
+
+// defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
+// absent.
+var defaultRouteNamePatterns = []string{"pop.{domain}", "mail.{domain}"}
+
+// configKey is one key of the configuration file.
+type configKey struct {
+	// Key is the key as error messages name it, "backend.timeout" for
+	// that of every [[backend]].
+	Key string
+	// Default is what leaving the key out means: a string, int, bool,
+	// time.Duration or []string. nil: the key is required, or its default
+	// is its zero value ("", false, 0, none), or no single value (the
+	// address for listen.name).
+	Default any
+}
+
+// configKeys is every key of the configuration file, in the order of
+// config.example.toml. TestConfigKeysComplete checks that it has every
+// key Config decodes.
+var configKeys = []configKey{
+	{"log.level", defaultLogLevel},
+	{"log.format", defaultLogFormat},
+
+	{"listen.name", nil}, // the address
+	{"listen.address", nil},
+	{"listen.tls", nil},
+	{"listen.min_version", nil}, // tls.min_version
+	{"listen.proxy_protocol", nil},
+	{"listen.allow_plaintext_from", nil},
+
+	{"tls.min_version", defaultTLSMinVersion},
+	{"tls.default_server_name", nil},
+	{"tls.certificates", nil},
+	{"tls.acme.domains", nil},
+	{"tls.acme.email", nil},
+	{"tls.acme.cache_dir", nil},
+	{"tls.acme.insecure_cache_permissions", nil},
+	{"tls.acme.directory_url", defaultACMEDirectoryURL},
+	{"tls.acme.ca_file", nil},
+	{"tls.acme.http_challenge", defaultHTTPChallenge},
+	{"tls.acme.tls_alpn_challenge", nil},
+	{"tls.acme.max_challenge_connections", defaultChallengeConns},
+	{"tls.acme.max_challenge_connections_per_ip", defaultChallengeConnsPerIP},
+	{"tls.acme.renew_before", defaultRenewBefore},
+	{"tls.acme.domains_from_routes", nil},
+	{"tls.acme.route_name_patterns", defaultRouteNamePatterns},
+	{"tls.acme.order_budget", defaultOrderBudget},
+	{"tls.acme.order_budget_period", defaultOrderBudgetPeriod},
+	{"tls.acme.order_budget_reserve", nil}, // a fifth of order_budget, as tlsconf makes it
+	{"tls.acme.ask_url", nil},
+	{"tls.acme.ask_timeout", defaultAskTimeout},
+
+	{"backend.name", nil},
+	{"backend.address", nil},
+	{"backend.tls", nil},
+	{"backend.server_name", nil}, // the address's host
+	{"backend.ca_file", nil},
+	{"backend.insecure_skip_verify", nil},
+	{"backend.min_version", defaultBackendMinVersion},
+	{"backend.connect_timeout", defaultBackendConnectTimeout},
+	{"backend.timeout", defaultBackendTimeout},
+	{"backend.client_address", defaultBackendClientAddress},
+	{"backend.relay_authzid", nil},
+	{"backend.fallbacks", nil},
+
+	{"route.default", nil},
+	{"route.users", nil},
+	{"route.domains", nil},
+	{"route.map_file", nil},
+	{"route.http.url", nil},
+	{"route.http.timeout", defaultHTTPTimeout},
+	{"route.http.cache_ttl", defaultHTTPCacheTTL},
+	{"route.http.negative_cache_ttl", defaultHTTPNegativeCacheTTL},
+	{"route.http.cache_size", defaultHTTPCacheSize},
+	{"route.http.backend", nil},
+
+	{"limits.max_connections", defaultMaxConnections},
+	{"limits.max_connections_per_ip", defaultMaxConnectionsPerIP},
+	{"limits.login_timeout", defaultLoginTimeout},
+	{"limits.idle_timeout", defaultIdleTimeout},
+	{"limits.max_login_failures", defaultMaxLoginFailures},
+	{"limits.failure_delay", defaultFailureDelay},
+	{"limits.max_failures_per_ip", defaultMaxFailuresPerIP},
+	{"limits.max_failures_per_user", defaultMaxFailuresPerUser},
+	{"limits.failure_window", defaultFailureWindow},
+	{"limits.master_user_separator", nil},
+	{"limits.ipv6_prefix", defaultIPv6Prefix},
+	{"limits.trusted_proxies", nil},
+	{"limits.shutdown_timeout", defaultShutdownTimeout},
+
+	{"pop3.greeting", defaultGreeting},
+	{"pop3.capabilities", nil},
+	{"pop3.hide_backend_errors", defaultHideBackendErrors},
+
+	{"metrics.address", defaultMetricsAddress},
+	{"metrics.token_file", nil},
+	{"metrics.protect_metrics", nil},
+	{"metrics.insecure_open", nil},
+	{"metrics.allowed_hosts", nil},
+}

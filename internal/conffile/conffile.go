@@ -1,0 +1,191 @@
+// Package conffile writes popgate's configuration file for the programs
+// that start popgate as a process: the interop tests and pop3bench. It
+// writes the keys they choose (config.example.toml shows every key);
+// cmd/popgate's tests check that popgate accepts what it writes.
+package conffile
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// File is a configuration file. Fields left empty are left out of it, so
+// that popgate's defaults apply.
+type File struct {
+	Comment   string // the first line, after "# "
+	Log       Log
+	Listeners []Listener
+	TLS       TLS
+	Backends  []Backend
+	Route     Route
+	// Limits are the lines of [limits], as written:
+	// `shutdown_timeout = "2s"`.
+	Limits []string
+	// MetricsAddress is metrics.address ("" disables the admin
+	// endpoints); nil leaves it out (the default, 127.0.0.1:9110).
+	MetricsAddress *string
+}
+
+// Log is [log].
+type Log struct {
+	Level  string // debug | info | warn | error
+	Format string // auto | text | json
+}
+
+// Listener is one [[listen]].
+type Listener struct {
+	Name          string
+	Address       string
+	TLS           string // implicit | starttls | none
+	ProxyProtocol bool
+}
+
+// TLS is [tls].
+type TLS struct {
+	DefaultServerName string
+	Certificates      []Certificate
+	// ACME is the body of [tls.acme], as written; "" leaves the section
+	// out.
+	ACME string
+}
+
+// Certificate is one entry of tls.certificates.
+type Certificate struct {
+	Cert, Key string // PEM files
+}
+
+// Backend is one [[backend]].
+type Backend struct {
+	Name       string
+	Address    string
+	TLS        string // none | starttls | implicit
+	ServerName string
+	CAFile     string
+	// ClientAddress is client_address; "" leaves it out (none).
+	ClientAddress string
+	// RelayAuthzID is relay_authzid.
+	RelayAuthzID bool
+}
+
+// Route is [route].
+type Route struct {
+	Default string            // route.default
+	Users   map[string]string // route.users: user → backend name
+	Domains map[string]string // route.domains: domain → backend name
+	MapFile string            // route.map_file
+	HTTPURL string            // route.http.url; "" leaves [route.http] out
+}
+
+// String returns the file's text.
+func (f *File) String() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	section := func(name string) {
+		if b.Len() > 0 {
+			p("")
+		}
+		p("%s", name)
+	}
+	str := func(key, v string) {
+		if v != "" {
+			p("%s = %s", key, quote(v))
+		}
+	}
+	if f.Comment != "" {
+		p("# %s", f.Comment)
+	}
+	if f.Log != (Log{}) {
+		section("[log]")
+		str("level", f.Log.Level)
+		str("format", f.Log.Format)
+	}
+	for _, l := range f.Listeners {
+		section("[[listen]]")
+		str("name", l.Name)
+		str("address", l.Address)
+		str("tls", l.TLS)
+		if l.ProxyProtocol {
+			p("proxy_protocol = true")
+		}
+	}
+	if t := f.TLS; t.DefaultServerName != "" || len(t.Certificates) > 0 || t.ACME != "" {
+		section("[tls]")
+		str("default_server_name", t.DefaultServerName)
+		if len(t.Certificates) > 0 {
+			certs := make([]string, len(t.Certificates))
+			for i, c := range t.Certificates {
+				certs[i] = fmt.Sprintf("{ cert = %s, key = %s }", quote(c.Cert), quote(c.Key))
+			}
+			p("certificates = [%s]", strings.Join(certs, ", "))
+		}
+		if t.ACME != "" {
+			p("[tls.acme]")
+			p("%s", strings.TrimSuffix(t.ACME, "\n"))
+		}
+	}
+	for _, be := range f.Backends {
+		section("[[backend]]")
+		str("name", be.Name)
+		str("address", be.Address)
+		str("tls", be.TLS)
+		str("server_name", be.ServerName)
+		str("ca_file", be.CAFile)
+		str("client_address", be.ClientAddress)
+		if be.RelayAuthzID {
+			p("relay_authzid = true")
+		}
+	}
+	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" {
+		section("[route]")
+		str("default", r.Default)
+		table := func(key string, m map[string]string) {
+			if len(m) == 0 {
+				return
+			}
+			var pairs []string
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				pairs = append(pairs, quote(k)+" = "+quote(m[k]))
+			}
+			p("%s = { %s }", key, strings.Join(pairs, ", "))
+		}
+		table("users", r.Users)
+		table("domains", r.Domains)
+		str("map_file", r.MapFile)
+		if r.HTTPURL != "" {
+			section("[route.http]")
+			str("url", r.HTTPURL)
+		}
+	}
+	if len(f.Limits) > 0 {
+		section("[limits]")
+		for _, l := range f.Limits {
+			p("%s", l)
+		}
+	}
+	if f.MetricsAddress != nil {
+		section("[metrics]")
+		p("address = %s", quote(*f.MetricsAddress))
+	}
+	return b.String()
+}
+
+// quote returns s as a TOML basic string.
+func quote(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
