@@ -362,6 +362,34 @@ func TestWatchConfig(t *testing.T) {
 	waitUntil(t, "the second reload", func() bool { return r.level.Level() == slog.LevelWarn })
 }
 
+// TestWatchConfigSameStamp: a rewrite in place that keeps the file's size
+// and modification time (a coarse timestamp: two writes in one clock tick)
+// is still seen, because a file modified moments ago is read again.
+func TestWatchConfigSameStamp(t *testing.T) {
+	backend := mailbox(t, messages(1)...)
+	config := func(level string) string {
+		return fmt.Sprintf("[log]\nformat = \"json\"\nlevel = %q\n%s[[backend]]\nname = \"mbox\"\naddress = %q\ntls = \"none\"\n[route]\ndefault = \"mbox\"\n",
+			level, listenNone, backend)
+	}
+	path := writeConfig(t, config("info"))
+	r, _ := startRunner(t, path)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r.watchConfig(ctx, 10*time.Millisecond)
+
+	writeFile(t, path, []byte(config("debug")))
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the reload to debug", func() bool { return r.level.Level() == slog.LevelDebug })
+	writeFile(t, path, []byte(config("error"))) // as long as "debug"
+	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the reload to error", func() bool { return r.level.Level() == slog.LevelError })
+}
+
 // TestReloadLeaksNothing: a hundred reloads, half of them refused at
 // different stages, leave goroutines and heap where they were. What a
 // replaced configuration or a refused candidate owns (lookup cache,
