@@ -114,13 +114,14 @@ func (s Snapshot) ModifiedAfter(t time.Time) bool {
 	return false
 }
 
-// Watch polls the files at paths every interval until ctx is done, in the
-// calling goroutine (run it in one of its own). Each round it stamps them
-// ([StatAll]) and, when the result is not Equal to what last returns,
-// calls changed with it. last returns what the owner last read of the
-// files, in the order of paths; changed is expected to read them again and
-// to record what it read, for last. Watch calls the two one at a time and
-// neither once it has returned. Without paths it returns at once.
+// Watch polls the files at paths once every (which must be positive) until
+// ctx is done, in the calling goroutine (run it in one of its own). Each
+// round it stamps them ([StatAll]) and, when the result is not Equal to
+// what last returns, calls changed with it. last returns what the owner
+// last read of the files, in the order of paths; changed is expected to
+// read them again and to record what it read, for last. Watch calls the
+// two one at a time, and neither once it has returned. Without paths it
+// returns at once.
 func Watch(ctx context.Context, every time.Duration, paths []string, last func() Snapshot, changed func(now Snapshot)) {
 	if len(paths) == 0 {
 		return
