@@ -6,7 +6,7 @@
 //
 //	m := admin.NewMetrics(version, commit)
 //	srv, err := proxy.New(proxy.Config{Observer: m, ...})
-//	m.SetSources(admin.Sources{Sessions: srv, Certificates: certs.NotAfter})
+//	m.SetSources(admin.Sources{Sessions: srv, Certificates: certs.Expiry})
 //	h := admin.Handler(m, srv, ready, func() admin.Access { return access }, log)
 //	go admin.Serve(ctx, ln, h, log)
 //

@@ -107,8 +107,8 @@ type Request struct {
 
 	// TLSVersion and TLSCipher describe the client's TLS connection when
 	// TLS is set, for lookup services that want them (auth_http's
-	// Auth-SSL-Protocol and Auth-SSL-Cipher); "" when unknown. nginx sends
-	// OpenSSL's words ("TLSv1.3"): [TLSVersionName] gives them.
+	// Auth-SSL-Protocol and Auth-SSL-Cipher); "" when unknown. The proxy
+	// names the version in OpenSSL's words ("TLSv1.3"), as nginx does.
 	TLSVersion string
 	TLSCipher  string
 }

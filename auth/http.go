@@ -378,19 +378,3 @@ func sanitizeReason(s string, pass Password) string {
 	}
 	return s
 }
-
-// TLSVersionName returns OpenSSL's name of a TLS version ("TLSv1.2"), the
-// form nginx sends in Auth-SSL-Protocol, or "" for an unknown version.
-func TLSVersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "TLSv1"
-	case tls.VersionTLS11:
-		return "TLSv1.1"
-	case tls.VersionTLS12:
-		return "TLSv1.2"
-	case tls.VersionTLS13:
-		return "TLSv1.3"
-	}
-	return ""
-}

@@ -26,7 +26,7 @@ func testRequest() *Request {
 		Listener:    "pop3s",
 		TLS:         true,
 		Attempt:     2,
-		TLSVersion:  TLSVersionName(tls.VersionTLS13),
+		TLSVersion:  "TLSv1.3",
 		TLSCipher:   tls.CipherSuiteName(tls.TLS_AES_128_GCM_SHA256),
 	}
 }

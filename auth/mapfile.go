@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/popgate/popgate/internal/filewatch"
 	"github.com/popgate/popgate/internal/safefile"
 )
 
@@ -52,8 +52,8 @@ type MapFile struct {
 
 	table atomic.Pointer[mapTable]
 
-	mu   sync.Mutex // serialises Reload; guards last
-	last os.FileInfo
+	mu   sync.Mutex      // serialises Reload; guards read
+	read filewatch.Stamp // the file as the last reload opened it, for Watch
 }
 
 type mapTable struct {
@@ -124,18 +124,17 @@ func (m *MapFile) Reload() error {
 	defer m.mu.Unlock()
 	f, err := safefile.Open(m.path, safefile.Options{Limit: MaxMapFileSize})
 	if err != nil {
-		// A file refused for what it is (a named pipe, too large) is
-		// remembered too, so that Watch reports it once, not every tick.
-		if fi, serr := os.Stat(m.path); serr == nil {
-			m.last = fi
-		}
+		// A file refused for what it is (a named pipe, too large), or
+		// gone, is remembered as stat sees it, so that Watch reports
+		// it once, not every round.
+		m.read = filewatch.Stat(m.path)
 		return fmt.Errorf("auth: map file: %w", err)
 	}
 	defer f.Close()
 	fi := f.Stat()
 	// Remembered even when the file turns out bad, so Watch does not
-	// re-read (and re-report) an unchanged broken file every tick.
-	m.last = fi
+	// re-read (and re-report) an unchanged broken file every round.
+	m.read = filewatch.Of(fi)
 	// About 25 bytes a line; a hint only, bounded so that a huge file
 	// does not allocate before it is read.
 	hint := int(min(fi.Size()/25, 1<<20))
@@ -305,17 +304,14 @@ func (m *MapFile) Route(_ context.Context, req *Request) (Decision, error) {
 
 // Watch polls the file every interval (5s when interval <= 0) and reloads it
 // when its size, modification time or identity (inode; a file replaced by
-// rename is a new one) changed since the last read. It calls onReload, when
-// not nil, after each reload it makes: with nil on success, else with the
-// error (the previous table stays in use). A file that cannot be stat'ed is
+// rename is a new one) differs from the file the last reload read, by
+// Watch or by a call to [MapFile.Reload]. It calls onReload, when not nil,
+// after each reload it makes: with nil on success, else with the error
+// (the previous table stays in use). A file that cannot be stat'ed is
 // reported once until it changes. Watch returns when ctx is done; run it in
-// its own goroutine.
-//
-// Polling, rather than inotify (fsnotify), because it also sees files
-// replaced through symlink swaps (Kubernetes ConfigMaps), on network file
-// systems and in containers where inotify is unavailable, costs one stat(2)
-// per interval, and needs no dependency. A change is seen within interval;
-// SIGHUP can call [MapFile.Reload] for an immediate read.
+// its own goroutine. It polls, rather than using inotify, for the reasons
+// internal/filewatch gives; SIGHUP can call [MapFile.Reload] for an
+// immediate read.
 func (m *MapFile) Watch(ctx context.Context, interval time.Duration, onReload func(error)) {
 	if interval <= 0 {
 		interval = 5 * time.Second
@@ -323,30 +319,22 @@ func (m *MapFile) Watch(ctx context.Context, interval time.Duration, onReload fu
 	if onReload == nil {
 		onReload = func(error) {}
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	var statErr string
-	for {
-		select {
-		case <-ctx.Done():
+	filewatch.Watch(ctx, interval, []string{m.path}, m.lastRead, func(now filewatch.Snapshot) {
+		if err := now[0].Err(); err != nil {
+			m.mu.Lock()
+			m.read = now[0]
+			m.mu.Unlock()
+			onReload(fmt.Errorf("auth: map file: %w", err))
 			return
-		case <-t.C:
-		}
-		fi, err := os.Stat(m.path)
-		if err != nil {
-			if err.Error() != statErr {
-				statErr = err.Error()
-				onReload(fmt.Errorf("auth: map file: %w", err))
-			}
-			continue
-		}
-		statErr = ""
-		m.mu.Lock()
-		last := m.last
-		m.mu.Unlock()
-		if last != nil && os.SameFile(last, fi) && last.Size() == fi.Size() && last.ModTime().Equal(fi.ModTime()) {
-			continue
 		}
 		onReload(m.Reload())
-	}
+	})
+}
+
+// lastRead is what Watch compares the file with: the file as the last
+// reload read it.
+func (m *MapFile) lastRead() filewatch.Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return filewatch.Snapshot{m.read}
 }

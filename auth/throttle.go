@@ -264,22 +264,24 @@ func (t *Throttle) begin(ip netip.Addr, user string) (tk Ticket, ok bool, retryA
 	}
 	tk = Ticket{from: from, placed: true}
 	if hasIP {
-		if fi == nil {
-			fi = &failures{}
-			t.ips.Add(ipk, fi)
-		}
-		fi.inFlight++
+		placeKey(t.ips, ipk, fi)
 		tk.ip = ipk
 	}
 	if hasUser {
-		if fu == nil {
-			fu = &failures{}
-			t.users.Add(uk, fu)
-		}
-		fu.inFlight++
+		placeKey(t.users, uk, fu)
 		tk.user = uk
 	}
 	return tk, true, 0, nil, nil
+}
+
+// placeKey counts an attempt in flight for key k in lru, whose entry f is
+// (nil when it has none yet); endKey takes it off.
+func placeKey[K comparable](lru *simplelru.LRU[K, *failures], k K, f *failures) {
+	if f == nil {
+		f = &failures{}
+		lru.Add(k, f)
+	}
+	f.inFlight++
 }
 
 // End reports how the attempt of tk ended.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/tlsversion"
 	"github.com/popgate/popgate/proxy/internal/pop3"
 )
 
@@ -138,7 +139,7 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		Attempt:     attempt,
 	}
 	if sess.tls != nil {
-		req.TLSVersion = auth.TLSVersionName(sess.tls.Version)
+		req.TLSVersion = tlsversion.OpenSSL(sess.tls.Version)
 		req.TLSCipher = tls.CipherSuiteName(sess.tls.CipherSuite)
 	}
 	dec, err := sess.cfg.Router.Route(ctx, req)

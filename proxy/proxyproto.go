@@ -15,7 +15,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
-	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/tlsversion"
 )
 
 // Limits of an inbound PROXY header (haproxy doc/proxy-protocol.txt).
@@ -136,7 +136,7 @@ func proxyHeaderFor(version byte, src, dst netip.AddrPort, clientTLS *tls.Connec
 		// follow PP2_CLIENT_SSL (doc/proxy-protocol.txt §2.2.5).
 		sub, err := proxyproto.JoinTLVs([]proxyproto.TLV{{
 			Type:  proxyproto.PP2_SUBTYPE_SSL_VERSION,
-			Value: []byte(cmp.Or(auth.TLSVersionName(clientTLS.Version), "TLS")), // haproxy's ssl_fc_protocol words
+			Value: []byte(cmp.Or(tlsversion.OpenSSL(clientTLS.Version), "TLS")), // haproxy's ssl_fc_protocol words
 		}})
 		if err != nil {
 			return nil, err

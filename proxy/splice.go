@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -146,23 +147,15 @@ func (sess *session) startSplice(bc *backendConn) {
 
 	// Pipelined client bytes first, in order (RFC 2449 §6.6). They were
 	// read along with the login and must not be lost.
-	if n := sess.br.Buffered(); n > 0 {
-		p, _ := sess.br.Peek(n)
-		if _, err := bc.conn.Write(p); err != nil {
-			fail("backend write: " + err.Error())
-			return
-		}
-		sess.sp.in.Add(int64(n))
+	if err := writeBuffered(bc.conn, sess.br, &sess.sp.in); err != nil {
+		fail("backend write: " + err.Error())
+		return
 	}
 	// A backend should not speak after +OK unasked, but if it did, the
 	// client gets those bytes too.
-	if n := bc.br.Buffered(); n > 0 {
-		p, _ := bc.br.Peek(n)
-		if _, err := sess.conn.Write(p); err != nil {
-			fail("client write: " + err.Error())
-			return
-		}
-		sess.sp.out.Add(int64(n))
+	if err := writeBuffered(sess.conn, bc.br, &sess.sp.out); err != nil {
+		fail("client write: " + err.Error())
+		return
 	}
 	sess.srv.putReader(bc.br)
 	bc.br = nil
@@ -182,6 +175,21 @@ func (sess *session) startSplice(bc *backendConn) {
 	// goroutine start fewer per login. Its stack, grown by the TLS
 	// handshake, goes when the direction parks.
 	up.run()
+}
+
+// writeBuffered writes to w what br holds buffered, and counts it in n. br
+// is left as it was; the caller drops it.
+func writeBuffered(w io.Writer, br *bufio.Reader, n *atomic.Int64) error {
+	k := br.Buffered()
+	if k == 0 {
+		return nil
+	}
+	p, _ := br.Peek(k)
+	if _, err := w.Write(p); err != nil {
+		return err
+	}
+	n.Add(int64(k))
+	return nil
 }
 
 // run copies until the direction ends or parks.

@@ -513,7 +513,9 @@ func validCached(data []byte, k seenKey, now time.Time) error {
 			return errors.New("key does not match")
 		}
 	case *ecdsa.PublicKey:
-		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || pub.X.Cmp(prv.X) != 0 || pub.Y.Cmp(prv.Y) != 0 {
+		// autocert compares X and Y; Equal compares the same point
+		// (and the curve) without the coordinates Go 1.26 deprecated.
+		if prv, ok := key.(*ecdsa.PrivateKey); !ok || k.rsa || !pub.Equal(&prv.PublicKey) {
 			return errors.New("key does not match")
 		}
 	default:

@@ -5,8 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/crypto/acme"
 
+	"github.com/popgate/popgate/internal/filewatch"
 	"github.com/popgate/popgate/internal/safefile"
 )
 
@@ -84,6 +85,11 @@ type Server struct {
 	mu     sync.Mutex
 	begun  uint64 // reloads begun
 	stored uint64 // the reload whose set is in use (0: NewServer's)
+	// read is the certificate files (certificate, key, in configuration
+	// order) as the latest reload to read them found them, loaded or
+	// refused; readBy is that reload. Watch compares the files with it.
+	read   filewatch.Snapshot
+	readBy uint64
 }
 
 // certSet is one immutable generation of loaded certificates.
@@ -148,7 +154,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		if cfg.Previous != nil {
 			prev = cfg.Previous.set.Load()
 		}
-		set, err = s.load(prev)
+		set, s.read, err = s.load(prev)
 	case s.acme != nil:
 		set, err = s.index(nil, false)
 	default:
@@ -218,12 +224,15 @@ func (s *Server) Reload() error {
 	s.begun++
 	n := s.begun
 	s.mu.Unlock()
-	set, err := s.load(s.set.Load())
+	set, read, err := s.load(s.set.Load())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n > s.readBy {
+		s.read, s.readBy = read, n
+	}
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if n < s.stored {
 		return nil // a later reload read the files after this one did
 	}
@@ -338,17 +347,26 @@ func pick(hello *tls.ClientHelloInfo, certs []*tls.Certificate) *tls.Certificate
 // (at start, or when that one is no better) it loads with an ERROR, as
 // nginx and Caddy serve it: one expired name must not keep popgate from
 // serving all the others.
-func (s *Server) load(prev *certSet) (*certSet, error) {
+//
+// It returns, loaded or refused, what it read of each file, in the order
+// of [Server.paths], for Watch; a file it did not get to is stamped as
+// stat sees it after the refusal.
+func (s *Server) load(prev *certSet) (*certSet, filewatch.Snapshot, error) {
 	now := s.now()
+	read := make(filewatch.Snapshot, 0, 2*len(s.cfg.Certificates))
+	refuse := func(err error) (*certSet, filewatch.Snapshot, error) {
+		return nil, append(read, filewatch.StatAll(s.paths()[len(read):])...), err
+	}
 	var certs []*tls.Certificate
 	for _, f := range s.cfg.Certificates {
-		c, err := loadPair(f)
+		c, stamps, err := loadPair(f)
+		read = append(read, stamps...)
 		if err != nil {
-			return nil, err
+			return refuse(err)
 		}
 		if !validAt(c.Leaf, now) {
 			if old := prev.loaded(f); old != nil && validAt(old.Leaf, now) {
-				return nil, notValidError(f, c.Leaf, old.Leaf, now)
+				return refuse(notValidError(f, c.Leaf, old.Leaf, now))
 			}
 			s.log.Error("tls certificate is not valid now; clients will refuse it", "cert", f.Cert,
 				"not_before", c.Leaf.NotBefore, "not_after", c.Leaf.NotAfter)
@@ -360,10 +378,10 @@ func (s *Server) load(prev *certSet) (*certSet, error) {
 	}
 	set, err := s.index(certs, false)
 	if err != nil {
-		return nil, err
+		return nil, read, err
 	}
 	set.files = s.cfg.Certificates
-	return set, nil
+	return set, read, nil
 }
 
 // loaded returns the certificate of set read from f, or nil.
@@ -379,25 +397,41 @@ func (set *certSet) loaded(f CertFile) *tls.Certificate {
 	return nil
 }
 
-func loadPair(f CertFile) (*tls.Certificate, error) {
-	certPEM, err := safefile.ReadFile(f.Cert, safefile.Options{})
+// loadPair reads and parses one pair. It returns the stamps of the files it
+// read (certificate, key), as many as it read.
+func loadPair(f CertFile) (*tls.Certificate, filewatch.Snapshot, error) {
+	certPEM, certRead, err := readFile(f.Cert)
 	if err != nil {
-		return nil, pairError(f, ReasonUnreadable, fmt.Errorf("tlsconf: read certificate: %w", err))
+		return nil, nil, pairError(f, ReasonUnreadable, fmt.Errorf("tlsconf: read certificate: %w", err))
 	}
-	keyPEM, err := safefile.ReadFile(f.Key, safefile.Options{})
+	read := filewatch.Snapshot{certRead}
+	keyPEM, keyRead, err := readFile(f.Key)
 	if err != nil {
-		return nil, pairError(f, ReasonUnreadable, fmt.Errorf("tlsconf: read key: %w", err))
+		return nil, read, pairError(f, ReasonUnreadable, fmt.Errorf("tlsconf: read key: %w", err))
 	}
+	read = append(read, keyRead)
 	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s with key %s: %w", f.Cert, f.Key, err))
+		return nil, read, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s with key %s: %w", f.Cert, f.Key, err))
 	}
 	if c.Leaf == nil { // GODEBUG=x509keypairleaf=0
 		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return nil, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err))
+			return nil, read, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err))
 		}
 	}
-	return &c, nil
+	return &c, read, nil
+}
+
+// readFile reads name through safefile, as safefile.ReadFile does, and
+// stamps the very file it read (the fstat of its descriptor).
+func readFile(name string) ([]byte, filewatch.Stamp, error) {
+	f, err := safefile.Open(name, safefile.Options{})
+	if err != nil {
+		return nil, filewatch.Stamp{}, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	return data, filewatch.Of(f.Stat()), err
 }
 
 // selfSigned builds the fallback set.
@@ -461,9 +495,10 @@ func (s *Server) index(certs []*tls.Certificate, selfSigned bool) (*certSet, err
 	return set, nil
 }
 
-// Watch re-reads the static certificate files whenever one of them changes
-// (size, modification time, or a file appearing or vanishing, as stat sees
-// it through symlinks, so a Kubernetes secret's swapped link counts),
+// Watch re-reads the static certificate files whenever one of them differs
+// from the file the latest reload read (identity, size, modification time,
+// or a file appearing or vanishing, as stat sees it through symlinks, so a
+// Kubernetes secret's swapped link counts; see internal/filewatch),
 // checking every interval, until ctx is done. A failed reload keeps the
 // previous certificates, logs an ERROR (with the refused certificate's
 // dates when its validity was the reason) and calls refused, when not nil,
@@ -474,70 +509,42 @@ func (s *Server) Watch(ctx context.Context, every time.Duration, refused func(er
 	if len(s.cfg.Certificates) == 0 {
 		return
 	}
-	last := s.stat()
 	var retry time.Time // when a certificate refused as not yet valid becomes valid
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	last := func() filewatch.Snapshot {
+		if !retry.IsZero() && !s.now().Before(retry) {
+			return nil // read the files again, changed or not
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.read
+	}
+	filewatch.Watch(ctx, every, s.paths(), last, func(filewatch.Snapshot) {
+		retry = time.Time{}
+		err := s.Reload()
+		if err == nil {
 			return
-		case <-t.C:
 		}
-		cur := s.stat()
-		if !filesChanged(last, cur) && (retry.IsZero() || s.now().Before(retry)) {
-			continue
-		}
-		last, retry = cur, time.Time{}
-		if err := s.Reload(); err != nil {
-			attrs := []any{"err", err}
-			if ce, ok := asCertificateError(err); ok && !ce.NotAfter.IsZero() {
-				attrs = append(attrs, "cert", ce.Cert, "reason", ce.Reason,
-					"not_before", ce.NotBefore, "not_after", ce.NotAfter, "kept_not_after", ce.Kept)
-				if ce.Reason == ReasonNotYetValid {
-					retry = ce.NotBefore
-				}
-			}
-			s.log.Error("tls certificate files changed but do not load; keeping the previous certificates", attrs...)
-			if refused != nil {
-				refused(err)
+		attrs := []any{"err", err}
+		if ce, ok := asCertificateError(err); ok && !ce.NotAfter.IsZero() {
+			attrs = append(attrs, "cert", ce.Cert, "reason", ce.Reason,
+				"not_before", ce.NotBefore, "not_after", ce.NotAfter, "kept_not_after", ce.Kept)
+			if ce.Reason == ReasonNotYetValid {
+				retry = ce.NotBefore
 			}
 		}
-	}
+		s.log.Error("tls certificate files changed but do not load; keeping the previous certificates", attrs...)
+		if refused != nil {
+			refused(err)
+		}
+	})
 }
 
-// stat returns what stat says about every certificate file (nil where it
-// fails).
-func (s *Server) stat() []os.FileInfo {
-	var out []os.FileInfo
+// paths lists the static certificate files in the order the stamps of
+// Server.read follow: each pair's certificate, then its key.
+func (s *Server) paths() []string {
+	paths := make([]string, 0, 2*len(s.cfg.Certificates))
 	for _, f := range s.cfg.Certificates {
-		for _, name := range []string{f.Cert, f.Key} {
-			fi, err := os.Stat(name)
-			if err != nil {
-				fi = nil
-			}
-			out = append(out, fi)
-		}
+		paths = append(paths, f.Cert, f.Key)
 	}
-	return out
-}
-
-// filesChanged compares two stat rounds by identity (a file replaced by
-// rename is another file even when size and a coarse mtime match), size
-// and modification time.
-func filesChanged(a, b []os.FileInfo) bool {
-	if len(a) != len(b) {
-		return true
-	}
-	for i := range a {
-		switch {
-		case a[i] == nil || b[i] == nil:
-			if (a[i] == nil) != (b[i] == nil) {
-				return true
-			}
-		case !os.SameFile(a[i], b[i]) || a[i].Size() != b[i].Size() || !a[i].ModTime().Equal(b[i].ModTime()):
-			return true
-		}
-	}
-	return false
+	return paths
 }

@@ -38,36 +38,27 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/popgate/popgate/internal/tlsversion"
 )
 
 // ParseVersion maps "1.0", "1.1", "1.2" and "1.3" to tls.VersionTLS10 ..
 // tls.VersionTLS13. The empty string means "1.2".
 func ParseVersion(s string) (uint16, error) {
-	switch s {
-	case "", "1.2":
+	if s == "" {
 		return tls.VersionTLS12, nil
-	case "1.0":
-		return tls.VersionTLS10, nil
-	case "1.1":
-		return tls.VersionTLS11, nil
-	case "1.3":
-		return tls.VersionTLS13, nil
+	}
+	if v, ok := tlsversion.Parse(s); ok {
+		return v, nil
 	}
 	return 0, fmt.Errorf("tlsconf: unknown TLS version %q (want 1.0, 1.1, 1.2 or 1.3)", s)
 }
 
-// VersionName returns the short name of a TLS version ("1.3"), for logs and
-// metric labels. Unknown values print as hex.
+// VersionName returns the short name of a TLS version ("1.3"), the form
+// [ParseVersion] reads. Unknown values print as hex.
 func VersionName(v uint16) string {
-	switch v {
-	case tls.VersionTLS10:
-		return "1.0"
-	case tls.VersionTLS11:
-		return "1.1"
-	case tls.VersionTLS12:
-		return "1.2"
-	case tls.VersionTLS13:
-		return "1.3"
+	if name := tlsversion.Name(v); name != "" {
+		return name
 	}
 	return fmt.Sprintf("0x%04x", v)
 }

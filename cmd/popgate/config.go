@@ -20,11 +20,12 @@ import (
 	"github.com/popgate/popgate/tlsconf"
 )
 
-// Config is the TOML configuration file (DESIGN.md, "Config contract") as
-// decoded, each key as written: a key that is left out is a nil pointer, an
-// unset Duration or a zero value. ParseConfig checks it and turns it into
-// settings, which the rest of popgate reads; the defaults are in
-// defaults.go, and config.example.toml shows them.
+// Config is the TOML configuration file as decoded, each key as written: a
+// key that is left out is a nil pointer, an unset Duration or a zero value.
+// Its keys are the file's contract with operators: config.example.toml
+// documents each one with its default, and ParseConfig refuses, by name, a
+// key that is not here. ParseConfig checks it and turns it into settings,
+// which the rest of popgate reads; the defaults are in defaults.go.
 type Config struct {
 	Log     LogConfig       `toml:"log"`
 	Listen  []ListenConfig  `toml:"listen"`

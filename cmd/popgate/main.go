@@ -276,7 +276,7 @@ func newLoggerLevel(lc logSettings, level slog.Leveler, w io.Writer) *slog.Logge
 	}
 	switch format {
 	case "tint":
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: level, TimeFormat: time.TimeOnly}))
 	case "text":
 		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	default:

@@ -19,6 +19,7 @@ import (
 
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/filewatch"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -512,38 +513,60 @@ func (r *runner) apply() error {
 	return nil
 }
 
-// configFilePoll is how often -watch-config reads the configuration file.
+// configFilePoll is how often -watch-config looks at the configuration file.
 const configFilePoll = 5 * time.Second
+
+// configSettle is how long after its last modification the configuration
+// file is read again at the next round even when stat says nothing changed:
+// a rewrite in place within the file system's timestamp granularity keeps
+// size and modification time (see filewatch's Snapshot.ModifiedAfter).
+const configSettle = 2 * time.Second
 
 // watchConfig reloads when the content of the configuration file changes,
 // for setups where nobody sends SIGHUP (a Kubernetes ConfigMap, a file a
 // deployment tool writes). A change that does not load is refused and
 // logged once; the next change tries again. It reads the file once now,
-// then polls in a goroutine of its own until ctx is done.
+// then polls in a goroutine of its own until ctx is done: when stat sees
+// the file change, the content decides, so that a touch or an identical
+// rewrite reloads nothing.
 func (r *runner) watchConfig(ctx context.Context, every time.Duration) {
-	sum := func() ([32]byte, bool) {
-		b, err := readConfig(r.path)
-		return sha256.Sum256(b), err == nil
-	}
-	last, _ := sum()
-	go r.pollConfig(ctx, every, last, sum)
+	paths := []string{r.path}
+	seen := filewatch.StatAll(paths) // before the read: a change after it shows at the first round
+	sum, _ := r.configSum()
+	go r.pollConfig(ctx, every, paths, configSettled(seen), sum)
 }
 
-func (r *runner) pollConfig(ctx context.Context, every time.Duration, last [32]byte, sum func() ([32]byte, bool)) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// configSettled returns seen, or nil (read again at the next round) when the
+// file was modified within configSettle.
+func configSettled(seen filewatch.Snapshot) filewatch.Snapshot {
+	if seen.ModifiedAfter(time.Now().Add(-configSettle)) {
+		return nil
+	}
+	return seen
+}
+
+// configSum is the SHA-256 of the configuration file, and false when it
+// cannot be read.
+func (r *runner) configSum() ([32]byte, bool) {
+	b, err := readConfig(r.path)
+	return sha256.Sum256(b), err == nil
+}
+
+// pollConfig is watchConfig's goroutine. seen is what stat said of the
+// file when it was last read (nil: read it at the next round), last the
+// content's sum then.
+func (r *runner) pollConfig(ctx context.Context, every time.Duration, paths []string, seen filewatch.Snapshot, last [32]byte) {
+	filewatch.Watch(ctx, every, paths, func() filewatch.Snapshot { return seen }, func(now filewatch.Snapshot) {
+		cur, ok := r.configSum()
+		if !ok {
+			return // unreadable for a moment (being replaced): read again at the next round
 		}
-		cur, ok := sum()
-		if !ok || cur == last {
-			continue // unreadable for a moment (being replaced), or unchanged
+		seen = configSettled(now)
+		if cur == last {
+			return
 		}
 		last = cur
 		r.log.Info("configuration file changed; reloading", "config", r.path)
 		r.reload()
-	}
+	})
 }
