@@ -107,7 +107,7 @@ func NewCA(name string, kt KeyType) (*CA, error) {
 
 // WriteCert writes the CA certificate as PEM to path, mode 0644.
 func (ca *CA) WriteCert(path string) error {
-	return writeFile(path, ca.CertPEM, 0o644)
+	return WriteFile(path, ca.CertPEM, 0o644)
 }
 
 // Issue signs a server certificate for dnsName and the IP SAN 127.0.0.1
@@ -153,10 +153,10 @@ func (ca *CA) IssueFiles(dir, name, dnsName string, kt KeyType) (certFile, keyFi
 	}
 	certFile = filepath.Join(dir, name+".crt")
 	keyFile = filepath.Join(dir, name+".key")
-	if err := writeFile(certFile, certPEM, 0o644); err != nil {
+	if err := WriteFile(certFile, certPEM, 0o644); err != nil {
 		return "", "", err
 	}
-	if err := writeFile(keyFile, keyPEM, 0o600); err != nil {
+	if err := WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		return "", "", err
 	}
 	return certFile, keyFile, nil
@@ -170,9 +170,9 @@ func serial() *big.Int {
 	return n
 }
 
-// writeFile writes data with exactly perm (os.WriteFile applies perm only
-// when it creates the file, and through the umask).
-func writeFile(name string, data []byte, perm os.FileMode) error {
+// WriteFile writes data to name with exactly perm (os.WriteFile applies
+// perm only when it creates the file, and through the umask).
+func WriteFile(name string, data []byte, perm os.FileMode) error {
 	if err := os.WriteFile(name, data, perm); err != nil {
 		return fmt.Errorf("certgen: %w", err)
 	}

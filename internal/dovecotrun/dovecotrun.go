@@ -434,7 +434,7 @@ func (d *Instance) start(m *master, bin string, cfg config, logf func(string, ..
 		}
 		m.plainAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.plainPort))
 		m.tlsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(m.tlsPort))
-		if err := writeFile(m.configFile, []byte(m.config(cfg)), 0o644); err != nil {
+		if err := certgen.WriteFile(m.configFile, []byte(m.config(cfg)), 0o644); err != nil {
 			return err
 		}
 		err = m.run(bin, d.Dir)
@@ -656,7 +656,7 @@ func (d *Instance) AddMessage(user string, msg []byte) error {
 	d.mu.Unlock()
 	name := fmt.Sprintf("%d.M%06dP%d.popgate-dovecotrun", 1700000000+seq, seq, os.Getpid())
 	tmp := filepath.Join(md, "tmp", name)
-	if err := writeFile(tmp, msg, 0o600); err != nil {
+	if err := certgen.WriteFile(tmp, msg, 0o600); err != nil {
 		return err
 	}
 	if err := os.Chown(tmp, d.uid, d.gid); err != nil {
@@ -869,7 +869,7 @@ func writePasswd(name string, users map[string]string) error {
 		// user:password:uid:gid:gecos:home:shell:extra; the userdb is static.
 		fmt.Fprintf(&pw, "%s:{PLAIN}%s::::::\n", u, users[u])
 	}
-	if err := writeFile(name, []byte(pw.String()), 0o640); err != nil {
+	if err := certgen.WriteFile(name, []byte(pw.String()), 0o640); err != nil {
 		return err
 	}
 	return chownGroup(name, "dovecot")
@@ -882,15 +882,4 @@ func readOr(name string) string {
 		return fmt.Sprintf("(%v)\n", err)
 	}
 	return string(b)
-}
-
-func writeFile(name string, data []byte, perm os.FileMode) error {
-	if err := os.WriteFile(name, data, perm); err != nil {
-		return fmt.Errorf("dovecotrun: %w", err)
-	}
-	// WriteFile applies perm only when it creates the file, and through the umask.
-	if err := os.Chmod(name, perm); err != nil {
-		return fmt.Errorf("dovecotrun: %w", err)
-	}
-	return nil
 }

@@ -34,14 +34,10 @@ func openFile(name string, noFollow bool) (*os.File, error) {
 // describes name: owned by the process's effective user or root, and not
 // writable by the group or others. The error says how to fix it.
 func CheckPrivate(name string, fi fs.FileInfo) error {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	euid := os.Geteuid()
-	if int(st.Uid) != euid && st.Uid != 0 {
+	uid, euid, strange := stranger(fi)
+	if strange {
 		return &Error{Path: name, Err: ErrNotPrivate, Detail: fmt.Sprintf(
-			"owned by uid %d, neither this process's user (uid %d) nor root; fix: chown %d %s", st.Uid, euid, euid, name)}
+			"owned by uid %d, neither this process's user (uid %d) nor root; fix: chown %d %s", uid, euid, euid, name)}
 	}
 	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
 		return &Error{Path: name, Err: ErrNotPrivate, Detail: fmt.Sprintf(
@@ -139,21 +135,29 @@ func resolveChecked(abs, dir string) (string, error) {
 	return cur, nil
 }
 
+// stranger reports whether fi's owner is neither the process's effective
+// user nor root, with both uids for the message. A FileInfo without a
+// Stat_t (not from the OS) has no stranger for owner.
+func stranger(fi fs.FileInfo) (uid uint32, euid int, strange bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, 0, false
+	}
+	euid = os.Geteuid()
+	return st.Uid, euid, int(st.Uid) != euid && st.Uid != 0
+}
+
 // checkAncestor checks directory d, which the path to dir passes through.
 func checkAncestor(d, dir string) error {
 	fi, err := os.Lstat(d)
 	if err != nil {
 		return err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	euid := os.Geteuid()
-	if int(st.Uid) != euid && st.Uid != 0 {
+	uid, euid, strange := stranger(fi)
+	if strange {
 		return &Error{Path: dir, Err: ErrNotPrivate, Detail: fmt.Sprintf(
 			"the directory above it, %s, is owned by uid %d, neither this process's user (uid %d) nor root, who could replace %s; fix: chown %d %s, or move it elsewhere",
-			d, st.Uid, euid, dir, euid, d)}
+			d, uid, euid, dir, euid, d)}
 	}
 	if perm := fi.Mode().Perm(); perm&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
 		return &Error{Path: dir, Err: ErrNotPrivate, Detail: fmt.Sprintf(
