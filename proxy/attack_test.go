@@ -334,3 +334,26 @@ var noWait = func() context.Context {
 	cancel()
 	return ctx
 }()
+
+// TestLongNameBoundedInLog: a name over MaxCredentialLen, refused before
+// any lookup, appears in the log and in the session list only cut short.
+func TestLongNameBoundedInLog(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	long := strings.Repeat("N", 5000)
+	c := h.dial("plain")
+	c.send("AUTH LOGIN\r\n")
+	c.expect("+ ")
+	c.send(base64.StdEncoding.EncodeToString([]byte(long)) + "\r\n")
+	c.expect("+ ")
+	if got := c.cmd(base64.StdEncoding.EncodeToString([]byte("guess"))); !strings.HasPrefix(got, "-ERR [AUTH]") {
+		t.Fatalf("login = %q", got)
+	}
+	for _, s := range h.srv.SessionList() {
+		if len(s.User) > 200 {
+			t.Errorf("session list holds a %d-byte user name", len(s.User))
+		}
+	}
+	if strings.Contains(h.logs.String(), strings.Repeat("N", 200)) {
+		t.Error("the log holds the over-long name")
+	}
+}

@@ -20,8 +20,15 @@ import (
 // only carries it out.
 func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *backendConn, done bool) {
 	attempt := sess.failures + 1
-	sess.setLogin(creds.User, "")
-	sess.debug("login", "user", creds.User, "method", creds.Method, "attempt", attempt)
+	// The name as logged and listed (/sessions): bounded, since an
+	// over-long one is refused below and may be anything (a password
+	// typed into the wrong field, a flood).
+	user := creds.User
+	if len(user) > auth.MaxCredentialLen {
+		user = strings.ToValidUTF8(user[:64], "") + "...(truncated)"
+	}
+	sess.setLogin(user, "")
+	sess.debug("login", "user", user, "method", creds.Method, "attempt", attempt)
 	// Unusable credentials are refused before anything else; they count
 	// against the client's address only, so that an over-long name never
 	// becomes a throttle key.
@@ -73,7 +80,7 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	sess.lastErr = err
 	sess.result = out.result
 	sess.srv.obs.Login(sess.l.Name, out.result)
-	sess.logger().Log(context.Background(), out.level, "login failed", "user", creds.User, "backend", sess.backend, "attempt", attempt, "reason", out.result, "err", err)
+	sess.logger().Log(context.Background(), out.level, "login failed", "user", user, "backend", sess.backend, "attempt", attempt, "reason", out.result, "err", err)
 	if !sess.sleep(ctx, sess.failureWait(out, time.Since(start))) {
 		sess.result = resultShutdown
 		return nil, true
