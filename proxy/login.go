@@ -118,7 +118,7 @@ const (
 // ("master", or AUTH PLAIN with "master" as the authentication identity).
 func (sess *session) throttleUser(user string) string {
 	if sep := sess.cfg.MasterUserSeparator; sep != "" {
-		if i := strings.LastIndex(user, sep); i >= 0 {
+		if i := strings.LastIndex(user, sep); i >= 0 && i+len(sep) < len(user) {
 			return user[i+len(sep):]
 		}
 	}
