@@ -481,7 +481,9 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 			ws = append(ws, *w)
 		}
 	}
-	checks := []Check{metricsCheck(pg, ws)}
+	mc := metricsCheck(pg, ws)
+	mc.Name = strings.Replace(mc.Name, "popgate:", name+":", 1)
+	checks := []Check{mc}
 	checks = append(checks, b.endChecks(pg, name, fdBase)...)
 	if b.nginx != nil {
 		alive := Check{Name: "nginx" + strings.ReplaceAll(suffix, " ", "-") + ": still running at the end", OK: b.nginx.alive(), Detail: fmt.Sprintf("pid %d", b.nginx.PID)}
