@@ -7,35 +7,50 @@
 //
 // It builds popgate from the current source and runs it as a separate
 // process with a generated configuration: one implicit-TLS listener on
-// 127.0.0.1 with a certificate the benchmark generates (ECDSA P-256, or
-// RSA-2048 with -cert rsa), in front of the backend's plaintext port (the
+// 127.0.0.1 with a certificate the benchmark generates (ECDSA P-256 with
+// -cert ec, RSA-2048 with -cert rsa; -cert both runs the login workloads
+// once with each), in front of the backend's plaintext port (the
 // legacy-server case). The backend is a real Dovecot, tuned for
 // performance, when the dovecot binary is installed, and the in-memory
 // server of proxy/pop3test otherwise (-backend forces either).
 //
-// Every workload runs twice: "direct", the clients talking POP3S to the
-// backend itself, and "popgate", the same clients through popgate. Every
-// session makes a full TLS 1.3 handshake (the clients keep no session
-// cache) and sends one command at a time:
+// nginx's mail proxy runs beside popgate as a peer (-nginx=false leaves it
+// out; Debian's nginx and libnginx-mod-mail are installed with apt-get when
+// missing): its own process (daemon off, its own prefix, pid and log
+// files, stopped by PID), a master with worker_processes auto (one worker
+// per CPU, as popgate is one process using every CPU), the same
+// certificate and the same backend port, session tickets and a shared
+// session cache, and an auth_http the benchmark answers itself.
 //
-//   - login, at 1 and 32 concurrent clients: connect, TLS, greeting,
-//     USER, PASS, STAT, QUIT, and wait for the server to close;
-//   - retr, at 4 concurrent clients: the same with RETR of a 10 MiB
-//     message full of dot-stuffed lines, its size checked against the
-//     "+OK n octets" line and its unstuffed content against a CRC;
+// Every workload runs on each side: "direct", the clients talking POP3S
+// to the backend itself, "popgate", the same clients through popgate, and
+// "nginx", through nginx. Sessions send one command at a time:
+//
+//   - login, at 1 and 32 concurrent clients: connect, a full TLS 1.3
+//     handshake (no session cache), greeting, USER, PASS, STAT, QUIT, and
+//     wait for the server to close;
+//   - login-resume, the same, but each client keeps a TLS session cache:
+//     its first session (unmeasured) makes a full handshake, every
+//     measured one offers to resume, and the report counts those that did;
+//   - retr, at 4 concurrent clients: the same as login with RETR of a
+//     10 MiB message full of dot-stuffed lines, its size checked against
+//     the "+OK n octets" line and its unstuffed content against a CRC;
 //   - idle: -idle sessions logged in through popgate and held, and
 //     popgate's resident memory per session. These go to the in-memory
 //     backend (a Dovecot POP3 session is a process of its own) in a fresh
 //     popgate process, so that earlier workloads leave nothing in its heap.
 //
 // For each workload and side it reports sessions/s, latency percentiles,
-// MB/s, errors, popgate's CPU (utime+stime from /proc) per session and per
-// GB, popgate's RSS, the backend's CPU (Dovecot's master and all its
-// processes), and the ratios popgate/direct. The figures are printed as a
-// table and written as JSON (-json). At the end it checks that there was
-// no error, that every byte arrived, that popgate's file descriptors went
-// back to their baseline once all sessions had closed, and that popgate is
-// still alive and exits cleanly; it exits 1 if a check failed.
+// MB/s, errors, resumed sessions, the proxy's CPU (utime+stime from /proc;
+// nginx's master and workers together) per session and per GB, popgate's
+// RSS, the backend's CPU (Dovecot's master and all its processes), and
+// the ratios popgate/direct and popgate/nginx. The figures are printed as
+// a table and written as JSON (-json). At the end it checks that there
+// was no error, that every byte arrived, that every login-resume session
+// through popgate and nginx resumed, that popgate's file descriptors went
+// back to their baseline once all sessions had closed, and that popgate
+// and nginx are still alive and exit cleanly; it exits 1 if a check
+// failed.
 //
 // Everything listens on 127.0.0.1 only. The benchmark stops only the
 // processes it started, by PID, and removes its temporary directory.
