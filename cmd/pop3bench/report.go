@@ -38,7 +38,8 @@ type Meta struct {
 	BackendTuning  []string  `json:"backend_tuning,omitempty"`
 	Popgate        string    `json:"popgate"`
 	Nginx          string    `json:"nginx,omitempty"` // the peer, when it ran
-	PopgateSource  string    `json:"popgate_source"`  // "built from source" or "given with -popgate"
+	DovecotProxy   string    `json:"dovecot_proxy,omitempty"`
+	PopgateSource  string    `json:"popgate_source"` // "built from source" or "given with -popgate"
 }
 
 // SideResult is one side (direct, popgate or nginx) of one workload.
@@ -103,11 +104,15 @@ type WorkloadResult struct {
 	Direct      SideResult  `json:"direct"`
 	Popgate     SideResult  `json:"popgate"`
 	Nginx       *SideResult `json:"nginx,omitempty"`
-	Ratios      Ratios      `json:"ratios"` // popgate / direct
+	// DovecotProxy is a second Dovecot proxying (proxy=y) to the backend.
+	DovecotProxy *SideResult `json:"dovecot_proxy,omitempty"`
+	Ratios       Ratios      `json:"ratios"` // popgate / direct
 	// VsNginx compares popgate with nginx: popgate's CPU over nginx's
 	// (master and workers), throughput over nginx's, latency added to
 	// nginx's.
 	VsNginx *Ratios `json:"popgate_vs_nginx,omitempty"`
+	// VsDovecotProxy compares popgate with the Dovecot proxy likewise.
+	VsDovecotProxy *Ratios `json:"popgate_vs_dovecot_proxy,omitempty"`
 }
 
 // IdleResult is the idle workload: sessions logged in through popgate and
@@ -151,8 +156,11 @@ func ratios(w *WorkloadResult) Ratios {
 
 // vsNginx compares w's popgate side with its nginx side, nil without one:
 // popgate's CPU with nginx's.
-func vsNginx(w *WorkloadResult) *Ratios {
-	n := w.Nginx
+func vsNginx(w *WorkloadResult) *Ratios { return vsPeer(w, w.Nginx) }
+
+// vsPeer compares w's popgate side with the peer side n (nginx or the
+// Dovecot proxy), nil without one: popgate's CPU with the peer's.
+func vsPeer(w *WorkloadResult, n *SideResult) *Ratios {
 	if n == nil {
 		return nil
 	}
@@ -206,6 +214,9 @@ func writeTable(w io.Writer, r *Report) {
 	if m.Nginx != "" {
 		fmt.Fprintf(w, "peer: %s -> backend over plaintext, same certificate\n", m.Nginx)
 	}
+	if m.DovecotProxy != "" {
+		fmt.Fprintf(w, "peer: dovecot-proxy, %s -> backend over plaintext\n", m.DovecotProxy)
+	}
 	if len(m.BackendTuning) > 0 {
 		fmt.Fprintf(w, "backend tuning: %s\n", strings.Join(m.BackendTuning, "; "))
 	}
@@ -246,7 +257,7 @@ func writeTable(w io.Writer, r *Report) {
 			}
 		}
 		tw.Flush()
-		fmt.Fprintln(w, "  px = the side's proxy (popgate; nginx: master and workers), be = backend, pg = popgate;")
+		fmt.Fprintln(w, "  px = the side's proxy (popgate; nginx: master and workers; dovecot-proxy: all its processes), be = backend, pg = popgate;")
 		fmt.Fprintln(w, "  CPU is user+system time from /proc, per session or per GB (10^9 octets) relayed;")
 		fmt.Fprintln(w, "  latencies: whole session (dial to the server's close after QUIT) and login (dial to PASS's +OK); MB = 10^6 octets;")
 		fmt.Fprintln(w, "  login-resume: each client resumes its TLS session (its first, full handshake unmeasured)")
@@ -256,19 +267,24 @@ func writeTable(w io.Writer, r *Report) {
 		for _, wr := range r.Workloads {
 			fmt.Fprintf(w, "  %-20s %s\n", wr.Name, strings.Join(ratioParts(&wr, &wr.Direct, wr.Ratios, "direct", wr.Direct.BackendCPUPerSessionMs, wr.Direct.BackendCPUPerGBSec), "; "))
 		}
-		var vs []string
-		for _, wr := range r.Workloads {
-			if wr.Nginx == nil || wr.VsNginx == nil {
-				continue
+		for _, peer := range []string{"nginx", "dovecot-proxy"} {
+			var vs []string
+			for _, wr := range r.Workloads {
+				n, rt := wr.Nginx, wr.VsNginx
+				if peer == "dovecot-proxy" {
+					n, rt = wr.DovecotProxy, wr.VsDovecotProxy
+				}
+				if n == nil || rt == nil {
+					continue
+				}
+				vs = append(vs, fmt.Sprintf("  %-20s %s", wr.Name, strings.Join(ratioParts(&wr, n, *rt, peer, nonZero(n.ProxyCPUPerSessionMs), n.ProxyCPUPerGBSec), "; ")))
 			}
-			n := wr.Nginx
-			vs = append(vs, fmt.Sprintf("  %-20s %s", wr.Name, strings.Join(ratioParts(&wr, n, *wr.VsNginx, "nginx", nonZero(n.ProxyCPUPerSessionMs), n.ProxyCPUPerGBSec), "; ")))
-		}
-		if len(vs) > 0 {
-			fmt.Fprintln(w)
-			fmt.Fprintln(w, "popgate / nginx:")
-			for _, l := range vs {
-				fmt.Fprintln(w, l)
+			if len(vs) > 0 {
+				fmt.Fprintln(w)
+				fmt.Fprintf(w, "popgate / %s:\n", peer)
+				for _, l := range vs {
+					fmt.Fprintln(w, l)
+				}
 			}
 		}
 	}
@@ -322,6 +338,9 @@ func (w *WorkloadResult) sides() []*SideResult {
 	s := []*SideResult{&w.Direct, &w.Popgate}
 	if w.Nginx != nil {
 		s = append(s, w.Nginx)
+	}
+	if w.DovecotProxy != nil {
+		s = append(s, w.DovecotProxy)
 	}
 	return s
 }

@@ -89,13 +89,14 @@ func TestResumeCheck(t *testing.T) {
 		t.Error("resumeCheck without a login-resume workload: ok")
 	}
 	w := WorkloadResult{Name: "login-resume c=32", Workload: "login-resume",
-		Direct:  SideResult{Side: "direct", Sessions: 100, Resumed: 40},
-		Popgate: SideResult{Side: "popgate", Sessions: 100, Resumed: 100},
-		Nginx:   &SideResult{Side: "nginx", Sessions: 100, Resumed: 100},
+		Direct:       SideResult{Side: "direct", Sessions: 100, Resumed: 40},
+		Popgate:      SideResult{Side: "popgate", Sessions: 100, Resumed: 100},
+		Nginx:        &SideResult{Side: "nginx", Sessions: 100, Resumed: 100},
+		DovecotProxy: &SideResult{Side: "dovecot-proxy", Sessions: 100, Resumed: 30},
 	}
 	c, ok := resumeCheck([]WorkloadResult{w})
-	if !ok || !c.OK || c.Detail != "login-resume c=32 direct 40/100, login-resume c=32 popgate 100/100, login-resume c=32 nginx 100/100" {
-		t.Errorf("resumeCheck = %+v, %v; want OK (direct is only reported)", c, ok)
+	if !ok || !c.OK || c.Detail != "login-resume c=32 direct 40/100, login-resume c=32 popgate 100/100, login-resume c=32 nginx 100/100, login-resume c=32 dovecot-proxy 30/100" {
+		t.Errorf("resumeCheck = %+v, %v; want OK (direct and dovecot-proxy are only reported)", c, ok)
 	}
 	w.Popgate.Resumed = 99
 	if c, _ := resumeCheck([]WorkloadResult{w}); c.OK {
@@ -105,11 +106,12 @@ func TestResumeCheck(t *testing.T) {
 
 func TestWriteTable(t *testing.T) {
 	login := WorkloadResult{Name: "login c=1", Workload: "login", Concurrency: 1,
-		Direct:  SideResult{Side: "direct", Sessions: 1000, SessionsPerSec: 294, SessionP50Ms: 3.23, SessionP99Ms: 6.03, LoginP50Ms: 2.62, LoginP99Ms: 5.24, BackendCPUPerSessionMs: ptr(2.84)},
-		Popgate: SideResult{Side: "popgate", Sessions: 900, Errors: 1, ErrorSamples: []string{"popgate as user7: PASS: EOF"}, SessionsPerSec: 250, SessionP50Ms: 4, SessionP99Ms: 7, LoginP50Ms: 3, LoginP99Ms: 6, PopgateCPUPerSessionMs: 0.5, ProxyCPUPerSessionMs: 0.5, PopgateRSSKiB: 14438, BackendCPUPerSessionMs: ptr(1.7)},
-		Nginx:   &SideResult{Side: "nginx", Sessions: 800, Errors: 2, ErrorSamples: []string{"nginx as user3: STAT: EOF"}, SessionsPerSec: 200, SessionP50Ms: 5, SessionP99Ms: 9, LoginP50Ms: 3.5, LoginP99Ms: 7, ProxyCPUPerSessionMs: 0.625, BackendCPUPerSessionMs: ptr(1.6)},
+		Direct:       SideResult{Side: "direct", Sessions: 1000, SessionsPerSec: 294, SessionP50Ms: 3.23, SessionP99Ms: 6.03, LoginP50Ms: 2.62, LoginP99Ms: 5.24, BackendCPUPerSessionMs: ptr(2.84)},
+		Popgate:      SideResult{Side: "popgate", Sessions: 900, Errors: 1, ErrorSamples: []string{"popgate as user7: PASS: EOF"}, SessionsPerSec: 250, SessionP50Ms: 4, SessionP99Ms: 7, LoginP50Ms: 3, LoginP99Ms: 6, PopgateCPUPerSessionMs: 0.5, ProxyCPUPerSessionMs: 0.5, PopgateRSSKiB: 14438, BackendCPUPerSessionMs: ptr(1.7)},
+		Nginx:        &SideResult{Side: "nginx", Sessions: 800, Errors: 2, ErrorSamples: []string{"nginx as user3: STAT: EOF"}, SessionsPerSec: 200, SessionP50Ms: 5, SessionP99Ms: 9, LoginP50Ms: 3.5, LoginP99Ms: 7, ProxyCPUPerSessionMs: 0.625, BackendCPUPerSessionMs: ptr(1.6)},
+		DovecotProxy: &SideResult{Side: "dovecot-proxy", Sessions: 700, SessionsPerSec: 240, SessionP50Ms: 4.5, LoginP50Ms: 3.25, ProxyCPUPerSessionMs: 1.25, BackendCPUPerSessionMs: ptr(1.7)},
 	}
-	login.Ratios, login.VsNginx = ratios(&login), vsNginx(&login)
+	login.Ratios, login.VsNginx, login.VsDovecotProxy = ratios(&login), vsNginx(&login), vsPeer(&login, login.DovecotProxy)
 	resume := WorkloadResult{Name: "login-resume c=32 rsa", Workload: "login-resume", Concurrency: 32, Cert: "RSA-2048",
 		Direct:  SideResult{Side: "direct", Sessions: 500, Resumed: 210, SessionsPerSec: 900, BackendCPUPerSessionMs: ptr(1.25)},
 		Popgate: SideResult{Side: "popgate", Sessions: 500, Resumed: 500, SessionsPerSec: 950, PopgateCPUPerSessionMs: 0.25, ProxyCPUPerSessionMs: 0.25},
@@ -126,6 +128,7 @@ func TestWriteTable(t *testing.T) {
 		Meta: Meta{Start: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), CPUs: 2, GoVersion: "go1.26", Cert: "ECDSA P-256, then RSA-2048",
 			Backend: "dovecot", BackendVersion: "2.3.19.1", Popgate: "/tmp/x/popgate", PopgateSource: "built from source",
 			Nginx:         "nginx 1.22.1 (mail module; master + worker_processes auto)",
+			DovecotProxy:  "a second Dovecot with proxy=y",
 			BackendTuning: tuningSummary([]string{"service pop3 {", "  service_count = 100", "  process_limit = 9", "}", "auth_cache_size = 10M"})},
 		Workloads: []WorkloadResult{login, resume, retr},
 		Idle:      &IdleResult{Sessions: 2000, Opened: 2000, RSSBeforeKiB: 10240, RSSWithKiB: 61440, PerSessionKiB: 25.6, FDsBefore: 11, FDsWith: 4011, FDsAfter: 11},
@@ -140,10 +143,10 @@ func TestWriteTable(t *testing.T) {
 		"backend dovecot 2.3.19.1",
 		"peer: nginx 1.22.1 (mail module; master + worker_processes auto) -> backend over plaintext, same certificate",
 		"service pop3 { service_count = 100, process_limit = 9 }; auth_cache_size = 10M",
-		"login c=1   direct      1000    0              294",
-		"login c=1    nginx       800    2              200",
-		"login-resume c=32 rsa   direct       500    0      210",
-		"login-resume c=32 rsa  popgate       500    0      500",
+		"login c=1         direct      1000    0              294",
+		"login c=1          nginx       800    2              200",
+		"login-resume c=32 rsa         direct       500    0      210",
+		"login-resume c=32 rsa        popgate       500    0      500",
 		"0.500 ms",
 		"0.625 ms",
 		"1.25 s",
@@ -159,6 +162,9 @@ func TestWriteTable(t *testing.T) {
 		"login c=1            CPU per login 0.80x (0.500 vs 0.625 ms); throughput 1.25x; added login latency p50 -0.50 ms, p99 -1.00 ms",
 		"login-resume c=32 rsa CPU per resumed login 0.62x (0.250 vs 0.400 ms); throughput 3.17x",
 		"retr c=4             CPU per GB 0.80x (1.00 vs 1.25 s); throughput 2.00x",
+		"peer: dovecot-proxy, a second Dovecot with proxy=y -> backend over plaintext",
+		"login c=1  dovecot-proxy       700    0              240",
+		"popgate / dovecot-proxy:\n  login c=1            CPU per login 0.40x (0.500 vs 1.250 ms); throughput 1.04x; added login latency p50 -0.25 ms",
 		"25.6 KiB per idle session",
 		"FAIL no errors: 1 error",
 		"ok   alive",
@@ -178,7 +184,7 @@ func TestWriteTable(t *testing.T) {
 	r.Workloads[0].Nginx, r.Workloads[0].VsNginx = nil, nil
 	b.Reset()
 	writeTable(&b, r)
-	if strings.Contains(b.String(), "popgate / nginx:") {
+	if strings.Contains(b.String(), "popgate / nginx:") || strings.Contains(b.String(), "popgate / dovecot-proxy:") {
 		t.Errorf("nginx section without nginx:\n%s", b.String())
 	}
 }
@@ -201,11 +207,12 @@ func TestPopgateTOML(t *testing.T) {
 
 func TestReportJSON(t *testing.T) {
 	w := WorkloadResult{Name: "login-resume c=1 ec", Workload: "login-resume", Concurrency: 1, Cert: "ECDSA P-256",
-		Direct:  SideResult{Side: "direct", Sessions: 10, Resumed: 4, BackendCPUPerSessionMs: ptr(2.0)},
-		Popgate: SideResult{Side: "popgate", Sessions: 10, Resumed: 10, PopgateCPUPerSessionMs: 0.5, ProxyCPUPerSessionMs: 0.5},
-		Nginx:   &SideResult{Side: "nginx", Sessions: 10, Resumed: 10, ProxyCPUPerSessionMs: 1},
+		Direct:       SideResult{Side: "direct", Sessions: 10, Resumed: 4, BackendCPUPerSessionMs: ptr(2.0)},
+		Popgate:      SideResult{Side: "popgate", Sessions: 10, Resumed: 10, PopgateCPUPerSessionMs: 0.5, ProxyCPUPerSessionMs: 0.5},
+		Nginx:        &SideResult{Side: "nginx", Sessions: 10, Resumed: 10, ProxyCPUPerSessionMs: 1},
+		DovecotProxy: &SideResult{Side: "dovecot-proxy", Sessions: 10, Resumed: 3, ProxyCPUPerSessionMs: 2},
 	}
-	w.Ratios, w.VsNginx = ratios(&w), vsNginx(&w)
+	w.Ratios, w.VsNginx, w.VsDovecotProxy = ratios(&w), vsNginx(&w), vsPeer(&w, w.DovecotProxy)
 	path := filepath.Join(t.TempDir(), "r.json")
 	if err := writeJSON(path, &Report{Meta: Meta{Nginx: "nginx 1.22.1"}, Workloads: []WorkloadResult{w}}); err != nil {
 		t.Fatal(err)
@@ -217,7 +224,7 @@ func TestReportJSON(t *testing.T) {
 	for _, want := range []string{
 		`"nginx": "nginx 1.22.1"`, `"cert": "ECDSA P-256"`, `"workload": "login-resume"`,
 		`"resumed": 4`, `"proxy_cpu_per_session_ms": 1`, `"popgate_vs_nginx": {`, `"cpu_per_session": 0.5`,
-		`"cpu_per_session": 0.25`,
+		`"cpu_per_session": 0.25`, `"dovecot_proxy": {`, `"popgate_vs_dovecot_proxy": {`,
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("JSON lacks %s:\n%s", want, b)
