@@ -20,11 +20,14 @@
 // files, stopped by PID), a master with worker_processes auto (one worker
 // per CPU, as popgate is one process using every CPU), the same
 // certificate and the same backend port, session tickets and a shared
-// session cache, and an auth_http the benchmark answers itself.
+// session cache, and an auth_http the benchmark answers itself. With a
+// Dovecot backend, a second Dovecot proxying every user to it (proxy=y in
+// its passdb, the benchmark's tuning) is a further peer (-dovecot-proxy).
 //
 // Every workload runs on each side: "direct", the clients talking POP3S
-// to the backend itself, "popgate", the same clients through popgate, and
-// "nginx", through nginx. Sessions send one command at a time:
+// to the backend itself, "popgate", the same clients through popgate,
+// "nginx", through nginx, and "dovecot-proxy", through the Dovecot proxy.
+// Sessions send one command at a time:
 //
 //   - login, at 1 and 32 concurrent clients: connect, a full TLS 1.3
 //     handshake (no session cache), greeting, USER, PASS, STAT, QUIT, and
@@ -42,9 +45,10 @@
 //
 // For each workload and side it reports sessions/s, latency percentiles,
 // MB/s, errors, resumed sessions, the proxy's CPU (utime+stime from /proc;
-// nginx's master and workers together) per session and per GB, popgate's
-// RSS, the backend's CPU (Dovecot's master and all its processes), and
-// the ratios popgate/direct and popgate/nginx. The figures are printed as
+// nginx's master and workers together, the Dovecot proxy's master and all
+// its processes) per session and per GB, popgate's RSS, the backend's CPU
+// (Dovecot's master and all its processes), and the ratios popgate/direct,
+// popgate/nginx and popgate/dovecot-proxy. The figures are printed as
 // a table and written as JSON (-json). At the end it checks that there
 // was no error, that every byte arrived, that every login-resume session
 // through popgate and nginx resumed, that popgate's file descriptors went
