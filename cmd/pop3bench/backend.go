@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"fmt"
+	"net"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -157,6 +158,42 @@ func startMemory(mailboxes map[string]*pop3test.Mailbox, tlsCert *tls.Certificat
 		b.TLSAddr = addr.String()
 	}
 	return b, nil
+}
+
+// startDovecotProxy runs a second Dovecot as a proxy (proxy=y in its
+// passdb, the password checked there and passed on) to the backend at
+// backendAddr (plaintext POP3), with the benchmark's tuning and a
+// certificate of kind kt: a peer of popgate, reached over POP3S.
+func startDovecotProxy(dir string, ca *certgen.CA, caFile string, kt certgen.KeyType, accounts, retrAccounts []account, backendAddr string, logf func(string, ...any)) (*backend, error) {
+	host, port, err := net.SplitHostPort(backendAddr)
+	if err != nil {
+		return nil, err
+	}
+	const name = dovecotrun.DefaultServerName
+	certFile, keyFile, err := ca.IssueFiles(dir, "dovecot-proxy", name, kt)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]string{}
+	for _, a := range append(accounts, retrAccounts...) {
+		users[a.User] = a.Pass
+	}
+	d, err := dovecotrun.Start(dovecotrun.Options{
+		Dir:                  dir,
+		Users:                users,
+		UserExtraFields:      fmt.Sprintf("proxy=y host=%s port=%s", host, port),
+		CertFile:             certFile,
+		KeyFile:              keyFile,
+		CAFile:               caFile,
+		ServerName:           name,
+		MaxUserIPConnections: 10000,
+		ExtraConfig:          dovecotTuning(),
+		Logf:                 logf,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &backend{Kind: "dovecot-proxy", TLSAddr: d.TLSAddr, ServerName: name, PID: d.MasterPID(), dovecot: d}, nil
 }
 
 // cpu returns the backend's CPU time so far, or ok = false when it cannot

@@ -7,35 +7,54 @@
 //
 // It builds popgate from the current source and runs it as a separate
 // process with a generated configuration: one implicit-TLS listener on
-// 127.0.0.1 with a certificate the benchmark generates (ECDSA P-256, or
-// RSA-2048 with -cert rsa), in front of the backend's plaintext port (the
+// 127.0.0.1 with a certificate the benchmark generates (ECDSA P-256 with
+// -cert ec, RSA-2048 with -cert rsa; -cert both runs the login workloads
+// once with each), in front of the backend's plaintext port (the
 // legacy-server case). The backend is a real Dovecot, tuned for
 // performance, when the dovecot binary is installed, and the in-memory
 // server of proxy/pop3test otherwise (-backend forces either).
 //
-// Every workload runs twice: "direct", the clients talking POP3S to the
-// backend itself, and "popgate", the same clients through popgate. Every
-// session makes a full TLS 1.3 handshake (the clients keep no session
-// cache) and sends one command at a time:
+// nginx's mail proxy runs beside popgate as a peer (-nginx=false leaves it
+// out; Debian's nginx and libnginx-mod-mail are installed with apt-get when
+// missing): its own process (daemon off, its own prefix, pid and log
+// files, stopped by PID), a master with worker_processes auto (one worker
+// per CPU, as popgate is one process using every CPU), the same
+// certificate and the same backend port, session tickets and a shared
+// session cache, and an auth_http the benchmark answers itself. With a
+// Dovecot backend, a second Dovecot proxying every user to it (proxy=y in
+// its passdb, the benchmark's tuning) is a further peer (-dovecot-proxy).
 //
-//   - login, at 1 and 32 concurrent clients: connect, TLS, greeting,
-//     USER, PASS, STAT, QUIT, and wait for the server to close;
-//   - retr, at 4 concurrent clients: the same with RETR of a 10 MiB
-//     message full of dot-stuffed lines, its size checked against the
-//     "+OK n octets" line and its unstuffed content against a CRC;
+// Every workload runs on each side: "direct", the clients talking POP3S
+// to the backend itself, "popgate", the same clients through popgate,
+// "nginx", through nginx, and "dovecot-proxy", through the Dovecot proxy.
+// Sessions send one command at a time:
+//
+//   - login, at 1 and 32 concurrent clients: connect, a full TLS 1.3
+//     handshake (no session cache), greeting, USER, PASS, STAT, QUIT, and
+//     wait for the server to close;
+//   - login-resume, the same, but each client keeps a TLS session cache:
+//     its first session (unmeasured) makes a full handshake, every
+//     measured one offers to resume, and the report counts those that did;
+//   - retr, at 4 concurrent clients: the same as login with RETR of a
+//     10 MiB message full of dot-stuffed lines, its size checked against
+//     the "+OK n octets" line and its unstuffed content against a CRC;
 //   - idle: -idle sessions logged in through popgate and held, and
 //     popgate's resident memory per session. These go to the in-memory
 //     backend (a Dovecot POP3 session is a process of its own) in a fresh
 //     popgate process, so that earlier workloads leave nothing in its heap.
 //
 // For each workload and side it reports sessions/s, latency percentiles,
-// MB/s, errors, popgate's CPU (utime+stime from /proc) per session and per
-// GB, popgate's RSS, the backend's CPU (Dovecot's master and all its
-// processes), and the ratios popgate/direct. The figures are printed as a
-// table and written as JSON (-json). At the end it checks that there was
-// no error, that every byte arrived, that popgate's file descriptors went
-// back to their baseline once all sessions had closed, and that popgate is
-// still alive and exits cleanly; it exits 1 if a check failed.
+// MB/s, errors, resumed sessions, the proxy's CPU (utime+stime from /proc;
+// nginx's master and workers together, the Dovecot proxy's master and all
+// its processes) per session and per GB, popgate's RSS, the backend's CPU
+// (Dovecot's master and all its processes), and the ratios popgate/direct,
+// popgate/nginx and popgate/dovecot-proxy. The figures are printed as
+// a table and written as JSON (-json). At the end it checks that there
+// was no error, that every byte arrived, that every login-resume session
+// through popgate and nginx resumed, that popgate's file descriptors went
+// back to their baseline once all sessions had closed, and that popgate
+// and nginx are still alive and exit cleanly; it exits 1 if a check
+// failed.
 //
 // Everything listens on 127.0.0.1 only. The benchmark stops only the
 // processes it started, by PID, and removes its temporary directory.
@@ -67,8 +86,10 @@ func main() {
 
 // options are the command-line flags.
 type options struct {
-	Cert        certgen.KeyType
-	Backend     string // auto | dovecot | memory
+	Certs       []certgen.KeyType // the login workloads run once with each
+	Nginx       bool              // run nginx's mail proxy as a peer
+	DProxy      bool              // run a Dovecot proxy as a peer (Dovecot backend only)
+	Backend     string            // auto | dovecot | memory
 	Workloads   map[string]bool
 	Logins      int
 	Retrs       int
@@ -90,9 +111,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fs.PrintDefaults()
 	}
 	o := &options{}
-	cert := fs.String("cert", "ecdsa", "certificate kind of popgate and the backend: ecdsa (P-256) or rsa (2048)")
+	cert := fs.String("cert", "ec", "certificate kind of popgate, nginx and the backend: ec (ECDSA P-256), rsa (RSA-2048), or both (the login workloads once with each; retr and idle with ECDSA)")
+	fs.BoolVar(&o.Nginx, "nginx", true, "run nginx's mail proxy as a peer of popgate (installed with apt-get when missing)")
+	fs.BoolVar(&o.DProxy, "dovecot-proxy", true, "with a Dovecot backend, run a second Dovecot as a proxy to it (proxy=y) as a peer of popgate")
 	fs.StringVar(&o.Backend, "backend", "auto", "backend: dovecot, memory (proxy/pop3test in this process), or auto (dovecot when installed)")
-	workloads := fs.String("workloads", "login,retr,idle", "comma-separated workloads to run: login, retr, idle")
+	workloads := fs.String("workloads", "login,login-resume,retr,idle", "comma-separated workloads to run: login, login-resume, retr, idle")
 	fs.IntVar(&o.Logins, "logins", 5000, "login sessions per side and concurrency (at most; see -duration)")
 	fs.IntVar(&o.Retrs, "retrs", 200, "RETR sessions of the 10 MiB message per side (at most; see -duration)")
 	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "time limit of each side of each workload")
@@ -109,8 +132,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var err error
-	if o.Cert, err = certgen.ParseKeyType(*cert); err != nil {
-		return nil, errors.New("-cert: want ecdsa or rsa")
+	if o.Certs, err = parseCerts(*cert); err != nil {
+		return nil, err
 	}
 	switch o.Backend {
 	case "auto", "dovecot", "memory":
@@ -120,11 +143,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.Workloads = map[string]bool{}
 	for _, w := range strings.Split(*workloads, ",") {
 		switch w = strings.TrimSpace(w); w {
-		case "login", "retr", "idle":
+		case "login", "login-resume", "retr", "idle":
 			o.Workloads[w] = true
 		case "":
 		default:
-			return nil, fmt.Errorf("-workloads: unknown workload %q (want login, retr, idle)", w)
+			return nil, fmt.Errorf("-workloads: unknown workload %q (want login, login-resume, retr, idle)", w)
 		}
 	}
 	if len(o.Workloads) == 0 {
@@ -145,6 +168,19 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	o.Concurrency = []int{1, 32}
 	return o, nil
+}
+
+// parseCerts parses -cert: ec (or ecdsa), rsa, or both.
+func parseCerts(v string) ([]certgen.KeyType, error) {
+	switch v {
+	case "ec", "ecdsa", "":
+		return []certgen.KeyType{certgen.ECDSA}, nil
+	case "rsa":
+		return []certgen.KeyType{certgen.RSA}, nil
+	case "both":
+		return []certgen.KeyType{certgen.ECDSA, certgen.RSA}, nil
+	}
+	return nil, fmt.Errorf("-cert %q: want ec, rsa or both", v)
 }
 
 func fdLimit() int {
@@ -221,9 +257,14 @@ type bench struct {
 	pgCert   string
 	pgKey    string
 	bin      string
-	back     *backend // login and retr
+	back     *backend // login and retr, of the current certificate phase
 	idleBack *backend // idle: always in-memory
 	procs    []*popgateProc
+	nginx    *nginxProc // of the current certificate phase
+	dproxy   *backend   // the Dovecot proxy of the current phase, or nil
+	nginxBin string
+	nginxMod string
+	msg      []byte
 
 	accounts     []account
 	retrAccounts []account
@@ -241,6 +282,12 @@ func (b *bench) cleanup() error {
 		if err := p.stop(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := b.nginx.stop(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.dproxy.stop(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := b.back.stop(); err != nil {
 		errs = append(errs, err)
@@ -276,10 +323,10 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 	rep := &Report{Meta: Meta{
 		Start: start, Args: os.Args[1:], CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		CPUModel: cpuModel(), Kernel: strings.TrimSpace(readOr("/proc/sys/kernel/osrelease")),
-		Cert: b.o.Cert.String(), ClientTLS: "TLS 1.3, full handshake per session (no session cache), X25519",
+		Cert: certNames(b.o.Certs), ClientTLS: "TLS 1.3, full handshake per session (no session cache; login-resume: one per client), X25519",
 	}}
 	if b.o.MLKEM {
-		rep.Meta.ClientTLS = "TLS 1.3, full handshake per session (no session cache), Go's default key exchanges"
+		rep.Meta.ClientTLS = "TLS 1.3, full handshake per session (no session cache; login-resume: one per client), Go's default key exchanges"
 	}
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		return nil, fmt.Errorf("needs Linux's /proc: %w", err)
@@ -311,14 +358,11 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 		rep.Meta.PopgateSource = "built from source, no -race"
 	}
 
-	if b.ca, err = certgen.NewCA("pop3bench", b.o.Cert); err != nil {
+	if b.ca, err = certgen.NewCA("pop3bench", b.o.Certs[0]); err != nil {
 		return nil, err
 	}
 	b.caFile = filepath.Join(b.dir, "ca.pem")
 	if err := b.ca.WriteCert(b.caFile); err != nil {
-		return nil, err
-	}
-	if b.pgCert, b.pgKey, err = b.ca.IssueFiles(b.dir, "popgate", popgateName, b.o.Cert); err != nil {
 		return nil, err
 	}
 	for i := range loginUsers {
@@ -327,14 +371,12 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 	for i := range retrClients {
 		b.retrAccounts = append(b.retrAccounts, account{fmt.Sprintf("retr%d", i), fmt.Sprintf("bench-retr-pw-%d", i)})
 	}
-	msg := pop3test.GenerateMessage(retrSize)
-	b.want = newWantMessage(msg)
-
-	if b.o.Workloads["login"] || b.o.Workloads["retr"] {
-		if err := b.startBackend(msg); err != nil {
-			return nil, err
+	b.msg = pop3test.GenerateMessage(retrSize)
+	b.want = newWantMessage(b.msg)
+	if b.o.Nginx && b.loadWorkloads() {
+		if b.nginxBin, b.nginxMod, err = nginxBinary(ctx, b.logf); err != nil {
+			return nil, fmt.Errorf("nginx (-nginx=false runs without it): %w", err)
 		}
-		rep.Meta.Backend, rep.Meta.BackendVersion, rep.Meta.BackendTuning = b.back.Kind, b.back.Version, b.back.Tuning
 	}
 	if b.o.Workloads["idle"] {
 		mb := map[string]*pop3test.Mailbox{}
@@ -344,7 +386,7 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 		if b.idleBack, err = startMemory(mb, nil); err != nil {
 			return nil, err
 		}
-		if rep.Meta.Backend == "" {
+		if !b.loadWorkloads() {
 			rep.Meta.Backend = "memory (idle only)"
 		}
 	}
@@ -356,40 +398,21 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 	b.bin = bl.path
 	rep.Meta.Popgate = b.bin
 
-	var main *popgateProc
-	var fdBase int
-	if b.back != nil {
-		if err := b.prime(ctx); err != nil {
-			return nil, err
-		}
-		if main, err = b.startPopgate(ctx, "popgate", b.back.PlainAddr); err != nil {
-			return nil, err
-		}
-		if fdBase, err = settledFDs(main.PID, 0); err != nil {
-			return nil, err
-		}
-	}
-	if b.o.Workloads["login"] {
-		for _, c := range b.o.Concurrency {
-			w, err := b.loadWorkload(ctx, main, "login", c)
+	var checks []Check
+	if b.loadWorkloads() {
+		for i, kt := range b.o.Certs {
+			ws, phaseChecks, err := b.certPhase(ctx, kt, i == 0, rep)
 			if err != nil {
 				return nil, err
 			}
-			rep.Workloads = append(rep.Workloads, *w)
+			rep.Workloads = append(rep.Workloads, ws...)
+			checks = append(checks, phaseChecks...)
 		}
 	}
-	if b.o.Workloads["retr"] {
-		w, err := b.loadWorkload(ctx, main, "retr", retrClients)
-		if err != nil {
+	if b.pgCert == "" { // idle only
+		if b.pgCert, b.pgKey, err = b.ca.IssueFiles(b.dir, "popgate", popgateName, b.o.Certs[0]); err != nil {
 			return nil, err
 		}
-		rep.Workloads = append(rep.Workloads, *w)
-	}
-
-	var checks []Check
-	if main != nil {
-		checks = append(checks, metricsCheck(main, rep.Workloads))
-		checks = append(checks, b.endChecks(main, "popgate", fdBase)...)
 	}
 	if b.o.Workloads["idle"] {
 		id, idleChecks, err := b.idleWorkload(ctx)
@@ -400,6 +423,9 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 		checks = append(checks, idleChecks...)
 	}
 	rep.Checks = append(workloadChecks(rep), checks...)
+	if c, ok := resumeCheck(rep.Workloads); ok {
+		rep.Checks = append(rep.Checks, c)
+	}
 	rep.OK = true
 	for _, c := range rep.Checks {
 		rep.OK = rep.OK && c.OK
@@ -408,8 +434,133 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
-// startBackend starts the login/retr backend the flags ask for.
-func (b *bench) startBackend(msg []byte) error {
+// loadWorkloads reports whether any of login, login-resume and retr runs.
+func (b *bench) loadWorkloads() bool {
+	return b.o.Workloads["login"] || b.o.Workloads["login-resume"] || b.o.Workloads["retr"]
+}
+
+// certPhase runs the load workloads with certificates of kind kt: the
+// backend, popgate and nginx all start with one, run the login workloads
+// (and, in the first phase, retr), and stop.
+func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, rep *Report) ([]WorkloadResult, []Check, error) {
+	var err error
+	suffix := ""
+	if len(b.o.Certs) > 1 {
+		suffix = " " + shortCert(kt)
+	}
+	if b.pgCert, b.pgKey, err = b.ca.IssueFiles(b.dir, "popgate-"+string(kt), popgateName, kt); err != nil {
+		return nil, nil, err
+	}
+	if err := b.startBackend(b.msg, kt); err != nil {
+		return nil, nil, err
+	}
+	if first {
+		rep.Meta.Backend, rep.Meta.BackendVersion, rep.Meta.BackendTuning = b.back.Kind, b.back.Version, b.back.Tuning
+	}
+	if err := b.prime(ctx); err != nil {
+		return nil, nil, err
+	}
+	name := "popgate" + strings.ReplaceAll(suffix, " ", "-")
+	pg, err := b.startPopgate(ctx, name, b.back.PlainAddr)
+	if err != nil {
+		return nil, nil, err
+	}
+	fdBase, err := settledFDs(pg.PID, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b.nginxBin != "" {
+		conf := b.clientTLS(popgateName)
+		probe := func(addr string) error {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			c, err := dialPOP3(pctx, target{Addr: addr, TLS: conf})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.quit()
+		}
+		if b.nginx, err = startNginx(ctx, b.nginxBin, b.nginxMod, filepath.Join(b.dir, "nginx-"+string(kt)), b.pgCert, b.pgKey, popgateName, b.back.PlainAddr, probe); err != nil {
+			return nil, nil, err
+		}
+		rep.Meta.Nginx = "nginx " + b.nginx.Version + " (mail module; master + worker_processes auto)"
+		b.logf("nginx running, pid %d, at %s", b.nginx.PID, b.nginx.Addr)
+	}
+	if b.o.DProxy && b.back.Kind == "dovecot" {
+		b.logf("starting Dovecot as a proxy")
+		dir := filepath.Join(b.dir, "dovecot-proxy-"+string(kt))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return nil, nil, err
+		}
+		if b.dproxy, err = startDovecotProxy(dir, b.ca, b.caFile, kt, b.accounts, b.retrAccounts, b.back.PlainAddr, b.logf); err != nil {
+			return nil, nil, err
+		}
+		rep.Meta.DovecotProxy = "a second Dovecot with proxy=y in its passdb, same tuning"
+	}
+	var ws []WorkloadResult
+	for _, wl := range []string{"login", "login-resume", "retr"} {
+		if !b.o.Workloads[wl] || wl == "retr" && !first {
+			continue
+		}
+		concs := b.o.Concurrency
+		if wl == "retr" {
+			concs = []int{retrClients}
+		}
+		for _, c := range concs {
+			w, err := b.loadWorkload(ctx, pg, b.nginx, wl, c)
+			if err != nil {
+				return nil, nil, err
+			}
+			w.Name += suffix
+			w.Cert = kt.String()
+			ws = append(ws, *w)
+		}
+	}
+	mc := metricsCheck(pg, ws)
+	mc.Name = strings.Replace(mc.Name, "popgate:", name+":", 1)
+	checks := []Check{mc}
+	checks = append(checks, b.endChecks(pg, name, fdBase)...)
+	if b.nginx != nil {
+		alive := Check{Name: "nginx" + strings.ReplaceAll(suffix, " ", "-") + ": still running at the end", OK: b.nginx.alive(), Detail: fmt.Sprintf("pid %d", b.nginx.PID)}
+		if !alive.OK {
+			alive.Detail = fmt.Sprintf("pid %d exited: %v; log %s", b.nginx.PID, b.nginx.exitErr, b.nginx.LogFile)
+		}
+		err := b.nginx.stop()
+		exit := Check{Name: "nginx" + strings.ReplaceAll(suffix, " ", "-") + ": stopped on SIGTERM", OK: err == nil}
+		if err != nil {
+			exit.Detail = err.Error()
+		}
+		checks = append(checks, alive, exit)
+		b.nginx = nil
+	}
+	dpErr := b.dproxy.stop()
+	b.dproxy = nil
+	err = b.back.stop()
+	b.back = nil
+	return ws, checks, errors.Join(dpErr, err)
+}
+
+// shortCert names kt as -cert does.
+func shortCert(kt certgen.KeyType) string {
+	if kt == certgen.RSA {
+		return "rsa"
+	}
+	return "ec"
+}
+
+// certNames names the certificate kinds for the report header.
+func certNames(kts []certgen.KeyType) string {
+	var names []string
+	for _, kt := range kts {
+		names = append(names, kt.String())
+	}
+	return strings.Join(names, ", then ")
+}
+
+// startBackend starts the login/retr backend the flags ask for, with a
+// certificate of kind kt.
+func (b *bench) startBackend(msg []byte, kt certgen.KeyType) error {
 	kind := b.o.Backend
 	if kind == "auto" {
 		kind = "memory"
@@ -421,14 +572,14 @@ func (b *bench) startBackend(msg []byte) error {
 	switch kind {
 	case "dovecot":
 		b.logf("starting Dovecot")
-		dir := filepath.Join(b.dir, "dovecot")
+		dir := filepath.Join(b.dir, "dovecot-"+string(kt))
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return err
 		}
-		b.back, err = startDovecot(dir, b.ca, b.caFile, b.o.Cert, b.accounts, b.retrAccounts, msg, func(f string, a ...any) { b.logf(f, a...) })
+		b.back, err = startDovecot(dir, b.ca, b.caFile, kt, b.accounts, b.retrAccounts, msg, func(f string, a ...any) { b.logf(f, a...) })
 		return err
 	default:
-		certFile, keyFile, err := b.ca.IssueFiles(b.dir, "memory", memoryServerName, b.o.Cert)
+		certFile, keyFile, err := b.ca.IssueFiles(b.dir, "memory-"+string(kt), memoryServerName, kt)
 		if err != nil {
 			return err
 		}
@@ -500,56 +651,78 @@ func (b *bench) startPopgate(ctx context.Context, name, backendAddr string) (*po
 	return p, nil
 }
 
-// loadWorkload runs workload ("login" or "retr") at concurrency conc,
-// direct and then through pg.
-func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, workload string, conc int) (*WorkloadResult, error) {
+// loadWorkload runs workload ("login", "login-resume" or "retr") at
+// concurrency conc, direct, through pg and through ng (when not nil).
+func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, ng *nginxProc, workload string, conc int) (*WorkloadResult, error) {
 	w := &WorkloadResult{Name: fmt.Sprintf("%s c=%d", workload, conc), Workload: workload, Concurrency: conc}
 	accounts, total := b.accounts, b.o.Logins
 	var want *wantMessage
 	if workload == "retr" {
 		accounts, total, want = b.retrAccounts, b.o.Retrs, &b.want
 	}
+	resume := workload == "login-resume"
 	targets := []target{
-		{Side: "direct", Addr: b.back.TLSAddr, TLS: b.clientTLS(b.back.ServerName)},
-		{Side: "popgate", Addr: pg.Addr, TLS: b.clientTLS(popgateName)},
+		{Side: "direct", Addr: b.back.TLSAddr, TLS: b.clientTLS(b.back.ServerName), Resume: resume},
+		{Side: "popgate", Addr: pg.Addr, TLS: b.clientTLS(popgateName), Resume: resume},
+	}
+	if ng != nil {
+		targets = append(targets, target{Side: "nginx", Addr: ng.Addr, TLS: b.clientTLS(popgateName), Resume: resume})
+	}
+	if dp := b.dproxy; dp != nil {
+		targets = append(targets, target{Side: "dovecot-proxy", Addr: dp.TLSAddr, TLS: b.clientTLS(dp.ServerName), Resume: resume})
 	}
 	for _, t := range targets {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		// Unmeasured: Dovecot forks its processes, both sides warm up.
+		// Unmeasured: Dovecot forks its processes, every side warms up.
 		runLoad(ctx, t, accounts, conc, max(warmup, 2*conc), b.o.Duration, want)
 
-		before := b.sample(pg)
+		before := b.sample(pg, ng)
 		res := runLoad(ctx, t, accounts, conc, total, b.o.Duration, want)
 		time.Sleep(300 * time.Millisecond) // let processes finish the last sessions' teardown
-		after := b.sample(pg)
+		after := b.sample(pg, ng)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		side := sideResult(t.Side, res, before, after)
-		if t.Side == "direct" {
+		switch t.Side {
+		case "direct":
 			w.Direct = side
-		} else {
+		case "popgate":
 			w.Popgate = side
+		case "nginx":
+			w.Nginx = &side
+		default:
+			w.DovecotProxy = &side
 		}
-		b.logf("%s %s: %d sessions, %d errors, %.0f/s", w.Name, t.Side, res.Sessions, res.Errors, side.SessionsPerSec)
+		b.logf("%s %s: %d sessions (%d resumed), %d errors, %.0f/s", w.Name, t.Side, res.Sessions, res.Resumed, res.Errors, side.SessionsPerSec)
 	}
 	w.Ratios = ratios(w)
+	w.VsNginx = vsNginx(w)
+	w.VsDovecotProxy = vsPeer(w, w.DovecotProxy)
 	return w, nil
 }
 
 // snapshot is the processes' counters at one moment.
 type snapshot struct {
 	PopgateCPU float64 // seconds
+	NginxCPU   float64 // master and workers
+	NginxOK    bool
+	DProxyCPU  float64 // the Dovecot proxy's master and all its processes
+	DProxyOK   bool
 	BackendCPU float64
 	BackendOK  bool
 	ClientCPU  float64
 	RSSKiB     int64
 }
 
-func (b *bench) sample(pg *popgateProc) snapshot {
+func (b *bench) sample(pg *popgateProc, ng *nginxProc) snapshot {
 	var s snapshot
+	if ng != nil {
+		s.NginxCPU, s.NginxOK = ng.cpu()
+	}
+	s.DProxyCPU, s.DProxyOK = b.dproxy.cpu()
 	if cpu, err := processCPU(pg.PID); err == nil {
 		s.PopgateCPU = cpu.Seconds()
 	}
@@ -578,6 +751,19 @@ func sideResult(side string, res loadResult, before, after snapshot) SideResult 
 		PopgateRSSKiB: after.RSSKiB,
 		ClientCPUSec:  after.ClientCPU - before.ClientCPU,
 	}
+	s.Resumed = res.Resumed
+	switch side {
+	case "popgate":
+		s.ProxyCPUSec = s.PopgateCPUSec
+	case "nginx":
+		if before.NginxOK && after.NginxOK {
+			s.ProxyCPUSec = after.NginxCPU - before.NginxCPU
+		}
+	case "dovecot-proxy":
+		if before.DProxyOK && after.DProxyOK {
+			s.ProxyCPUSec = after.DProxyCPU - before.DProxyCPU
+		}
+	}
 	if res.TLS != nil {
 		s.TLS = fmt.Sprintf("%s %s %s", tls.VersionName(res.TLS.Version), tls.CipherSuiteName(res.TLS.CipherSuite), res.TLS.CurveID)
 	}
@@ -587,9 +773,13 @@ func sideResult(side string, res loadResult, before, after snapshot) SideResult 
 	}
 	if res.Sessions > 0 {
 		s.PopgateCPUPerSessionMs = s.PopgateCPUSec * 1000 / float64(res.Sessions)
+		s.ProxyCPUPerSessionMs = s.ProxyCPUSec * 1000 / float64(res.Sessions)
 	}
 	if res.Bytes > 0 {
 		s.PopgateCPUPerGBSec = ptr(s.PopgateCPUSec / (float64(res.Bytes) / 1e9))
+		if side != "direct" {
+			s.ProxyCPUPerGBSec = ptr(s.ProxyCPUSec / (float64(res.Bytes) / 1e9))
+		}
 	}
 	if before.BackendOK && after.BackendOK {
 		cpu := after.BackendCPU - before.BackendCPU
@@ -743,7 +933,7 @@ func workloadChecks(r *Report) []Check {
 	errs, sessions := 0, 0
 	var retrs, payload, wantPayload int64
 	for _, w := range r.Workloads {
-		for _, s := range []SideResult{w.Direct, w.Popgate} {
+		for _, s := range w.sides() {
 			errs += s.Errors
 			sessions += s.Sessions
 			if w.Workload == "retr" {
@@ -753,7 +943,7 @@ func workloadChecks(r *Report) []Check {
 		}
 	}
 	if len(r.Workloads) > 0 {
-		checks = append(checks, Check{Name: "no errors in the login and retr workloads", OK: errs == 0,
+		checks = append(checks, Check{Name: "no errors in the load workloads", OK: errs == 0,
 			Detail: fmt.Sprintf("%d errors in %d sessions", errs, sessions+errs)})
 	}
 	wantPayload = retrs * retrSize
@@ -765,6 +955,31 @@ func workloadChecks(r *Report) []Check {
 		})
 	}
 	return checks
+}
+
+// resumeCheck checks that the login-resume workloads resumed every
+// measured session through popgate and nginx. Direct resumption is only
+// reported: Dovecot's login processes each keep their own ticket keys, so
+// a session resumes only when it reaches the process that issued the
+// ticket (the same holds for the Dovecot proxy). ok is false when no
+// login-resume workload ran.
+func resumeCheck(ws []WorkloadResult) (c Check, ok bool) {
+	c = Check{Name: "login-resume: every measured session resumed through popgate and nginx", OK: true}
+	var details []string
+	for _, w := range ws {
+		if w.Workload != "login-resume" {
+			continue
+		}
+		ok = true
+		for _, s := range w.sides() {
+			details = append(details, fmt.Sprintf("%s %s %d/%d", w.Name, s.Side, s.Resumed, s.Sessions))
+			if (s.Side == "popgate" || s.Side == "nginx") && (s.Resumed != s.Sessions || s.Sessions == 0) {
+				c.OK = false
+			}
+		}
+	}
+	c.Detail = strings.Join(details, ", ")
+	return c, ok
 }
 
 // settledFDs polls pid's descriptor count until it is at most target (or,

@@ -37,10 +37,12 @@ type Meta struct {
 	BackendVersion string    `json:"backend_version,omitempty"`
 	BackendTuning  []string  `json:"backend_tuning,omitempty"`
 	Popgate        string    `json:"popgate"`
+	Nginx          string    `json:"nginx,omitempty"` // the peer, when it ran
+	DovecotProxy   string    `json:"dovecot_proxy,omitempty"`
 	PopgateSource  string    `json:"popgate_source"` // "built from source" or "given with -popgate"
 }
 
-// SideResult is one side (direct or popgate) of one workload.
+// SideResult is one side (direct, popgate or nginx) of one workload.
 type SideResult struct {
 	Side           string   `json:"side"`
 	Sessions       int      `json:"sessions"`
@@ -56,7 +58,16 @@ type SideResult struct {
 	LoginP50Ms     float64  `json:"login_p50_ms"` // dial to PASS's +OK
 	LoginP99Ms     float64  `json:"login_p99_ms"`
 	TLS            string   `json:"tls,omitempty"`
+	Resumed        int      `json:"resumed,omitempty"` // sessions whose TLS handshake resumed
 
+	// The proxy of this side (popgate or nginx; none for direct): its CPU
+	// (nginx: master and workers) and per session and GB.
+	ProxyCPUSec          float64  `json:"proxy_cpu_s,omitempty"`
+	ProxyCPUPerSessionMs float64  `json:"proxy_cpu_per_session_ms,omitempty"`
+	ProxyCPUPerGBSec     *float64 `json:"proxy_cpu_per_gb_s,omitempty"`
+
+	// popgate's own figures, on every side (on direct and nginx sides
+	// popgate idles); the proxy_ figures above are popgate's on its side.
 	PopgateCPUSec          float64  `json:"popgate_cpu_s"`
 	PopgateCPUPerSessionMs float64  `json:"popgate_cpu_per_session_ms"`
 	PopgateCPUPerGBSec     *float64 `json:"popgate_cpu_per_gb_s,omitempty"`
@@ -83,14 +94,25 @@ type Ratios struct {
 	AddedLoginP99Ms float64 `json:"added_login_p99_ms"`
 }
 
-// WorkloadResult is one workload at one concurrency, both sides.
+// WorkloadResult is one workload at one concurrency with one certificate
+// kind, every side.
 type WorkloadResult struct {
-	Name        string     `json:"name"`
-	Workload    string     `json:"workload"`
-	Concurrency int        `json:"concurrency"`
-	Direct      SideResult `json:"direct"`
-	Popgate     SideResult `json:"popgate"`
-	Ratios      Ratios     `json:"ratios"`
+	Name        string      `json:"name"`
+	Workload    string      `json:"workload"` // login, login-resume, retr
+	Concurrency int         `json:"concurrency"`
+	Cert        string      `json:"cert,omitempty"`
+	Direct      SideResult  `json:"direct"`
+	Popgate     SideResult  `json:"popgate"`
+	Nginx       *SideResult `json:"nginx,omitempty"`
+	// DovecotProxy is a second Dovecot proxying (proxy=y) to the backend.
+	DovecotProxy *SideResult `json:"dovecot_proxy,omitempty"`
+	Ratios       Ratios      `json:"ratios"` // popgate / direct
+	// VsNginx compares popgate with nginx: popgate's CPU over nginx's
+	// (master and workers), throughput over nginx's, latency added to
+	// nginx's.
+	VsNginx *Ratios `json:"popgate_vs_nginx,omitempty"`
+	// VsDovecotProxy compares popgate with the Dovecot proxy likewise.
+	VsDovecotProxy *Ratios `json:"popgate_vs_dovecot_proxy,omitempty"`
 }
 
 // IdleResult is the idle workload: sessions logged in through popgate and
@@ -125,9 +147,34 @@ type Check struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// ratios computes the comparison of w's two sides.
+// ratios compares w's popgate side with its direct side: popgate's CPU
+// with the backend's.
 func ratios(w *WorkloadResult) Ratios {
 	d, p := &w.Direct, &w.Popgate
+	return compare(d, p, d.BackendCPUPerSessionMs, d.BackendCPUPerGBSec)
+}
+
+// vsNginx compares w's popgate side with its nginx side, nil without one:
+// popgate's CPU with nginx's.
+func vsNginx(w *WorkloadResult) *Ratios { return vsPeer(w, w.Nginx) }
+
+// vsPeer compares w's popgate side with the peer side n (nginx or the
+// Dovecot proxy), nil without one: popgate's CPU with the peer's.
+func vsPeer(w *WorkloadResult, n *SideResult) *Ratios {
+	if n == nil {
+		return nil
+	}
+	var perSession *float64
+	if n.ProxyCPUPerSessionMs > 0 {
+		perSession = ptr(n.ProxyCPUPerSessionMs)
+	}
+	return ptr(compare(n, &w.Popgate, perSession, n.ProxyCPUPerGBSec))
+}
+
+// compare computes the ratios of p (popgate's side) over base, whose CPU
+// per session and per GB (nil: not measured) are baseCPU and baseGB.
+func compare(base, p *SideResult, baseCPU, baseGB *float64) Ratios {
+	d := base
 	r := Ratios{
 		AddedP50Ms:      p.SessionP50Ms - d.SessionP50Ms,
 		AddedP99Ms:      p.SessionP99Ms - d.SessionP99Ms,
@@ -139,10 +186,10 @@ func ratios(w *WorkloadResult) Ratios {
 	} else if d.SessionsPerSec > 0 {
 		r.Throughput = p.SessionsPerSec / d.SessionsPerSec
 	}
-	if b := d.BackendCPUPerSessionMs; b != nil && *b > 0 {
+	if b := baseCPU; b != nil && *b > 0 {
 		r.CPUPerSession = ptr(p.PopgateCPUPerSessionMs / *b)
 	}
-	if b := d.BackendCPUPerGBSec; b != nil && *b > 0 && p.PopgateCPUPerGBSec != nil {
+	if b := baseGB; b != nil && *b > 0 && p.PopgateCPUPerGBSec != nil {
 		r.CPUPerGB = ptr(*p.PopgateCPUPerGBSec / *b)
 	}
 	return r
@@ -164,6 +211,12 @@ func writeTable(w io.Writer, r *Report) {
 		fmt.Fprintf(w, " %s", m.BackendVersion)
 	}
 	fmt.Fprintf(w, "; popgate %s (%s) -> backend over plaintext\n", m.Popgate, m.PopgateSource)
+	if m.Nginx != "" {
+		fmt.Fprintf(w, "peer: %s -> backend over plaintext, same certificate\n", m.Nginx)
+	}
+	if m.DovecotProxy != "" {
+		fmt.Fprintf(w, "peer: dovecot-proxy, %s -> backend over plaintext\n", m.DovecotProxy)
+	}
 	if len(m.BackendTuning) > 0 {
 		fmt.Fprintf(w, "backend tuning: %s\n", strings.Join(m.BackendTuning, "; "))
 	}
@@ -171,57 +224,68 @@ func writeTable(w io.Writer, r *Report) {
 	if len(r.Workloads) > 0 {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "workload\tside\tsessions\terr\tsess/s\tMB/s\tp50 ms\tp99 ms\tlogin p50\tlogin p99\tpg CPU/sess\tpg CPU/GB\tbe CPU/sess\tbe CPU/GB\tpg RSS\t")
+		fmt.Fprintln(tw, "workload\tside\tsessions\terr\tresumed\tsess/s\tMB/s\tp50 ms\tp99 ms\tlogin p50\tlogin p99\tpx CPU/sess\tpx CPU/GB\tbe CPU/sess\tbe CPU/GB\tpg RSS\t")
 		for _, wr := range r.Workloads {
-			for _, s := range []*SideResult{&wr.Direct, &wr.Popgate} {
-				mbs, pgGB, beGB := "", "", ""
+			for _, s := range wr.sides() {
+				mbs, pxGB, beGB := "", "", ""
 				if wr.Workload == "retr" {
 					mbs = fmt.Sprintf("%.0f", s.MBPerSec)
-					pgGB, beGB = optSec(s.PopgateCPUPerGBSec), optSec(s.BackendCPUPerGBSec)
+					pxGB, beGB = optSec(s.ProxyCPUPerGBSec), optSec(s.BackendCPUPerGBSec)
 				}
 				login50, login99 := "", ""
-				if wr.Workload == "login" {
+				if wr.isLogin() {
 					login50, login99 = fmt.Sprintf("%.2f", s.LoginP50Ms), fmt.Sprintf("%.2f", s.LoginP99Ms)
 				}
-				pgCPU, rss := fmt.Sprintf("%.3f ms", s.PopgateCPUPerSessionMs), kib(s.PopgateRSSKiB)
-				if s.Side == "direct" {
-					pgCPU, rss = "-", "-"
-					if wr.Workload == "retr" {
-						pgGB = "-"
-					}
+				resumed := ""
+				if wr.Workload == "login-resume" {
+					resumed = fmt.Sprint(s.Resumed)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-					wr.Name, s.Side, s.Sessions, s.Errors, s.SessionsPerSec, mbs,
+				pxCPU, rss := fmt.Sprintf("%.3f ms", s.ProxyCPUPerSessionMs), "-"
+				switch s.Side {
+				case "direct":
+					pxCPU = "-"
+					if wr.Workload == "retr" {
+						pxGB = "-"
+					}
+				case "popgate":
+					rss = kib(s.PopgateRSSKiB)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+					wr.Name, s.Side, s.Sessions, s.Errors, resumed, s.SessionsPerSec, mbs,
 					s.SessionP50Ms, s.SessionP99Ms, login50, login99,
-					pgCPU, pgGB, optMs(s.BackendCPUPerSessionMs), beGB, rss)
+					pxCPU, pxGB, optMs(s.BackendCPUPerSessionMs), beGB, rss)
 			}
 		}
 		tw.Flush()
-		fmt.Fprintln(w, "  pg = popgate, be = backend; CPU is user+system time from /proc, per session or per GB (10^9 octets) relayed;")
-		fmt.Fprintln(w, "  latencies: whole session (dial to the server's close after QUIT) and login (dial to PASS's +OK); MB = 10^6 octets")
+		fmt.Fprintln(w, "  px = the side's proxy (popgate; nginx: master and workers; dovecot-proxy: all its processes), be = backend, pg = popgate;")
+		fmt.Fprintln(w, "  CPU is user+system time from /proc, per session or per GB (10^9 octets) relayed;")
+		fmt.Fprintln(w, "  latencies: whole session (dial to the server's close after QUIT) and login (dial to PASS's +OK); MB = 10^6 octets;")
+		fmt.Fprintln(w, "  login-resume: each client resumes its TLS session (its first, full handshake unmeasured)")
 
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "popgate / direct:")
 		for _, wr := range r.Workloads {
-			rt := wr.Ratios
-			var parts []string
-			if rt.CPUPerSession != nil && wr.Workload == "login" {
-				parts = append(parts, fmt.Sprintf("CPU per login %.2fx (%.3f vs %.3f ms)", *rt.CPUPerSession,
-					wr.Popgate.PopgateCPUPerSessionMs, deref(wr.Direct.BackendCPUPerSessionMs)))
+			fmt.Fprintf(w, "  %-20s %s\n", wr.Name, strings.Join(ratioParts(&wr, &wr.Direct, wr.Ratios, "direct", wr.Direct.BackendCPUPerSessionMs, wr.Direct.BackendCPUPerGBSec), "; "))
+		}
+		for _, peer := range []string{"nginx", "dovecot-proxy"} {
+			var vs []string
+			for _, wr := range r.Workloads {
+				n, rt := wr.Nginx, wr.VsNginx
+				if peer == "dovecot-proxy" {
+					n, rt = wr.DovecotProxy, wr.VsDovecotProxy
+				}
+				if n == nil || rt == nil {
+					continue
+				}
+				vs = append(vs, fmt.Sprintf("  %-20s %s", wr.Name, strings.Join(ratioParts(&wr, n, *rt, peer, nonZero(n.ProxyCPUPerSessionMs), n.ProxyCPUPerGBSec), "; ")))
 			}
-			if rt.CPUPerGB != nil {
-				parts = append(parts, fmt.Sprintf("CPU per GB %.2fx (%.2f vs %.2f s)", *rt.CPUPerGB,
-					deref(wr.Popgate.PopgateCPUPerGBSec), deref(wr.Direct.BackendCPUPerGBSec)))
+			if len(vs) > 0 {
+				fmt.Fprintln(w)
+				fmt.Fprintf(w, "popgate / %s:\n", peer)
+				for _, l := range vs {
+					fmt.Fprintln(w, l)
+				}
 			}
-			if d, p := wr.Direct.BackendCPUPerSessionMs, wr.Popgate.BackendCPUPerSessionMs; wr.Workload == "login" && d != nil && p != nil {
-				parts = append(parts, fmt.Sprintf("popgate+backend CPU per login %.3f ms vs direct %.3f ms", wr.Popgate.PopgateCPUPerSessionMs+*p, *d))
-			}
-			parts = append(parts, fmt.Sprintf("throughput %.2fx", rt.Throughput))
-			if wr.Workload == "login" {
-				parts = append(parts, fmt.Sprintf("added login latency p50 %+.2f ms, p99 %+.2f ms", rt.AddedLoginP50Ms, rt.AddedLoginP99Ms))
-			}
-			parts = append(parts, fmt.Sprintf("added session latency p50 %+.2f ms, p99 %+.2f ms", rt.AddedP50Ms, rt.AddedP99Ms))
-			fmt.Fprintf(w, "  %-10s %s\n", wr.Name, strings.Join(parts, "; "))
 		}
 	}
 
@@ -256,7 +320,7 @@ func writeTable(w io.Writer, r *Report) {
 		}
 	}
 	for _, wr := range r.Workloads {
-		for _, s := range []*SideResult{&wr.Direct, &wr.Popgate} {
+		for _, s := range wr.sides() {
 			for _, e := range s.ErrorSamples {
 				fmt.Fprintf(w, "  error (%s, %s): %s\n", wr.Name, s.Side, e)
 			}
@@ -267,6 +331,56 @@ func writeTable(w io.Writer, r *Report) {
 			fmt.Fprintf(w, "  error (idle): %s\n", e)
 		}
 	}
+}
+
+// sides returns w's sides in the order the table shows them.
+func (w *WorkloadResult) sides() []*SideResult {
+	s := []*SideResult{&w.Direct, &w.Popgate}
+	if w.Nginx != nil {
+		s = append(s, w.Nginx)
+	}
+	if w.DovecotProxy != nil {
+		s = append(s, w.DovecotProxy)
+	}
+	return s
+}
+
+// isLogin reports whether w is a login workload (full or resumed).
+func (w *WorkloadResult) isLogin() bool { return w.Workload == "login" || w.Workload == "login-resume" }
+
+// ratioParts words the ratios rt of w's popgate side over base (named
+// name), whose CPU per session and per GB are baseCPU and baseGB.
+func ratioParts(w *WorkloadResult, base *SideResult, rt Ratios, name string, baseCPU, baseGB *float64) []string {
+	var parts []string
+	p := &w.Popgate
+	if rt.CPUPerSession != nil && w.isLogin() {
+		what := "CPU per login"
+		if w.Workload == "login-resume" {
+			what = "CPU per resumed login"
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2fx (%.3f vs %.3f ms)", what, *rt.CPUPerSession, p.PopgateCPUPerSessionMs, deref(baseCPU)))
+	}
+	if rt.CPUPerGB != nil {
+		parts = append(parts, fmt.Sprintf("CPU per GB %.2fx (%.2f vs %.2f s)", *rt.CPUPerGB, deref(p.PopgateCPUPerGBSec), deref(baseGB)))
+	}
+	if name == "direct" {
+		if d, pb := base.BackendCPUPerSessionMs, p.BackendCPUPerSessionMs; w.isLogin() && d != nil && pb != nil {
+			parts = append(parts, fmt.Sprintf("popgate+backend CPU per login %.3f ms vs direct %.3f ms", p.PopgateCPUPerSessionMs+*pb, *d))
+		}
+	}
+	parts = append(parts, fmt.Sprintf("throughput %.2fx", rt.Throughput))
+	if w.isLogin() {
+		parts = append(parts, fmt.Sprintf("added login latency p50 %+.2f ms, p99 %+.2f ms", rt.AddedLoginP50Ms, rt.AddedLoginP99Ms))
+	}
+	parts = append(parts, fmt.Sprintf("added session latency p50 %+.2f ms, p99 %+.2f ms", rt.AddedP50Ms, rt.AddedP99Ms))
+	return parts
+}
+
+func nonZero(v float64) *float64 {
+	if v == 0 {
+		return nil
+	}
+	return &v
 }
 
 func deref(p *float64) float64 {

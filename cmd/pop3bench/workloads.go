@@ -18,7 +18,8 @@ import (
 )
 
 // A session is one client connection: TCP connect, a full TLS handshake
-// (the client keeps no session cache, so nothing is resumed), the
+// (the client keeps no session cache, so nothing is resumed; with
+// target.Resume each worker keeps one and resumes its TLS session), the
 // greeting, USER, PASS, STAT, optionally RETR 1, and QUIT, after which the
 // client waits for the server to close. Commands are sent one at a time,
 // as mail clients do.
@@ -34,9 +35,13 @@ type account struct {
 // target is where a side's clients connect: the backend's POP3S port
 // (direct) or popgate's.
 type target struct {
-	Side string // "direct" or "popgate"
+	Side string // "direct", "popgate" or "nginx"
 	Addr string
 	TLS  *tls.Config // must have no ClientSessionCache
+	// Resume gives each worker its own session cache: one unmeasured
+	// session with a full handshake first, then every measured session
+	// offers to resume (loadResult.Resumed counts those that did).
+	Resume bool
 }
 
 // wantMessage is what RETR 1 must return: its length in octets (as in
@@ -229,6 +234,7 @@ type loadResult struct {
 	Bytes     int64
 	Payload   int64
 	TLS       *tls.ConnectionState // of the first session that completed
+	Resumed   int                  // sessions whose TLS handshake resumed
 }
 
 // maxErrorMsgs bounds the error messages a run keeps.
@@ -256,17 +262,27 @@ func runLoad(ctx context.Context, t target, accounts []account, conc, total int,
 		for i := w; i < len(accounts); i += conc {
 			own = append(own, accounts[i])
 		}
+		wt := t
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var mine []sample
 			var errs []error
+			if wt.Resume {
+				// The worker's own cache, filled by a full handshake
+				// that is not measured.
+				wt.TLS = t.TLS.Clone()
+				wt.TLS.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+				if _, err := runSession(ctx, wt, own[0], want); err != nil {
+					errs = append(errs, fmt.Errorf("%s as %s (first, full handshake): %w", t.Side, own[0].User, err))
+				}
+			}
 			for k := 0; ; k++ {
 				if int(next.Add(1)) > total || time.Now().After(deadline) || ctx.Err() != nil {
 					break
 				}
 				a := own[k%len(own)]
-				s, err := runSession(ctx, t, a, want)
+				s, err := runSession(ctx, wt, a, want)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%s as %s: %w", t.Side, a.User, err))
 					continue
@@ -280,6 +296,9 @@ func runLoad(ctx context.Context, t target, accounts []account, conc, total int,
 				res.Session = append(res.Session, s.Session)
 				res.Bytes += s.Bytes
 				res.Payload += s.Payload
+				if s.TLS.DidResume {
+					res.Resumed++
+				}
 				if res.TLS == nil {
 					st := s.TLS
 					res.TLS = &st

@@ -96,6 +96,12 @@ type Options struct {
 	// the same users and Maildirs at NoTLSAddr, which offers no STLS.
 	NoTLSInstance bool
 
+	// UserExtraFields are passdb extra fields every user gets in the
+	// passwd-file, space-separated, e.g. "proxy=y host=127.0.0.1 port=110"
+	// to make the instance a proxy to another POP3 server (the password
+	// is checked here and passed on). No ':' or line break.
+	UserExtraFields string
+
 	// MaxUserIPConnections is mail_max_userip_connections; 0 means 100.
 	MaxUserIPConnections int
 
@@ -243,13 +249,16 @@ func Start(opts Options) (_ *Instance, err error) {
 	}
 
 	passwd := filepath.Join(d.Dir, "users.passwd")
-	if err := writePasswd(passwd, d.Users); err != nil {
+	if strings.ContainsAny(opts.UserExtraFields, ":\r\n") {
+		return nil, errors.New("dovecotrun: Options.UserExtraFields may hold no ':' or line break")
+	}
+	if err := writePasswd(passwd, d.Users, opts.UserExtraFields); err != nil {
 		return nil, err
 	}
 	masterPasswd := ""
 	if len(opts.MasterUsers) > 0 {
 		masterPasswd = filepath.Join(d.Dir, "masters.passwd")
-		if err := writePasswd(masterPasswd, opts.MasterUsers); err != nil {
+		if err := writePasswd(masterPasswd, opts.MasterUsers, ""); err != nil {
 			return nil, err
 		}
 	}
@@ -862,12 +871,12 @@ func mergedUsers(users, masters map[string]string) map[string]string {
 
 // writePasswd writes users (name → password) as a passwd-file with {PLAIN}
 // passwords, readable by Dovecot's auth process (default_internal_user) and
-// nobody else but root.
-func writePasswd(name string, users map[string]string) error {
+// nobody else but root; each user's passdb extra fields are extra.
+func writePasswd(name string, users map[string]string, extra string) error {
 	var pw strings.Builder
 	for _, u := range slices.Sorted(maps.Keys(users)) {
 		// user:password:uid:gid:gecos:home:shell:extra; the userdb is static.
-		fmt.Fprintf(&pw, "%s:{PLAIN}%s::::::\n", u, users[u])
+		fmt.Fprintf(&pw, "%s:{PLAIN}%s::::::%s\n", u, users[u], extra)
 	}
 	if err := certgen.WriteFile(name, []byte(pw.String()), 0o640); err != nil {
 		return err
