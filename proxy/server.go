@@ -47,10 +47,11 @@ type Server struct {
 	wg        sync.WaitGroup // live connections
 	idle      chan struct{}  // closed when sessions drops to zero while closing
 
-	bufs    bufPool   // large splice buffers, borrowed only while data flows
-	readers sync.Pool // *bufio.Reader for AUTHORIZATION and backend logins
-	writers sync.Pool // *bufio.Writer for AUTHORIZATION
-	caps    capsCache // backends' capabilities
+	bufs      bufPool   // large splice buffers, borrowed only while data flows
+	batchBufs bufPool   // TLS records of one write to a client, borrowed for that write
+	readers   sync.Pool // *bufio.Reader for AUTHORIZATION and backend logins
+	writers   sync.Pool // *bufio.Writer for AUTHORIZATION
+	caps      capsCache // backends' capabilities
 
 	// parker holds idle splice directions without goroutines; nil
 	// where epoll is not available.
@@ -126,6 +127,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 		perIP:     make(map[netip.Prefix]int),
 	}
+	s.batchBufs.size = batchBufSize
 	s.cfg.Store(&cfg)
 	return s, nil
 }

@@ -20,11 +20,19 @@ const (
 	// bigBufSize is borrowed from the pool while data flows; it holds a
 	// full TLS record's plaintext (16 KiB) and then some.
 	bigBufSize = 32 << 10
+	// batchBufSize holds the TLS records of one bigBufSize plaintext
+	// write to the client (see recordConn.beginBatch): crypto/tls cuts
+	// it into records of at most 16 KiB, each with a header, content
+	// type and tag (22 octets in TLS 1.3, 29 in TLS 1.2 with AES-GCM);
+	// smaller records early in a connection (dynamic record sizing)
+	// may make it flush once more.
+	batchBufSize = bigBufSize + 1024
 )
 
-// bufPool hands out *[]byte of bigBufSize.
+// bufPool hands out *[]byte of size octets (bigBufSize when zero).
 type bufPool struct {
 	p        sync.Pool
+	size     int
 	borrowed atomic.Int64 // buffers out of the pool right now
 }
 
@@ -33,7 +41,11 @@ func (bp *bufPool) get() *[]byte {
 	if b, ok := bp.p.Get().(*[]byte); ok {
 		return b
 	}
-	b := make([]byte, bigBufSize)
+	size := bp.size
+	if size == 0 {
+		size = bigBufSize
+	}
+	b := make([]byte, size)
 	return &b
 }
 
@@ -80,6 +92,7 @@ type direction struct {
 	count     *atomic.Int64
 	raw       *net.TCPConn // src itself when it is a plain TCP socket
 	rec       *recordConn  // the socket under src when src is TLS over TCP
+	wrec      *recordConn  // the socket under dst when dst is TLS over TCP
 	sock      *net.TCPConn // the socket to wait on when parked; nil: never park
 	small     []byte       // read buffer of a TLS source, only while running
 
@@ -101,6 +114,9 @@ func newDirection(sess *session, toBackend bool, src, dst net.Conn, count *atomi
 			d.rec = rc
 			d.sock = rc.TCPConn
 		}
+	}
+	if c, ok := dst.(*tls.Conn); ok {
+		d.wrec, _ = c.NetConn().(*recordConn)
 	}
 	if sess.srv.parker == nil {
 		d.sock = nil
@@ -447,10 +463,29 @@ func (d *direction) copyRaw() error {
 		}
 		d.sess.touch()
 		d.count.Add(int64(n))
-		if _, err := d.dst.Write((*buf)[:n]); err != nil {
+		if err := d.write((*buf)[:n]); err != nil {
 			return err
 		}
 	}
+}
+
+// write writes p to dst. Into TLS over TCP, the records of p go to the
+// socket in one write (see recordConn.beginBatch), through a batch buffer
+// borrowed for this call only.
+func (d *direction) write(p []byte) error {
+	if d.wrec == nil {
+		_, err := d.dst.Write(p)
+		return err
+	}
+	pool := &d.sess.srv.batchBufs
+	b := pool.get()
+	d.wrec.beginBatch(*b)
+	_, err := d.dst.Write(p)
+	if ferr := d.wrec.endBatch(); err == nil {
+		err = ferr
+	}
+	pool.put(b)
+	return err
 }
 
 // copyBuffered copies from a connection that buffers internally (TLS). A
