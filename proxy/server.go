@@ -47,7 +47,8 @@ type Server struct {
 	wg        sync.WaitGroup // live connections
 	idle      chan struct{}  // closed when sessions drops to zero while closing
 
-	bufs      bufPool   // large splice buffers, borrowed only while data flows
+	bufs      bufPool   // large splice buffers of TLS sources, borrowed only while data flows
+	rawBufs   bufPool   // the same for plain TCP sources
 	batchBufs bufPool   // TLS records of one write to a client, borrowed for that write
 	readers   sync.Pool // *bufio.Reader for AUTHORIZATION and backend logins
 	writers   sync.Pool // *bufio.Writer for AUTHORIZATION
@@ -127,6 +128,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 		perIP:     make(map[netip.Prefix]int),
 	}
+	s.rawBufs.size = rawBufSize
 	s.batchBufs.size = batchBufSize
 	s.cfg.Store(&cfg)
 	return s, nil

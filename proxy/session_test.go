@@ -609,7 +609,7 @@ func TestIdleHoldsNoBuffer(t *testing.T) {
 	}
 	// All 100 sessions are now idle after a transfer that borrowed buffers.
 	waitFor(t, "splice buffers back in the pool", func() bool {
-		return h.srv.bufs.borrowed.Load() == 0 && h.srv.batchBufs.borrowed.Load() == 0
+		return h.srv.bufs.borrowed.Load() == 0 && h.srv.rawBufs.borrowed.Load() == 0 && h.srv.batchBufs.borrowed.Load() == 0
 	})
 	if n := h.srv.Sessions(); n != 100 {
 		t.Errorf("%d live sessions, want 100", n)
