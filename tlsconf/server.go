@@ -381,7 +381,56 @@ func (s *Server) load(prev *certSet) (*certSet, filewatch.Snapshot, error) {
 		return nil, read, err
 	}
 	set.files = s.cfg.Certificates
+	if names := set.rsaOnly(); len(names) > 0 {
+		s.log.Info("tls certificate has an RSA key and no ECDSA certificate beside it: every full handshake for these names "+
+			"signs with RSA, several times the CPU of an ECDSA P-256 signature (docs/performance.md); add an ECDSA P-256 "+
+			"certificate for the same names to tls.certificates, which the clients that support it get",
+			"names", names)
+	}
 	return set, read, nil
+}
+
+// rsaLast orders a name's certificates so that pick offers a client an
+// RSA certificate only when it can use none of the others: an RSA-2048
+// signature costs about twenty ECDSA P-256 ones in Go. Otherwise the
+// configured order stands.
+func rsaLast(a, b *tls.Certificate) int {
+	ra, rb := a.Leaf.PublicKeyAlgorithm == x509.RSA, b.Leaf.PublicKeyAlgorithm == x509.RSA
+	switch {
+	case ra == rb:
+		return 0
+	case ra:
+		return 1
+	default:
+		return -1
+	}
+}
+
+// rsaOnly returns the names (as the certificates list them, wildcards
+// too) that only RSA certificates cover. One RSA-2048 signature costs
+// about twenty ECDSA P-256 ones in Go, and nearly every client supports
+// ECDSA: with both certificates for a name, pick serves the ECDSA one to
+// every client that can use it.
+func (set *certSet) rsaOnly() []string {
+	var names []string
+	for _, n := range set.names {
+		var certs []*tls.Certificate
+		if base, ok := strings.CutPrefix(n, "*."); ok {
+			certs = set.wildcard[base]
+		} else {
+			certs = set.exact[n]
+		}
+		rsaOnly := len(certs) > 0
+		for _, c := range certs {
+			if c.Leaf.PublicKeyAlgorithm != x509.RSA {
+				rsaOnly = false
+			}
+		}
+		if rsaOnly {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 // loaded returns the certificate of set read from f, or nil.
@@ -476,6 +525,11 @@ func (s *Server) index(certs []*tls.Certificate, selfSigned bool) (*certSet, err
 		}
 	}
 	slices.Sort(set.names)
+	for _, m := range []map[string][]*tls.Certificate{set.exact, set.wildcard} {
+		for _, certs := range m {
+			slices.SortStableFunc(certs, rsaLast)
+		}
+	}
 	name := normalizeName(s.cfg.DefaultServerName)
 	switch {
 	case selfSigned:

@@ -424,3 +424,69 @@ func TestEncodePEM(t *testing.T) {
 		t.Error("EncodePEM(empty) succeeded")
 	}
 }
+
+// TestRSALast: with an RSA and an ECDSA certificate for a name, whatever
+// their order in tls.certificates, a client that supports ECDSA gets the
+// ECDSA one (an RSA signature costs many ECDSA ones) and a client that
+// supports only RSA gets the RSA one. Names only RSA covers are named at
+// load, with what it costs.
+func TestRSALast(t *testing.T) {
+	dir := t.TempDir()
+	rsaMail, ecMail := newRSACert(t, "mail.example.com"), newCert(t, "mail.example.com")
+	rsaOld := newRSACert(t, "old.example.com", "*.legacy.test")
+	var logs bytes.Buffer
+	srv, err := NewServer(ServerConfig{
+		Certificates: []CertFile{
+			writePair(t, dir, "rsa", rsaMail), writePair(t, dir, "ec", ecMail), writePair(t, dir, "old", rsaOld),
+		},
+		DefaultServerName: "mail.example.com",
+		Logger:            slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecdsaSchemes := []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256, tls.PSSWithSHA256, tls.PKCS1WithSHA256}
+	rsaSchemes := []tls.SignatureScheme{tls.PSSWithSHA256, tls.PKCS1WithSHA256}
+	for _, tc := range []struct {
+		name, sni string
+		schemes   []tls.SignatureScheme
+		want      *x509.Certificate
+	}{
+		{"ecdsa client", "mail.example.com", ecdsaSchemes, ecMail.Leaf},
+		{"ecdsa client without sni", "", ecdsaSchemes, ecMail.Leaf},
+		{"rsa-only client", "mail.example.com", rsaSchemes, rsaMail.Leaf},
+		{"rsa-only name", "old.example.com", ecdsaSchemes, rsaOld.Leaf},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hello := &tls.ClientHelloInfo{
+				ServerName: tc.sni, SignatureSchemes: tc.schemes,
+				SupportedVersions: []uint16{tls.VersionTLS13, tls.VersionTLS12},
+				SupportedCurves:   []tls.CurveID{tls.X25519, tls.CurveP256},
+				CipherSuites:      []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256},
+			}
+			c, err := srv.TLSConfig().GetCertificate(hello)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.Leaf.Equal(tc.want) {
+				t.Errorf("GetCertificate(%q) = %v certificate %q, want the %v one",
+					tc.sni, c.Leaf.PublicKeyAlgorithm, c.Leaf.DNSNames, tc.want.PublicKeyAlgorithm)
+			}
+		})
+	}
+	// A real handshake agrees.
+	st, err := handshake(t, srv.TLSConfig(), &tls.Config{ServerName: "mail.example.com", RootCAs: pool(rsaMail, ecMail)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.PeerCertificates[0].PublicKeyAlgorithm; got != x509.ECDSA {
+		t.Errorf("handshake served a %v certificate, want ECDSA", got)
+	}
+	if !strings.Contains(logs.String(), "no ECDSA certificate beside it") ||
+		!strings.Contains(logs.String(), "names=\"[*.legacy.test old.example.com]\"") {
+		t.Errorf("log does not name the RSA-only names:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "mail.example.com]") {
+		t.Errorf("log names mail.example.com as RSA-only:\n%s", logs.String())
+	}
+}
