@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Entry is what a directory (an SQL row, an LDAP entry) says about one
@@ -195,4 +196,27 @@ func validHostname(s string) bool {
 		}
 	}
 	return true
+}
+
+// Lookup results a directory source reports to its [LookupObserver].
+const (
+	LookupFound    = "found"     // an entry for the user
+	LookupNotFound = "not_found" // none: the next source is asked
+	LookupError    = "error"     // the directory failed, timed out or answered garbage
+)
+
+// LookupObserver sees every query a directory source sends: its source
+// name ("route.sql"), the result (LookupFound, LookupNotFound,
+// LookupError) and the round trip. It must be fast and safe for
+// concurrent use; the metrics count and time lookups with it.
+type LookupObserver func(source, result string, took time.Duration)
+
+// PoolStats are the connections a directory source holds to its server.
+type PoolStats struct {
+	InUse, Idle int
+}
+
+// Pooled is a source that holds a pool of connections, for the metrics.
+type Pooled interface {
+	PoolStats() PoolStats
 }
