@@ -286,6 +286,9 @@ func TestVerifyMore(t *testing.T) {
 		// An SHA-crypt spec vector (Drepper, "rounds=10000" example).
 		{"SHA512-CRYPT spec vector", "{SHA512-CRYPT}$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.", "Hello world!", nil},
 		{"SHA256-CRYPT spec vector", "{SHA256-CRYPT}$5$rounds=5000$toolongsaltstrin$Un/5jzAHMgOGZ5.mWJpuVolil07guHPvOW8mGRcvxa5", "This is just a test", nil},
+		// Unsalted digests in hex need no suffix: Dovecot tells by length.
+		{"SHA256 hex unmarked", "{SHA256}2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b", "secret", nil},
+		{"SHA hex unmarked", "{SHA}e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4", "secret", nil},
 		{"wrong case of password", hSSHA512, "Secret", ErrMismatch},
 		{"password above MaxPasswordLen", hSSHA256, strings.Repeat("a", MaxPasswordLen+1), ErrMismatch},
 	} {
