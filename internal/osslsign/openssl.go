@@ -3,6 +3,10 @@
 package osslsign
 
 // #cgo LDFLAGS: -lcrypto
+// #include <openssl/opensslv.h>
+// #if OPENSSL_VERSION_MAJOR < 3
+// #error "the openssl build tag needs OpenSSL 3.0 or later (libssl-dev)"
+// #endif
 // #include <openssl/crypto.h>
 // #include <openssl/err.h>
 // #include <openssl/evp.h>
