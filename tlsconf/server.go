@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/acme"
 
 	"github.com/popgate/popgate/internal/filewatch"
+	"github.com/popgate/popgate/internal/osslsign"
 	"github.com/popgate/popgate/internal/safefile"
 )
 
@@ -468,7 +469,9 @@ func loadPair(f CertFile) (*tls.Certificate, filewatch.Snapshot, error) {
 			return nil, read, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err))
 		}
 	}
-	return &c, read, nil
+	// Once per load, not per handshake: with the openssl build tag this
+	// copies an RSA key into libcrypto (a reload makes a new copy).
+	return osslsign.Certificate(&c), read, nil
 }
 
 // readFile reads name through safefile, as safefile.ReadFile does, and

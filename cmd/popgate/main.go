@@ -26,6 +26,7 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/internal/osslsign"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -68,7 +69,8 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		v, commit, goVersion := versionInfo()
-		fmt.Fprintf(stdout, "popgate %s\ncommit %s\n%s %s/%s\n", v, commit, goVersion, runtime.GOOS, runtime.GOARCH)
+		fmt.Fprintf(stdout, "popgate %s\ncommit %s\n%s %s/%s\nrsa signer %s\n", v, commit, goVersion, runtime.GOOS, runtime.GOARCH,
+			osslsign.Implementation())
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -230,7 +232,10 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		r.watchEvery = configFilePoll
 	}
 	v, commit, goVersion := versionInfo()
-	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "config", *path, "pid", os.Getpid())
+	// rsa_signer: "go", or "openssl 3.0.x" in a build with -tags openssl
+	// (see internal/osslsign).
+	log.Info("popgate starting", "version", v, "commit", commit, "go", goVersion, "rsa_signer", osslsign.Implementation(),
+		"config", *path, "pid", os.Getpid())
 	return r.run(ctx)
 }
 
