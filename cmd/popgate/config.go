@@ -376,7 +376,11 @@ func (t TLSConfig) settings(add func(string, ...any)) tlsSettings {
 	s.TicketRotation = t.SessionTicketRotation.or(defaultSessionTicketRotation)
 	s.TicketLifetime = t.SessionTicketLifetime.or(defaultSessionTicketLifetime)
 	if err := tlsconf.CheckTicketPeriods(s.TicketRotation, s.TicketLifetime); err != nil {
-		add("tls.session_ticket_rotation, tls.session_ticket_lifetime: %v", err)
+		key := "tls.session_ticket_lifetime"
+		if s.TicketRotation < tlsconf.MinTicketRotation {
+			key = "tls.session_ticket_rotation"
+		}
+		add("%s: %v", key, err)
 	}
 	for i, cf := range t.Certificates {
 		if cf.Cert == "" || cf.Key == "" {
