@@ -29,8 +29,8 @@ type instance struct {
 	// tickets seals the session tickets of every listener; one for the
 	// life of the process (made with the first TLS listener), so that a
 	// reload keeps tickets resuming. nil without TLS listeners so far.
-	tickets *tlsconf.Tickets
-	server      *proxy.Server   // set by build; a reload reconfigures the running one
+	tickets     *tlsconf.Tickets
+	server      *proxy.Server // set by build; a reload reconfigures the running one
 	proxyConfig proxy.Config
 	listeners   []proxy.Listener
 	addrs       []string // listen addresses, by index of listeners
