@@ -151,10 +151,9 @@ func newTicketCodec(keys [][32]byte, refresh time.Time) *ticketCodec {
 // (a configuration reload): the keys stay, and the new periods apply from
 // the next handshake on. With another source it does nothing.
 func (t *Tickets) SetPeriods(rotation, lifetime time.Duration) {
-	if t.local == nil {
+	if t.local == nil || !t.local.SetPeriods(rotation, lifetime) {
 		return
 	}
-	t.local.SetPeriods(rotation, lifetime)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := t.cur.Load()
@@ -251,12 +250,15 @@ func NewLocalTicketKeys(rotation, lifetime time.Duration) *LocalTicketKeys {
 	return &LocalTicketKeys{rotation: rotation, lifetime: lifetime, rand: rand.Reader}
 }
 
-// SetPeriods changes the periods; the keys made so far stay, and are
-// dropped at once if the new lifetime has passed for them.
-func (l *LocalTicketKeys) SetPeriods(rotation, lifetime time.Duration) {
+// SetPeriods changes the periods and reports whether they changed; the
+// keys made so far stay, and are dropped at the next call of TicketKeys if
+// the new lifetime has passed for them.
+func (l *LocalTicketKeys) SetPeriods(rotation, lifetime time.Duration) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	changed := l.rotation != rotation || l.lifetime != lifetime
 	l.rotation, l.lifetime = rotation, lifetime
+	return changed
 }
 
 // TicketKeys implements [TicketKeySource].

@@ -192,6 +192,25 @@ func TestTicketRotation(t *testing.T) {
 	}
 }
 
+// TestTicketsSetPeriods: new periods (a reload) keep the keys, and apply
+// to them at once.
+func TestTicketsSetPeriods(t *testing.T) {
+	clock := newTestClock()
+	tk := newTickets(t, time.Hour, 3*time.Hour, clock)
+	srv := ticketServer(t, tk, "mail.example.com").TLSConfig()
+	cli := clientFor("mail.example.com", tls.VersionTLS13, &firstTicket{})
+	resumes(t, srv, cli)
+	clock.advance(90 * time.Minute)
+	tk.SetPeriods(time.Hour, 4*time.Hour)
+	if !resumes(t, srv, cli) {
+		t.Fatal("the keys did not survive new periods")
+	}
+	tk.SetPeriods(30*time.Minute, 80*time.Minute)
+	if resumes(t, srv, cli) {
+		t.Error("a ticket whose key is older than the new lifetime resumed")
+	}
+}
+
 // TestTicketsOutliveServer: a new Server (a reload that changed [tls])
 // with the same Tickets resumes the tickets the old one issued. Without
 // them it does not: that is what Tickets is for.
@@ -403,5 +422,60 @@ func TestCheckTicketPeriods(t *testing.T) {
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("CheckTicketPeriods(%v, %v) = %v, want %q", c.rotation, c.lifetime, err, c.want)
 		}
+	}
+}
+
+// BenchmarkResume: a resumed TLS 1.3 handshake (and the new ticket it
+// brings) with the keys of Tickets against crypto/tls's own, over
+// net.Pipe.
+func BenchmarkResume(b *testing.B) {
+	cert, err := SelfSigned("mail.example.com")
+	if err != nil {
+		b.Fatal(err)
+	}
+	tk, err := NewTickets(TicketsConfig{Rotation: 6 * time.Hour, Lifetime: 24 * time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name    string
+		tickets *Tickets
+	}{{"tickets", tk}, {"crypto-tls-keys", nil}} {
+		b.Run(c.name, func(b *testing.B) {
+			srv := &tls.Config{Certificates: []tls.Certificate{cert}}
+			if c.tickets != nil {
+				c.tickets.Apply(srv)
+			}
+			cli := &tls.Config{ServerName: "mail.example.com", InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+			once := func() bool {
+				cc, sc := net.Pipe()
+				done := make(chan error, 1)
+				go func() {
+					s := tls.Server(sc, srv)
+					err := s.Handshake()
+					if err == nil {
+						_, err = s.Write([]byte("+"))
+					}
+					done <- err
+					sc.Close()
+				}()
+				cl := tls.Client(cc, cli)
+				if _, err := io.ReadFull(cl, make([]byte, 1)); err != nil {
+					b.Fatal(err)
+				}
+				if err := <-done; err != nil {
+					b.Fatal(err)
+				}
+				cc.Close()
+				return cl.ConnectionState().DidResume
+			}
+			once()
+			b.ResetTimer()
+			for b.Loop() {
+				if !once() {
+					b.Fatal("not resumed")
+				}
+			}
+		})
 	}
 }
