@@ -89,8 +89,9 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 // buildInstance turns c into running parts, without a proxy server. prev
 // is the running instance on a reload (nil at start): its certificate
 // store is kept when [tls] is unchanged, its ACME client, its session
-// ticket keys and its throttle (with every count) always. current returns the live instance for the
-// ACME on-demand policy; nil means the one being built.
+// ticket keys and its throttle (with every count) always. current returns
+// the live instance for the ACME on-demand policy; nil means the one being
+// built.
 func buildInstance(c *settings, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
 	in := &instance{cfg: c, log: log}
 	defer func() {
