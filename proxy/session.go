@@ -372,7 +372,7 @@ func (sess *session) startTLS(ctx context.Context) bool {
 		return false
 	}
 	st := tc.ConnectionState()
-	sess.srv.obs.TLSHandshake(sess.l.Name, st.Version, st.CipherSuite)
+	sess.srv.obs.TLSHandshake(sess.l.Name, st.Version, st.CipherSuite, st.DidResume)
 	sess.mu.Lock()
 	sess.tls = &st
 	sess.mu.Unlock()
