@@ -198,7 +198,8 @@ func (sess *session) startSplice(bc *backendConn) {
 	go down.run()
 	// The session goroutine carries the client's side itself: one
 	// goroutine start fewer per login. Its stack, grown by the TLS
-	// handshake, goes when the direction parks.
+	// handshake, goes when the direction parks, at its first wait (see
+	// readDeadline).
 	up.run()
 }
 
