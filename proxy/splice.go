@@ -416,13 +416,15 @@ func (sess *session) idleCheck() {
 }
 
 // readDeadline is when a read of d that finds no data gives up so that d
-// can park. The first wait of a splice parks at once: after a login the
-// client thinks before its next command, and the backend says nothing
-// until asked, so a goroutine waiting there would only keep the stack the
-// TLS handshake grew (about 8 KiB, to be freed but not returned to the OS
-// after a burst of logins) for parkAfter. Later waits, between a reply and
-// the next command of a busy client, keep the goroutine for parkAfter, so
-// a session in use does not park and wake on every command.
+// can park. The first wait of a splice parks at once. Waiting there with a
+// goroutine for parkAfter would, for the client's direction, keep the
+// session's goroutine with the stack the TLS handshake grew (about 8 KiB):
+// after a burst of logins, those stacks, freed when the directions park,
+// stayed resident until the next collection. A client whose next command
+// is on its way only costs an epoll registration and a wakeup. Later
+// waits, between a reply and the next command of a busy client, keep the
+// goroutine for parkAfter, so a session in use does not park and wake on
+// every command.
 func (d *direction) readDeadline() time.Time {
 	if !d.waited {
 		d.waited = true
