@@ -59,7 +59,7 @@ type clientInfo struct {
 	remote netip.AddrPort // the client
 	local  netip.AddrPort // the address the client connected to
 	connID string
-	tls    *tls.ConnectionState // the client's TLS to popgate; nil: plaintext
+	tls    *tlsInfo // the client's TLS to popgate; nil: plaintext
 	// logger returns the session's logger, for lines about its login.
 	logger func() *slog.Logger
 }
