@@ -836,9 +836,10 @@ func (b *bench) idleWorkload(ctx context.Context) (*IdleResult, []Check, error) 
 	}
 	fdsWith, _ := countFDs(pg.PID)
 	opened := len(is.conns)
-	// popgate returns freed memory to the OS once two of its 5-second
-	// checks in a row saw no connection come or go (5 to 10 s after the
-	// last one); sample again once that has happened.
+	// popgate returns freed memory to the OS once no connection has come
+	// or gone for half a second after a burst (the sample above may or
+	// may not come after that), and for any amount 5 s after the last
+	// one; sample again once that has happened.
 	quiet := max(b.o.IdleSettle, 12*time.Second)
 	sleepCtx(ctx, quiet-b.o.IdleSettle)
 	mq, err := readMem(pg.PID)
