@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"strings"
@@ -147,7 +146,7 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	}
 	if sess.tls != nil {
 		req.TLSVersion = tlsversion.OpenSSL(sess.tls.version)
-		req.TLSCipher = tls.CipherSuiteName(sess.tls.cipherSuite)
+		req.TLSCipher = cipherSuiteName(sess.tls.cipherSuite)
 	}
 	dec, err := sess.cfg.Router.Route(ctx, req)
 	if err != nil {
