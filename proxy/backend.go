@@ -385,7 +385,7 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("USER: %w", err)
 		}
 		if !pop3.IsOK(line) {
-			return c.verdict(line)
+			return c.verdict(line, pass)
 		}
 		if line, err = c.cmd("PASS " + pass); err != nil {
 			return "", fmt.Errorf("PASS: %w", err)
@@ -396,8 +396,11 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 		} else {
 			// RFC 5034 §4: an initial response that does not fit
 			// in 255 octets goes on the continuation line.
+			// Only "+ " is a continuation: a +OK or -ERR to the
+			// bare command is the verdict, and the credentials
+			// must not follow it as a command line of their own.
 			line, err = c.cmd("AUTH PLAIN")
-			if err == nil && len(line) >= 1 && line[0] == '+' {
+			if err == nil && isContinuation(line) {
 				line, err = c.cmd(ir)
 			}
 		}
@@ -405,18 +408,58 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("AUTH PLAIN: %w", err)
 		}
 	}
-	return c.verdict(line)
+	return c.verdict(line, pass, ir)
 }
 
-func (c *backendClient) verdict(line []byte) (string, error) {
-	reply := string(line) + "\r\n"
+// isContinuation reports whether a backend's line is a SASL continuation
+// ("+ " and a challenge, RFC 5034 §4; a bare "+" from a sloppy server).
+func isContinuation(line []byte) bool {
+	return len(line) >= 1 && line[0] == '+' && (len(line) == 1 || line[1] == ' ')
+}
+
+// verdict turns the backend's answer to the login into its +OK reply, or a
+// *backendRejected with its -ERR. secrets are what was sent that carries
+// the password (the password, the SASL payload): a backend that echoes a
+// command it refuses ("-ERR Unknown command: AUTH PLAIN ...") would put
+// them in the log and, relayed, before the client, who for a login the
+// route rewrote would read a master user's password. A reply holding one
+// keeps only its status and response code.
+func (c *backendClient) verdict(line []byte, secrets ...string) (string, error) {
+	reply, clean := withoutSecrets(line, secrets)
 	switch {
 	case pop3.IsOK(line):
 		return reply, nil
 	case pop3.IsErr(line):
 		return "", &backendRejected{backend: c.b.Name, reply: reply}
+	case !clean:
+		return "", errors.New("unexpected login reply, holding the credentials sent (not shown)")
 	}
 	return "", fmt.Errorf("unexpected login reply %.80q", line)
+}
+
+// withoutSecrets returns line with CRLF, or when it holds one of secrets,
+// its status indicator and response code alone; clean is false then.
+func withoutSecrets(line []byte, secrets []string) (reply string, clean bool) {
+	for _, s := range secrets {
+		if s == "" || !bytes.Contains(line, []byte(s)) {
+			continue
+		}
+		status := "-ERR"
+		if pop3.IsOK(line) {
+			status = "+OK"
+		}
+		code := pop3.ResponseCode(string(line))
+		for _, s := range secrets {
+			if s != "" && strings.Contains(strings.ToUpper(code), strings.ToUpper(s)) {
+				code = ""
+			}
+		}
+		if code != "" {
+			status += " " + code
+		}
+		return status + "\r\n", false
+	}
+	return string(line) + "\r\n", true
 }
 
 // capsTTL is how long a backend's capabilities are trusted without asking

@@ -1,0 +1,233 @@
+package proxy
+
+// Regression tests from the fourth attack review (the backend login with
+// AUTH PLAIN): each TestAttack4* test failed while the defect it names was
+// present.
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/auth"
+)
+
+// scriptedBackend is a raw POP3 backend on loopback: it greets, answers
+// CAPA with caps, and hands every other command line to answer, which
+// returns the reply lines (without CRLF); no reply closes the connection.
+// It records every line it received.
+type scriptedBackend struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (sb *scriptedBackend) received() []string {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return append([]string(nil), sb.lines...)
+}
+
+func startScriptedBackend(t *testing.T, caps []string, answer func(line string) []string) (*scriptedBackend, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	sb := &scriptedBackend{}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				br := bufio.NewReader(c)
+				w := func(lines ...string) {
+					for _, l := range lines {
+						c.Write([]byte(l + "\r\n"))
+					}
+				}
+				w("+OK scripted ready")
+				for {
+					l, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					l = strings.TrimRight(l, "\r\n")
+					sb.mu.Lock()
+					sb.lines = append(sb.lines, l)
+					sb.mu.Unlock()
+					if l == "CAPA" {
+						w("+OK")
+						w(caps...)
+						w(".")
+						continue
+					}
+					reply := answer(l)
+					if reply == nil {
+						return
+					}
+					w(reply...)
+					if l == "QUIT" {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return sb, ln.Addr().String()
+}
+
+// longPass is a password long enough that AUTH PLAIN with it as initial
+// response does not fit in the 255 octets of a command line.
+var longPass = "long-" + strings.Repeat("P4ssw0rd-", 22)
+
+func scriptedHarness(t *testing.T, addr string, pass string, cfg func(*Config)) *harness {
+	t.Helper()
+	return newHarness(t, harnessOpts{config: func(c *Config) {
+		c.Backends = map[string]*Backend{"b1": {Name: "b1", Address: addr}}
+		c.RelayBackendErrors = true
+		c.LoginTimeout = 10 * time.Second
+		if cfg != nil {
+			cfg(c)
+		}
+	}})
+}
+
+// checkNoCredential fails when s holds the password or the SASL PLAIN
+// payload that carries it.
+func checkNoCredential(t *testing.T, what, s, user, pass string) {
+	t.Helper()
+	ir := auth.EncodePlain(user, auth.Password(pass))
+	for _, secret := range []string{pass, ir, ir[:40]} {
+		if strings.Contains(s, secret) {
+			t.Errorf("%s holds the credentials:\n%s", what, s)
+			return
+		}
+	}
+}
+
+// TestAttack4PlainContinuationPlusOK: with an initial response too long for
+// one line, popgate sends "AUTH PLAIN" alone and then the credentials on
+// the next line if the backend's answer starts with '+'. "+OK" starts with
+// '+' too: a broken or hostile backend that answers +OK to the bare AUTH
+// PLAIN (already in its TRANSACTION state) gets the credentials as a
+// command, and a server echoing unknown commands ("-ERR Unknown command:
+// ...") hands the SASL payload back, which popgate logs and relays to the
+// client, master credentials of a rewritten login included. Only "+ " (or
+// "+") is a continuation (RFC 5034 §4); +OK and -ERR are the verdict.
+func TestAttack4PlainContinuationPlusOK(t *testing.T) {
+	sb, addr := startScriptedBackend(t, []string{"SASL PLAIN"}, func(l string) []string {
+		switch {
+		case l == "AUTH PLAIN":
+			return []string{"+OK already logged in"}
+		case l == "QUIT":
+			return []string{"+OK bye"}
+		}
+		return []string{"-ERR Unknown command: " + l}
+	})
+	h := scriptedHarness(t, addr, longPass, func(c *Config) {
+		c.Router = auth.NewStatic(map[string]string{testUser: "b1"}, nil, "")
+	})
+	c := h.dial("plain")
+	c.send("USER " + testUser + "\r\n")
+	c.expect("+OK")
+	reply := c.cmd("PASS " + longPass)
+	checkNoCredential(t, "the client's reply", reply, testUser, longPass)
+	c.send("QUIT\r\n")
+	c.eof()
+	ir := auth.EncodePlain(testUser, auth.Password(longPass))
+	for _, l := range sb.received() {
+		if l == ir {
+			t.Errorf("popgate sent the SASL payload after the backend's +OK, as a command")
+		}
+	}
+	waitFor(t, "the session's end", func() bool { return strings.Contains(h.logs.String(), "session end") })
+	checkNoCredential(t, "the log", h.logs.String(), testUser, longPass)
+}
+
+// TestAttack4BackendEchoesCredentials: a backend that advertises SASL
+// PLAIN but does not know AUTH, and echoes the command it refuses (as some
+// servers word "-ERR Unknown command: ..."), hands the SASL payload back
+// in its -ERR. popgate put that line in the "login failed" log line (the
+// backendRejected error) and, with relay of backend errors on (the
+// default), relayed it to the client: for a login the route rewrote to a
+// master user, that is the master password, readable by any client.
+func TestAttack4BackendEchoesCredentials(t *testing.T) {
+	const master, masterPass = "master", "Master-PASSWORD-of-all-mailboxes"
+	for _, mode := range []string{"plain", "user-pass"} {
+		t.Run(mode, func(t *testing.T) {
+			caps := []string{"SASL PLAIN"}
+			if mode == "user-pass" {
+				caps = []string{"USER"}
+			}
+			_, addr := startScriptedBackend(t, caps, func(l string) []string {
+				if l == "QUIT" {
+					return []string{"+OK bye"}
+				}
+				if strings.HasPrefix(l, "USER ") {
+					return []string{"+OK"}
+				}
+				return []string{"-ERR Unknown command: " + l}
+			})
+			rewrite := auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
+				return auth.Decision{Backend: "b1", User: req.User + "*" + master, Password: masterPass}, nil
+			})
+			h := scriptedHarness(t, addr, testPass, func(c *Config) { c.Router = rewrite })
+			c := h.dial("plain")
+			c.send("USER " + testUser + "\r\n")
+			c.expect("+OK")
+			reply := c.cmd("PASS " + testPass)
+			if !strings.HasPrefix(reply, "-ERR") {
+				t.Fatalf("login answered %q", reply)
+			}
+			checkNoCredential(t, "the client's reply", reply, testUser+"*"+master, masterPass)
+			c.send("QUIT\r\n")
+			c.eof()
+			waitFor(t, "the login failure's log line", func() bool { return strings.Contains(h.logs.String(), "login failed") })
+			checkNoCredential(t, "the log", h.logs.String(), testUser+"*"+master, masterPass)
+		})
+	}
+}
+
+// TestAttack4PlainRefusedNoRetry (held): a backend advertising SASL PLAIN
+// that refuses AUTH gets no USER/PASS after it: a login is tried once.
+func TestAttack4PlainRefusedNoRetry(t *testing.T) {
+	for _, pass := range []string{testPass, longPass} {
+		sb, addr := startScriptedBackend(t, []string{"SASL PLAIN", "USER"}, func(l string) []string {
+			switch {
+			case strings.HasPrefix(l, "AUTH PLAIN"):
+				return []string{"-ERR [SYS/PERM] mechanism not available"}
+			case l == "QUIT":
+				return []string{"+OK bye"}
+			}
+			return []string{"-ERR no"}
+		})
+		h := scriptedHarness(t, addr, pass, nil)
+		c := h.dial("plain")
+		c.send("USER " + testUser + "\r\n")
+		c.expect("+OK")
+		c.cmd("PASS " + pass)
+		c.send("QUIT\r\n")
+		c.eof()
+		var auths, userPass int
+		for _, l := range sb.received() {
+			switch {
+			case strings.HasPrefix(l, "AUTH"):
+				auths++
+			case strings.HasPrefix(l, "USER"), strings.HasPrefix(l, "PASS"):
+				userPass++
+			}
+		}
+		if auths+userPass == 0 || auths > 1 || auths == 1 && userPass > 0 {
+			t.Errorf("backend saw the login commands %q: want one AUTH, or USER and PASS alone", sb.received())
+		}
+	}
+}
