@@ -164,6 +164,11 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 			if v := lc.MinVersion; v != 0 {
 				tc = tc.Clone()
 				tc.MinVersion = v
+				// The suites follow the listener's version, not
+				// tls.min_version's: a strict listener beside
+				// legacy ones must not keep their RSA key
+				// exchange (no forward secrecy).
+				tc.CipherSuites = nil
 				if v < tls.VersionTLS12 {
 					tc.CipherSuites = tlsconf.LegacyCipherSuites()
 				}
