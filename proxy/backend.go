@@ -385,7 +385,7 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("USER: %w", err)
 		}
 		if !pop3.IsOK(line) {
-			return c.verdict(line, pass)
+			return c.verdict(line)
 		}
 		if line, err = c.cmd("PASS " + pass); err != nil {
 			return "", fmt.Errorf("PASS: %w", err)
