@@ -162,11 +162,16 @@ func TestAttack4PlainContinuationPlusOK(t *testing.T) {
 // master user, that is the master password, readable by any client.
 func TestAttack4BackendEchoesCredentials(t *testing.T) {
 	const master, masterPass = "master", "Master-PASSWORD-of-all-mailboxes"
-	for _, mode := range []string{"plain", "user-pass"} {
+	for _, mode := range []string{"plain", "user-pass", "sys-perm-hidden"} {
 		t.Run(mode, func(t *testing.T) {
 			caps := []string{"SASL PLAIN"}
 			if mode == "user-pass" {
 				caps = []string{"USER"}
+			}
+			code := ""
+			if mode == "sys-perm-hidden" {
+				// Relayed with hide_backend_errors on (the default).
+				code = "[SYS/PERM] "
 			}
 			_, addr := startScriptedBackend(t, caps, func(l string) []string {
 				if l == "QUIT" {
@@ -175,12 +180,15 @@ func TestAttack4BackendEchoesCredentials(t *testing.T) {
 				if strings.HasPrefix(l, "USER ") {
 					return []string{"+OK"}
 				}
-				return []string{"-ERR Unknown command: " + l}
+				return []string{"-ERR " + code + "Unknown command: " + l}
 			})
 			rewrite := auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
 				return auth.Decision{Backend: "b1", User: req.User + "*" + master, Password: masterPass}, nil
 			})
-			h := scriptedHarness(t, addr, testPass, func(c *Config) { c.Router = rewrite })
+			h := scriptedHarness(t, addr, testPass, func(c *Config) {
+				c.Router = rewrite
+				c.RelayBackendErrors = code == ""
+			})
 			c := h.dial("plain")
 			c.send("USER " + testUser + "\r\n")
 			c.expect("+OK")

@@ -97,3 +97,30 @@ func TestAttack4MalformedTickets(t *testing.T) {
 		})
 	}
 }
+
+// TestAttack4ResumedALPN: a resumed handshake is held to ALPN as a full
+// one (the ALPACA defence): crypto/tls negotiates the protocol before it
+// looks at the ticket, so a client offering ALPN without "pop3" is
+// refused even with a ticket that resumes, and one offering "pop3" resumes.
+func TestAttack4ResumedALPN(t *testing.T) {
+	clock := newTestClock()
+	tk := newTickets(t, time.Hour, 3*time.Hour, clock)
+	srv := ticketServer(t, tk, "mail.example.com").TLSConfig()
+	for _, tv := range ticketVersions {
+		t.Run(tv.name, func(t *testing.T) {
+			cache := &firstTicket{}
+			resumes(t, srv, clientFor("mail.example.com", tv.v, cache))
+			foreign := clientFor("mail.example.com", tv.v, cache)
+			foreign.NextProtos = []string{"imap", "http/1.1"}
+			if st, err := connect(t, srv, foreign); err == nil {
+				t.Errorf("a resumption offering ALPN %q succeeded (resumed %v)", foreign.NextProtos, st.DidResume)
+			}
+			pop3 := clientFor("mail.example.com", tv.v, cache)
+			pop3.NextProtos = []string{"imap", ALPN}
+			st, err := connect(t, srv, pop3)
+			if err != nil || !st.DidResume || st.NegotiatedProtocol != ALPN {
+				t.Errorf("resumption offering pop3: resumed %v, protocol %q, %v", st.DidResume, st.NegotiatedProtocol, err)
+			}
+		})
+	}
+}
