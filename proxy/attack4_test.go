@@ -239,3 +239,54 @@ func TestAttack4PlainRefusedNoRetry(t *testing.T) {
 		}
 	}
 }
+
+// TestAttack4PlainLineBoundary (held): around the 255 octets of a command
+// line, with multi-byte UTF-8 in the password, AUTH PLAIN with its initial
+// response stays within the limit, a longer one goes on a continuation
+// line, and the backend gets the credentials whole either way.
+func TestAttack4PlainLineBoundary(t *testing.T) {
+	var mu sync.Mutex
+	var got []string // decoded credentials the backend received
+	sb, addr := startScriptedBackend(t, []string{"SASL PLAIN"}, func(l string) []string {
+		ir, ok := strings.CutPrefix(l, "AUTH PLAIN ")
+		switch {
+		case l == "AUTH PLAIN":
+			return []string{"+ "}
+		case l == "QUIT":
+			return []string{"+OK bye"}
+		case !ok:
+			ir = l // the continuation line
+		}
+		msg, err := auth.DecodeBase64(ir)
+		if err != nil {
+			return []string{"-ERR bad base64"}
+		}
+		mu.Lock()
+		got = append(got, string(msg))
+		mu.Unlock()
+		return []string{"+OK welcome"}
+	})
+	h := scriptedHarness(t, addr, "", nil)
+	for n := 150; n <= 170; n++ {
+		pass := strings.Repeat("é", n/2) + strings.Repeat("x", n%2) // n octets
+		c := h.dial("plain")
+		c.send("USER " + testUser + "\r\n")
+		c.expect("+OK")
+		if r := c.cmd("PASS " + pass); r != "+OK welcome" {
+			t.Fatalf("%d-octet password: %q", n, r)
+		}
+		c.send("QUIT\r\n")
+		c.eof()
+		mu.Lock()
+		last := got[len(got)-1]
+		mu.Unlock()
+		if want := "\x00" + testUser + "\x00" + pass; last != want {
+			t.Errorf("%d-octet password: the backend got %q", n, last)
+		}
+	}
+	for _, l := range sb.received() {
+		if len(l)+2 > 255 && strings.HasPrefix(l, "AUTH") {
+			t.Errorf("a %d-octet AUTH line", len(l)+2)
+		}
+	}
+}
