@@ -440,15 +440,16 @@ func (c *backendClient) verdict(line []byte, secrets ...string) (string, error) 
 // withoutSecrets returns line with CRLF, or when it holds one of secrets,
 // its status indicator and response code alone; clean is false then.
 func withoutSecrets(line []byte, secrets []string) (reply string, clean bool) {
+	reply = string(line) + "\r\n" // searched as it is: no copy per secret
 	for _, s := range secrets {
-		if s == "" || !bytes.Contains(line, []byte(s)) {
+		if s == "" || !strings.Contains(reply, s) {
 			continue
 		}
 		status := "-ERR"
 		if pop3.IsOK(line) {
 			status = "+OK"
 		}
-		code := pop3.ResponseCode(string(line))
+		code := pop3.ResponseCode(reply)
 		for _, s := range secrets {
 			if s != "" && strings.Contains(strings.ToUpper(code), strings.ToUpper(s)) {
 				code = ""
@@ -459,7 +460,7 @@ func withoutSecrets(line []byte, secrets []string) (reply string, clean bool) {
 		}
 		return status + "\r\n", false
 	}
-	return string(line) + "\r\n", true
+	return reply, true
 }
 
 // capsTTL is how long a backend's capabilities are trusted without asking
