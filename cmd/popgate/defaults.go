@@ -34,6 +34,11 @@ const (
 	defaultHTTPCacheTTL          = 60 * time.Second
 	defaultHTTPNegativeCacheTTL  = 10 * time.Second
 	defaultHTTPCacheSize         = 100000
+	defaultSQLMaxConnections     = 8
+	defaultSQLTimeout            = 2 * time.Second
+	defaultSQLCacheTTL           = 60 * time.Second
+	defaultSQLNegativeCacheTTL   = 10 * time.Second
+	defaultSQLCacheSize          = 100000
 	defaultMaxConnections        = 10000
 	defaultMaxConnectionsPerIP   = 50
 	defaultLoginTimeout          = 60 * time.Second
@@ -125,6 +130,16 @@ var configKeys = []configKey{
 	{"route.http.negative_cache_ttl", defaultHTTPNegativeCacheTTL},
 	{"route.http.cache_size", defaultHTTPCacheSize},
 	{"route.http.backend", nil},
+	{"route.sql.driver", nil},
+	{"route.sql.dsn", nil},
+	{"route.sql.dsn_file", nil},
+	{"route.sql.query", nil},
+	{"route.sql.max_connections", defaultSQLMaxConnections},
+	{"route.sql.timeout", defaultSQLTimeout},
+	{"route.sql.cache_ttl", defaultSQLCacheTTL},
+	{"route.sql.negative_cache_ttl", defaultSQLNegativeCacheTTL},
+	{"route.sql.cache_size", defaultSQLCacheSize},
+	{"route.sql.backend", nil},
 
 	{"limits.max_connections", defaultMaxConnections},
 	{"limits.max_connections_per_ip", defaultMaxConnectionsPerIP},
