@@ -83,6 +83,7 @@ type popgateConfig struct {
 	Users    map[string]string // route.users: user → backend name
 	MapFile  string            // route.map_file; "" leaves it out
 	HTTPURL  string            // route.http.url; "" leaves [route.http] out
+	SQL      *conffile.SQL     // [route.sql]; nil leaves it out
 	// ACME is the body of [tls.acme]; with it popgate has no static
 	// certificate and ACMEServerName is its tls.default_server_name.
 	ACME           string
@@ -294,7 +295,7 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 			{Name: "pop3", Address: "127.0.0.1:0", TLS: "starttls"},
 		},
 		Backends: cfg.Backends,
-		Route:    conffile.Route{Default: cfg.Default, Users: cfg.Users, MapFile: cfg.MapFile, HTTPURL: cfg.HTTPURL},
+		Route:    conffile.Route{Default: cfg.Default, Users: cfg.Users, MapFile: cfg.MapFile, HTTPURL: cfg.HTTPURL, SQL: cfg.SQL},
 		Limits:   []string{`shutdown_timeout = "2s"`},
 		// Several popgates run at once; none may take 127.0.0.1:9110.
 		MetricsAddress: new("127.0.0.1:0"),

@@ -11,11 +11,13 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/auth/passhash"
 	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -523,6 +525,29 @@ func (r *lookupRelay) observe(source, result string, took time.Duration) {
 
 func (r *lookupRelay) set(o auth.LookupObserver) { r.o.Store(&o) }
 
-// passwordHashes checks the password_hash column of directory sources;
-// nil until popgate verifies hashes, which makes a row with one an error.
-func passwordHashes() auth.HashChecker { return nil }
+// passwordHashes checks the password_hash column (attribute) of every
+// directory source, with the one passhash.Verifier of the process: its
+// bound on concurrent bcrypt, SHA-crypt and Argon2 verifications holds
+// across sources and reloads.
+func passwordHashes() auth.HashChecker { return hashChecker{processVerifier()} }
+
+// processVerifier is made once, with passhash's defaults (as many
+// expensive verifications at once as there are cores).
+var processVerifier = sync.OnceValue(func() *passhash.Verifier {
+	v, err := passhash.New(passhash.Config{})
+	if err != nil {
+		panic("passhash: the default configuration is refused: " + err.Error())
+	}
+	return v
+})
+
+// hashChecker adapts a passhash.Verifier to auth.HashChecker.
+type hashChecker struct{ v *passhash.Verifier }
+
+func (h hashChecker) Check(ctx context.Context, hash string, pw auth.Password) error {
+	err := h.v.Verify(ctx, hash, string(pw))
+	if errors.Is(err, passhash.ErrMismatch) {
+		return auth.ErrPasswordMismatch
+	}
+	return err
+}
