@@ -27,7 +27,7 @@ type sqlDB struct {
 // startSQLDB starts PostgreSQL or MariaDB for t and removes it when t
 // ends; a server that is not installed fails t (scripts/test installs
 // both).
-func startSQLDB(t *testing.T, driver string) *sqlDB {
+func startSQLDB(t testing.TB, driver string) *sqlDB {
 	t.Helper()
 	switch driver {
 	case "postgres":
@@ -158,7 +158,7 @@ FROM users WHERE email = :user`
 func sqlQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // doveadmHash returns password hashed with scheme as Dovecot writes it.
-func doveadmHash(t *testing.T, scheme, password string) string {
+func doveadmHash(t testing.TB, scheme, password string) string {
 	t.Helper()
 	bin, err := lookBinary("doveadm")
 	if err != nil {
