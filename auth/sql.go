@@ -539,11 +539,22 @@ var textResults = pgx.QueryResultFormats{pgx.TextFormatCode}
 
 func (p *pgDB) query(ctx context.Context, text string, args []any) (*sqlResult, error) {
 	res, err := p.query1(ctx, text, args)
-	if err != nil && ctx.Err() == nil && pgConnLost(err) {
+	if err == nil || ctx.Err() != nil {
+		return res, err
+	}
+	var pe *pgconn.PgError
+	switch {
+	case pgConnLost(err):
 		// The server went away since the connection was made (a
 		// restart): every idle connection is as dead as this one.
 		// A SELECT can be asked again; once, on a new connection.
 		p.pool.Reset()
+		res, err = p.query1(ctx, text, args)
+	case errors.As(err, &pe) && pe.Code == "0A000":
+		// "cached plan must not change result type": a table of the
+		// query changed under the statement this connection had
+		// prepared, which pgx has now dropped; prepared again, the
+		// query works.
 		res, err = p.query1(ctx, text, args)
 	}
 	return res, err

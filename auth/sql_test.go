@@ -435,3 +435,33 @@ func TestSQLTimeout(t *testing.T) {
 		}
 	})
 }
+
+// TestSQLSchemaChange: a column of the query that changes its type under
+// the statements prepared on the pool's connections costs no login.
+func TestSQLSchemaChange(t *testing.T) {
+	forSQLDrivers(t, func(t *testing.T, s *sqlServer) {
+		src := openSQL(t, s, usersQuery, func(c *SQLConfig) { c.MaxConnections = 1 })
+		login := func() error {
+			d, err := src.Decide(context.Background(), sqlReq("bob@example.org", "pw"))
+			if err == nil && d.Address != "127.0.0.1:1110" {
+				err = errors.New("routed to " + d.Address)
+			}
+			return err
+		}
+		if err := login(); err != nil {
+			t.Fatal(err)
+		}
+		alter := "ALTER TABLE users ALTER COLUMN port TYPE bigint"
+		if s.driver == SQLMySQL {
+			alter = "ALTER TABLE users MODIFY port bigint"
+		}
+		if err := s.exec(alter); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			if err := login(); err != nil {
+				t.Errorf("login %d after the change: %v", i+1, err)
+			}
+		}
+	})
+}
