@@ -465,3 +465,34 @@ func TestSQLSchemaChange(t *testing.T) {
 		}
 	})
 }
+
+// TestSQLPlaintextRemote: a DSN that reaches another host without TLS is
+// told apart (popgate warns about it at start).
+func TestSQLPlaintextRemote(t *testing.T) {
+	for _, tt := range []struct {
+		driver, dsn string
+		want        bool
+	}{
+		{SQLPostgres, "postgres://u:p@192.0.2.1/db?sslmode=disable", true},
+		{SQLPostgres, "postgres://u:p@192.0.2.1/db?sslmode=prefer", true},
+		{SQLPostgres, "postgres://u:p@192.0.2.1/db?sslmode=verify-full", false},
+		{SQLPostgres, "postgres://u:p@127.0.0.1:1/db?sslmode=disable", false},
+		{SQLPostgres, "host=/run/postgresql user=u dbname=db", false},
+		{SQLMySQL, "u:p@tcp(192.0.2.1:3306)/db", true},
+		{SQLMySQL, "u:p@tcp(192.0.2.1:3306)/db?tls=preferred", true},
+		{SQLMySQL, "u:p@tcp(192.0.2.1:3306)/db?tls=true", false},
+		{SQLMySQL, "u:p@tcp(localhost:3306)/db", false},
+		{SQLMySQL, "u:p@unix(/run/mysqld/mysqld.sock)/db", false},
+	} {
+		src, err := OpenSQL(context.Background(), SQLConfig{Driver: tt.driver, DSN: tt.dsn, Query: usersQuery,
+			Timeout: 100 * time.Millisecond, Directory: Directory{Source: "route.sql"}})
+		if src == nil {
+			t.Errorf("%s: %v", tt.dsn, err)
+			continue
+		}
+		if got := src.PlaintextRemote(); got != tt.want {
+			t.Errorf("%s: PlaintextRemote = %v, want %v", tt.dsn, got, tt.want)
+		}
+		src.Close()
+	}
+}
