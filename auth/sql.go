@@ -51,9 +51,8 @@ type SQL struct {
 	myConfig *mysql.Config   // mysql
 	secret   string          // the DSN's password, kept out of error texts
 
-	mu     sync.Mutex // guards db while Close swaps it
-	db     sqlDB
-	closed atomic.Bool
+	db     sqlDB       // set by OpenSQL, not changed after
+	closed atomic.Bool // Close was called: db is closed
 }
 
 // SQLConfig configures [OpenSQL].
@@ -276,10 +275,7 @@ func (s *SQL) open(n int) (sqlDB, error) {
 // with): each query then opens a connection of its own and closes it.
 func (s *SQL) Close() error {
 	s.closed.Store(true)
-	s.mu.Lock()
-	db := s.db
-	s.mu.Unlock()
-	db.close()
+	s.db.close()
 	return nil
 }
 
@@ -349,17 +345,13 @@ func (s *SQL) find(ctx context.Context, req *Request) (*Entry, string, error) {
 }
 
 func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
-	db := s.db
-	if s.closed.Load() {
-		// Closed by a reload while this login was under way: a
-		// connection of its own.
-		var err error
-		if db, err = s.open(1); err != nil {
-			return nil, "", s.errorf("%v", s.redact(err))
-		}
-		defer db.close()
+	closed := s.closed.Load()
+	res, err := s.ask(ctx, closed, req)
+	if err != nil && !closed && s.closed.Load() {
+		// The pool was closed under the query: again, on a connection
+		// of its own.
+		res, err = s.ask(ctx, true, req)
 	}
-	res, err := db.query(ctx, s.q.text, s.args(req))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, "", s.errorf("no answer within %v (route.sql.timeout): %v", s.cfg.Timeout, s.redact(err))
@@ -378,6 +370,21 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 		return nil, "", s.errorf("the query returned more than one row for the user; it must find one at most")
 	}
 	return s.entry(idx, res.rows[0])
+}
+
+// ask runs the query for req on the pool, or, once the source is closed
+// (by a reload while this login was under way), on a connection of its
+// own.
+func (s *SQL) ask(ctx context.Context, closed bool, req *Request) (*sqlResult, error) {
+	db := s.db
+	if closed {
+		var err error
+		if db, err = s.open(1); err != nil {
+			return nil, err
+		}
+		defer db.close()
+	}
+	return db.query(ctx, s.q.text, s.args(req))
 }
 
 // entry turns a row into an Entry, and into the text that shows it.

@@ -496,3 +496,25 @@ func TestSQLPlaintextRemote(t *testing.T) {
 		src.Close()
 	}
 }
+
+// TestSQLCloseUnderLoad: logins under way when a reload closes the source
+// finish through it, each on a connection of its own.
+func TestSQLCloseUnderLoad(t *testing.T) {
+	forSQLDrivers(t, func(t *testing.T, s *sqlServer) {
+		src := openSQL(t, s, usersQuery, func(c *SQLConfig) { c.MaxConnections = 2 })
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				for range 15 {
+					if _, err := src.Decide(context.Background(), sqlReq("alice@example.com", "pw")); err != nil {
+						t.Errorf("login: %v", err)
+						return
+					}
+				}
+			})
+		}
+		time.Sleep(20 * time.Millisecond)
+		src.Close()
+		wg.Wait()
+	})
+}
