@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -141,4 +143,94 @@ INSERT INTO users VALUES ('erin@example.com', 'b', NULL, NULL, NULL, false);`); 
 		t.Errorf("route with the database down = %d, %q, %q", code, out, errOut)
 	}
 	noSecret("popgate route", out+errOut)
+}
+
+// TestReloadSQL: every reload makes route.sql a new pool and closes the
+// old one, so the database never sees more of popgate's connections than
+// one pool holds; logins keep working through reloads, and one the
+// database refuses (a query with an unknown column) keeps the running
+// configuration; the lookup counters of the metrics survive.
+func TestReloadSQL(t *testing.T) {
+	if !dirrun.PostgresAvailable() {
+		t.Fatal("PostgreSQL is not installed (apt-get install postgresql; scripts/test does)")
+	}
+	pg, err := dirrun.StartPostgres()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	if err := pg.Exec(`CREATE TABLE users (email text PRIMARY KEY, backend text, password_hash text);
+INSERT INTO users VALUES ('` + procUser + `', 'mbox', '{PLAIN}` + procPass + `');`); err != nil {
+		t.Fatal(err)
+	}
+	backend := mailbox(t, messages(1)...)
+	const maxConns = 3
+	config := func(query, cacheTTL string) string {
+		return fmt.Sprintf(`[log]
+format = "json"
+level = "warn"
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+[route.sql]
+driver = "postgres"
+dsn = %q
+query = %q
+max_connections = %d
+cache_ttl = %q
+[metrics]
+address = "127.0.0.1:0"
+`, backend, pg.DSN(), query, maxConns, cacheTTL)
+	}
+	const query = "SELECT backend, password_hash FROM users WHERE email = :user"
+	path := writeConfig(t, config(query, "0s"))
+	r, logs := startRunner(t, path)
+	login := func() {
+		t.Helper()
+		c, err := net.Dial("tcp", r.addrOf("plain"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		p := newPOPClient(t, c)
+		if stat := p.login(procUser, procPass); !strings.HasPrefix(stat, "+OK 1 ") {
+			t.Errorf("STAT = %q", stat)
+		}
+		p.cmd("QUIT")
+	}
+	connections := func() int {
+		t.Helper()
+		out, err := pg.Query("SELECT count(*) FROM pg_stat_activity WHERE usename = 'popgate' AND application_name <> 'psql'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(out))
+		return n
+	}
+	login()
+	for i := range 12 {
+		text := config(query, []string{"0s", "60s"}[i%2])
+		if i%4 == 3 {
+			text = config("SELECT backend, email FROM users WHERE email = :user", "0s")
+		}
+		writeFile(t, path, []byte(text))
+		err := r.reload()
+		if (err != nil) != (i%4 == 3) {
+			t.Fatalf("reload %d = %v", i, err)
+		}
+		for range 2 {
+			login()
+		}
+		if n := connections(); n > maxConns {
+			t.Errorf("after reload %d the database sees %d connections from popgate (max_connections %d)", i, n, maxConns)
+		}
+	}
+	if strings.Contains(logs.String(), procPass) || strings.Contains(logs.String(), dirrun.Password) {
+		t.Errorf("the log shows a password")
+	}
 }
