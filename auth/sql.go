@@ -34,8 +34,9 @@ import (
 // parameters of a prepared statement, never put into the query's text: no
 // user name, however written, can change what the query does. The
 // query's result columns are named: backend, or host and port; optionally
-// login, password, password_hash and enabled. A NULL is as if the column
-// were absent for that row. No row lets the next source decide
+// login, password, password_hash, enabled and user (whose row it is: the
+// row counts only for a user name equal to it, case aside). A NULL is as
+// if the column were absent for that row. No row lets the next source decide
 // ([ErrNoRoute]); more than one row, an unknown column, a value that
 // cannot be used, a server that is down or slow: an error, and the client
 // gets "-ERR [SYS/TEMP]", never a login.
@@ -75,8 +76,8 @@ type SQLConfig struct {
 	//	:listener   the name of the listener the client came in on ("" in `popgate route`)
 	//
 	// Its result columns are named (case does not matter): backend, or
-	// host and port; and optionally login, password, password_hash and
-	// enabled.
+	// host and port; and optionally login, password, password_hash,
+	// enabled and user.
 	Query string
 	// MaxConnections caps the pool; 0 means 8.
 	MaxConnections int
@@ -101,7 +102,7 @@ const (
 )
 
 // The result columns a route.sql query may return.
-var sqlColumns = []string{"backend", "host", "port", "login", "password", "password_hash", "enabled"}
+var sqlColumns = []string{"backend", "host", "port", "login", "password", "password_hash", "enabled", "user"}
 
 const (
 	colBackend = iota
@@ -111,6 +112,8 @@ const (
 	colPassword
 	colPasswordHash
 	colEnabled
+	colUser
+	nColumns
 )
 
 // ErrDirectoryUnavailable is wrapped by the error [OpenSQL] returns with a
@@ -323,8 +326,10 @@ func (s *SQL) Route(ctx context.Context, req *Request) (Decision, error) {
 func (s *SQL) find(ctx context.Context, req *Request) (*Entry, string, error) {
 	// A name no row can hold: PostgreSQL refuses NUL and invalid UTF-8
 	// in text with an error, which would be a [SYS/TEMP] for what is a
-	// wrong name.
-	if req.User == "" || !utf8.ValidString(req.User) || strings.IndexByte(req.User, 0) >= 0 || len(req.User) > MaxCredentialLen {
+	// wrong name. Nor a name with spaces around it, which MySQL's PAD
+	// SPACE collations would find under the name without them.
+	if req.User == "" || !utf8.ValidString(req.User) || strings.IndexByte(req.User, 0) >= 0 || len(req.User) > MaxCredentialLen ||
+		strings.TrimSpace(req.User) != req.User {
 		return nil, "", nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
@@ -369,6 +374,15 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 	default:
 		return nil, "", s.errorf("the query returned more than one row for the user; it must find one at most")
 	}
+	if i := idx[colUser]; i >= 0 {
+		// The row says whose it is: a collation that finds it for
+		// another spelling ("alíce", "alice ") finds no row, so that
+		// every spelling the failed-login limits count apart (they
+		// ignore case only) is a name of its own, with no row.
+		if u := res.rows[0][i]; u.null || !strings.EqualFold(u.s, req.User) {
+			return nil, "", nil
+		}
+	}
 	return s.entry(idx, res.rows[0])
 }
 
@@ -388,9 +402,9 @@ func (s *SQL) ask(ctx context.Context, closed bool, req *Request) (*sqlResult, e
 }
 
 // entry turns a row into an Entry, and into the text that shows it.
-func (s *SQL) entry(idx [7]int, row []sqlValue) (*Entry, string, error) {
-	var vals [7]string
-	var set [7]bool
+func (s *SQL) entry(idx [nColumns]int, row []sqlValue) (*Entry, string, error) {
+	var vals [nColumns]string
+	var set [nColumns]bool
 	var shown []string
 	for c, i := range idx {
 		if i < 0 || row[i].null {
@@ -445,7 +459,7 @@ func parseSQLBool(v string) (on, ok bool) {
 
 // sqlColumnIndex maps the query's result columns to sqlColumns: idx[c] is
 // the place of column c, -1 when the query does not return it.
-func sqlColumnIndex(cols []string) (idx [7]int, err error) {
+func sqlColumnIndex(cols []string) (idx [nColumns]int, err error) {
 	for i := range idx {
 		idx[i] = -1
 	}

@@ -518,3 +518,64 @@ func TestSQLCloseUnderLoad(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// TestSQLDocsPlainMySQL: the plain MySQL table and query of
+// docs/routing.md, as written there, on MariaDB.
+func TestSQLDocsPlainMySQL(t *testing.T) {
+	s := startSQLServer(t, SQLMySQL)
+	if err := s.exec(`DROP TABLE IF EXISTS mailboxes;
+CREATE TABLE mailboxes (
+  address  varchar(255) NOT NULL PRIMARY KEY,
+  mailhost varchar(64)  NOT NULL,
+  active   tinyint(1)   NOT NULL DEFAULT 1
+) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_nopad_bin;
+INSERT INTO mailboxes (address, mailhost) VALUES ('alice@example.com', 'tls');
+INSERT INTO mailboxes (address, mailhost, active) VALUES ('bob@example.com', 'tls', 0);`); err != nil {
+		t.Fatal(err)
+	}
+	src := openSQL(t, s, "SELECT mailhost AS backend, active AS enabled FROM mailboxes WHERE address = :user", nil)
+	if d, err := src.Decide(context.Background(), sqlReq("alice@example.com", "pw")); err != nil || d.Backend != "tls" {
+		t.Errorf("alice: %+v, %v", d, err)
+	}
+	var de *DeniedError
+	if _, err := src.Decide(context.Background(), sqlReq("bob@example.com", "pw")); !errors.As(err, &de) {
+		t.Errorf("bob (inactive): %v, want a refusal", err)
+	}
+	// The nopad_bin collation: case and trailing spaces matter.
+	for _, u := range []string{"ALICE@example.com", "alice@example.com "} {
+		if _, err := src.Decide(context.Background(), sqlReq(u, "pw")); !errors.Is(err, ErrNoRoute) {
+			t.Errorf("%q: %v, want ErrNoRoute", u, err)
+		}
+	}
+}
+
+// TestSQLUserColumn: a collation that finds a row for another spelling of
+// the name (MariaDB's default ignores case, accents and trailing spaces)
+// finds none when the query returns the row's user, case aside; and a name
+// with spaces around it finds none either way.
+func TestSQLUserColumn(t *testing.T) {
+	s := startSQLServer(t, SQLMySQL)
+	loose := openSQL(t, s, "SELECT backend FROM users WHERE username = :user", nil)
+	exact := openSQL(t, s, "SELECT backend, username AS user FROM users WHERE username = :user", nil)
+	for _, tt := range []struct {
+		user         string
+		loose, exact bool // found
+	}{
+		{"alice@example.com", true, true},
+		{"ALICE@Example.com", true, true}, // case aside, as the throttle counts names
+		{"alíce@example.com", true, false},
+		{"alice@example.com ", false, false},
+		{" alice@example.com", false, false},
+	} {
+		for _, c := range []struct {
+			name string
+			src  *SQL
+			want bool
+		}{{"loose", loose, tt.loose}, {"exact", exact, tt.exact}} {
+			_, err := c.src.Decide(context.Background(), sqlReq(tt.user, "pw"))
+			if found := err == nil; found != c.want || err != nil && !errors.Is(err, ErrNoRoute) {
+				t.Errorf("%s query, %q: %v, want found %v", c.name, tt.user, err, c.want)
+			}
+		}
+	}
+}

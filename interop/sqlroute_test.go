@@ -132,7 +132,8 @@ CREATE INDEX mailbox_domain_idx ON mailbox(domain);
 // postfixadminQuery routes every active mailbox of an active, non-backup
 // domain to the backend "tls", checking its password hash: the query of
 // docs/routing.md.
-const postfixadminQuery = `SELECT 'tls' AS backend, m.password AS password_hash, m.active AND d.active AS enabled
+const postfixadminQuery = `SELECT 'tls' AS backend, m.password AS password_hash, m.active AND d.active AS enabled,
+  m.username AS user
 FROM mailbox m JOIN domain d ON d.domain = m.domain
 WHERE m.username = :user AND NOT d.backupmx`
 
