@@ -254,9 +254,11 @@ func New(cfg Config) (*Verifier, error) {
 // does, [ErrMismatch] when it does not. Any other error means the password
 // was not checked: an [*Error] for a hash that is malformed, of an
 // unsupported scheme or above the limits, or [ErrBusy] (wrapping the
-// context's error) when no slot came free before ctx ended. An expensive
-// verification, once started, runs to its end whatever ctx does: it cannot
-// be interrupted, and the limits bound how long it takes.
+// context's error) when no slot came free before ctx ended. Give ctx the
+// login's or lookup's deadline: without one, Verify waits for a slot as
+// long as it takes. An expensive verification, once started, runs to its
+// end whatever ctx does: it cannot be interrupted, and the limits bound how
+// long it takes.
 func (v *Verifier) Verify(ctx context.Context, hash, password string) error {
 	h, err := v.parse(hash)
 	if err != nil {
