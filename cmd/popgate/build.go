@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +45,11 @@ type instance struct {
 	pools    []sourcePool
 	lookups  lookupRelay
 	throttle *auth.Throttle // shared by every instance of the process
+	// hashes verifies the directory sources' password hashes; shared by
+	// every instance of the process, as the throttle is, so that its
+	// bound on concurrent bcrypt, SHA-crypt and Argon2 verifications
+	// holds across reloads.
+	hashes *passhash.Verifier
 	// throttleConfig is this configuration's limits, applied to throttle
 	// by goLive.
 	throttleConfig auth.ThrottleConfig
@@ -197,6 +201,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 			log.Warn("route.http.url is plain http:// to a host that is not loopback: every login's password crosses the network "+
 				"to the lookup service in clear text; use https://", "host", u.Host)
 		}
+	}
+	if prev != nil {
+		in.hashes = prev.hashes
 	}
 	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return nil, err
@@ -458,6 +465,10 @@ func (q *sqlRouteSettings) build(in *instance, known func(string) bool) (auth.So
 			return nil, fmt.Errorf("dsn_file: %s is empty", q.DSNFile)
 		}
 	}
+	hashes, err := in.passwordHashes()
+	if err != nil {
+		return nil, err
+	}
 	src, err := auth.OpenSQL(context.Background(), auth.SQLConfig{
 		Driver:         q.Driver,
 		DSN:            dsn,
@@ -468,7 +479,7 @@ func (q *sqlRouteSettings) build(in *instance, known func(string) bool) (auth.So
 			Source:       "route.sql",
 			Backend:      q.Backend,
 			KnownBackend: known,
-			Hashes:       passwordHashes(),
+			Hashes:       hashes,
 		},
 		Observe: in.lookups.observe,
 	})
@@ -525,21 +536,20 @@ func (r *lookupRelay) observe(source, result string, took time.Duration) {
 
 func (r *lookupRelay) set(o auth.LookupObserver) { r.o.Store(&o) }
 
-// passwordHashes checks the password_hash column (attribute) of every
-// directory source, with the one passhash.Verifier of the process: its
-// bound on concurrent bcrypt, SHA-crypt and Argon2 verifications holds
-// across sources and reloads.
-func passwordHashes() auth.HashChecker { return hashChecker{processVerifier()} }
-
-// processVerifier is made once, with passhash's defaults (as many
-// expensive verifications at once as there are cores).
-var processVerifier = sync.OnceValue(func() *passhash.Verifier {
-	v, err := passhash.New(passhash.Config{})
-	if err != nil {
-		panic("passhash: the default configuration is refused: " + err.Error())
+// passwordHashes checks the password_hash column (attribute) of the
+// directory sources with in.hashes, made here with passhash's defaults (as
+// many expensive verifications at once as there are cores) unless a
+// previous instance handed it on.
+func (in *instance) passwordHashes() (auth.HashChecker, error) {
+	if in.hashes == nil {
+		v, err := passhash.New(passhash.Config{})
+		if err != nil {
+			return nil, err
+		}
+		in.hashes = v
 	}
-	return v
-})
+	return hashChecker{in.hashes}, nil
+}
 
 // hashChecker adapts a passhash.Verifier to auth.HashChecker.
 type hashChecker struct{ v *passhash.Verifier }

@@ -149,7 +149,8 @@ INSERT INTO users VALUES ('erin@example.com', 'b', NULL, NULL, NULL, false);`); 
 // old one, so the database never sees more of popgate's connections than
 // one pool holds; logins keep working through reloads, and one the
 // database refuses (a query with an unknown column) keeps the running
-// configuration; the lookup counters of the metrics survive.
+// configuration; the password hash verifier, with its bound on concurrent
+// checks, is the same throughout.
 func TestReloadSQL(t *testing.T) {
 	if !dirrun.PostgresAvailable() {
 		t.Fatal("PostgreSQL is not installed (apt-get install postgresql; scripts/test does)")
@@ -213,6 +214,10 @@ address = "127.0.0.1:0"
 		return n
 	}
 	login()
+	hashes := r.current().hashes
+	if hashes == nil {
+		t.Fatal("no password hash verifier with route.sql")
+	}
 	for i := range 12 {
 		text := config(query, []string{"0s", "60s"}[i%2])
 		if i%4 == 3 {
@@ -225,6 +230,9 @@ address = "127.0.0.1:0"
 		}
 		for range 2 {
 			login()
+		}
+		if r.current().hashes != hashes {
+			t.Errorf("reload %d made a new password hash verifier; its bound on concurrent checks must hold across reloads", i)
 		}
 		if n := connections(); n > maxConns {
 			t.Errorf("after reload %d the database sees %d connections from popgate (max_connections %d)", i, n, maxConns)
