@@ -370,7 +370,9 @@ func TestSQLOutage(t *testing.T) {
 			if err == nil || errors.Is(err, ErrNoRoute) || errors.As(err, &de) {
 				t.Errorf("server stopped: %v, want an error", err)
 			}
-			if took := time.Since(start); took > 1500*time.Millisecond {
+			// Bounded by the timeout, not by a connect or read that
+			// hangs; the margin is for a loaded machine.
+			if took := time.Since(start); took > 3*time.Second {
 				t.Errorf("server stopped: the error took %v (timeout 1s)", took)
 			}
 		}
@@ -427,7 +429,9 @@ func TestSQLTimeout(t *testing.T) {
 		if err == nil || errors.Is(err, ErrNoRoute) || !strings.Contains(err.Error(), "timeout") {
 			t.Errorf("slow query: %v, want a timeout error", err)
 		}
-		if took := time.Since(start); took > time.Second {
+		// The query sleeps 3 s; the margin below that is for a loaded
+		// machine.
+		if took := time.Since(start); took > 2500*time.Millisecond {
 			t.Errorf("slow query took %v (timeout 300ms)", took)
 		}
 		if d, err := src.Decide(context.Background(), sqlReq("alice@example.com", "pw")); err != nil || d.Backend != "tls" {
