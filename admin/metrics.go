@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"maps"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,7 +87,7 @@ type Metrics struct {
 	listeners children[string, *listenerMetrics]
 	backends  children[string, *backendMetrics]
 	refusals  children[[2]string, prometheus.Counter]
-	ciphers   children[[2]uint16, prometheus.Counter]
+	ciphers   children[handshakeKind, prometheus.Counter]
 	loginRes  map[string]prometheus.Counter // read-only after NewMetrics
 	// ACME order counters by [2]string{result, key type}, and withheld
 	// orders by reason; read-only after NewMetrics.
@@ -131,8 +132,8 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		}, []string{"listener", "reason"}),
 		tlsHandshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "popgate_tls_handshakes_total",
-			Help: "Client TLS handshakes completed, by protocol version (\"TLS 1.3\") and cipher suite.",
-		}, []string{"version", "cipher"}),
+			Help: "Client TLS handshakes completed, by protocol version (\"TLS 1.3\"), cipher suite and whether a session ticket resumed the session (\"true\", \"false\").",
+		}, []string{"version", "cipher", "resumed"}),
 		tlsErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "popgate_tls_handshake_errors_total",
 			Help: "Client TLS handshakes that failed, by listener.",
@@ -202,8 +203,8 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 	m.refusals.newFn = func(k [2]string) prometheus.Counter {
 		return m.refused.WithLabelValues(k[0], k[1])
 	}
-	m.ciphers.newFn = func(k [2]uint16) prometheus.Counter {
-		return m.tlsHandshakes.WithLabelValues(tls.VersionName(k[0]), tls.CipherSuiteName(k[1]))
+	m.ciphers.newFn = func(k handshakeKind) prometheus.Counter {
+		return m.tlsHandshakes.WithLabelValues(tls.VersionName(k.version), tls.CipherSuiteName(k.cipher), strconv.FormatBool(k.resumed))
 	}
 	// Every result shows from the start, so that rate() and alerts work
 	// before the first event.
@@ -313,11 +314,17 @@ func (m *Metrics) Refused(listener, reason string) {
 	m.refusals.get([2]string{listener, reason}).Inc()
 }
 
+// handshakeKind is what popgate_tls_handshakes_total is labelled with.
+type handshakeKind struct {
+	version, cipher uint16
+	resumed         bool
+}
+
 // TLSHandshake implements [proxy.Observer]. The version is exported as
 // crypto/tls names it ("TLS 1.3"), the cipher suite likewise
 // ("TLS_AES_128_GCM_SHA256"); unknown numbers as "0x1305".
-func (m *Metrics) TLSHandshake(listener string, version, cipher uint16) {
-	m.ciphers.get([2]uint16{version, cipher}).Inc()
+func (m *Metrics) TLSHandshake(listener string, version, cipher uint16, resumed bool) {
+	m.ciphers.get(handshakeKind{version, cipher, resumed}).Inc()
 }
 
 // TLSHandshakeFailed implements [proxy.Observer].

@@ -94,15 +94,17 @@ func TestMetrics(t *testing.T) {
 		{
 			name: "tls handshakes",
 			events: func(m *Metrics, _ *testClock) {
-				m.TLSHandshake("pop3s", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256)
-				m.TLSHandshake("pop3", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256)
-				m.TLSHandshake("pop3s", tls.VersionTLS12, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)
-				m.TLSHandshake("pop3s", tls.VersionTLS10, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA)
+				m.TLSHandshake("pop3s", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256, false)
+				m.TLSHandshake("pop3", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256, false)
+				m.TLSHandshake("pop3", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256, true)
+				m.TLSHandshake("pop3s", tls.VersionTLS12, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, true)
+				m.TLSHandshake("pop3s", tls.VersionTLS10, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, false)
 			},
 			want: map[string]float64{
-				`popgate_tls_handshakes_total{cipher="TLS_AES_128_GCM_SHA256",version="TLS 1.3"}`:                2,
-				`popgate_tls_handshakes_total{cipher="TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",version="TLS 1.2"}`: 1,
-				`popgate_tls_handshakes_total{cipher="TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",version="TLS 1.0"}`:    1,
+				`popgate_tls_handshakes_total{cipher="TLS_AES_128_GCM_SHA256",resumed="false",version="TLS 1.3"}`:               2,
+				`popgate_tls_handshakes_total{cipher="TLS_AES_128_GCM_SHA256",resumed="true",version="TLS 1.3"}`:                1,
+				`popgate_tls_handshakes_total{cipher="TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",resumed="true",version="TLS 1.2"}`: 1,
+				`popgate_tls_handshakes_total{cipher="TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",resumed="false",version="TLS 1.0"}`:   1,
 			},
 		},
 		{
@@ -324,7 +326,7 @@ func TestMetricsFamilies(t *testing.T) {
 	})
 	m.Accepted("pop3s")
 	m.Refused("pop3s", "shutting_down")
-	m.TLSHandshake("pop3s", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256)
+	m.TLSHandshake("pop3s", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256, false)
 	m.TLSHandshakeFailed("pop3s")
 	m.Login("pop3s", proxy.LoginOK)
 	m.BackendConnect("mx", time.Millisecond, nil)
@@ -442,7 +444,7 @@ func TestMetricsConcurrent(t *testing.T) {
 			for range 1000 {
 				m.Accepted(listener)
 				m.Login(listener, proxy.LoginOK)
-				m.TLSHandshake(listener, tls.VersionTLS13, tls.TLS_AES_256_GCM_SHA384)
+				m.TLSHandshake(listener, tls.VersionTLS13, tls.TLS_AES_256_GCM_SHA384, false)
 				m.BackendConnect(listener+"-backend", time.Millisecond, nil)
 				m.BackendLogin(listener+"-backend", time.Millisecond, proxy.BackendOK)
 				m.SessionEnd(listener, time.Second, 1, 1)
@@ -497,7 +499,7 @@ func BenchmarkObserver(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			m.Accepted("pop3s")
-			m.TLSHandshake("pop3s", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256)
+			m.TLSHandshake("pop3s", tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256, false)
 			m.Login("pop3s", proxy.LoginOK)
 			m.BackendConnect("mx1", time.Millisecond, nil)
 			m.BackendLogin("mx1", 10*time.Millisecond, proxy.BackendOK)

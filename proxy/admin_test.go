@@ -42,7 +42,7 @@ func (r *recorder) Accepted(l string)           { r.add("accepted %s", l) }
 func (r *recorder) Refused(l, reason string)    { r.add("refused %s %s", l, reason) }
 func (r *recorder) TLSHandshakeFailed(l string) { r.add("tls_failed %s", l) }
 func (r *recorder) Login(l, result string)      { r.add("login %s %s", l, result) }
-func (r *recorder) TLSHandshake(l string, v, c uint16) {
+func (r *recorder) TLSHandshake(l string, v, c uint16, _ bool) {
 	r.add("tls %s %x %x", l, v, c)
 }
 func (r *recorder) BackendConnect(b string, _ time.Duration, err error) {

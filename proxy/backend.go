@@ -59,7 +59,7 @@ type clientInfo struct {
 	remote netip.AddrPort // the client
 	local  netip.AddrPort // the address the client connected to
 	connID string
-	tls    *tls.ConnectionState // the client's TLS to popgate; nil: plaintext
+	tls    *tlsInfo // the client's TLS to popgate; nil: plaintext
 	// logger returns the session's logger, for lines about its login.
 	logger func() *slog.Logger
 }
@@ -348,9 +348,13 @@ func hasXCLIENTTag(greeting []byte) bool {
 	return bytes.HasPrefix(text, []byte("[XCLIENT]"))
 }
 
-// login sends the credentials: USER/PASS, or AUTH PLAIN for a backend that
-// offers SASL PLAIN but not USER. It returns the backend's +OK with CRLF, or
-// a *backendRejected holding its -ERR.
+// login sends the credentials: AUTH PLAIN with an initial response for a
+// backend that offers SASL PLAIN, one command and one round trip, else
+// USER/PASS. AUTH PLAIN with the initial response on a line of its own
+// (RFC 5034 §4) takes two round trips like USER/PASS, so it is used only
+// when USER is not offered or an authorization identity is relayed. It
+// returns the backend's +OK with CRLF, or a *backendRejected holding its
+// -ERR.
 func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string, error) {
 	_, hasUser := caps["USER"]
 	plain := false
@@ -365,8 +369,13 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 	if dec.AuthzID != "" && !plain {
 		return "", errors.New("backend offers no SASL PLAIN to relay an authorization identity with")
 	}
+	ir := ""
+	if plain {
+		ir = auth.EncodePlainAs(dec.AuthzID, dec.User, dec.Password)
+	}
+	oneLine := len("AUTH PLAIN ")+len(ir)+2 <= pop3.MaxCommandLen
 	switch {
-	case dec.AuthzID == "" && (caps == nil || hasUser || !plain):
+	case dec.AuthzID == "" && (caps == nil || !plain || hasUser && !oneLine):
 		// USER and PASS are not pipelined even to a backend that
 		// offers PIPELINING: Dovecot writes its two answers separately
 		// without TCP_NODELAY, and Nagle then holds the second one for
@@ -382,8 +391,7 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("PASS: %w", err)
 		}
 	default:
-		ir := auth.EncodePlainAs(dec.AuthzID, dec.User, dec.Password)
-		if len("AUTH PLAIN ")+len(ir)+2 <= pop3.MaxCommandLen {
+		if oneLine {
 			line, err = c.cmd("AUTH PLAIN " + ir)
 		} else {
 			// RFC 5034 §4: an initial response that does not fit

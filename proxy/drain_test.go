@@ -98,6 +98,10 @@ func TestShutdownRelaying(t *testing.T) {
 				h.srv.parkAfter = tc.parkAfter
 				c := h.dial(listener)
 				c.login()
+				// The first wait after the login parks whatever
+				// parkAfter says; after a command, the directions
+				// wait with their goroutines for parkAfter.
+				c.cmd("NOOP")
 				sess := h.splicing()
 				states := func() bool {
 					up, down := sess.dirStates()

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"strings"
@@ -146,8 +145,8 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		Attempt:     attempt,
 	}
 	if sess.tls != nil {
-		req.TLSVersion = tlsversion.OpenSSL(sess.tls.Version)
-		req.TLSCipher = tls.CipherSuiteName(sess.tls.CipherSuite)
+		req.TLSVersion = tlsversion.OpenSSL(sess.tls.version)
+		req.TLSCipher = cipherSuiteName(sess.tls.cipherSuite)
 	}
 	dec, err := sess.cfg.Router.Route(ctx, req)
 	if err != nil {

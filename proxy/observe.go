@@ -17,8 +17,8 @@ type Observer interface {
 	// "untrusted_proxy" or "shutting_down".
 	Refused(listener, reason string)
 	// TLSHandshake: a client completed a TLS handshake (version and
-	// cipher as crypto/tls numbers them).
-	TLSHandshake(listener string, version, cipher uint16)
+	// cipher as crypto/tls numbers them); resumed: with a session ticket.
+	TLSHandshake(listener string, version, cipher uint16, resumed bool)
 	// TLSHandshakeFailed: a client's TLS handshake failed.
 	TLSHandshakeFailed(listener string)
 	// Login: a login attempt ended with result, one of LoginOK,
@@ -64,7 +64,7 @@ type nopObserver struct{}
 
 func (nopObserver) Accepted(string)                                {}
 func (nopObserver) Refused(string, string)                         {}
-func (nopObserver) TLSHandshake(string, uint16, uint16)            {}
+func (nopObserver) TLSHandshake(string, uint16, uint16, bool)      {}
 func (nopObserver) TLSHandshakeFailed(string)                      {}
 func (nopObserver) Login(string, string)                           {}
 func (nopObserver) BackendConnect(string, time.Duration, error)    {}

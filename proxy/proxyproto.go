@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -119,7 +118,7 @@ func parseProxyHeader(hdr []byte) (proxyInfo, error) {
 // that reached popgate over TLS carries the PP2_TYPE_SSL TLV with the
 // PP2_CLIENT_SSL flag (haproxy's send-proxy-v2-ssl): Dovecot then treats the
 // connection as secured and allows plaintext authentication on it.
-func proxyHeaderFor(version byte, src, dst netip.AddrPort, clientTLS *tls.ConnectionState) ([]byte, error) {
+func proxyHeaderFor(version byte, src, dst netip.AddrPort, clientTLS *tlsInfo) ([]byte, error) {
 	s := netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	d := netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	if s.Addr().Is4() != d.Addr().Is4() {
@@ -136,7 +135,7 @@ func proxyHeaderFor(version byte, src, dst netip.AddrPort, clientTLS *tls.Connec
 		// follow PP2_CLIENT_SSL (doc/proxy-protocol.txt §2.2.5).
 		sub, err := proxyproto.JoinTLVs([]proxyproto.TLV{{
 			Type:  proxyproto.PP2_SUBTYPE_SSL_VERSION,
-			Value: []byte(cmp.Or(tlsversion.OpenSSL(clientTLS.Version), "TLS")), // haproxy's ssl_fc_protocol words
+			Value: []byte(cmp.Or(tlsversion.OpenSSL(clientTLS.version), "TLS")), // haproxy's ssl_fc_protocol words
 		}})
 		if err != nil {
 			return nil, err

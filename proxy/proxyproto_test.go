@@ -404,9 +404,9 @@ func FuzzProxyHeader(f *testing.F) {
 // (PP2_TYPE_SSL with PP2_CLIENT_SSL); one for a plaintext client does not.
 func TestProxyHeaderSSLTLV(t *testing.T) {
 	for _, clientTLS := range []bool{true, false} {
-		var st *tls.ConnectionState
+		var st *tlsInfo
 		if clientTLS {
-			st = &tls.ConnectionState{Version: tls.VersionTLS13}
+			st = &tlsInfo{version: tls.VersionTLS13}
 		}
 		hdr, err := proxyHeaderFor(2, claimed, netip.MustParseAddrPort("[2001:db8::1]:995"), st)
 		if err != nil {

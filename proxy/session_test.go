@@ -803,3 +803,22 @@ func TestAuthzID(t *testing.T) {
 		}
 	}
 }
+
+func TestCipherSuiteName(t *testing.T) {
+	var ids []uint16
+	for _, c := range tls.CipherSuites() {
+		ids = append(ids, c.ID)
+	}
+	for _, c := range tls.InsecureCipherSuites() {
+		ids = append(ids, c.ID)
+	}
+	ids = append(ids, 0x0000, 0xfefe) // unknown to crypto/tls
+	for _, id := range ids {
+		if got, want := cipherSuiteName(id), tls.CipherSuiteName(id); got != want {
+			t.Errorf("cipherSuiteName(%#04x) = %q, want %q", id, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(10, func() { cipherSuiteName(tls.TLS_AES_128_GCM_SHA256) }); n != 0 {
+		t.Errorf("cipherSuiteName allocates %v times per call, want 0", n)
+	}
+}

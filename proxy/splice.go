@@ -103,6 +103,7 @@ type direction struct {
 	wrec      *recordConn  // the socket under dst when dst is TLS over TCP
 	sock      *net.TCPConn // the socket to wait on when parked; nil: never park
 	small     []byte       // read buffer of a TLS source, only while running
+	waited    bool         // the direction has waited for data before
 
 	// Guarded by session.mu.
 	state      dirState
@@ -197,7 +198,8 @@ func (sess *session) startSplice(bc *backendConn) {
 	go down.run()
 	// The session goroutine carries the client's side itself: one
 	// goroutine start fewer per login. Its stack, grown by the TLS
-	// handshake, goes when the direction parks.
+	// handshake, goes when the direction parks, at its first wait (see
+	// readDeadline).
 	up.run()
 }
 
@@ -413,6 +415,28 @@ func (sess *session) idleCheck() {
 	sess.close()
 }
 
+// readDeadline is when a read of d that finds no data gives up so that d
+// can park. The first wait of a splice parks at once. Waiting there with a
+// goroutine for parkAfter would, for the client's direction, keep the
+// session's goroutine with the stack the TLS handshake grew (about 8 KiB):
+// after a burst of logins, those stacks, freed when the directions park,
+// stayed resident until the next collection. A client whose next command
+// is on its way only costs an epoll registration and a wakeup. Later
+// waits, between a reply and the next command of a busy client, keep the
+// goroutine for parkAfter, so a session in use does not park and wake on
+// every command.
+func (d *direction) readDeadline() time.Time {
+	if !d.waited {
+		d.waited = true
+		return aLongTimeAgo
+	}
+	return time.Now().Add(d.sess.srv.parkAfter)
+}
+
+// aLongTimeAgo is a read deadline that has passed: the read returns a
+// timeout at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
 // copyRaw copies from a plain TCP socket. It waits for readability with no
 // buffer held and borrows a pooled buffer only for a read that has data.
 // After parkAfter without data it parks.
@@ -452,7 +476,7 @@ func (d *direction) copyRaw() error {
 	}()
 	for {
 		if d.sock != nil {
-			d.raw.SetReadDeadline(time.Now().Add(d.sess.srv.parkAfter))
+			d.raw.SetReadDeadline(d.readDeadline())
 		}
 		if err := rc.Read(read); err != nil {
 			if d.sock != nil && isTimeout(err) && d.park() {
@@ -519,7 +543,7 @@ func (d *direction) copyBuffered() error {
 	buf := d.small
 	for {
 		if d.sock != nil {
-			d.src.SetReadDeadline(time.Now().Add(d.sess.srv.parkAfter))
+			d.src.SetReadDeadline(d.readDeadline())
 		}
 		n, err := d.src.Read(buf)
 		if n > 0 {

@@ -327,6 +327,18 @@ func trConversations() []trConversation {
 			},
 		},
 		{
+			name:     "backend-user-and-plain",
+			about:    "A backend that offers both USER and SASL PLAIN: popgate logs in to it\nwith AUTH PLAIN and its initial response, one round trip instead of\nthe two of USER and PASS.",
+			listener: "pop3s",
+			backend: func(s *pop3test.Server) {
+				s.SASL = []string{"PLAIN"}
+			},
+			run: func(c *trClient) {
+				login(c)
+				quit(c)
+			},
+		},
+		{
 			name:     "backend-auth-plain",
 			about:    "A backend that offers SASL PLAIN and no USER: popgate logs in to it\nwith AUTH PLAIN, whatever the client used.",
 			listener: "pop3s",

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 
+	"github.com/popgate/popgate/internal/osslsign"
 	"github.com/popgate/popgate/internal/safefile"
 )
 
@@ -173,21 +174,28 @@ type seenKey struct {
 }
 
 type seenCert struct {
-	cert     *tls.Certificate
+	cert     *tls.Certificate // as autocert returned it
+	served   *tls.Certificate // cert with its key passed through osslsign
 	notAfter time.Time
 }
 
-// note records c as the certificate served for name. It costs a map read
-// per handshake; the leaf is parsed only for a certificate not seen before.
-func (a *acmeState) note(name string, c *tls.Certificate) {
+// note records c, which autocert returned for name, and returns the
+// certificate to serve in its place: c, or with the openssl build tag a copy
+// whose RSA key signs with libcrypto. It costs a map read per handshake; the
+// leaf is parsed, and the key wrapped, only for a certificate not seen
+// before (autocert returns the same *tls.Certificate until a renewal or a
+// new order replaces it), so a renewed key is picked up as it comes.
+func (a *acmeState) note(name string, c *tls.Certificate) *tls.Certificate {
 	_, isRSA := c.PrivateKey.(*rsa.PrivateKey)
 	k := seenKey{name, isRSA}
 	if v, ok := a.seen.Load(k); ok && v.(seenCert).cert == c {
-		return
+		return v.(seenCert).served
 	}
+	served := osslsign.Certificate(c)
 	if leaf := leafOf(c); leaf != nil {
-		a.seen.Store(k, seenCert{c, leaf.NotAfter})
+		a.seen.Store(k, seenCert{c, served, leaf.NotAfter})
 	}
+	return served
 }
 
 // expiry adds the ACME certificates seen so far to m (name → the earliest

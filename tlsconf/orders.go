@@ -168,8 +168,7 @@ func (a *acmeState) existing(ctx context.Context, k seenKey) *tls.Certificate {
 		a.log.Debug("acme certificate not loaded", "name", k.name, "key_type", k.keyType(), "err", err)
 		return nil
 	}
-	a.note(k.name, c)
-	return c
+	return a.note(k.name, c)
 }
 
 // flight is one order under way; handshakes that need the same
@@ -332,8 +331,7 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 			a.log.Debug("acme certificate unavailable", "name", k.name, "key_type", k.keyType(), "err", err)
 			return nil, err
 		}
-		a.note(k.name, c)
-		return c, nil
+		return a.note(k.name, c), nil
 	}
 	if err != nil {
 		// An order refused because it could only fail carries the
@@ -359,8 +357,7 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 	}
 	a.limiter.ok(k)
 	a.observe(k, OrderIssued)
-	a.note(k.name, c)
-	return c, nil
+	return a.note(k.name, c), nil
 }
 
 // backedOff returns a *heldBackError while the back-off after a failure

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/acme"
 
 	"github.com/popgate/popgate/internal/filewatch"
+	"github.com/popgate/popgate/internal/osslsign"
 	"github.com/popgate/popgate/internal/safefile"
 )
 
@@ -67,6 +68,14 @@ type ServerConfig struct {
 	// ignored. A configuration reload that keeps [tls.acme] as it was
 	// uses it: two ACME clients for the same names would each renew them.
 	ShareACME *Server
+	// SessionTickets, when set, seals and opens the session tickets of
+	// the config with its keys, which outlive the Server: a reload that
+	// builds a new Server keeps the tickets issued before it resuming.
+	// nil leaves crypto/tls's own keys, made for this config alone.
+	SessionTickets *Tickets
+	// NoSessionTickets issues no session tickets and resumes none: every
+	// connection makes a full handshake. SessionTickets is then ignored.
+	NoSessionTickets bool
 }
 
 // Server is the server-side certificate store. Its GetCertificate reads the
@@ -165,20 +174,26 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s.cfg.Previous = nil // kept, it would chain every store to the one before
 	s.set.Store(set)
-	// One config for every listener, so that all share session ticket keys
-	// (Go rotates them itself); session tickets stay enabled.
+	// One config for every listener (or its Clone, which keeps the
+	// ticket hooks), so that all share session tickets.
 	s.config = &tls.Config{
-		MinVersion:     minVersion,
-		CipherSuites:   cipherSuites(minVersion),
-		GetCertificate: s.getCertificate,
-		NextProtos:     nextProtos,
+		MinVersion:             minVersion,
+		CipherSuites:           cipherSuites(minVersion),
+		GetCertificate:         s.getCertificate,
+		NextProtos:             nextProtos,
+		SessionTicketsDisabled: cfg.NoSessionTickets,
 	}
+	if cfg.SessionTickets != nil && !cfg.NoSessionTickets {
+		cfg.SessionTickets.Apply(s.config)
+	}
+	s.cfg.SessionTickets = nil // the caller's; nothing here needs it again
 	return s, nil
 }
 
 // TLSConfig returns the server config. Every call returns the same value so
-// that listeners share session ticket keys; do not modify it (a Clone made
-// before first use gets its own ticket keys).
+// that listeners share session ticket keys; do not modify it. A Clone keeps
+// the keys of ServerConfig.SessionTickets (without them, a Clone made before
+// first use gets its own ticket keys).
 //
 // GetCertificate picks, for the client's SNI: the certificate with that exact
 // name (case-insensitive, trailing dot ignored), else one with a wildcard for
@@ -468,7 +483,9 @@ func loadPair(f CertFile) (*tls.Certificate, filewatch.Snapshot, error) {
 			return nil, read, pairError(f, ReasonInvalid, fmt.Errorf("tlsconf: certificate %s: %w", f.Cert, err))
 		}
 	}
-	return &c, read, nil
+	// Once per load, not per handshake: with the openssl build tag this
+	// copies an RSA key into libcrypto (a reload makes a new copy).
+	return osslsign.Certificate(&c), read, nil
 }
 
 // readFile reads name through safefile, as safefile.ReadFile does, and

@@ -96,6 +96,7 @@ type options struct {
 	Duration    time.Duration
 	Idle        int
 	Popgate     string
+	PopgateTags string // go build -tags of popgate
 	JSON        string
 	LogLevel    string
 	MLKEM       bool
@@ -121,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "time limit of each side of each workload")
 	fs.IntVar(&o.Idle, "idle", 2000, "idle sessions held through popgate (each costs the benchmark 2 and popgate 2 file descriptors)")
 	fs.StringVar(&o.Popgate, "popgate", "", "popgate binary to run instead of building ./cmd/popgate")
+	fs.StringVar(&o.PopgateTags, "popgate-tags", "", "build tags of popgate (go build -tags), e.g. openssl for libcrypto's RSA signatures")
 	fs.StringVar(&o.JSON, "json", "pop3bench.json", "file to write the figures to as JSON (\"\" for none)")
 	fs.StringVar(&o.LogLevel, "popgate-log-level", "warn", "popgate's log.level (debug, info, warn, error); info logs a line per session")
 	fs.BoolVar(&o.MLKEM, "mlkem", false, "let clients offer Go's default key exchanges (X25519MLKEM768 first) instead of X25519 only")
@@ -130,6 +132,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.Popgate != "" && o.PopgateTags != "" {
+		return nil, errors.New("-popgate-tags builds popgate; with -popgate PATH nothing is built")
 	}
 	var err error
 	if o.Certs, err = parseCerts(*cert); err != nil {
@@ -352,10 +357,13 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 	} else {
 		b.logf("building popgate from source")
 		go func() {
-			p, err := buildPopgate(ctx, b.dir)
+			p, err := buildPopgate(ctx, b.dir, b.o.PopgateTags)
 			buildc <- built{p, err}
 		}()
 		rep.Meta.PopgateSource = "built from source, no -race"
+		if b.o.PopgateTags != "" {
+			rep.Meta.PopgateSource += ", -tags " + b.o.PopgateTags
+		}
 	}
 
 	if b.ca, err = certgen.NewCA("pop3bench", b.o.Certs[0]); err != nil {
@@ -397,6 +405,7 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 	}
 	b.bin = bl.path
 	rep.Meta.Popgate = b.bin
+	rep.Meta.PopgateSigner = rsaSigner(b.bin)
 
 	var checks []Check
 	if b.loadWorkloads() {
@@ -827,9 +836,10 @@ func (b *bench) idleWorkload(ctx context.Context) (*IdleResult, []Check, error) 
 	}
 	fdsWith, _ := countFDs(pg.PID)
 	opened := len(is.conns)
-	// popgate returns freed memory to the OS once two of its 5-second
-	// checks in a row saw no connection come or go (5 to 10 s after the
-	// last one); sample again once that has happened.
+	// popgate returns freed memory to the OS once no connection has come
+	// or gone for half a second after a burst (the sample above may or
+	// may not come after that), and for any amount 5 s after the last
+	// one; sample again once that has happened.
 	quiet := max(b.o.IdleSettle, 12*time.Second)
 	sleepCtx(ctx, quiet-b.o.IdleSettle)
 	mq, err := readMem(pg.PID)

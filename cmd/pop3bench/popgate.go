@@ -21,15 +21,36 @@ import (
 )
 
 // buildPopgate builds cmd/popgate from the module the benchmark runs in
-// (without -race: the figures are those of the binary operators run).
-func buildPopgate(ctx context.Context, dir string) (string, error) {
+// (without -race: the figures are those of the binary operators run), with
+// the build tags tags ("" for none; "openssl" signs RSA with libcrypto).
+func buildPopgate(ctx context.Context, dir, tags string) (string, error) {
 	bin := filepath.Join(dir, "popgate")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/popgate/popgate/cmd/popgate")
+	args := []string{"build", "-o", bin}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "github.com/popgate/popgate/cmd/popgate")...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build github.com/popgate/popgate/cmd/popgate (run from the popgate module, or give -popgate PATH): %v\n%s", err, out)
+		return "", fmt.Errorf("%s (run from the popgate module, or give -popgate PATH): %v\n%s", cmd, err, out)
 	}
 	return bin, nil
+}
+
+// rsaSigner returns what makes popgate's RSA signatures ("go", or "openssl
+// 3.0.x" in a build with -tags openssl) as `popgate version` says, or ""
+// when it does not say (an older binary given with -popgate).
+func rsaSigner(bin string) string {
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(out)) {
+		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "rsa signer "); ok {
+			return s
+		}
+	}
+	return ""
 }
 
 // popgateBackend is one [[backend]] of the generated configuration; all are

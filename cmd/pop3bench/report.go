@@ -39,7 +39,8 @@ type Meta struct {
 	Popgate        string    `json:"popgate"`
 	Nginx          string    `json:"nginx,omitempty"` // the peer, when it ran
 	DovecotProxy   string    `json:"dovecot_proxy,omitempty"`
-	PopgateSource  string    `json:"popgate_source"` // "built from source" or "given with -popgate"
+	PopgateSource  string    `json:"popgate_source"`               // "built from source" or "given with -popgate"
+	PopgateSigner  string    `json:"popgate_rsa_signer,omitempty"` // "go" or "openssl 3.0.x", from popgate version
 }
 
 // SideResult is one side (direct, popgate or nginx) of one workload.
@@ -210,7 +211,11 @@ func writeTable(w io.Writer, r *Report) {
 	if m.BackendVersion != "" {
 		fmt.Fprintf(w, " %s", m.BackendVersion)
 	}
-	fmt.Fprintf(w, "; popgate %s (%s) -> backend over plaintext\n", m.Popgate, m.PopgateSource)
+	fmt.Fprintf(w, "; popgate %s (%s", m.Popgate, m.PopgateSource)
+	if m.PopgateSigner != "" {
+		fmt.Fprintf(w, ", rsa signer %s", m.PopgateSigner)
+	}
+	fmt.Fprintf(w, ") -> backend over plaintext\n")
 	if m.Nginx != "" {
 		fmt.Fprintf(w, "peer: %s -> backend over plaintext, same certificate\n", m.Nginx)
 	}

@@ -30,7 +30,11 @@ type instance struct {
 	cfg         *settings       // what it was built from
 	certs       *tlsconf.Server // nil without TLS listeners
 	certsReused bool            // certs is the previous instance's; its files are re-read when this one goes live
-	server      *proxy.Server   // set by build; a reload reconfigures the running one
+	// tickets seals the session tickets of every listener; one for the
+	// life of the process (made with the first TLS listener), so that a
+	// reload keeps tickets resuming. nil without TLS listeners so far.
+	tickets     *tlsconf.Tickets
+	server      *proxy.Server // set by build; a reload reconfigures the running one
 	proxyConfig proxy.Config
 	listeners   []proxy.Listener
 	addrs       []string // listen addresses, by index of listeners
@@ -98,9 +102,10 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 
 // buildInstance turns c into running parts, without a proxy server. prev
 // is the running instance on a reload (nil at start): its certificate
-// store is kept when [tls] is unchanged, its ACME client and its throttle
-// (with every count) always. current returns the live instance for the
-// ACME on-demand policy; nil means the one being built.
+// store is kept when [tls] is unchanged, its ACME client, its session
+// ticket keys and its throttle (with every count) always. current returns
+// the live instance for the ACME on-demand policy; nil means the one being
+// built.
 func buildInstance(c *settings, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
 	in := &instance{cfg: c, log: log}
 	defer func() {
@@ -120,10 +125,22 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	}
 	var prevCerts *tlsconf.Server
 	if prev != nil {
+		in.tickets = prev.tickets
 		prevCerts = prev.certs
 		prevACME := prevCerts != nil && prevCerts.ACME()
 		if (prevACME || c.TLS.ACME != nil) && (!prevACME || !reflect.DeepEqual(prev.cfg.TLS.ACME, c.TLS.ACME)) {
 			return nil, errACMEChanged
+		}
+	}
+	if needTLS && in.tickets == nil {
+		// The periods of a reload apply once it goes live (goLive).
+		in.tickets, err = tlsconf.NewTickets(tlsconf.TicketsConfig{
+			Rotation: c.TLS.TicketRotation,
+			Lifetime: c.TLS.TicketLifetime,
+			Logger:   log,
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	switch {
@@ -144,6 +161,8 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 			Previous:          prevCerts,
 			DefaultServerName: c.TLS.DefaultServerName,
 			MinVersion:        c.TLS.MinVersion,
+			SessionTickets:    in.tickets,
+			NoSessionTickets:  !c.TLS.SessionTickets,
 			Logger:            log,
 		})
 		if err != nil {
@@ -256,9 +275,12 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 }
 
 // goLive applies what in shares with the instance it replaces once in is
-// the running configuration: the throttle's limits.
+// the running configuration: the throttle's limits, the ticket key periods.
 func (in *instance) goLive() {
 	in.throttle.Reconfigure(in.throttleConfig)
+	if in.tickets != nil {
+		in.tickets.SetPeriods(in.cfg.TLS.TicketRotation, in.cfg.TLS.TicketLifetime)
+	}
 }
 
 // tlsError names the key behind an error of tlsconf.NewServer; for a

@@ -62,10 +62,13 @@ type ListenConfig struct {
 
 // TLSConfig is [tls].
 type TLSConfig struct {
-	MinVersion        string       `toml:"min_version"`
-	DefaultServerName string       `toml:"default_server_name"`
-	Certificates      []CertConfig `toml:"certificates"`
-	ACME              *ACMEConfig  `toml:"acme"`
+	MinVersion            string       `toml:"min_version"`
+	DefaultServerName     string       `toml:"default_server_name"`
+	Certificates          []CertConfig `toml:"certificates"`
+	SessionTickets        *bool        `toml:"session_tickets"` // nil: true
+	SessionTicketRotation Duration     `toml:"session_ticket_rotation"`
+	SessionTicketLifetime Duration     `toml:"session_ticket_lifetime"`
+	ACME                  *ACMEConfig  `toml:"acme"`
 }
 
 // CertConfig is one entry of tls.certificates.
@@ -384,6 +387,16 @@ func (t TLSConfig) settings(add func(string, ...any)) tlsSettings {
 	s := tlsSettings{MinVersion: cmp.Or(t.MinVersion, defaultTLSMinVersion), DefaultServerName: t.DefaultServerName, ACME: t.ACME.settings(add)}
 	if _, err := tlsconf.ParseVersion(t.MinVersion); err != nil {
 		add("tls.min_version: %v", err)
+	}
+	s.SessionTickets = t.SessionTickets == nil || *t.SessionTickets
+	s.TicketRotation = t.SessionTicketRotation.or(defaultSessionTicketRotation)
+	s.TicketLifetime = t.SessionTicketLifetime.or(defaultSessionTicketLifetime)
+	if err := tlsconf.CheckTicketPeriods(s.TicketRotation, s.TicketLifetime); err != nil {
+		key := "tls.session_ticket_lifetime"
+		if s.TicketRotation < tlsconf.MinTicketRotation {
+			key = "tls.session_ticket_rotation"
+		}
+		add("%s: %v", key, err)
 	}
 	for i, cf := range t.Certificates {
 		if cf.Cert == "" || cf.Key == "" {

@@ -192,6 +192,9 @@ func TestParseConfigFull(t *testing.T) {
 	if c.TLS.DefaultServerName != "mail.example.com" || c.TLS.MinVersion != "1.2" || c.TLS.ACME != nil {
 		t.Errorf("tls = %+v, want default_server_name mail.example.com, min_version 1.2, no ACME", c.TLS)
 	}
+	if !c.TLS.SessionTickets || c.TLS.TicketRotation != defaultSessionTicketRotation || c.TLS.TicketLifetime != defaultSessionTicketLifetime {
+		t.Errorf("tls = %+v, want session tickets on with the default periods", c.TLS)
+	}
 
 	wantBackends := []struct {
 		name       string
@@ -392,6 +395,9 @@ func TestParseConfigRejects(t *testing.T) {
 		{"allow_plaintext_from on implicit", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"implicit\"\nallow_plaintext_from = [\"127.0.0.0/8\"]\n" + backendB + routeB, []string{"listen[0].allow_plaintext_from"}},
 		{"duplicate listener", listenNone + listenNone + backendB + routeB, []string{`listen[1].name: "127.0.0.1:1100" used twice`}},
 		{"tls.min_version 1.4", "[tls]\nmin_version = \"1.4\"\n" + minimal, []string{"tls.min_version", `"1.4"`}},
+		{"ticket rotation 0", "[tls]\nsession_ticket_rotation = \"0s\"\n" + minimal, []string{"tls.session_ticket_rotation", "shorter than 1m"}},
+		{"ticket lifetime = rotation", "[tls]\nsession_ticket_rotation = \"24h\"\n" + minimal, []string{"tls.session_ticket_lifetime", "must be longer than the rotation period 24h0m0s"}},
+		{"ticket lifetime 8 days", "[tls]\nsession_ticket_lifetime = \"192h\"\n" + minimal, []string{"tls.session_ticket_lifetime", "7 days"}},
 		{"listen min_version 1.4", "[[listen]]\naddress = \"127.0.0.1:995\"\ntls = \"implicit\"\nmin_version = \"1.4\"\n" + backendB + routeB, []string{"listen[0].min_version", `"1.4"`}},
 		{"backend min_version 1.4", listenNone + "[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\ntls = \"implicit\"\nmin_version = \"1.4\"\n" + routeB, []string{"backend[0].min_version", `"1.4"`}},
 		{"certificate without key", "[tls]\ncertificates = [{ cert = \"a.crt\" }]\n" + minimal, []string{"tls.certificates[0]"}},

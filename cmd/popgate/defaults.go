@@ -17,6 +17,12 @@ const (
 	defaultLogFormat = "auto"
 
 	defaultTLSMinVersion = "1.2"
+	// Session tickets: a new key every 6 hours, each accepted for a day, so
+	// a client that polls resumes after a night's break, and a key taken
+	// from memory opens the tickets of one day at most.
+	defaultSessionTickets        = true
+	defaultSessionTicketRotation = 6 * time.Hour
+	defaultSessionTicketLifetime = 24 * time.Hour
 
 	defaultACMEDirectoryURL      = tlsconf.LetsEncryptURL
 	defaultHTTPChallenge         = ":80"
@@ -88,6 +94,9 @@ var configKeys = []configKey{
 	{"tls.min_version", defaultTLSMinVersion},
 	{"tls.default_server_name", nil},
 	{"tls.certificates", nil},
+	{"tls.session_tickets", defaultSessionTickets},
+	{"tls.session_ticket_rotation", defaultSessionTicketRotation},
+	{"tls.session_ticket_lifetime", defaultSessionTicketLifetime},
 	{"tls.acme.domains", nil},
 	{"tls.acme.email", nil},
 	{"tls.acme.cache_dir", nil},

@@ -720,7 +720,7 @@ func TestProcessAdminSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"popgate v9.8.7-test", "commit 0123456789abcdef", "go1."} {
+	for _, want := range []string{"popgate v9.8.7-test", "commit 0123456789abcdef", "go1.", "rsa signer go"} {
 		if !strings.Contains(string(v), want) {
 			t.Errorf("popgate version = %q, want mention of %q", v, want)
 		}

@@ -48,7 +48,11 @@ type tlsSettings struct {
 	MinVersion        string // "1.0" to "1.3", as tlsconf takes it
 	DefaultServerName string
 	Certificates      []tlsconf.CertFile
-	ACME              *acmeSettings // nil without [tls.acme]
+	// SessionTickets is tls.session_tickets; TicketRotation and
+	// TicketLifetime apply to the process's ticket keys (instance.tickets).
+	SessionTickets                 bool
+	TicketRotation, TicketLifetime time.Duration
+	ACME                           *acmeSettings // nil without [tls.acme]
 }
 
 // acmeSettings is [tls.acme].
