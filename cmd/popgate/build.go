@@ -409,9 +409,10 @@ type routeSource struct {
 // sources lists the routing sources r configures, in the lookup order of
 // the README's "Routing and authentication": users, domains, map file, SQL
 // query, HTTP service (route.default comes after them all). The SQL query
-// comes before the HTTP service, which never lets a later source decide. It is the one place a
-// source is added; the checks of [route], the chain that routes logins,
-// popgate route and ACME's domains_from_routes all take them from here.
+// comes before the HTTP service, which never lets a later source decide.
+// It is the one place a source is added; the checks of [route], the chain
+// that routes logins, popgate route and ACME's domains_from_routes all
+// take them from here.
 func (r *routeSettings) sources() []routeSource {
 	var ss []routeSource
 	if len(r.Users) > 0 || len(r.Domains) > 0 {
