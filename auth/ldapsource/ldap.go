@@ -210,6 +210,13 @@ func New(cfg Config) (*Source, error) {
 	return s, nil
 }
 
+// CheckFilter reports whether tmpl is a filter template [New] accepts
+// (see [Config.Filter]).
+func CheckFilter(tmpl string) error {
+	_, err := parseFilter(tmpl)
+	return err
+}
+
 // filterPart is a piece of the filter template: literal text, or the
 // value a placeholder stands for.
 type filterPart struct {

@@ -383,6 +383,9 @@ func (r *routeSettings) sources() []routeSource {
 	if r.HTTP != nil {
 		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})
 	}
+	if r.LDAP != nil {
+		ss = append(ss, routeSource{"route.ldap", false, r.LDAP.build})
+	}
 	return ss
 }
 

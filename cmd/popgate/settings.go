@@ -79,6 +79,7 @@ type routeSettings struct {
 	Domains map[string]string
 	MapFile string
 	HTTP    *httpRouteSettings // nil without [route.http]
+	LDAP    *ldapRouteSettings // nil without [route.ldap]; ldap.go
 }
 
 // httpRouteSettings is [route.http].
