@@ -415,14 +415,20 @@ type answerErr struct{ msg string }
 func (e *answerErr) Error() string   { return e.msg }
 func (e *answerErr) Is(t error) bool { return t == errAnswer }
 
-// isConnError reports whether err says the connection was gone (the
-// server closed it, a write failed), as opposed to an answer or a timeout.
+// isConnError reports whether err may say that the connection was gone
+// before the search was sent (the server closed it while it sat idle): an
+// error that is neither the server's answer (an LDAP result code) nor a
+// timeout, which a new connection would only wait out again.
 func isConnError(err error) bool {
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
-	return ldap.IsErrorWithCode(err, ldap.ErrorNetwork) || errors.Is(err, net.ErrClosed)
+	var le *ldap.Error
+	if errors.As(err, &le) && le.ResultCode < ldap.ErrorNetwork {
+		return false // the server answered
+	}
+	return true
 }
 
 // searchOn runs the search on c.

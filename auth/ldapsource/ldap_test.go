@@ -5,10 +5,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -602,5 +605,111 @@ func TestNewRefuses(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: accepted", tc.name)
 		}
+	}
+}
+
+// dropProxy forwards TCP connections to a server; drop makes every
+// connection open so far close as soon as the client sends on it, as a
+// server that closed an idle connection (or a firewall that forgot it)
+// does, without the client hearing of it before.
+type dropProxy struct {
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	conns   []*proxied
+	dropped int
+}
+
+type proxied struct {
+	client, server net.Conn
+	drop           atomic.Bool
+}
+
+func newDropProxy(t *testing.T, target string) *dropProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dropProxy{ln: ln, target: target}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.client.Close()
+			c.server.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			pc := &proxied{client: c, server: s}
+			p.mu.Lock()
+			p.conns = append(p.conns, pc)
+			p.mu.Unlock()
+			go func() { io.Copy(c, s); c.Close() }()
+			go func() {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 && pc.drop.Load() {
+						p.mu.Lock()
+						p.dropped++
+						p.mu.Unlock()
+						c.Close()
+						s.Close()
+						return
+					}
+					if n > 0 {
+						if _, err := s.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						s.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *dropProxy) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.drop.Store(true)
+	}
+}
+
+// TestDeadIdleConnection: a pooled connection that turns out dead when
+// the search is sent is replaced, and the lookup succeeds.
+func TestDeadIdleConnection(t *testing.T) {
+	s := startDir(t)
+	p := newDropProxy(t, s.Addr())
+	cfg := testConfig(t, s)
+	cfg.URL = "ldap://" + p.ln.Addr().String()
+	cfg.Connections = 1
+	src := newSource(t, cfg)
+	for i := range 3 {
+		if _, err := src.Decide(t.Context(), request("bob@example.org", "b")); err != nil {
+			t.Fatalf("lookup %d: %v", i, err)
+		}
+		p.drop()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dropped != 2 {
+		t.Errorf("%d connections dropped under a search, want 2", p.dropped)
 	}
 }
