@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -103,7 +105,9 @@ type ldapSetup struct {
 	passFile string // the bind password, mode 0600
 }
 
-func startLDAPSetup(t *testing.T) *ldapSetup {
+// startLDAPSetup starts the directory and Dovecot; more adds Dovecot
+// users (name to password) and moreLDIF entries.
+func startLDAPSetup(t *testing.T, more map[string]string, moreLDIF string) *ldapSetup {
 	t.Helper()
 	if !dirrun.SlapdAvailable() {
 		t.Fatal("OpenLDAP is not installed (apt-get install slapd ldap-utils)")
@@ -116,11 +120,13 @@ func startLDAPSetup(t *testing.T) *ldapSetup {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.Add(ldapPeople()); err != nil {
+	if err := s.Add(ldapPeople() + moreLDIF); err != nil {
 		t.Fatal(err)
 	}
+	users := maps.Clone(ldapUsers)
+	maps.Copy(users, more)
 	d, err := dovecotrun.Start(dovecotrun.Options{
-		Users:       ldapUsers,
+		Users:       users,
 		MasterUsers: map[string]string{"master": ldapMasterPw},
 		Logf:        t.Logf,
 	})
@@ -338,7 +344,7 @@ func (ls *ldapSetup) fetch(t *testing.T, addr, user string) {
 // master login are refused; the directory stopped is [SYS/TEMP] and its
 // return needs no popgate restart.
 func TestLDAPRouting(t *testing.T) {
-	ls := startLDAPSetup(t)
+	ls := startLDAPSetup(t, nil, "")
 	addr, logs, stop := startLDAPRunner(t, ls.config(""))
 
 	for _, u := range []string{ldapAlice, ldapBob, ldapCarol, ldapAlice} {
@@ -445,7 +451,7 @@ func establishedTo(t *testing.T, port int) int {
 // and ldaps://; a directory whose certificate the CA does not vouch for
 // is refused.
 func TestLDAPRouteCommand(t *testing.T) {
-	ls := startLDAPSetup(t)
+	ls := startLDAPSetup(t, nil, "")
 	route := func(text, user string) (int, string, string) {
 		return run(t.Context(), "route", "-config", writeConfig(t, text), user)
 	}
@@ -552,5 +558,64 @@ base = "ou=people,dc=example,dc=com"
 	s, _ = parse(base + url + "backend = \"b\"\nbind_dn = \"cn=x\"\nbind_password_file = " + strconv.Quote(pw) + "\n")
 	if _, err := build(s, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "writable") {
 		t.Errorf("bind_password_file writable by others: %v", err)
+	}
+}
+
+// TestLDAPPasswordHashes: popgate checks the password against the entry's
+// userPassword in each scheme Dovecot writes (and OpenLDAP's {SSHA} and
+// {BCRYPT}): the right password logs in, a wrong one is refused and never
+// reaches Dovecot.
+func TestLDAPPasswordHashes(t *testing.T) {
+	doveadm, err := dovecotrun.LookBinary("doveadm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pw = "Hash-pw-4Nc8"
+	users := map[string]string{}
+	var ldif strings.Builder
+	for _, scheme := range []string{"BLF-CRYPT", "BCRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "ARGON2ID", "SSHA512", "SSHA256", "SSHA", "PLAIN"} {
+		gen := scheme
+		if scheme == "BCRYPT" {
+			gen = "BLF-CRYPT" // OpenLDAP's name for the same hash
+		}
+		out, err := exec.Command(doveadm, "pw", "-s", gen, "-p", pw).Output()
+		if err != nil {
+			t.Fatalf("doveadm pw -s %s: %v", gen, err)
+		}
+		hash := strings.TrimSpace(string(out))
+		hash = "{" + scheme + "}" + strings.TrimPrefix(hash, "{"+gen+"}")
+		uid := "h-" + strings.ToLower(scheme)
+		users[uid+"@example.com"] = pw
+		fmt.Fprintf(&ldif, "\ndn: uid=%s,%s\nobjectClass: inetOrgPerson\nobjectClass: inetLocalMailRecipient\n"+
+			"uid: %s\ncn: Hash\nsn: Example\nmail: %s@example.com\nmailHost: 127.0.0.1\nuserPassword: %s\n",
+			uid, dirrun.PeopleDN, uid, uid, hash)
+	}
+	ls := startLDAPSetup(t, users, ldif.String())
+	addr, _, _ := startLDAPRunner(t, ls.config(""))
+	var wg sync.WaitGroup
+	for u := range users {
+		wg.Go(func() {
+			p := dialPop(t, addr)
+			if r := p.login(u, "Wrong-"+pw); !strings.HasPrefix(r, "-ERR [AUTH]") {
+				t.Errorf("%s, wrong password: %q", u, r)
+			}
+			if r := p.login(u, pw); !strings.HasPrefix(r, "+OK") {
+				t.Errorf("%s, right password: %q", u, r)
+				return
+			}
+			if r := p.do("STAT"); !strings.HasPrefix(r, "+OK 0 ") {
+				t.Errorf("%s: STAT = %q", u, r)
+			}
+		})
+	}
+	wg.Wait()
+	l := ls.dovecot.Log()
+	for u := range users {
+		if !strings.Contains(l, "Login: user=<"+u+">") {
+			t.Errorf("Dovecot did not log %s's login", u)
+		}
+	}
+	if strings.Contains(l, "auth failed") || strings.Contains(l, "Wrong-") {
+		t.Errorf("a wrong password reached Dovecot:\n%s", l)
 	}
 }
