@@ -269,21 +269,27 @@ func (l *ldapRouteSettings) build(in *instance, known func(string) bool) (auth.S
 	return c, nil
 }
 
-// passwordHashes is the process's one password hash checker: its bound on
-// the expensive checks under way holds across every source and reload.
-var passwordHashes = sync.OnceValue(func() auth.HashChecker {
+// passwordHashes checks the password_hash column (attribute) of every
+// directory source, with the one passhash.Verifier of the process: its
+// bound on concurrent bcrypt, SHA-crypt and Argon2 verifications holds
+// across sources and reloads.
+func passwordHashes() auth.HashChecker { return hashChecker{processVerifier()} }
+
+// processVerifier is made once, with passhash's defaults (as many
+// expensive verifications at once as there are cores).
+var processVerifier = sync.OnceValue(func() *passhash.Verifier {
 	v, err := passhash.New(passhash.Config{})
 	if err != nil {
 		panic("passhash: the default configuration is refused: " + err.Error())
 	}
-	return hashChecker{v}
+	return v
 })
 
-// hashChecker is a passhash.Verifier as an auth.HashChecker.
+// hashChecker adapts a passhash.Verifier to auth.HashChecker.
 type hashChecker struct{ v *passhash.Verifier }
 
-func (h hashChecker) Check(ctx context.Context, hash string, password auth.Password) error {
-	err := h.v.Verify(ctx, hash, string(password))
+func (h hashChecker) Check(ctx context.Context, hash string, pw auth.Password) error {
+	err := h.v.Verify(ctx, hash, string(pw))
 	if errors.Is(err, passhash.ErrMismatch) {
 		return auth.ErrPasswordMismatch
 	}
