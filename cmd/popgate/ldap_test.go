@@ -619,3 +619,38 @@ func TestLDAPPasswordHashes(t *testing.T) {
 		t.Errorf("a wrong password reached Dovecot:\n%s", l)
 	}
 }
+
+// TestLDAPPlaintextWarning: insecure_plaintext to a host that is not
+// loopback is built, with a warning; to loopback without one.
+func TestLDAPPlaintextWarning(t *testing.T) {
+	for host, warn := range map[string]bool{"ldap.example.com": true, "127.0.0.1": false} {
+		s, err := ParseConfig("t.toml", []byte(`[[listen]]
+address = "127.0.0.1:1110"
+tls = "none"
+
+[[backend]]
+name = "b"
+address = "127.0.0.1:110"
+tls = "none"
+
+[route.ldap]
+url = "ldap://`+host+`"
+insecure_plaintext = true
+base = "ou=people,dc=example,dc=com"
+backend = "b"
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs bytes.Buffer
+		in, err := build(s, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.server.Close()
+		in.close()
+		if got := strings.Contains(logs.String(), "insecure_plaintext"); got != warn {
+			t.Errorf("%s: warned %v, want %v; log:\n%s", host, got, warn, logs.String())
+		}
+	}
+}
