@@ -369,7 +369,9 @@ type routeSource struct {
 
 // sources lists the routing sources r configures, in the lookup order of
 // the README's "Routing and authentication": users, domains, map file,
-// HTTP service (route.default comes after them all). It is the one place a
+// LDAP directory, HTTP service (route.default comes after them all). The
+// directory comes before the HTTP service, which never lets a later source
+// decide. It is the one place a
 // source is added; the checks of [route], the chain that routes logins,
 // popgate route and ACME's domains_from_routes all take them from here.
 func (r *routeSettings) sources() []routeSource {
@@ -380,11 +382,11 @@ func (r *routeSettings) sources() []routeSource {
 	if r.MapFile != "" {
 		ss = append(ss, routeSource{"route.map_file", true, r.buildMapFile})
 	}
-	if r.HTTP != nil {
-		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})
-	}
 	if r.LDAP != nil {
 		ss = append(ss, routeSource{"route.ldap", false, r.LDAP.build})
+	}
+	if r.HTTP != nil {
+		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})
 	}
 	return ss
 }
