@@ -53,7 +53,7 @@ func ssha(pw, salt string) string {
 // backend's name (in departmentNumber), carol through a Dovecot master
 // user (the backend login in carLicense, the master's password in
 // roomNumber, her own password hash in userPassword), dave disabled (in
-// employeeType).
+// employeeType), and two entries for twin@example.com.
 func ldapPeople() string {
 	return `dn: uid=alice,ou=people,dc=example,dc=com
 objectClass: inetOrgPerson
@@ -93,6 +93,22 @@ sn: Example
 mail: dave@example.com
 mailHost: 127.0.0.1
 employeeType: FALSE
+
+dn: uid=twin1,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+uid: twin1
+cn: Twin
+sn: Example
+mail: twin@example.com
+departmentNumber: tls
+
+dn: uid=twin2,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+uid: twin2
+cn: Twin
+sn: Example
+mail: twin@example.com
+departmentNumber: stls
 `
 }
 
@@ -366,6 +382,13 @@ func TestLDAPRouting(t *testing.T) {
 	refused(ldapDave, ldapUsers[ldapDave], "disabled")
 	refused(ldapCarol, "Not-carols-pw", "wrong password against the hash")
 	refused("nobody@example.com", "x", "no entry")
+	p := dialPop(t, addr)
+	if r := p.login("twin@example.com", "x"); !strings.HasPrefix(r, "-ERR [SYS/TEMP]") {
+		t.Errorf("two entries for one name: %q, want -ERR [SYS/TEMP]", r)
+	}
+	if !strings.Contains(logs.String(), "more than one entry matches") {
+		t.Error("popgate's log does not say that two entries match")
+	}
 	if l := ls.dovecot.Log(); strings.Contains(l, "Not-carols-pw") || strings.Contains(l, "dave@example.com") {
 		t.Errorf("a refused login reached Dovecot:\n%s", l)
 	}
@@ -373,7 +396,7 @@ func TestLDAPRouting(t *testing.T) {
 	// carol's credentials with an authorization identity: the entry
 	// rewrites the login to the master's, which must never act for
 	// another mailbox.
-	p := dialPop(t, addr)
+	p = dialPop(t, addr)
 	plain := base64.StdEncoding.EncodeToString([]byte(ldapAlice + "\x00" + ldapCarol + "\x00" + ldapUsers[ldapCarol]))
 	if r := p.do("AUTH PLAIN " + plain); !strings.HasPrefix(r, "-ERR [AUTH]") {
 		t.Errorf("AUTH PLAIN as alice with carol's master-rewritten credentials: %q, want -ERR [AUTH]", r)
