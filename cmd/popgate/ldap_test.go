@@ -231,8 +231,9 @@ address = ""
 
 // startLDAPRunner serves the configuration text as cmdRun does, with
 // failed logins answered at once (no assumed backend failure time), and
-// returns the listener's address, the log and a function that stops it.
-func startLDAPRunner(t *testing.T, text string) (addr string, logs *logSink, stop func()) {
+// returns the runner (reload re-reads the text's file), the listener's
+// address, the log and a function that stops it.
+func startLDAPRunner(t *testing.T, text string) (r *runner, addr string, logs *logSink, stop func()) {
 	t.Helper()
 	path := writeConfig(t, text)
 	c, err := LoadConfig(path)
@@ -250,7 +251,8 @@ func startLDAPRunner(t *testing.T, text string) (addr string, logs *logSink, sto
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
 		t.Fatal(err)
 	}
-	r := newRunner(in, log)
+	r = newRunner(in, log)
+	r.path = path
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.run(ctx) }()
@@ -270,7 +272,7 @@ func startLDAPRunner(t *testing.T, text string) (addr string, logs *logSink, sto
 		})
 	}
 	t.Cleanup(stop)
-	return r.addrOf("plain"), logs, stop
+	return r, r.addrOf("plain"), logs, stop
 }
 
 // pop is a POP3 client that reports answers instead of failing on -ERR.
@@ -361,7 +363,7 @@ func (ls *ldapSetup) fetch(t *testing.T, addr, user string) {
 // return needs no popgate restart.
 func TestLDAPRouting(t *testing.T) {
 	ls := startLDAPSetup(t, nil, "")
-	addr, logs, stop := startLDAPRunner(t, ls.config(""))
+	r, addr, logs, stop := startLDAPRunner(t, ls.config(""))
 
 	for _, u := range []string{ldapAlice, ldapBob, ldapCarol, ldapAlice} {
 		ls.fetch(t, addr, u)
@@ -440,6 +442,26 @@ func TestLDAPRouting(t *testing.T) {
 	}
 	ls.fetch(t, addr, ldapAlice)
 	ls.fetch(t, addr, ldapCarol)
+
+	// Reloads replace the source; the connections of the old ones are
+	// closed.
+	if n := establishedTo(t, ls.dir.Port); n == 0 {
+		t.Fatal("no connection to the directory is seen open")
+	}
+	for range 5 {
+		if err := r.reload(); err != nil {
+			t.Fatal(err)
+		}
+		ls.fetch(t, addr, ldapBob)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n := establishedTo(t, ls.dir.Port); n > defaultLDAPConnections; n = establishedTo(t, ls.dir.Port) {
+		if time.Now().After(deadline) {
+			t.Errorf("%d connections to the directory after 5 reloads, want at most %d", n, defaultLDAPConnections)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	if l := logs.String(); strings.Contains(l, dirrun.Password) || strings.Contains(l, ldapMasterPw) {
 		t.Error("a password is in popgate's log")
@@ -614,7 +636,7 @@ func TestLDAPPasswordHashes(t *testing.T) {
 			uid, dirrun.PeopleDN, uid, uid, hash)
 	}
 	ls := startLDAPSetup(t, users, ldif.String())
-	addr, _, _ := startLDAPRunner(t, ls.config(""))
+	_, addr, _, _ := startLDAPRunner(t, ls.config(""))
 	var wg sync.WaitGroup
 	for u := range users {
 		wg.Go(func() {
