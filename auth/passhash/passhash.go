@@ -2,12 +2,16 @@
 // Dovecot writes: "{SCHEME}data", as `doveadm pw` prints it and as
 // directories (SQL tables, LDAP userPassword) hold it.
 //
-//	v, err := passhash.New(passhash.Config{})
+//	v, err := passhash.New(passhash.Config{}) // at start
 //	...
-//	switch err := v.Verify(ctx, row.PasswordHash, password); {
-//	case err == nil:                       // the password is right
-//	case errors.Is(err, passhash.ErrMismatch): // wrong password: [AUTH]
-//	default:                               // busy, malformed, unsupported, too costly: [SYS/TEMP]
+//	err := v.Verify(ctx, row.PasswordHash, password)
+//	switch {
+//	case err == nil:
+//		// the password is right
+//	case errors.Is(err, passhash.ErrMismatch):
+//		// a wrong password: [AUTH]
+//	default:
+//		// not checked (ErrBusy, or an *Error for the hash): [SYS/TEMP]
 //	}
 //
 // Supported schemes (names are case-insensitive, as in Dovecot):
@@ -136,13 +140,15 @@ type Limits struct {
 	Argon2Threads uint32
 }
 
-// DefaultLimits are the limits a zero Limits field takes.
-var DefaultLimits = Limits{
-	BcryptCost:     14,
-	SHACryptRounds: 1_000_000,
-	Argon2Memory:   256 * 1024,
-	Argon2Time:     8,
-	Argon2Threads:  16,
+// DefaultLimits returns the limits a zero Limits field takes.
+func DefaultLimits() Limits {
+	return Limits{
+		BcryptCost:     14,
+		SHACryptRounds: 1_000_000,
+		Argon2Memory:   256 * 1024,
+		Argon2Time:     8,
+		Argon2Threads:  16,
+	}
 }
 
 // The formats' own maxima: a limit above one of them is a configuration
@@ -154,20 +160,21 @@ const (
 )
 
 func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
 	if l.BcryptCost == 0 {
-		l.BcryptCost = DefaultLimits.BcryptCost
+		l.BcryptCost = d.BcryptCost
 	}
 	if l.SHACryptRounds == 0 {
-		l.SHACryptRounds = DefaultLimits.SHACryptRounds
+		l.SHACryptRounds = d.SHACryptRounds
 	}
 	if l.Argon2Memory == 0 {
-		l.Argon2Memory = DefaultLimits.Argon2Memory
+		l.Argon2Memory = d.Argon2Memory
 	}
 	if l.Argon2Time == 0 {
-		l.Argon2Time = DefaultLimits.Argon2Time
+		l.Argon2Time = d.Argon2Time
 	}
 	if l.Argon2Threads == 0 {
-		l.Argon2Threads = DefaultLimits.Argon2Threads
+		l.Argon2Threads = d.Argon2Threads
 	}
 	return l
 }
@@ -182,7 +189,7 @@ type Config struct {
 	// take no slot.
 	Concurrency int
 	// Limits caps the cost parameters of a hash; a zero field takes its
-	// value from DefaultLimits.
+	// value from DefaultLimits().
 	Limits Limits
 	// DefaultScheme is the scheme of a hash with no "{SCHEME}" prefix, as
 	// Dovecot's default_password_scheme. Empty: such a hash is refused
@@ -247,9 +254,11 @@ func New(cfg Config) (*Verifier, error) {
 // does, [ErrMismatch] when it does not. Any other error means the password
 // was not checked: an [*Error] for a hash that is malformed, of an
 // unsupported scheme or above the limits, or [ErrBusy] (wrapping the
-// context's error) when no slot came free before ctx ended. An expensive
-// verification, once started, runs to its end whatever ctx does: it cannot
-// be interrupted, and the limits bound how long it takes.
+// context's error) when no slot came free before ctx ended. Give ctx the
+// login's or lookup's deadline: without one, Verify waits for a slot as
+// long as it takes. An expensive verification, once started, runs to its
+// end whatever ctx does: it cannot be interrupted, and the limits bound how
+// long it takes.
 func (v *Verifier) Verify(ctx context.Context, hash, password string) error {
 	h, err := v.parse(hash)
 	if err != nil {
