@@ -103,8 +103,8 @@ type Config struct {
 	// attribute (or an empty one).
 	Port string
 	// Timeout bounds one lookup: waiting for a connection, connecting,
-	// StartTLS and bind when a new connection is needed, the search. 0
-	// means 3s.
+	// StartTLS and bind when a new connection is needed, the search, and
+	// the wait for a turn to check a password hash. 0 means 3s.
 	Timeout time.Duration
 	// Connections is the most connections open at once (and lookups
 	// under way); 0 means 4.
@@ -316,6 +316,11 @@ func (s *Source) Decide(ctx context.Context, req *auth.Request) (auth.Decision, 
 	if err := req.Credentials.Check(); err != nil {
 		return auth.Decision{}, err
 	}
+	// One timeout for the search and the password hash check, whose
+	// wait for a turn (auth/passhash's bound on concurrent checks) ends
+	// with it.
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	e, err := s.find(ctx, req.User)
 	if err != nil {
 		return auth.Decision{}, err
