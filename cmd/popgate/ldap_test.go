@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -17,10 +18,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/internal/certgen"
 	"github.com/popgate/popgate/internal/dirrun"
 	"github.com/popgate/popgate/internal/dovecotrun"
 	"github.com/popgate/popgate/proxy"
@@ -698,4 +701,105 @@ backend = "b"
 			t.Errorf("%s: warned %v, want %v; log:\n%s", host, got, warn, logs.String())
 		}
 	}
+}
+
+// fakeStore is a POP3 server a hostile entry's mailHost could point at: it
+// offers STLS with a certificate for the right name from another CA, and
+// records whether a password ever arrived.
+type fakeStore struct {
+	ln       net.Listener
+	gotLogin atomic.Bool
+}
+
+func startFakeStore(t *testing.T) *fakeStore {
+	t.Helper()
+	ca, err := certgen.NewCA("not the mail stores' CA", certgen.ECDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue(dovecotrun.DefaultServerName, certgen.ECDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeStore{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				var conn net.Conn = c
+				r := bufio.NewReader(conn)
+				io.WriteString(conn, "+OK fake\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch cmd := strings.ToUpper(strings.Fields(line + " x")[0]); cmd {
+					case "CAPA":
+						io.WriteString(conn, "+OK\r\nUSER\r\nSTLS\r\nSASL PLAIN\r\n.\r\n")
+					case "STLS":
+						io.WriteString(conn, "+OK begin TLS\r\n")
+						tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
+						if err := tc.Handshake(); err != nil {
+							return
+						}
+						conn, r = tc, bufio.NewReader(tc)
+					case "USER", "PASS", "AUTH":
+						f.gotLogin.Store(true)
+						io.WriteString(conn, "+OK\r\n")
+					default:
+						io.WriteString(conn, "-ERR\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return f
+}
+
+// TestLDAPHostileMailHost: an entry whose mailHost (and port) point at a
+// server of someone else's gets no password from popgate: the template
+// backend's TLS settings want a certificate from the mail stores' CA.
+func TestLDAPHostileMailHost(t *testing.T) {
+	f := startFakeStore(t)
+	ldif := fmt.Sprintf(`
+dn: uid=mallory,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: mallory
+cn: Mallory
+sn: Example
+mail: mallory@example.com
+mailHost: 127.0.0.1
+postalCode: %s
+`, portOf(f.ln.Addr().String()))
+	ls := startLDAPSetup(t, nil, ldif)
+	text := strings.Replace(ls.config(""), "[route.ldap.attributes]\n", "[route.ldap.attributes]\nport = \"postalCode\"\n", 1)
+	_, addr, logs, _ := startLDAPRunner(t, text)
+	p := dialPop(t, addr)
+	if r := p.login("mallory@example.com", "Mallorys-pw"); !strings.HasPrefix(r, "-ERR") {
+		t.Errorf("login at a store with a foreign certificate: %q", r)
+	}
+	if f.gotLogin.Load() {
+		t.Error("the foreign store received a login")
+	}
+	if !strings.Contains(logs.String(), "certificate") {
+		t.Errorf("popgate's log does not name the certificate:\n%s", logs)
+	}
+	// The port attribute works for a store that is the real one.
+	ls.fetch(t, addr, ldapAlice)
 }
