@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	ber "github.com/go-asn1-ber/asn1-ber"
 	"github.com/go-ldap/ldap/v3"
 
 	"github.com/popgate/popgate/auth"
@@ -741,6 +743,50 @@ func BenchmarkDecide(b *testing.B) {
 				b.Error(err)
 				return
 			}
+		}
+	})
+}
+
+// FuzzFilter: whatever the user name, the filter keeps the template's
+// structure, and the value the server compares is the name itself.
+func FuzzFilter(f *testing.F) {
+	for _, s := range []string{"alice@example.com", "*", "*)(uid=*", `\2a`, ")(|(uid=*", "\x00", "(", "\\", "a@b@c", "é", "\xff", ""} {
+		f.Add(s)
+	}
+	parts, err := parseFilter("(&(objectClass=inetOrgPerson)(|(mail=%u)(&(uid=%n)(associatedDomain=%d))))")
+	if err != nil {
+		f.Fatal(err)
+	}
+	shape := func(p *ber.Packet) string {
+		var b strings.Builder
+		var walk func(*ber.Packet)
+		walk = func(p *ber.Packet) {
+			fmt.Fprintf(&b, "(%d/%d/%d", p.ClassType, p.TagType, p.Tag)
+			for _, c := range p.Children {
+				walk(c)
+			}
+			b.WriteByte(')')
+		}
+		walk(p)
+		return b.String()
+	}
+	ref, err := ldap.CompileFilter(makeFilter(parts, "x@y"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	want := shape(ref)
+	f.Fuzz(func(t *testing.T, user string) {
+		p, err := ldap.CompileFilter(makeFilter(parts, user))
+		if err != nil {
+			t.Fatalf("%q: %v", user, err)
+		}
+		if got := shape(p); got != want {
+			t.Fatalf("%q changes the filter's structure:\n%s\nwant\n%s", user, got, want)
+		}
+		// (|(mail=VALUE)...): the or's first child, its value.
+		mail := p.Children[1].Children[0]
+		if v := mail.Children[1].Data.String(); v != user {
+			t.Fatalf("%q: the server would compare mail with %q", user, v)
 		}
 	})
 }
