@@ -135,7 +135,8 @@ var configKeys = []configKey{
 	{"route.http.backend", nil},
 	{"route.ldap.url", nil},
 	{"route.ldap.insecure_plaintext", nil},
-	{"route.ldap.ca_file", nil}, // the system's roots
+	{"route.ldap.ca_file", nil},     // the system's roots
+	{"route.ldap.server_name", nil}, // the URL's host
 	{"route.ldap.bind_dn", nil},
 	{"route.ldap.bind_password", nil},
 	{"route.ldap.bind_password_file", nil},

@@ -27,6 +27,7 @@ type RouteLDAPConfig struct {
 	URL               string              `toml:"url"`
 	InsecurePlaintext bool                `toml:"insecure_plaintext"`
 	CAFile            string              `toml:"ca_file"`
+	ServerName        string              `toml:"server_name"`
 	BindDN            string              `toml:"bind_dn"`
 	BindPassword      string              `toml:"bind_password"`
 	BindPasswordFile  string              `toml:"bind_password_file"`
@@ -61,7 +62,10 @@ type ldapRouteSettings struct {
 	URL       string
 	Plaintext bool
 	CAFile    string
-	BindDN    string
+	// ServerName is checked on the directory's certificate; "" means
+	// the URL's host.
+	ServerName string
+	BindDN     string
 	// BindPassword is bind_password; buildInstance reads
 	// BindPasswordFile instead when it is set (again on every reload).
 	BindPassword     auth.Password
@@ -93,6 +97,7 @@ func (l *RouteLDAPConfig) settings(known map[string]bool, add func(string, ...an
 		URL:              l.URL,
 		Plaintext:        l.InsecurePlaintext,
 		CAFile:           l.CAFile,
+		ServerName:       l.ServerName,
 		BindDN:           l.BindDN,
 		BindPassword:     auth.Password(l.BindPassword),
 		BindPasswordFile: l.BindPasswordFile,
@@ -114,6 +119,9 @@ func (l *RouteLDAPConfig) settings(known map[string]bool, add func(string, ...an
 		add("route.ldap.url: %q is not ldap://host[:port] or ldaps://host[:port] (base and filter have keys of their own)", l.URL)
 	case u.Scheme == "ldaps" && l.InsecurePlaintext:
 		add("route.ldap.insecure_plaintext: an ldaps:// URL is always encrypted; remove the key or use ldap://")
+	}
+	if l.InsecurePlaintext && (l.CAFile != "" || l.ServerName != "") {
+		add("route.ldap.insecure_plaintext: no TLS, so ca_file and server_name would be ignored; remove them or the key")
 	}
 	switch {
 	case l.BindPassword != "" && l.BindPasswordFile != "":
@@ -246,8 +254,11 @@ func (l *ldapRouteSettings) build(in *instance, known func(string) bool) (auth.S
 		},
 	}
 	if !l.Plaintext {
-		host := u.Hostname()
-		cfg.TLSConfig, err = tlsconf.Backend(tlsconf.BackendConfig{ServerName: host, CAFile: l.CAFile, MinVersion: "1.2"})
+		name := l.ServerName
+		if name == "" {
+			name = u.Hostname()
+		}
+		cfg.TLSConfig, err = tlsconf.Backend(tlsconf.BackendConfig{ServerName: name, CAFile: l.CAFile, MinVersion: "1.2"})
 		if err != nil {
 			return nil, fmt.Errorf("ca_file: %w", err)
 		}

@@ -520,6 +520,14 @@ func TestLDAPRouteCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `-> tls (`) {
 		t.Errorf("ldaps: route %s = %d, %q, %q", ldapBob, code, out, errOut)
 	}
+	// server_name is the name checked on the certificate (which names
+	// localhost and 127.0.0.1).
+	for name, ok := range map[string]bool{"localhost": true, "ldap.example.com": false} {
+		code, out, errOut := route(ls.config("server_name = "+strconv.Quote(name)), ldapBob)
+		if (code == 0) != ok || !ok && !strings.Contains(errOut, "certificate") {
+			t.Errorf("server_name %s: %d, %q, %q", name, code, out, errOut)
+		}
+	}
 	for name, text := range map[string]string{
 		"StartTLS": ls.config(""),
 		"ldaps":    ldaps,
