@@ -1,6 +1,7 @@
 package ldapsource
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -789,4 +790,52 @@ func FuzzFilter(f *testing.F) {
 			t.Fatalf("%q: the server would compare mail with %q", user, v)
 		}
 	})
+}
+
+// TestGarbage: a server that answers what is not LDAP, or too much of it,
+// is an error within the timeout, over StartTLS and in plaintext.
+func TestGarbage(t *testing.T) {
+	for name, answer := range map[string][]byte{
+		"POP3 greeting": []byte("+OK POP3 ready\r\n"),
+		"huge length":   {0x30, 0x84, 0x7f, 0xff, 0xff, 0xff, 0x02, 0x01, 0x01},
+		"endless":       bytes.Repeat([]byte{0x30, 0x80}, 1<<16),
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					c.Read(make([]byte, 512))
+					c.Write(answer)
+					io.Copy(io.Discard, c)
+				}()
+			}
+		}()
+		for _, plain := range []bool{false, true} {
+			cfg := Config{URL: "ldap://" + ln.Addr().String(), Plaintext: plain, TLSConfig: &tls.Config{ServerName: "localhost"},
+				Base: dirrun.PeopleDN, Scope: ldap.ScopeWholeSubtree, Filter: "(mail=%u)",
+				Attributes: Attributes{Backend: "departmentNumber"}, Timeout: time.Second}
+			src := newSource(t, cfg)
+			start := time.Now()
+			_, err := src.Decide(t.Context(), request("alice@example.com", "a"))
+			if err == nil || errors.Is(err, auth.ErrNoRoute) {
+				t.Errorf("%s (plaintext %v): %v, want an error", name, plain, err)
+			}
+			if took := time.Since(start); took > 3*time.Second {
+				t.Errorf("%s (plaintext %v): the error took %v, timeout 1s", name, plain, took)
+			}
+			if ps := src.PoolStats(); ps.Idle != 0 || ps.InUse != 0 {
+				t.Errorf("%s: PoolStats = %+v", name, ps)
+			}
+		}
+		ln.Close()
+	}
 }
