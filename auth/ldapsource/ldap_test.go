@@ -452,6 +452,13 @@ func TestOutage(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	// kill returns before every thread has stopped: wait for the state
+	// to say so.
+	for deadline := time.Now().Add(5 * time.Second); !stopped(t, pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("slapd does not stop on SIGSTOP")
+		}
+	}
 	start := time.Now()
 	err = decide()
 	took := time.Since(start)
@@ -838,4 +845,24 @@ func TestGarbage(t *testing.T) {
 		}
 		ln.Close()
 	}
+}
+
+// stopped reports whether every thread of process pid is stopped (state
+// T in /proc/PID/task/*/stat).
+func stopped(t *testing.T, pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) == 0 || f[0] != "T" {
+			return false
+		}
+	}
+	return true
 }
