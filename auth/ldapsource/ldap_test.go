@@ -866,3 +866,35 @@ func stopped(t *testing.T, pid int) bool {
 	}
 	return true
 }
+
+// BenchmarkCachedDecide: a login answered from the lookup cache in front
+// of the source (route.ldap.cache_ttl), the warm path.
+func BenchmarkCachedDecide(b *testing.B) {
+	s, err := dirrun.StartSlapd()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Add(people); err != nil {
+		b.Fatal(err)
+	}
+	cfg := testConfig(b, s)
+	cfg.Attributes.PasswordHash, cfg.Attributes.Password = "", ""
+	src, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	c := auth.NewCache(src, 1000, time.Hour, time.Minute, nil)
+	chain := &auth.Chain{Sources: []auth.Source{c}}
+	req := request("alice@example.com", "a")
+	if _, err := chain.Route(context.Background(), req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := chain.Route(context.Background(), req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
