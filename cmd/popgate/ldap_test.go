@@ -811,3 +811,29 @@ postalCode: %s
 	// The port attribute works for a store that is the real one.
 	ls.fetch(t, addr, ldapAlice)
 }
+
+// TestLDAPDocExample: the OpenLDAP example of docs/routing.md is a valid
+// configuration (with a listener added; files aside, which build reads).
+func TestLDAPDocExample(t *testing.T) {
+	data, err := os.ReadFile("../../docs/routing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(data), "\n## LDAP directory\n")
+	if !ok {
+		t.Fatal("docs/routing.md has no LDAP directory section")
+	}
+	_, block, ok := strings.Cut(sec, "```toml\n")
+	block, _, ok2 := strings.Cut(block, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the LDAP directory section has no TOML example")
+	}
+	s, err := ParseConfig("routing.md", []byte("[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n\n"+block))
+	if err != nil {
+		t.Fatalf("the example: %v\n%s", err, block)
+	}
+	l := s.Route.LDAP
+	if l == nil || l.Attributes.Host != "mailHost" || l.Port != 110 || l.Backend != "mailstores" {
+		t.Errorf("the example's [route.ldap]: %+v", l)
+	}
+}
