@@ -408,11 +408,11 @@ type routeSource struct {
 
 // sources lists the routing sources r configures, in the lookup order of
 // the README's "Routing and authentication": users, domains, map file, SQL
-// query, HTTP service (route.default comes after them all). The SQL query
-// comes before the HTTP service, which never lets a later source decide.
-// It is the one place a source is added; the checks of [route], the chain
-// that routes logins, popgate route and ACME's domains_from_routes all
-// take them from here.
+// query, LDAP directory, HTTP service (route.default comes after them
+// all). The directories come before the HTTP service, which never lets a
+// later source decide. It is the one place a source is added; the checks
+// of [route], the chain that routes logins, popgate route and ACME's
+// domains_from_routes all take them from here.
 func (r *routeSettings) sources() []routeSource {
 	var ss []routeSource
 	if len(r.Users) > 0 || len(r.Domains) > 0 {
@@ -423,6 +423,9 @@ func (r *routeSettings) sources() []routeSource {
 	}
 	if r.SQL != nil {
 		ss = append(ss, routeSource{"route.sql", false, r.SQL.build})
+	}
+	if r.LDAP != nil {
+		ss = append(ss, routeSource{"route.ldap", false, r.LDAP.build})
 	}
 	if r.HTTP != nil {
 		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})

@@ -101,6 +101,7 @@ type RouteConfig struct {
 	MapFile string            `toml:"map_file"`
 	HTTP    *RouteHTTPConfig  `toml:"http"`
 	SQL     *RouteSQLConfig   `toml:"sql"`
+	LDAP    *RouteLDAPConfig  `toml:"ldap"` // ldap.go
 }
 
 // RouteHTTPConfig is [route.http]: a lookup service speaking nginx's
@@ -288,6 +289,9 @@ func (c *Config) settings() (*settings, []error) {
 	var known map[string]bool
 	s.Backends, known = c.backends(add)
 	s.Route = c.Route.settings(known, add)
+	if s.Route.LDAP != nil {
+		s.Route.LDAP.portFrom(s.Backends)
+	}
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
 	s.POP3 = pop3Settings{
@@ -541,6 +545,9 @@ func (r RouteConfig) settings(known map[string]bool, add func(string, ...any)) r
 	}
 	if q := r.SQL; q != nil {
 		s.SQL = q.settings(known, add)
+	}
+	if r.LDAP != nil {
+		s.LDAP = r.LDAP.settings(known, add)
 	}
 	if r.Default == "" && len(s.sources()) == 0 {
 		add("route: no route at all; set route.default, route.users or route.domains")

@@ -84,6 +84,7 @@ type routeSettings struct {
 	MapFile string
 	HTTP    *httpRouteSettings // nil without [route.http]
 	SQL     *sqlRouteSettings  // nil without [route.sql]
+	LDAP    *ldapRouteSettings // nil without [route.ldap]; ldap.go
 }
 
 // httpRouteSettings is [route.http].
