@@ -34,11 +34,16 @@ type Sources struct {
 	// Certificates returns the NotAfter of each served certificate by
 	// name, for popgate_certificate_expiry_timestamp_seconds.
 	Certificates func() map[string]time.Time
-	// LookupCache returns the hits and misses of the [route.http] lookup
-	// cache since it was made, for popgate_lookup_cache_hits_total and
-	// popgate_lookup_cache_misses_total. See [Metrics.SetSources] for what
-	// happens when it is replaced.
-	LookupCache func() (hits, misses int64)
+	// LookupCaches returns, by routing source ("route.http",
+	// "route.sql"), the hits and misses of the source's lookup cache
+	// since it was made, for popgate_lookup_cache_hits_total and
+	// popgate_lookup_cache_misses_total{source}. See [Metrics.SetSources]
+	// for what happens when one is replaced.
+	LookupCaches map[string]func() (hits, misses int64)
+	// DirectoryPools returns, by routing source ("route.sql",
+	// "route.ldap"), the connections its pool holds to the directory, in
+	// use and idle, for popgate_directory_connections{source,state}.
+	DirectoryPools map[string]func() (inUse, idle int)
 	// ACMEOrderBudget returns how many orders the ACME order budget has
 	// room for now, for popgate_acme_order_budget_remaining.
 	ACMEOrderBudget func() float64
@@ -74,6 +79,8 @@ type Metrics struct {
 	acmeOrders      *prometheus.CounterVec
 	acmeWithheld    *prometheus.CounterVec
 	certReloads     *prometheus.CounterVec // certreload.go
+	dirLookups      *prometheus.CounterVec
+	dirLatency      *prometheus.HistogramVec
 
 	// Label children by listener, backend, refusal and TLS parameters,
 	// so that the hot path needs no label hashing.
@@ -178,6 +185,15 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 			Name: "popgate_acme_orders_withheld_total",
 			Help: "Handshakes that needed a new ACME certificate and placed no order, by reason (backoff: the last order failed recently; budget: the order budget is used up; denied: the approval hook said no; ask_failed: it did not answer, or too many requests to it were under way; busy: a renewal of the name was under way).",
 		}, []string{"reason"}),
+		dirLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "popgate_directory_lookups_total",
+			Help: "Queries routing sources sent to their directory (route.sql, route.ldap), by source and result (found; not_found: the next source decides; error: the directory failed, timed out or answered garbage). Answers from the lookup cache are not queries.",
+		}, []string{"source", "result"}),
+		dirLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "popgate_directory_lookup_seconds",
+			Help:    "Time in seconds of the queries routing sources sent to their directory, waiting for a pooled connection included, whatever their result, by source.",
+			Buckets: backendBuckets,
+		}, []string{"source"}),
 		loginRes:    make(map[string]prometheus.Counter),
 		orderRes:    make(map[[2]string]prometheus.Counter),
 		withheldRes: make(map[string]prometheus.Counter),
@@ -224,6 +240,7 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		m.sessionDuration,
 		m.reloads, m.reloadOK, m.reloadTime,
 		m.acmeOrders, m.acmeWithheld,
+		m.dirLookups, m.dirLatency,
 		&m.src,
 	)
 	m.certReloads = newCertReloadErrors()
@@ -235,12 +252,13 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 // scrapes run, after a configuration reload.
 //
 // The lookup cache counters stay monotonic across a replacement: a reload
-// makes a new cache whose counts start again at 0, so SetSources reads the
-// old LookupCache one last time and adds its counts to a base that the
-// new source's counts are added to. Hence a source that continues the old
-// counts (the same cache kept across a reload) must not be passed again:
-// its counts would be counted twice; keep the whole Sources value then,
-// or wrap the cache's counters so that they start at 0.
+// makes new caches whose counts start again at 0, so SetSources reads each
+// old LookupCaches entry one last time and adds its counts to its source's
+// base, which the new counts of the same source are added to. Hence a
+// cache that continues the old counts (the same cache kept across a
+// reload) must not be passed again: its counts would be counted twice;
+// keep the whole Sources value then, or wrap the cache's counters so that
+// they start at 0.
 func (m *Metrics) SetSources(src Sources) { m.src.set(src) }
 
 // Reloaded records the end of a configuration reload; err is nil when the
@@ -262,6 +280,13 @@ var (
 	_ proxy.Observer        = (*Metrics)(nil)
 	_ tlsconf.OrderObserver = (*Metrics)(nil)
 )
+
+// DirectoryLookup counts and times one query of a routing source to its
+// directory; it is an auth.LookupObserver.
+func (m *Metrics) DirectoryLookup(source, result string, took time.Duration) {
+	m.dirLookups.WithLabelValues(source, result).Inc()
+	m.dirLatency.WithLabelValues(source).Observe(took.Seconds())
+}
 
 // ACMEOrder implements [tlsconf.OrderObserver].
 func (m *Metrics) ACMEOrder(keyType, result string) {
@@ -414,8 +439,8 @@ func (c *children[K, V]) get(k K) V {
 type sourceCollector struct {
 	mu  sync.Mutex
 	src Sources
-	// Lookup cache counts of the sources replaced so far.
-	hitsBase, missesBase int64
+	// Lookup cache counts of the caches replaced so far, by source.
+	base map[string][2]int64
 }
 
 var (
@@ -428,9 +453,11 @@ var (
 	certDesc = prometheus.NewDesc("popgate_certificate_expiry_timestamp_seconds",
 		"Unix time in seconds when a served certificate expires (its NotAfter), by name.", []string{"name"}, nil)
 	hitsDesc = prometheus.NewDesc("popgate_lookup_cache_hits_total",
-		"Route lookups ([route.http]) answered from the cache.", nil, nil)
+		"Route lookups answered from a routing source's cache, by source (route.http, route.sql).", []string{"source"}, nil)
 	missesDesc = prometheus.NewDesc("popgate_lookup_cache_misses_total",
-		"Route lookups ([route.http]) not found in the cache.", nil, nil)
+		"Route lookups not found in a routing source's cache, by source (route.http, route.sql).", []string{"source"}, nil)
+	poolDesc = prometheus.NewDesc("popgate_directory_connections",
+		"Connections a routing source's pool holds to its directory, by source (route.sql, route.ldap) and state (in_use, idle).", []string{"source", "state"}, nil)
 	budgetDesc = prometheus.NewDesc("popgate_acme_order_budget_remaining",
 		"ACME orders the order budget (tls.acme.order_budget) has room for now; on-demand names leave order_budget_reserve of them to renewals and domains.", nil, nil)
 )
@@ -438,17 +465,20 @@ var (
 func (c *sourceCollector) set(src Sources) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old := c.src.LookupCache; old != nil {
+	for k, old := range c.src.LookupCaches {
 		h, m := old()
-		c.hitsBase += h
-		c.missesBase += m
+		if c.base == nil {
+			c.base = make(map[string][2]int64)
+		}
+		b := c.base[k]
+		c.base[k] = [2]int64{b[0] + h, b[1] + m}
 	}
 	c.src = src
 }
 
 // Describe implements prometheus.Collector.
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, budgetDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc} {
 		ch <- d
 	}
 }
@@ -457,12 +487,13 @@ func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	src := c.src
-	var hits, misses int64
-	if src.LookupCache != nil {
-		// Under mu so that set cannot move counts to the base between
-		// the read and the sum.
-		h, m := src.LookupCache()
-		hits, misses = c.hitsBase+h, c.missesBase+m
+	// Under mu so that set cannot move counts to the base between the
+	// read and the sum.
+	caches := make(map[string][2]int64, len(src.LookupCaches))
+	for k, f := range src.LookupCaches {
+		h, m := f()
+		b := c.base[k]
+		caches[k] = [2]int64{b[0] + h, b[1] + m}
 	}
 	c.mu.Unlock()
 
@@ -480,9 +511,14 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(certDesc, prometheus.GaugeValue, float64(t.Unix()), name)
 		}
 	}
-	if src.LookupCache != nil {
-		ch <- prometheus.MustNewConstMetric(hitsDesc, prometheus.CounterValue, float64(hits))
-		ch <- prometheus.MustNewConstMetric(missesDesc, prometheus.CounterValue, float64(misses))
+	for k, n := range caches {
+		ch <- prometheus.MustNewConstMetric(hitsDesc, prometheus.CounterValue, float64(n[0]), k)
+		ch <- prometheus.MustNewConstMetric(missesDesc, prometheus.CounterValue, float64(n[1]), k)
+	}
+	for k, f := range src.DirectoryPools {
+		inUse, idle := f()
+		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(inUse), k, "in_use")
+		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(idle), k, "idle")
 	}
 	if src.ACMEOrderBudget != nil {
 		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, src.ACMEOrderBudget())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -65,6 +66,7 @@ func TestMetrics(t *testing.T) {
 				`popgate_bytes_total{direction="client_to_backend"}`,
 				`popgate_lookup_cache_hits_total`,
 				`popgate_lookup_cache_misses_total`,
+				`popgate_directory_connections`,
 				`popgate_acme_order_budget_remaining`,
 			},
 		},
@@ -211,7 +213,8 @@ func TestMetrics(t *testing.T) {
 					Certificates: func() map[string]time.Time {
 						return map[string]time.Time{"mail.example.com": certExpiry, "*.example.net": certExpiry.Add(time.Hour)}
 					},
-					LookupCache: lookups.get,
+					LookupCaches:   map[string]func() (int64, int64){"route.http": lookups.get},
+					DirectoryPools: map[string]func() (int, int){"route.sql": func() (int, int) { return 2, 5 }},
 				})
 			},
 			want: map[string]float64{
@@ -222,8 +225,10 @@ func TestMetrics(t *testing.T) {
 				`popgate_bytes_total{direction="backend_to_client"}`:                    5000,
 				`popgate_certificate_expiry_timestamp_seconds{name="mail.example.com"}`: float64(certExpiry.Unix()),
 				`popgate_certificate_expiry_timestamp_seconds{name="*.example.net"}`:    float64(certExpiry.Unix() + 3600),
-				`popgate_lookup_cache_hits_total`:                                       7,
-				`popgate_lookup_cache_misses_total`:                                     3,
+				`popgate_lookup_cache_hits_total{source="route.http"}`:                  7,
+				`popgate_lookup_cache_misses_total{source="route.http"}`:                3,
+				`popgate_directory_connections{source="route.sql",state="in_use"}`:      2,
+				`popgate_directory_connections{source="route.sql",state="idle"}`:        5,
 			},
 		},
 		{
@@ -296,8 +301,12 @@ func TestMetrics(t *testing.T) {
 				}
 			}
 			for _, series := range tc.absent {
-				if v, ok := got[series]; ok {
-					t.Errorf("%s = %v, want no such series", series, v)
+				for g, v := range got {
+					// A series named without labels stands for
+					// every series of its family.
+					if g == series || !strings.Contains(series, "{") && strings.HasPrefix(g, series+"{") {
+						t.Errorf("%s = %v, want no such series", g, v)
+					}
 				}
 			}
 		})
@@ -311,7 +320,8 @@ func TestMetricsFamilies(t *testing.T) {
 	m.SetSources(Sources{
 		Sessions:        &fakeSessions{stats: proxy.Stats{Active: map[string]int{"pop3s": 1}}},
 		Certificates:    func() map[string]time.Time { return map[string]time.Time{"a": t0} },
-		LookupCache:     func() (int64, int64) { return 0, 0 },
+		LookupCaches:    map[string]func() (int64, int64){"route.http": func() (int64, int64) { return 0, 0 }},
+		DirectoryPools:  map[string]func() (int, int){"route.sql": func() (int, int) { return 0, 0 }},
 		ACMEOrderBudget: func() float64 { return 1 },
 	})
 	m.Accepted("pop3s")
@@ -322,6 +332,7 @@ func TestMetricsFamilies(t *testing.T) {
 	m.BackendConnect("mx", time.Millisecond, nil)
 	m.BackendLogin("mx", time.Millisecond, proxy.BackendOK)
 	m.SessionEnd("pop3s", time.Second, 0, 0)
+	m.DirectoryLookup("route.sql", "found", time.Millisecond)
 
 	want := map[string]string{
 		"popgate_build_info":                                   "GAUGE",
@@ -342,6 +353,9 @@ func TestMetricsFamilies(t *testing.T) {
 		"popgate_certificate_reload_errors_total":              "COUNTER",
 		"popgate_lookup_cache_hits_total":                      "COUNTER",
 		"popgate_lookup_cache_misses_total":                    "COUNTER",
+		"popgate_directory_lookups_total":                      "COUNTER",
+		"popgate_directory_lookup_seconds":                     "HISTOGRAM",
+		"popgate_directory_connections":                        "GAUGE",
 		"popgate_config_reloads_total":                         "COUNTER",
 		"popgate_config_last_reload_successful":                "GAUGE",
 		"popgate_config_last_reload_success_timestamp_seconds": "GAUGE",
@@ -379,26 +393,31 @@ func TestMetricsFamilies(t *testing.T) {
 func TestLookupCacheMonotonic(t *testing.T) {
 	m := newMetrics("dev", "", newClock(t0).now)
 	h := Handler(m, nil, nil, nil, nil)
-	a, b, c := &counts{}, &counts{}, &counts{}
+	a, b, c, d := &counts{}, &counts{}, &counts{}, &counts{}
+	httpCache := func(c *counts) map[string]func() (int64, int64) {
+		return map[string]func() (int64, int64){"route.http": c.get}
+	}
 	steps := []struct {
 		name                 string
 		do                   func()
 		wantHits, wantMisses float64
 		wantAbsent           bool
 	}{
-		{"first source", func() { a.hits.Store(5); a.misses.Store(2); m.SetSources(Sources{LookupCache: a.get}) }, 5, 2, false},
+		{"first source", func() { a.hits.Store(5); a.misses.Store(2); m.SetSources(Sources{LookupCaches: httpCache(a)}) }, 5, 2, false},
 		{"first grows", func() { a.hits.Store(8); a.misses.Store(3) }, 8, 3, false},
-		{"replaced by a new cache", func() { m.SetSources(Sources{LookupCache: b.get}) }, 8, 3, false},
-		{"new cache counts", func() { b.hits.Store(1); b.misses.Store(4) }, 9, 7, false},
+		{"replaced by a new cache", func() {
+			m.SetSources(Sources{LookupCaches: map[string]func() (int64, int64){"route.http": b.get, "route.sql": d.get}})
+		}, 8, 3, false},
+		{"new cache counts", func() { b.hits.Store(1); b.misses.Store(4); d.hits.Store(100) }, 9, 7, false},
 		{"cache removed", func() { m.SetSources(Sources{}) }, 0, 0, true},
-		{"cache back", func() { m.SetSources(Sources{LookupCache: c.get}) }, 9, 7, false},
+		{"cache back", func() { m.SetSources(Sources{LookupCaches: httpCache(c)}) }, 9, 7, false},
 		{"it counts", func() { c.hits.Store(1) }, 10, 7, false},
 	}
 	for _, st := range steps {
 		st.do()
 		got, _ := scrape(t, h)
-		hits, okH := got["popgate_lookup_cache_hits_total"]
-		misses, okM := got["popgate_lookup_cache_misses_total"]
+		hits, okH := got[`popgate_lookup_cache_hits_total{source="route.http"}`]
+		misses, okM := got[`popgate_lookup_cache_misses_total{source="route.http"}`]
 		if st.wantAbsent {
 			if okH || okM {
 				t.Errorf("%s: lookup cache series exported without a source", st.name)
@@ -438,13 +457,13 @@ func TestMetricsConcurrent(t *testing.T) {
 			// counts then freeze.
 			c := &counts{}
 			c.hits.Store(n % 3)
-			m.SetSources(Sources{Sessions: sessions, LookupCache: c.get})
+			m.SetSources(Sources{Sessions: sessions, LookupCaches: map[string]func() (int64, int64){"route.sql": c.get}})
 			sessions.setStats(proxy.Stats{BytesIn: n, BytesOut: 2 * n, Active: map[string]int{"pop3s": int(n % 5)}})
 		}
 	})
 
 	monotonic := []string{
-		`popgate_lookup_cache_hits_total`,
+		`popgate_lookup_cache_hits_total{source="route.sql"}`,
 		`popgate_logins_total{result="ok"}`,
 		`popgate_bytes_total{direction="backend_to_client"}`,
 	}
@@ -464,9 +483,9 @@ func TestMetricsConcurrent(t *testing.T) {
 
 	got, _ := scrape(t, h)
 	for s, want := range map[string]float64{
-		`popgate_lookup_cache_hits_total`:                    199, // the sum of n%3 for n < 200
-		`popgate_logins_total{result="ok"}`:                  4000,
-		`popgate_bytes_total{direction="backend_to_client"}`: 2 * 199,
+		`popgate_lookup_cache_hits_total{source="route.sql"}`: 199, // the sum of n%3 for n < 200
+		`popgate_logins_total{result="ok"}`:                   4000,
+		`popgate_bytes_total{direction="backend_to_client"}`:  2 * 199,
 	} {
 		if got[s] != want {
 			t.Errorf("%s = %v at the end, want %v", s, got[s], want)

@@ -19,7 +19,7 @@ type testCA struct {
 }
 
 // newTestCA creates a CA named name and writes its certificate to dir/name-ca.pem.
-func newTestCA(t *testing.T, dir, name string) *testCA {
+func newTestCA(t testing.TB, dir, name string) *testCA {
 	t.Helper()
 	ca, err := certgen.NewCA(name, certgen.ECDSA)
 	if err != nil {
@@ -34,7 +34,7 @@ func newTestCA(t *testing.T, dir, name string) *testCA {
 
 // issue signs a server certificate for dnsName plus the IP SAN 127.0.0.1 and
 // writes dir/name.crt and dir/name.key (PKCS #8), returning both paths.
-func (ca *testCA) issue(t *testing.T, dir, name, dnsName string) (certFile, keyFile string) {
+func (ca *testCA) issue(t testing.TB, dir, name, dnsName string) (certFile, keyFile string) {
 	t.Helper()
 	certFile, keyFile, err := ca.ca.IssueFiles(dir, name, dnsName, certgen.ECDSA)
 	if err != nil {
@@ -49,7 +49,7 @@ func (ca *testCA) clientConfig(serverName string) *tls.Config {
 	return &tls.Config{RootCAs: ca.Pool, ServerName: serverName, MinVersion: tls.VersionTLS12}
 }
 
-func writeFile(t *testing.T, name string, data []byte, perm os.FileMode) {
+func writeFile(t testing.TB, name string, data []byte, perm os.FileMode) {
 	t.Helper()
 	if err := os.WriteFile(name, data, perm); err != nil {
 		t.Fatalf("write %s: %v", name, err)

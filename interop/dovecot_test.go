@@ -58,7 +58,7 @@ func startDovecot(t *testing.T) *dovecot {
 // startDovecotWith is startDovecot with the options changed by opt, when
 // set, before Dovecot starts: more users, master users, extra
 // configuration.
-func startDovecotWith(t *testing.T, opt func(*dovecotrun.Options)) *dovecot {
+func startDovecotWith(t testing.TB, opt func(*dovecotrun.Options)) *dovecot {
 	t.Helper()
 	requireInterop(t, "dovecot")
 	if os.Geteuid() != 0 {

@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 
 // requireInterop skips t unless POPGATE_INTEROP=1. When it is set, a missing
 // binary among bins is a failure, never a silent pass.
-func requireInterop(t *testing.T, bins ...string) {
+func requireInterop(t testing.TB, bins ...string) {
 	t.Helper()
 	if os.Getenv(envInterop) != "1" {
 		t.Skip("set POPGATE_INTEROP=1 (scripts/test does)")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -10,9 +11,12 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/auth/passhash"
 	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -36,10 +40,20 @@ type instance struct {
 	addrs       []string // listen addresses, by index of listeners
 	keys        []string // the listeners' ListenConfig.key, by index
 	// router is the lookup chain; nil until buildInstance has built it.
-	router   *auth.Chain
-	mapFile  *auth.MapFile  // among router's sources, for its file watch; nil without route.map_file
-	cache    *auth.Cache    // among router's sources, for its metrics; nil without [route.http] caching
+	router  *auth.Chain
+	mapFile *auth.MapFile // among router's sources, for its file watch; nil without route.map_file
+	// caches and pools are router's lookup caches and directory
+	// connection pools by source, for the metrics; lookups passes the
+	// directory sources' queries to them once the runner sets it.
+	caches   []sourceCache
+	pools    []sourcePool
+	lookups  lookupRelay
 	throttle *auth.Throttle // shared by every instance of the process
+	// hashes verifies the directory sources' password hashes; shared by
+	// every instance of the process, as the throttle is, so that its
+	// bound on concurrent bcrypt, SHA-crypt and Argon2 verifications
+	// holds across reloads.
+	hashes *passhash.Verifier
 	// throttleConfig is this configuration's limits, applied to throttle
 	// by goLive.
 	throttleConfig auth.ThrottleConfig
@@ -211,6 +225,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 			log.Warn("route.http.url is plain http:// to a host that is not loopback: every login's password crosses the network "+
 				"to the lookup service in clear text; use https://", "host", u.Host)
 		}
+	}
+	if prev != nil {
+		in.hashes = prev.hashes
 	}
 	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return nil, err
@@ -395,10 +412,12 @@ type routeSource struct {
 }
 
 // sources lists the routing sources r configures, in the lookup order of
-// the README's "Routing and authentication": users, domains, map file,
-// HTTP service (route.default comes after them all). It is the one place a
-// source is added; the checks of [route], the chain that routes logins,
-// popgate route and ACME's domains_from_routes all take them from here.
+// the README's "Routing and authentication": users, domains, map file, SQL
+// query, LDAP directory, HTTP service (route.default comes after them
+// all). The directories come before the HTTP service, which never lets a
+// later source decide. It is the one place a source is added; the checks
+// of [route], the chain that routes logins, popgate route and ACME's
+// domains_from_routes all take them from here.
 func (r *routeSettings) sources() []routeSource {
 	var ss []routeSource
 	if len(r.Users) > 0 || len(r.Domains) > 0 {
@@ -406,6 +425,12 @@ func (r *routeSettings) sources() []routeSource {
 	}
 	if r.MapFile != "" {
 		ss = append(ss, routeSource{"route.map_file", true, r.buildMapFile})
+	}
+	if r.SQL != nil {
+		ss = append(ss, routeSource{"route.sql", false, r.SQL.build})
+	}
+	if r.LDAP != nil {
+		ss = append(ss, routeSource{"route.ldap", false, r.LDAP.build})
 	}
 	if r.HTTP != nil {
 		ss = append(ss, routeSource{"route.http", false, r.HTTP.build})
@@ -430,7 +455,7 @@ func (r *routeSettings) buildMapFile(in *instance, known func(string) bool) (aut
 }
 
 // build makes the lookup service's client, behind a cache unless
-// cache_ttl is 0 (in.cache, for the metrics).
+// cache_ttl is 0 (in.caches, for the metrics).
 func (h *httpRouteSettings) build(in *instance, known func(string) bool) (auth.Source, error) {
 	lookup := &auth.HTTP{
 		URL:          h.URL,
@@ -441,6 +466,129 @@ func (h *httpRouteSettings) build(in *instance, known func(string) bool) (auth.S
 	if h.CacheTTL <= 0 {
 		return lookup, nil
 	}
-	in.cache = auth.NewCache(lookup, h.CacheSize, h.CacheTTL, h.NegativeCacheTTL, nil)
-	return in.cache, nil
+	c := auth.NewCache(lookup, h.CacheSize, h.CacheTTL, h.NegativeCacheTTL, nil)
+	in.caches = append(in.caches, sourceCache{"route.http", c})
+	return c, nil
+}
+
+// maxDSNLen bounds route.sql.dsn_file: a DSN is a line.
+const maxDSNLen = 16 << 10
+
+// build connects to the database (auth.OpenSQL checks the query against
+// it), behind a cache unless cache_ttl is 0. A database that cannot be
+// reached is logged at ERROR and the source made all the same: its logins
+// fail with [SYS/TEMP] until the database answers, so that popgate (and
+// the other sources' logins) need not wait for it.
+func (q *sqlRouteSettings) build(in *instance, known func(string) bool) (auth.Source, error) {
+	dsn := q.DSN
+	if q.DSNFile != "" {
+		// Private: whoever can write the file can send every login,
+		// with its password, to a server of theirs.
+		b, err := safefile.ReadFile(q.DSNFile, safefile.Options{Limit: maxDSNLen, Private: true})
+		switch {
+		case errors.Is(err, safefile.ErrNotPrivate):
+			return nil, fmt.Errorf("dsn_file: %w (another user could point popgate at a database of theirs, which would route every login; "+
+				"make it owned by popgate's user or root and writable by its owner only)", err)
+		case err != nil:
+			return nil, fmt.Errorf("dsn_file: %w", err)
+		}
+		if dsn = strings.TrimSpace(string(b)); dsn == "" {
+			return nil, fmt.Errorf("dsn_file: %s is empty", q.DSNFile)
+		}
+	}
+	hashes, err := in.passwordHashes()
+	if err != nil {
+		return nil, err
+	}
+	src, err := auth.OpenSQL(context.Background(), auth.SQLConfig{
+		Driver:         q.Driver,
+		DSN:            dsn,
+		Query:          q.Query,
+		MaxConnections: q.MaxConnections,
+		Timeout:        q.Timeout,
+		Directory: auth.Directory{
+			Source:       "route.sql",
+			Backend:      q.Backend,
+			KnownBackend: known,
+			Hashes:       hashes,
+		},
+		Observe: in.lookups.observe,
+	})
+	switch {
+	case errors.Is(err, auth.ErrDirectoryUnavailable):
+		in.log.Error("route.sql: the database cannot be reached; the logins it routes fail with [SYS/TEMP] until it answers "+
+			"(the query's columns are checked then, on every lookup)", "driver", q.Driver, "err", err)
+	case err != nil:
+		return nil, err
+	}
+	if src.UsesClientIP() && q.CacheTTL > 0 {
+		src.Close()
+		return nil, errors.New("query: uses :client_ip, and the lookup cache keeps answers by user, not by address; " +
+			"set route.sql.cache_ttl = \"0s\" or leave :client_ip out")
+	}
+	if src.PlaintextRemote() {
+		in.log.Warn("route.sql: the database is reached without TLS on a host that is not this one: its password and the rows "+
+			"(password hashes, master passwords) cross the network in clear text; use sslmode=verify-full (postgres) or tls=true (mysql)",
+			"driver", q.Driver)
+	}
+	in.pools = append(in.pools, sourcePool{"route.sql", src})
+	if q.CacheTTL <= 0 {
+		return src, nil
+	}
+	c := auth.NewCache(src, q.CacheSize, q.CacheTTL, q.NegativeCacheTTL, nil)
+	in.caches = append(in.caches, sourceCache{"route.sql", c})
+	return c, nil
+}
+
+// sourceCache is a routing source's lookup cache, for the metrics.
+type sourceCache struct {
+	source string // "route.http"
+	cache  *auth.Cache
+}
+
+// sourcePool is a directory source's connection pool, for the metrics.
+type sourcePool struct {
+	source string // "route.sql"
+	pool   auth.Pooled
+}
+
+// lookupRelay passes the queries of an instance's directory sources to
+// the metrics (an auth.LookupObserver) once the runner sets it; before,
+// they are not counted.
+type lookupRelay struct {
+	o atomic.Pointer[auth.LookupObserver]
+}
+
+func (r *lookupRelay) observe(source, result string, took time.Duration) {
+	if o := r.o.Load(); o != nil {
+		(*o)(source, result, took)
+	}
+}
+
+func (r *lookupRelay) set(o auth.LookupObserver) { r.o.Store(&o) }
+
+// passwordHashes checks the password_hash column (attribute) of the
+// directory sources with in.hashes, made here with passhash's defaults (as
+// many expensive verifications at once as there are cores) unless a
+// previous instance handed it on.
+func (in *instance) passwordHashes() (auth.HashChecker, error) {
+	if in.hashes == nil {
+		v, err := passhash.New(passhash.Config{})
+		if err != nil {
+			return nil, err
+		}
+		in.hashes = v
+	}
+	return hashChecker{in.hashes}, nil
+}
+
+// hashChecker adapts a passhash.Verifier to auth.HashChecker.
+type hashChecker struct{ v *passhash.Verifier }
+
+func (h hashChecker) Check(ctx context.Context, hash string, pw auth.Password) error {
+	err := h.v.Verify(ctx, hash, string(pw))
+	if errors.Is(err, passhash.ErrMismatch) {
+		return auth.ErrPasswordMismatch
+	}
+	return err
 }

@@ -100,12 +100,29 @@ type RouteConfig struct {
 	Domains map[string]string `toml:"domains"`
 	MapFile string            `toml:"map_file"`
 	HTTP    *RouteHTTPConfig  `toml:"http"`
+	SQL     *RouteSQLConfig   `toml:"sql"`
+	LDAP    *RouteLDAPConfig  `toml:"ldap"` // ldap.go
 }
 
 // RouteHTTPConfig is [route.http]: a lookup service speaking nginx's
 // auth_http protocol.
 type RouteHTTPConfig struct {
 	URL              string   `toml:"url"`
+	Timeout          Duration `toml:"timeout"`
+	CacheTTL         Duration `toml:"cache_ttl"`
+	NegativeCacheTTL Duration `toml:"negative_cache_ttl"`
+	CacheSize        *int     `toml:"cache_size"`
+	Backend          string   `toml:"backend"`
+}
+
+// RouteSQLConfig is [route.sql]: a query to a PostgreSQL or MySQL/MariaDB
+// database.
+type RouteSQLConfig struct {
+	Driver           string   `toml:"driver"`
+	DSN              string   `toml:"dsn"`
+	DSNFile          string   `toml:"dsn_file"`
+	Query            string   `toml:"query"`
+	MaxConnections   *int     `toml:"max_connections"`
 	Timeout          Duration `toml:"timeout"`
 	CacheTTL         Duration `toml:"cache_ttl"`
 	NegativeCacheTTL Duration `toml:"negative_cache_ttl"`
@@ -272,6 +289,9 @@ func (c *Config) settings() (*settings, []error) {
 	var known map[string]bool
 	s.Backends, known = c.backends(add)
 	s.Route = c.Route.settings(known, add)
+	if s.Route.LDAP != nil {
+		s.Route.LDAP.portFrom(s.Backends)
+	}
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
 	s.POP3 = pop3Settings{
@@ -523,10 +543,62 @@ func (r RouteConfig) settings(known map[string]bool, add func(string, ...any)) r
 			CacheSize:        intOr(h.CacheSize, defaultHTTPCacheSize),
 		}
 	}
+	if q := r.SQL; q != nil {
+		s.SQL = q.settings(known, add)
+	}
+	if r.LDAP != nil {
+		s.LDAP = r.LDAP.settings(known, add)
+	}
 	if r.Default == "" && len(s.sources()) == 0 {
 		add("route: no route at all; set route.default, route.users or route.domains")
 	}
 	return s
+}
+
+// settings checks [route.sql]; known are the backends' names. The query
+// itself is checked when the source is built (auth.OpenSQL), against the
+// server.
+func (q *RouteSQLConfig) settings(known map[string]bool, add func(string, ...any)) *sqlRouteSettings {
+	switch q.Driver {
+	case auth.SQLPostgres, auth.SQLMySQL:
+	case "":
+		add("route.sql.driver: missing (postgres or mysql; mysql serves MariaDB too)")
+	default:
+		add("route.sql.driver: %q is not postgres or mysql (mysql serves MariaDB too)", q.Driver)
+	}
+	switch {
+	case q.DSN == "" && q.DSNFile == "":
+		add("route.sql: set dsn, or dsn_file (a file holding it, so that the database password need not be in this file)")
+	case q.DSN != "" && q.DSNFile != "":
+		add("route.sql: dsn and dsn_file contradict each other; set one")
+	}
+	if strings.TrimSpace(q.Query) == "" {
+		add("route.sql.query: missing (a SELECT returning backend, or host and port, for :user)")
+	}
+	if q.MaxConnections != nil && *q.MaxConnections < 1 {
+		add("route.sql.max_connections: must be at least 1")
+	}
+	if q.Timeout.Set && q.Timeout.Duration == 0 {
+		add("route.sql.timeout: must be positive")
+	}
+	if q.CacheSize != nil && *q.CacheSize < 0 {
+		add("route.sql.cache_size: must not be negative")
+	}
+	if q.Backend != "" && !known[q.Backend] {
+		add("route.sql.backend: backend %q is not defined", q.Backend)
+	}
+	return &sqlRouteSettings{
+		Driver:           q.Driver,
+		DSN:              q.DSN,
+		DSNFile:          q.DSNFile,
+		Query:            q.Query,
+		MaxConnections:   intOr(q.MaxConnections, defaultSQLMaxConnections),
+		Timeout:          q.Timeout.or(defaultSQLTimeout),
+		Backend:          q.Backend,
+		CacheTTL:         q.CacheTTL.or(defaultSQLCacheTTL),
+		NegativeCacheTTL: q.NegativeCacheTTL.or(defaultSQLNegativeCacheTTL),
+		CacheSize:        intOr(q.CacheSize, defaultSQLCacheSize),
+	}
 }
 
 // settings checks [limits].

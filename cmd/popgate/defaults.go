@@ -40,6 +40,19 @@ const (
 	defaultHTTPCacheTTL          = 60 * time.Second
 	defaultHTTPNegativeCacheTTL  = 10 * time.Second
 	defaultHTTPCacheSize         = 100000
+	defaultSQLMaxConnections     = 8
+	defaultSQLTimeout            = 2 * time.Second
+	defaultSQLCacheTTL           = 60 * time.Second
+	defaultSQLNegativeCacheTTL   = 10 * time.Second
+	defaultSQLCacheSize          = 100000
+	defaultLDAPScope             = "sub"
+	defaultLDAPFilter            = "(&(objectClass=inetOrgPerson)(mail=%u))"
+	defaultLDAPHostAttribute     = "mailHost"
+	defaultLDAPTimeout           = 3 * time.Second
+	defaultLDAPConnections       = 4
+	defaultLDAPCacheTTL          = 60 * time.Second
+	defaultLDAPNegativeCacheTTL  = 10 * time.Second
+	defaultLDAPCacheSize         = 100000
 	defaultMaxConnections        = 10000
 	defaultMaxConnectionsPerIP   = 50
 	defaultLoginTimeout          = 60 * time.Second
@@ -134,6 +147,40 @@ var configKeys = []configKey{
 	{"route.http.negative_cache_ttl", defaultHTTPNegativeCacheTTL},
 	{"route.http.cache_size", defaultHTTPCacheSize},
 	{"route.http.backend", nil},
+	{"route.sql.driver", nil},
+	{"route.sql.dsn", nil},
+	{"route.sql.dsn_file", nil},
+	{"route.sql.query", nil},
+	{"route.sql.max_connections", defaultSQLMaxConnections},
+	{"route.sql.timeout", defaultSQLTimeout},
+	{"route.sql.cache_ttl", defaultSQLCacheTTL},
+	{"route.sql.negative_cache_ttl", defaultSQLNegativeCacheTTL},
+	{"route.sql.cache_size", defaultSQLCacheSize},
+	{"route.sql.backend", nil},
+	{"route.ldap.url", nil},
+	{"route.ldap.insecure_plaintext", nil},
+	{"route.ldap.ca_file", nil},     // the system's roots
+	{"route.ldap.server_name", nil}, // the URL's host
+	{"route.ldap.bind_dn", nil},
+	{"route.ldap.bind_password", nil},
+	{"route.ldap.bind_password_file", nil},
+	{"route.ldap.base", nil},
+	{"route.ldap.scope", defaultLDAPScope},
+	{"route.ldap.filter", defaultLDAPFilter},
+	{"route.ldap.backend", nil},
+	{"route.ldap.port", nil}, // the port of route.ldap.backend's address
+	{"route.ldap.timeout", defaultLDAPTimeout},
+	{"route.ldap.connections", defaultLDAPConnections},
+	{"route.ldap.cache_ttl", defaultLDAPCacheTTL},
+	{"route.ldap.negative_cache_ttl", defaultLDAPNegativeCacheTTL},
+	{"route.ldap.cache_size", defaultLDAPCacheSize},
+	{"route.ldap.attributes.backend", nil},
+	{"route.ldap.attributes.host", defaultLDAPHostAttribute},
+	{"route.ldap.attributes.port", nil},
+	{"route.ldap.attributes.login", nil},
+	{"route.ldap.attributes.password", nil},
+	{"route.ldap.attributes.password_hash", nil},
+	{"route.ldap.attributes.enabled", nil},
 
 	{"limits.max_connections", defaultMaxConnections},
 	{"limits.max_connections_per_ip", defaultMaxConnectionsPerIP},

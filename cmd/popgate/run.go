@@ -351,9 +351,21 @@ func (r *runner) setSources(in *instance) {
 			src.ACMEOrderBudget = func() float64 { n, _ := certs.OrderBudgetLeft(); return n }
 		}
 	}
-	if c := in.cache; c != nil {
-		src.LookupCache = func() (int64, int64) { return c.Hits(), c.Misses() }
+	for _, sc := range in.caches {
+		if src.LookupCaches == nil {
+			src.LookupCaches = map[string]func() (int64, int64){}
+		}
+		c := sc.cache
+		src.LookupCaches[sc.source] = func() (int64, int64) { return c.Hits(), c.Misses() }
 	}
+	for _, sp := range in.pools {
+		if src.DirectoryPools == nil {
+			src.DirectoryPools = map[string]func() (int, int){}
+		}
+		p := sp.pool
+		src.DirectoryPools[sp.source] = func() (int, int) { st := p.PoolStats(); return st.InUse, st.Idle }
+	}
+	in.lookups.set(r.metrics.DirectoryLookup)
 	r.metrics.SetSources(src)
 }
 

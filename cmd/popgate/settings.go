@@ -83,6 +83,8 @@ type routeSettings struct {
 	Domains map[string]string
 	MapFile string
 	HTTP    *httpRouteSettings // nil without [route.http]
+	SQL     *sqlRouteSettings  // nil without [route.sql]
+	LDAP    *ldapRouteSettings // nil without [route.ldap]; ldap.go
 }
 
 // httpRouteSettings is [route.http].
@@ -92,6 +94,22 @@ type httpRouteSettings struct {
 	Timeout time.Duration
 	// CacheTTL, NegativeCacheTTL and CacheSize set the auth.Cache in
 	// front of the service; a CacheTTL of 0 means none.
+	CacheTTL, NegativeCacheTTL time.Duration
+	CacheSize                  int
+}
+
+// sqlRouteSettings is [route.sql].
+type sqlRouteSettings struct {
+	Driver  string // auth.SQLPostgres or auth.SQLMySQL
+	DSN     string // "" when DSNFile holds it
+	DSNFile string // read when the source is built (start and every reload)
+	Query   string
+	// MaxConnections caps the pool, Timeout each query.
+	MaxConnections int
+	Timeout        time.Duration
+	Backend        string // "" leaves a host and port answer without backend settings
+	// CacheTTL, NegativeCacheTTL and CacheSize set the auth.Cache in
+	// front of the database; a CacheTTL of 0 means none.
 	CacheTTL, NegativeCacheTTL time.Duration
 	CacheSize                  int
 }

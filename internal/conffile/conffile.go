@@ -76,6 +76,15 @@ type Route struct {
 	Domains map[string]string // route.domains: domain → backend name
 	MapFile string            // route.map_file
 	HTTPURL string            // route.http.url; "" leaves [route.http] out
+	SQL     *SQL              // [route.sql]; nil leaves it out
+}
+
+// SQL is [route.sql]; an empty string or zero leaves a key out.
+type SQL struct {
+	Driver, DSN, DSNFile, Query string
+	Backend                     string
+	Timeout, CacheTTL           string // durations, "2s"
+	MaxConnections              int
 }
 
 // String returns the file's text.
@@ -137,7 +146,7 @@ func (f *File) String() string {
 			p("relay_authzid = true")
 		}
 	}
-	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" {
+	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" || r.SQL != nil {
 		section("[route]")
 		str("default", r.Default)
 		table := func(key string, m map[string]string) {
@@ -153,6 +162,19 @@ func (f *File) String() string {
 		table("users", r.Users)
 		table("domains", r.Domains)
 		str("map_file", r.MapFile)
+		if q := r.SQL; q != nil {
+			section("[route.sql]")
+			str("driver", q.Driver)
+			str("dsn", q.DSN)
+			str("dsn_file", q.DSNFile)
+			str("query", q.Query)
+			str("backend", q.Backend)
+			str("timeout", q.Timeout)
+			str("cache_ttl", q.CacheTTL)
+			if q.MaxConnections != 0 {
+				p("max_connections = %d", q.MaxConnections)
+			}
+		}
 		if r.HTTPURL != "" {
 			section("[route.http]")
 			str("url", r.HTTPURL)

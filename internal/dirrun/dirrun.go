@@ -52,6 +52,8 @@ type proc struct {
 	cred    *syscall.Credential // nil: as the caller
 	dir     string              // working directory
 	logFile string
+	// stopSig ends the server; 0 means SIGTERM.
+	stopSig syscall.Signal
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -124,8 +126,8 @@ func (p *proc) PID() int {
 	}
 }
 
-// stop sends SIGTERM to the process (by its PID) and waits for it to exit;
-// SIGKILL after 15 s. Stopping a stopped process does nothing.
+// stop sends stopSig (SIGTERM) to the process (by its PID) and waits for
+// it to exit; SIGKILL after 15 s. Stopping a stopped process does nothing.
 func (p *proc) stop() error {
 	p.mu.Lock()
 	cmd, exited := p.cmd, p.exited
@@ -139,14 +141,18 @@ func (p *proc) stop() error {
 		return nil
 	default:
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	sig := p.stopSig
+	if sig == 0 {
+		sig = syscall.SIGTERM
+	}
+	_ = cmd.Process.Signal(sig)
 	select {
 	case <-exited:
 		return nil
 	case <-time.After(15 * time.Second):
 		_ = cmd.Process.Kill()
 		<-exited
-		return fmt.Errorf("dirrun: %s (pid %d) ignored SIGTERM for 15s; killed", p.name, cmd.Process.Pid)
+		return fmt.Errorf("dirrun: %s (pid %d) ignored %v for 15s; killed", p.name, cmd.Process.Pid, sig)
 	}
 }
 

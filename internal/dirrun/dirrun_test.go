@@ -109,6 +109,11 @@ userPassword: never-shown
 	if strings.Contains(out, "userPassword") {
 		t.Errorf("the service account reads userPassword:\n%s", out)
 	}
+	out, err = run(nil, nil, "", s.ldapsrch, "-x", "-LLL", "-H", s.URL(), "-D", HashBindDN, "-w", Password,
+		"-b", PeopleDN, "(mail=alice@example.com)", "userPassword")
+	if err != nil || !strings.Contains(out, "userPassword:: bmV2ZXItc2hvd24=") { // base64 of never-shown
+		t.Errorf("the hash reading account: %q, %v", out, err)
+	}
 	if err := s.Stop(); err != nil {
 		t.Fatal(err)
 	}

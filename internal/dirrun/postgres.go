@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 )
 
 // Postgres is a private PostgreSQL server on 127.0.0.1 with a database
@@ -58,7 +59,11 @@ func StartPostgres() (_ *Postgres, err error) {
 		return nil, err
 	}
 	p := &Postgres{Dir: dir, Version: version, bin: bin,
-		proc: proc{name: "postgres", cred: cred, dir: dir, logFile: filepath.Join(dir, "postgres.log")}}
+		proc: proc{name: "postgres", cred: cred, dir: dir, logFile: filepath.Join(dir, "postgres.log"),
+			// SIGINT is PostgreSQL's fast shutdown (pg_ctl stop's
+			// default): SIGTERM's smart one waits for every client
+			// to disconnect, which a pool never does by itself.
+			stopSig: syscall.SIGINT}}
 	defer func() {
 		if err != nil {
 			p.Close()

@@ -13,8 +13,9 @@ import (
 
 // Slapd is a private OpenLDAP server on 127.0.0.1 with one database for
 // [Suffix], holding ou=people and a service account [BindDN] (password
-// [Password]) that may read every entry but no userPassword; the rootdn
-// [RootDN] has the same password. It listens on ldap:// (StartTLS
+// [Password]) that may read every entry but no userPassword, and a second
+// one, [HashBindDN], that may read userPassword too (a source that checks
+// password hashes itself); the rootdn [RootDN] has the same password. It listens on ldap:// (StartTLS
 // offered) and ldaps://, with a certificate for "localhost" and
 // 127.0.0.1 from a throwaway CA in CAFile. The schemas are core, cosine,
 // inetorgperson, nis and misc (mailHost, mailLocalAddress,
@@ -39,6 +40,9 @@ const (
 	RootDN = "cn=admin," + Suffix
 	// BindDN is a service account that can read people's entries.
 	BindDN = "cn=popgate,ou=services," + Suffix
+	// HashBindDN is a service account that can read people's entries
+	// with their userPassword.
+	HashBindDN = "cn=popgate-hashes,ou=services," + Suffix
 	// PeopleDN holds the users' entries.
 	PeopleDN = "ou=people," + Suffix
 )
@@ -115,12 +119,14 @@ directory %[1]s/data
 index objectClass eq
 index uid,mail eq
 access to attrs=userPassword
+	by dn.exact="%[9]s" read
 	by anonymous auth
 	by * none
 access to *
 	by dn.exact="%[8]s" read
+	by dn.exact="%[9]s" read
 	by * none
-`, s.Dir, s.CAFile, certFile, keyFile, Suffix, RootDN, Password, BindDN)
+`, s.Dir, s.CAFile, certFile, keyFile, Suffix, RootDN, Password, BindDN, HashBindDN)
 	if err := os.WriteFile(filepath.Join(s.Dir, "slapd.conf"), []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -152,7 +158,13 @@ objectClass: applicationProcess
 objectClass: simpleSecurityObject
 cn: popgate
 userPassword: %[3]s
-`, Suffix, BindDN, Password)); err != nil {
+
+dn: %[4]s
+objectClass: applicationProcess
+objectClass: simpleSecurityObject
+cn: popgate-hashes
+userPassword: %[3]s
+`, Suffix, BindDN, Password, HashBindDN)); err != nil {
 		return nil, err
 	}
 	if out, err := run(nil, nil, "", s.server, "-VV"); err == nil || out != "" {
