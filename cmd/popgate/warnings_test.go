@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/certgen"
 )
 
 // The start-up warnings about settings that put passwords or limits at
@@ -126,5 +128,47 @@ address = "127.0.0.1:0"
 	}
 	if fmt.Sprint(got) != "[0.0.0.0/0 ::/0]" {
 		t.Errorf("run log warns about trusted_proxies %v, want [0.0.0.0/0 ::/0]; log:\n%s", got, logs)
+	}
+}
+
+// TestCheckRSAOnly: popgate check names the names only an RSA certificate
+// covers, with what it costs, and says nothing once an ECDSA one is beside
+// it.
+func TestCheckRSAOnly(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := certgen.NewCA("check", certgen.RSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaCert, rsaKey, err := ca.IssueFiles(dir, "rsa", "mail.example.com", certgen.RSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecCert, ecKey, err := ca.IssueFiles(dir, "ec", "mail.example.com", certgen.ECDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const notice = "tls certificate has an RSA key and no ECDSA certificate beside it"
+	full := fullConfig(testCert{certFile: rsaCert, keyFile: rsaKey})
+	both := strings.Replace(full, "certificates = [", fmt.Sprintf("certificates = [{ cert = %q, key = %q }, ", ecCert, ecKey), 1)
+	if both == full {
+		t.Fatal("fullConfig has no certificates list to add to")
+	}
+	for _, tc := range []struct {
+		name, config string
+		want         bool
+	}{
+		{"rsa only", full, true},
+		{"rsa and ecdsa", both, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := run(t.Context(), "check", "-config", writeConfig(t, tc.config))
+			if code != 0 || !strings.Contains(out, ": OK") {
+				t.Fatalf("check = %d, %q; stderr:\n%s", code, out, errOut)
+			}
+			if got := strings.Contains(errOut, notice) && strings.Contains(errOut, "mail.example.com"); got != tc.want {
+				t.Errorf("check's log mentions the RSA-only notice: %v, want %v; stderr:\n%s", got, tc.want, errOut)
+			}
+		})
 	}
 }
