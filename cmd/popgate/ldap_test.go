@@ -507,6 +507,25 @@ func TestLDAPRouteCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `entry "uid=alice,ou=people,dc=example,dc=com", address 127.0.0.1:`+portOf(ls.dovecot.PlainAddr)) {
 		t.Errorf("route %s = %d, %q, %q", ldapAlice, code, out, errOut)
 	}
+	// A host answer goes to the entry's host, on the port and with the
+	// TLS of the template backend "stls": the headline shows that
+	// address, not stls's own.
+	if err := ls.dir.Add(`dn: uid=frank,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: frank
+cn: Frank
+sn: Example
+mail: frank@example.com
+mailHost: mail2.internal
+`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = route(ls.config(""), "frank@example.com")
+	if want := "frank@example.com -> mail2.internal:" + portOf(ls.dovecot.PlainAddr) + " (tls=starttls)\n  why: address mail2.internal:"; code != 0 ||
+		!strings.HasPrefix(out, want) || !strings.Contains(out, `entry "uid=frank,ou=people,dc=example,dc=com"`) || !strings.Contains(out, `backend "stls"'s settings`) {
+		t.Errorf("route frank = %d, %q, %q; want it to start with %q", code, out, errOut, want)
+	}
 	code, out, _ = route(ls.config(""), ldapCarol)
 	if code != 0 || !strings.Contains(out, `as "carol@example.net*master"`) || strings.Contains(out, ldapMasterPw) {
 		t.Errorf("route %s = %d, %q", ldapCarol, code, out)
