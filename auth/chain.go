@@ -95,8 +95,8 @@ func (c *Chain) Explain(ctx context.Context, user string) (backend, why string, 
 		if !ok {
 			continue
 		}
-		if _, addr, ok := SplitAddressRoute(b); ok {
-			return b, "address " + addr + " (" + rule + ")", nil
+		if _, _, ok := SplitAddressRoute(b); ok {
+			return b, rule, nil // the directory's words name the address
 		}
 		if b != "" {
 			return b, "backend " + strconv.Quote(b) + " (" + rule + ")", nil

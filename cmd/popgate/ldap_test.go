@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -249,13 +251,14 @@ func startLDAPRunner(t *testing.T, text string) (r *runner, addr string, logs *l
 	if err != nil {
 		t.Fatal(err)
 	}
-	in.proxyConfig.Observer = admin.NewMetrics("test", "test")
+	metrics := admin.NewMetrics("test", "test")
+	in.proxyConfig.Observer = metrics
 	in.proxyConfig.AssumedFailureTime = time.Millisecond
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
 		t.Fatal(err)
 	}
 	r = newRunner(in, log)
-	r.path = path
+	r.path, r.metrics = path, metrics
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.run(ctx) }()
@@ -409,7 +412,7 @@ func TestLDAPRouting(t *testing.T) {
 
 	// Names made to widen the filter, at once.
 	var wg sync.WaitGroup
-	for _, user := range []string{"*", "*)(uid=*", `\2a`, ")(|(uid=*", "*)(|(mail=*", "alice@example.com)(mail=*",
+	for _, user := range []string{"*", "*)(uid=*", `\2a`, ")(|(uid=*", "' OR 1=1 --", `"; DROP TABLE users; --`, "*)(|(mail=*", "alice@example.com)(mail=*",
 		"*@example.com", strings.Repeat("*", 500), strings.Repeat("a", 2048), "alice@example.com\x00x"} {
 		wg.Go(func() {
 			p := dialPop(t, addr)
@@ -446,6 +449,28 @@ func TestLDAPRouting(t *testing.T) {
 	ls.fetch(t, addr, ldapAlice)
 	ls.fetch(t, addr, ldapCarol)
 
+	// The metrics: lookups by source and result, their latency, the
+	// pool's connections in use and idle.
+	m := scrapeRunner(t, r)
+	lookups := func(result string) float64 {
+		return m[`popgate_directory_lookups_total{result="`+result+`",source="route.ldap"}`]
+	}
+	if lookups("found") == 0 || lookups("not_found") == 0 || lookups("error") < 3 {
+		t.Errorf("popgate_directory_lookups_total for route.ldap: found %v, not_found %v, error %v; want each above 0, error at least 3",
+			lookups("found"), lookups("not_found"), lookups("error"))
+	}
+	if n, sum := m[`popgate_directory_lookup_seconds_count{source="route.ldap"}`], lookups("found")+lookups("not_found")+lookups("error"); n != sum {
+		t.Errorf("popgate_directory_lookup_seconds_count{route.ldap} = %v, want the %v lookups", n, sum)
+	}
+	idle, ok := m[`popgate_directory_connections{source="route.ldap",state="idle"}`]
+	if inUse := m[`popgate_directory_connections{source="route.ldap",state="in_use"}`]; !ok || idle == 0 || idle > defaultLDAPConnections || inUse != 0 {
+		t.Errorf("popgate_directory_connections for route.ldap: idle %v (present %v), in_use %v; want 1 to %d idle, none in use",
+			idle, ok, inUse, defaultLDAPConnections)
+	}
+	if n := m[`popgate_logins_total{result="lookup_error"}`]; n < 3 {
+		t.Errorf("popgate_logins_total{lookup_error} = %v, want at least 3", n)
+	}
+
 	// Reloads replace the source; the connections of the old ones are
 	// closed.
 	if n := establishedTo(t, ls.dir.Port); n == 0 {
@@ -474,6 +499,19 @@ func TestLDAPRouting(t *testing.T) {
 	if n := establishedTo(t, ls.dir.Port); n != 0 {
 		t.Errorf("%d connections to the directory still open after popgate stopped", n)
 	}
+}
+
+// scrapeRunner returns r's /metrics as series ("name{labels}") and values,
+// from the admin handler (the configuration serves no admin address).
+func scrapeRunner(t *testing.T, r *runner) map[string]float64 {
+	t.Helper()
+	h := admin.Handler(r.metrics, r.srv, r.ready, func() admin.Access { return admin.Access{} }, r.log)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /metrics = %d: %s", rec.Code, rec.Body)
+	}
+	return parseMetrics(t, rec.Body.String())
 }
 
 // establishedTo counts this host's established TCP connections to port on
@@ -522,7 +560,7 @@ mailHost: mail2.internal
 		t.Fatal(err)
 	}
 	code, out, errOut = route(ls.config(""), "frank@example.com")
-	if want := "frank@example.com -> mail2.internal:" + portOf(ls.dovecot.PlainAddr) + " (tls=starttls)\n  why: address mail2.internal:"; code != 0 ||
+	if want := "frank@example.com -> mail2.internal:" + portOf(ls.dovecot.PlainAddr) + " (tls=starttls)\n  why: route.ldap, "; code != 0 ||
 		!strings.HasPrefix(out, want) || !strings.Contains(out, `entry "uid=frank,ou=people,dc=example,dc=com"`) || !strings.Contains(out, `backend "stls"'s settings`) {
 		t.Errorf("route frank = %d, %q, %q; want it to start with %q", code, out, errOut, want)
 	}
@@ -832,7 +870,12 @@ postalCode: %s
 }
 
 // TestLDAPDocExample: the OpenLDAP example of docs/routing.md is a valid
-// configuration (with a listener added; files aside, which build reads).
+// configuration (with a listener added; files aside, which build reads),
+// and it works as written: with the example's entry in a real slapd and
+// only the directory's URL and the files replaced, `popgate route` finds
+// the entry by the example's filter as its bind DN, and sends the login to
+// the entry's mailHost on the template backend's port, as the section
+// shows it.
 func TestLDAPDocExample(t *testing.T) {
 	data, err := os.ReadFile("../../docs/routing.md")
 	if err != nil {
@@ -853,6 +896,48 @@ func TestLDAPDocExample(t *testing.T) {
 	}
 	l := s.Route.LDAP
 	if l == nil || l.Attributes.Host != "mailHost" || l.Port != 110 || l.Backend != "mailstores" {
-		t.Errorf("the example's [route.ldap]: %+v", l)
+		t.Fatalf("the example's [route.ldap]: %+v", l)
+	}
+
+	_, ldif, ok := strings.Cut(sec, "```ldif\n")
+	ldif, _, ok2 = strings.Cut(ldif, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the LDAP directory section has no LDIF example")
+	}
+	dir, err := dirrun.StartSlapd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if err := dir.Add(ldif); err != nil {
+		t.Fatalf("the example's entry: %v", err)
+	}
+	passFile := filepath.Join(t.TempDir(), "ldap-password")
+	writeFile(t, passFile, []byte(dirrun.Password+"\n"))
+	if err := os.Chmod(passFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := block
+	for from, to := range map[string]string{
+		`"ldap://ldap.example.com"`:       strconv.Quote(dir.URL()),
+		`"/etc/popgate/ldap-ca.pem"`:      strconv.Quote(dir.CAFile),
+		`"/etc/popgate/mailstore-ca.pem"`: strconv.Quote(dir.CAFile), // any CA: route dials no store
+		`"/etc/popgate/ldap-password"`:    strconv.Quote(passFile),
+	} {
+		if !strings.Contains(text, from) {
+			t.Fatalf("the example has no %s", from)
+		}
+		text = strings.Replace(text, from, to, 1)
+	}
+	config := writeConfig(t, "[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n\n"+text)
+	code, out, errOut := run(t.Context(), "route", "-config", config, "alice@example.com")
+	// What the section shows `popgate route` print for it.
+	_, want, ok := strings.Cut(sec, "$ popgate route -config /etc/popgate/popgate.toml alice@example.com\n")
+	want, _, ok2 = strings.Cut(want, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the LDAP directory section shows no `popgate route` for alice@example.com")
+	}
+	if code != 0 || out != want || !strings.HasPrefix(out, "alice@example.com -> mail2.internal:110 (tls=starttls)\n") {
+		t.Errorf("route alice@example.com with the example = %d, %q, %q; want what docs/routing.md shows: %q", code, out, errOut, want)
 	}
 }
