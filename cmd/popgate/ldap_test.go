@@ -514,6 +514,55 @@ func scrapeRunner(t *testing.T, r *runner) map[string]float64 {
 	return parseMetrics(t, rec.Body.String())
 }
 
+// TestLDAPCacheAndThrottle: [route.ldap] sits behind the cache and the
+// failed-login throttle as every source does. A second login with the same
+// password is answered from the cache, without a search; once a user's
+// failures (passwords popgate checked against the entry's hash) reach
+// max_failures_per_user, even the right password is refused with
+// [SYS/TEMP] before the directory is asked.
+func TestLDAPCacheAndThrottle(t *testing.T) {
+	ls := startLDAPSetup(t, nil, "")
+	text := ls.config("")
+	for from, to := range map[string]string{`cache_ttl = "0s"`: `cache_ttl = "60s"`, "max_failures_per_user = 0": "max_failures_per_user = 2"} {
+		if !strings.Contains(text, from) {
+			t.Fatalf("the LDAP test configuration has no %s", from)
+		}
+		text = strings.Replace(text, from, to, 1)
+	}
+	r, addr, _, _ := startLDAPRunner(t, text)
+	searches := func() float64 {
+		m := scrapeRunner(t, r)
+		return m[`popgate_directory_lookups_total{result="found",source="route.ldap"}`] +
+			m[`popgate_directory_lookups_total{result="not_found",source="route.ldap"}`] +
+			m[`popgate_directory_lookups_total{result="error",source="route.ldap"}`]
+	}
+
+	ls.fetch(t, addr, ldapCarol) // her password checked against userPassword
+	n := searches()
+	if n != 1 {
+		t.Fatalf("%v searches for one login, want 1", n)
+	}
+	ls.fetch(t, addr, ldapCarol)
+	if m := scrapeRunner(t, r); searches() != n || m[`popgate_lookup_cache_hits_total{source="route.ldap"}`] != 1 {
+		t.Errorf("the second login: %v searches (want %v), %v cache hits (want 1)", searches(), n, m[`popgate_lookup_cache_hits_total{source="route.ldap"}`])
+	}
+
+	for i := range 2 {
+		p := dialPop(t, addr)
+		if resp := p.login(ldapBob, "Wrong-pw-"+strconv.Itoa(i)); !strings.HasPrefix(resp, "-ERR [AUTH]") {
+			t.Errorf("bob, wrong password %d: %q, want -ERR [AUTH]", i, resp)
+		}
+	}
+	n = searches()
+	p := dialPop(t, addr)
+	if resp := p.login(ldapBob, ldapUsers[ldapBob]); !strings.HasPrefix(resp, "-ERR [SYS/TEMP]") {
+		t.Errorf("bob's right password after max_failures_per_user failures: %q, want -ERR [SYS/TEMP]", resp)
+	}
+	if got := searches(); got != n {
+		t.Errorf("a throttled login searched the directory (%v searches, %v before)", got, n)
+	}
+}
+
 // establishedTo counts this host's established TCP connections to port on
 // 127.0.0.1 (the client side, as /proc/net/tcp lists it).
 func establishedTo(t *testing.T, port int) int {
