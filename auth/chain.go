@@ -83,7 +83,8 @@ func (c *Chain) Route(ctx context.Context, req *Request) (Decision, error) {
 
 // Explain says where user's logins would go and why, for `popgate route`:
 // the backend ("" when no rule routes user by the name alone, or a
-// [Decider] would decide at login) and the words that say so. It asks
+// [Decider] would decide at login; an [AddressRoute] for a directory's
+// host answer) and the words that say so. It asks
 // each source's Lookup, never a service with a password.
 func (c *Chain) Explain(ctx context.Context, user string) (backend, why string, err error) {
 	for i, s := range c.Sources {
@@ -93,6 +94,9 @@ func (c *Chain) Explain(ctx context.Context, user string) (backend, why string, 
 		}
 		if !ok {
 			continue
+		}
+		if _, _, ok := SplitAddressRoute(b); ok {
+			return b, rule, nil // the directory's words name the address
 		}
 		if b != "" {
 			return b, "backend " + strconv.Quote(b) + " (" + rule + ")", nil

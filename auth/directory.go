@@ -158,9 +158,10 @@ func (d *Directory) Explain(e *Entry) (backend, why string) {
 	backend = dec.Backend
 	if dec.Address != "" {
 		why += ", address " + dec.Address
-		if backend == "" {
-			backend = "(address " + dec.Address + ")"
+		if dec.Backend != "" {
+			why += " with backend " + strconv.Quote(dec.Backend) + "'s settings"
 		}
+		backend = AddressRoute(dec.Backend, dec.Address)
 	}
 	if e.Login != "" {
 		why += ", logs in to the backend as " + strconv.Quote(e.Login)
@@ -175,6 +176,18 @@ func (d *Directory) Explain(e *Entry) (backend, why string) {
 	}
 	return backend, why
 }
+
+// AddressRoute is the backend a source's Lookup returns for a route to
+// an address (a directory's host answer) rather than to a configured
+// backend: the address, and the backend whose settings reach it ("" for
+// plaintext). `popgate route` shows the address then, not the backend's
+// own; [SplitAddressRoute] takes it apart. Only Explain uses it: logins
+// are routed by Decide's [Decision], which has both fields.
+func AddressRoute(backend, address string) string { return backend + "\x00" + address }
+
+// SplitAddressRoute takes apart what [AddressRoute] made; ok is false for
+// a plain backend name.
+func SplitAddressRoute(s string) (backend, address string, ok bool) { return strings.Cut(s, "\x00") }
 
 // validHostname reports whether s is a DNS host name: labels of letters,
 // digits and hyphens, not starting or ending with a hyphen, at most 63

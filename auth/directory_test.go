@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -93,6 +94,60 @@ func TestDirectoryDecide(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectoryExplain: a host answer is explained as its own address
+// (with the template backend's settings), a backend answer as the
+// backend's name; neither shows a password.
+func TestDirectoryExplain(t *testing.T) {
+	for _, tc := range []struct {
+		name, template string
+		e              Entry
+		via, addr      string // want an AddressRoute of these
+		backend        string // or want this backend name
+		why            string
+	}{
+		{"host with template", "tmpl", Entry{Host: "mail2.internal", Port: "110"}, "tmpl", "mail2.internal:110", "",
+			`route.ldap, uid=alice, address mail2.internal:110 with backend "tmpl"'s settings`},
+		{"host without template", "", Entry{Host: "192.0.2.7", Port: "995"}, "", "192.0.2.7:995", "",
+			"route.ldap, uid=alice, address 192.0.2.7:995"},
+		{"backend", "tmpl", Entry{Backend: "store1", Login: "alice*master", Password: "master-pw", PasswordHash: "{PLAIN}client-pw"}, "", "", "store1",
+			`route.ldap, uid=alice, logs in to the backend as "alice*master", with the directory's password once the client's matches password_hash`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Directory{Source: "route.ldap", Backend: tc.template}
+			tc.e.Where = "uid=alice"
+			b, why := d.Explain(&tc.e)
+			via, addr, isAddr := SplitAddressRoute(b)
+			switch {
+			case tc.addr != "" && (!isAddr || via != tc.via || addr != tc.addr):
+				t.Errorf("Explain backend = %q, want the address %s with backend %q", b, tc.addr, tc.via)
+			case tc.addr == "" && (isAddr || b != tc.backend):
+				t.Errorf("Explain backend = %q, want %q", b, tc.backend)
+			}
+			if why != tc.why {
+				t.Errorf("Explain why = %q, want %q", why, tc.why)
+			}
+			c := &Chain{Sources: []Source{explained{b, why}}}
+			cb, cwhy, err := c.Explain(t.Context(), "alice")
+			want := "backend " + strconv.Quote(tc.backend) + " (" + why + ")"
+			if tc.addr != "" {
+				want = why
+			}
+			if err != nil || cb != b || cwhy != want {
+				t.Errorf("Chain.Explain = %q, %q, %v; want %q, %q", cb, cwhy, err, b, want)
+			}
+		})
+	}
+}
+
+// explained is a Source whose Lookup answers what a directory's Explain
+// said.
+type explained struct{ backend, why string }
+
+func (e explained) Lookup(context.Context, string) (string, string, bool, error) {
+	return e.backend, e.why, true, nil
+}
+func (explained) Close() error { return nil }
 
 // TestDirectoryNoChecker: an entry with a password_hash on a source that
 // checks none is an error, never a login with the hash unchecked.

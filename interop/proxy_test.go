@@ -84,6 +84,7 @@ type popgateConfig struct {
 	MapFile  string            // route.map_file; "" leaves it out
 	HTTPURL  string            // route.http.url; "" leaves [route.http] out
 	SQL      *conffile.SQL     // [route.sql]; nil leaves it out
+	LDAP     *conffile.LDAP    // [route.ldap]; nil leaves it out
 	LogLevel string            // log.level; "" is debug (info at least: startPopgate reads the "listening" lines)
 	// ACME is the body of [tls.acme]; with it popgate has no static
 	// certificate and ACMEServerName is its tls.default_server_name.
@@ -96,6 +97,8 @@ type popgateConfig struct {
 	// throttle off (max_failures_per_ip and _per_user = 0), for tests
 	// that are refused many times on purpose.
 	NoFailureLimits bool
+	// PlainListener adds listener "plain": plaintext POP3, no TLS.
+	PlainListener bool
 	// ExtraLimits are lines added to [limits] (attack review).
 	ExtraLimits []string
 	// POP3SAddress is listener "pop3s"'s address; "" means a free
@@ -122,6 +125,7 @@ type popgate struct {
 	POP3SAddr  string // listener "pop3s": implicit TLS
 	POP3Addr   string // listener "pop3": STLS
 	PPAddr     string // listener "pp": PROXY header, then plaintext; "" unless ProxyListener
+	PlainAddr  string // listener "plain": plaintext; "" unless PlainListener
 	CAFile     string // CA of popgate's certificate
 	ServerName string // popgateServerName
 	ca         *testCA
@@ -214,8 +218,11 @@ func startPopgate(t testing.TB, cfg popgateConfig, secrets ...string) *popgate {
 	if cfg.ProxyListener {
 		want["pp"] = &p.PPAddr
 	}
+	if cfg.PlainListener {
+		want["plain"] = &p.PlainAddr
+	}
 	deadline := time.After(30 * time.Second)
-	for p.POP3SAddr == "" || p.POP3Addr == "" || cfg.ProxyListener && p.PPAddr == "" {
+	for p.POP3SAddr == "" || p.POP3Addr == "" || cfg.ProxyListener && p.PPAddr == "" || cfg.PlainListener && p.PlainAddr == "" {
 		select {
 		case ev := <-events:
 			if dst, ok := want[ev.Listener]; ok {
@@ -296,7 +303,7 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 			{Name: "pop3", Address: "127.0.0.1:0", TLS: "starttls"},
 		},
 		Backends: cfg.Backends,
-		Route:    conffile.Route{Default: cfg.Default, Users: cfg.Users, MapFile: cfg.MapFile, HTTPURL: cfg.HTTPURL, SQL: cfg.SQL},
+		Route:    conffile.Route{Default: cfg.Default, Users: cfg.Users, MapFile: cfg.MapFile, HTTPURL: cfg.HTTPURL, SQL: cfg.SQL, LDAP: cfg.LDAP},
 		Limits:   []string{`shutdown_timeout = "2s"`},
 		// Several popgates run at once; none may take 127.0.0.1:9110.
 		MetricsAddress: new("127.0.0.1:0"),
@@ -304,6 +311,9 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile string) string {
 	if cfg.ProxyListener {
 		f.Listeners = append(f.Listeners, conffile.Listener{Name: "pp", Address: "127.0.0.1:0", TLS: "none", ProxyProtocol: true})
 		f.Limits = append(f.Limits, `trusted_proxies = ["127.0.0.0/8"]`)
+	}
+	if cfg.PlainListener {
+		f.Listeners = append(f.Listeners, conffile.Listener{Name: "plain", Address: "127.0.0.1:0", TLS: "none"})
 	}
 	if cfg.ACME != "" {
 		f.TLS = conffile.TLS{DefaultServerName: cfg.ACMEServerName, ACME: cfg.ACME}

@@ -575,9 +575,11 @@ func TestLookup(t *testing.T) {
 		user, backend, rule string
 		found               bool
 	}{
-		{"alice@example.com", "template", `route.ldap, entry "uid=alice,ou=people,dc=example,dc=com", address 127.0.0.1:110`, true},
+		// A host answer: the entry's address, reached with the template's
+		// settings.
+		{"alice@example.com", auth.AddressRoute("template", "127.0.0.1:110"), `route.ldap, entry "uid=alice,ou=people,dc=example,dc=com", address 127.0.0.1:110`, true},
 		{"bob@example.org", "stls", `entry "uid=bob,ou=people,dc=example,dc=com"`, true},
-		{"carol@example.net", "template", `logs in to the backend as "carol@example.net*master", with the directory's password once the client's matches password_hash`, true},
+		{"carol@example.net", auth.AddressRoute("template", "127.0.0.1:110"), `logs in to the backend as "carol@example.net*master", with the directory's password once the client's matches password_hash`, true},
 		{"dave@example.com", "", "account disabled", true},
 		{"nobody@example.com", "", "", false},
 	} {

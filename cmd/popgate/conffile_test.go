@@ -2,6 +2,7 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/popgate/popgate/internal/conffile"
 )
@@ -31,6 +32,11 @@ func TestConfFile(t *testing.T) {
 			Domains: map[string]string{"example.org": "s"},
 			MapFile: "/etc/popgate/routes",
 			HTTPURL: "http://127.0.0.1:8080/auth",
+			SQL: &conffile.SQL{Driver: "postgres", DSN: "postgres://popgate@127.0.0.1/mail", Query: "SELECT backend FROM users WHERE email = :user",
+				Backend: "s", Timeout: "2s", CacheTTL: "0s", MaxConnections: 4},
+			LDAP: &conffile.LDAP{URL: "ldap://127.0.0.1:389", CAFile: "/etc/popgate/ldap-ca.pem", BindDN: "cn=popgate,dc=example,dc=com",
+				BindPasswordFile: "/etc/popgate/ldap-password", Base: "ou=people,dc=example,dc=com", Filter: "(mail=%u)",
+				Backend: "s", Timeout: "3s", CacheTTL: "10m", Connections: 2},
 		},
 		Limits:         []string{`shutdown_timeout = "2s"`, `trusted_proxies = ["127.0.0.0/8"]`},
 		MetricsAddress: new(""),
@@ -43,6 +49,13 @@ func TestConfFile(t *testing.T) {
 		c.TLS.Certificates[0].Key != `C:\popgate\a.key` || c.TLS.ACME == nil || len(c.Backends) != 2 || !c.Backends[0].RelayAuthzID ||
 		c.Backends[1].Trust.CAFile != "/etc/popgate/ca.pem" || c.Route.Users["tab\tuser"] != "b" || c.Route.HTTP == nil ||
 		c.Limits.ShutdownTimeout.String() != "2s" || c.Metrics.Address != "" {
+		t.Errorf("settings = %+v\nfrom\n%s", c, f.String())
+	}
+	if q := c.Route.SQL; q == nil || q.Driver != "postgres" || q.Backend != "s" || q.CacheTTL != 0 || q.MaxConnections != 4 {
+		t.Errorf("route.sql = %+v\nfrom\n%s", q, f.String())
+	}
+	if l := c.Route.LDAP; l == nil || l.URL != "ldap://127.0.0.1:389" || l.BindPasswordFile != "/etc/popgate/ldap-password" ||
+		l.Filter != "(mail=%u)" || l.Backend != "s" || l.CacheTTL != 10*time.Minute || l.Connections != 2 {
 		t.Errorf("settings = %+v\nfrom\n%s", c, f.String())
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -249,13 +251,14 @@ func startLDAPRunner(t *testing.T, text string) (r *runner, addr string, logs *l
 	if err != nil {
 		t.Fatal(err)
 	}
-	in.proxyConfig.Observer = admin.NewMetrics("test", "test")
+	metrics := admin.NewMetrics("test", "test")
+	in.proxyConfig.Observer = metrics
 	in.proxyConfig.AssumedFailureTime = time.Millisecond
 	if in.server, err = proxy.New(in.proxyConfig); err != nil {
 		t.Fatal(err)
 	}
 	r = newRunner(in, log)
-	r.path = path
+	r.path, r.metrics = path, metrics
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.run(ctx) }()
@@ -409,7 +412,7 @@ func TestLDAPRouting(t *testing.T) {
 
 	// Names made to widen the filter, at once.
 	var wg sync.WaitGroup
-	for _, user := range []string{"*", "*)(uid=*", `\2a`, ")(|(uid=*", "*)(|(mail=*", "alice@example.com)(mail=*",
+	for _, user := range []string{"*", "*)(uid=*", `\2a`, ")(|(uid=*", "' OR 1=1 --", `"; DROP TABLE users; --`, "*)(|(mail=*", "alice@example.com)(mail=*",
 		"*@example.com", strings.Repeat("*", 500), strings.Repeat("a", 2048), "alice@example.com\x00x"} {
 		wg.Go(func() {
 			p := dialPop(t, addr)
@@ -446,6 +449,28 @@ func TestLDAPRouting(t *testing.T) {
 	ls.fetch(t, addr, ldapAlice)
 	ls.fetch(t, addr, ldapCarol)
 
+	// The metrics: lookups by source and result, their latency, the
+	// pool's connections in use and idle.
+	m := scrapeRunner(t, r)
+	lookups := func(result string) float64 {
+		return m[`popgate_directory_lookups_total{result="`+result+`",source="route.ldap"}`]
+	}
+	if lookups("found") == 0 || lookups("not_found") == 0 || lookups("error") < 3 {
+		t.Errorf("popgate_directory_lookups_total for route.ldap: found %v, not_found %v, error %v; want each above 0, error at least 3",
+			lookups("found"), lookups("not_found"), lookups("error"))
+	}
+	if n, sum := m[`popgate_directory_lookup_seconds_count{source="route.ldap"}`], lookups("found")+lookups("not_found")+lookups("error"); n != sum {
+		t.Errorf("popgate_directory_lookup_seconds_count{route.ldap} = %v, want the %v lookups", n, sum)
+	}
+	idle, ok := m[`popgate_directory_connections{source="route.ldap",state="idle"}`]
+	if inUse := m[`popgate_directory_connections{source="route.ldap",state="in_use"}`]; !ok || idle == 0 || idle > defaultLDAPConnections || inUse != 0 {
+		t.Errorf("popgate_directory_connections for route.ldap: idle %v (present %v), in_use %v; want 1 to %d idle, none in use",
+			idle, ok, inUse, defaultLDAPConnections)
+	}
+	if n := m[`popgate_logins_total{result="lookup_error"}`]; n < 3 {
+		t.Errorf("popgate_logins_total{lookup_error} = %v, want at least 3", n)
+	}
+
 	// Reloads replace the source; the connections of the old ones are
 	// closed.
 	if n := establishedTo(t, ls.dir.Port); n == 0 {
@@ -473,6 +498,68 @@ func TestLDAPRouting(t *testing.T) {
 	// Every connection to the directory is closed with the instance.
 	if n := establishedTo(t, ls.dir.Port); n != 0 {
 		t.Errorf("%d connections to the directory still open after popgate stopped", n)
+	}
+}
+
+// scrapeRunner returns r's /metrics as series ("name{labels}") and values,
+// from the admin handler (the configuration serves no admin address).
+func scrapeRunner(t *testing.T, r *runner) map[string]float64 {
+	t.Helper()
+	h := admin.Handler(r.metrics, r.srv, r.ready, func() admin.Access { return admin.Access{} }, r.log)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /metrics = %d: %s", rec.Code, rec.Body)
+	}
+	return parseMetrics(t, rec.Body.String())
+}
+
+// TestLDAPCacheAndThrottle: [route.ldap] sits behind the cache and the
+// failed-login throttle as every source does. A second login with the same
+// password is answered from the cache, without a search; once a user's
+// failures (passwords popgate checked against the entry's hash) reach
+// max_failures_per_user, even the right password is refused with
+// [SYS/TEMP] before the directory is asked.
+func TestLDAPCacheAndThrottle(t *testing.T) {
+	ls := startLDAPSetup(t, nil, "")
+	text := ls.config("")
+	for from, to := range map[string]string{`cache_ttl = "0s"`: `cache_ttl = "60s"`, "max_failures_per_user = 0": "max_failures_per_user = 2"} {
+		if !strings.Contains(text, from) {
+			t.Fatalf("the LDAP test configuration has no %s", from)
+		}
+		text = strings.Replace(text, from, to, 1)
+	}
+	r, addr, _, _ := startLDAPRunner(t, text)
+	searches := func() float64 {
+		m := scrapeRunner(t, r)
+		return m[`popgate_directory_lookups_total{result="found",source="route.ldap"}`] +
+			m[`popgate_directory_lookups_total{result="not_found",source="route.ldap"}`] +
+			m[`popgate_directory_lookups_total{result="error",source="route.ldap"}`]
+	}
+
+	ls.fetch(t, addr, ldapCarol) // her password checked against userPassword
+	n := searches()
+	if n != 1 {
+		t.Fatalf("%v searches for one login, want 1", n)
+	}
+	ls.fetch(t, addr, ldapCarol)
+	if m := scrapeRunner(t, r); searches() != n || m[`popgate_lookup_cache_hits_total{source="route.ldap"}`] != 1 {
+		t.Errorf("the second login: %v searches (want %v), %v cache hits (want 1)", searches(), n, m[`popgate_lookup_cache_hits_total{source="route.ldap"}`])
+	}
+
+	for i := range 2 {
+		p := dialPop(t, addr)
+		if resp := p.login(ldapBob, "Wrong-pw-"+strconv.Itoa(i)); !strings.HasPrefix(resp, "-ERR [AUTH]") {
+			t.Errorf("bob, wrong password %d: %q, want -ERR [AUTH]", i, resp)
+		}
+	}
+	n = searches()
+	p := dialPop(t, addr)
+	if resp := p.login(ldapBob, ldapUsers[ldapBob]); !strings.HasPrefix(resp, "-ERR [SYS/TEMP]") {
+		t.Errorf("bob's right password after max_failures_per_user failures: %q, want -ERR [SYS/TEMP]", resp)
+	}
+	if got := searches(); got != n {
+		t.Errorf("a throttled login searched the directory (%v searches, %v before)", got, n)
 	}
 }
 
@@ -506,6 +593,25 @@ func TestLDAPRouteCommand(t *testing.T) {
 	code, out, errOut := route(ls.config(""), ldapAlice)
 	if code != 0 || !strings.Contains(out, `entry "uid=alice,ou=people,dc=example,dc=com", address 127.0.0.1:`+portOf(ls.dovecot.PlainAddr)) {
 		t.Errorf("route %s = %d, %q, %q", ldapAlice, code, out, errOut)
+	}
+	// A host answer goes to the entry's host, on the port and with the
+	// TLS of the template backend "stls": the headline shows that
+	// address, not stls's own.
+	if err := ls.dir.Add(`dn: uid=frank,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+objectClass: inetLocalMailRecipient
+uid: frank
+cn: Frank
+sn: Example
+mail: frank@example.com
+mailHost: mail2.internal
+`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = route(ls.config(""), "frank@example.com")
+	if want := "frank@example.com -> mail2.internal:" + portOf(ls.dovecot.PlainAddr) + " (tls=starttls)\n  why: route.ldap, "; code != 0 ||
+		!strings.HasPrefix(out, want) || !strings.Contains(out, `entry "uid=frank,ou=people,dc=example,dc=com"`) || !strings.Contains(out, `backend "stls"'s settings`) {
+		t.Errorf("route frank = %d, %q, %q; want it to start with %q", code, out, errOut, want)
 	}
 	code, out, _ = route(ls.config(""), ldapCarol)
 	if code != 0 || !strings.Contains(out, `as "carol@example.net*master"`) || strings.Contains(out, ldapMasterPw) {
@@ -813,7 +919,12 @@ postalCode: %s
 }
 
 // TestLDAPDocExample: the OpenLDAP example of docs/routing.md is a valid
-// configuration (with a listener added; files aside, which build reads).
+// configuration (with a listener added; files aside, which build reads),
+// and it works as written: with the example's entry in a real slapd and
+// only the directory's URL and the files replaced, `popgate route` finds
+// the entry by the example's filter as its bind DN, and sends the login to
+// the entry's mailHost on the template backend's port, as the section
+// shows it.
 func TestLDAPDocExample(t *testing.T) {
 	data, err := os.ReadFile("../../docs/routing.md")
 	if err != nil {
@@ -834,6 +945,48 @@ func TestLDAPDocExample(t *testing.T) {
 	}
 	l := s.Route.LDAP
 	if l == nil || l.Attributes.Host != "mailHost" || l.Port != 110 || l.Backend != "mailstores" {
-		t.Errorf("the example's [route.ldap]: %+v", l)
+		t.Fatalf("the example's [route.ldap]: %+v", l)
+	}
+
+	_, ldif, ok := strings.Cut(sec, "```ldif\n")
+	ldif, _, ok2 = strings.Cut(ldif, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the LDAP directory section has no LDIF example")
+	}
+	dir, err := dirrun.StartSlapd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if err := dir.Add(ldif); err != nil {
+		t.Fatalf("the example's entry: %v", err)
+	}
+	passFile := filepath.Join(t.TempDir(), "ldap-password")
+	writeFile(t, passFile, []byte(dirrun.Password+"\n"))
+	if err := os.Chmod(passFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := block
+	for from, to := range map[string]string{
+		`"ldap://ldap.example.com"`:       strconv.Quote(dir.URL()),
+		`"/etc/popgate/ldap-ca.pem"`:      strconv.Quote(dir.CAFile),
+		`"/etc/popgate/mailstore-ca.pem"`: strconv.Quote(dir.CAFile), // any CA: route dials no store
+		`"/etc/popgate/ldap-password"`:    strconv.Quote(passFile),
+	} {
+		if !strings.Contains(text, from) {
+			t.Fatalf("the example has no %s", from)
+		}
+		text = strings.Replace(text, from, to, 1)
+	}
+	config := writeConfig(t, "[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n\n"+text)
+	code, out, errOut := run(t.Context(), "route", "-config", config, "alice@example.com")
+	// What the section shows `popgate route` print for it.
+	_, want, ok := strings.Cut(sec, "$ popgate route -config /etc/popgate/popgate.toml alice@example.com\n")
+	want, _, ok2 = strings.Cut(want, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the LDAP directory section shows no `popgate route` for alice@example.com")
+	}
+	if code != 0 || out != want || !strings.HasPrefix(out, "alice@example.com -> mail2.internal:110 (tls=starttls)\n") {
+		t.Errorf("route alice@example.com with the example = %d, %q, %q; want what docs/routing.md shows: %q", code, out, errOut, want)
 	}
 }

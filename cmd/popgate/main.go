@@ -27,6 +27,7 @@ import (
 
 	"github.com/lmittmann/tint"
 	"github.com/popgate/popgate/admin"
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/osslsign"
 	"github.com/popgate/popgate/proxy"
 )
@@ -204,6 +205,16 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 	name, why, err := in.router.Explain(context.Background(), user)
 	if err != nil {
 		return err
+	}
+	// A directory's host answer goes to its own address, with the
+	// settings of the source's backend (plaintext without one).
+	if via, addr, ok := auth.SplitAddressRoute(name); ok {
+		mode := proxy.TLSNone
+		if b := backends[via]; b != nil {
+			mode = b.TLS
+		}
+		fmt.Fprintf(stdout, "%s -> %s (tls=%s)\n  why: %s\n", user, addr, mode, why)
+		return nil
 	}
 	if b := backends[name]; b != nil {
 		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, why)

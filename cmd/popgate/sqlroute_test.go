@@ -242,3 +242,36 @@ address = "127.0.0.1:0"
 		t.Errorf("the log shows a password")
 	}
 }
+
+// TestSQLDocExamples: the [route.sql] examples of docs/routing.md are valid
+// configurations (with a listener, and for the MySQL one a backend,
+// added). interop's TestSQLRoutingPostfixadmin and TestSQLDocPlainMySQL
+// run their queries, as written, on the real servers.
+func TestSQLDocExamples(t *testing.T) {
+	data, err := os.ReadFile("../../docs/routing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const listen = "[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n\n"
+	for _, tt := range []struct {
+		marker, extra, driver string
+	}{
+		{"**Postfixadmin on PostgreSQL.**", "", "postgres"},
+		{"**A plain MySQL (or MariaDB) table.**", "[[backend]]\nname = \"mail1\"\naddress = \"10.0.0.11:110\"\ntls = \"none\"\n\n", "mysql"},
+	} {
+		_, sec, ok := strings.Cut(string(data), "\n"+tt.marker)
+		_, block, ok2 := strings.Cut(sec, "```toml\n")
+		block, _, ok3 := strings.Cut(block, "```\n")
+		if !ok || !ok2 || !ok3 {
+			t.Fatalf("docs/routing.md has no TOML example after %q", tt.marker)
+		}
+		s, err := ParseConfig("routing.md", []byte(listen+tt.extra+block))
+		if err != nil {
+			t.Errorf("the example after %q: %v\n%s", tt.marker, err, block)
+			continue
+		}
+		if q := s.Route.SQL; q == nil || q.Driver != tt.driver || !strings.Contains(q.Query, ":user") {
+			t.Errorf("the example after %q: route.sql = %+v", tt.marker, q)
+		}
+	}
+}

@@ -77,6 +77,7 @@ type Route struct {
 	MapFile string            // route.map_file
 	HTTPURL string            // route.http.url; "" leaves [route.http] out
 	SQL     *SQL              // [route.sql]; nil leaves it out
+	LDAP    *LDAP             // [route.ldap]; nil leaves it out
 }
 
 // SQL is [route.sql]; an empty string or zero leaves a key out.
@@ -85,6 +86,17 @@ type SQL struct {
 	Backend                     string
 	Timeout, CacheTTL           string // durations, "2s"
 	MaxConnections              int
+}
+
+// LDAP is [route.ldap]; an empty string or zero leaves a key out (the
+// attributes keep their defaults: mailHost for the host).
+type LDAP struct {
+	URL, CAFile              string
+	BindDN, BindPasswordFile string
+	Base, Filter             string
+	Backend                  string
+	Timeout, CacheTTL        string // durations, "3s"
+	Connections              int
 }
 
 // String returns the file's text.
@@ -146,7 +158,7 @@ func (f *File) String() string {
 			p("relay_authzid = true")
 		}
 	}
-	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" || r.SQL != nil {
+	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" || r.SQL != nil || r.LDAP != nil {
 		section("[route]")
 		str("default", r.Default)
 		table := func(key string, m map[string]string) {
@@ -173,6 +185,21 @@ func (f *File) String() string {
 			str("cache_ttl", q.CacheTTL)
 			if q.MaxConnections != 0 {
 				p("max_connections = %d", q.MaxConnections)
+			}
+		}
+		if l := r.LDAP; l != nil {
+			section("[route.ldap]")
+			str("url", l.URL)
+			str("ca_file", l.CAFile)
+			str("bind_dn", l.BindDN)
+			str("bind_password_file", l.BindPasswordFile)
+			str("base", l.Base)
+			str("filter", l.Filter)
+			str("backend", l.Backend)
+			str("timeout", l.Timeout)
+			str("cache_ttl", l.CacheTTL)
+			if l.Connections != 0 {
+				p("connections = %d", l.Connections)
 			}
 		}
 		if r.HTTPURL != "" {
