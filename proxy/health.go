@@ -31,8 +31,8 @@ type BackendHealth struct {
 	// failed, and true again after one that passed. An address counts
 	// as up until its checks say otherwise.
 	Up bool `json:"up"`
-	// Since is when Up last changed, or when the address was first
-	// checked.
+	// Since is when Up last changed, or when the checks of the address
+	// began.
 	Since time.Time `json:"since"`
 	// LastCheck is when the last finished check started; zero before
 	// the first. Latency is how long it took.
