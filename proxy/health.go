@@ -219,8 +219,8 @@ func (s *Server) recordHealth(c *addrCheck, b *Backend, start time.Time, took ti
 	case wasUp && err != nil && failures < b.healthFailures():
 		s.log.Debug("backend health check failed", "backend", b.Name, "address", c.key.address, "failures", failures, "err", err)
 	case wasUp && err != nil:
-		s.log.Warn("backend address down: its health checks failed; logins try the backend's other addresses first",
-			"backend", b.Name, "address", c.key.address, "failures", failures, "err", err)
+		// Logins try it after the backend's addresses that are up.
+		s.log.Warn("backend address down", "backend", b.Name, "address", c.key.address, "failures", failures, "err", err)
 	case !wasUp && err == nil:
 		s.log.Info("backend address up again", "backend", b.Name, "address", c.key.address,
 			"down_for", start.Sub(since).Round(time.Millisecond).String(), "latency", took.Round(time.Microsecond).String())
