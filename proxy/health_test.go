@@ -500,3 +500,37 @@ func TestHealthOff(t *testing.T) {
 		t.Errorf("%d connections to the fallback", n)
 	}
 }
+
+// TestHealthStopsAtShutdown: the checks end when the drain begins, while
+// sessions still run, and none is made again.
+func TestHealthStopsAtShutdown(t *testing.T) {
+	h := newHarness(t, harnessOpts{
+		listeners: []Listener{{Name: "plain", TLS: TLSNone}},
+		config:    func(c *Config) { c.Backends["b1"].HealthInterval = 20 * time.Millisecond },
+	})
+	addr := h.srv.config().Backends["b1"].Address
+	waitFor(t, "a first check", func() bool { return checked(h.srv, "b1", addr) })
+	c := h.dial("plain")
+	c.login()
+	done := h.shutdownAsync()
+	if n := len(h.srv.BackendHealth()); n != 0 {
+		t.Errorf("%d addresses checked while draining", n)
+	}
+	quits := countPrefix(h.backend.Commands(), "QUIT")
+	// A reload during the drain starts nothing.
+	if err := h.srv.Reconfigure(*h.srv.config()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.srv.BackendHealth()); n != 0 {
+		t.Errorf("%d addresses checked after a reload while draining", n)
+	}
+	if resp := c.cmd("STAT"); !strings.HasPrefix(resp, "+OK") {
+		t.Errorf("STAT while draining: %q", resp)
+	}
+	if got := countPrefix(h.backend.Commands(), "QUIT"); got != quits {
+		t.Errorf("%d more checks while draining", got-quits)
+	}
+	c.cmd("QUIT")
+	c.eof()
+	drained(t, done)
+}
