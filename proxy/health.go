@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -69,8 +68,8 @@ type healthChecks struct {
 	cancel  context.CancelFunc
 	checks  map[healthKey]*addrCheck
 	wg      sync.WaitGroup
-	// view is checks for the logins, which read it without the lock;
-	// replaced, never changed.
+	// view is checks for the logins, which read it without the lock.
+	// Both maps are replaced, never changed.
 	view atomic.Pointer[map[healthKey]*addrCheck]
 }
 
@@ -153,12 +152,12 @@ func (s *Server) updateHealthChecks() {
 		c.st.Index = w.index
 		next[k] = c
 	}
+	// next is not changed from here on: the next update makes its own.
 	h.checks = next
 	if len(next) == 0 {
 		h.view.Store(nil)
 	} else {
-		view := maps.Clone(next)
-		h.view.Store(&view)
+		h.view.Store(&next)
 	}
 }
 
