@@ -47,6 +47,11 @@ type Sources struct {
 	// ACMEOrderBudget returns how many orders the ACME order budget has
 	// room for now, for popgate_acme_order_budget_remaining.
 	ACMEOrderBudget func() float64
+	// BackendHealth returns the health checks' state of every checked
+	// backend address ((*proxy.Server).BackendHealth), for
+	// popgate_backend_up{backend} and
+	// popgate_backend_address_up{backend,address}.
+	BackendHealth func() []proxy.BackendHealth
 }
 
 // Histogram buckets, in seconds.
@@ -458,6 +463,10 @@ var (
 		"Route lookups not found in a routing source's cache, by source (route.http, route.sql).", []string{"source"}, nil)
 	poolDesc = prometheus.NewDesc("popgate_directory_connections",
 		"Connections a routing source's pool holds to its directory, by source (route.sql, route.ldap) and state (in_use, idle).", []string{"source", "state"}, nil)
+	backendUpDesc = prometheus.NewDesc("popgate_backend_up",
+		"1 while at least one address of a backend passes its health checks, 0 when all are down; only backends with health checks (health_interval).", []string{"backend"}, nil)
+	addressUpDesc = prometheus.NewDesc("popgate_backend_address_up",
+		"1 while a backend address passes its health checks, 0 once health_failures checks in a row failed; by backend and address (its address and fallbacks).", []string{"backend", "address"}, nil)
 	budgetDesc = prometheus.NewDesc("popgate_acme_order_budget_remaining",
 		"ACME orders the order budget (tls.acme.order_budget) has room for now; on-demand names leave order_budget_reserve of them to renewals and domains.", nil, nil)
 )
@@ -478,7 +487,7 @@ func (c *sourceCollector) set(src Sources) {
 
 // Describe implements prometheus.Collector.
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, backendUpDesc, addressUpDesc} {
 		ch <- d
 	}
 }
@@ -523,4 +532,21 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	if src.ACMEOrderBudget != nil {
 		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, src.ACMEOrderBudget())
 	}
+	if src.BackendHealth != nil {
+		up := map[string]bool{}
+		for _, h := range src.BackendHealth() {
+			up[h.Backend] = up[h.Backend] || h.Up
+			ch <- prometheus.MustNewConstMetric(addressUpDesc, prometheus.GaugeValue, boolValue(h.Up), h.Backend, h.Address)
+		}
+		for b, u := range up {
+			ch <- prometheus.MustNewConstMetric(backendUpDesc, prometheus.GaugeValue, boolValue(u), b)
+		}
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

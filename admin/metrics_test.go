@@ -68,6 +68,29 @@ func TestMetrics(t *testing.T) {
 				`popgate_lookup_cache_misses_total`,
 				`popgate_directory_connections`,
 				`popgate_acme_order_budget_remaining`,
+				`popgate_backend_up`,
+				`popgate_backend_address_up`,
+			},
+		},
+		{
+			// One backend with an address down and one up is up; one
+			// with every address down is down.
+			name: "backend health",
+			events: func(m *Metrics, _ *testClock) {
+				m.SetSources(Sources{BackendHealth: func() []proxy.BackendHealth {
+					return []proxy.BackendHealth{
+						{Backend: "mx", Address: "10.0.0.1:995", Up: false},
+						{Backend: "mx", Address: "10.0.0.2:995", Index: 1, Up: true},
+						{Backend: "old", Address: "10.0.0.9:110", Up: false},
+					}
+				}})
+			},
+			want: map[string]float64{
+				`popgate_backend_up{backend="mx"}`:                                 1,
+				`popgate_backend_up{backend="old"}`:                                0,
+				`popgate_backend_address_up{address="10.0.0.1:995",backend="mx"}`:  0,
+				`popgate_backend_address_up{address="10.0.0.2:995",backend="mx"}`:  1,
+				`popgate_backend_address_up{address="10.0.0.9:110",backend="old"}`: 0,
 			},
 		},
 		{
@@ -323,6 +346,7 @@ func TestMetricsFamilies(t *testing.T) {
 		LookupCaches:    map[string]func() (int64, int64){"route.http": func() (int64, int64) { return 0, 0 }},
 		DirectoryPools:  map[string]func() (int, int){"route.sql": func() (int, int) { return 0, 0 }},
 		ACMEOrderBudget: func() float64 { return 1 },
+		BackendHealth:   func() []proxy.BackendHealth { return []proxy.BackendHealth{{Backend: "mx", Address: "a:1", Up: true}} },
 	})
 	m.Accepted("pop3s")
 	m.Refused("pop3s", "shutting_down")
@@ -362,6 +386,8 @@ func TestMetricsFamilies(t *testing.T) {
 		"popgate_acme_orders_total":                            "COUNTER",
 		"popgate_acme_orders_withheld_total":                   "COUNTER",
 		"popgate_acme_order_budget_remaining":                  "GAUGE",
+		"popgate_backend_up":                                   "GAUGE",
+		"popgate_backend_address_up":                           "GAUGE",
 		"go_goroutines":                                        "GAUGE",
 	}
 	if runtime.GOOS == "linux" {

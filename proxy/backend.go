@@ -88,7 +88,7 @@ func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec a
 }
 
 func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, error) {
-	addrs := b.addresses()
+	addrs := s.orderByHealth(b.Name, b.addresses())
 	if dec.Address != "" {
 		addrs = []string{dec.Address}
 	}

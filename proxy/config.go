@@ -151,6 +151,19 @@ type Backend struct {
 	// ClientAddress is how the backend learns the client's address:
 	// ClientAddressNone (the zero value) tells it nothing.
 	ClientAddress ClientAddressMode
+	// HealthInterval is how often each of the backend's addresses is
+	// checked while the server serves: connect, the PROXY header (a
+	// LOCAL one), the TLS handshake or STLS as a login would do them,
+	// the greeting, then QUIT; never a login. An address is down after
+	// HealthFailures failed checks in a row and up again after one that
+	// passes; logins try the addresses that are down last (see
+	// [Server.BackendHealth]). 0 checks nothing.
+	HealthInterval time.Duration
+	// HealthFailures is how many checks in a row must fail for an
+	// address to be down; 0 means 3.
+	HealthFailures int
+	// HealthTimeout bounds one check, the connect included; 0 means 5s.
+	HealthTimeout time.Duration
 }
 
 func (b *Backend) addresses() []string {
@@ -160,6 +173,20 @@ func (b *Backend) addresses() []string {
 func (b *Backend) connectTimeout() time.Duration {
 	if b.ConnectTimeout > 0 {
 		return b.ConnectTimeout
+	}
+	return 5 * time.Second
+}
+
+func (b *Backend) healthFailures() int {
+	if b.HealthFailures > 0 {
+		return b.HealthFailures
+	}
+	return 3
+}
+
+func (b *Backend) healthTimeout() time.Duration {
+	if b.HealthTimeout > 0 {
+		return b.HealthTimeout
 	}
 	return 5 * time.Second
 }

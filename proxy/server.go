@@ -53,6 +53,7 @@ type Server struct {
 	readers   sync.Pool // *bufio.Reader for AUTHORIZATION and backend logins
 	writers   sync.Pool // *bufio.Writer for AUTHORIZATION
 	caps      capsCache // backends' capabilities
+	health    healthChecks
 
 	// parker holds idle splice directions without goroutines; nil
 	// where epoll is not available.
@@ -147,6 +148,9 @@ func (s *Server) Reconfigure(cfg Config) error {
 		return err
 	}
 	s.cfg.Store(&cfg)
+	s.health.mu.Lock()
+	s.updateHealthChecks()
+	s.health.mu.Unlock()
 	return nil
 }
 
@@ -180,6 +184,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 	}
 	// else UpdateListener came first: its settings are the newer ones.
 	s.mu.Unlock()
+	s.startHealthChecks()
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
@@ -353,6 +358,7 @@ func (s *Server) removeSession(sess *session) {
 // lookup, a backend login, the failed-login delay) is abandoned: they have
 // nothing to lose, and would hold the drain up.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopHealthChecks()
 	s.mu.Lock()
 	s.closing = true
 	for ln := range s.listeners {
@@ -398,6 +404,7 @@ func (s *Server) Close() error {
 		sess.endBy(endedByShutdown)
 	}
 	s.cancel()
+	s.stopHealthChecks()
 	s.wg.Wait()
 	if s.parker != nil {
 		s.parker.close()

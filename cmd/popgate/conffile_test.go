@@ -24,7 +24,8 @@ func TestConfFile(t *testing.T) {
 		},
 		Backends: []conffile.Backend{
 			{Name: "b", Address: "127.0.0.1:110", TLS: "none", ClientAddress: "xclient", RelayAuthzID: true},
-			{Name: "s", Address: "127.0.0.1:995", TLS: "implicit", ServerName: "pop.internal", CAFile: "/etc/popgate/ca.pem"},
+			{Name: "s", Address: "127.0.0.1:995", TLS: "implicit", ServerName: "pop.internal", CAFile: "/etc/popgate/ca.pem",
+				Fallbacks: []string{"127.0.0.2:995", "127.0.0.3:995"}, HealthInterval: "250ms", HealthFailures: 2, HealthTimeout: "1s"},
 		},
 		Route: conffile.Route{
 			Default: "b",
@@ -48,7 +49,9 @@ func TestConfFile(t *testing.T) {
 	if len(c.Listeners) != 2 || !c.Listeners[1].ProxyProtocol || c.TLS.Certificates[0].Cert != `/etc/popgate/a "b".crt` ||
 		c.TLS.Certificates[0].Key != `C:\popgate\a.key` || c.TLS.ACME == nil || len(c.Backends) != 2 || !c.Backends[0].RelayAuthzID ||
 		c.Backends[1].Trust.CAFile != "/etc/popgate/ca.pem" || c.Route.Users["tab\tuser"] != "b" || c.Route.HTTP == nil ||
-		c.Limits.ShutdownTimeout.String() != "2s" || c.Metrics.Address != "" {
+		c.Limits.ShutdownTimeout.String() != "2s" || c.Metrics.Address != "" || len(c.Backends[1].Fallbacks) != 2 ||
+		c.Backends[1].Fallbacks[1] != "127.0.0.3:995" || c.Backends[1].HealthInterval.String() != "250ms" ||
+		c.Backends[1].HealthFailures != 2 || c.Backends[1].HealthTimeout.String() != "1s" {
 		t.Errorf("settings = %+v\nfrom\n%s", c, f.String())
 	}
 	if q := c.Route.SQL; q == nil || q.Driver != "postgres" || q.Backend != "s" || q.CacheTTL != 0 || q.MaxConnections != 4 {

@@ -91,6 +91,9 @@ type BackendConfig struct {
 	RelayAuthzID       bool     `toml:"relay_authzid"`
 	ConnectTimeout     Duration `toml:"connect_timeout"`
 	Timeout            Duration `toml:"timeout"`
+	HealthInterval     Duration `toml:"health_interval"`
+	HealthFailures     *int     `toml:"health_failures"`
+	HealthTimeout      Duration `toml:"health_timeout"`
 }
 
 // RouteConfig is [route].
@@ -459,6 +462,15 @@ func (c *Config) backends(add func(string, ...any)) ([]backendSettings, map[stri
 		if b.Timeout.Set && b.Timeout.Duration == 0 {
 			add("%s.timeout: must be positive", key)
 		}
+		healthFailures := defaultHealthFailures
+		if b.HealthFailures != nil {
+			if healthFailures = *b.HealthFailures; healthFailures < 1 {
+				add("%s.health_failures: must be at least 1", key)
+			}
+		}
+		if b.HealthTimeout.Set && b.HealthTimeout.Duration == 0 {
+			add("%s.health_timeout: must be positive (health_interval = \"0s\" turns the checks off)", key)
+		}
 		bs = append(bs, backendSettings{
 			Backend: proxy.Backend{
 				Name:           b.Name,
@@ -469,6 +481,9 @@ func (c *Config) backends(add func(string, ...any)) ([]backendSettings, map[stri
 				ConnectTimeout: b.ConnectTimeout.or(defaultBackendConnectTimeout),
 				Timeout:        b.Timeout.or(defaultBackendTimeout),
 				ClientAddress:  clientAddr,
+				HealthInterval: b.HealthInterval.or(defaultHealthInterval),
+				HealthFailures: healthFailures,
+				HealthTimeout:  b.HealthTimeout.or(defaultHealthTimeout),
 			},
 			Trust: tlsconf.BackendConfig{
 				ServerName:         b.ServerName,

@@ -143,6 +143,9 @@ ca_file = %[1]q
 min_version = "1.2"
 connect_timeout = "2s"
 timeout = "15s"
+health_interval = "1s"
+health_failures = 5
+health_timeout = "2s"
 
 [[backend]]
 name = "pop3s"
@@ -218,6 +221,12 @@ func TestParseConfigFull(t *testing.T) {
 	}
 	if b := c.Backends[1]; b.ConnectTimeout != 2*time.Second || b.Timeout != 15*time.Second {
 		t.Errorf("backend[1] timeouts = %v, %v, want 2s, 15s", b.ConnectTimeout, b.Timeout)
+	}
+	if b := c.Backends[1]; b.HealthInterval != time.Second || b.HealthFailures != 5 || b.HealthTimeout != 2*time.Second {
+		t.Errorf("backend[1] health = %v, %d, %v, want 1s, 5, 2s", b.HealthInterval, b.HealthFailures, b.HealthTimeout)
+	}
+	if b := c.Backends[0]; b.HealthInterval != defaultHealthInterval || b.HealthFailures != defaultHealthFailures || b.HealthTimeout != defaultHealthTimeout {
+		t.Errorf("backend[0] health (unset) = %v, %d, %v, want the defaults", b.HealthInterval, b.HealthFailures, b.HealthTimeout)
 	}
 	if b := c.Backends[0]; b.ConnectTimeout != defaultBackendConnectTimeout || b.Timeout != defaultBackendTimeout {
 		t.Errorf("backend[0] timeouts (unset) = %v, %v, want the defaults %v, %v", b.ConnectTimeout, b.Timeout, defaultBackendConnectTimeout, defaultBackendTimeout)
@@ -315,6 +324,7 @@ func TestParseConfigAccepts(t *testing.T) {
 		{"route by domains only", listenNone + backendB + "[route]\ndomains = { \"example.com\" = \"b\" }\n"},
 		{"same user twice to the same backend", listenNone + backendB + "[route]\nusers = { \"a@example.com\" = \"b\", \"A@Example.com\" = \"b\" }\n"},
 		{"zero durations", minimal + "[limits]\nfailure_delay = \"0s\"\nshutdown_timeout = \"0s\"\n"},
+		{"health checks off", listenNone + backendB + "health_interval = \"0s\"\n" + routeB},
 		{"legacy tls versions", "[tls]\nmin_version = \"1.0\"\n\n" + minimal},
 		{"comments and empty tables", "# popgate\n[log]\n[limits]\n[metrics]\n" + minimal},
 	}
@@ -405,6 +415,8 @@ func TestParseConfigRejects(t *testing.T) {
 		{"bad log format", "[log]\nformat = \"xml\"\n" + minimal, []string{`log.format: "xml"`}},
 		{"negative max_connections", minimal + "[limits]\nmax_connections = -1\n", []string{"limits.max_connections: must not be negative"}},
 		{"zero max_login_failures", minimal + "[limits]\nmax_login_failures = 0\n", []string{"limits.max_login_failures"}},
+		{"zero health_failures", listenNone + backendB + "health_failures = 0\n" + routeB, []string{"backend[0].health_failures: must be at least 1"}},
+		{"zero health_timeout", listenNone + backendB + "health_timeout = \"0s\"\n" + routeB, []string{"backend[0].health_timeout: must be positive"}},
 		{"no listen", backendB + routeB, []string{"[[listen]]"}},
 		{"no backend", listenNone + "[route]\ndefault = \"b\"\n", []string{"[[backend]]"}},
 		{"no route at all", listenNone + backendB, []string{"route: no route at all"}},

@@ -36,6 +36,9 @@ const (
 	defaultBackendClientAddress  = "none"
 	defaultBackendConnectTimeout = 5 * time.Second
 	defaultBackendTimeout        = 15 * time.Second
+	defaultHealthInterval        = 10 * time.Second
+	defaultHealthFailures        = 3
+	defaultHealthTimeout         = 5 * time.Second
 	defaultHTTPTimeout           = 3 * time.Second
 	defaultHTTPCacheTTL          = 60 * time.Second
 	defaultHTTPNegativeCacheTTL  = 10 * time.Second
@@ -136,6 +139,9 @@ var configKeys = []configKey{
 	{"backend.client_address", defaultBackendClientAddress},
 	{"backend.relay_authzid", nil},
 	{"backend.fallbacks", nil},
+	{"backend.health_interval", defaultHealthInterval},
+	{"backend.health_failures", defaultHealthFailures},
+	{"backend.health_timeout", defaultHealthTimeout},
 
 	{"route.default", nil},
 	{"route.users", nil},

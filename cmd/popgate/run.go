@@ -344,7 +344,7 @@ func (r *runner) setSources(in *instance) {
 	if r.metrics == nil {
 		return
 	}
-	src := admin.Sources{Sessions: r.srv}
+	src := admin.Sources{Sessions: r.srv, BackendHealth: r.srv.BackendHealth}
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry
 		if _, ok := certs.OrderBudgetLeft(); ok {

@@ -67,6 +67,13 @@ type Backend struct {
 	ClientAddress string
 	// RelayAuthzID is relay_authzid.
 	RelayAuthzID bool
+	// Fallbacks is fallbacks; nil leaves it out.
+	Fallbacks []string
+	// HealthInterval and HealthTimeout are health_interval and
+	// health_timeout ("10s"), HealthFailures health_failures; "" and 0
+	// leave them out.
+	HealthInterval, HealthTimeout string
+	HealthFailures                int
 }
 
 // Route is [route].
@@ -156,6 +163,18 @@ func (f *File) String() string {
 		str("client_address", be.ClientAddress)
 		if be.RelayAuthzID {
 			p("relay_authzid = true")
+		}
+		if len(be.Fallbacks) > 0 {
+			quoted := make([]string, len(be.Fallbacks))
+			for i, f := range be.Fallbacks {
+				quoted[i] = quote(f)
+			}
+			p("fallbacks = [%s]", strings.Join(quoted, ", "))
+		}
+		str("health_interval", be.HealthInterval)
+		str("health_timeout", be.HealthTimeout)
+		if be.HealthFailures != 0 {
+			p("health_failures = %d", be.HealthFailures)
 		}
 	}
 	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" || r.SQL != nil || r.LDAP != nil {

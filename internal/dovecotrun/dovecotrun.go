@@ -143,6 +143,8 @@ type Instance struct {
 	ownDir   bool   // Dir was created by Start and is removed by Stop
 
 	main, noTLS *master
+	bin         string      // the dovecot executable, for StartMain
+	greetConf   *tls.Config // trusts the certificate, for waiting on TLSAddr
 
 	mu       sync.Mutex
 	seq      int // messages added so far; orders the Maildir file names
@@ -213,7 +215,7 @@ func Start(opts Options) (_ *Instance, err error) {
 			return nil, fmt.Errorf("dovecotrun: user %q: name must be a plain directory name and neither it nor the password may hold ':' or a line break", u)
 		}
 	}
-	d := &Instance{Dir: opts.Dir, ServerName: opts.ServerName, Users: maps.Clone(opts.Users)}
+	d := &Instance{Dir: opts.Dir, ServerName: opts.ServerName, Users: maps.Clone(opts.Users), bin: bin}
 	if d.Users == nil {
 		d.Users = map[string]string{}
 	}
@@ -307,6 +309,7 @@ func Start(opts Options) (_ *Instance, err error) {
 	} else {
 		tlsConf = &tls.Config{InsecureSkipVerify: true} // the caller brought a certificate without its CA
 	}
+	d.greetConf = tlsConf
 	deadline := time.Now().Add(15 * time.Second)
 	if err := waitGreeting(d.PlainAddr, nil, deadline); err != nil {
 		return nil, fmt.Errorf("%w\n%s", err, d.Log())
@@ -386,6 +389,50 @@ func (d *Instance) Stop() error {
 	}
 	d.stopErr = errors.Join(errs...)
 	return d.stopErr
+}
+
+// StopMain stops the main instance's master process as Stop does (its
+// clients are disconnected) but keeps its configuration, Maildirs and
+// ports: StartMain runs it again at the same addresses, a backend that
+// goes away and comes back. Stop still ends everything.
+func (d *Instance) StopMain() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return errors.New("dovecotrun: stopped")
+	}
+	if d.main.cmd == nil {
+		return nil
+	}
+	d.main.signalStop()
+	return d.main.waitStopped()
+}
+
+// StartMain starts the main instance again after StopMain, on the same
+// ports, and returns once its listeners answer with a +OK greeting. A port
+// that another process took in between fails it.
+func (d *Instance) StartMain() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return errors.New("dovecotrun: stopped")
+	}
+	if d.main.cmd != nil {
+		select {
+		case <-d.main.exited:
+		default:
+			return errors.New("dovecotrun: the main instance is running")
+		}
+	}
+	if err := d.main.run(d.bin, d.Dir); err != nil {
+		d.main.cmd = nil
+		return fmt.Errorf("dovecotrun: restart dovecot %s: %w\nstderr:\n%s\nlog:\n%s", d.main.name, err, readOr(d.main.errFile), readOr(d.main.logFile))
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	if err := waitGreeting(d.PlainAddr, nil, deadline); err != nil {
+		return err
+	}
+	return waitGreeting(d.TLSAddr, d.greetConf, deadline)
 }
 
 // config is what every instance's configuration shares.
