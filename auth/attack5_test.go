@@ -1,0 +1,79 @@
+package auth
+
+// Regression tests from the attack review of the directory sources
+// (route.sql, route.ldap), password hashes and their caches.
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// throttleShares reports whether the failed-login limit per user counts
+// a and b as one name: one failure for a, from one address, leaves b no
+// attempt from another address under max_failures_per_user = 1.
+func throttleShares(t *testing.T, a, b string) bool {
+	t.Helper()
+	th := NewThrottle(ThrottleConfig{MaxPerUser: 1, Window: time.Minute})
+	tk, ok, _ := th.Begin(context.Background(), netip.MustParseAddr("192.0.2.1"), a)
+	if !ok {
+		t.Fatalf("Begin(%q) refused on a fresh throttle", a)
+	}
+	th.End(tk, AttemptFailed)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	tk, ok, _ = th.Begin(ctx, netip.MustParseAddr("198.51.100.1"), b)
+	if ok {
+		th.End(tk, AttemptSucceeded)
+	}
+	return !ok
+}
+
+// TestAttack5ThrottleSpellings: the spellings that a directory's matching
+// rules find one entry for share one budget of failed logins. OpenLDAP's
+// caseIgnoreMatch drops spaces around a value and compares compatibility
+// forms ("ｃａｒｏｌ", "car𝐨l"); the route.sql user column compares with
+// Unicode case folding, which takes "ſam" for "sam" (as MariaDB's
+// collations do). Counted apart, each spelling was a fresh budget of
+// guesses at the one password.
+func TestAttack5ThrottleSpellings(t *testing.T) {
+	for _, s := range []string{
+		"carol ", " carol", "  carol   ", "carol\u00a0", "carol\u3000",
+		"ｃａｒｏｌ", "ⓒarol", "car𝐨l", "CAROL",
+	} {
+		if !throttleShares(t, "carol", s) {
+			t.Errorf("a failure for %q leaves %q a budget of its own", "carol", s)
+		}
+	}
+	if !throttleShares(t, "sam@example.com", "ſam@example.com") {
+		t.Errorf("a failure for sam leaves ſam (which strings.EqualFold takes for it) a budget of its own")
+	}
+	if throttleShares(t, "carol", "carl") || throttleShares(t, "ca rol", "carol") {
+		t.Errorf("different names share a budget")
+	}
+}
+
+// TestAttack5SQLUserColumnFold: every spelling for which route.sql's user
+// column lets the row be used counts against the row's name in the
+// throttle.
+func TestAttack5SQLUserColumnFold(t *testing.T) {
+	s := startSQLServer(t, SQLMySQL)
+	if err := s.exec(`DROP TABLE IF EXISTS attack5;
+CREATE TABLE attack5 (username varchar(255) PRIMARY KEY, backend varchar(255), password_hash varchar(255)) DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+INSERT INTO attack5 VALUES ('sam@example.com', 'tls', '{PLAIN}Sam-pw');`); err != nil {
+		t.Fatal(err)
+	}
+	src := openSQL(t, s, "SELECT backend, password_hash, username AS user FROM attack5 WHERE username = :user", nil)
+	for _, u := range []string{"sam@example.com", "SAM@example.com", "ſam@example.com", "ſAM@EXAMPLE.COM", "ｓam@example.com"} {
+		_, err := src.Decide(context.Background(), sqlReq(u, "Sam-pw"))
+		switch {
+		case errors.Is(err, ErrNoRoute):
+		case err != nil:
+			t.Errorf("%q: %v", u, err)
+		case !throttleShares(t, "sam@example.com", u):
+			t.Errorf("%q logs in to sam's row with a failed-login budget of its own", u)
+		}
+	}
+}
