@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -75,5 +76,49 @@ INSERT INTO attack5 VALUES ('sam@example.com', 'tls', '{PLAIN}Sam-pw');`); err !
 		case !throttleShares(t, "sam@example.com", u):
 			t.Errorf("%q logs in to sam's row with a failed-login budget of its own", u)
 		}
+	}
+}
+
+// deadlineHashes records the deadline of the context each check is given.
+type deadlineHashes struct {
+	mu   *sync.Mutex
+	left *[]time.Duration // time left to the deadline at the check; -1: none
+}
+
+func (h deadlineHashes) Check(ctx context.Context, hash string, pw Password) error {
+	left := time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	h.mu.Lock()
+	*h.left = append(*h.left, left)
+	h.mu.Unlock()
+	return plainHashes{}.Check(ctx, hash, pw)
+}
+
+// TestAttack5SQLHashWaitBounded: route.sql's password hash check, which may
+// wait for a turn (passhash's bound on concurrent checks) while argon2 or
+// bcrypt checks flood the verifier, is bounded by route.sql.timeout as
+// route.ldap's is. It was given the login's own context: a login waited
+// until login_timeout (and the verdict grace past it) and the client was
+// closed on without the [SYS/TEMP] a timed-out lookup gets.
+func TestAttack5SQLHashWaitBounded(t *testing.T) {
+	s := startSQLServer(t, SQLPostgres)
+	var mu sync.Mutex
+	var left []time.Duration
+	const timeout = 2 * time.Second
+	src := openSQL(t, s, usersQuery, func(c *SQLConfig) {
+		c.Timeout = timeout
+		c.Directory.Hashes = deadlineHashes{&mu, &left}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a login's deadline, far off
+	defer cancel()
+	if _, err := src.Decide(ctx, sqlReq("carol@example.net", "Carol-pw")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(left) != 1 || left[0] < 0 || left[0] > timeout {
+		t.Errorf("the hash check's context had %v left (-1: no deadline); want at most route.sql.timeout (%v)", left, timeout)
 	}
 }
