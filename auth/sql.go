@@ -81,8 +81,9 @@ type SQLConfig struct {
 	Query string
 	// MaxConnections caps the pool; 0 means 8.
 	MaxConnections int
-	// Timeout bounds each query, waiting for a connection included; 0
-	// means 2s.
+	// Timeout bounds each query, waiting for a connection included,
+	// and the password hash check after it, waiting for a turn
+	// included; 0 means 2s.
 	Timeout time.Duration
 	// Directory turns a row into a Decision; its Source names the source
 	// in errors ("route.sql").
@@ -311,6 +312,12 @@ func (s *SQL) Route(ctx context.Context, req *Request) (Decision, error) {
 	if err := req.Credentials.Check(); err != nil {
 		return Decision{}, err
 	}
+	// One timeout for the query and the password hash check, whose wait
+	// for a turn (auth/passhash's bound on concurrent checks) ends with
+	// it, as route.ldap's does: a flood of costly checks gets the login
+	// a [SYS/TEMP] in time, not a wait until its deadline.
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
 	e, _, err := s.find(ctx, req)
 	if err != nil {
 		return Decision{}, err
