@@ -49,7 +49,7 @@ import (
 //     fail2ban does.
 //   - Addresses are grouped as [ClientNet] groups them (IPv6 by
 //     ThrottleConfig.IPv6Prefix); user names compare as [foldUser] folds
-//     them (case, compatibility forms, spaces around and between words),
+//     them (case, accents, compatibility forms, spaces around them),
 //     and one longer than 64 bytes is kept as its SHA-256.
 //   - A max of 0 means no limit on that key; a window <= 0 disables the
 //     Throttle.
@@ -182,21 +182,37 @@ func userKey(user string) (string, bool) {
 // foldUser returns the form of a user name that the failed-login limits
 // count it by. A directory finds one entry for many spellings: OpenLDAP's
 // matching rules ignore case, compatibility forms ("ｃａｒｏｌ", "car𝐨l")
-// and spaces around the value (any number of them); route.sql's user
-// column compares with Unicode case folding ("ſam" is "sam"). Counted
-// apart, each spelling would be a fresh budget of guesses at the one
-// password; folded, they are one name. The fold is NFKC with full case
-// folding, spaces (Unicode's) trimmed and runs of them made one.
+// and spaces around the value (any number of them); MariaDB's default
+// collations ignore case and accents ("sám" is "sam"), and so does a
+// backend that looks names up there, behind route.default; route.sql's
+// user column compares with Unicode case folding ("ſam" is "sam").
+// Counted apart, each spelling would be a fresh budget of guesses at the
+// one password; folded, they are one name. The fold decomposes (NFKD),
+// drops combining marks and format characters (accents, zero-width
+// spaces, soft hyphens), folds case (full folding) and does so once more
+// for what folding composed, then trims spaces (Unicode's) and makes each
+// run of them one. Names that differ only in these share a budget, which
+// costs them nothing an attacker could not do to each alone.
 func foldUser(user string) string {
 	k := user
 	if !isASCII(user) {
-		k = norm.NFKC.String(cases.Fold().String(norm.NFKC.String(user)))
+		k = stripMarks(norm.NFKD.String(cases.Fold().String(stripMarks(norm.NFKD.String(user)))))
 	}
 	k = strings.ToLower(k)
 	if strings.ContainsFunc(k, unicode.IsSpace) {
 		k = strings.Join(strings.Fields(k), " ")
 	}
 	return k
+}
+
+// stripMarks drops combining marks and format characters from s.
+func stripMarks(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.In(r, unicode.Mn, unicode.Me, unicode.Cf) {
+			return -1
+		}
+		return r
+	}, s)
 }
 
 func isASCII(s string) bool {
