@@ -310,8 +310,9 @@ type loginOutcome struct {
 	// failureTimes (see failureWait): every refusal of credentials
 	// takes as long as a backend's, whoever refused.
 	pad bool
-	// record names the backend whose refusal time failureTimes records;
-	// "" records none. Only backends' refusals set the floor.
+	// record names the backend whose refusal time failureTimes records
+	// (lookupRefusals for a lookup's); "" records none. Refusals of
+	// credentials set the floor; a name nobody has does not.
 	record string
 	// delay is waited before answering a failure, after any pad:
 	// failure_delay, or a lookup's Auth-Wait when longer.
@@ -352,7 +353,11 @@ func classify(err error, cfg *Config) loginOutcome {
 	case errors.Is(err, auth.ErrNoRoute):
 		out = loginOutcome{result: LoginNoRoute, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
 	case denied:
-		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
+		// A lookup's refusal (popgate's check of a directory's
+		// password_hash: bcrypt's or Argon2's time) sets the floor too,
+		// or a name with a hash would be refused later than one
+		// nobody has.
+		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true, record: lookupRefusals}
 	case errors.As(err, &le):
 		out = loginOutcome{result: LoginLookupError, reply: msgTempFail, level: slog.LevelWarn, attempt: auth.AttemptAborted}
 	case errors.As(err, &br) && br.refusedCredentials():

@@ -15,9 +15,12 @@ import (
 // the floor. Only a refusal that itself took longer than the floor stands
 // out, and it raises the floor for the ones after it.
 //
-// Only backends' refusals are recorded, never popgate's own or a lookup's,
-// so a client cannot lower the floor by sending names nobody knows: the
-// floor follows what the backends take. Each backend starts with one
+// Backends' refusals are recorded, and a lookup's (under lookupRefusals:
+// an auth_http service's, or popgate's check of a directory's
+// password_hash, which takes bcrypt's or Argon2's time), never a refusal of
+// a name nobody routes, so a client cannot lower the floor by sending
+// names nobody knows: the floor follows what the backends and lookups
+// take. Each backend starts with one
 // sample of the seed (Config.AssumedFailureTime, by default
 // [DefaultAssumedFailureTime]), so that before a backend has refused
 // failureSamples logins its speed is not learnt from the first few: a cold
@@ -29,6 +32,10 @@ type failureTimes struct {
 	mu       sync.Mutex
 	backends map[string]*failureRing
 }
+
+// lookupRefusals is the name under which failureTimes records the
+// refusals of lookups (a *auth.DeniedError); no backend is named so.
+const lookupRefusals = "(lookup refusal)"
 
 // failureSamples is how many recent refusals are kept per backend: enough
 // to follow its spread, few enough to follow a change within minutes.
