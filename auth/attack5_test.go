@@ -130,3 +130,35 @@ func TestAttack5SQLHashWaitBounded(t *testing.T) {
 		t.Errorf("the hash check's context had %v left (-1: no deadline); want at most route.sql.timeout (%v)", left, timeout)
 	}
 }
+
+// TestAttack5SQLNameOutsideCharset: a MariaDB table in utf8mb3 (the
+// charset older Postfixadmin schemas were made in) or latin1 cannot hold
+// a name with a character outside it (an emoji, "Ā" in latin1), and MariaDB
+// refuses the comparison ("Illegal mix of collations"). That was a lookup
+// error: the client got [SYS/TEMP] and the attempt counted in no
+// failed-login limit, so a client could send such names without end, each
+// a query, a WARN line and a lookup_error; no row holds such a name: it is
+// an unknown name, refused and counted as one.
+func TestAttack5SQLNameOutsideCharset(t *testing.T) {
+	s := startSQLServer(t, SQLMySQL)
+	if err := s.exec(`DROP TABLE IF EXISTS attack5mb3; DROP TABLE IF EXISTS attack5latin1;
+CREATE TABLE attack5mb3 (username varchar(255) PRIMARY KEY, backend varchar(255)) DEFAULT CHARSET=utf8mb3;
+CREATE TABLE attack5latin1 (username varchar(255) PRIMARY KEY, backend varchar(255)) DEFAULT CHARSET=latin1;
+INSERT INTO attack5mb3 VALUES ('sam@example.com', 'tls');
+INSERT INTO attack5latin1 VALUES ('sam@example.com', 'tls');`); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ table, user string }{
+		{"attack5mb3", "s\U0001F600m@example.com"},
+		{"attack5latin1", "s\U0001F600m@example.com"},
+		{"attack5latin1", "s\u0100m@example.com"},
+	} {
+		src := openSQL(t, s, "SELECT backend FROM "+tc.table+" WHERE username = :user", nil)
+		if _, err := src.Decide(context.Background(), sqlReq(tc.user, "pw")); !errors.Is(err, ErrNoRoute) {
+			t.Errorf("%s, %q: %v; want ErrNoRoute", tc.table, tc.user, err)
+		}
+		if d, err := src.Decide(context.Background(), sqlReq("sam@example.com", "pw")); err != nil || d.Backend != "tls" {
+			t.Errorf("%s, sam: %+v, %v", tc.table, d, err)
+		}
+	}
+}
