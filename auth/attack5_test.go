@@ -7,9 +7,12 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // throttleShares reports whether the failed-login limit per user counts
@@ -160,5 +163,40 @@ INSERT INTO attack5latin1 VALUES ('sam@example.com', 'tls');`); err != nil {
 		if d, err := src.Decide(context.Background(), sqlReq("sam@example.com", "pw")); err != nil || d.Backend != "tls" {
 			t.Errorf("%s, sam: %+v, %v", tc.table, d, err)
 		}
+	}
+}
+
+// TestAttack5PostgresNameOutsideEncoding: the same for a PostgreSQL
+// database in LATIN1: a name with a character the encoding lacks finds no
+// row (this held: PostgreSQL compares without an error).
+func TestAttack5PostgresNameOutsideEncoding(t *testing.T) {
+	s := startSQLServer(t, SQLPostgres)
+	s.exec("DROP DATABASE IF EXISTS attack5latin1")
+	if err := s.exec("CREATE DATABASE attack5latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"); err != nil {
+		t.Fatal(err)
+	}
+	dsn := strings.Replace(s.dsn, "/popgate?", "/attack5latin1?", 1)
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var enc string
+	if err := conn.QueryRow(context.Background(), "SHOW server_encoding").Scan(&enc); err != nil || enc != "LATIN1" {
+		t.Fatalf("server_encoding %q, %v", enc, err)
+	}
+	_, err = conn.Exec(context.Background(), `CREATE TABLE users (username text PRIMARY KEY, backend text);
+INSERT INTO users VALUES ('sam@example.com', 'tls')`)
+	conn.Close(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := openSQL(t, &sqlServer{driver: SQLPostgres, dsn: dsn}, "SELECT backend FROM users WHERE username = :user", nil)
+	for _, u := range []string{"s\U0001F600m@example.com", "s\u0100m@example.com"} {
+		if _, err := src.Decide(context.Background(), sqlReq(u, "pw")); !errors.Is(err, ErrNoRoute) {
+			t.Errorf("%q: %v; want ErrNoRoute", u, err)
+		}
+	}
+	if d, err := src.Decide(context.Background(), sqlReq("sam@example.com", "pw")); err != nil || d.Backend != "tls" {
+		t.Errorf("sam: %+v, %v", d, err)
 	}
 }
