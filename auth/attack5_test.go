@@ -200,3 +200,30 @@ INSERT INTO users VALUES ('sam@example.com', 'tls')`)
 		t.Errorf("sam: %+v, %v", d, err)
 	}
 }
+
+// TestAttack5CheckedRefusals: a refusal by the password_hash check says it
+// checked the password (the proxy counts its time into the floor every
+// refusal waits for); a disabled account's and a cached refusal do not,
+// being fast.
+func TestAttack5CheckedRefusals(t *testing.T) {
+	d := &Directory{Source: "route.sql", Hashes: plainHashes{}}
+	req := &Request{Credentials: Credentials{User: "carol", Password: "wrong", Method: "USER"}}
+	var de *DeniedError
+	_, err := d.Decide(context.Background(), req, &Entry{Where: "row", Backend: "b", PasswordHash: "{PLAIN}right"})
+	if !errors.As(err, &de) || !de.Checked {
+		t.Errorf("hash mismatch: %#v, want a checked refusal", err)
+	}
+	_, err = d.Decide(context.Background(), req, &Entry{Where: "row", Backend: "b", PasswordHash: "{PLAIN}right", Disabled: true})
+	if !errors.As(err, &de) || de.Checked {
+		t.Errorf("disabled: %#v, want a refusal that checked nothing", err)
+	}
+	c := NewCache(RouterFunc(func(ctx context.Context, r *Request) (Decision, error) {
+		return d.Decide(ctx, r, &Entry{Where: "row", Backend: "b", PasswordHash: "{PLAIN}right"})
+	}), 10, time.Minute, time.Minute, nil)
+	if _, err := c.Route(context.Background(), req); !errors.As(err, &de) || !de.Checked {
+		t.Errorf("first, uncached: %#v, want a checked refusal", err)
+	}
+	if _, err := c.Route(context.Background(), req); !errors.As(err, &de) || de.Checked || c.Hits() != 1 {
+		t.Errorf("cached: %#v (hits %d), want a refusal that checked nothing", err, c.Hits())
+	}
+}

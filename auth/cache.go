@@ -254,7 +254,8 @@ func (c *Cache) lookup(key string, req *Request) (d Decision, ok bool, err error
 			if e.noRoute {
 				return Decision{}, true, ErrNoRoute
 			}
-			de := *e.denied // a copy: callers may not share one
+			de := *e.denied    // a copy: callers may not share one
+			de.Checked = false // answered at once, nothing checked
 			return Decision{}, true, &de
 		}
 	}

@@ -95,7 +95,7 @@ func (d *Directory) Decide(ctx context.Context, req *Request, e *Entry) (Decisio
 		}
 		switch err := d.Hashes.Check(ctx, e.PasswordHash, req.Password); {
 		case errors.Is(err, ErrPasswordMismatch):
-			return Decision{}, &DeniedError{Reason: d.Source + ": password does not match the password_hash of " + e.Where}
+			return Decision{}, &DeniedError{Reason: d.Source + ": password does not match the password_hash of " + e.Where, Checked: true}
 		case err != nil:
 			return Decision{}, fmt.Errorf("auth: %s: password_hash of %s: %w", d.Source, e.Where, err)
 		}

@@ -27,9 +27,30 @@ func TestAttack5HashRefusalSetsFloor(t *testing.T) {
 		sess.failureWait(classify(&backendRejected{backend: "store", reply: "-ERR [AUTH] no\r\n"}, cfg), 5*time.Millisecond)
 	}
 	const hashTime = 300 * time.Millisecond
-	known := hashTime + sess.failureWait(classify(&auth.DeniedError{Reason: "route.sql: password does not match"}, cfg), hashTime)
+	known := hashTime + sess.failureWait(classify(&auth.DeniedError{Reason: "route.sql: password does not match", Checked: true}, cfg), hashTime)
 	unknown := time.Millisecond + sess.failureWait(classify(auth.ErrNoRoute, cfg), time.Millisecond)
 	if unknown < known {
 		t.Errorf("a name with a password hash is refused after %v, a name nobody has after %v", known, unknown)
+	}
+}
+
+// TestAttack5FastRefusalsKeepFloor: refusals that checked no password (a
+// name or password popgate refuses before any lookup, a disabled account,
+// a SASL authorization identity refused, a cached refusal) are fast, and
+// must not push the password hash checks' times out of the floor: a
+// client could otherwise send 64 of them and then time names again.
+func TestAttack5FastRefusalsKeepFloor(t *testing.T) {
+	cfg := &Config{AssumedFailureTime: 2 * time.Second}
+	sess := &session{cfg: cfg, srv: &Server{}}
+	for range failureSamples + 1 {
+		sess.failureWait(classify(&backendRejected{backend: "store", reply: "-ERR [AUTH] no\r\n"}, cfg), 5*time.Millisecond)
+	}
+	const hashTime = 300 * time.Millisecond
+	sess.failureWait(classify(&auth.DeniedError{Reason: "route.sql: password does not match", Checked: true}, cfg), hashTime)
+	for range 2 * failureSamples {
+		sess.failureWait(classify(&auth.DeniedError{Reason: "auth: credentials contain CR, LF or NUL"}, cfg), time.Microsecond)
+	}
+	if unknown := time.Millisecond + sess.failureWait(classify(auth.ErrNoRoute, cfg), time.Millisecond); unknown < hashTime {
+		t.Errorf("after fast refusals, a name nobody has is refused after %v, a password hash check takes %v", unknown, hashTime)
 	}
 }

@@ -353,11 +353,15 @@ func classify(err error, cfg *Config) loginOutcome {
 	case errors.Is(err, auth.ErrNoRoute):
 		out = loginOutcome{result: LoginNoRoute, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
 	case denied:
-		// A lookup's refusal (popgate's check of a directory's
-		// password_hash: bcrypt's or Argon2's time) sets the floor too,
-		// or a name with a hash would be refused later than one
-		// nobody has.
-		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true, record: lookupRefusals}
+		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
+		if de.Checked {
+			// A lookup's check of the password (popgate's of a
+			// directory's password_hash: bcrypt's or Argon2's time)
+			// sets the floor too, or a name with a hash would be
+			// refused later than one nobody has. A refusal that
+			// checked nothing is fast and would lower it.
+			out.record = lookupRefusals
+		}
 	case errors.As(err, &le):
 		out = loginOutcome{result: LoginLookupError, reply: msgTempFail, level: slog.LevelWarn, attempt: auth.AttemptAborted}
 	case errors.As(err, &br) && br.refusedCredentials():
