@@ -227,3 +227,19 @@ func TestAttack5CheckedRefusals(t *testing.T) {
 		t.Errorf("cached: %#v (hits %d), want a refusal that checked nothing", err, c.Hits())
 	}
 }
+
+// TestAttack5EmptyPasswordNeverMatches: a directory whose password_hash
+// column is made of an empty password ("{PLAIN}" || password, for an
+// account whose empty password means "no login", as Dovecot reads an
+// empty password) handed the master credentials to any client that sent
+// an empty password (SASL PLAIN allows one through; RFC 4616 does not).
+// An empty password matches no hash.
+func TestAttack5EmptyPasswordNeverMatches(t *testing.T) {
+	d := &Directory{Source: "route.sql", Hashes: plainHashes{}}
+	req := &Request{Credentials: Credentials{User: "carol", Password: "", Method: "PLAIN"}}
+	dec, err := d.Decide(context.Background(), req, &Entry{Where: "row", Backend: "b", Login: "carol*master", Password: "Master-pw", PasswordHash: "{PLAIN}"})
+	var de *DeniedError
+	if !errors.As(err, &de) {
+		t.Errorf("empty password against {PLAIN}: %+v, %v; want a refusal", dec, err)
+	}
+}
