@@ -243,3 +243,27 @@ func TestAttack5EmptyPasswordNeverMatches(t *testing.T) {
 		t.Errorf("empty password against {PLAIN}: %+v, %v; want a refusal", dec, err)
 	}
 }
+
+// TestAttack5SQLIgnoresDomain: a query on :local alone, without the user
+// column, finds one row for every domain; the throttle is told so.
+func TestAttack5SQLIgnoresDomain(t *testing.T) {
+	s := startSQLServer(t, SQLPostgres)
+	for _, tc := range []struct {
+		query string
+		blind bool
+	}{
+		{"SELECT backend FROM users WHERE split_part(username, '@', 1) = :local", true},
+		{"SELECT backend, username AS user FROM users WHERE split_part(username, '@', 1) = :local", false},
+		{"SELECT backend FROM users WHERE username = :local || '@' || :domain", false},
+		{usersQuery, false},
+	} {
+		src := openSQL(t, s, tc.query, nil)
+		if got := src.IgnoresDomain(); got != tc.blind {
+			t.Errorf("%s: IgnoresDomain() = %v", tc.query, got)
+		}
+		c := &Chain{Sources: []Source{NewCache(src, 10, time.Minute, time.Minute, nil)}}
+		if got := c.IgnoresDomain(); got != tc.blind {
+			t.Errorf("%s: through a cache and a chain, IgnoresDomain() = %v", tc.query, got)
+		}
+	}
+}

@@ -205,6 +205,17 @@ func validHostname(s string) bool {
 	return true
 }
 
+// DomainBlind is a source whose lookup compares a name's local part only:
+// route.ldap with a filter that has %n but neither %u nor %d, route.sql
+// with a query that has :local but neither :user nor :domain and no user
+// column. It finds one entry for "carol", "carol@a.example" and
+// "carol@b.example", so the failed-login limit per user counts such names
+// by their local part: each domain would otherwise be a budget of guesses
+// of its own at one password.
+type DomainBlind interface {
+	IgnoresDomain() bool
+}
+
 // Lookup results a directory source reports to its [LookupObserver].
 const (
 	LookupFound    = "found"     // an entry for the user

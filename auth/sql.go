@@ -54,6 +54,9 @@ type SQL struct {
 
 	db     sqlDB       // set by OpenSQL, not changed after
 	closed atomic.Bool // Close was called: db is closed
+	// userColumn: the query returns the user column (as the server last
+	// said), which keeps a row to its own name.
+	userColumn atomic.Bool
 }
 
 // SQLConfig configures [OpenSQL].
@@ -224,9 +227,11 @@ func (s *SQL) check(ctx context.Context) error {
 		}
 		return fmt.Errorf("query: the server refuses it: %v", err)
 	}
-	if _, err := sqlColumnIndex(cols); err != nil {
+	idx, err := sqlColumnIndex(cols)
+	if err != nil {
 		return fmt.Errorf("query: %v", err)
 	}
+	s.userColumn.Store(idx[colUser] >= 0)
 	return nil
 }
 
@@ -382,6 +387,7 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 	if err != nil {
 		return nil, "", s.errorf("query: %v", err)
 	}
+	s.userColumn.Store(idx[colUser] >= 0)
 	switch len(res.rows) {
 	case 0:
 		return nil, "", nil
@@ -533,6 +539,13 @@ func (s *SQL) args(req *Request) []any {
 		args[i] = vals[p]
 	}
 	return args
+}
+
+// IgnoresDomain implements [DomainBlind]: the query has :local but
+// neither :user nor :domain, and no user column (as far as the server has
+// said: a source whose server was not reached yet counts as without).
+func (s *SQL) IgnoresDomain() bool {
+	return s.q.usesParam("local") && !s.q.usesParam("user") && !s.q.usesParam("domain") && !s.userColumn.Load()
 }
 
 // UsesClientIP reports whether the query uses :client_ip, whose answers

@@ -114,11 +114,20 @@ const (
 // user, or with MasterUserSeparator the master user a "user*master" name
 // logs in as, so that guesses at the master's password spread over many
 // user names share one budget, the one of the master's own logins
-// ("master", or AUTH PLAIN with "master" as the authentication identity).
+// ("master", or AUTH PLAIN with "master" as the authentication identity);
+// and its local part when the Router compares local parts only
+// ([auth.DomainBlind]), so that every domain shares the entry's budget.
 func (sess *session) throttleUser(user string) string {
 	if sep := sess.cfg.MasterUserSeparator; sep != "" {
 		if i := strings.LastIndex(user, sep); i >= 0 && i+len(sep) < len(user) {
-			return user[i+len(sep):]
+			user = user[i+len(sep):]
+		}
+	}
+	// A source that compares local parts only finds one entry for
+	// every domain: one budget for them all.
+	if db, ok := sess.cfg.Router.(auth.DomainBlind); ok && db.IgnoresDomain() {
+		if i := strings.LastIndexByte(user, '@'); i >= 0 {
+			user = user[:i]
 		}
 	}
 	return user
