@@ -159,6 +159,13 @@ var ErrNoRoute = errors.New("auth: no route for user")
 type DeniedError struct {
 	Reason string
 	Wait   time.Duration // the router asks to delay the answer this long (0: none)
+	// Checked says that the refusal took a check of the password: popgate's
+	// own, of a directory's password_hash (bcrypt's or Argon2's time), or
+	// a lookup service's. The proxy makes every refusal wait as long as
+	// recent checked ones took, so that the check's time tells no name
+	// apart; a refusal that checked nothing (a disabled account, a cached
+	// answer) is fast, and must not make that wait shorter.
+	Checked bool
 }
 
 func (e *DeniedError) Error() string {

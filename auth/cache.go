@@ -168,6 +168,12 @@ func (c *Cache) Lookup(ctx context.Context, user string) (backend, rule string, 
 	return "", "would ask the lookup service, which decides", true, nil
 }
 
+// IgnoresDomain implements [DomainBlind] for the wrapped source.
+func (c *Cache) IgnoresDomain() bool {
+	db, ok := c.r.(DomainBlind)
+	return ok && db.IgnoresDomain()
+}
+
 // Decide implements [Decider]: it is Route.
 func (c *Cache) Decide(ctx context.Context, req *Request) (Decision, error) { return c.Route(ctx, req) }
 
@@ -254,7 +260,8 @@ func (c *Cache) lookup(key string, req *Request) (d Decision, ok bool, err error
 			if e.noRoute {
 				return Decision{}, true, ErrNoRoute
 			}
-			de := *e.denied // a copy: callers may not share one
+			de := *e.denied    // a copy: callers may not share one
+			de.Checked = false // answered at once, nothing checked
 			return Decision{}, true, &de
 		}
 	}

@@ -81,6 +81,17 @@ func (c *Chain) Route(ctx context.Context, req *Request) (Decision, error) {
 	return Decision{}, ErrNoRoute
 }
 
+// IgnoresDomain implements [DomainBlind]: whether one of the sources
+// compares local parts only.
+func (c *Chain) IgnoresDomain() bool {
+	for _, s := range c.Sources {
+		if db, ok := s.(DomainBlind); ok && db.IgnoresDomain() {
+			return true
+		}
+	}
+	return false
+}
+
 // Explain says where user's logins would go and why, for `popgate route`:
 // the backend ("" when no rule routes user by the name alone, or a
 // [Decider] would decide at login; an [AddressRoute] for a directory's

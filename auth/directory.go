@@ -56,8 +56,9 @@ var ErrPasswordMismatch = errors.New("auth: password does not match")
 //
 // An entry is refused (a *[DeniedError], "-ERR [AUTH]" like a wrong
 // password) when it is disabled or its PasswordHash does not match the
-// client's password. An entry that cannot be used as it stands is an
-// error, and the client gets "-ERR [SYS/TEMP]", never a login: no
+// client's password, which an empty password never does. An entry that
+// cannot be used as it stands is an error, and the client gets
+// "-ERR [SYS/TEMP]", never a login: no
 // backend and no host, or both; an unknown backend name; a bad host or
 // port; a Login or Password that holds CR, LF or NUL; and a Password
 // without a PasswordHash, which would log anyone who knows a user name in
@@ -93,9 +94,15 @@ func (d *Directory) Decide(ctx context.Context, req *Request, e *Entry) (Decisio
 		if d.Hashes == nil {
 			return Decision{}, fmt.Errorf("auth: %s: %s returns a password_hash, and this source checks none", d.Source, e.Where)
 		}
+		if req.Password == "" {
+			// SASL PLAIN lets one through (RFC 4616 does not); a
+			// hash made of an empty password ("{PLAIN}" || a column
+			// left empty to mean no login) would match it.
+			return Decision{}, &DeniedError{Reason: d.Source + ": an empty password, which matches no password_hash (" + e.Where + ")"}
+		}
 		switch err := d.Hashes.Check(ctx, e.PasswordHash, req.Password); {
 		case errors.Is(err, ErrPasswordMismatch):
-			return Decision{}, &DeniedError{Reason: d.Source + ": password does not match the password_hash of " + e.Where}
+			return Decision{}, &DeniedError{Reason: d.Source + ": password does not match the password_hash of " + e.Where, Checked: true}
 		case err != nil:
 			return Decision{}, fmt.Errorf("auth: %s: password_hash of %s: %w", d.Source, e.Where, err)
 		}
@@ -209,6 +216,17 @@ func validHostname(s string) bool {
 		}
 	}
 	return true
+}
+
+// DomainBlind is a source whose lookup compares a name's local part only:
+// route.ldap with a filter that has %n but neither %u nor %d, route.sql
+// with a query that has :local but neither :user nor :domain and no user
+// column. It finds one entry for "carol", "carol@a.example" and
+// "carol@b.example", so the failed-login limit per user counts such names
+// by their local part: each domain would otherwise be a budget of guesses
+// of its own at one password.
+type DomainBlind interface {
+	IgnoresDomain() bool
 }
 
 // Lookup results a directory source reports to its [LookupObserver].

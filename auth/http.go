@@ -277,7 +277,7 @@ func (h *HTTP) decide(rh http.Header, req *Request) (Decision, time.Duration, er
 		if code, ok := single(rh, "Auth-Error-Code"); ok && code != "" {
 			reason += " (Auth-Error-Code " + sanitizeReason(code, req.Password) + ")"
 		}
-		return Decision{}, -1, &DeniedError{Reason: "auth_http: " + reason, Wait: wait}
+		return Decision{}, -1, &DeniedError{Reason: "auth_http: " + reason, Wait: wait, Checked: true}
 	}
 
 	d := Decision{User: req.User, Password: req.Password}

@@ -54,6 +54,9 @@ type SQL struct {
 
 	db     sqlDB       // set by OpenSQL, not changed after
 	closed atomic.Bool // Close was called: db is closed
+	// userColumn: the query returns the user column (as the server last
+	// said), which keeps a row to its own name.
+	userColumn atomic.Bool
 }
 
 // SQLConfig configures [OpenSQL].
@@ -81,8 +84,9 @@ type SQLConfig struct {
 	Query string
 	// MaxConnections caps the pool; 0 means 8.
 	MaxConnections int
-	// Timeout bounds each query, waiting for a connection included; 0
-	// means 2s.
+	// Timeout bounds each query, waiting for a connection included,
+	// and the password hash check after it, waiting for a turn
+	// included; 0 means 2s.
 	Timeout time.Duration
 	// Directory turns a row into a Decision; its Source names the source
 	// in errors ("route.sql").
@@ -223,9 +227,11 @@ func (s *SQL) check(ctx context.Context) error {
 		}
 		return fmt.Errorf("query: the server refuses it: %v", err)
 	}
-	if _, err := sqlColumnIndex(cols); err != nil {
+	idx, err := sqlColumnIndex(cols)
+	if err != nil {
 		return fmt.Errorf("query: %v", err)
 	}
+	s.userColumn.Store(idx[colUser] >= 0)
 	return nil
 }
 
@@ -311,6 +317,12 @@ func (s *SQL) Route(ctx context.Context, req *Request) (Decision, error) {
 	if err := req.Credentials.Check(); err != nil {
 		return Decision{}, err
 	}
+	// One timeout for the query and the password hash check, whose wait
+	// for a turn (auth/passhash's bound on concurrent checks) ends with
+	// it, as route.ldap's does: a flood of costly checks gets the login
+	// a [SYS/TEMP] in time, not a wait until its deadline.
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
 	e, _, err := s.find(ctx, req)
 	if err != nil {
 		return Decision{}, err
@@ -361,12 +373,21 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 		if ctx.Err() != nil {
 			return nil, "", s.errorf("no answer within %v (route.sql.timeout): %v", s.cfg.Timeout, s.redact(err))
 		}
+		if !isASCII(req.User) && myCharsetError(err) {
+			// A name the table's charset cannot hold (an emoji in
+			// utf8mb3, "Ā" in latin1): no row holds it, and the
+			// client gets the [AUTH] of an unknown name, counted as
+			// one, not a [SYS/TEMP] it could ask for without end. A
+			// query that is wrong fails for ASCII names too.
+			return nil, "", nil
+		}
 		return nil, "", s.errorf("%v", s.redact(err))
 	}
 	idx, err := sqlColumnIndex(res.cols)
 	if err != nil {
 		return nil, "", s.errorf("query: %v", err)
 	}
+	s.userColumn.Store(idx[colUser] >= 0)
 	switch len(res.rows) {
 	case 0:
 		return nil, "", nil
@@ -384,6 +405,22 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 		}
 	}
 	return s.entry(idx, res.rows[0])
+}
+
+// myCharsetError reports whether err is MySQL's refusal to compare a
+// parameter with a column whose charset cannot hold it: "Illegal mix of
+// collations" (1267, 1270, 1271), "Invalid character string" (1300),
+// "Incorrect string value" (1366).
+func myCharsetError(err error) bool {
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) {
+		return false
+	}
+	switch me.Number {
+	case 1267, 1270, 1271, 1300, 1366:
+		return true
+	}
+	return false
 }
 
 // ask runs the query for req on the pool, or, once the source is closed
@@ -502,6 +539,13 @@ func (s *SQL) args(req *Request) []any {
 		args[i] = vals[p]
 	}
 	return args
+}
+
+// IgnoresDomain implements [DomainBlind]: the query has :local but
+// neither :user nor :domain, and no user column (as far as the server has
+// said: a source whose server was not reached yet counts as without).
+func (s *SQL) IgnoresDomain() bool {
+	return s.q.usesParam("local") && !s.q.usesParam("user") && !s.q.usesParam("domain") && !s.userColumn.Load()
 }
 
 // UsesClientIP reports whether the query uses :client_ip, whose answers

@@ -8,8 +8,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"golang.org/x/text/cases"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Throttle limits failed logins per client address and per user name
@@ -44,8 +48,9 @@ import (
 //     names (or a NAT shared with a legitimate user) keeps its count, as
 //     fail2ban does.
 //   - Addresses are grouped as [ClientNet] groups them (IPv6 by
-//     ThrottleConfig.IPv6Prefix); user names compare case-insensitively
-//     (ASCII), and one longer than 64 bytes is kept as its SHA-256.
+//     ThrottleConfig.IPv6Prefix); user names compare as [foldUser] folds
+//     them (case, accents, compatibility forms, spaces around them),
+//     and one longer than 64 bytes is kept as its SHA-256.
 //   - A max of 0 means no limit on that key; a window <= 0 disables the
 //     Throttle.
 //
@@ -166,12 +171,57 @@ func (t *Throttle) enabled() bool { return t.window > 0 && (t.maxIP > 0 || t.max
 const maxUserKey = 64
 
 func userKey(user string) (string, bool) {
-	k := strings.ToLower(user)
+	k := foldUser(user)
 	if len(k) > maxUserKey {
 		h := sha256.Sum256([]byte(k))
 		k = "sha256:" + hex.EncodeToString(h[:])
 	}
 	return k, user != ""
+}
+
+// foldUser returns the form of a user name that the failed-login limits
+// count it by. A directory finds one entry for many spellings: OpenLDAP's
+// matching rules ignore case, compatibility forms ("ｃａｒｏｌ", "car𝐨l")
+// and spaces around the value (any number of them); MariaDB's default
+// collations ignore case and accents ("sám" is "sam"), and so does a
+// backend that looks names up there, behind route.default; route.sql's
+// user column compares with Unicode case folding ("ſam" is "sam").
+// Counted apart, each spelling would be a fresh budget of guesses at the
+// one password; folded, they are one name. The fold decomposes (NFKD),
+// drops combining marks and format characters (accents, zero-width
+// spaces, soft hyphens), folds case (full folding) and does so once more
+// for what folding composed, then trims spaces (Unicode's) and makes each
+// run of them one. Names that differ only in these share a budget, which
+// costs them nothing an attacker could not do to each alone.
+func foldUser(user string) string {
+	k := user
+	if !isASCII(user) {
+		k = stripMarks(norm.NFKD.String(cases.Fold().String(stripMarks(norm.NFKD.String(user)))))
+	}
+	k = strings.ToLower(k)
+	if strings.ContainsFunc(k, unicode.IsSpace) {
+		k = strings.Join(strings.Fields(k), " ")
+	}
+	return k
+}
+
+// stripMarks drops combining marks and format characters from s.
+func stripMarks(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.In(r, unicode.Mn, unicode.Me, unicode.Cf) {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // wakeAll wakes every Begin that waits (a reconfiguration); t.mu is held.

@@ -46,6 +46,8 @@ func TestClassify(t *testing.T) {
 			loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: info, attempt: failed, pad: true, delay: 3 * time.Second}},
 		{"denied with a shorter Auth-Wait", &auth.DeniedError{Reason: "x", Wait: time.Millisecond}, false,
 			loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: info, attempt: failed, pad: true, delay: delay}},
+		{"checked and denied", &auth.DeniedError{Reason: "password does not match", Checked: true}, false,
+			loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: info, attempt: failed, pad: true, record: lookupRefusals, delay: delay}},
 		{"lookup error", &lookupError{errors.New("auth_http: 500")}, false,
 			loginOutcome{result: LoginLookupError, reply: msgTempFail, level: warn, attempt: aborted, delay: delay}},
 		{"lookup cut off by the deadline", &lookupError{fmt.Errorf("auth_http: %w", context.DeadlineExceeded)}, false,

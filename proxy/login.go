@@ -114,11 +114,20 @@ const (
 // user, or with MasterUserSeparator the master user a "user*master" name
 // logs in as, so that guesses at the master's password spread over many
 // user names share one budget, the one of the master's own logins
-// ("master", or AUTH PLAIN with "master" as the authentication identity).
+// ("master", or AUTH PLAIN with "master" as the authentication identity);
+// and its local part when the Router compares local parts only
+// ([auth.DomainBlind]), so that every domain shares the entry's budget.
 func (sess *session) throttleUser(user string) string {
 	if sep := sess.cfg.MasterUserSeparator; sep != "" {
 		if i := strings.LastIndex(user, sep); i >= 0 && i+len(sep) < len(user) {
-			return user[i+len(sep):]
+			user = user[i+len(sep):]
+		}
+	}
+	// A source that compares local parts only finds one entry for
+	// every domain: one budget for them all.
+	if db, ok := sess.cfg.Router.(auth.DomainBlind); ok && db.IgnoresDomain() {
+		if i := strings.LastIndexByte(user, '@'); i >= 0 {
+			user = user[:i]
 		}
 	}
 	return user
@@ -310,8 +319,9 @@ type loginOutcome struct {
 	// failureTimes (see failureWait): every refusal of credentials
 	// takes as long as a backend's, whoever refused.
 	pad bool
-	// record names the backend whose refusal time failureTimes records;
-	// "" records none. Only backends' refusals set the floor.
+	// record names the backend whose refusal time failureTimes records
+	// (lookupRefusals for a lookup's); "" records none. Refusals of
+	// credentials set the floor; a name nobody has does not.
 	record string
 	// delay is waited before answering a failure, after any pad:
 	// failure_delay, or a lookup's Auth-Wait when longer.
@@ -353,6 +363,14 @@ func classify(err error, cfg *Config) loginOutcome {
 		out = loginOutcome{result: LoginNoRoute, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
 	case denied:
 		out = loginOutcome{result: LoginAuthFailed, reply: msgAuthFailed, level: slog.LevelInfo, attempt: auth.AttemptFailed, pad: true}
+		if de.Checked {
+			// A lookup's check of the password (popgate's of a
+			// directory's password_hash: bcrypt's or Argon2's time)
+			// sets the floor too, or a name with a hash would be
+			// refused later than one nobody has. A refusal that
+			// checked nothing is fast and would lower it.
+			out.record = lookupRefusals
+		}
 	case errors.As(err, &le):
 		out = loginOutcome{result: LoginLookupError, reply: msgTempFail, level: slog.LevelWarn, attempt: auth.AttemptAborted}
 	case errors.As(err, &br) && br.refusedCredentials():

@@ -15,9 +15,13 @@ import (
 // the floor. Only a refusal that itself took longer than the floor stands
 // out, and it raises the floor for the ones after it.
 //
-// Only backends' refusals are recorded, never popgate's own or a lookup's,
-// so a client cannot lower the floor by sending names nobody knows: the
-// floor follows what the backends take. Each backend starts with one
+// Backends' refusals are recorded, and a lookup's that checked the
+// password (auth.DeniedError.Checked, under lookupRefusals: an auth_http
+// service's, or popgate's check of a directory's password_hash, which
+// takes bcrypt's or Argon2's time); never a refusal that checked nothing
+// (a name nobody routes, unusable credentials, a disabled account, a
+// cached answer), so a client cannot lower the floor by sending names
+// nobody knows: the floor follows what the checks of passwords take. Each backend starts with one
 // sample of the seed (Config.AssumedFailureTime, by default
 // [DefaultAssumedFailureTime]), so that before a backend has refused
 // failureSamples logins its speed is not learnt from the first few: a cold
@@ -29,6 +33,10 @@ type failureTimes struct {
 	mu       sync.Mutex
 	backends map[string]*failureRing
 }
+
+// lookupRefusals is the name under which failureTimes records the
+// refusals of lookups that checked the password; no backend is named so.
+const lookupRefusals = "(lookup refusal)"
 
 // failureSamples is how many recent refusals are kept per backend: enough
 // to follow its spread, few enough to follow a change within minutes.

@@ -143,6 +143,7 @@ type Source struct {
 	addr    string // host:port to dial
 	ldaps   bool
 	filter  []filterPart
+	noDom   bool // the filter has %n but neither %u nor %d
 	attrs   []string
 	timeout time.Duration
 
@@ -187,6 +188,11 @@ func New(cfg Config) (*Source, error) {
 	if s.filter, err = parseFilter(cfg.Filter); err != nil {
 		return nil, err
 	}
+	var uses [256]bool
+	for _, p := range s.filter {
+		uses[p.ph] = true
+	}
+	s.noDom = uses['n'] && !uses['u'] && !uses['d']
 	a := cfg.Attributes
 	if a.Backend == "" && a.Host == "" {
 		return nil, errors.New("no attribute names a backend or a host: set the backend or host attribute")
@@ -330,6 +336,10 @@ func (s *Source) Decide(ctx context.Context, req *auth.Request) (auth.Decision, 
 	}
 	return s.cfg.Directory.Decide(ctx, req, e)
 }
+
+// IgnoresDomain implements [auth.DomainBlind]: the filter compares the
+// local part (%n) without the domain (%d) or the whole name (%u).
+func (s *Source) IgnoresDomain() bool { return s.noDom }
 
 // Route implements [auth.Router]: it is Decide.
 func (s *Source) Route(ctx context.Context, req *auth.Request) (auth.Decision, error) {
