@@ -25,7 +25,9 @@ import (
 // who may make it (a configuration reload can change the answer); nil
 // lets everyone in, as the zero Access does. Other methods on a known
 // path are answered 405 with an Allow header, unknown paths 404 (both
-// after the Host and token checks of Access).
+// after the Host and token checks of Access). With both m and access,
+// the operator's console is served under /console/ (console.go): it asks
+// for the token through its login form rather than a header.
 func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Access, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -48,6 +50,9 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Ac
 	}
 	if access == nil {
 		return mux
+	}
+	if m != nil {
+		mux.Handle(consolePrefix, newConsole(m, sessions, access, log))
 	}
 	return &guard{next: mux, access: access, log: log}
 }

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/tls"
 	"maps"
 	"runtime"
@@ -47,6 +48,19 @@ type Sources struct {
 	// ACMEOrderBudget returns how many orders the ACME order budget has
 	// room for now, for popgate_acme_order_budget_remaining.
 	ACMEOrderBudget func() float64
+	// The operator's console reads the rest (types in sources.go); a nil
+	// one shows as unknown.
+	// Listeners lists the served listeners.
+	Listeners func() []ListenerInfo
+	// Backends lists the configured backends.
+	Backends func() []BackendInfo
+	// BackendHealth returns, by backend name, its addresses' health; nil
+	// (no health checks) shows "not checked".
+	BackendHealth func() map[string][]AddressHealth
+	// CertificateDetails lists the served certificates.
+	CertificateDetails func() []CertificateInfo
+	// Route answers where user's logins go, without a password.
+	Route func(ctx context.Context, user string) (RouteAnswer, error)
 }
 
 // Histogram buckets, in seconds.
@@ -95,6 +109,14 @@ type Metrics struct {
 	withheldRes map[string]prometheus.Counter
 
 	src sourceCollector
+
+	// For the console.
+	version, commit string
+	started         time.Time
+	legacy          *legacyClients // legacy.go
+	reloadMu        sync.Mutex
+	lastReload      time.Time // zero: none since start
+	lastReloadErr   string
 }
 
 type listenerMetrics struct {
@@ -197,6 +219,10 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		loginRes:    make(map[string]prometheus.Counter),
 		orderRes:    make(map[[2]string]prometheus.Counter),
 		withheldRes: make(map[string]prometheus.Counter),
+		version:     version,
+		commit:      commit,
+		started:     now(),
+		legacy:      newLegacyClients(maxLegacyClients),
 	}
 	m.listeners.newFn = m.newListener
 	m.backends.newFn = m.newBackend
@@ -264,6 +290,12 @@ func (m *Metrics) SetSources(src Sources) { m.src.set(src) }
 // Reloaded records the end of a configuration reload; err is nil when the
 // new configuration is in use.
 func (m *Metrics) Reloaded(err error) {
+	m.reloadMu.Lock()
+	m.lastReload, m.lastReloadErr = m.now(), ""
+	if err != nil {
+		m.lastReloadErr = err.Error()
+	}
+	m.reloadMu.Unlock()
 	if err != nil {
 		m.reloads.WithLabelValues("failed").Inc()
 		m.reloadOK.Set(0)
@@ -279,6 +311,7 @@ func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 var (
 	_ proxy.Observer        = (*Metrics)(nil)
 	_ tlsconf.OrderObserver = (*Metrics)(nil)
+	_ proxy.LegacyObserver  = (*Metrics)(nil)
 )
 
 // DirectoryLookup counts and times one query of a routing source to its

@@ -345,6 +345,7 @@ func (r *runner) setSources(in *instance) {
 		return
 	}
 	src := admin.Sources{Sessions: r.srv}
+	consoleSources(&src, in)
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry
 		if _, ok := certs.OrderBudgetLeft(); ok {
