@@ -235,15 +235,19 @@ func (c *console) postAllowed(r *http.Request, l *consoleLogin) bool {
 	return subtle.ConstantTimeCompare([]byte(got), []byte(l.csrf)) == 1
 }
 
-// sameOrigin reports whether the request's Origin, or else its Referer,
-// names the host it was sent to; a request with neither (a terminal
-// browser, a privacy setting) passes: the CSRF token decides.
+// sameOrigin reports whether the request comes from the console's own
+// pages, as far as the browser says: its Sec-Fetch-Site must be
+// "same-origin", or without one its Origin, or else its Referer, must
+// name the host it was sent to. A request that says nothing (a terminal
+// browser; "Origin: null", which browsers send for every POST from a page
+// with "Referrer-Policy: no-referrer", as the console's are) passes: the
+// CSRF token decides.
 func sameOrigin(r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" {
+		return site == "same-origin"
+	}
 	src := r.Header.Get("Origin")
 	if src == "" || src == "null" {
-		if src == "null" {
-			return false
-		}
 		src = r.Header.Get("Referer")
 		if src == "" {
 			return true

@@ -362,7 +362,9 @@ func TestConsoleEndSessionsNeedsCSRFAndConfirmation(t *testing.T) {
 		{"a wrong CSRF token", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {randomToken()}}, nil, http.StatusForbidden},
 		{"a cross-site Origin", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {csrf}}, map[string]string{"Origin": "http://evil.example"}, http.StatusForbidden},
 		{"a cross-site Referer", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {csrf}}, map[string]string{"Referer": "http://evil.example/x"}, http.StatusForbidden},
-		{"an opaque Origin", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {csrf}}, map[string]string{"Origin": "null"}, http.StatusForbidden},
+		{"Sec-Fetch-Site cross-site", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {csrf}}, map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "null"}, http.StatusForbidden},
+		{"Sec-Fetch-Site same-site", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {csrf}}, map[string]string{"Sec-Fetch-Site": "same-site"}, http.StatusForbidden},
+		{"Origin null without the token", url.Values{"user": {"alice"}, "confirm": {"yes"}}, map[string]string{"Origin": "null"}, http.StatusForbidden},
 		{"no confirmation", url.Values{"user": {"alice"}, "csrf": {csrf}}, nil, http.StatusOK},
 	}
 	for _, r := range refused {
@@ -384,7 +386,7 @@ func TestConsoleEndSessionsNeedsCSRFAndConfirmation(t *testing.T) {
 	}
 	pop.cmd("STAT", "+OK")
 
-	origin := map[string]string{"Origin": e.web.URL}
+	origin := map[string]string{"Origin": "null", "Sec-Fetch-Site": "same-origin"} // as Chromium sends it
 	resp, body = e.do(c, "POST", "/console/end", url.Values{"user": {"ALICE"}, "confirm": {"yes"}, "csrf": {csrf}}, origin)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "Ended 1 session") {
 		t.Fatalf("end confirmed: status %d, body %s", resp.StatusCode, body)
