@@ -37,6 +37,9 @@ const (
 	// maxConsoleSessions bounds the console logins held; a new login
 	// beyond it forgets the oldest.
 	maxConsoleSessions = 64
+	// maxFormBytes bounds the body of a console POST: its forms are a
+	// few short fields.
+	maxFormBytes = 16 << 10
 	// routeTimeout bounds a routing question's lookup.
 	routeTimeout = 10 * time.Second
 )
@@ -109,9 +112,18 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	path := strings.TrimPrefix(r.URL.Path, consolePrefix)
-	if strings.HasPrefix(path, "static/") && r.Method == http.MethodGet || r.Method == http.MethodHead && strings.HasPrefix(path, "static/") {
+	if strings.HasPrefix(path, "static/") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		// The style sheet and the icon: open, as the login form needs
+		// them; no directory listing.
+		if strings.HasSuffix(path, "/") {
+			c.render(w, http.StatusNotFound, "notfound", nil, nil)
+			return
+		}
 		c.static.ServeHTTP(w, r)
 		return
+	}
+	if r.Method == http.MethodPost {
+		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	}
 	if path == "login" {
 		c.login(w, r, a)
@@ -122,6 +134,7 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ok, skipped := c.refusals.take(c.now()); ok {
 			c.log.Warn("admin: console request without a login refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "refused_before", skipped)
 		}
+		w.Header().Set("WWW-Authenticate", realm)
 		c.render(w, http.StatusUnauthorized, "unauthorized", nil, nil)
 		return
 	}
@@ -280,6 +293,7 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 		if ok, skipped := c.refusals.take(c.now()); ok {
 			c.log.Warn("admin: console login with a wrong token refused", "remote", r.RemoteAddr, "refused_before", skipped)
 		}
+		w.Header().Set("WWW-Authenticate", realm)
 		c.render(w, http.StatusUnauthorized, "login", nil, "wrong token")
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
@@ -259,8 +260,8 @@ func TestConsoleUnauthorized(t *testing.T) {
 				form = end
 			}
 			resp, _ := e.do(http.DefaultClient, p.method, p.path, form, auth.hdr)
-			if resp.StatusCode != http.StatusUnauthorized {
-				t.Errorf("%s %s with %s: status %d, want 401", p.method, p.path, auth.name, resp.StatusCode)
+			if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
+				t.Errorf("%s %s with %s: status %d, WWW-Authenticate %q; want 401 and a challenge", p.method, p.path, auth.name, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 			}
 			if strings.HasPrefix(p.path, "/console/") {
 				checkHeaders(t, p.method+" "+p.path, resp.Header)
@@ -272,6 +273,9 @@ func TestConsoleUnauthorized(t *testing.T) {
 	}
 	pop.cmd("STAT", "+OK")
 	// The open paths stay open, the login form among them.
+	if resp, _ := e.do(http.DefaultClient, "GET", "/console/static/", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /console/static/: status %d, want 404 (no listing)", resp.StatusCode)
+	}
 	for _, p := range []string{"/healthz", "/console/login", "/console/static/style.css"} {
 		if resp, _ := e.do(http.DefaultClient, "GET", p, nil, nil); resp.StatusCode != http.StatusOK {
 			t.Errorf("GET %s: status %d, want 200", p, resp.StatusCode)
@@ -505,5 +509,57 @@ func TestLegacyClientsBounded(t *testing.T) {
 	}
 	if n := len(l.list(now.Add(3 * time.Minute))); n != 2 {
 		t.Errorf("%d seen since minute 3, want 2", n)
+	}
+}
+
+// TestConsoleLoginsBounded: logins expire, at most maxConsoleSessions are
+// held (the least recently used goes), and a new admin token ends them.
+func TestConsoleLoginsBounded(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	token := consoleToken
+	c := newConsole(NewMetrics("v", "c"), &fakeSessions{}, func() Access { return Access{Token: token} }, slog.New(slog.DiscardHandler))
+	c.now = func() time.Time { return now }
+	login := func() string {
+		t.Helper()
+		req := httptest.NewRequest("POST", "/console/login", strings.NewReader("token="+url.QueryEscape(token)))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		c.ServeHTTP(rec, req)
+		cks := rec.Result().Cookies()
+		if rec.Code != http.StatusSeeOther || len(cks) != 1 {
+			t.Fatalf("login: %d, cookies %v", rec.Code, cks)
+		}
+		return cks[0].Value
+	}
+	get := func(id string) int {
+		req := httptest.NewRequest("GET", "/console/", nil)
+		req.AddCookie(&http.Cookie{Name: cookieName, Value: id})
+		rec := httptest.NewRecorder()
+		c.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	first, second := login(), login()
+	for range maxConsoleSessions - 1 {
+		now = now.Add(time.Second)
+		if get(second) != http.StatusOK {
+			t.Fatal("a fresh login refused")
+		}
+		login()
+	}
+	if get(first) != http.StatusUnauthorized || get(second) != http.StatusOK {
+		t.Errorf("after %d more logins: the least recently used %d (want 401), the one in use %d (want 200)",
+			maxConsoleSessions, get(first), get(second))
+	}
+	if len(c.logins) > maxConsoleSessions {
+		t.Errorf("%d logins held, want at most %d", len(c.logins), maxConsoleSessions)
+	}
+	now = now.Add(consoleSessionTTL + time.Second)
+	if get(second) != http.StatusUnauthorized {
+		t.Error("an expired login still works")
+	}
+	third := login()
+	token = "another-token-0123456789abcdef"
+	if get(third) != http.StatusUnauthorized {
+		t.Error("a login made with the old token works after the token changed")
 	}
 }

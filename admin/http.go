@@ -70,6 +70,8 @@ GET    /readyz           readiness
 GET    /sessions         live sessions (JSON); ?user=U only those of user U
 DELETE /sessions?user=U  end the sessions of user U
 DELETE /sessions?id=ID   end the session with connection id ID
+GET    /console/         the operator's console in a browser (log in with
+                         the admin token; needs metrics.token_file)
 When an admin token is set, /sessions (and /metrics if protected) need
 the header "Authorization: Bearer TOKEN".
 `
