@@ -16,13 +16,20 @@ type Counter struct {
 	Value int64
 }
 
+// LoginCount is the logins of one result.
+type LoginCount struct {
+	Result     string
+	Total      int64 // since start
+	LastMinute int64 // in the last complete minute of the clock
+}
+
 type overviewPage struct {
 	Version, Commit string
 	Started         time.Time
 	Listeners       []ListenerInfo
 	Active          []Counter // open connections by listener
 	Relaying        int
-	Logins          []Counter // since start, by result
+	Logins          []LoginCount
 	Handshakes      []Counter // since start, by version and cipher
 	LiveNoSNI       int       // live TLS sessions without SNI
 	LiveTLS         int
@@ -89,7 +96,10 @@ func (c *console) overview() overviewPage {
 	if err != nil {
 		c.log.Warn("admin: console: gather metrics", "err", err)
 	}
-	p.Logins = c.counters(fams, "popgate_logins_total", "result")
+	last := m.loginsPerMinute.last(m.now())
+	for _, x := range c.counters(fams, "popgate_logins_total", "result") {
+		p.Logins = append(p.Logins, LoginCount{x.Name, x.Value, last[x.Name]})
+	}
 	p.Handshakes = slices.DeleteFunc(c.counters(fams, "popgate_tls_handshakes_total", "version", "cipher"), func(c Counter) bool { return c.Value == 0 })
 	p.LegacySeen = len(m.LegacyClients())
 	m.reloadMu.Lock()

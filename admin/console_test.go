@@ -563,3 +563,24 @@ func TestConsoleLoginsBounded(t *testing.T) {
 		t.Error("a login made with the old token works after the token changed")
 	}
 }
+
+func TestPerMinute(t *testing.T) {
+	var p perMinute
+	t0 := time.Date(2026, 1, 1, 10, 0, 30, 0, time.UTC)
+	p.add(t0, "ok")
+	p.add(t0.Add(10*time.Second), "ok")
+	p.add(t0.Add(20*time.Second), "auth_failed")
+	if got := p.last(t0.Add(20 * time.Second)); len(got) != 0 {
+		t.Errorf("during the first minute: %v, want nothing yet", got)
+	}
+	p.add(t0.Add(40*time.Second), "ok") // 10:01:10
+	if got := p.last(t0.Add(50 * time.Second)); got["ok"] != 2 || got["auth_failed"] != 1 {
+		t.Errorf("the minute after: %v, want ok 2, auth_failed 1", got)
+	}
+	if got := p.last(t0.Add(95 * time.Second)); got["ok"] != 1 || got["auth_failed"] != 0 {
+		t.Errorf("two minutes on: %v, want ok 1", got)
+	}
+	if got := p.last(t0.Add(10 * time.Minute)); len(got) != 0 {
+		t.Errorf("ten minutes on: %v, want nothing", got)
+	}
+}

@@ -98,3 +98,47 @@ func (m *Metrics) LegacyClient(listener string, client netip.Addr, user string, 
 func (m *Metrics) LegacyClients() []LegacyClient {
 	return m.legacy.list(m.now().Add(-legacyKeep))
 }
+
+// perMinute counts events by kind in the current and the previous
+// minute of the clock, for the console's "logins in the last minute".
+type perMinute struct {
+	mu        sync.Mutex
+	minute    int64 // Unix minute of cur
+	cur, prev map[string]int64
+}
+
+func (p *perMinute) add(now time.Time, kind string) {
+	m := now.Unix() / 60
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.roll(m)
+	if p.cur == nil {
+		p.cur = make(map[string]int64)
+	}
+	p.cur[kind]++
+}
+
+// roll moves the counts on to minute m. p.mu is held.
+func (p *perMinute) roll(m int64) {
+	switch {
+	case m == p.minute:
+		return
+	case m == p.minute+1:
+		p.prev, p.cur = p.cur, nil
+	default:
+		p.prev, p.cur = nil, nil
+	}
+	p.minute = m
+}
+
+// last returns the counts of the last complete minute.
+func (p *perMinute) last(now time.Time) map[string]int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.roll(now.Unix() / 60)
+	out := make(map[string]int64, len(p.prev))
+	for k, v := range p.prev {
+		out[k] = v
+	}
+	return out
+}

@@ -114,6 +114,7 @@ type Metrics struct {
 	version, commit string
 	started         time.Time
 	legacy          *legacyClients // legacy.go
+	loginsPerMinute perMinute      // legacy.go
 	reloadMu        sync.Mutex
 	lastReload      time.Time // zero: none since start
 	lastReloadErr   string
@@ -365,6 +366,7 @@ func (m *Metrics) TLSHandshakeFailed(listener string) { m.listeners.get(listener
 
 // Login implements [proxy.Observer].
 func (m *Metrics) Login(listener, result string) {
+	m.loginsPerMinute.add(m.now(), result)
 	if c, ok := m.loginRes[result]; ok {
 		c.Inc()
 		return
