@@ -406,7 +406,7 @@ func TestConsoleEndSessionsNeedsCSRFAndConfirmation(t *testing.T) {
 	// One session by its id.
 	pop = e.liveSession()
 	id := e.srv.SessionList()[0].ID
-	resp, body = e.do(c, "GET", "/console/sessions", nil, nil)
+	_, body = e.do(c, "GET", "/console/sessions", nil, nil)
 	if !strings.Contains(body, "/console/end?id="+id) {
 		t.Errorf("sessions page has no end link for %s", id)
 	}
