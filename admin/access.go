@@ -124,6 +124,10 @@ func needsToken(path string, protectMetrics bool) bool {
 		return false
 	case path == "/metrics":
 		return protectMetrics
+	case strings.HasPrefix(path, consolePrefix):
+		// The console checks the token itself: its login form takes
+		// it, and its pages accept the session cookie that sets.
+		return false
 	}
 	return true
 }

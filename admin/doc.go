@@ -22,6 +22,9 @@
 //	DELETE /sessions?user=U   end every session of user U: {"ended": N}
 //	DELETE /sessions?id=ID    end the session with connection id ID
 //
+//	GET    /console/          the operator's console (console.go): HTML
+//	                          pages behind a login with the token
+//
 // [Access] protects them: a bearer token for /sessions in every method
 // (and for /metrics when asked), compared in constant time, and a Host
 // check against DNS rebinding for loopback addresses. /healthz and

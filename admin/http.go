@@ -25,7 +25,9 @@ import (
 // who may make it (a configuration reload can change the answer); nil
 // lets everyone in, as the zero Access does. Other methods on a known
 // path are answered 405 with an Allow header, unknown paths 404 (both
-// after the Host and token checks of Access).
+// after the Host and token checks of Access). With both m and access,
+// the operator's console is served under /console/ (console.go): it asks
+// for the token through its login form rather than a header.
 func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Access, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -49,6 +51,9 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Ac
 	if access == nil {
 		return mux
 	}
+	if m != nil {
+		mux.Handle(consolePrefix, newConsole(m, sessions, access, log))
+	}
 	return &guard{next: mux, access: access, log: log}
 }
 
@@ -65,6 +70,8 @@ GET    /readyz           readiness
 GET    /sessions         live sessions (JSON); ?user=U only those of user U
 DELETE /sessions?user=U  end the sessions of user U
 DELETE /sessions?id=ID   end the session with connection id ID
+GET    /console/         the operator's console in a browser (log in with
+                         the admin token; needs metrics.token_file)
 When an admin token is set, /sessions (and /metrics if protected) need
 the header "Authorization: Bearer TOKEN".
 `

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/tls"
 	"maps"
 	"runtime"
@@ -52,6 +53,16 @@ type Sources struct {
 	// popgate_backend_up{backend} and
 	// popgate_backend_address_up{backend,address}.
 	BackendHealth func() []proxy.BackendHealth
+	// The operator's console reads the rest (types in sources.go) and
+	// BackendHealth; a nil one shows as unknown.
+	// Listeners lists the served listeners.
+	Listeners func() []ListenerInfo
+	// Backends lists the configured backends.
+	Backends func() []BackendInfo
+	// CertificateDetails lists the served certificates.
+	CertificateDetails func() []CertificateInfo
+	// Route answers where user's logins go, without a password.
+	Route func(ctx context.Context, user string) (RouteAnswer, error)
 }
 
 // Histogram buckets, in seconds.
@@ -100,6 +111,15 @@ type Metrics struct {
 	withheldRes map[string]prometheus.Counter
 
 	src sourceCollector
+
+	// For the console.
+	version, commit string
+	started         time.Time
+	legacy          *legacyClients // legacy.go
+	loginsPerMinute perMinute      // legacy.go
+	reloadMu        sync.Mutex
+	lastReload      time.Time // zero: none since start
+	lastReloadErr   string
 }
 
 type listenerMetrics struct {
@@ -202,6 +222,10 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		loginRes:    make(map[string]prometheus.Counter),
 		orderRes:    make(map[[2]string]prometheus.Counter),
 		withheldRes: make(map[string]prometheus.Counter),
+		version:     version,
+		commit:      commit,
+		started:     now(),
+		legacy:      newLegacyClients(maxLegacyClients),
 	}
 	m.listeners.newFn = m.newListener
 	m.backends.newFn = m.newBackend
@@ -269,6 +293,12 @@ func (m *Metrics) SetSources(src Sources) { m.src.set(src) }
 // Reloaded records the end of a configuration reload; err is nil when the
 // new configuration is in use.
 func (m *Metrics) Reloaded(err error) {
+	m.reloadMu.Lock()
+	m.lastReload, m.lastReloadErr = m.now(), ""
+	if err != nil {
+		m.lastReloadErr = err.Error()
+	}
+	m.reloadMu.Unlock()
 	if err != nil {
 		m.reloads.WithLabelValues("failed").Inc()
 		m.reloadOK.Set(0)
@@ -284,6 +314,7 @@ func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 var (
 	_ proxy.Observer        = (*Metrics)(nil)
 	_ tlsconf.OrderObserver = (*Metrics)(nil)
+	_ proxy.LegacyObserver  = (*Metrics)(nil)
 )
 
 // DirectoryLookup counts and times one query of a routing source to its
@@ -337,6 +368,7 @@ func (m *Metrics) TLSHandshakeFailed(listener string) { m.listeners.get(listener
 
 // Login implements [proxy.Observer].
 func (m *Metrics) Login(listener, result string) {
+	m.loginsPerMinute.add(m.now(), result)
 	if c, ok := m.loginRes[result]; ok {
 		c.Inc()
 		return

@@ -61,6 +61,7 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	}
 	out := classify(err, sess.cfg)
 	th.End(tk, out.attempt)
+	sess.noteLegacy(user)
 	if err == nil {
 		sess.srv.obs.Login(sess.l.Name, out.result)
 		sess.bw.WriteString(bc.reply)

@@ -40,6 +40,19 @@ type Observer interface {
 	SessionEnd(listener string, d time.Duration, in, out int64)
 }
 
+// LegacyObserver is an optional extension of [Observer]: an Observer
+// that implements it is told, at the end of each login attempt, of the
+// clients an operator will have to call before raising a listener's
+// min_version or requiring SNI: those whose TLS is older than TLS 1.2 or
+// that sent no server name. Modern clients cost the hot path one
+// comparison. Like Observer's, its method must be fast and not block.
+type LegacyObserver interface {
+	// LegacyClient: a client at client on listener, with TLS version
+	// (crypto/tls's number) and SNI sni ("" for none), tried to log in as
+	// user.
+	LegacyClient(listener string, client netip.Addr, user string, version uint16, sni string)
+}
+
 // Login results, for [Observer.Login] and the "result" of a failed login's
 // log line.
 const (
@@ -98,4 +111,7 @@ type SessionInfo struct {
 	BytesOut int64 `json:"bytes_out"`
 	// TLSVersion is "TLS 1.3" and so on; "" for a plaintext client.
 	TLSVersion string `json:"tls_version"`
+	// SNI is the server name the client asked for in its TLS handshake;
+	// "" without TLS or without SNI.
+	SNI string `json:"sni,omitempty"`
 }

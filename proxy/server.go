@@ -26,7 +26,8 @@ type Server struct {
 	cfg    atomic.Pointer[Config] // the current configuration; each session keeps the one it started with
 	log    *slog.Logger
 	obs    Observer
-	idBase string // random per process, so connection IDs differ across restarts
+	legacy LegacyObserver // obs, if it implements it; else nil
+	idBase string         // random per process, so connection IDs differ across restarts
 	nextID atomic.Uint64
 
 	// failTimes holds recent backend refusals' durations, which
@@ -129,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 		sessions:  make(map[*session]struct{}),
 		perIP:     make(map[netip.Prefix]int),
 	}
+	s.legacy, _ = obs.(LegacyObserver)
 	s.rawBufs.size = rawBufSize
 	s.batchBufs.size = batchBufSize
 	s.cfg.Store(&cfg)

@@ -133,6 +133,7 @@ func (sess *session) info() SessionInfo {
 	}
 	if sess.tls != nil {
 		in.TLSVersion = tls.VersionName(sess.tls.version)
+		in.SNI = sess.tls.serverName
 	}
 	return in
 }
@@ -483,4 +484,15 @@ func cipherSuiteName(id uint16) string {
 		return name
 	}
 	return tls.CipherSuiteName(id)
+}
+
+// noteLegacy tells the LegacyObserver, if there is one, of a login attempt
+// as user by a TLS client older than TLS 1.2 or without SNI. Plaintext
+// clients are not legacy TLS clients: min_version does not concern them.
+func (sess *session) noteLegacy(user string) {
+	t := sess.tls
+	if sess.srv.legacy == nil || t == nil || (t.version >= tls.VersionTLS12 && t.serverName != "") {
+		return
+	}
+	sess.srv.legacy.LegacyClient(sess.l.Name, sess.remote.Addr(), user, t.version, t.serverName)
 }

@@ -142,6 +142,9 @@ type acmeState struct {
 	// seen holds the certificates served, by seenKey: autocert keeps
 	// those in memory.
 	seen sync.Map
+	// lastOrders holds each name's last order (first or renewal) that
+	// reached the CA: a LastOrder by name.
+	lastOrders sync.Map
 
 	// budget bounds the orders placed with the CA.
 	budget *orderBudget

@@ -590,3 +590,33 @@ func newTestServer(t *testing.T, cfg ServerConfig) *Server {
 	}
 	return s
 }
+
+// TestCertificates: the details of static certificates at once, of ACME
+// ones once served, ACME domains without one yet, and each name's last
+// order.
+func TestCertificates(t *testing.T) {
+	dir := t.TempDir()
+	static := writePair(t, dir, "static", newCert(t, "static.example.net"))
+	srv, _ := newACMEServer(t, ServerConfig{Certificates: []CertFile{static}}, "mail.example.com", "pop.example.org")
+	if _, err := srv.getCertificate(&tls.ClientHelloInfo{ServerName: "pop.example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	srv.acme.observe(seenKey{"mail.example.com", false}, OrderFailed, "urn:ietf:params:acme:error:dns: no such name")
+	by := map[string]CertInfo{}
+	for _, ci := range srv.Certificates() {
+		by[strings.Join(ci.Names, ",")] = ci
+	}
+	if s := by["static.example.net"]; s.Source != "file" || s.NotAfter.IsZero() || s.Issuer == "" || !s.LastOrder.At.IsZero() {
+		t.Errorf("static certificate = %+v", s)
+	}
+	if p := by["pop.example.org"]; p.Source != "acme" || p.NotAfter.Before(time.Now()) {
+		t.Errorf("served ACME certificate = %+v", p)
+	}
+	m := by["mail.example.com"]
+	if m.Source != "acme" || !m.NotAfter.IsZero() || m.LastOrder.At.IsZero() || !strings.Contains(m.LastOrder.Err, "no such name") {
+		t.Errorf("ACME domain without a certificate = %+v", m)
+	}
+	if len(by) != 3 {
+		t.Errorf("Certificates() = %+v, want 3", by)
+	}
+}

@@ -120,7 +120,7 @@ func (a *acmeState) attemptEnded(att *attempt) {
 	switch {
 	case stored:
 		a.limiter.ok(k)
-		a.observe(k, OrderIssued)
+		a.observe(k, OrderIssued, "")
 	case held != nil:
 		a.log.Debug("acme renewal held back", "name", k.name, "key_type", k.keyType(), "reason", held.Reason, "err", held.Err)
 	default:
@@ -129,7 +129,7 @@ func (a *acmeState) attemptEnded(att *attempt) {
 			retry = a.limiter.retry
 		}
 		next := a.limiter.fail(k, retry)
-		a.observe(k, OrderFailed)
+		a.observe(k, OrderFailed, cause)
 		a.log.Error("acme renewal failed", "name", k.name, "key_type", k.keyType(), "err", cause, "retry_after", next)
 	}
 }

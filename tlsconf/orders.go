@@ -350,13 +350,13 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 			retry = a.limiter.retry
 		}
 		next := a.limiter.fail(k, retry)
-		a.observe(k, OrderFailed)
+		a.observe(k, OrderFailed, err.Error())
 		a.log.Error("acme order failed", "name", k.name, "key_type", k.keyType(), "on_demand", onDemand,
 			"err", err, "retry_after", next)
 		return nil, err
 	}
 	a.limiter.ok(k)
-	a.observe(k, OrderIssued)
+	a.observe(k, OrderIssued, "")
 	return a.note(k.name, c), nil
 }
 
@@ -415,7 +415,10 @@ func (a *acmeState) observer() OrderObserver {
 	return nil
 }
 
-func (a *acmeState) observe(k seenKey, result string) {
+// observe reports an order's result to the observer and keeps it, with
+// cause (its error, "" if it issued), as the name's last order.
+func (a *acmeState) observe(k seenKey, result, cause string) {
+	a.lastOrders.Store(k.name, LastOrder{At: time.Now(), Err: clip(cause)})
 	if o := a.observer(); o != nil {
 		o.ACMEOrder(k.keyType(), result)
 	}

@@ -619,3 +619,67 @@ func (s *Server) paths() []string {
 	}
 	return paths
 }
+
+// LastOrder is the last ACME order of a name that reached the CA.
+type LastOrder struct {
+	At  time.Time
+	Err string // "" if it issued a certificate
+}
+
+// CertInfo describes a certificate the server holds.
+type CertInfo struct {
+	Names    []string
+	Issuer   string
+	NotAfter time.Time
+	// Source is "file", "self-signed" or "acme".
+	Source string
+	// LastOrder is the name's last ACME order, for an ACME certificate
+	// (zero if none since start).
+	LastOrder LastOrder
+}
+
+// Certificates describes the loaded certificates and the ACME
+// certificates served so far (one per name and key type), and the ACME
+// domains without a certificate yet (with only their last order).
+func (s *Server) Certificates() []CertInfo {
+	set := s.set.Load()
+	var out []CertInfo
+	for _, c := range set.certs {
+		if c.Leaf == nil {
+			continue
+		}
+		src := "file"
+		if set.selfSigned {
+			src = "self-signed"
+		}
+		out = append(out, CertInfo{Names: c.Leaf.DNSNames, Issuer: c.Leaf.Issuer.String(), NotAfter: c.Leaf.NotAfter, Source: src})
+	}
+	if s.acme == nil {
+		return out
+	}
+	has := map[string]bool{}
+	s.acme.seen.Range(func(k, v any) bool {
+		name := k.(seenKey).name
+		ci := CertInfo{Names: []string{name}, NotAfter: v.(seenCert).notAfter, Source: "acme"}
+		if c := v.(seenCert).cert; c != nil && c.Leaf != nil {
+			ci.Issuer = c.Leaf.Issuer.String()
+		}
+		if o, ok := s.acme.lastOrders.Load(name); ok {
+			ci.LastOrder = o.(LastOrder)
+		}
+		has[name] = true
+		out = append(out, ci)
+		return true
+	})
+	for _, d := range s.acme.domains {
+		if has[d] {
+			continue
+		}
+		ci := CertInfo{Names: []string{d}, Source: "acme"}
+		if o, ok := s.acme.lastOrders.Load(d); ok {
+			ci.LastOrder = o.(LastOrder)
+		}
+		out = append(out, ci)
+	}
+	return out
+}

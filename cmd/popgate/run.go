@@ -278,7 +278,7 @@ func (r *runner) startAdmin(ln net.Listener) {
 	r.adminLn = &bound{ln: ln, stop: stop}
 	h := admin.Handler(r.metrics, r.srv, r.ready, r.adminAccess, r.log)
 	a := r.adminAccess()
-	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions",
+	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /console/",
 		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost)
 	r.wg.Go(func() {
 		if err := admin.Serve(ctx, ln, h, r.log); err != nil {
@@ -345,6 +345,7 @@ func (r *runner) setSources(in *instance) {
 		return
 	}
 	src := admin.Sources{Sessions: r.srv, BackendHealth: r.srv.BackendHealth}
+	consoleSources(&src, in)
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry
 		if _, ok := certs.OrderBudgetLeft(); ok {
