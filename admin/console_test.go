@@ -584,3 +584,64 @@ func TestPerMinute(t *testing.T) {
 		t.Errorf("ten minutes on: %v, want nothing", got)
 	}
 }
+
+// TestConsoleBackendHealth: the backends page shows what the proxy's
+// health checks found, per address: the live backend up, a closed port
+// down.
+func TestConsoleBackendHealth(t *testing.T) {
+	backend := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{"alice": {Password: "alice-pw"}}}
+	baddr, err := backend.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { backend.Close() })
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := closed.Addr().String()
+	closed.Close()
+	m := NewMetrics("v-test", "abc123")
+	srv, err := proxy.New(proxy.Config{
+		Router: auth.NewStatic(map[string]string{"alice": "b1"}, nil, ""),
+		Backends: map[string]*proxy.Backend{"b1": {Name: "b1", Address: baddr.String(), Fallbacks: []string{dead},
+			HealthInterval: 20 * time.Millisecond, HealthFailures: 1}},
+		Observer:           m,
+		AssumedFailureTime: time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { srv.Serve(context.Background(), ln, proxy.Listener{Name: "plain", TLS: proxy.TLSNone}) })
+	t.Cleanup(func() { srv.Close(); wg.Wait() })
+	m.SetSources(Sources{
+		Sessions:      srv,
+		BackendHealth: srv.BackendHealth,
+		Backends: func() []BackendInfo {
+			return []BackendInfo{{Name: "b1", Addresses: []string{baddr.String(), dead}, TLS: "none"}}
+		},
+	})
+	web := httptest.NewServer(Handler(m, srv, nil, func() Access { return Access{Token: consoleToken, CheckHost: true} }, nil))
+	t.Cleanup(web.Close)
+	e := &consoleEnv{t: t, srv: srv, backend: backend, pop3: ln.Addr().String(), web: web}
+	c := e.browser()
+	e.login(c)
+	up := regexp.MustCompile(regexp.QuoteMeta(baddr.String()) + `: <span class="ok">up</span>`)
+	down := regexp.MustCompile(regexp.QuoteMeta(dead) + `: <span class="bad">down</span>`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, body := e.do(c, "GET", "/console/backends", nil, nil)
+		if resp.StatusCode == http.StatusOK && up.MatchString(body) && down.MatchString(body) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backends page after 10 s: status %d, want %s up and %s down in:\n%s", resp.StatusCode, baddr, dead, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
