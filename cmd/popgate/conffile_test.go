@@ -39,8 +39,9 @@ func TestConfFile(t *testing.T) {
 				BindPasswordFile: "/etc/popgate/ldap-password", Base: "ou=people,dc=example,dc=com", Filter: "(mail=%u)",
 				Backend: "s", Timeout: "3s", CacheTTL: "10m", Connections: 2},
 		},
-		Limits:         []string{`shutdown_timeout = "2s"`, `trusted_proxies = ["127.0.0.0/8"]`},
-		MetricsAddress: new(""),
+		Limits:           []string{`shutdown_timeout = "2s"`, `trusted_proxies = ["127.0.0.0/8"]`},
+		MetricsAddress:   new(""),
+		MetricsTokenFile: "/etc/popgate/admin-token",
 	}
 	c, err := ParseConfig("conffile", []byte(f.String()))
 	if err != nil {
@@ -49,7 +50,7 @@ func TestConfFile(t *testing.T) {
 	if len(c.Listeners) != 2 || !c.Listeners[1].ProxyProtocol || c.TLS.Certificates[0].Cert != `/etc/popgate/a "b".crt` ||
 		c.TLS.Certificates[0].Key != `C:\popgate\a.key` || c.TLS.ACME == nil || len(c.Backends) != 2 || !c.Backends[0].RelayAuthzID ||
 		c.Backends[1].Trust.CAFile != "/etc/popgate/ca.pem" || c.Route.Users["tab\tuser"] != "b" || c.Route.HTTP == nil ||
-		c.Limits.ShutdownTimeout.String() != "2s" || c.Metrics.Address != "" || len(c.Backends[1].Fallbacks) != 2 ||
+		c.Limits.ShutdownTimeout.String() != "2s" || c.Metrics.Address != "" || c.Metrics.TokenFile != "/etc/popgate/admin-token" || len(c.Backends[1].Fallbacks) != 2 ||
 		c.Backends[1].Fallbacks[1] != "127.0.0.3:995" || c.Backends[1].HealthInterval.String() != "250ms" ||
 		c.Backends[1].HealthFailures != 2 || c.Backends[1].HealthTimeout.String() != "1s" {
 		t.Errorf("settings = %+v\nfrom\n%s", c, f.String())

@@ -26,6 +26,9 @@ type File struct {
 	// MetricsAddress is metrics.address ("" disables the admin
 	// endpoints); nil leaves it out (the default, 127.0.0.1:9110).
 	MetricsAddress *string
+	// MetricsTokenFile is metrics.token_file, the admin token that the
+	// console and /sessions ask for; "" leaves it out.
+	MetricsTokenFile string
 }
 
 // Log is [log].
@@ -232,9 +235,14 @@ func (f *File) String() string {
 			p("%s", l)
 		}
 	}
-	if f.MetricsAddress != nil {
+	if f.MetricsAddress != nil || f.MetricsTokenFile != "" {
 		section("[metrics]")
-		p("address = %s", quote(*f.MetricsAddress))
+		if f.MetricsAddress != nil {
+			p("address = %s", quote(*f.MetricsAddress))
+		}
+		if f.MetricsTokenFile != "" {
+			str("token_file", f.MetricsTokenFile)
+		}
 	}
 	return b.String()
 }
