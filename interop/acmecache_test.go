@@ -80,7 +80,7 @@ func TestACMEPebbleCachePermissions(t *testing.T) {
 			fmt.Sprintf("http_challenge = %q\ntls_alpn_challenge = \"\"\ndomains_from_routes = true", pb.HTTPAddr)),
 	}
 	conf := filepath.Join(t.TempDir(), "popgate.toml")
-	writeFile(t, conf, []byte(popgateTOML(cfg, "", "")), 0o600)
+	writeFile(t, conf, []byte(popgateTOML(cfg, "", "", "")), 0o600)
 
 	// refused runs `popgate CMD` and wants it to fail at once, naming
 	// tls.acme.cache_dir and each of want.
