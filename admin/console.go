@@ -78,6 +78,9 @@ type console struct {
 	logins map[[32]byte]*consoleLogin // by digest of the cookie's id
 
 	refusals refusalLog
+	// fails counts wrong tokens by address, shared with the guard; nil
+	// counts nothing.
+	fails *failBudget
 }
 
 func newConsole(m *Metrics, sessions Sessions, access func() Access, log *slog.Logger) *console {
@@ -136,6 +139,18 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	}
+	if _, bearer := bearerToken(r); bearer || path == "login" && r.Method == http.MethodPost {
+		// A request that offers a token, from an address that has
+		// offered too many wrong ones: refused before it is compared.
+		if blocked, wait := c.fails.blocked(r.RemoteAddr, c.now()); blocked {
+			if ok, skipped := c.refusals.take(c.now()); ok {
+				c.log.Warn("admin: console request from an address with too many wrong tokens refused", "remote", r.RemoteAddr, "refused_before", skipped)
+			}
+			w.Header().Set("Retry-After", retryAfter(wait))
+			c.render(w, http.StatusTooManyRequests, "login", nil, "too many wrong tokens from this address: wait a minute")
+			return
+		}
 	}
 	if path == "login" {
 		c.login(w, r, a)
@@ -223,6 +238,7 @@ func (c *console) session(r *http.Request, a Access) *consoleLogin {
 		if sameToken(tok, a.Token) {
 			return &consoleLogin{}
 		}
+		c.fails.fail(r.RemoteAddr, c.now())
 		return nil
 	}
 	ck, err := r.Cookie(cookieName)
@@ -302,6 +318,7 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 		return
 	}
 	if !sameToken(r.PostFormValue("token"), a.Token) {
+		c.fails.fail(r.RemoteAddr, c.now())
 		if ok, skipped := c.refusals.take(c.now()); ok {
 			c.log.Warn("admin: console login with a wrong token refused", "remote", r.RemoteAddr, "refused_before", skipped)
 		}

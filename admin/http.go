@@ -52,10 +52,13 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Ac
 	if access == nil {
 		return mux
 	}
+	fails := &failBudget{}
 	if m != nil {
-		mux.Handle(consolePrefix, newConsole(m, sessions, access, log))
+		c := newConsole(m, sessions, access, log)
+		c.fails = fails
+		mux.Handle(consolePrefix, c)
 	}
-	return &guard{next: mux, access: access, log: log}
+	return &guard{next: mux, access: access, log: log, fails: fails}
 }
 
 type handler struct {
