@@ -5,12 +5,21 @@ package admin
 // others pin down what held.
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/proxy"
 )
 
 // TestAttack6TokenGuessingUnlimited: nothing bounded how fast one address
@@ -191,5 +200,79 @@ func TestAttack6CrossSitePost(t *testing.T) {
 	}
 	if n := len(e.srv.SessionList()); n != 0 {
 		t.Errorf("%d sessions live after the console's own POST, want 0", n)
+	}
+}
+
+// TestAttack6HostileFieldsEscaped (held): every field the console shows
+// that someone outside can choose — user names and SNI names typed by
+// clients, an IPv6 zone in a PROXY header's address, a hostile
+// certificate's names and issuer, an ACME CA's error text, a backend's
+// check error, a routing directory's answer and error, backend and
+// listener names — shows as text on every page: no tag of theirs
+// reaches the page, in text or in an attribute.
+func TestAttack6HostileFieldsEscaped(t *testing.T) {
+	const x = `"'><img src=x onerror=alert(1)>`
+	m := NewMetrics("v", "c")
+	client := netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone(x), 110)
+	sessions := &fakeSessions{list: []proxy.SessionInfo{{ID: x, User: x, Client: client, Listener: x, Backend: x,
+		State: "relaying", Started: time.Now(), TLSVersion: x, SNI: x}}}
+	m.SetSources(Sources{
+		Sessions:  sessions,
+		Listeners: func() []ListenerInfo { return []ListenerInfo{{Name: x, Address: x, TLS: x}} },
+		Backends:  func() []BackendInfo { return []BackendInfo{{Name: x, Addresses: []string{x}, TLS: x}} },
+		BackendHealth: func() []proxy.BackendHealth {
+			return []proxy.BackendHealth{{Backend: x, Address: x, LastErr: x, LastCheck: time.Now()}}
+		},
+		CertificateDetails: func() []CertificateInfo {
+			return []CertificateInfo{{Names: []string{x}, Issuer: x, NotAfter: time.Now(), Source: x, LastRenewal: time.Now(), RenewalErr: x}}
+		},
+		Route: func(context.Context, string) (RouteAnswer, error) {
+			return RouteAnswer{Backend: x, Address: x, TLS: x, Why: x}, errors.New(x)
+		},
+	})
+	m.LegacyClient(x, netip.MustParseAddr("192.0.2.1"), x, tls.VersionTLS10, x)
+	m.Reloaded(errors.New(x))
+	web := httptest.NewServer(Handler(m, sessions, nil, func() Access { return Access{Token: consoleToken} }, nil))
+	defer web.Close()
+	for _, p := range []string{"/console/", "/console/sessions", "/console/sessions?user=" + url.QueryEscape(x),
+		"/console/end?user=" + url.QueryEscape(x), "/console/end?id=" + url.QueryEscape(x), "/console/certificates",
+		"/console/backends", "/console/routing?user=" + url.QueryEscape(x), "/console/legacy", "/console/no-such" + url.PathEscape(x)} {
+		req, _ := http.NewRequest("GET", web.URL+p, nil)
+		req.Header.Set("Authorization", "Bearer "+consoleToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "<img") || strings.Contains(string(b), `"'>`) {
+			t.Errorf("GET %s: the hostile text reaches the page unescaped", p)
+		}
+		if !strings.Contains(string(b), "&lt;img") && p != "/console/no-such"+url.PathEscape(x) {
+			t.Errorf("GET %s (%d): the hostile text is not shown at all, so this test checks nothing there", p, resp.StatusCode)
+		}
+	}
+}
+
+// TestAttack6CookieAfterTokenChange (held): a reload that changes the
+// admin token ends every console login made with the old one, and the
+// old token no longer logs in.
+func TestAttack6CookieAfterTokenChange(t *testing.T) {
+	var mu sync.Mutex
+	tok := consoleToken
+	access := func() Access { mu.Lock(); defer mu.Unlock(); return Access{Token: tok} }
+	web := httptest.NewServer(Handler(NewMetrics("v", "c"), &fakeSessions{}, nil, access, nil))
+	defer web.Close()
+	e := &consoleEnv{t: t, web: web}
+	c := e.browser()
+	e.login(c)
+	mu.Lock()
+	tok = "another-console-token-0123456789"
+	mu.Unlock()
+	if resp, _ := e.do(c, "GET", "/console/", nil, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the old login after a token change: %d, want 401", resp.StatusCode)
+	}
+	if resp, _ := e.do(c, "POST", "/console/login", url.Values{"token": {consoleToken}}, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("login with the old token: %d, want 401", resp.StatusCode)
 	}
 }
