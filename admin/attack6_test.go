@@ -276,3 +276,42 @@ func TestAttack6CookieAfterTokenChange(t *testing.T) {
 		t.Errorf("login with the old token: %d, want 401", resp.StatusCode)
 	}
 }
+
+// TestAttack6CookieShadowed: cookies do not tell ports apart, and a
+// sibling host name can set one for the parent domain, so another web
+// service on the console's host name (or a subdomain's) can set a
+// popgate_console cookie with a longer Path, say /console/end. The
+// browser then sends it first, and the console looked at the first
+// cookie of that name only: the operator's own login stopped working on
+// that page (the end button answered 401) while the attacker chose the
+// path. Now any cookie of the name that is a live login is taken.
+func TestAttack6CookieShadowed(t *testing.T) {
+	e := newConsoleEnv(t)
+	e.liveSession()
+	c := e.browser()
+	csrf := e.login(c)
+	var id string
+	for _, ck := range c.Jar.Cookies(mustURL(t, e.web.URL+"/console/")) {
+		if ck.Name == cookieName {
+			id = ck.Value
+		}
+	}
+	plain := &http.Client{CheckRedirect: c.CheckRedirect}
+	hdr := map[string]string{"Cookie": cookieName + "=tossed-by-a-sibling; " + cookieName + "=" + id}
+	if resp, _ := e.do(plain, "GET", "/console/sessions", nil, hdr); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /console/sessions with a shadowing cookie first = %d, want 200", resp.StatusCode)
+	}
+	if resp, _ := e.do(plain, "POST", "/console/end", url.Values{"user": {"alice"}, "confirm": {"yes"}, "csrf": {csrf}}, hdr); resp.StatusCode != http.StatusOK {
+		t.Errorf("POST /console/end with a shadowing cookie first = %d, want 200", resp.StatusCode)
+	}
+	if n := len(e.srv.SessionList()); n != 0 {
+		t.Errorf("%d sessions live, want 0", n)
+	}
+	// Logging out ends the login whichever cookie came first.
+	if resp, _ := e.do(plain, "POST", "/console/logout", url.Values{"csrf": {csrf}}, hdr); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout = %d", resp.StatusCode)
+	}
+	if resp, _ := e.do(plain, "GET", "/console/", nil, map[string]string{"Cookie": cookieName + "=" + id}); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("the login after logout = %d, want 401", resp.StatusCode)
+	}
+}

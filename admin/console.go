@@ -241,25 +241,29 @@ func (c *console) session(r *http.Request, a Access) *consoleLogin {
 		c.fails.fail(r.RemoteAddr, c.now())
 		return nil
 	}
-	ck, err := r.Cookie(cookieName)
-	if err != nil || ck.Value == "" {
-		return nil
-	}
 	now := c.now()
+	want := digest(a.Token)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	l := c.logins[digest(ck.Value)]
-	if l == nil {
-		return nil
+	// Every cookie of the name, not the first only: another web service
+	// on this host name (cookies do not tell ports apart) or a sibling
+	// name's (Domain=) can set one with a longer Path, which the browser
+	// sends first.
+	for _, ck := range r.CookiesNamed(cookieName) {
+		k := digest(ck.Value)
+		l := c.logins[k]
+		if l == nil {
+			continue
+		}
+		if now.After(l.expires) || subtle.ConstantTimeCompare(l.token[:], want[:]) != 1 {
+			delete(c.logins, k)
+			continue
+		}
+		l.lastSeen = now
+		cp := *l
+		return &cp
 	}
-	want := digest(a.Token)
-	if now.After(l.expires) || subtle.ConstantTimeCompare(l.token[:], want[:]) != 1 {
-		delete(c.logins, digest(ck.Value))
-		return nil
-	}
-	l.lastSeen = now
-	cp := *l
-	return &cp
+	return nil
 }
 
 // postAllowed checks a state-changing request: the login's CSRF token in
@@ -357,11 +361,11 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 }
 
 func (c *console) logout(w http.ResponseWriter, r *http.Request) {
-	if ck, err := r.Cookie(cookieName); err == nil {
-		c.mu.Lock()
+	c.mu.Lock()
+	for _, ck := range r.CookiesNamed(cookieName) {
 		delete(c.logins, digest(ck.Value))
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: consolePrefix, MaxAge: -1,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 	http.Redirect(w, r, consolePrefix+"login", http.StatusSeeOther)
