@@ -157,6 +157,9 @@ tls = %v
 	if resp := do("GET", base+"/metrics", "", token, nil); resp.StatusCode != 200 || resp.TLS == nil {
 		t.Errorf("GET /metrics over TLS after it was set again = %d", resp.StatusCode)
 	}
+	if rec := logs.records(t, "admin endpoints: metrics.tls changed for new connections"); len(rec) != 2 || rec[0]["tls"] != false || rec[1]["tls"] != true {
+		t.Errorf("metrics.tls changed lines %v, want one with tls=false, then one with tls=true", rec)
+	}
 	if rec := logs.records(t, "admin endpoints listening"); len(rec) != 1 || rec[0]["tls"] != true {
 		t.Errorf("admin endpoints listening lines %v, want one with tls=true", rec)
 	}

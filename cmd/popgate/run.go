@@ -516,6 +516,9 @@ func (r *runner) apply() error {
 		if adminLn != nil {
 			r.startAdmin(adminLn)
 		}
+	} else if r.adminLn != nil && (in.adminTLS != nil) != (old.adminTLS != nil) {
+		// The address stays bound; its next connections follow.
+		r.log.Info("admin endpoints: metrics.tls changed for new connections", "address", r.adminLn.ln.Addr().String(), "tls", in.adminTLS != nil)
 	}
 	if r.level != nil {
 		r.level.Set(c.Log.Level)
