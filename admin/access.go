@@ -52,7 +52,9 @@ type guard struct {
 	log    *slog.Logger
 	// Refusals are logged at most once per refusalLogEvery each, with
 	// the number left out since: a flood of them must not flood the log.
-	hostRefusals, tokenRefusals refusalLog
+	hostRefusals, tokenRefusals, budgetRefusals refusalLog
+	// fails counts wrong tokens by address, shared with the console.
+	fails *failBudget
 }
 
 // refusalLogEvery is how often a kind of refusal may be logged.
@@ -94,6 +96,19 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if a.Token != "" && needsToken(r.URL.Path, a.ProtectMetrics) {
 		tok, given := bearerToken(r)
+		if blocked, wait := g.fails.blocked(r.RemoteAddr, time.Now()); blocked && given {
+			if ok, skipped := g.budgetRefusals.take(time.Now()); ok {
+				g.log.Warn("admin: request from an address with too many wrong tokens refused",
+					"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "refused_before", skipped)
+			}
+			w.Header().Set("Retry-After", retryAfter(wait))
+			w.Header().Set("Connection", "close")
+			writeText(w, http.StatusTooManyRequests, "too many wrong tokens from this address: wait a minute\n")
+			return
+		}
+		if given && !sameToken(tok, a.Token) {
+			g.fails.fail(r.RemoteAddr, time.Now())
+		}
 		if !given || !sameToken(tok, a.Token) {
 			challenge := realm
 			if given {

@@ -44,6 +44,10 @@ const (
 	routeTimeout = 10 * time.Second
 )
 
+// hsts is the Strict-Transport-Security of console pages served over TLS:
+// a year, the value browsers' preload lists ask for, though not preloaded.
+const hsts = "max-age=31536000"
+
 // consoleHeaders are set on every console response: no script but the
 // console's own files, no framing, no referrer, no type sniffing.
 var consoleHeaders = map[string]string{
@@ -74,6 +78,9 @@ type console struct {
 	logins map[[32]byte]*consoleLogin // by digest of the cookie's id
 
 	refusals refusalLog
+	// fails counts wrong tokens by address, shared with the guard; nil
+	// counts nothing.
+	fails *failBudget
 }
 
 func newConsole(m *Metrics, sessions Sessions, access func() Access, log *slog.Logger) *console {
@@ -106,6 +113,14 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for k, v := range consoleHeaders {
 		w.Header().Set(k, v)
 	}
+	if r.TLS != nil {
+		// Over HTTPS (metrics.tls) the browser is to keep to HTTPS for
+		// this host name. No includeSubDomains: the console's name says
+		// nothing of the names below it. Browsers ignore the header over
+		// a connection whose certificate they had to be told to accept
+		// and for IP addresses.
+		w.Header().Set("Strict-Transport-Security", hsts)
+	}
 	a := c.access()
 	if a.Token == "" {
 		c.render(w, http.StatusNotFound, "off", nil, nil)
@@ -124,6 +139,18 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	}
+	if _, bearer := bearerToken(r); bearer || path == "login" && r.Method == http.MethodPost {
+		// A request that offers a token, from an address that has
+		// offered too many wrong ones: refused before it is compared.
+		if blocked, wait := c.fails.blocked(r.RemoteAddr, c.now()); blocked {
+			if ok, skipped := c.refusals.take(c.now()); ok {
+				c.log.Warn("admin: console request from an address with too many wrong tokens refused", "remote", r.RemoteAddr, "refused_before", skipped)
+			}
+			w.Header().Set("Retry-After", retryAfter(wait))
+			c.render(w, http.StatusTooManyRequests, "login", nil, "too many wrong tokens from this address: wait a minute")
+			return
+		}
 	}
 	if path == "login" {
 		c.login(w, r, a)
@@ -211,27 +238,32 @@ func (c *console) session(r *http.Request, a Access) *consoleLogin {
 		if sameToken(tok, a.Token) {
 			return &consoleLogin{}
 		}
-		return nil
-	}
-	ck, err := r.Cookie(cookieName)
-	if err != nil || ck.Value == "" {
+		c.fails.fail(r.RemoteAddr, c.now())
 		return nil
 	}
 	now := c.now()
+	want := digest(a.Token)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	l := c.logins[digest(ck.Value)]
-	if l == nil {
-		return nil
+	// Every cookie of the name, not the first only: another web service
+	// on this host name (cookies do not tell ports apart) or a sibling
+	// name's (Domain=) can set one with a longer Path, which the browser
+	// sends first.
+	for _, ck := range r.CookiesNamed(cookieName) {
+		k := digest(ck.Value)
+		l := c.logins[k]
+		if l == nil {
+			continue
+		}
+		if now.After(l.expires) || subtle.ConstantTimeCompare(l.token[:], want[:]) != 1 {
+			delete(c.logins, k)
+			continue
+		}
+		l.lastSeen = now
+		cp := *l
+		return &cp
 	}
-	want := digest(a.Token)
-	if now.After(l.expires) || subtle.ConstantTimeCompare(l.token[:], want[:]) != 1 {
-		delete(c.logins, digest(ck.Value))
-		return nil
-	}
-	l.lastSeen = now
-	cp := *l
-	return &cp
+	return nil
 }
 
 // postAllowed checks a state-changing request: the login's CSRF token in
@@ -290,6 +322,7 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 		return
 	}
 	if !sameToken(r.PostFormValue("token"), a.Token) {
+		c.fails.fail(r.RemoteAddr, c.now())
 		if ok, skipped := c.refusals.take(c.now()); ok {
 			c.log.Warn("admin: console login with a wrong token refused", "remote", r.RemoteAddr, "refused_before", skipped)
 		}
@@ -328,11 +361,11 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 }
 
 func (c *console) logout(w http.ResponseWriter, r *http.Request) {
-	if ck, err := r.Cookie(cookieName); err == nil {
-		c.mu.Lock()
+	c.mu.Lock()
+	for _, ck := range r.CookiesNamed(cookieName) {
 		delete(c.logins, digest(ck.Value))
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: consolePrefix, MaxAge: -1,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
 	http.Redirect(w, r, consolePrefix+"login", http.StatusSeeOther)

@@ -10,6 +10,8 @@
 //	h := admin.Handler(m, srv, ready, func() admin.Access { return access }, log)
 //	go admin.Serve(ctx, ln, h, log)
 //
+// (or admin.ServeTLS with a function that gives the TLS config of the
+// moment, for HTTPS: metrics.tls)
 // and calls [Metrics.Reloaded] and [Metrics.SetSources] again after each
 // configuration reload.
 //
@@ -28,6 +30,7 @@
 // [Access] protects them: a bearer token for /sessions in every method
 // (and for /metrics when asked), compared in constant time, and a Host
 // check against DNS rebinding for loopback addresses. /healthz and
-// /readyz stay open for probes. Without a token anyone who reaches the
+// /readyz stay open for probes. An address that sends ten wrong tokens
+// within a minute gets 429 for any token until the minute ends. Without a token anyone who reaches the
 // address can list and end sessions: bind it to loopback then.
 package admin

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,10 +52,13 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Ac
 	if access == nil {
 		return mux
 	}
+	fails := &failBudget{}
 	if m != nil {
-		mux.Handle(consolePrefix, newConsole(m, sessions, access, log))
+		c := newConsole(m, sessions, access, log)
+		c.fails = fails
+		mux.Handle(consolePrefix, c)
 	}
-	return &guard{next: mux, access: access, log: log}
+	return &guard{next: mux, access: access, log: log, fails: fails}
 }
 
 type handler struct {
@@ -197,6 +201,17 @@ const (
 // their connections. It returns nil after ctx is done, else the error that
 // stopped it. It closes ln. A nil log discards.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
+	return ServeTLS(ctx, ln, h, nil, log)
+}
+
+// ServeTLS is Serve with HTTPS: tlsConfig is asked at every connection
+// accepted, and the connection is served over TLS with the config it
+// returns, in plain HTTP when it returns nil (or tlsConfig is nil). So a
+// configuration reload switches TLS on or off for the next connection
+// without binding the address again, and the config's GetCertificate
+// serves the certificates of the moment. A plain HTTP request on a TLS
+// connection gets 400 from net/http and the connection closes.
+func ServeTLS(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig func() *tls.Config, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -210,8 +225,12 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logge
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	capped := newCapListener(ln, maxConns, maxConnsPerIP)
+	var serveLn net.Listener = capped
+	if tlsConfig != nil {
+		serveLn = &tlsListener{Listener: capped, config: tlsConfig}
+	}
 	errc := make(chan error, 1)
-	go serveHTTP(srv, capped, errc)
+	go serveHTTP(srv, serveLn, errc)
 	go reportRefused(ctx, capped, log)
 	select {
 	case err := <-errc:
@@ -243,6 +262,25 @@ func reportRefused(ctx context.Context, l *capListener, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// tlsListener wraps each connection in TLS when config says so at the
+// moment it is accepted. The handshake runs in net/http's connection
+// goroutine, within the server's read timeouts.
+type tlsListener struct {
+	net.Listener
+	config func() *tls.Config
+}
+
+func (l *tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc := l.config(); tc != nil {
+		return tls.Server(c, tc), nil
+	}
+	return c, nil
 }
 
 // serveHTTP runs srv on ln and reports why it stopped.

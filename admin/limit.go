@@ -3,7 +3,9 @@ package admin
 import (
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
+	"time"
 )
 
 // Connection caps of the admin address. Its clients are a scraper, a
@@ -83,4 +85,104 @@ func (c *cappedConn) Close() error {
 		c.l.mu.Unlock()
 	})
 	return c.Conn.Close()
+}
+
+// The budget of wrong admin tokens: an address (an IPv6 /64, which one
+// host often holds whole) that has sent maxTokenFailures wrong tokens,
+// as a bearer token or through the console's login form, within
+// tokenFailureWindow of its first gets 429 for any token until the
+// window ends, the right one included, else the budget would not stop
+// guessing. Ten a minute lets an operator mistype and keeps a guesser to
+// 14,400 tries a day. The table holds maxFailureAddrs addresses; when it
+// is full of addresses still within their window, the others share one
+// budget.
+const (
+	maxTokenFailures   = 10
+	tokenFailureWindow = time.Minute
+	maxFailureAddrs    = 4096
+)
+
+type failBudget struct {
+	mu sync.Mutex
+	by map[netip.Prefix]*failCount // the zero Prefix: the shared one
+}
+
+type failCount struct {
+	n     int
+	since time.Time // the window's start
+}
+
+// failKey is the budget's key for a request's RemoteAddr.
+func failKey(remote string) netip.Prefix {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	ip := ap.Addr().Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// count returns remote's entry, nil when it has none. b.mu is held.
+func (b *failBudget) count(remote string) (netip.Prefix, *failCount) {
+	k := failKey(remote)
+	f := b.by[k]
+	if f == nil && len(b.by) >= maxFailureAddrs {
+		k = netip.Prefix{}
+		f = b.by[k]
+	}
+	return k, f
+}
+
+// blocked reports whether remote has used up its budget, and how long
+// until its window ends. A nil b blocks nothing.
+func (b *failBudget) blocked(remote string, now time.Time) (bool, time.Duration) {
+	if b == nil {
+		return false, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, f := b.count(remote)
+	if f == nil || f.n < maxTokenFailures || now.Sub(f.since) >= tokenFailureWindow {
+		return false, 0
+	}
+	return true, f.since.Add(tokenFailureWindow).Sub(now)
+}
+
+// fail counts a wrong token from remote. A nil b counts nothing.
+func (b *failBudget) fail(remote string, now time.Time) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.by == nil {
+		b.by = make(map[netip.Prefix]*failCount)
+	}
+	if b.by[failKey(remote)] == nil && len(b.by) >= maxFailureAddrs {
+		// Full: forget the addresses whose window has passed.
+		for k, f := range b.by {
+			if now.Sub(f.since) >= tokenFailureWindow {
+				delete(b.by, k)
+			}
+		}
+	}
+	k, f := b.count(remote)
+	if f == nil {
+		f = &failCount{since: now}
+		b.by[k] = f
+	}
+	if now.Sub(f.since) >= tokenFailureWindow {
+		f.n, f.since = 0, now
+	}
+	f.n++
+}
+
+// retryAfter is a Retry-After value for wait: whole seconds, at least 1.
+func retryAfter(wait time.Duration) string {
+	return strconv.Itoa(max(1, int((wait+time.Second-1)/time.Second)))
 }

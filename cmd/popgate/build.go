@@ -58,7 +58,10 @@ type instance struct {
 	// by goLive.
 	throttleConfig auth.ThrottleConfig
 	admin          admin.Access // who may use the admin endpoints (metrics.token_file read)
-	log            *slog.Logger
+	// adminTLS serves the admin address over HTTPS (metrics.tls); nil
+	// serves plain HTTP.
+	adminTLS *tls.Config
+	log      *slog.Logger
 }
 
 // build loads certificates and backend trust and makes the proxy server.
@@ -119,7 +122,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	if in.admin, err = adminAccess(c.Metrics, log); err != nil {
 		return nil, err
 	}
-	needTLS := false
+	// metrics.tls serves the POP3 listeners' certificates, made even
+	// where every listener is plain.
+	needTLS := c.Metrics.TLS
 	for _, l := range c.Listeners {
 		needTLS = needTLS || l.TLS != proxy.TLSNone
 	}
@@ -171,6 +176,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		in.certs = ts
 	}
 
+	if c.Metrics.TLS {
+		in.adminTLS = adminTLSConfig(in.certs.TLSConfig())
+	}
 	for _, lc := range c.Listeners {
 		l := lc.Listener
 		if l.TLS != proxy.TLSNone {
@@ -591,4 +599,20 @@ func (h hashChecker) Check(ctx context.Context, hash string, pw auth.Password) e
 		return auth.ErrPasswordMismatch
 	}
 	return err
+}
+
+// adminTLSConfig is the admin address's TLS (metrics.tls): the POP3
+// listeners' certificates and their SNI selection, which reloads and ACME
+// renewals update in place, but a browser's TLS: 1.2 at least, whatever
+// tls.min_version keeps for old mail clients; HTTP/1.1 as its only
+// protocol; and no session tickets, which would resume across the POP3
+// and admin services.
+func adminTLSConfig(pop *tls.Config) *tls.Config {
+	tc := pop.Clone()
+	tc.MinVersion = max(tc.MinVersion, tls.VersionTLS12)
+	tc.CipherSuites = nil
+	tc.NextProtos = []string{"http/1.1"}
+	tc.SessionTicketsDisabled = true
+	tc.WrapSession, tc.UnwrapSession = nil, nil
+	return tc
 }

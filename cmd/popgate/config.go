@@ -164,6 +164,9 @@ type MetricsConfig struct {
 	// InsecureOpen allows a non-loopback Address without a token, with a
 	// warning at every start.
 	InsecureOpen bool `toml:"insecure_open"`
+	// TLS serves the address over HTTPS with the certificates the POP3
+	// listeners serve (same SNI selection, ACME included).
+	TLS bool `toml:"tls"`
 	// AllowedHosts are further names (and addresses) the admin endpoints
 	// answer to in the Host header; set, they turn the Host check on
 	// for a non-loopback Address too.
@@ -688,6 +691,7 @@ func (m MetricsConfig) settings(add func(string, ...any)) metricsSettings {
 		ProtectMetrics: m.ProtectMetrics,
 		InsecureOpen:   m.InsecureOpen,
 		AllowedHosts:   m.AllowedHosts,
+		TLS:            m.TLS,
 	}
 	if m.Address != nil {
 		s.Address = *m.Address
@@ -700,6 +704,9 @@ func (m MetricsConfig) settings(add func(string, ...any)) metricsSettings {
 				"could list the sessions (user names, client addresses) and end them; set metrics.token_file, "+
 				"or metrics.insecure_open = true if something else guards the address", a)
 		}
+	}
+	if m.TLS && s.Address == "" {
+		add("metrics.tls: needs metrics.address (the admin endpoints are off)")
 	}
 	if m.InsecureOpen && m.TokenFile != "" {
 		add("metrics.insecure_open: contradicts metrics.token_file (with a token the endpoints are not open)")

@@ -211,4 +211,5 @@ var configKeys = []configKey{
 	{"metrics.protect_metrics", nil},
 	{"metrics.insecure_open", nil},
 	{"metrics.allowed_hosts", nil},
+	{"metrics.tls", nil},
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -279,9 +280,10 @@ func (r *runner) startAdmin(ln net.Listener) {
 	h := admin.Handler(r.metrics, r.srv, r.ready, r.adminAccess, r.log)
 	a := r.adminAccess()
 	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /console/",
-		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost)
+		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost,
+		"tls", r.current().adminTLS != nil)
 	r.wg.Go(func() {
-		if err := admin.Serve(ctx, ln, h, r.log); err != nil {
+		if err := admin.ServeTLS(ctx, ln, h, r.adminTLS, r.log); err != nil {
 			r.log.Error("admin endpoints failed", "err", err)
 		}
 	})
@@ -291,6 +293,11 @@ func (r *runner) startAdmin(ln net.Listener) {
 // endpoints, asked for on every request: a reload that changes the token
 // applies to the next one.
 func (r *runner) adminAccess() admin.Access { return r.current().admin }
+
+// adminTLS is the running configuration's TLS for the admin address,
+// asked at every connection: a reload that sets or clears metrics.tls
+// applies to the next one; nil serves plain HTTP.
+func (r *runner) adminTLS() *tls.Config { return r.current().adminTLS }
 
 // ready is /readyz: listeners bound, certificates loaded, not draining.
 func (r *runner) ready() error {
@@ -509,6 +516,9 @@ func (r *runner) apply() error {
 		if adminLn != nil {
 			r.startAdmin(adminLn)
 		}
+	} else if r.adminLn != nil && (in.adminTLS != nil) != (old.adminTLS != nil) {
+		// The address stays bound; its next connections follow.
+		r.log.Info("admin endpoints: metrics.tls changed for new connections", "address", r.adminLn.ln.Addr().String(), "tls", in.adminTLS != nil)
 	}
 	if r.level != nil {
 		r.level.Set(c.Log.Level)

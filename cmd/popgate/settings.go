@@ -148,4 +148,5 @@ type metricsSettings struct {
 	ProtectMetrics bool
 	InsecureOpen   bool
 	AllowedHosts   []string
+	TLS            bool // HTTPS with the POP3 listeners' certificates
 }
