@@ -346,13 +346,25 @@ func (r *runner) startWatches(in *instance) {
 	}
 }
 
-// setSources points the metrics at in's parts.
+// setSources points the metrics at in's parts. r.mu is held.
 func (r *runner) setSources(in *instance) {
 	if r.metrics == nil {
 		return
 	}
 	src := admin.Sources{Sessions: r.srv, BackendHealth: r.srv.BackendHealth}
 	consoleSources(&src, in)
+	if src.Listeners != nil {
+		// The addresses as bound: a port 0 is the port it got.
+		ls := src.Listeners()
+		for i := range ls {
+			for j, l := range in.listeners {
+				if b := r.lns[in.keys[j]]; l.Name == ls[i].Name && b != nil {
+					ls[i].Address = b.ln.Addr().String()
+				}
+			}
+		}
+		src.Listeners = func() []admin.ListenerInfo { return ls }
+	}
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry
 		if _, ok := certs.OrderBudgetLeft(); ok {
