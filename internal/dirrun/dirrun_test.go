@@ -139,3 +139,40 @@ userPassword: never-shown
 	}
 	t.Logf("slapd %s", s.Version)
 }
+
+func TestRedis(t *testing.T) {
+	if !RedisAvailable() {
+		t.Fatal("Redis is not installed (apt-get install redis-server)")
+	}
+	r, err := StartRedis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Do("SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Do("GET", "k"); err != nil || strings.TrimSpace(out) != "v" {
+		t.Fatalf("GET = %q, %v", out, err)
+	}
+	// The default user is off: no command without the password.
+	if out, err := run(nil, nil, "", r.cli, "-h", "127.0.0.1", "-p", strconv.Itoa(r.Port), "GET", "k"); err == nil && !strings.Contains(out, "NOAUTH") {
+		t.Errorf("GET without a password: %q, %v", out, err)
+	}
+	if _, err := r.Do("FLUSHALL"); err == nil {
+		t.Error("FLUSHALL (@dangerous) allowed")
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Do("PING"); err == nil {
+		t.Fatal("PING after Stop succeeded")
+	}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Do("GET", "k"); err != nil || strings.TrimSpace(out) != "" {
+		t.Fatalf("after restart: GET = %q, %v; want empty (nothing saved)", out, err)
+	}
+	t.Logf("redis %s", r.Version)
+}
