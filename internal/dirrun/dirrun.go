@@ -1,7 +1,8 @@
 // Package dirrun starts real directory servers on loopback for popgate's
 // routing tests and benchmarks: PostgreSQL, MariaDB and OpenLDAP's slapd,
-// and Redis for a fleet's shared state, each a private instance with its own data directory, port and socket,
-// started as a child process and stopped by its PID. Nothing under /etc
+// and Redis for a fleet's shared state, each a private instance with its
+// own data directory, port and socket, started as a child process and
+// stopped by its PID. Nothing under /etc
 // is read or written and no system service is touched.
 //
 //	pg, err := dirrun.StartPostgres()
