@@ -111,6 +111,10 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	}
 	quietOnce.Do(func() { redis.SetLogger(quiet{}) })
 	c.client = redis.NewUniversalClient(opts)
+	// Tells at once (log, gauge) whether Redis answers.
+	ctx, cancel := c.ctx()
+	defer cancel()
+	c.done(c.client.Ping(ctx).Err())
 	return c, nil
 }
 
