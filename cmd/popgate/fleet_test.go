@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +177,87 @@ func TestClusterConfig(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("the error quotes the URL's password: %v", err)
 		}
+	}
+}
+
+// TestFleetReload: reloads keep the one Redis client and ticket keyring
+// (no client, connection or goroutine per reload), and a reload that
+// changes [cluster] is refused.
+func TestFleetReload(t *testing.T) {
+	rd, err := dirrun.StartRedis()
+	if err != nil {
+		t.Fatalf("redis-server (Debian package redis-server) is needed: %v", err)
+	}
+	defer rd.Close()
+	dir := t.TempDir()
+	cert := writeTestCert(t, dir, "one", "mail.example.com")
+	backend := mailbox(t, messages(1)...)
+	keyFile := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := func(route, prefix string) string {
+		return fmt.Sprintf(`[log]
+format = "json"
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+[tls]
+certificates = [{ cert = %q, key = %q }]
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+[route]
+default = "mbox"
+%s
+[metrics]
+address = ""
+[cluster]
+redis = %q
+key_file = %q
+key_prefix = %q
+`, cert.certFile, cert.keyFile, backend, route, rd.URL(), keyFile, prefix)
+	}
+	path := writeConfig(t, config("", "popgate:"))
+	r, _ := startRunner(t, path)
+	cl, tk := r.current().cluster, r.current().tickets
+	if cl == nil {
+		t.Fatal("no cluster client with [cluster]")
+	}
+	cli := &tls.Config{ServerName: "mail.example.com", InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	popSession(t, r.addrOf("pop3s"), false, cli)
+	goroutines, _ := settled()
+
+	const reloads = 20
+	for i := range reloads {
+		writeFile(t, path, []byte(config(fmt.Sprintf("users = { u%d = \"mbox\" }", i), "popgate:")))
+		if err := r.reload(); err != nil {
+			t.Fatal(err)
+		}
+		if !popSession(t, r.addrOf("pop3s"), false, cli) {
+			t.Fatalf("reload %d: the session did not resume", i)
+		}
+	}
+	if r.current().cluster != cl || r.current().tickets != tk {
+		t.Error("a reload replaced the cluster client or the ticket keyring")
+	}
+	writeFile(t, path, []byte(config("", "other:")))
+	if err := r.reload(); err == nil || !strings.Contains(err.Error(), "restart popgate") {
+		t.Errorf("a reload changing [cluster]: err = %v, want a refusal asking for a restart", err)
+	}
+	if r.current().cluster != cl {
+		t.Error("the refused reload replaced the cluster client")
+	}
+	const slack = 2
+	var now int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if now = runtime.NumGoroutine(); now <= goroutines+slack || time.Now().After(deadline) {
+			break
+		}
+	}
+	if now > goroutines+slack {
+		t.Errorf("goroutines: %d before %d reloads, %d after\n%s", goroutines, reloads, now, goroutineDump())
 	}
 }
