@@ -350,6 +350,23 @@ func TestTicketsBadEntries(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "refused") || !strings.Contains(c.logs.String(), "refused") {
 		t.Errorf("the corrupted entry was not logged:\na:\n%s\nc:\n%s", a.logs, c.logs)
 	}
+
+	// An entry that opens with a's key but holds 16 bytes, not 32.
+	for _, n := range names {
+		ctx, cancel := a.c.ctx()
+		err := a.c.client.Set(ctx, n, a.c.seal(n, make([]byte, 16)), time.Minute).Err()
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if !resumes(t, a.conf, cliA) {
+		t.Error("a no longer resumes its own ticket beside a short entry")
+	}
+	if !strings.Contains(a.logs.String(), "not a 32-byte key") {
+		t.Errorf("the short entry was not logged:\n%s", a.logs)
+	}
 }
 
 // TestOpenConfig: mistakes in [cluster] are refused naming the key, and no
