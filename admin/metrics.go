@@ -48,6 +48,9 @@ type Sources struct {
 	// ACMEOrderBudget returns how many orders the ACME order budget has
 	// room for now, for popgate_acme_order_budget_remaining.
 	ACMEOrderBudget func() float64
+	// ClusterUp reports whether the last operation on the fleet's Redis
+	// succeeded, for popgate_cluster_up; nil without [cluster].
+	ClusterUp func() bool
 	// BackendHealth returns the health checks' state of every checked
 	// backend address ((*proxy.Server).BackendHealth), for
 	// popgate_backend_up{backend} and
@@ -499,6 +502,8 @@ var (
 		"1 while at least one address of a backend passes its health checks, 0 when all are down; only backends with health checks (health_interval).", []string{"backend"}, nil)
 	addressUpDesc = prometheus.NewDesc("popgate_backend_address_up",
 		"1 while a backend address passes its health checks, 0 once health_failures checks in a row failed; by backend and address (its address and fallbacks).", []string{"backend", "address"}, nil)
+	clusterUpDesc = prometheus.NewDesc("popgate_cluster_up",
+		"1 while the last operation on the fleet's Redis ([cluster]) succeeded, 0 after one failed; only with [cluster].", nil, nil)
 	budgetDesc = prometheus.NewDesc("popgate_acme_order_budget_remaining",
 		"ACME orders the order budget (tls.acme.order_budget) has room for now; on-demand names leave order_budget_reserve of them to renewals and domains.", nil, nil)
 )
@@ -519,7 +524,7 @@ func (c *sourceCollector) set(src Sources) {
 
 // Describe implements prometheus.Collector.
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, backendUpDesc, addressUpDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, clusterUpDesc, backendUpDesc, addressUpDesc} {
 		ch <- d
 	}
 }
@@ -563,6 +568,13 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if src.ACMEOrderBudget != nil {
 		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, src.ACMEOrderBudget())
+	}
+	if src.ClusterUp != nil {
+		v := 0.0
+		if src.ClusterUp() {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(clusterUpDesc, prometheus.GaugeValue, v)
 	}
 	if src.BackendHealth != nil {
 		up := map[string]bool{}

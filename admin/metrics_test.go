@@ -346,6 +346,7 @@ func TestMetricsFamilies(t *testing.T) {
 		LookupCaches:    map[string]func() (int64, int64){"route.http": func() (int64, int64) { return 0, 0 }},
 		DirectoryPools:  map[string]func() (int, int){"route.sql": func() (int, int) { return 0, 0 }},
 		ACMEOrderBudget: func() float64 { return 1 },
+		ClusterUp:       func() bool { return true },
 		BackendHealth:   func() []proxy.BackendHealth { return []proxy.BackendHealth{{Backend: "mx", Address: "a:1", Up: true}} },
 	})
 	m.Accepted("pop3s")
@@ -376,6 +377,7 @@ func TestMetricsFamilies(t *testing.T) {
 		"popgate_certificate_expiry_timestamp_seconds":         "GAUGE",
 		"popgate_certificate_reload_errors_total":              "COUNTER",
 		"popgate_lookup_cache_hits_total":                      "COUNTER",
+		"popgate_cluster_up":                                   "GAUGE",
 		"popgate_lookup_cache_misses_total":                    "COUNTER",
 		"popgate_directory_lookups_total":                      "COUNTER",
 		"popgate_directory_lookup_seconds":                     "HISTOGRAM",

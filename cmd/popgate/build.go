@@ -17,6 +17,7 @@ import (
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/auth/passhash"
+	"github.com/popgate/popgate/cluster"
 	"github.com/popgate/popgate/internal/safefile"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -33,7 +34,10 @@ type instance struct {
 	// tickets seals the session tickets of every listener; one for the
 	// life of the process (made with the first TLS listener), so that a
 	// reload keeps tickets resuming. nil without TLS listeners so far.
-	tickets     *tlsconf.Tickets
+	tickets *tlsconf.Tickets
+	// cluster is the fleet's Redis ([cluster]); one for the life of the
+	// process, closed at shutdown. nil without [cluster].
+	cluster     *cluster.Cluster
 	server      *proxy.Server // set by build; a reload reconfigures the running one
 	proxyConfig proxy.Config
 	listeners   []proxy.Listener
@@ -103,6 +107,9 @@ func (in *instance) hasDomain(domain string) bool {
 // errACMEChanged refuses a reload that changes [tls.acme].
 var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a reload (one ACME client runs per process, so that renewals are not doubled); restart popgate to apply them")
 
+// errClusterChanged refuses a reload that changes [cluster].
+var errClusterChanged = errors.New("cluster: [cluster] cannot change on a reload (the process keeps one Redis client and one shared ticket keyring); restart popgate to apply it")
+
 // buildInstance turns c into running parts, without a proxy server. prev
 // is the running instance on a reload (nil at start): its certificate
 // store is kept when [tls] is unchanged, its ACME client, its session
@@ -111,9 +118,13 @@ var errACMEChanged = errors.New("tls.acme: ACME settings cannot change on a relo
 // built.
 func buildInstance(c *settings, log *slog.Logger, prev *instance, current func() *instance) (_ *instance, err error) {
 	in := &instance{cfg: c, log: log}
+	ownCluster := false
 	defer func() {
 		if err != nil {
 			in.close()
+			if ownCluster {
+				in.cluster.Close()
+			}
 		}
 	}()
 	if current == nil {
@@ -130,6 +141,10 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	}
 	var prevCerts *tlsconf.Server
 	if prev != nil {
+		if !reflect.DeepEqual(prev.cfg.Cluster, c.Cluster) {
+			return nil, errClusterChanged
+		}
+		in.cluster = prev.cluster
 		in.tickets = prev.tickets
 		prevCerts = prev.certs
 		prevACME := prevCerts != nil && prevCerts.ACME()
@@ -137,13 +152,24 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 			return nil, errACMEChanged
 		}
 	}
+	if c.Cluster != nil && in.cluster == nil {
+		if in.cluster, err = cluster.Open(*c.Cluster, log); err != nil {
+			return nil, err
+		}
+		ownCluster = true
+	}
 	if needTLS && in.tickets == nil {
-		// The periods of a reload apply once it goes live (goLive).
-		in.tickets, err = tlsconf.NewTickets(tlsconf.TicketsConfig{
+		// The periods of a reload apply once it goes live (goLive),
+		// except with [cluster], whose replicas agree on them at start.
+		tc := tlsconf.TicketsConfig{
 			Rotation: c.TLS.TicketRotation,
 			Lifetime: c.TLS.TicketLifetime,
 			Logger:   log,
-		})
+		}
+		if in.cluster != nil {
+			tc.Source = in.cluster.NewTicketKeys(c.TLS.TicketRotation, c.TLS.TicketLifetime)
+		}
+		in.tickets, err = tlsconf.NewTickets(tc)
 		if err != nil {
 			return nil, err
 		}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/popgate/popgate/cluster"
+
 	"github.com/BurntSushi/toml"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/safefile"
@@ -35,6 +37,20 @@ type Config struct {
 	Limits  LimitsConfig    `toml:"limits"`
 	POP3    POP3Config      `toml:"pop3"`
 	Metrics MetricsConfig   `toml:"metrics"`
+	// Cluster is [cluster]; nil (no section) runs one replica alone.
+	Cluster *ClusterConfig `toml:"cluster"`
+}
+
+// ClusterConfig is [cluster]: the Redis a fleet of replicas shares
+// (docs/fleet.md).
+type ClusterConfig struct {
+	Redis        string `toml:"redis"`
+	User         string `toml:"user"`
+	PasswordFile string `toml:"password_file"`
+	CAFile       string `toml:"ca_file"`
+	KeyPrefix    string `toml:"key_prefix"`
+	NodeName     string `toml:"node_name"`
+	KeyFile      string `toml:"key_file"`
 }
 
 // POP3Config is [pop3]: what popgate says before login.
@@ -306,7 +322,47 @@ func (c *Config) settings() (*settings, []error) {
 		HideBackendErrors: boolOr(c.POP3.HideBackendErrors, defaultHideBackendErrors),
 	}
 	s.Metrics = c.Metrics.settings(add)
+	s.Cluster = c.Cluster.settings(add)
 	return s, errs
+}
+
+// settings checks [cluster]; its files are read when the cluster client
+// is made (cluster.Open).
+func (cc *ClusterConfig) settings(add func(string, ...any)) *cluster.Config {
+	if cc == nil {
+		return nil
+	}
+	s := &cluster.Config{
+		Redis:        cc.Redis,
+		User:         cc.User,
+		PasswordFile: cc.PasswordFile,
+		CAFile:       cc.CAFile,
+		KeyPrefix:    cmp.Or(cc.KeyPrefix, defaultClusterKeyPrefix),
+		NodeName:     cc.NodeName,
+		KeyFile:      cc.KeyFile,
+	}
+	// The URL is never quoted: it may hold a password.
+	u, err := url.Parse(cc.Redis)
+	switch {
+	case cc.Redis == "":
+		add("cluster.redis: required in [cluster]: the fleet's Redis, redis://host:6379/0 or rediss://host:6380/0 (TLS)")
+	case err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "":
+		add("cluster.redis: not a URL of the form redis://host:port/db or rediss://host:port/db")
+	default:
+		if _, has := u.User.Password(); has && cc.PasswordFile != "" {
+			add("cluster.redis: the URL holds a password and cluster.password_file is set; keep the password in the file only")
+		}
+		if cc.CAFile != "" && u.Scheme != "rediss" {
+			add("cluster.ca_file: set only with a rediss:// URL (TLS)")
+		}
+	}
+	if cc.KeyFile == "" {
+		add("cluster.key_file: required in [cluster]: the key that seals what popgate stores in Redis (make it with `openssl rand -hex 32`, the same file on every replica)")
+	}
+	if strings.ContainsAny(cc.KeyPrefix, "{}") {
+		add("cluster.key_prefix: %q holds a brace, which Redis Cluster reads as a hash tag", cc.KeyPrefix)
+	}
+	return s
 }
 
 // settings checks [log].

@@ -69,6 +69,7 @@ const (
 	defaultShutdownTimeout       = 30 * time.Second
 	defaultGreeting              = "POP3 server ready"
 	defaultHideBackendErrors     = true
+	defaultClusterKeyPrefix      = "popgate:"
 	defaultMetricsAddress        = "127.0.0.1:9110" // loopback: /sessions can end sessions
 )
 
@@ -212,4 +213,12 @@ var configKeys = []configKey{
 	{"metrics.insecure_open", nil},
 	{"metrics.allowed_hosts", nil},
 	{"metrics.tls", nil},
+
+	{"cluster.redis", nil},
+	{"cluster.user", nil},
+	{"cluster.password_file", nil},
+	{"cluster.ca_file", nil},
+	{"cluster.key_prefix", defaultClusterKeyPrefix},
+	{"cluster.node_name", nil},
+	{"cluster.key_file", nil},
 }

@@ -232,6 +232,9 @@ func (r *runner) shutdown(err error) error {
 	r.mu.Unlock()
 	r.wg.Wait()
 	r.current().close()
+	if cl := r.current().cluster; cl != nil {
+		cl.Close()
+	}
 	r.log.Info("stopped")
 	return err
 }
@@ -364,6 +367,9 @@ func (r *runner) setSources(in *instance) {
 			}
 		}
 		src.Listeners = func() []admin.ListenerInfo { return ls }
+	}
+	if in.cluster != nil {
+		src.ClusterUp = in.cluster.Up
 	}
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry

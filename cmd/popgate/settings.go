@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/popgate/popgate/cluster"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -22,6 +23,7 @@ type settings struct {
 	Limits    limitSettings
 	POP3      pop3Settings
 	Metrics   metricsSettings
+	Cluster   *cluster.Config // nil: no [cluster], one replica alone
 }
 
 // logSettings is [log].

@@ -1,0 +1,270 @@
+// Package cluster connects a popgate replica to the Redis its fleet
+// shares ([cluster] in the configuration). What popgate stores there is
+// sealed with AES-GCM under a key of the operator's (key_file), so that
+// Redis, its backups and its network never see a secret in clear; a
+// replica with another key refuses the entries rather than using them.
+//
+// So far the fleet shares its TLS session-ticket keys ([TicketKeys]).
+package cluster
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/popgate/popgate/internal/safefile"
+)
+
+// Timeouts of the Redis client: short, because a key source is asked from
+// a handshake, and a Redis that does not answer must not hold logins up.
+const (
+	dialTimeout = 500 * time.Millisecond
+	ioTimeout   = 500 * time.Millisecond
+)
+
+// Config is the [cluster] section.
+type Config struct {
+	// Redis is a redis:// or rediss:// URL. A password in it is
+	// accepted but PasswordFile is better: the URL is never logged
+	// whole, the file is read with the other secrets' rules.
+	Redis string
+	// User is the Redis ACL user; it overrides the URL's.
+	User string
+	// PasswordFile holds the ACL user's password (one line).
+	PasswordFile string
+	// CAFile verifies a rediss:// server; empty means the system roots.
+	CAFile string
+	// KeyPrefix starts every key popgate writes ("popgate:" if empty),
+	// so that several fleets can share one Redis.
+	KeyPrefix string
+	// NodeName names this replica (the hostname if empty).
+	NodeName string
+	// KeyFile holds the 32-byte key (64 hex digits or base64) that
+	// seals what popgate stores in Redis. Required.
+	KeyFile string
+}
+
+// Cluster is a replica's connection to the fleet's Redis. It is safe for
+// concurrent use.
+type Cluster struct {
+	client redis.UniversalClient
+	aead   cipher.AEAD
+	prefix string
+	node   string
+	log    *slog.Logger
+
+	mu   sync.Mutex
+	up   bool // the last operation succeeded
+	down bool // an outage has been logged and not yet its end
+}
+
+// Open reads cfg's files and makes the client; it does not wait for
+// Redis, which may be down when a replica starts: the first operation
+// tells, and [Cluster.Up] follows.
+func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts, err := clientOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.KeyFile == "" {
+		return nil, errors.New("cluster.key_file: required: the key that seals what popgate stores in Redis (32 random bytes, e.g. `openssl rand -hex 32`)")
+	}
+	key, err := readKey(cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.key_file: %w", err)
+	}
+	block, err := aes.NewCipher(key)
+	clear(key)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.key_file: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.key_file: %w", err)
+	}
+	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true}
+	if c.prefix == "" {
+		c.prefix = "popgate:"
+	}
+	if c.node == "" {
+		if c.node, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("cluster.node_name: no host name to default to (%v); set node_name", err)
+		}
+	}
+	quietOnce.Do(func() { redis.SetLogger(quiet{}) })
+	c.client = redis.NewUniversalClient(opts)
+	// Tells at once (log, gauge) whether Redis answers.
+	ctx, cancel := c.ctx()
+	defer cancel()
+	c.done(c.client.Ping(ctx).Err())
+	return c, nil
+}
+
+// clientOptions turns cfg into go-redis options. Its errors never quote
+// the URL, which may hold a password.
+func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
+	u, err := url.Parse(cfg.Redis)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+		return nil, errors.New(`cluster.redis: not a URL of the form redis://host:port/db or rediss://host:port/db`)
+	}
+	o, err := redis.ParseURL(cfg.Redis)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.redis: %s", strings.ReplaceAll(err.Error(), cfg.Redis, "<url>"))
+	}
+	if cfg.User != "" {
+		o.Username = cfg.User
+	}
+	if cfg.PasswordFile != "" {
+		pw, err := safefile.ReadFile(cfg.PasswordFile, safefile.Options{Limit: 4096, Private: true})
+		if err != nil {
+			return nil, fmt.Errorf("cluster.password_file: %w", err)
+		}
+		o.Password = strings.TrimRight(string(pw), "\r\n")
+		if o.Password == "" {
+			return nil, errors.New("cluster.password_file: the file is empty")
+		}
+	}
+	if cfg.CAFile != "" {
+		if o.TLSConfig == nil {
+			return nil, errors.New("cluster.ca_file: set only with a rediss:// URL (TLS)")
+		}
+		pem, err := safefile.ReadFile(cfg.CAFile, safefile.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("cluster.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("cluster.ca_file: %s holds no PEM certificate", cfg.CAFile)
+		}
+		o.TLSConfig.RootCAs = pool
+	}
+	if o.TLSConfig != nil {
+		o.TLSConfig.MinVersion = tls.VersionTLS12
+	}
+	return &redis.UniversalOptions{
+		Addrs:        []string{o.Addr},
+		DB:           o.DB,
+		Username:     o.Username,
+		Password:     o.Password,
+		TLSConfig:    o.TLSConfig,
+		DialTimeout:  dialTimeout,
+		ReadTimeout:  ioTimeout,
+		WriteTimeout: ioTimeout,
+		MaxRetries:   -1, // a retry would double the wait of a handshake
+		// One dial per attempt: the next poll is the retry.
+		DialerRetries: 1,
+		PoolSize:      4,
+	}, nil
+}
+
+// quiet silences go-redis's own logger, which would print every failed
+// dial to stderr while Redis is down; [Cluster.done] logs an outage once.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once
+
+// readKey reads a 32-byte key written in hex or base64.
+func readKey(name string) ([]byte, error) {
+	b, err := safefile.ReadFile(name, safefile.Options{Limit: 1024, Private: true})
+	if err != nil {
+		return nil, err
+	}
+	s := strings.TrimSpace(string(b))
+	clear(b)
+	if k, err := hex.DecodeString(s); err == nil && len(k) == 32 {
+		return k, nil
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if k, err := enc.DecodeString(s); err == nil && len(k) == 32 {
+			return k, nil
+		}
+	}
+	return nil, fmt.Errorf("%s does not hold a 32-byte key in hex (64 digits) or base64; make one with `openssl rand -hex 32`", name)
+}
+
+// Node is the replica's name.
+func (c *Cluster) Node() string { return c.node }
+
+// Up reports whether the last Redis operation succeeded (the
+// popgate_cluster_up gauge); true before the first.
+func (c *Cluster) Up() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.up
+}
+
+// Close closes the client's connections.
+func (c *Cluster) Close() error { return c.client.Close() }
+
+// key is a Redis key under the prefix.
+func (c *Cluster) key(purpose string) string { return c.prefix + purpose }
+
+// ctx bounds one operation.
+func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), dialTimeout+2*ioTimeout)
+}
+
+// done records the outcome of an operation: one WARN line when Redis
+// becomes unreachable, one INFO line when it answers again.
+func (c *Cluster) done(err error) {
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.up = err == nil
+	switch {
+	case err != nil && !c.down:
+		c.down = true
+		c.log.Warn("cluster: Redis is unreachable; this replica works on its own state until it is back", "node", c.node, "err", err)
+	case err == nil && c.down:
+		c.down = false
+		c.log.Info("cluster: Redis is reachable again; sharing resumes", "node", c.node)
+	}
+}
+
+// seal encrypts plain for the Redis key name, which is the additional
+// data: an entry copied under another key does not open.
+func (c *Cluster) seal(name string, plain []byte) []byte {
+	nonce := make([]byte, c.aead.NonceSize(), c.aead.NonceSize()+len(plain)+c.aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		panic(err) // crypto/rand does not fail (Go 1.24+)
+	}
+	return c.aead.Seal(nonce, nonce, plain, []byte(name))
+}
+
+// errSealed is the error of an entry that does not open.
+var errSealed = errors.New("the entry does not open with cluster.key_file (another key_file on some replica, or a corrupted entry)")
+
+// open decrypts what seal made for name.
+func (c *Cluster) open(name string, sealed []byte) ([]byte, error) {
+	n := c.aead.NonceSize()
+	if len(sealed) < n+c.aead.Overhead() {
+		return nil, fmt.Errorf("the entry is %d bytes, too short to be sealed", len(sealed))
+	}
+	plain, err := c.aead.Open(nil, sealed[:n], sealed[n:], []byte(name))
+	if err != nil {
+		return nil, errSealed
+	}
+	return plain, nil
+}
