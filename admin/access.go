@@ -96,7 +96,10 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if a.Token != "" && needsToken(r.URL.Path, a.ProtectMetrics) {
 		tok, given := bearerToken(r)
-		if blocked, wait := g.fails.blocked(r.RemoteAddr, time.Now()); blocked && given {
+		right := given && sameToken(tok, a.Token)
+		// Whether the token was right is answered only within the
+		// address's budget of wrong ones.
+		if ok, wait := g.fails.attempt(r.RemoteAddr, time.Now(), given && !right); given && !ok {
 			if ok, skipped := g.budgetRefusals.take(time.Now()); ok {
 				g.log.Warn("admin: request from an address with too many wrong tokens refused",
 					"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "refused_before", skipped)
@@ -106,10 +109,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeText(w, http.StatusTooManyRequests, "too many wrong tokens from this address: wait a minute\n")
 			return
 		}
-		if given && !sameToken(tok, a.Token) {
-			g.fails.fail(r.RemoteAddr, time.Now())
-		}
-		if !given || !sameToken(tok, a.Token) {
+		if !right {
 			challenge := realm
 			if given {
 				challenge += `, error="invalid_token"`

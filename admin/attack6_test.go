@@ -315,3 +315,79 @@ func TestAttack6CookieShadowed(t *testing.T) {
 		t.Errorf("the login after logout = %d, want 401", resp.StatusCode)
 	}
 }
+
+// TestTokenBudgetConcurrent: wrong tokens sent at once must not all pass
+// the budget's check before any is counted: of many concurrent wrong
+// bearer tokens from one address, at most maxTokenFailures are answered
+// 401, the others 429. (The window between a separate check and count is
+// short, so this rarely caught the old code; TestFailBudgetAttemptAtomic
+// pins the mechanism.)
+func TestTokenBudgetConcurrent(t *testing.T) {
+	e := newConsoleEnv(t)
+	const n = 3 * maxTokenFailures
+	codes := make(chan int, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, err := http.NewRequest("GET", e.web.URL+"/sessions", nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req.Header.Set("Authorization", "Bearer wrong-"+strconv.Itoa(i))
+			<-start
+			resp, err := e.browser().Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(codes)
+	got := map[int]int{}
+	for c := range codes {
+		got[c]++
+	}
+	if got[http.StatusUnauthorized] > maxTokenFailures || got[http.StatusUnauthorized]+got[http.StatusTooManyRequests] != n {
+		t.Errorf("%d concurrent wrong tokens answered %v, want at most %d × 401, the rest 429", n, got, maxTokenFailures)
+	}
+}
+
+// TestFailBudgetAttemptAtomic: attempt checks and counts under one lock,
+// so that of concurrent wrong tokens exactly maxTokenFailures pass.
+func TestFailBudgetAttemptAtomic(t *testing.T) {
+	var b failBudget
+	now := time.Date(2026, 12, 2, 4, 0, 0, 0, time.UTC)
+	var passed sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	for range 100 {
+		passed.Add(1)
+		go func() {
+			defer passed.Done()
+			if pass, _ := b.attempt("192.0.2.7:1", now, true); pass {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		}()
+	}
+	passed.Wait()
+	if ok != maxTokenFailures {
+		t.Errorf("%d of 100 concurrent wrong tokens passed the budget, want %d", ok, maxTokenFailures)
+	}
+	// A right token does not use the budget.
+	var r failBudget
+	for range 2 * maxTokenFailures {
+		if pass, _ := r.attempt("192.0.2.8:1", now, false); !pass {
+			t.Fatal("a right token was refused by an unused budget")
+		}
+	}
+}

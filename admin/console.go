@@ -140,15 +140,12 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost {
 		r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	}
-	if _, bearer := bearerToken(r); bearer || path == "login" && r.Method == http.MethodPost {
-		// A request that offers a token, from an address that has
-		// offered too many wrong ones: refused before it is compared.
-		if blocked, wait := c.fails.blocked(r.RemoteAddr, c.now()); blocked {
-			if ok, skipped := c.refusals.take(c.now()); ok {
-				c.log.Warn("admin: console request from an address with too many wrong tokens refused", "remote", r.RemoteAddr, "refused_before", skipped)
-			}
-			w.Header().Set("Retry-After", retryAfter(wait))
-			c.render(w, http.StatusTooManyRequests, "login", nil, "too many wrong tokens from this address: wait a minute")
+	if tok, bearer := bearerToken(r); bearer {
+		// Whether a bearer token was right is answered only within the
+		// address's budget of wrong ones; the login form's token is
+		// counted by login.
+		if ok, wait := c.fails.attempt(r.RemoteAddr, c.now(), !sameToken(tok, a.Token)); !ok {
+			c.tooManyFailures(w, r, wait)
 			return
 		}
 	}
@@ -238,8 +235,7 @@ func (c *console) session(r *http.Request, a Access) *consoleLogin {
 		if sameToken(tok, a.Token) {
 			return &consoleLogin{}
 		}
-		c.fails.fail(r.RemoteAddr, c.now())
-		return nil
+		return nil // counted against the address's budget by ServeHTTP
 	}
 	now := c.now()
 	want := digest(a.Token)
@@ -321,8 +317,12 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 		c.render(w, http.StatusForbidden, "forbidden", nil, nil)
 		return
 	}
-	if !sameToken(r.PostFormValue("token"), a.Token) {
-		c.fails.fail(r.RemoteAddr, c.now())
+	right := sameToken(r.PostFormValue("token"), a.Token)
+	if ok, wait := c.fails.attempt(r.RemoteAddr, c.now(), !right); !ok {
+		c.tooManyFailures(w, r, wait)
+		return
+	}
+	if !right {
 		if ok, skipped := c.refusals.take(c.now()); ok {
 			c.log.Warn("admin: console login with a wrong token refused", "remote", r.RemoteAddr, "refused_before", skipped)
 		}
@@ -358,6 +358,16 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 	})
 	http.Redirect(w, r, consolePrefix, http.StatusSeeOther)
+}
+
+// tooManyFailures refuses a request that offers a token from an address
+// that has offered too many wrong ones.
+func (c *console) tooManyFailures(w http.ResponseWriter, r *http.Request, wait time.Duration) {
+	if ok, skipped := c.refusals.take(c.now()); ok {
+		c.log.Warn("admin: console request from an address with too many wrong tokens refused", "remote", r.RemoteAddr, "refused_before", skipped)
+	}
+	w.Header().Set("Retry-After", retryAfter(wait))
+	c.render(w, http.StatusTooManyRequests, "login", nil, "too many wrong tokens from this address: wait a minute")
 }
 
 func (c *console) logout(w http.ResponseWriter, r *http.Request) {

@@ -146,11 +146,37 @@ func (b *failBudget) blocked(remote string, now time.Time) (bool, time.Duration)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.blockedLocked(remote, now)
+}
+
+// blockedLocked is blocked with b.mu held.
+func (b *failBudget) blockedLocked(remote string, now time.Time) (bool, time.Duration) {
 	_, f := b.count(remote)
 	if f == nil || f.n < maxTokenFailures || now.Sub(f.since) >= tokenFailureWindow {
 		return false, 0
 	}
 	return true, f.since.Add(tokenFailureWindow).Sub(now)
+}
+
+// attempt decides whether a token from remote may be answered, and
+// counts it when it was wrong, under one lock: a check and a count
+// apart would let concurrent wrong tokens all pass the check before any
+// was counted, past the budget. The caller compares the token first and
+// answers whether it was right only when ok; otherwise it answers 429
+// after wait. A nil b lets everything through.
+func (b *failBudget) attempt(remote string, now time.Time, wrong bool) (ok bool, wait time.Duration) {
+	if b == nil {
+		return true, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if blocked, wait := b.blockedLocked(remote, now); blocked {
+		return false, wait
+	}
+	if wrong {
+		b.failLocked(remote, now)
+	}
+	return true, 0
 }
 
 // fail counts a wrong token from remote. A nil b counts nothing.
@@ -160,6 +186,11 @@ func (b *failBudget) fail(remote string, now time.Time) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.failLocked(remote, now)
+}
+
+// failLocked is fail with b.mu held.
+func (b *failBudget) failLocked(remote string, now time.Time) {
 	if b.by == nil {
 		b.by = make(map[netip.Prefix]*failCount)
 	}
