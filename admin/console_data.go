@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -38,32 +40,35 @@ type overviewPage struct {
 	LastReloadErr   string
 }
 
-// counters reads the registry's counters of family name by the label
-// values labels names, joined by " ".
-func (c *console) counters(fams []*dto.MetricFamily, name string, labels ...string) []Counter {
-	var out []Counter
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
+// counters sums the counters of vec by the values of labels, joined by
+// " ". It collects vec alone: gathering the whole registry would also
+// run every source's callback (certificates, health checks, caches) and
+// the runtime's collector for a few counters.
+func counters(vec *prometheus.CounterVec, labels ...string) []Counter {
+	ch := make(chan prometheus.Metric)
+	go func() {
+		vec.Collect(ch)
+		close(ch)
+	}()
+	sum := map[string]float64{}
+	for pm := range ch {
+		var m dto.Metric
+		if pm.Write(&m) != nil {
+			continue // a counter's Write does not fail
 		}
-		sum := map[string]float64{}
-		for _, m := range f.GetMetric() {
-			key := ""
-			for _, l := range labels {
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == l {
-						if key != "" {
-							key += " "
-						}
-						key += lp.GetValue()
-					}
+		var key []string
+		for _, l := range labels {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == l {
+					key = append(key, lp.GetValue())
 				}
 			}
-			sum[key] += m.GetCounter().GetValue()
 		}
-		for k, v := range sum {
-			out = append(out, Counter{k, int64(v)})
-		}
+		sum[strings.Join(key, " ")] += m.GetCounter().GetValue()
+	}
+	out := make([]Counter, 0, len(sum))
+	for k, v := range sum {
+		out = append(out, Counter{k, int64(v)})
 	}
 	slices.SortFunc(out, func(a, b Counter) int { return cmp.Compare(a.Name, b.Name) })
 	return out
@@ -92,15 +97,11 @@ func (c *console) overview() overviewPage {
 			}
 		}
 	}
-	fams, err := m.reg.Gather()
-	if err != nil {
-		c.log.Warn("admin: console: gather metrics", "err", err)
-	}
 	last := m.loginsPerMinute.last(m.now())
-	for _, x := range c.counters(fams, "popgate_logins_total", "result") {
+	for _, x := range counters(m.logins, "result") {
 		p.Logins = append(p.Logins, LoginCount{x.Name, x.Value, last[x.Name]})
 	}
-	p.Handshakes = slices.DeleteFunc(c.counters(fams, "popgate_tls_handshakes_total", "version", "cipher"), func(c Counter) bool { return c.Value == 0 })
+	p.Handshakes = slices.DeleteFunc(counters(m.tlsHandshakes, "version", "cipher"), func(c Counter) bool { return c.Value == 0 })
 	p.LegacySeen = len(m.LegacyClients())
 	m.reloadMu.Lock()
 	p.LastReload, p.LastReloadErr = m.lastReload, m.lastReloadErr
@@ -171,13 +172,12 @@ func (c *console) backends() backendsPage {
 				Address: h.Address, Up: h.Up, LastCheck: h.LastCheck, Latency: h.Latency, Err: h.LastErr})
 		}
 	}
-	fams, _ := c.m.reg.Gather()
 	logins := map[string]int64{}
-	for _, x := range c.counters(fams, "popgate_backend_logins_total", "backend", "result") {
+	for _, x := range counters(c.m.backendLogins, "backend", "result") {
 		logins[x.Name] = x.Value
 	}
 	errs := map[string]int64{}
-	for _, x := range c.counters(fams, "popgate_backend_errors_total", "backend", "stage") {
+	for _, x := range counters(c.m.backendErrors, "backend", "stage") {
 		errs[x.Name] = x.Value
 	}
 	for _, b := range src.Backends() {
