@@ -106,7 +106,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			w.Header().Set("Retry-After", retryAfter(wait))
 			w.Header().Set("Connection", "close")
-			writeText(w, http.StatusTooManyRequests, "too many wrong tokens from this address: wait a minute\n")
+			writeText(w, http.StatusTooManyRequests, tooManyFailures(wait)+"\n")
 			return
 		}
 		if !right {

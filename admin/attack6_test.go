@@ -48,9 +48,13 @@ func TestAttack6TokenGuessingUnlimited(t *testing.T) {
 		t.Errorf("right token from an address over its budget = %d (Retry-After %q), want 429 with Retry-After",
 			resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	resp, _ = e.do(c, "GET", "/sessions", nil, map[string]string{"Authorization": "Bearer " + consoleToken})
+	resp, body := e.do(c, "GET", "/sessions", nil, map[string]string{"Authorization": "Bearer " + consoleToken})
 	if resp.StatusCode != http.StatusTooManyRequests {
 		t.Errorf("bearer request from an address over its budget = %d, want 429", resp.StatusCode)
+	}
+	// The refusal says when to try again (as Retry-After does) and with what.
+	if want := "try again in " + resp.Header.Get("Retry-After") + " s"; !strings.Contains(body, want) || !strings.Contains(body, "metrics.token_file") {
+		t.Errorf("429 body %q does not say %q and where the token is", body, want)
 	}
 }
 

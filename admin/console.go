@@ -145,7 +145,7 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// address's budget of wrong ones; the login form's token is
 		// counted by login.
 		if ok, wait := c.fails.attempt(r.RemoteAddr, c.now(), !sameToken(tok, a.Token)); !ok {
-			c.tooManyFailures(w, r, wait)
+			c.refuseOverBudget(w, r, wait)
 			return
 		}
 	}
@@ -319,7 +319,7 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 	}
 	right := sameToken(r.PostFormValue("token"), a.Token)
 	if ok, wait := c.fails.attempt(r.RemoteAddr, c.now(), !right); !ok {
-		c.tooManyFailures(w, r, wait)
+		c.refuseOverBudget(w, r, wait)
 		return
 	}
 	if !right {
@@ -360,14 +360,14 @@ func (c *console) login(w http.ResponseWriter, r *http.Request, a Access) {
 	http.Redirect(w, r, consolePrefix, http.StatusSeeOther)
 }
 
-// tooManyFailures refuses a request that offers a token from an address
+// refuseOverBudget refuses a request that offers a token from an address
 // that has offered too many wrong ones.
-func (c *console) tooManyFailures(w http.ResponseWriter, r *http.Request, wait time.Duration) {
+func (c *console) refuseOverBudget(w http.ResponseWriter, r *http.Request, wait time.Duration) {
 	if ok, skipped := c.refusals.take(c.now()); ok {
 		c.log.Warn("admin: console request from an address with too many wrong tokens refused", "remote", r.RemoteAddr, "refused_before", skipped)
 	}
 	w.Header().Set("Retry-After", retryAfter(wait))
-	c.render(w, http.StatusTooManyRequests, "login", nil, "too many wrong tokens from this address: wait a minute")
+	c.render(w, http.StatusTooManyRequests, "login", nil, tooManyFailures(wait))
 }
 
 func (c *console) logout(w http.ResponseWriter, r *http.Request) {

@@ -213,6 +213,13 @@ func (b *failBudget) failLocked(remote string, now time.Time) {
 	f.n++
 }
 
+// tooManyFailures is the text of a 429 for an address over its budget:
+// when to try again, and where the right token is.
+func tooManyFailures(wait time.Duration) string {
+	return "too many wrong tokens from this address: try again in " + retryAfter(wait) +
+		" s with the content of metrics.token_file"
+}
+
 // retryAfter is a Retry-After value for wait: whole seconds, at least 1.
 func retryAfter(wait time.Duration) string {
 	return strconv.Itoa(max(1, int((wait+time.Second-1)/time.Second)))
