@@ -85,24 +85,23 @@ func TestAttack6FailureBudgetBounded(t *testing.T) {
 	var b failBudget
 	now := time.Date(2026, 12, 2, 4, 0, 0, 0, time.UTC)
 	for i := range maxFailureAddrs + 100 {
-		b.fail("10."+strconv.Itoa(i>>16&255)+"."+strconv.Itoa(i>>8&255)+"."+strconv.Itoa(i&255)+":1", now)
+		b.attempt("10."+strconv.Itoa(i>>16&255)+"."+strconv.Itoa(i>>8&255)+"."+strconv.Itoa(i&255)+":1", now, true)
 	}
 	if n := len(b.by); n > maxFailureAddrs+1 {
 		t.Errorf("failure table holds %d addresses, want at most %d", n, maxFailureAddrs+1)
 	}
-	if _, wait := b.blocked("192.0.2.1:1", now.Add(tokenFailureWindow+1)); wait != 0 {
+	if ok, _ := b.attempt("192.0.2.1:1", now.Add(tokenFailureWindow+1), true); !ok {
 		t.Error("a new address is blocked after every window passed")
 	}
-	b.fail("192.0.2.1:1", now.Add(tokenFailureWindow+1))
 	if n := len(b.by); n != 1 {
 		t.Errorf("after the window, table holds %d addresses, want 1 (expired ones dropped)", n)
 	}
 	// IPv6 addresses count by /64.
 	var v6 failBudget
 	for i := range maxTokenFailures {
-		v6.fail("[2001:db8::"+strconv.Itoa(i+1)+"]:1", now)
+		v6.attempt("[2001:db8::"+strconv.Itoa(i+1)+"]:1", now, true)
 	}
-	if blocked, _ := v6.blocked("[2001:db8::ffff]:1", now); !blocked {
+	if ok, _ := v6.attempt("[2001:db8::ffff]:1", now, false); ok {
 		t.Error("another address of the same IPv6 /64 is not blocked")
 	}
 }

@@ -139,18 +139,8 @@ func (b *failBudget) count(remote string) (netip.Prefix, *failCount) {
 }
 
 // blocked reports whether remote has used up its budget, and how long
-// until its window ends. A nil b blocks nothing.
+// until its window ends. b.mu is held.
 func (b *failBudget) blocked(remote string, now time.Time) (bool, time.Duration) {
-	if b == nil {
-		return false, 0
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.blockedLocked(remote, now)
-}
-
-// blockedLocked is blocked with b.mu held.
-func (b *failBudget) blockedLocked(remote string, now time.Time) (bool, time.Duration) {
 	_, f := b.count(remote)
 	if f == nil || f.n < maxTokenFailures || now.Sub(f.since) >= tokenFailureWindow {
 		return false, 0
@@ -170,27 +160,17 @@ func (b *failBudget) attempt(remote string, now time.Time, wrong bool) (ok bool,
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if blocked, wait := b.blockedLocked(remote, now); blocked {
+	if blocked, wait := b.blocked(remote, now); blocked {
 		return false, wait
 	}
 	if wrong {
-		b.failLocked(remote, now)
+		b.fail(remote, now)
 	}
 	return true, 0
 }
 
-// fail counts a wrong token from remote. A nil b counts nothing.
+// fail counts a wrong token from remote. b.mu is held.
 func (b *failBudget) fail(remote string, now time.Time) {
-	if b == nil {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.failLocked(remote, now)
-}
-
-// failLocked is fail with b.mu held.
-func (b *failBudget) failLocked(remote string, now time.Time) {
 	if b.by == nil {
 		b.by = make(map[netip.Prefix]*failCount)
 	}
