@@ -172,23 +172,27 @@ func (c *console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.render(w, http.StatusMethodNotAllowed, "forbidden", l, nil)
 		return
 	}
-	switch {
-	case path == "" && r.Method != http.MethodPost:
-		c.render(w, http.StatusOK, "overview", l, c.overview())
-	case path == "sessions" && r.Method != http.MethodPost:
-		c.sessionsPage(w, r, l)
+	// Ending sessions takes GET (its confirmation) and POST, logging
+	// out POST only, every other page GET and HEAD only.
+	switch post := r.Method == http.MethodPost; {
 	case path == "end":
 		c.end(w, r, l)
-	case path == "certificates" && r.Method != http.MethodPost:
-		c.render(w, http.StatusOK, "certificates", l, c.certificates())
-	case path == "backends" && r.Method != http.MethodPost:
-		c.render(w, http.StatusOK, "backends", l, c.backends())
-	case path == "routing" && r.Method != http.MethodPost:
-		c.routing(w, r, l)
-	case path == "legacy" && r.Method != http.MethodPost:
-		c.render(w, http.StatusOK, "legacy", l, c.m.LegacyClients())
-	case path == "logout" && r.Method == http.MethodPost:
+	case path == "logout" && post:
 		c.logout(w, r)
+	case post:
+		c.render(w, http.StatusNotFound, "notfound", l, nil)
+	case path == "":
+		c.render(w, http.StatusOK, "overview", l, c.overview())
+	case path == "sessions":
+		c.sessionsPage(w, r, l)
+	case path == "certificates":
+		c.render(w, http.StatusOK, "certificates", l, c.certificates())
+	case path == "backends":
+		c.render(w, http.StatusOK, "backends", l, c.backends())
+	case path == "routing":
+		c.routing(w, r, l)
+	case path == "legacy":
+		c.render(w, http.StatusOK, "legacy", l, c.m.LegacyClients())
 	default:
 		c.render(w, http.StatusNotFound, "notfound", l, nil)
 	}
