@@ -396,7 +396,7 @@ func (c *console) sessionsPage(w http.ResponseWriter, r *http.Request, l *consol
 		p.Sessions = c.sessions.SessionList()
 	}
 	if p.User != "" {
-		p.Sessions = slices.DeleteFunc(p.Sessions, func(s proxy.SessionInfo) bool { return !strings.EqualFold(s.User, p.User) })
+		p.Sessions = sessionsOf(p.Sessions, p.User)
 	}
 	c.render(w, http.StatusOK, "sessions", l, p)
 }
@@ -437,10 +437,10 @@ func (c *console) end(w http.ResponseWriter, r *http.Request, l *consoleLogin) {
 		c.render(w, http.StatusOK, "end", l, p)
 		return
 	}
-	for _, s := range c.sessions.SessionList() {
-		if p.User != "" && strings.EqualFold(s.User, p.User) || p.ID != "" && s.ID == p.ID {
-			p.Sessions = append(p.Sessions, s)
-		}
+	if p.User != "" {
+		p.Sessions = sessionsOf(c.sessions.SessionList(), p.User)
+	} else {
+		p.Sessions = slices.DeleteFunc(c.sessions.SessionList(), func(s proxy.SessionInfo) bool { return s.ID != p.ID })
 	}
 	c.render(w, http.StatusOK, "end", l, p)
 }

@@ -104,12 +104,19 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
 	list := h.sessions.SessionList()
 	if user := r.URL.Query().Get("user"); user != "" {
-		list = slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return !strings.EqualFold(s.User, user) })
+		list = sessionsOf(list, user)
 	}
 	if list == nil {
 		list = []proxy.SessionInfo{} // "[]", not "null"
 	}
 	h.writeJSON(w, http.StatusOK, list)
+}
+
+// sessionsOf keeps in list the sessions of user, compared without regard
+// to case as [proxy.Server.EndSessions] compares, so that what is listed
+// is what would end.
+func sessionsOf(list []proxy.SessionInfo, user string) []proxy.SessionInfo {
+	return slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return !strings.EqualFold(s.User, user) })
 }
 
 // endSessions ends the sessions of one user or the one session with an id:
