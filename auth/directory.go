@@ -242,6 +242,24 @@ const (
 // concurrent use; the metrics count and time lookups with it.
 type LookupObserver func(source, result string, took time.Duration)
 
+// Report tells o (when set) how a lookup of source begun at start ended:
+// LookupError with err, LookupNotFound without an entry, LookupFound
+// with one. Both directory sources report through it, so that they
+// classify their lookups alike.
+func (o LookupObserver) Report(source string, start time.Time, found bool, err error) {
+	if o == nil {
+		return
+	}
+	result := LookupFound
+	switch {
+	case err != nil:
+		result = LookupError
+	case !found:
+		result = LookupNotFound
+	}
+	o(source, result, time.Since(start))
+}
+
 // PoolStats are the connections a directory source holds to its server.
 type PoolStats struct {
 	InUse, Idle int

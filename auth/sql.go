@@ -348,16 +348,7 @@ func (s *SQL) find(ctx context.Context, req *Request) (*Entry, string, error) {
 	defer cancel()
 	start := time.Now()
 	e, row, err := s.query(ctx, req)
-	if o := s.cfg.Observe; o != nil {
-		result := LookupFound
-		switch {
-		case err != nil:
-			result = LookupError
-		case e == nil:
-			result = LookupNotFound
-		}
-		o(s.cfg.Directory.Source, result, time.Since(start))
-	}
+	s.cfg.Observe.Report(s.cfg.Directory.Source, start, e != nil, err)
 	return e, row, err
 }
 

@@ -382,16 +382,7 @@ func (s *Source) find(ctx context.Context, user string) (*auth.Entry, error) {
 	defer cancel()
 	start := time.Now()
 	e, err := s.search(ctx, makeFilter(s.filter, user))
-	result := auth.LookupFound
-	switch {
-	case err != nil:
-		result = auth.LookupError
-	case e == nil:
-		result = auth.LookupNotFound
-	}
-	if s.cfg.Observer != nil {
-		s.cfg.Observer(s.name(), result, time.Since(start))
-	}
+	s.cfg.Observer.Report(s.name(), start, e != nil, err)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %s: %s", s.name(), s.clean(err.Error()))
 	}
