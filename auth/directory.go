@@ -120,6 +120,28 @@ func (d *Directory) Decide(ctx context.Context, req *Request, e *Entry) (Decisio
 	return dec, nil
 }
 
+// Route is a directory source's Decide: req's credentials checked, the
+// entry find returns for them (nil for none: [ErrNoRoute]) decided by
+// Decide. timeout bounds find and the password hash check together, whose
+// wait for a turn (auth/passhash's bound on concurrent checks) ends with
+// it: a flood of costly checks gets the login a [SYS/TEMP] in time, not a
+// wait until its deadline.
+func (d *Directory) Route(ctx context.Context, req *Request, timeout time.Duration, find func(context.Context) (*Entry, error)) (Decision, error) {
+	if err := req.Credentials.Check(); err != nil {
+		return Decision{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	e, err := find(ctx)
+	if err != nil {
+		return Decision{}, err
+	}
+	if e == nil {
+		return Decision{}, ErrNoRoute
+	}
+	return d.Decide(ctx, req, e)
+}
+
 // destination checks e's backend or address.
 func (d *Directory) destination(e *Entry) (Decision, error) {
 	hasAddr := e.Host != "" || e.Port != ""

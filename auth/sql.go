@@ -314,23 +314,10 @@ func (s *SQL) Decide(ctx context.Context, req *Request) (Decision, error) { retu
 // Route implements [Router]: the query's row for req, by the rules of
 // [Directory].
 func (s *SQL) Route(ctx context.Context, req *Request) (Decision, error) {
-	if err := req.Credentials.Check(); err != nil {
-		return Decision{}, err
-	}
-	// One timeout for the query and the password hash check, whose wait
-	// for a turn (auth/passhash's bound on concurrent checks) ends with
-	// it, as route.ldap's does: a flood of costly checks gets the login
-	// a [SYS/TEMP] in time, not a wait until its deadline.
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	e, _, err := s.find(ctx, req)
-	if err != nil {
-		return Decision{}, err
-	}
-	if e == nil {
-		return Decision{}, ErrNoRoute
-	}
-	return s.cfg.Directory.Decide(ctx, req, e)
+	return s.cfg.Directory.Route(ctx, req, s.cfg.Timeout, func(ctx context.Context) (*Entry, error) {
+		e, _, err := s.find(ctx, req)
+		return e, err
+	})
 }
 
 // find runs the query for req and returns its row as an Entry and as text

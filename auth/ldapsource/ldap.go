@@ -319,22 +319,9 @@ func (s *Source) Lookup(ctx context.Context, user string) (backend, rule string,
 // entry is decided by [auth.Directory.Decide]; a directory that cannot be
 // asked, or answers what cannot be used, is an error.
 func (s *Source) Decide(ctx context.Context, req *auth.Request) (auth.Decision, error) {
-	if err := req.Credentials.Check(); err != nil {
-		return auth.Decision{}, err
-	}
-	// One timeout for the search and the password hash check, whose
-	// wait for a turn (auth/passhash's bound on concurrent checks) ends
-	// with it.
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	e, err := s.find(ctx, req.User)
-	if err != nil {
-		return auth.Decision{}, err
-	}
-	if e == nil {
-		return auth.Decision{}, auth.ErrNoRoute
-	}
-	return s.cfg.Directory.Decide(ctx, req, e)
+	return s.cfg.Directory.Route(ctx, req, s.timeout, func(ctx context.Context) (*auth.Entry, error) {
+		return s.find(ctx, req.User)
+	})
 }
 
 // IgnoresDomain implements [auth.DomainBlind]: the filter compares the
