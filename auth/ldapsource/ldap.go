@@ -541,7 +541,11 @@ func (s *Source) get(ctx context.Context) (*conn, error) {
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a free connection (connections are all in use): %w", ctx.Err())
+		// The timeout ran out before any of the connections was free:
+		// searches take too long for their number at this rate of logins.
+		return nil, fmt.Errorf("no free connection within the timeout (all %d of route.ldap.connections in use): "+
+			"raise connections if the directory can take more, or look for slow searches (an index on the "+
+			"filter's attribute): %w", cap(s.slots), ctx.Err())
 	}
 	now := time.Now()
 	s.mu.Lock()
