@@ -376,8 +376,9 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 	if i := idx[colUser]; i >= 0 {
 		// The row says whose it is: a collation that finds it for
 		// another spelling ("alíce", "alice ") finds no row, so that
-		// every spelling the failed-login limits count apart (they
-		// ignore case only) is a name of its own, with no row.
+		// the row answers only spellings that differ from its name in
+		// case, which the failed-login limits ([foldUser]) count as
+		// that name.
 		if u := res.rows[0][i]; u.null || !strings.EqualFold(u.s, req.User) {
 			return nil, "", nil
 		}
