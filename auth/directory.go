@@ -120,6 +120,28 @@ func (d *Directory) Decide(ctx context.Context, req *Request, e *Entry) (Decisio
 	return dec, nil
 }
 
+// Route is a directory source's Decide: req's credentials checked, the
+// entry find returns for them (nil for none: [ErrNoRoute]) decided by
+// Decide. timeout bounds find and the password hash check together, whose
+// wait for a turn (auth/passhash's bound on concurrent checks) ends with
+// it: a flood of costly checks gets the login a [SYS/TEMP] in time, not a
+// wait until its deadline.
+func (d *Directory) Route(ctx context.Context, req *Request, timeout time.Duration, find func(context.Context) (*Entry, error)) (Decision, error) {
+	if err := req.Credentials.Check(); err != nil {
+		return Decision{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	e, err := find(ctx)
+	if err != nil {
+		return Decision{}, err
+	}
+	if e == nil {
+		return Decision{}, ErrNoRoute
+	}
+	return d.Decide(ctx, req, e)
+}
+
 // destination checks e's backend or address.
 func (d *Directory) destination(e *Entry) (Decision, error) {
 	hasAddr := e.Host != "" || e.Port != ""
@@ -241,6 +263,24 @@ const (
 // LookupError) and the round trip. It must be fast and safe for
 // concurrent use; the metrics count and time lookups with it.
 type LookupObserver func(source, result string, took time.Duration)
+
+// Report tells o (when set) how a lookup of source begun at start ended:
+// LookupError with err, LookupNotFound without an entry, LookupFound
+// with one. Both directory sources report through it, so that they
+// classify their lookups alike.
+func (o LookupObserver) Report(source string, start time.Time, found bool, err error) {
+	if o == nil {
+		return
+	}
+	result := LookupFound
+	switch {
+	case err != nil:
+		result = LookupError
+	case !found:
+		result = LookupNotFound
+	}
+	o(source, result, time.Since(start))
+}
 
 // PoolStats are the connections a directory source holds to its server.
 type PoolStats struct {

@@ -314,23 +314,10 @@ func (s *SQL) Decide(ctx context.Context, req *Request) (Decision, error) { retu
 // Route implements [Router]: the query's row for req, by the rules of
 // [Directory].
 func (s *SQL) Route(ctx context.Context, req *Request) (Decision, error) {
-	if err := req.Credentials.Check(); err != nil {
-		return Decision{}, err
-	}
-	// One timeout for the query and the password hash check, whose wait
-	// for a turn (auth/passhash's bound on concurrent checks) ends with
-	// it, as route.ldap's does: a flood of costly checks gets the login
-	// a [SYS/TEMP] in time, not a wait until its deadline.
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	e, _, err := s.find(ctx, req)
-	if err != nil {
-		return Decision{}, err
-	}
-	if e == nil {
-		return Decision{}, ErrNoRoute
-	}
-	return s.cfg.Directory.Decide(ctx, req, e)
+	return s.cfg.Directory.Route(ctx, req, s.cfg.Timeout, func(ctx context.Context) (*Entry, error) {
+		e, _, err := s.find(ctx, req)
+		return e, err
+	})
 }
 
 // find runs the query for req and returns its row as an Entry and as text
@@ -348,16 +335,7 @@ func (s *SQL) find(ctx context.Context, req *Request) (*Entry, string, error) {
 	defer cancel()
 	start := time.Now()
 	e, row, err := s.query(ctx, req)
-	if o := s.cfg.Observe; o != nil {
-		result := LookupFound
-		switch {
-		case err != nil:
-			result = LookupError
-		case e == nil:
-			result = LookupNotFound
-		}
-		o(s.cfg.Directory.Source, result, time.Since(start))
-	}
+	s.cfg.Observe.Report(s.cfg.Directory.Source, start, e != nil, err)
 	return e, row, err
 }
 
@@ -398,8 +376,9 @@ func (s *SQL) query(ctx context.Context, req *Request) (*Entry, string, error) {
 	if i := idx[colUser]; i >= 0 {
 		// The row says whose it is: a collation that finds it for
 		// another spelling ("alíce", "alice ") finds no row, so that
-		// every spelling the failed-login limits count apart (they
-		// ignore case only) is a name of its own, with no row.
+		// the row answers only spellings that differ from its name in
+		// case, which the failed-login limits ([foldUser]) count as
+		// that name.
 		if u := res.rows[0][i]; u.null || !strings.EqualFold(u.s, req.User) {
 			return nil, "", nil
 		}

@@ -251,8 +251,13 @@ func (t *Throttle) Begin(ctx context.Context, ip netip.Addr, user string) (tk Ti
 	if t == nil {
 		return Ticket{}, true, 0
 	}
+	// The user's key is made once and outside t.mu, which every login
+	// takes: folding a long name of compatibility forms takes about a
+	// millisecond, which a client could otherwise make every other
+	// login wait for.
+	uk, hasUser := userKey(user)
 	for {
-		tk, ok, retryAfter, ended, reconf := t.begin(ip, user)
+		tk, ok, retryAfter, ended, reconf := t.begin(ip, uk, hasUser)
 		if ended == nil {
 			return tk, ok, retryAfter
 		}
@@ -265,9 +270,10 @@ func (t *Throttle) Begin(ctx context.Context, ip netip.Addr, user string) (tk Ti
 	}
 }
 
-// begin makes one try of Begin. A non-nil ended means the budget is full of
+// begin makes one try of Begin for the user key uk (hasUser false: no
+// user to check). A non-nil ended means the budget is full of
 // attempts in flight: wait for it or reconf to close and try again.
-func (t *Throttle) begin(ip netip.Addr, user string) (tk Ticket, ok bool, retryAfter time.Duration, ended, reconf <-chan struct{}) {
+func (t *Throttle) begin(ip netip.Addr, uk string, hasUser bool) (tk Ticket, ok bool, retryAfter time.Duration, ended, reconf <-chan struct{}) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.enabled() {
@@ -276,7 +282,6 @@ func (t *Throttle) begin(ip netip.Addr, user string) (tk Ticket, ok bool, retryA
 	now := t.now()
 	from, _ := ClientNet(ip, t.ipv6Bits)
 	ipk, hasIP := from, from.IsValid() && t.maxIP > 0
-	uk, hasUser := userKey(user)
 	hasUser = hasUser && t.maxUser > 0
 	var fi, fu *failures
 	check := func(f *failures, limit int) {

@@ -397,3 +397,39 @@ func TestThrottleReconfigure(t *testing.T) {
 		t.Error("bob's failure did not count against the tightened limit")
 	}
 }
+
+// BenchmarkThrottleBeginHostileNames times Begin and End for an ordinary
+// name while another goroutine sends the longest names of compatibility
+// forms, whose folding is the costliest (about a millisecond each): the
+// folding must not hold up the ordinary name's logins.
+func BenchmarkThrottleBeginHostileNames(b *testing.B) {
+	th := NewThrottle(ThrottleConfig{MaxPerIP: 1 << 30, MaxPerUser: 1 << 30, Window: time.Minute})
+	hostile := strings.Repeat("\uFDFA", MaxCredentialLen/len("\uFDFA"))
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		ip := netip.MustParseAddr("192.0.2.2")
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tk, _, _ := th.Begin(ctx, ip, hostile)
+			th.End(tk, AttemptSucceeded)
+		}
+	})
+	ip := netip.MustParseAddr("192.0.2.1")
+	b.ResetTimer()
+	for b.Loop() {
+		tk, ok, _ := th.Begin(ctx, ip, "alice@example.com")
+		if !ok {
+			b.Fatal("refused under a limit no benchmark reaches")
+		}
+		th.End(tk, AttemptSucceeded)
+	}
+	b.StopTimer()
+	close(stop)
+	wg.Wait()
+}

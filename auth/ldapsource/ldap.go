@@ -319,22 +319,9 @@ func (s *Source) Lookup(ctx context.Context, user string) (backend, rule string,
 // entry is decided by [auth.Directory.Decide]; a directory that cannot be
 // asked, or answers what cannot be used, is an error.
 func (s *Source) Decide(ctx context.Context, req *auth.Request) (auth.Decision, error) {
-	if err := req.Credentials.Check(); err != nil {
-		return auth.Decision{}, err
-	}
-	// One timeout for the search and the password hash check, whose
-	// wait for a turn (auth/passhash's bound on concurrent checks) ends
-	// with it.
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	e, err := s.find(ctx, req.User)
-	if err != nil {
-		return auth.Decision{}, err
-	}
-	if e == nil {
-		return auth.Decision{}, auth.ErrNoRoute
-	}
-	return s.cfg.Directory.Decide(ctx, req, e)
+	return s.cfg.Directory.Route(ctx, req, s.timeout, func(ctx context.Context) (*auth.Entry, error) {
+		return s.find(ctx, req.User)
+	})
 }
 
 // IgnoresDomain implements [auth.DomainBlind]: the filter compares the
@@ -382,16 +369,7 @@ func (s *Source) find(ctx context.Context, user string) (*auth.Entry, error) {
 	defer cancel()
 	start := time.Now()
 	e, err := s.search(ctx, makeFilter(s.filter, user))
-	result := auth.LookupFound
-	switch {
-	case err != nil:
-		result = auth.LookupError
-	case e == nil:
-		result = auth.LookupNotFound
-	}
-	if s.cfg.Observer != nil {
-		s.cfg.Observer(s.name(), result, time.Since(start))
-	}
+	s.cfg.Observer.Report(s.name(), start, e != nil, err)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %s: %s", s.name(), s.clean(err.Error()))
 	}
@@ -563,7 +541,11 @@ func (s *Source) get(ctx context.Context) (*conn, error) {
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("waiting for a free connection (connections are all in use): %w", ctx.Err())
+		// The timeout ran out before any of the connections was free:
+		// searches take too long for their number at this rate of logins.
+		return nil, fmt.Errorf("no free connection within the timeout (all %d of route.ldap.connections in use): "+
+			"raise connections if the directory can take more, or look for slow searches (an index on the "+
+			"filter's attribute): %w", cap(s.slots), ctx.Err())
 	}
 	now := time.Now()
 	s.mu.Lock()

@@ -309,7 +309,11 @@ func (v *Verifier) acquire(ctx context.Context) error {
 	case v.slots <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", ErrBusy, context.Cause(ctx))
+		// Said for the log line of the login's [SYS/TEMP]: what ran
+		// short and what to change.
+		return fmt.Errorf("%w (%d at once) until the lookup's timeout: the stored hashes cost more CPU than "+
+			"this machine has for the rate of logins; rehash with a lower cost (bcrypt, SHA-crypt rounds, "+
+			"Argon2 memory) or give popgate more cores: %w", ErrBusy, cap(v.slots), context.Cause(ctx))
 	}
 }
 
