@@ -88,9 +88,13 @@ func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec a
 }
 
 func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, error) {
-	addrs := s.orderByHealth(b.Name, b.addresses())
+	// An address the route chose is the only one tried: the backend's
+	// own list and its health order are not built for it.
+	var addrs []string
 	if dec.Address != "" {
 		addrs = []string{dec.Address}
+	} else {
+		addrs = s.orderByHealth(b.Name, b.addresses())
 	}
 	// Addresses are tried in order while they cannot be reached; once a
 	// connection stands, its answer is final: a login is never tried
