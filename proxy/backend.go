@@ -370,6 +370,11 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 	pass := string(dec.Password)
 	var line []byte
 	var err error
+	// echo is how the backend's echo of the line that carried the
+	// credentials starts, up to the first octets that give any of them
+	// away: a backend that cuts its echo short leaves neither secret
+	// whole in its reply, but the start of one.
+	var echo string
 	if dec.AuthzID != "" && !plain {
 		return "", errors.New("backend offers no SASL PLAIN to relay an authorization identity with")
 	}
@@ -394,9 +399,11 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 		if line, err = c.cmd("PASS " + pass); err != nil {
 			return "", fmt.Errorf("PASS: %w", err)
 		}
+		echo = "PASS " + pass[:min(1, len(pass))]
 	default:
 		if oneLine {
 			line, err = c.cmd("AUTH PLAIN " + ir)
+			echo = "AUTH PLAIN " + ir[:1]
 		} else {
 			// RFC 5034 §4: an initial response that does not fit
 			// in 255 octets goes on the continuation line.
@@ -406,13 +413,14 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			line, err = c.cmd("AUTH PLAIN")
 			if err == nil && isContinuation(line) {
 				line, err = c.cmd(ir)
+				echo = ir[:min(4, len(ir))]
 			}
 		}
 		if err != nil {
 			return "", fmt.Errorf("AUTH PLAIN: %w", err)
 		}
 	}
-	return c.verdict(line, pass, ir)
+	return c.verdict(line, pass, ir, echo)
 }
 
 // isContinuation reports whether a backend's line is a SASL continuation
@@ -426,8 +434,9 @@ func isContinuation(line []byte) bool {
 // the password (the password, the SASL payload): a backend that echoes a
 // command it refuses ("-ERR Unknown command: AUTH PLAIN ...") would put
 // them in the log and, relayed, before the client, who for a login the
-// route rewrote would read a master user's password. A reply holding one
-// keeps only its status and response code.
+// route rewrote would read a master user's password. secrets also hold
+// the start of such an echo, for a backend that cuts it short. A reply
+// holding one keeps only its status and response code.
 func (c *backendClient) verdict(line []byte, secrets ...string) (string, error) {
 	reply, clean := withoutSecrets(line, secrets)
 	switch {
