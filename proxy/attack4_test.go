@@ -348,3 +348,34 @@ func TestAttack4BackendEchoesCredentialsCut(t *testing.T) {
 		}
 	}
 }
+
+// TestAttack4BackendEchoesRewrittenUser: a backend that refuses USER and
+// echoes it hands back the user name the route rewrote the login to, such
+// as a master user's login name ("alice*master"), which the client never
+// gave. The client must not see it (the operator's log names it on
+// purpose, as login_user).
+func TestAttack4BackendEchoesRewrittenUser(t *testing.T) {
+	const master = "secret-master-name"
+	_, addr := startScriptedBackend(t, []string{"USER"}, func(l string) []string {
+		if l == "QUIT" {
+			return []string{"+OK bye"}
+		}
+		return []string{"-ERR Unknown command: " + l}
+	})
+	rewrite := auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
+		return auth.Decision{Backend: "b1", User: req.User + "*" + master, Password: "x"}, nil
+	})
+	h := scriptedHarness(t, addr, testPass, func(c *Config) { c.Router = rewrite })
+	c := h.dial("plain")
+	c.send("USER " + testUser + "\r\n")
+	c.expect("+OK")
+	reply := c.cmd("PASS " + testPass)
+	if !strings.HasPrefix(reply, "-ERR") {
+		t.Fatalf("login answered %q", reply)
+	}
+	if strings.Contains(reply, master) {
+		t.Errorf("the client's reply %q holds the rewritten user name", reply)
+	}
+	c.send("QUIT\r\n")
+	c.eof()
+}

@@ -394,7 +394,9 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("USER: %w", err)
 		}
 		if !pop3.IsOK(line) {
-			return c.verdict(line)
+			// An echo of USER gives away the name the route may
+			// have rewritten the login to (a master user's).
+			return c.verdict(line, dec.User)
 		}
 		if line, err = c.cmd("PASS " + pass); err != nil {
 			return "", fmt.Errorf("PASS: %w", err)
@@ -430,8 +432,9 @@ func isContinuation(line []byte) bool {
 }
 
 // verdict turns the backend's answer to the login into its +OK reply, or a
-// *backendRejected with its -ERR. secrets are what was sent that carries
-// the password (the password, the SASL payload): a backend that echoes a
+// *backendRejected with its -ERR. secrets are what was sent that must not
+// come back (the password, the SASL payload, the user name of a refused
+// USER): a backend that echoes a
 // command it refuses ("-ERR Unknown command: AUTH PLAIN ...") would put
 // them in the log and, relayed, before the client, who for a login the
 // route rewrote would read a master user's password. secrets also hold
