@@ -7,6 +7,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -289,4 +290,92 @@ func TestAttack4PlainLineBoundary(t *testing.T) {
 			t.Errorf("a %d-octet AUTH line", len(l)+2)
 		}
 	}
+}
+
+// TestAttack4BackendEchoesCredentialsCut: a backend that echoes the command
+// it refuses but cuts the echo short ("-ERR Unknown command: PASS Mast")
+// gives away the start of the password, or of the SASL payload, even
+// though neither is there whole. Neither the client nor the log may see
+// any of the secret part of the line popgate sent.
+func TestAttack4BackendEchoesCredentialsCut(t *testing.T) {
+	const master, masterPass = "master", "Master-PASSWORD-of-all-mailboxes"
+	for _, mode := range []string{"plain", "user-pass"} {
+		verb := "AUTH PLAIN "
+		caps := []string{"SASL PLAIN"}
+		if mode == "user-pass" {
+			verb, caps = "PASS ", []string{"USER"}
+		}
+		for _, keep := range []int{1, 4, 12} {
+			t.Run(fmt.Sprintf("%s/%d", mode, keep), func(t *testing.T) {
+				var mu sync.Mutex
+				var sent string
+				_, addr := startScriptedBackend(t, caps, func(l string) []string {
+					switch {
+					case l == "QUIT":
+						return []string{"+OK bye"}
+					case strings.HasPrefix(l, "USER "):
+						return []string{"+OK"}
+					}
+					mu.Lock()
+					sent = l
+					mu.Unlock()
+					return []string{"-ERR Unknown command: " + l[:min(len(l), len(verb)+keep)]}
+				})
+				rewrite := auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
+					return auth.Decision{Backend: "b1", User: req.User + "*" + master, Password: masterPass}, nil
+				})
+				h := scriptedHarness(t, addr, testPass, func(c *Config) { c.Router = rewrite })
+				c := h.dial("plain")
+				c.send("USER " + testUser + "\r\n")
+				c.expect("+OK")
+				reply := c.cmd("PASS " + testPass)
+				c.send("QUIT\r\n")
+				c.eof()
+				waitFor(t, "the login failure's log line", func() bool { return strings.Contains(h.logs.String(), "login failed") })
+				mu.Lock()
+				echo := sent[:min(len(sent), len(verb)+keep)]
+				mu.Unlock()
+				if !strings.HasPrefix(echo, verb) {
+					t.Fatalf("backend got %q, want a line starting with %q", echo, verb)
+				}
+				if strings.Contains(reply, echo) {
+					t.Errorf("the client's reply %q holds the start of the credentials", reply)
+				}
+				if strings.Contains(h.logs.String(), echo) {
+					t.Errorf("the log holds the start of the credentials %q:\n%s", echo, h.logs.String())
+				}
+			})
+		}
+	}
+}
+
+// TestAttack4BackendEchoesRewrittenUser: a backend that refuses USER and
+// echoes it hands back the user name the route rewrote the login to, such
+// as a master user's login name ("alice*master"), which the client never
+// gave. The client must not see it (the operator's log names it on
+// purpose, as login_user).
+func TestAttack4BackendEchoesRewrittenUser(t *testing.T) {
+	const master = "secret-master-name"
+	_, addr := startScriptedBackend(t, []string{"USER"}, func(l string) []string {
+		if l == "QUIT" {
+			return []string{"+OK bye"}
+		}
+		return []string{"-ERR Unknown command: " + l}
+	})
+	rewrite := auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
+		return auth.Decision{Backend: "b1", User: req.User + "*" + master, Password: "x"}, nil
+	})
+	h := scriptedHarness(t, addr, testPass, func(c *Config) { c.Router = rewrite })
+	c := h.dial("plain")
+	c.send("USER " + testUser + "\r\n")
+	c.expect("+OK")
+	reply := c.cmd("PASS " + testPass)
+	if !strings.HasPrefix(reply, "-ERR") {
+		t.Fatalf("login answered %q", reply)
+	}
+	if strings.Contains(reply, master) {
+		t.Errorf("the client's reply %q holds the rewritten user name", reply)
+	}
+	c.send("QUIT\r\n")
+	c.eof()
 }

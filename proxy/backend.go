@@ -88,9 +88,13 @@ func (s *Server) dialBackend(ctx context.Context, cfg *Config, b *Backend, dec a
 }
 
 func (s *Server) dialLogin(ctx context.Context, cfg *Config, b *Backend, dec auth.Decision, ci clientInfo) (*backendConn, error) {
-	addrs := s.orderByHealth(b.Name, b.addresses())
+	// An address the route chose is the only one tried: the backend's
+	// own list and its health order are not built for it.
+	var addrs []string
 	if dec.Address != "" {
 		addrs = []string{dec.Address}
+	} else {
+		addrs = s.orderByHealth(b.Name, b.addresses())
 	}
 	// Addresses are tried in order while they cannot be reached; once a
 	// connection stands, its answer is final: a login is never tried
@@ -366,6 +370,11 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 	pass := string(dec.Password)
 	var line []byte
 	var err error
+	// echo is how the backend's echo of the line that carried the
+	// credentials starts, up to the first octets that give any of them
+	// away: a backend that cuts its echo short leaves neither secret
+	// whole in its reply, but the start of one.
+	var echo string
 	if dec.AuthzID != "" && !plain {
 		return "", errors.New("backend offers no SASL PLAIN to relay an authorization identity with")
 	}
@@ -385,14 +394,18 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			return "", fmt.Errorf("USER: %w", err)
 		}
 		if !pop3.IsOK(line) {
-			return c.verdict(line)
+			// An echo of USER gives away the name the route may
+			// have rewritten the login to (a master user's).
+			return c.verdict(line, dec.User)
 		}
 		if line, err = c.cmd("PASS " + pass); err != nil {
 			return "", fmt.Errorf("PASS: %w", err)
 		}
+		echo = "PASS " + pass[:min(1, len(pass))]
 	default:
 		if oneLine {
 			line, err = c.cmd("AUTH PLAIN " + ir)
+			echo = "AUTH PLAIN " + ir[:1]
 		} else {
 			// RFC 5034 §4: an initial response that does not fit
 			// in 255 octets goes on the continuation line.
@@ -402,13 +415,14 @@ func (c *backendClient) login(caps map[string]string, dec auth.Decision) (string
 			line, err = c.cmd("AUTH PLAIN")
 			if err == nil && isContinuation(line) {
 				line, err = c.cmd(ir)
+				echo = ir[:min(4, len(ir))]
 			}
 		}
 		if err != nil {
 			return "", fmt.Errorf("AUTH PLAIN: %w", err)
 		}
 	}
-	return c.verdict(line, pass, ir)
+	return c.verdict(line, pass, ir, echo)
 }
 
 // isContinuation reports whether a backend's line is a SASL continuation
@@ -418,12 +432,14 @@ func isContinuation(line []byte) bool {
 }
 
 // verdict turns the backend's answer to the login into its +OK reply, or a
-// *backendRejected with its -ERR. secrets are what was sent that carries
-// the password (the password, the SASL payload): a backend that echoes a
+// *backendRejected with its -ERR. secrets are what was sent that must not
+// come back (the password, the SASL payload, the user name of a refused
+// USER): a backend that echoes a
 // command it refuses ("-ERR Unknown command: AUTH PLAIN ...") would put
 // them in the log and, relayed, before the client, who for a login the
-// route rewrote would read a master user's password. A reply holding one
-// keeps only its status and response code.
+// route rewrote would read a master user's password. secrets also hold
+// the start of such an echo, for a backend that cuts it short. A reply
+// holding one keeps only its status and response code.
 func (c *backendClient) verdict(line []byte, secrets ...string) (string, error) {
 	reply, clean := withoutSecrets(line, secrets)
 	switch {
