@@ -70,4 +70,24 @@ func TestLegacyObserver(t *testing.T) {
 	if s := rec.seen(); s != want {
 		t.Errorf("legacy clients reported:\n%s\nwant:\n%s", s, want)
 	}
+	// A failed attempt is noted by its address, without the name the
+	// client made up.
+	c, err := tls.Dial("tcp", ln.Addr().String(), tls10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cl := &client{t: t, conn: c, br: bufio.NewReader(c)}
+	cl.expect("+OK")
+	if got := cl.cmd("USER invented-name-1234"); !strings.HasPrefix(got, "+OK") {
+		t.Fatalf("USER: %q", got)
+	}
+	if got := cl.cmd("PASS wrong"); !strings.HasPrefix(got, "-ERR") {
+		t.Fatalf("PASS with a wrong password: %q", got)
+	}
+	cl.cmd("QUIT")
+	want += "\nold 127.0.0.1  TLS 1.0 sni=localhost"
+	if s := rec.seen(); s != want {
+		t.Errorf("legacy clients reported after a failed login:\n%s\nwant:\n%s", s, want)
+	}
 }

@@ -61,7 +61,14 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	}
 	out := classify(err, sess.cfg)
 	th.End(tk, out.attempt)
-	sess.noteLegacy(user)
+	// A failed attempt's name is the client's invention: the legacy list
+	// names only users that logged in, so made-up names cannot crowd
+	// the real clients out of it (the address is noted either way).
+	if err == nil {
+		sess.noteLegacy(user)
+	} else {
+		sess.noteLegacy("")
+	}
 	if err == nil {
 		sess.srv.obs.Login(sess.l.Name, out.result)
 		sess.bw.WriteString(bc.reply)
