@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -32,12 +31,8 @@ func TestFleetTickets(t *testing.T) {
 	pwFile, keyFile := filepath.Join(dir, "redis-password"), filepath.Join(dir, "cluster.key")
 	key := make([]byte, 32)
 	rand.Read(key)
-	if err := os.WriteFile(pwFile, []byte(dirrun.Password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, pwFile, []byte(dirrun.Password+"\n"))
+	writeFile(t, keyFile, []byte(hex.EncodeToString(key)+"\n"))
 	var rs []*runner
 	var logs []*logSink
 	for i := range 3 {
@@ -193,9 +188,7 @@ func TestFleetReload(t *testing.T) {
 	cert := writeTestCert(t, dir, "one", "mail.example.com")
 	backend := mailbox(t, messages(1)...)
 	keyFile := filepath.Join(dir, "cluster.key")
-	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, keyFile, []byte(strings.Repeat("ab", 32)+"\n"))
 	config := func(route, prefix string) string {
 		return fmt.Sprintf(`[log]
 format = "json"

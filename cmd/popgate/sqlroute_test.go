@@ -66,9 +66,7 @@ INSERT INTO users VALUES ('erin@example.com', 'b', NULL, NULL, NULL, false);`); 
 	}
 	dir := t.TempDir()
 	dsnFile := filepath.Join(dir, "dsn")
-	if err := os.WriteFile(dsnFile, []byte(pg.DSN()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, dsnFile, []byte(pg.DSN()+"\n"))
 	config := func(query, dsnKey string) string {
 		return writeConfig(t, minimal+"[route.sql]\ndriver = \"postgres\"\n"+dsnKey+"\nquery = "+strconv.Quote(query)+"\n")
 	}
