@@ -272,6 +272,18 @@ func lookPath(name string, dirs ...string) (string, error) {
 	return "", fmt.Errorf("dirrun: %s not found: %w", name, exec.ErrNotFound)
 }
 
+// lookPaths finds each of a server's binaries with lookPath, in order.
+func lookPaths(names ...string) ([]string, error) {
+	paths := make([]string, len(names))
+	for i, name := range names {
+		var err error
+		if paths[i], err = lookPath(name); err != nil {
+			return nil, err
+		}
+	}
+	return paths, nil
+}
+
 // errNotRoot is returned when the package cannot drop to a server's user.
 var errNotRoot = errors.New("dirrun: needs root to run the server as its own user")
 
