@@ -62,14 +62,6 @@ node_name = "node%d"
 		r, l := startRunner(t, path)
 		rs, logs = append(rs, r), append(logs, l)
 	}
-	client := func() *tls.Config {
-		return &tls.Config{
-			ServerName:         "mail.example.com",
-			InsecureSkipVerify: true, // what is tested is resumption, not trust
-			MinVersion:         tls.VersionTLS13,
-			ClientSessionCache: tls.NewLRUClientSessionCache(4),
-		}
-	}
 	session := func(i int, cli *tls.Config) bool {
 		t.Helper()
 		return popSession(t, rs[i].addrOf("pop3s"), false, cli)
@@ -83,7 +75,7 @@ node_name = "node%d"
 		return v
 	}
 
-	cli := client()
+	cli := resumingClient(tls.VersionTLS13)
 	if session(0, cli) {
 		t.Fatal("the first session resumed")
 	}
@@ -102,7 +94,7 @@ node_name = "node%d"
 		t.Fatal(err)
 	}
 	time.Sleep(cluster.TicketPoll + 200*time.Millisecond)
-	down := client()
+	down := resumingClient(tls.VersionTLS13)
 	if session(1, down) || !session(1, down) {
 		t.Error("with Redis down, node1 does not log in and resume its own sessions")
 	}
@@ -117,7 +109,7 @@ node_name = "node%d"
 		t.Fatal(err)
 	}
 	time.Sleep(cluster.TicketPoll + 200*time.Millisecond)
-	again := client()
+	again := resumingClient(tls.VersionTLS13)
 	session(2, again) // node2 reads Redis again (empty) and writes a key
 	if !session(0, again) {
 		t.Error("after Redis came back, a session issued by node2 does not resume on node0")
@@ -219,7 +211,7 @@ key_prefix = %q
 	if cl == nil {
 		t.Fatal("no cluster client with [cluster]")
 	}
-	cli := &tls.Config{ServerName: "mail.example.com", InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	cli := resumingClient(0)
 	popSession(t, r.addrOf("pop3s"), false, cli)
 	goroutines, _ := settled()
 
