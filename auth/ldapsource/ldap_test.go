@@ -151,14 +151,7 @@ ref: ldap://192.0.2.1/ou=people,dc=example,dc=com
 // startDir starts a slapd with people in it, stopped when t ends.
 func startDir(t testing.TB) *dirrun.Slapd {
 	t.Helper()
-	if !dirrun.SlapdAvailable() {
-		t.Fatal("OpenLDAP is not installed (apt-get install slapd ldap-utils)")
-	}
-	s, err := dirrun.StartSlapd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := dirrun.SlapdFor(t)
 	if err := s.Add(people); err != nil {
 		t.Fatal(err)
 	}

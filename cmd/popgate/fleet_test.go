@@ -20,11 +20,7 @@ import (
 // the replica that issued the ticket go on and popgate_cluster_up is 0;
 // with Redis back (empty), the replicas share again without a restart.
 func TestFleetTickets(t *testing.T) {
-	rd, err := dirrun.StartRedis()
-	if err != nil {
-		t.Fatalf("redis-server (Debian package redis-server) is needed: %v", err)
-	}
-	defer rd.Close()
+	rd := dirrun.RedisFor(t)
 	dir := t.TempDir()
 	cert := writeTestCert(t, dir, "one", "mail.example.com")
 	backend := mailbox(t, messages(1)...)
@@ -171,11 +167,7 @@ func TestClusterConfig(t *testing.T) {
 // (no client, connection or goroutine per reload), and a reload that
 // changes [cluster] is refused.
 func TestFleetReload(t *testing.T) {
-	rd, err := dirrun.StartRedis()
-	if err != nil {
-		t.Fatalf("redis-server (Debian package redis-server) is needed: %v", err)
-	}
-	defer rd.Close()
+	rd := dirrun.RedisFor(t)
 	dir := t.TempDir()
 	cert := writeTestCert(t, dir, "one", "mail.example.com")
 	backend := mailbox(t, messages(1)...)

@@ -130,17 +130,10 @@ type ldapSetup struct {
 // users (name to password) and moreLDIF entries.
 func startLDAPSetup(t *testing.T, more map[string]string, moreLDIF string) *ldapSetup {
 	t.Helper()
-	if !dirrun.SlapdAvailable() {
-		t.Fatal("OpenLDAP is not installed (apt-get install slapd ldap-utils)")
-	}
 	if !dovecotrun.Available() {
 		t.Fatal("Dovecot is not installed (apt-get install dovecot-pop3d)")
 	}
-	s, err := dirrun.StartSlapd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := dirrun.SlapdFor(t)
 	if err := s.Add(ldapPeople() + moreLDIF); err != nil {
 		t.Fatal(err)
 	}
@@ -953,11 +946,7 @@ func TestLDAPDocExample(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatal("the LDAP directory section has no LDIF example")
 	}
-	dir, err := dirrun.StartSlapd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := dirrun.SlapdFor(t)
 	if err := dir.Add(ldif); err != nil {
 		t.Fatalf("the example's entry: %v", err)
 	}
