@@ -23,27 +23,13 @@ func TestAdminTLS(t *testing.T) {
 	backend := mailbox(t, messages(1)...)
 	tokenFile, token := writeToken(t)
 	config := func(cert testCert, metricsTLS bool) string {
-		return fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-[tls]
-certificates = [{ cert = %q, key = %q }]
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-[metrics]
+		return pop3sConfig(cert, backend) + fmt.Sprintf(`[metrics]
 address = "127.0.0.1:0"
 token_file = %q
 protect_metrics = true
 allowed_hosts = ["mail.example.com"]
 tls = %v
-`, cert.certFile, cert.keyFile, backend, tokenFile, metricsTLS)
+`, tokenFile, metricsTLS)
 	}
 	path := writeConfig(t, config(one, true))
 	r, logs := startRunner(t, path)

@@ -32,21 +32,7 @@ func TestFleetTickets(t *testing.T) {
 	var rs []*runner
 	var logs []*logSink
 	for i := range 3 {
-		path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-[tls]
-certificates = [{ cert = %q, key = %q }]
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-[metrics]
+		path := writeConfig(t, pop3sConfig(cert, backend)+fmt.Sprintf(`[metrics]
 address = ""
 [cluster]
 redis = "redis://%s/0"
@@ -54,7 +40,7 @@ user = "popgate"
 password_file = %q
 key_file = %q
 node_name = "node%d"
-`, cert.certFile, cert.keyFile, backend, rd.Addr(), pwFile, keyFile, i))
+`, rd.Addr(), pwFile, keyFile, i))
 		r, l := startRunner(t, path)
 		rs, logs = append(rs, r), append(logs, l)
 	}
@@ -174,28 +160,14 @@ func TestFleetReload(t *testing.T) {
 	keyFile := filepath.Join(dir, "cluster.key")
 	writeFile(t, keyFile, []byte(strings.Repeat("ab", 32)+"\n"))
 	config := func(route, prefix string) string {
-		return fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-[tls]
-certificates = [{ cert = %q, key = %q }]
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-%s
+		return pop3sConfig(cert, backend) + fmt.Sprintf(`%s
 [metrics]
 address = ""
 [cluster]
 redis = %q
 key_file = %q
 key_prefix = %q
-`, cert.certFile, cert.keyFile, backend, route, rd.URL(), keyFile, prefix)
+`, route, rd.URL(), keyFile, prefix)
 	}
 	path := writeConfig(t, config("", "popgate:"))
 	r, _ := startRunner(t, path)
