@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -162,15 +161,7 @@ func TestMetricsTLSNeedsAddress(t *testing.T) {
 		t.Errorf("ParseConfig = %v, want an error naming metrics.tls", err)
 	}
 	// With only plain listeners it serves popgate's self-signed certificate.
-	c, err := ParseConfig("t", []byte(listenNone+backendB+routeB+"[metrics]\ntls = true\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := buildInstance(c, slog.New(slog.DiscardHandler), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.close()
+	in := buildText(t, listenNone+backendB+routeB+"[metrics]\ntls = true\n")
 	if in.adminTLS == nil || in.adminTLS.MinVersion < tls.VersionTLS12 || in.adminTLS.GetCertificate == nil {
 		t.Errorf("adminTLS = %+v, want a TLS 1.2+ config with the served certificates", in.adminTLS)
 	}

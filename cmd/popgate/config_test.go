@@ -107,6 +107,22 @@ default = "mbox"
 `, cert.certFile, cert.keyFile, backend)
 }
 
+// buildText parses a configuration and builds its instance, logging
+// nowhere and closed when t ends.
+func buildText(t *testing.T, text string) *instance {
+	t.Helper()
+	c, err := ParseConfig("t", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := buildInstance(c, slog.New(slog.DiscardHandler), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.close)
+	return in
+}
+
 func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {
