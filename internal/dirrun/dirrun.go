@@ -21,6 +21,10 @@
 //
 // Statements run through the servers' own command-line clients (psql,
 // mariadb, ldapadd), so the package depends on no driver.
+//
+// In a test, PostgresFor, MariaDBFor, SlapdFor and RedisFor do the
+// above: they fail the test when the server is missing and stop it when
+// the test ends.
 package dirrun
 
 import (
