@@ -91,14 +91,7 @@ func BenchmarkDirectoryRouting(b *testing.B) {
 	}
 	// OpenLDAP: inetOrgPerson entries with a mailHost, on route.ldap's
 	// default filter; the host answer takes backend "plain"'s port.
-	if !dirrun.SlapdAvailable() {
-		b.Fatal("slapd is not installed (apt-get install slapd ldap-utils; scripts/test does)")
-	}
-	slapd, err := dirrun.StartSlapd()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { slapd.Close() })
+	slapd := dirrun.SlapdFor(b)
 	b.Logf("slapd %s", slapd.Version)
 	var ldif strings.Builder
 	for i, u := range names {

@@ -31,24 +31,10 @@ func startSQLDB(t testing.TB, driver string) *sqlDB {
 	t.Helper()
 	switch driver {
 	case "postgres":
-		if !dirrun.PostgresAvailable() {
-			t.Fatal("PostgreSQL is not installed (apt-get install postgresql; scripts/test does)")
-		}
-		p, err := dirrun.StartPostgres()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Close() })
+		p := dirrun.PostgresFor(t)
 		return &sqlDB{driver, p.DSN(), "PostgreSQL " + p.Version, p.Exec, p.Query, p.Stop, p.Start}
 	case "mysql":
-		if !dirrun.MariaDBAvailable() {
-			t.Fatal("MariaDB is not installed (apt-get install mariadb-server; scripts/test does)")
-		}
-		m, err := dirrun.StartMariaDB()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close() })
+		m := dirrun.MariaDBFor(t)
 		return &sqlDB{driver, m.DSN(), m.Version, m.Exec, m.Query, m.Stop, m.Start}
 	}
 	t.Fatalf("no driver %q", driver)

@@ -149,16 +149,9 @@ ref: ldap://192.0.2.1/ou=people,dc=example,dc=com
 `
 
 // startDir starts a slapd with people in it, stopped when t ends.
-func startDir(t *testing.T) *dirrun.Slapd {
+func startDir(t testing.TB) *dirrun.Slapd {
 	t.Helper()
-	if !dirrun.SlapdAvailable() {
-		t.Fatal("OpenLDAP is not installed (apt-get install slapd ldap-utils)")
-	}
-	s, err := dirrun.StartSlapd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := dirrun.SlapdFor(t)
 	if err := s.Add(people); err != nil {
 		t.Fatal(err)
 	}
@@ -730,14 +723,7 @@ func TestDeadIdleConnection(t *testing.T) {
 // connection) and its decision, with the time and allocations on
 // popgate's side; slapd's CPU is not counted.
 func BenchmarkDecide(b *testing.B) {
-	s, err := dirrun.StartSlapd()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Add(people); err != nil {
-		b.Fatal(err)
-	}
+	s := startDir(b)
 	cfg := testConfig(b, s)
 	cfg.Attributes.PasswordHash, cfg.Attributes.Password = "", ""
 	src, err := New(cfg)
@@ -872,14 +858,7 @@ func stopped(t *testing.T, pid int) bool {
 // BenchmarkCachedDecide: a login answered from the lookup cache in front
 // of the source (route.ldap.cache_ttl), the warm path.
 func BenchmarkCachedDecide(b *testing.B) {
-	s, err := dirrun.StartSlapd()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Add(people); err != nil {
-		b.Fatal(err)
-	}
+	s := startDir(b)
 	cfg := testConfig(b, s)
 	cfg.Attributes.PasswordHash, cfg.Attributes.Password = "", ""
 	src, err := New(cfg)

@@ -265,9 +265,7 @@ func TestExampleConfigACME(t *testing.T) {
 func TestACMEDomainsFromRoutes(t *testing.T) {
 	dir := t.TempDir()
 	mapPath := filepath.Join(dir, "routes")
-	if err := os.WriteFile(mapPath, []byte("@mapped.test b\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, mapPath, []byte("@mapped.test b\n"))
 	routes := fmt.Sprintf("[route]\ndefault = \"b\"\nmap_file = %q\n[route.domains]\n\"@Customer.Test\" = \"b\"\n\n", mapPath)
 	base := listenTLS + backendB + routes
 	acmeBase := "[tls.acme]\ndomains = [\"mail.provider.example\"]\ncache_dir = \"/c\"\ndomains_from_routes = true\n"
@@ -302,9 +300,7 @@ func TestACMEDomainsFromRoutes(t *testing.T) {
 		"pop.customer.test": true, "mail.customer.test": true, "pop.mapped.test": true,
 		"imap.customer.test": false, "pop.other.test": false, "customer.test": false, "pop.new.test": false,
 	})
-	if err := os.WriteFile(mapPath, []byte("@new.test b\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, mapPath, []byte("@new.test b\n"))
 	if err := in.mapFile.Reload(); err != nil {
 		t.Fatal(err)
 	}

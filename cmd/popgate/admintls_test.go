@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -23,27 +22,13 @@ func TestAdminTLS(t *testing.T) {
 	backend := mailbox(t, messages(1)...)
 	tokenFile, token := writeToken(t)
 	config := func(cert testCert, metricsTLS bool) string {
-		return fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-[tls]
-certificates = [{ cert = %q, key = %q }]
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-[metrics]
+		return pop3sConfig(cert, backend) + fmt.Sprintf(`[metrics]
 address = "127.0.0.1:0"
 token_file = %q
 protect_metrics = true
 allowed_hosts = ["mail.example.com"]
 tls = %v
-`, cert.certFile, cert.keyFile, backend, tokenFile, metricsTLS)
+`, tokenFile, metricsTLS)
 	}
 	path := writeConfig(t, config(one, true))
 	r, logs := startRunner(t, path)
@@ -176,15 +161,7 @@ func TestMetricsTLSNeedsAddress(t *testing.T) {
 		t.Errorf("ParseConfig = %v, want an error naming metrics.tls", err)
 	}
 	// With only plain listeners it serves popgate's self-signed certificate.
-	c, err := ParseConfig("t", []byte(listenNone+backendB+routeB+"[metrics]\ntls = true\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := buildInstance(c, slog.New(slog.DiscardHandler), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.close()
+	in := buildText(t, listenNone+backendB+routeB+"[metrics]\ntls = true\n")
 	if in.adminTLS == nil || in.adminTLS.MinVersion < tls.VersionTLS12 || in.adminTLS.GetCertificate == nil {
 		t.Errorf("adminTLS = %+v, want a TLS 1.2+ config with the served certificates", in.adminTLS)
 	}

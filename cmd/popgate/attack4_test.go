@@ -7,7 +7,6 @@ package main
 import (
 	"crypto/tls"
 	"fmt"
-	"log/slog"
 	"slices"
 	"testing"
 )
@@ -41,15 +40,7 @@ tls = "none"
 [route]
 default = "mbox"
 `, cert.certFile, cert.keyFile)
-	c, err := ParseConfig("t", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := buildInstance(c, slog.New(slog.DiscardHandler), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.close()
+	in := buildText(t, text)
 	for _, l := range in.listeners {
 		suites := l.TLSConfig.CipherSuites
 		legacy := slices.Contains(suites, tls.TLS_RSA_WITH_AES_128_CBC_SHA)

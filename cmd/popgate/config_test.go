@@ -86,6 +86,43 @@ func writeTestCertValid(t *testing.T, dir, prefix, name string, notBefore, notAf
 	return c
 }
 
+// pop3sConfig is the start of a configuration with JSON logs, one
+// implicit-TLS listener serving cert, and every user routed to the plain
+// POP3 backend at backend; a test adds the sections it is about.
+func pop3sConfig(cert testCert, backend string) string {
+	return fmt.Sprintf(`[log]
+format = "json"
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+[tls]
+certificates = [{ cert = %q, key = %q }]
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+[route]
+default = "mbox"
+`, cert.certFile, cert.keyFile, backend)
+}
+
+// buildText parses a configuration and builds its instance, logging
+// nowhere and closed when t ends.
+func buildText(t *testing.T, text string) *instance {
+	t.Helper()
+	c, err := ParseConfig("t", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := buildInstance(c, slog.New(slog.DiscardHandler), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.close)
+	return in
+}
+
 func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {

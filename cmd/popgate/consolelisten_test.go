@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,9 +15,7 @@ import (
 func TestConsoleListenersAsBound(t *testing.T) {
 	const token = "console-test-token-0123456789"
 	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, tokenFile, []byte(token+"\n"))
 	path := writeConfig(t, `[log]
 level = "warn"
 [[listen]]

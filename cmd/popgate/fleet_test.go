@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -21,41 +20,19 @@ import (
 // the replica that issued the ticket go on and popgate_cluster_up is 0;
 // with Redis back (empty), the replicas share again without a restart.
 func TestFleetTickets(t *testing.T) {
-	rd, err := dirrun.StartRedis()
-	if err != nil {
-		t.Fatalf("redis-server (Debian package redis-server) is needed: %v", err)
-	}
-	defer rd.Close()
+	rd := dirrun.RedisFor(t)
 	dir := t.TempDir()
 	cert := writeTestCert(t, dir, "one", "mail.example.com")
 	backend := mailbox(t, messages(1)...)
 	pwFile, keyFile := filepath.Join(dir, "redis-password"), filepath.Join(dir, "cluster.key")
 	key := make([]byte, 32)
 	rand.Read(key)
-	if err := os.WriteFile(pwFile, []byte(dirrun.Password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, pwFile, []byte(dirrun.Password+"\n"))
+	writeFile(t, keyFile, []byte(hex.EncodeToString(key)+"\n"))
 	var rs []*runner
 	var logs []*logSink
 	for i := range 3 {
-		path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-[tls]
-certificates = [{ cert = %q, key = %q }]
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-[metrics]
+		path := writeConfig(t, pop3sConfig(cert, backend)+fmt.Sprintf(`[metrics]
 address = ""
 [cluster]
 redis = "redis://%s/0"
@@ -63,17 +40,9 @@ user = "popgate"
 password_file = %q
 key_file = %q
 node_name = "node%d"
-`, cert.certFile, cert.keyFile, backend, rd.Addr(), pwFile, keyFile, i))
+`, rd.Addr(), pwFile, keyFile, i))
 		r, l := startRunner(t, path)
 		rs, logs = append(rs, r), append(logs, l)
-	}
-	client := func() *tls.Config {
-		return &tls.Config{
-			ServerName:         "mail.example.com",
-			InsecureSkipVerify: true, // what is tested is resumption, not trust
-			MinVersion:         tls.VersionTLS13,
-			ClientSessionCache: tls.NewLRUClientSessionCache(4),
-		}
 	}
 	session := func(i int, cli *tls.Config) bool {
 		t.Helper()
@@ -88,7 +57,7 @@ node_name = "node%d"
 		return v
 	}
 
-	cli := client()
+	cli := resumingClient(tls.VersionTLS13)
 	if session(0, cli) {
 		t.Fatal("the first session resumed")
 	}
@@ -107,7 +76,7 @@ node_name = "node%d"
 		t.Fatal(err)
 	}
 	time.Sleep(cluster.TicketPoll + 200*time.Millisecond)
-	down := client()
+	down := resumingClient(tls.VersionTLS13)
 	if session(1, down) || !session(1, down) {
 		t.Error("with Redis down, node1 does not log in and resume its own sessions")
 	}
@@ -122,7 +91,7 @@ node_name = "node%d"
 		t.Fatal(err)
 	}
 	time.Sleep(cluster.TicketPoll + 200*time.Millisecond)
-	again := client()
+	again := resumingClient(tls.VersionTLS13)
 	session(2, again) // node2 reads Redis again (empty) and writes a key
 	if !session(0, again) {
 		t.Error("after Redis came back, a session issued by node2 does not resume on node0")
@@ -184,41 +153,21 @@ func TestClusterConfig(t *testing.T) {
 // (no client, connection or goroutine per reload), and a reload that
 // changes [cluster] is refused.
 func TestFleetReload(t *testing.T) {
-	rd, err := dirrun.StartRedis()
-	if err != nil {
-		t.Fatalf("redis-server (Debian package redis-server) is needed: %v", err)
-	}
-	defer rd.Close()
+	rd := dirrun.RedisFor(t)
 	dir := t.TempDir()
 	cert := writeTestCert(t, dir, "one", "mail.example.com")
 	backend := mailbox(t, messages(1)...)
 	keyFile := filepath.Join(dir, "cluster.key")
-	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, keyFile, []byte(strings.Repeat("ab", 32)+"\n"))
 	config := func(route, prefix string) string {
-		return fmt.Sprintf(`[log]
-format = "json"
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-[tls]
-certificates = [{ cert = %q, key = %q }]
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-[route]
-default = "mbox"
-%s
+		return pop3sConfig(cert, backend) + fmt.Sprintf(`%s
 [metrics]
 address = ""
 [cluster]
 redis = %q
 key_file = %q
 key_prefix = %q
-`, cert.certFile, cert.keyFile, backend, route, rd.URL(), keyFile, prefix)
+`, route, rd.URL(), keyFile, prefix)
 	}
 	path := writeConfig(t, config("", "popgate:"))
 	r, _ := startRunner(t, path)
@@ -226,7 +175,7 @@ key_prefix = %q
 	if cl == nil {
 		t.Fatal("no cluster client with [cluster]")
 	}
-	cli := &tls.Config{ServerName: "mail.example.com", InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	cli := resumingClient(0)
 	popSession(t, r.addrOf("pop3s"), false, cli)
 	goroutines, _ := settled()
 

@@ -130,17 +130,10 @@ type ldapSetup struct {
 // users (name to password) and moreLDIF entries.
 func startLDAPSetup(t *testing.T, more map[string]string, moreLDIF string) *ldapSetup {
 	t.Helper()
-	if !dirrun.SlapdAvailable() {
-		t.Fatal("OpenLDAP is not installed (apt-get install slapd ldap-utils)")
-	}
 	if !dovecotrun.Available() {
 		t.Fatal("Dovecot is not installed (apt-get install dovecot-pop3d)")
 	}
-	s, err := dirrun.StartSlapd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := dirrun.SlapdFor(t)
 	if err := s.Add(ldapPeople() + moreLDIF); err != nil {
 		t.Fatal(err)
 	}
@@ -651,9 +644,9 @@ func portOf(addr string) string {
 	return p
 }
 
-// TestLDAPSettings: [route.ldap]'s checks.
-func TestLDAPSettings(t *testing.T) {
-	base := `[[listen]]
+// ldapBase is a configuration with a plain listener, backend b on port
+// 110 and the start of a [route.ldap] that a test completes.
+const ldapBase = `[[listen]]
 address = "127.0.0.1:1110"
 tls = "none"
 
@@ -665,9 +658,12 @@ tls = "none"
 [route.ldap]
 base = "ou=people,dc=example,dc=com"
 `
+
+// TestLDAPSettings: [route.ldap]'s checks.
+func TestLDAPSettings(t *testing.T) {
 	const url = "url = \"ldap://ldap.example.com\"\n"
 	parse := func(text string) (*settings, error) { return ParseConfig("t.toml", []byte(text)) }
-	s, err := parse(base + url + "backend = \"b\"\n")
+	s, err := parse(ldapBase + url + "backend = \"b\"\n")
 	if err != nil {
 		t.Fatalf("minimal [route.ldap]: %v", err)
 	}
@@ -698,14 +694,14 @@ base = "ou=people,dc=example,dc=com"
 		if !strings.Contains(extra, "url =") {
 			extra = url + extra
 		}
-		_, err := parse(base + extra)
+		_, err := parse(ldapBase + extra)
 		if err == nil || !strings.Contains(err.Error(), tc.err) {
 			t.Errorf("%q: %v, want an error naming %s", tc.extra, err, tc.err)
 		}
 	}
 	// The bind password file is read at build: missing, or others may
 	// write it.
-	s, err = parse(base + url + "backend = \"b\"\nbind_dn = \"cn=x\"\nbind_password_file = \"/nonexistent/pw\"\n")
+	s, err = parse(ldapBase + url + "backend = \"b\"\nbind_dn = \"cn=x\"\nbind_password_file = \"/nonexistent/pw\"\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -717,7 +713,7 @@ base = "ou=people,dc=example,dc=com"
 		t.Fatal(err)
 	}
 	os.Chmod(pw, 0o666)
-	s, _ = parse(base + url + "backend = \"b\"\nbind_dn = \"cn=x\"\nbind_password_file = " + strconv.Quote(pw) + "\n")
+	s, _ = parse(ldapBase + url + "backend = \"b\"\nbind_dn = \"cn=x\"\nbind_password_file = " + strconv.Quote(pw) + "\n")
 	if _, err := build(s, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "writable") {
 		t.Errorf("bind_password_file writable by others: %v", err)
 	}
@@ -786,19 +782,8 @@ func TestLDAPPasswordHashes(t *testing.T) {
 // loopback is built, with a warning; to loopback without one.
 func TestLDAPPlaintextWarning(t *testing.T) {
 	for host, warn := range map[string]bool{"ldap.example.com": true, "127.0.0.1": false} {
-		s, err := ParseConfig("t.toml", []byte(`[[listen]]
-address = "127.0.0.1:1110"
-tls = "none"
-
-[[backend]]
-name = "b"
-address = "127.0.0.1:110"
-tls = "none"
-
-[route.ldap]
-url = "ldap://`+host+`"
+		s, err := ParseConfig("t.toml", []byte(ldapBase+`url = "ldap://`+host+`"
 insecure_plaintext = true
-base = "ou=people,dc=example,dc=com"
 backend = "b"
 `))
 		if err != nil {
@@ -953,11 +938,7 @@ func TestLDAPDocExample(t *testing.T) {
 	if !ok || !ok2 {
 		t.Fatal("the LDAP directory section has no LDIF example")
 	}
-	dir, err := dirrun.StartSlapd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := dirrun.SlapdFor(t)
 	if err := dir.Add(ldif); err != nil {
 		t.Fatalf("the example's entry: %v", err)
 	}

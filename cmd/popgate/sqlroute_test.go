@@ -51,14 +51,7 @@ func TestRouteSQLSettings(t *testing.T) {
 // the check, a database that is down does not, and the DSN's password is
 // never printed.
 func TestRouteSQL(t *testing.T) {
-	if !dirrun.PostgresAvailable() {
-		t.Fatal("PostgreSQL is not installed (apt-get install postgresql; scripts/test does)")
-	}
-	pg, err := dirrun.StartPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
+	pg := dirrun.PostgresFor(t)
 	if err := pg.Exec(`CREATE TABLE users (email text PRIMARY KEY, backend text, login text, password text, password_hash text, enabled boolean);
 INSERT INTO users VALUES ('dave@example.com', 'b', 'dave@example.com*master', 'Master-pw-9', '{PLAIN}Dave-pw', true);
 INSERT INTO users VALUES ('erin@example.com', 'b', NULL, NULL, NULL, false);`); err != nil {
@@ -66,9 +59,7 @@ INSERT INTO users VALUES ('erin@example.com', 'b', NULL, NULL, NULL, false);`); 
 	}
 	dir := t.TempDir()
 	dsnFile := filepath.Join(dir, "dsn")
-	if err := os.WriteFile(dsnFile, []byte(pg.DSN()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, dsnFile, []byte(pg.DSN()+"\n"))
 	config := func(query, dsnKey string) string {
 		return writeConfig(t, minimal+"[route.sql]\ndriver = \"postgres\"\n"+dsnKey+"\nquery = "+strconv.Quote(query)+"\n")
 	}
@@ -152,14 +143,7 @@ INSERT INTO users VALUES ('erin@example.com', 'b', NULL, NULL, NULL, false);`); 
 // configuration; the password hash verifier, with its bound on concurrent
 // checks, is the same throughout.
 func TestReloadSQL(t *testing.T) {
-	if !dirrun.PostgresAvailable() {
-		t.Fatal("PostgreSQL is not installed (apt-get install postgresql; scripts/test does)")
-	}
-	pg, err := dirrun.StartPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
+	pg := dirrun.PostgresFor(t)
 	if err := pg.Exec(`CREATE TABLE users (email text PRIMARY KEY, backend text, password_hash text);
 INSERT INTO users VALUES ('` + procUser + `', 'mbox', '{PLAIN}` + procPass + `');`); err != nil {
 		t.Fatal(err)

@@ -36,6 +36,18 @@ func popSession(t *testing.T, addr string, stls bool, cli *tls.Config) bool {
 	return tc.ConnectionState().DidResume
 }
 
+// resumingClient is a client configuration for popSession with its own
+// session cache, held to TLS version v (0: any).
+func resumingClient(v uint16) *tls.Config {
+	return &tls.Config{
+		ServerName:         "mail.example.com",
+		InsecureSkipVerify: true, // what is tested is resumption, not trust
+		MinVersion:         v,
+		MaxVersion:         v,
+		ClientSessionCache: tls.NewLRUClientSessionCache(4),
+	}
+}
+
 // TestTicketsAcrossReload: a client resumes its TLS session on the
 // implicit-TLS listener and after STLS, on either with a ticket from the
 // other, and across reloads, also one that builds a new certificate store;
@@ -99,13 +111,7 @@ address = "127.0.0.1:0"
 	}{{"TLS 1.2", tls.VersionTLS12}, {"TLS 1.3", tls.VersionTLS13}} {
 		t.Run(tv.name, func(t *testing.T) {
 			reload(config("", ""))
-			cli := &tls.Config{
-				ServerName:         "mail.example.com",
-				InsecureSkipVerify: true, // what is tested is resumption, not trust
-				MinVersion:         tv.v,
-				MaxVersion:         tv.v,
-				ClientSessionCache: tls.NewLRUClientSessionCache(4),
-			}
+			cli := resumingClient(tv.v)
 			if session(false, cli) {
 				t.Fatal("the first session resumed")
 			}

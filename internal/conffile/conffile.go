@@ -124,6 +124,11 @@ func (f *File) String() string {
 			p("%s = %s", key, quote(v))
 		}
 	}
+	num := func(key string, v int) {
+		if v != 0 {
+			p("%s = %d", key, v)
+		}
+	}
 	if f.Comment != "" {
 		p("# %s", f.Comment)
 	}
@@ -176,9 +181,7 @@ func (f *File) String() string {
 		}
 		str("health_interval", be.HealthInterval)
 		str("health_timeout", be.HealthTimeout)
-		if be.HealthFailures != 0 {
-			p("health_failures = %d", be.HealthFailures)
-		}
+		num("health_failures", be.HealthFailures)
 	}
 	if r := f.Route; r.Default != "" || len(r.Users) > 0 || len(r.Domains) > 0 || r.MapFile != "" || r.HTTPURL != "" || r.SQL != nil || r.LDAP != nil {
 		section("[route]")
@@ -205,9 +208,7 @@ func (f *File) String() string {
 			str("backend", q.Backend)
 			str("timeout", q.Timeout)
 			str("cache_ttl", q.CacheTTL)
-			if q.MaxConnections != 0 {
-				p("max_connections = %d", q.MaxConnections)
-			}
+			num("max_connections", q.MaxConnections)
 		}
 		if l := r.LDAP; l != nil {
 			section("[route.ldap]")
@@ -220,9 +221,7 @@ func (f *File) String() string {
 			str("backend", l.Backend)
 			str("timeout", l.Timeout)
 			str("cache_ttl", l.CacheTTL)
-			if l.Connections != 0 {
-				p("connections = %d", l.Connections)
-			}
+			num("connections", l.Connections)
 		}
 		if r.HTTPURL != "" {
 			section("[route.http]")

@@ -21,6 +21,10 @@
 //
 // Statements run through the servers' own command-line clients (psql,
 // mariadb, ldapadd), so the package depends on no driver.
+//
+// In a test, PostgresFor, MariaDBFor, SlapdFor and RedisFor do the
+// above: they fail the test when the server is missing and stop it when
+// the test ends.
 package dirrun
 
 import (
@@ -270,6 +274,18 @@ func lookPath(name string, dirs ...string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("dirrun: %s not found: %w", name, exec.ErrNotFound)
+}
+
+// lookPaths finds each of a server's binaries with lookPath, in order.
+func lookPaths(names ...string) ([]string, error) {
+	paths := make([]string, len(names))
+	for i, name := range names {
+		var err error
+		if paths[i], err = lookPath(name); err != nil {
+			return nil, err
+		}
+	}
+	return paths, nil
 }
 
 // errNotRoot is returned when the package cannot drop to a server's user.

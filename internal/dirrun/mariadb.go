@@ -21,13 +21,14 @@ type MariaDB struct {
 	client  string // mariadb
 }
 
+// mariadbBins are the server, the client and the installer.
+var mariadbBins = []string{"mariadbd", "mariadb", "mariadb-install-db"}
+
 // MariaDBAvailable reports whether MariaDB's server and client are
 // installed (Debian's mariadb-server package).
 func MariaDBAvailable() bool {
-	_, err1 := lookPath("mariadbd")
-	_, err2 := lookPath("mariadb")
-	_, err3 := lookPath("mariadb-install-db")
-	return err1 == nil && err2 == nil && err3 == nil
+	_, err := lookPaths(mariadbBins...)
+	return err == nil
 }
 
 // StartMariaDB initialises a data directory and starts the server.
@@ -35,18 +36,11 @@ func StartMariaDB() (_ *MariaDB, err error) {
 	if err := needRoot(); err != nil {
 		return nil, err
 	}
-	server, err := lookPath("mariadbd")
+	bins, err := lookPaths(mariadbBins...)
 	if err != nil {
 		return nil, err
 	}
-	client, err := lookPath("mariadb")
-	if err != nil {
-		return nil, err
-	}
-	install, err := lookPath("mariadb-install-db")
-	if err != nil {
-		return nil, err
-	}
+	server, client, install := bins[0], bins[1], bins[2]
 	cred, err := serviceUser("mysql")
 	if err != nil {
 		return nil, err

@@ -24,21 +24,17 @@ type Redis struct {
 // RedisAvailable reports whether redis-server and redis-cli are
 // installed (Debian's redis-server package).
 func RedisAvailable() bool {
-	_, err1 := lookPath("redis-server")
-	_, err2 := lookPath("redis-cli")
-	return err1 == nil && err2 == nil
+	_, err := lookPaths("redis-server", "redis-cli")
+	return err == nil
 }
 
 // StartRedis writes a configuration and starts the server.
 func StartRedis() (_ *Redis, err error) {
-	server, err := lookPath("redis-server")
+	bins, err := lookPaths("redis-server", "redis-cli")
 	if err != nil {
 		return nil, err
 	}
-	cli, err := lookPath("redis-cli")
-	if err != nil {
-		return nil, err
-	}
+	server, cli := bins[0], bins[1]
 	dir, err := workDir("redisrun-", nil)
 	if err != nil {
 		return nil, err

@@ -47,13 +47,14 @@ const (
 	PeopleDN = "ou=people," + Suffix
 )
 
+// slapdBins are the server and the tools the package runs.
+var slapdBins = []string{"slapd", "ldapadd", "ldapsearch", "ldapmodify"}
+
 // SlapdAvailable reports whether slapd and the LDAP tools are installed
 // (Debian's slapd and ldap-utils packages).
 func SlapdAvailable() bool {
-	for _, b := range []string{"slapd", "ldapadd", "ldapsearch", "ldapmodify"} {
-		if _, err := lookPath(b); err != nil {
-			return false
-		}
+	if _, err := lookPaths(slapdBins...); err != nil {
+		return false
 	}
 	_, err := os.Stat("/etc/ldap/schema/misc.schema")
 	return err == nil
@@ -65,13 +66,11 @@ func StartSlapd() (_ *Slapd, err error) {
 	if err := needRoot(); err != nil {
 		return nil, err
 	}
-	s := &Slapd{}
-	for name, p := range map[string]*string{"slapd": &s.server, "ldapadd": &s.ldapadd,
-		"ldapsearch": &s.ldapsrch, "ldapmodify": &s.ldapmodfy} {
-		if *p, err = lookPath(name); err != nil {
-			return nil, err
-		}
+	bins, err := lookPaths(slapdBins...)
+	if err != nil {
+		return nil, err
 	}
+	s := &Slapd{server: bins[0], ldapadd: bins[1], ldapsrch: bins[2], ldapmodfy: bins[3]}
 	if s.Dir, err = workDir("ldaprun-", nil); err != nil {
 		return nil, err
 	}
