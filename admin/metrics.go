@@ -51,6 +51,10 @@ type Sources struct {
 	// ClusterUp reports whether the last operation on the fleet's Redis
 	// succeeded, for popgate_cluster_up; nil without [cluster].
 	ClusterUp func() bool
+	// ClusterFallbacks returns, by feature, the operations Redis failed
+	// and the replica did on its own state, for
+	// popgate_cluster_fallbacks_total{feature}; nil without [cluster].
+	ClusterFallbacks func() map[string]uint64
 	// BackendHealth returns the health checks' state of every checked
 	// backend address ((*proxy.Server).BackendHealth), for
 	// popgate_backend_up{backend} and
@@ -504,6 +508,8 @@ var (
 		"1 while a backend address passes its health checks, 0 once health_failures checks in a row failed; by backend and address (its address and fallbacks).", []string{"backend", "address"}, nil)
 	clusterUpDesc = prometheus.NewDesc("popgate_cluster_up",
 		"1 while the last operation on the fleet's Redis ([cluster]) succeeded, 0 after one failed; only with [cluster].", nil, nil)
+	fallbacksDesc = prometheus.NewDesc("popgate_cluster_fallbacks_total",
+		"Operations the fleet's Redis ([cluster]) failed and this replica did on its own state instead, by feature (tickets, throttle, sessions, acme).", []string{"feature"}, nil)
 	budgetDesc = prometheus.NewDesc("popgate_acme_order_budget_remaining",
 		"ACME orders the order budget (tls.acme.order_budget) has room for now; on-demand names leave order_budget_reserve of them to renewals and domains.", nil, nil)
 )
@@ -524,7 +530,7 @@ func (c *sourceCollector) set(src Sources) {
 
 // Describe implements prometheus.Collector.
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, clusterUpDesc, backendUpDesc, addressUpDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, clusterUpDesc, fallbacksDesc, backendUpDesc, addressUpDesc} {
 		ch <- d
 	}
 }
@@ -575,6 +581,11 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(clusterUpDesc, prometheus.GaugeValue, v)
+	}
+	if src.ClusterFallbacks != nil {
+		for f, n := range src.ClusterFallbacks() {
+			ch <- prometheus.MustNewConstMetric(fallbacksDesc, prometheus.CounterValue, float64(n), f)
+		}
 	}
 	if src.BackendHealth != nil {
 		up := map[string]bool{}

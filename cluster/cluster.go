@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"strings"
@@ -68,9 +69,10 @@ type Cluster struct {
 	node   string
 	log    *slog.Logger
 
-	mu   sync.Mutex
-	up   bool // the last operation succeeded
-	down bool // an outage has been logged and not yet its end
+	mu        sync.Mutex
+	up        bool // the last operation succeeded
+	down      bool // an outage has been logged and not yet its end
+	fallbacks map[string]uint64
 }
 
 // Open reads cfg's files and makes the client; it does not wait for
@@ -100,7 +102,7 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
-	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true}
+	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
 	if c.prefix == "" {
 		c.prefix = "popgate:"
 	}
@@ -211,6 +213,22 @@ func (c *Cluster) Up() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.up
+}
+
+// Fallback counts one operation of feature ("tickets", "throttle",
+// "sessions", "acme") that Redis failed and that this replica did on its
+// own state instead (popgate_cluster_fallbacks_total{feature}).
+func (c *Cluster) Fallback(feature string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fallbacks[feature]++
+}
+
+// Fallbacks returns the counts of [Cluster.Fallback] by feature.
+func (c *Cluster) Fallbacks() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.fallbacks)
 }
 
 // Close closes the client's connections.

@@ -149,6 +149,7 @@ func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool)
 	}
 	t.c.done(err)
 	if err != nil {
+		t.c.Fallback("tickets")
 		return nil, false
 	}
 	fresh := make(map[int64][32]byte, len(epochs))

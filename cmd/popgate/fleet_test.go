@@ -83,6 +83,9 @@ node_name = "node%d"
 	if up(1) != 0 {
 		t.Errorf("node1: popgate_cluster_up = %v with Redis stopped", up(1))
 	}
+	if n := scrapeRunner(t, rs[1])[`popgate_cluster_fallbacks_total{feature="tickets"}`]; n < 1 {
+		t.Errorf("node1: popgate_cluster_fallbacks_total{feature=\"tickets\"} = %v with Redis stopped", n)
+	}
 	if !strings.Contains(logs[1].String(), "Redis is unreachable") {
 		t.Errorf("node1 did not log the outage:\n%s", logs[1])
 	}

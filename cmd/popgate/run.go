@@ -370,6 +370,7 @@ func (r *runner) setSources(in *instance) {
 	}
 	if in.cluster != nil {
 		src.ClusterUp = in.cluster.Up
+		src.ClusterFallbacks = in.cluster.Fallbacks
 	}
 	if certs := in.certs; certs != nil {
 		src.Certificates = certs.Expiry
