@@ -11,7 +11,10 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -65,6 +68,7 @@ type Config struct {
 type Cluster struct {
 	client redis.UniversalClient
 	aead   cipher.AEAD
+	names  []byte // hashName's HMAC key, derived from key_file
 	prefix string
 	node   string
 	log    *slog.Logger
@@ -93,6 +97,11 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
+	// The key of hashName, apart from the sealing key.
+	names, err := hkdf.Key(sha256.New, key, nil, "popgate cluster: key names", 32)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.key_file: %w", err)
+	}
 	block, err := aes.NewCipher(key)
 	clear(key)
 	if err != nil {
@@ -102,7 +111,7 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
-	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
+	c := &Cluster{aead: aead, names: names, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
 	if c.prefix == "" {
 		c.prefix = "popgate:"
 	}
@@ -259,6 +268,18 @@ func (c *Cluster) done(err error) {
 		c.down = false
 		c.log.Info("cluster: Redis is reachable again; sharing resumes", "node", c.node)
 	}
+}
+
+// hashName is a keyed hash (HMAC-SHA256 under a key derived from
+// key_file, 128 bits in hex) of a name that must not appear in clear in
+// Redis: a user name, a client address. purpose keeps the hashes of
+// different uses apart.
+func (c *Cluster) hashName(purpose, name string) string {
+	m := hmac.New(sha256.New, c.names)
+	m.Write([]byte(purpose))
+	m.Write([]byte{0})
+	m.Write([]byte(name))
+	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
 // seal encrypts plain for the Redis key name, which is the additional
