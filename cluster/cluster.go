@@ -183,6 +183,10 @@ func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
 		// One dial per attempt: the next poll is the retry.
 		DialerRetries: 1,
 		PoolSize:      4,
+		// Pipelines (the throttle's, the tickets') share those 4
+		// connections: go-redis would otherwise keep a second pool of
+		// up to 10, with 256 KiB of buffers each.
+		PipelinePoolSize: -1,
 	}, nil
 }
 
