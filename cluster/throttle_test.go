@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -256,9 +257,14 @@ func TestThrottleFleetConcurrent(t *testing.T) {
 func TestThrottleFleetRedisDown(t *testing.T) {
 	r := startRedis(t)
 	const n = 3
-	rs := throttleFleet(t, r, 2, auth.ThrottleConfig{MaxPerIP: 100, MaxPerUser: n, Window: 10 * time.Minute})
+	rs := throttleFleet(t, r, 2, auth.ThrottleConfig{MaxPerIP: 1000, MaxPerUser: n, Window: 10 * time.Minute})
+	goroutines := runtime.NumGoroutine()
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	// Many logins while Redis is down leave nothing behind.
+	for i := range 200 {
+		attempt(rs[i%2].th, tip2, fmt.Sprint("user", i), auth.AttemptSucceeded)
 	}
 	// Alone, each replica gives n tries.
 	for _, rp := range rs {
@@ -313,6 +319,13 @@ func TestThrottleFleetRedisDown(t *testing.T) {
 		if !strings.Contains(rp.logs.String(), "Redis is reachable again") {
 			t.Errorf("%s: the end of the outage is not logged", rp.c.Node())
 		}
+		if c := rp.c.client.PoolStats().TotalConns; c > 4 {
+			t.Errorf("%s: %d connections to Redis; want at most the pool's 4", rp.c.Node(), c)
+		}
+	}
+	// A guard against a leak, with room for the pools' own goroutines.
+	if g := runtime.NumGoroutine(); g > goroutines+10 {
+		t.Errorf("%d goroutines after the outage, %d before", g, goroutines)
 	}
 }
 
