@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -184,8 +185,9 @@ func (s *ThrottleStore) try() bool {
 }
 
 // run runs script for every key, in one round trip; args(i) are the
-// arguments for keys[i]. It returns the replies, or the error that makes
-// the attempt count locally (after recording it).
+// arguments for keys[i]. It returns the replies and, when one failed, the
+// error that makes the attempt count locally (after recording it); the
+// replies are nil when nothing was sent.
 func (s *ThrottleStore) run(script *redis.Script, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
 	if !s.try() {
 		return nil, errBackingOff
@@ -244,7 +246,7 @@ func (s *ThrottleStore) run(script *redis.Script, keys []auth.StoreKey, args fun
 	}
 	if failed != nil {
 		s.c.Fallback("throttle")
-		return nil, failed
+		return cmds, failed
 	}
 	return cmds, nil
 }
@@ -285,6 +287,17 @@ func (s *ThrottleStore) Place(now time.Time, window time.Duration, keys []auth.S
 		return []any{ms, window.Milliseconds(), keys[i].Limit, id, ends, latest}
 	})
 	if err != nil {
+		// A key that answered may have given a place: back, so that
+		// a key that fails (one unusable entry) does not fill the
+		// other's budget with places that wait to expire.
+		if cmds != nil {
+			placed := make([]bool, len(keys))
+			for i, cmd := range cmds {
+				r, err := cmd.Int64Slice()
+				placed[i] = err == nil && len(r) == 2 && r[0] == 0
+			}
+			s.release(keys, placed, id)
+		}
 		return "", nil, err
 	}
 	// No lock lasts longer than a window, but one made under a longer
@@ -328,6 +341,9 @@ func (s *ThrottleStore) Place(now time.Time, window time.Duration, keys []auth.S
 // release gives back the places of id in the keys placed; a failure
 // leaves them to expire.
 func (s *ThrottleStore) release(keys []auth.StoreKey, placed []bool, id string) {
+	if !slices.Contains(placed, true) {
+		return
+	}
 	ctx, cancel := s.c.ctx()
 	defer cancel()
 	s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {

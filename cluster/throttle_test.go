@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -382,6 +383,11 @@ func TestThrottleFleetUnusable(t *testing.T) {
 			if !strings.Contains(rp.logs.String(), "key="+args[1]) {
 				t.Errorf("the ERROR line does not name %s:\n%s", args[1], rp.logs)
 			}
+			// The address's places were given back.
+			_, ipFlight := rp.store.names(auth.StoreKey{Name: netip.PrefixFrom(tip1, 32).String()})
+			if n, err := r.Do("ZCARD", ipFlight); err != nil || strings.TrimSpace(n) != "0" {
+				t.Errorf("ZCARD %s = %q, %v: places of the address left behind", ipFlight, n, err)
+			}
 		})
 	}
 	// Each key is logged once.
@@ -397,5 +403,36 @@ func TestThrottleFleetUnusable(t *testing.T) {
 	}
 	if ok, _ := attempt(rp.th, tip1, "dave", auth.AttemptAborted); !ok {
 		t.Error("reservations that end in the far future fill dave's budget")
+	}
+}
+
+// TestThrottleFleetDeadReplica: the places of a replica that dies with
+// attempts in flight expire: its attempts never end, and once their
+// reservations have run out (an hour here), another replica's attempt
+// goes ahead; the Redis key holding them expires by then too.
+func TestThrottleFleetDeadReplica(t *testing.T) {
+	r := startRedis(t)
+	clk := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	rs := throttleFleet(t, r, 2, auth.ThrottleConfig{MaxPerIP: 100, MaxPerUser: 2, Window: 10 * time.Minute, Now: clk.now})
+	for i := range 2 {
+		if _, ok, _ := rs[0].th.Begin(noWait, tip1, "alice"); !ok {
+			t.Fatalf("attempt %d refused", i+1)
+		}
+	}
+	// node0 dies: its two attempts never end.
+	if ok, wait := attempt(rs[1].th, tip2, "alice", auth.AttemptSucceeded); ok || wait != auth.InFlightRetry {
+		t.Fatalf("with 2 attempts in flight on node0, node1's = %v, %v; want a wait", ok, wait)
+	}
+	_, flight := rs[1].store.names(auth.StoreKey{User: true, Name: "alice"})
+	ttl, err := r.Do("PTTL", flight)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := strconv.Atoi(strings.TrimSpace(ttl)); err != nil || ms <= 0 || ms > int((time.Hour+time.Second)/time.Millisecond) {
+		t.Errorf("PTTL %s = %q; want at most the reservations' hour and a second", flight, ttl)
+	}
+	clk.add(time.Hour)
+	if ok, wait := attempt(rs[1].th, tip2, "alice", auth.AttemptSucceeded); !ok {
+		t.Errorf("an hour after node0 died, node1's attempt = %v, %v; want it to go ahead", ok, wait)
 	}
 }
