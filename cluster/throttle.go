@@ -59,6 +59,7 @@ type ThrottleStore struct {
 	down     bool      // Redis failed and has not answered since
 	retryAt  time.Time // when down: when to ask again
 	unusable map[string]bool
+	refused  bool // logged that Redis refuses the scripts
 }
 
 // maxUnusable bounds the unusable keys remembered so as to log each once.
@@ -230,6 +231,9 @@ func (s *ThrottleStore) run(script *redis.Script, keys []auth.StoreKey, args fun
 		case isUnusable(err):
 			s.logUnusable(names[i][0], err)
 			unusable = err
+		case isRefused(err):
+			s.logRefused(err)
+			unusable = err
 		default:
 			failed = err
 		}
@@ -260,6 +264,34 @@ func isUnusable(err error) bool {
 	}
 	msg := err.Error()
 	return strings.HasPrefix(msg, "POPGATE-CORRUPT") || strings.HasPrefix(msg, "WRONGTYPE")
+}
+
+// isRefused tells a command Redis refuses (an ACL without the scripts,
+// NOPERM) from a Redis that is unavailable: Redis answers, so the replica
+// neither takes it for down nor backs off, but counts locally.
+func isRefused(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, p := range []string{"LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "BUSY", "NOREPLICAS", "OOM"} {
+		if redis.HasErrorPrefix(err, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// logRefused logs once that Redis refuses the throttle's commands.
+func (s *ThrottleStore) logRefused(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refused {
+		return
+	}
+	s.refused = true
+	s.c.log.Error("cluster: Redis refuses the failed-login counters' scripts; this replica counts failed logins on its own state "+
+		"(the cluster.user's ACL needs +evalsha +eval, see docs/fleet.md)", "node", s.c.node, "err", err)
 }
 
 // logUnusable logs once that the budget at name cannot be read.
