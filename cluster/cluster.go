@@ -4,7 +4,8 @@
 // Redis, its backups and its network never see a secret in clear; a
 // replica with another key refuses the entries rather than using them.
 //
-// So far the fleet shares its TLS session-ticket keys ([TicketKeys]).
+// So far the fleet shares its TLS session-ticket keys ([TicketKeys]) and
+// its failed-login budgets ([ThrottleStore]).
 package cluster
 
 import (
