@@ -153,7 +153,9 @@ func (t *Throttle) localRefusal(now time.Time, ip netip.Prefix, user string) tim
 
 // endShared is End for an attempt placed in t.store. When the store fails,
 // the outcome counts on the local state (the store's reservation expires
-// by itself).
+// by itself), for both keys even when the store counted one of them (an
+// unusable entry of the other): a failure then counts here as well as in
+// the store, which errs on the side of the limit.
 func (t *Throttle) endShared(tk Ticket, r AttemptResult) {
 	t.mu.Lock()
 	now, window := t.now(), t.window
