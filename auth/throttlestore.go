@@ -26,12 +26,13 @@ type ThrottleStore interface {
 	// with the id returned; when one has none, it reserves nothing and
 	// returns "". The verdicts are the keys', in order. A reservation
 	// that End never releases (its process died) expires by itself,
-	// later than any attempt lasts.
-	Place(now time.Time, window time.Duration, keys []StoreKey) (id string, v []StoreVerdict, err error)
+	// later than any attempt lasts. When ctx ends first, Place fails
+	// with ctx's error.
+	Place(ctx context.Context, now time.Time, window time.Duration, keys []StoreKey) (id string, v []StoreVerdict, err error)
 	// End releases the places of id and counts the attempt's outcome r
 	// at now under each key's Limit (0: counts nothing) and window
 	// (<= 0: counts nothing).
-	End(now time.Time, window time.Duration, keys []StoreKey, id string, r AttemptResult) error
+	End(ctx context.Context, now time.Time, window time.Duration, keys []StoreKey, id string, r AttemptResult) error
 }
 
 // StoreKey is one budget of a [ThrottleStore].
@@ -101,7 +102,11 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		if len(keys) == 0 {
 			return tk, true, 0, true
 		}
-		id, vs, err := t.store.Place(now, window, keys)
+		// ctx bounds the wait for attempts in flight, as without a
+		// store, not the store's round trip, which its own timeouts
+		// bound: an ended ctx still gets an answer where no wait is
+		// needed.
+		id, vs, err := t.store.Place(context.WithoutCancel(ctx), now, window, keys)
 		if err != nil || len(vs) != len(keys) {
 			return Ticket{}, false, 0, false
 		}
@@ -167,7 +172,8 @@ func (t *Throttle) endShared(tk Ticket, r AttemptResult) {
 		keys = append(keys, StoreKey{User: true, Name: tk.user, Limit: t.maxUser, From: prefixString(tk.from)})
 	}
 	t.mu.Unlock()
-	if t.store.End(now, window, keys, tk.shared, r) == nil {
+	// The outcome counts even when the client has gone: no ctx of its.
+	if t.store.End(context.Background(), now, window, keys, tk.shared, r) == nil {
 		return
 	}
 	t.mu.Lock()

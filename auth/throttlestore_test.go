@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ type stubStore struct {
 
 var errStub = errors.New("store down")
 
-func (s *stubStore) Place(now time.Time, window time.Duration, keys []StoreKey) (string, []StoreVerdict, error) {
+func (s *stubStore) Place(_ context.Context, now time.Time, window time.Duration, keys []StoreKey) (string, []StoreVerdict, error) {
 	s.places++
 	if s.failPlace {
 		return "", nil, errStub
@@ -22,7 +23,7 @@ func (s *stubStore) Place(now time.Time, window time.Duration, keys []StoreKey) 
 	return "id", make([]StoreVerdict, len(keys)), nil
 }
 
-func (s *stubStore) End(now time.Time, window time.Duration, keys []StoreKey, id string, r AttemptResult) error {
+func (s *stubStore) End(_ context.Context, now time.Time, window time.Duration, keys []StoreKey, id string, r AttemptResult) error {
 	s.ends++
 	if s.failEnd {
 		return errStub

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -189,11 +190,11 @@ func (s *ThrottleStore) try() bool {
 // arguments for keys[i]. It returns the replies and, when one failed, the
 // error that makes the attempt count locally (after recording it); the
 // replies are nil when nothing was sent.
-func (s *ThrottleStore) run(script *redis.Script, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
+func (s *ThrottleStore) run(parent context.Context, script *redis.Script, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
 	if !s.try() {
 		return nil, errBackingOff
 	}
-	ctx, cancel := s.c.ctx()
+	ctx, cancel := context.WithTimeout(parent, dialTimeout+2*ioTimeout)
 	defer cancel()
 	cmds := make([]*redis.Cmd, len(keys))
 	names := make([][]string, len(keys))
@@ -224,6 +225,11 @@ func (s *ThrottleStore) run(script *redis.Script, keys []auth.StoreKey, args fun
 		})
 	}
 
+	if err := parent.Err(); err != nil {
+		// The caller gave up (its login's time is up): says nothing
+		// of Redis.
+		return cmds, err
+	}
 	var failed, unusable error
 	for i, cmd := range cmds {
 		switch err := cmd.Err(); {
@@ -311,11 +317,11 @@ func (s *ThrottleStore) logUnusable(name string, err error) {
 var errBadReply = errors.New("cluster: the throttle's script gave an unexpected reply")
 
 // Place implements auth.ThrottleStore.
-func (s *ThrottleStore) Place(now time.Time, window time.Duration, keys []auth.StoreKey) (string, []auth.StoreVerdict, error) {
+func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Duration, keys []auth.StoreKey) (string, []auth.StoreVerdict, error) {
 	id := s.ids + strconv.FormatUint(s.seq.Add(1), 36)
 	ms := now.UnixMilli()
 	ends, latest := now.Add(s.hold).UnixMilli(), now.Add(2*s.hold).UnixMilli()
-	cmds, err := s.run(placeScript, keys, func(i int) []any {
+	cmds, err := s.run(ctx, placeScript, keys, func(i int) []any {
 		return []any{ms, window.Milliseconds(), keys[i].Limit, id, ends, latest}
 	})
 	if err != nil {
@@ -390,7 +396,7 @@ func (s *ThrottleStore) release(keys []auth.StoreKey, placed []bool, id string) 
 }
 
 // End implements auth.ThrottleStore.
-func (s *ThrottleStore) End(now time.Time, window time.Duration, keys []auth.StoreKey, id string, r auth.AttemptResult) error {
+func (s *ThrottleStore) End(ctx context.Context, now time.Time, window time.Duration, keys []auth.StoreKey, id string, r auth.AttemptResult) error {
 	result := "a"
 	switch r {
 	case auth.AttemptFailed:
@@ -398,7 +404,7 @@ func (s *ThrottleStore) End(now time.Time, window time.Duration, keys []auth.Sto
 	case auth.AttemptSucceeded:
 		result = "s"
 	}
-	_, err := s.run(endScript, keys, func(i int) []any {
+	_, err := s.run(ctx, endScript, keys, func(i int) []any {
 		from := ""
 		if keys[i].From != "" {
 			from = s.c.hashName("throttle from", keys[i].From)
