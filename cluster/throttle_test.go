@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -435,4 +437,46 @@ func TestThrottleFleetDeadReplica(t *testing.T) {
 	if ok, wait := attempt(rs[1].th, tip2, "alice", auth.AttemptSucceeded); !ok {
 		t.Errorf("an hour after node0 died, node1's attempt = %v, %v; want it to go ahead", ok, wait)
 	}
+}
+
+// BenchmarkThrottleFleetLogin: one login's Begin and End (a success)
+// with the budgets in Redis, and without, for the client's side of the
+// cost (Redis's own CPU is pop3bench -cluster's).
+func BenchmarkThrottleFleetLogin(b *testing.B) {
+	cfg := auth.ThrottleConfig{MaxPerIP: 20, MaxPerUser: 10, Window: 10 * time.Minute}
+	run := func(b *testing.B, th *auth.Throttle) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			tk, ok, _ := th.Begin(context.Background(), tip1, "user"+strconv.Itoa(i%100))
+			if !ok {
+				b.Fatal("refused")
+			}
+			th.End(tk, auth.AttemptSucceeded)
+			i++
+		}
+	}
+	b.Run("local", func(b *testing.B) { run(b, auth.NewThrottle(cfg)) })
+	b.Run("redis", func(b *testing.B) {
+		r, err := dirrun.StartRedis()
+		if err != nil {
+			b.Fatalf("redis-server (Debian package redis-server) is needed: %v", err)
+		}
+		defer r.Close()
+		key := filepath.Join(b.TempDir(), "cluster.key")
+		if err := os.WriteFile(key, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		c, err := Open(Config{Redis: r.URL(), KeyFile: key, NodeName: "bench"}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		cfg := cfg
+		cfg.Store = c.NewThrottleStore(time.Hour)
+		run(b, auth.NewThrottle(cfg))
+		if f := c.Fallbacks()["throttle"]; f != 0 {
+			b.Errorf("%d fallbacks", f)
+		}
+	})
 }
