@@ -22,6 +22,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"log/slog"
 	"maps"
 	"net/url"
@@ -69,7 +71,7 @@ type Config struct {
 type Cluster struct {
 	client redis.UniversalClient
 	aead   cipher.AEAD
-	names  []byte // hashName's HMAC key, derived from key_file
+	names  sync.Pool // of hashName's HMACs, keyed with a key derived from key_file
 	prefix string
 	node   string
 	log    *slog.Logger
@@ -112,7 +114,8 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
-	c := &Cluster{aead: aead, names: names, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
+	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
+	c.names.New = func() any { return hmac.New(sha256.New, names) }
 	if c.prefix == "" {
 		c.prefix = "popgate:"
 	}
@@ -279,12 +282,16 @@ func (c *Cluster) done(err error) {
 // key_file, 128 bits in hex) of a name that must not appear in clear in
 // Redis: a user name, a client address. purpose keeps the hashes of
 // different uses apart.
+// It is on every login's path: the HMACs are reused.
 func (c *Cluster) hashName(purpose, name string) string {
-	m := hmac.New(sha256.New, c.names)
-	m.Write([]byte(purpose))
+	m := c.names.Get().(hash.Hash)
+	defer c.names.Put(m)
+	m.Reset()
+	io.WriteString(m, purpose)
 	m.Write([]byte{0})
-	m.Write([]byte(name))
-	return hex.EncodeToString(m.Sum(nil)[:16])
+	io.WriteString(m, name)
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(m.Sum(sum[:0])[:16])
 }
 
 // seal encrypts plain for the Redis key name, which is the additional
