@@ -480,3 +480,30 @@ func BenchmarkThrottleFleetLogin(b *testing.B) {
 		}
 	})
 }
+
+// TestThrottleKeyNames: a budget's Redis keys are the same on every
+// replica with the same key_file, differ with another key_file (whoever
+// reads Redis cannot test guesses at names without it), and an address
+// and a user name never share keys.
+func TestThrottleKeyNames(t *testing.T) {
+	r := startRedis(t)
+	cfg := auth.ThrottleConfig{MaxPerIP: 1, MaxPerUser: 1, Window: time.Minute}
+	fleet := throttleFleet(t, r, 2, cfg)
+	other := newThrottleReplica(t, r, "other", writeKey(t), cfg)
+	user := auth.StoreKey{User: true, Name: "alice"}
+	n0, f0 := fleet[0].store.names(user)
+	n1, _ := fleet[1].store.names(user)
+	n2, _ := other.store.names(user)
+	if n0 != n1 {
+		t.Errorf("two replicas with one key_file name alice's count %s and %s", n0, n1)
+	}
+	if n0 == n2 {
+		t.Errorf("replicas with different key_files both name alice's count %s", n0)
+	}
+	if ip, _ := fleet[0].store.names(auth.StoreKey{Name: "alice"}); ip == n0 {
+		t.Errorf("an address and a user name share %s", ip)
+	}
+	if !strings.HasPrefix(n0, "popgate:{throttle:user:") || !strings.HasSuffix(n0, "}:n") || strings.TrimSuffix(n0, ":n") != strings.TrimSuffix(f0, ":r") {
+		t.Errorf("alice's keys %s and %s are not popgate:{throttle:user:HASH}:n and :r in one hash slot", n0, f0)
+	}
+}
