@@ -31,8 +31,9 @@ import (
 	"github.com/popgate/popgate/internal/safefile"
 )
 
-// Timeouts of the Redis client: short, because a key source is asked from
-// a handshake, and a Redis that does not answer must not hold logins up.
+// Timeouts of the Redis client: short, because logins ask Redis (the
+// throttle, the sessions), and a Redis that does not answer must not hold
+// them up.
 const (
 	dialTimeout = 500 * time.Millisecond
 	ioTimeout   = 500 * time.Millisecond
@@ -69,6 +70,12 @@ type Cluster struct {
 	node   string
 	log    *slog.Logger
 
+	// life ends with Close, and with it the replica's background work
+	// (the ticket key refresher); bg waits for that work to return.
+	life context.Context
+	end  context.CancelFunc
+	bg   sync.WaitGroup
+
 	mu        sync.Mutex
 	up        bool // the last operation succeeded
 	down      bool // an outage has been logged and not yet its end
@@ -103,6 +110,7 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
 	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
+	c.life, c.end = context.WithCancel(context.Background())
 	if c.prefix == "" {
 		c.prefix = "popgate:"
 	}
@@ -231,15 +239,29 @@ func (c *Cluster) Fallbacks() map[string]uint64 {
 	return maps.Clone(c.fallbacks)
 }
 
-// Close closes the client's connections.
-func (c *Cluster) Close() error { return c.client.Close() }
+// Close stops the replica's background work, waiting for it, and closes
+// the client's connections.
+func (c *Cluster) Close() error {
+	c.end()
+	c.bg.Wait()
+	return c.client.Close()
+}
+
+// background runs f until Close; f returns when ctx is done.
+func (c *Cluster) background(f func(ctx context.Context)) {
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		f(c.life)
+	}()
+}
 
 // key is a Redis key under the prefix.
 func (c *Cluster) key(purpose string) string { return c.prefix + purpose }
 
-// ctx bounds one operation.
+// ctx bounds one operation; Close ends it too.
 func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), dialTimeout+2*ioTimeout)
+	return context.WithTimeout(c.life, dialTimeout+2*ioTimeout)
 }
 
 // done records the outcome of an operation: one WARN line when Redis
