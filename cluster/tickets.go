@@ -277,7 +277,7 @@ func (t *TicketKeys) open(name, s string) ([32]byte, bool) {
 				clear(t.refused)
 			}
 			t.refused[name+s] = true
-			t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "node", t.c.node, "key", name, "err", err)
+			t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
 		}
 		return k, false
 	}

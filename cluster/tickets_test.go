@@ -98,8 +98,13 @@ func serverCert(t *testing.T) tls.Certificate {
 
 func newReplica(t *testing.T, r *dirrun.Redis, node, keyFile string) *replica {
 	t.Helper()
+	return newReplicaConfig(t, Config{Redis: r.URL(), KeyFile: keyFile, NodeName: node})
+}
+
+func newReplicaConfig(t *testing.T, cfg Config) *replica {
+	t.Helper()
 	logs := new(syncBuf)
-	c, err := Open(Config{Redis: r.URL(), KeyFile: keyFile, NodeName: node}, slog.New(slog.NewTextHandler(logs, nil)))
+	c, err := Open(cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,6 +399,17 @@ func TestOpenConfig(t *testing.T) {
 		{Config{Redis: "redis://h:1/0", KeyFile: short}, "32-byte key"},
 		{Config{Redis: "redis://h:1/0", KeyFile: key, CAFile: key}, "rediss://"},
 		{Config{Redis: "redis://h:1/0", KeyFile: key, PasswordFile: "/nonexistent"}, "cluster.password_file"},
+		{Config{KeyFile: key}, "cluster.redis or cluster.addresses: required"},
+		{Config{Redis: "redis://h:1/0", Addresses: []string{"h:2"}, KeyFile: key}, "set one, not both"},
+		{Config{Addresses: []string{"h"}, KeyFile: key}, `"h" is not host:port`},
+		{Config{Addresses: []string{"h:0"}, KeyFile: key}, `"h:0" is not host:port`},
+		{Config{Addresses: []string{"h:1", "h:1"}, KeyFile: key}, "listed twice"},
+		{Config{Redis: "redis://h:1/0", TLS: true, KeyFile: key}, "cluster.tls"},
+		{Config{Redis: "redis://h:1/0", SentinelMaster: "m", KeyFile: key}, "cluster.sentinel_master"},
+		{Config{Addresses: []string{"h:1"}, SentinelPasswordFile: key, KeyFile: key}, "set only with cluster.sentinel_master"},
+		{Config{Addresses: []string{"h:1"}, SentinelMaster: "m", SentinelUser: "u", KeyFile: key}, "cluster.sentinel_user: set with cluster.sentinel_password_file"},
+		{Config{Addresses: []string{"h:1"}, CAFile: key, KeyFile: key}, "cluster.ca_file: set only with TLS"},
+		{Config{Addresses: []string{"h:1"}, SentinelMaster: "m", SentinelPasswordFile: "/nonexistent", KeyFile: key}, "cluster.sentinel_password_file"},
 	} {
 		_, err := Open(tc.cfg, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
