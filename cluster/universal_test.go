@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/popgate/popgate/internal/certgen"
 	"github.com/popgate/popgate/internal/dirrun"
 )
 
@@ -101,5 +102,41 @@ func TestRedisCluster(t *testing.T) {
 		if strings.Contains(rp.logs.String(), "level=WARN") || strings.Contains(rp.logs.String(), "level=ERROR") {
 			t.Errorf("%s logged a problem:\n%s", rp.c.Node(), rp.logs)
 		}
+	}
+}
+
+// TestClientOptionsTLS: with addresses, tls = true asks for TLS 1.2 or
+// later to every server, verified against ca_file; the server name is
+// left for each dial to fill in from its own address.
+func TestClientOptionsTLS(t *testing.T) {
+	ca, err := certgen.NewCA("redis CA", certgen.ECDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := ca.WriteCert(caFile); err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []Config{
+		{Addresses: []string{"s1:26379", "s2:26379"}, SentinelMaster: "m", TLS: true, CAFile: caFile},
+		{Addresses: []string{"n1:6379"}, TLS: true, CAFile: caFile},
+	} {
+		o, err := clientOptions(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.TLSConfig == nil || o.TLSConfig.MinVersion != tls.VersionTLS12 || o.TLSConfig.RootCAs == nil || o.TLSConfig.ServerName != "" {
+			t.Errorf("%+v: TLS config %+v", cfg, o.TLSConfig)
+		}
+		if (cfg.SentinelMaster == "") != o.IsClusterMode || o.MasterName != cfg.SentinelMaster {
+			t.Errorf("%+v: cluster mode %v, master %q", cfg, o.IsClusterMode, o.MasterName)
+		}
+	}
+	o, err := clientOptions(Config{Redis: "rediss://redis.example.net:6380/0", CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.TLSConfig == nil || o.TLSConfig.ServerName != "redis.example.net" || o.IsClusterMode || o.MasterName != "" {
+		t.Errorf("rediss://: options %+v", o)
 	}
 }
