@@ -5,11 +5,13 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/internal/dirrun"
 	"github.com/popgate/popgate/tlsconf"
 )
 
@@ -154,4 +156,57 @@ func TestTicketsRefresherStops(t *testing.T) {
 		buf := make([]byte, 1<<16)
 		t.Errorf("%d goroutines after closing, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
+}
+
+// TestTicketsNextKeyAhead: the refresher makes the next period's key a
+// rotation ahead, so that when a period begins every replica seals with
+// the same key without asking Redis, here stopped before the boundary.
+func TestTicketsNextKeyAhead(t *testing.T) {
+	r := startRedis(t)
+	key := writeKey(t)
+	// Both replicas must start in the same period.
+	if left := time.Until(time.Now().Truncate(time.Minute).Add(time.Minute)); left < 2*time.Second {
+		time.Sleep(left + 100*time.Millisecond)
+	}
+	var srcs []*TicketKeys
+	for _, node := range []string{"a", "b"} {
+		c, err := Open(Config{Redis: r.URL(), KeyFile: key, NodeName: node}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		srcs = append(srcs, c.newTicketKeys(time.Minute, 3*time.Minute, time.Hour))
+	}
+	now := time.Now()
+	next := srcs[0].epoch(now) + 1
+	if n := ticketLen(t, r, ticketName(next)); n != "60" {
+		t.Fatalf("the next period's entry is %s bytes, want 60 (made ahead)", n)
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	at := srcs[0].start(next).Add(time.Second)
+	var first [][32]byte
+	for _, s := range srcs {
+		keys, _, err := s.TicketKeys(at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first = append(first, keys[0])
+		if keys[0] != s.shared[next] {
+			t.Errorf("%s seals the new period's tickets with a key of its own, not the fleet's", s.c.Node())
+		}
+	}
+	if first[0] != first[1] {
+		t.Error("the replicas seal the new period's tickets with different keys")
+	}
+}
+
+func ticketLen(t *testing.T, r *dirrun.Redis, name string) string {
+	t.Helper()
+	v, err := r.Do("--raw", "STRLEN", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(v)
 }
