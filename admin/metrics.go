@@ -150,7 +150,20 @@ func NewMetrics(version, commit string) *Metrics {
 	return newMetrics(version, commit, time.Now)
 }
 
+// NewNodeMetrics is NewMetrics for a replica of a fleet ([cluster]):
+// every series, go_* and process_* included, carries the constant label
+// node="<node>", so that the replicas' series stay apart wherever they
+// are gathered together (a federation, a remote write, a scrape that
+// relabels the pod away).
+func NewNodeMetrics(version, commit, node string) *Metrics {
+	return newMetricsLabels(version, commit, time.Now, prometheus.Labels{"node": node})
+}
+
 func newMetrics(version, commit string, now func() time.Time) *Metrics {
+	return newMetricsLabels(version, commit, now, nil)
+}
+
+func newMetricsLabels(version, commit string, now func() time.Time, labels prometheus.Labels) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		now: now,
@@ -267,7 +280,8 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 	})
 	buildInfo.Set(1)
 
-	m.reg.MustRegister(
+	reg := prometheus.WrapRegistererWith(labels, m.reg)
+	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
@@ -280,7 +294,7 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		&m.src,
 	)
 	m.certReloads = newCertReloadErrors()
-	m.reg.MustRegister(m.certReloads)
+	reg.MustRegister(m.certReloads)
 	return m
 }
 
