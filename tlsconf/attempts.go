@@ -54,6 +54,9 @@ type attempt struct {
 	// renewing: a renewal allowed an order, counted in
 	// acmeState.renewing until it ends.
 	renewing bool
+	// fleetRelease releases the fleet's lock a renewal took
+	// (fleetRenewal); nil if it took none.
+	fleetRelease func()
 
 	orders   int               // orders the CA accepted
 	offered  map[string]bool   // challenge types of the last authorization
@@ -85,7 +88,11 @@ func (a *acmeState) attemptFor(ctx context.Context, create bool) *attempt {
 				delete(a.renewing, att.key.name)
 			}
 		}
+		release := att.fleetRelease
 		a.attMu.Unlock()
+		if release != nil {
+			release()
+		}
 		a.attemptEnded(att)
 	})
 	return att
@@ -195,8 +202,10 @@ func parseCacheKey(key string) (seenKey, bool) {
 
 // renewalHeldError is the order of a renewal that popgate refused before
 // it reached the CA, for Reason: "policy" (the name is no longer in the
-// policy), "backoff" (its last order failed recently) or "busy" (an order
-// of popgate's for the name is under way).
+// policy), "backoff" (its last order failed recently), "busy" (an order
+// of popgate's for the name is under way, here or on another replica of
+// the fleet), "cluster" (the fleet's lock cannot be taken) or "renewed"
+// (another replica renewed the certificate).
 type renewalHeldError struct {
 	Name   string
 	Reason string
@@ -260,7 +269,7 @@ func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var paid payment
 	if isOrder {
 		var err error
-		if paid, err = t.mayOrder(att); err != nil {
+		if paid, err = t.mayOrder(ctx, att); err != nil {
 			if att != nil {
 				t.note(att, err.Error())
 			}
@@ -351,11 +360,13 @@ func (t *caTransport) isNewOrder(url string) bool {
 // order is refused for a name no longer in the policy, while the back-off
 // holds the certificate, and while an order of popgate's for the name is
 // under way (their TLS-ALPN-01 challenge certificates would collide:
-// autocert keeps them by name only); once allowed, it holds back
+// autocert keeps them by name only); in a fleet, unless it takes the
+// fleet's lock of the name and the certificate was not renewed by
+// another replica meanwhile (fleetRenewal); once allowed, it holds back
 // popgate's orders for the name until it ends. It is paid as a renewal
 // for a name of Domains and as an on-demand order (leaving the reserve)
 // for any other. An order of no known attempt is refused.
-func (t *caTransport) mayOrder(att *attempt) (payment, error) {
+func (t *caTransport) mayOrder(ctx context.Context, att *attempt) (payment, error) {
 	if att == nil {
 		return paidNothing, errUnknownAttempt
 	}
@@ -395,6 +406,13 @@ func (t *caTransport) mayOrder(att *attempt) (payment, error) {
 		if t.a.ordering[k.name] != nil {
 			t.a.attMu.Unlock()
 			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "busy", Err: errOrderUnderWay})
+		}
+		if t.a.fleet != nil {
+			t.a.attMu.Unlock()
+			if held := t.a.fleetRenewal(ctx, att, k); held != nil {
+				return paidNothing, t.hold(att, held)
+			}
+			t.a.attMu.Lock()
 		}
 		if !att.renewing {
 			att.renewing = true

@@ -36,6 +36,8 @@ import (
 //     validation. A handshake needing the other key type waits for the
 //     order under way; while a renewal of the name is under way, a new
 //     order is held back (see lockName).
+//  5. In a fleet (ACMEConfig.OrderLock), one order per name across the
+//     replicas: see fleet.go.
 //
 // autocert's own GetCertificate would order as soon as the certificate of
 // the key type the hello prefers is missing; it is called only with a
@@ -264,9 +266,9 @@ func (a *acmeState) lockName(ctx context.Context, k seenKey) (release func(), er
 // order orders k's certificate through autocert, unless something
 // withholds the order: the back-off after a failure, the approval hook (for
 // an on-demand name), a renewal of the name under way, or the budget. An
-// order for the name of the other key type is waited for. It reports an
-// order that reached the CA once (log, metric). ctx bounds only the waits
-// for the hook and for the other order.
+// order for the name of the other key type, or of another replica of the
+// fleet, is waited for. It reports an order that reached the CA once (log,
+// metric). ctx bounds only the waits for the hook and for the other order.
 func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
 	if err := a.backedOff(k, onDemand); err != nil {
 		return nil, err
@@ -297,6 +299,13 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 	// A renewal for the name may have failed while this order waited.
 	if err := a.backedOff(k, onDemand); err != nil {
 		return nil, err
+	}
+	if a.fleet != nil {
+		c, releaseFleet, err := a.fleetLock(ctx, k)
+		if err != nil || c != nil {
+			return c, err
+		}
+		defer releaseFleet()
 	}
 	class := classDomain
 	if onDemand {
@@ -389,7 +398,8 @@ type OrderObserver interface {
 	ACMEOrder(keyType, result string)
 	// ACMEOrderWithheld: a handshake needed a certificate that does not
 	// exist, and no order was placed, for reason (WithheldBackoff,
-	// WithheldBudget, WithheldDenied, WithheldAskFailed, WithheldBusy).
+	// WithheldBudget, WithheldDenied, WithheldAskFailed, WithheldBusy,
+	// WithheldCluster).
 	ACMEOrderWithheld(reason string)
 }
 
@@ -402,7 +412,7 @@ const (
 	WithheldBudget    = "budget"     // the order budget is used up
 	WithheldDenied    = "denied"     // the approval hook said no
 	WithheldAskFailed = "ask_failed" // the approval hook did not answer, or was not asked at its cap (fail closed)
-	WithheldBusy      = "busy"       // a renewal of the same name was under way
+	WithheldBusy      = "busy"       // a renewal of the same name was under way, or another replica's order did not end in time
 )
 
 // observerBox lets acmeState.obs (an atomic.Value) hold an interface.
