@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -47,10 +48,11 @@ func isToken(key string) bool {
 // wrong key_file neither serves nor replaces the fleet's certificates.
 // Such an entry is logged once (ERROR, with its Redis key).
 //
-// The account key and the certificates are also written through to the
-// local cache (tls.acme.cache_dir), which is read only when Redis does
-// not answer: a replica restarted during an outage still serves the
-// certificates it had. Challenge answers live in Redis only.
+// The account key and the certificates are also kept in the local cache
+// (tls.acme.cache_dir): written through, and refreshed when read from
+// Redis. The local copy is read only when Redis does not answer: a
+// replica restarted during an outage still serves the certificates it
+// had. Challenge answers live in Redis only.
 type ACMECache struct {
 	c     *Cluster
 	local autocert.Cache // nil: no local copy
@@ -131,7 +133,24 @@ func (a *ACMECache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, a.refuse(name, val, err)
 	}
+	a.keepLocal(ctx, key, plain)
 	return plain, nil
+}
+
+// keepLocal makes the local copy of key hold data, which Redis holds: a
+// certificate another replica obtained is served from the copy too when
+// this one restarts while Redis is down.
+func (a *ACMECache) keepLocal(ctx context.Context, key string, data []byte) {
+	if a.local == nil || isToken(key) {
+		return
+	}
+	if old, err := a.local.Get(ctx, key); err == nil && bytes.Equal(old, data) {
+		return
+	}
+	if err := a.local.Put(ctx, key, data); err != nil {
+		a.c.log.Warn("cluster: the local copy of an ACME cache entry could not be written; it serves while Redis is down",
+			"node", a.c.node, "key", key, "err", err)
+	}
 }
 
 // refuse logs a refused entry once and returns the error.

@@ -99,6 +99,11 @@ func TestACMECacheShared(t *testing.T) {
 			t.Errorf("%s: PTTL %s, in the local copy %v; want no expiry and a local copy", k, ttl, inLocal)
 		}
 	}
+	// What another replica reads is kept in its local copy too.
+	localB := &memCache{m: map[string][]byte{}}
+	if got, err := b.ACMECache(localB).Get(ctx, "mail.example.net"); err != nil || !bytes.Equal(localB.m["mail.example.net"], got) {
+		t.Errorf("a certificate read from Redis: %v; the local copy holds %q", err, localB.m["mail.example.net"])
+	}
 	if err := cb.Delete(ctx, "tok123+http-01"); err != nil {
 		t.Fatal(err)
 	}
