@@ -33,6 +33,39 @@ const maxACMEEntry = 1<<20 + 64
 // the replica that stored it die before autocert deletes it.
 const acmeTokenTTL = time.Hour
 
+// acmePause is how long after Redis failed an ACME operation the next
+// ones skip it and fail at once: during an outage, handshakes for names a
+// replica has not loaded do not each wait for the dial timeout.
+const acmePause = 2 * time.Second
+
+// pause remembers a recent failure of Redis.
+type pause struct {
+	mu    sync.Mutex
+	until time.Time
+	err   error
+}
+
+// recent returns the failure if it is recent enough to skip Redis.
+func (p *pause) recent() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Now().Before(p.until) {
+		return p.err
+	}
+	return nil
+}
+
+// failed records a failure (nil: a success).
+func (p *pause) failed(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil {
+		p.until, p.err = time.Time{}, nil
+		return
+	}
+	p.until, p.err = time.Now().Add(acmePause), err
+}
+
 // isToken reports whether an autocert cache key holds a challenge answer.
 func isToken(key string) bool {
 	return strings.HasSuffix(key, "+http-01") || strings.HasSuffix(key, "+token")
@@ -56,6 +89,7 @@ func isToken(key string) bool {
 type ACMECache struct {
 	c     *Cluster
 	local autocert.Cache // nil: no local copy
+	pause pause
 
 	mu      sync.Mutex
 	refused map[string]bool // entries refused and logged, by key and digest
@@ -104,16 +138,20 @@ func replyError(err error) bool {
 // Get implements autocert.Cache.
 func (a *ACMECache) Get(ctx context.Context, key string) ([]byte, error) {
 	name := a.name(key)
-	rctx, cancel := bounded(ctx, a.c)
-	defer cancel()
-	// GETRANGE reads at most maxACMEEntry+1 bytes, whatever Redis holds;
-	// a missing key reads as "".
-	val, err := a.c.client.GetRange(rctx, name, 0, maxACMEEntry).Result()
-	if replyError(err) {
-		a.c.done(nil)
-		return nil, a.refuse(name, "", err)
+	val, err := "", a.pause.recent()
+	if err == nil {
+		rctx, cancel := bounded(ctx, a.c)
+		// GETRANGE reads at most maxACMEEntry+1 bytes, whatever Redis
+		// holds; a missing key reads as "".
+		val, err = a.c.client.GetRange(rctx, name, 0, maxACMEEntry).Result()
+		cancel()
+		if replyError(err) {
+			a.c.done(nil)
+			return nil, a.refuse(name, "", err)
+		}
+		a.c.done(err)
+		a.pause.failed(err)
 	}
-	a.c.done(err)
 	if err != nil {
 		a.c.Fallback("acme")
 		if a.local != nil && !isToken(key) {
@@ -186,10 +224,14 @@ func (a *ACMECache) Put(ctx context.Context, key string, data []byte) error {
 	if isToken(key) {
 		ttl = acmeTokenTTL
 	}
-	rctx, cancel := bounded(ctx, a.c)
-	defer cancel()
-	err := a.c.client.Set(rctx, name, a.c.seal(name, data), ttl).Err()
-	a.c.done(err)
+	err := a.pause.recent()
+	if err == nil {
+		rctx, cancel := bounded(ctx, a.c)
+		err = a.c.client.Set(rctx, name, a.c.seal(name, data), ttl).Err()
+		cancel()
+		a.c.done(err)
+		a.pause.failed(err)
+	}
 	if err != nil {
 		a.c.Fallback("acme")
 		return fmt.Errorf("cluster: store %s in Redis: %w", name, err)
@@ -204,10 +246,14 @@ func (a *ACMECache) Delete(ctx context.Context, key string) error {
 	if a.local != nil && !isToken(key) {
 		lerr = a.local.Delete(ctx, key)
 	}
-	rctx, cancel := bounded(ctx, a.c)
-	defer cancel()
-	err := a.c.client.Del(rctx, name).Err()
-	a.c.done(err)
+	err := a.pause.recent()
+	if err == nil {
+		rctx, cancel := bounded(ctx, a.c)
+		err = a.c.client.Del(rctx, name).Err()
+		cancel()
+		a.c.done(err)
+		a.pause.failed(err)
+	}
 	if err != nil {
 		return fmt.Errorf("cluster: delete %s in Redis: %w", name, err)
 	}
@@ -242,6 +288,7 @@ const (
 type ACMELocks struct {
 	c          *Cluster
 	ttl, every time.Duration
+	pause      pause
 
 	mu      sync.Mutex
 	waiting bool // an outage has been logged
@@ -266,10 +313,14 @@ func (l *ACMELocks) TryLock(name string) (release func(), held bool, err error) 
 		return nil, false, err
 	}
 	val := l.c.node + " " + hex.EncodeToString(tok)
-	ctx, cancel := l.c.ctx()
-	ok, err := l.c.client.SetNX(ctx, key, val, l.ttl).Result()
-	cancel()
-	l.c.done(err)
+	ok, err := false, l.pause.recent()
+	if err == nil {
+		ctx, cancel := l.c.ctx()
+		ok, err = l.c.client.SetNX(ctx, key, val, l.ttl).Result()
+		cancel()
+		l.c.done(err)
+		l.pause.failed(err)
+	}
 	l.mu.Lock()
 	if err != nil {
 		l.c.Fallback("acme")
