@@ -277,10 +277,12 @@ const (
 )
 
 // ACMELocks is a tlsconf.OrderLock shared by the fleet: the lock of a
-// name is <prefix>acme-lock:<name>, taken with SET NX PX and a random
-// token (with the node's name, for an operator reading Redis), extended
-// while held and released by compare-and-delete, so that a replica never
-// releases a lock that expired and that another one took since.
+// name is <prefix>acme-lock:<name>, taken (SET PX, in a script that reads
+// the key first) with the node's name and a random token, extended while
+// held, and released by compare-and-delete, so that a replica never
+// releases a lock that expired and that another one took since. A
+// replica whose order failed leaves "failed <node>" in its place for the
+// back-off: the fleet places no order for the name meanwhile.
 //
 // When Redis does not answer, no lock is taken: orders and renewals wait
 // (logged once per outage, counted as fallbacks of "acme"), certificates
@@ -291,33 +293,60 @@ type ACMELocks struct {
 	pause      pause
 
 	mu      sync.Mutex
-	waiting bool // an outage has been logged
+	waiting bool            // an outage has been logged
+	refused map[string]bool // lock keys refused and logged
 }
 
 // ACMELocks returns the fleet's ACME order locks.
 func (c *Cluster) ACMELocks() *ACMELocks {
-	return &ACMELocks{c: c, ttl: lockTTL, every: lockExtend}
+	return &ACMELocks{c: c, ttl: lockTTL, every: lockExtend, refused: map[string]bool{}}
 }
 
-// Compare-and-delete and compare-and-extend, one key each.
+// The lock scripts, one key each. lockScript returns {1, 0} when it took
+// the lock, {2, ms} while a failed order's back-off holds it, {0, 0} when
+// another replica holds it.
 var (
-	unlockScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+	lockScript = redis.NewScript(`local v = redis.call("GET", KEYS[1])
+if not v then
+	redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+	return {1, 0}
+end
+if string.sub(v, 1, 7) == "failed " then
+	return {2, redis.call("PTTL", KEYS[1])}
+end
+return {0, 0}`)
+	unlockScript = redis.NewScript(`if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then
+	redis.call("SET", KEYS[1], ARGV[3], "PX", ARGV[2])
+	return 1
+end
+return redis.call("DEL", KEYS[1])`)
 	extendScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
 )
 
+// maxLockBackoff bounds the back-off a failed order leaves in the lock.
+const maxLockBackoff = 24 * time.Hour
+
 // TryLock implements tlsconf.OrderLock.
-func (l *ACMELocks) TryLock(name string) (release func(), held bool, err error) {
+func (l *ACMELocks) TryLock(name string) (release func(backoff time.Duration), held bool, until time.Time, err error) {
 	key := l.c.key("acme-lock:" + name)
 	tok := make([]byte, 16)
 	if _, err := rand.Read(tok); err != nil {
-		return nil, false, err
+		return nil, false, time.Time{}, err
 	}
-	val := l.c.node + " " + hex.EncodeToString(tok)
-	ok, err := false, l.pause.recent()
+	val := "order " + l.c.node + " " + hex.EncodeToString(tok)
+	var res []int64
+	err = l.pause.recent()
 	if err == nil {
 		ctx, cancel := l.c.ctx()
-		ok, err = l.c.client.SetNX(ctx, key, val, l.ttl).Result()
+		res, err = lockScript.Run(ctx, l.c.client, []string{key}, val, l.ttl.Milliseconds()).Int64Slice()
 		cancel()
+		if replyError(err) || err == nil && len(res) != 2 {
+			// Redis answered, with something else than the script's.
+			l.c.done(nil)
+			l.refuse(key, err)
+			return nil, false, time.Time{}, fmt.Errorf("cluster: the ACME order lock %s cannot be taken: %v", key, err)
+		}
 		l.c.done(err)
 		l.pause.failed(err)
 	}
@@ -330,33 +359,58 @@ func (l *ACMELocks) TryLock(name string) (release func(), held bool, err error) 
 				"node", l.c.node, "err", err)
 		}
 		l.mu.Unlock()
-		return nil, false, fmt.Errorf("cluster: the fleet's ACME order lock cannot be taken: %w", err)
+		return nil, false, time.Time{}, fmt.Errorf("cluster: the fleet's ACME order lock cannot be taken: %w", err)
 	}
 	l.waiting = false
 	l.mu.Unlock()
-	if !ok {
-		return nil, false, nil
+	switch res[0] {
+	case 1:
+	case 2:
+		if ms := min(time.Duration(res[1])*time.Millisecond, maxLockBackoff); ms > 0 {
+			return nil, false, time.Now().Add(ms), nil
+		}
+		return nil, false, time.Time{}, nil
+	default:
+		return nil, false, time.Time{}, nil
 	}
 
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go l.keep(key, val, stop, done)
 	var once sync.Once
-	return func() {
+	return func(backoff time.Duration) {
 		once.Do(func() {
 			close(stop)
 			<-done
+			backoff = min(backoff, maxLockBackoff)
 			ctx, cancel := l.c.ctx()
 			defer cancel()
-			err := unlockScript.Run(ctx, l.c.client, []string{key}, val).Err()
+			err := unlockScript.Run(ctx, l.c.client, []string{key}, val, backoff.Milliseconds(), "failed "+l.c.node).Err()
 			l.c.done(err)
 			if err != nil && !errors.Is(err, redis.Nil) {
-				// It expires on its own.
 				l.c.log.Warn("cluster: an ACME order lock could not be released; it expires on its own",
 					"node", l.c.node, "key", key, "expires_within", l.ttl.String(), "err", err)
 			}
 		})
-	}, true, nil
+	}, true, time.Time{}, nil
+}
+
+// refuse logs, once per key, a lock key Redis answered oddly for (not a
+// string, a script error).
+func (l *ACMELocks) refuse(key string, err error) {
+	l.mu.Lock()
+	first := !l.refused[key]
+	if first {
+		if len(l.refused) >= 256 {
+			clear(l.refused)
+		}
+		l.refused[key] = true
+	}
+	l.mu.Unlock()
+	if first {
+		l.c.log.Error("cluster: an ACME order lock in Redis is refused: no order is placed for the name until it is gone (delete the key)",
+			"node", l.c.node, "key", key, "err", err)
+	}
 }
 
 // keep extends the lock until stop is closed.

@@ -244,73 +244,122 @@ func TestACMELocks(t *testing.T) {
 	la, lb := a.ACMELocks(), b.ACMELocks()
 	ctx := context.Background()
 
-	rel, held, err := la.TryLock("mail.example.net")
+	rel, held, _, err := la.TryLock("mail.example.net")
 	if err != nil || !held {
 		t.Fatalf("first TryLock: %v, %v", held, err)
 	}
-	if _, held, err := lb.TryLock("mail.example.net"); err != nil || held {
+	if _, held, _, err := lb.TryLock("mail.example.net"); err != nil || held {
 		t.Fatalf("second TryLock while held: %v, %v; want not held", held, err)
 	}
-	relOther, held, err := lb.TryLock("other.example.net")
+	relOther, held, _, err := lb.TryLock("other.example.net")
 	if err != nil || !held {
 		t.Fatalf("TryLock of another name: %v, %v", held, err)
 	}
-	relOther()
-	if v := a.client.Get(ctx, "popgate:acme-lock:mail.example.net").Val(); !strings.HasPrefix(v, "a ") {
+	relOther(0)
+	if v := a.client.Get(ctx, "popgate:acme-lock:mail.example.net").Val(); !strings.HasPrefix(v, "order a ") {
 		t.Errorf("lock value %q, want the node's name first", v)
 	}
-	rel()
-	rel() // a second release does nothing
-	relB, held, err := lb.TryLock("mail.example.net")
+	rel(0)
+	rel(0) // a second release does nothing
+	relB, held, _, err := lb.TryLock("mail.example.net")
 	if err != nil || !held {
 		t.Fatalf("TryLock after release: %v, %v", held, err)
 	}
-	relB()
+	relB(0)
 
 	// Extended while held.
 	la.ttl, la.every = 300*time.Millisecond, 50*time.Millisecond
-	rel, held, _ = la.TryLock("slow.example.net")
+	rel, held, _, _ = la.TryLock("slow.example.net")
 	if !held {
 		t.Fatal("TryLock slow.example.net: not held")
 	}
 	time.Sleep(time.Second)
-	if _, held, _ := lb.TryLock("slow.example.net"); held {
+	if _, held, _, _ := lb.TryLock("slow.example.net"); held {
 		t.Errorf("a lock held and extended was taken by another replica after 3 TTLs")
 	}
-	rel()
+	rel(0)
 
 	// A holder that died: its lock expires.
-	if err := a.client.Set(ctx, "popgate:acme-lock:dead.example.net", "c 0123", 300*time.Millisecond).Err(); err != nil {
+	if err := a.client.Set(ctx, "popgate:acme-lock:dead.example.net", "order c 0123", 300*time.Millisecond).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, held, _ := lb.TryLock("dead.example.net"); held {
+	if _, held, _, _ := lb.TryLock("dead.example.net"); held {
 		t.Errorf("took a lock another replica holds")
 	}
 	time.Sleep(400 * time.Millisecond)
-	relB, held, _ = lb.TryLock("dead.example.net")
+	relB, held, _, _ = lb.TryLock("dead.example.net")
 	if !held {
 		t.Errorf("the lock of a dead holder did not expire")
 	} else {
-		relB()
+		relB(0)
 	}
 
 	// A lock that expired and was taken by another is not released by
 	// its first holder.
 	la.every = time.Hour // no extension
-	rel, held, _ = la.TryLock("expired.example.net")
+	rel, held, _, _ = la.TryLock("expired.example.net")
 	if !held {
 		t.Fatal("TryLock expired.example.net: not held")
 	}
 	time.Sleep(400 * time.Millisecond)
-	relB, held, _ = lb.TryLock("expired.example.net")
+	relB, held, _, _ = lb.TryLock("expired.example.net")
 	if !held {
 		t.Fatal("an expired lock was not taken")
 	}
-	rel()
-	if v := a.client.Get(ctx, "popgate:acme-lock:expired.example.net").Val(); !strings.HasPrefix(v, "b ") {
+	rel(0)
+	if v := a.client.Get(ctx, "popgate:acme-lock:expired.example.net").Val(); !strings.HasPrefix(v, "order b ") {
 		t.Errorf("after the first holder's late release the lock is %q, want b's", v)
 	}
-	relB()
+	relB(0)
+}
+
+// TestACMELocksBackoff: a holder whose order failed releases the lock
+// with a back-off: no replica takes it meanwhile, and each is told when
+// the back-off ends; then it is free. A lock key Redis holds as something
+// else than a string is refused (an ERROR, once), not taken for an outage.
+func TestACMELocksBackoff(t *testing.T) {
+	r := startRedis(t)
+	key := writeKey(t)
+	a, _ := openNode(t, r, "a", key)
+	b, logs := openNode(t, r, "b", key)
+	la, lb := a.ACMELocks(), b.ACMELocks()
+	ctx := context.Background()
+
+	rel, held, _, _ := la.TryLock("failed.example.net")
+	if !held {
+		t.Fatal("TryLock: not held")
+	}
+	rel(500 * time.Millisecond)
+	for _, l := range []*ACMELocks{la, lb} {
+		_, held, until, err := l.TryLock("failed.example.net")
+		if err != nil || held || time.Until(until) <= 0 || time.Until(until) > 500*time.Millisecond {
+			t.Errorf("during the back-off: held %v, until in %v, %v; want not held, until within 500ms", held, time.Until(until), err)
+		}
+	}
+	if v := a.client.Get(ctx, "popgate:acme-lock:failed.example.net").Val(); v != "failed a" {
+		t.Errorf("the back-off's lock value is %q, want %q", v, "failed a")
+	}
+	time.Sleep(600 * time.Millisecond)
+	relB, held, until, err := lb.TryLock("failed.example.net")
+	if err != nil || !held || !until.IsZero() {
+		t.Fatalf("after the back-off: held %v, until %v, %v", held, until, err)
+	}
+	relB(0)
+
+	if err := a.client.RPush(ctx, "popgate:acme-lock:odd.example.net", "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, held, _, err := lb.TryLock("odd.example.net"); err == nil || held {
+			t.Errorf("a lock key of another type: held %v, %v; want an error", held, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "cluster: an ACME order lock in Redis is refused"); n != 1 || !strings.Contains(logs.String(), "key=popgate:acme-lock:odd.example.net") {
+		t.Errorf("a lock key of another type logged %d times, want once with its key:\n%s", n, logs)
+	}
+	if !b.Up() || b.Fallbacks()["acme"] != 0 {
+		t.Errorf("a lock key of another type taken for an outage: up %v, fallbacks %v", b.Up(), b.Fallbacks())
+	}
 }
 
 // TestACMELocksConcurrent: many goroutines on three replicas contend for
@@ -332,7 +381,7 @@ func TestACMELocksConcurrent(t *testing.T) {
 		wg.Go(func() {
 			l, i := locks[g%3], g%2
 			for got := 0; got < 3; {
-				rel, held, err := l.TryLock(names[i])
+				rel, held, _, err := l.TryLock(names[i])
 				if err != nil {
 					t.Errorf("TryLock: %v", err)
 					return
@@ -347,7 +396,7 @@ func TestACMELocksConcurrent(t *testing.T) {
 				time.Sleep(2 * time.Millisecond)
 				holders[i].Add(-1)
 				taken[i].Add(1)
-				rel()
+				rel(0)
 				got++
 			}
 		})
@@ -371,7 +420,7 @@ func TestACMELocksRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if rel, held, err := l.TryLock("mail.example.net"); err == nil || held || rel != nil {
+		if rel, held, _, err := l.TryLock("mail.example.net"); err == nil || held || rel != nil {
 			t.Fatalf("Redis down: TryLock %v, %v; want an error", held, err)
 		}
 	}
@@ -386,9 +435,9 @@ func TestACMELocksRedisDown(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		rel, held, err := l.TryLock("mail.example.net")
+		rel, held, _, err := l.TryLock("mail.example.net")
 		if err == nil && held {
-			rel()
+			rel(0)
 			break
 		}
 		if time.Now().After(deadline) {

@@ -130,10 +130,13 @@ type ACMEConfig struct {
 // ACMEConfig.OrderLock). Its methods must be safe for concurrent use.
 type OrderLock interface {
 	// TryLock takes name's lock unless another replica holds it (held
-	// false). err means it cannot tell (the store is unreachable). A
-	// lock taken is kept until release is called, and ends on its own
-	// should the process die.
-	TryLock(name string) (release func(), held bool, err error)
+	// false), or the back-off after the fleet's last failed order of the
+	// name holds it (held false, until when it ends). err means it cannot
+	// tell (the store is unreachable). A lock taken is kept until
+	// release is called, and ends on its own should the process die;
+	// release with backoff > 0 (the order failed) keeps the name from
+	// being ordered by any replica for that long.
+	TryLock(name string) (release func(backoff time.Duration), held bool, until time.Time, err error)
 }
 
 // tlsALPN reports whether TLS-ALPN-01 is answered at all.

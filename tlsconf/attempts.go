@@ -55,8 +55,9 @@ type attempt struct {
 	// acmeState.renewing until it ends.
 	renewing bool
 	// fleetRelease releases the fleet's lock a renewal took
-	// (fleetRenewal); nil if it took none.
-	fleetRelease func()
+	// (fleetRenewal), with the back-off if it failed; nil if it took
+	// none.
+	fleetRelease func(backoff time.Duration)
 
 	orders   int               // orders the CA accepted
 	offered  map[string]bool   // challenge types of the last authorization
@@ -90,10 +91,10 @@ func (a *acmeState) attemptFor(ctx context.Context, create bool) *attempt {
 		}
 		release := att.fleetRelease
 		a.attMu.Unlock()
+		backoff := a.attemptEnded(att)
 		if release != nil {
-			release()
+			release(backoff)
 		}
-		a.attemptEnded(att)
 	})
 	return att
 }
@@ -112,8 +113,9 @@ type ticket struct {
 // got as far as the CA: a metric, and an ERROR and the back-off if it
 // obtained nothing; or, if popgate refused its order before it reached
 // the CA, a DEBUG line only (autocert tries again within an hour). Orders
-// popgate starts are reported by order.
-func (a *acmeState) attemptEnded(att *attempt) {
+// popgate starts are reported by order. It returns the back-off it set
+// (0 if none), for the fleet's lock.
+func (a *acmeState) attemptEnded(att *attempt) time.Duration {
 	a.attMu.Lock()
 	renewal := att.ticket == nil && att.contacted && att.keyKnown
 	k, stored, cause, held := att.key, att.stored, att.cause(), att.held
@@ -122,7 +124,7 @@ func (a *acmeState) attemptEnded(att *attempt) {
 	}
 	a.attMu.Unlock()
 	if !renewal {
-		return
+		return 0
 	}
 	switch {
 	case stored:
@@ -138,7 +140,9 @@ func (a *acmeState) attemptEnded(att *attempt) {
 		next := a.limiter.fail(k, retry)
 		a.observe(k, OrderFailed, cause)
 		a.log.Error("acme renewal failed", "name", k.name, "key_type", k.keyType(), "err", cause, "retry_after", next)
+		return retry
 	}
+	return 0
 }
 
 // cause says why the attempt's last order failed. a.attMu is held.

@@ -17,7 +17,10 @@ import (
 // serves it: the fleet serves one certificate per name and key type. A
 // renewal that finds the lock taken, or the certificate renewed by
 // another replica, is held back; autocert tries again within an hour and
-// then reads the renewed certificate from the cache.
+// then reads the renewed certificate from the cache. An order or renewal
+// that fails leaves the lock taken for its back-off (release with the
+// retry delay), so that the fleet, not only the replica, backs off: the
+// CA counts failed validations per account, which the fleet shares.
 
 // fleetPoll is how often a replica waiting for another one's order reads
 // the cache (and tries the lock, should the other replica have died).
@@ -50,20 +53,25 @@ var errRenewedElsewhere = errors.New("another replica of the fleet renewed the c
 // returns the certificate instead when one appears in the cache, another
 // replica having obtained it (waiting for that, until ctx is done, while
 // another replica holds the lock), or an error when the lock cannot be
-// taken.
-func (a *acmeState) fleetLock(ctx context.Context, k seenKey) (*tls.Certificate, func(), error) {
+// taken or the back-off after another replica's failed order holds it.
+func (a *acmeState) fleetLock(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, func(time.Duration), error) {
 	waited := false
 	for {
-		release, held, err := a.fleet.TryLock(k.name)
-		if err != nil {
+		release, held, until, err := a.fleet.TryLock(k.name)
+		switch {
+		case err != nil:
 			a.withheld(WithheldCluster)
 			a.log.Debug("acme order held back: the fleet's order lock cannot be taken", "name", k.name, "key_type", k.keyType(), "err", err)
 			return nil, nil, &fleetError{err}
-		}
-		if held {
+		case !held && !until.IsZero():
+			a.withheld(WithheldBackoff)
+			a.log.Debug("acme order held back after a failure on another replica of the fleet", "name", k.name, "key_type", k.keyType(),
+				"on_demand", onDemand, "retry_after", until)
+			return nil, nil, &heldBackError{until}
+		case held:
 			// Another replica may have stored it just before.
 			if a.stored(ctx, k) {
-				release()
+				release(0)
 				return a.fromCache(k)
 			}
 			return nil, release, nil
@@ -86,7 +94,7 @@ func (a *acmeState) fleetLock(ctx context.Context, k seenKey) (*tls.Certificate,
 }
 
 // fromCache loads k's certificate, which the cache holds, through autocert.
-func (a *acmeState) fromCache(k seenKey) (*tls.Certificate, func(), error) {
+func (a *acmeState) fromCache(k seenKey) (*tls.Certificate, func(time.Duration), error) {
 	c, err := a.get(helloFor(k))
 	if err != nil {
 		return nil, nil, err
@@ -119,15 +127,17 @@ func (a *acmeState) fleetRenewal(ctx context.Context, att *attempt, k seenKey) *
 	if have {
 		return nil
 	}
-	release, held, err := a.fleet.TryLock(k.name)
+	release, held, until, err := a.fleet.TryLock(k.name)
 	switch {
 	case err != nil:
 		return &renewalHeldError{Name: k.name, Reason: "cluster", Err: &fleetError{err}}
+	case !held && !until.IsZero():
+		return &renewalHeldError{Name: k.name, Reason: "backoff", Err: &heldBackError{until}}
 	case !held:
 		return &renewalHeldError{Name: k.name, Reason: "busy", Err: errFleetOrdering}
 	}
 	if a.renewedElsewhere(ctx, k) {
-		release()
+		release(0)
 		return &renewalHeldError{Name: k.name, Reason: "renewed", Err: errRenewedElsewhere}
 	}
 	a.attMu.Lock()

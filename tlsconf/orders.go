@@ -300,12 +300,15 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 	if err := a.backedOff(k, onDemand); err != nil {
 		return nil, err
 	}
+	// fleetBackoff is the back-off of a failed order, which the fleet's
+	// lock keeps for the other replicas.
+	var fleetBackoff time.Duration
 	if a.fleet != nil {
-		c, releaseFleet, err := a.fleetLock(ctx, k)
+		c, releaseFleet, err := a.fleetLock(ctx, k, onDemand)
 		if err != nil || c != nil {
 			return c, err
 		}
-		defer releaseFleet()
+		defer func() { releaseFleet(fleetBackoff) }()
 	}
 	class := classDomain
 	if onDemand {
@@ -359,6 +362,7 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 			retry = a.limiter.retry
 		}
 		next := a.limiter.fail(k, retry)
+		fleetBackoff = retry
 		a.observe(k, OrderFailed, err.Error())
 		a.log.Error("acme order failed", "name", k.name, "key_type", k.keyType(), "on_demand", onDemand,
 			"err", err, "retry_after", next)
