@@ -396,18 +396,28 @@ func (l *ACMELocks) TryLock(name string) (release func(backoff time.Duration), h
 }
 
 // refuse logs, once per key, a lock key Redis answered oddly for (not a
-// string, a script error).
+// string, a script error), or once a Redis user without the right to run
+// scripts.
 func (l *ACMELocks) refuse(key string, err error) {
+	id := key
+	if err != nil && strings.HasPrefix(err.Error(), "NOPERM") {
+		id = "NOPERM" // one line, whatever the name
+	}
 	l.mu.Lock()
-	first := !l.refused[key]
+	first := !l.refused[id]
 	if first {
 		if len(l.refused) >= 256 {
 			clear(l.refused)
 		}
-		l.refused[key] = true
+		l.refused[id] = true
 	}
 	l.mu.Unlock()
-	if first {
+	switch {
+	case !first:
+	case err != nil && strings.HasPrefix(err.Error(), "NOPERM"):
+		l.c.log.Error("cluster: the Redis user may not run the ACME order lock's script: no ACME certificate is ordered or renewed; grant it +@scripting (docs/fleet.md)",
+			"node", l.c.node, "key", key, "err", err)
+	default:
 		l.c.log.Error("cluster: an ACME order lock in Redis is refused: no order is placed for the name until it is gone (delete the key)",
 			"node", l.c.node, "key", key, "err", err)
 	}
