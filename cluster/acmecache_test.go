@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -374,6 +375,7 @@ func TestACMELocksConcurrent(t *testing.T) {
 		locks = append(locks, c.ACMELocks())
 	}
 	names := []string{"one.example.net", "two.example.net"}
+	goroutines := runtime.NumGoroutine()
 	var holders [2]atomic.Int32
 	var taken [2]atomic.Int32
 	var wg sync.WaitGroup
@@ -406,6 +408,14 @@ func TestACMELocksConcurrent(t *testing.T) {
 		if n := taken[i].Load(); n != 36 {
 			t.Errorf("%s taken %d times, want 36", names[i], n)
 		}
+	}
+	// Every lock's extender has ended with its release.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > goroutines && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > goroutines {
+		t.Errorf("%d goroutines after the locks were released, %d before", n, goroutines)
 	}
 }
 
