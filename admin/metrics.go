@@ -228,7 +228,7 @@ func newMetricsLabels(version, commit string, now func() time.Time, labels prome
 		}, []string{"result", "key_type"}),
 		acmeWithheld: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "popgate_acme_orders_withheld_total",
-			Help: "Handshakes that needed a new ACME certificate and placed no order, by reason (backoff: the last order failed recently; budget: the order budget is used up; denied: the approval hook said no; ask_failed: it did not answer, or too many requests to it were under way; busy: a renewal of the name was under way).",
+			Help: "Handshakes that needed a new ACME certificate and placed no order, by reason (backoff: the last order failed recently; budget: the order budget is used up; denied: the approval hook said no; ask_failed: it did not answer, or too many requests to it were under way; busy: a renewal of the name was under way, or another replica's order did not end in time; cluster: the fleet's order lock could not be taken, Redis being unreachable).",
 		}, []string{"reason"}),
 		dirLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "popgate_directory_lookups_total",
@@ -265,7 +265,7 @@ func newMetricsLabels(version, commit string, now func() time.Time, labels prome
 			m.orderRes[[2]string{r, k}] = m.acmeOrders.WithLabelValues(r, k)
 		}
 	}
-	for _, r := range []string{tlsconf.WithheldBackoff, tlsconf.WithheldBudget, tlsconf.WithheldDenied, tlsconf.WithheldAskFailed, tlsconf.WithheldBusy} {
+	for _, r := range []string{tlsconf.WithheldBackoff, tlsconf.WithheldBudget, tlsconf.WithheldDenied, tlsconf.WithheldAskFailed, tlsconf.WithheldBusy, tlsconf.WithheldCluster} {
 		m.withheldRes[r] = m.acmeWithheld.WithLabelValues(r)
 	}
 	m.reloads.WithLabelValues("ok")
