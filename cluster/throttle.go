@@ -24,6 +24,11 @@ import (
 // go on locally until it has the answer.
 const ThrottleRetry = 2 * time.Second
 
+// throttleTimeout bounds one operation of the throttle's, dial included:
+// a login waits for it, and Redis answers within a millisecond when it
+// answers at all.
+const throttleTimeout = 500 * time.Millisecond
+
 // ThrottleStore keeps the failed-login budgets of the fleet in Redis
 // (auth.ThrottleStore): the failures and the attempts in flight of a
 // client network or a user name count on every replica at once, so that
@@ -194,7 +199,7 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, keys [
 	if !s.try() {
 		return nil, errBackingOff
 	}
-	ctx, cancel := context.WithTimeout(parent, dialTimeout+2*ioTimeout)
+	ctx, cancel := context.WithTimeout(parent, throttleTimeout)
 	defer cancel()
 	cmds := make([]*redis.Cmd, len(keys))
 	names := make([][]string, len(keys))
@@ -297,7 +302,7 @@ func (s *ThrottleStore) logRefused(err error) {
 	}
 	s.refused = true
 	s.c.log.Error("cluster: Redis refuses the failed-login counters' scripts; this replica counts failed logins on its own state "+
-		"(the cluster.user's ACL needs +evalsha +eval, see docs/fleet.md)", "node", s.c.node, "err", err)
+		"(the cluster.user's ACL needs +@scripting, see docs/fleet.md)", "err", err)
 }
 
 // logUnusable logs once that the budget at name cannot be read.
@@ -310,7 +315,7 @@ func (s *ThrottleStore) logUnusable(name string, err error) {
 	s.unusable[name] = true
 	s.c.log.Error("cluster: a failed-login count in Redis is unusable (corrupted, or written by something else); "+
 		"this replica counts the attempts of its key on its own state until the key is deleted or expires",
-		"node", s.c.node, "key", name, "err", err)
+		"key", name, "err", err)
 }
 
 // errBadReply is a script's reply that is not what the scripts return.

@@ -110,6 +110,8 @@ type popgateConfig struct {
 	// AdminToken, when set, goes into a file named by metrics.token_file:
 	// the console and /sessions ask for it. It must never be logged.
 	AdminToken string
+	// Extra is appended to the file as it is (a [cluster] section).
+	Extra string
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -334,7 +336,7 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile, tokenFile string) string 
 		f.Limits = append(f.Limits, `failure_delay = "0s"`, "max_failures_per_ip = 0", "max_failures_per_user = 0")
 	}
 	f.Limits = append(f.Limits, cfg.ExtraLimits...)
-	return f.String()
+	return f.String() + cfg.Extra
 }
 
 // TestProxyFetch: curl, poplib and fetchmail, over implicit TLS and STLS to

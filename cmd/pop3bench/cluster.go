@@ -58,8 +58,10 @@ func (cs *clusterSide) check(name string) Check {
 		c.Detail = err.Error()
 		return c
 	}
-	up, fb := m["popgate_cluster_up"], m[`popgate_cluster_fallbacks_total{feature="throttle"}`]
-	c.OK = up == 1 && fb == 0
+	// With [cluster], every series carries the replica's node_name.
+	up, ok := m[fmt.Sprintf(`popgate_cluster_up{node=%q}`, name)]
+	fb := m[fmt.Sprintf(`popgate_cluster_fallbacks_total{feature="throttle",node=%q}`, name)]
+	c.OK = ok && up == 1 && fb == 0
 	c.Detail = fmt.Sprintf("popgate_cluster_up %.0f, throttle fallbacks %.0f", up, fb)
 	return c
 }

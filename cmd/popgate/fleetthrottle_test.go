@@ -28,6 +28,12 @@ func pass(t *testing.T, p *process, user, pw string) string {
 
 const throttled = "-ERR [SYS/TEMP] Too many failed logins"
 
+// clusterUp and throttleFallbacks are the series of replica i ("node<i>").
+func clusterUp(i int) string { return fmt.Sprintf(`popgate_cluster_up{node="node%d"}`, i) }
+func throttleFallbacks(i int) string {
+	return fmt.Sprintf(`popgate_cluster_fallbacks_total{feature="throttle",node="node%d"}`, i)
+}
+
 // TestFleetThrottle: three popgate processes sharing one Redis count
 // failed logins together: failures spread over them throttle the user,
 // and the address, at the limit on every replica, not at three times it,
@@ -65,11 +71,11 @@ func TestFleetThrottle(t *testing.T) {
 
 	for i, p := range ps {
 		m := p.metrics()
-		if m["popgate_cluster_up"] != 1 {
-			t.Errorf("node%d: popgate_cluster_up = %v", i, m["popgate_cluster_up"])
+		if v, ok := m[clusterUp(i)]; !ok || v != 1 {
+			t.Errorf("%s = %v (present: %v)", clusterUp(i), v, ok)
 		}
-		if v := m[`popgate_cluster_fallbacks_total{feature="throttle"}`]; v != 0 {
-			t.Errorf("node%d: %v throttle fallbacks with Redis up", i, v)
+		if v := m[throttleFallbacks(i)]; v != 0 {
+			t.Errorf("%s = %v with Redis up", throttleFallbacks(i), v)
 		}
 		checkLogs(t, p.logs)
 	}
@@ -120,11 +126,11 @@ func TestFleetThrottleRedisDown(t *testing.T) {
 	}
 	for i, p := range ps {
 		m := p.metrics()
-		if m["popgate_cluster_up"] != 0 {
-			t.Errorf("node%d: popgate_cluster_up = %v with Redis down", i, m["popgate_cluster_up"])
+		if v, ok := m[clusterUp(i)]; !ok || v != 0 {
+			t.Errorf("%s = %v (present: %v) with Redis down", clusterUp(i), v, ok)
 		}
-		if m[`popgate_cluster_fallbacks_total{feature="throttle"}`] == 0 {
-			t.Errorf("node%d: no throttle fallback counted", i)
+		if m[throttleFallbacks(i)] == 0 {
+			t.Errorf("%s = 0 with Redis down", throttleFallbacks(i))
 		}
 		p.waitLog("cluster: Redis is unreachable; this replica works on its own state until it is back")
 	}
@@ -138,8 +144,8 @@ func TestFleetThrottleRedisDown(t *testing.T) {
 		if r := pass(t, p, procUser, procPass); !strings.HasPrefix(r, "+OK") {
 			t.Errorf("node%d: with Redis back, the right password: %q", i, r)
 		}
-		if v := p.metrics()["popgate_cluster_up"]; v != 1 {
-			t.Errorf("node%d: popgate_cluster_up = %v with Redis back", i, v)
+		if v, ok := p.metrics()[clusterUp(i)]; !ok || v != 1 {
+			t.Errorf("%s = %v (present: %v) with Redis back", clusterUp(i), v, ok)
 		}
 	}
 	for i := range perUser {
