@@ -516,3 +516,52 @@ func TestThrottleKeyNames(t *testing.T) {
 		t.Errorf("alice's keys %s and %s are not popgate:{throttle:user:HASH}:n and :r in one hash slot", n0, f0)
 	}
 }
+
+// TestThrottleRedisCluster: replicas on a Redis Cluster of three masters,
+// each told one node, share the budgets: each script's keys are in one
+// hash slot, an attempt's two keys may be in two (one pipeline to two
+// masters), and failures spread over the replicas lock at the limit.
+func TestThrottleRedisCluster(t *testing.T) {
+	rc := dirrun.RedisClusterFor(t)
+	key := writeKey(t)
+	pw := writeSecret(t, dirrun.Password)
+	const n = 4
+	cfg := auth.ThrottleConfig{MaxPerIP: 100, MaxPerUser: n, Window: 10 * time.Minute}
+	var rs []*throttleReplica
+	for i, addr := range rc.Addrs() {
+		logs := new(syncBuf)
+		c, err := Open(Config{Addresses: []string{addr}, User: "popgate", PasswordFile: pw, KeyFile: key, NodeName: fmt.Sprint("node", i)},
+			slog.New(slog.NewTextHandler(logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s := c.NewThrottleStore(time.Hour)
+		cfg := cfg
+		cfg.Store = s
+		rs = append(rs, &throttleReplica{c: c, store: s, th: auth.NewThrottle(cfg), logs: logs})
+	}
+	// Names whose keys land on different masters, with high odds.
+	for u := range 6 {
+		user := fmt.Sprint("user", u)
+		for i := range n {
+			ip := netip.AddrFrom4([4]byte{203, 0, 113, byte(10*u + i + 1)})
+			if ok, _ := attempt(rs[(u+i)%3].th, ip, user, auth.AttemptFailed); !ok {
+				t.Fatalf("%s: failure %d refused", user, i+1)
+			}
+		}
+		for _, rp := range rs {
+			if ok, _ := attempt(rp.th, tip1, user, auth.AttemptSucceeded); ok {
+				t.Errorf("%s: %s may try again after %d failures over 3 replicas", rp.c.Node(), user, n)
+			}
+		}
+	}
+	for _, rp := range rs {
+		if f := rp.c.Fallbacks()["throttle"]; f != 0 {
+			t.Errorf("%s: %d fallbacks on the Redis Cluster:\n%s", rp.c.Node(), f, rp.logs)
+		}
+		if strings.Contains(rp.logs.String(), "level=WARN") || strings.Contains(rp.logs.String(), "level=ERROR") {
+			t.Errorf("%s logged a problem:\n%s", rp.c.Node(), rp.logs)
+		}
+	}
+}
