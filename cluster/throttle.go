@@ -47,7 +47,7 @@ const throttleTimeout = 500 * time.Millisecond
 // script per key checks and reserves (Place) or releases and counts
 // (End), atomically, so that attempts on several replicas at once cannot
 // race past a budget; Place asks both of an attempt's keys in one round
-// trip and gives back what it reserved when either is full.
+// trip and gives back what it reserved when either has no room.
 //
 // The replicas' clocks time the windows (NTP keeps them within far less
 // than a window). When Redis fails, or holds what the scripts cannot
