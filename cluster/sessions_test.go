@@ -131,6 +131,7 @@ func startFleet(t *testing.T) (*dirrun.Redis, []*member) {
 		m.local.add("bb000"+string(rune('1'+i)), "bob-"+node)
 		ms = append(ms, m)
 	}
+	waitSubscribed(t, ms[0], 3)
 	return r, ms
 }
 
@@ -238,17 +239,25 @@ func TestSessionsRedisDown(t *testing.T) {
 		t.Errorf("with Redis back: partial %q", partial)
 	}
 	// The subscriptions are back too.
-	deadline := time.Now().Add(10 * time.Second)
+	waitSubscribed(t, ms[0], 3)
+	if e := ms[0].s.End(context.Background(), "alice", ""); e.Nodes["node1"] != 1 || e.Nodes["node2"] != 1 || e.Partial != "" {
+		t.Errorf("End with Redis back = %+v, want node1 and node2 one each", e)
+	}
+}
+
+// waitSubscribed waits until n replicas listen on the kick channel.
+func waitSubscribed(t *testing.T, m *member, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // against a hang
 	for {
-		e := ms[0].s.End(context.Background(), "alice", "")
-		if e.Partial == "" || time.Now().After(deadline) {
-			if e.Nodes["node1"] != 1 || e.Nodes["node2"] != 1 || e.Partial != "" {
-				t.Errorf("End with Redis back = %+v, want node1 and node2 one each", e)
-			}
-			break
+		subs, err := m.s.c.client.PubSubNumSub(context.Background(), m.s.channel).Result()
+		if err == nil && subs[m.s.channel] == n {
+			return
 		}
-		// A replica not subscribed again yet; its alice is still there.
-		time.Sleep(100 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("%v replicas subscribed (%v), want %d", subs, err, n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
