@@ -167,12 +167,18 @@ func (s *Sessions) register() {
 	clear(plain)
 	ctx, cancel := s.c.ctx()
 	defer cancel()
+	var rng *redis.StringSliceCmd
 	_, err = s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, s.entry, sealed, s.ttl)
 		p.ZAdd(ctx, s.index, redis.Z{Score: float64(now.UnixMilli()), Member: s.c.node})
 		p.PExpire(ctx, s.index, s.ttl)
+		// The replicas a kick names unreached if Redis fails.
+		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10), Stop: "+inf", ByScore: true, Count: maxNodes})
 		return nil
 	})
+	if err == nil {
+		s.setKnown(rng.Val())
+	}
 	if replyError(err) {
 		// Something else sits at the index's name: it goes, and the
 		// replicas register again at their next refresh.
@@ -200,6 +206,8 @@ func (s *Sessions) unregister() {
 // nodes reads the replicas registered within the TTL but this one, and
 // forgets those that left it.
 func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout+2*ioTimeout)
+	defer cancel()
 	now := s.now()
 	var rng *redis.StringSliceCmd
 	_, err := s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -215,8 +223,17 @@ func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(rng.Val()) > maxNodes {
+		s.refuse(s.index, "", "more replicas registered than a list reads", fmt.Errorf("only the %d refreshed last are read", maxNodes))
+	}
+	return s.setKnown(rng.Val()), nil
+}
+
+// setKnown keeps the valid names of members, but this replica's, as the
+// replicas known, and returns them.
+func (s *Sessions) setKnown(members []string) []string {
 	var nodes []string
-	for _, n := range rng.Val() {
+	for _, n := range members {
 		if !validNode(n) {
 			s.refuse(s.index, n, "a replica name in the index is refused", errors.New("not a node_name (empty, too long or not printable UTF-8)"))
 			continue
@@ -225,13 +242,10 @@ func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
 			nodes = append(nodes, n)
 		}
 	}
-	if len(rng.Val()) > maxNodes {
-		s.refuse(s.index, "", "more replicas registered than a list reads", fmt.Errorf("only the %d refreshed last are read", maxNodes))
-	}
 	s.mu.Lock()
 	s.known = nodes
 	s.mu.Unlock()
-	return nodes, nil
+	return nodes
 }
 
 func validNode(n string) bool {
