@@ -159,6 +159,11 @@ func (s *Sessions) register() {
 		e.Sessions, e.Truncated = list[:maxListed], true
 	}
 	plain, err := json.Marshal(e)
+	// The readers refuse a larger entry: the oldest sessions that fit.
+	for err == nil && len(plain) > maxEntryBytes-64 {
+		e.Sessions, e.Truncated = e.Sessions[:len(e.Sessions)/2], true
+		plain, err = json.Marshal(e)
+	}
 	if err != nil {
 		s.c.log.Error("cluster: encoding the session list", "node", s.c.node, "err", err)
 		return
@@ -185,10 +190,9 @@ func (s *Sessions) register() {
 		s.refuse(s.index, "", "the index of the replicas' session lists is not a sorted set", err)
 		err = s.c.client.Del(ctx, s.index).Err()
 	}
+	// A failure is counted as a fallback when a list or a kick makes
+	// do without Redis, not here.
 	s.c.done(err)
-	if err != nil {
-		s.c.Fallback("sessions")
-	}
 }
 
 // unregister removes this replica's entry.
@@ -329,7 +333,7 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 			list = append(list, si)
 		}
 		if e.Truncated {
-			partial = "the list of " + n + " was cut at " + strconv.Itoa(maxListed) + " sessions"
+			partial = "the list of " + n + " holds its " + strconv.Itoa(len(e.Sessions)) + " oldest sessions only"
 		}
 	}
 	if len(missing) > 0 {
