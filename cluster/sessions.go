@@ -73,6 +73,7 @@ type Sessions struct {
 	entry, index  string // this replica's entry; the sorted set of replicas
 	channel       string
 	ackWait       time.Duration
+	listed        int // maxListed
 	now           func() time.Time
 	subscribed    chan struct{} // closed once the first subscription is up
 	subscribeOnce sync.Once
@@ -91,7 +92,7 @@ func (c *Cluster) NewSessions(local LocalSessions) *Sessions {
 	rand.Read(b[:])
 	return &Sessions{c: c, local: local, refresh: SessionRefresh, ttl: SessionTTL, inst: hex.EncodeToString(b[:]),
 		entry: c.key("{sessions}:node:" + c.node), index: c.key("{sessions}:nodes"), channel: c.key("{sessions}:kick"),
-		ackWait: ackWait, now: time.Now, subscribed: make(chan struct{}),
+		ackWait: ackWait, listed: maxListed, now: time.Now, subscribed: make(chan struct{}),
 		waiters: map[string]chan kickMsg{}, seen: map[string]time.Time{}, refused: map[string]time.Time{}}
 }
 
@@ -155,8 +156,8 @@ func (s *Sessions) register() {
 	now := s.now()
 	list := s.local.SessionList()
 	e := nodeEntry{Node: s.c.node, Time: now.UnixMilli(), Sessions: list}
-	if len(list) > maxListed {
-		e.Sessions, e.Truncated = list[:maxListed], true
+	if len(list) > s.listed {
+		e.Sessions, e.Truncated = list[:s.listed], true
 	}
 	plain, err := json.Marshal(e)
 	// The readers refuse a larger entry: the oldest sessions that fit.
@@ -380,8 +381,8 @@ func (s *Sessions) openEntry(n, raw string) (nodeEntry, bool) {
 	case err != nil:
 	case e.Node != n:
 		err = fmt.Errorf("the entry is the list of another replica")
-	case len(e.Sessions) > maxListed:
-		err = fmt.Errorf("the entry lists %d sessions, more than %d", len(e.Sessions), maxListed)
+	case len(e.Sessions) > s.listed:
+		err = fmt.Errorf("the entry lists %d sessions, more than %d", len(e.Sessions), s.listed)
 	case now.Sub(time.UnixMilli(e.Time)) > s.ttl+kickWindow || time.UnixMilli(e.Time).Sub(now) > kickWindow:
 		err = fmt.Errorf("the entry was written at %s, not within the last %s (an old entry written again, or clocks apart)", time.UnixMilli(e.Time).UTC().Format(time.RFC3339), s.ttl)
 	}

@@ -71,7 +71,7 @@ type member struct {
 
 // startMember opens a cluster for node and runs its Sessions with a short
 // refresh, until the test ends.
-func startMember(t *testing.T, r *dirrun.Redis, node, keyFile string) *member {
+func startMember(t *testing.T, r *dirrun.Redis, node, keyFile string, setup ...func(*Sessions)) *member {
 	t.Helper()
 	logs := new(syncBuf)
 	c, err := Open(Config{Redis: r.URL(), KeyFile: keyFile, NodeName: node}, slog.New(slog.NewTextHandler(logs, nil)))
@@ -81,6 +81,9 @@ func startMember(t *testing.T, r *dirrun.Redis, node, keyFile string) *member {
 	m := &member{local: &fakeLocal{}, logs: logs}
 	m.s = c.NewSessions(m.local)
 	m.s.refresh, m.s.ttl = 100*time.Millisecond, 2*time.Second
+	for _, f := range setup {
+		f(m.s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.s.Run(ctx); close(done) }()
@@ -120,13 +123,13 @@ func waitList(t *testing.T, m *member, n int) ([]proxy.SessionInfo, string) {
 	}
 }
 
-func startFleet(t *testing.T) (*dirrun.Redis, []*member) {
+func startFleet(t *testing.T, setup ...func(*Sessions)) (*dirrun.Redis, []*member) {
 	t.Helper()
 	r := dirrun.RedisFor(t)
 	key := writeKey(t)
 	var ms []*member
 	for i, node := range []string{"node0", "node1", "node2"} {
-		m := startMember(t, r, node, key)
+		m := startMember(t, r, node, key, setup...)
 		m.local.add("aa000"+string(rune('1'+i)), "alice")
 		m.local.add("bb000"+string(rune('1'+i)), "bob-"+node)
 		ms = append(ms, m)
@@ -200,6 +203,25 @@ func sameCounts(a, b map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// TestSessionsTruncated: a replica with more sessions than an entry
+// holds lists its oldest, and the fleet's list says it is partial.
+func TestSessionsTruncated(t *testing.T) {
+	_, ms := startFleet(t, func(s *Sessions) { s.listed = 3 })
+	for i := range 3 {
+		ms[1].local.add("dd000"+string(rune('1'+i)), "carol")
+	}
+	list, _ := waitList(t, ms[0], 7)
+	_, partial := ms[0].s.List(context.Background())
+	if !strings.Contains(partial, "node1 holds its 3 oldest sessions only") {
+		t.Errorf("partial = %q, want node1's list cut", partial)
+	}
+	for _, s := range list {
+		if s.ID == "node1:dd0003" || s.ID == "node1:dd0002" {
+			t.Errorf("the newest sessions of node1 are listed: %+v", list)
+		}
+	}
 }
 
 // TestSessionsRedisDown: with Redis stopped a replica lists its own
