@@ -166,7 +166,7 @@ func (s *Sessions) register() {
 		plain, err = json.Marshal(e)
 	}
 	if err != nil {
-		s.c.log.Error("cluster: encoding the session list", "node", s.c.node, "err", err)
+		s.c.log.Error("cluster: encoding the session list", "err", err)
 		return
 	}
 	sealed := s.c.seal(s.entry, plain)
@@ -274,7 +274,7 @@ func (s *Sessions) refuse(key, content, msg string, err error) {
 		clear(s.refused)
 	}
 	s.refused[id] = now
-	s.c.log.Error("cluster: "+msg+"; it is ignored", "node", s.c.node, "key", key, "err", err)
+	s.c.log.Error("cluster: "+msg+"; it is ignored", "key", key, "err", err)
 }
 
 // List returns the sessions of the fleet, oldest first, each naming its
@@ -639,7 +639,7 @@ func (s *Sessions) receive(ctx context.Context, payload string) {
 		ack := kickMsg{Kind: "ack", Re: msg.Nonce, Ended: n}
 		s.stamp(&ack)
 		if err := s.publish(ctx, ack); err != nil {
-			s.c.log.Warn("cluster: could not answer a kick", "node", s.c.node, "by_node", msg.From, "err", err)
+			s.c.log.Warn("cluster: could not answer a kick", "by_node", msg.From, "err", err)
 		}
 	}
 }
