@@ -154,7 +154,7 @@ func TestFleetSessions(t *testing.T) {
 	if !strings.Contains(resp.body, `"unreached":["node1"]`) || resp.Header.Get(admin.PartialHeader) == "" {
 		t.Errorf("DELETE of a node1 session with Redis down = %s, want node1 unreached", resp.body)
 	}
-	if m := ps[2].metrics(); m[`popgate_cluster_fallbacks_total{feature="sessions"}`] == 0 {
+	if m := ps[2].metrics(); m[`popgate_cluster_fallbacks_total{feature="sessions",node="node2"}`] == 0 {
 		t.Error("no sessions fallback counted on node2")
 	}
 
