@@ -539,49 +539,47 @@ func (s *Sessions) publish(ctx context.Context, msg kickMsg) error {
 }
 
 // subscribe reads the kick channel until ctx is done, subscribing again
-// after a failure (once a second while Redis is down).
+// on a new connection after a failure (once a second while Redis is
+// down).
 func (s *Sessions) subscribe(ctx context.Context) {
-	ps := s.c.client.Subscribe(ctx)
-	stop := context.AfterFunc(ctx, func() { ps.Close() })
-	defer stop()
-	defer ps.Close()
 	for ctx.Err() == nil {
-		if err := ps.Subscribe(ctx, s.channel); err != nil {
-			if sleep(ctx, subscribeRetry) {
-				continue
-			}
-			return
-		}
-		for {
-			m, err := ps.ReceiveTimeout(ctx, s.refresh)
-			if ctx.Err() != nil {
-				return
-			}
-			var ne net.Error
-			switch msg := m.(type) {
-			case *redis.Subscription:
-				s.subscribeOnce.Do(func() { close(s.subscribed) })
-				continue
-			case *redis.Message:
-				s.receive(ctx, msg.Payload)
-				continue
-			case *redis.Pong:
-				continue
-			}
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Quiet: make sure the connection is alive.
-				if ps.Ping(ctx) == nil {
-					continue
-				}
-			}
-			if err != nil {
-				// The next Subscribe dials again.
-				break
-			}
-		}
+		s.listen(ctx)
 		if !sleep(ctx, subscribeRetry) {
 			return
 		}
+	}
+}
+
+// listen subscribes on a connection of its own and reads it until ctx is
+// done or the connection fails: an error, or no answer to a ping sent
+// after a quiet refresh period (a Redis gone without closing it).
+func (s *Sessions) listen(ctx context.Context) {
+	ps := s.c.client.Subscribe(ctx, s.channel)
+	stop := context.AfterFunc(ctx, func() { ps.Close() })
+	defer stop()
+	defer ps.Close()
+	pinged := false
+	for {
+		m, err := ps.ReceiveTimeout(ctx, s.refresh)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			pinged = false
+			switch msg := m.(type) {
+			case *redis.Subscription:
+				s.subscribeOnce.Do(func() { close(s.subscribed) })
+			case *redis.Message:
+				s.receive(ctx, msg.Payload)
+			}
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && !pinged && ps.Ping(ctx) == nil {
+			pinged = true
+			continue
+		}
+		return
 	}
 }
 

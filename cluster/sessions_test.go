@@ -461,3 +461,50 @@ func TestSessionsNoLeak(t *testing.T) {
 		t.Errorf("%d goroutines after stopping, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestSessionsMuteRedis: against a Redis that accepts connections and
+// never answers, a list and a kick answer with this replica's sessions,
+// marked partial, and Run stops without leaving a goroutine.
+func TestSessionsMuteRedis(t *testing.T) {
+	m := newMute(t)
+	before := runtime.NumGoroutine()
+	c, err := Open(Config{Redis: "redis://" + m.ln.Addr().String() + "/0", KeyFile: writeKey(t), NodeName: "a"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := &fakeLocal{}
+	local.add("aa0001", "alice")
+	local.add("aa0002", "bob")
+	s := c.NewSessions(local)
+	s.refresh = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+
+	start := time.Now()
+	list, partial := s.List(context.Background())
+	if len(list) != 2 || !strings.Contains(partial, "unreachable") {
+		t.Errorf("List = %d sessions, partial %q", len(list), partial)
+	}
+	if e := s.End(context.Background(), "alice", ""); e.Nodes["a"] != 1 || e.Partial == "" {
+		t.Errorf("End = %+v, want a's alice ended, partial", e)
+	}
+	if d := time.Since(start); d > 10*time.Second { // against a hang, not a timing check
+		t.Errorf("a list and a kick took %s", d)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop")
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines after stopping, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+	}
+}
