@@ -317,10 +317,10 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 		s.c.Fallback("sessions")
 		return list, "Redis is unreachable: the sessions of this replica (" + s.c.node + ") only"
 	}
-	var missing []string
+	var missing, cut []string
 	for i, n := range nodes {
 		if err := cmds[i].Err(); err != nil && !errors.Is(err, redis.Nil) {
-			s.refuse(s.c.key("{sessions}:node:"+n), "", "a replica's session list in Redis is refused", err)
+			s.refuse(s.c.key("{sessions}:node:"+n), "type", "a replica's session list in Redis is refused", err)
 			missing = append(missing, n)
 			continue
 		}
@@ -334,12 +334,13 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 			list = append(list, si)
 		}
 		if e.Truncated {
-			partial = "the list of " + n + " holds its " + strconv.Itoa(len(e.Sessions)) + " oldest sessions only"
+			cut = append(cut, "the list of "+n+" holds its "+strconv.Itoa(len(e.Sessions))+" oldest sessions only")
 		}
 	}
 	if len(missing) > 0 {
-		partial = "the lists of " + strings.Join(missing, ", ") + " were refused (see the log)"
+		cut = append(cut, "the lists of "+strings.Join(missing, ", ")+" were refused (see the log)")
 	}
+	partial = strings.Join(cut, "; ")
 	slices.SortFunc(list, func(a, b proxy.SessionInfo) int {
 		if c := a.Started.Compare(b.Started); c != 0 {
 			return c
@@ -367,27 +368,32 @@ func (s *Sessions) openEntry(n, raw string) (nodeEntry, bool) {
 		return e, true
 	}
 	key := s.c.key("{sessions}:node:" + n)
+	// Refusals are logged by key and kind, not by content: a replica
+	// whose entries are refused writes a new one every refresh.
+	const msg = "a replica's session list in Redis is refused"
 	if len(raw) > maxEntryBytes {
-		s.refuse(key, raw[:64], "a replica's session list in Redis is refused", fmt.Errorf("more than %d bytes", maxEntryBytes))
+		s.refuse(key, "size", msg, fmt.Errorf("more than %d bytes", maxEntryBytes))
 		return e, false
 	}
 	plain, err := s.c.open(key, []byte(raw))
-	if err == nil {
-		err = json.Unmarshal(plain, &e)
-		clear(plain)
+	if err != nil {
+		s.refuse(key, "open", msg, err)
+		return e, false
 	}
-	now := s.now()
+	err = json.Unmarshal(plain, &e)
+	clear(plain)
+	kind, now := "json", s.now()
 	switch {
 	case err != nil:
 	case e.Node != n:
-		err = fmt.Errorf("the entry is the list of another replica")
+		kind, err = "node", errors.New("the entry is the list of another replica")
 	case len(e.Sessions) > s.listed:
-		err = fmt.Errorf("the entry lists %d sessions, more than %d", len(e.Sessions), s.listed)
+		kind, err = "count", fmt.Errorf("the entry lists %d sessions, more than %d", len(e.Sessions), s.listed)
 	case now.Sub(time.UnixMilli(e.Time)) > s.ttl+kickWindow || time.UnixMilli(e.Time).Sub(now) > kickWindow:
-		err = fmt.Errorf("the entry was written at %s, not within the last %s (an old entry written again, or clocks apart)", time.UnixMilli(e.Time).UTC().Format(time.RFC3339), s.ttl)
+		kind, err = "time", fmt.Errorf("the entry was written at %s, not within the last %s (an old entry written again, or clocks apart)", time.UnixMilli(e.Time).UTC().Format(time.RFC3339), s.ttl)
 	}
 	if err != nil {
-		s.refuse(key, raw[:min(len(raw), 64)], "a replica's session list in Redis is refused", err)
+		s.refuse(key, kind, msg, err)
 		return nodeEntry{}, false
 	}
 	return e, true
