@@ -3,8 +3,11 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -507,4 +510,29 @@ func TestSessionsMuteRedis(t *testing.T) {
 		buf := make([]byte, 1<<16)
 		t.Errorf("%d goroutines after stopping, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
+}
+
+// BenchmarkSessionsRegister: one refresh of a replica with 10,000
+// sessions (encode, seal, write), and the size of its entry.
+func BenchmarkSessionsRegister(b *testing.B) {
+	r := dirrun.RedisFor(b)
+	name := filepath.Join(b.TempDir(), "cluster.key")
+	if err := os.WriteFile(name, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	c, err := Open(Config{Redis: r.URL(), KeyFile: name, NodeName: "a"}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	local := &fakeLocal{}
+	for i := range 10000 {
+		local.add(fmt.Sprintf("%012x", i), fmt.Sprintf("user%d@example.com", i))
+	}
+	s := c.NewSessions(local)
+	for b.Loop() {
+		s.register()
+	}
+	n, _ := c.client.StrLen(context.Background(), s.entry).Result()
+	b.ReportMetric(float64(n)/10000, "entry-bytes/session")
 }
