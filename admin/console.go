@@ -388,12 +388,15 @@ func (c *console) logout(w http.ResponseWriter, r *http.Request) {
 type sessionsPage struct {
 	User     string
 	Sessions []proxy.SessionInfo
+	Fleet    bool   // the fleet's sessions, with their nodes
+	Partial  string // why the fleet's list is not whole
 }
 
 func (c *console) sessionsPage(w http.ResponseWriter, r *http.Request, l *consoleLogin) {
 	p := sessionsPage{User: r.URL.Query().Get("user")}
 	if c.sessions != nil {
-		p.Sessions = c.sessions.SessionList()
+		p.Sessions, p.Partial = listAll(r.Context(), c.sessions)
+		_, p.Fleet = c.sessions.(FleetSessions)
 	}
 	if p.User != "" {
 		p.Sessions = sessionsOf(p.Sessions, p.User)
@@ -406,6 +409,8 @@ type endPage struct {
 	Sessions []proxy.SessionInfo // those that would end
 	Ended    int
 	Done     bool
+	Result   endResult // what ending did, by node in a fleet
+	Partial  string    // why the list of those that would end is not whole
 }
 
 // end asks for a confirmation (GET, or a POST without confirm=yes) and
@@ -424,23 +429,23 @@ func (c *console) end(w http.ResponseWriter, r *http.Request, l *consoleLogin) {
 		return
 	}
 	if r.Method == http.MethodPost && q.Get("confirm") == "yes" {
+		p.Result = endAll(r.Context(), c.sessions, p.User, p.ID)
+		p.Ended = p.Result.Ended
 		if p.User != "" {
-			p.Ended = c.sessions.EndSessions(p.User)
-			c.log.Info("admin: sessions ended", "user", p.User, "ended", p.Ended, "remote", r.RemoteAddr, "via", "console")
+			c.log.Info("admin: sessions ended", append([]any{"user", p.User, "ended", p.Ended, "remote", r.RemoteAddr, "via", "console"}, p.Result.logAttrs()...)...)
 		} else {
-			if c.sessions.EndSession(p.ID) {
-				p.Ended = 1
-			}
-			c.log.Info("admin: sessions ended", "conn", p.ID, "ended", p.Ended, "remote", r.RemoteAddr, "via", "console")
+			c.log.Info("admin: sessions ended", append([]any{"conn", p.ID, "ended", p.Ended, "remote", r.RemoteAddr, "via", "console"}, p.Result.logAttrs()...)...)
 		}
 		p.Done = true
 		c.render(w, http.StatusOK, "end", l, p)
 		return
 	}
+	list, partial := listAll(r.Context(), c.sessions)
+	p.Partial = partial
 	if p.User != "" {
-		p.Sessions = sessionsOf(c.sessions.SessionList(), p.User)
+		p.Sessions = sessionsOf(list, p.User)
 	} else {
-		p.Sessions = slices.DeleteFunc(c.sessions.SessionList(), func(s proxy.SessionInfo) bool { return s.ID != p.ID })
+		p.Sessions = slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return s.ID != p.ID })
 	}
 	c.render(w, http.StatusOK, "end", l, p)
 }

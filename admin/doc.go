@@ -24,6 +24,12 @@
 //	DELETE /sessions?user=U   end every session of user U: {"ended": N}
 //	DELETE /sessions?id=ID    end the session with connection id ID
 //
+// With a [FleetSessions] (popgate's [cluster]) /sessions answers for the
+// fleet: each session names its node, ids are "NODE:ID", DELETE ends
+// sessions on every replica and counts them by node in the answer, and
+// an answer that is not the whole fleet's carries a Popgate-Partial
+// header saying why.
+//
 //	GET    /console/          the operator's console (console.go): HTML
 //	                          pages behind a login with the token
 //

@@ -74,6 +74,10 @@ GET    /readyz           readiness
 GET    /sessions         live sessions (JSON); ?user=U only those of user U
 DELETE /sessions?user=U  end the sessions of user U
 DELETE /sessions?id=ID   end the session with connection id ID
+With [cluster], /sessions answers for the fleet: each session names its
+node, ids are NODE:ID (a bare ID is one of this replica), DELETE ends
+sessions on every replica and counts them by node; a header
+Popgate-Partial says why an answer is not the whole fleet's.
 GET    /console/         the operator's console in a browser (log in with
                          the admin token; needs metrics.token_file)
 When an admin token is set, /sessions (and /metrics if protected) need
@@ -101,13 +105,20 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 // listSessions answers GET /sessions, and GET /sessions?user=NAME with
 // that user's sessions only (compared without regard to case, as DELETE
 // does).
+//
+// With a [FleetSessions] (a fleet), the list is the fleet's, each session
+// naming its node; when it is not whole (Redis unreachable: this
+// replica's only), the answer carries a [PartialHeader] saying why.
 func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
-	list := h.sessions.SessionList()
+	list, partial := listAll(r.Context(), h.sessions)
 	if user := r.URL.Query().Get("user"); user != "" {
 		list = sessionsOf(list, user)
 	}
 	if list == nil {
 		list = []proxy.SessionInfo{} // "[]", not "null"
+	}
+	if partial != "" {
+		w.Header().Set(PartialHeader, partial)
 	}
 	h.writeJSON(w, http.StatusOK, list)
 }
@@ -120,7 +131,8 @@ func sessionsOf(list []proxy.SessionInfo, user string) []proxy.SessionInfo {
 }
 
 // endSessions ends the sessions of one user or the one session with an id:
-// DELETE /sessions?user=NAME or DELETE /sessions?id=ID.
+// DELETE /sessions?user=NAME or DELETE /sessions?id=ID. In a fleet it
+// ends them on every replica and the answer counts them by node.
 func (h *handler) endSessions(w http.ResponseWriter, r *http.Request) {
 	user, id, err := sessionQuery(r.URL.RawQuery)
 	if err != nil {
@@ -129,19 +141,16 @@ func (h *handler) endSessions(w http.ResponseWriter, r *http.Request) {
 		}{err.Error()})
 		return
 	}
-	var n int
+	res := endAll(r.Context(), h.sessions, user, id)
 	if user != "" {
-		n = h.sessions.EndSessions(user)
-		h.log.Info("admin: sessions ended", "user", user, "ended", n, "remote", r.RemoteAddr)
+		h.log.Info("admin: sessions ended", append([]any{"user", user, "ended", res.Ended, "remote", r.RemoteAddr}, res.logAttrs()...)...)
 	} else {
-		if h.sessions.EndSession(id) {
-			n = 1
-		}
-		h.log.Info("admin: sessions ended", "conn", id, "ended", n, "remote", r.RemoteAddr)
+		h.log.Info("admin: sessions ended", append([]any{"conn", id, "ended", res.Ended, "remote", r.RemoteAddr}, res.logAttrs()...)...)
 	}
-	h.writeJSON(w, http.StatusOK, struct {
-		Ended int `json:"ended"`
-	}{n})
+	if res.Partial != "" {
+		w.Header().Set(PartialHeader, res.Partial)
+	}
+	h.writeJSON(w, http.StatusOK, res)
 }
 
 // sessionQuery returns the one non-empty user or id of a DELETE /sessions

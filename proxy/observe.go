@@ -114,4 +114,8 @@ type SessionInfo struct {
 	// SNI is the server name the client asked for in its TLS handshake;
 	// "" without TLS or without SNI.
 	SNI string `json:"sni,omitempty"`
+	// Node is the node_name of the replica that holds the session, in
+	// the fleet-wide list of a [cluster]; "" otherwise (the proxy
+	// leaves it empty).
+	Node string `json:"node,omitempty"`
 }

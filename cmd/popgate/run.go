@@ -20,6 +20,7 @@ import (
 
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/cluster"
 	"github.com/popgate/popgate/internal/filewatch"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -53,6 +54,11 @@ type runner struct {
 	wg   sync.WaitGroup  // accept loops, answerers, the admin server
 	errc chan error      // a listener that failed
 
+	// fleet lists and ends the sessions of the fleet ([cluster]); nil
+	// without. stopFleet ends its Run.
+	fleet     *cluster.Sessions
+	stopFleet context.CancelFunc
+
 	// reloadMu serialises reloads. It is held while a reload reads the
 	// configuration, certificate and map files; mu, which shutdown
 	// needs, is not, so that a read that hangs cannot hold up SIGTERM.
@@ -75,6 +81,9 @@ type bound struct {
 
 func newRunner(in *instance, log *slog.Logger) *runner {
 	r := &runner{log: log, srv: in.server, lns: map[string]*bound{}, errc: make(chan error, 1)}
+	if in.cluster != nil {
+		r.fleet = in.cluster.NewSessions(in.server)
+	}
 	r.cur.Store(in)
 	return r
 }
@@ -149,6 +158,7 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	r.startWatches(in)
 	r.setSources(in)
+	r.startFleet()
 	r.mu.Unlock()
 	r.serving.Store(true)
 	r.notify(fmt.Sprintf("READY=1\nSTATUS=serving %d listeners", len(in.listeners)))
@@ -229,6 +239,9 @@ func (r *runner) shutdown(err error) error {
 	if r.stopChall != nil {
 		r.stopChall() // Serve closes the answerers' listeners
 	}
+	if r.stopFleet != nil {
+		r.stopFleet() // after the drain: its sessions could be ended until then
+	}
 	r.mu.Unlock()
 	r.wg.Wait()
 	r.current().close()
@@ -280,7 +293,7 @@ func (r *runner) startListener(key string, ln net.Listener, l proxy.Listener) {
 func (r *runner) startAdmin(ln net.Listener) {
 	ctx, stop := context.WithCancel(context.Background())
 	r.adminLn = &bound{ln: ln, stop: stop}
-	h := admin.Handler(r.metrics, r.srv, r.ready, r.adminAccess, r.log)
+	h := admin.Handler(r.metrics, r.adminSessions(), r.ready, r.adminAccess, r.log)
 	a := r.adminAccess()
 	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /console/",
 		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost,
