@@ -2,7 +2,7 @@
 //
 // Usage:
 //
-//	popgate run   -config /etc/popgate/popgate.toml   serve (SIGHUP reloads)
+//	popgate run   -config /etc/popgate/popgate.toml   serve (SIGHUP reloads, SIGUSR2 upgrades)
 //	popgate check -config FILE                         validate a configuration and exit
 //	popgate route -config FILE USER                    show where USER's logins go
 //	popgate demo                                       a working proxy on loopback, no setup
@@ -36,7 +36,8 @@ const usage = `popgate: a TLS-terminating POP3 proxy
 
 Usage:
   popgate run   -config FILE       serve POP3S / POP3+STLS as FILE says
-                [-watch-config]    (SIGHUP reloads FILE; -watch-config also on change)
+                [-watch-config]    (SIGHUP reloads FILE; -watch-config also on change;
+                                   SIGUSR2 hands the sockets to a new binary and drains)
   popgate check -config FILE       validate FILE (and its certificates) and exit
   popgate route -config FILE USER  print the backend USER's logins go to
   popgate demo                     start a proxy and a sample mailbox on loopback
@@ -238,6 +239,17 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// SIGUSR2's default action ends the process too.
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	// The sockets of the process this one replaces, or systemd's, before
+	// anything can fail: a failed start closes them by exiting, and the
+	// old process (or systemd) still holds them.
+	inherit, err := inheritSockets()
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	c, err := LoadConfig(*path)
@@ -251,7 +263,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r.path, r.level, r.hup = *path, level, hup
+	r.path, r.level, r.hup, r.usr2, r.inherit = *path, level, hup, usr2, inherit
 	if watch {
 		r.watchEvery = configFilePoll
 	}
