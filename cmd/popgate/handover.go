@@ -475,6 +475,13 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 				defer r.upgradeBusy.Store(false)
 				if err := r.upgrade(r.ctx); err != nil {
 					r.log.Error("upgrade failed; this process keeps serving", "err", err)
+					if r.pidFile != "" {
+						// A new file: popgate upgrade sees the
+						// failure in it.
+						if err := writePIDFile(r.pidFile); err != nil {
+							r.log.Warn("could not write the PID file", "file", r.pidFile, "err", err)
+						}
+					}
 				}
 			}()
 		}

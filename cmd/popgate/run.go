@@ -51,6 +51,7 @@ type runner struct {
 	// socket activation); nil: none, every socket is bound here.
 	inherit *inherited
 
+	pidFile     string      // -pid-file; "" for none
 	upgradeBusy atomic.Bool // an upgrade is starting its new process
 	handedOver  atomic.Bool // a new process took the sockets: this one drains
 	stopRun     context.CancelFunc
@@ -177,6 +178,13 @@ func (r *runner) run(ctx context.Context) error {
 	r.mu.Unlock()
 	r.serving.Store(true)
 	r.inherit.closeUnused(r.log)
+	if r.pidFile != "" {
+		// Before an upgrade's parent learns this process serves: when
+		// it says so, the file names this one.
+		if err := writePIDFile(r.pidFile); err != nil {
+			r.log.Warn("could not write the PID file; popgate upgrade cannot find this process", "file", r.pidFile, "err", err)
+		}
+	}
 	if r.inherit.upgrading() {
 		// The parent tells systemd, with this process's PID as the
 		// new MAINPID: until then this one is not the main process.
@@ -298,6 +306,9 @@ func (r *runner) shutdown(err error) error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	if r.pidFile != "" {
+		removePIDFile(r.pidFile)
+	}
 	r.current().close()
 	if cl := r.current().cluster; cl != nil {
 		cl.Close()

@@ -322,7 +322,8 @@ func TestProcessUpgrade(t *testing.T) {
 	exe := filepath.Join(dir, "popgate")
 	installBinary(t, popgateBinary(t), exe)
 	newer := newerBinary(t)
-	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr.String())), nil, "pop3s")
+	pidFile := filepath.Join(dir, "popgate.pid")
+	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr.String()), "-pid-file", pidFile), nil, "pop3s")
 	logOnFailure(t, p)
 	tcfg := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}
 	if v := servingVersion(t, p.admin); v != "v9.8.7-test" {
@@ -358,10 +359,17 @@ func TestProcessUpgrade(t *testing.T) {
 	defer loop.stop(t)
 	loop.waitFor(t, 5)
 	installBinary(t, newer, exe)
-	p.signal(syscall.SIGUSR2)
+	// The operator's command: it returns once the new process serves.
+	out, err := exec.Command(exe, "upgrade", "-pid-file", pidFile).CombinedOutput()
 	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
 	pid2 := int(handed["new_pid"].(float64))
 	killLater(t, pid2)
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("upgraded: pid %d serves; pid %d finishes", pid2, p.cmd.Process.Pid)) {
+		t.Errorf("popgate upgrade: %v\n%s", err, out)
+	}
+	if pid, err := readPIDFile(pidFile); pid != pid2 {
+		t.Errorf("pid file after the upgrade names %d (%v), want %d", pid, err, pid2)
+	}
 	p.waitLog("shutting down")
 	loop.waitFor(t, 5)
 	if v := servingVersion(t, p.admin); v != upgradeVersion {
@@ -422,6 +430,9 @@ func TestProcessUpgrade(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("the new processes did not exit after SIGTERM")
 	}
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Errorf("pid file left behind after the last process exited: %v", err)
+	}
 	checkLogs(t, p.logs)
 	if strings.Contains(p.logs.String(), slowPass) || strings.Contains(p.logs.String(), procPass) {
 		t.Errorf("the log contains a password")
@@ -462,7 +473,8 @@ func TestProcessUpgradeFails(t *testing.T) {
 	exe := filepath.Join(dir, "popgate")
 	installBinary(t, popgateBinary(t), exe)
 	path := upgradeConfig(t, cert, loopBackend(t, procUser, procPass, small))
-	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", path), nil, "pop3s")
+	pidFile := filepath.Join(dir, "popgate.pid")
+	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", path, "-pid-file", pidFile), nil, "pop3s")
 	logOnFailure(t, p)
 	tcfg := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}
 	loop := startClientLoop(p.addrs["pop3s"], tcfg, procUser, procPass, small, 5000)
@@ -477,7 +489,10 @@ func TestProcessUpgradeFails(t *testing.T) {
 	if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.signal(syscall.SIGUSR2)
+	out, err := exec.Command(exe, "upgrade", "-pid-file", pidFile).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "the upgrade failed") {
+		t.Errorf("popgate upgrade with a broken configuration: %v\n%s", err, out)
+	}
 	fail := p.waitPlainLog("upgrade failed; this process keeps serving", 1)
 	if err, _ := fail["err"].(string); !strings.Contains(err, "exited before it served") {
 		t.Errorf("upgrade failure %q", err)
