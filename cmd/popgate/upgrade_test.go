@@ -595,3 +595,124 @@ func TestProcessSocketActivation(t *testing.T) {
 	p.wait()
 	checkLogs(t, p.logs)
 }
+
+// fdCount is the number of descriptors process pid holds.
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatalf("descriptors of pid %d: %v", pid, err)
+	}
+	return len(fds)
+}
+
+// TestProcessUpgradeIdleSessions: an upgrade while 2,000 logged-in
+// sessions sit idle on the old process. The new process inherits the
+// listening sockets and nothing else (not the sessions' descriptors);
+// the old one holds its sessions until shutdown_timeout, then closes them
+// and exits 0, which releases its descriptors and memory.
+func TestProcessUpgradeIdleSessions(t *testing.T) {
+	const idle = 2000
+	boxes := map[string]*pop3test.Mailbox{}
+	for i := range idle {
+		boxes[fmt.Sprintf("idle%d", i)] = &pop3test.Mailbox{Password: procPass, Messages: messages(1)}
+	}
+	b := &pop3test.Server{Mailboxes: boxes}
+	baddr, err := b.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	installBinary(t, popgateBinary(t), exe)
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+health_interval = "0s"
+
+[route]
+default = "mbox"
+
+[limits]
+shutdown_timeout = "3s"
+max_connections_per_ip = 0
+
+[metrics]
+address = "127.0.0.1:0"
+`, baddr.String()))
+	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", path), nil, "plain")
+	logOnFailure(t, p)
+	old := p.cmd.Process.Pid
+	before := fdCount(t, old)
+
+	conns := make([]*bufio.Reader, 0, idle)
+	for i := range idle {
+		nc, err := net.Dial("tcp", p.addrs["plain"])
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		nc.SetDeadline(time.Now().Add(60 * time.Second)) // against a hang
+		r := bufio.NewReader(nc)
+		fmt.Fprintf(nc, "USER idle%d\r\nPASS %s\r\n", i, procPass)
+		for range 3 { // greeting, USER, PASS
+			if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
+				t.Fatalf("session %d: %q %v", i, line, err)
+			}
+		}
+		conns = append(conns, r)
+	}
+	if n := fdCount(t, old); n < before+2*idle {
+		t.Fatalf("old process holds %d descriptors with %d sessions, %d before: the sessions are not where the test thinks", n, idle, before)
+	}
+
+	p.signal(syscall.SIGUSR2)
+	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
+	pid := int(handed["new_pid"].(float64))
+	killLater(t, pid)
+	// The new process: about what the old one had before its sessions.
+	if n := fdCount(t, pid); n > before+20 {
+		t.Errorf("new process holds %d descriptors, the old one %d before its %d sessions: it inherited more than the listeners", n, before, idle)
+	}
+	select {
+	case <-p.exited:
+		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("old process exit code %d", code)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the old process did not exit after shutdown_timeout")
+	}
+	p.waitLog("shutdown grace period over; closed remaining sessions")
+	for i, r := range conns {
+		if line, err := r.ReadString('\n'); err == nil {
+			t.Fatalf("idle session %d got %q after the old process exited, want EOF", i, line)
+		}
+	}
+	// The new process serves.
+	nc, err := net.Dial("tcp", p.addrs["plain"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newPOPClient(t, nc)
+	c.login("idle0", procPass)
+	c.cmd("QUIT")
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the new process did not exit after SIGTERM")
+	}
+	checkLogs(t, p.logs)
+}
