@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	endian "encoding/binary" // "binary" is the process tests' build
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/popgate/popgate/tlsconf"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,6 +44,11 @@ import (
 // Socket activation (LISTEN_FDS, sd_listen_fds(3)) uses the same path:
 // the sockets systemd passes are taken by address.
 
+// inheritedTicketKeys are the session ticket keys of the process this one
+// replaces, for the first [tlsconf.Tickets] built (build.go); set by
+// cmdRun before it builds anything.
+var inheritedTicketKeys []tlsconf.TicketKey
+
 // upgradeEnv describes the sockets a child of an upgrade inherits: JSON,
 // an upgradeSpec.
 const upgradeEnv = "POPGATE_UPGRADE"
@@ -58,6 +66,36 @@ type upgradeSpec struct {
 	Ready int `json:"ready"`
 	// Parent is the PID of the process the child replaces.
 	Parent int `json:"parent"`
+	// Tickets, when not 0, is the descriptor of a pipe that holds the
+	// session ticket keys of the parent's local source
+	// (encodeTicketKeys), so that tickets it issued resume on the child.
+	// A pipe and not the environment: anyone who can read the
+	// environment (ps e, /proc/PID/environ) must not get them.
+	Tickets int `json:"tickets,omitempty"`
+}
+
+// encodeTicketKeys writes keys as the Tickets pipe carries them: for each,
+// when it was made (Unix nanoseconds, 8 octets, big endian) and the key.
+func encodeTicketKeys(keys []tlsconf.TicketKey) []byte {
+	b := make([]byte, 0, len(keys)*40)
+	for _, k := range keys {
+		b = endian.BigEndian.AppendUint64(b, uint64(k.Made.UnixNano()))
+		b = append(b, k.Key[:]...)
+	}
+	return b
+}
+
+func decodeTicketKeys(b []byte) ([]tlsconf.TicketKey, error) {
+	if len(b)%40 != 0 || len(b) > tlsconf.MaxTicketKeys*40 {
+		return nil, fmt.Errorf("session ticket keys: %d octets", len(b))
+	}
+	var keys []tlsconf.TicketKey
+	for ; len(b) > 0; b = b[40:] {
+		k := tlsconf.TicketKey{Made: time.Unix(0, int64(endian.BigEndian.Uint64(b)))}
+		copy(k.Key[:], b[8:40])
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 const readyLine = "ready\n"
@@ -79,6 +117,9 @@ type inherited struct {
 	// activated: a listener took a socket systemd holds too.
 	activated bool
 	parent    int // the PID of the process an upgrade replaces
+	// tickets are the session ticket keys of the process an upgrade
+	// replaces.
+	tickets []tlsconf.TicketKey
 }
 
 // inheritSockets takes the sockets passed to this process (upgradeEnv, or
@@ -94,6 +135,19 @@ func inheritSockets() (*inherited, error) {
 		}
 		h.parent = spec.Parent
 		h.ready = os.NewFile(uintptr(spec.Ready), "upgrade-ready")
+		if spec.Tickets != 0 {
+			f := os.NewFile(uintptr(spec.Tickets), "upgrade-tickets")
+			b, err := io.ReadAll(io.LimitReader(f, tlsconf.MaxTicketKeys*40+1))
+			f.Close()
+			if err == nil {
+				h.tickets, err = decodeTicketKeys(b)
+			}
+			clear(b)
+			if err != nil {
+				h.closeAll()
+				return nil, fmt.Errorf("inherited %w", err)
+			}
+		}
 		for key, fd := range spec.Sockets {
 			ln, err := fileListener(fd, key)
 			if err != nil {
@@ -314,6 +368,27 @@ func (r *runner) upgrade(ctx context.Context) error {
 		return err
 	}
 	defer pr.Close()
+	extra := append(files, pw)
+	if keys := r.current().tickets.LocalKeys(); len(keys) > 0 {
+		// At most 32 keys of 40 octets: the pipe's buffer holds them,
+		// and the write does not wait for the child.
+		kr, kw, err := os.Pipe()
+		if err != nil {
+			pw.Close()
+			return err
+		}
+		b := encodeTicketKeys(keys)
+		_, err = kw.Write(b)
+		clear(b)
+		kw.Close()
+		defer kr.Close()
+		if err != nil {
+			pw.Close()
+			return fmt.Errorf("session ticket keys: %w", err)
+		}
+		spec.Tickets = 3 + len(extra)
+		extra = append(extra, kr)
+	}
 	spec.Ready = 3 + len(files)
 	spec.Parent = os.Getpid()
 	js, err := json.Marshal(spec)
@@ -323,7 +398,7 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	cmd := exec.Command(exe, os.Args[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = append(files, pw)
+	cmd.ExtraFiles = extra
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, upgradeEnv+"=")
 	}), upgradeEnv+"="+string(js))

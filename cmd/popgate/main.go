@@ -258,6 +258,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if inherit != nil {
+		inheritedTicketKeys = inherit.tickets
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	c, err := LoadConfig(*path)

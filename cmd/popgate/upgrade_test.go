@@ -292,6 +292,21 @@ func logOnFailure(t *testing.T, p *process) {
 	})
 }
 
+// resumed connects to addr with cfg (its ClientSessionCache keeps the
+// ticket), reads the greeting, which brings the TLS 1.3 session ticket
+// along, quits, and reports whether the handshake resumed a session.
+func resumed(t *testing.T, addr string, cfg *tls.Config) bool {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(nc, cfg)
+	p := newPOPClient(t, c)
+	p.cmd("QUIT")
+	return c.ConnectionState().DidResume
+}
+
 // killLater ends pid (a process this test started, through popgate) when
 // the test ends, if it still runs.
 func killLater(t *testing.T, pid int) {
@@ -355,6 +370,13 @@ func TestProcessUpgrade(t *testing.T) {
 	}
 	slowRead(1 << 20)
 
+	// A client with a session ticket from the old process.
+	resumer := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost", ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	resumed(t, p.addrs["pop3s"], resumer)
+	if !resumed(t, p.addrs["pop3s"], resumer) {
+		t.Fatal("no TLS session resumption before the upgrade")
+	}
+
 	loop := startClientLoop(p.addrs["pop3s"], tcfg, procUser, procPass, small, 5000)
 	defer loop.stop(t)
 	loop.waitFor(t, 5)
@@ -374,6 +396,10 @@ func TestProcessUpgrade(t *testing.T) {
 	loop.waitFor(t, 5)
 	if v := servingVersion(t, p.admin); v != upgradeVersion {
 		t.Errorf("version after the upgrade %q, want %q", v, upgradeVersion)
+	}
+	// The new process took the ticket keys over: the old ticket resumes.
+	if !resumed(t, p.addrs["pop3s"], resumer) {
+		t.Error("a session ticket of the old process does not resume on the new one")
 	}
 	// The old process drains: a signal to it starts nothing.
 	p.signal(syscall.SIGUSR2)
