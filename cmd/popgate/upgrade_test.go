@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -292,6 +293,42 @@ func logOnFailure(t *testing.T, p *process) {
 	})
 }
 
+// notifySocket collects what popgate sends to NOTIFY_SOCKET.
+type notifySocket struct {
+	path string
+	mu   sync.Mutex
+	msgs []string
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.msgs)
+}
+
 // resumed connects to addr with cfg (its ClientSessionCache keeps the
 // ticket), reads the greeting, which brings the TLS 1.3 session ticket
 // along, quits, and reports whether the handshake resumed a session.
@@ -338,7 +375,10 @@ func TestProcessUpgrade(t *testing.T) {
 	installBinary(t, popgateBinary(t), exe)
 	newer := newerBinary(t)
 	pidFile := filepath.Join(dir, "popgate.pid")
-	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr.String()), "-pid-file", pidFile), nil, "pop3s")
+	// What systemd would hear, from every process.
+	notes := listenNotify(t)
+	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr.String()), "-pid-file", pidFile),
+		[]string{"NOTIFY_SOCKET=" + notes.path}, "pop3s")
 	logOnFailure(t, p)
 	tcfg := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}
 	if v := servingVersion(t, p.admin); v != "v9.8.7-test" {
@@ -458,6 +498,21 @@ func TestProcessUpgrade(t *testing.T) {
 	}
 	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
 		t.Errorf("pid file left behind after the last process exited: %v", err)
+	}
+	// systemd follows the new main process at each upgrade, hears
+	// nothing from the ones that drain, and STOPPING=1 only from the last.
+	// The last datagrams may still be on their way to the reader.
+	for deadline := time.Now().Add(10 * time.Second); len(notes.all()) < 4 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var kinds []string
+	for _, n := range notes.all() {
+		kind, _, _ := strings.Cut(n, "\n")
+		kinds = append(kinds, kind)
+	}
+	wantKinds := []string{"READY=1", fmt.Sprintf("MAINPID=%d", pid2), fmt.Sprintf("MAINPID=%d", pid3), "STOPPING=1"}
+	if !slices.Equal(kinds, wantKinds) {
+		t.Errorf("notifications (first lines) %q, want %q; all: %q", kinds, wantKinds, notes.all())
 	}
 	checkLogs(t, p.logs)
 	if strings.Contains(p.logs.String(), slowPass) || strings.Contains(p.logs.String(), procPass) {
