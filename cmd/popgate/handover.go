@@ -251,18 +251,20 @@ func sameAddress(a net.Addr, addr string) bool {
 	if host == "" {
 		return ta.IP.IsUnspecified()
 	}
-	ip := net.ParseIP(host)
-	if ip == nil {
-		ips, err := net.LookupIP(host)
-		if err != nil || len(ips) == 0 {
+	ips := []net.IP{net.ParseIP(host)}
+	if ips[0] == nil {
+		// A name: the socket is bound to one of its addresses.
+		var err error
+		if ips, err = net.LookupIP(host); err != nil {
 			return false
 		}
-		ip = ips[0]
 	}
-	if ip.IsUnspecified() {
-		return ta.IP.IsUnspecified()
+	for _, ip := range ips {
+		if ip.IsUnspecified() && ta.IP.IsUnspecified() || ip.Equal(ta.IP) {
+			return true
+		}
 	}
-	return ip.Equal(ta.IP)
+	return false
 }
 
 // closeUnused closes the inherited sockets no listener of the
