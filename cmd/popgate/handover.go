@@ -72,6 +72,9 @@ type upgradeSpec struct {
 	// A pipe and not the environment: anyone who can read the
 	// environment (ps e, /proc/PID/environ) must not get them.
 	Tickets int `json:"tickets,omitempty"`
+	// Activated: sockets among them are systemd's (socket activation),
+	// which outlive every popgate process.
+	Activated bool `json:"activated,omitempty"`
 }
 
 // encodeTicketKeys writes keys as the Tickets pipe carries them: for each,
@@ -134,6 +137,7 @@ func inheritSockets() (*inherited, error) {
 			return nil, fmt.Errorf("%s: %w", upgradeEnv, err)
 		}
 		h.parent = spec.Parent
+		h.activated = spec.Activated
 		h.ready = os.NewFile(uintptr(spec.Ready), "upgrade-ready")
 		if spec.Tickets != 0 {
 			f := os.NewFile(uintptr(spec.Tickets), "upgrade-tickets")
@@ -393,6 +397,7 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	spec.Ready = 3 + len(files)
 	spec.Parent = os.Getpid()
+	spec.Activated = r.inherit.socketActivated()
 	js, err := json.Marshal(spec)
 	if err != nil {
 		pw.Close()
