@@ -797,3 +797,108 @@ address = "127.0.0.1:0"
 	}
 	checkLogs(t, p.logs)
 }
+
+// TestProcessUpgradeEveryListener: every kind of listening socket changes
+// hands: a plain POP3 listener, one with PROXY protocol, the admin address
+// and both ACME answerers. The new process could bind none of them itself
+// (the old one holds them), so its start says they were inherited, and
+// each one answers after the upgrade.
+func TestProcessUpgradeEveryListener(t *testing.T) {
+	dir := t.TempDir()
+	httpAddr, alpnAddr := freeAddr(t), freeAddr(t)
+	path := writeConfig(t, fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "plain"
+address = "127.0.0.1:0"
+tls = "none"
+
+[[listen]]
+name = "pp"
+address = "127.0.0.1:0"
+tls = "none"
+proxy_protocol = true
+
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+
+[tls]
+default_server_name = "mail.example.com"
+
+[tls.acme]
+domains = ["mail.example.com"]
+cache_dir = %q
+directory_url = "http://127.0.0.1:1/directory"
+http_challenge = %q
+tls_alpn_challenge = %q
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+trusted_proxies = ["127.0.0.0/8"]
+
+[metrics]
+address = "127.0.0.1:0"
+`, filepath.Join(dir, "acme"), httpAddr, alpnAddr, mailbox(t, messages(1)...)))
+	p := startPopgate(t, path, "plain", "pp", "pop3s")
+	logOnFailure(t, p)
+	p.signal(syscall.SIGUSR2)
+	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
+	pid := int(handed["new_pid"].(float64))
+	killLater(t, pid)
+	var got []string
+	for _, rec := range p.logs.records(t, "serving an inherited socket") {
+		got = append(got, rec["socket"].(string))
+	}
+	slices.Sort(got)
+	want := []string{"acme " + alpnAddr, "acme " + httpAddr, "admin 127.0.0.1:0",
+		"pop3 127.0.0.1:0 plain", "pop3 127.0.0.1:0 pop3s", "pop3 127.0.0.1:0 pp"}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("inherited sockets %q, want %q", got, want)
+	}
+	select { // the old process, without sessions
+	case <-p.exited:
+		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("old process exit code %d", code)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the old process did not exit")
+	}
+
+	c := p.dial("plain")
+	c.login(procUser, procPass)
+	c.cmd("QUIT")
+	nc, err := net.Dial("tcp", p.addrs["pp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(nc, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 110\r\n")
+	newPOPClient(t, nc).cmd("QUIT")
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get("http://" + httpAddr + "/index.html")
+	if err != nil {
+		t.Fatalf("HTTP-01 answerer after the upgrade: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("HTTP-01 answerer after the upgrade: %s, want 404", resp.Status)
+	}
+	if servingVersion(t, p.admin) == "" {
+		t.Error("no version on the admin address after the upgrade")
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+}
