@@ -89,10 +89,12 @@ func TestProxyUpgrade(t *testing.T) {
 	small := testMessage(4<<10, "upgrade-small")
 	big := testMessage(8<<20, "upgrade-big")
 	var secrets []string
+	users := map[string]string{}
 	for i := range loopers {
 		user := fmt.Sprintf("loop%d@example.com", i)
 		d.addMessage(t, user, small)
 		secrets = append(secrets, d.Users[user])
+		users[user] = d.Users[user]
 	}
 	d.addMessage(t, userBob, big)
 	secrets = append(secrets, d.Users[userBob])
@@ -144,46 +146,9 @@ func TestProxyUpgrade(t *testing.T) {
 	}
 	slowRead(1 << 20)
 
-	var ok, failed atomic.Int64
-	var mu sync.Mutex
-	var errs []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range loopers {
-		user := fmt.Sprintf("loop%d@example.com", i)
-		pass := d.Users[user]
-		wg.Go(func() {
-			for range 2000 { // bounded: at most this many sessions each
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if err := upgradeSession(pg.POP3SAddr, conf, user, pass, small); err != nil {
-					failed.Add(1)
-					mu.Lock()
-					errs = append(errs, err.Error())
-					mu.Unlock()
-				} else {
-					ok.Add(1)
-				}
-			}
-		})
-	}
-	stopLoop := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	defer stopLoop()
-	waitSessions := func(n int64) {
-		t.Helper()
-		goal := ok.Load() + failed.Load() + n
-		deadline := time.Now().Add(60 * time.Second) // against a hang
-		for ok.Load()+failed.Load() < goal {
-			if time.Now().After(deadline) {
-				t.Fatalf("fewer than %d client sessions in a minute", n)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	waitSessions(10)
+	loop := startSessionLoop(t, pg.POP3SAddr, conf, users, small)
+	defer loop.stop(t)
+	loop.wait(t, 10)
 
 	copyExecutable(t, newer, exe)
 	out, err := exec.Command(exe, "upgrade", "-pid-file", pidFile).CombinedOutput()
@@ -192,7 +157,7 @@ func TestProxyUpgrade(t *testing.T) {
 	}
 	rec := pg.waitRecord(t, "upgrade: the new process serves; this one stops accepting and drains")
 	pids = append(pids, int(rec["new_pid"].(float64)))
-	waitSessions(10)
+	loop.wait(t, 10)
 	if v := adminVersion(t, admin); v != upgradedVersion {
 		t.Errorf("version after the upgrade %q, want %q", v, upgradedVersion)
 	}
@@ -217,12 +182,71 @@ func TestProxyUpgrade(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the old process did not exit after its last session")
 	}
-	waitSessions(10)
-	stopLoop()
-	if n := failed.Load(); n > 0 {
-		t.Errorf("%d of %d client sessions failed: %s", n, n+ok.Load(), strings.Join(errs[:min(len(errs), 5)], "; "))
+	loop.wait(t, 10)
+	loop.stop(t)
+}
+
+// sessionLoop runs one client per user, each opening sessions one after
+// another (upgradeSession) until stop, at most 2,000 each, and counts
+// those that failed in any way.
+type sessionLoop struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stopc      chan struct{}
+	wg         sync.WaitGroup
+	once       sync.Once
+}
+
+func startSessionLoop(t *testing.T, addr string, conf *tls.Config, users map[string]string, msg []byte) *sessionLoop {
+	l := &sessionLoop{stopc: make(chan struct{})}
+	for user, pass := range users {
+		l.wg.Go(func() {
+			for range 2000 { // bounded: at most this many sessions each
+				select {
+				case <-l.stopc:
+					return
+				default:
+				}
+				if err := upgradeSession(addr, conf, user, pass, msg); err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					l.errs = append(l.errs, err.Error())
+					l.mu.Unlock()
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		})
 	}
-	t.Logf("%d client sessions through the upgrade", ok.Load())
+	return l
+}
+
+// wait waits until n more sessions have ended.
+func (l *sessionLoop) wait(t *testing.T, n int64) {
+	t.Helper()
+	goal := l.ok.Load() + l.failed.Load() + n
+	deadline := time.Now().Add(60 * time.Second) // against a hang
+	for l.ok.Load()+l.failed.Load() < goal {
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d client sessions in a minute", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stop ends the loop and fails t if a session failed; again, it does
+// nothing.
+func (l *sessionLoop) stop(t *testing.T) {
+	t.Helper()
+	l.once.Do(func() {
+		close(l.stopc)
+		l.wg.Wait()
+		if n := l.failed.Load(); n > 0 {
+			t.Errorf("%d of %d client sessions failed: %s", n, n+l.ok.Load(), strings.Join(l.errs[:min(len(l.errs), 5)], "; "))
+		}
+		t.Logf("%d client sessions", l.ok.Load())
+	})
 }
 
 // upgradeSession logs in as user over POP3S, RETRs message 1, which must
@@ -268,4 +292,132 @@ func upgradeSession(addr string, conf *tls.Config, user, pass string, msg []byte
 		return fmt.Errorf("QUIT: %q %v", line, err)
 	}
 	return nil
+}
+
+// TestProxySocketActivation: with the POP3S socket held outside popgate
+// and passed as systemd passes it (LISTEN_FDS, LISTEN_PID), a restart
+// (SIGTERM, the drain, then a new popgate on the same socket), as
+// "systemctl restart" with popgate.socket does, refuses no client logging
+// in to real Dovecot: the kernel queues them until the new process
+// accepts.
+func TestProxySocketActivation(t *testing.T) {
+	requireInterop(t, "dovecot")
+	d := startDovecotWith(t, func(o *dovecotrun.Options) {
+		for i := range 4 {
+			o.Users[fmt.Sprintf("loop%d@example.com", i)] = fmt.Sprintf("Loop-pw-%d-Zr8q", i)
+		}
+	})
+	small := testMessage(4<<10, "activation-small")
+	users := map[string]string{}
+	var secrets []string
+	for i := range 4 {
+		user := fmt.Sprintf("loop%d@example.com", i)
+		d.addMessage(t, user, small)
+		users[user] = d.Users[user]
+		secrets = append(secrets, d.Users[user])
+	}
+	// The socket systemd would hold.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sock, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	addr := ln.Addr().String()
+
+	dir := t.TempDir()
+	ca := newTestCA(t, dir, "popgate")
+	certFile, keyFile := ca.issue(t, dir, "popgate", popgateServerName)
+	conf := filepath.Join(dir, "popgate.toml")
+	writeFile(t, conf, []byte(popgateTOML(popgateConfig{Backends: dovecotBackends(d), Default: "plain", LogLevel: "info",
+		POP3SAddress: addr, ShutdownTimeout: "1m"}, certFile, keyFile, "")), 0o600)
+	bin := popgateBinary(t)
+
+	// start runs popgate as systemd does with the socket, and waits until
+	// it serves it.
+	start := func() (*exec.Cmd, <-chan struct{}) {
+		t.Helper()
+		// LISTEN_PID is the PID of the process that serves; sh's exec
+		// keeps it.
+		cmd := exec.Command("/bin/sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" run -config "$1"`, bin, conf)
+		cmd.ExtraFiles = []*os.File{sock}
+		cmd.SysProcAttr = childProcAttr()
+		var logs syncBuffer
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM) // this test's own process
+			<-exited
+			if t.Failed() {
+				t.Logf("popgate (pid %d) output:\n%s", cmd.Process.Pid, tail(redact(logs.String(), secrets...)))
+			}
+			for _, s := range secrets {
+				if strings.Contains(logs.String(), s) {
+					t.Errorf("popgate logged a password")
+				}
+			}
+		})
+		deadline := time.Now().Add(60 * time.Second) // against a hang
+		for !strings.Contains(logs.String(), `"msg":"listening","listener":"pop3s"`) {
+			select {
+			case <-exited:
+				t.Fatalf("popgate exited:\n%s", tail(redact(logs.String(), secrets...)))
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("popgate does not serve:\n%s", tail(redact(logs.String(), secrets...)))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !strings.Contains(logs.String(), `"msg":"serving an inherited socket","socket":"pop3 `+addr+`"`) {
+			t.Fatalf("popgate did not take the socket it was passed:\n%s", tail(redact(logs.String(), secrets...)))
+		}
+		return cmd, exited
+	}
+	cmd, exited := start()
+	loop := startSessionLoop(t, addr, ca.clientConfig(popgateServerName), users, small)
+	defer loop.stop(t)
+	loop.wait(t, 10)
+	for range 2 { // systemctl restart, twice
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(60 * time.Second):
+			t.Fatal("popgate did not exit after SIGTERM")
+		}
+		if code := cmd.ProcessState.ExitCode(); code != 0 {
+			t.Errorf("exit code %d after SIGTERM", code)
+		}
+		cmd, exited = start()
+		loop.wait(t, 10)
+	}
+	loop.stop(t)
+}
+
+// syncBuffer collects a process's output for a test that reads it at the
+// same time. Not an embedded bytes.Buffer: os/exec would copy into it with
+// the buffer's own ReadFrom, around the lock.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
