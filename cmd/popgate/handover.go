@@ -138,6 +138,9 @@ func inheritSockets() (*inherited, error) {
 		}
 		h.parent = spec.Parent
 		h.activated = spec.Activated
+		if spec.Ready < 3 || spec.Tickets != 0 && spec.Tickets < 3 {
+			return nil, fmt.Errorf("%s: descriptors below 3 are stdin, stdout and stderr", upgradeEnv)
+		}
 		h.ready = os.NewFile(uintptr(spec.Ready), "upgrade-ready")
 		if spec.Tickets != 0 {
 			f := os.NewFile(uintptr(spec.Tickets), "upgrade-tickets")
@@ -153,6 +156,10 @@ func inheritSockets() (*inherited, error) {
 			}
 		}
 		for key, fd := range spec.Sockets {
+			if fd < 3 {
+				h.closeAll()
+				return nil, fmt.Errorf("%s: socket %s on descriptor %d, which is stdin, stdout or stderr", upgradeEnv, key, fd)
+			}
 			ln, err := fileListener(fd, key)
 			if err != nil {
 				h.closeAll()
