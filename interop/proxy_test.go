@@ -112,6 +112,13 @@ type popgateConfig struct {
 	AdminToken string
 	// Extra is appended to the file as it is (a [cluster] section).
 	Extra string
+	// Binary, when set, is the popgate executable to run instead of the
+	// one popgateBinary builds (an upgrade replaces it).
+	Binary string
+	// PIDFile, when set, is popgate run's -pid-file.
+	PIDFile string
+	// ShutdownTimeout is limits.shutdown_timeout; "" is 2s.
+	ShutdownTimeout string
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -158,7 +165,7 @@ type listenEvent struct {
 func startPopgate(t testing.TB, cfg popgateConfig, secrets ...string) *popgate {
 	t.Helper()
 	requireInterop(t)
-	bin := popgateBinary(t)
+	bin := cmp.Or(cfg.Binary, popgateBinary(t))
 	dir := t.TempDir()
 	ca := newTestCA(t, dir, "popgate")
 	certFile, keyFile := ca.issue(t, dir, "popgate", popgateServerName)
@@ -173,11 +180,15 @@ func startPopgate(t testing.TB, cfg popgateConfig, secrets ...string) *popgate {
 	conf := filepath.Join(dir, "popgate.toml")
 	writeFile(t, conf, []byte(popgateTOML(cfg, certFile, keyFile, tokenFile)), 0o600)
 
-	cmd := exec.Command(bin, "run", "-config", conf)
+	args := []string{"run", "-config", conf}
+	if cfg.PIDFile != "" {
+		args = append(args, "-pid-file", cfg.PIDFile)
+	}
+	cmd := exec.Command(bin, args...)
 	if cfg.NoFile > 0 {
 		// sh's ulimit -n sets both limits; exec keeps the PID, so
 		// signals still reach popgate.
-		cmd = exec.Command("/bin/sh", "-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(cfg.NoFile), bin, "run", "-config", conf)
+		cmd = exec.Command("/bin/sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(cfg.NoFile), bin}, args...)...)
 	}
 	cmd.Dir = dir
 	cmd.SysProcAttr = childProcAttr()
@@ -315,7 +326,7 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile, tokenFile string) string 
 		},
 		Backends: cfg.Backends,
 		Route:    conffile.Route{Default: cfg.Default, Users: cfg.Users, MapFile: cfg.MapFile, HTTPURL: cfg.HTTPURL, SQL: cfg.SQL, LDAP: cfg.LDAP},
-		Limits:   []string{`shutdown_timeout = "2s"`},
+		Limits:   []string{fmt.Sprintf("shutdown_timeout = %q", cmp.Or(cfg.ShutdownTimeout, "2s"))},
 		// Several popgates run at once; none may take 127.0.0.1:9110.
 		MetricsAddress:   new("127.0.0.1:0"),
 		MetricsTokenFile: tokenFile,

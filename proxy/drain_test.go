@@ -290,3 +290,35 @@ func TestShutdownDeadline(t *testing.T) {
 		t.Errorf("session end line does not say the drain ended it:\n%s", logs)
 	}
 }
+
+// TestHandOver: after a handover the sessions still logging in are served
+// to the end, not closed as Shutdown closes them: the client between USER
+// and PASS logs in, reads its mailbox and quits, and HandOver returns once
+// it has. The listener is closed (another process serves its socket).
+func TestHandOver(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	pending := h.dial("pop3s")
+	pending.cmd("USER " + testUser)
+
+	done := make(chan error, 1)
+	go func() { done <- h.srv.HandOver(context.Background()) }()
+	waitFor(t, "the drain to begin", h.srv.isClosing)
+	if got := pending.cmd("PASS " + testPass); !strings.HasPrefix(got, "+OK") {
+		t.Fatalf("PASS during the handover = %q, want +OK", got)
+	}
+	if got := pending.cmd("STAT"); !strings.HasPrefix(got, "+OK 2 ") {
+		t.Fatalf("STAT during the handover = %q", got)
+	}
+	pending.cmd("QUIT")
+	pending.eof()
+	drained(t, done)
+	if strings.Contains(h.logs.String(), "ended_by=shutdown") {
+		t.Errorf("a session was ended by the drain:\n%s", h.logs)
+	}
+	h.srv.mu.Lock()
+	n := len(h.srv.listeners)
+	h.srv.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d listeners still served after the handover", n)
+	}
+}

@@ -42,11 +42,15 @@ type Server struct {
 	sessions  map[*session]struct{}
 	perIP     map[netip.Prefix]int // sessions per client network (auth.ClientNet)
 	closing   bool
-	endedIn   int64          // octets relayed client→backend by ended sessions
-	endedOut  int64          // octets relayed backend→client by ended sessions
-	relaying  int            // sessions past the login
-	wg        sync.WaitGroup // live connections
-	idle      chan struct{}  // closed when sessions drops to zero while closing
+	// handingOver: closing for HandOver, which serves what the
+	// listeners still accept instead of refusing it.
+	handingOver bool
+	accepting   sync.WaitGroup // Serve loops
+	endedIn     int64          // octets relayed client→backend by ended sessions
+	endedOut    int64          // octets relayed backend→client by ended sessions
+	relaying    int            // sessions past the login
+	wg          sync.WaitGroup // live connections
+	idle        chan struct{}  // closed when sessions drops to zero while closing
 
 	bufs      bufPool   // large splice buffers of TLS sources, borrowed only while data flows
 	rawBufs   bufPool   // the same for plain TCP sources
@@ -185,6 +189,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l Listener) error {
 		s.listeners[ln] = spec
 	}
 	// else UpdateListener came first: its settings are the newer ones.
+	s.accepting.Add(1)
+	defer s.accepting.Done()
 	s.mu.Unlock()
 	s.startHealthChecks()
 	defer func() {
@@ -273,7 +279,7 @@ func (s *Server) accept(c net.Conn, l Listener) {
 	s.mu.Lock()
 	refuse, reason := "", ""
 	switch {
-	case s.closing:
+	case s.closing && !s.handingOver:
 		refuse, reason = "shutting down", "shutting_down"
 	case cfg.MaxConnections > 0 && len(s.sessions) >= cfg.MaxConnections:
 		refuse, reason = "max_connections reached", "max_connections"
@@ -360,19 +366,44 @@ func (s *Server) removeSession(sess *session) {
 // lookup, a backend login, the failed-login delay) is abandoned: they have
 // nothing to lose, and would hold the drain up.
 func (s *Server) Shutdown(ctx context.Context) error {
+	return s.shutdown(ctx, true)
+}
+
+// HandOver is Shutdown for a process whose listening sockets another one
+// serves now (an upgrade): it stops accepting, and waits for every
+// session, also those still in the AUTHORIZATION state. A client that
+// connected a moment before the handover logs in and is served here, as if
+// nothing happened; login_timeout bounds the wait for it.
+func (s *Server) HandOver(ctx context.Context) error {
+	return s.shutdown(ctx, false)
+}
+
+func (s *Server) shutdown(ctx context.Context, closeLogins bool) error {
 	s.stopHealthChecks()
 	s.mu.Lock()
 	s.closing = true
+	s.handingOver = !closeLogins
 	for ln := range s.listeners {
 		ln.Close()
+	}
+	if !closeLogins {
+		// A connection the kernel gave to an Accept just before the
+		// close is this process's alone: the other one never sees it.
+		// It is served; once the accept loops have returned, the
+		// sessions are all known.
+		s.mu.Unlock()
+		s.accepting.Wait()
+		s.mu.Lock()
 	}
 	var idle chan struct{}
 	if len(s.sessions) > 0 {
 		idle = make(chan struct{})
 		s.idle = idle
 	}
-	for sess := range s.sessions {
-		sess.closeIfNotSpliced()
+	if closeLogins {
+		for sess := range s.sessions {
+			sess.closeIfNotSpliced()
+		}
 	}
 	s.mu.Unlock()
 	var err error

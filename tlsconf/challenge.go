@@ -44,7 +44,7 @@ func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 		challengeCert: s.acme.m.GetCertificate, helloTimeout: challengeHelloTimeout}
 	cfg := s.cfg.ACME
 	if cfg.HTTPChallenge != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPChallenge)
+		ln, err := lim.listen(cfg.HTTPChallenge)
 		if err != nil {
 			return nil, fmt.Errorf("tlsconf: acme http_challenge: %w", err)
 		}
@@ -66,7 +66,7 @@ func (s *Server) ListenChallenges(lim ChallengeLimits) (*Challenges, error) {
 		c.httpSrv.SetKeepAlivesEnabled(false)
 	}
 	if cfg.TLSALPNChallenge != "" {
-		ln, err := net.Listen("tcp", cfg.TLSALPNChallenge)
+		ln, err := lim.listen(cfg.TLSALPNChallenge)
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("tlsconf: acme tls_alpn_challenge: %w", err)

@@ -65,6 +65,17 @@ type ChallengeLimits struct {
 	// client, as the POP3 listeners' per-address limits do; nil means
 	// the address itself for IPv4 and its /64 for IPv6.
 	ClientNet func(netip.Addr) (netip.Prefix, bool)
+	// Listen binds an answerer's address; nil means net.Listen. A
+	// process that took its sockets over from the one it replaces (an
+	// upgrade) or from systemd hands them out here.
+	Listen func(addr string) (net.Listener, error)
+}
+
+func (l ChallengeLimits) listen(addr string) (net.Listener, error) {
+	if l.Listen != nil {
+		return l.Listen(addr)
+	}
+	return net.Listen("tcp", addr)
 }
 
 func (l ChallengeLimits) maxConns() int {

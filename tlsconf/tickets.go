@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,10 @@ type TicketsConfig struct {
 	// ticket resumes. See [CheckTicketPeriods]. Used only by the local
 	// source.
 	Rotation, Lifetime time.Duration
+	// Inherited seeds the local source with keys of the process this one
+	// replaces (an upgrade), so that its tickets keep resuming; see
+	// [Tickets.LocalKeys]. Keys past Lifetime are dropped.
+	Inherited []TicketKey
 	// Logger receives the key source's errors. nil discards.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now. Tests set another.
@@ -128,6 +133,13 @@ func NewTickets(cfg TicketsConfig) (*Tickets, error) {
 			return nil, fmt.Errorf("tlsconf: session tickets: %w", err)
 		}
 		t.local = NewLocalTicketKeys(cfg.Rotation, cfg.Lifetime)
+		for _, k := range cfg.Inherited {
+			t.local.keys = append(t.local.keys, localTicketKey{key: k.Key, made: k.Made})
+		}
+		slices.SortFunc(t.local.keys, func(a, b localTicketKey) int { return b.made.Compare(a.made) })
+		if len(t.local.keys) > MaxTicketKeys {
+			t.local.keys = t.local.keys[:MaxTicketKeys]
+		}
 		t.src = t.local
 	}
 	keys, refresh, err := t.src.TicketKeys(t.now())
@@ -242,6 +254,29 @@ type LocalTicketKeys struct {
 type localTicketKey struct {
 	key  [32]byte
 	made time.Time
+}
+
+// TicketKey is a key of the local source and when it was made.
+type TicketKey struct {
+	Key  [32]byte
+	Made time.Time
+}
+
+// LocalKeys returns the local source's keys, for the process that takes
+// over from this one ([TicketsConfig.Inherited]); nil with another
+// source, whose keys the new process gets from it.
+func (t *Tickets) LocalKeys() []TicketKey {
+	if t == nil || t.local == nil {
+		return nil
+	}
+	l := t.local
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	keys := make([]TicketKey, len(l.keys))
+	for i, k := range l.keys {
+		keys[i] = TicketKey{Key: k.key, Made: k.made}
+	}
+	return keys
 }
 
 // NewLocalTicketKeys returns a local key source; its first key is made

@@ -403,6 +403,40 @@ func TestLocalTicketKeys(t *testing.T) {
 	}
 }
 
+// TestTicketsInherited: the keys LocalKeys returns, given to the Tickets of
+// a new process as Inherited, are the ones it uses, as they were: the
+// newest seals until its rotation is due, then a new one, and each is
+// dropped when its lifetime has passed.
+func TestTicketsInherited(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	clock := func() time.Time { return now }
+	old, err := NewTickets(TicketsConfig{Rotation: time.Hour, Lifetime: 150 * time.Minute, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(90 * time.Minute)
+	old.codec() // a second key
+	keys := old.LocalKeys()
+	if len(keys) != 2 || !keys[0].Made.Equal(now) || !keys[1].Made.Equal(t0) {
+		t.Fatalf("LocalKeys: %d keys, made %v", len(keys), keys)
+	}
+	now = t0.Add(100 * time.Minute)
+	// Given oldest first: the order they are used in is by age.
+	heir, err := NewTickets(TicketsConfig{Rotation: time.Hour, Lifetime: 150 * time.Minute, Now: clock,
+		Inherited: []TicketKey{keys[1], keys[0]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, refresh, _ := heir.src.TicketKeys(now)
+	if len(got) != 2 || got[0] != keys[0].Key || got[1] != keys[1].Key || !refresh.Equal(t0.Add(150*time.Minute)) {
+		t.Fatalf("inherited keys in use: %d, refresh %v", len(got), refresh)
+	}
+	if (*Tickets)(nil).LocalKeys() != nil {
+		t.Error("LocalKeys of no Tickets")
+	}
+}
+
 func TestCheckTicketPeriods(t *testing.T) {
 	for _, c := range []struct {
 		rotation, lifetime time.Duration

@@ -164,7 +164,10 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		tc := tlsconf.TicketsConfig{
 			Rotation: c.TLS.TicketRotation,
 			Lifetime: c.TLS.TicketLifetime,
-			Logger:   log,
+			// The keys of the process this one replaces (an
+			// upgrade, handover.go): its tickets keep resuming.
+			Inherited: inheritedTicketKeys,
+			Logger:    log,
 		}
 		if in.cluster != nil {
 			tc.Source = in.cluster.NewTicketKeys(c.TLS.TicketRotation, c.TLS.TicketLifetime)

@@ -2,7 +2,8 @@
 //
 // Usage:
 //
-//	popgate run   -config /etc/popgate/popgate.toml   serve (SIGHUP reloads)
+//	popgate run   -config /etc/popgate/popgate.toml   serve (SIGHUP reloads, SIGUSR2 upgrades)
+//	popgate upgrade -pid-file /run/popgate/popgate.pid hand the sockets to the binary now installed
 //	popgate check -config FILE                         validate a configuration and exit
 //	popgate route -config FILE USER                    show where USER's logins go
 //	popgate demo                                       a working proxy on loopback, no setup
@@ -37,6 +38,10 @@ const usage = `popgate: a TLS-terminating POP3 proxy
 Usage:
   popgate run   -config FILE       serve POP3S / POP3+STLS as FILE says
                 [-watch-config]    (SIGHUP reloads FILE; -watch-config also on change)
+                [-pid-file PID]    (SIGUSR2 upgrades: see popgate upgrade)
+  popgate upgrade -pid-file PID    hand the running popgate's sockets to the binary
+                                   installed now, wait until it serves; the old
+                                   one finishes its sessions
   popgate check -config FILE       validate FILE (and its certificates) and exit
   popgate route -config FILE USER  print the backend USER's logins go to
   popgate demo                     start a proxy and a sample mailbox on loopback
@@ -75,6 +80,8 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	switch args[0] {
 	case "run":
 		err = cmdRun(ctx, args[1:], stderr)
+	case "upgrade":
+		err = cmdUpgrade(args[1:], stdout, stderr)
 	case "check":
 		err = cmdCheck(args[1:], stdout, stderr)
 	case "route":
@@ -227,8 +234,10 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 // cmdRun serves until ctx is done or a SIGTERM or SIGINT arrives.
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	var watch bool
+	var pidFile string
 	_, path, err := configFlag("run", args, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&watch, "watch-config", false, "reload when the configuration file's content changes (checked every 5s), as on SIGHUP")
+		fs.StringVar(&pidFile, "pid-file", "", "write the serving process's PID to `file` (for popgate upgrade); an upgrade's new process rewrites it")
 	})
 	if err != nil {
 		return err
@@ -238,6 +247,20 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// SIGUSR2's default action ends the process too.
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	// The sockets of the process this one replaces, or systemd's, before
+	// anything can fail: a failed start closes them by exiting, and the
+	// old process (or systemd) still holds them.
+	inherit, err := inheritSockets()
+	if err != nil {
+		return err
+	}
+	if inherit != nil {
+		inheritedTicketKeys = inherit.tickets
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	c, err := LoadConfig(*path)
@@ -259,7 +282,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	r.path, r.level, r.hup = *path, level, hup
+	r.path, r.level, r.hup, r.usr2, r.inherit, r.pidFile = *path, level, hup, usr2, inherit, pidFile
 	if watch {
 		r.watchEvery = configFilePoll
 	}

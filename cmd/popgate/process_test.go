@@ -68,13 +68,17 @@ func popgateBinary(t *testing.T) string {
 
 // process is a running popgate.
 type process struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	logs  *logSink
-	done  chan struct{}
-	err   error // Wait's, once done is closed
-	addrs map[string]string
-	admin string // the admin endpoints' address
+	t    *testing.T
+	cmd  *exec.Cmd
+	logs *logSink
+	// exited is closed when the process has exited; done when, besides,
+	// its log has reached EOF: when every process that inherited its
+	// stderr (the new process of an upgrade) has exited too.
+	exited chan struct{}
+	done   chan struct{}
+	err    error // Wait's, once exited is closed
+	addrs  map[string]string
+	admin  string // the admin endpoints' address
 }
 
 // startPopgate runs popgate with the configuration file path and waits
@@ -87,28 +91,56 @@ func startPopgate(t *testing.T, path string, names ...string) *process {
 // startPopgateEnv is startPopgate with env added to the environment.
 func startPopgateEnv(t *testing.T, path string, env []string, names ...string) *process {
 	t.Helper()
+	return startPopgateCmd(t, exec.Command(popgateBinary(t), "run", "-config", path), env, names...)
+}
+
+// startPopgateCmd is startPopgateEnv for a command of the caller's.
+func startPopgateCmd(t *testing.T, cmd *exec.Cmd, env []string, names ...string) *process {
+	t.Helper()
 	p := &process{
-		t:     t,
-		cmd:   exec.Command(popgateBinary(t), "run", "-config", path),
-		logs:  &logSink{listening: make(chan [2]string, 16)},
-		done:  make(chan struct{}),
-		addrs: map[string]string{},
+		t:      t,
+		cmd:    cmd,
+		logs:   &logSink{listening: make(chan [2]string, 16)},
+		exited: make(chan struct{}),
+		done:   make(chan struct{}),
+		addrs:  map[string]string{},
 	}
 	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stderr = p.logs
-	if err := p.cmd.Start(); err != nil {
+	// A pipe of its own, not os/exec's: Wait returns when popgate exits,
+	// also when the new process of an upgrade still holds the pipe.
+	pr, pw, err := os.Pipe()
+	if err != nil {
 		t.Fatal(err)
 	}
+	p.cmd.Stderr = pw
+	if err := p.cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		t.Fatal(err)
+	}
+	pw.Close()
+	logged := make(chan struct{})
+	go func() {
+		io.Copy(p.logs, pr)
+		pr.Close()
+		close(logged)
+	}()
 	go func() {
 		p.err = p.cmd.Wait()
+		close(p.exited)
+		<-logged
 		close(p.done)
 	}()
 	t.Cleanup(func() {
 		select {
-		case <-p.done:
+		case <-p.exited:
 		default:
 			p.cmd.Process.Kill() // only this test's own process
-			<-p.done
+		}
+		select {
+		case <-p.done:
+		case <-time.After(60 * time.Second):
+			t.Errorf("popgate's log still open a minute after it exited")
 		}
 	})
 	p.waitListening(names...)

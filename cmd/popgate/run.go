@@ -45,6 +45,17 @@ type runner struct {
 	// watchEvery, when set, polls path and reloads when its content
 	// changes (-watch-config).
 	watchEvery time.Duration
+	// usr2 delivers SIGUSR2, an upgrade (handover.go); nil: no upgrades
+	// (serve, in tests, must not start its executable again).
+	usr2 chan os.Signal
+	// inherit holds the sockets passed at start (an upgrade, systemd's
+	// socket activation); nil: none, every socket is bound here.
+	inherit *inherited
+
+	pidFile     string      // -pid-file; "" for none
+	upgradeBusy atomic.Bool // an upgrade is starting its new process
+	handedOver  atomic.Bool // a new process took the sockets: this one drains
+	stopRun     context.CancelFunc
 
 	cur      atomic.Pointer[instance]
 	serving  atomic.Bool // every listener is bound and served
@@ -63,9 +74,11 @@ type runner struct {
 	// configuration, certificate and map files; mu, which shutdown
 	// needs, is not, so that a read that hangs cannot hold up SIGTERM.
 	reloadMu   sync.Mutex
-	mu         sync.Mutex        // guards what follows
-	lns        map[string]*bound // POP3 listeners by ListenConfig.key
-	adminLn    *bound            // nil without metrics.address
+	mu         sync.Mutex              // guards what follows
+	lns        map[string]*bound       // POP3 listeners by ListenConfig.key
+	adminLn    *bound                  // nil without metrics.address
+	adminAddr  string                  // metrics.address as configured when adminLn was bound
+	acmeLns    map[string]net.Listener // the ACME answerers' sockets by configured address
 	challenges *tlsconf.Challenges
 	stopChall  context.CancelFunc // ends challenges' Serve
 	stopGen    context.CancelFunc // ends the current instance's map file watch
@@ -103,6 +116,8 @@ func (r *runner) current() *instance { return r.cur.Load() }
 // then shuts down gracefully.
 func (r *runner) run(ctx context.Context) error {
 	in := r.current()
+	ctx, r.stopRun = context.WithCancel(ctx)
+	defer r.stopRun()
 	r.ctx = ctx
 	r.mu.Lock()
 	lns, err := r.bindNew(in)
@@ -117,14 +132,25 @@ func (r *runner) run(ctx context.Context) error {
 		lim.ClientNet = func(ip netip.Addr) (netip.Prefix, bool) {
 			return auth.ClientNet(ip, r.current().cfg.Limits.IPv6Prefix)
 		}
+		lim.Listen = func(addr string) (net.Listener, error) {
+			ln, err := r.listen(acmeKey(addr), addr)
+			if err == nil {
+				if r.acmeLns == nil {
+					r.acmeLns = map[string]net.Listener{}
+				}
+				r.acmeLns[addr] = ln
+			}
+			return ln, err
+		}
 		r.challenges, err = in.certs.ListenChallenges(lim)
 	}
 	if err == nil {
 		if addr := in.cfg.Metrics.Address; addr != "" && r.metrics != nil {
 			var ln net.Listener
-			if ln, err = net.Listen("tcp", addr); err != nil {
+			if ln, err = r.listen(adminKey(addr), addr); err != nil {
 				err = fmt.Errorf("metrics.address: %w", err)
 			} else {
+				r.adminAddr = addr
 				r.startAdmin(ln)
 			}
 		}
@@ -161,8 +187,32 @@ func (r *runner) run(ctx context.Context) error {
 	r.startFleet()
 	r.mu.Unlock()
 	r.serving.Store(true)
-	r.notify(fmt.Sprintf("READY=1\nSTATUS=serving %d listeners", len(in.listeners)))
+	r.inherit.closeUnused(r.log)
+	if r.pidFile != "" {
+		// Before an upgrade's parent learns this process serves: when
+		// it says so, the file names this one.
+		if err := writePIDFile(r.pidFile); err != nil {
+			r.log.Warn("could not write the PID file; popgate upgrade cannot find this process", "file", r.pidFile, "err", err)
+		}
+	}
+	if r.inherit.upgrading() {
+		// The parent tells systemd, with this process's PID as the
+		// new MAINPID: until then this one is not the main process.
+		if err := r.inherit.signalReady(); err != nil {
+			r.log.Warn("upgrade: could not tell the old process this one serves; it ends this one when it gives up", "err", err)
+		}
+		r.log.Info("upgrade: serving; the old process drains", "old_pid", r.inherit.parent)
+	} else {
+		r.notify(fmt.Sprintf("READY=1\nSTATUS=serving %d listeners", len(in.listeners)))
+	}
 	go trimWhenQuiet(ctx, r.srv, quietPeriod, r.log)
+	if r.usr2 != nil {
+		// Until run returns, not until ctx is done: a signal to a
+		// process that drains is answered in the log too.
+		wctx, stopWatch := context.WithCancel(context.Background())
+		defer stopWatch()
+		go r.watchUpgrades(wctx, r.usr2)
+	}
 	if r.watchEvery > 0 && r.path != "" {
 		r.watchConfig(ctx, r.watchEvery)
 	}
@@ -215,12 +265,37 @@ func (r *runner) logFDBudget(b fdBudget, c *settings) {
 // closes the rest and stops everything else.
 func (r *runner) shutdown(err error) error {
 	r.draining.Store(true)
-	r.notify(fmt.Sprintf("STOPPING=1\nSTATUS=draining %d sessions", r.srv.Sessions()))
+	upgraded := r.handedOver.Load()
+	if upgraded {
+		// The new process serves the admin address and the ACME
+		// answerers from now on; here they would only answer
+		// "draining" and stale figures. No STOPPING=1: this process
+		// is not the service's main process any more, and the service
+		// goes on.
+		r.mu.Lock()
+		if r.adminLn != nil {
+			r.adminLn.stop()
+		}
+		if r.stopChall != nil {
+			r.stopChall()
+		}
+		r.mu.Unlock()
+	} else {
+		r.notify(fmt.Sprintf("STOPPING=1\nSTATUS=draining %d sessions", r.srv.Sessions()))
+	}
 	grace := r.current().cfg.Limits.ShutdownTimeout
-	r.log.Info("shutting down", "grace", grace.String(), "sessions", r.srv.Sessions())
+	r.log.Info("shutting down", "grace", grace.String(), "sessions", r.srv.Sessions(), "upgraded", upgraded)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if serr := r.srv.Shutdown(sctx); serr != nil {
+	drain := r.srv.Shutdown
+	if upgraded || r.inherit.socketActivated() {
+		// Another process serves the sockets now, or systemd keeps
+		// them and queues what comes until the next one does: the
+		// clients still logging in here (accepted a moment before)
+		// are served to the end, not closed, as the logged-in ones.
+		drain = r.srv.HandOver
+	}
+	if serr := drain(sctx); serr != nil {
 		r.log.Warn("shutdown grace period over; closed remaining sessions", "sessions", r.srv.Sessions(), "err", serr)
 	}
 	r.mu.Lock()
@@ -244,6 +319,9 @@ func (r *runner) shutdown(err error) error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	if r.pidFile != "" {
+		removePIDFile(r.pidFile)
+	}
 	r.current().close()
 	if cl := r.current().cluster; cl != nil {
 		cl.Close()
@@ -261,7 +339,7 @@ func (r *runner) bindNew(in *instance) (map[string]net.Listener, error) {
 		if r.lns[key] != nil {
 			continue
 		}
-		ln, err := net.Listen("tcp", addr)
+		ln, err := r.listen(pop3Key(key), addr)
 		if err != nil {
 			for _, o := range lns {
 				o.Close()
@@ -498,7 +576,7 @@ func (r *runner) apply() error {
 	addr := c.Metrics.Address
 	adminChanged := addr != old.cfg.Metrics.Address && r.metrics != nil // nil: serve, no admin
 	if adminChanged && addr != "" {
-		if adminLn, err = net.Listen("tcp", addr); err != nil {
+		if adminLn, err = r.listen(adminKey(addr), addr); err != nil {
 			closeNew()
 			return fmt.Errorf("metrics.address: %w", err)
 		}
@@ -546,6 +624,7 @@ func (r *runner) apply() error {
 			r.adminLn = nil
 		}
 		if adminLn != nil {
+			r.adminAddr = addr
 			r.startAdmin(adminLn)
 		}
 	} else if r.adminLn != nil && (in.adminTLS != nil) != (old.adminTLS != nil) {

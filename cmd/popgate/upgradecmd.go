@@ -1,0 +1,122 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The PID file (popgate run -pid-file) names the process that serves: the
+// one that started, and after an upgrade the new one, which writes it once
+// it serves. popgate upgrade reads it to know whom to signal, and sees the
+// upgrade succeed when it names a new process, and fail when the old one
+// writes it anew.
+
+// writePIDFile writes this process's PID to path, replacing the file in
+// one step (a reader never sees it half written).
+func writePIDFile(path string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".popgate-pid-*")
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	_, err = fmt.Fprintf(tmp, "%d\n", os.Getpid())
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("pid file: %w", err)
+	}
+	return nil
+}
+
+// readPIDFile returns the PID path names.
+func readPIDFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("pid file %s: %q is not a process ID", path, strings.TrimSpace(string(b)))
+	}
+	return pid, nil
+}
+
+// removePIDFile removes path if it still names this process: after an
+// upgrade it names the new one, and stays.
+func removePIDFile(path string) {
+	if pid, err := readPIDFile(path); err == nil && pid == os.Getpid() {
+		os.Remove(path)
+	}
+}
+
+// upgradePoll is how often popgate upgrade looks at the PID file.
+const upgradePoll = 100 * time.Millisecond
+
+// cmdUpgrade signals the process the PID file names (SIGUSR2) and waits
+// for the outcome: the PID file naming a new process (success), or the new
+// process rewriting it with its own PID (failure: it serves on, and its
+// log says why).
+func cmdUpgrade(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("popgate upgrade", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pidFile := fs.String("pid-file", "/run/popgate/popgate.pid", "the `file` popgate run -pid-file writes")
+	wait := fs.Duration("timeout", upgradeTimeout+15*time.Second, "how long to wait for the new process to serve")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return errors.New("upgrade: no arguments besides the flags")
+	}
+	old, err := readPIDFile(*pidFile)
+	if err != nil {
+		return err
+	}
+	// The file as it is now: the old process writes it anew when the
+	// upgrade fails, the new one when it serves.
+	before, err := os.Stat(*pidFile)
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		return fmt.Errorf("signalling popgate (pid %d from %s): %w", old, *pidFile, err)
+	}
+	fmt.Fprintf(stdout, "popgate (pid %d) is starting the new binary...\n", old)
+	deadline := time.Now().Add(*wait)
+	for time.Now().Before(deadline) {
+		time.Sleep(upgradePoll)
+		fi, err := os.Stat(*pidFile)
+		if err != nil {
+			continue // between the old process's removal and a rewrite
+		}
+		pid, err := readPIDFile(*pidFile)
+		switch {
+		case err != nil:
+			continue
+		case pid != old:
+			fmt.Fprintf(stdout, "upgraded: pid %d serves; pid %d finishes its sessions (limits.shutdown_timeout at most)\n", pid, old)
+			return nil
+		case !os.SameFile(fi, before):
+			// Rewritten by the old process: its upgrade failed.
+			return fmt.Errorf("the upgrade failed; pid %d serves on, and its log says why", old)
+		}
+		if syscall.Kill(old, 0) == syscall.ESRCH {
+			return fmt.Errorf("popgate (pid %d) exited, and %s names no new process: see the log", old, *pidFile)
+		}
+	}
+	return fmt.Errorf("no new process serves after %v; pid %d serves on: see the log", *wait, old)
+}
