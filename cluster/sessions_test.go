@@ -259,7 +259,7 @@ func TestSessionsRedisDown(t *testing.T) {
 	if err := r.Start(); err != nil {
 		t.Fatal(err)
 	}
-	list, partial = waitList(t, ms[0], 5)
+	_, partial = waitList(t, ms[0], 5)
 	if partial != "" {
 		t.Errorf("with Redis back: partial %q", partial)
 	}
