@@ -377,7 +377,6 @@ func (p *Provider) Close() error {
 	return nil
 }
 
-
 // SignPayloadOnly returns the base64url encoding of claims as a JWT's
 // payload part, for tests that swap the payload of a signed token.
 func (p *Provider) SignPayloadOnly(claims map[string]any) (string, error) {
