@@ -82,7 +82,9 @@ var ErrBadCredentialBytes = errors.New("auth: credentials contain CR, LF or NUL"
 // present, nothing is longer than [MaxCredentialLen] (a bearer token than
 // [MaxSASLLen]), and no field holds CR, LF or NUL.
 func (c Credentials) Check() error {
-	if c.User == "" {
+	if c.User == "" && c.Method != MethodOAuthBearer {
+		// OAUTHBEARER may leave the name to the token (RFC 7628's
+		// authzid is optional); the token's router fills it in.
 		return errors.New("auth: empty user name")
 	}
 	for i, s := range []string{c.User, string(c.Password), c.AuthzID} {

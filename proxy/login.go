@@ -92,6 +92,14 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 		sess.result = resultShutdown
 		return nil, true
 	}
+	if out.attempt == auth.AttemptFailed && auth.IsTokenMethod(creds.Method) {
+		// A refused token ends with RFC 7628's error exchange; an
+		// issuer that is down or a throttled client gets the -ERR at
+		// once, which clients take at any step.
+		if !sess.oauthErrorExchange() {
+			return nil, true
+		}
+	}
 	sess.bw.WriteString(out.reply)
 	if sess.failures >= sess.cfg.maxLoginFailures() {
 		sess.bw.Flush()
