@@ -763,3 +763,10 @@ func (r *OAuthRouter) Close() error {
 	}
 	return nil
 }
+
+// IgnoresDomain forwards Next's answer (see [DomainBlind]), so that the
+// throttle keys logins as Next's sources compare names.
+func (r *OAuthRouter) IgnoresDomain() bool {
+	db, ok := r.Next.(DomainBlind)
+	return ok && db.IgnoresDomain()
+}

@@ -35,8 +35,10 @@ type Config struct {
 	Backend []BackendConfig `toml:"backend"`
 	Route   RouteConfig     `toml:"route"`
 	Limits  LimitsConfig    `toml:"limits"`
-	POP3    POP3Config      `toml:"pop3"`
-	Metrics MetricsConfig   `toml:"metrics"`
+	// OAuth is [oauth]; nil (no section): no bearer-token logins.
+	OAuth   *OAuthConfig  `toml:"oauth"`
+	POP3    POP3Config    `toml:"pop3"`
+	Metrics MetricsConfig `toml:"metrics"`
 	// Cluster is [cluster]; nil (no section) runs one replica alone.
 	Cluster *ClusterConfig `toml:"cluster"`
 }
@@ -74,6 +76,7 @@ type ListenConfig struct {
 	AllowPlaintextFrom []string `toml:"allow_plaintext_from"`
 	MinVersion         string   `toml:"min_version"`
 	ProxyProtocol      bool     `toml:"proxy_protocol"`
+	OAuth              bool     `toml:"oauth"`
 }
 
 // TLSConfig is [tls].
@@ -316,6 +319,7 @@ func (c *Config) settings() (*settings, []error) {
 	}
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
+	s.OAuth = c.OAuth.settings(add)
 	s.POP3 = pop3Settings{
 		Greeting:          cmp.Or(c.POP3.Greeting, defaultGreeting),
 		Capabilities:      c.POP3.Capabilities,
@@ -425,6 +429,13 @@ func (c *Config) listeners(add func(string, ...any)) []listenerSettings {
 			if s.MinVersion, err = tlsconf.ParseVersion(l.MinVersion); err != nil {
 				add("%s.min_version: %v", key, err)
 			}
+		}
+		s.OAuth = l.OAuth
+		switch {
+		case l.OAuth && c.OAuth == nil:
+			add("%s.oauth: needs an [oauth] section (the issuer that verifies the tokens)", key)
+		case l.OAuth && l.TLS == "none":
+			add("%s.oauth: needs tls = \"implicit\" or \"starttls\" (bearer tokens are offered after TLS only)", key)
 		}
 		if l.ProxyProtocol && len(c.Limits.TrustedProxies) == 0 {
 			add("%s.proxy_protocol: needs limits.trusted_proxies (the load balancers that may send the header)", key)

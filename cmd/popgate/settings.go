@@ -21,6 +21,7 @@ type settings struct {
 	Backends  []backendSettings
 	Route     routeSettings
 	Limits    limitSettings
+	OAuth     *oauthSettings // nil without [oauth]; oauth.go
 	POP3      pop3Settings
 	Metrics   metricsSettings
 	Cluster   *cluster.Config // nil: no [cluster], one replica alone
