@@ -259,7 +259,10 @@ func writeJSON(w http.ResponseWriter, v any) {
 // audience, valid from a minute ago for ttl.
 func (p *Provider) Claims(user, audience string, ttl time.Duration) map[string]any {
 	now := time.Now()
+	jti := make([]byte, 12)
+	rand.Read(jti)
 	return map[string]any{
+		"jti": b64(jti), // every token differs, as a provider's do
 		"iss": p.Issuer, "aud": audience, "sub": "sub-" + user, "email": user,
 		"preferred_username": user, "iat": now.Add(-time.Minute).Unix(),
 		"nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(ttl).Unix(),
