@@ -273,3 +273,46 @@ func TestOAuthRouter(t *testing.T) {
 		t.Fatalf("junk token: %v", err)
 	}
 }
+
+// BenchmarkOAuthVerify measures one token verification: a cached one (the
+// HMAC of the token and an LRU look-up) and an uncached one (the signature
+// check with the issuer's key, keys already fetched), RS256 and ES256.
+func BenchmarkOAuthVerify(b *testing.B) {
+	p, err := oidctest.Start(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Stop()
+	tokens := func(n int) []string {
+		ts := make([]string, n)
+		for i := range ts {
+			ts[i] = p.Token("alice@example.com", testAudience)
+		}
+		return ts
+	}
+	run := func(b *testing.B, cacheSize int, ts []string) {
+		o, err := NewOAuth(OAuthConfig{Issuer: p.Issuer, Audience: []string{testAudience}, HTTPClient: p.Client(), CacheSize: cacheSize})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		if _, err := o.Verify(ctx, ts[0]); err != nil { // fetches the keys
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			if _, err := o.Verify(ctx, ts[i%len(ts)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	rs := tokens(256)
+	b.Run("cached", func(b *testing.B) { run(b, 1000, rs) })
+	b.Run("uncached-RS256", func(b *testing.B) { run(b, 1, rs) })
+	if err := p.RotateEC(); err != nil {
+		b.Fatal(err)
+	}
+	es := tokens(256)
+	b.Run("uncached-ES256", func(b *testing.B) { run(b, 1, es) })
+}
