@@ -729,14 +729,16 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 		}
 		return Decision{}, err
 	}
-	user := req.User
-	switch {
-	case user == "":
-		user = id.User // OAUTHBEARER without "a=": the token names the mailbox
-	case !strings.EqualFold(user, id.User):
-		// A token of one user never opens another's mailbox.
+	// A token of one user never opens another's mailbox. The name
+	// compared without case is the client's; the one routed and sent to
+	// the backend is the token's, so that no other spelling (a backend
+	// that tells "Alice" from "alice", Unicode's case folding of "K"
+	// and the Kelvin sign) can reach another account. OAUTHBEARER
+	// without "a=" leaves the name to the token.
+	if req.User != "" && !strings.EqualFold(req.User, id.User) {
 		return Decision{}, &DeniedError{Reason: "the token was issued to another user"}
 	}
+	user := id.User
 	named := *req
 	named.Credentials = Credentials{User: user, Method: req.Method}
 	dec, err := r.Next.Route(ctx, &named)

@@ -244,12 +244,19 @@ func TestOAuthRouter(t *testing.T) {
 	ctx := context.Background()
 	alice := p.Token("alice@example.com", testAudience)
 	dec, err := r.Route(ctx, &Request{Credentials: Credentials{User: "Alice@example.com", Password: Password(alice), Method: MethodXOAuth2}})
-	if err != nil || dec.User != "Alice@example.com*master" || dec.Password != "m-secret" || dec.AuthzID != "" || dec.Backend != "b" {
+	if err != nil || dec.User != "alice@example.com*master" || dec.Password != "m-secret" || dec.AuthzID != "" || dec.Backend != "b" {
 		t.Fatalf("got %+v %v", dec, err)
 	}
-	if len(next.reqs) != 1 || next.reqs[0].Password != "" || next.reqs[0].User != "Alice@example.com" {
+	if len(next.reqs) != 1 || next.reqs[0].Password != "" || next.reqs[0].User != "alice@example.com" {
 		t.Fatalf("the route lookup got %+v", next.reqs)
 	}
+	// Another spelling of the name routes and logs in as the token's.
+	kate := p.Token("kate@example.com", testAudience)
+	dec, err = r.Route(ctx, &Request{Credentials: Credentials{User: "\u212aATE@example.com", Password: Password(kate), Method: MethodXOAuth2}})
+	if err != nil || dec.User != "kate@example.com*master" || next.reqs[len(next.reqs)-1].User != "kate@example.com" {
+		t.Fatalf("Kelvin sign: %+v %v", dec, err)
+	}
+	next.reqs = next.reqs[:1]
 	// Alice's token for bob's mailbox.
 	_, err = r.Route(ctx, &Request{Credentials: Credentials{User: "bob@example.com", Password: Password(alice), Method: MethodOAuthBearer}})
 	var de *DeniedError
