@@ -108,12 +108,16 @@ type OAuth struct {
 	mu    sync.Mutex // guards cache
 	cache *ttlLRU[Identity]
 
-	// fetchMu serialises discovery and key fetches; meta, keys and
-	// fetched are read and written under it.
+	// fetchMu serialises discovery and key fetches; meta and fetched
+	// are read and written under it.
 	fetchMu sync.Mutex
 	meta    *oidcMetadata
-	keys    []jwk
 	fetched time.Time // last JWKS fetch attempt
+
+	// keysMu guards keys, which are written under fetchMu too: tokens
+	// of keys popgate holds verify while a fetch is under way.
+	keysMu sync.RWMutex
+	keys   []jwk
 }
 
 type oidcMetadata struct {
@@ -226,7 +230,10 @@ func (o *OAuth) CheckIssuer(ctx context.Context) error {
 	if err := o.fetchKeysLocked(ctx, o.cfg.Now()); err != nil {
 		return err
 	}
-	if len(o.keys) == 0 {
+	o.keysMu.RLock()
+	n := len(o.keys)
+	o.keysMu.RUnlock()
+	if n == 0 {
 		return errors.New("the issuer's JWKS holds no signing key popgate can use")
 	}
 	return nil
@@ -335,7 +342,9 @@ func (o *OAuth) fetchKeysLocked(ctx context.Context, now time.Time) error {
 		}
 		keys = append(keys, jwk{kid: k.Kid, alg: k.Alg, pub: pub})
 	}
+	o.keysMu.Lock()
 	o.keys = keys
+	o.keysMu.Unlock()
 	return nil
 }
 
@@ -397,9 +406,9 @@ func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 // KeyRefreshInterval; within it, such a token is answered "try later"
 // (a key the issuer has just rotated in), not refused.
 func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]jwk, error) {
-	o.fetchMu.Lock()
-	defer o.fetchMu.Unlock()
 	match := func() []jwk {
+		o.keysMu.RLock()
+		defer o.keysMu.RUnlock()
 		var ks []jwk
 		for _, k := range o.keys {
 			if (kid == "" || k.kid == kid) && keyFits(k, alg) {
@@ -408,6 +417,12 @@ func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]
 		}
 		return ks
 	}
+	if ks := match(); len(ks) > 0 {
+		return ks, nil
+	}
+	o.fetchMu.Lock()
+	defer o.fetchMu.Unlock()
+	// Another login may have fetched the set while this one waited.
 	if ks := match(); len(ks) > 0 {
 		return ks, nil
 	}
@@ -427,6 +442,8 @@ func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]
 }
 
 func (o *OAuth) hasKid(kid string) bool {
+	o.keysMu.RLock()
+	defer o.keysMu.RUnlock()
 	for _, k := range o.keys {
 		if k.kid == kid {
 			return true

@@ -3,7 +3,9 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -322,4 +324,41 @@ func BenchmarkOAuthVerify(b *testing.B) {
 	}
 	es := tokens(256)
 	b.Run("uncached-ES256", func(b *testing.B) { run(b, 1, es) })
+}
+
+// TestOAuthConcurrent verifies tokens from many goroutines while the issuer
+// rotates its key (for the race detector), and checks that the key set is
+// fetched a bounded number of times.
+func TestOAuthConcurrent(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, func(c *OAuthConfig) { c.KeyRefreshInterval = time.Hour })
+	ctx := context.Background()
+	if _, err := o.Verify(ctx, p.Token("alice@example.com", testAudience)); err != nil {
+		t.Fatal(err)
+	}
+	toks := make([]string, 8)
+	for i := range toks {
+		toks[i] = p.Token(fmt.Sprintf("u%d@example.com", i), testAudience)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 50 {
+				id, err := o.Verify(ctx, toks[(g+i)%len(toks)])
+				if err != nil || id.User != fmt.Sprintf("u%d@example.com", (g+i)%len(toks)) {
+					errs <- fmt.Errorf("%v %v", id, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := p.JWKSFetches(); n != 1 {
+		t.Errorf("the JWKS was fetched %d times, want once", n)
+	}
 }
