@@ -95,6 +95,15 @@ func (e *TokenError) Error() string { return "auth: bearer token refused: " + e.
 
 func refuse(format string, a ...any) error { return &TokenError{Reason: fmt.Sprintf(format, a...)} }
 
+// clip bounds a value taken from a token (a kid, an issuer) before a
+// refusal's reason quotes it for the log.
+func clip(s string) string {
+	if len(s) > 64 {
+		return strings.ToValidUTF8(s[:64], "") + "..."
+	}
+	return s
+}
+
 // OAuth verifies bearer tokens against an OpenID Connect issuer: JWTs by
 // their signature with the issuer's published keys, or opaque tokens by
 // RFC 7662 introspection. Verified tokens are remembered until they expire.
@@ -428,7 +437,7 @@ func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]
 	}
 	if !o.fetched.IsZero() && now.Sub(o.fetched) < o.cfg.KeyRefreshInterval {
 		if kid != "" && o.hasKid(kid) {
-			return nil, refuse("key %q does not fit algorithm %s", kid, alg)
+			return nil, refuse("key %q does not fit algorithm %s", clip(kid), alg)
 		}
 		return nil, errors.New("oauth keys: token names a key not in the issuer's set, fetched too recently to ask again")
 	}
@@ -438,7 +447,7 @@ func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]
 	if ks := match(); len(ks) > 0 {
 		return ks, nil
 	}
-	return nil, refuse("no key of the issuer fits (kid %q, alg %s)", kid, alg)
+	return nil, refuse("no key of the issuer fits (kid %q, alg %s)", clip(kid), alg)
 }
 
 func (o *OAuth) hasKid(kid string) bool {
@@ -527,7 +536,7 @@ func (o *OAuth) verifyJWT(ctx context.Context, token string, now time.Time) (Ide
 		return Identity{}, refuse("header is not JSON")
 	}
 	if !o.algs[hdr.Alg] {
-		return Identity{}, refuse("algorithm %q is not accepted", hdr.Alg)
+		return Identity{}, refuse("algorithm %q is not accepted", clip(hdr.Alg))
 	}
 	if hdr.Crit != nil {
 		return Identity{}, refuse("header names critical extensions")
@@ -560,7 +569,7 @@ func (o *OAuth) verifyJWT(ctx context.Context, token string, now time.Time) (Ide
 		return Identity{}, err
 	}
 	if iss, _ := claims["iss"].(string); iss != o.cfg.Issuer {
-		return Identity{}, refuse("issuer %q is not the configured one", iss)
+		return Identity{}, refuse("issuer %q is not the configured one", clip(iss))
 	}
 	if !o.audienceOK(claims["aud"], true) {
 		return Identity{}, refuse("audience is not accepted")
@@ -694,7 +703,7 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 		return Identity{}, time.Time{}, refuse("introspection says the token is not active (revoked, expired or unknown)")
 	}
 	if iss, ok := claims["iss"].(string); ok && iss != o.cfg.Issuer {
-		return Identity{}, time.Time{}, refuse("issuer %q is not the configured one", iss)
+		return Identity{}, time.Time{}, refuse("issuer %q is not the configured one", clip(iss))
 	}
 	if !o.audienceOK(claims["aud"], false) {
 		return Identity{}, time.Time{}, refuse("audience is not accepted")
