@@ -171,4 +171,3 @@ func oauthBenchLogin(addr string, conf *tls.Config, login []string) error {
 	}
 	return nil
 }
-
