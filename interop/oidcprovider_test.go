@@ -188,4 +188,3 @@ func (p *oidcProvider) revoke(t *testing.T, client, tok string) {
 		t.Fatalf("revoke: %s", resp.Status)
 	}
 }
-
