@@ -150,7 +150,20 @@ func NewMetrics(version, commit string) *Metrics {
 	return newMetrics(version, commit, time.Now)
 }
 
+// NewNodeMetrics is NewMetrics for a replica of a fleet ([cluster]):
+// every series, go_* and process_* included, carries the constant label
+// node="<node>", so that the replicas' series stay apart wherever they
+// are gathered together (a federation, a remote write, a scrape that
+// relabels the pod away).
+func NewNodeMetrics(version, commit, node string) *Metrics {
+	return newMetricsLabels(version, commit, time.Now, prometheus.Labels{"node": node})
+}
+
 func newMetrics(version, commit string, now func() time.Time) *Metrics {
+	return newMetricsLabels(version, commit, now, nil)
+}
+
+func newMetricsLabels(version, commit string, now func() time.Time, labels prometheus.Labels) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		now: now,
@@ -215,7 +228,7 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		}, []string{"result", "key_type"}),
 		acmeWithheld: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "popgate_acme_orders_withheld_total",
-			Help: "Handshakes that needed a new ACME certificate and placed no order, by reason (backoff: the last order failed recently; budget: the order budget is used up; denied: the approval hook said no; ask_failed: it did not answer, or too many requests to it were under way; busy: a renewal of the name was under way).",
+			Help: "Handshakes that needed a new ACME certificate and placed no order, by reason (backoff: the last order failed recently; budget: the order budget is used up; denied: the approval hook said no; ask_failed: it did not answer, or too many requests to it were under way; busy: a renewal of the name was under way, or another replica's order did not end in time; cluster: the fleet's order lock could not be taken, Redis being unreachable).",
 		}, []string{"reason"}),
 		dirLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "popgate_directory_lookups_total",
@@ -252,7 +265,7 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 			m.orderRes[[2]string{r, k}] = m.acmeOrders.WithLabelValues(r, k)
 		}
 	}
-	for _, r := range []string{tlsconf.WithheldBackoff, tlsconf.WithheldBudget, tlsconf.WithheldDenied, tlsconf.WithheldAskFailed, tlsconf.WithheldBusy} {
+	for _, r := range []string{tlsconf.WithheldBackoff, tlsconf.WithheldBudget, tlsconf.WithheldDenied, tlsconf.WithheldAskFailed, tlsconf.WithheldBusy, tlsconf.WithheldCluster} {
 		m.withheldRes[r] = m.acmeWithheld.WithLabelValues(r)
 	}
 	m.reloads.WithLabelValues("ok")
@@ -267,7 +280,8 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 	})
 	buildInfo.Set(1)
 
-	m.reg.MustRegister(
+	reg := prometheus.WrapRegistererWith(labels, m.reg)
+	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
@@ -280,7 +294,7 @@ func newMetrics(version, commit string, now func() time.Time) *Metrics {
 		&m.src,
 	)
 	m.certReloads = newCertReloadErrors()
-	m.reg.MustRegister(m.certReloads)
+	reg.MustRegister(m.certReloads)
 	return m
 }
 

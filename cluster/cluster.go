@@ -20,8 +20,11 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,8 +34,9 @@ import (
 	"github.com/popgate/popgate/internal/safefile"
 )
 
-// Timeouts of the Redis client: short, because a key source is asked from
-// a handshake, and a Redis that does not answer must not hold logins up.
+// Timeouts of the Redis client: short, because logins ask Redis (the
+// throttle, the sessions), and a Redis that does not answer must not hold
+// them up.
 const (
 	dialTimeout = 500 * time.Millisecond
 	ioTimeout   = 500 * time.Millisecond
@@ -40,15 +44,30 @@ const (
 
 // Config is the [cluster] section.
 type Config struct {
-	// Redis is a redis:// or rediss:// URL. A password in it is
-	// accepted but PasswordFile is better: the URL is never logged
+	// Redis is a redis:// or rediss:// URL of one server. A password in
+	// it is accepted but PasswordFile is better: the URL is never logged
 	// whole, the file is read with the other secrets' rules.
 	Redis string
+	// Addresses (host:port), instead of Redis, are those of Sentinels
+	// when SentinelMaster is set, else of nodes of a Redis Cluster.
+	Addresses []string
+	// SentinelMaster is the name of the master the Sentinels monitor.
+	SentinelMaster string
+	// TLS asks for TLS to every server of Addresses (with Redis, the
+	// rediss:// scheme does).
+	TLS bool
 	// User is the Redis ACL user; it overrides the URL's.
 	User string
 	// PasswordFile holds the ACL user's password (one line).
 	PasswordFile string
-	// CAFile verifies a rediss:// server; empty means the system roots.
+	// SentinelUser is the Sentinels' ACL user; empty means their default
+	// user (requirepass).
+	SentinelUser string
+	// SentinelPasswordFile holds the Sentinels' password; empty means
+	// the Sentinels are asked without authentication.
+	SentinelPasswordFile string
+	// CAFile verifies the servers over TLS; empty means the system
+	// roots.
 	CAFile string
 	// KeyPrefix starts every key popgate writes ("popgate:" if empty),
 	// so that several fleets can share one Redis.
@@ -68,6 +87,12 @@ type Cluster struct {
 	prefix string
 	node   string
 	log    *slog.Logger
+
+	// life ends with Close, and with it the replica's background work
+	// (the ticket key refresher); bg waits for that work to return.
+	life context.Context
+	end  context.CancelFunc
+	bg   sync.WaitGroup
 
 	mu        sync.Mutex
 	up        bool // the last operation succeeded
@@ -103,13 +128,12 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
 	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
+	c.life, c.end = context.WithCancel(context.Background())
 	if c.prefix == "" {
 		c.prefix = "popgate:"
 	}
-	if c.node == "" {
-		if c.node, err = os.Hostname(); err != nil {
-			return nil, fmt.Errorf("cluster.node_name: no host name to default to (%v); set node_name", err)
-		}
+	if c.node, err = cfg.Node(); err != nil {
+		return nil, err
 	}
 	quietOnce.Do(func() { redis.SetLogger(quiet{}) })
 	c.client = redis.NewUniversalClient(opts)
@@ -120,33 +144,108 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	return c, nil
 }
 
+// Node is the replica's name: NodeName, or the host name. The process
+// logger carries it (node=…) on every line, and the metrics as a label:
+// the cluster package's own log lines do not repeat it.
+func (cfg Config) Node() (string, error) {
+	if cfg.NodeName != "" {
+		return cfg.NodeName, nil
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "", fmt.Errorf("cluster.node_name: no host name to default to (%v); set node_name", err)
+	}
+	return h, nil
+}
+
 // clientOptions turns cfg into go-redis options. Its errors never quote
 // the URL, which may hold a password.
 func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
-	u, err := url.Parse(cfg.Redis)
-	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
-		return nil, errors.New(`cluster.redis: not a URL of the form redis://host:port/db or rediss://host:port/db`)
+	o := &redis.UniversalOptions{
+		DialTimeout:  dialTimeout,
+		ReadTimeout:  ioTimeout,
+		WriteTimeout: ioTimeout,
+		MaxRetries:   -1, // a retry would double the wait of a login
+		// One dial per attempt: the next operation is the retry.
+		DialerRetries: 1,
+		PoolSize:      4,
 	}
-	o, err := redis.ParseURL(cfg.Redis)
-	if err != nil {
-		return nil, fmt.Errorf("cluster.redis: %s", strings.ReplaceAll(err.Error(), cfg.Redis, "<url>"))
+	useTLS := cfg.TLS
+	switch {
+	case cfg.Redis != "" && len(cfg.Addresses) > 0:
+		return nil, errors.New("cluster.redis and cluster.addresses: set one, not both: redis for one server, addresses for Sentinels (with sentinel_master) or the nodes of a Redis Cluster")
+	case cfg.Redis != "":
+		u, err := url.Parse(cfg.Redis)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			return nil, errors.New(`cluster.redis: not a URL of the form redis://host:port/db or rediss://host:port/db`)
+		}
+		if cfg.TLS {
+			return nil, errors.New("cluster.tls: set only with cluster.addresses; with cluster.redis, a rediss:// URL asks for TLS")
+		}
+		if cfg.SentinelMaster != "" {
+			return nil, errors.New("cluster.sentinel_master: set with cluster.addresses (the Sentinels' addresses), not with cluster.redis")
+		}
+		po, err := redis.ParseURL(cfg.Redis)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.redis: %s", strings.ReplaceAll(err.Error(), cfg.Redis, "<url>"))
+		}
+		o.Addrs, o.DB, o.Username, o.Password = []string{po.Addr}, po.DB, po.Username, po.Password
+		useTLS = po.TLSConfig != nil
+	case len(cfg.Addresses) > 0:
+		seen := map[string]bool{}
+		for _, a := range cfg.Addresses {
+			host, port, err := net.SplitHostPort(a)
+			if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+				return nil, fmt.Errorf("cluster.addresses: %q is not host:port", a)
+			}
+			if seen[a] {
+				return nil, fmt.Errorf("cluster.addresses: %q is listed twice", a)
+			}
+			seen[a] = true
+		}
+		o.Addrs = slices.Clone(cfg.Addresses)
+		if o.MasterName = cfg.SentinelMaster; o.MasterName == "" {
+			// Even one address is a Redis Cluster node: the client
+			// learns the others from it.
+			o.IsClusterMode = true
+		}
+	default:
+		return nil, errors.New("cluster.redis or cluster.addresses: required: one Redis (redis = \"redis://host:6379/0\"), or Sentinels (addresses and sentinel_master), or the nodes of a Redis Cluster (addresses)")
+	}
+	if (cfg.SentinelPasswordFile != "" || cfg.SentinelUser != "") && o.MasterName == "" {
+		return nil, errors.New("cluster.sentinel_user and cluster.sentinel_password_file: set only with cluster.sentinel_master (Sentinels)")
+	}
+	if cfg.SentinelUser != "" && cfg.SentinelPasswordFile == "" {
+		return nil, errors.New("cluster.sentinel_user: set with cluster.sentinel_password_file (the user's password)")
 	}
 	if cfg.User != "" {
 		o.Username = cfg.User
 	}
 	if cfg.PasswordFile != "" {
-		pw, err := safefile.ReadFile(cfg.PasswordFile, safefile.Options{Limit: 4096, Private: true})
+		pw, err := readPassword("cluster.password_file", cfg.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("cluster.password_file: %w", err)
+			return nil, err
 		}
-		o.Password = strings.TrimRight(string(pw), "\r\n")
-		if o.Password == "" {
-			return nil, errors.New("cluster.password_file: the file is empty")
+		o.Password = pw
+	}
+	if cfg.SentinelPasswordFile != "" {
+		pw, err := readPassword("cluster.sentinel_password_file", cfg.SentinelPasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		o.SentinelUsername, o.SentinelPassword = cfg.SentinelUser, pw
+	}
+	if useTLS {
+		// With several addresses the server name to verify is each
+		// one's host (tls.DialWithDialer fills it in).
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.Redis != "" {
+			o.TLSConfig.ServerName, _, _ = net.SplitHostPort(o.Addrs[0])
 		}
 	}
 	if cfg.CAFile != "" {
 		if o.TLSConfig == nil {
-			return nil, errors.New("cluster.ca_file: set only with a rediss:// URL (TLS)")
+			return nil, errors.New("cluster.ca_file: set only with TLS: a rediss:// URL, or tls = true with cluster.addresses")
 		}
 		pem, err := safefile.ReadFile(cfg.CAFile, safefile.Options{})
 		if err != nil {
@@ -158,23 +257,21 @@ func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
 		}
 		o.TLSConfig.RootCAs = pool
 	}
-	if o.TLSConfig != nil {
-		o.TLSConfig.MinVersion = tls.VersionTLS12
+	return o, nil
+}
+
+// readPassword reads a password file (one line) for the key named.
+func readPassword(key, name string) (string, error) {
+	pw, err := safefile.ReadFile(name, safefile.Options{Limit: 4096, Private: true})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
 	}
-	return &redis.UniversalOptions{
-		Addrs:        []string{o.Addr},
-		DB:           o.DB,
-		Username:     o.Username,
-		Password:     o.Password,
-		TLSConfig:    o.TLSConfig,
-		DialTimeout:  dialTimeout,
-		ReadTimeout:  ioTimeout,
-		WriteTimeout: ioTimeout,
-		MaxRetries:   -1, // a retry would double the wait of a handshake
-		// One dial per attempt: the next poll is the retry.
-		DialerRetries: 1,
-		PoolSize:      4,
-	}, nil
+	p := strings.TrimRight(string(pw), "\r\n")
+	clear(pw)
+	if p == "" {
+		return "", fmt.Errorf("%s: the file is empty", key)
+	}
+	return p, nil
 }
 
 // quiet silences go-redis's own logger, which would print every failed
@@ -231,15 +328,29 @@ func (c *Cluster) Fallbacks() map[string]uint64 {
 	return maps.Clone(c.fallbacks)
 }
 
-// Close closes the client's connections.
-func (c *Cluster) Close() error { return c.client.Close() }
+// Close stops the replica's background work, waiting for it, and closes
+// the client's connections.
+func (c *Cluster) Close() error {
+	c.end()
+	c.bg.Wait()
+	return c.client.Close()
+}
+
+// background runs f until Close; f returns when ctx is done.
+func (c *Cluster) background(f func(ctx context.Context)) {
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		f(c.life)
+	}()
+}
 
 // key is a Redis key under the prefix.
 func (c *Cluster) key(purpose string) string { return c.prefix + purpose }
 
-// ctx bounds one operation.
+// ctx bounds one operation; Close ends it too.
 func (c *Cluster) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), dialTimeout+2*ioTimeout)
+	return context.WithTimeout(c.life, dialTimeout+2*ioTimeout)
 }
 
 // done records the outcome of an operation: one WARN line when Redis
@@ -254,10 +365,10 @@ func (c *Cluster) done(err error) {
 	switch {
 	case err != nil && !c.down:
 		c.down = true
-		c.log.Warn("cluster: Redis is unreachable; this replica works on its own state until it is back", "node", c.node, "err", err)
+		c.log.Warn("cluster: Redis is unreachable; this replica works on its own state until it is back", "err", err)
 	case err == nil && c.down:
 		c.down = false
-		c.log.Info("cluster: Redis is reachable again; sharing resumes", "node", c.node)
+		c.log.Info("cluster: Redis is reachable again; sharing resumes")
 	}
 }
 

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"slices"
@@ -11,19 +12,31 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// TicketPoll is how often a replica reads the shared ticket keys again
-// (at its next handshake after that), so that the fleet converges within
-// a few seconds of a Redis restart or of a replica's first key.
+// TicketPoll is how often a replica's refresher reads the shared ticket
+// keys again, so that the fleet converges within a few seconds of a Redis
+// restart or of a replica's first key.
 const TicketPoll = 5 * time.Second
+
+// ticketPickup is how long after the refresher's next run the keyring
+// asks for the keys again: the run, on a Redis that answers, is done by
+// then, and its keys are in the next handshakes.
+const ticketPickup = 50 * time.Millisecond
 
 // TicketKeys is a tlsconf.TicketKeySource shared by the fleet through
 // Redis. Time is cut into epochs of one rotation period; the key of epoch
 // n lives at <prefix>{tickets:<rotation seconds>}:<n>, sealed, and expires
-// with its lifetime. The first replica to need it creates it (SET NX, so
-// that one wins and every replica reads the winner's), and every replica
-// seals with the current epoch's key and opens with every epoch's still
-// accepted. Replicas must share the rotation period, or they use
-// different keys (the period is in the key names, so they do not clash).
+// with its lifetime. A refresher in the background (one per TicketKeys,
+// until [Cluster.Close]) reads the keys of the epochs still accepted and
+// of the next one every TicketPoll; when the current or the next epoch's
+// is missing it creates it (SET NX, so that one replica wins and every
+// replica reads the winner's). The next epoch's key is so made one
+// rotation ahead, and every replica holds it when its epoch begins.
+// Handshakes only read what the refresher holds: none ever waits for
+// Redis. Each replica seals with the current epoch's key and opens with
+// every epoch's still accepted (and the next one's, for a replica whose
+// clock runs a little ahead). Replicas must share the rotation period,
+// or they use different keys (the period is in the key names, so they do
+// not clash).
 //
 // When Redis does not answer, or an entry does not open, the keys already
 // held stay and a key made here seals new tickets: logins and resumption
@@ -41,6 +54,7 @@ type TicketKeys struct {
 	shared  map[int64][32]byte // epoch → key read from Redis
 	own     []heldKey          // keys held outside the shared set, newest first
 	refused map[string]bool    // entries refused and logged
+	next    time.Time          // when the refresher runs next
 }
 
 type heldKey struct {
@@ -49,10 +63,53 @@ type heldKey struct {
 }
 
 // NewTicketKeys returns the shared key source for periods that pass
-// tlsconf.CheckTicketPeriods.
+// tlsconf.CheckTicketPeriods. It reads Redis once before it returns (at
+// most about a second and a half when Redis does not answer), and then
+// in the background until c is closed.
 func (c *Cluster) NewTicketKeys(rotation, lifetime time.Duration) *TicketKeys {
-	return &TicketKeys{c: c, rotation: rotation, lifetime: lifetime, poll: min(TicketPoll, rotation),
+	return c.newTicketKeys(rotation, lifetime, min(TicketPoll, rotation))
+}
+
+func (c *Cluster) newTicketKeys(rotation, lifetime, poll time.Duration) *TicketKeys {
+	t := &TicketKeys{c: c, rotation: rotation, lifetime: lifetime, poll: poll,
 		shared: map[int64][32]byte{}, refused: map[string]bool{}}
+	t.refresh(time.Now())
+	c.background(t.run)
+	return t
+}
+
+// run refreshes the keys every poll period until ctx ends.
+func (t *TicketKeys) run(ctx context.Context) {
+	timer := time.NewTimer(t.poll)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		t.refresh(time.Now())
+		timer.Reset(t.poll)
+	}
+}
+
+// refresh reads the shared keys at now and merges them into those held.
+func (t *TicketKeys) refresh(now time.Time) {
+	cur := t.epoch(now)
+	fresh, ok := t.fetch(cur, append([]int64{cur + 1}, t.accepted(now)...))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.next = time.Now().Add(t.poll)
+	if !ok {
+		return
+	}
+	// A key the fleet replaced or lost stays accepted here.
+	for e, k := range t.shared {
+		if f, have := fresh[e]; !have || f != k {
+			t.own = append(t.own, heldKey{key: k, made: t.start(e)})
+		}
+	}
+	t.shared = fresh
 }
 
 func (t *TicketKeys) name(epoch int64) string {
@@ -60,31 +117,30 @@ func (t *TicketKeys) name(epoch int64) string {
 	return t.c.key("{tickets:" + strconv.FormatInt(int64(t.rotation/time.Second), 10) + "}:" + strconv.FormatInt(epoch, 10))
 }
 
-// TicketKeys implements tlsconf.TicketKeySource. Without Redis it answers
+func (t *TicketKeys) epoch(now time.Time) int64 { return now.UnixNano() / int64(t.rotation) }
+
+func (t *TicketKeys) start(epoch int64) time.Time { return time.Unix(0, epoch*int64(t.rotation)) }
+
+// accepted returns the epochs whose keys open tickets at now, newest
+// first.
+func (t *TicketKeys) accepted(now time.Time) []int64 {
+	var epochs []int64
+	for e := t.epoch(now); now.Sub(t.start(e)) < t.lifetime; e-- {
+		epochs = append(epochs, e)
+	}
+	return epochs
+}
+
+// TicketKeys implements tlsconf.TicketKeySource. It reads only what the
+// refresher holds, never Redis: without a shared key for now it answers
 // with the keys held (and one made here if it holds none for now).
 func (t *TicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	rot := int64(t.rotation)
-	cur := now.UnixNano() / rot
-	start := func(e int64) time.Time { return time.Unix(0, e*rot) }
-	var epochs []int64 // accepted at now, newest first
-	for e := cur; now.Sub(start(e)) < t.lifetime; e-- {
-		epochs = append(epochs, e)
-	}
-
-	if fresh, ok := t.fetch(cur, epochs); ok {
-		// A key the fleet replaced or lost stays accepted here.
-		for e, k := range t.shared {
-			if f, have := fresh[e]; !have || f != k {
-				t.own = append(t.own, heldKey{key: k, made: start(e)})
-			}
-		}
-		t.shared = fresh
-	}
+	cur := t.epoch(now)
 	t.own = slices.DeleteFunc(t.own, func(k heldKey) bool { return now.Sub(k.made) >= t.lifetime })
 	for e := range t.shared {
-		if now.Sub(start(e)) >= t.lifetime {
+		if now.Sub(t.start(e)) >= t.lifetime {
 			delete(t.shared, e)
 		}
 	}
@@ -103,7 +159,7 @@ func (t *TicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, error) {
 		}
 		keys = append(keys, t.own[0].key)
 	}
-	for _, e := range epochs {
+	for _, e := range append(t.accepted(now), cur+1) {
 		if k, have := t.shared[e]; have && !slices.Contains(keys, k) {
 			keys = append(keys, k)
 		}
@@ -116,36 +172,43 @@ func (t *TicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, error) {
 	if len(keys) > 32 { // tlsconf.MaxTicketKeys; the oldest go first
 		keys = keys[:32]
 	}
-	return keys, now.Add(t.poll), nil
+	// Asked again just after the refresher's next run, and at the next
+	// epoch, whose key the refresher already holds.
+	refresh := t.next
+	if refresh.Before(now) { // the run is under way
+		refresh = now
+	}
+	refresh = refresh.Add(ticketPickup)
+	if end := t.start(cur + 1); end.Before(refresh) {
+		refresh = end
+	}
+	return keys, refresh, nil
 }
 
-// fetch makes sure the current epoch's key exists and reads the accepted
-// ones; false if Redis failed.
+// fetch reads the keys of epochs (the next one first, then the current
+// one) and creates those two where missing; false if Redis failed.
 func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool) {
 	ctx, cancel := t.c.ctx()
 	defer cancel()
-	var k [32]byte
-	if _, err := rand.Read(k[:]); err != nil {
-		return nil, false
-	}
-	name := t.name(cur)
-	sealed := t.c.seal(name, k[:])
-	clear(k[:])
-	// It expires when no ticket it sealed is accepted any more.
-	ttl := time.Until(time.Unix(0, cur*int64(t.rotation)).Add(t.lifetime)) + time.Minute
-	ttl = min(max(ttl, time.Minute), t.lifetime+time.Minute)
 	names := make([]string, len(epochs))
 	for i, e := range epochs {
 		names[i] = t.name(e)
 	}
-	var get *redis.SliceCmd
-	_, err := t.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.SetArgs(ctx, name, sealed, redis.SetArgs{Mode: "NX", TTL: ttl})
-		get = p.MGet(ctx, names...)
-		return nil
-	})
-	if err == redis.Nil { // the SET NX of a key that exists
-		err = get.Err()
+	vals, err := t.c.client.MGet(ctx, names...).Result()
+	if err == nil && len(vals) != len(names) {
+		err = fmt.Errorf("MGET of %d keys answered %d values", len(names), len(vals))
+	}
+	var missing []int64
+	for i, e := range epochs[:2] {
+		if err == nil && vals[i] == nil {
+			missing = append(missing, e)
+		}
+	}
+	if len(missing) > 0 {
+		vals, err = t.create(ctx, missing, names)
+	}
+	if t.c.life.Err() != nil {
+		return nil, false // closing: not an outage
 	}
 	t.c.done(err)
 	if err != nil {
@@ -153,29 +216,72 @@ func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool)
 		return nil, false
 	}
 	fresh := make(map[int64][32]byte, len(epochs))
-	for i, v := range get.Val() {
+	for i, v := range vals {
 		s, isStr := v.(string)
 		if !isStr {
 			continue // expired, or never made
 		}
-		plain, err := t.c.open(names[i], []byte(s))
-		if err == nil && len(plain) != 32 {
-			err = fmt.Errorf("the entry holds %d bytes, not a 32-byte key", len(plain))
+		if k, ok := t.open(names[i], s); ok {
+			fresh[epochs[i]] = k
 		}
-		if err != nil {
-			if !t.refused[names[i]+s] {
-				if len(t.refused) >= 64 {
-					clear(t.refused)
-				}
-				t.refused[names[i]+s] = true
-				t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "node", t.c.node, "key", names[i], "err", err)
-			}
-			continue
-		}
-		var k [32]byte
-		copy(k[:], plain)
-		clear(plain)
-		fresh[epochs[i]] = k
 	}
 	return fresh, true
+}
+
+// create writes a random key for each missing epoch unless another
+// replica did first (SET NX), and reads names again.
+func (t *TicketKeys) create(ctx context.Context, missing []int64, names []string) ([]any, error) {
+	var get *redis.SliceCmd
+	_, err := t.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, e := range missing {
+			var k [32]byte
+			if _, err := rand.Read(k[:]); err != nil {
+				return err
+			}
+			name := t.name(e)
+			sealed := t.c.seal(name, k[:])
+			clear(k[:])
+			// It expires when no ticket it sealed is accepted any more.
+			ttl := time.Until(t.start(e).Add(t.lifetime)) + time.Minute
+			ttl = min(max(ttl, time.Minute), t.rotation+t.lifetime+time.Minute)
+			p.SetArgs(ctx, name, sealed, redis.SetArgs{Mode: "NX", TTL: ttl})
+		}
+		get = p.MGet(ctx, names...)
+		return nil
+	})
+	if err == redis.Nil { // the SET NX of a key that exists
+		err = get.Err()
+	}
+	if err != nil {
+		return nil, err
+	}
+	vals := get.Val()
+	if len(vals) != len(names) {
+		return nil, fmt.Errorf("MGET of %d keys answered %d values", len(names), len(vals))
+	}
+	return vals, nil
+}
+
+// open opens the entry s of the Redis key name, logging a refusal once.
+func (t *TicketKeys) open(name, s string) ([32]byte, bool) {
+	var k [32]byte
+	plain, err := t.c.open(name, []byte(s))
+	if err == nil && len(plain) != 32 {
+		err = fmt.Errorf("the entry holds %d bytes, not a 32-byte key", len(plain))
+	}
+	if err != nil {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if !t.refused[name+s] {
+			if len(t.refused) >= 64 {
+				clear(t.refused)
+			}
+			t.refused[name+s] = true
+			t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
+		}
+		return k, false
+	}
+	copy(k[:], plain)
+	clear(plain)
+	return k, true
 }

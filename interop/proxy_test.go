@@ -113,6 +113,8 @@ type popgateConfig struct {
 	// OAuth are the lines of [oauth]; set, listeners pop3s and pop3
 	// offer bearer-token logins (oauth = true).
 	OAuth []string
+	// Extra is appended to the file as it is (a [cluster] section).
+	Extra string
 }
 
 // dovecotBackends returns the three backends for d, named after backendModes:
@@ -338,7 +340,7 @@ func popgateTOML(cfg popgateConfig, certFile, keyFile, tokenFile string) string 
 		f.Limits = append(f.Limits, `failure_delay = "0s"`, "max_failures_per_ip = 0", "max_failures_per_user = 0")
 	}
 	f.Limits = append(f.Limits, cfg.ExtraLimits...)
-	return f.String()
+	return f.String() + cfg.Extra
 }
 
 // TestProxyFetch: curl, poplib and fetchmail, over implicit TLS and STLS to

@@ -113,6 +113,30 @@ type ACMEConfig struct {
 	// meanwhile; a certificate that exists is still served); 0 means
 	// [DefaultOrderRetry]. For Domains it is a minute.
 	OrderRetry time.Duration
+	// Cache, when set, makes the cache autocert uses out of the one over
+	// CacheDir (dir): a fleet's shared cache, which may keep dir as a
+	// local copy. Its Get must return autocert.ErrCacheMiss only for an
+	// entry that does not exist: any other error is an entry popgate
+	// neither serves nor replaces with a new order.
+	Cache func(dir autocert.Cache) autocert.Cache
+	// OrderLock, when set, is the fleet's lock per name: an order or a
+	// renewal is placed only by the replica that holds it; the others
+	// wait for the certificate to appear in Cache. An order that cannot
+	// take it (the lock's store is unreachable) is withheld.
+	OrderLock OrderLock
+}
+
+// OrderLock is a lock per name shared by the replicas of a fleet (see
+// ACMEConfig.OrderLock). Its methods must be safe for concurrent use.
+type OrderLock interface {
+	// TryLock takes name's lock unless another replica holds it (held
+	// false), or the back-off after the fleet's last failed order of the
+	// name holds it (held false, until when it ends). err means it cannot
+	// tell (the store is unreachable). A lock taken is kept until
+	// release is called, and ends on its own should the process die;
+	// release with backoff > 0 (the order failed) keeps the name from
+	// being ordered by any replica for that long.
+	TryLock(name string) (release func(backoff time.Duration), held bool, until time.Time, err error)
 }
 
 // tlsALPN reports whether TLS-ALPN-01 is answered at all.
@@ -136,7 +160,9 @@ type acmeState struct {
 	// stored reports whether the cache holds a valid certificate; it is
 	// cacheHolds, replaced by tests.
 	stored func(context.Context, seenKey) bool
-	dir    autocert.Cache // strictCache over cache_dir
+	dir    autocert.Cache // strictCache over cache_dir, or ACMEConfig.Cache made of it
+	// fleet is ACMEConfig.OrderLock; nil for a single node.
+	fleet OrderLock
 	// probe is a certificate with only an ECDSA P-256 key (wantsRSA).
 	probe *tls.Certificate
 	// seen holds the certificates served, by seenKey: autocert keeps
@@ -222,6 +248,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		allowHost: cfg.AllowHost,
 		limiter:   newOrderLimiter(cfg.OrderRetry),
 		dir:       &strictCache{dir: cfg.CacheDir, insecure: cfg.InsecureCachePermissions},
+		fleet:     cfg.OrderLock,
 		flights:   map[seenKey]*flight{},
 		attempts:  map[context.Context]*attempt{},
 		tickets:   map[seenKey]*ticket{},
@@ -230,6 +257,9 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		budget:    newOrderBudget(cfg.OrderBudget, cfg.OrderBudgetPeriod, cfg.OrderBudgetReserve, time.Now),
 	}
 	a.stored = a.cacheHolds
+	if cfg.Cache != nil {
+		a.dir = cfg.Cache(a.dir)
+	}
 	var err error
 	if cfg.AskURL != "" {
 		if a.ask, err = newApprover(cfg.AskURL, cfg.AskTimeout, log); err != nil {

@@ -54,6 +54,10 @@ type attempt struct {
 	// renewing: a renewal allowed an order, counted in
 	// acmeState.renewing until it ends.
 	renewing bool
+	// fleetRelease releases the fleet's lock a renewal took
+	// (fleetRenewal), with the back-off if it failed; nil if it took
+	// none.
+	fleetRelease func(backoff time.Duration)
 
 	orders   int               // orders the CA accepted
 	offered  map[string]bool   // challenge types of the last authorization
@@ -85,8 +89,12 @@ func (a *acmeState) attemptFor(ctx context.Context, create bool) *attempt {
 				delete(a.renewing, att.key.name)
 			}
 		}
+		release := att.fleetRelease
 		a.attMu.Unlock()
-		a.attemptEnded(att)
+		backoff := a.attemptEnded(att)
+		if release != nil {
+			release(backoff)
+		}
 	})
 	return att
 }
@@ -105,8 +113,9 @@ type ticket struct {
 // got as far as the CA: a metric, and an ERROR and the back-off if it
 // obtained nothing; or, if popgate refused its order before it reached
 // the CA, a DEBUG line only (autocert tries again within an hour). Orders
-// popgate starts are reported by order.
-func (a *acmeState) attemptEnded(att *attempt) {
+// popgate starts are reported by order. It returns the back-off it set
+// (0 if none), for the fleet's lock.
+func (a *acmeState) attemptEnded(att *attempt) time.Duration {
 	a.attMu.Lock()
 	renewal := att.ticket == nil && att.contacted && att.keyKnown
 	k, stored, cause, held := att.key, att.stored, att.cause(), att.held
@@ -115,7 +124,7 @@ func (a *acmeState) attemptEnded(att *attempt) {
 	}
 	a.attMu.Unlock()
 	if !renewal {
-		return
+		return 0
 	}
 	switch {
 	case stored:
@@ -131,7 +140,9 @@ func (a *acmeState) attemptEnded(att *attempt) {
 		next := a.limiter.fail(k, retry)
 		a.observe(k, OrderFailed, cause)
 		a.log.Error("acme renewal failed", "name", k.name, "key_type", k.keyType(), "err", cause, "retry_after", next)
+		return retry
 	}
+	return 0
 }
 
 // cause says why the attempt's last order failed. a.attMu is held.
@@ -195,8 +206,10 @@ func parseCacheKey(key string) (seenKey, bool) {
 
 // renewalHeldError is the order of a renewal that popgate refused before
 // it reached the CA, for Reason: "policy" (the name is no longer in the
-// policy), "backoff" (its last order failed recently) or "busy" (an order
-// of popgate's for the name is under way).
+// policy), "backoff" (its last order failed recently), "busy" (an order
+// of popgate's for the name is under way, here or on another replica of
+// the fleet), "cluster" (the fleet's lock cannot be taken) or "renewed"
+// (another replica renewed the certificate).
 type renewalHeldError struct {
 	Name   string
 	Reason string
@@ -260,7 +273,7 @@ func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var paid payment
 	if isOrder {
 		var err error
-		if paid, err = t.mayOrder(att); err != nil {
+		if paid, err = t.mayOrder(ctx, att); err != nil {
 			if att != nil {
 				t.note(att, err.Error())
 			}
@@ -351,11 +364,13 @@ func (t *caTransport) isNewOrder(url string) bool {
 // order is refused for a name no longer in the policy, while the back-off
 // holds the certificate, and while an order of popgate's for the name is
 // under way (their TLS-ALPN-01 challenge certificates would collide:
-// autocert keeps them by name only); once allowed, it holds back
+// autocert keeps them by name only); in a fleet, unless it takes the
+// fleet's lock of the name and the certificate was not renewed by
+// another replica meanwhile (fleetRenewal); once allowed, it holds back
 // popgate's orders for the name until it ends. It is paid as a renewal
 // for a name of Domains and as an on-demand order (leaving the reserve)
 // for any other. An order of no known attempt is refused.
-func (t *caTransport) mayOrder(att *attempt) (payment, error) {
+func (t *caTransport) mayOrder(ctx context.Context, att *attempt) (payment, error) {
 	if att == nil {
 		return paidNothing, errUnknownAttempt
 	}
@@ -395,6 +410,13 @@ func (t *caTransport) mayOrder(att *attempt) (payment, error) {
 		if t.a.ordering[k.name] != nil {
 			t.a.attMu.Unlock()
 			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "busy", Err: errOrderUnderWay})
+		}
+		if t.a.fleet != nil {
+			t.a.attMu.Unlock()
+			if held := t.a.fleetRenewal(ctx, att, k); held != nil {
+				return paidNothing, t.hold(att, held)
+			}
+			t.a.attMu.Lock()
 		}
 		if !att.renewing {
 			att.renewing = true

@@ -36,6 +36,8 @@ import (
 //     validation. A handshake needing the other key type waits for the
 //     order under way; while a renewal of the name is under way, a new
 //     order is held back (see lockName).
+//  5. In a fleet (ACMEConfig.OrderLock), one order per name across the
+//     replicas: see fleet.go.
 //
 // autocert's own GetCertificate would order as soon as the certificate of
 // the key type the hello prefers is missing; it is called only with a
@@ -264,9 +266,9 @@ func (a *acmeState) lockName(ctx context.Context, k seenKey) (release func(), er
 // order orders k's certificate through autocert, unless something
 // withholds the order: the back-off after a failure, the approval hook (for
 // an on-demand name), a renewal of the name under way, or the budget. An
-// order for the name of the other key type is waited for. It reports an
-// order that reached the CA once (log, metric). ctx bounds only the waits
-// for the hook and for the other order.
+// order for the name of the other key type, or of another replica of the
+// fleet, is waited for. It reports an order that reached the CA once (log,
+// metric). ctx bounds only the waits for the hook and for the other order.
 func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
 	if err := a.backedOff(k, onDemand); err != nil {
 		return nil, err
@@ -297,6 +299,16 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 	// A renewal for the name may have failed while this order waited.
 	if err := a.backedOff(k, onDemand); err != nil {
 		return nil, err
+	}
+	// fleetBackoff is the back-off of a failed order, which the fleet's
+	// lock keeps for the other replicas.
+	var fleetBackoff time.Duration
+	if a.fleet != nil {
+		c, releaseFleet, err := a.fleetLock(ctx, k, onDemand)
+		if err != nil || c != nil {
+			return c, err
+		}
+		defer func() { releaseFleet(fleetBackoff) }()
 	}
 	class := classDomain
 	if onDemand {
@@ -350,6 +362,7 @@ func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.C
 			retry = a.limiter.retry
 		}
 		next := a.limiter.fail(k, retry)
+		fleetBackoff = retry
 		a.observe(k, OrderFailed, err.Error())
 		a.log.Error("acme order failed", "name", k.name, "key_type", k.keyType(), "on_demand", onDemand,
 			"err", err, "retry_after", next)
@@ -389,7 +402,8 @@ type OrderObserver interface {
 	ACMEOrder(keyType, result string)
 	// ACMEOrderWithheld: a handshake needed a certificate that does not
 	// exist, and no order was placed, for reason (WithheldBackoff,
-	// WithheldBudget, WithheldDenied, WithheldAskFailed, WithheldBusy).
+	// WithheldBudget, WithheldDenied, WithheldAskFailed, WithheldBusy,
+	// WithheldCluster).
 	ACMEOrderWithheld(reason string)
 }
 
@@ -402,7 +416,7 @@ const (
 	WithheldBudget    = "budget"     // the order budget is used up
 	WithheldDenied    = "denied"     // the approval hook said no
 	WithheldAskFailed = "ask_failed" // the approval hook did not answer, or was not asked at its cap (fail closed)
-	WithheldBusy      = "busy"       // a renewal of the same name was under way
+	WithheldBusy      = "busy"       // a renewal of the same name was under way, or another replica's order did not end in time
 )
 
 // observerBox lets acmeState.obs (an atomic.Value) hold an interface.

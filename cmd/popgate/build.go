@@ -188,6 +188,11 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		if err != nil {
 			return nil, err
 		}
+		if acme != nil && in.cluster != nil {
+			// The fleet shares the ACME cache and orders each name once.
+			acme.Cache = in.cluster.ACMECache
+			acme.OrderLock = in.cluster.ACMELocks()
+		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
 			Certificates:      c.TLS.Certificates,
 			ACME:              acme,

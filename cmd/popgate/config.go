@@ -46,13 +46,18 @@ type Config struct {
 // ClusterConfig is [cluster]: the Redis a fleet of replicas shares
 // (docs/fleet.md).
 type ClusterConfig struct {
-	Redis        string `toml:"redis"`
-	User         string `toml:"user"`
-	PasswordFile string `toml:"password_file"`
-	CAFile       string `toml:"ca_file"`
-	KeyPrefix    string `toml:"key_prefix"`
-	NodeName     string `toml:"node_name"`
-	KeyFile      string `toml:"key_file"`
+	Redis                string   `toml:"redis"`
+	Addresses            []string `toml:"addresses"`
+	SentinelMaster       string   `toml:"sentinel_master"`
+	TLS                  bool     `toml:"tls"`
+	User                 string   `toml:"user"`
+	PasswordFile         string   `toml:"password_file"`
+	SentinelUser         string   `toml:"sentinel_user"`
+	SentinelPasswordFile string   `toml:"sentinel_password_file"`
+	CAFile               string   `toml:"ca_file"`
+	KeyPrefix            string   `toml:"key_prefix"`
+	NodeName             string   `toml:"node_name"`
+	KeyFile              string   `toml:"key_file"`
 }
 
 // POP3Config is [pop3]: what popgate says before login.
@@ -337,19 +342,45 @@ func (cc *ClusterConfig) settings(add func(string, ...any)) *cluster.Config {
 		return nil
 	}
 	s := &cluster.Config{
-		Redis:        cc.Redis,
-		User:         cc.User,
-		PasswordFile: cc.PasswordFile,
-		CAFile:       cc.CAFile,
-		KeyPrefix:    cmp.Or(cc.KeyPrefix, defaultClusterKeyPrefix),
-		NodeName:     cc.NodeName,
-		KeyFile:      cc.KeyFile,
+		Redis:                cc.Redis,
+		Addresses:            cc.Addresses,
+		SentinelMaster:       cc.SentinelMaster,
+		TLS:                  cc.TLS,
+		User:                 cc.User,
+		PasswordFile:         cc.PasswordFile,
+		SentinelUser:         cc.SentinelUser,
+		SentinelPasswordFile: cc.SentinelPasswordFile,
+		CAFile:               cc.CAFile,
+		KeyPrefix:            cmp.Or(cc.KeyPrefix, defaultClusterKeyPrefix),
+		NodeName:             cc.NodeName,
+		KeyFile:              cc.KeyFile,
 	}
 	// The URL is never quoted: it may hold a password.
 	u, err := url.Parse(cc.Redis)
 	switch {
+	case cc.Redis == "" && len(cc.Addresses) == 0:
+		add("cluster.redis: required in [cluster]: the fleet's Redis, redis://host:6379/0 or rediss://host:6380/0 (TLS); or cluster.addresses for Sentinels (with sentinel_master) or a Redis Cluster")
 	case cc.Redis == "":
-		add("cluster.redis: required in [cluster]: the fleet's Redis, redis://host:6379/0 or rediss://host:6380/0 (TLS)")
+		for _, a := range cc.Addresses {
+			if h, p, err := net.SplitHostPort(a); err != nil || h == "" || p == "" {
+				add("cluster.addresses: %q is not host:port", a)
+			}
+		}
+		if (cc.SentinelPasswordFile != "" || cc.SentinelUser != "") && cc.SentinelMaster == "" {
+			add("cluster.sentinel_user and cluster.sentinel_password_file: set only with cluster.sentinel_master (Sentinels)")
+		}
+		if cc.SentinelUser != "" && cc.SentinelPasswordFile == "" {
+			add("cluster.sentinel_user: set with cluster.sentinel_password_file (the user's password)")
+		}
+		if cc.CAFile != "" && !cc.TLS {
+			add("cluster.ca_file: set only with TLS: tls = true with cluster.addresses")
+		}
+	case len(cc.Addresses) > 0:
+		add("cluster.redis and cluster.addresses: set one, not both: redis for one server, addresses for Sentinels (with sentinel_master) or the nodes of a Redis Cluster")
+	case cc.TLS:
+		add("cluster.tls: set only with cluster.addresses; with cluster.redis, a rediss:// URL asks for TLS")
+	case cc.SentinelMaster != "" || cc.SentinelPasswordFile != "" || cc.SentinelUser != "":
+		add("cluster.sentinel_master: set with cluster.addresses (the Sentinels' addresses), not with cluster.redis")
 	case err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "":
 		add("cluster.redis: not a URL of the form redis://host:port/db or rediss://host:port/db")
 	default:

@@ -242,8 +242,13 @@ var configKeys = []configKey{
 	{"metrics.tls", nil},
 
 	{"cluster.redis", nil},
+	{"cluster.addresses", nil},
+	{"cluster.sentinel_master", nil},
+	{"cluster.tls", nil},
 	{"cluster.user", nil},
 	{"cluster.password_file", nil},
+	{"cluster.sentinel_user", nil},
+	{"cluster.sentinel_password_file", nil},
 	{"cluster.ca_file", nil},
 	{"cluster.key_prefix", defaultClusterKeyPrefix},
 	{"cluster.node_name", nil},

@@ -93,9 +93,11 @@ node_name = "node%d"
 	if err := rd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Every replica's refresher has run since: the first wrote a key to
+	// the empty Redis, the others read it.
 	time.Sleep(cluster.TicketPoll + 200*time.Millisecond)
 	again := resumingClient(tls.VersionTLS13)
-	session(2, again) // node2 reads Redis again (empty) and writes a key
+	session(2, again)
 	if !session(0, again) {
 		t.Error("after Redis came back, a session issued by node2 does not resume on node0")
 	}

@@ -252,6 +252,14 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	level := new(slog.LevelVar)
 	level.Set(c.Log.Level)
 	log := newLoggerLevel(c.Log, level, stderr)
+	if c.Cluster != nil {
+		// Every line names the replica (the metrics carry it as a label).
+		node, err := c.Cluster.Node()
+		if err != nil {
+			return err
+		}
+		log = log.With("node", node)
+	}
 	r, err := prepare(c, log)
 	if err != nil {
 		return err
@@ -276,7 +284,12 @@ func prepare(c *settings, log *slog.Logger) (*runner, error) {
 		return nil, err
 	}
 	v, commit, _ := versionInfo()
-	metrics := admin.NewMetrics(v, commit)
+	var metrics *admin.Metrics
+	if in.cluster != nil {
+		metrics = admin.NewNodeMetrics(v, commit, in.cluster.Node())
+	} else {
+		metrics = admin.NewMetrics(v, commit)
+	}
 	in.proxyConfig.Observer = metrics
 	if in.certs != nil {
 		// Every later certificate store shares this one's ACME client

@@ -12,7 +12,8 @@ import (
 // Redis is a private redis-server on 127.0.0.1 with its own directory:
 // no persistence, protected mode on, an ACL user "popgate" with password
 // [Password] that may use every key and command but the dangerous ones,
-// and the default user disabled.
+// an ACL user "sentinel" (same password) with the commands a Sentinel
+// needs, and the default user disabled.
 type Redis struct {
 	proc
 	Dir     string // configuration, log; removed by Close
@@ -60,7 +61,8 @@ appendonly no
 databases 1
 user default off
 user popgate on >%s ~* &* +@all -@dangerous
-`, r.Port, dir, Password)
+%s
+`, r.Port, dir, Password, sentinelUser)
 	if err := os.WriteFile(filepath.Join(dir, "redis.conf"), []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
