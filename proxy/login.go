@@ -194,6 +194,12 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	if dec.User == "" {
 		dec.User, dec.Password = creds.User, creds.Password
 	}
+	if auth.IsTokenMethod(creds.Method) && dec.Password == creds.Password {
+		// A router that does not verify bearer tokens (no
+		// auth.OAuthRouter in front) would hand the client's token to
+		// the backend as a password.
+		return nil, &lookupError{errors.New("the router passed a bearer token on as a password; bearer tokens need an auth.OAuthRouter")}
+	}
 	authz, err := authorizationID(creds, dec, b)
 	if err != nil {
 		return nil, err

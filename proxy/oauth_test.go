@@ -348,3 +348,17 @@ func BenchmarkLoginOAuth(b *testing.B) {
 		})
 	}
 }
+
+// TestOAuthWithoutVerifier: a listener that offers the mechanisms in front
+// of a router that does not verify tokens never hands a token to the
+// backend as a password.
+func TestOAuthWithoutVerifier(t *testing.T) {
+	h := newHarness(t, harnessOpts{listeners: []Listener{{Name: "pop3s", TLS: TLSImplicit, OAuth: true}}})
+	c := h.dial("pop3s")
+	if got := c.cmd("AUTH XOAUTH2 " + xoauth2(testUser, testPass)); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") {
+		t.Fatalf("got %q", got)
+	}
+	if cmds := h.backend.Commands(); len(cmds) != 0 {
+		t.Errorf("the backend was asked: %q", cmds)
+	}
+}
