@@ -739,7 +739,10 @@ type MasterLogin struct {
 type OAuthRouter struct {
 	Next     Router
 	Verifier *OAuth
-	Master   MasterLogin
+	// Master logs in to every backend that Masters does not name.
+	Master MasterLogin
+	// Masters are backends' own master logins, by backend name.
+	Masters map[string]MasterLogin
 }
 
 // Route implements [Router].
@@ -775,11 +778,18 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 	if mailbox == "" {
 		mailbox = user
 	}
-	dec.Password = r.Master.Password
-	if r.Master.Separator != "" {
-		dec.User, dec.AuthzID = mailbox+r.Master.Separator+r.Master.User, ""
+	m, ok := r.Masters[dec.Backend]
+	if !ok {
+		m = r.Master
+	}
+	if m.User == "" {
+		return Decision{}, fmt.Errorf("oauth: no master login for backend %q", dec.Backend)
+	}
+	dec.Password = m.Password
+	if m.Separator != "" {
+		dec.User, dec.AuthzID = mailbox+m.Separator+m.User, ""
 	} else {
-		dec.User, dec.AuthzID = r.Master.User, mailbox
+		dec.User, dec.AuthzID = m.User, mailbox
 	}
 	return dec, nil
 }

@@ -271,6 +271,18 @@ func TestOAuthRouter(t *testing.T) {
 	if err != nil || dec.User != "master" || dec.AuthzID != "alice@example.com" {
 		t.Fatalf("got %+v %v", dec, err)
 	}
+	// A backend's own master login wins over the default one.
+	r.Masters = map[string]MasterLogin{"b": {User: "b-master", Password: "b-secret", Separator: "%"}}
+	dec, err = r.Route(ctx, &Request{Credentials: Credentials{User: "alice@example.com", Password: Password(alice), Method: MethodXOAuth2}})
+	if err != nil || dec.User != "alice@example.com%b-master" || dec.Password != "b-secret" {
+		t.Fatalf("backend master: %+v %v", dec, err)
+	}
+	// No master login at all: trouble, not a refusal.
+	r.Masters, r.Master = nil, MasterLogin{}
+	_, err = r.Route(ctx, &Request{Credentials: Credentials{User: "alice@example.com", Password: Password(alice), Method: MethodXOAuth2}})
+	if err == nil || errors.As(err, &de) {
+		t.Fatalf("no master login: %v", err)
+	}
 	// Passwords pass through untouched.
 	dec, err = r.Route(ctx, &Request{Credentials: Credentials{User: "carol", Password: "pw", Method: "USER"}})
 	if err != nil || dec.User != "carol" || dec.Password != "pw" {

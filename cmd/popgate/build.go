@@ -299,7 +299,7 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	}
 	var router auth.Router = in.router
 	if c.OAuth != nil {
-		if in.oauth, err = buildOAuth(c.OAuth, in.router); err != nil {
+		if in.oauth, err = buildOAuth(c.OAuth, c.Backends, in.router); err != nil {
 			return nil, err
 		}
 		router = in.oauth

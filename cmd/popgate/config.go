@@ -113,11 +113,16 @@ type BackendConfig struct {
 	MinVersion         string   `toml:"min_version"`
 	ClientAddress      string   `toml:"client_address"`
 	RelayAuthzID       bool     `toml:"relay_authzid"`
-	ConnectTimeout     Duration `toml:"connect_timeout"`
-	Timeout            Duration `toml:"timeout"`
-	HealthInterval     Duration `toml:"health_interval"`
-	HealthFailures     *int     `toml:"health_failures"`
-	HealthTimeout      Duration `toml:"health_timeout"`
+	// The master login of bearer-token logins to this backend, instead
+	// of [oauth]'s (oauth.go).
+	OAuthMasterUser         string   `toml:"oauth_master_user"`
+	OAuthMasterPasswordFile string   `toml:"oauth_master_password_file"`
+	OAuthMasterSeparator    *string  `toml:"oauth_master_separator"`
+	ConnectTimeout          Duration `toml:"connect_timeout"`
+	Timeout                 Duration `toml:"timeout"`
+	HealthInterval          Duration `toml:"health_interval"`
+	HealthFailures          *int     `toml:"health_failures"`
+	HealthTimeout           Duration `toml:"health_timeout"`
 }
 
 // RouteConfig is [route].
@@ -325,6 +330,13 @@ func (c *Config) settings() (*settings, []error) {
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
 	s.OAuth = c.OAuth.settings(add)
+	if s.OAuth != nil && s.OAuth.MasterUser == "" {
+		for _, b := range s.Backends {
+			if b.OAuthMaster == nil {
+				add("oauth.master_user and master_password_file: missing, and backend %q has no oauth_master_user; the backend login of a verified user goes through a master user", b.Name)
+			}
+		}
+	}
 	s.POP3 = pop3Settings{
 		Greeting:          cmp.Or(c.POP3.Greeting, defaultGreeting),
 		Capabilities:      c.POP3.Capabilities,
@@ -573,6 +585,7 @@ func (c *Config) backends(add func(string, ...any)) ([]backendSettings, map[stri
 			add("%s.health_timeout: must be positive (health_interval = \"0s\" turns the checks off)", key)
 		}
 		bs = append(bs, backendSettings{
+			OAuthMaster: b.oauthMaster(key, add),
 			Backend: proxy.Backend{
 				Name:           b.Name,
 				Address:        b.Address,

@@ -149,6 +149,9 @@ var configKeys = []configKey{
 	{"backend.timeout", defaultBackendTimeout},
 	{"backend.client_address", defaultBackendClientAddress},
 	{"backend.relay_authzid", nil},
+	{"backend.oauth_master_user", nil}, // [oauth]'s master_user
+	{"backend.oauth_master_password_file", nil},
+	{"backend.oauth_master_separator", nil}, // [oauth]'s master_separator
 	{"backend.fallbacks", nil},
 	{"backend.health_interval", defaultHealthInterval},
 	{"backend.health_failures", defaultHealthFailures},

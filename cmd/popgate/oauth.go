@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,6 +39,31 @@ type OAuthConfig struct {
 	MasterUser            string   `toml:"master_user"`
 	MasterPasswordFile    string   `toml:"master_password_file"`
 	MasterSeparator       string   `toml:"master_separator"`
+}
+
+// masterSettings is a master login of bearer-token logins; the password
+// file is read when the router is built.
+type masterSettings struct {
+	User, PasswordFile, Separator string
+}
+
+// oauthMaster checks the backend's own master login of bearer-token
+// logins; nil when it has none.
+func (b BackendConfig) oauthMaster(key string, add func(string, ...any)) *masterSettings {
+	if b.OAuthMasterUser == "" && b.OAuthMasterPasswordFile == "" && b.OAuthMasterSeparator == nil {
+		return nil
+	}
+	if b.OAuthMasterUser == "" || b.OAuthMasterPasswordFile == "" {
+		add("%s.oauth_master_user and oauth_master_password_file: set both (or neither, for [oauth]'s master login)", key)
+	}
+	m := &masterSettings{User: b.OAuthMasterUser, PasswordFile: b.OAuthMasterPasswordFile}
+	if b.OAuthMasterSeparator != nil {
+		m.Separator = *b.OAuthMasterSeparator
+		if sep := m.Separator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+			add("%s.oauth_master_separator: must be a few characters without spaces (Dovecot's auth_master_user_separator, e.g. \"*\"), or \"\"", key)
+		}
+	}
+	return m
 }
 
 // oauthSettings is [oauth] checked; the files are read when the verifier
@@ -89,8 +115,8 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	} else if o.ClientID != "" || o.ClientSecretFile != "" || o.IntrospectionCacheTTL.Set {
 		add("oauth.client_id, client_secret_file and introspection_cache_ttl: only used with introspection = true")
 	}
-	if o.MasterUser == "" || o.MasterPasswordFile == "" {
-		add("oauth.master_user and master_password_file: missing; the backend login of a verified user goes through a master user")
+	if (o.MasterUser == "") != (o.MasterPasswordFile == "") {
+		add("oauth.master_user and master_password_file: set both, or neither when every backend has its own (oauth_master_user)")
 	}
 	if sep := o.MasterSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
 		add("oauth.master_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\"), or \"\"")
@@ -131,8 +157,9 @@ func readSecretFile(key, path string) (auth.Password, error) {
 }
 
 // buildOAuth makes the verifier and the router that puts token logins
-// through it in front of next.
-func buildOAuth(o *oauthSettings, next auth.Router) (*auth.OAuthRouter, error) {
+// through it in front of next; backends with their own master login get
+// it.
+func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router) (*auth.OAuthRouter, error) {
 	cfg := o.OAuthConfig
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if o.CAFile != "" {
@@ -163,15 +190,29 @@ func buildOAuth(o *oauthSettings, next auth.Router) (*auth.OAuthRouter, error) {
 		}
 		cfg.ClientSecret = s
 	}
-	master, err := readSecretFile("oauth.master_password_file", o.MasterPasswordFile)
-	if err != nil {
-		return nil, err
+	r := &auth.OAuthRouter{Next: next, Masters: map[string]auth.MasterLogin{}}
+	if o.MasterUser != "" {
+		master, err := readSecretFile("oauth.master_password_file", o.MasterPasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		r.Master = auth.MasterLogin{User: o.MasterUser, Password: master, Separator: o.MasterSeparator}
+	}
+	for _, b := range backends {
+		if m := b.OAuthMaster; m != nil {
+			pw, err := readSecretFile("backend "+strconv.Quote(b.Name)+" oauth_master_password_file", m.PasswordFile)
+			if err != nil {
+				return nil, err
+			}
+			r.Masters[b.Name] = auth.MasterLogin{User: m.User, Password: pw, Separator: m.Separator}
+		}
 	}
 	v, err := auth.NewOAuth(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &auth.OAuthRouter{Next: next, Verifier: v, Master: auth.MasterLogin{User: o.MasterUser, Password: master, Separator: o.MasterSeparator}}, nil
+	r.Verifier = v
+	return r, nil
 }
 
 // checkOAuthIssuer asks the issuer for its discovery document and keys:

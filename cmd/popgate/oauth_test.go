@@ -23,6 +23,15 @@ func TestParseConfigOAuth(t *testing.T) {
 		o.Timeout != defaultOAuthTimeout || o.CacheSize != defaultOAuthCacheSize || o.MasterSeparator != "" {
 		t.Fatalf("settings %+v", o)
 	}
+	// Every backend with its own master login: [oauth] needs none.
+	perBackend := strings.Replace(backendB, "tls = \"none\"\n", "tls = \"none\"\noauth_master_user = \"bm\"\noauth_master_password_file = \"/bm\"\noauth_master_separator = \"*\"\n", 1)
+	c, err = ParseConfig("oauth", []byte(listenOAuth+perBackend+routeB+strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := c.Backends[0].OAuthMaster; m == nil || m.User != "bm" || m.PasswordFile != "/bm" || m.Separator != "*" {
+		t.Fatalf("backend master %+v", m)
+	}
 	for _, tc := range []struct{ conf, want string }{
 		{listenOAuth + backendB + routeB, "listen[0].oauth: needs an [oauth] section"},
 		{"[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\noauth = true\n\n" + backendB + routeB + good, "listen[0].oauth: needs tls"},
@@ -35,6 +44,9 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: missing"},
 		{minimal + good + "clock_skew = \"1h\"\n", "oauth.clock_skew"},
 		{minimal + good + "surprise = 1\n", "unknown key \"oauth.surprise\""},
+		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
+		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: set both"},
+		{strings.Replace(minimal, "tls = \"none\"\n\n[route]", "tls = \"none\"\noauth_master_user = \"x\"\n\n[route]", 1) + good, "backend[0].oauth_master_user and oauth_master_password_file: set both"},
 	} {
 		_, err := ParseConfig("oauth", []byte(tc.conf))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -77,6 +77,9 @@ type backendSettings struct {
 	// Trust when TLS is not TLSNone.
 	proxy.Backend
 	Trust tlsconf.BackendConfig
+	// OAuthMaster is the backend's own master login for bearer-token
+	// logins; nil uses [oauth]'s.
+	OAuthMaster *masterSettings
 }
 
 // routeSettings is [route].
