@@ -60,6 +60,13 @@ import (
 // it well above the number of keys failing within a window. A key with
 // nothing in flight and no failure is not kept. A Throttle is safe for
 // concurrent use.
+//
+// With a [ThrottleStore] (ThrottleConfig.Store), the budgets are kept
+// there, shared with other processes, by the same rules; an attempt the
+// store fails (Redis down) counts on the local state instead, and local
+// counts refuse attempts until their window ends even once the store
+// answers again. An attempt waiting for a shared budget full of attempts
+// in flight asks the store again every few hundred milliseconds at most.
 type Throttle struct {
 	now func() time.Time
 
@@ -69,6 +76,7 @@ type Throttle struct {
 	ipv6Bits       int
 	ips            *simplelru.LRU[netip.Prefix, *failures]
 	users          *simplelru.LRU[string, *failures]
+	store          ThrottleStore // nil: the LRUs only
 	// reconfigured is closed (and replaced) by Reconfigure, waking every
 	// Begin that waits, to look again under the new limits.
 	reconfigured chan struct{}
@@ -87,6 +95,9 @@ type ThrottleConfig struct {
 	IPv6Prefix int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Store, when not nil, keeps the budgets for several processes
+	// (see ThrottleStore); Reconfigure ignores it.
+	Store ThrottleStore
 }
 
 type failures struct {
@@ -130,7 +141,7 @@ func NewThrottle(c ThrottleConfig) *Throttle {
 	if now == nil {
 		now = time.Now
 	}
-	t := &Throttle{now: now, reconfigured: make(chan struct{})}
+	t := &Throttle{now: now, store: c.Store, reconfigured: make(chan struct{})}
 	// simplelru.NewLRU fails only for size <= 0. An evicted key's waiters
 	// look again (and find a fresh budget).
 	t.ips, _ = simplelru.NewLRU(throttleSize(c), func(_ netip.Prefix, f *failures) { f.wake() })
@@ -238,6 +249,7 @@ type Ticket struct {
 	user   string       // the user key counted; "": none
 	from   netip.Prefix // the client's network, which a success may clear
 	placed bool         // Begin let the attempt go ahead
+	shared string       // the reservation in the ThrottleStore; "": local
 }
 
 // Begin reports whether a login attempt from ip for user may go ahead and,
@@ -256,6 +268,11 @@ func (t *Throttle) Begin(ctx context.Context, ip netip.Addr, user string) (tk Ti
 	// millisecond, which a client could otherwise make every other
 	// login wait for.
 	uk, hasUser := userKey(user)
+	if t.store != nil {
+		if tk, ok, retryAfter, done := t.beginShared(ctx, ip, uk, hasUser); done {
+			return tk, ok, retryAfter
+		}
+	}
 	for {
 		tk, ok, retryAfter, ended, reconf := t.begin(ip, uk, hasUser)
 		if ended == nil {
@@ -344,14 +361,18 @@ func (t *Throttle) End(tk Ticket, r AttemptResult) {
 	if t == nil || !tk.placed {
 		return
 	}
+	if tk.shared != "" {
+		t.endShared(tk, r)
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
 	if tk.ip.IsValid() {
-		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window)
+		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window, true)
 	}
 	if tk.user != "" {
-		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window)
+		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window, true)
 	}
 }
 
@@ -359,8 +380,9 @@ func (t *Throttle) End(tk Ticket, r AttemptResult) {
 // window (a limit of 0 or a window <= 0 counts nothing). from is the
 // client's network for a user key, which a success clears when all its
 // failures came from there; invalid for an address key, which a success
-// never clears.
-func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult, from netip.Prefix, now time.Time, limit int, window time.Duration) {
+// never clears. placed tells whether the attempt holds a place in flight
+// here (not when it was placed in the ThrottleStore, which then failed).
+func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult, from netip.Prefix, now time.Time, limit int, window time.Duration, placed bool) {
 	counts := limit > 0 && window > 0
 	f, ok := lru.Get(k)
 	if !ok {
@@ -372,7 +394,7 @@ func endKey[K comparable](lru *simplelru.LRU[K, *failures], k K, r AttemptResult
 		f = &failures{}
 		lru.Add(k, f)
 	}
-	if f.inFlight > 0 {
+	if placed && f.inFlight > 0 {
 		f.inFlight--
 	}
 	switch {

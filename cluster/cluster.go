@@ -4,20 +4,26 @@
 // Redis, its backups and its network never see a secret in clear; a
 // replica with another key refuses the entries rather than using them.
 //
-// So far the fleet shares its TLS session-ticket keys ([TicketKeys]).
+// So far the fleet shares its TLS session-ticket keys ([TicketKeys]) and
+// its failed-login budgets ([ThrottleStore]).
 package cluster
 
 import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -84,6 +90,7 @@ type Config struct {
 type Cluster struct {
 	client redis.UniversalClient
 	aead   cipher.AEAD
+	names  sync.Pool // of hashName's HMACs, keyed with a key derived from key_file
 	prefix string
 	node   string
 	log    *slog.Logger
@@ -118,6 +125,11 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
+	// The key of hashName, apart from the sealing key.
+	names, err := hkdf.Key(sha256.New, key, nil, "popgate cluster: key names", 32)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.key_file: %w", err)
+	}
 	block, err := aes.NewCipher(key)
 	clear(key)
 	if err != nil {
@@ -128,6 +140,7 @@ func Open(cfg Config, log *slog.Logger) (*Cluster, error) {
 		return nil, fmt.Errorf("cluster.key_file: %w", err)
 	}
 	c := &Cluster{aead: aead, prefix: cfg.KeyPrefix, node: cfg.NodeName, log: log, up: true, fallbacks: map[string]uint64{}}
+	c.names.New = func() any { return hmac.New(sha256.New, names) }
 	c.life, c.end = context.WithCancel(context.Background())
 	if c.prefix == "" {
 		c.prefix = "popgate:"
@@ -169,6 +182,10 @@ func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
 		// One dial per attempt: the next operation is the retry.
 		DialerRetries: 1,
 		PoolSize:      4,
+		// Pipelines (the throttle's, the tickets') share those 4
+		// connections: go-redis would otherwise keep a second pool of
+		// up to 10, with 256 KiB of buffers each.
+		PipelinePoolSize: -1,
 	}
 	useTLS := cfg.TLS
 	switch {
@@ -370,6 +387,22 @@ func (c *Cluster) done(err error) {
 		c.down = false
 		c.log.Info("cluster: Redis is reachable again; sharing resumes")
 	}
+}
+
+// hashName is a keyed hash (HMAC-SHA256 under a key derived from
+// key_file, 128 bits in hex) of a name that must not appear in clear in
+// Redis: a user name, a client address. purpose keeps the hashes of
+// different uses apart.
+// It is on every login's path: the HMACs are reused.
+func (c *Cluster) hashName(purpose, name string) string {
+	m := c.names.Get().(hash.Hash)
+	defer c.names.Put(m)
+	m.Reset()
+	io.WriteString(m, purpose)
+	m.Write([]byte{0})
+	io.WriteString(m, name)
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(m.Sum(sum[:0])[:16])
 }
 
 // seal encrypts plain for the Redis key name, which is the additional

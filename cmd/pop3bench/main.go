@@ -56,6 +56,12 @@
 // and nginx are still alive and exit cleanly; it exits 1 if a check
 // failed.
 //
+// With -cluster, a second popgate runs beside the first with [cluster]
+// (a private redis-server of internal/dirrun, as the fleet tests use): the
+// side "popgate-cluster", whose failed-login budgets live in Redis, for
+// the cost per login of the shared counters (popgate's CPU, and Redis's
+// CPU beside it).
+//
 // Everything listens on 127.0.0.1 only. The benchmark stops only the
 // processes it started, by PID, and removes its temporary directory.
 package main
@@ -102,6 +108,7 @@ type options struct {
 	MLKEM       bool
 	IdleSettle  time.Duration
 	Concurrency []int // of the login workload
+	Cluster     bool  // run a second popgate with [cluster] on a private Redis
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -126,6 +133,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.JSON, "json", "pop3bench.json", "file to write the figures to as JSON (\"\" for none)")
 	fs.StringVar(&o.LogLevel, "popgate-log-level", "warn", "popgate's log.level (debug, info, warn, error); info logs a line per session")
 	fs.BoolVar(&o.MLKEM, "mlkem", false, "let clients offer Go's default key exchanges (X25519MLKEM768 first) instead of X25519 only")
+	fs.BoolVar(&o.Cluster, "cluster", false, "run a second popgate with [cluster] on a private redis-server (side popgate-cluster): the cost per login of the fleet's shared failed-login counters")
 	fs.DurationVar(&o.IdleSettle, "idle-settle", 2*time.Second, "wait before sampling popgate's memory in the idle workload")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -267,6 +275,7 @@ type bench struct {
 	procs    []*popgateProc
 	nginx    *nginxProc // of the current certificate phase
 	dproxy   *backend   // the Dovecot proxy of the current phase, or nil
+	cluster  *clusterSide
 	nginxBin string
 	nginxMod string
 	msg      []byte
@@ -292,6 +301,9 @@ func (b *bench) cleanup() error {
 		errs = append(errs, err)
 	}
 	if err := b.dproxy.stop(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.cluster.close(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := b.back.stop(); err != nil {
@@ -470,7 +482,7 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 		return nil, nil, err
 	}
 	name := "popgate" + strings.ReplaceAll(suffix, " ", "-")
-	pg, err := b.startPopgate(ctx, name, b.back.PlainAddr)
+	pg, err := b.startPopgate(ctx, name, b.back.PlainAddr, "")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -507,6 +519,11 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 		}
 		rep.Meta.DovecotProxy = "a second Dovecot with proxy=y in its passdb, same tuning"
 	}
+	if b.o.Cluster {
+		if err := b.startCluster(ctx, name+"-cluster", rep); err != nil {
+			return nil, nil, err
+		}
+	}
 	var ws []WorkloadResult
 	for _, wl := range []string{"login", "login-resume", "retr"} {
 		if !b.o.Workloads[wl] || wl == "retr" && !first {
@@ -542,6 +559,16 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 		}
 		checks = append(checks, alive, exit)
 		b.nginx = nil
+	}
+	if cs := b.cluster; cs != nil {
+		checks = append(checks, cs.check(name+"-cluster"))
+		// Its Redis client keeps up to 4 connections (cluster's
+		// PoolSize), opened as the load needs them.
+		checks = append(checks, b.endChecks(cs.pg, name+"-cluster", cs.fdBase+redisPool)...)
+		b.cluster = nil
+		if err := cs.close(); err != nil {
+			return nil, nil, err
+		}
 	}
 	dpErr := b.dproxy.stop()
 	b.dproxy = nil
@@ -634,8 +661,8 @@ func (b *bench) idleAccounts() []account {
 }
 
 // startPopgate runs a popgate named name in front of backendAddr.
-func (b *bench) startPopgate(ctx context.Context, name, backendAddr string) (*popgateProc, error) {
-	cfg := popgateConfig{
+func (b *bench) startPopgate(ctx context.Context, name, backendAddr, extra string) (*popgateProc, error) {
+	cfg := popgateConfig{Extra: extra,
 		LogLevel: b.o.LogLevel, CertFile: b.pgCert, KeyFile: b.pgKey, ServerName: popgateName,
 		Backends: []popgateBackend{{Name: "backend", Address: backendAddr}},
 		Default:  "backend",
@@ -680,6 +707,9 @@ func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, ng *nginxProc
 	if dp := b.dproxy; dp != nil {
 		targets = append(targets, target{Side: "dovecot-proxy", Addr: dp.TLSAddr, TLS: b.clientTLS(dp.ServerName), Resume: resume})
 	}
+	if cs := b.cluster; cs != nil {
+		targets = append(targets, target{Side: "popgate-cluster", Addr: cs.pg.Addr, TLS: b.clientTLS(popgateName), Resume: resume})
+	}
 	for _, t := range targets {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -702,6 +732,8 @@ func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, ng *nginxProc
 			w.Popgate = side
 		case "nginx":
 			w.Nginx = &side
+		case "popgate-cluster":
+			w.PopgateCluster = &side
 		default:
 			w.DovecotProxy = &side
 		}
@@ -710,6 +742,9 @@ func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, ng *nginxProc
 	w.Ratios = ratios(w)
 	w.VsNginx = vsNginx(w)
 	w.VsDovecotProxy = vsPeer(w, w.DovecotProxy)
+	if w.PopgateCluster != nil {
+		w.ClusterVsPopgate = ptr(compare(&w.Popgate, w.PopgateCluster, nonZero(w.Popgate.PopgateCPUPerSessionMs), w.Popgate.PopgateCPUPerGBSec))
+	}
 	return w, nil
 }
 
@@ -724,6 +759,10 @@ type snapshot struct {
 	BackendOK  bool
 	ClientCPU  float64
 	RSSKiB     int64
+	// With -cluster: the second popgate's and Redis's CPU.
+	ClusterCPU float64
+	RedisCPU   float64
+	ClusterOK  bool
 }
 
 func (b *bench) sample(pg *popgateProc, ng *nginxProc) snapshot {
@@ -740,6 +779,11 @@ func (b *bench) sample(pg *popgateProc, ng *nginxProc) snapshot {
 	}
 	s.BackendCPU, s.BackendOK = b.back.cpu()
 	s.ClientCPU = selfCPU().Seconds()
+	if cs := b.cluster; cs != nil {
+		pc, err1 := processCPU(cs.pg.PID)
+		rc, err2 := processCPU(cs.redis.PID())
+		s.ClusterCPU, s.RedisCPU, s.ClusterOK = pc.Seconds(), rc.Seconds(), err1 == nil && err2 == nil
+	}
 	return s
 }
 
@@ -771,6 +815,17 @@ func sideResult(side string, res loadResult, before, after snapshot) SideResult 
 	case "dovecot-proxy":
 		if before.DProxyOK && after.DProxyOK {
 			s.ProxyCPUSec = after.DProxyCPU - before.DProxyCPU
+		}
+	case "popgate-cluster":
+		// Its popgate is the cluster one; popgate_ figures are its.
+		if before.ClusterOK && after.ClusterOK {
+			s.ProxyCPUSec = after.ClusterCPU - before.ClusterCPU
+			s.PopgateCPUSec = s.ProxyCPUSec
+			redis := after.RedisCPU - before.RedisCPU
+			s.RedisCPUSec = &redis
+			if res.Sessions > 0 {
+				s.RedisCPUPerSessionMs = ptr(redis * 1000 / float64(res.Sessions))
+			}
 		}
 	}
 	if res.TLS != nil {
@@ -806,7 +861,7 @@ func sideResult(side string, res loadResult, before, after snapshot) SideResult 
 // idleWorkload holds -idle sessions through a fresh popgate in front of
 // the in-memory backend and measures popgate's memory with them.
 func (b *bench) idleWorkload(ctx context.Context) (*IdleResult, []Check, error) {
-	pg, err := b.startPopgate(ctx, "popgate-idle", b.idleBack.PlainAddr)
+	pg, err := b.startPopgate(ctx, "popgate-idle", b.idleBack.PlainAddr, "")
 	if err != nil {
 		return nil, nil, err
 	}

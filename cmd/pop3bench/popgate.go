@@ -70,6 +70,7 @@ type popgateConfig struct {
 	Backends   []popgateBackend
 	Default    string            // route.default
 	Domains    map[string]string // route.domains
+	Extra      string            // appended to the file: [cluster]
 }
 
 // toml renders the configuration file (keys as in config.example.toml).
@@ -91,7 +92,7 @@ func (c popgateConfig) toml() string {
 	for _, be := range c.Backends {
 		f.Backends = append(f.Backends, conffile.Backend{Name: be.Name, Address: be.Address, TLS: "none"})
 	}
-	return f.String()
+	return f.String() + c.Extra
 }
 
 // popgateProc is a running popgate.

@@ -39,6 +39,7 @@ type Meta struct {
 	Popgate        string    `json:"popgate"`
 	Nginx          string    `json:"nginx,omitempty"` // the peer, when it ran
 	DovecotProxy   string    `json:"dovecot_proxy,omitempty"`
+	Cluster        string    `json:"cluster,omitempty"`            // the popgate-cluster side's Redis (-cluster)
 	PopgateSource  string    `json:"popgate_source"`               // "built from source" or "given with -popgate"
 	PopgateSigner  string    `json:"popgate_rsa_signer,omitempty"` // "go" or "openssl 3.0.x", from popgate version
 }
@@ -77,6 +78,9 @@ type SideResult struct {
 	BackendCPUPerSessionMs *float64 `json:"backend_cpu_per_session_ms"`
 	BackendCPUPerGBSec     *float64 `json:"backend_cpu_per_gb_s,omitempty"`
 	ClientCPUSec           float64  `json:"client_cpu_s"` // the benchmark process itself
+	// Redis's CPU, on the popgate-cluster side (-cluster).
+	RedisCPUSec          *float64 `json:"redis_cpu_s,omitempty"`
+	RedisCPUPerSessionMs *float64 `json:"redis_cpu_per_session_ms,omitempty"`
 }
 
 // Ratios compare the popgate side with the direct side of one workload.
@@ -114,6 +118,11 @@ type WorkloadResult struct {
 	VsNginx *Ratios `json:"popgate_vs_nginx,omitempty"`
 	// VsDovecotProxy compares popgate with the Dovecot proxy likewise.
 	VsDovecotProxy *Ratios `json:"popgate_vs_dovecot_proxy,omitempty"`
+	// PopgateCluster is a second popgate with [cluster] (-cluster), its
+	// failed-login budgets in Redis; ClusterVsPopgate compares it with
+	// the popgate side.
+	PopgateCluster   *SideResult `json:"popgate_cluster,omitempty"`
+	ClusterVsPopgate *Ratios     `json:"popgate_cluster_vs_popgate,omitempty"`
 }
 
 // IdleResult is the idle workload: sessions logged in through popgate and
@@ -222,6 +231,9 @@ func writeTable(w io.Writer, r *Report) {
 	if m.DovecotProxy != "" {
 		fmt.Fprintf(w, "peer: dovecot-proxy, %s -> backend over plaintext\n", m.DovecotProxy)
 	}
+	if m.Cluster != "" {
+		fmt.Fprintf(w, "popgate-cluster: the same popgate with [cluster] on %s\n", m.Cluster)
+	}
 	if len(m.BackendTuning) > 0 {
 		fmt.Fprintf(w, "backend tuning: %s\n", strings.Join(m.BackendTuning, "; "))
 	}
@@ -252,7 +264,7 @@ func writeTable(w io.Writer, r *Report) {
 					if wr.Workload == "retr" {
 						pxGB = "-"
 					}
-				case "popgate":
+				case "popgate", "popgate-cluster":
 					rss = kib(s.PopgateRSSKiB)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
@@ -291,6 +303,24 @@ func writeTable(w io.Writer, r *Report) {
 					fmt.Fprintln(w, l)
 				}
 			}
+		}
+	}
+
+	var cl []string
+	for _, wr := range r.Workloads {
+		c, rt := wr.PopgateCluster, wr.ClusterVsPopgate
+		if c == nil || rt == nil || !wr.isLogin() {
+			continue
+		}
+		cl = append(cl, fmt.Sprintf("  %-20s CPU per login %.3f vs %.3f ms (%+.3f ms, %.2fx), Redis CPU per login %s; throughput %.2fx; added login latency p50 %+.2f ms, p99 %+.2f ms",
+			wr.Name, c.PopgateCPUPerSessionMs, wr.Popgate.PopgateCPUPerSessionMs, c.PopgateCPUPerSessionMs-wr.Popgate.PopgateCPUPerSessionMs,
+			deref(rt.CPUPerSession), optMs(c.RedisCPUPerSessionMs), rt.Throughput, rt.AddedLoginP50Ms, rt.AddedLoginP99Ms))
+	}
+	if len(cl) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "popgate with [cluster] (failed-login counters in Redis) / popgate:")
+		for _, l := range cl {
+			fmt.Fprintln(w, l)
 		}
 	}
 
@@ -346,6 +376,9 @@ func (w *WorkloadResult) sides() []*SideResult {
 	}
 	if w.DovecotProxy != nil {
 		s = append(s, w.DovecotProxy)
+	}
+	if w.PopgateCluster != nil {
+		s = append(s, w.PopgateCluster)
 	}
 	return s
 }

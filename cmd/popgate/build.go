@@ -287,7 +287,13 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		// once the reload goes live (instance.goLive).
 		in.throttle = prev.throttle
 	} else {
-		in.throttle = auth.NewThrottle(in.throttleConfig)
+		tc := in.throttleConfig
+		if in.cluster != nil {
+			// The fleet's budgets, in Redis. An attempt lasts until
+			// the login deadline and the wait for a verdict past it.
+			tc.Store = in.cluster.NewThrottleStore(lim.LoginTimeout + time.Minute)
+		}
+		in.throttle = auth.NewThrottle(tc)
 	}
 	if lim.IdleTimeout < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout)
