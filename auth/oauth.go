@@ -785,6 +785,11 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 	if m.User == "" {
 		return Decision{}, fmt.Errorf("oauth: no master login for backend %q", dec.Backend)
 	}
+	if m.Separator != "" && strings.Contains(mailbox, m.Separator) {
+		// "bob*master" + "*master": the backend would split the
+		// name where the claim says, not where popgate meant.
+		return Decision{}, &DeniedError{Reason: "the mailbox name holds the master user separator"}
+	}
 	dec.Password = m.Password
 	if m.Separator != "" {
 		dec.User, dec.AuthzID = mailbox+m.Separator+m.User, ""

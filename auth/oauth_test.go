@@ -277,6 +277,11 @@ func TestOAuthRouter(t *testing.T) {
 	if err != nil || dec.User != "alice@example.com%b-master" || dec.Password != "b-secret" {
 		t.Fatalf("backend master: %+v %v", dec, err)
 	}
+	// A name holding the separator is refused, whoever issued it.
+	sep := p.Token("carol@example.com%b-master", testAudience)
+	if _, err := r.Route(ctx, &Request{Credentials: Credentials{User: "carol@example.com%b-master", Password: Password(sep), Method: MethodXOAuth2}}); !errors.As(err, &de) {
+		t.Fatalf("separator in the name: %v", err)
+	}
 	// No master login at all: trouble, not a refusal.
 	r.Masters, r.Master = nil, MasterLogin{}
 	_, err = r.Route(ctx, &Request{Credentials: Credentials{User: "alice@example.com", Password: Password(alice), Method: MethodXOAuth2}})
