@@ -656,6 +656,11 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 		return Identity{}, refuse("token issued in the future")
 	}
 	user, _ := claims[o.cfg.UserClaim].(string)
+	if v, ok := claims["email_verified"].(bool); ok && !v && o.cfg.UserClaim == "email" {
+		// An address the user typed in and nobody confirmed may be
+		// anyone's.
+		return Identity{}, refuse("the token's email is not verified")
+	}
 	if user == "" {
 		return Identity{}, refuse("claim %q is missing", o.cfg.UserClaim)
 	}

@@ -88,6 +88,7 @@ func TestOAuthRefusals(t *testing.T) {
 	wantRefused(t, o, "no audience", sign(func(c map[string]any) { delete(c, "aud") }))
 	wantRefused(t, o, "wrong issuer", sign(func(c map[string]any) { c["iss"] = "https://evil.example" }))
 	wantRefused(t, o, "no user claim", sign(func(c map[string]any) { delete(c, "email") }))
+	wantRefused(t, o, "email not verified", sign(func(c map[string]any) { c["email_verified"] = false }))
 	good := p.Token(user, testAudience)
 	parts := strings.Split(good, ".")
 	// The payload changed after signing: bob's name in alice's token.
