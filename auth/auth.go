@@ -59,7 +59,7 @@ type Credentials struct {
 	User     string   // USER argument or SASL authentication identity
 	Password Password // PASS argument or SASL password
 	AuthzID  string   // SASL PLAIN authorization identity; "" when none was given
-	Method   string   // "USER" (USER/PASS), "PLAIN" or "LOGIN"
+	Method   string   // "USER" (USER/PASS), "PLAIN", "LOGIN", or a bearer token's "OAUTHBEARER" or "XOAUTH2"
 }
 
 // LogValue logs the user and method, never the password.
@@ -79,14 +79,20 @@ const MaxCredentialLen = 1024
 var ErrBadCredentialBytes = errors.New("auth: credentials contain CR, LF or NUL")
 
 // Check reports whether the credentials may be relayed: a user name is
-// present, nothing is longer than [MaxCredentialLen], and no field holds CR,
-// LF or NUL.
+// present, nothing is longer than [MaxCredentialLen] (a bearer token than
+// [MaxSASLLen]), and no field holds CR, LF or NUL.
 func (c Credentials) Check() error {
-	if c.User == "" {
+	if c.User == "" && c.Method != MethodOAuthBearer {
+		// OAUTHBEARER may leave the name to the token (RFC 7628's
+		// authzid is optional); the token's router fills it in.
 		return errors.New("auth: empty user name")
 	}
-	for _, s := range []string{c.User, string(c.Password), c.AuthzID} {
-		if len(s) > MaxCredentialLen {
+	for i, s := range []string{c.User, string(c.Password), c.AuthzID} {
+		limit := MaxCredentialLen
+		if i == 1 && IsTokenMethod(c.Method) {
+			limit = MaxSASLLen // a bearer token (JWTs run to 2 KB and more)
+		}
+		if len(s) > limit {
 			return errors.New("auth: credentials too long")
 		}
 		if strings.ContainsAny(s, "\r\n\x00") {

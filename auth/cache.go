@@ -118,6 +118,12 @@ func (c *ttlLRU[V]) add(key string, v V, now time.Time) {
 	c.lru.Add(key, expiring[V]{v: v, expires: now.Add(c.ttl)})
 }
 
+// addUntil stores v under key until expires, whatever the ttl.
+func (c *ttlLRU[V]) addUntil(key string, v V, now, expires time.Time) {
+	c.add(key, v, now)
+	c.lru.Add(key, expiring[V]{v: v, expires: expires})
+}
+
 // NewCache returns a Cache in front of r. now is the clock (nil:
 // time.Now).
 func NewCache(r Router, size int, ttl, negativeTTL time.Duration, now func() time.Time) *Cache {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -57,7 +58,17 @@ func (sess *session) authorize(ctx context.Context) *backendConn {
 				return nil
 			}
 		}
-		line, err := pop3.ReadLine(sess.br, pop3.MaxCommandLen)
+		limit := pop3.MaxCommandLen
+		if sess.oauthAllowed() {
+			// Clients send a bearer token's initial response on the
+			// AUTH line whatever its length (RFC 5034 §4 allows a
+			// longer one there); other commands keep the limit.
+			limit = maxTokenAuthLine
+		}
+		line, err := pop3.ReadLine(sess.br, limit)
+		if err == nil && len(line) > pop3.MaxCommandLen-2 && !isTokenAuth(line) {
+			err = pop3.ErrLineTooLong
+		}
 		if err == pop3.ErrLineTooLong {
 			if !sess.badCommand("Line too long") {
 				return nil
@@ -195,7 +206,11 @@ func (sess *session) capa() {
 	var b strings.Builder
 	b.WriteString("+OK Capability list follows\r\n")
 	if sess.loginAllowed() {
-		b.WriteString("USER\r\nSASL PLAIN LOGIN\r\n")
+		b.WriteString("USER\r\nSASL PLAIN LOGIN")
+		if sess.oauthAllowed() {
+			b.WriteString(" OAUTHBEARER XOAUTH2")
+		}
+		b.WriteString("\r\n")
 	}
 	if sess.l.TLS == TLSStartTLS && sess.tls == nil {
 		b.WriteString("STLS\r\n")
@@ -274,9 +289,12 @@ func (sess *session) cmdAuth(arg string) (creds auth.Credentials, ok, done bool)
 	mech = strings.ToUpper(mech)
 	if mech == "" {
 		// Not in RFC 5034; Outlook-era clients ask this way.
-		if sess.loginAllowed() {
+		switch {
+		case sess.oauthAllowed():
+			sess.reply("+OK\r\nPLAIN\r\nLOGIN\r\nOAUTHBEARER\r\nXOAUTH2\r\n.")
+		case sess.loginAllowed():
 			sess.reply("+OK\r\nPLAIN\r\nLOGIN\r\n.")
-		} else {
+		default:
 			sess.reply("+OK\r\n.")
 		}
 		return creds, false, false
@@ -307,10 +325,74 @@ func (sess *session) cmdAuth(arg string) (creds auth.Credentials, ok, done bool)
 			return creds, false, done
 		}
 		return auth.Credentials{User: string(user), Password: auth.Password(pass), Method: "LOGIN"}, true, false
+	case auth.MethodOAuthBearer, auth.MethodXOAuth2:
+		if !sess.oauthAllowed() {
+			sess.reply("-ERR Unsupported SASL mechanism")
+			return creds, false, false
+		}
+		resp, ok, done := sess.saslResponse(ir, hasIR, "+ ")
+		if !ok {
+			return creds, false, done
+		}
+		parse := auth.ParseOAuthBearer
+		if mech == auth.MethodXOAuth2 {
+			parse = auth.ParseXOAuth2
+		}
+		creds, err := parse(resp)
+		if err != nil {
+			sess.reply("-ERR Malformed SASL " + mech + " response")
+			return creds, false, false
+		}
+		return creds, true, false
 	default:
 		sess.reply("-ERR Unsupported SASL mechanism")
 		return creds, false, false
 	}
+}
+
+// maxTokenAuthLine bounds "AUTH XOAUTH2 " and a bearer token's initial
+// response: the SASL message limit, the command and CRLF.
+const maxTokenAuthLine = auth.MaxSASLLen + len("AUTH OAUTHBEARER ") + 2
+
+// isTokenAuth reports whether line is AUTH OAUTHBEARER or AUTH XOAUTH2
+// with an initial response.
+func isTokenAuth(line []byte) bool {
+	verb, rest, _ := bytes.Cut(line, []byte{' '})
+	mech, _, ok := bytes.Cut(rest, []byte{' '})
+	return ok && bytes.EqualFold(verb, []byte("AUTH")) &&
+		(bytes.EqualFold(mech, []byte(auth.MethodOAuthBearer)) || bytes.EqualFold(mech, []byte(auth.MethodXOAuth2)))
+}
+
+// oauthAllowed reports whether AUTH OAUTHBEARER and XOAUTH2 are offered:
+// on a listener that enables them, once the connection is encrypted (a
+// bearer token opens the mailbox like a password, and unlike one is not
+// tied to this server).
+func (sess *session) oauthAllowed() bool {
+	return sess.l.OAuth && sess.tls != nil
+}
+
+// oauthErrorExchange carries out RFC 7628 §3.2.2's failure: the error
+// status as a base64 JSON continuation, which the client answers with a
+// dummy response ("AQ==", a lone 0x01) or a cancel ("*"); the caller
+// then sends the -ERR. It reports false when the connection ended.
+func (sess *session) oauthErrorExchange() bool {
+	msg := sess.cfg.OAuthError
+	if msg == nil {
+		msg = auth.OAuthErrorChallenge("", "")
+	}
+	sess.reply("+ " + base64.StdEncoding.EncodeToString(msg))
+	if err := sess.bw.Flush(); err != nil {
+		sess.endRead(err)
+		return false
+	}
+	// Whatever the client answers ends the exchange; it is not read
+	// further, nor logged.
+	_, err := pop3.ReadLine(sess.br, auth.MaxSASLLen+2)
+	if err != nil && err != pop3.ErrLineTooLong {
+		sess.endRead(err)
+		return false
+	}
+	return true
 }
 
 // saslResponse returns the decoded response: the initial response if the

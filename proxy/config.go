@@ -117,6 +117,11 @@ type Listener struct {
 	// without a valid header, is closed. false: no header is ever read
 	// (PROXY protocol is never guessed).
 	ProxyProtocol bool
+	// OAuth offers AUTH OAUTHBEARER (RFC 7628) and XOAUTH2 on this
+	// listener, after TLS only: the SASL line of CAPA names them once the
+	// connection is encrypted. The Router must verify the token (an
+	// auth.OAuthRouter); a Router that does not refuses such logins.
+	OAuth bool
 }
 
 // Backend is a POP3 server popgate logs in to.
@@ -202,6 +207,11 @@ func (b *Backend) timeout() time.Duration {
 type Config struct {
 	// Router decides where each login goes.
 	Router auth.Router
+	// OAuthError is the JSON of RFC 7628's error response, sent (base64)
+	// as a continuation after a refused bearer token before the
+	// "-ERR [AUTH]"; nil sends {"status":"invalid_token"}. See
+	// auth.OAuthErrorChallenge.
+	OAuthError []byte
 	// Backends are the backends a Router's decision may name.
 	Backends map[string]*Backend
 	// Greeting is the text of the greeting after "+OK "; "" means

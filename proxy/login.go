@@ -92,6 +92,14 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 		sess.result = resultShutdown
 		return nil, true
 	}
+	if out.attempt == auth.AttemptFailed && auth.IsTokenMethod(creds.Method) {
+		// A refused token ends with RFC 7628's error exchange; an
+		// issuer that is down or a throttled client gets the -ERR at
+		// once, which clients take at any step.
+		if !sess.oauthErrorExchange() {
+			return nil, true
+		}
+	}
 	sess.bw.WriteString(out.reply)
 	if sess.failures >= sess.cfg.maxLoginFailures() {
 		sess.bw.Flush()
@@ -185,6 +193,12 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	}
 	if dec.User == "" {
 		dec.User, dec.Password = creds.User, creds.Password
+	}
+	if auth.IsTokenMethod(creds.Method) && dec.Password == creds.Password {
+		// A router that does not verify bearer tokens (no
+		// auth.OAuthRouter in front) would hand the client's token to
+		// the backend as a password.
+		return nil, &lookupError{errors.New("the router passed a bearer token on as a password; bearer tokens need an auth.OAuthRouter")}
 	}
 	authz, err := authorizationID(creds, dec, b)
 	if err != nil {

@@ -44,7 +44,10 @@ type instance struct {
 	addrs       []string // listen addresses, by index of listeners
 	keys        []string // the listeners' ListenConfig.key, by index
 	// router is the lookup chain; nil until buildInstance has built it.
-	router  *auth.Chain
+	router *auth.Chain
+	// oauth puts bearer-token logins through the issuer's verifier in
+	// front of router; nil without [oauth].
+	oauth   *auth.OAuthRouter
 	mapFile *auth.MapFile // among router's sources, for its file watch; nil without route.map_file
 	// caches and pools are router's lookup caches and directory
 	// connection pools by source, for the metrics; lookups passes the
@@ -303,8 +306,15 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 			"past max_connections_per_ip, the failed-login limits and the backends' view of the client; list the load balancers only",
 			"trusted_proxy", p)
 	}
+	var router auth.Router = in.router
+	if c.OAuth != nil {
+		if in.oauth, err = buildOAuth(c.OAuth, c.Backends, in.router); err != nil {
+			return nil, err
+		}
+		router = in.oauth
+	}
 	in.proxyConfig = proxy.Config{
-		Router:              in.router,
+		Router:              router,
 		Backends:            backends,
 		Throttle:            in.throttle,
 		Greeting:            c.POP3.Greeting,
@@ -320,6 +330,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		MasterUserSeparator: lim.MasterUserSeparator,
 		TrustedProxies:      lim.TrustedProxies,
 		Logger:              log,
+	}
+	if in.oauth != nil {
+		in.proxyConfig.OAuthError = auth.OAuthErrorChallenge(in.oauth.Verifier.DiscoveryURL(), "")
 	}
 	if err := in.proxyConfig.Validate(); err != nil {
 		return nil, err

@@ -35,8 +35,10 @@ type Config struct {
 	Backend []BackendConfig `toml:"backend"`
 	Route   RouteConfig     `toml:"route"`
 	Limits  LimitsConfig    `toml:"limits"`
-	POP3    POP3Config      `toml:"pop3"`
-	Metrics MetricsConfig   `toml:"metrics"`
+	// OAuth is [oauth]; nil (no section): no bearer-token logins.
+	OAuth   *OAuthConfig  `toml:"oauth"`
+	POP3    POP3Config    `toml:"pop3"`
+	Metrics MetricsConfig `toml:"metrics"`
 	// Cluster is [cluster]; nil (no section) runs one replica alone.
 	Cluster *ClusterConfig `toml:"cluster"`
 }
@@ -79,6 +81,7 @@ type ListenConfig struct {
 	AllowPlaintextFrom []string `toml:"allow_plaintext_from"`
 	MinVersion         string   `toml:"min_version"`
 	ProxyProtocol      bool     `toml:"proxy_protocol"`
+	OAuth              bool     `toml:"oauth"`
 }
 
 // TLSConfig is [tls].
@@ -110,11 +113,16 @@ type BackendConfig struct {
 	MinVersion         string   `toml:"min_version"`
 	ClientAddress      string   `toml:"client_address"`
 	RelayAuthzID       bool     `toml:"relay_authzid"`
-	ConnectTimeout     Duration `toml:"connect_timeout"`
-	Timeout            Duration `toml:"timeout"`
-	HealthInterval     Duration `toml:"health_interval"`
-	HealthFailures     *int     `toml:"health_failures"`
-	HealthTimeout      Duration `toml:"health_timeout"`
+	// The master login of bearer-token logins to this backend, instead
+	// of [oauth]'s (oauth.go).
+	OAuthMasterUser         string   `toml:"oauth_master_user"`
+	OAuthMasterPasswordFile string   `toml:"oauth_master_password_file"`
+	OAuthMasterSeparator    *string  `toml:"oauth_master_separator"`
+	ConnectTimeout          Duration `toml:"connect_timeout"`
+	Timeout                 Duration `toml:"timeout"`
+	HealthInterval          Duration `toml:"health_interval"`
+	HealthFailures          *int     `toml:"health_failures"`
+	HealthTimeout           Duration `toml:"health_timeout"`
 }
 
 // RouteConfig is [route].
@@ -321,6 +329,14 @@ func (c *Config) settings() (*settings, []error) {
 	}
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
+	s.OAuth = c.OAuth.settings(add)
+	if s.OAuth != nil && s.OAuth.MasterUser == "" {
+		for _, b := range s.Backends {
+			if b.OAuthMaster == nil {
+				add("oauth.master_user and master_password_file: missing, and backend %q has no oauth_master_user; the backend login of a verified user goes through a master user", b.Name)
+			}
+		}
+	}
 	s.POP3 = pop3Settings{
 		Greeting:          cmp.Or(c.POP3.Greeting, defaultGreeting),
 		Capabilities:      c.POP3.Capabilities,
@@ -457,6 +473,13 @@ func (c *Config) listeners(add func(string, ...any)) []listenerSettings {
 				add("%s.min_version: %v", key, err)
 			}
 		}
+		s.OAuth = l.OAuth
+		switch {
+		case l.OAuth && c.OAuth == nil:
+			add("%s.oauth: needs an [oauth] section (the issuer that verifies the tokens)", key)
+		case l.OAuth && l.TLS == "none":
+			add("%s.oauth: needs tls = \"implicit\" or \"starttls\" (bearer tokens are offered after TLS only)", key)
+		}
 		if l.ProxyProtocol && len(c.Limits.TrustedProxies) == 0 {
 			add("%s.proxy_protocol: needs limits.trusted_proxies (the load balancers that may send the header)", key)
 		}
@@ -562,6 +585,7 @@ func (c *Config) backends(add func(string, ...any)) ([]backendSettings, map[stri
 			add("%s.health_timeout: must be positive (health_interval = \"0s\" turns the checks off)", key)
 		}
 		bs = append(bs, backendSettings{
+			OAuthMaster: b.oauthMaster(key, add),
 			Backend: proxy.Backend{
 				Name:           b.Name,
 				Address:        b.Address,

@@ -56,21 +56,30 @@ const (
 	defaultLDAPCacheTTL          = 60 * time.Second
 	defaultLDAPNegativeCacheTTL  = 10 * time.Second
 	defaultLDAPCacheSize         = 100000
-	defaultMaxConnections        = 10000
-	defaultMaxConnectionsPerIP   = 50
-	defaultLoginTimeout          = 60 * time.Second
-	defaultIdleTimeout           = 10 * time.Minute // RFC 1939 §3 asks for at least this
-	defaultMaxLoginFailures      = 3
-	defaultFailureDelay          = time.Second
-	defaultMaxFailuresPerIP      = 20
-	defaultMaxFailuresPerUser    = 10
-	defaultFailureWindow         = 10 * time.Minute
-	defaultIPv6Prefix            = auth.DefaultIPv6Prefix
-	defaultShutdownTimeout       = 30 * time.Second
-	defaultGreeting              = "POP3 server ready"
-	defaultHideBackendErrors     = true
-	defaultClusterKeyPrefix      = "popgate:"
-	defaultMetricsAddress        = "127.0.0.1:9110" // loopback: /sessions can end sessions
+	// Bearer tokens: a minute of clock skew either way; introspection
+	// answers trusted for 30 s, so a revoked token stops working within
+	// that.
+	defaultOAuthClockSkew             = time.Minute
+	defaultOAuthUserClaim             = "email"
+	defaultOAuthTimeout               = 5 * time.Second
+	defaultOAuthKeyRefreshInterval    = time.Minute
+	defaultOAuthCacheSize             = 100000
+	defaultOAuthIntrospectionCacheTTL = 30 * time.Second
+	defaultMaxConnections             = 10000
+	defaultMaxConnectionsPerIP        = 50
+	defaultLoginTimeout               = 60 * time.Second
+	defaultIdleTimeout                = 10 * time.Minute // RFC 1939 §3 asks for at least this
+	defaultMaxLoginFailures           = 3
+	defaultFailureDelay               = time.Second
+	defaultMaxFailuresPerIP           = 20
+	defaultMaxFailuresPerUser         = 10
+	defaultFailureWindow              = 10 * time.Minute
+	defaultIPv6Prefix                 = auth.DefaultIPv6Prefix
+	defaultShutdownTimeout            = 30 * time.Second
+	defaultGreeting                   = "POP3 server ready"
+	defaultHideBackendErrors          = true
+	defaultClusterKeyPrefix           = "popgate:"
+	defaultMetricsAddress             = "127.0.0.1:9110" // loopback: /sessions can end sessions
 )
 
 // defaultRouteNamePatterns is tls.acme.route_name_patterns when the key is
@@ -102,6 +111,7 @@ var configKeys = []configKey{
 	{"listen.min_version", nil}, // tls.min_version
 	{"listen.proxy_protocol", nil},
 	{"listen.allow_plaintext_from", nil},
+	{"listen.oauth", nil},
 
 	{"tls.min_version", defaultTLSMinVersion},
 	{"tls.default_server_name", nil},
@@ -139,6 +149,9 @@ var configKeys = []configKey{
 	{"backend.timeout", defaultBackendTimeout},
 	{"backend.client_address", defaultBackendClientAddress},
 	{"backend.relay_authzid", nil},
+	{"backend.oauth_master_user", nil}, // [oauth]'s master_user
+	{"backend.oauth_master_password_file", nil},
+	{"backend.oauth_master_separator", nil}, // [oauth]'s master_separator
 	{"backend.fallbacks", nil},
 	{"backend.health_interval", defaultHealthInterval},
 	{"backend.health_failures", defaultHealthFailures},
@@ -188,6 +201,23 @@ var configKeys = []configKey{
 	{"route.ldap.attributes.password", nil},
 	{"route.ldap.attributes.password_hash", nil},
 	{"route.ldap.attributes.enabled", nil},
+
+	{"oauth.issuer", nil},
+	{"oauth.audience", nil},
+	{"oauth.algorithms", auth.DefaultOAuthAlgorithms},
+	{"oauth.clock_skew", defaultOAuthClockSkew},
+	{"oauth.user_claim", defaultOAuthUserClaim},
+	{"oauth.ca_file", nil}, // the system's roots
+	{"oauth.timeout", defaultOAuthTimeout},
+	{"oauth.key_refresh_interval", defaultOAuthKeyRefreshInterval},
+	{"oauth.cache_size", defaultOAuthCacheSize},
+	{"oauth.introspection", nil},
+	{"oauth.client_id", nil},
+	{"oauth.client_secret_file", nil},
+	{"oauth.introspection_cache_ttl", defaultOAuthIntrospectionCacheTTL},
+	{"oauth.master_user", nil},
+	{"oauth.master_password_file", nil},
+	{"oauth.master_separator", nil},
 
 	{"limits.max_connections", defaultMaxConnections},
 	{"limits.max_connections_per_ip", defaultMaxConnectionsPerIP},

@@ -183,6 +183,11 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	}
 	in.server.Close()
 	in.close()
+	if in.oauth != nil {
+		if err := checkOAuthIssuer(in.oauth, c.OAuth.Timeout); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d backends)\n", *path, len(c.Listeners), len(c.Backends))
 	return nil
 }

@@ -21,6 +21,7 @@ type settings struct {
 	Backends  []backendSettings
 	Route     routeSettings
 	Limits    limitSettings
+	OAuth     *oauthSettings // nil without [oauth]; oauth.go
 	POP3      pop3Settings
 	Metrics   metricsSettings
 	Cluster   *cluster.Config // nil: no [cluster], one replica alone
@@ -76,6 +77,9 @@ type backendSettings struct {
 	// Trust when TLS is not TLSNone.
 	proxy.Backend
 	Trust tlsconf.BackendConfig
+	// OAuthMaster is the backend's own master login for bearer-token
+	// logins; nil uses [oauth]'s.
+	OAuthMaster *masterSettings
 }
 
 // routeSettings is [route].

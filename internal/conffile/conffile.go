@@ -23,6 +23,8 @@ type File struct {
 	// Limits are the lines of [limits], as written:
 	// `shutdown_timeout = "2s"`.
 	Limits []string
+	// OAuth are the lines of [oauth], as written; nil leaves it out.
+	OAuth []string
 	// MetricsAddress is metrics.address ("" disables the admin
 	// endpoints); nil leaves it out (the default, 127.0.0.1:9110).
 	MetricsAddress *string
@@ -43,6 +45,7 @@ type Listener struct {
 	Address       string
 	TLS           string // implicit | starttls | none
 	ProxyProtocol bool
+	OAuth         bool // offer AUTH OAUTHBEARER and XOAUTH2
 }
 
 // TLS is [tls].
@@ -145,6 +148,9 @@ func (f *File) String() string {
 		if l.ProxyProtocol {
 			p("proxy_protocol = true")
 		}
+		if l.OAuth {
+			p("oauth = true")
+		}
 	}
 	if t := f.TLS; t.DefaultServerName != "" || len(t.Certificates) > 0 || t.ACME != "" {
 		section("[tls]")
@@ -226,6 +232,12 @@ func (f *File) String() string {
 		if r.HTTPURL != "" {
 			section("[route.http]")
 			str("url", r.HTTPURL)
+		}
+	}
+	if f.OAuth != nil {
+		section("[oauth]")
+		for _, l := range f.OAuth {
+			p("%s", l)
 		}
 	}
 	if len(f.Limits) > 0 {

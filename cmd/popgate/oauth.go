@@ -1,0 +1,227 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/safefile"
+)
+
+// OAuthConfig is [oauth]: bearer-token logins (AUTH OAUTHBEARER and
+// XOAUTH2) verified against an OpenID Connect issuer, and the master login
+// that opens the mailbox on the backend (docs/routing.md, "OAuth 2.0
+// sign-in").
+type OAuthConfig struct {
+	Issuer                string   `toml:"issuer"`
+	Audience              []string `toml:"audience"`
+	Algorithms            []string `toml:"algorithms"`
+	ClockSkew             Duration `toml:"clock_skew"`
+	UserClaim             string   `toml:"user_claim"`
+	CAFile                string   `toml:"ca_file"`
+	Timeout               Duration `toml:"timeout"`
+	KeyRefreshInterval    Duration `toml:"key_refresh_interval"`
+	CacheSize             *int     `toml:"cache_size"`
+	Introspection         bool     `toml:"introspection"`
+	ClientID              string   `toml:"client_id"`
+	ClientSecretFile      string   `toml:"client_secret_file"`
+	IntrospectionCacheTTL Duration `toml:"introspection_cache_ttl"`
+	MasterUser            string   `toml:"master_user"`
+	MasterPasswordFile    string   `toml:"master_password_file"`
+	MasterSeparator       string   `toml:"master_separator"`
+}
+
+// masterSettings is a master login of bearer-token logins; the password
+// file is read when the router is built.
+type masterSettings struct {
+	User, PasswordFile, Separator string
+}
+
+// oauthMaster checks the backend's own master login of bearer-token
+// logins; nil when it has none.
+func (b BackendConfig) oauthMaster(key string, add func(string, ...any)) *masterSettings {
+	if b.OAuthMasterUser == "" && b.OAuthMasterPasswordFile == "" && b.OAuthMasterSeparator == nil {
+		return nil
+	}
+	if b.OAuthMasterUser == "" || b.OAuthMasterPasswordFile == "" {
+		add("%s.oauth_master_user and oauth_master_password_file: set both (or neither, for [oauth]'s master login)", key)
+	}
+	m := &masterSettings{User: b.OAuthMasterUser, PasswordFile: b.OAuthMasterPasswordFile}
+	if b.OAuthMasterSeparator != nil {
+		m.Separator = *b.OAuthMasterSeparator
+		if sep := m.Separator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+			add("%s.oauth_master_separator: must be a few characters without spaces (Dovecot's auth_master_user_separator, e.g. \"*\"), or \"\"", key)
+		}
+	}
+	return m
+}
+
+// oauthSettings is [oauth] checked; the files are read when the verifier
+// is built (start and every reload).
+type oauthSettings struct {
+	auth.OAuthConfig   // without HTTPClient and ClientSecret
+	CAFile             string
+	Timeout            time.Duration
+	ClientSecretFile   string
+	MasterUser         string
+	MasterPasswordFile string
+	MasterSeparator    string
+}
+
+// maxOAuthSecretLen bounds the client secret and master password files.
+const maxOAuthSecretLen = 1024
+
+func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
+	if o == nil {
+		return nil
+	}
+	if u, err := url.Parse(o.Issuer); o.Issuer == "" || err != nil || u.Scheme != "https" || u.Host == "" {
+		add("oauth.issuer: must be the issuer's https URL, as its discovery document names it (such as https://idp.example.com/realms/mail)")
+	}
+	if !o.Introspection && len(o.Audience) == 0 {
+		add("oauth.audience: missing; name the client or resource the mail clients' tokens are issued for (their aud claim)")
+	}
+	for _, a := range o.Algorithms {
+		if !slices.Contains(auth.DefaultOAuthAlgorithms, a) {
+			add("oauth.algorithms: %q is not accepted (only %s; never none or an HMAC algorithm)", a, strings.Join(auth.DefaultOAuthAlgorithms, ", "))
+		}
+	}
+	if o.Algorithms != nil && len(o.Algorithms) == 0 {
+		add("oauth.algorithms: empty; omit the key for the default")
+	}
+	if o.ClockSkew.Duration < 0 || o.ClockSkew.Duration > 10*time.Minute {
+		add("oauth.clock_skew: must be between 0 and 10m")
+	}
+	if o.Timeout.Set && o.Timeout.Duration <= 0 {
+		add("oauth.timeout: must be positive")
+	}
+	if o.CacheSize != nil && *o.CacheSize < 1 {
+		add("oauth.cache_size: must be at least 1")
+	}
+	if o.Introspection {
+		if o.ClientID == "" || o.ClientSecretFile == "" {
+			add("oauth.introspection: needs client_id and client_secret_file (popgate's credentials at the introspection endpoint)")
+		}
+	} else if o.ClientID != "" || o.ClientSecretFile != "" || o.IntrospectionCacheTTL.Set {
+		add("oauth.client_id, client_secret_file and introspection_cache_ttl: only used with introspection = true")
+	}
+	if (o.MasterUser == "") != (o.MasterPasswordFile == "") {
+		add("oauth.master_user and master_password_file: set both, or neither when every backend has its own (oauth_master_user)")
+	}
+	if sep := o.MasterSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+		add("oauth.master_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\"), or \"\"")
+	}
+	return &oauthSettings{
+		OAuthConfig: auth.OAuthConfig{
+			Issuer:                o.Issuer,
+			Audience:              o.Audience,
+			Algorithms:            o.Algorithms,
+			ClockSkew:             o.ClockSkew.or(defaultOAuthClockSkew),
+			UserClaim:             cmp.Or(o.UserClaim, defaultOAuthUserClaim),
+			Introspect:            o.Introspection,
+			ClientID:              o.ClientID,
+			IntrospectionCacheTTL: o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),
+			CacheSize:             intOr(o.CacheSize, defaultOAuthCacheSize),
+			KeyRefreshInterval:    o.KeyRefreshInterval.or(defaultOAuthKeyRefreshInterval),
+		},
+		CAFile:             o.CAFile,
+		Timeout:            o.Timeout.or(defaultOAuthTimeout),
+		ClientSecretFile:   o.ClientSecretFile,
+		MasterUser:         o.MasterUser,
+		MasterPasswordFile: o.MasterPasswordFile,
+		MasterSeparator:    o.MasterSeparator,
+	}
+}
+
+// readSecretFile reads a one-line secret from a private file.
+func readSecretFile(key, path string) (auth.Password, error) {
+	b, err := safefile.ReadFile(path, safefile.Options{Limit: maxOAuthSecretLen + 2, Private: true})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" || strings.ContainsAny(s, "\r\n\x00") {
+		return "", fmt.Errorf("%s: %s must hold one line, the secret", key, path)
+	}
+	return auth.Password(s), nil
+}
+
+// buildOAuth makes the verifier and the router that puts token logins
+// through it in front of next; backends with their own master login get
+// it.
+func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router) (*auth.OAuthRouter, error) {
+	cfg := o.OAuthConfig
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		pem, err := safefile.ReadFile(o.CAFile, safefile.Options{Limit: 1 << 20})
+		if err != nil {
+			return nil, fmt.Errorf("oauth.ca_file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("oauth.ca_file: %s holds no PEM certificate", o.CAFile)
+		}
+	}
+	tr := &http.Transport{
+		TLSClientConfig:       tc,
+		Proxy:                 http.ProxyFromEnvironment,
+		TLSHandshakeTimeout:   o.Timeout,
+		ResponseHeaderTimeout: o.Timeout,
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	cfg.HTTPClient = &http.Client{Timeout: o.Timeout, Transport: tr,
+		// The issuer's endpoints are used as discovery names them.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	if cfg.Introspect {
+		s, err := readSecretFile("oauth.client_secret_file", o.ClientSecretFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ClientSecret = s
+	}
+	r := &auth.OAuthRouter{Next: next, Masters: map[string]auth.MasterLogin{}}
+	if o.MasterUser != "" {
+		master, err := readSecretFile("oauth.master_password_file", o.MasterPasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		r.Master = auth.MasterLogin{User: o.MasterUser, Password: master, Separator: o.MasterSeparator}
+	}
+	for _, b := range backends {
+		if m := b.OAuthMaster; m != nil {
+			pw, err := readSecretFile("backend "+strconv.Quote(b.Name)+" oauth_master_password_file", m.PasswordFile)
+			if err != nil {
+				return nil, err
+			}
+			r.Masters[b.Name] = auth.MasterLogin{User: m.User, Password: pw, Separator: m.Separator}
+		}
+	}
+	v, err := auth.NewOAuth(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.Verifier = v
+	return r, nil
+}
+
+// checkOAuthIssuer asks the issuer for its discovery document and keys:
+// `popgate check`'s test of [oauth].
+func checkOAuthIssuer(r *auth.OAuthRouter, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := r.Verifier.CheckIssuer(ctx); err != nil {
+		return errors.New("oauth.issuer: " + err.Error())
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/popgate/popgate/internal/oidctest"
+)
+
+func TestParseConfigOAuth(t *testing.T) {
+	const good = "[oauth]\nissuer = \"https://idp.example.com/realms/mail\"\naudience = [\"popgate\"]\nmaster_user = \"m\"\nmaster_password_file = \"/m\"\n"
+	listenOAuth := "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n"
+	c, err := ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := c.OAuth
+	if o == nil || !c.Listeners[0].OAuth || o.UserClaim != defaultOAuthUserClaim || o.ClockSkew != defaultOAuthClockSkew ||
+		o.Timeout != defaultOAuthTimeout || o.CacheSize != defaultOAuthCacheSize || o.MasterSeparator != "" {
+		t.Fatalf("settings %+v", o)
+	}
+	// Every backend with its own master login: [oauth] needs none.
+	perBackend := strings.Replace(backendB, "tls = \"none\"\n", "tls = \"none\"\noauth_master_user = \"bm\"\noauth_master_password_file = \"/bm\"\noauth_master_separator = \"*\"\n", 1)
+	c, err = ParseConfig("oauth", []byte(listenOAuth+perBackend+routeB+strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := c.Backends[0].OAuthMaster; m == nil || m.User != "bm" || m.PasswordFile != "/bm" || m.Separator != "*" {
+		t.Fatalf("backend master %+v", m)
+	}
+	for _, tc := range []struct{ conf, want string }{
+		{listenOAuth + backendB + routeB, "listen[0].oauth: needs an [oauth] section"},
+		{"[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"none\"\noauth = true\n\n" + backendB + routeB + good, "listen[0].oauth: needs tls"},
+		{minimal + strings.Replace(good, "https://", "http://", 1), "oauth.issuer: must be the issuer's https URL"},
+		{minimal + strings.Replace(good, "audience = [\"popgate\"]\n", "", 1), "oauth.audience: missing"},
+		{minimal + good + "algorithms = [\"HS256\"]\n", "oauth.algorithms: \"HS256\" is not accepted"},
+		{minimal + good + "algorithms = [\"none\"]\n", "oauth.algorithms: \"none\" is not accepted"},
+		{minimal + good + "introspection = true\n", "oauth.introspection: needs client_id and client_secret_file"},
+		{minimal + good + "client_id = \"x\"\n", "only used with introspection = true"},
+		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: missing"},
+		{minimal + good + "clock_skew = \"1h\"\n", "oauth.clock_skew"},
+		{minimal + good + "surprise = 1\n", "unknown key \"oauth.surprise\""},
+		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
+		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: set both"},
+		{strings.Replace(minimal, "tls = \"none\"\n\n[route]", "tls = \"none\"\noauth_master_user = \"x\"\n\n[route]", 1) + good, "backend[0].oauth_master_user and oauth_master_password_file: set both"},
+	} {
+		_, err := ParseConfig("oauth", []byte(tc.conf))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want %q, got %v", tc.want, err)
+		}
+	}
+}
+
+// TestCheckOAuthIssuer: popgate check fetches the issuer's discovery
+// document and keys, and names what is wrong.
+func TestCheckOAuthIssuer(t *testing.T) {
+	dir := t.TempDir()
+	idp, err := oidctest.Start(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(idp.Stop)
+	master := filepath.Join(dir, "master")
+	if err := os.WriteFile(master, []byte("Master-Secret-9x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(issuer string) string {
+		conf := filepath.Join(dir, "popgate.toml")
+		body := "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n" + backendB + routeB +
+			fmt.Sprintf("[oauth]\nissuer = %q\naudience = [\"popgate\"]\nca_file = %q\ntimeout = \"2s\"\nmaster_user = \"m\"\nmaster_password_file = %q\n", issuer, idp.CAFile, master)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return conf
+	}
+	var out, errOut bytes.Buffer
+	if code := mainErr([]string{"check", "-config", write(idp.Issuer)}, &out, &errOut); code != 0 {
+		t.Fatalf("check = %d: %s", code, errOut.String())
+	}
+	// An issuer URL that is not what the document names.
+	out.Reset()
+	errOut.Reset()
+	if code := mainErr([]string{"check", "-config", write(idp.Issuer + "/")}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "oauth.issuer:") {
+		t.Fatalf("wrong issuer: check = %d: %s", code, errOut.String())
+	}
+	// The issuer down.
+	idp.Stop()
+	errOut.Reset()
+	if code := mainErr([]string{"check", "-config", write(idp.Issuer)}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "oauth.issuer: oauth discovery") {
+		t.Fatalf("issuer down: check = %d: %s", code, errOut.String())
+	}
+}
