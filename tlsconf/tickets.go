@@ -133,7 +133,15 @@ func NewTickets(cfg TicketsConfig) (*Tickets, error) {
 			return nil, fmt.Errorf("tlsconf: session tickets: %w", err)
 		}
 		t.local = NewLocalTicketKeys(cfg.Rotation, cfg.Lifetime)
+		now := t.now()
 		for _, k := range cfg.Inherited {
+			if k.Made.After(now) {
+				// Made "later": it would seal tickets until then
+				// and be accepted a lifetime after, rotation or
+				// not. Not taken.
+				t.log.Warn("session ticket keys: an inherited key made after now is not taken; tickets it sealed do not resume", "made", k.Made)
+				continue
+			}
 			t.local.keys = append(t.local.keys, localTicketKey{key: k.Key, made: k.Made})
 		}
 		slices.SortFunc(t.local.keys, func(a, b localTicketKey) int { return b.made.Compare(a.made) })
