@@ -136,10 +136,21 @@ func inheritSockets() (*inherited, error) {
 		if err := json.Unmarshal([]byte(v), &spec); err != nil {
 			return nil, fmt.Errorf("%s: %w", upgradeEnv, err)
 		}
+		if spec.Parent != os.Getppid() {
+			// Not from this process's parent: a variable left in
+			// the environment (a shell, a copied unit), whose
+			// descriptors are whatever this process has under
+			// those numbers. Ignored, as sd_listen_fds(3) ignores
+			// a LISTEN_PID that is not the process's own.
+			return systemdOnly(h)
+		}
 		h.parent = spec.Parent
 		h.activated = spec.Activated
 		if spec.Ready < 3 || spec.Tickets != 0 && spec.Tickets < 3 {
 			return nil, fmt.Errorf("%s: descriptors below 3 are stdin, stdout and stderr", upgradeEnv)
+		}
+		if err := spec.checkDistinct(); err != nil {
+			return nil, err
 		}
 		h.ready = os.NewFile(uintptr(spec.Ready), "upgrade-ready")
 		if spec.Tickets != 0 {
@@ -168,6 +179,12 @@ func inheritSockets() (*inherited, error) {
 			h.byKey[key] = ln
 		}
 	}
+	return systemdOnly(h)
+}
+
+// systemdOnly adds systemd's sockets (LISTEN_FDS) to h, and returns nil
+// when h then holds nothing.
+func systemdOnly(h *inherited) (*inherited, error) {
 	lns, err := systemdListeners()
 	if err != nil {
 		h.closeAll()
@@ -178,6 +195,30 @@ func inheritSockets() (*inherited, error) {
 		return nil, nil
 	}
 	return h, nil
+}
+
+// checkDistinct reports a descriptor the spec names twice: two owners
+// would close it, the second one whatever took its number meanwhile.
+func (s *upgradeSpec) checkDistinct() error {
+	seen := map[int]string{s.Ready: "the ready pipe"}
+	named := func(fd int, what string) error {
+		if prev, ok := seen[fd]; ok {
+			return fmt.Errorf("%s: descriptor %d named twice (%s and %s)", upgradeEnv, fd, prev, what)
+		}
+		seen[fd] = what
+		return nil
+	}
+	if s.Tickets != 0 {
+		if err := named(s.Tickets, "the ticket key pipe"); err != nil {
+			return err
+		}
+	}
+	for key, fd := range s.Sockets {
+		if err := named(fd, "socket "+key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // systemdListeners returns the sockets of socket activation

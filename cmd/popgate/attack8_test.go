@@ -1,0 +1,76 @@
+package main
+
+// Regression tests from the attack review of upgrades: what a new process
+// takes from its environment, the PID file popgate upgrade trusts, and
+// signals around a handover.
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// TestAttack8StrayUpgradeVariable: POPGATE_UPGRADE left in an environment
+// (exported in a shell, copied from /proc/PID/environ into a unit or a
+// container spec) made a fresh popgate run take the descriptors it names
+// for listening sockets, read "ticket keys" from one and later write
+// "ready" into another, whatever they were in that process. As systemd's
+// LISTEN_PID does, the variable now names the process it is meant for:
+// only the parent that set it up, and a process that is not that parent's
+// child ignores it.
+func TestAttack8StrayUpgradeVariable(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	// Descriptors of this process's own that the variable names.
+	ready, err := syscall.Dup(int(pw.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, parent := range []int{os.Getpid(), 1, 0} {
+		spec, _ := json.Marshal(upgradeSpec{Sockets: map[string]int{}, Ready: ready, Parent: parent})
+		t.Setenv(upgradeEnv, string(spec))
+		h, err := inheritSockets()
+		if err != nil {
+			t.Fatalf("parent %d: %v; want the variable ignored", parent, err)
+		}
+		if h != nil {
+			t.Fatalf("parent %d (this process's parent is %d): a stray %s was taken: ready pipe on descriptor %d", parent, os.Getppid(), upgradeEnv, ready)
+		}
+		if _, ok := os.LookupEnv(upgradeEnv); ok {
+			t.Errorf("parent %d: %s still set, for this process's own children", parent, upgradeEnv)
+		}
+	}
+	syscall.Close(ready)
+}
+
+// TestAttack8UpgradeDuplicateDescriptors: a spec that names one
+// descriptor twice (the ready pipe and a socket, the ticket pipe and the
+// ready pipe) would have two owners close it, the second closing whatever
+// took its number meanwhile. It is refused.
+func TestAttack8UpgradeDuplicateDescriptors(t *testing.T) {
+	// Numbers no descriptor of the test has: were the spec taken, no
+	// descriptor of its own would be closed.
+	for name, spec := range map[string]upgradeSpec{
+		"ready and a socket":   {Sockets: map[string]int{"pop3 :110": 1007}, Ready: 1007},
+		"tickets and ready":    {Sockets: map[string]int{}, Ready: 1008, Tickets: 1008},
+		"two sockets, one fd":  {Sockets: map[string]int{"pop3 :110": 1009, "pop3 :995": 1009}, Ready: 1010},
+		"tickets and a socket": {Sockets: map[string]int{"admin :9100": 1011}, Ready: 1012, Tickets: 1011},
+	} {
+		spec.Parent = os.Getppid()
+		b, _ := json.Marshal(spec)
+		t.Setenv(upgradeEnv, string(b))
+		h, err := inheritSockets()
+		if err == nil || !strings.Contains(err.Error(), "twice") {
+			if h != nil {
+				h.closeAll()
+			}
+			t.Errorf("%s: %v; want the spec refused", name, err)
+		}
+	}
+}
