@@ -5,11 +5,16 @@ package main
 // signals around a handover.
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestAttack8StrayUpgradeVariable: POPGATE_UPGRADE left in an environment
@@ -71,6 +76,58 @@ func TestAttack8UpgradeDuplicateDescriptors(t *testing.T) {
 				h.closeAll()
 			}
 			t.Errorf("%s: %v; want the spec refused", name, err)
+		}
+	}
+}
+
+// TestAttack8UpgradeSignalsOnlyPopgate: popgate upgrade sent SIGUSR2 to
+// whatever PID the file held. A stale file (popgate gone, the PID reused)
+// or one rewritten by whoever can write it (the popgate user, when root
+// runs the upgrade) made it signal another process, and SIGUSR2's default
+// action ends a process. It now signals only a "popgate run" with this
+// PID file.
+func TestAttack8UpgradeSignalsOnlyPopgate(t *testing.T) {
+	sleep := exec.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Skipf("no sleep to stand for another process: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { sleep.Wait(); close(exited) }()
+	defer func() { sleep.Process.Kill(); <-exited }()
+	pidFile := filepath.Join(t.TempDir(), "popgate.pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(sleep.Process.Pid)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	err := cmdUpgrade([]string{"-pid-file", pidFile, "-timeout", "1s"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "not popgate run") {
+		t.Errorf("upgrade with a PID file naming sleep: %v; want it refused", err)
+	}
+	select {
+	case <-exited:
+		t.Fatal("popgate upgrade ended another process (sleep) with SIGUSR2")
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestAttack8PIDFileOfArgs: the check of the process a PID file
+// names, on the command lines popgate run is started with.
+func TestAttack8PIDFileOfArgs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"/usr/local/bin/popgate", "run", "-config", "/etc/p.toml", "-pid-file", "/run/popgate/popgate.pid"}, "/run/popgate/popgate.pid"},
+		{[]string{"popgate", "run", "--pid-file=/run/p.pid"}, "/run/p.pid"},
+		{[]string{"popgate", "run", "-pid-file=rel.pid"}, "rel.pid"},
+		{[]string{"popgate", "run", "-config", "x.toml"}, ""},
+		{[]string{"sleep", "30"}, ""},
+		{[]string{"popgate", "check", "-pid-file", "/run/p.pid"}, ""},
+		{[]string{"popgate", "run", "-pid-file"}, ""},
+		{[]string{"popgate", "run", "-config", "-pid-file", "-pid-file", "/x"}, "/x"},
+	} {
+		if got := pidFileOfArgs(c.args); got != c.want {
+			t.Errorf("%q: %q, want %q", c.args, got, c.want)
 		}
 	}
 }
