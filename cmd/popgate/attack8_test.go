@@ -6,12 +6,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -129,5 +133,63 @@ func TestAttack8PIDFileOfArgs(t *testing.T) {
 		if got := pidFileOfArgs(c.args); got != c.want {
 			t.Errorf("%q: %q, want %q", c.args, got, c.want)
 		}
+	}
+}
+
+// lockedBuffer is a log destination the test reads while a goroutine
+// writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestAttack8SignalAfterHandover: once the new process serves, the old one
+// clears its "upgrade under way" mark and then begins to drain; a SIGUSR2
+// in between (a second popgate upgrade, a signal storm) started a second
+// upgrade from the process that had handed over: a second new process,
+// and the PID file rewritten with the old process's PID when it failed,
+// so that the next popgate upgrade signalled a process about to exit. A
+// process that has handed over ignores the signal.
+func TestAttack8SignalAfterHandover(t *testing.T) {
+	var logs lockedBuffer
+	r := &runner{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	r.pidFile = filepath.Join(t.TempDir(), "popgate.pid")
+	const newPID = "4194000\n" // the new process wrote it
+	if err := os.WriteFile(r.pidFile, []byte(newPID), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Were an upgrade started, it would fail at once, harmlessly.
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return "", errors.New("no executable in this test") }
+	r.handedOver.Store(true)
+	sig := make(chan os.Signal, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.watchUpgrades(ctx, sig)
+	sig <- syscall.SIGUSR2
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "upgrade") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // a PID file rewrite follows the log line
+	if s := logs.String(); !strings.Contains(s, "upgrade signal ignored") {
+		t.Errorf("SIGUSR2 after the handover: log %q; want the signal ignored", s)
+	}
+	if b, _ := os.ReadFile(r.pidFile); string(b) != newPID {
+		t.Errorf("PID file after a SIGUSR2 to the old process: %q; want the new process's %q", b, newPID)
 	}
 }

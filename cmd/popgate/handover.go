@@ -396,13 +396,16 @@ func (r *runner) listen(key, addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
+// upgradeExecutable is os.Executable; tests set another.
+var upgradeExecutable = os.Executable
+
 // upgrade starts this program's executable again with the listening
 // sockets, waits until the new process serves, and then makes this one
 // drain (r.handedOver, then stopRun). The caller holds r.upgradeBusy.
 // On any failure the new process is
 // ended and this one serves on; the error says why.
 func (r *runner) upgrade(ctx context.Context) error {
-	exe, err := os.Executable() // the path, also when the file was replaced
+	exe, err := upgradeExecutable() // the path, also when the file was replaced
 	if err != nil {
 		return fmt.Errorf("finding the executable: %w", err)
 	}
@@ -599,6 +602,15 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 			}
 			if !r.upgradeBusy.CompareAndSwap(false, true) {
 				r.log.Warn("upgrade signal ignored", "reason", "an upgrade is under way already; its outcome follows in the log")
+				continue
+			}
+			if r.handedOver.Load() {
+				// The upgrade that handed over cleared upgradeBusy
+				// after setting this, and the drain has not begun
+				// yet: a second upgrade would start a second new
+				// process, and its failure would write this
+				// process's PID over the new one's.
+				r.log.Warn("upgrade signal ignored", "reason", "this process has handed over and drains; signal the new one")
 				continue
 			}
 			go func() {
