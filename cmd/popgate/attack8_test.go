@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/proxy"
 )
 
 // TestAttack8StrayUpgradeVariable: POPGATE_UPGRADE left in an environment
@@ -191,5 +193,47 @@ func TestAttack8SignalAfterHandover(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(r.pidFile); string(b) != newPID {
 		t.Errorf("PID file after a SIGUSR2 to the old process: %q; want the new process's %q", b, newPID)
+	}
+}
+
+// TestAttack8ShutdownDuringUpgrade: a SIGTERM while the new process
+// starts begins this process's drain (draining, with no handover: the
+// listeners close). When the new process said it served a moment later,
+// the upgrade carried on: the new process became the one that serves,
+// although the operator had asked popgate to stop, and a plain (not
+// systemd) setup was left with an orphan holding the ports, so that the
+// next popgate run could not bind them. The upgrade now ends its new
+// process when the drain has begun.
+func TestAttack8ShutdownDuringUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	pidOut := filepath.Join(dir, "child.pid")
+	// No sockets and no ticket keys: the ready pipe is descriptor 3.
+	script := "#!/bin/sh\necho $$ > " + pidOut + "\necho ready >&3\nexec sleep 30\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return exe, nil }
+	t.Setenv("NOTIFY_SOCKET", "")
+	var logs lockedBuffer
+	r := &runner{log: slog.New(slog.NewTextHandler(&logs, nil)), srv: &proxy.Server{}}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	stopped := false
+	r.stopRun = func() { stopped = true }
+	r.draining.Store(true) // SIGTERM: shutdown has begun, without a handover
+	err := r.upgrade(r.ctx)
+	b, _ := os.ReadFile(pidOut)
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	if perr != nil {
+		t.Fatalf("the stand-in new process did not start: %q", b)
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL) // the test's own child, if still there
+	if err == nil || r.handedOver.Load() || stopped {
+		t.Errorf("upgrade during the drain: err %v, handed over %v; want it failed", err, r.handedOver.Load())
+	}
+	if syscall.Kill(pid, 0) == nil {
+		t.Errorf("the new process (pid %d) still runs after an upgrade that began as this one shut down", pid)
 	}
 }

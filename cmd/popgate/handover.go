@@ -511,7 +511,17 @@ func (r *runner) upgrade(ctx context.Context) error {
 		return fail(errors.New("shutting down"))
 	}
 	pid := cmd.Process.Pid
+	// Under r.mu, which shutdown holds when it sets draining and reads
+	// handedOver: either it drains as after a handover, or the new
+	// process is ended here. A SIGTERM while the new process started
+	// means stop: it must not serve on, an orphan holding the ports.
+	r.mu.Lock()
+	if r.draining.Load() {
+		r.mu.Unlock()
+		return fail(errors.New("this process began to shut down while the new one started"))
+	}
 	r.handedOver.Store(true)
+	r.mu.Unlock()
 	// The new process is the service's main process from now on: it
 	// gets "systemctl reload", and systemd no longer waits for this one.
 	r.notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=upgraded; pid %d serves, pid %d drains", pid, pid, os.Getpid()))

@@ -264,8 +264,12 @@ func (r *runner) logFDBudget(b fdBudget, c *settings) {
 // shutdown stops accepting, lets sessions finish within the grace period,
 // closes the rest and stops everything else.
 func (r *runner) shutdown(err error) error {
+	// Under r.mu, which an upgrade holds when it reads draining and sets
+	// handedOver (handover.go).
+	r.mu.Lock()
 	r.draining.Store(true)
 	upgraded := r.handedOver.Load()
+	r.mu.Unlock()
 	if upgraded {
 		// The new process serves the admin address and the ACME
 		// answerers from now on; here they would only answer
