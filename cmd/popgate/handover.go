@@ -426,7 +426,17 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	defer pr.Close()
 	extra := append(files, pw)
-	if keys := r.current().tickets.LocalKeys(); len(keys) > 0 {
+	// Until the new process serves, this one seals tickets only with the
+	// keys it hands over, which resume there; after a handover it seals
+	// none it has not handed over either.
+	tickets := r.current().tickets
+	release := tickets.HoldRotation()
+	defer func() {
+		if !r.handedOver.Load() {
+			release()
+		}
+	}()
+	if keys := tickets.LocalKeys(); len(keys) > 0 {
 		// At most 32 keys of 40 octets: the pipe's buffer holds them,
 		// and the write does not wait for the child.
 		kr, kw, err := os.Pipe()
