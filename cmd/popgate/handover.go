@@ -532,6 +532,11 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	r.handedOver.Store(true)
 	r.mu.Unlock()
+	if r.fleet != nil {
+		// The new process is the same replica (node_name): the
+		// fleet's entry is its own from now on.
+		r.fleet.HandedOver()
+	}
 	// The new process is the service's main process from now on: it
 	// gets "systemctl reload", and systemd no longer waits for this one.
 	r.notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=upgraded; pid %d serves, pid %d drains", pid, pid, os.Getpid()))
