@@ -237,3 +237,43 @@ func TestAttack8ShutdownDuringUpgrade(t *testing.T) {
 		t.Errorf("the new process (pid %d) still runs after an upgrade that began as this one shut down", pid)
 	}
 }
+
+// TestAttack8ReadyPipeGarbage: the old process read the ready pipe up to
+// a newline, however much came: a new process (another build, a broken
+// one) that wrote without end made it buffer all of it, and one that
+// wrote something else and kept the pipe open held the upgrade until its
+// two minutes were over. Anything but the ready line now fails the
+// upgrade at once.
+func TestAttack8ReadyPipeGarbage(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	pidOut := filepath.Join(dir, "child.pid")
+	script := "#!/bin/sh\necho $$ > " + pidOut + "\nhead -c 1000000 /dev/zero >&3\nexec sleep 30\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return exe, nil }
+	t.Setenv("NOTIFY_SOCKET", "")
+	r := &runner{log: slog.New(slog.DiscardHandler), srv: &proxy.Server{}}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	r.stopRun = func() {}
+	done := make(chan error, 1)
+	go func() { done <- r.upgrade(r.ctx) }()
+	defer func() {
+		if b, err := os.ReadFile(pidOut); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL) // the test's own child, if still there
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if err == nil || r.handedOver.Load() {
+			t.Errorf("upgrade with a new process that wrote a megabyte of zeros: %v; want it failed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a new process that wrote garbage to the ready pipe held the upgrade for 20s")
+	}
+}

@@ -478,9 +478,15 @@ func (r *runner) upgrade(ctx context.Context) error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	ready := make(chan error, 1)
+	garbled := errors.New("the new process wrote something else than it serves on its ready pipe (another build of popgate?)")
 	go func() {
-		line, err := bufio.NewReader(pr).ReadString('\n')
-		if err == nil && line != readyLine {
+		// The ready line and no more: a process that writes without
+		// end is not buffered.
+		line, err := bufio.NewReader(io.LimitReader(pr, int64(len(readyLine)))).ReadString('\n')
+		switch {
+		case line != "" && line != readyLine:
+			err = garbled
+		case err == nil && line != readyLine:
 			err = fmt.Errorf("unexpected %q", line)
 		}
 		ready <- err
@@ -503,6 +509,9 @@ func (r *runner) upgrade(ctx context.Context) error {
 	defer timer.Stop()
 	select {
 	case err := <-ready:
+		if errors.Is(err, garbled) {
+			return fail(err)
+		}
 		if err != nil {
 			// The pipe closed without a word: the child exited (its
 			// own log says why) or is about to.
