@@ -277,3 +277,18 @@ func TestAttack8ReadyPipeGarbage(t *testing.T) {
 		t.Fatal("a new process that wrote garbage to the ready pipe held the upgrade for 20s")
 	}
 }
+
+// TestAttack8UpgradeStalePIDFile: a PID file naming no process is refused
+// with that reason, before any signal.
+func TestAttack8UpgradeStalePIDFile(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "popgate.pid")
+	// Above any PID the kernel hands out (pid_max is at most 2^22).
+	if err := os.WriteFile(pidFile, []byte("99999999\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	err := cmdUpgrade([]string{"-pid-file", pidFile, "-timeout", "1s"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("upgrade with a stale PID file: %v; want it refused as not running", err)
+	}
+}

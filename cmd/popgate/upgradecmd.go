@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -136,8 +137,11 @@ func checkPopgateRun(pid int, pidFile string) error {
 	}
 	proc := "/proc/" + strconv.Itoa(pid)
 	b, err := os.ReadFile(proc + "/cmdline")
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("pid file %s names pid %d, which is not running (a stale file?)", pidFile, pid)
+	}
 	if err != nil {
-		return fmt.Errorf("pid file %s names pid %d, which is not running (a stale file?): %w", pidFile, pid, err)
+		return fmt.Errorf("pid %d (from %s) cannot be checked (%w): run popgate upgrade as root or as popgate's user", pid, pidFile, err)
 	}
 	theirs := pidFileOfArgs(strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"))
 	if theirs != "" && !filepath.IsAbs(theirs) {
