@@ -292,3 +292,58 @@ func TestAttack8UpgradeStalePIDFile(t *testing.T) {
 		t.Errorf("upgrade with a stale PID file: %v; want it refused as not running", err)
 	}
 }
+
+// TestAttack8ReloadDuringUpgrade: a SIGHUP (systemctl reload, which
+// signals the main process: the old one until the handover) while the new
+// process starts was applied by the old process only. When the new one
+// had read the configuration file before it changed, the change was lost
+// at the handover, although the reload had succeeded. The new process is
+// sent the reload once it serves.
+func TestAttack8ReloadDuringUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	pidOut, hups, goAhead := filepath.Join(dir, "child.pid"), filepath.Join(dir, "hups"), filepath.Join(dir, "go")
+	script := "#!/bin/sh\ntrap 'echo hup >> " + hups + "' HUP\necho $$ > " + pidOut + "\n" +
+		"while [ ! -e " + goAhead + " ]; do sleep 0.02; done\necho ready >&3\n" +
+		"i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return exe, nil }
+	t.Setenv("NOTIFY_SOCKET", "")
+	r := &runner{log: slog.New(slog.DiscardHandler), srv: &proxy.Server{}}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	r.stopRun = func() {}
+	done := make(chan error, 1)
+	go func() { done <- r.upgrade(r.ctx) }()
+	var pid int
+	deadline := time.Now().Add(10 * time.Second)
+	for pid == 0 && time.Now().Before(deadline) {
+		if b, err := os.ReadFile(pidOut); err == nil && strings.HasSuffix(string(b), "\n") {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pid == 0 {
+		t.Fatal("the stand-in new process did not start")
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL) // the test's own child
+	// The new process has read the configuration; then a reload.
+	r.reloads.Add(1)
+	if err := os.WriteFile(goAhead, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(hups); len(b) > 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Error("a reload during the upgrade did not reach the new process")
+}

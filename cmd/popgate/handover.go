@@ -470,6 +470,7 @@ func (r *runner) upgrade(ctx context.Context) error {
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, upgradeEnv+"=")
 	}), upgradeEnv+"="+string(js))
+	reloads := r.reloads.Load()
 	err = cmd.Start()
 	pw.Close()
 	if err != nil {
@@ -550,6 +551,15 @@ func (r *runner) upgrade(ctx context.Context) error {
 	// gets "systemctl reload", and systemd no longer waits for this one.
 	r.notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=upgraded; pid %d serves, pid %d drains", pid, pid, os.Getpid()))
 	r.log.Info("upgrade: the new process serves; this one stops accepting and drains", "new_pid", pid, "sessions", r.srv.Sessions())
+	if r.reloads.Load() != reloads {
+		// A reload (systemctl reload signals the main process, this
+		// one until now) while the new process started: it may have
+		// read the file before the change, which would be lost here.
+		r.log.Info("upgrade: a reload came while the new process started; passed on to it", "new_pid", pid)
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			r.log.Warn("upgrade: could not pass the reload on; reload the new process", "new_pid", pid, "err", err)
+		}
+	}
 	go func() {
 		// Reaped while this one drains; after that, init reaps it.
 		if err := <-exited; err != nil {

@@ -56,6 +56,9 @@ type runner struct {
 	upgradeBusy atomic.Bool // an upgrade is starting its new process
 	handedOver  atomic.Bool // a new process took the sockets: this one drains
 	stopRun     context.CancelFunc
+	// reloads counts the reloads begun: one during an upgrade is passed
+	// on to the new process (handover.go).
+	reloads atomic.Uint64
 
 	cur      atomic.Pointer[instance]
 	serving  atomic.Bool // every listener is bound and served
@@ -497,6 +500,7 @@ func (r *runner) setSources(in *instance) {
 // needs a restart, keeps the running configuration, and the reason is
 // logged.
 func (r *runner) reload() error {
+	r.reloads.Add(1)
 	r.notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 	err := r.apply()
 	status := "STATUS=serving; configuration reloaded"
