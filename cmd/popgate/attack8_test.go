@@ -9,7 +9,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -346,4 +348,51 @@ func TestAttack8ReloadDuringUpgrade(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Error("a reload during the upgrade did not reach the new process")
+}
+
+// TestAttack8StoppedChildSaysNothing: the new process of an upgrade that
+// is told to stop (SIGTERM, SIGINT) while it loads its configuration still
+// bound its listeners and told the old process it served, then drained at
+// once: the old one handed over to a process on its way out, and drained
+// too, and nothing served. A process that stops before it serves says so
+// by closing the ready pipe without the ready line.
+func TestAttack8StoppedChildSaysNothing(t *testing.T) {
+	path := writeConfig(t, `
+[[listen]]
+address = "127.0.0.1:0"
+tls = "none"
+
+[[backend]]
+name = "b"
+address = "127.0.0.1:1"
+tls = "none"
+
+[route]
+default = "b"
+`)
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := prepare(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	r.inherit = &inherited{byKey: map[string]net.Listener{}, ready: pw}
+	t.Setenv("NOTIFY_SOCKET", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // SIGTERM before it serves
+	if err := r.run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pr.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(pr)
+	if len(b) > 0 || err != nil {
+		t.Errorf("ready pipe of a process stopped before it served: %q, %v; want it closed without a word", b, err)
+	}
 }

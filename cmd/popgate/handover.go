@@ -373,6 +373,17 @@ func (h *inherited) upgrading() bool {
 	return h.ready != nil
 }
 
+// abandonReady closes an upgrade's ready pipe without the ready line: the
+// parent serves on.
+func (h *inherited) abandonReady() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ready != nil {
+		h.ready.Close()
+		h.ready = nil
+	}
+}
+
 // signalReady tells the parent of an upgrade that this process serves.
 func (h *inherited) signalReady() error {
 	h.mu.Lock()

@@ -191,14 +191,26 @@ func (r *runner) run(ctx context.Context) error {
 	r.mu.Unlock()
 	r.serving.Store(true)
 	r.inherit.closeUnused(r.log)
-	if r.pidFile != "" {
+	// Told to stop before it served (SIGTERM while it loaded): as the new
+	// process of an upgrade it must not take over, neither the PID file
+	// nor the service.
+	abandon := r.inherit.upgrading() && ctx.Err() != nil
+	if r.pidFile != "" && !abandon {
 		// Before an upgrade's parent learns this process serves: when
 		// it says so, the file names this one.
 		if err := writePIDFile(r.pidFile); err != nil {
 			r.log.Warn("could not write the PID file; popgate upgrade cannot find this process", "file", r.pidFile, "err", err)
 		}
 	}
-	if r.inherit.upgrading() {
+	if abandon {
+		// The pipe closed without a word, the old process serves on,
+		// the sockets as before: the drain is the one after a
+		// handover, which serves the clients accepted here to the end
+		// and says nothing to systemd (this is not the main process).
+		r.handedOver.Store(true)
+		r.inherit.abandonReady()
+		r.log.Warn("upgrade: stopping before serving; the old process serves on", "old_pid", r.inherit.parent)
+	} else if r.inherit.upgrading() {
 		// The parent tells systemd, with this process's PID as the
 		// new MAINPID: until then this one is not the main process.
 		if err := r.inherit.signalReady(); err != nil {
