@@ -396,3 +396,56 @@ default = "b"
 		t.Errorf("ready pipe of a process stopped before it served: %q, %v; want it closed without a word", b, err)
 	}
 }
+
+// TestAttack8UpgradeLeaksNoDescriptor: a descriptor popgate run got from
+// whoever started it without close-on-exec (a shell's redirection, a
+// supervisor's log pipe) was passed on to the new process of every
+// upgrade, and from it to the next: each generation held it open, a log
+// pipe never saw its end. Go marks its own descriptors close-on-exec; the
+// ones inherited are marked too now.
+func TestAttack8UpgradeLeaksNoDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	cert := writeTestCert(t, dir, "mail", "localhost")
+	exe := filepath.Join(dir, "popgate")
+	installBinary(t, popgateBinary(t), exe)
+	pidFile := filepath.Join(dir, "popgate.pid")
+	stray := filepath.Join(dir, "stray")
+	// A shell's redirection: descriptor 9, not close-on-exec (a lower
+	// one would be overwritten by the sockets an upgrade passes); exec
+	// keeps the PID and popgate's command line.
+	cmd := exec.Command("/bin/sh", "-c", `exec "$0" "$@" 9>>`+stray,
+		exe, "run", "-config", upgradeConfig(t, cert, "127.0.0.1:1"), "-pid-file", pidFile)
+	p := startPopgateCmd(t, cmd, nil, "pop3s")
+	logOnFailure(t, p)
+	old := p.cmd.Process.Pid
+	if !holds(t, old, stray) {
+		t.Fatal("popgate run does not hold the stray descriptor; the test no longer shows what it is about")
+	}
+	if out, err := exec.Command(exe, "upgrade", "-pid-file", pidFile).CombinedOutput(); err != nil {
+		t.Fatalf("popgate upgrade: %v\n%s", err, out)
+	}
+	pid, err := readPIDFile(pidFile)
+	if err != nil || pid == old {
+		t.Fatalf("PID file after the upgrade: %d, %v", pid, err)
+	}
+	killLater(t, pid)
+	if holds(t, pid, stray) {
+		t.Error("the new process holds a descriptor the old one inherited from whoever started it")
+	}
+}
+
+// holds reports whether process pid has a descriptor open on path.
+func holds(t *testing.T, pid int, path string) bool {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == path {
+			return true
+		}
+	}
+	return false
+}

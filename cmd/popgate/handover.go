@@ -182,6 +182,24 @@ func inheritSockets() (*inherited, error) {
 	return systemdOnly(h)
 }
 
+// closeOnExecAll marks every descriptor from 3 on close-on-exec. Go opens
+// its own so; one this process got from whoever started it without the
+// flag (a shell's redirection, a supervisor's pipe) would otherwise pass
+// to the new process of every upgrade, and from it to the next. Called
+// once the sockets passed on purpose are taken (inheritSockets), which
+// hold close-on-exec duplicates.
+func closeOnExecAll() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return // no /proc: as before
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
 // systemdOnly adds systemd's sockets (LISTEN_FDS) to h, and returns nil
 // when h then holds nothing.
 func systemdOnly(h *inherited) (*inherited, error) {

@@ -258,6 +258,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	closeOnExecAll()
 	if inherit != nil {
 		inheritedTicketKeys = inherit.tickets
 	}
