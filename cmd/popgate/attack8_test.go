@@ -449,3 +449,44 @@ func holds(t *testing.T, pid int, path string) bool {
 	}
 	return false
 }
+
+// TestAttack8PIDFileAfterHandover: the new process wrote the PID file
+// before it told the old one it served, and popgate upgrade reported
+// "upgraded" as soon as it saw the new PID, although the old process could
+// still turn the new one down (a shutdown under way, a ready pipe with
+// something else on it) and serve on: a success reported for a failed
+// upgrade, and a PID file naming a process that was ended. The old
+// process now writes the new one's PID once it has handed over.
+func TestAttack8PIDFileAfterHandover(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	pidOut := filepath.Join(dir, "child.pid")
+	script := "#!/bin/sh\necho $$ > " + pidOut + "\necho ready >&3\nexec sleep 30\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return exe, nil }
+	t.Setenv("NOTIFY_SOCKET", "")
+	r := &runner{log: slog.New(slog.DiscardHandler), srv: &proxy.Server{}}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	r.stopRun = func() {}
+	r.pidFile = filepath.Join(dir, "popgate.pid")
+	if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	err := r.upgrade(r.ctx)
+	b, _ := os.ReadFile(pidOut)
+	child, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	if perr != nil {
+		t.Fatalf("the stand-in new process did not start: %q", b)
+	}
+	defer syscall.Kill(child, syscall.SIGKILL) // the test's own child
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	if pid, err := readPIDFile(r.pidFile); err != nil || pid != child {
+		t.Errorf("PID file after the handover: %d, %v; want the new process's %d", pid, err, child)
+	}
+}

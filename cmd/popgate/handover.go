@@ -571,6 +571,14 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	r.handedOver.Store(true)
 	r.mu.Unlock()
+	if r.pidFile != "" {
+		// Now, not when the new process is ready: until here this
+		// one could still turn it down, and popgate upgrade reports
+		// success when the file names another process.
+		if err := writePIDFile(r.pidFile, pid); err != nil {
+			r.log.Warn("upgrade: could not write the new process's PID to the PID file; popgate upgrade cannot find it", "file", r.pidFile, "new_pid", pid, "err", err)
+		}
+	}
 	if r.fleet != nil {
 		// The new process is the same replica (node_name): the
 		// fleet's entry is its own from now on.
@@ -693,7 +701,7 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 					if r.pidFile != "" {
 						// A new file: popgate upgrade sees the
 						// failure in it.
-						if err := writePIDFile(r.pidFile); err != nil {
+						if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
 							r.log.Warn("could not write the PID file", "file", r.pidFile, "err", err)
 						}
 					}

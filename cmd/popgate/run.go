@@ -195,12 +195,15 @@ func (r *runner) run(ctx context.Context) error {
 	// process of an upgrade it must not take over, neither the PID file
 	// nor the service.
 	abandon := r.inherit.upgrading() && ctx.Err() != nil
-	if r.pidFile != "" && !abandon {
-		// Before an upgrade's parent learns this process serves: when
-		// it says so, the file names this one.
-		if err := writePIDFile(r.pidFile); err != nil {
+	// The new process of an upgrade leaves the PID file to the old one,
+	// which writes this one's PID once it has handed over.
+	writePID := func() {
+		if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
 			r.log.Warn("could not write the PID file; popgate upgrade cannot find this process", "file", r.pidFile, "err", err)
 		}
+	}
+	if r.pidFile != "" && !r.inherit.upgrading() {
+		writePID()
 	}
 	if abandon {
 		// The pipe closed without a word, the old process serves on,
@@ -215,6 +218,9 @@ func (r *runner) run(ctx context.Context) error {
 		// new MAINPID: until then this one is not the main process.
 		if err := r.inherit.signalReady(); err != nil {
 			r.log.Warn("upgrade: could not tell the old process this one serves; it ends this one when it gives up", "err", err)
+			if r.pidFile != "" {
+				writePID() // it may be gone, and not write it
+			}
 		}
 		r.log.Info("upgrade: serving; the old process drains", "old_pid", r.inherit.parent)
 	} else {

@@ -15,19 +15,19 @@ import (
 )
 
 // The PID file (popgate run -pid-file) names the process that serves: the
-// one that started, and after an upgrade the new one, which writes it once
-// it serves. popgate upgrade reads it to know whom to signal, and sees the
+// one that started, and after an upgrade the new one, whose PID the old
+// one writes once it has handed over. popgate upgrade reads it to know whom to signal, and sees the
 // upgrade succeed when it names a new process, and fail when the old one
 // writes it anew.
 
-// writePIDFile writes this process's PID to path, replacing the file in
-// one step (a reader never sees it half written).
-func writePIDFile(path string) error {
+// writePIDFile writes pid to path, replacing the file in one step (a
+// reader never sees it half written).
+func writePIDFile(path string, pid int) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".popgate-pid-*")
 	if err != nil {
 		return fmt.Errorf("pid file: %w", err)
 	}
-	_, err = fmt.Fprintf(tmp, "%d\n", os.Getpid())
+	_, err = fmt.Fprintf(tmp, "%d\n", pid)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
