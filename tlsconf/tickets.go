@@ -133,7 +133,15 @@ func NewTickets(cfg TicketsConfig) (*Tickets, error) {
 			return nil, fmt.Errorf("tlsconf: session tickets: %w", err)
 		}
 		t.local = NewLocalTicketKeys(cfg.Rotation, cfg.Lifetime)
+		now := t.now()
 		for _, k := range cfg.Inherited {
+			if k.Made.After(now) {
+				// Made "later": it would seal tickets until then
+				// and be accepted a lifetime after, rotation or
+				// not. Not taken.
+				t.log.Warn("session ticket keys: an inherited key made after now is not taken; tickets it sealed do not resume", "made", k.Made)
+				continue
+			}
 			t.local.keys = append(t.local.keys, localTicketKey{key: k.Key, made: k.Made})
 		}
 		slices.SortFunc(t.local.keys, func(a, b localTicketKey) int { return b.made.Compare(a.made) })
@@ -249,6 +257,8 @@ type LocalTicketKeys struct {
 	rotation, lifetime time.Duration
 	keys               []localTicketKey // newest first
 	rand               io.Reader
+	// held: no new key while the newest is still accepted (HoldRotation).
+	held bool
 }
 
 type localTicketKey struct {
@@ -277,6 +287,28 @@ func (t *Tickets) LocalKeys() []TicketKey {
 		keys[i] = TicketKey{Key: k.key, Made: k.made}
 	}
 	return keys
+}
+
+// HoldRotation makes the local source seal with the keys it has, past
+// the rotation period (never past a key's lifetime), until release is
+// called: an upgrade hands [Tickets.LocalKeys] to the new process, and
+// until that one serves, tickets this one seals must resume there. With
+// another source it does nothing.
+func (t *Tickets) HoldRotation() (release func()) {
+	if t == nil || t.local == nil {
+		return func() {}
+	}
+	t.local.mu.Lock()
+	t.local.held = true
+	t.local.mu.Unlock()
+	return func() {
+		t.local.mu.Lock()
+		t.local.held = false
+		t.local.mu.Unlock()
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.cur.Store(&ticketCodec{conf: t.cur.Load().conf}) // refresh at once
+	}
 }
 
 // NewLocalTicketKeys returns a local key source; its first key is made
@@ -308,7 +340,9 @@ func (l *LocalTicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, erro
 	}
 	clear(l.keys[len(kept):]) // forget the dropped keys' bytes
 	l.keys = kept
-	if len(l.keys) == 0 || now.Sub(l.keys[0].made) >= l.rotation {
+	due := len(l.keys) == 0 || now.Sub(l.keys[0].made) >= l.rotation
+	heldOver := due && l.held && len(l.keys) > 0
+	if due && !heldOver {
 		k := localTicketKey{made: now}
 		if _, err := io.ReadFull(l.rand, k.key[:]); err != nil {
 			return nil, time.Time{}, fmt.Errorf("making a key: %w", err)
@@ -317,6 +351,9 @@ func (l *LocalTicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, erro
 	}
 	keys := make([][32]byte, len(l.keys))
 	refresh := l.keys[0].made.Add(l.rotation)
+	if heldOver {
+		refresh = now.Add(ticketRetry) // whether the hold is over
+	}
 	for i, k := range l.keys {
 		keys[i] = k.key
 		if end := k.made.Add(l.lifetime); end.Before(refresh) {

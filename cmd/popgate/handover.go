@@ -136,10 +136,21 @@ func inheritSockets() (*inherited, error) {
 		if err := json.Unmarshal([]byte(v), &spec); err != nil {
 			return nil, fmt.Errorf("%s: %w", upgradeEnv, err)
 		}
+		if spec.Parent != os.Getppid() {
+			// Not from this process's parent: a variable left in
+			// the environment (a shell, a copied unit), whose
+			// descriptors are whatever this process has under
+			// those numbers. Ignored, as sd_listen_fds(3) ignores
+			// a LISTEN_PID that is not the process's own.
+			return systemdOnly(h)
+		}
 		h.parent = spec.Parent
 		h.activated = spec.Activated
 		if spec.Ready < 3 || spec.Tickets != 0 && spec.Tickets < 3 {
 			return nil, fmt.Errorf("%s: descriptors below 3 are stdin, stdout and stderr", upgradeEnv)
+		}
+		if err := spec.checkDistinct(); err != nil {
+			return nil, err
 		}
 		h.ready = os.NewFile(uintptr(spec.Ready), "upgrade-ready")
 		if spec.Tickets != 0 {
@@ -168,6 +179,30 @@ func inheritSockets() (*inherited, error) {
 			h.byKey[key] = ln
 		}
 	}
+	return systemdOnly(h)
+}
+
+// closeOnExecAll marks every descriptor from 3 on close-on-exec. Go opens
+// its own so; one this process got from whoever started it without the
+// flag (a shell's redirection, a supervisor's pipe) would otherwise pass
+// to the new process of every upgrade, and from it to the next. Called
+// once the sockets passed on purpose are taken (inheritSockets), which
+// hold close-on-exec duplicates.
+func closeOnExecAll() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return // no /proc: as before
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
+// systemdOnly adds systemd's sockets (LISTEN_FDS) to h, and returns nil
+// when h then holds nothing.
+func systemdOnly(h *inherited) (*inherited, error) {
 	lns, err := systemdListeners()
 	if err != nil {
 		h.closeAll()
@@ -178,6 +213,30 @@ func inheritSockets() (*inherited, error) {
 		return nil, nil
 	}
 	return h, nil
+}
+
+// checkDistinct reports a descriptor the spec names twice: two owners
+// would close it, the second one whatever took its number meanwhile.
+func (s *upgradeSpec) checkDistinct() error {
+	seen := map[int]string{s.Ready: "the ready pipe"}
+	named := func(fd int, what string) error {
+		if prev, ok := seen[fd]; ok {
+			return fmt.Errorf("%s: descriptor %d named twice (%s and %s)", upgradeEnv, fd, prev, what)
+		}
+		seen[fd] = what
+		return nil
+	}
+	if s.Tickets != 0 {
+		if err := named(s.Tickets, "the ticket key pipe"); err != nil {
+			return err
+		}
+	}
+	for key, fd := range s.Sockets {
+		if err := named(fd, "socket "+key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // systemdListeners returns the sockets of socket activation
@@ -332,6 +391,17 @@ func (h *inherited) upgrading() bool {
 	return h.ready != nil
 }
 
+// abandonReady closes an upgrade's ready pipe without the ready line: the
+// parent serves on.
+func (h *inherited) abandonReady() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ready != nil {
+		h.ready.Close()
+		h.ready = nil
+	}
+}
+
 // signalReady tells the parent of an upgrade that this process serves.
 func (h *inherited) signalReady() error {
 	h.mu.Lock()
@@ -355,13 +425,16 @@ func (r *runner) listen(key, addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
+// upgradeExecutable is os.Executable; tests set another.
+var upgradeExecutable = os.Executable
+
 // upgrade starts this program's executable again with the listening
 // sockets, waits until the new process serves, and then makes this one
 // drain (r.handedOver, then stopRun). The caller holds r.upgradeBusy.
 // On any failure the new process is
 // ended and this one serves on; the error says why.
 func (r *runner) upgrade(ctx context.Context) error {
-	exe, err := os.Executable() // the path, also when the file was replaced
+	exe, err := upgradeExecutable() // the path, also when the file was replaced
 	if err != nil {
 		return fmt.Errorf("finding the executable: %w", err)
 	}
@@ -382,7 +455,17 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	defer pr.Close()
 	extra := append(files, pw)
-	if keys := r.current().tickets.LocalKeys(); len(keys) > 0 {
+	// Until the new process serves, this one seals tickets only with the
+	// keys it hands over, which resume there; after a handover it seals
+	// none it has not handed over either.
+	tickets := r.current().tickets
+	release := tickets.HoldRotation()
+	defer func() {
+		if !r.handedOver.Load() {
+			release()
+		}
+	}()
+	if keys := tickets.LocalKeys(); len(keys) > 0 {
 		// At most 32 keys of 40 octets: the pipe's buffer holds them,
 		// and the write does not wait for the child.
 		kr, kw, err := os.Pipe()
@@ -416,6 +499,7 @@ func (r *runner) upgrade(ctx context.Context) error {
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, upgradeEnv+"=")
 	}), upgradeEnv+"="+string(js))
+	reloads := r.reloads.Load()
 	err = cmd.Start()
 	pw.Close()
 	if err != nil {
@@ -424,9 +508,15 @@ func (r *runner) upgrade(ctx context.Context) error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	ready := make(chan error, 1)
+	garbled := errors.New("the new process wrote something else than it serves on its ready pipe (another build of popgate?)")
 	go func() {
-		line, err := bufio.NewReader(pr).ReadString('\n')
-		if err == nil && line != readyLine {
+		// The ready line and no more: a process that writes without
+		// end is not buffered.
+		line, err := bufio.NewReader(io.LimitReader(pr, int64(len(readyLine)))).ReadString('\n')
+		switch {
+		case line != "" && line != readyLine:
+			err = garbled
+		case err == nil && line != readyLine:
 			err = fmt.Errorf("unexpected %q", line)
 		}
 		ready <- err
@@ -449,6 +539,9 @@ func (r *runner) upgrade(ctx context.Context) error {
 	defer timer.Stop()
 	select {
 	case err := <-ready:
+		if errors.Is(err, garbled) {
+			return fail(err)
+		}
 		if err != nil {
 			// The pipe closed without a word: the child exited (its
 			// own log says why) or is about to.
@@ -467,11 +560,43 @@ func (r *runner) upgrade(ctx context.Context) error {
 		return fail(errors.New("shutting down"))
 	}
 	pid := cmd.Process.Pid
+	// Under r.mu, which shutdown holds when it sets draining and reads
+	// handedOver: either it drains as after a handover, or the new
+	// process is ended here. A SIGTERM while the new process started
+	// means stop: it must not serve on, an orphan holding the ports.
+	r.mu.Lock()
+	if r.draining.Load() {
+		r.mu.Unlock()
+		return fail(errors.New("this process began to shut down while the new one started"))
+	}
 	r.handedOver.Store(true)
+	r.mu.Unlock()
+	if r.pidFile != "" {
+		// Now, not when the new process is ready: until here this
+		// one could still turn it down, and popgate upgrade reports
+		// success when the file names another process.
+		if err := writePIDFile(r.pidFile, pid); err != nil {
+			r.log.Warn("upgrade: could not write the new process's PID to the PID file; popgate upgrade cannot find it", "file", r.pidFile, "new_pid", pid, "err", err)
+		}
+	}
+	if r.fleet != nil {
+		// The new process is the same replica (node_name): the
+		// fleet's entry is its own from now on.
+		r.fleet.HandedOver()
+	}
 	// The new process is the service's main process from now on: it
 	// gets "systemctl reload", and systemd no longer waits for this one.
 	r.notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=upgraded; pid %d serves, pid %d drains", pid, pid, os.Getpid()))
 	r.log.Info("upgrade: the new process serves; this one stops accepting and drains", "new_pid", pid, "sessions", r.srv.Sessions())
+	if r.reloads.Load() != reloads {
+		// A reload (systemctl reload signals the main process, this
+		// one until now) while the new process started: it may have
+		// read the file before the change, which would be lost here.
+		r.log.Info("upgrade: a reload came while the new process started; passed on to it", "new_pid", pid)
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			r.log.Warn("upgrade: could not pass the reload on; reload the new process", "new_pid", pid, "err", err)
+		}
+	}
 	go func() {
 		// Reaped while this one drains; after that, init reaps it.
 		if err := <-exited; err != nil {
@@ -560,6 +685,15 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 				r.log.Warn("upgrade signal ignored", "reason", "an upgrade is under way already; its outcome follows in the log")
 				continue
 			}
+			if r.handedOver.Load() {
+				// The upgrade that handed over cleared upgradeBusy
+				// after setting this, and the drain has not begun
+				// yet: a second upgrade would start a second new
+				// process, and its failure would write this
+				// process's PID over the new one's.
+				r.log.Warn("upgrade signal ignored", "reason", "this process has handed over and drains; signal the new one")
+				continue
+			}
 			go func() {
 				defer r.upgradeBusy.Store(false)
 				if err := r.upgrade(r.ctx); err != nil {
@@ -567,7 +701,7 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 					if r.pidFile != "" {
 						// A new file: popgate upgrade sees the
 						// failure in it.
-						if err := writePIDFile(r.pidFile); err != nil {
+						if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
 							r.log.Warn("could not write the PID file", "file", r.pidFile, "err", err)
 						}
 					}

@@ -242,7 +242,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	var pidFile string
 	_, path, err := configFlag("run", args, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&watch, "watch-config", false, "reload when the configuration file's content changes (checked every 5s), as on SIGHUP")
-		fs.StringVar(&pidFile, "pid-file", "", "write the serving process's PID to `file` (for popgate upgrade); an upgrade's new process rewrites it")
+		fs.StringVar(&pidFile, "pid-file", "", "write the serving process's PID to `file` (for popgate upgrade); an upgrade names the new process in it once it has handed over")
 	})
 	if err != nil {
 		return err
@@ -263,6 +263,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	closeOnExecAll()
 	if inherit != nil {
 		inheritedTicketKeys = inherit.tickets
 	}

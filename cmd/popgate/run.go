@@ -56,6 +56,9 @@ type runner struct {
 	upgradeBusy atomic.Bool // an upgrade is starting its new process
 	handedOver  atomic.Bool // a new process took the sockets: this one drains
 	stopRun     context.CancelFunc
+	// reloads counts the reloads begun: one during an upgrade is passed
+	// on to the new process (handover.go).
+	reloads atomic.Uint64
 
 	cur      atomic.Pointer[instance]
 	serving  atomic.Bool // every listener is bound and served
@@ -188,18 +191,36 @@ func (r *runner) run(ctx context.Context) error {
 	r.mu.Unlock()
 	r.serving.Store(true)
 	r.inherit.closeUnused(r.log)
-	if r.pidFile != "" {
-		// Before an upgrade's parent learns this process serves: when
-		// it says so, the file names this one.
-		if err := writePIDFile(r.pidFile); err != nil {
+	// Told to stop before it served (SIGTERM while it loaded): as the new
+	// process of an upgrade it must not take over, neither the PID file
+	// nor the service.
+	abandon := r.inherit.upgrading() && ctx.Err() != nil
+	// The new process of an upgrade leaves the PID file to the old one,
+	// which writes this one's PID once it has handed over.
+	writePID := func() {
+		if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
 			r.log.Warn("could not write the PID file; popgate upgrade cannot find this process", "file", r.pidFile, "err", err)
 		}
 	}
-	if r.inherit.upgrading() {
+	if r.pidFile != "" && !r.inherit.upgrading() {
+		writePID()
+	}
+	if abandon {
+		// The pipe closed without a word, the old process serves on,
+		// the sockets as before: the drain is the one after a
+		// handover, which serves the clients accepted here to the end
+		// and says nothing to systemd (this is not the main process).
+		r.handedOver.Store(true)
+		r.inherit.abandonReady()
+		r.log.Warn("upgrade: stopping before serving; the old process serves on", "old_pid", r.inherit.parent)
+	} else if r.inherit.upgrading() {
 		// The parent tells systemd, with this process's PID as the
 		// new MAINPID: until then this one is not the main process.
 		if err := r.inherit.signalReady(); err != nil {
 			r.log.Warn("upgrade: could not tell the old process this one serves; it ends this one when it gives up", "err", err)
+			if r.pidFile != "" {
+				writePID() // it may be gone, and not write it
+			}
 		}
 		r.log.Info("upgrade: serving; the old process drains", "old_pid", r.inherit.parent)
 	} else {
@@ -264,8 +285,12 @@ func (r *runner) logFDBudget(b fdBudget, c *settings) {
 // shutdown stops accepting, lets sessions finish within the grace period,
 // closes the rest and stops everything else.
 func (r *runner) shutdown(err error) error {
+	// Under r.mu, which an upgrade holds when it reads draining and sets
+	// handedOver (handover.go).
+	r.mu.Lock()
 	r.draining.Store(true)
 	upgraded := r.handedOver.Load()
+	r.mu.Unlock()
 	if upgraded {
 		// The new process serves the admin address and the ACME
 		// answerers from now on; here they would only answer
@@ -493,6 +518,7 @@ func (r *runner) setSources(in *instance) {
 // needs a restart, keeps the running configuration, and the reason is
 // logged.
 func (r *runner) reload() error {
+	r.reloads.Add(1)
 	r.notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 	err := r.apply()
 	status := "STATUS=serving; configuration reloaded"

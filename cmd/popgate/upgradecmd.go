@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,19 +15,19 @@ import (
 )
 
 // The PID file (popgate run -pid-file) names the process that serves: the
-// one that started, and after an upgrade the new one, which writes it once
-// it serves. popgate upgrade reads it to know whom to signal, and sees the
+// one that started, and after an upgrade the new one, whose PID the old
+// one writes once it has handed over. popgate upgrade reads it to know whom to signal, and sees the
 // upgrade succeed when it names a new process, and fail when the old one
 // writes it anew.
 
-// writePIDFile writes this process's PID to path, replacing the file in
-// one step (a reader never sees it half written).
-func writePIDFile(path string) error {
+// writePIDFile writes pid to path, replacing the file in one step (a
+// reader never sees it half written).
+func writePIDFile(path string, pid int) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".popgate-pid-*")
 	if err != nil {
 		return fmt.Errorf("pid file: %w", err)
 	}
-	_, err = fmt.Fprintf(tmp, "%d\n", os.Getpid())
+	_, err = fmt.Fprintf(tmp, "%d\n", pid)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -92,6 +93,9 @@ func cmdUpgrade(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("pid file: %w", err)
 	}
+	if err := checkPopgateRun(old, *pidFile); err != nil {
+		return err
+	}
 	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 		return fmt.Errorf("signalling popgate (pid %d from %s): %w", old, *pidFile, err)
 	}
@@ -119,4 +123,69 @@ func cmdUpgrade(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return fmt.Errorf("no new process serves after %v; pid %d serves on: see the log", *wait, old)
+}
+
+// checkPopgateRun makes sure pid is a "popgate run" that writes pidFile
+// before it gets SIGUSR2, whose default action ends a process: a stale
+// PID file (popgate gone, its PID reused) or one rewritten by whoever may
+// write it (the popgate user, when root upgrades) must not make popgate
+// upgrade end another process. Where there is no /proc, it cannot tell,
+// and trusts the file.
+func checkPopgateRun(pid int, pidFile string) error {
+	if _, err := os.Stat("/proc/self/cmdline"); err != nil {
+		return nil
+	}
+	proc := "/proc/" + strconv.Itoa(pid)
+	b, err := os.ReadFile(proc + "/cmdline")
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("pid file %s names pid %d, which is not running (a stale file?)", pidFile, pid)
+	}
+	if err != nil {
+		return fmt.Errorf("pid %d (from %s) cannot be checked (%w): run popgate upgrade as root or as popgate's user", pid, pidFile, err)
+	}
+	theirs := pidFileOfArgs(strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"))
+	if theirs != "" && !filepath.IsAbs(theirs) {
+		// Relative to that process's working directory.
+		cwd, err := os.Readlink(proc + "/cwd")
+		if err != nil {
+			return fmt.Errorf("pid %d (from %s) writes its PID file relative to its working directory, which cannot be read here (%w): run popgate upgrade as its user or root", pid, pidFile, err)
+		}
+		theirs = filepath.Join(cwd, theirs)
+	}
+	ours, err := filepath.Abs(pidFile)
+	if err != nil {
+		return fmt.Errorf("pid file: %w", err)
+	}
+	if theirs == "" || filepath.Clean(theirs) != ours {
+		return fmt.Errorf("pid file %s names pid %d, which is not popgate run -pid-file %s (a stale file, or one rewritten): not signalled; see which process serves (systemctl status popgate) and write its PID there", pidFile, pid, pidFile)
+	}
+	return nil
+}
+
+// pidFileOfArgs returns the -pid-file of a "popgate run" command line
+// (argv), or "" when argv is not one or sets none.
+func pidFileOfArgs(argv []string) string {
+	if len(argv) < 2 || argv[1] != "run" {
+		return ""
+	}
+	file := ""
+	for i := 2; i < len(argv); i++ {
+		a := argv[i]
+		if a == "--" || a == "-" || !strings.HasPrefix(a, "-") {
+			break // the flags end here, as for package flag
+		}
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(a[1:], "-"), "=")
+		switch {
+		case name == "pid-file" && hasValue:
+			file = value
+		case name == "pid-file" && i+1 < len(argv):
+			file = argv[i+1]
+			i++
+		case name == "pid-file":
+			return ""
+		case !hasValue && name != "watch-config" && i+1 < len(argv):
+			i++ // a flag's value, such as -config's
+		}
+	}
+	return file
 }
