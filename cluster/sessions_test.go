@@ -101,7 +101,7 @@ func startMember(t *testing.T, r *dirrun.Redis, node, keyFile string, setup ...f
 	t.Cleanup(m.stop)
 	// Registered once the index names it.
 	deadline := time.Now().Add(10 * time.Second) // against a hang
-	for c.client.ZScore(context.Background(), m.s.index, node).Err() != nil {
+	for c.client.ZScore(context.Background(), m.s.index, m.s.member).Err() != nil {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not registered; log:\n%s", node, logs)
 		}
@@ -367,7 +367,7 @@ func TestSessionsBadEntries(t *testing.T) {
 	now := float64(time.Now().Add(time.Minute).UnixMilli())
 	node := func(n string) string { return ms[0].s.c.key("{sessions}:node:" + n) }
 	// An entry of node0 copied under node3's name does not open.
-	own, err := cl.Get(ctx, node("node0")).Result()
+	own, err := cl.Get(ctx, ms[0].s.entry).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
