@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"context"
+	"log/slog"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +72,49 @@ func TestAttack7SameNodeHandover(t *testing.T) {
 	e = other.s.End(context.Background(), "", "node0:bb0001")
 	if e.Total() != 1 || len(cur.local.users()) != 0 {
 		t.Errorf("after the old process left, End(node0:bb0001) = %+v", e)
+	}
+}
+
+// TestAttack7TicketHugeEntry: whoever can write to Redis puts a huge
+// string where a ticket key belongs. A replica must not read it whole at
+// every refresh nor keep it (in the memory of refusals already logged):
+// a ticket key entry is a few dozen bytes.
+func TestAttack7TicketHugeEntry(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	logs := new(syncBuf)
+	c, err := Open(Config{Redis: r.URL(), KeyFile: writeKey(t), NodeName: "a"}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	const huge = 48 << 20
+	tk := &TicketKeys{c: c, rotation: time.Minute, lifetime: 3 * time.Minute, poll: 20 * time.Millisecond,
+		shared: map[int64][32]byte{}, refused: map[string]bool{}}
+	now := time.Now()
+	for _, e := range []int64{tk.epoch(now), tk.epoch(now) + 1} {
+		if err := c.client.SetRange(context.Background(), tk.name(e), huge-1, "x").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 3 {
+		tk.refresh(time.Now())
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if !strings.Contains(logs.String(), "refused") {
+		t.Errorf("the huge entries were not refused:\n%s", logs)
+	}
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > huge/2 {
+		t.Errorf("the replica keeps %d MiB more after reading huge ticket entries", grown>>20)
+	}
+	if read := after.TotalAlloc - before.TotalAlloc; read > huge {
+		t.Errorf("three refreshes allocated %d MiB reading huge ticket entries", read>>20)
+	}
+	if keys, _, err := tk.TicketKeys(time.Now()); err != nil || len(keys) == 0 {
+		t.Errorf("TicketKeys = %d keys, %v: the replica must seal with a key of its own", len(keys), err)
 	}
 }
