@@ -118,3 +118,42 @@ func TestAttack7TicketHugeEntry(t *testing.T) {
 		t.Errorf("TicketKeys = %d keys, %v: the replica must seal with a key of its own", len(keys), err)
 	}
 }
+
+// TestAttack7ACMELockForever: whoever can write to Redis leaves an order
+// lock, or a failed order's back-off, that never expires (or expires in
+// a year). No replica ever sets such a lock: it must expire within what
+// a replica's lock or back-off lasts, not hold every renewal of the name
+// until the certificate expires.
+func TestAttack7ACMELockForever(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	c, _ := openNode(t, r, "a", writeKey(t))
+	l := c.ACMELocks()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		val string
+		ttl time.Duration // 0: none
+		max time.Duration
+	}{
+		{"order evil 00", 0, lockTTL},
+		{"order evil 01", 365 * 24 * time.Hour, lockTTL},
+		{"failed evil", 0, maxLockBackoff},
+		{"failed evil", 365 * 24 * time.Hour, maxLockBackoff},
+	} {
+		name := "mail.example.org"
+		key := c.key("acme-lock:" + name)
+		if err := c.client.Set(ctx, key, tc.val, tc.ttl).Err(); err != nil {
+			t.Fatal(err)
+		}
+		release, held, _, err := l.TryLock(name)
+		if held || err != nil {
+			t.Errorf("%q: TryLock held %v, err %v; want held elsewhere", tc.val, held, err)
+			if release != nil {
+				release(0)
+			}
+		}
+		if left := c.client.PTTL(ctx, key).Val(); left <= 0 || left > tc.max {
+			t.Errorf("%q for %s: the lock is left to expire in %s, want within %s", tc.val, tc.ttl, left, tc.max)
+		}
+		c.client.Del(ctx, key)
+	}
+}
