@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/popgate/popgate/internal/dirrun"
 )
@@ -155,5 +158,35 @@ func TestAttack7ACMELockForever(t *testing.T) {
 			t.Errorf("%q for %s: the lock is left to expire in %s, want within %s", tc.val, tc.ttl, left, tc.max)
 		}
 		c.client.Del(ctx, key)
+	}
+}
+
+// TestAttack7SessionsIndexFuture: whoever can write to Redis adds to the
+// index of replicas more members than a list reads, scored far in the
+// future, so that they come first and stay. The real replicas must still
+// be listed and reachable by a kick by id: no replica registers in the
+// future, such members are dropped.
+func TestAttack7SessionsIndexFuture(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	key := writeKey(t)
+	a := startMember(t, r, "node0", key)
+	b := startMember(t, r, "node1", key)
+	b.local.add("bb0001", "bob")
+	waitSubscribed(t, a, 2)
+	waitList(t, a, 1)
+	ctx := context.Background()
+	future := float64(time.Now().Add(100 * 365 * 24 * time.Hour).UnixMilli())
+	for i := range maxNodes + 6 {
+		a.s.c.client.ZAdd(ctx, a.s.index, redis.Z{Score: future, Member: fmt.Sprintf("fake%02d", i)})
+	}
+	list, partial := a.s.List(ctx)
+	if len(list) != 1 || list[0].ID != "node1:bb0001" {
+		t.Errorf("with future members in the index, node0 lists %+v (partial %q), want node1's session", list, partial)
+	}
+	if e := a.s.End(ctx, "", "node1:bb0001"); e.Total() != 1 || len(b.local.users()) != 0 {
+		t.Errorf("with future members in the index, End(node1:bb0001) = %+v", e)
+	}
+	if n := a.s.c.client.ZCount(ctx, a.s.index, "("+fmt.Sprint(time.Now().Add(time.Hour).UnixMilli()), "+inf").Val(); n != 0 {
+		t.Errorf("%d members scored in the future stay in the index", n)
 	}
 }

@@ -186,7 +186,8 @@ func (s *Sessions) register() {
 		p.ZAdd(ctx, s.index, redis.Z{Score: float64(now.UnixMilli()), Member: s.member})
 		p.PExpire(ctx, s.index, s.ttl)
 		// The replicas a kick names unreached if Redis fails.
-		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10), Stop: "+inf", ByScore: true, Count: maxNodes})
+		oldest, latest := s.scores(now)
+		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: latest, Stop: oldest, ByScore: true, Rev: true, Count: maxNodes})
 		return nil
 	})
 	if err == nil {
@@ -222,10 +223,15 @@ func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout+2*ioTimeout)
 	defer cancel()
 	now := s.now()
+	oldest, latest := s.scores(now)
 	var rng *redis.StringSliceCmd
 	_, err := s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRemRangeByScore(ctx, s.index, "-inf", "("+strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10))
-		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: 0, Stop: maxNodes, Rev: true})
+		p.ZRemRangeByScore(ctx, s.index, "-inf", "("+oldest)
+		// No replica registers in the future (but for its clock's
+		// error): members scored there (whoever writes to Redis) would
+		// come first and stay, and crowd the replicas out of the list.
+		p.ZRemRangeByScore(ctx, s.index, "("+latest, "+inf")
+		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: latest, Stop: oldest, ByScore: true, Rev: true, Count: maxNodes + 1})
 		return nil
 	})
 	if replyError(err) {
@@ -240,6 +246,13 @@ func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
 		s.refuse(s.index, "", "more replicas registered than a list reads", fmt.Errorf("only the %d refreshed last are read", maxNodes))
 	}
 	return s.setKnown(rng.Val()), nil
+}
+
+// scores are the lowest and the highest score of a member of the index
+// that is read at now: registered within the TTL, and not later than a
+// clock apart by kickWindow would.
+func (s *Sessions) scores(now time.Time) (oldest, latest string) {
+	return strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10), strconv.FormatInt(now.Add(kickWindow).UnixMilli(), 10)
 }
 
 // setKnown keeps the valid members, but this process's, as the
