@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"testing"
+
+	"github.com/popgate/popgate/auth"
 )
 
 // TestAttack7EndSessionsFolds: a client that logs in with another
@@ -31,7 +33,39 @@ func TestAttack7EndSessionsFolds(t *testing.T) {
 	if n := h.srv.EndSessions("sam@example.com"); n != 0 {
 		t.Errorf("EndSessions(sam) = %d", n)
 	}
-	if l := h.srv.SessionList(); len(l) == 0 || l[len(l)-1].User != "bob@example.com" {
+	waitFor(t, "the kicked sessions to end", func() bool { return len(h.srv.SessionList()) == 1 })
+	if l := h.srv.SessionList(); l[0].User != "bob@example.com" {
+		t.Errorf("after the kick: %+v, want bob's session only", l)
+	}
+}
+
+// blindRouter is a Router whose source compares local parts only.
+type blindRouter struct{ auth.Router }
+
+func (blindRouter) IgnoresDomain() bool { return true }
+
+// TestAttack7EndSessionsDomainBlind: with a source that compares local
+// parts only, "alice@elsewhere.example" logs in to alice's entry (and
+// shares her failed-login budget); a kick of alice@example.com must end
+// that session too.
+func TestAttack7EndSessionsDomainBlind(t *testing.T) {
+	h := newHarness(t, harnessOpts{config: func(c *Config) {
+		c.Router = blindRouter{auth.NewStatic(nil, nil, "b1")}
+	}})
+	c := h.dial("plain")
+	c.send("USER alice@elsewhere.example\r\nPASS wrong\r\n")
+	c.expect("+OK")
+	c.expect("-ERR")
+	other := h.dial("plain")
+	other.send("USER bob@example.com\r\nPASS wrong\r\n")
+	other.expect("+OK")
+	other.expect("-ERR")
+	waitFor(t, "the sessions", func() bool { return len(h.srv.SessionList()) == 2 })
+	if n := h.srv.EndSessions(testUser); n != 1 {
+		t.Errorf("EndSessions(%s) = %d, want 1 (alice@elsewhere.example is alice's entry)", testUser, n)
+	}
+	waitFor(t, "the kicked sessions to end", func() bool { return len(h.srv.SessionList()) == 1 })
+	if l := h.srv.SessionList(); l[0].User != "bob@example.com" {
 		t.Errorf("after the kick: %+v, want bob's session only", l)
 	}
 }

@@ -515,7 +515,8 @@ func (s *Server) SessionList() []SessionInfo {
 
 // EndSessions ends every session of user (the name the client logged in
 // with, compared as [auth.FoldUser] folds: every spelling the directory
-// takes for the same entry), logged in or still logging in:
+// takes for the same entry, every domain of it when the Router compares
+// local parts only), logged in or still logging in:
 // both sockets are closed, no QUIT is sent. It returns how many it ended.
 // Moving a mailbox: change its route, reload, then end its sessions so
 // that the client's next login goes to the new backend.
@@ -526,7 +527,13 @@ func (s *Server) EndSessions(user string) int {
 	}
 	return s.endWhere(func(sess *session) bool {
 		u := sess.userName()
-		return u != "" && auth.FoldUser(u) == k
+		if u == "" {
+			return false
+		}
+		// With a Router that compares local parts only, every domain
+		// of the name is the entry's (and logs in with its password).
+		e := auth.FoldUser(sess.entryName(user))
+		return auth.FoldUser(u) == k || e != "" && auth.FoldUser(sess.entryName(u)) == e
 	})
 }
 
