@@ -120,6 +120,17 @@ func TestAttack7TicketHugeEntry(t *testing.T) {
 	if keys, _, err := tk.TicketKeys(time.Now()); err != nil || len(keys) == 0 {
 		t.Errorf("TicketKeys = %d keys, %v: the replica must seal with a key of its own", len(keys), err)
 	}
+	// Entries of another type are no outage either.
+	for _, e := range []int64{tk.epoch(now), tk.epoch(now) + 1} {
+		c.client.Del(context.Background(), tk.name(e))
+		if err := c.client.HSet(context.Background(), tk.name(e), "a", "b").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tk.refresh(time.Now())
+	if !c.Up() || c.Fallbacks()["tickets"] != 0 {
+		t.Errorf("ticket entries of another type: Up() = %v, fallbacks %v; want Redis up", c.Up(), c.Fallbacks())
+	}
 }
 
 // TestAttack7ACMELockForever: whoever can write to Redis leaves an order

@@ -275,10 +275,7 @@ func getTicketEntries(ctx context.Context, p redis.Pipeliner, names []string) []
 // reply of the entries' own (another type; a SET NX that did not set)
 // does not make a failure of Redis.
 func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
-	if err != nil && (errors.Is(err, redis.Nil) || replyError(err)) {
-		err = nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, err
 	}
 	vals := make([]any, len(cmds))
@@ -286,7 +283,7 @@ func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
 		switch v, err := c.Result(); {
 		case err == nil && v != "":
 			vals[i] = v
-		case err != nil && !replyError(err):
+		case err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE"):
 			return nil, err
 		}
 	}
