@@ -201,3 +201,29 @@ func TestAttack7SessionsIndexFuture(t *testing.T) {
 		t.Errorf("%d members scored in the future stay in the index", n)
 	}
 }
+
+// TestAttack7SessionsIndexHugeMember: whoever can write to Redis adds a
+// member of many megabytes to the index of replicas. Every replica reads
+// the index at each refresh and list: the member must go at its first
+// read, and not be kept in the memory of refusals already logged.
+func TestAttack7SessionsIndexHugeMember(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	a := startMember(t, r, "node0", writeKey(t))
+	ctx := context.Background()
+	huge := strings.Repeat("x", 8<<20)
+	a.s.c.client.ZAdd(ctx, a.s.index, redis.Z{Score: float64(time.Now().UnixMilli()), Member: huge})
+	a.s.List(ctx)
+	if err := a.s.c.client.ZScore(ctx, a.s.index, huge).Err(); err != redis.Nil {
+		t.Errorf("the huge member stays in the index after a read (%v)", err)
+	}
+	a.s.mu.Lock()
+	for k := range a.s.refused {
+		if len(k) > 4096 {
+			t.Errorf("a refusal of %d bytes is remembered", len(k))
+		}
+	}
+	a.s.mu.Unlock()
+	if !strings.Contains(a.logs.String(), "a replica name in the index is refused") {
+		t.Errorf("the huge member was not refused:\n%s", a.logs)
+	}
+}

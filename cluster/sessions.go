@@ -259,14 +259,24 @@ func (s *Sessions) scores(now time.Time) (oldest, latest string) {
 // processes known, and returns them.
 func (s *Sessions) setKnown(members []string) []string {
 	var nodes []string
+	var bad []any
 	for _, m := range members {
 		if !validNode(nodeOf(m)) {
-			s.refuse(s.index, m, "a replica name in the index is refused", errors.New("not a node_name (empty, too long or not printable UTF-8)"))
+			// Remembered by its digest: a member may be megabytes.
+			s.refuse(s.index, s.c.hashName("member", m), "a replica name in the index is refused; it is removed", errors.New("not a node_name (empty, too long or not printable UTF-8)"))
+			bad = append(bad, m)
 			continue
 		}
 		if m != s.member && len(nodes) < maxNodes-1 {
 			nodes = append(nodes, m)
 		}
+	}
+	if len(bad) > 0 {
+		// No replica writes it: gone, it is not read again at every
+		// refresh of every replica.
+		ctx, cancel := s.c.ctx()
+		s.c.client.ZRem(ctx, s.index, bad...)
+		cancel()
 	}
 	s.mu.Lock()
 	s.known = nodes
