@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/dirrun"
 )
 
@@ -225,5 +226,40 @@ func TestAttack7SessionsIndexHugeMember(t *testing.T) {
 	a.s.mu.Unlock()
 	if !strings.Contains(a.logs.String(), "a replica name in the index is refused") {
 		t.Errorf("the huge member was not refused:\n%s", a.logs)
+	}
+}
+
+// TestAttack7ThrottleUnusableForever: whoever can write to Redis makes
+// the failed-login counts there unusable (a key of another type, a count
+// that is no number) and gives them no expiry, or one in a century. Each
+// replica then counts those budgets on its own state, N replicas giving N
+// budgets: that must last a window at most, not for ever.
+func TestAttack7ThrottleUnusableForever(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	const window = 10 * time.Minute
+	rp := throttleFleet(t, r, 1, auth.ThrottleConfig{MaxPerIP: 100, MaxPerUser: 3, Window: window})[0]
+	for _, tc := range []struct {
+		user    string
+		corrupt []string
+	}{
+		{"string", []string{"SET", "", "1"}},
+		{"garbage", []string{"HSET", "", "n", "three"}},
+		{"century", []string{"SET", "", "1", "EX", "3153600000"}},
+		{"flight", []string{"SET", "flight", "1"}},
+	} {
+		count, flight := rp.store.names(auth.StoreKey{User: true, Name: tc.user})
+		args := append([]string(nil), tc.corrupt...)
+		args[1] = count
+		if tc.corrupt[1] == "flight" {
+			args[1] = flight
+		}
+		if _, err := r.Do(args...); err != nil {
+			t.Fatal(err)
+		}
+		attempt(rp.th, tip1, tc.user, auth.AttemptFailed)
+		ttl := rp.c.client.PTTL(context.Background(), args[1]).Val()
+		if ttl != -2*time.Nanosecond && (ttl <= 0 || ttl > window) {
+			t.Errorf("%s: the unusable key %s is left to expire in %s, want within the window (%s)", tc.user, args[1], ttl, window)
+		}
 	}
 }

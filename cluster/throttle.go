@@ -195,7 +195,7 @@ func (s *ThrottleStore) try() bool {
 // arguments for keys[i]. It returns the replies and, when one failed, the
 // error that makes the attempt count locally (after recording it); the
 // replies are nil when nothing was sent.
-func (s *ThrottleStore) run(parent context.Context, script *redis.Script, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
+func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window time.Duration, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
 	if !s.try() {
 		return nil, errBackingOff
 	}
@@ -241,6 +241,7 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, keys [
 		case err == nil:
 		case isUnusable(err):
 			s.logUnusable(names[i][0], err)
+			s.expireUnusable(names[i], window)
 			unusable = err
 		case isRefused(err):
 			s.logRefused(err)
@@ -305,6 +306,25 @@ func (s *ThrottleStore) logRefused(err error) {
 		"(the cluster.user's ACL needs +@scripting, see docs/fleet.md)", "err", err)
 }
 
+// expireScript gives KEYS an expiry of ARGV[1] ms where they have none
+// or a later one.
+var expireScript = redis.NewScript(`for _, k in ipairs(KEYS) do
+  local t = redis.call('PTTL', k)
+  if t == -1 or t > tonumber(ARGV[1]) then redis.call('PEXPIRE', k, ARGV[1]) end
+end
+return 0`)
+
+// expireUnusable makes the unusable budget at names expire within a
+// window: no replica writes one, and while it lasts each replica counts
+// the key on its own state (N replicas, N budgets); whoever wrote it
+// without an expiry would make that for ever. A failure leaves it as it
+// is.
+func (s *ThrottleStore) expireUnusable(names []string, window time.Duration) {
+	ctx, cancel := s.c.ctx()
+	defer cancel()
+	expireScript.Run(ctx, s.c.client, names, max(window, time.Minute).Milliseconds())
+}
+
 // logUnusable logs once that the budget at name cannot be read.
 func (s *ThrottleStore) logUnusable(name string, err error) {
 	s.mu.Lock()
@@ -326,7 +346,7 @@ func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Du
 	id := s.ids + strconv.FormatUint(s.seq.Add(1), 36)
 	ms := now.UnixMilli()
 	ends, latest := now.Add(s.hold).UnixMilli(), now.Add(2*s.hold).UnixMilli()
-	cmds, err := s.run(ctx, placeScript, keys, func(i int) []any {
+	cmds, err := s.run(ctx, placeScript, window, keys, func(i int) []any {
 		return []any{ms, window.Milliseconds(), keys[i].Limit, id, ends, latest}
 	})
 	if err != nil {
@@ -409,7 +429,7 @@ func (s *ThrottleStore) End(ctx context.Context, now time.Time, window time.Dura
 	case auth.AttemptSucceeded:
 		result = "s"
 	}
-	_, err := s.run(ctx, endScript, keys, func(i int) []any {
+	_, err := s.run(ctx, endScript, window, keys, func(i int) []any {
 		from := ""
 		if keys[i].From != "" {
 			from = s.c.hashName("throttle from", keys[i].From)
