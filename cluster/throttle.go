@@ -240,7 +240,7 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window
 		switch err := cmd.Err(); {
 		case err == nil:
 		case isUnusable(err):
-			s.logUnusable(names[i][0], err)
+			s.logUnusable(names[i][0], names[i][1], err)
 			s.expireUnusable(names[i], window)
 			unusable = err
 		case isRefused(err):
@@ -325,8 +325,9 @@ func (s *ThrottleStore) expireUnusable(names []string, window time.Duration) {
 	expireScript.Run(ctx, s.c.client, names, max(window, time.Minute).Milliseconds())
 }
 
-// logUnusable logs once that the budget at name cannot be read.
-func (s *ThrottleStore) logUnusable(name string, err error) {
+// logUnusable logs once that the budget at name (its count; the attempts
+// in flight are at flight) cannot be read: either key may be the one.
+func (s *ThrottleStore) logUnusable(name, flight string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.unusable[name] || len(s.unusable) >= maxUnusable {
@@ -335,7 +336,7 @@ func (s *ThrottleStore) logUnusable(name string, err error) {
 	s.unusable[name] = true
 	s.c.log.Error("cluster: a failed-login count in Redis is unusable (corrupted, or written by something else); "+
 		"this replica counts the attempts of its key on its own state until the key is deleted or expires",
-		"key", name, "err", err)
+		"key", name, "flight_key", flight, "err", err)
 }
 
 // errBadReply is a script's reply that is not what the scripts return.
@@ -386,8 +387,8 @@ func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Du
 			}
 		}
 		if err != nil {
-			c, _ := s.names(keys[i])
-			s.logUnusable(c, err)
+			c, f := s.names(keys[i])
+			s.logUnusable(c, f, err)
 			s.c.Fallback("throttle")
 			s.release(keys, placed, id)
 			return "", nil, err
