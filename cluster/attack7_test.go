@@ -263,3 +263,28 @@ func TestAttack7ThrottleUnusableForever(t *testing.T) {
 		}
 	}
 }
+
+// TestAttack7ThrottleLockForADay: whoever can write to Redis (without
+// key_file: the key names say nothing of whose budget they are) sets
+// the lock, or the start of the window, of every count there a day
+// ahead. No replica locks a key for longer than a window: the users and
+// addresses must be refused for a window at most.
+func TestAttack7ThrottleLockForADay(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	const window = 10 * time.Minute
+	rp := throttleFleet(t, r, 1, auth.ThrottleConfig{MaxPerIP: 100, MaxPerUser: 3, Window: window})[0]
+	day := fmt.Sprint(time.Now().Add(23 * time.Hour).UnixMilli())
+	for user, fields := range map[string][]string{
+		"locked":  {"n", "3", "s", fmt.Sprint(time.Now().UnixMilli()), "l", day},
+		"started": {"n", "3", "s", day, "l", "0"},
+	} {
+		count, _ := rp.store.names(auth.StoreKey{User: true, Name: user})
+		if _, err := r.Do(append([]string{"HSET", count}, fields...)...); err != nil {
+			t.Fatal(err)
+		}
+		ok, wait := attempt(rp.th, tip1, user, auth.AttemptFailed)
+		if ok || wait > window {
+			t.Errorf("%s: Begin = %v, retry after %s; want refused for a window (%s) at most", user, ok, wait, window)
+		}
+	}
+}

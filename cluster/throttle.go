@@ -105,6 +105,22 @@ local function count(n, s, l)
   if n == 0 or now - s >= window then return 0 end
   return n
 end
+-- No replica locks a key for longer than a window from now, nor starts
+-- a window later than now (but for the clocks' error): such values,
+-- written by something else (which could lock every user with recent
+-- failures out for a day) or under a longer window before a reload, are
+-- cut to that.
+local function clamp(s, l)
+  if l > now + window then
+    l = now + window
+    redis.call('HSET', KEYS[1], 'l', string.format('%.0f', l))
+  end
+  if s > now then
+    s = now
+    redis.call('HSET', KEYS[1], 's', string.format('%.0f', s))
+  end
+  return s, l
+end
 `
 
 // placeScript: ARGV now, window, limit, reservation id, its end, and the
@@ -114,6 +130,7 @@ end
 var placeScript = redis.NewScript(throttleLuaCommon + `
 local h = redis.call('HMGET', KEYS[1], 'n', 's', 'l')
 local n, s, l = int(h[1], 'n'), int(h[2], 's'), int(h[3], 'l')
+s, l = clamp(s, l)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '(' .. ARGV[6], '+inf')
 local inflight = redis.call('ZCARD', KEYS[2])
@@ -139,6 +156,7 @@ local r, from = ARGV[5], ARGV[6]
 if limit <= 0 or window <= 0 or r == 'a' then return 0 end
 local h = redis.call('HMGET', KEYS[1], 'n', 's', 'l', 'f', 'm')
 local n, s, l = int(h[1], 'n'), int(h[2], 's'), int(h[3], 'l')
+s, l = clamp(s, l)
 local f, m = h[4] or '', h[5] == '1'
 if #f > 64 then error({err = 'POPGATE-CORRUPT f is not a network'}) end
 if r == 'f' then
@@ -364,8 +382,8 @@ func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Du
 		}
 		return "", nil, err
 	}
-	// No lock lasts longer than a window, but one made under a longer
-	// window before a reload.
+	// No lock lasts longer than a window (the scripts cut longer ones):
+	// a longer answer is no script's.
 	maxRetry := max(24*time.Hour, 2*window)
 	vs := make([]auth.StoreVerdict, len(keys))
 	placed := make([]bool, len(keys))
