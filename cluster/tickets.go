@@ -114,7 +114,8 @@ func (t *TicketKeys) refresh(now time.Time) {
 }
 
 func (t *TicketKeys) name(epoch int64) string {
-	// The braces are a Redis Cluster hash tag: one MGET reads them all.
+	// The braces are a Redis Cluster hash tag: one pipeline to one node
+	// reads them all.
 	return t.c.key("{tickets:" + strconv.FormatInt(int64(t.rotation/time.Second), 10) + "}:" + strconv.FormatInt(epoch, 10))
 }
 
