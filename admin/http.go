@@ -12,11 +12,11 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -123,11 +123,12 @@ func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
 	h.writeJSON(w, http.StatusOK, list)
 }
 
-// sessionsOf keeps in list the sessions of user, compared without regard
-// to case as [proxy.Server.EndSessions] compares, so that what is listed
-// is what would end.
+// sessionsOf keeps in list the sessions of user, compared as
+// [proxy.Server.EndSessions] compares ([auth.FoldUser]), so that what is
+// listed is what would end.
 func sessionsOf(list []proxy.SessionInfo, user string) []proxy.SessionInfo {
-	return slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return !strings.EqualFold(s.User, user) })
+	k := auth.FoldUser(user)
+	return slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return k == "" || auth.FoldUser(s.User) != k })
 }
 
 // endSessions ends the sessions of one user or the one session with an id:

@@ -216,6 +216,13 @@ func foldUser(user string) string {
 	return k
 }
 
+// FoldUser is the form of a user name that the failed-login limits count
+// it by ([foldUser]): the spellings a directory takes for one entry fold
+// to one form. The admin endpoints end and list a user's sessions by it,
+// so that a kick of a user misses no session logged in with another
+// spelling of the name (an attacker's with a stolen password).
+func FoldUser(user string) string { return foldUser(user) }
+
 // stripMarks drops combining marks and format characters from s.
 func stripMarks(s string) string {
 	return strings.Map(func(r rune) rune {

@@ -304,16 +304,26 @@ func (c *Cluster) ACMELocks() *ACMELocks {
 
 // The lock scripts, one key each. lockScript returns {1, 0} when it took
 // the lock, {2, ms} while a failed order's back-off holds it, {0, 0} when
-// another replica holds it.
+// another replica holds it. A lock that expires later than a replica's
+// lock (ARGV[2]) or back-off (ARGV[3]) can last, or never, is no
+// replica's (whoever can write to Redis, without key_file): it is made
+// to expire within that, so that it cannot hold the name's renewals
+// until the certificate expires.
 var (
 	lockScript = redis.NewScript(`local v = redis.call("GET", KEYS[1])
 if not v then
 	redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
 	return {1, 0}
 end
-if string.sub(v, 1, 7) == "failed " then
-	return {2, redis.call("PTTL", KEYS[1])}
+local failed = string.sub(v, 1, 7) == "failed "
+local most = tonumber(ARGV[2])
+if failed then most = tonumber(ARGV[3]) end
+local ttl = redis.call("PTTL", KEYS[1])
+if ttl < 0 or ttl > most then
+	redis.call("PEXPIRE", KEYS[1], most)
+	ttl = most
 end
+if failed then return {2, ttl} end
 return {0, 0}`)
 	unlockScript = redis.NewScript(`if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[2]) > 0 then
@@ -339,7 +349,7 @@ func (l *ACMELocks) TryLock(name string) (release func(backoff time.Duration), h
 	err = l.pause.recent()
 	if err == nil {
 		ctx, cancel := l.c.ctx()
-		res, err = lockScript.Run(ctx, l.c.client, []string{key}, val, l.ttl.Milliseconds()).Int64Slice()
+		res, err = lockScript.Run(ctx, l.c.client, []string{key}, val, l.ttl.Milliseconds(), maxLockBackoff.Milliseconds()).Int64Slice()
 		cancel()
 		if replyError(err) || err == nil && len(res) != 2 {
 			// Redis answered, with something else than the script's.

@@ -52,10 +52,15 @@ type LocalSessions interface {
 }
 
 // Sessions lists and ends the sessions of the whole fleet. Each replica
-// keeps a sealed copy of its session list in Redis, at
-// <prefix>{sessions}:node:<node_name>, refreshed every SessionRefresh and
-// expiring after SessionTTL, and its name in the sorted set
-// <prefix>{sessions}:nodes (scored by the time of its last refresh). A
+// process keeps a sealed copy of its session list in Redis, at
+// <prefix>{sessions}:node:<node_name>:<process>, refreshed every
+// SessionRefresh and expiring after SessionTTL, and <node_name>:<process>
+// in the sorted set <prefix>{sessions}:nodes (scored by the time of its
+// last refresh). <process> is random, 16 hex digits: during an upgrade
+// the old process, draining, and the new one share the node's name, and
+// each keeps its own entry (neither overwrites the other's, and the old
+// one's exit removes its own only), is listed, and ends its sessions on a
+// kick. A
 // kick is a sealed message on the channel <prefix>{sessions}:kick, which
 // every replica reads; each answers on the same channel with how many
 // sessions it ended. Messages carry the time they were sent and a random
@@ -71,7 +76,8 @@ type Sessions struct {
 	local         LocalSessions
 	refresh, ttl  time.Duration
 	inst          string // this process, so that it ignores its own messages
-	entry, index  string // this replica's entry; the sorted set of replicas
+	member        string // this process in the index: <node>:<inst>
+	entry, index  string // this process's entry; the sorted set of processes
 	channel       string
 	ackWait       time.Duration
 	listed        int // maxListed
@@ -85,7 +91,7 @@ type Sessions struct {
 	mu      sync.Mutex
 	waiters map[string]chan kickMsg // nonce of a kick sent → its answers
 	seen    map[string]time.Time    // nonces acted on, until they leave the window
-	known   []string                // the other replicas at the last successful read
+	known   []string                // the other processes (members) at the last successful read
 	refused map[string]time.Time    // entries and messages refused, when last logged
 }
 
@@ -94,8 +100,9 @@ type Sessions struct {
 func (c *Cluster) NewSessions(local LocalSessions) *Sessions {
 	var b [8]byte
 	rand.Read(b[:])
-	return &Sessions{c: c, local: local, refresh: SessionRefresh, ttl: SessionTTL, inst: hex.EncodeToString(b[:]),
-		entry: c.key("{sessions}:node:" + c.node), index: c.key("{sessions}:nodes"), channel: c.key("{sessions}:kick"),
+	inst := hex.EncodeToString(b[:])
+	return &Sessions{c: c, local: local, refresh: SessionRefresh, ttl: SessionTTL, inst: inst, member: c.node + ":" + inst,
+		entry: c.key("{sessions}:node:" + c.node + ":" + inst), index: c.key("{sessions}:nodes"), channel: c.key("{sessions}:kick"),
 		ackWait: ackWait, listed: maxListed, now: time.Now, subscribed: make(chan struct{}),
 		waiters: map[string]chan kickMsg{}, seen: map[string]time.Time{}, refused: map[string]time.Time{}}
 }
@@ -192,10 +199,11 @@ func (s *Sessions) register() {
 	var rng *redis.StringSliceCmd
 	_, err = s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, s.entry, sealed, s.ttl)
-		p.ZAdd(ctx, s.index, redis.Z{Score: float64(now.UnixMilli()), Member: s.c.node})
+		p.ZAdd(ctx, s.index, redis.Z{Score: float64(now.UnixMilli()), Member: s.member})
 		p.PExpire(ctx, s.index, s.ttl)
 		// The replicas a kick names unreached if Redis fails.
-		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10), Stop: "+inf", ByScore: true, Count: maxNodes})
+		oldest, latest := s.scores(now)
+		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: latest, Stop: oldest, ByScore: true, Rev: true, Count: maxNodes})
 		return nil
 	})
 	if err == nil {
@@ -218,22 +226,28 @@ func (s *Sessions) unregister() {
 	defer cancel()
 	_, err := s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, s.entry)
-		p.ZRem(ctx, s.index, s.c.node)
+		p.ZRem(ctx, s.index, s.member)
 		return nil
 	})
 	s.c.done(err)
 }
 
-// nodes reads the replicas registered within the TTL but this one, and
-// forgets those that left it.
+// nodes reads the processes registered within the TTL but this one (as
+// index members: parse them with [nodeOf]), and forgets those that left
+// it.
 func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout+2*ioTimeout)
 	defer cancel()
 	now := s.now()
+	oldest, latest := s.scores(now)
 	var rng *redis.StringSliceCmd
 	_, err := s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRemRangeByScore(ctx, s.index, "-inf", "("+strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10))
-		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: 0, Stop: maxNodes, Rev: true})
+		p.ZRemRangeByScore(ctx, s.index, "-inf", "("+oldest)
+		// No replica registers in the future (but for its clock's
+		// error): members scored there (whoever writes to Redis) would
+		// come first and stay, and crowd the replicas out of the list.
+		p.ZRemRangeByScore(ctx, s.index, "("+latest, "+inf")
+		rng = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.index, Start: latest, Stop: oldest, ByScore: true, Rev: true, Count: maxNodes + 1})
 		return nil
 	})
 	if replyError(err) {
@@ -250,23 +264,66 @@ func (s *Sessions) nodes(ctx context.Context) ([]string, error) {
 	return s.setKnown(rng.Val()), nil
 }
 
-// setKnown keeps the valid names of members, but this replica's, as the
-// replicas known, and returns them.
+// scores are the lowest and the highest score of a member of the index
+// that is read at now: registered within the TTL, and not later than a
+// clock apart by kickWindow would.
+func (s *Sessions) scores(now time.Time) (oldest, latest string) {
+	return strconv.FormatInt(now.Add(-s.ttl).UnixMilli(), 10), strconv.FormatInt(now.Add(kickWindow).UnixMilli(), 10)
+}
+
+// setKnown keeps the valid members, but this process's, as the
+// processes known, and returns them.
 func (s *Sessions) setKnown(members []string) []string {
 	var nodes []string
-	for _, n := range members {
-		if !validNode(n) {
-			s.refuse(s.index, n, "a replica name in the index is refused", errors.New("not a node_name (empty, too long or not printable UTF-8)"))
+	var bad []any
+	for _, m := range members {
+		if !validNode(nodeOf(m)) {
+			// Remembered by its digest: a member may be megabytes.
+			s.refuse(s.index, s.c.hashName("member", m), "a replica name in the index is refused; it is removed", errors.New("not a node_name (empty, too long or not printable UTF-8)"))
+			bad = append(bad, m)
 			continue
 		}
-		if n != s.c.node && len(nodes) < maxNodes-1 {
-			nodes = append(nodes, n)
+		if m != s.member && len(nodes) < maxNodes-1 {
+			nodes = append(nodes, m)
 		}
+	}
+	if len(bad) > 0 {
+		// No replica writes it: gone, it is not read again at every
+		// refresh of every replica.
+		ctx, cancel := s.c.ctx()
+		s.c.client.ZRem(ctx, s.index, bad...)
+		cancel()
 	}
 	s.mu.Lock()
 	s.known = nodes
 	s.mu.Unlock()
 	return nodes
+}
+
+// nodeOf is the node_name of an index member, <node_name>:<process>; a
+// member without the process (written by hand) is the node_name itself,
+// its entry at <prefix>{sessions}:node:<member> all the same.
+func nodeOf(member string) string {
+	i := strings.LastIndexByte(member, ':')
+	if i < 0 || len(member)-i-1 != 16 {
+		return member
+	}
+	for _, c := range member[i+1:] {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return member
+		}
+	}
+	return member[:i]
+}
+
+// nodeNames is the node_names of members, each once, sorted.
+func nodeNames(members []string) []string {
+	var names []string
+	for _, m := range members {
+		names = append(names, nodeOf(m))
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
 }
 
 func validNode(n string) bool {
@@ -299,22 +356,22 @@ func (s *Sessions) refuse(key, content, msg string, err error) {
 // replica's only or lacks some replica's sessions.
 func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial string) {
 	list = s.own()
-	nodes, err := s.nodes(ctx)
+	members, err := s.nodes(ctx)
 	if err != nil {
 		s.c.Fallback("sessions")
 		return list, "Redis is unreachable: the sessions of this replica (" + s.c.node + ") only"
 	}
-	if len(nodes) == 0 {
+	if len(members) == 0 {
 		return list, ""
 	}
 	ctx, cancel := s.c.ctx()
 	defer cancel()
-	cmds := make([]*redis.StringCmd, len(nodes))
+	cmds := make([]*redis.StringCmd, len(members))
 	_, err = s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, n := range nodes {
+		for i, m := range members {
 			// At most one byte more than an entry may hold: a larger
 			// one is refused without being read whole.
-			cmds[i] = p.GetRange(ctx, s.c.key("{sessions}:node:"+n), 0, maxEntryBytes)
+			cmds[i] = p.GetRange(ctx, s.c.key("{sessions}:node:"+m), 0, maxEntryBytes)
 		}
 		return nil
 	})
@@ -334,13 +391,14 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 		return list, "Redis is unreachable: the sessions of this replica (" + s.c.node + ") only"
 	}
 	var missing, cut []string
-	for i, n := range nodes {
+	for i, m := range members {
+		n := nodeOf(m)
 		if err := cmds[i].Err(); err != nil && !errors.Is(err, redis.Nil) {
-			s.refuse(s.c.key("{sessions}:node:"+n), "type", "a replica's session list in Redis is refused", err)
+			s.refuse(s.c.key("{sessions}:node:"+m), "type", "a replica's session list in Redis is refused", err)
 			missing = append(missing, n)
 			continue
 		}
-		e, ok := s.openEntry(n, cmds[i].Val())
+		e, ok := s.openEntry(m, cmds[i].Val())
 		if !ok {
 			missing = append(missing, n)
 			continue
@@ -354,7 +412,7 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 		}
 	}
 	if len(missing) > 0 {
-		cut = append(cut, "the lists of "+strings.Join(missing, ", ")+" were refused (see the log)")
+		cut = append(cut, "the lists of "+strings.Join(nodeNames(missing), ", ")+" were refused (see the log)")
 	}
 	partial = strings.Join(cut, "; ")
 	slices.SortFunc(list, func(a, b proxy.SessionInfo) int {
@@ -375,15 +433,15 @@ func (s *Sessions) own() []proxy.SessionInfo {
 	return list
 }
 
-// openEntry opens the entry of node n as read from Redis; false (and
-// logged) if it is refused. An empty one is an entry that expired
-// between the index and the read: the replica is gone, nothing is said.
-func (s *Sessions) openEntry(n, raw string) (nodeEntry, bool) {
+// openEntry opens the entry of index member m as read from Redis; false
+// (and logged) if it is refused. An empty one is an entry that expired
+// between the index and the read: the process is gone, nothing is said.
+func (s *Sessions) openEntry(m, raw string) (nodeEntry, bool) {
 	var e nodeEntry
 	if raw == "" {
 		return e, true
 	}
-	key := s.c.key("{sessions}:node:" + n)
+	n, key := nodeOf(m), s.c.key("{sessions}:node:"+m)
 	// Refusals are logged by key and kind, not by content: a replica
 	// whose entries are refused writes a new one every refresh.
 	const msg = "a replica's session list in Redis is refused"
@@ -446,33 +504,37 @@ func (s *Sessions) End(ctx context.Context, user, id string) Ended {
 	if id != "" {
 		node, conn, fleet := splitID(id)
 		if !fleet || node == s.c.node {
-			// A session of this replica: nothing to ask the fleet.
+			// A session of this process: nothing to ask the fleet.
 			res.Nodes[s.c.node] = 0
 			if s.local.EndSession(conn) {
 				res.Nodes[s.c.node] = 1
+				return res
 			}
-			return res
+			if !fleet {
+				return res
+			}
+			// Perhaps one of the other process of this node_name,
+			// which drains after an upgrade.
 		}
 		to, id = node, conn
 	} else {
 		res.Nodes[s.c.node] = s.local.EndSessions(user)
 	}
 
-	nodes, err := s.nodes(ctx)
+	members, err := s.nodes(ctx)
 	if err != nil {
 		return s.unreached(res, to)
 	}
-	expect := map[string]bool{}
-	for _, n := range nodes {
-		if to == "" || n == to {
-			expect[n] = true
+	// The processes that must answer, by member: a node_name may be
+	// two processes' during an upgrade.
+	expect := map[string]string{}
+	for _, m := range members {
+		if n := nodeOf(m); to == "" || n == to {
+			expect[m] = n
 		}
 	}
-	if to != "" && !expect[to] {
-		// Not registered: gone, or never was; nothing to end.
-		return res
-	}
 	if len(expect) == 0 {
+		// Not registered: gone, or never was; nothing to end.
 		return res
 	}
 	msg := kickMsg{Kind: "kick", User: user, ID: id, To: to}
@@ -494,13 +556,18 @@ func (s *Sessions) End(ctx context.Context, user, id string) Ended {
 	for len(expect) > 0 {
 		select {
 		case a := <-acks:
-			res.Nodes[a.From] = a.Ended
-			delete(expect, a.From)
-		case <-wait.C:
-			for n := range expect {
-				res.Unreached = append(res.Unreached, n)
+			m := a.From + ":" + a.Inst
+			if _, ok := expect[m]; !ok {
+				m = a.From // a member written without its process
 			}
-			slices.Sort(res.Unreached)
+			res.Nodes[a.From] += a.Ended
+			delete(expect, m)
+		case <-wait.C:
+			var left []string
+			for m := range expect {
+				left = append(left, m)
+			}
+			res.Unreached = nodeNames(left)
 			res.Partial = "some replicas did not answer within " + s.ackWait.String()
 			return res
 		case <-ctx.Done():
@@ -515,7 +582,7 @@ func (s *Sessions) End(ctx context.Context, user, id string) Ended {
 func (s *Sessions) unreached(res Ended, to string) Ended {
 	s.c.Fallback("sessions")
 	s.mu.Lock()
-	known := slices.Clone(s.known)
+	known := nodeNames(s.known)
 	s.mu.Unlock()
 	for _, n := range known {
 		if to == "" || n == to {
@@ -525,7 +592,6 @@ func (s *Sessions) unreached(res Ended, to string) Ended {
 	if to != "" && len(res.Unreached) == 0 {
 		res.Unreached = []string{to}
 	}
-	slices.Sort(res.Unreached)
 	res.Partial = "Redis is unreachable: only the sessions of this replica (" + s.c.node + ") were ended"
 	return res
 }

@@ -101,7 +101,7 @@ func startMember(t *testing.T, r *dirrun.Redis, node, keyFile string, setup ...f
 	t.Cleanup(m.stop)
 	// Registered once the index names it.
 	deadline := time.Now().Add(10 * time.Second) // against a hang
-	for c.client.ZScore(context.Background(), m.s.index, node).Err() != nil {
+	for c.client.ZScore(context.Background(), m.s.index, m.s.member).Err() != nil {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not registered; log:\n%s", node, logs)
 		}
@@ -364,10 +364,12 @@ func TestSessionsBadEntries(t *testing.T) {
 	cl := ms[0].s.c.client
 	ms[1].stop()
 	ms[2].stop()
-	now := float64(time.Now().Add(time.Minute).UnixMilli())
+	// Ahead, so that they outlive the test's TTL; within the clock error a
+	// replica allows (kickWindow), past which a member is dropped.
+	now := float64(time.Now().Add(10 * time.Second).UnixMilli())
 	node := func(n string) string { return ms[0].s.c.key("{sessions}:node:" + n) }
 	// An entry of node0 copied under node3's name does not open.
-	own, err := cl.Get(ctx, node("node0")).Result()
+	own, err := cl.Get(ctx, ms[0].s.entry).Result()
 	if err != nil {
 		t.Fatal(err)
 	}

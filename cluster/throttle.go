@@ -105,6 +105,22 @@ local function count(n, s, l)
   if n == 0 or now - s >= window then return 0 end
   return n
 end
+-- No replica locks a key for longer than a window from now, nor starts
+-- a window later than now (but for the clocks' error): such values,
+-- written by something else (which could lock every user with recent
+-- failures out for a day) or under a longer window before a reload, are
+-- cut to that.
+local function clamp(s, l)
+  if l > now + window then
+    l = now + window
+    redis.call('HSET', KEYS[1], 'l', string.format('%.0f', l))
+  end
+  if s > now then
+    s = now
+    redis.call('HSET', KEYS[1], 's', string.format('%.0f', s))
+  end
+  return s, l
+end
 `
 
 // placeScript: ARGV now, window, limit, reservation id, its end, and the
@@ -114,6 +130,7 @@ end
 var placeScript = redis.NewScript(throttleLuaCommon + `
 local h = redis.call('HMGET', KEYS[1], 'n', 's', 'l')
 local n, s, l = int(h[1], 'n'), int(h[2], 's'), int(h[3], 'l')
+s, l = clamp(s, l)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '(' .. ARGV[6], '+inf')
 local inflight = redis.call('ZCARD', KEYS[2])
@@ -139,6 +156,7 @@ local r, from = ARGV[5], ARGV[6]
 if limit <= 0 or window <= 0 or r == 'a' then return 0 end
 local h = redis.call('HMGET', KEYS[1], 'n', 's', 'l', 'f', 'm')
 local n, s, l = int(h[1], 'n'), int(h[2], 's'), int(h[3], 'l')
+s, l = clamp(s, l)
 local f, m = h[4] or '', h[5] == '1'
 if #f > 64 then error({err = 'POPGATE-CORRUPT f is not a network'}) end
 if r == 'f' then
@@ -195,7 +213,7 @@ func (s *ThrottleStore) try() bool {
 // arguments for keys[i]. It returns the replies and, when one failed, the
 // error that makes the attempt count locally (after recording it); the
 // replies are nil when nothing was sent.
-func (s *ThrottleStore) run(parent context.Context, script *redis.Script, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
+func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window time.Duration, keys []auth.StoreKey, args func(i int) []any) ([]*redis.Cmd, error) {
 	if !s.try() {
 		return nil, errBackingOff
 	}
@@ -240,7 +258,8 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, keys [
 		switch err := cmd.Err(); {
 		case err == nil:
 		case isUnusable(err):
-			s.logUnusable(names[i][0], err)
+			s.logUnusable(names[i][0], names[i][1], err)
+			s.expireUnusable(names[i], window)
 			unusable = err
 		case isRefused(err):
 			s.logRefused(err)
@@ -305,8 +324,28 @@ func (s *ThrottleStore) logRefused(err error) {
 		"(the cluster.user's ACL needs +@scripting, see docs/fleet.md)", "err", err)
 }
 
-// logUnusable logs once that the budget at name cannot be read.
-func (s *ThrottleStore) logUnusable(name string, err error) {
+// expireScript gives KEYS an expiry of ARGV[1] ms where they have none
+// or a later one.
+var expireScript = redis.NewScript(`for _, k in ipairs(KEYS) do
+  local t = redis.call('PTTL', k)
+  if t == -1 or t > tonumber(ARGV[1]) then redis.call('PEXPIRE', k, ARGV[1]) end
+end
+return 0`)
+
+// expireUnusable makes the unusable budget at names expire within a
+// window: no replica writes one, and while it lasts each replica counts
+// the key on its own state (N replicas, N budgets); whoever wrote it
+// without an expiry would make that for ever. A failure leaves it as it
+// is.
+func (s *ThrottleStore) expireUnusable(names []string, window time.Duration) {
+	ctx, cancel := s.c.ctx()
+	defer cancel()
+	expireScript.Run(ctx, s.c.client, names, max(window, time.Minute).Milliseconds())
+}
+
+// logUnusable logs once that the budget at name (its count; the attempts
+// in flight are at flight) cannot be read: either key may be the one.
+func (s *ThrottleStore) logUnusable(name, flight string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.unusable[name] || len(s.unusable) >= maxUnusable {
@@ -315,7 +354,7 @@ func (s *ThrottleStore) logUnusable(name string, err error) {
 	s.unusable[name] = true
 	s.c.log.Error("cluster: a failed-login count in Redis is unusable (corrupted, or written by something else); "+
 		"this replica counts the attempts of its key on its own state until the key is deleted or expires",
-		"key", name, "err", err)
+		"key", name, "flight_key", flight, "err", err)
 }
 
 // errBadReply is a script's reply that is not what the scripts return.
@@ -326,7 +365,7 @@ func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Du
 	id := s.ids + strconv.FormatUint(s.seq.Add(1), 36)
 	ms := now.UnixMilli()
 	ends, latest := now.Add(s.hold).UnixMilli(), now.Add(2*s.hold).UnixMilli()
-	cmds, err := s.run(ctx, placeScript, keys, func(i int) []any {
+	cmds, err := s.run(ctx, placeScript, window, keys, func(i int) []any {
 		return []any{ms, window.Milliseconds(), keys[i].Limit, id, ends, latest}
 	})
 	if err != nil {
@@ -343,8 +382,8 @@ func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Du
 		}
 		return "", nil, err
 	}
-	// No lock lasts longer than a window, but one made under a longer
-	// window before a reload.
+	// No lock lasts longer than a window (the scripts cut longer ones):
+	// a longer answer is no script's.
 	maxRetry := max(24*time.Hour, 2*window)
 	vs := make([]auth.StoreVerdict, len(keys))
 	placed := make([]bool, len(keys))
@@ -366,8 +405,8 @@ func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Du
 			}
 		}
 		if err != nil {
-			c, _ := s.names(keys[i])
-			s.logUnusable(c, err)
+			c, f := s.names(keys[i])
+			s.logUnusable(c, f, err)
 			s.c.Fallback("throttle")
 			s.release(keys, placed, id)
 			return "", nil, err
@@ -409,7 +448,7 @@ func (s *ThrottleStore) End(ctx context.Context, now time.Time, window time.Dura
 	case auth.AttemptSucceeded:
 		result = "s"
 	}
-	_, err := s.run(ctx, endScript, keys, func(i int) []any {
+	_, err := s.run(ctx, endScript, window, keys, func(i int) []any {
 		from := ""
 		if keys[i].From != "" {
 			from = s.c.hashName("throttle from", keys[i].From)

@@ -358,7 +358,7 @@ func TestThrottleFleetUnusable(t *testing.T) {
 			count, flight := rp.store.names(auth.StoreKey{User: true, Name: tc.user})
 			args := append([]string(nil), tc.corrupt...)
 			args[1] = count
-			if args[1] == "flight" {
+			if tc.corrupt[1] == "flight" {
 				args[1] = flight
 			}
 			if _, err := r.Do(args...); err != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -113,7 +114,8 @@ func (t *TicketKeys) refresh(now time.Time) {
 }
 
 func (t *TicketKeys) name(epoch int64) string {
-	// The braces are a Redis Cluster hash tag: one MGET reads them all.
+	// The braces are a Redis Cluster hash tag: one pipeline to one node
+	// reads them all.
 	return t.c.key("{tickets:" + strconv.FormatInt(int64(t.rotation/time.Second), 10) + "}:" + strconv.FormatInt(epoch, 10))
 }
 
@@ -194,10 +196,12 @@ func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool)
 	for i, e := range epochs {
 		names[i] = t.name(e)
 	}
-	vals, err := t.c.client.MGet(ctx, names...).Result()
-	if err == nil && len(vals) != len(names) {
-		err = fmt.Errorf("MGET of %d keys answered %d values", len(names), len(vals))
-	}
+	var cmds []*redis.StringCmd
+	_, err := t.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds = getTicketEntries(ctx, p, names)
+		return nil
+	})
+	vals, err := ticketEntries(cmds, err)
 	var missing []int64
 	for i, e := range epochs[:2] {
 		if err == nil && vals[i] == nil {
@@ -231,7 +235,7 @@ func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool)
 // create writes a random key for each missing epoch unless another
 // replica did first (SET NX), and reads names again.
 func (t *TicketKeys) create(ctx context.Context, missing []int64, names []string) ([]any, error) {
-	var get *redis.SliceCmd
+	var get []*redis.StringCmd
 	_, err := t.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, e := range missing {
 			var k [32]byte
@@ -246,18 +250,43 @@ func (t *TicketKeys) create(ctx context.Context, missing []int64, names []string
 			ttl = min(max(ttl, time.Minute), t.rotation+t.lifetime+time.Minute)
 			p.SetArgs(ctx, name, sealed, redis.SetArgs{Mode: "NX", TTL: ttl})
 		}
-		get = p.MGet(ctx, names...)
+		get = getTicketEntries(ctx, p, names)
 		return nil
 	})
-	if err == redis.Nil { // the SET NX of a key that exists
-		err = get.Err()
+	return ticketEntries(get, err)
+}
+
+// maxTicketEntry bounds what is read of a ticket key's entry: a sealed
+// 32-byte key is 60 bytes. Whoever writes to Redis could put hundreds of
+// megabytes there, which every replica would read at every refresh.
+const maxTicketEntry = 256
+
+// getTicketEntries reads at most maxTicketEntry+1 bytes of each entry of
+// names (GETRANGE: a missing key reads as "").
+func getTicketEntries(ctx context.Context, p redis.Pipeliner, names []string) []*redis.StringCmd {
+	cmds := make([]*redis.StringCmd, len(names))
+	for i, n := range names {
+		cmds[i] = p.GetRange(ctx, n, 0, maxTicketEntry)
 	}
-	if err != nil {
+	return cmds
+}
+
+// ticketEntries is what cmds read, as MGET answers: a string per entry,
+// nil for one missing or of another type; err is the pipeline's, which a
+// reply of the entries' own (another type; a SET NX that did not set)
+// does not make a failure of Redis.
+func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
+	if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, err
 	}
-	vals := get.Val()
-	if len(vals) != len(names) {
-		return nil, fmt.Errorf("MGET of %d keys answered %d values", len(names), len(vals))
+	vals := make([]any, len(cmds))
+	for i, c := range cmds {
+		switch v, err := c.Result(); {
+		case err == nil && v != "":
+			vals[i] = v
+		case err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE"):
+			return nil, err
+		}
 	}
 	return vals, nil
 }
@@ -265,7 +294,13 @@ func (t *TicketKeys) create(ctx context.Context, missing []int64, names []string
 // open opens the entry s of the Redis key name, logging a refusal once.
 func (t *TicketKeys) open(name, s string) ([32]byte, bool) {
 	var k [32]byte
-	plain, err := t.c.open(name, []byte(s))
+	var plain []byte
+	var err error
+	if len(s) > maxTicketEntry {
+		err = fmt.Errorf("the entry holds more than %d bytes, not a sealed 32-byte key", maxTicketEntry)
+	} else {
+		plain, err = t.c.open(name, []byte(s))
+	}
 	if err == nil && len(plain) != 32 {
 		err = fmt.Errorf("the entry holds %d bytes, not a 32-byte key", len(plain))
 	}

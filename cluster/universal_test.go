@@ -75,7 +75,7 @@ func TestSentinel(t *testing.T) {
 }
 
 // TestRedisCluster: replicas on a Redis Cluster of three masters, each
-// told one node, share ticket keys: the keys read together (MGET) are in
+// told one node, share ticket keys: the keys read together (one pipeline) are in
 // one hash slot.
 func TestRedisCluster(t *testing.T) {
 	rc := dirrun.RedisClusterFor(t)

@@ -141,6 +141,12 @@ func (sess *session) throttleUser(user string) string {
 	}
 	// A source that compares local parts only finds one entry for
 	// every domain: one budget for them all.
+	return sess.entryName(user)
+}
+
+// entryName is user as the Router finds its entry: its local part when
+// the Router compares local parts only ([auth.DomainBlind]).
+func (sess *session) entryName(user string) string {
 	if db, ok := sess.cfg.Router.(auth.DomainBlind); ok && db.IgnoresDomain() {
 		if i := strings.LastIndexByte(user, '@'); i >= 0 {
 			user = user[:i]

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/proxy/internal/pop3"
 )
 
@@ -513,14 +514,26 @@ func (s *Server) SessionList() []SessionInfo {
 }
 
 // EndSessions ends every session of user (the name the client logged in
-// with, compared without regard to case), logged in or still logging in:
+// with, compared as [auth.FoldUser] folds: every spelling the directory
+// takes for the same entry, every domain of it when the Router compares
+// local parts only), logged in or still logging in:
 // both sockets are closed, no QUIT is sent. It returns how many it ended.
 // Moving a mailbox: change its route, reload, then end its sessions so
 // that the client's next login goes to the new backend.
 func (s *Server) EndSessions(user string) int {
+	k := auth.FoldUser(user)
+	if k == "" {
+		return 0
+	}
 	return s.endWhere(func(sess *session) bool {
 		u := sess.userName()
-		return u != "" && strings.EqualFold(u, user)
+		if u == "" {
+			return false
+		}
+		// With a Router that compares local parts only, every domain
+		// of the name is the entry's (and logs in with its password).
+		e := auth.FoldUser(sess.entryName(user))
+		return auth.FoldUser(u) == k || e != "" && auth.FoldUser(sess.entryName(u)) == e
 	})
 }
 

@@ -127,7 +127,7 @@ func TestFleetSessions(t *testing.T) {
 	if _, err := f.redis.Do("SET", "popgate:{sessions}:node:node9", "garbage"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.redis.Do("ZADD", "popgate:{sessions}:nodes", fmt.Sprint(time.Now().Add(time.Minute).UnixMilli()), "node9"); err != nil {
+	if _, err := f.redis.Do("ZADD", "popgate:{sessions}:nodes", fmt.Sprint(time.Now().Add(10*time.Second).UnixMilli()), "node9"); err != nil {
 		t.Fatal(err)
 	}
 	resp = ps[2].request(http.MethodGet, "/sessions", "", "")
