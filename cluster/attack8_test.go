@@ -17,7 +17,8 @@ import (
 // listed the sessions of one or the other by turns, and when its drain
 // ended it deleted the entry and took the node out of the index: the new
 // process's sessions were missing from every list until its next refresh.
-// A replica that has handed over leaves the entry to the new process.
+// Each process keeps an entry of its own: the new process's sessions are
+// listed throughout, and the old one's until its drain ends.
 func TestAttack8UpgradeKeepsTheEntry(t *testing.T) {
 	r := dirrun.RedisFor(t)
 	key := writeKey(t)
@@ -26,9 +27,8 @@ func TestAttack8UpgradeKeepsTheEntry(t *testing.T) {
 	heir := startMember(t, r, "node0", key, func(s *Sessions) { s.refresh = 250 * time.Millisecond })
 	heir.local.add("4e7001", "bob")
 	other := startMember(t, r, "node1", key)
-	old.s.HandedOver()
 	time.Sleep(600 * time.Millisecond) // the new process has written its list since
-	missing := 0
+	missing, draining := 0, 0
 	for i := range 60 {
 		if i == 20 {
 			old.stop() // the drain is over
@@ -36,8 +36,13 @@ func TestAttack8UpgradeKeepsTheEntry(t *testing.T) {
 		list, _ := other.s.List(context.Background())
 		found := false
 		for _, s := range list {
-			if s.ID == "node0:4e7001" {
+			switch s.ID {
+			case "node0:4e7001":
 				found = true
+			case "node0:0ld001":
+				if i < 20 {
+					draining++
+				}
 			}
 		}
 		if !found {
@@ -47,5 +52,8 @@ func TestAttack8UpgradeKeepsTheEntry(t *testing.T) {
 	}
 	if missing > 0 {
 		t.Errorf("the new process's session was missing from the fleet's list in %d of 60 looks, during and after the old process's drain", missing)
+	}
+	if draining != 20 {
+		t.Errorf("the draining process's session was listed in %d of the 20 looks before its drain ended", draining)
 	}
 }

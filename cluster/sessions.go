@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -84,9 +83,6 @@ type Sessions struct {
 	now           func() time.Time
 	subscribed    chan struct{} // closed once the first subscription is up
 	subscribeOnce sync.Once
-	// handedOver: a new process of the same replica (an upgrade) keeps
-	// the entry from now on (HandedOver).
-	handedOver atomic.Bool
 
 	mu      sync.Mutex
 	waiters map[string]chan kickMsg // nonce of a kick sent → its answers
@@ -154,25 +150,13 @@ func (s *Sessions) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
-			if !s.handedOver.Load() {
-				s.unregister()
-			}
+			s.unregister()
 			return
 		case <-t.C:
-			if !s.handedOver.Load() {
-				s.register()
-			}
+			s.register()
 		}
 	}
 }
-
-// HandedOver tells s that a new process of this replica (an upgrade, the
-// same node_name) serves from now on: the replica's entry is the new
-// process's, and this one, draining, no longer writes its list over it,
-// nor removes it when it stops. It still answers kicks: a kick by user or
-// by id ends its sessions too, although the fleet's list no longer shows
-// them.
-func (s *Sessions) HandedOver() { s.handedOver.Store(true) }
 
 // register writes this replica's list and its place in the index.
 func (s *Sessions) register() {

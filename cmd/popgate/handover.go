@@ -579,11 +579,6 @@ func (r *runner) upgrade(ctx context.Context) error {
 			r.log.Warn("upgrade: could not write the new process's PID to the PID file; popgate upgrade cannot find it", "file", r.pidFile, "new_pid", pid, "err", err)
 		}
 	}
-	if r.fleet != nil {
-		// The new process is the same replica (node_name): the
-		// fleet's entry is its own from now on.
-		r.fleet.HandedOver()
-	}
 	// The new process is the service's main process from now on: it
 	// gets "systemctl reload", and systemd no longer waits for this one.
 	r.notify(fmt.Sprintf("MAINPID=%d\nREADY=1\nSTATUS=upgraded; pid %d serves, pid %d drains", pid, pid, os.Getpid()))
