@@ -616,6 +616,10 @@ func (o *OAuth) audienceOK(aud any, required bool) bool {
 	return false
 }
 
+// maxNumericDate bounds the seconds of a time claim (some 35,000 years
+// either side of 1970): far past any token's life, well inside int64.
+const maxNumericDate = 1 << 40
+
 func numericDate(v any) (time.Time, bool, error) {
 	if v == nil {
 		return time.Time{}, false, nil
@@ -627,6 +631,11 @@ func numericDate(v any) (time.Time, bool, error) {
 	f, err := n.Float64()
 	if err != nil {
 		return time.Time{}, false, refuse("a time claim is not a number")
+	}
+	// Past what an int64 of seconds holds, the conversion wraps: nbf
+	// "at the end of time" would read as the distant past.
+	if f < -maxNumericDate || f > maxNumericDate {
+		return time.Time{}, false, refuse("a time claim is out of range")
 	}
 	return time.Unix(int64(f), 0), true, nil
 }
