@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -93,4 +94,31 @@ func TestAttack9TimeClaimsOutOfRange(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRefused(t, o, "exp -1e300", tok)
+}
+
+// The issuer's endpoints are used as its discovery names them: a JWKS
+// answer that redirects elsewhere (to plain http, where anyone on the path
+// can answer with a key of their own) is not followed, whatever client the
+// verifier was given.
+func TestAttack9KeysRedirectedToPlainHTTP(t *testing.T) {
+	evil, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(rsaJWKS(&evil.PublicKey, "k1"))
+	}))
+	defer plain.Close()
+	h := startHostileIssuer(t)
+	h.jwks = func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/jwks", http.StatusFound)
+	}
+	o, err := NewOAuth(OAuthConfig{Issuer: h.srv.URL, Audience: []string{testAudience}, HTTPClient: h.srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := signRS256(t, evil, "k1", map[string]any{"iss": h.srv.URL, "aud": testAudience, "email": "bob@example.com", "exp": time.Now().Add(time.Hour).Unix()})
+	if id, err := o.Verify(context.Background(), tok); err == nil {
+		t.Fatalf("a token signed with a key served over plain http after a redirect opened %q", id.User)
+	}
 }

@@ -69,7 +69,8 @@ type OAuthConfig struct {
 	KeyRefreshInterval time.Duration
 	// HTTPClient fetches discovery, keys and introspections; it carries
 	// the timeouts and the trust. nil: a client with a 10 s timeout and
-	// the system's roots.
+	// the system's roots. Redirects are not followed unless the client
+	// has a CheckRedirect of its own.
 	HTTPClient *http.Client
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
@@ -174,6 +175,15 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	}
 	if o.client == nil {
 		o.client = &http.Client{Timeout: 10 * time.Second}
+	}
+	if o.client.CheckRedirect == nil {
+		// Go's clients follow redirects, to any host and from https
+		// to plain http, where anyone on the path could answer the
+		// JWKS with a key of their own. The issuer's endpoints are
+		// used as its discovery document names them.
+		c := *o.client
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		o.client = &c
 	}
 	if _, err := rand.Read(o.macKey); err != nil {
 		return nil, err
