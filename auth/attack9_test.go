@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -120,5 +121,63 @@ func TestAttack9KeysRedirectedToPlainHTTP(t *testing.T) {
 	tok := signRS256(t, evil, "k1", map[string]any{"iss": h.srv.URL, "aud": testAudience, "email": "bob@example.com", "exp": time.Now().Add(time.Hour).Unix()})
 	if id, err := o.Verify(context.Background(), tok); err == nil {
 		t.Fatalf("a token signed with a key served over plain http after a redirect opened %q", id.User)
+	}
+}
+
+// An issuer that does not answer (blackholed, or a slow-loris) must not
+// queue every token login behind every earlier one's full timeout: a login
+// gives up when its own deadline passes, and a failed discovery is not
+// asked again by each login that follows.
+func TestAttack9HangingIssuerDoesNotQueueLogins(t *testing.T) {
+	h := startHostileIssuer(t)
+	release := make(chan struct{})
+	h.discovery = func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "down", http.StatusServiceUnavailable)
+	}
+	client := h.srv.Client()
+	client.Timeout = time.Minute
+	o, err := NewOAuth(OAuthConfig{Issuer: h.srv.URL, Audience: []string{testAudience}, HTTPClient: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln"
+	first := make(chan error, 1)
+	go func() {
+		_, err := o.Verify(context.Background(), tok)
+		first <- err
+	}()
+	for h.hits.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	second := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_, err := o.Verify(ctx, tok)
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		if err == nil || errors.As(err, new(*TokenError)) {
+			t.Errorf("a login while the issuer hangs: want trouble with the issuer, got %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("a login with a 100ms deadline still waits for another login's fetch 10s on")
+	}
+	close(release)
+	if err := <-first; err == nil {
+		t.Fatal("the hanging issuer's 503 gave a login")
+	}
+	for range 5 {
+		if _, err := o.Verify(context.Background(), tok); err == nil {
+			t.Fatal("no issuer, yet a login")
+		}
+	}
+	if n := h.hits.Load(); n > 1 {
+		t.Errorf("the failed discovery was fetched %d times within key_refresh_interval; want once", n)
 	}
 }

@@ -118,13 +118,16 @@ type OAuth struct {
 	mu    sync.Mutex // guards cache
 	cache *ttlLRU[Identity]
 
-	// fetchMu serialises discovery and key fetches; meta and fetched
-	// are read and written under it.
-	fetchMu sync.Mutex
-	meta    *oidcMetadata
-	fetched time.Time // last JWKS fetch attempt
+	// fetching (a one-place semaphore, see lockFetch) serialises
+	// discovery and key fetches; meta, metaErr, metaTried and fetched
+	// are read and written while it is held.
+	fetching  chan struct{}
+	meta      *oidcMetadata
+	metaErr   error     // the last discovery's failure, while meta is nil
+	metaTried time.Time // last discovery attempt
+	fetched   time.Time // last JWKS fetch attempt
 
-	// keysMu guards keys, which are written under fetchMu too: tokens
+	// keysMu guards keys, which are written under fetching too: tokens
 	// of keys popgate holds verify while a fetch is under way.
 	keysMu sync.RWMutex
 	keys   []jwk
@@ -154,7 +157,7 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	if cfg.Algorithms == nil {
 		cfg.Algorithms = DefaultOAuthAlgorithms
 	}
-	o := &OAuth{cfg: cfg, client: cfg.HTTPClient, algs: map[string]bool{}, macKey: make([]byte, 32)}
+	o := &OAuth{cfg: cfg, client: cfg.HTTPClient, algs: map[string]bool{}, macKey: make([]byte, 32), fetching: make(chan struct{}, 1)}
 	for _, a := range cfg.Algorithms {
 		if !slices.Contains(DefaultOAuthAlgorithms, a) {
 			return nil, fmt.Errorf("oauth algorithm %q is not accepted (only %s; never none or HMAC)", a, strings.Join(DefaultOAuthAlgorithms, ", "))
@@ -234,8 +237,10 @@ func (o *OAuth) Verify(ctx context.Context, token string) (Identity, error) {
 // CheckIssuer fetches the discovery document and, for signed tokens, the
 // keys, reporting what is wrong: `popgate check`'s test of the settings.
 func (o *OAuth) CheckIssuer(ctx context.Context) error {
-	o.fetchMu.Lock()
-	defer o.fetchMu.Unlock()
+	if err := o.lockFetch(ctx); err != nil {
+		return err
+	}
+	defer o.unlockFetch()
 	meta, err := o.metadataLocked(ctx)
 	if err != nil {
 		return err
@@ -258,10 +263,45 @@ func (o *OAuth) CheckIssuer(ctx context.Context) error {
 	return nil
 }
 
+// lockFetch waits for the fetches from the issuer to be this login's to
+// make, or for ctx to end: a login behind another one's fetch from an
+// issuer that does not answer gives up at its own deadline.
+func (o *OAuth) lockFetch(ctx context.Context) error {
+	select {
+	case o.fetching <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("oauth: waiting for another login's fetch from the issuer: %w", ctx.Err())
+	}
+}
+
+func (o *OAuth) unlockFetch() { <-o.fetching }
+
+// metadataLocked returns the discovery document, fetching it the first
+// time. A failed discovery is tried again at most once per
+// KeyRefreshInterval, as the keys are: an issuer that is down or answers
+// garbage is not asked by every login in turn.
 func (o *OAuth) metadataLocked(ctx context.Context) (*oidcMetadata, error) {
 	if o.meta != nil {
 		return o.meta, nil
 	}
+	now := o.cfg.Now()
+	if o.metaErr != nil && now.Sub(o.metaTried) < o.cfg.KeyRefreshInterval {
+		return nil, o.metaErr
+	}
+	meta, err := o.discover(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			// The login's own end is no failure of the issuer's.
+			o.metaErr, o.metaTried = err, now
+		}
+		return nil, err
+	}
+	o.meta, o.metaErr = meta, nil
+	return meta, nil
+}
+
+func (o *OAuth) discover(ctx context.Context) (*oidcMetadata, error) {
 	var meta oidcMetadata
 	if err := o.getJSON(ctx, o.DiscoveryURL(), &meta); err != nil {
 		return nil, fmt.Errorf("oauth discovery: %w", err)
@@ -277,8 +317,7 @@ func (o *OAuth) metadataLocked(ctx context.Context) (*oidcMetadata, error) {
 	if !o.cfg.Introspect && meta.JWKSURI == "" {
 		return nil, errors.New("oauth discovery: the document names no jwks_uri")
 	}
-	o.meta = &meta
-	return o.meta, nil
+	return &meta, nil
 }
 
 // maxIssuerAnswer bounds what is read of a discovery document, a JWKS or an
@@ -439,8 +478,10 @@ func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]
 	if ks := match(); len(ks) > 0 {
 		return ks, nil
 	}
-	o.fetchMu.Lock()
-	defer o.fetchMu.Unlock()
+	if err := o.lockFetch(ctx); err != nil {
+		return nil, err
+	}
+	defer o.unlockFetch()
 	// Another login may have fetched the set while this one waited.
 	if ks := match(); len(ks) > 0 {
 		return ks, nil
@@ -697,9 +738,11 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 // trusted until the token expires or IntrospectionCacheTTL passes, which
 // comes first.
 func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Identity, time.Time, error) {
-	o.fetchMu.Lock()
+	if err := o.lockFetch(ctx); err != nil {
+		return Identity{}, time.Time{}, err
+	}
 	meta, err := o.metadataLocked(ctx)
-	o.fetchMu.Unlock()
+	o.unlockFetch()
 	if err != nil {
 		return Identity{}, time.Time{}, err
 	}

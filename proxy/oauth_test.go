@@ -40,6 +40,9 @@ func oauthHarnessWith(t testing.TB, separator string, introspect bool, cacheSize
 		Issuer: p.Issuer, Audience: []string{oauthAudience}, HTTPClient: p.Client(),
 		Introspect: introspect, ClientID: p.ClientID, ClientSecret: auth.Password(p.ClientSecret),
 		CacheSize: cacheSize,
+		// A failed fetch from the issuer is tried again this soon
+		// (TestOAuthIssuerDown restarts it).
+		KeyRefreshInterval: 10 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +240,7 @@ func TestOAuthIssuerDown(t *testing.T) {
 	if err := p.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(50 * time.Millisecond) // past key_refresh_interval since the failed discovery
 	if got := c.cmd("AUTH XOAUTH2 " + xoauth2(testUser, tok)); !strings.HasPrefix(got, "+OK") {
 		t.Fatalf("issuer back: %q", got)
 	}
