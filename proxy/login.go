@@ -183,6 +183,12 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	sess.setLogin(creds.User, dec.Backend)
 	b := sess.cfg.Backends[dec.Backend]
 	switch {
+	case b == nil && dec.Backend == "" && dec.Address != "" && auth.IsTokenMethod(creds.Method):
+		// A token login is the master user's, whose secret opens
+		// every mailbox: it goes only to a backend the configuration
+		// names, with that backend's TLS settings, never in clear to
+		// wherever a lookup points.
+		return nil, &lookupError{errors.New("a bearer-token login's route names a bare address; set route.http.backend so that the master login goes to a configured backend")}
 	case b == nil && dec.Backend == "" && dec.Address != "":
 		// A bare address from a lookup service with no backend
 		// settings to apply: plaintext, as nginx does.
