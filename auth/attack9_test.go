@@ -181,3 +181,27 @@ func TestAttack9HangingIssuerDoesNotQueueLogins(t *testing.T) {
 		t.Errorf("the failed discovery was fetched %d times within key_refresh_interval; want once", n)
 	}
 }
+
+// Under introspection with an audience configured, a token the issuer
+// gave another client (a web application the user signed in to, whose
+// operator now holds the token) carries no "aud" of popgate's and must
+// not open the mailbox: an answer without "aud" is not one for popgate.
+func TestAttack9IntrospectionAudienceRequiredWhenConfigured(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, func(c *OAuthConfig) {
+		c.Introspect, c.ClientID, c.ClientSecret = true, p.ClientID, Password(p.ClientSecret)
+	})
+	c := p.Claims("alice@example.com", testAudience, time.Hour)
+	delete(c, "aud")
+	c["client_id"] = "some-web-app"
+	wantRefused(t, o, "another client's token without aud", p.Opaque(c))
+	// Without an audience configured, whatever the issuer calls active
+	// passes, as documented.
+	open := newVerifier(t, p, func(c *OAuthConfig) {
+		c.Introspect, c.ClientID, c.ClientSecret = true, p.ClientID, Password(p.ClientSecret)
+		c.Audience = nil
+	})
+	if _, err := open.Verify(context.Background(), p.Opaque(c)); err != nil {
+		t.Errorf("no audience configured: %v", err)
+	}
+}

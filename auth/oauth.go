@@ -34,8 +34,9 @@ type OAuthConfig struct {
 	// (RFC 8414 §3.3), so that a look-alike cannot stand in for it.
 	Issuer string
 	// Audience lists the accepted "aud" values; a token must name one.
-	// Required for signed tokens; checked under introspection when the
-	// answer carries an "aud".
+	// Required for signed tokens; optional under introspection, where
+	// without it any token the issuer calls active passes, whichever
+	// client it was issued to.
 	Audience []string
 	// Algorithms lists the accepted JWS algorithms; nil:
 	// [DefaultOAuthAlgorithms]. Only public-key algorithms exist here:
@@ -772,7 +773,11 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 	if iss, ok := claims["iss"].(string); ok && iss != o.cfg.Issuer {
 		return Identity{}, time.Time{}, refuse("issuer %q is not the configured one", clip(iss))
 	}
-	if !o.audienceOK(claims["aud"], false) {
+	// With an audience configured, an answer without "aud" is not one
+	// for popgate: the issuer calls any of its clients' tokens active,
+	// and the web application a user gave one to must not open the
+	// user's mailbox with it.
+	if !o.audienceOK(claims["aud"], len(o.cfg.Audience) > 0) {
 		return Identity{}, time.Time{}, refuse("audience is not accepted")
 	}
 	id, err := o.identity(claims, now, false)
