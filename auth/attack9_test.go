@@ -205,3 +205,24 @@ func TestAttack9IntrospectionAudienceRequiredWhenConfigured(t *testing.T) {
 		t.Errorf("no audience configured: %v", err)
 	}
 }
+
+// A JWKS key far larger than any issuer uses makes each verification cost
+// a great deal of CPU (a 1 MiB JWKS holds a modulus of millions of bits):
+// such keys are left out like those under 2048 bits.
+func TestAttack9HugeRSAKeyLeftOut(t *testing.T) {
+	n := make([]byte, 16384/8+1)
+	rand.Read(n)
+	n[0] |= 1
+	n[len(n)-1] |= 1
+	k := rawJWK{Kty: "RSA", N: base64.RawURLEncoding.EncodeToString(n), E: "AQAB"}
+	if _, err := k.publicKey(); err == nil {
+		t.Errorf("a %d-bit RSA key is accepted", new(big.Int).SetBytes(n).BitLen())
+	}
+	k.E = base64.RawURLEncoding.EncodeToString(big.NewInt(1<<31 - 1).Bytes())
+	n = n[:4096/8]
+	n[0] |= 0x80
+	k.N = base64.RawURLEncoding.EncodeToString(n)
+	if _, err := k.publicKey(); err != nil {
+		t.Errorf("a 4096-bit key with a large exponent: %v", err)
+	}
+}

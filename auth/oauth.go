@@ -376,8 +376,9 @@ type rawJWK struct {
 }
 
 // fetchKeysLocked fetches the JWKS. Keys popgate cannot use (encryption
-// keys, symmetric "oct" keys, unknown types, RSA under 2048 bits) are left
-// out: a symmetric key in the set must never verify anything.
+// keys, symmetric "oct" keys, unknown types, RSA under 2048 or over 8192
+// bits) are left out: a symmetric key in the set must never verify
+// anything.
 func (o *OAuth) fetchKeysLocked(ctx context.Context, now time.Time) error {
 	meta, err := o.metadataLocked(ctx)
 	if err != nil {
@@ -415,6 +416,11 @@ func b64big(s string) (*big.Int, error) {
 	return new(big.Int).SetBytes(b), nil
 }
 
+// maxRSABits bounds the RSA keys of a JWKS: no issuer uses larger ones,
+// and each verification with a key of millions of bits (a JWKS may run to
+// a MiB) would cost seconds of CPU, a token login's worth each.
+const maxRSABits = 8192
+
 func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 	switch k.Kty {
 	case "RSA":
@@ -428,6 +434,9 @@ func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 		}
 		if n.BitLen() < 2048 {
 			return nil, errors.New("RSA key under 2048 bits")
+		}
+		if n.BitLen() > maxRSABits {
+			return nil, errors.New("RSA key over 8192 bits")
 		}
 		return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
 	case "EC":
