@@ -226,3 +226,48 @@ func TestAttack9HugeRSAKeyLeftOut(t *testing.T) {
 		t.Errorf("a 4096-bit key with a large exponent: %v", err)
 	}
 }
+
+// A key the issuer took out of its JWKS (compromised, rotated away) was
+// trusted for as long as the process ran, unless some token happened to
+// name a key popgate did not hold: the set held is fetched again once it
+// is an hour old.
+func TestAttack9RemovedKeyNotTrustedForever(t *testing.T) {
+	p := startProvider(t)
+	var offset atomic.Int64
+	o := newVerifier(t, p, func(c *OAuthConfig) {
+		c.KeyRefreshInterval = time.Minute
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	})
+	ctx := context.Background()
+	old, err := p.Sign(nil, p.Claims("alice@example.com", testAudience, 5*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Verify(ctx, p.Token("alice@example.com", testAudience)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	p.DropOldKeys()
+	offset.Store(int64(2 * time.Hour))
+	if id, err := o.Verify(ctx, old); err == nil {
+		t.Errorf("two hours after the issuer dropped its key, a token it signed still opens %q", id.User)
+	}
+	// The new key verifies; the issuer down keeps the keys held.
+	long := func(user string) string {
+		tok, err := p.Sign(nil, p.Claims(user, testAudience, 5*time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if _, err := o.Verify(ctx, long("bob@example.com")); err != nil {
+		t.Fatal(err)
+	}
+	p.Stop()
+	offset.Store(int64(4 * time.Hour))
+	if _, err := o.Verify(ctx, long("carol@example.com")); err != nil {
+		t.Errorf("issuer down with the keys an hour old: %v", err)
+	}
+}

@@ -132,6 +132,7 @@ type OAuth struct {
 	// of keys popgate holds verify while a fetch is under way.
 	keysMu sync.RWMutex
 	keys   []jwk
+	keysAt time.Time // when keys were fetched
 }
 
 type oidcMetadata struct {
@@ -403,7 +404,7 @@ func (o *OAuth) fetchKeysLocked(ctx context.Context, now time.Time) error {
 		keys = append(keys, jwk{kid: k.Kid, alg: k.Alg, pub: pub})
 	}
 	o.keysMu.Lock()
-	o.keys = keys
+	o.keys, o.keysAt = keys, now
 	o.keysMu.Unlock()
 	return nil
 }
@@ -469,43 +470,67 @@ func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 	return nil, errors.New("unusable key type")
 }
 
+// maxKeyAge is how long a fetched JWKS is used before it is fetched again:
+// a key the issuer took out of its set (compromised, rotated away) stops
+// verifying within it even when no token names a key popgate lacks.
+const maxKeyAge = time.Hour
+
 // keysFor returns the keys that may have signed a token with kid and alg.
 // A kid not in the cached set fetches the set again, at most once per
 // KeyRefreshInterval; within it, such a token is answered "try later"
-// (a key the issuer has just rotated in), not refused.
+// (a key the issuer has just rotated in), not refused. A set older than
+// maxKeyAge is fetched again by one login while the others go on with it,
+// and serves on while the issuer cannot be reached.
 func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]jwk, error) {
-	match := func() []jwk {
+	match := func() (ks []jwk, fresh bool) {
 		o.keysMu.RLock()
 		defer o.keysMu.RUnlock()
-		var ks []jwk
 		for _, k := range o.keys {
 			if (kid == "" || k.kid == kid) && keyFits(k, alg) {
 				ks = append(ks, k)
 			}
 		}
-		return ks
+		return ks, now.Sub(o.keysAt) < maxKeyAge
 	}
-	if ks := match(); len(ks) > 0 {
+	ks, fresh := match()
+	switch {
+	case len(ks) > 0 && fresh:
 		return ks, nil
-	}
-	if err := o.lockFetch(ctx); err != nil {
-		return nil, err
+	case len(ks) > 0:
+		// Stale: this login fetches the set unless another one is.
+		select {
+		case o.fetching <- struct{}{}:
+		default:
+			return ks, nil
+		}
+	default:
+		if err := o.lockFetch(ctx); err != nil {
+			return nil, err
+		}
 	}
 	defer o.unlockFetch()
 	// Another login may have fetched the set while this one waited.
-	if ks := match(); len(ks) > 0 {
+	if ks, fresh = match(); len(ks) > 0 && fresh {
 		return ks, nil
 	}
 	if !o.fetched.IsZero() && now.Sub(o.fetched) < o.cfg.KeyRefreshInterval {
+		if len(ks) > 0 {
+			return ks, nil // stale, but the issuer was asked just now
+		}
 		if kid != "" && o.hasKid(kid) {
 			return nil, refuse("key %q does not fit algorithm %s", clip(kid), alg)
 		}
 		return nil, errors.New("oauth keys: token names a key not in the issuer's set, fetched too recently to ask again")
 	}
 	if err := o.fetchKeysLocked(ctx, now); err != nil {
+		if len(ks) > 0 {
+			// The issuer cannot be asked: the keys held serve on
+			// rather than every token login failing while it is down.
+			return ks, nil
+		}
 		return nil, err
 	}
-	if ks := match(); len(ks) > 0 {
+	if ks, _ := match(); len(ks) > 0 {
 		return ks, nil
 	}
 	return nil, refuse("no key of the issuer fits (kid %q, alg %s)", clip(kid), alg)
