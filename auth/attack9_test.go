@@ -9,9 +9,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -269,5 +271,51 @@ func TestAttack9RemovedKeyNotTrustedForever(t *testing.T) {
 	offset.Store(int64(4 * time.Hour))
 	if _, err := o.Verify(ctx, long("carol@example.com")); err != nil {
 		t.Errorf("issuer down with the keys an hour old: %v", err)
+	}
+}
+
+// Every token login under introspection is a request to the issuer: a
+// flood of connections each sending a made-up token must not become as
+// many concurrent HTTPS requests (and connections) to the issuer.
+func TestAttack9IntrospectionConcurrencyBounded(t *testing.T) {
+	h := startHostileIssuer(t)
+	h.discovery = func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(map[string]string{"issuer": h.srv.URL, "introspection_endpoint": h.srv.URL + "/jwks"})
+	}
+	var inFlight, most atomic.Int32
+	h.jwks = func(w http.ResponseWriter, r *http.Request) {
+		// The body read, the server notices the client leave.
+		io.Copy(io.Discard, r.Body)
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-r.Context().Done()
+	}
+	o, err := NewOAuth(OAuthConfig{Issuer: h.srv.URL, Introspect: true, ClientID: "popgate", ClientSecret: "s", HTTPClient: h.srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	const logins = 3 * maxIntrospections
+	for i := range logins {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if _, err := o.Verify(ctx, "made-up-"+strconv.Itoa(i)); err == nil {
+				t.Error("a made-up token passed")
+			}
+		}()
+	}
+	for range logins {
+		<-done
+	}
+	if m := most.Load(); m > maxIntrospections {
+		t.Errorf("%d introspections at once for %d logins; want at most %d", m, logins, maxIntrospections)
 	}
 }

@@ -128,6 +128,11 @@ type OAuth struct {
 	metaTried time.Time // last discovery attempt
 	fetched   time.Time // last JWKS fetch attempt
 
+	// introspecting holds a place for each introspection under way
+	// (maxIntrospections): a flood of made-up tokens is not as many
+	// requests and connections to the issuer at once.
+	introspecting chan struct{}
+
 	// keysMu guards keys, which are written under fetching too: tokens
 	// of keys popgate holds verify while a fetch is under way.
 	keysMu sync.RWMutex
@@ -159,7 +164,8 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	if cfg.Algorithms == nil {
 		cfg.Algorithms = DefaultOAuthAlgorithms
 	}
-	o := &OAuth{cfg: cfg, client: cfg.HTTPClient, algs: map[string]bool{}, macKey: make([]byte, 32), fetching: make(chan struct{}, 1)}
+	o := &OAuth{cfg: cfg, client: cfg.HTTPClient, algs: map[string]bool{}, macKey: make([]byte, 32), fetching: make(chan struct{}, 1),
+		introspecting: make(chan struct{}, maxIntrospections)}
 	for _, a := range cfg.Algorithms {
 		if !slices.Contains(DefaultOAuthAlgorithms, a) {
 			return nil, fmt.Errorf("oauth algorithm %q is not accepted (only %s; never none or HMAC)", a, strings.Join(DefaultOAuthAlgorithms, ", "))
@@ -321,6 +327,10 @@ func (o *OAuth) discover(ctx context.Context) (*oidcMetadata, error) {
 	}
 	return &meta, nil
 }
+
+// maxIntrospections bounds the introspection requests under way at once;
+// a login beyond it waits for a turn until its deadline.
+const maxIntrospections = 64
 
 // maxIssuerAnswer bounds what is read of a discovery document, a JWKS or an
 // introspection answer.
@@ -793,8 +803,15 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 	req.Header.Set("Accept", "application/json")
 	// RFC 6749 §2.3.1: the client credentials are form-encoded first.
 	req.SetBasicAuth(url.QueryEscape(o.cfg.ClientID), url.QueryEscape(string(o.cfg.ClientSecret)))
+	select {
+	case o.introspecting <- struct{}{}:
+	case <-ctx.Done():
+		return Identity{}, time.Time{}, fmt.Errorf("oauth introspection: waiting for a turn: %w", ctx.Err())
+	}
 	var raw json.RawMessage
-	if err := o.do(req, &raw); err != nil {
+	err = o.do(req, &raw)
+	<-o.introspecting
+	if err != nil {
 		return Identity{}, time.Time{}, fmt.Errorf("oauth introspection: %w", err)
 	}
 	claims, err := decodeClaims(raw)
