@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -317,5 +318,30 @@ func TestAttack9IntrospectionConcurrencyBounded(t *testing.T) {
 	}
 	if m := most.Load(); m > maxIntrospections {
 		t.Errorf("%d introspections at once for %d logins; want at most %d", m, logins, maxIntrospections)
+	}
+}
+
+// Some issuers (Apple's among them) write email_verified as a string:
+// "false" is as unverified as false.
+func TestAttack9EmailVerifiedAsString(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, nil)
+	for _, v := range []any{"false", "False", 0, nil} {
+		c := p.Claims("alice@example.com", testAudience, time.Hour)
+		c["email_verified"] = v
+		tok, err := p.Sign(nil, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRefused(t, o, fmt.Sprintf("email_verified %#v", v), tok)
+	}
+	c := p.Claims("alice@example.com", testAudience, time.Hour)
+	c["email_verified"] = "true"
+	tok, err := p.Sign(nil, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Verify(context.Background(), tok); err != nil {
+		t.Errorf(`email_verified "true": %v`, err)
 	}
 }

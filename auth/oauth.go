@@ -761,9 +761,11 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 		return Identity{}, refuse("token issued in the future")
 	}
 	user, _ := claims[o.cfg.UserClaim].(string)
-	if v, ok := claims["email_verified"].(bool); ok && !v && o.cfg.UserClaim == "email" {
+	if v, ok := claims["email_verified"]; ok && o.cfg.UserClaim == "email" && !isTrue(v) {
 		// An address the user typed in and nobody confirmed may be
-		// anyone's.
+		// anyone's. Some issuers write the flag as a string ("false"
+		// is as unverified as false); anything but true is no
+		// confirmation.
 		return Identity{}, refuse("the token's email is not verified")
 	}
 	if user == "" {
@@ -777,6 +779,18 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 		id.Expires = exp
 	}
 	return id, nil
+}
+
+// isTrue reports whether a claim is true: the JSON boolean, or the string
+// "true" that some issuers write.
+func isTrue(v any) bool {
+	switch v := v.(type) {
+	case bool:
+		return v
+	case string:
+		return strings.EqualFold(v, "true")
+	}
+	return false
 }
 
 // introspect asks the issuer's RFC 7662 endpoint about token. The answer is
