@@ -936,6 +936,18 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 	return dec, nil
 }
 
+// TokenVerifier is a [Router] that verifies bearer tokens itself (an
+// [OAuthRouter]): only such a Router may be handed a token login, since
+// any other would route it by the name the client chose, and one that
+// names the backend's password itself would log it in unchecked.
+type TokenVerifier interface {
+	Router
+	VerifiesTokens() bool
+}
+
+// VerifiesTokens implements [TokenVerifier].
+func (r *OAuthRouter) VerifiesTokens() bool { return r.Verifier != nil }
+
 // Close closes Next when it holds something open.
 func (r *OAuthRouter) Close() error {
 	if c, ok := r.Next.(io.Closer); ok {

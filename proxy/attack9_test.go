@@ -30,3 +30,26 @@ func TestAttack9MasterSecretNeverToBareAddress(t *testing.T) {
 		t.Errorf("the master login went in plaintext to the lookup's address: %q", cmds)
 	}
 }
+
+// A Router that does not verify bearer tokens but names the backend
+// login's password itself (a lookup service's Auth-Pass, a master login
+// of its own) passed the check that the token is not handed on as a
+// password: any made-up token then opened the mailbox it named. Token
+// logins need a Router that verifies them.
+func TestAttack9TokenLoginNeedsAVerifyingRouter(t *testing.T) {
+	h := newHarness(t, harnessOpts{
+		listeners: []Listener{{Name: "pop3s", TLS: TLSImplicit, OAuth: true}},
+		config: func(c *Config) {
+			c.Router = auth.RouterFunc(func(ctx context.Context, req *auth.Request) (auth.Decision, error) {
+				return auth.Decision{Backend: "b1", User: req.User, Password: testPass}, nil
+			})
+		},
+	})
+	c := h.dial("pop3s")
+	if got := c.cmd("AUTH XOAUTH2 " + xoauth2(testUser, "made-up")); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") {
+		t.Errorf("a made-up token through a Router that verifies none: %q", got)
+	}
+	if cmds := h.backend.Commands(); len(cmds) != 0 {
+		t.Errorf("the backend was asked: %q", cmds)
+	}
+}

@@ -173,6 +173,14 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		req.TLSVersion = tlsversion.OpenSSL(sess.tls.version)
 		req.TLSCipher = cipherSuiteName(sess.tls.cipherSuite)
 	}
+	if auth.IsTokenMethod(creds.Method) {
+		// A Router that does not verify tokens would route the login
+		// by the client's name alone; one that names the backend's
+		// password itself would log it in unchecked.
+		if tv, ok := sess.cfg.Router.(auth.TokenVerifier); !ok || !tv.VerifiesTokens() {
+			return nil, &lookupError{errors.New("a bearer-token login, but the router verifies no tokens; bearer tokens need an auth.OAuthRouter")}
+		}
+	}
 	dec, err := sess.cfg.Router.Route(ctx, req)
 	if err != nil {
 		if errors.Is(err, auth.ErrNoRoute) || isDenied(err) {
