@@ -34,8 +34,9 @@ type OAuthConfig struct {
 	// (RFC 8414 §3.3), so that a look-alike cannot stand in for it.
 	Issuer string
 	// Audience lists the accepted "aud" values; a token must name one.
-	// Required for signed tokens; checked under introspection when the
-	// answer carries an "aud".
+	// Required for signed tokens; optional under introspection, where
+	// without it any token the issuer calls active passes, whichever
+	// client it was issued to.
 	Audience []string
 	// Algorithms lists the accepted JWS algorithms; nil:
 	// [DefaultOAuthAlgorithms]. Only public-key algorithms exist here:
@@ -69,7 +70,8 @@ type OAuthConfig struct {
 	KeyRefreshInterval time.Duration
 	// HTTPClient fetches discovery, keys and introspections; it carries
 	// the timeouts and the trust. nil: a client with a 10 s timeout and
-	// the system's roots.
+	// the system's roots. Redirects are not followed unless the client
+	// has a CheckRedirect of its own.
 	HTTPClient *http.Client
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
@@ -117,16 +119,25 @@ type OAuth struct {
 	mu    sync.Mutex // guards cache
 	cache *ttlLRU[Identity]
 
-	// fetchMu serialises discovery and key fetches; meta and fetched
-	// are read and written under it.
-	fetchMu sync.Mutex
-	meta    *oidcMetadata
-	fetched time.Time // last JWKS fetch attempt
+	// fetching (a one-place semaphore, see lockFetch) serialises
+	// discovery and key fetches; meta, metaErr, metaTried and fetched
+	// are read and written while it is held.
+	fetching  chan struct{}
+	meta      *oidcMetadata
+	metaErr   error     // the last discovery's failure, while meta is nil
+	metaTried time.Time // last discovery attempt
+	fetched   time.Time // last JWKS fetch attempt
 
-	// keysMu guards keys, which are written under fetchMu too: tokens
+	// introspecting holds a place for each introspection under way
+	// (maxIntrospections): a flood of made-up tokens is not as many
+	// requests and connections to the issuer at once.
+	introspecting chan struct{}
+
+	// keysMu guards keys, which are written under fetching too: tokens
 	// of keys popgate holds verify while a fetch is under way.
 	keysMu sync.RWMutex
 	keys   []jwk
+	keysAt time.Time // when keys were fetched
 }
 
 type oidcMetadata struct {
@@ -153,7 +164,8 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	if cfg.Algorithms == nil {
 		cfg.Algorithms = DefaultOAuthAlgorithms
 	}
-	o := &OAuth{cfg: cfg, client: cfg.HTTPClient, algs: map[string]bool{}, macKey: make([]byte, 32)}
+	o := &OAuth{cfg: cfg, client: cfg.HTTPClient, algs: map[string]bool{}, macKey: make([]byte, 32), fetching: make(chan struct{}, 1),
+		introspecting: make(chan struct{}, maxIntrospections)}
 	for _, a := range cfg.Algorithms {
 		if !slices.Contains(DefaultOAuthAlgorithms, a) {
 			return nil, fmt.Errorf("oauth algorithm %q is not accepted (only %s; never none or HMAC)", a, strings.Join(DefaultOAuthAlgorithms, ", "))
@@ -174,6 +186,15 @@ func NewOAuth(cfg OAuthConfig) (*OAuth, error) {
 	}
 	if o.client == nil {
 		o.client = &http.Client{Timeout: 10 * time.Second}
+	}
+	if o.client.CheckRedirect == nil {
+		// Go's clients follow redirects, to any host and from https
+		// to plain http, where anyone on the path could answer the
+		// JWKS with a key of their own. The issuer's endpoints are
+		// used as its discovery document names them.
+		c := *o.client
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		o.client = &c
 	}
 	if _, err := rand.Read(o.macKey); err != nil {
 		return nil, err
@@ -224,8 +245,10 @@ func (o *OAuth) Verify(ctx context.Context, token string) (Identity, error) {
 // CheckIssuer fetches the discovery document and, for signed tokens, the
 // keys, reporting what is wrong: `popgate check`'s test of the settings.
 func (o *OAuth) CheckIssuer(ctx context.Context) error {
-	o.fetchMu.Lock()
-	defer o.fetchMu.Unlock()
+	if err := o.lockFetch(ctx); err != nil {
+		return err
+	}
+	defer o.unlockFetch()
 	meta, err := o.metadataLocked(ctx)
 	if err != nil {
 		return err
@@ -248,10 +271,45 @@ func (o *OAuth) CheckIssuer(ctx context.Context) error {
 	return nil
 }
 
+// lockFetch waits for the fetches from the issuer to be this login's to
+// make, or for ctx to end: a login behind another one's fetch from an
+// issuer that does not answer gives up at its own deadline.
+func (o *OAuth) lockFetch(ctx context.Context) error {
+	select {
+	case o.fetching <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("oauth: waiting for another login's fetch from the issuer: %w", ctx.Err())
+	}
+}
+
+func (o *OAuth) unlockFetch() { <-o.fetching }
+
+// metadataLocked returns the discovery document, fetching it the first
+// time. A failed discovery is tried again at most once per
+// KeyRefreshInterval, as the keys are: an issuer that is down or answers
+// garbage is not asked by every login in turn.
 func (o *OAuth) metadataLocked(ctx context.Context) (*oidcMetadata, error) {
 	if o.meta != nil {
 		return o.meta, nil
 	}
+	now := o.cfg.Now()
+	if o.metaErr != nil && now.Sub(o.metaTried) < o.cfg.KeyRefreshInterval {
+		return nil, o.metaErr
+	}
+	meta, err := o.discover(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			// The login's own end is no failure of the issuer's.
+			o.metaErr, o.metaTried = err, now
+		}
+		return nil, err
+	}
+	o.meta, o.metaErr = meta, nil
+	return meta, nil
+}
+
+func (o *OAuth) discover(ctx context.Context) (*oidcMetadata, error) {
 	var meta oidcMetadata
 	if err := o.getJSON(ctx, o.DiscoveryURL(), &meta); err != nil {
 		return nil, fmt.Errorf("oauth discovery: %w", err)
@@ -267,9 +325,12 @@ func (o *OAuth) metadataLocked(ctx context.Context) (*oidcMetadata, error) {
 	if !o.cfg.Introspect && meta.JWKSURI == "" {
 		return nil, errors.New("oauth discovery: the document names no jwks_uri")
 	}
-	o.meta = &meta
-	return o.meta, nil
+	return &meta, nil
 }
+
+// maxIntrospections bounds the introspection requests under way at once;
+// a login beyond it waits for a turn until its deadline.
+const maxIntrospections = 64
 
 // maxIssuerAnswer bounds what is read of a discovery document, a JWKS or an
 // introspection answer.
@@ -326,8 +387,9 @@ type rawJWK struct {
 }
 
 // fetchKeysLocked fetches the JWKS. Keys popgate cannot use (encryption
-// keys, symmetric "oct" keys, unknown types, RSA under 2048 bits) are left
-// out: a symmetric key in the set must never verify anything.
+// keys, symmetric "oct" keys, unknown types, RSA under 2048 or over 8192
+// bits) are left out: a symmetric key in the set must never verify
+// anything.
 func (o *OAuth) fetchKeysLocked(ctx context.Context, now time.Time) error {
 	meta, err := o.metadataLocked(ctx)
 	if err != nil {
@@ -352,7 +414,7 @@ func (o *OAuth) fetchKeysLocked(ctx context.Context, now time.Time) error {
 		keys = append(keys, jwk{kid: k.Kid, alg: k.Alg, pub: pub})
 	}
 	o.keysMu.Lock()
-	o.keys = keys
+	o.keys, o.keysAt = keys, now
 	o.keysMu.Unlock()
 	return nil
 }
@@ -364,6 +426,11 @@ func b64big(s string) (*big.Int, error) {
 	}
 	return new(big.Int).SetBytes(b), nil
 }
+
+// maxRSABits bounds the RSA keys of a JWKS: no issuer uses larger ones,
+// and each verification with a key of millions of bits (a JWKS may run to
+// a MiB) would cost seconds of CPU, a token login's worth each.
+const maxRSABits = 8192
 
 func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 	switch k.Kty {
@@ -378,6 +445,9 @@ func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 		}
 		if n.BitLen() < 2048 {
 			return nil, errors.New("RSA key under 2048 bits")
+		}
+		if n.BitLen() > maxRSABits {
+			return nil, errors.New("RSA key over 8192 bits")
 		}
 		return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
 	case "EC":
@@ -410,41 +480,67 @@ func (k rawJWK) publicKey() (crypto.PublicKey, error) {
 	return nil, errors.New("unusable key type")
 }
 
+// maxKeyAge is how long a fetched JWKS is used before it is fetched again:
+// a key the issuer took out of its set (compromised, rotated away) stops
+// verifying within it even when no token names a key popgate lacks.
+const maxKeyAge = time.Hour
+
 // keysFor returns the keys that may have signed a token with kid and alg.
 // A kid not in the cached set fetches the set again, at most once per
 // KeyRefreshInterval; within it, such a token is answered "try later"
-// (a key the issuer has just rotated in), not refused.
+// (a key the issuer has just rotated in), not refused. A set older than
+// maxKeyAge is fetched again by one login while the others go on with it,
+// and serves on while the issuer cannot be reached.
 func (o *OAuth) keysFor(ctx context.Context, kid, alg string, now time.Time) ([]jwk, error) {
-	match := func() []jwk {
+	match := func() (ks []jwk, fresh bool) {
 		o.keysMu.RLock()
 		defer o.keysMu.RUnlock()
-		var ks []jwk
 		for _, k := range o.keys {
 			if (kid == "" || k.kid == kid) && keyFits(k, alg) {
 				ks = append(ks, k)
 			}
 		}
-		return ks
+		return ks, now.Sub(o.keysAt) < maxKeyAge
 	}
-	if ks := match(); len(ks) > 0 {
+	ks, fresh := match()
+	switch {
+	case len(ks) > 0 && fresh:
 		return ks, nil
+	case len(ks) > 0:
+		// Stale: this login fetches the set unless another one is.
+		select {
+		case o.fetching <- struct{}{}:
+		default:
+			return ks, nil
+		}
+	default:
+		if err := o.lockFetch(ctx); err != nil {
+			return nil, err
+		}
 	}
-	o.fetchMu.Lock()
-	defer o.fetchMu.Unlock()
+	defer o.unlockFetch()
 	// Another login may have fetched the set while this one waited.
-	if ks := match(); len(ks) > 0 {
+	if ks, fresh = match(); len(ks) > 0 && fresh {
 		return ks, nil
 	}
 	if !o.fetched.IsZero() && now.Sub(o.fetched) < o.cfg.KeyRefreshInterval {
+		if len(ks) > 0 {
+			return ks, nil // stale, but the issuer was asked just now
+		}
 		if kid != "" && o.hasKid(kid) {
 			return nil, refuse("key %q does not fit algorithm %s", clip(kid), alg)
 		}
 		return nil, errors.New("oauth keys: token names a key not in the issuer's set, fetched too recently to ask again")
 	}
 	if err := o.fetchKeysLocked(ctx, now); err != nil {
+		if len(ks) > 0 {
+			// The issuer cannot be asked: the keys held serve on
+			// rather than every token login failing while it is down.
+			return ks, nil
+		}
 		return nil, err
 	}
-	if ks := match(); len(ks) > 0 {
+	if ks, _ := match(); len(ks) > 0 {
 		return ks, nil
 	}
 	return nil, refuse("no key of the issuer fits (kid %q, alg %s)", clip(kid), alg)
@@ -616,6 +712,10 @@ func (o *OAuth) audienceOK(aud any, required bool) bool {
 	return false
 }
 
+// maxNumericDate bounds the seconds of a time claim (some 35,000 years
+// either side of 1970): far past any token's life, well inside int64.
+const maxNumericDate = 1 << 40
+
 func numericDate(v any) (time.Time, bool, error) {
 	if v == nil {
 		return time.Time{}, false, nil
@@ -627,6 +727,11 @@ func numericDate(v any) (time.Time, bool, error) {
 	f, err := n.Float64()
 	if err != nil {
 		return time.Time{}, false, refuse("a time claim is not a number")
+	}
+	// Past what an int64 of seconds holds, the conversion wraps: nbf
+	// "at the end of time" would read as the distant past.
+	if f < -maxNumericDate || f > maxNumericDate {
+		return time.Time{}, false, refuse("a time claim is out of range")
 	}
 	return time.Unix(int64(f), 0), true, nil
 }
@@ -656,9 +761,11 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 		return Identity{}, refuse("token issued in the future")
 	}
 	user, _ := claims[o.cfg.UserClaim].(string)
-	if v, ok := claims["email_verified"].(bool); ok && !v && o.cfg.UserClaim == "email" {
+	if v, ok := claims["email_verified"]; ok && o.cfg.UserClaim == "email" && !isTrue(v) {
 		// An address the user typed in and nobody confirmed may be
-		// anyone's.
+		// anyone's. Some issuers write the flag as a string ("false"
+		// is as unverified as false); anything but true is no
+		// confirmation.
 		return Identity{}, refuse("the token's email is not verified")
 	}
 	if user == "" {
@@ -674,13 +781,27 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 	return id, nil
 }
 
+// isTrue reports whether a claim is true: the JSON boolean, or the string
+// "true" that some issuers write.
+func isTrue(v any) bool {
+	switch v := v.(type) {
+	case bool:
+		return v
+	case string:
+		return strings.EqualFold(v, "true")
+	}
+	return false
+}
+
 // introspect asks the issuer's RFC 7662 endpoint about token. The answer is
 // trusted until the token expires or IntrospectionCacheTTL passes, which
 // comes first.
 func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Identity, time.Time, error) {
-	o.fetchMu.Lock()
+	if err := o.lockFetch(ctx); err != nil {
+		return Identity{}, time.Time{}, err
+	}
 	meta, err := o.metadataLocked(ctx)
-	o.fetchMu.Unlock()
+	o.unlockFetch()
 	if err != nil {
 		return Identity{}, time.Time{}, err
 	}
@@ -696,8 +817,15 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 	req.Header.Set("Accept", "application/json")
 	// RFC 6749 §2.3.1: the client credentials are form-encoded first.
 	req.SetBasicAuth(url.QueryEscape(o.cfg.ClientID), url.QueryEscape(string(o.cfg.ClientSecret)))
+	select {
+	case o.introspecting <- struct{}{}:
+	case <-ctx.Done():
+		return Identity{}, time.Time{}, fmt.Errorf("oauth introspection: waiting for a turn: %w", ctx.Err())
+	}
 	var raw json.RawMessage
-	if err := o.do(req, &raw); err != nil {
+	err = o.do(req, &raw)
+	<-o.introspecting
+	if err != nil {
 		return Identity{}, time.Time{}, fmt.Errorf("oauth introspection: %w", err)
 	}
 	claims, err := decodeClaims(raw)
@@ -710,7 +838,11 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 	if iss, ok := claims["iss"].(string); ok && iss != o.cfg.Issuer {
 		return Identity{}, time.Time{}, refuse("issuer %q is not the configured one", clip(iss))
 	}
-	if !o.audienceOK(claims["aud"], false) {
+	// With an audience configured, an answer without "aud" is not one
+	// for popgate: the issuer calls any of its clients' tokens active,
+	// and the web application a user gave one to must not open the
+	// user's mailbox with it.
+	if !o.audienceOK(claims["aud"], len(o.cfg.Audience) > 0) {
 		return Identity{}, time.Time{}, refuse("audience is not accepted")
 	}
 	id, err := o.identity(claims, now, false)
@@ -803,6 +935,18 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 	}
 	return dec, nil
 }
+
+// TokenVerifier is a [Router] that verifies bearer tokens itself (an
+// [OAuthRouter]): only such a Router may be handed a token login, since
+// any other would route it by the name the client chose, and one that
+// names the backend's password itself would log it in unchecked.
+type TokenVerifier interface {
+	Router
+	VerifiesTokens() bool
+}
+
+// VerifiesTokens implements [TokenVerifier].
+func (r *OAuthRouter) VerifiesTokens() bool { return r.Verifier != nil }
 
 // Close closes Next when it holds something open.
 func (r *OAuthRouter) Close() error {

@@ -183,6 +183,9 @@ func TestOAuthIssuerDown(t *testing.T) {
 	if err := p.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// The failed discovery is asked again once key_refresh_interval
+	// (1ms here) has passed.
+	time.Sleep(10 * time.Millisecond)
 	if _, err := o.Verify(context.Background(), tok); err != nil {
 		t.Fatalf("issuer back: %v", err)
 	}

@@ -120,7 +120,8 @@ type Listener struct {
 	// OAuth offers AUTH OAUTHBEARER (RFC 7628) and XOAUTH2 on this
 	// listener, after TLS only: the SASL line of CAPA names them once the
 	// connection is encrypted. The Router must verify the token (an
-	// auth.OAuthRouter); a Router that does not refuses such logins.
+	// auth.TokenVerifier, such as auth.OAuthRouter); with any other,
+	// such logins fail ("-ERR [SYS/TEMP]").
 	OAuth bool
 }
 

@@ -179,6 +179,14 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		req.TLSVersion = tlsversion.OpenSSL(sess.tls.version)
 		req.TLSCipher = cipherSuiteName(sess.tls.cipherSuite)
 	}
+	if auth.IsTokenMethod(creds.Method) {
+		// A Router that does not verify tokens would route the login
+		// by the client's name alone; one that names the backend's
+		// password itself would log it in unchecked.
+		if tv, ok := sess.cfg.Router.(auth.TokenVerifier); !ok || !tv.VerifiesTokens() {
+			return nil, &lookupError{errors.New("a bearer-token login, but the router verifies no tokens; bearer tokens need an auth.OAuthRouter")}
+		}
+	}
 	dec, err := sess.cfg.Router.Route(ctx, req)
 	if err != nil {
 		if errors.Is(err, auth.ErrNoRoute) || isDenied(err) {
@@ -189,6 +197,12 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	sess.setLogin(creds.User, dec.Backend)
 	b := sess.cfg.Backends[dec.Backend]
 	switch {
+	case b == nil && dec.Backend == "" && dec.Address != "" && auth.IsTokenMethod(creds.Method):
+		// A token login is the master user's, whose secret opens
+		// every mailbox: it goes only to a backend the configuration
+		// names, with that backend's TLS settings, never in clear to
+		// wherever a lookup points.
+		return nil, &lookupError{errors.New("a bearer-token login's route names a bare address; set route.http.backend so that the master login goes to a configured backend")}
 	case b == nil && dec.Backend == "" && dec.Address != "":
 		// A bare address from a lookup service with no backend
 		// settings to apply: plaintext, as nginx does.
