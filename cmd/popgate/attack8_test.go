@@ -490,3 +490,35 @@ func TestAttack8PIDFileAfterHandover(t *testing.T) {
 		t.Errorf("PID file after the handover: %d, %v; want the new process's %d", pid, err, child)
 	}
 }
+
+// TestAttack8ChildDiesAfterReady: a new process that wrote the ready line
+// and died at once (a crash in its first moments of serving) was handed
+// over to: the old process drained and exited, and nothing served. The
+// old process now sees it gone and serves on.
+func TestAttack8ChildDiesAfterReady(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	script := "#!/bin/sh\necho ready >&3\nexit 3\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return exe, nil }
+	t.Setenv("NOTIFY_SOCKET", "")
+	r := &runner{log: slog.New(slog.DiscardHandler), srv: &proxy.Server{}}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	stopped := false
+	r.stopRun = func() { stopped = true }
+	r.pidFile = filepath.Join(dir, "popgate.pid")
+	if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	err := r.upgrade(r.ctx)
+	if err == nil || r.handedOver.Load() || stopped {
+		t.Errorf("upgrade to a process that died after its ready line: err %v, handed over %v, stopped %v; want it failed and this process serving", err, r.handedOver.Load(), stopped)
+	}
+	if pid, err := readPIDFile(r.pidFile); err != nil || pid != os.Getpid() {
+		t.Errorf("PID file: %d, %v; want this process's %d", pid, err, os.Getpid())
+	}
+}

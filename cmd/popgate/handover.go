@@ -57,6 +57,10 @@ const upgradeEnv = "POPGATE_UPGRADE"
 // its configuration and certificates and take over every listener.
 const upgradeTimeout = 2 * time.Minute
 
+// upgradeSettle is how long the new process of an upgrade must live on
+// after it said it serves before this one hands over.
+const upgradeSettle = 500 * time.Millisecond
+
 // upgradeSpec is upgradeEnv's content.
 type upgradeSpec struct {
 	// Sockets maps a socket's key (socketKey) to its descriptor.
@@ -556,6 +560,20 @@ func (r *runner) upgrade(ctx context.Context) error {
 		return fmt.Errorf("the new process exited before it served (%v); its log lines above say why", werr)
 	case <-timer.C:
 		return fail(fmt.Errorf("the new process did not serve within %v", upgradeTimeout))
+	case <-ctx.Done():
+		return fail(errors.New("shutting down"))
+	}
+	// A process that writes the ready line and dies at once (a crash in
+	// its first moments of serving, a wrapper that reports for it) would
+	// leave nothing serving once this one drains: it must still be there
+	// a moment later. A shorter life than upgradeSettle is caught here;
+	// the sockets stay open either way, so no client is refused meanwhile.
+	settle := time.NewTimer(upgradeSettle)
+	defer settle.Stop()
+	select {
+	case werr := <-exited:
+		return fmt.Errorf("the new process exited just after it said it served (%v); its log lines above say why", werr)
+	case <-settle.C:
 	case <-ctx.Done():
 		return fail(errors.New("shutting down"))
 	}
