@@ -522,3 +522,44 @@ func TestAttack8ChildDiesAfterReady(t *testing.T) {
 		t.Errorf("PID file: %d, %v; want this process's %d", pid, err, os.Getpid())
 	}
 }
+
+// TestAttack8UpgradeRoleChange: a configuration that moves an address
+// from a POP3 listener to the admin endpoints (or spells it otherwise)
+// made the new process of an upgrade bind a new socket there while the
+// old one still listened on it: "address already in use", and the upgrade
+// failed. The inherited socket at that address is taken, whatever it
+// served before.
+func TestAttack8UpgradeRoleChange(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	r := &runner{log: slog.New(slog.DiscardHandler)}
+	r.inherit = &inherited{byKey: map[string]net.Listener{
+		pop3Key(addr):                  ln,
+		pop3Key(other.Addr().String()): other,
+	}}
+	got, err := r.listen(adminKey(addr), addr)
+	if err != nil {
+		t.Fatalf("admin endpoints at %s, which the old process served POP3 on: %v", addr, err)
+	}
+	if got != ln {
+		got.Close()
+		t.Fatalf("admin endpoints at %s: a new socket, not the inherited one", addr)
+	}
+	// Taken once: another listener at that address gets no second copy.
+	if _, err := r.listen(pop3Key("localhost:"+port), "localhost:"+port); err == nil {
+		t.Errorf("a second listener got %s too", addr)
+	}
+	if r.inherit.byKey[pop3Key(other.Addr().String())] != other {
+		t.Error("the socket at another address was taken too")
+	}
+}

@@ -288,8 +288,8 @@ func fileListener(fd int, what string) (net.Listener, error) {
 	return ln, nil
 }
 
-// take returns the inherited socket for key, or one of systemd's whose
-// address is addr, or nil.
+// take returns the inherited socket for key, or else one inherited or of
+// systemd's whose address is addr, or nil.
 func (h *inherited) take(key, addr string) net.Listener {
 	if h == nil {
 		return nil
@@ -299,6 +299,18 @@ func (h *inherited) take(key, addr string) net.Listener {
 	if ln := h.byKey[key]; ln != nil {
 		delete(h.byKey, key)
 		return ln
+	}
+	// The same address in another role (a POP3 address that is now the
+	// admin one) or spelt otherwise (":110" for "0.0.0.0:110"): the old
+	// process still listens on that socket until it hands over, so a new
+	// one could not be bound, and the upgrade would fail with "address
+	// already in use". A socket is a socket; its role is what this
+	// process makes of it.
+	for k, ln := range h.byKey {
+		if sameAddress(ln.Addr(), addr) {
+			delete(h.byKey, k)
+			return ln
+		}
 	}
 	for i, ln := range h.systemd {
 		if sameAddress(ln.Addr(), addr) {
