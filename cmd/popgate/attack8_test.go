@@ -563,3 +563,42 @@ func TestAttack8UpgradeRoleChange(t *testing.T) {
 		t.Error("the socket at another address was taken too")
 	}
 }
+
+// TestAttack8ReloadAfterHandover: a reload in the old process after it
+// handed over (a SIGHUP sent to it before systemd learnt the new main
+// PID) built a new instance, and with a changed [tls.acme] a new ACME
+// client, which renewed beside the new process's. It is refused: the new
+// process gets the reload.
+func TestAttack8ReloadAfterHandover(t *testing.T) {
+	path := writeConfig(t, `
+[[listen]]
+address = "127.0.0.1:0"
+tls = "none"
+
+[[backend]]
+name = "b"
+address = "127.0.0.1:1"
+tls = "none"
+
+[route]
+default = "b"
+`)
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := prepare(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.path = path
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.ctx = ctx
+	t.Setenv("NOTIFY_SOCKET", "")
+	before := r.current()
+	r.handedOver.Store(true)
+	if err := r.apply(); err == nil || r.current() != before {
+		t.Errorf("reload after the handover: %v; want it refused", err)
+	}
+}

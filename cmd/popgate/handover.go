@@ -601,6 +601,13 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	r.handedOver.Store(true)
 	r.mu.Unlock()
+	if certs := r.current().certs; certs != nil {
+		// The new process renews from now on: a renewal due while this
+		// one drains would be ordered twice, against the CA's rate
+		// limits. A reload can no longer bring a new ACME client: it is
+		// refused from now on (apply).
+		certs.StopOrders()
+	}
 	if r.pidFile != "" {
 		// Now, not when the new process is ready: until here this
 		// one could still turn it down, and popgate upgrade reports
