@@ -179,6 +179,9 @@ type acmeState struct {
 	// obs is told of orders; it holds an OrderObserver (see
 	// Server.ObserveOrders), or nothing.
 	obs atomic.Value
+	// stopped: no order reaches the CA any more, neither popgate's nor
+	// autocert's renewals (Server.StopOrders).
+	stopped atomic.Bool
 
 	mu      sync.Mutex
 	flights map[seenKey]*flight // orders under way

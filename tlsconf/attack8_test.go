@@ -1,9 +1,12 @@
 package tlsconf
 
 // Regression tests from the attack review of upgrades (the session ticket
-// keys a new process inherits).
+// keys a new process inherits, the orders of a process that drains).
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
 	"testing"
 	"time"
 )
@@ -80,4 +83,56 @@ func TestAttack8TicketsSealedDuringUpgrade(t *testing.T) {
 	if keys, _, _ = old.src.TicketKeys(now); has(keys[0]) {
 		t.Error("no rotation after the hold was released")
 	}
+}
+
+// TestAttack8NoOrdersAfterHandover: the old process of an upgrade drains
+// for up to limits.shutdown_timeout with its autocert manager alive: a
+// renewal due in that window ran in both processes, two orders against
+// the CA's rate limits. After StopOrders neither a renewal nor an order
+// of popgate's reaches the CA; before it, both do.
+func TestAttack8NoOrdersAfterHandover(t *testing.T) {
+	rt, ca := newScriptedTransport("tls-alpn-01")
+	ordered := 0
+	rt.a.get = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { ordered++; return nil, errors.New("no CA here") }
+	_ = send(t, rt, context.Background(), "GET", caDir)
+	renewal, endRenewal := context.WithCancel(context.Background())
+	rt.a.cacheRead(renewal, "pop.x.test")
+	if err := send(t, rt, renewal, "POST", caNewOrder); err != nil {
+		t.Fatalf("renewal before the handover: %v", err)
+	}
+	endRenewal()
+	waitFor(t, "the renewal's end", func() bool {
+		rt.a.attMu.Lock()
+		defer rt.a.attMu.Unlock()
+		return len(rt.a.renewing) == 0
+	})
+
+	srv := &Server{acme: rt.a, log: rt.a.log}
+	srv.StopOrders()
+	again, endAgain := context.WithCancel(context.Background())
+	defer endAgain()
+	rt.a.cacheRead(again, "pop.x.test+rsa")
+	var held *renewalHeldError
+	if err := send(t, rt, again, "POST", caNewOrder); !errors.As(err, &held) || held.Reason != "stopped" {
+		t.Errorf("renewal after StopOrders: %v; want it held back, reason stopped", err)
+	}
+	if n := ca.count("POST " + caNewOrder); n != 1 {
+		t.Errorf("the CA got %d orders, want 1 (the renewal before the handover)", n)
+	}
+	if _, err := rt.a.order(context.Background(), seenKey{"pop.x.test", false}, false); !errors.Is(err, errOrdersStopped) || ordered != 0 {
+		t.Errorf("order after StopOrders: %v (%d orders); want it held back", err, ordered)
+	}
+	srv.StopOrders() // twice: no harm
+}
+
+// TestAttack8StopOrdersServer: through a Server with ACME, as popgate
+// builds it: a certificate not held yet is not ordered after StopOrders.
+func TestAttack8StopOrdersServer(t *testing.T) {
+	srv, f := newACMEServer(t, ServerConfig{}, "mail.example.com")
+	srv.StopOrders()
+	k := seenKey{"mail.example.com", false}
+	if _, err := srv.acme.obtain(context.Background(), k, false); err == nil || f.orders(k) != 0 {
+		t.Errorf("order after StopOrders: %v, %d orders; want none", err, f.orders(k))
+	}
+	(&Server{}).StopOrders() // without ACME: nothing to stop
 }

@@ -208,8 +208,9 @@ func parseCacheKey(key string) (seenKey, bool) {
 // it reached the CA, for Reason: "policy" (the name is no longer in the
 // policy), "backoff" (its last order failed recently), "busy" (an order
 // of popgate's for the name is under way, here or on another replica of
-// the fleet), "cluster" (the fleet's lock cannot be taken) or "renewed"
-// (another replica renewed the certificate).
+// the fleet), "cluster" (the fleet's lock cannot be taken), "renewed"
+// (another replica renewed the certificate) or "stopped" (orders are
+// stopped: Server.StopOrders).
 type renewalHeldError struct {
 	Name   string
 	Reason string
@@ -378,6 +379,16 @@ func (t *caTransport) mayOrder(ctx context.Context, att *attempt) (payment, erro
 	if !att.keyKnown {
 		t.a.attMu.Unlock()
 		return paidNothing, errUnknownAttempt
+	}
+	if t.a.stopped.Load() {
+		// After Server.StopOrders: the new process orders.
+		tk, k := att.ticket, att.key
+		t.a.attMu.Unlock()
+		if tk != nil {
+			t.a.log.Debug("acme order held back: orders are stopped (this process has handed over to a new one, which orders)", "name", k.name, "key_type", k.keyType())
+			return paidNothing, errOrdersStopped
+		}
+		return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "stopped", Err: errOrdersStopped})
 	}
 	if err := t.retryUseless(att); err != nil {
 		t.a.attMu.Unlock()

@@ -230,6 +230,24 @@ func (e *nameBusyError) Error() string {
 	return fmt.Sprintf("a renewal for %s is under way; no new order for it until it ends", e.name)
 }
 
+// errOrdersStopped refuses an order after Server.StopOrders.
+var errOrdersStopped = errors.New("tlsconf: acme: no new orders in this process: it has handed over to a new one, which orders")
+
+// StopOrders makes this process place no more ACME orders: neither new
+// ones nor autocert's renewals reach the CA from now on, each held back
+// with a DEBUG line; an order that already reached it ends as it would.
+// Called when the process hands over to the new one of an upgrade and
+// drains: the new one renews, and a renewal due in the drain would
+// otherwise be ordered twice, against the CA's rate limits. The
+// certificates held are served on. It applies to every Server that
+// shares this one's ACME state (ShareACME).
+func (s *Server) StopOrders() {
+	if s.acme == nil || s.acme.stopped.Swap(true) {
+		return
+	}
+	s.log.Debug("acme: orders and renewals stopped; the certificates held are served on")
+}
+
 // lockName makes k's the one order of popgate's under way for k.name (see
 // the comment at the top of this file): it waits, until ctx is done, for
 // one under way (for the other key type) to end, and refuses with a
@@ -270,6 +288,11 @@ func (a *acmeState) lockName(ctx context.Context, k seenKey) (release func(), er
 // fleet, is waited for. It reports an order that reached the CA once (log,
 // metric). ctx bounds only the waits for the hook and for the other order.
 func (a *acmeState) order(ctx context.Context, k seenKey, onDemand bool) (*tls.Certificate, error) {
+	if a.stopped.Load() {
+		a.log.Debug("acme order held back: orders are stopped (this process has handed over to a new one, which orders)", "name", k.name, "key_type", k.keyType(),
+			"on_demand", onDemand)
+		return nil, errOrdersStopped
+	}
 	if err := a.backedOff(k, onDemand); err != nil {
 		return nil, err
 	}

@@ -490,3 +490,115 @@ func TestAttack8PIDFileAfterHandover(t *testing.T) {
 		t.Errorf("PID file after the handover: %d, %v; want the new process's %d", pid, err, child)
 	}
 }
+
+// TestAttack8ChildDiesAfterReady: a new process that wrote the ready line
+// and died at once (a crash in its first moments of serving) was handed
+// over to: the old process drained and exited, and nothing served. The
+// old process now sees it gone and serves on.
+func TestAttack8ChildDiesAfterReady(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "popgate")
+	script := "#!/bin/sh\necho ready >&3\nexit 3\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer func(f func() (string, error)) { upgradeExecutable = f }(upgradeExecutable)
+	upgradeExecutable = func() (string, error) { return exe, nil }
+	t.Setenv("NOTIFY_SOCKET", "")
+	r := &runner{log: slog.New(slog.DiscardHandler), srv: &proxy.Server{}}
+	r.cur.Store(&instance{})
+	r.ctx = context.Background()
+	stopped := false
+	r.stopRun = func() { stopped = true }
+	r.pidFile = filepath.Join(dir, "popgate.pid")
+	if err := writePIDFile(r.pidFile, os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	err := r.upgrade(r.ctx)
+	if err == nil || r.handedOver.Load() || stopped {
+		t.Errorf("upgrade to a process that died after its ready line: err %v, handed over %v, stopped %v; want it failed and this process serving", err, r.handedOver.Load(), stopped)
+	}
+	if pid, err := readPIDFile(r.pidFile); err != nil || pid != os.Getpid() {
+		t.Errorf("PID file: %d, %v; want this process's %d", pid, err, os.Getpid())
+	}
+}
+
+// TestAttack8UpgradeRoleChange: a configuration that moves an address
+// from a POP3 listener to the admin endpoints (or spells it otherwise)
+// made the new process of an upgrade bind a new socket there while the
+// old one still listened on it: "address already in use", and the upgrade
+// failed. The inherited socket at that address is taken, whatever it
+// served before.
+func TestAttack8UpgradeRoleChange(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	r := &runner{log: slog.New(slog.DiscardHandler)}
+	r.inherit = &inherited{byKey: map[string]net.Listener{
+		pop3Key(addr):                  ln,
+		pop3Key(other.Addr().String()): other,
+	}}
+	got, err := r.listen(adminKey(addr), addr)
+	if err != nil {
+		t.Fatalf("admin endpoints at %s, which the old process served POP3 on: %v", addr, err)
+	}
+	if got != ln {
+		got.Close()
+		t.Fatalf("admin endpoints at %s: a new socket, not the inherited one", addr)
+	}
+	// Taken once: another listener at that address gets no second copy.
+	if _, err := r.listen(pop3Key("localhost:"+port), "localhost:"+port); err == nil {
+		t.Errorf("a second listener got %s too", addr)
+	}
+	if r.inherit.byKey[pop3Key(other.Addr().String())] != other {
+		t.Error("the socket at another address was taken too")
+	}
+}
+
+// TestAttack8ReloadAfterHandover: a reload in the old process after it
+// handed over (a SIGHUP sent to it before systemd learnt the new main
+// PID) built a new instance, and with a changed [tls.acme] a new ACME
+// client, which renewed beside the new process's. It is refused: the new
+// process gets the reload.
+func TestAttack8ReloadAfterHandover(t *testing.T) {
+	path := writeConfig(t, `
+[[listen]]
+address = "127.0.0.1:0"
+tls = "none"
+
+[[backend]]
+name = "b"
+address = "127.0.0.1:1"
+tls = "none"
+
+[route]
+default = "b"
+`)
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := prepare(c, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.path = path
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.ctx = ctx
+	t.Setenv("NOTIFY_SOCKET", "")
+	before := r.current()
+	r.handedOver.Store(true)
+	if err := r.apply(); err == nil || r.current() != before {
+		t.Errorf("reload after the handover: %v; want it refused", err)
+	}
+}

@@ -57,6 +57,10 @@ const upgradeEnv = "POPGATE_UPGRADE"
 // its configuration and certificates and take over every listener.
 const upgradeTimeout = 2 * time.Minute
 
+// upgradeSettle is how long the new process of an upgrade must live on
+// after it said it serves before this one hands over.
+const upgradeSettle = 500 * time.Millisecond
+
 // upgradeSpec is upgradeEnv's content.
 type upgradeSpec struct {
 	// Sockets maps a socket's key (socketKey) to its descriptor.
@@ -284,8 +288,8 @@ func fileListener(fd int, what string) (net.Listener, error) {
 	return ln, nil
 }
 
-// take returns the inherited socket for key, or one of systemd's whose
-// address is addr, or nil.
+// take returns the inherited socket for key, or else one inherited or of
+// systemd's whose address is addr, or nil.
 func (h *inherited) take(key, addr string) net.Listener {
 	if h == nil {
 		return nil
@@ -295,6 +299,18 @@ func (h *inherited) take(key, addr string) net.Listener {
 	if ln := h.byKey[key]; ln != nil {
 		delete(h.byKey, key)
 		return ln
+	}
+	// The same address in another role (a POP3 address that is now the
+	// admin one) or spelt otherwise (":110" for "0.0.0.0:110"): the old
+	// process still listens on that socket until it hands over, so a new
+	// one could not be bound, and the upgrade would fail with "address
+	// already in use". A socket is a socket; its role is what this
+	// process makes of it.
+	for k, ln := range h.byKey {
+		if sameAddress(ln.Addr(), addr) {
+			delete(h.byKey, k)
+			return ln
+		}
 	}
 	for i, ln := range h.systemd {
 		if sameAddress(ln.Addr(), addr) {
@@ -559,6 +575,20 @@ func (r *runner) upgrade(ctx context.Context) error {
 	case <-ctx.Done():
 		return fail(errors.New("shutting down"))
 	}
+	// A process that writes the ready line and dies at once (a crash in
+	// its first moments of serving, a wrapper that reports for it) would
+	// leave nothing serving once this one drains: it must still be there
+	// a moment later. A shorter life than upgradeSettle is caught here;
+	// the sockets stay open either way, so no client is refused meanwhile.
+	settle := time.NewTimer(upgradeSettle)
+	defer settle.Stop()
+	select {
+	case werr := <-exited:
+		return fmt.Errorf("the new process exited just after it said it served (%v); its log lines above say why", werr)
+	case <-settle.C:
+	case <-ctx.Done():
+		return fail(errors.New("shutting down"))
+	}
 	pid := cmd.Process.Pid
 	// Under r.mu, which shutdown holds when it sets draining and reads
 	// handedOver: either it drains as after a handover, or the new
@@ -571,6 +601,13 @@ func (r *runner) upgrade(ctx context.Context) error {
 	}
 	r.handedOver.Store(true)
 	r.mu.Unlock()
+	if certs := r.current().certs; certs != nil {
+		// The new process renews from now on: a renewal due while this
+		// one drains would be ordered twice, against the CA's rate
+		// limits. A reload can no longer bring a new ACME client: it is
+		// refused from now on (apply).
+		certs.StopOrders()
+	}
 	if r.pidFile != "" {
 		// Now, not when the new process is ready: until here this
 		// one could still turn it down, and popgate upgrade reports

@@ -552,6 +552,12 @@ func (r *runner) apply() error {
 	if r.draining.Load() {
 		return errors.New("shutting down")
 	}
+	if r.handedOver.Load() {
+		// The new process serves, and gets the reload (SIGHUP) once
+		// it is the main process. A new ACME client here would renew
+		// beside it (StopOrders at the handover).
+		return errors.New("this process has handed over to the new one of an upgrade, and drains: reload that one")
+	}
 	// Files are read first, without r.mu; the running instance changes
 	// only under reloadMu, which this reload holds.
 	old := r.current()
