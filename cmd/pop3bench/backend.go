@@ -86,7 +86,7 @@ func tuningSummary(lines []string) []string {
 
 // startDovecot runs Dovecot with users and the retr message in every
 // retr account's mailbox, its POP3S certificate issued by ca with kt; with
-// master, benchMaster is a master user (for popgate-oauth).
+// master, benchMasterUser is a master user (for popgate-oauth).
 func startDovecot(dir string, ca *certgen.CA, caFile string, kt certgen.KeyType, accounts, retrAccounts []account, msg []byte, master bool, logf func(string, ...any)) (*backend, error) {
 	const name = dovecotrun.DefaultServerName
 	certFile, keyFile, err := ca.IssueFiles(dir, "dovecot", name, kt)
@@ -100,7 +100,7 @@ func startDovecot(dir string, ca *certgen.CA, caFile string, kt certgen.KeyType,
 	tuning := dovecotTuning()
 	var masters map[string]string
 	if master {
-		masters = map[string]string{benchMaster.User: benchMaster.Pass}
+		masters = map[string]string{benchMasterUser: benchMasterPass}
 	}
 	d, err := dovecotrun.Start(dovecotrun.Options{
 		Dir:                  dir,
@@ -143,13 +143,13 @@ const memoryServerName = "memory.test"
 // benchmark: plaintext for popgate and, when tlsCert is set, implicit TLS
 // for the direct side, both over the same mailboxes.
 //
-// With master, benchMaster logs in to any mailbox of the plaintext server
+// With master, benchMasterUser logs in to any mailbox of the plaintext server
 // as "user*master" (Dovecot's form), for popgate-oauth.
 func startMemory(mailboxes map[string]*pop3test.Mailbox, tlsCert *tls.Certificate, master bool) (*backend, error) {
 	b := &backend{Kind: "memory", Version: "proxy/pop3test (in the benchmark process)", ServerName: memoryServerName}
 	b.plain = &pop3test.Server{Mailboxes: mailboxes}
 	if master {
-		b.plain.MasterUsers = map[string]string{benchMaster.User: benchMaster.Pass}
+		b.plain.MasterUsers = map[string]string{benchMasterUser: benchMasterPass}
 		b.plain.MasterSeparator = "*"
 	}
 	addr, err := b.plain.Start("127.0.0.1:0")

@@ -130,9 +130,9 @@ type options struct {
 	Cluster     bool  // run a second popgate with [cluster] on a private Redis
 }
 
-// tokenWorkloads are the workloads of bearer-token logins, through
+// tokenWorkloadNames are the workloads of bearer-token logins, through
 // popgate-oauth.
-var tokenWorkloads = []string{"login-token-cached", "login-token-new"}
+func tokenWorkloadNames() []string { return []string{"login-token-cached", "login-token-new"} }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("pop3bench", flag.ContinueOnError)
@@ -188,7 +188,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	if *oauth {
-		for _, w := range tokenWorkloads {
+		for _, w := range tokenWorkloadNames() {
 			o.Workloads[w] = true
 		}
 	}
@@ -568,7 +568,7 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 		}
 	}
 	var ws, tws []WorkloadResult // through popgate, through popgate-oauth
-	for _, wl := range append([]string{"login", "login-resume", "retr"}, tokenWorkloads...) {
+	for _, wl := range append([]string{"login", "login-resume", "retr"}, tokenWorkloadNames()...) {
 		if !b.o.Workloads[wl] || wl == "retr" && !first {
 			continue
 		}

@@ -11,8 +11,11 @@ import (
 	"github.com/popgate/popgate/internal/oidctest"
 )
 
-// benchMaster is the backend's master user popgate-oauth logs in as.
-var benchMaster = account{"popgate-master", "bench-master-pw-4Tq7"}
+// The backend's master user popgate-oauth logs in as.
+const (
+	benchMasterUser = "popgate-master"
+	benchMasterPass = "bench-master-pw-4Tq7"
+)
 
 // issuerIdleConns is the most idle connections to the issuer popgate's
 // HTTPS client keeps (MaxIdleConnsPerHost in cmd/popgate/oauth.go).
@@ -33,7 +36,7 @@ type oauthSide struct {
 
 // startOAuth starts the provider (once per run) and a popgate named name
 // with [oauth] in front of the current backend, whose master user is
-// benchMaster.
+// benchMasterUser.
 func (b *bench) startOAuth(ctx context.Context, name string, rep *Report) error {
 	if b.oauth == nil {
 		dir := filepath.Join(b.dir, "oidc")
@@ -52,14 +55,14 @@ func (b *bench) startOAuth(ctx context.Context, name string, rep *Report) error 
 	}
 	side := b.oauth
 	masterFile := filepath.Join(b.dir, name+"-master-password")
-	if err := writeFile0600(masterFile, benchMaster.Pass+"\n"); err != nil {
+	if err := writeFile0600(masterFile, benchMasterPass+"\n"); err != nil {
 		return err
 	}
 	lines := []string{
 		fmt.Sprintf("issuer = %q", side.idp.Issuer),
 		fmt.Sprintf("audience = [%q]", oauthAudience),
 		fmt.Sprintf("ca_file = %q", side.idp.CAFile),
-		fmt.Sprintf("master_user = %q", benchMaster.User),
+		fmt.Sprintf("master_user = %q", benchMasterUser),
 		fmt.Sprintf("master_password_file = %q", masterFile),
 		`master_separator = "*"`,
 	}
