@@ -120,15 +120,25 @@ func TestOAuthRealProvider(t *testing.T) {
 	refused("HMAC signed with the public key", jwtPG, userAlice, signing+"."+base64.RawURLEncoding.EncodeToString(mac.Sum(nil)))
 	d.settleLogins(t, expected)
 
-	// Key rotation mid-test: a token of the new key fetches the set.
-	idp.restart(t, true)
+	// Key rotation mid-test, the provider running throughout: a token of
+	// the new key fetches the set.
+	idp.rotate(t)
 	time.Sleep(50 * time.Millisecond) // past key_refresh_interval since the last fetch
 	rotated := idp.token(t, "alice", false)
+	if kidOf(rotated) == kidOf(alice) {
+		t.Fatalf("the provider still signs with key %q after the rotation", kidOf(alice))
+	}
 	if got := login(jwtPG, userAlice, rotated); got != "+OK" {
 		t.Fatalf("after the key rotation: %q", got)
 	}
 	if got := login(jwtPG, userAlice, alice); got != "+OK" {
 		t.Fatalf("a token of the old key after the rotation: %q", got)
+	}
+	// And across a restart with a new key.
+	idp.restart(t, true)
+	time.Sleep(50 * time.Millisecond)
+	if got := login(jwtPG, userAlice, idp.token(t, "alice", false)); got != "+OK" {
+		t.Fatalf("after a restart with a new key: %q", got)
 	}
 
 	// Introspection: opaque tokens, then one revoked.
@@ -166,6 +176,14 @@ func TestOAuthRealProvider(t *testing.T) {
 		t.Errorf("provider back, introspection: %q", got)
 	}
 	d.settleLogins(t, expected)
+}
+
+// kidOf returns the kid in a JWT's header.
+func kidOf(tok string) string {
+	hdr, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+	var h struct{ Kid string }
+	json.Unmarshal(hdr, &h)
+	return h.Kid
 }
 
 func b64url(v any) string {

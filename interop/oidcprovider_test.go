@@ -31,6 +31,7 @@ type oidcProvider struct {
 	client *http.Client
 	cmd    *exec.Cmd
 	exited chan struct{}
+	lines  chan string // the provider's stdout, a JSON object a line
 }
 
 // oidcClientSecret is the secret of every client; popgate's own client
@@ -82,13 +83,14 @@ func (p *oidcProvider) start(t *testing.T, server string, rotate bool) {
 		t.Fatal(err)
 	}
 	p.cmd, p.exited = cmd, make(chan struct{})
-	lines := make(chan string)
+	lines := make(chan string, 16)
+	p.lines = lines
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			select {
 			case lines <- sc.Text():
-			default: // notices after the start
+			default: // nobody waits for this one
 			}
 		}
 		cmd.Wait()
@@ -129,6 +131,30 @@ func (p *oidcProvider) stop() {
 		<-p.exited
 	}
 	p.cmd = nil
+}
+
+// rotate rotates the running provider's keys (SIGUSR2): a new signing key
+// first, the old ones still published, the same process and grants. It
+// returns once the new key signs.
+func (p *oidcProvider) rotate(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case l := <-p.lines:
+			var ev struct{ Rotated string }
+			if json.Unmarshal([]byte(l), &ev) == nil && ev.Rotated != "" {
+				return
+			}
+		case <-p.exited:
+			t.Fatalf("oidc-provider exited while rotating its keys")
+		case <-deadline:
+			t.Fatalf("oidc-provider did not rotate its keys within 30s")
+		}
+	}
 }
 
 // restart starts the provider again on its port; rotate puts a new

@@ -85,8 +85,9 @@ func tuningSummary(lines []string) []string {
 }
 
 // startDovecot runs Dovecot with users and the retr message in every
-// retr account's mailbox, its POP3S certificate issued by ca with kt.
-func startDovecot(dir string, ca *certgen.CA, caFile string, kt certgen.KeyType, accounts, retrAccounts []account, msg []byte, logf func(string, ...any)) (*backend, error) {
+// retr account's mailbox, its POP3S certificate issued by ca with kt; with
+// master, benchMasterUser is a master user (for popgate-oauth).
+func startDovecot(dir string, ca *certgen.CA, caFile string, kt certgen.KeyType, accounts, retrAccounts []account, msg []byte, master bool, logf func(string, ...any)) (*backend, error) {
 	const name = dovecotrun.DefaultServerName
 	certFile, keyFile, err := ca.IssueFiles(dir, "dovecot", name, kt)
 	if err != nil {
@@ -97,9 +98,14 @@ func startDovecot(dir string, ca *certgen.CA, caFile string, kt certgen.KeyType,
 		users[a.User] = a.Pass
 	}
 	tuning := dovecotTuning()
+	var masters map[string]string
+	if master {
+		masters = map[string]string{benchMasterUser: benchMasterPass}
+	}
 	d, err := dovecotrun.Start(dovecotrun.Options{
 		Dir:                  dir,
 		Users:                users,
+		MasterUsers:          masters,
 		CertFile:             certFile,
 		KeyFile:              keyFile,
 		CAFile:               caFile,
@@ -136,9 +142,16 @@ const memoryServerName = "memory.test"
 // startMemory runs the in-memory POP3 server (proxy/pop3test) inside the
 // benchmark: plaintext for popgate and, when tlsCert is set, implicit TLS
 // for the direct side, both over the same mailboxes.
-func startMemory(mailboxes map[string]*pop3test.Mailbox, tlsCert *tls.Certificate) (*backend, error) {
+//
+// With master, benchMasterUser logs in to any mailbox of the plaintext server
+// as "user*master" (Dovecot's form), for popgate-oauth.
+func startMemory(mailboxes map[string]*pop3test.Mailbox, tlsCert *tls.Certificate, master bool) (*backend, error) {
 	b := &backend{Kind: "memory", Version: "proxy/pop3test (in the benchmark process)", ServerName: memoryServerName}
 	b.plain = &pop3test.Server{Mailboxes: mailboxes}
+	if master {
+		b.plain.MasterUsers = map[string]string{benchMasterUser: benchMasterPass}
+		b.plain.MasterSeparator = "*"
+	}
 	addr, err := b.plain.Start("127.0.0.1:0")
 	if err != nil {
 		return nil, err

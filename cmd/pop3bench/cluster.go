@@ -42,7 +42,7 @@ func (b *bench) startCluster(ctx context.Context, name string, rep *Report) (err
 	}
 	section := fmt.Sprintf("\n[cluster]\nredis = \"redis://%s/0\"\nuser = \"popgate\"\npassword_file = %q\nkey_file = %q\nnode_name = %q\n",
 		cs.redis.Addr(), pwFile, keyFile, name)
-	if cs.pg, err = b.startPopgate(ctx, name, b.back.PlainAddr, section); err != nil {
+	if cs.pg, err = b.startPopgate(ctx, name, b.back.PlainAddr, section, nil); err != nil {
 		return err
 	}
 	cs.fdBase, err = settledFDs(cs.pg.PID, 0)

@@ -56,6 +56,25 @@
 // and nginx are still alive and exit cleanly; it exits 1 if a check
 // failed.
 //
+// The token workloads (-oauth runs both) log in with OAuth 2.0 bearer
+// tokens, AUTH XOAUTH2 with the token as the initial response, through a
+// second popgate, "popgate-oauth", with [oauth] verifying RS256 JWTs
+// against internal/oidctest's OpenID provider (in the benchmark process,
+// HTTPS on 127.0.0.1), and logging in to the backend as a master user
+// (Dovecot's "user*master"; the in-memory backend takes AUTH PLAIN with
+// the user as authorization identity):
+//
+//   - login-token-cached, at 1 and 32 concurrent clients: as login, with
+//     one token per mailbox, verified by popgate in the warm-up and taken
+//     from its cache of verified tokens in every measured session;
+//   - login-token-new: a token popgate has not seen in every session (its
+//     RS256 signature checked against the cached JWKS); the tokens are
+//     signed before the measurement, so the clients' CPU is not in it.
+//
+// Their direct side logs in to the backend with the password, as login
+// does, and the report sets popgate's CPU per token login beside its CPU
+// per password login (the login workload) at the same concurrency.
+//
 // With -cluster, a second popgate runs beside the first with [cluster]
 // (a private redis-server of internal/dirrun, as the fleet tests use): the
 // side "popgate-cluster", whose failed-login budgets live in Redis, for
@@ -111,6 +130,10 @@ type options struct {
 	Cluster     bool  // run a second popgate with [cluster] on a private Redis
 }
 
+// tokenWorkloadNames are the workloads of bearer-token logins, through
+// popgate-oauth.
+func tokenWorkloadNames() []string { return []string{"login-token-cached", "login-token-new"} }
+
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("pop3bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -123,7 +146,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.Nginx, "nginx", true, "run nginx's mail proxy as a peer of popgate (installed with apt-get when missing)")
 	fs.BoolVar(&o.DProxy, "dovecot-proxy", true, "with a Dovecot backend, run a second Dovecot as a proxy to it (proxy=y) as a peer of popgate")
 	fs.StringVar(&o.Backend, "backend", "auto", "backend: dovecot, memory (proxy/pop3test in this process), or auto (dovecot when installed)")
-	workloads := fs.String("workloads", "login,login-resume,retr,idle", "comma-separated workloads to run: login, login-resume, retr, idle")
+	workloads := fs.String("workloads", "login,login-resume,retr,idle", "comma-separated workloads to run: login, login-resume, retr, idle, login-token-cached, login-token-new")
+	oauth := fs.Bool("oauth", false, "add the token workloads login-token-cached and login-token-new (a popgate with [oauth] against a test OpenID provider on loopback)")
 	fs.IntVar(&o.Logins, "logins", 5000, "login sessions per side and concurrency (at most; see -duration)")
 	fs.IntVar(&o.Retrs, "retrs", 200, "RETR sessions of the 10 MiB message per side (at most; see -duration)")
 	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "time limit of each side of each workload")
@@ -156,11 +180,16 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o.Workloads = map[string]bool{}
 	for _, w := range strings.Split(*workloads, ",") {
 		switch w = strings.TrimSpace(w); w {
-		case "login", "login-resume", "retr", "idle":
+		case "login", "login-resume", "retr", "idle", "login-token-cached", "login-token-new":
 			o.Workloads[w] = true
 		case "":
 		default:
-			return nil, fmt.Errorf("-workloads: unknown workload %q (want login, login-resume, retr, idle)", w)
+			return nil, fmt.Errorf("-workloads: unknown workload %q (want login, login-resume, retr, idle, login-token-cached, login-token-new)", w)
+		}
+	}
+	if *oauth {
+		for _, w := range tokenWorkloadNames() {
+			o.Workloads[w] = true
 		}
 	}
 	if len(o.Workloads) == 0 {
@@ -276,6 +305,7 @@ type bench struct {
 	nginx    *nginxProc // of the current certificate phase
 	dproxy   *backend   // the Dovecot proxy of the current phase, or nil
 	cluster  *clusterSide
+	oauth    *oauthSide // the token workloads' provider and popgate-oauth
 	nginxBin string
 	nginxMod string
 	msg      []byte
@@ -304,6 +334,9 @@ func (b *bench) cleanup() error {
 		errs = append(errs, err)
 	}
 	if err := b.cluster.close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := b.oauth.close(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := b.back.stop(); err != nil {
@@ -403,7 +436,7 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 		for _, a := range b.idleAccounts() {
 			mb[a.User] = &pop3test.Mailbox{Password: a.Pass}
 		}
-		if b.idleBack, err = startMemory(mb, nil); err != nil {
+		if b.idleBack, err = startMemory(mb, nil, false); err != nil {
 			return nil, err
 		}
 		if !b.loadWorkloads() {
@@ -457,7 +490,12 @@ func (b *bench) run(ctx context.Context) (*Report, error) {
 
 // loadWorkloads reports whether any of login, login-resume and retr runs.
 func (b *bench) loadWorkloads() bool {
-	return b.o.Workloads["login"] || b.o.Workloads["login-resume"] || b.o.Workloads["retr"]
+	return b.o.Workloads["login"] || b.o.Workloads["login-resume"] || b.o.Workloads["retr"] || b.tokenWorkloads()
+}
+
+// tokenWorkloads reports whether a token workload runs.
+func (b *bench) tokenWorkloads() bool {
+	return b.o.Workloads["login-token-cached"] || b.o.Workloads["login-token-new"]
 }
 
 // certPhase runs the load workloads with certificates of kind kt: the
@@ -482,7 +520,7 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 		return nil, nil, err
 	}
 	name := "popgate" + strings.ReplaceAll(suffix, " ", "-")
-	pg, err := b.startPopgate(ctx, name, b.back.PlainAddr, "")
+	pg, err := b.startPopgate(ctx, name, b.back.PlainAddr, "", nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -524,8 +562,13 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 			return nil, nil, err
 		}
 	}
-	var ws []WorkloadResult
-	for _, wl := range []string{"login", "login-resume", "retr"} {
+	if b.tokenWorkloads() {
+		if err := b.startOAuth(ctx, name+"-oauth", rep); err != nil {
+			return nil, nil, err
+		}
+	}
+	var ws, tws []WorkloadResult // through popgate, through popgate-oauth
+	for _, wl := range append([]string{"login", "login-resume", "retr"}, tokenWorkloadNames()...) {
 		if !b.o.Workloads[wl] || wl == "retr" && !first {
 			continue
 		}
@@ -534,19 +577,38 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 			concs = []int{retrClients}
 		}
 		for _, c := range concs {
-			w, err := b.loadWorkload(ctx, pg, b.nginx, wl, c)
+			var w *WorkloadResult
+			if isTokenWorkload(wl) {
+				w, err = b.loadWorkload(ctx, b.oauth.pg, nil, wl, c)
+			} else {
+				w, err = b.loadWorkload(ctx, pg, b.nginx, wl, c)
+			}
 			if err != nil {
 				return nil, nil, err
 			}
 			w.Name += suffix
 			w.Cert = kt.String()
-			ws = append(ws, *w)
+			if isTokenWorkload(wl) {
+				tws = append(tws, *w)
+			} else {
+				ws = append(ws, *w)
+			}
 		}
 	}
 	mc := metricsCheck(pg, ws)
 	mc.Name = strings.Replace(mc.Name, "popgate:", name+":", 1)
 	checks := []Check{mc}
 	checks = append(checks, b.endChecks(pg, name, fdBase)...)
+	if side := b.oauth; side != nil && side.pg != nil {
+		mc := metricsCheck(side.pg, tws)
+		mc.Name = strings.Replace(mc.Name, "popgate:", name+"-oauth:", 1)
+		checks = append(checks, mc)
+		// Its HTTPS client keeps idle connections to the issuer (the JWKS
+		// fetch), up to issuerIdleConns.
+		checks = append(checks, b.endChecks(side.pg, name+"-oauth", side.fdBase+issuerIdleConns)...)
+		side.pg = nil
+	}
+	ws = append(ws, tws...)
 	if b.nginx != nil {
 		alive := Check{Name: "nginx" + strings.ReplaceAll(suffix, " ", "-") + ": still running at the end", OK: b.nginx.alive(), Detail: fmt.Sprintf("pid %d", b.nginx.PID)}
 		if !alive.OK {
@@ -575,6 +637,11 @@ func (b *bench) certPhase(ctx context.Context, kt certgen.KeyType, first bool, r
 	err = b.back.stop()
 	b.back = nil
 	return ws, checks, errors.Join(dpErr, err)
+}
+
+// isTokenWorkload reports whether workload logs in with bearer tokens.
+func isTokenWorkload(workload string) bool {
+	return workload == "login-token-cached" || workload == "login-token-new"
 }
 
 // shortCert names kt as -cert does.
@@ -612,7 +679,7 @@ func (b *bench) startBackend(msg []byte, kt certgen.KeyType) error {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return err
 		}
-		b.back, err = startDovecot(dir, b.ca, b.caFile, kt, b.accounts, b.retrAccounts, msg, func(f string, a ...any) { b.logf(f, a...) })
+		b.back, err = startDovecot(dir, b.ca, b.caFile, kt, b.accounts, b.retrAccounts, msg, b.tokenWorkloads(), func(f string, a ...any) { b.logf(f, a...) })
 		return err
 	default:
 		certFile, keyFile, err := b.ca.IssueFiles(b.dir, "memory-"+string(kt), memoryServerName, kt)
@@ -630,7 +697,7 @@ func (b *bench) startBackend(msg []byte, kt certgen.KeyType) error {
 		for _, a := range b.retrAccounts {
 			mb[a.User] = &pop3test.Mailbox{Password: a.Pass, Messages: [][]byte{msg}}
 		}
-		b.back, err = startMemory(mb, &cert)
+		b.back, err = startMemory(mb, &cert, b.tokenWorkloads())
 		return err
 	}
 }
@@ -660,9 +727,11 @@ func (b *bench) idleAccounts() []account {
 	return acc
 }
 
-// startPopgate runs a popgate named name in front of backendAddr.
-func (b *bench) startPopgate(ctx context.Context, name, backendAddr, extra string) (*popgateProc, error) {
-	cfg := popgateConfig{Extra: extra,
+// startPopgate runs a popgate named name in front of backendAddr, with
+// extra at the end of its configuration and oauth as its [oauth] (nil:
+// none).
+func (b *bench) startPopgate(ctx context.Context, name, backendAddr, extra string, oauth []string) (*popgateProc, error) {
+	cfg := popgateConfig{Extra: extra, OAuth: oauth,
 		LogLevel: b.o.LogLevel, CertFile: b.pgCert, KeyFile: b.pgKey, ServerName: popgateName,
 		Backends: []popgateBackend{{Name: "backend", Address: backendAddr}},
 		Default:  "backend",
@@ -701,21 +770,41 @@ func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, ng *nginxProc
 		{Side: "direct", Addr: b.back.TLSAddr, TLS: b.clientTLS(b.back.ServerName), Resume: resume},
 		{Side: "popgate", Addr: pg.Addr, TLS: b.clientTLS(popgateName), Resume: resume},
 	}
+	if isTokenWorkload(workload) {
+		// pg is popgate-oauth, and only it takes tokens; the direct side
+		// logs in with the password, as in every workload.
+		targets[1].Side = "popgate-oauth"
+		ng = nil
+	}
 	if ng != nil {
 		targets = append(targets, target{Side: "nginx", Addr: ng.Addr, TLS: b.clientTLS(popgateName), Resume: resume})
 	}
-	if dp := b.dproxy; dp != nil {
+	if dp := b.dproxy; dp != nil && !isTokenWorkload(workload) {
 		targets = append(targets, target{Side: "dovecot-proxy", Addr: dp.TLSAddr, TLS: b.clientTLS(dp.ServerName), Resume: resume})
 	}
-	if cs := b.cluster; cs != nil {
+	if cs := b.cluster; cs != nil && !isTokenWorkload(workload) {
 		targets = append(targets, target{Side: "popgate-cluster", Addr: cs.pg.Addr, TLS: b.clientTLS(popgateName), Resume: resume})
 	}
 	for _, t := range targets {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		warm := max(warmup, 2*conc)
+		switch {
+		case t.Side != "popgate-oauth":
+		case workload == "login-token-cached":
+			// Every mailbox's token verified once, in order, so that
+			// every measured login finds its token in popgate's cache.
+			cached := b.oauth.cached
+			t.Token = func(a account) string { return cached[a.User] }
+			runLoad(ctx, t, accounts, 1, len(accounts), time.Minute, nil)
+		default: // login-token-new
+			b.logf("%s: signing about %d tokens", w.Name, total+warm)
+			pool := newTokenPool(b.oauth.idp, accounts, total+warm)
+			t.Token = pool.token
+		}
 		// Unmeasured: Dovecot forks its processes, every side warms up.
-		runLoad(ctx, t, accounts, conc, max(warmup, 2*conc), b.o.Duration, want)
+		runLoad(ctx, t, accounts, conc, warm, b.o.Duration, want)
 
 		before := b.sample(pg, ng)
 		res := runLoad(ctx, t, accounts, conc, total, b.o.Duration, want)
@@ -728,7 +817,7 @@ func (b *bench) loadWorkload(ctx context.Context, pg *popgateProc, ng *nginxProc
 		switch t.Side {
 		case "direct":
 			w.Direct = side
-		case "popgate":
+		case "popgate", "popgate-oauth":
 			w.Popgate = side
 		case "nginx":
 			w.Nginx = &side
@@ -806,7 +895,7 @@ func sideResult(side string, res loadResult, before, after snapshot) SideResult 
 	}
 	s.Resumed = res.Resumed
 	switch side {
-	case "popgate":
+	case "popgate", "popgate-oauth":
 		s.ProxyCPUSec = s.PopgateCPUSec
 	case "nginx":
 		if before.NginxOK && after.NginxOK {
@@ -861,7 +950,7 @@ func sideResult(side string, res loadResult, before, after snapshot) SideResult 
 // idleWorkload holds -idle sessions through a fresh popgate in front of
 // the in-memory backend and measures popgate's memory with them.
 func (b *bench) idleWorkload(ctx context.Context) (*IdleResult, []Check, error) {
-	pg, err := b.startPopgate(ctx, "popgate-idle", b.idleBack.PlainAddr, "")
+	pg, err := b.startPopgate(ctx, "popgate-idle", b.idleBack.PlainAddr, "", nil)
 	if err != nil {
 		return nil, nil, err
 	}

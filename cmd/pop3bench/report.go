@@ -40,6 +40,7 @@ type Meta struct {
 	Nginx          string    `json:"nginx,omitempty"` // the peer, when it ran
 	DovecotProxy   string    `json:"dovecot_proxy,omitempty"`
 	Cluster        string    `json:"cluster,omitempty"`            // the popgate-cluster side's Redis (-cluster)
+	OAuth          string    `json:"oauth,omitempty"`              // the token workloads' provider and backend login
 	PopgateSource  string    `json:"popgate_source"`               // "built from source" or "given with -popgate"
 	PopgateSigner  string    `json:"popgate_rsa_signer,omitempty"` // "go" or "openssl 3.0.x", from popgate version
 }
@@ -234,6 +235,9 @@ func writeTable(w io.Writer, r *Report) {
 	if m.Cluster != "" {
 		fmt.Fprintf(w, "popgate-cluster: the same popgate with [cluster] on %s\n", m.Cluster)
 	}
+	if m.OAuth != "" {
+		fmt.Fprintf(w, "popgate-oauth: the same popgate with [oauth] (AUTH XOAUTH2, initial response), issuer %s\n", m.OAuth)
+	}
 	if len(m.BackendTuning) > 0 {
 		fmt.Fprintf(w, "backend tuning: %s\n", strings.Join(m.BackendTuning, "; "))
 	}
@@ -264,7 +268,7 @@ func writeTable(w io.Writer, r *Report) {
 					if wr.Workload == "retr" {
 						pxGB = "-"
 					}
-				case "popgate", "popgate-cluster":
+				case "popgate", "popgate-cluster", "popgate-oauth":
 					rss = kib(s.PopgateRSSKiB)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.0f\t%s\t%.2f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
@@ -320,6 +324,14 @@ func writeTable(w io.Writer, r *Report) {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "popgate with [cluster] (failed-login counters in Redis) / popgate:")
 		for _, l := range cl {
+			fmt.Fprintln(w, l)
+		}
+	}
+
+	if tl := tokenLines(r.Workloads); len(tl) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "token logins (popgate-oauth, AUTH XOAUTH2, master login to the backend) / password logins (popgate, USER/PASS):")
+		for _, l := range tl {
 			fmt.Fprintln(w, l)
 		}
 	}
@@ -384,7 +396,34 @@ func (w *WorkloadResult) sides() []*SideResult {
 }
 
 // isLogin reports whether w is a login workload (full or resumed).
-func (w *WorkloadResult) isLogin() bool { return w.Workload == "login" || w.Workload == "login-resume" }
+// tokenLines sets popgate's CPU per login of each token workload beside
+// that of the login workload at the same concurrency and certificate.
+func tokenLines(ws []WorkloadResult) []string {
+	var lines []string
+	for _, t := range ws {
+		if !isTokenWorkload(t.Workload) {
+			continue
+		}
+		for _, p := range ws {
+			if p.Workload != "login" || p.Concurrency != t.Concurrency || p.Cert != t.Cert {
+				continue
+			}
+			tc, pc := t.Popgate.PopgateCPUPerSessionMs, p.Popgate.PopgateCPUPerSessionMs
+			line := fmt.Sprintf("  %-24s popgate CPU per login %.3f vs %.3f ms (%+.3f ms", t.Name, tc, pc, tc-pc)
+			if pc > 0 {
+				line += fmt.Sprintf(", %.2fx", tc/pc)
+			}
+			line += fmt.Sprintf("), backend CPU per login %s vs %s; throughput %.0f vs %.0f/s",
+				optMs(t.Popgate.BackendCPUPerSessionMs), optMs(p.Popgate.BackendCPUPerSessionMs), t.Popgate.SessionsPerSec, p.Popgate.SessionsPerSec)
+			lines = append(lines, line)
+		}
+	}
+	return lines
+}
+
+func (w *WorkloadResult) isLogin() bool {
+	return w.Workload == "login" || w.Workload == "login-resume" || isTokenWorkload(w.Workload)
+}
 
 // ratioParts words the ratios rt of w's popgate side over base (named
 // name), whose CPU per session and per GB are baseCPU and baseGB.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -229,5 +230,30 @@ func TestReportJSON(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("JSON lacks %s:\n%s", want, b)
 		}
+	}
+}
+
+// TestTokenWorkloads: -oauth adds both token workloads, and the report
+// sets each beside the password login of the same concurrency and
+// certificate only.
+func TestTokenWorkloads(t *testing.T) {
+	o, err := parseFlags([]string{"-workloads", "login", "-oauth"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"login", "login-token-cached", "login-token-new"} {
+		if !o.Workloads[w] {
+			t.Errorf("-workloads login -oauth: %s does not run", w)
+		}
+	}
+	side := func(cpu float64) SideResult { return SideResult{PopgateCPUPerSessionMs: cpu, SessionsPerSec: 100} }
+	ws := []WorkloadResult{
+		{Name: "login c=1", Workload: "login", Concurrency: 1, Cert: "ECDSA", Popgate: side(1.0)},
+		{Name: "login c=32", Workload: "login", Concurrency: 32, Cert: "ECDSA", Popgate: side(0.5)},
+		{Name: "login-token-new c=1", Workload: "login-token-new", Concurrency: 1, Cert: "ECDSA", Popgate: side(1.2)},
+	}
+	lines := tokenLines(ws)
+	if len(lines) != 1 || !strings.Contains(lines[0], "1.200 vs 1.000 ms (+0.200 ms, 1.20x)") {
+		t.Errorf("tokenLines: %q", lines)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -42,6 +43,11 @@ type target struct {
 	// session with a full handshake first, then every measured session
 	// offers to resume (loadResult.Resumed counts those that did).
 	Resume bool
+	// Token, when set, gives the bearer token of each login: the session
+	// logs in with AUTH XOAUTH2 and the token as the initial response
+	// (one command, as getmail and Outlook send it) instead of USER and
+	// PASS.
+	Token func(a account) string
 }
 
 // wantMessage is what RETR 1 must return: its length in octets (as in
@@ -138,6 +144,32 @@ func (c *popConn) login(a account) error {
 	return err
 }
 
+// loginToken sends AUTH XOAUTH2 with user and token as the initial
+// response. A refusal comes as a "+ " challenge (the error's JSON), which
+// is answered with an empty line for the -ERR; the token is in neither
+// error.
+func (c *popConn) loginToken(user, token string) error {
+	ir := base64.StdEncoding.EncodeToString([]byte("user=" + user + "\x01auth=Bearer " + token + "\x01\x01"))
+	if _, err := io.WriteString(c.tc, "AUTH XOAUTH2 "+ir+"\r\n"); err != nil {
+		return fmt.Errorf("AUTH: %w", err)
+	}
+	line, err := c.readLine()
+	if err != nil {
+		return fmt.Errorf("AUTH: %w", err)
+	}
+	if strings.HasPrefix(line, "+ ") {
+		_, err := c.cmd("AUTH", "")
+		if err == nil {
+			err = errors.New("AUTH: +OK after the error challenge")
+		}
+		return err
+	}
+	if !strings.HasPrefix(line, "+OK") {
+		return fmt.Errorf("AUTH: %.120q", line)
+	}
+	return nil
+}
+
 // quit sends QUIT and waits for the server to close the connection.
 func (c *popConn) quit() error {
 	if _, err := c.cmd("QUIT", "QUIT"); err != nil {
@@ -204,7 +236,12 @@ func runSession(ctx context.Context, t target, a account, want *wantMessage) (sa
 	}
 	defer c.Close()
 	s.TLS = c.tc.ConnectionState()
-	if err := c.login(a); err != nil {
+	if t.Token != nil {
+		err = c.loginToken(a.User, t.Token(a))
+	} else {
+		err = c.login(a)
+	}
+	if err != nil {
 		return s, err
 	}
 	s.Login = time.Since(start)

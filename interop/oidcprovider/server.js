@@ -12,6 +12,9 @@
 // The signing keys live in DIR/keys.json (made on the first start);
 // "rotate" puts a new key first (it signs) and keeps the old ones
 // published. It prints {"listening": "https://127.0.0.1:PORT"} once ready.
+// SIGUSR2 rotates while it runs, as a provider rotates its keys: a new key
+// first, the old ones still published, issued tokens and grants kept; it
+// prints {"rotated": KID} once the new key signs.
 import fs from 'node:fs';
 import https from 'node:https';
 import crypto from 'node:crypto';
@@ -30,9 +33,24 @@ fs.writeFileSync(keysFile, JSON.stringify(keys), { mode: 0o600 });
 
 const emails = Object.fromEntries(cfg.clients.map((c) => [c.client_id, c.email]));
 const server = https.createServer({ cert: fs.readFileSync(cfg.cert), key: fs.readFileSync(cfg.key) });
+// oidc-provider takes its keys when it is made: a rotation makes a new
+// one over the same (module-wide) memory storage and swaps it in.
+let handle = null;
+server.on('request', (req, res) => handle(req, res));
 server.listen(cfg.port || 0, '127.0.0.1', () => {
   const issuer = `https://127.0.0.1:${server.address().port}`;
-  const provider = new Provider(issuer, {
+  handle = makeProvider(issuer).callback();
+  process.on('SIGUSR2', () => {
+    keys = [newKey(), ...keys];
+    fs.writeFileSync(keysFile, JSON.stringify(keys), { mode: 0o600 });
+    handle = makeProvider(issuer).callback();
+    process.stdout.write(JSON.stringify({ rotated: keys[0].kid }) + '\n');
+  });
+  process.stdout.write(JSON.stringify({ listening: issuer }) + '\n');
+});
+
+function makeProvider(issuer) {
+  return new Provider(issuer, {
     clients: cfg.clients.map((c) => ({
       client_id: c.client_id,
       client_secret: c.client_secret,
@@ -63,7 +81,5 @@ server.listen(cfg.port || 0, '127.0.0.1', () => {
     },
     extraTokenClaims: (ctx, token) => ({ email: emails[token.clientId] }),
   });
-  server.on('request', provider.callback());
-  process.stdout.write(JSON.stringify({ listening: issuer }) + '\n');
-});
+}
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
