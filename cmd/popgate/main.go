@@ -168,7 +168,10 @@ func configFlag(name string, args []string, stderr io.Writer, more ...func(*flag
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
-	_, path, err := configFlag("check", args, stderr)
+	var offline bool
+	_, path, err := configFlag("check", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&offline, "offline", false, "check the file only: ask no OAuth issuer (for a service manager's check before a start or reload, which an issuer outage must not block)")
+	})
 	if err != nil {
 		return err
 	}
@@ -183,7 +186,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	}
 	in.server.Close()
 	in.close()
-	if in.oauth != nil {
+	if in.oauth != nil && !offline {
 		if err := checkOAuthIssuer(in.oauth, c.OAuth.Timeout); err != nil {
 			return err
 		}

@@ -93,4 +93,10 @@ func TestCheckOAuthIssuer(t *testing.T) {
 	if code := mainErr([]string{"check", "-config", write(idp.Issuer)}, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "oauth.issuer: oauth discovery") {
 		t.Fatalf("issuer down: check = %d: %s", code, errOut.String())
 	}
+	// -offline, as the service manager runs it before a start or a
+	// reload: an issuer outage blocks neither.
+	errOut.Reset()
+	if code := mainErr([]string{"check", "-offline", "-config", write(idp.Issuer)}, &out, &errOut); code != 0 {
+		t.Fatalf("issuer down: check -offline = %d: %s", code, errOut.String())
+	}
 }
