@@ -345,3 +345,55 @@ func TestAttack9EmailVerifiedAsString(t *testing.T) {
 		t.Errorf(`email_verified "true": %v`, err)
 	}
 }
+
+// blindRecorder is a route source that compares local parts only, as
+// route.sql with :local or route.ldap with %n do.
+type blindRecorder struct{ routeRecorder }
+
+func (*blindRecorder) IgnoresDomain() bool { return true }
+
+// A source that compares local parts only routes alice@gmail.com to local
+// alice's entry, and a backend that ignores the domain too (Dovecot's %Ln)
+// opens her mailbox for whoever had alice@gmail.com verified at the
+// issuer. Token logins then need the mailbox domains listed; a name in
+// another domain is refused.
+func TestAttack9DomainBlindRouteNeedsDomains(t *testing.T) {
+	p := startProvider(t)
+	next := &blindRecorder{}
+	r := &OAuthRouter{Next: next, Verifier: newVerifier(t, p, nil), Master: MasterLogin{User: "master", Password: "m-secret", Separator: "*"}}
+	ctx := context.Background()
+	login := func(user string) error {
+		_, err := r.Route(ctx, &Request{Credentials: Credentials{User: user, Password: Password(p.Token(user, testAudience)), Method: MethodXOAuth2}})
+		return err
+	}
+	var de *DeniedError
+	if err := login("alice@gmail.com"); !errors.As(err, &de) {
+		t.Fatalf("no domains, a domain-blind route: want a refusal, got %v", err)
+	}
+	r.Domains = []string{"example.com", "Example.ORG."}
+	for _, u := range []string{"alice@gmail.com", "alice@example.com.evil", "alice@gmail.com@example.com", "alice@example.com@gmail.com", "alice@exa\u212Ample.com"} {
+		if err := login(u); !errors.As(err, &de) {
+			t.Errorf("%s: want a refusal, got %v", u, err)
+		} else {
+			t.Logf("%s: %v", u, err)
+		}
+	}
+	if len(next.reqs) != 0 {
+		t.Fatalf("refused names were looked up: %+v", next.reqs)
+	}
+	for _, u := range []string{"alice@example.com", "bob@EXAMPLE.org", "carol"} {
+		if err := login(u); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+	// With a route that compares whole names, no list is needed; a
+	// list set still holds.
+	r.Next = &routeRecorder{}
+	if err := login("alice@gmail.com"); !errors.As(err, &de) {
+		t.Errorf("domains set: want a refusal, got %v", err)
+	}
+	r.Domains = nil
+	if err := login("alice@gmail.com"); err != nil {
+		t.Errorf("a route that compares whole names, no domains: %v", err)
+	}
+}

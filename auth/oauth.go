@@ -880,6 +880,15 @@ type OAuthRouter struct {
 	Master MasterLogin
 	// Masters are backends' own master logins, by backend name.
 	Masters map[string]MasterLogin
+	// Domains lists the mailbox domains a token's name may have (ASCII,
+	// compared without case); a name in another domain is refused as a
+	// wrong token would be. A name without "@" names no domain and
+	// passes. Empty: any domain, unless Next compares local parts only
+	// ([DomainBlind]): then every token login is refused, since the
+	// route of "alice@anywhere" is local alice's, and a backend that
+	// ignores the domain too opens her mailbox for whoever had that
+	// address verified at the issuer.
+	Domains []string
 }
 
 // Route implements [Router].
@@ -905,6 +914,9 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 		return Decision{}, &DeniedError{Reason: "the token was issued to another user"}
 	}
 	user := id.User
+	if err := r.checkDomain(user); err != nil {
+		return Decision{}, err
+	}
 	named := *req
 	named.Credentials = Credentials{User: user, Method: req.Method}
 	dec, err := r.Next.Route(ctx, &named)
@@ -934,6 +946,54 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 		dec.User, dec.AuthzID = m.User, mailbox
 	}
 	return dec, nil
+}
+
+// checkDomain refuses a token's name whose domain is not one of Domains,
+// and every name when Domains is empty and Next compares local parts only.
+func (r *OAuthRouter) checkDomain(user string) error {
+	if len(r.Domains) == 0 {
+		if r.IgnoresDomain() {
+			return &DeniedError{Reason: "the route compares local parts only and no mailbox domains are configured (oauth.domains)"}
+		}
+		return nil
+	}
+	at := strings.IndexByte(user, '@')
+	if at < 0 {
+		return nil
+	}
+	if strings.LastIndexByte(user, '@') != at {
+		// A directory splits at the last "@", a backend perhaps at
+		// the first: one name, two domains.
+		return &DeniedError{Reason: "the token's name holds more than one @"}
+	}
+	domain := strings.TrimSuffix(user[at+1:], ".")
+	for _, d := range r.Domains {
+		if asciiEqualFold(domain, strings.TrimSuffix(d, ".")) {
+			return nil
+		}
+	}
+	return &DeniedError{Reason: fmt.Sprintf("the token's mailbox domain %q is not one of oauth.domains", clip(domain))}
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII only: Unicode's folding
+// would let "\u212a" (the Kelvin sign) stand for "k" in a domain.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // TokenVerifier is a [Router] that verifies bearer tokens itself (an

@@ -23,6 +23,13 @@ func TestParseConfigOAuth(t *testing.T) {
 		o.Timeout != defaultOAuthTimeout || o.CacheSize != defaultOAuthCacheSize || o.MasterSeparator != "" {
 		t.Fatalf("settings %+v", o)
 	}
+	c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"domains = [\"Example.COM.\", \"example.org\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.OAuth.Domains; len(d) != 2 || d[0] != "example.com" || d[1] != "example.org" {
+		t.Fatalf("domains %q", d)
+	}
 	// Every backend with its own master login: [oauth] needs none.
 	perBackend := strings.Replace(backendB, "tls = \"none\"\n", "tls = \"none\"\noauth_master_user = \"bm\"\noauth_master_password_file = \"/bm\"\noauth_master_separator = \"*\"\n", 1)
 	c, err = ParseConfig("oauth", []byte(listenOAuth+perBackend+routeB+strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1)))
@@ -46,6 +53,10 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + good + "surprise = 1\n", "unknown key \"oauth.surprise\""},
 		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
 		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: set both"},
+		{minimal + good + "domains = []\n", "oauth.domains: empty"},
+		{minimal + good + "domains = [\"exa\u212Ample.com\"]\n", "oauth.domains: \"exa\u212Ample.com\" is not a domain name"},
+		{minimal + good + "domains = [\"*.example.com\"]\n", "is not a domain name"},
+		{minimal + good + "domains = [\"a@example.com\"]\n", "is not a domain name"},
 		{strings.Replace(minimal, "tls = \"none\"\n\n[route]", "tls = \"none\"\noauth_master_user = \"x\"\n\n[route]", 1) + good, "backend[0].oauth_master_user and oauth_master_password_file: set both"},
 	} {
 		_, err := ParseConfig("oauth", []byte(tc.conf))
