@@ -397,3 +397,35 @@ func TestAttack9DomainBlindRouteNeedsDomains(t *testing.T) {
 		t.Errorf("a route that compares whole names, no domains: %v", err)
 	}
 }
+
+// An "email" claim without "email_verified" was taken as confirmed: an
+// address nobody checked may be anyone's. It is refused unless
+// AllowUnverifiedEmail says the issuer sends no such claim.
+func TestAttack9EmailVerifiedRequired(t *testing.T) {
+	p := startProvider(t)
+	c := p.Claims("alice@example.com", testAudience, time.Hour)
+	delete(c, "email_verified")
+	tok, err := p.Sign(nil, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, newVerifier(t, p, nil), "no email_verified", tok)
+	allow := newVerifier(t, p, func(c *OAuthConfig) { c.AllowUnverifiedEmail = true })
+	if _, err := allow.Verify(context.Background(), tok); err != nil {
+		t.Errorf("no email_verified, allowed: %v", err)
+	}
+	c["email_verified"] = false
+	if tok, err = p.Sign(nil, c); err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, allow, "email_verified false, allowed without the claim", tok)
+	// Another claim names the mailbox: email_verified is not asked for.
+	delete(c, "email_verified")
+	if tok, err = p.Sign(nil, c); err != nil {
+		t.Fatal(err)
+	}
+	pu := newVerifier(t, p, func(c *OAuthConfig) { c.UserClaim = "preferred_username" })
+	if _, err := pu.Verify(context.Background(), tok); err != nil {
+		t.Errorf("preferred_username without email_verified: %v", err)
+	}
+}

@@ -49,6 +49,12 @@ type OAuthConfig struct {
 	// UserClaim names the claim that holds the mailbox name ("email",
 	// "preferred_username", …); "" is "email".
 	UserClaim string
+	// AllowUnverifiedEmail accepts an "email" UserClaim without an
+	// "email_verified" claim (issuers that send none, such as Entra
+	// ID). By default the claim must be there and true: an address the
+	// user typed in and nobody confirmed may be anyone's. A false one
+	// is refused either way.
+	AllowUnverifiedEmail bool
 	// Introspect verifies tokens through RFC 7662 token introspection at
 	// the issuer's introspection_endpoint (opaque tokens), with ClientID
 	// and ClientSecret as the HTTP Basic credentials, instead of checking
@@ -761,12 +767,18 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 		return Identity{}, refuse("token issued in the future")
 	}
 	user, _ := claims[o.cfg.UserClaim].(string)
-	if v, ok := claims["email_verified"]; ok && o.cfg.UserClaim == "email" && !isTrue(v) {
+	if o.cfg.UserClaim == "email" {
 		// An address the user typed in and nobody confirmed may be
 		// anyone's. Some issuers write the flag as a string ("false"
 		// is as unverified as false); anything but true is no
 		// confirmation.
-		return Identity{}, refuse("the token's email is not verified")
+		v, ok := claims["email_verified"]
+		switch {
+		case ok && !isTrue(v):
+			return Identity{}, refuse("the token's email is not verified")
+		case !ok && !o.cfg.AllowUnverifiedEmail:
+			return Identity{}, refuse("the token has no email_verified claim (see oauth.require_email_verified)")
+		}
 	}
 	if user == "" {
 		return Identity{}, refuse("claim %q is missing", o.cfg.UserClaim)

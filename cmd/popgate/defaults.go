@@ -208,6 +208,7 @@ var configKeys = []configKey{
 	{"oauth.clock_skew", defaultOAuthClockSkew},
 	{"oauth.user_claim", defaultOAuthUserClaim},
 	{"oauth.domains", nil}, // any; required when a route source compares local parts only
+	{"oauth.require_email_verified", true},
 	{"oauth.ca_file", nil}, // the system's roots
 	{"oauth.timeout", defaultOAuthTimeout},
 	{"oauth.key_refresh_interval", defaultOAuthKeyRefreshInterval},

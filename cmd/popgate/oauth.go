@@ -29,6 +29,7 @@ type OAuthConfig struct {
 	ClockSkew             Duration `toml:"clock_skew"`
 	UserClaim             string   `toml:"user_claim"`
 	Domains               []string `toml:"domains"`
+	RequireEmailVerified  *bool    `toml:"require_email_verified"`
 	CAFile                string   `toml:"ca_file"`
 	Timeout               Duration `toml:"timeout"`
 	KeyRefreshInterval    Duration `toml:"key_refresh_interval"`
@@ -124,6 +125,9 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	} else if o.ClientID != "" || o.ClientSecretFile != "" || o.IntrospectionCacheTTL.Set {
 		add("oauth.client_id, client_secret_file and introspection_cache_ttl: only used with introspection = true")
 	}
+	if o.RequireEmailVerified != nil && cmp.Or(o.UserClaim, defaultOAuthUserClaim) != "email" {
+		add("oauth.require_email_verified: only used with user_claim = \"email\"")
+	}
 	if o.Domains != nil && len(o.Domains) == 0 {
 		add("oauth.domains: empty; list the mailbox domains tokens may name, or omit the key")
 	}
@@ -149,6 +153,7 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 			Algorithms:            o.Algorithms,
 			ClockSkew:             o.ClockSkew.or(defaultOAuthClockSkew),
 			UserClaim:             cmp.Or(o.UserClaim, defaultOAuthUserClaim),
+			AllowUnverifiedEmail:  o.RequireEmailVerified != nil && !*o.RequireEmailVerified,
 			Introspect:            o.Introspection,
 			ClientID:              o.ClientID,
 			IntrospectionCacheTTL: o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),

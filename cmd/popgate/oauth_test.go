@@ -30,6 +30,12 @@ func TestParseConfigOAuth(t *testing.T) {
 	if d := c.OAuth.Domains; len(d) != 2 || d[0] != "example.com" || d[1] != "example.org" {
 		t.Fatalf("domains %q", d)
 	}
+	if c.OAuth.AllowUnverifiedEmail {
+		t.Fatal("email_verified not required by default")
+	}
+	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"require_email_verified = false\n")); err != nil || !c.OAuth.AllowUnverifiedEmail {
+		t.Fatalf("require_email_verified = false: %v", err)
+	}
 	// Every backend with its own master login: [oauth] needs none.
 	perBackend := strings.Replace(backendB, "tls = \"none\"\n", "tls = \"none\"\noauth_master_user = \"bm\"\noauth_master_password_file = \"/bm\"\noauth_master_separator = \"*\"\n", 1)
 	c, err = ParseConfig("oauth", []byte(listenOAuth+perBackend+routeB+strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1)))
@@ -54,6 +60,7 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
 		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: set both"},
 		{minimal + good + "domains = []\n", "oauth.domains: empty"},
+		{minimal + good + "user_claim = \"preferred_username\"\nrequire_email_verified = false\n", "oauth.require_email_verified: only used with user_claim"},
 		{minimal + good + "domains = [\"exa\u212Ample.com\"]\n", "oauth.domains: \"exa\u212Ample.com\" is not a domain name"},
 		{minimal + good + "domains = [\"*.example.com\"]\n", "is not a domain name"},
 		{minimal + good + "domains = [\"a@example.com\"]\n", "is not a domain name"},
