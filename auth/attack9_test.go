@@ -429,3 +429,26 @@ func TestAttack9EmailVerifiedRequired(t *testing.T) {
 		t.Errorf("preferred_username without email_verified: %v", err)
 	}
 }
+
+// A name in compatibility forms ("ａｌｉｃｅ", the Kelvin sign, "ﬁ"), with
+// decomposed accents or invisible characters was passed on as it was: a
+// directory or backend that compares names as Unicode folds them takes it
+// for another user's. Such names are refused unless AllowUnnormalizedNames.
+func TestAttack9UnnormalizedNameRefused(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, nil)
+	allow := newVerifier(t, p, func(c *OAuthConfig) { c.AllowUnnormalizedNames = true })
+	for _, u := range []string{"ａｌｉｃｅ@example.com", "\u212Aate@example.com", "ﬁona@example.com", "jose\u0301@example.com",
+		"al\u200bice@example.com", "alice\u00ad@example.com", " alice@example.com", "alice@example.com ", "alice@example.com\t", "𝐚lice@example.com"} {
+		tok := p.Token(u, testAudience)
+		wantRefused(t, o, fmt.Sprintf("%q", u), tok)
+		if _, err := allow.Verify(context.Background(), tok); err != nil {
+			t.Errorf("%q, allowed: %v", u, err)
+		}
+	}
+	for _, u := range []string{"alice@example.com", "Alice.Smith+pop@Example.com", "jos\u00e9@example.com", "иван@example.com", "bob"} {
+		if _, err := o.Verify(context.Background(), p.Token(u, testAudience)); err != nil {
+			t.Errorf("%q: %v", u, err)
+		}
+	}
+}

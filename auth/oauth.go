@@ -24,6 +24,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // OAuthConfig configures an [OAuth] verifier of bearer tokens.
@@ -55,6 +58,15 @@ type OAuthConfig struct {
 	// user typed in and nobody confirmed may be anyone's. A false one
 	// is refused either way.
 	AllowUnverifiedEmail bool
+	// AllowUnnormalizedNames accepts names that Unicode's NFKC changes
+	// ("ａｌｉｃｅ", the Kelvin sign, "ﬁ", decomposed accents) or that
+	// hold format or control characters (zero-width spaces, soft
+	// hyphens) or spaces around them. By default they are refused: a
+	// directory or backend that compares names as Unicode folds them
+	// (OpenLDAP's matching rules, a database's collation) takes
+	// "ａｌｉｃｅ@example.com" for alice, whose address an issuer that
+	// lets users register themselves would never have handed out.
+	AllowUnnormalizedNames bool
 	// Introspect verifies tokens through RFC 7662 token introspection at
 	// the issuer's introspection_endpoint (opaque tokens), with ClientID
 	// and ClientSecret as the HTTP Basic credentials, instead of checking
@@ -786,11 +798,27 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 	if strings.ContainsAny(user, "\r\n\x00") || len(user) > MaxCredentialLen {
 		return Identity{}, refuse("claim %q is not a usable name", o.cfg.UserClaim)
 	}
+	if !o.cfg.AllowUnnormalizedNames && !normalName(user) {
+		return Identity{}, refuse("claim %q is not in Unicode normal form NFKC, or holds format characters or spaces around it (see oauth.allow_unnormalized_names)", o.cfg.UserClaim)
+	}
 	id := Identity{User: user}
 	if hasExp {
 		id.Expires = exp
 	}
 	return id, nil
+}
+
+// normalName reports whether user is its own NFKC form and holds no
+// control or format character and no space at either end: no other
+// spelling of a name a directory would take for it.
+func normalName(user string) bool {
+	if strings.TrimFunc(user, unicode.IsSpace) != user {
+		return false
+	}
+	if strings.ContainsFunc(user, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }) {
+		return false
+	}
+	return isASCII(user) || norm.NFKC.IsNormalString(user)
 }
 
 // isTrue reports whether a claim is true: the JSON boolean, or the string

@@ -23,24 +23,25 @@ import (
 // that opens the mailbox on the backend (docs/routing.md, "OAuth 2.0
 // sign-in").
 type OAuthConfig struct {
-	Issuer                string   `toml:"issuer"`
-	Audience              []string `toml:"audience"`
-	Algorithms            []string `toml:"algorithms"`
-	ClockSkew             Duration `toml:"clock_skew"`
-	UserClaim             string   `toml:"user_claim"`
-	Domains               []string `toml:"domains"`
-	RequireEmailVerified  *bool    `toml:"require_email_verified"`
-	CAFile                string   `toml:"ca_file"`
-	Timeout               Duration `toml:"timeout"`
-	KeyRefreshInterval    Duration `toml:"key_refresh_interval"`
-	CacheSize             *int     `toml:"cache_size"`
-	Introspection         bool     `toml:"introspection"`
-	ClientID              string   `toml:"client_id"`
-	ClientSecretFile      string   `toml:"client_secret_file"`
-	IntrospectionCacheTTL Duration `toml:"introspection_cache_ttl"`
-	MasterUser            string   `toml:"master_user"`
-	MasterPasswordFile    string   `toml:"master_password_file"`
-	MasterSeparator       string   `toml:"master_separator"`
+	Issuer                 string   `toml:"issuer"`
+	Audience               []string `toml:"audience"`
+	Algorithms             []string `toml:"algorithms"`
+	ClockSkew              Duration `toml:"clock_skew"`
+	UserClaim              string   `toml:"user_claim"`
+	Domains                []string `toml:"domains"`
+	RequireEmailVerified   *bool    `toml:"require_email_verified"`
+	AllowUnnormalizedNames bool     `toml:"allow_unnormalized_names"`
+	CAFile                 string   `toml:"ca_file"`
+	Timeout                Duration `toml:"timeout"`
+	KeyRefreshInterval     Duration `toml:"key_refresh_interval"`
+	CacheSize              *int     `toml:"cache_size"`
+	Introspection          bool     `toml:"introspection"`
+	ClientID               string   `toml:"client_id"`
+	ClientSecretFile       string   `toml:"client_secret_file"`
+	IntrospectionCacheTTL  Duration `toml:"introspection_cache_ttl"`
+	MasterUser             string   `toml:"master_user"`
+	MasterPasswordFile     string   `toml:"master_password_file"`
+	MasterSeparator        string   `toml:"master_separator"`
 }
 
 // masterSettings is a master login of bearer-token logins; the password
@@ -148,17 +149,18 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	}
 	return &oauthSettings{
 		OAuthConfig: auth.OAuthConfig{
-			Issuer:                o.Issuer,
-			Audience:              o.Audience,
-			Algorithms:            o.Algorithms,
-			ClockSkew:             o.ClockSkew.or(defaultOAuthClockSkew),
-			UserClaim:             cmp.Or(o.UserClaim, defaultOAuthUserClaim),
-			AllowUnverifiedEmail:  o.RequireEmailVerified != nil && !*o.RequireEmailVerified,
-			Introspect:            o.Introspection,
-			ClientID:              o.ClientID,
-			IntrospectionCacheTTL: o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),
-			CacheSize:             intOr(o.CacheSize, defaultOAuthCacheSize),
-			KeyRefreshInterval:    o.KeyRefreshInterval.or(defaultOAuthKeyRefreshInterval),
+			Issuer:                 o.Issuer,
+			Audience:               o.Audience,
+			Algorithms:             o.Algorithms,
+			ClockSkew:              o.ClockSkew.or(defaultOAuthClockSkew),
+			UserClaim:              cmp.Or(o.UserClaim, defaultOAuthUserClaim),
+			AllowUnverifiedEmail:   o.RequireEmailVerified != nil && !*o.RequireEmailVerified,
+			AllowUnnormalizedNames: o.AllowUnnormalizedNames,
+			Introspect:             o.Introspection,
+			ClientID:               o.ClientID,
+			IntrospectionCacheTTL:  o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),
+			CacheSize:              intOr(o.CacheSize, defaultOAuthCacheSize),
+			KeyRefreshInterval:     o.KeyRefreshInterval.or(defaultOAuthKeyRefreshInterval),
 		},
 		CAFile:             o.CAFile,
 		Timeout:            o.Timeout.or(defaultOAuthTimeout),

@@ -36,6 +36,12 @@ func TestParseConfigOAuth(t *testing.T) {
 	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"require_email_verified = false\n")); err != nil || !c.OAuth.AllowUnverifiedEmail {
 		t.Fatalf("require_email_verified = false: %v", err)
 	}
+	if c.OAuth.AllowUnnormalizedNames {
+		t.Fatal("unnormalized names allowed by default")
+	}
+	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"allow_unnormalized_names = true\n")); err != nil || !c.OAuth.AllowUnnormalizedNames {
+		t.Fatalf("allow_unnormalized_names = true: %v", err)
+	}
 	// Every backend with its own master login: [oauth] needs none.
 	perBackend := strings.Replace(backendB, "tls = \"none\"\n", "tls = \"none\"\noauth_master_user = \"bm\"\noauth_master_password_file = \"/bm\"\noauth_master_separator = \"*\"\n", 1)
 	c, err = ParseConfig("oauth", []byte(listenOAuth+perBackend+routeB+strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1)))
