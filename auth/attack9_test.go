@@ -452,3 +452,56 @@ func TestAttack9UnnormalizedNameRefused(t *testing.T) {
 		}
 	}
 }
+
+// An ID token, signed by the issuer with the key of its access tokens,
+// passed for an access token when it named an accepted audience (the
+// mail client's ID configured as the audience): any site the user signs
+// in to holds one. ID tokens are refused by their claims (at_hash,
+// c_hash, Keycloak's typ), other explicitly typed JWTs by their header,
+// and with RequireAccessTokenType anything but at+jwt.
+func TestAttack9IDTokenRefused(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, nil)
+	strict := newVerifier(t, p, func(c *OAuthConfig) { c.RequireAccessTokenType = true })
+	intro := newVerifier(t, p, func(c *OAuthConfig) {
+		c.Introspect, c.ClientID, c.ClientSecret = true, p.ClientID, Password(p.ClientSecret)
+	})
+	sign := func(header map[string]any, extra map[string]any) string {
+		c := p.Claims("alice@example.com", testAudience, time.Hour)
+		for k, v := range extra {
+			c[k] = v
+		}
+		tok, err := p.Sign(header, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	keycloakAT := map[string]any{"typ": "JWT"}
+	for name, tok := range map[string]string{
+		"at_hash":             sign(keycloakAT, map[string]any{"at_hash": "x", "nonce": "n"}),
+		"c_hash":              sign(keycloakAT, map[string]any{"c_hash": "x"}),
+		"Keycloak typ ID":     sign(keycloakAT, map[string]any{"typ": "ID"}),
+		"Keycloak typ Logout": sign(keycloakAT, map[string]any{"typ": "Logout"}),
+		"typ a number":        sign(keycloakAT, map[string]any{"typ": 1}),
+		"header logout+jwt":   sign(map[string]any{"typ": "logout+jwt"}, nil),
+		"header dpop+jwt":     sign(map[string]any{"typ": "application/dpop+jwt"}, nil),
+	} {
+		wantRefused(t, o, name, tok)
+	}
+	c := p.Claims("alice@example.com", testAudience, time.Hour)
+	c["at_hash"], c["typ"] = "x", "ID"
+	wantRefused(t, intro, "introspection of an ID token", p.Opaque(c))
+	// Keycloak's access tokens: header typ JWT, claim typ Bearer, and a
+	// nonce copied from the sign-in.
+	kc := sign(keycloakAT, map[string]any{"typ": "Bearer", "nonce": "n"})
+	if _, err := o.Verify(context.Background(), kc); err != nil {
+		t.Errorf("a Keycloak access token: %v", err)
+	}
+	wantRefused(t, strict, "typ JWT under RequireAccessTokenType", kc)
+	for _, typ := range []string{"at+jwt", "application/at+JWT"} {
+		if _, err := strict.Verify(context.Background(), sign(map[string]any{"typ": typ}, nil)); err != nil {
+			t.Errorf("typ %s under RequireAccessTokenType: %v", typ, err)
+		}
+	}
+}

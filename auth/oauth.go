@@ -67,6 +67,13 @@ type OAuthConfig struct {
 	// "ａｌｉｃｅ@example.com" for alice, whose address an issuer that
 	// lets users register themselves would never have handed out.
 	AllowUnnormalizedNames bool
+	// RequireAccessTokenType accepts only JWTs whose header says
+	// "typ": "at+jwt" (RFC 9068 §2.1), so that no other token the
+	// issuer signs (an ID token, a logout token) passes for an access
+	// token. Keycloak and many others write "JWT" there, so it is off
+	// by default; without it, ID tokens are refused by their claims (see
+	// [OAuth.verifyJWT]).
+	RequireAccessTokenType bool
 	// Introspect verifies tokens through RFC 7662 token introspection at
 	// the issuer's introspection_endpoint (opaque tokens), with ClientID
 	// and ClientSecret as the HTTP Basic credentials, instead of checking
@@ -644,10 +651,14 @@ func (o *OAuth) verifyJWT(ctx context.Context, token string, now time.Time) (Ide
 	var hdr struct {
 		Alg  string          `json:"alg"`
 		Kid  string          `json:"kid"`
+		Typ  string          `json:"typ"`
 		Crit json.RawMessage `json:"crit"`
 	}
 	if err := json.Unmarshal(hb, &hdr); err != nil {
 		return Identity{}, refuse("header is not JSON")
+	}
+	if err := o.checkTokenType(hdr.Typ); err != nil {
+		return Identity{}, err
 	}
 	if !o.algs[hdr.Alg] {
 		return Identity{}, refuse("algorithm %q is not accepted", clip(hdr.Alg))
@@ -688,7 +699,53 @@ func (o *OAuth) verifyJWT(ctx context.Context, token string, now time.Time) (Ide
 	if !o.audienceOK(claims["aud"], true) {
 		return Identity{}, refuse("audience is not accepted")
 	}
+	if err := notAccessToken(claims); err != nil {
+		return Identity{}, err
+	}
 	return o.identity(claims, now, true)
+}
+
+// notAccessToken refuses the claims of a token that is not an access
+// token. An ID token says who signed in to a client, for that client; it
+// is no grant to anything, and any site the user signs in to with the
+// issuer holds one. One that names an accepted audience (the mail
+// client's own ID, configured as the audience) must not pass for an
+// access token. OpenID Connect's at_hash and c_hash bind an ID token to
+// its access token or code and appear in nothing else; Keycloak marks
+// its tokens "typ": "ID", "Refresh", "Logout", its access tokens
+// "Bearer". nonce is no sign: some issuers (Keycloak among them) copy it
+// into access tokens.
+func notAccessToken(claims map[string]any) error {
+	if _, ok := claims["at_hash"]; ok {
+		return refuse("an ID token (at_hash), not an access token")
+	}
+	if _, ok := claims["c_hash"]; ok {
+		return refuse("an ID token (c_hash), not an access token")
+	}
+	if typ, ok := claims["typ"]; ok {
+		if s, _ := typ.(string); !strings.EqualFold(s, "Bearer") {
+			return refuse("the token's typ claim %q is not Bearer: not an access token", clip(fmt.Sprint(typ)))
+		}
+	}
+	return nil
+}
+
+// checkTokenType refuses a JWT header's typ that names another kind of
+// token: an explicitly typed JWT (RFC 8725 §3.11) other than an access
+// token ("dpop+jwt", "logout+jwt", "secevent+jwt"), and anything but
+// "at+jwt" under RequireAccessTokenType.
+func (o *OAuth) checkTokenType(typ string) error {
+	t := strings.ToLower(strings.TrimPrefix(strings.ToLower(typ), "application/"))
+	if t == "at+jwt" {
+		return nil
+	}
+	if o.cfg.RequireAccessTokenType {
+		return refuse("header typ %q is not at+jwt (oauth.require_access_token_type)", clip(typ))
+	}
+	if strings.HasSuffix(t, "+jwt") {
+		return refuse("header typ %q is not an access token's", clip(typ))
+	}
+	return nil
 }
 
 func decodeClaims(b []byte) (map[string]any, error) {
@@ -884,6 +941,9 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 	// user's mailbox with it.
 	if !o.audienceOK(claims["aud"], len(o.cfg.Audience) > 0) {
 		return Identity{}, time.Time{}, refuse("audience is not accepted")
+	}
+	if err := notAccessToken(claims); err != nil {
+		return Identity{}, time.Time{}, err
 	}
 	id, err := o.identity(claims, now, false)
 	if err != nil {

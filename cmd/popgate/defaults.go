@@ -210,6 +210,7 @@ var configKeys = []configKey{
 	{"oauth.domains", nil}, // any; required when a route source compares local parts only
 	{"oauth.require_email_verified", true},
 	{"oauth.allow_unnormalized_names", nil},
+	{"oauth.require_access_token_type", nil},
 	{"oauth.ca_file", nil}, // the system's roots
 	{"oauth.timeout", defaultOAuthTimeout},
 	{"oauth.key_refresh_interval", defaultOAuthKeyRefreshInterval},

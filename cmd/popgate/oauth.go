@@ -31,6 +31,7 @@ type OAuthConfig struct {
 	Domains                []string `toml:"domains"`
 	RequireEmailVerified   *bool    `toml:"require_email_verified"`
 	AllowUnnormalizedNames bool     `toml:"allow_unnormalized_names"`
+	RequireAccessTokenType bool     `toml:"require_access_token_type"`
 	CAFile                 string   `toml:"ca_file"`
 	Timeout                Duration `toml:"timeout"`
 	KeyRefreshInterval     Duration `toml:"key_refresh_interval"`
@@ -129,6 +130,9 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	if o.RequireEmailVerified != nil && cmp.Or(o.UserClaim, defaultOAuthUserClaim) != "email" {
 		add("oauth.require_email_verified: only used with user_claim = \"email\"")
 	}
+	if o.RequireAccessTokenType && o.Introspection {
+		add("oauth.require_access_token_type: only used for signed tokens, not with introspection = true")
+	}
 	if o.Domains != nil && len(o.Domains) == 0 {
 		add("oauth.domains: empty; list the mailbox domains tokens may name, or omit the key")
 	}
@@ -156,6 +160,7 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 			UserClaim:              cmp.Or(o.UserClaim, defaultOAuthUserClaim),
 			AllowUnverifiedEmail:   o.RequireEmailVerified != nil && !*o.RequireEmailVerified,
 			AllowUnnormalizedNames: o.AllowUnnormalizedNames,
+			RequireAccessTokenType: o.RequireAccessTokenType,
 			Introspect:             o.Introspection,
 			ClientID:               o.ClientID,
 			IntrospectionCacheTTL:  o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),

@@ -36,6 +36,12 @@ func TestParseConfigOAuth(t *testing.T) {
 	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"require_email_verified = false\n")); err != nil || !c.OAuth.AllowUnverifiedEmail {
 		t.Fatalf("require_email_verified = false: %v", err)
 	}
+	if c.OAuth.RequireAccessTokenType {
+		t.Fatal("at+jwt required by default")
+	}
+	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"require_access_token_type = true\n")); err != nil || !c.OAuth.RequireAccessTokenType {
+		t.Fatalf("require_access_token_type = true: %v", err)
+	}
 	if c.OAuth.AllowUnnormalizedNames {
 		t.Fatal("unnormalized names allowed by default")
 	}
@@ -66,6 +72,7 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
 		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: set both"},
 		{minimal + good + "domains = []\n", "oauth.domains: empty"},
+		{minimal + good + "require_access_token_type = true\nintrospection = true\nclient_id = \"c\"\nclient_secret_file = \"/s\"\n", "oauth.require_access_token_type: only used for signed tokens"},
 		{minimal + good + "user_claim = \"preferred_username\"\nrequire_email_verified = false\n", "oauth.require_email_verified: only used with user_claim"},
 		{minimal + good + "domains = [\"exa\u212Ample.com\"]\n", "oauth.domains: \"exa\u212Ample.com\" is not a domain name"},
 		{minimal + good + "domains = [\"*.example.com\"]\n", "is not a domain name"},
