@@ -345,3 +345,163 @@ func TestAttack9EmailVerifiedAsString(t *testing.T) {
 		t.Errorf(`email_verified "true": %v`, err)
 	}
 }
+
+// blindRecorder is a route source that compares local parts only, as
+// route.sql with :local or route.ldap with %n do.
+type blindRecorder struct{ routeRecorder }
+
+func (*blindRecorder) IgnoresDomain() bool { return true }
+
+// A source that compares local parts only routes alice@gmail.com to local
+// alice's entry, and a backend that ignores the domain too (Dovecot's %Ln)
+// opens her mailbox for whoever had alice@gmail.com verified at the
+// issuer. Token logins then need the mailbox domains listed; a name in
+// another domain is refused.
+func TestAttack9DomainBlindRouteNeedsDomains(t *testing.T) {
+	p := startProvider(t)
+	next := &blindRecorder{}
+	r := &OAuthRouter{Next: next, Verifier: newVerifier(t, p, nil), Master: MasterLogin{User: "master", Password: "m-secret", Separator: "*"}}
+	ctx := context.Background()
+	login := func(user string) error {
+		_, err := r.Route(ctx, &Request{Credentials: Credentials{User: user, Password: Password(p.Token(user, testAudience)), Method: MethodXOAuth2}})
+		return err
+	}
+	var de *DeniedError
+	if err := login("alice@gmail.com"); !errors.As(err, &de) {
+		t.Fatalf("no domains, a domain-blind route: want a refusal, got %v", err)
+	}
+	r.Domains = []string{"example.com", "Example.ORG."}
+	for _, u := range []string{"alice@gmail.com", "alice@example.com.evil", "alice@gmail.com@example.com", "alice@example.com@gmail.com", "alice@exa\u212Ample.com"} {
+		if err := login(u); !errors.As(err, &de) {
+			t.Errorf("%s: want a refusal, got %v", u, err)
+		} else {
+			t.Logf("%s: %v", u, err)
+		}
+	}
+	if len(next.reqs) != 0 {
+		t.Fatalf("refused names were looked up: %+v", next.reqs)
+	}
+	for _, u := range []string{"alice@example.com", "bob@EXAMPLE.org", "carol"} {
+		if err := login(u); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+	// With a route that compares whole names, no list is needed; a
+	// list set still holds.
+	r.Next = &routeRecorder{}
+	if err := login("alice@gmail.com"); !errors.As(err, &de) {
+		t.Errorf("domains set: want a refusal, got %v", err)
+	}
+	r.Domains = nil
+	if err := login("alice@gmail.com"); err != nil {
+		t.Errorf("a route that compares whole names, no domains: %v", err)
+	}
+}
+
+// An "email" claim without "email_verified" was taken as confirmed: an
+// address nobody checked may be anyone's. It is refused unless
+// AllowUnverifiedEmail says the issuer sends no such claim.
+func TestAttack9EmailVerifiedRequired(t *testing.T) {
+	p := startProvider(t)
+	c := p.Claims("alice@example.com", testAudience, time.Hour)
+	delete(c, "email_verified")
+	tok, err := p.Sign(nil, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, newVerifier(t, p, nil), "no email_verified", tok)
+	allow := newVerifier(t, p, func(c *OAuthConfig) { c.AllowUnverifiedEmail = true })
+	if _, err := allow.Verify(context.Background(), tok); err != nil {
+		t.Errorf("no email_verified, allowed: %v", err)
+	}
+	c["email_verified"] = false
+	if tok, err = p.Sign(nil, c); err != nil {
+		t.Fatal(err)
+	}
+	wantRefused(t, allow, "email_verified false, allowed without the claim", tok)
+	// Another claim names the mailbox: email_verified is not asked for.
+	delete(c, "email_verified")
+	if tok, err = p.Sign(nil, c); err != nil {
+		t.Fatal(err)
+	}
+	pu := newVerifier(t, p, func(c *OAuthConfig) { c.UserClaim = "preferred_username" })
+	if _, err := pu.Verify(context.Background(), tok); err != nil {
+		t.Errorf("preferred_username without email_verified: %v", err)
+	}
+}
+
+// A name in compatibility forms ("ａｌｉｃｅ", the Kelvin sign, "ﬁ"), with
+// decomposed accents or invisible characters was passed on as it was: a
+// directory or backend that compares names as Unicode folds them takes it
+// for another user's. Such names are refused unless AllowUnnormalizedNames.
+func TestAttack9UnnormalizedNameRefused(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, nil)
+	allow := newVerifier(t, p, func(c *OAuthConfig) { c.AllowUnnormalizedNames = true })
+	for _, u := range []string{"ａｌｉｃｅ@example.com", "\u212Aate@example.com", "ﬁona@example.com", "jose\u0301@example.com",
+		"al\u200bice@example.com", "alice\u00ad@example.com", " alice@example.com", "alice@example.com ", "alice@example.com\t", "𝐚lice@example.com"} {
+		tok := p.Token(u, testAudience)
+		wantRefused(t, o, fmt.Sprintf("%q", u), tok)
+		if _, err := allow.Verify(context.Background(), tok); err != nil {
+			t.Errorf("%q, allowed: %v", u, err)
+		}
+	}
+	for _, u := range []string{"alice@example.com", "Alice.Smith+pop@Example.com", "jos\u00e9@example.com", "иван@example.com", "bob"} {
+		if _, err := o.Verify(context.Background(), p.Token(u, testAudience)); err != nil {
+			t.Errorf("%q: %v", u, err)
+		}
+	}
+}
+
+// An ID token, signed by the issuer with the key of its access tokens,
+// passed for an access token when it named an accepted audience (the
+// mail client's ID configured as the audience): any site the user signs
+// in to holds one. ID tokens are refused by their claims (at_hash,
+// c_hash, Keycloak's typ), other explicitly typed JWTs by their header,
+// and with RequireAccessTokenType anything but at+jwt.
+func TestAttack9IDTokenRefused(t *testing.T) {
+	p := startProvider(t)
+	o := newVerifier(t, p, nil)
+	strict := newVerifier(t, p, func(c *OAuthConfig) { c.RequireAccessTokenType = true })
+	intro := newVerifier(t, p, func(c *OAuthConfig) {
+		c.Introspect, c.ClientID, c.ClientSecret = true, p.ClientID, Password(p.ClientSecret)
+	})
+	sign := func(header map[string]any, extra map[string]any) string {
+		c := p.Claims("alice@example.com", testAudience, time.Hour)
+		for k, v := range extra {
+			c[k] = v
+		}
+		tok, err := p.Sign(header, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	keycloakAT := map[string]any{"typ": "JWT"}
+	for name, tok := range map[string]string{
+		"at_hash":             sign(keycloakAT, map[string]any{"at_hash": "x", "nonce": "n"}),
+		"c_hash":              sign(keycloakAT, map[string]any{"c_hash": "x"}),
+		"Keycloak typ ID":     sign(keycloakAT, map[string]any{"typ": "ID"}),
+		"Keycloak typ Logout": sign(keycloakAT, map[string]any{"typ": "Logout"}),
+		"typ a number":        sign(keycloakAT, map[string]any{"typ": 1}),
+		"header logout+jwt":   sign(map[string]any{"typ": "logout+jwt"}, nil),
+		"header dpop+jwt":     sign(map[string]any{"typ": "application/dpop+jwt"}, nil),
+	} {
+		wantRefused(t, o, name, tok)
+	}
+	c := p.Claims("alice@example.com", testAudience, time.Hour)
+	c["at_hash"], c["typ"] = "x", "ID"
+	wantRefused(t, intro, "introspection of an ID token", p.Opaque(c))
+	// Keycloak's access tokens: header typ JWT, claim typ Bearer, and a
+	// nonce copied from the sign-in.
+	kc := sign(keycloakAT, map[string]any{"typ": "Bearer", "nonce": "n"})
+	if _, err := o.Verify(context.Background(), kc); err != nil {
+		t.Errorf("a Keycloak access token: %v", err)
+	}
+	wantRefused(t, strict, "typ JWT under RequireAccessTokenType", kc)
+	for _, typ := range []string{"at+jwt", "application/at+JWT"} {
+		if _, err := strict.Verify(context.Background(), sign(map[string]any{"typ": typ}, nil)); err != nil {
+			t.Errorf("typ %s under RequireAccessTokenType: %v", typ, err)
+		}
+	}
+}

@@ -140,6 +140,12 @@ type Decision struct {
 	// identity is relayed with its own credentials only, and refused when
 	// a router rewrote User or Password without naming it.
 	AuthzID string
+	// Name is the user a verified credential names, when it names one
+	// of its own: an [OAuthRouter] sets the token's name. popgate logs
+	// and lists the session under it when the client named nobody
+	// (OAUTHBEARER without "a="), so that the session log, /sessions
+	// and ending a user's sessions see the user.
+	Name string
 }
 
 // Router decides where a login goes. Route returns [ErrNoRoute] when nothing

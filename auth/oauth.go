@@ -24,6 +24,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // OAuthConfig configures an [OAuth] verifier of bearer tokens.
@@ -49,6 +52,28 @@ type OAuthConfig struct {
 	// UserClaim names the claim that holds the mailbox name ("email",
 	// "preferred_username", …); "" is "email".
 	UserClaim string
+	// AllowUnverifiedEmail accepts an "email" UserClaim without an
+	// "email_verified" claim (issuers that send none, such as Entra
+	// ID). By default the claim must be there and true: an address the
+	// user typed in and nobody confirmed may be anyone's. A false one
+	// is refused either way.
+	AllowUnverifiedEmail bool
+	// AllowUnnormalizedNames accepts names that Unicode's NFKC changes
+	// ("ａｌｉｃｅ", the Kelvin sign, "ﬁ", decomposed accents) or that
+	// hold format or control characters (zero-width spaces, soft
+	// hyphens) or spaces around them. By default they are refused: a
+	// directory or backend that compares names as Unicode folds them
+	// (OpenLDAP's matching rules, a database's collation) takes
+	// "ａｌｉｃｅ@example.com" for alice, whose address an issuer that
+	// lets users register themselves would never have handed out.
+	AllowUnnormalizedNames bool
+	// RequireAccessTokenType accepts only JWTs whose header says
+	// "typ": "at+jwt" (RFC 9068 §2.1), so that no other token the
+	// issuer signs (an ID token, a logout token) passes for an access
+	// token. Keycloak and many others write "JWT" there, so it is off
+	// by default; without it, ID tokens are refused by their claims (see
+	// [OAuth.verifyJWT]).
+	RequireAccessTokenType bool
 	// Introspect verifies tokens through RFC 7662 token introspection at
 	// the issuer's introspection_endpoint (opaque tokens), with ClientID
 	// and ClientSecret as the HTTP Basic credentials, instead of checking
@@ -626,10 +651,14 @@ func (o *OAuth) verifyJWT(ctx context.Context, token string, now time.Time) (Ide
 	var hdr struct {
 		Alg  string          `json:"alg"`
 		Kid  string          `json:"kid"`
+		Typ  string          `json:"typ"`
 		Crit json.RawMessage `json:"crit"`
 	}
 	if err := json.Unmarshal(hb, &hdr); err != nil {
 		return Identity{}, refuse("header is not JSON")
+	}
+	if err := o.checkTokenType(hdr.Typ); err != nil {
+		return Identity{}, err
 	}
 	if !o.algs[hdr.Alg] {
 		return Identity{}, refuse("algorithm %q is not accepted", clip(hdr.Alg))
@@ -670,7 +699,53 @@ func (o *OAuth) verifyJWT(ctx context.Context, token string, now time.Time) (Ide
 	if !o.audienceOK(claims["aud"], true) {
 		return Identity{}, refuse("audience is not accepted")
 	}
+	if err := notAccessToken(claims); err != nil {
+		return Identity{}, err
+	}
 	return o.identity(claims, now, true)
+}
+
+// notAccessToken refuses the claims of a token that is not an access
+// token. An ID token says who signed in to a client, for that client; it
+// is no grant to anything, and any site the user signs in to with the
+// issuer holds one. One that names an accepted audience (the mail
+// client's own ID, configured as the audience) must not pass for an
+// access token. OpenID Connect's at_hash and c_hash bind an ID token to
+// its access token or code and appear in nothing else; Keycloak marks
+// its tokens "typ": "ID", "Refresh", "Logout", its access tokens
+// "Bearer". nonce is no sign: some issuers (Keycloak among them) copy it
+// into access tokens.
+func notAccessToken(claims map[string]any) error {
+	if _, ok := claims["at_hash"]; ok {
+		return refuse("an ID token (at_hash), not an access token")
+	}
+	if _, ok := claims["c_hash"]; ok {
+		return refuse("an ID token (c_hash), not an access token")
+	}
+	if typ, ok := claims["typ"]; ok {
+		if s, _ := typ.(string); !strings.EqualFold(s, "Bearer") {
+			return refuse("the token's typ claim %q is not Bearer: not an access token", clip(fmt.Sprint(typ)))
+		}
+	}
+	return nil
+}
+
+// checkTokenType refuses a JWT header's typ that names another kind of
+// token: an explicitly typed JWT (RFC 8725 §3.11) other than an access
+// token ("dpop+jwt", "logout+jwt", "secevent+jwt"), and anything but
+// "at+jwt" under RequireAccessTokenType.
+func (o *OAuth) checkTokenType(typ string) error {
+	t := strings.ToLower(strings.TrimPrefix(strings.ToLower(typ), "application/"))
+	if t == "at+jwt" {
+		return nil
+	}
+	if o.cfg.RequireAccessTokenType {
+		return refuse("header typ %q is not at+jwt (oauth.require_access_token_type)", clip(typ))
+	}
+	if strings.HasSuffix(t, "+jwt") {
+		return refuse("header typ %q is not an access token's", clip(typ))
+	}
+	return nil
 }
 
 func decodeClaims(b []byte) (map[string]any, error) {
@@ -761,12 +836,18 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 		return Identity{}, refuse("token issued in the future")
 	}
 	user, _ := claims[o.cfg.UserClaim].(string)
-	if v, ok := claims["email_verified"]; ok && o.cfg.UserClaim == "email" && !isTrue(v) {
+	if o.cfg.UserClaim == "email" {
 		// An address the user typed in and nobody confirmed may be
 		// anyone's. Some issuers write the flag as a string ("false"
 		// is as unverified as false); anything but true is no
 		// confirmation.
-		return Identity{}, refuse("the token's email is not verified")
+		v, ok := claims["email_verified"]
+		switch {
+		case ok && !isTrue(v):
+			return Identity{}, refuse("the token's email is not verified")
+		case !ok && !o.cfg.AllowUnverifiedEmail:
+			return Identity{}, refuse("the token has no email_verified claim (see oauth.require_email_verified)")
+		}
 	}
 	if user == "" {
 		return Identity{}, refuse("claim %q is missing", o.cfg.UserClaim)
@@ -774,11 +855,27 @@ func (o *OAuth) identity(claims map[string]any, now time.Time, needExp bool) (Id
 	if strings.ContainsAny(user, "\r\n\x00") || len(user) > MaxCredentialLen {
 		return Identity{}, refuse("claim %q is not a usable name", o.cfg.UserClaim)
 	}
+	if !o.cfg.AllowUnnormalizedNames && !normalName(user) {
+		return Identity{}, refuse("claim %q is not in Unicode normal form NFKC, or holds format characters or spaces around it (see oauth.allow_unnormalized_names)", o.cfg.UserClaim)
+	}
 	id := Identity{User: user}
 	if hasExp {
 		id.Expires = exp
 	}
 	return id, nil
+}
+
+// normalName reports whether user is its own NFKC form and holds no
+// control or format character and no space at either end: no other
+// spelling of a name a directory would take for it.
+func normalName(user string) bool {
+	if strings.TrimFunc(user, unicode.IsSpace) != user {
+		return false
+	}
+	if strings.ContainsFunc(user, func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }) {
+		return false
+	}
+	return isASCII(user) || norm.NFKC.IsNormalString(user)
 }
 
 // isTrue reports whether a claim is true: the JSON boolean, or the string
@@ -845,6 +942,9 @@ func (o *OAuth) introspect(ctx context.Context, token string, now time.Time) (Id
 	if !o.audienceOK(claims["aud"], len(o.cfg.Audience) > 0) {
 		return Identity{}, time.Time{}, refuse("audience is not accepted")
 	}
+	if err := notAccessToken(claims); err != nil {
+		return Identity{}, time.Time{}, err
+	}
 	id, err := o.identity(claims, now, false)
 	if err != nil {
 		return Identity{}, time.Time{}, err
@@ -880,6 +980,15 @@ type OAuthRouter struct {
 	Master MasterLogin
 	// Masters are backends' own master logins, by backend name.
 	Masters map[string]MasterLogin
+	// Domains lists the mailbox domains a token's name may have (ASCII,
+	// compared without case); a name in another domain is refused as a
+	// wrong token would be. A name without "@" names no domain and
+	// passes. Empty: any domain, unless Next compares local parts only
+	// ([DomainBlind]): then every token login is refused, since the
+	// route of "alice@anywhere" is local alice's, and a backend that
+	// ignores the domain too opens her mailbox for whoever had that
+	// address verified at the issuer.
+	Domains []string
 }
 
 // Route implements [Router].
@@ -905,6 +1014,9 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 		return Decision{}, &DeniedError{Reason: "the token was issued to another user"}
 	}
 	user := id.User
+	if err := r.checkDomain(user); err != nil {
+		return Decision{}, err
+	}
 	named := *req
 	named.Credentials = Credentials{User: user, Method: req.Method}
 	dec, err := r.Next.Route(ctx, &named)
@@ -927,13 +1039,61 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 		// name where the claim says, not where popgate meant.
 		return Decision{}, &DeniedError{Reason: "the mailbox name holds the master user separator"}
 	}
-	dec.Password = m.Password
+	dec.Password, dec.Name = m.Password, user
 	if m.Separator != "" {
 		dec.User, dec.AuthzID = mailbox+m.Separator+m.User, ""
 	} else {
 		dec.User, dec.AuthzID = m.User, mailbox
 	}
 	return dec, nil
+}
+
+// checkDomain refuses a token's name whose domain is not one of Domains,
+// and every name when Domains is empty and Next compares local parts only.
+func (r *OAuthRouter) checkDomain(user string) error {
+	if len(r.Domains) == 0 {
+		if r.IgnoresDomain() {
+			return &DeniedError{Reason: "the route compares local parts only and no mailbox domains are configured (oauth.domains)"}
+		}
+		return nil
+	}
+	at := strings.IndexByte(user, '@')
+	if at < 0 {
+		return nil
+	}
+	if strings.LastIndexByte(user, '@') != at {
+		// A directory splits at the last "@", a backend perhaps at
+		// the first: one name, two domains.
+		return &DeniedError{Reason: "the token's name holds more than one @"}
+	}
+	domain := strings.TrimSuffix(user[at+1:], ".")
+	for _, d := range r.Domains {
+		if asciiEqualFold(domain, strings.TrimSuffix(d, ".")) {
+			return nil
+		}
+	}
+	return &DeniedError{Reason: fmt.Sprintf("the token's mailbox domain %q is not one of oauth.domains", clip(domain))}
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII only: Unicode's folding
+// would let "\u212a" (the Kelvin sign) stand for "k" in a domain.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // TokenVerifier is a [Router] that verifies bearer tokens itself (an

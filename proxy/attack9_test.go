@@ -53,3 +53,26 @@ func TestAttack9TokenLoginNeedsAVerifyingRouter(t *testing.T) {
 		t.Errorf("the backend was asked: %q", cmds)
 	}
 }
+
+// OAUTHBEARER without "a=" leaves the name to the token, and the session
+// kept the client's empty name: /sessions and the session log named
+// nobody, and ending the user's sessions (a stolen token, a mailbox
+// moved) missed it. The session now carries the verified token's name.
+func TestAttack9TokenLoginWithoutNameIsTheTokensUser(t *testing.T) {
+	h, p := oauthHarness(t, "*", false)
+	c := h.dial("pop3s")
+	if got := c.cmd("AUTH OAUTHBEARER " + oauthbearer("", p.Token(testUser, oauthAudience))); !strings.HasPrefix(got, "+OK") {
+		t.Fatalf("OAUTHBEARER without a= = %q", got)
+	}
+	var users []string
+	for _, s := range h.srv.SessionList() {
+		users = append(users, s.User)
+	}
+	if len(users) != 1 || users[0] != testUser {
+		t.Errorf("/sessions lists users %q, want the token's %q", users, testUser)
+	}
+	if n := h.srv.EndSessions(testUser); n != 1 {
+		t.Errorf("EndSessions(%q) = %d, want the token login's session ended", testUser, n)
+	}
+	c.eof()
+}

@@ -58,6 +58,11 @@ func (sess *session) login(ctx context.Context, creds auth.Credentials) (bc *bac
 	start := time.Now()
 	if err == nil {
 		bc, err = sess.tryLogin(ctx, creds, attempt)
+		if creds.User == "" {
+			// OAUTHBEARER without "a=": the name is the verified
+			// token's, once the router found it.
+			user = sess.userName()
+		}
 	}
 	out := classify(err, sess.cfg)
 	th.End(tk, out.attempt)
@@ -194,7 +199,13 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		}
 		return nil, &lookupError{err}
 	}
-	sess.setLogin(creds.User, dec.Backend)
+	name := creds.User
+	if name == "" && auth.IsTokenMethod(creds.Method) {
+		// The client named nobody (OAUTHBEARER without "a="): the
+		// session is the verified token's user's.
+		name = dec.Name
+	}
+	sess.setLogin(name, dec.Backend)
 	b := sess.cfg.Backends[dec.Backend]
 	switch {
 	case b == nil && dec.Backend == "" && dec.Address != "" && auth.IsTokenMethod(creds.Method):
@@ -207,7 +218,7 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		// A bare address from a lookup service with no backend
 		// settings to apply: plaintext, as nginx does.
 		b = &Backend{Name: "(lookup)", Address: dec.Address}
-		sess.setLogin(creds.User, dec.Address)
+		sess.setLogin(name, dec.Address)
 	case b == nil:
 		return nil, &lookupError{errors.New("route names unknown backend " + quote(dec.Backend))}
 	}

@@ -311,6 +311,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		if in.oauth, err = buildOAuth(c.OAuth, c.Backends, in.router); err != nil {
 			return nil, err
 		}
+		if len(c.OAuth.Domains) == 0 {
+			log.Warn(warnOAuthDomains)
+		}
 		router = in.oauth
 	}
 	in.proxyConfig = proxy.Config{

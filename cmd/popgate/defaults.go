@@ -207,6 +207,10 @@ var configKeys = []configKey{
 	{"oauth.algorithms", auth.DefaultOAuthAlgorithms},
 	{"oauth.clock_skew", defaultOAuthClockSkew},
 	{"oauth.user_claim", defaultOAuthUserClaim},
+	{"oauth.domains", nil}, // any; required when a route source compares local parts only
+	{"oauth.require_email_verified", true},
+	{"oauth.allow_unnormalized_names", nil},
+	{"oauth.require_access_token_type", nil},
 	{"oauth.ca_file", nil}, // the system's roots
 	{"oauth.timeout", defaultOAuthTimeout},
 	{"oauth.key_refresh_interval", defaultOAuthKeyRefreshInterval},

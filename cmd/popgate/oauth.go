@@ -23,22 +23,26 @@ import (
 // that opens the mailbox on the backend (docs/routing.md, "OAuth 2.0
 // sign-in").
 type OAuthConfig struct {
-	Issuer                string   `toml:"issuer"`
-	Audience              []string `toml:"audience"`
-	Algorithms            []string `toml:"algorithms"`
-	ClockSkew             Duration `toml:"clock_skew"`
-	UserClaim             string   `toml:"user_claim"`
-	CAFile                string   `toml:"ca_file"`
-	Timeout               Duration `toml:"timeout"`
-	KeyRefreshInterval    Duration `toml:"key_refresh_interval"`
-	CacheSize             *int     `toml:"cache_size"`
-	Introspection         bool     `toml:"introspection"`
-	ClientID              string   `toml:"client_id"`
-	ClientSecretFile      string   `toml:"client_secret_file"`
-	IntrospectionCacheTTL Duration `toml:"introspection_cache_ttl"`
-	MasterUser            string   `toml:"master_user"`
-	MasterPasswordFile    string   `toml:"master_password_file"`
-	MasterSeparator       string   `toml:"master_separator"`
+	Issuer                 string   `toml:"issuer"`
+	Audience               []string `toml:"audience"`
+	Algorithms             []string `toml:"algorithms"`
+	ClockSkew              Duration `toml:"clock_skew"`
+	UserClaim              string   `toml:"user_claim"`
+	Domains                []string `toml:"domains"`
+	RequireEmailVerified   *bool    `toml:"require_email_verified"`
+	AllowUnnormalizedNames bool     `toml:"allow_unnormalized_names"`
+	RequireAccessTokenType bool     `toml:"require_access_token_type"`
+	CAFile                 string   `toml:"ca_file"`
+	Timeout                Duration `toml:"timeout"`
+	KeyRefreshInterval     Duration `toml:"key_refresh_interval"`
+	CacheSize              *int     `toml:"cache_size"`
+	Introspection          bool     `toml:"introspection"`
+	ClientID               string   `toml:"client_id"`
+	ClientSecretFile       string   `toml:"client_secret_file"`
+	IntrospectionCacheTTL  Duration `toml:"introspection_cache_ttl"`
+	MasterUser             string   `toml:"master_user"`
+	MasterPasswordFile     string   `toml:"master_password_file"`
+	MasterSeparator        string   `toml:"master_separator"`
 }
 
 // masterSettings is a master login of bearer-token logins; the password
@@ -76,7 +80,15 @@ type oauthSettings struct {
 	MasterUser         string
 	MasterPasswordFile string
 	MasterSeparator    string
+	Domains            []string // lower case, without a trailing dot
 }
+
+// warnOAuthDomains is the start-up warning without oauth.domains: popgate
+// routes every token's name as it is, and only the backend can tell
+// whether it compares the domain.
+const warnOAuthDomains = "oauth.domains is not set: a token may name a mailbox in any domain the issuer verified; " +
+	"a backend that compares local parts only (Dovecot's %n, %Ln) opens local alice's mailbox for a token naming alice@any-domain; " +
+	"list the mailbox domains tokens may name"
 
 // maxOAuthSecretLen bounds the client secret and master password files.
 const maxOAuthSecretLen = 1024
@@ -115,6 +127,24 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	} else if o.ClientID != "" || o.ClientSecretFile != "" || o.IntrospectionCacheTTL.Set {
 		add("oauth.client_id, client_secret_file and introspection_cache_ttl: only used with introspection = true")
 	}
+	if o.RequireEmailVerified != nil && cmp.Or(o.UserClaim, defaultOAuthUserClaim) != "email" {
+		add("oauth.require_email_verified: only used with user_claim = \"email\"")
+	}
+	if o.RequireAccessTokenType && o.Introspection {
+		add("oauth.require_access_token_type: only used for signed tokens, not with introspection = true")
+	}
+	if o.Domains != nil && len(o.Domains) == 0 {
+		add("oauth.domains: empty; list the mailbox domains tokens may name, or omit the key")
+	}
+	domains := make([]string, 0, len(o.Domains))
+	for _, d := range o.Domains {
+		// Checked before lower-casing: strings.ToLower makes "k" of
+		// the Kelvin sign.
+		if !validDomainName(strings.TrimSuffix(d, ".")) {
+			add("oauth.domains: %q is not a domain name (ASCII; an IDN in its xn-- form)", d)
+		}
+		domains = append(domains, strings.ToLower(strings.TrimSuffix(d, ".")))
+	}
 	if (o.MasterUser == "") != (o.MasterPasswordFile == "") {
 		add("oauth.master_user and master_password_file: set both, or neither when every backend has its own (oauth_master_user)")
 	}
@@ -123,16 +153,19 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	}
 	return &oauthSettings{
 		OAuthConfig: auth.OAuthConfig{
-			Issuer:                o.Issuer,
-			Audience:              o.Audience,
-			Algorithms:            o.Algorithms,
-			ClockSkew:             o.ClockSkew.or(defaultOAuthClockSkew),
-			UserClaim:             cmp.Or(o.UserClaim, defaultOAuthUserClaim),
-			Introspect:            o.Introspection,
-			ClientID:              o.ClientID,
-			IntrospectionCacheTTL: o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),
-			CacheSize:             intOr(o.CacheSize, defaultOAuthCacheSize),
-			KeyRefreshInterval:    o.KeyRefreshInterval.or(defaultOAuthKeyRefreshInterval),
+			Issuer:                 o.Issuer,
+			Audience:               o.Audience,
+			Algorithms:             o.Algorithms,
+			ClockSkew:              o.ClockSkew.or(defaultOAuthClockSkew),
+			UserClaim:              cmp.Or(o.UserClaim, defaultOAuthUserClaim),
+			AllowUnverifiedEmail:   o.RequireEmailVerified != nil && !*o.RequireEmailVerified,
+			AllowUnnormalizedNames: o.AllowUnnormalizedNames,
+			RequireAccessTokenType: o.RequireAccessTokenType,
+			Introspect:             o.Introspection,
+			ClientID:               o.ClientID,
+			IntrospectionCacheTTL:  o.IntrospectionCacheTTL.or(defaultOAuthIntrospectionCacheTTL),
+			CacheSize:              intOr(o.CacheSize, defaultOAuthCacheSize),
+			KeyRefreshInterval:     o.KeyRefreshInterval.or(defaultOAuthKeyRefreshInterval),
 		},
 		CAFile:             o.CAFile,
 		Timeout:            o.Timeout.or(defaultOAuthTimeout),
@@ -140,7 +173,28 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 		MasterUser:         o.MasterUser,
 		MasterPasswordFile: o.MasterPasswordFile,
 		MasterSeparator:    o.MasterSeparator,
+		Domains:            domains,
 	}
+}
+
+// validDomainName reports whether s is a DNS name: labels of ASCII
+// letters, digits and hyphens, not starting or ending with a hyphen.
+func validDomainName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // readSecretFile reads a one-line secret from a private file.
@@ -190,7 +244,15 @@ func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router) 
 		}
 		cfg.ClientSecret = s
 	}
-	r := &auth.OAuthRouter{Next: next, Masters: map[string]auth.MasterLogin{}}
+	r := &auth.OAuthRouter{Next: next, Masters: map[string]auth.MasterLogin{}, Domains: o.Domains}
+	if len(r.Domains) == 0 && r.IgnoresDomain() {
+		// The route of alice@anywhere would be local alice's entry, and
+		// a backend that ignores the domain too (Dovecot's %Ln) would
+		// open her mailbox for whoever had alice@anywhere verified at
+		// the issuer.
+		return nil, errors.New("oauth.domains: required: a [route] source compares local parts only (route.sql with :local, route.ldap with %n), " +
+			"so a token naming alice@any-domain would be routed to local alice; list the mailbox domains tokens may name")
+	}
 	if o.MasterUser != "" {
 		master, err := readSecretFile("oauth.master_password_file", o.MasterPasswordFile)
 		if err != nil {

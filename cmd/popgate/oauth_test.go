@@ -23,6 +23,31 @@ func TestParseConfigOAuth(t *testing.T) {
 		o.Timeout != defaultOAuthTimeout || o.CacheSize != defaultOAuthCacheSize || o.MasterSeparator != "" {
 		t.Fatalf("settings %+v", o)
 	}
+	c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"domains = [\"Example.COM.\", \"example.org\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.OAuth.Domains; len(d) != 2 || d[0] != "example.com" || d[1] != "example.org" {
+		t.Fatalf("domains %q", d)
+	}
+	if c.OAuth.AllowUnverifiedEmail {
+		t.Fatal("email_verified not required by default")
+	}
+	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"require_email_verified = false\n")); err != nil || !c.OAuth.AllowUnverifiedEmail {
+		t.Fatalf("require_email_verified = false: %v", err)
+	}
+	if c.OAuth.RequireAccessTokenType {
+		t.Fatal("at+jwt required by default")
+	}
+	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"require_access_token_type = true\n")); err != nil || !c.OAuth.RequireAccessTokenType {
+		t.Fatalf("require_access_token_type = true: %v", err)
+	}
+	if c.OAuth.AllowUnnormalizedNames {
+		t.Fatal("unnormalized names allowed by default")
+	}
+	if c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"allow_unnormalized_names = true\n")); err != nil || !c.OAuth.AllowUnnormalizedNames {
+		t.Fatalf("allow_unnormalized_names = true: %v", err)
+	}
 	// Every backend with its own master login: [oauth] needs none.
 	perBackend := strings.Replace(backendB, "tls = \"none\"\n", "tls = \"none\"\noauth_master_user = \"bm\"\noauth_master_password_file = \"/bm\"\noauth_master_separator = \"*\"\n", 1)
 	c, err = ParseConfig("oauth", []byte(listenOAuth+perBackend+routeB+strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1)))
@@ -46,6 +71,12 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + good + "surprise = 1\n", "unknown key \"oauth.surprise\""},
 		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
 		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: set both"},
+		{minimal + good + "domains = []\n", "oauth.domains: empty"},
+		{minimal + good + "require_access_token_type = true\nintrospection = true\nclient_id = \"c\"\nclient_secret_file = \"/s\"\n", "oauth.require_access_token_type: only used for signed tokens"},
+		{minimal + good + "user_claim = \"preferred_username\"\nrequire_email_verified = false\n", "oauth.require_email_verified: only used with user_claim"},
+		{minimal + good + "domains = [\"exa\u212Ample.com\"]\n", "oauth.domains: \"exa\u212Ample.com\" is not a domain name"},
+		{minimal + good + "domains = [\"*.example.com\"]\n", "is not a domain name"},
+		{minimal + good + "domains = [\"a@example.com\"]\n", "is not a domain name"},
 		{strings.Replace(minimal, "tls = \"none\"\n\n[route]", "tls = \"none\"\noauth_master_user = \"x\"\n\n[route]", 1) + good, "backend[0].oauth_master_user and oauth_master_password_file: set both"},
 	} {
 		_, err := ParseConfig("oauth", []byte(tc.conf))

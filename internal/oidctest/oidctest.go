@@ -263,7 +263,7 @@ func (p *Provider) Claims(user, audience string, ttl time.Duration) map[string]a
 	rand.Read(jti)
 	return map[string]any{
 		"jti": b64(jti), // every token differs, as a provider's do
-		"iss": p.Issuer, "aud": audience, "sub": "sub-" + user, "email": user,
+		"iss": p.Issuer, "aud": audience, "sub": "sub-" + user, "email": user, "email_verified": true,
 		"preferred_username": user, "iat": now.Add(-time.Minute).Unix(),
 		"nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(ttl).Unix(),
 		"client_id": "mailclient", "scope": "openid email",
