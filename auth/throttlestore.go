@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"time"
 )
@@ -34,6 +35,14 @@ type ThrottleStore interface {
 	// (<= 0: counts nothing).
 	End(ctx context.Context, now time.Time, window time.Duration, keys []StoreKey, id string, r AttemptResult) error
 }
+
+// ErrStoreBusy is a [ThrottleStore]'s error when it is up but too busy to
+// answer now (every connection to it in use): the Throttle refuses the
+// attempt with the retry hint of a full budget ([InFlightRetry]) rather
+// than counting it on its own state, which would give the process a
+// budget of its own while the store is loaded. End's ErrStoreBusy counts
+// the outcome locally, as any other error does.
+var ErrStoreBusy = errors.New("auth: the throttle's store is busy; try again in a moment")
 
 // StoreKey is one budget of a [ThrottleStore].
 type StoreKey struct {
@@ -107,6 +116,9 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		// bound: an ended ctx still gets an answer where no wait is
 		// needed.
 		id, vs, err := t.store.Place(context.WithoutCancel(ctx), now, window, keys)
+		if errors.Is(err, ErrStoreBusy) {
+			return Ticket{}, false, InFlightRetry, true
+		}
 		if err != nil || len(vs) != len(keys) {
 			return Ticket{}, false, 0, false
 		}

@@ -254,6 +254,7 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window
 		return cmds, err
 	}
 	var failed, unusable error
+	busy := false
 	for i, cmd := range cmds {
 		switch err := cmd.Err(); {
 		case err == nil:
@@ -261,12 +262,22 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window
 			s.logUnusable(names[i][0], names[i][1], err)
 			s.expireUnusable(names[i], window)
 			unusable = err
+		case errors.Is(err, redis.ErrPoolTimeout):
+			// Every connection is busy: Redis answers, this replica
+			// asks too much of it at once. Counting locally would
+			// give this replica a budget of its own for ThrottleRetry
+			// (and a flood could make that last); the attempt is
+			// refused for now instead, as when the budget is full.
+			busy = true
 		case isRefused(err):
 			s.logRefused(err)
 			unusable = err
 		default:
 			failed = err
 		}
+	}
+	if busy && failed == nil && unusable == nil {
+		return cmds, auth.ErrStoreBusy
 	}
 	s.c.done(failed)
 	s.mu.Lock()
