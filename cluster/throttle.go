@@ -57,7 +57,7 @@ const throttleTimeout = 500 * time.Millisecond
 // {feature="throttle"}).
 type ThrottleStore struct {
 	c    *Cluster
-	hold time.Duration
+	hold atomic.Int64  // time.Duration; SetHold changes it
 	ids  string        // this process's prefix of reservation ids
 	seq  atomic.Uint64 // the rest of them
 
@@ -77,7 +77,22 @@ const maxUnusable = 1024
 func (c *Cluster) NewThrottleStore(hold time.Duration) *ThrottleStore {
 	b := make([]byte, 6)
 	rand.Read(b) // crypto/rand does not fail (Go 1.24+)
-	return &ThrottleStore{c: c, hold: hold, ids: hex.EncodeToString(b) + ":", unusable: map[string]bool{}}
+	s := &ThrottleStore{c: c, ids: hex.EncodeToString(b) + ":", unusable: map[string]bool{}}
+	s.hold.Store(int64(hold))
+	return s
+}
+
+// SetHold changes the bound of an attempt's time in flight, for the
+// attempts placed from now on (a reload that lengthens the login
+// deadline must lengthen the reservations too, or they would expire
+// while their attempts go on and let others past the budget).
+func (s *ThrottleStore) SetHold(hold time.Duration) {
+	s.hold.Store(int64(hold))
+}
+
+// Hold is the bound SetHold (or NewThrottleStore) set.
+func (s *ThrottleStore) Hold() time.Duration {
+	return time.Duration(s.hold.Load())
 }
 
 // The scripts read and validate a budget's count. KEYS[1] is the count (a
@@ -375,7 +390,8 @@ var errBadReply = errors.New("cluster: the throttle's script gave an unexpected 
 func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Duration, keys []auth.StoreKey) (string, []auth.StoreVerdict, error) {
 	id := s.ids + strconv.FormatUint(s.seq.Add(1), 36)
 	ms := now.UnixMilli()
-	ends, latest := now.Add(s.hold).UnixMilli(), now.Add(2*s.hold).UnixMilli()
+	hold := s.Hold()
+	ends, latest := now.Add(hold).UnixMilli(), now.Add(2*hold).UnixMilli()
 	cmds, err := s.run(ctx, placeScript, window, keys, func(i int) []any {
 		return []any{ms, window.Milliseconds(), keys[i].Limit, id, ends, latest}
 	})
