@@ -52,3 +52,28 @@ key_file = %q
 		t.Errorf("hold after a reload to login_timeout 5m = %v, want %v", got, want)
 	}
 }
+
+// TestAttack7ClusterAdminToken: with [cluster], /sessions lists and ends
+// the sessions of the whole fleet, so the admin endpoints (even on
+// loopback, open to every local user) need metrics.token_file; a
+// configuration without it is refused with an error naming the key.
+func TestAttack7ClusterAdminToken(t *testing.T) {
+	const base = "[log]\n[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:110\"\ntls = \"none\"\n[route]\ndefault = \"b\"\n"
+	const cl = "[cluster]\nredis = \"redis://r:6379/0\"\nkey_file = \"/k\"\n"
+	_, err := ParseConfig("cluster", []byte(base+"[metrics]\naddress = \"127.0.0.1:9100\"\n"+cl))
+	if err == nil || !strings.Contains(err.Error(), "metrics.token_file: required with [cluster]") {
+		t.Errorf("[cluster] with a loopback admin address and no token: err = %v, want metrics.token_file required", err)
+	}
+	_, err = ParseConfig("cluster", []byte(base+cl))
+	if err == nil || !strings.Contains(err.Error(), "metrics.token_file") {
+		t.Errorf("[cluster] with the default admin address and no token: err = %v, want metrics.token_file required", err)
+	}
+	for _, ok := range []string{
+		"[metrics]\naddress = \"127.0.0.1:9100\"\ntoken_file = \"/t\"\n",
+		"[metrics]\naddress = \"\"\n",
+	} {
+		if _, err := ParseConfig("cluster", []byte(base+ok+cl)); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}
