@@ -2,11 +2,17 @@ package cluster
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/popgate/popgate/auth"
+	"github.com/popgate/popgate/internal/dirrun"
 )
 
 // TestAttack7PoolBusyIsNotDown: when every connection of the pool is busy
@@ -44,5 +50,58 @@ func TestAttack7PoolBusyIsNotDown(t *testing.T) {
 	wg.Wait()
 	if ok, _ := attempt(rep.th, tip1, "alice", auth.AttemptFailed); !ok {
 		t.Error("attempt refused once the pool is free again")
+	}
+}
+
+// TestAttack7SessionsListBudget: whoever can write to Redis registers
+// many fresh fake replicas, each with an entry of many megabytes (up to
+// 64 × 16 MiB). A list must read at most its byte budget of entries, all
+// together, and say which it left out.
+func TestAttack7SessionsListBudget(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	a := startMember(t, r, "node0", writeKey(t), func(s *Sessions) { s.listBytes = 3 << 20 })
+	ctx := context.Background()
+	junk := strings.Repeat("x", 1<<20)
+	now := float64(time.Now().UnixMilli())
+	for i := range 6 {
+		m := fmt.Sprintf("fake%d:0123456789abcdef", i)
+		a.s.c.client.Set(ctx, a.s.c.key("{sessions}:node:"+m), junk, time.Minute)
+		a.s.c.client.ZAdd(ctx, a.s.index, redis.Z{Score: now, Member: m})
+	}
+	var rc readCounter
+	a.s.c.client.AddHook(&rc)
+	_, partial := a.s.List(ctx)
+	read := rc.n.Load()
+	if read > 3<<20+64<<10 {
+		t.Errorf("a list read %d bytes of entries, more than its budget of %d", read, 3<<20)
+	}
+	if !strings.Contains(partial, "were not read") {
+		t.Errorf("partial = %q, want the lists left out named", partial)
+	}
+}
+
+// readCounter counts the bytes of the string replies the client gets.
+type readCounter struct{ n atomic.Int64 }
+
+func (h *readCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *readCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.count(cmd)
+		return err
+	}
+}
+func (h *readCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, c := range cmds {
+			h.count(c)
+		}
+		return err
+	}
+}
+func (h *readCounter) count(c redis.Cmder) {
+	if sc, ok := c.(*redis.StringCmd); ok {
+		h.n.Add(int64(len(sc.Val())))
 	}
 }
