@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/dirrun"
@@ -103,5 +104,55 @@ func (h *readCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 func (h *readCounter) count(c redis.Cmder) {
 	if sc, ok := c.(*redis.StringCmd); ok {
 		h.n.Add(int64(len(sc.Val())))
+	}
+}
+
+// TestAttack7ACMEDeletedRestored: whoever can write to Redis deletes a
+// certificate's entry (again and again). A replica whose local copy is
+// one autocert would load writes it back and serves it rather than
+// taking the miss, which would make autocert order again (each time,
+// until the CA's duplicate-certificate limit); a copy that is not valid
+// stays a miss.
+func TestAttack7ACMEDeletedRestored(t *testing.T) {
+	r := startRedis(t)
+	key := writeKey(t)
+	a, logs := openNode(t, r, "a", key)
+	b, _ := openNode(t, r, "b", key)
+	local := &memCache{m: map[string][]byte{}}
+	valid := func(k string, data []byte) error {
+		if string(data) != "valid "+k {
+			return fmt.Errorf("not valid")
+		}
+		return nil
+	}
+	ca, cb := a.ACMECacheRestoring(local, valid), b.ACMECache(nil)
+	ctx := context.Background()
+	for _, k := range []string{"mail.example.net", "acme_account+key"} {
+		if err := ca.Put(ctx, k, []byte("valid "+k)); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			a.client.Del(ctx, a.key("acme:"+k))
+			got, err := ca.Get(ctx, k)
+			if err != nil || string(got) != "valid "+k {
+				t.Fatalf("Get(%s) after its Redis entry was deleted = %q, %v; want the local copy", k, got, err)
+			}
+			if got, err := cb.Get(ctx, k); err != nil || string(got) != "valid "+k {
+				t.Errorf("another replica's Get(%s) after the write-back = %q, %v", k, got, err)
+			}
+		}
+	}
+	if !strings.Contains(logs.String(), "written back") {
+		t.Errorf("the write-back was not logged:\n%s", logs)
+	}
+	// An invalid local copy (expired, say) is no stand-in.
+	local.Put(ctx, "old.example.net", []byte("expired"))
+	if _, err := ca.Get(ctx, "old.example.net"); err != autocert.ErrCacheMiss {
+		t.Errorf("Get with an invalid local copy: err = %v, want a miss", err)
+	}
+	// Challenge answers are never restored.
+	local.Put(ctx, "tok+http-01", []byte("valid tok+http-01"))
+	if _, err := ca.Get(ctx, "tok+http-01"); err != autocert.ErrCacheMiss {
+		t.Errorf("Get of a challenge answer with a local copy: err = %v, want a miss", err)
 	}
 }

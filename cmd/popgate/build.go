@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/crypto/acme/autocert"
+
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/auth/passhash"
@@ -199,7 +201,12 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		}
 		if acme != nil && in.cluster != nil {
 			// The fleet shares the ACME cache and orders each name once.
-			acme.Cache = in.cluster.ACMECache
+			cl := in.cluster
+			acme.Cache = func(dir autocert.Cache) autocert.Cache {
+				return cl.ACMECacheRestoring(dir, func(key string, data []byte) error {
+					return tlsconf.ValidCacheEntry(key, data, time.Now())
+				})
+			}
 			acme.OrderLock = in.cluster.ACMELocks()
 		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
