@@ -329,11 +329,11 @@ func (t *Throttle) begin(ip netip.Addr, uk string, hasUser bool) (tk Ticket, ok 
 	}
 	if hasIP {
 		fi, _ = t.ips.Get(ipk)
-		check(fi, t.maxIP)
+		check(fi, t.localLimit(t.maxIP))
 	}
 	if hasUser {
 		fu, _ = t.users.Get(uk)
-		check(fu, t.maxUser)
+		check(fu, t.localLimit(t.maxUser))
 	}
 	switch {
 	case retryAfter > 0:
@@ -376,10 +376,10 @@ func (t *Throttle) End(tk Ticket, r AttemptResult) {
 	defer t.mu.Unlock()
 	now := t.now()
 	if tk.ip.IsValid() {
-		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window, true)
+		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.localLimit(t.maxIP), t.window, true)
 	}
 	if tk.user != "" {
-		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window, true)
+		endKey(t.users, tk.user, r, tk.from, now, t.localLimit(t.maxUser), t.window, true)
 	}
 }
 

@@ -71,6 +71,31 @@ type StoreVerdict struct {
 	Full bool
 }
 
+// ThrottleStoreReplicas is a [ThrottleStore] that knows how many
+// processes share it. While the store fails, each of them counts on its
+// own state; with a budget of limit each, N processes would let N times
+// the limit through, so each counts against limit/N (at least 1).
+type ThrottleStoreReplicas interface {
+	// Replicas is the number of processes sharing the store when last
+	// seen, this one included; 0 or 1 when unknown or alone.
+	Replicas() int
+}
+
+// localLimit is the budget of limit that the local state counts against:
+// limit without a store or alone, else its share while the store fails
+// (the local state counts nothing else with a store). t.mu is held or
+// the limits are read under it.
+func (t *Throttle) localLimit(limit int) int {
+	r, ok := t.store.(ThrottleStoreReplicas)
+	if !ok || limit <= 0 {
+		return limit
+	}
+	if n := r.Replicas(); n > 1 {
+		return max(1, limit/n)
+	}
+	return limit
+}
+
 // Polls of a store while attempts in flight fill a shared budget: a
 // store has no wake-up for attempts that end on another process, so
 // Begin asks again, sooner at first.
@@ -160,10 +185,10 @@ func (t *Throttle) localRefusal(now time.Time, ip netip.Prefix, user string) tim
 		}
 	}
 	if f, ok := t.ips.Peek(ip); ok && ip.IsValid() {
-		check(f, t.maxIP)
+		check(f, t.localLimit(t.maxIP))
 	}
 	if f, ok := t.users.Peek(user); ok && user != "" {
-		check(f, t.maxUser)
+		check(f, t.localLimit(t.maxUser))
 	}
 	return retryAfter
 }
@@ -192,10 +217,10 @@ func (t *Throttle) endShared(tk Ticket, r AttemptResult) {
 	defer t.mu.Unlock()
 	now = t.now()
 	if tk.ip.IsValid() {
-		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window, false)
+		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.localLimit(t.maxIP), t.window, false)
 	}
 	if tk.user != "" {
-		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window, false)
+		endKey(t.users, tk.user, r, tk.from, now, t.localLimit(t.maxUser), t.window, false)
 	}
 }
 

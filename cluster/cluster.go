@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -105,6 +106,10 @@ type Cluster struct {
 	up        bool // the last operation succeeded
 	down      bool // an outage has been logged and not yet its end
 	fallbacks map[string]uint64
+
+	// replicas is the number of replicas registered in the sessions
+	// index at its last read, this one included (0: not read yet).
+	replicas atomic.Int32
 }
 
 // Open reads cfg's files and makes the client; it does not wait for

@@ -156,3 +156,41 @@ func TestAttack7ACMEDeletedRestored(t *testing.T) {
 		t.Errorf("Get of a challenge answer with a local copy: err = %v, want a miss", err)
 	}
 }
+
+// TestAttack7ThrottleFallbackShare: while Redis fails, each replica
+// counts failed logins on its own state; with the whole limit each, N
+// replicas would let N times the limit through (and a flood that makes
+// Redis fail on purpose would get that). Each counts against its share,
+// the limit divided by the replicas last seen in the sessions index.
+func TestAttack7ThrottleFallbackShare(t *testing.T) {
+	r := startRedis(t)
+	key := writeKey(t)
+	// The replicas the sessions index holds are what the share divides by.
+	var ms []*member
+	for i := range 3 {
+		ms = append(ms, startMember(t, r, fmt.Sprint("node", i), key))
+	}
+	waitList(t, ms[0], 0)
+	deadline := time.Now().Add(10 * time.Second)
+	for ms[0].s.c.replicas.Load() != 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := ms[0].s.c.replicas.Load(); n != 3 {
+		t.Fatalf("replicas seen in the sessions index = %d, want 3", n)
+	}
+
+	rep := throttleFleet(t, r, 1, auth.ThrottleConfig{MaxPerIP: 100, MaxPerUser: 6, Window: time.Minute})[0]
+	rep.c.replicas.Store(3)
+	if err := r.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	allowed := 0
+	for range 10 {
+		if ok, _ := attempt(rep.th, tip1, "alice", auth.AttemptFailed); ok {
+			allowed++
+		}
+	}
+	if allowed != 2 {
+		t.Errorf("with Redis down and 3 replicas, one replica let %d failed logins of a user through, want 2 (6/3)", allowed)
+	}
+}

@@ -292,6 +292,10 @@ func (s *Sessions) setKnown(members []string) []string {
 	s.mu.Lock()
 	s.known = nodes
 	s.mu.Unlock()
+	// The replicas of the fleet, for the throttle's share while Redis
+	// fails: node names, this one's included (an upgrading replica's two
+	// processes are one).
+	s.c.replicas.Store(int32(len(nodeNames(append(nodes, s.member)))))
 	return nodes
 }
 

@@ -90,6 +90,15 @@ func (s *ThrottleStore) SetHold(hold time.Duration) {
 	s.hold.Store(int64(hold))
 }
 
+// Replicas implements auth.ThrottleStoreReplicas: the replicas in the
+// sessions index at its last read (every 5 s), this one included. While
+// Redis fails, each replica counts failed logins against its share of the
+// limits, so that N replicas let no more than the limit through between
+// them (docs/fleet.md).
+func (s *ThrottleStore) Replicas() int {
+	return int(s.c.replicas.Load())
+}
+
 // Hold is the bound SetHold (or NewThrottleStore) set.
 func (s *ThrottleStore) Hold() time.Duration {
 	return time.Duration(s.hold.Load())
