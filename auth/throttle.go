@@ -80,6 +80,11 @@ type Throttle struct {
 	// reconfigured is closed (and replaced) by Reconfigure, waking every
 	// Begin that waits, to look again under the new limits.
 	reconfigured chan struct{}
+	// polls are the shared budgets (by pollKey) that an attempt of this
+	// process polls in the store, each with a channel closed when it
+	// stops: the other attempts waiting for the same budget wait for
+	// that rather than each polling the store.
+	polls map[string]chan struct{}
 }
 
 // ThrottleConfig configures [NewThrottle].
@@ -141,7 +146,7 @@ func NewThrottle(c ThrottleConfig) *Throttle {
 	if now == nil {
 		now = time.Now
 	}
-	t := &Throttle{now: now, store: c.Store, reconfigured: make(chan struct{})}
+	t := &Throttle{now: now, store: c.Store, reconfigured: make(chan struct{}), polls: map[string]chan struct{}{}}
 	// simplelru.NewLRU fails only for size <= 0. An evicted key's waiters
 	// look again (and find a fresh budget).
 	t.ips, _ = simplelru.NewLRU(throttleSize(c), func(_ netip.Prefix, f *failures) { f.wake() })

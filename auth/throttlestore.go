@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -108,6 +109,16 @@ const (
 // the caller then does the attempt on the local state.
 func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, hasUser bool) (tk Ticket, ok bool, retryAfter time.Duration, done bool) {
 	poll := sharedPollFirst
+	var polling chan struct{} // this attempt polls the budget (t.polls)
+	var pk string
+	defer func() {
+		if polling != nil {
+			t.mu.Lock()
+			delete(t.polls, pk)
+			t.mu.Unlock()
+			close(polling)
+		}
+	}()
 	for {
 		t.mu.Lock()
 		if !t.enabled() {
@@ -160,6 +171,28 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		case !full:
 			return Ticket{}, false, 0, false // a store that broke its word
 		}
+		if polling == nil {
+			// One attempt per budget polls the store; the others of
+			// this process wait until it stops (it has its place, or
+			// gave up) and then ask once, so that a flood of attempts
+			// on a full budget does not load the store with polls.
+			pk = pollKey(keys)
+			t.mu.Lock()
+			ch, busy := t.polls[pk]
+			if !busy {
+				polling = make(chan struct{})
+				t.polls[pk] = polling
+			}
+			t.mu.Unlock()
+			if busy {
+				select {
+				case <-ch:
+					continue
+				case <-ctx.Done():
+					return Ticket{}, false, InFlightRetry, true
+				}
+			}
+		}
 		timer := time.NewTimer(poll)
 		select {
 		case <-timer.C:
@@ -169,6 +202,21 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		}
 		poll = min(2*poll, sharedPollMax)
 	}
+}
+
+// pollKey names the budgets of keys for t.polls.
+func pollKey(keys []StoreKey) string {
+	var b strings.Builder
+	for _, k := range keys {
+		if k.User {
+			b.WriteString("u:")
+		} else {
+			b.WriteString("i:")
+		}
+		b.WriteString(k.Name)
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // localRefusal is how long the local counts of the keys ip (invalid:
