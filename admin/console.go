@@ -399,7 +399,7 @@ func (c *console) sessionsPage(w http.ResponseWriter, r *http.Request, l *consol
 		_, p.Fleet = c.sessions.(FleetSessions)
 	}
 	if p.User != "" {
-		p.Sessions = sessionsOf(p.Sessions, p.User)
+		p.Sessions = sessionsOf(c.sessions, p.Sessions, p.User)
 	}
 	c.render(w, http.StatusOK, "sessions", l, p)
 }
@@ -443,7 +443,7 @@ func (c *console) end(w http.ResponseWriter, r *http.Request, l *consoleLogin) {
 	list, partial := listAll(r.Context(), c.sessions)
 	p.Partial = partial
 	if p.User != "" {
-		p.Sessions = sessionsOf(list, p.User)
+		p.Sessions = sessionsOf(c.sessions, list, p.User)
 	} else {
 		p.Sessions = slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return s.ID != p.ID })
 	}

@@ -112,7 +112,7 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
 	list, partial := listAll(r.Context(), h.sessions)
 	if user := r.URL.Query().Get("user"); user != "" {
-		list = sessionsOf(list, user)
+		list = sessionsOf(h.sessions, list, user)
 	}
 	if list == nil {
 		list = []proxy.SessionInfo{} // "[]", not "null"
@@ -124,11 +124,21 @@ func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
 }
 
 // sessionsOf keeps in list the sessions of user, compared as
-// [proxy.Server.EndSessions] compares ([auth.FoldUser]), so that what is
-// listed is what would end.
-func sessionsOf(list []proxy.SessionInfo, user string) []proxy.SessionInfo {
-	k := auth.FoldUser(user)
-	return slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return k == "" || auth.FoldUser(s.User) != k })
+// [proxy.Server.EndSessions] compares ([proxy.Server.UserMatcher]: folded,
+// and without the domain under a Router that compares local parts only),
+// so that what is listed is what would end. Sessions without a
+// UserMatcher compare folded names ([auth.FoldUser]).
+func sessionsOf(sessions Sessions, list []proxy.SessionInfo, user string) []proxy.SessionInfo {
+	var match func(string) bool
+	if m, ok := sessions.(interface {
+		UserMatcher(user string) func(string) bool
+	}); ok {
+		match = m.UserMatcher(user)
+	} else {
+		k := auth.FoldUser(user)
+		match = func(u string) bool { return k != "" && auth.FoldUser(u) == k }
+	}
+	return slices.DeleteFunc(list, func(s proxy.SessionInfo) bool { return !match(s.User) })
 }
 
 // endSessions ends the sessions of one user or the one session with an id:

@@ -80,6 +80,11 @@ type Throttle struct {
 	// reconfigured is closed (and replaced) by Reconfigure, waking every
 	// Begin that waits, to look again under the new limits.
 	reconfigured chan struct{}
+	// polls are the shared budgets (by pollKey) that an attempt of this
+	// process polls in the store, each with a channel closed when it
+	// stops: the other attempts waiting for the same budget wait for
+	// that rather than each polling the store.
+	polls map[string]chan struct{}
 }
 
 // ThrottleConfig configures [NewThrottle].
@@ -141,7 +146,7 @@ func NewThrottle(c ThrottleConfig) *Throttle {
 	if now == nil {
 		now = time.Now
 	}
-	t := &Throttle{now: now, store: c.Store, reconfigured: make(chan struct{})}
+	t := &Throttle{now: now, store: c.Store, reconfigured: make(chan struct{}), polls: map[string]chan struct{}{}}
 	// simplelru.NewLRU fails only for size <= 0. An evicted key's waiters
 	// look again (and find a fresh budget).
 	t.ips, _ = simplelru.NewLRU(throttleSize(c), func(_ netip.Prefix, f *failures) { f.wake() })
@@ -329,11 +334,11 @@ func (t *Throttle) begin(ip netip.Addr, uk string, hasUser bool) (tk Ticket, ok 
 	}
 	if hasIP {
 		fi, _ = t.ips.Get(ipk)
-		check(fi, t.maxIP)
+		check(fi, t.localLimit(t.maxIP))
 	}
 	if hasUser {
 		fu, _ = t.users.Get(uk)
-		check(fu, t.maxUser)
+		check(fu, t.localLimit(t.maxUser))
 	}
 	switch {
 	case retryAfter > 0:
@@ -376,10 +381,10 @@ func (t *Throttle) End(tk Ticket, r AttemptResult) {
 	defer t.mu.Unlock()
 	now := t.now()
 	if tk.ip.IsValid() {
-		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window, true)
+		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.localLimit(t.maxIP), t.window, true)
 	}
 	if tk.user != "" {
-		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window, true)
+		endKey(t.users, tk.user, r, tk.from, now, t.localLimit(t.maxUser), t.window, true)
 	}
 }
 

@@ -2,7 +2,9 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -35,6 +37,14 @@ type ThrottleStore interface {
 	End(ctx context.Context, now time.Time, window time.Duration, keys []StoreKey, id string, r AttemptResult) error
 }
 
+// ErrStoreBusy is a [ThrottleStore]'s error when it is up but too busy to
+// answer now (every connection to it in use): the Throttle refuses the
+// attempt with the retry hint of a full budget ([InFlightRetry]) rather
+// than counting it on its own state, which would give the process a
+// budget of its own while the store is loaded. End's ErrStoreBusy counts
+// the outcome locally, as any other error does.
+var ErrStoreBusy = errors.New("auth: the throttle's store is busy; try again in a moment")
+
 // StoreKey is one budget of a [ThrottleStore].
 type StoreKey struct {
 	// User tells a user name's budget from a client network's.
@@ -62,6 +72,31 @@ type StoreVerdict struct {
 	Full bool
 }
 
+// ThrottleStoreReplicas is a [ThrottleStore] that knows how many
+// processes share it. While the store fails, each of them counts on its
+// own state; with a budget of limit each, N processes would let N times
+// the limit through, so each counts against limit/N (at least 1).
+type ThrottleStoreReplicas interface {
+	// Replicas is the number of processes sharing the store when last
+	// seen, this one included; 0 or 1 when unknown or alone.
+	Replicas() int
+}
+
+// localLimit is the budget of limit that the local state counts against:
+// limit without a store or alone, else its share while the store fails
+// (the local state counts nothing else with a store). t.mu is held or
+// the limits are read under it.
+func (t *Throttle) localLimit(limit int) int {
+	r, ok := t.store.(ThrottleStoreReplicas)
+	if !ok || limit <= 0 {
+		return limit
+	}
+	if n := r.Replicas(); n > 1 {
+		return max(1, limit/n)
+	}
+	return limit
+}
+
 // Polls of a store while attempts in flight fill a shared budget: a
 // store has no wake-up for attempts that end on another process, so
 // Begin asks again, sooner at first.
@@ -74,6 +109,16 @@ const (
 // the caller then does the attempt on the local state.
 func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, hasUser bool) (tk Ticket, ok bool, retryAfter time.Duration, done bool) {
 	poll := sharedPollFirst
+	var polling chan struct{} // this attempt polls the budget (t.polls)
+	var pk string
+	defer func() {
+		if polling != nil {
+			t.mu.Lock()
+			delete(t.polls, pk)
+			t.mu.Unlock()
+			close(polling)
+		}
+	}()
 	for {
 		t.mu.Lock()
 		if !t.enabled() {
@@ -107,6 +152,9 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		// bound: an ended ctx still gets an answer where no wait is
 		// needed.
 		id, vs, err := t.store.Place(context.WithoutCancel(ctx), now, window, keys)
+		if errors.Is(err, ErrStoreBusy) {
+			return Ticket{}, false, InFlightRetry, true
+		}
 		if err != nil || len(vs) != len(keys) {
 			return Ticket{}, false, 0, false
 		}
@@ -123,6 +171,28 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		case !full:
 			return Ticket{}, false, 0, false // a store that broke its word
 		}
+		if polling == nil {
+			// One attempt per budget polls the store; the others of
+			// this process wait until it stops (it has its place, or
+			// gave up) and then ask once, so that a flood of attempts
+			// on a full budget does not load the store with polls.
+			pk = pollKey(keys)
+			t.mu.Lock()
+			ch, busy := t.polls[pk]
+			if !busy {
+				polling = make(chan struct{})
+				t.polls[pk] = polling
+			}
+			t.mu.Unlock()
+			if busy {
+				select {
+				case <-ch:
+					continue
+				case <-ctx.Done():
+					return Ticket{}, false, InFlightRetry, true
+				}
+			}
+		}
 		timer := time.NewTimer(poll)
 		select {
 		case <-timer.C:
@@ -132,6 +202,21 @@ func (t *Throttle) beginShared(ctx context.Context, ip netip.Addr, uk string, ha
 		}
 		poll = min(2*poll, sharedPollMax)
 	}
+}
+
+// pollKey names the budgets of keys for t.polls.
+func pollKey(keys []StoreKey) string {
+	var b strings.Builder
+	for _, k := range keys {
+		if k.User {
+			b.WriteString("u:")
+		} else {
+			b.WriteString("i:")
+		}
+		b.WriteString(k.Name)
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // localRefusal is how long the local counts of the keys ip (invalid:
@@ -148,10 +233,10 @@ func (t *Throttle) localRefusal(now time.Time, ip netip.Prefix, user string) tim
 		}
 	}
 	if f, ok := t.ips.Peek(ip); ok && ip.IsValid() {
-		check(f, t.maxIP)
+		check(f, t.localLimit(t.maxIP))
 	}
 	if f, ok := t.users.Peek(user); ok && user != "" {
-		check(f, t.maxUser)
+		check(f, t.localLimit(t.maxUser))
 	}
 	return retryAfter
 }
@@ -180,10 +265,10 @@ func (t *Throttle) endShared(tk Ticket, r AttemptResult) {
 	defer t.mu.Unlock()
 	now = t.now()
 	if tk.ip.IsValid() {
-		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.maxIP, t.window, false)
+		endKey(t.ips, tk.ip, r, netip.Prefix{}, now, t.localLimit(t.maxIP), t.window, false)
 	}
 	if tk.user != "" {
-		endKey(t.users, tk.user, r, tk.from, now, t.maxUser, t.window, false)
+		endKey(t.users, tk.user, r, tk.from, now, t.localLimit(t.maxUser), t.window, false)
 	}
 }
 

@@ -89,6 +89,9 @@ func isToken(key string) bool {
 type ACMECache struct {
 	c     *Cluster
 	local autocert.Cache // nil: no local copy
+	// valid checks a local copy for a key Redis does not hold (as
+	// autocert would load it); nil: a miss in Redis is a miss.
+	valid func(key string, data []byte) error
 	pause pause
 
 	mu      sync.Mutex
@@ -99,7 +102,19 @@ type ACMECache struct {
 // be nil) as the copy that serves while Redis is down: it is a
 // tlsconf.ACMEConfig.Cache.
 func (c *Cluster) ACMECache(local autocert.Cache) autocert.Cache {
-	return &ACMECache{c: c, local: local, refused: map[string]bool{}}
+	return c.ACMECacheRestoring(local, nil)
+}
+
+// ACMECacheRestoring is ACMECache whose local copy also stands in for an
+// account key or certificate missing from Redis (deleted, or lost with
+// a Redis without persistence) when valid accepts it: the copy is
+// written back to Redis and returned, instead of the miss that makes
+// autocert order again (every replica, each time the key is deleted,
+// until the CA's duplicate-certificate limit). valid is autocert's own
+// check of a cache entry (tlsconf.ValidCacheEntry); an expired or broken
+// copy stays a miss.
+func (c *Cluster) ACMECacheRestoring(local autocert.Cache, valid func(key string, data []byte) error) autocert.Cache {
+	return &ACMECache{c: c, local: local, valid: valid, refused: map[string]bool{}}
 }
 
 func (a *ACMECache) name(key string) string { return a.c.key("acme:" + key) }
@@ -162,6 +177,9 @@ func (a *ACMECache) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, &errACMEUnreachable{err}
 	}
 	if val == "" {
+		if data, ok := a.restore(ctx, key, name); ok {
+			return data, nil
+		}
 		return nil, autocert.ErrCacheMiss
 	}
 	if len(val) > maxACMEEntry {
@@ -173,6 +191,37 @@ func (a *ACMECache) Get(ctx context.Context, key string) ([]byte, error) {
 	}
 	a.keepLocal(ctx, key, plain)
 	return plain, nil
+}
+
+// restore writes the local copy of key back to Redis (name), where it is
+// missing, when the copy is one autocert would load, and returns it. The
+// write is SET NX: an entry another replica stored meanwhile is kept
+// (this replica's copy is as good for now, and the next read has the
+// other). A replica whose key_file differs from the fleet's seals what
+// it writes back with its own: the others refuse that entry (logged, as
+// any entry that does not open) and order nothing for it.
+func (a *ACMECache) restore(ctx context.Context, key, name string) ([]byte, bool) {
+	if a.local == nil || a.valid == nil || isToken(key) {
+		return nil, false
+	}
+	data, err := a.local.Get(ctx, key)
+	if err != nil || len(data) > maxACMEEntry-64 {
+		return nil, false
+	}
+	if err := a.valid(key, data); err != nil {
+		return nil, false
+	}
+	rctx, cancel := bounded(ctx, a.c)
+	err = a.c.client.SetNX(rctx, name, a.c.seal(name, data), 0).Err()
+	cancel()
+	a.c.done(err)
+	a.pause.failed(err)
+	if err != nil {
+		a.c.Fallback("acme")
+	}
+	a.c.log.Warn("cluster: an ACME cache entry was missing from Redis (deleted, or Redis lost its data); "+
+		"the valid local copy is served and written back instead of ordering again", "key", name, "write_err", err)
+	return data, true
 }
 
 // keepLocal makes the local copy of key hold data, which Redis holds: a

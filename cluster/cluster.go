@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -105,6 +106,10 @@ type Cluster struct {
 	up        bool // the last operation succeeded
 	down      bool // an outage has been logged and not yet its end
 	fallbacks map[string]uint64
+
+	// replicas is the number of replicas registered in the sessions
+	// index at its last read, this one included (0: not read yet).
+	replicas atomic.Int32
 }
 
 // Open reads cfg's files and makes the client; it does not wait for
@@ -171,6 +176,10 @@ func (cfg Config) Node() (string, error) {
 	return h, nil
 }
 
+// poolTimeout bounds the wait for one of the pool's connections, below
+// the throttle's 500 ms per operation.
+const poolTimeout = 250 * time.Millisecond
+
 // clientOptions turns cfg into go-redis options. Its errors never quote
 // the URL, which may hold a password.
 func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
@@ -182,6 +191,12 @@ func clientOptions(cfg Config) (*redis.UniversalOptions, error) {
 		// One dial per attempt: the next operation is the retry.
 		DialerRetries: 1,
 		PoolSize:      4,
+		// A wait for a free connection longer than this is congestion
+		// (a login flood), not an outage: go-redis says so with
+		// redis.ErrPoolTimeout before the operation's own 500 ms run
+		// out, and the throttle refuses that attempt for now instead of
+		// taking Redis for down (see ThrottleStore.run).
+		PoolTimeout: poolTimeout,
 		// Pipelines (the throttle's, the tickets') share those 4
 		// connections: go-redis would otherwise keep a second pool of
 		// up to 10, with 256 KiB of buffers each.

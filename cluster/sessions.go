@@ -42,6 +42,16 @@ const (
 	subscribeRetry = time.Second
 )
 
+const (
+	// maxListBytes bounds the sealed lists one List reads, all
+	// replicas together (64 replicas at maxEntryBytes would be 1 GiB):
+	// about 600,000 sessions at 220 bytes each.
+	maxListBytes = 128 << 20
+	// entrySlack is what an entry may grow by between its STRLEN and its
+	// read (a refresh in between) and still be read whole.
+	entrySlack = 64 << 10
+)
+
 // LocalSessions is what a replica knows of its own sessions:
 // *proxy.Server.
 type LocalSessions interface {
@@ -80,6 +90,7 @@ type Sessions struct {
 	channel       string
 	ackWait       time.Duration
 	listed        int // maxListed
+	listBytes     int // maxListBytes
 	now           func() time.Time
 	subscribed    chan struct{} // closed once the first subscription is up
 	subscribeOnce sync.Once
@@ -99,7 +110,7 @@ func (c *Cluster) NewSessions(local LocalSessions) *Sessions {
 	inst := hex.EncodeToString(b[:])
 	return &Sessions{c: c, local: local, refresh: SessionRefresh, ttl: SessionTTL, inst: inst, member: c.node + ":" + inst,
 		entry: c.key("{sessions}:node:" + c.node + ":" + inst), index: c.key("{sessions}:nodes"), channel: c.key("{sessions}:kick"),
-		ackWait: ackWait, listed: maxListed, now: time.Now, subscribed: make(chan struct{}),
+		ackWait: ackWait, listed: maxListed, listBytes: maxListBytes, now: time.Now, subscribed: make(chan struct{}),
 		waiters: map[string]chan kickMsg{}, seen: map[string]time.Time{}, refused: map[string]time.Time{}}
 }
 
@@ -281,6 +292,10 @@ func (s *Sessions) setKnown(members []string) []string {
 	s.mu.Lock()
 	s.known = nodes
 	s.mu.Unlock()
+	// The replicas of the fleet, for the throttle's share while Redis
+	// fails: node names, this one's included (an upgrading replica's two
+	// processes are one).
+	s.c.replicas.Store(int32(len(nodeNames(append(nodes, s.member)))))
 	return nodes
 }
 
@@ -350,12 +365,41 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 	}
 	ctx, cancel := s.c.ctx()
 	defer cancel()
+	// The sizes first, so that what is read stays within listBytes
+	// whatever the entries hold: the freshest replicas (the index's
+	// order) are read first.
+	lens := make([]*redis.IntCmd, len(members))
+	_, err = s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, m := range members {
+			lens[i] = p.StrLen(ctx, s.c.key("{sessions}:node:"+m))
+		}
+		return nil
+	})
+	if replyError(err) {
+		err = nil // a key of the wrong type: refused by its GETRANGE below
+	}
+	if err != nil {
+		s.c.done(err)
+		s.c.Fallback("sessions")
+		return list, "Redis is unreachable: the sessions of this replica (" + s.c.node + ") only"
+	}
 	cmds := make([]*redis.StringCmd, len(members))
+	var unread []string
+	budget := s.listBytes
 	_, err = s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, m := range members {
 			// At most one byte more than an entry may hold: a larger
 			// one is refused without being read whole.
-			cmds[i] = p.GetRange(ctx, s.c.key("{sessions}:node:"+m), 0, maxEntryBytes)
+			if lens[i].Val() > maxEntryBytes {
+				continue // refused below, unread
+			}
+			n := min(int(lens[i].Val())+entrySlack, maxEntryBytes+1)
+			if n > budget {
+				unread = append(unread, m)
+				continue
+			}
+			budget -= n
+			cmds[i] = p.GetRange(ctx, s.c.key("{sessions}:node:"+m), 0, int64(n-1))
 		}
 		return nil
 	})
@@ -364,6 +408,9 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 		// unless some command failed to reach Redis.
 		err = nil
 		for _, c := range cmds {
+			if c == nil {
+				continue
+			}
 			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && !replyError(e) {
 				err = e
 			}
@@ -374,9 +421,21 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 		s.c.Fallback("sessions")
 		return list, "Redis is unreachable: the sessions of this replica (" + s.c.node + ") only"
 	}
+	if len(unread) > 0 {
+		s.refuse(s.index, "budget", "the replicas' session lists in Redis are larger than a list reads; the largest or oldest are not read",
+			fmt.Errorf("%d lists left out past %d MiB", len(unread), s.listBytes>>20))
+	}
 	var missing, cut []string
 	for i, m := range members {
 		n := nodeOf(m)
+		if lens[i].Val() > maxEntryBytes {
+			s.refuse(s.c.key("{sessions}:node:"+m), "size", "a replica's session list in Redis is refused", fmt.Errorf("more than %d bytes", maxEntryBytes))
+			missing = append(missing, n)
+			continue
+		}
+		if cmds[i] == nil {
+			continue // unread: said below
+		}
 		if err := cmds[i].Err(); err != nil && !errors.Is(err, redis.Nil) {
 			s.refuse(s.c.key("{sessions}:node:"+m), "type", "a replica's session list in Redis is refused", err)
 			missing = append(missing, n)
@@ -397,6 +456,10 @@ func (s *Sessions) List(ctx context.Context) (list []proxy.SessionInfo, partial 
 	}
 	if len(missing) > 0 {
 		cut = append(cut, "the lists of "+strings.Join(nodeNames(missing), ", ")+" were refused (see the log)")
+	}
+	if len(unread) > 0 {
+		cut = append(cut, "the lists of "+strings.Join(nodeNames(unread), ", ")+" were not read: all the lists together exceed "+
+			strconv.Itoa(s.listBytes>>20)+" MiB")
 	}
 	partial = strings.Join(cut, "; ")
 	slices.SortFunc(list, func(a, b proxy.SessionInfo) int {

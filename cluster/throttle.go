@@ -57,7 +57,7 @@ const throttleTimeout = 500 * time.Millisecond
 // {feature="throttle"}).
 type ThrottleStore struct {
 	c    *Cluster
-	hold time.Duration
+	hold atomic.Int64  // time.Duration; SetHold changes it
 	ids  string        // this process's prefix of reservation ids
 	seq  atomic.Uint64 // the rest of them
 
@@ -77,7 +77,31 @@ const maxUnusable = 1024
 func (c *Cluster) NewThrottleStore(hold time.Duration) *ThrottleStore {
 	b := make([]byte, 6)
 	rand.Read(b) // crypto/rand does not fail (Go 1.24+)
-	return &ThrottleStore{c: c, hold: hold, ids: hex.EncodeToString(b) + ":", unusable: map[string]bool{}}
+	s := &ThrottleStore{c: c, ids: hex.EncodeToString(b) + ":", unusable: map[string]bool{}}
+	s.hold.Store(int64(hold))
+	return s
+}
+
+// SetHold changes the bound of an attempt's time in flight, for the
+// attempts placed from now on (a reload that lengthens the login
+// deadline must lengthen the reservations too, or they would expire
+// while their attempts go on and let others past the budget).
+func (s *ThrottleStore) SetHold(hold time.Duration) {
+	s.hold.Store(int64(hold))
+}
+
+// Replicas implements auth.ThrottleStoreReplicas: the replicas in the
+// sessions index at its last read (every 5 s), this one included. While
+// Redis fails, each replica counts failed logins against its share of the
+// limits, so that N replicas let no more than the limit through between
+// them (docs/fleet.md).
+func (s *ThrottleStore) Replicas() int {
+	return int(s.c.replicas.Load())
+}
+
+// Hold is the bound SetHold (or NewThrottleStore) set.
+func (s *ThrottleStore) Hold() time.Duration {
+	return time.Duration(s.hold.Load())
 }
 
 // The scripts read and validate a budget's count. KEYS[1] is the count (a
@@ -254,6 +278,7 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window
 		return cmds, err
 	}
 	var failed, unusable error
+	busy := false
 	for i, cmd := range cmds {
 		switch err := cmd.Err(); {
 		case err == nil:
@@ -261,12 +286,22 @@ func (s *ThrottleStore) run(parent context.Context, script *redis.Script, window
 			s.logUnusable(names[i][0], names[i][1], err)
 			s.expireUnusable(names[i], window)
 			unusable = err
+		case errors.Is(err, redis.ErrPoolTimeout):
+			// Every connection is busy: Redis answers, this replica
+			// asks too much of it at once. Counting locally would
+			// give this replica a budget of its own for ThrottleRetry
+			// (and a flood could make that last); the attempt is
+			// refused for now instead, as when the budget is full.
+			busy = true
 		case isRefused(err):
 			s.logRefused(err)
 			unusable = err
 		default:
 			failed = err
 		}
+	}
+	if busy && failed == nil && unusable == nil {
+		return cmds, auth.ErrStoreBusy
 	}
 	s.c.done(failed)
 	s.mu.Lock()
@@ -364,7 +399,8 @@ var errBadReply = errors.New("cluster: the throttle's script gave an unexpected 
 func (s *ThrottleStore) Place(ctx context.Context, now time.Time, window time.Duration, keys []auth.StoreKey) (string, []auth.StoreVerdict, error) {
 	id := s.ids + strconv.FormatUint(s.seq.Add(1), 36)
 	ms := now.UnixMilli()
-	ends, latest := now.Add(s.hold).UnixMilli(), now.Add(2*s.hold).UnixMilli()
+	hold := s.Hold()
+	ends, latest := now.Add(hold).UnixMilli(), now.Add(2*hold).UnixMilli()
 	cmds, err := s.run(ctx, placeScript, window, keys, func(i int) []any {
 		return []any{ms, window.Milliseconds(), keys[i].Limit, id, ends, latest}
 	})

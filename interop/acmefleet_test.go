@@ -72,6 +72,8 @@ func (f *acmeFleet) start(t *testing.T, i int, cacheDir, challenges, keyFile str
 		MapFile:        f.mapFile,
 		ACMEServerName: acmeName,
 		ACME:           f.pb.acmeTOML(cacheDir, challenges+"\ndomains_from_routes = true"),
+		// [cluster] needs an admin token while the admin endpoints are on.
+		AdminToken: "fleet-admin-token-0123456789abcdef",
 		Extra: fmt.Sprintf("\n[cluster]\nredis = \"redis://%s/0\"\nuser = \"popgate\"\npassword_file = %q\nkey_file = %q\nnode_name = \"node%d\"\n",
 			f.redis.Addr(), f.pwFile, keyFile, i),
 	})

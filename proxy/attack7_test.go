@@ -69,3 +69,32 @@ func TestAttack7EndSessionsDomainBlind(t *testing.T) {
 		t.Errorf("after the kick: %+v, want bob's session only", l)
 	}
 }
+
+// TestAttack7UserMatcherAgrees: the admin's ?user= filter uses
+// UserMatcher; it must pick the sessions EndSessions ends, the domain
+// ignored with a domain-blind Router.
+func TestAttack7UserMatcherAgrees(t *testing.T) {
+	h := newHarness(t, harnessOpts{config: func(c *Config) {
+		c.Router = blindRouter{auth.NewStatic(nil, nil, "b1")}
+	}})
+	for _, u := range []string{"alice@elsewhere.example", "ALICE", "bob@example.com"} {
+		c := h.dial("plain")
+		c.send("USER " + u + "\r\nPASS wrong\r\n")
+		c.expect("+OK")
+		c.expect("-ERR")
+	}
+	waitFor(t, "the sessions", func() bool { return len(h.srv.SessionList()) == 3 })
+	match := h.srv.UserMatcher(testUser)
+	var matched int
+	for _, s := range h.srv.SessionList() {
+		if match(s.User) {
+			matched++
+		}
+	}
+	if n := h.srv.EndSessions(testUser); matched != 2 || n != matched {
+		t.Errorf("UserMatcher(%s) picks %d sessions, EndSessions ends %d; want 2 and 2", testUser, matched, n)
+	}
+	if h.srv.UserMatcher("")("") || h.srv.UserMatcher("")("alice") {
+		t.Error("the matcher of an empty user matches")
+	}
+}

@@ -152,10 +152,8 @@ func (sess *session) throttleUser(user string) string {
 // entryName is user as the Router finds its entry: its local part when
 // the Router compares local parts only ([auth.DomainBlind]).
 func (sess *session) entryName(user string) string {
-	if db, ok := sess.cfg.Router.(auth.DomainBlind); ok && db.IgnoresDomain() {
-		if i := strings.LastIndexByte(user, '@'); i >= 0 {
-			user = user[:i]
-		}
+	if domainBlind(sess.cfg.Router) {
+		return localPart(user)
 	}
 	return user
 }

@@ -521,20 +521,56 @@ func (s *Server) SessionList() []SessionInfo {
 // Moving a mailbox: change its route, reload, then end its sessions so
 // that the client's next login goes to the new backend.
 func (s *Server) EndSessions(user string) int {
-	k := auth.FoldUser(user)
-	if k == "" {
+	if auth.FoldUser(user) == "" {
 		return 0
 	}
 	return s.endWhere(func(sess *session) bool {
-		u := sess.userName()
-		if u == "" {
-			return false
-		}
-		// With a Router that compares local parts only, every domain
-		// of the name is the entry's (and logs in with its password).
-		e := auth.FoldUser(sess.entryName(user))
-		return auth.FoldUser(u) == k || e != "" && auth.FoldUser(sess.entryName(u)) == e
+		return userMatches(user, sess.userName(), domainBlind(sess.cfg.Router))
 	})
+}
+
+// UserMatcher returns the test that tells the sessions of user, by their
+// user name ([SessionInfo.User]), as [Server.EndSessions] tells them under
+// the current configuration: the one function that a list filtered by
+// user (the admin endpoints, the console, the fleet's list) and the
+// sessions that end agree on. It matches nothing for an empty user.
+func (s *Server) UserMatcher(user string) func(sessionUser string) bool {
+	blind := domainBlind(s.config().Router)
+	return func(u string) bool { return userMatches(user, u, blind) }
+}
+
+// domainBlind reports whether r compares the local parts of user names
+// only ([auth.DomainBlind]).
+func domainBlind(r auth.Router) bool {
+	db, ok := r.(auth.DomainBlind)
+	return ok && db.IgnoresDomain()
+}
+
+// userMatches reports whether a session logged in as u is one of user's:
+// the same name folded ([auth.FoldUser]), or, with a Router that compares
+// local parts only (blind), the same entry, every domain of the name
+// being the entry's (and logging in with its password).
+func userMatches(user, u string, blind bool) bool {
+	k := auth.FoldUser(user)
+	if k == "" || u == "" {
+		return false
+	}
+	if auth.FoldUser(u) == k {
+		return true
+	}
+	if !blind {
+		return false
+	}
+	e := auth.FoldUser(localPart(user))
+	return e != "" && auth.FoldUser(localPart(u)) == e
+}
+
+// localPart is user without its domain (what follows the last @).
+func localPart(user string) string {
+	if i := strings.LastIndexByte(user, '@'); i >= 0 {
+		return user[:i]
+	}
+	return user
 }
 
 // EndSession ends the session with connection id id, as EndSessions does,

@@ -498,6 +498,34 @@ func (a *acmeState) cacheHolds(ctx context.Context, k seenKey) bool {
 	return validCached(data, k, a.limiter.now()) == nil
 }
 
+// ValidCacheEntry reports whether data, the autocert cache entry of key
+// (the account key "acme_account+key", a certificate "<name>" or
+// "<name>+rsa"), is one autocert would load at now rather than replace
+// with a new account or order; a challenge answer never is. The fleet's
+// cache (cluster.ACMECacheRestoring) uses it to put back a local copy of
+// an entry missing from Redis.
+func ValidCacheEntry(key string, data []byte, now time.Time) error {
+	switch {
+	case key == "acme_account+key":
+		b, _ := pem.Decode(data)
+		if b == nil || !strings.Contains(b.Type, "PRIVATE") {
+			return errors.New("no private key")
+		}
+		_, err := parseCachedKey(b.Bytes)
+		return err
+	case strings.HasSuffix(key, "+token") || strings.HasSuffix(key, "+http-01"):
+		return errors.New("a challenge answer")
+	}
+	k := seenKey{name: key}
+	if n, ok := strings.CutSuffix(key, "+rsa"); ok {
+		k = seenKey{name: n, rsa: true}
+	}
+	if k.name == "" || strings.ContainsAny(k.name, "+/") {
+		return errors.New("not a certificate's cache key")
+	}
+	return validCached(data, k, now)
+}
+
 // validCached checks an autocert cache entry (a private key, then the
 // chain, leaf first, all PEM) for k at now exactly as autocert does
 // (golang.org/x/crypto v0.59.0, acme/autocert: Manager.cacheGet,

@@ -28,7 +28,7 @@ func TestAttack7FleetUpgradeKick(t *testing.T) {
 	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", path), nil, "plain")
 	logOnFailure(t, p)
 	alice := loginRetry(t, p)
-	fleetList(t, p, 1)
+	fleetList(t, p, f.token, 1)
 
 	p.signal(syscall.SIGUSR2)
 	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
@@ -38,7 +38,7 @@ func TestAttack7FleetUpgradeKick(t *testing.T) {
 	// last.
 	time.Sleep(6 * time.Second) // a refresh of both
 	for range 3 {
-		if list := fleetList(t, p, 1); list[0].User != procUser {
+		if list := fleetList(t, p, f.token, 1); list[0].User != procUser {
 			t.Fatalf("GET /sessions on the new process lists %+v, want alice's session on the old one", list)
 		}
 		time.Sleep(2 * time.Second)
@@ -51,9 +51,9 @@ func TestAttack7FleetUpgradeKick(t *testing.T) {
 	if line := bob.line(); !strings.HasPrefix(line, "-ERR") {
 		t.Fatalf("a wrong password answered %q", line)
 	}
-	fleetList(t, p, 2)
+	fleetList(t, p, f.token, 2)
 
-	resp := p.request(http.MethodDelete, "/sessions?user=alice", "", "")
+	resp := p.request(http.MethodDelete, "/sessions?user=alice", "", f.token)
 	var ended struct {
 		Ended int `json:"ended"`
 	}

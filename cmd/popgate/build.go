@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/crypto/acme/autocert"
+
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/auth/passhash"
@@ -69,6 +71,12 @@ type instance struct {
 	// serves plain HTTP.
 	adminTLS *tls.Config
 	log      *slog.Logger
+
+	// throttleStore is throttle's store in the fleet's Redis (nil
+	// without [cluster]), shared as throttle is; throttleHold is this
+	// configuration's reservation hold for it, applied by goLive.
+	throttleStore *cluster.ThrottleStore
+	throttleHold  time.Duration
 }
 
 // build loads certificates and backend trust and makes the proxy server.
@@ -193,7 +201,12 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		}
 		if acme != nil && in.cluster != nil {
 			// The fleet shares the ACME cache and orders each name once.
-			acme.Cache = in.cluster.ACMECache
+			cl := in.cluster
+			acme.Cache = func(dir autocert.Cache) autocert.Cache {
+				return cl.ACMECacheRestoring(dir, func(key string, data []byte) error {
+					return tlsconf.ValidCacheEntry(key, data, time.Now())
+				})
+			}
 			acme.OrderLock = in.cluster.ACMELocks()
 		}
 		ts, err := tlsconf.NewServer(tlsconf.ServerConfig{
@@ -288,16 +301,18 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		// One throttle for the life of the process: counts, locks and
 		// attempts in flight survive every reload; the new limits apply
 		// once the reload goes live (instance.goLive).
-		in.throttle = prev.throttle
+		in.throttle, in.throttleStore = prev.throttle, prev.throttleStore
 	} else {
 		tc := in.throttleConfig
 		if in.cluster != nil {
-			// The fleet's budgets, in Redis. An attempt lasts until
-			// the login deadline and the wait for a verdict past it.
-			tc.Store = in.cluster.NewThrottleStore(lim.LoginTimeout + time.Minute)
+			in.throttleStore = in.cluster.NewThrottleStore(lim.LoginTimeout + time.Minute)
+			tc.Store = in.throttleStore
 		}
 		in.throttle = auth.NewThrottle(tc)
 	}
+	// The fleet's budgets, in Redis. An attempt lasts until the login
+	// deadline and the wait for a verdict past it.
+	in.throttleHold = lim.LoginTimeout + time.Minute
 	if lim.IdleTimeout < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout)
 	}
@@ -347,6 +362,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 // the running configuration: the throttle's limits, the ticket key periods.
 func (in *instance) goLive() {
 	in.throttle.Reconfigure(in.throttleConfig)
+	if in.throttleStore != nil {
+		in.throttleStore.SetHold(in.throttleHold)
+	}
 	if in.tickets != nil {
 		in.tickets.SetPeriods(in.cfg.TLS.TicketRotation, in.cfg.TLS.TicketLifetime)
 	}

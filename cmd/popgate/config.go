@@ -344,6 +344,13 @@ func (c *Config) settings() (*settings, []error) {
 	}
 	s.Metrics = c.Metrics.settings(add)
 	s.Cluster = c.Cluster.settings(add)
+	if s.Cluster != nil && s.Metrics.Address != "" && s.Metrics.TokenFile == "" {
+		// Without a token the loopback address is open to any local
+		// user; with [cluster] its /sessions reach every replica.
+		add("metrics.token_file: required with [cluster] while the admin endpoints are on (metrics.address): /sessions lists " +
+			"and ends the sessions of the whole fleet, which no local user without the token should do; set metrics.token_file " +
+			"(/metrics stays open unless metrics.protect_metrics), or metrics.address = \"\" to turn the admin endpoints off")
+	}
 	return s, errs
 }
 

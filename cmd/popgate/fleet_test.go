@@ -128,7 +128,7 @@ func TestClusterConfig(t *testing.T) {
 	if c.Cluster != nil {
 		t.Error("a configuration without [cluster] has cluster settings")
 	}
-	c, err = ParseConfig("cluster", []byte(base+"[cluster]\nredis = \"rediss://r:6380/0\"\nkey_file = \"/k\"\nca_file = \"/ca\"\n"))
+	c, err = ParseConfig("cluster", []byte(base+"[metrics]\naddress = \"\"\n[cluster]\nredis = \"rediss://r:6380/0\"\nkey_file = \"/k\"\nca_file = \"/ca\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

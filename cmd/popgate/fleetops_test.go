@@ -20,7 +20,7 @@ func TestFleetSentinelNodes(t *testing.T) {
 	s := dirrun.SentinelFor(t, f.redis, "")
 	backend := mailbox(t, messages(1)...)
 	sections := []string{
-		fmt.Sprintf(`
+		f.tokenLine() + fmt.Sprintf(`
 [cluster]
 addresses = [%q]
 sentinel_master = %q
@@ -75,7 +75,7 @@ node_name = "node0"
 // TestClusterConfigAddresses: [cluster] with addresses (Sentinels or a
 // Redis Cluster) instead of redis, and its mistakes.
 func TestClusterConfigAddresses(t *testing.T) {
-	const base = "[log]\n[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:110\"\ntls = \"none\"\n[route]\ndefault = \"b\"\n[cluster]\nkey_file = \"/k\"\n"
+	const base = "[log]\n[[listen]]\naddress = \"127.0.0.1:1110\"\ntls = \"none\"\n[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:110\"\ntls = \"none\"\n[route]\ndefault = \"b\"\n[metrics]\naddress = \"\"\n[cluster]\nkey_file = \"/k\"\n"
 	for _, ok := range []string{
 		"addresses = [\"s1:26379\", \"s2:26379\"]\nsentinel_master = \"m\"\n",
 		"addresses = [\"s1:26379\"]\nsentinel_master = \"m\"\nsentinel_user = \"u\"\nsentinel_password_file = \"/sp\"\ntls = true\nca_file = \"/ca\"\n",

@@ -20,6 +20,9 @@ type fleet struct {
 	dir     string
 	pwFile  string
 	keyFile string
+	// token is the admin token of every replica (metrics.token_file,
+	// which [cluster] requires while the admin endpoints are on).
+	token, tokenFile string
 }
 
 // newFleet starts a private Redis (stopped at the end of the test) and
@@ -32,12 +35,23 @@ func newFleet(t *testing.T) *fleet {
 	rand.Read(key)
 	writeFile(t, f.pwFile, []byte(dirrun.Password+"\n"))
 	writeFile(t, f.keyFile, []byte(hex.EncodeToString(key)+"\n"))
+	tok := make([]byte, 16)
+	rand.Read(tok)
+	f.token, f.tokenFile = hex.EncodeToString(tok), filepath.Join(f.dir, "admin-token")
+	writeFile(t, f.tokenFile, []byte(f.token+"\n"))
 	return f
 }
 
-// section is the [cluster] section of replica i ("node<i>").
+// tokenLine is metrics.token_file, for a configuration that ends in
+// [metrics] (as oneBackend's does).
+func (f *fleet) tokenLine() string {
+	return fmt.Sprintf("token_file = %q\n", f.tokenFile)
+}
+
+// section is the admin token (the configuration before it must end in
+// [metrics]) and the [cluster] section of replica i ("node<i>").
 func (f *fleet) section(i int) string {
-	return fmt.Sprintf(`
+	return f.tokenLine() + fmt.Sprintf(`
 [cluster]
 redis = "redis://%s/0"
 user = "popgate"

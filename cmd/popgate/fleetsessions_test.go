@@ -52,7 +52,7 @@ func TestFleetSessions(t *testing.T) {
 	for i, p := range ps {
 		clients[i] = loginRetry(t, p)
 	}
-	list := fleetList(t, ps[2], 3)
+	list := fleetList(t, ps[2], f.token, 3)
 	var nodes []string
 	for _, s := range list {
 		nodes = append(nodes, s.Node)
@@ -65,7 +65,7 @@ func TestFleetSessions(t *testing.T) {
 		t.Errorf("GET /sessions on node2 lists the nodes %v, want node0, node1, node2", nodes)
 	}
 
-	resp := ps[0].request(http.MethodDelete, "/sessions?user=ALICE", "", "")
+	resp := ps[0].request(http.MethodDelete, "/sessions?user=ALICE", "", f.token)
 	var ended struct {
 		Ended     int            `json:"ended"`
 		Nodes     map[string]int `json:"nodes"`
@@ -130,7 +130,7 @@ func TestFleetSessions(t *testing.T) {
 	if _, err := f.redis.Do("ZADD", "popgate:{sessions}:nodes", fmt.Sprint(time.Now().Add(10*time.Second).UnixMilli()), "node9"); err != nil {
 		t.Fatal(err)
 	}
-	resp = ps[2].request(http.MethodGet, "/sessions", "", "")
+	resp = ps[2].request(http.MethodGet, "/sessions", "", f.token)
 	if h := resp.Header.Get(admin.PartialHeader); !strings.Contains(h, "node9") {
 		t.Errorf("with node9's entry garbage: %s %q, want it named", admin.PartialHeader, h)
 	}
@@ -144,13 +144,13 @@ func TestFleetSessions(t *testing.T) {
 	if err := f.redis.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	resp = ps[2].request(http.MethodGet, "/sessions", "", "")
+	resp = ps[2].request(http.MethodGet, "/sessions", "", f.token)
 	var own []proxy.SessionInfo
 	json.Unmarshal([]byte(resp.body), &own)
 	if len(own) != 1 || own[0].Node != "node2" || !strings.Contains(resp.Header.Get(admin.PartialHeader), "unreachable") {
 		t.Errorf("GET /sessions with Redis down = %s (%s %q), want node2's one, partial", resp.body, admin.PartialHeader, resp.Header.Get(admin.PartialHeader))
 	}
-	resp = ps[0].request(http.MethodDelete, "/sessions?id=node1:"+strings.TrimPrefix(list[0].ID, list[0].Node+":"), "", "")
+	resp = ps[0].request(http.MethodDelete, "/sessions?id=node1:"+strings.TrimPrefix(list[0].ID, list[0].Node+":"), "", f.token)
 	if !strings.Contains(resp.body, `"unreached":["node1"]`) || resp.Header.Get(admin.PartialHeader) == "" {
 		t.Errorf("DELETE of a node1 session with Redis down = %s, want node1 unreached", resp.body)
 	}
@@ -162,7 +162,7 @@ func TestFleetSessions(t *testing.T) {
 	if err := f.redis.Start(); err != nil {
 		t.Fatal(err)
 	}
-	list = fleetList(t, ps[2], 3)
+	list = fleetList(t, ps[2], f.token, 3)
 	if len(list) != 3 {
 		t.Errorf("with Redis back: %d sessions", len(list))
 	}
@@ -191,12 +191,13 @@ func loginRetry(t *testing.T, p *process) *popClient {
 	}
 }
 
-// fleetList waits until GET /sessions on p lists n sessions, whole.
-func fleetList(t *testing.T, p *process, n int) []proxy.SessionInfo {
+// fleetList waits until GET /sessions on p (with the admin token) lists
+// n sessions, whole.
+func fleetList(t *testing.T, p *process, token string, n int) []proxy.SessionInfo {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second) // against a hang
 	for {
-		resp := p.request(http.MethodGet, "/sessions", "", "")
+		resp := p.request(http.MethodGet, "/sessions", "", token)
 		var list []proxy.SessionInfo
 		if err := json.Unmarshal([]byte(resp.body), &list); err != nil {
 			t.Fatalf("GET /sessions = %d %q", resp.StatusCode, resp.body)
