@@ -23,8 +23,9 @@ import (
 // CA counts failed validations per account, which the fleet shares.
 
 // fleetPoll is how often a replica waiting for another one's order reads
-// the cache (and tries the lock, should the other replica have died).
-var fleetPoll = 250 * time.Millisecond
+// the cache (and tries the lock, should the other replica have died):
+// acmeState.fleetPoll, which tests shorten.
+const fleetPoll = 250 * time.Millisecond
 
 // WithheldCluster is the reason of an order withheld because the fleet's
 // lock could not be taken (Redis unreachable).
@@ -82,7 +83,7 @@ func (a *acmeState) fleetLock(ctx context.Context, k seenKey, onDemand bool) (*t
 				"name", k.name, "key_type", k.keyType())
 		}
 		select {
-		case <-time.After(fleetPoll):
+		case <-time.After(a.fleetPoll):
 		case <-ctx.Done():
 			a.withheld(WithheldBusy)
 			return nil, nil, fmt.Errorf("waiting for another replica's order: %w", ctx.Err())

@@ -207,11 +207,9 @@ func TestFleetRenewalRules(t *testing.T) {
 // that cannot be taken, withhold the order; a failed order leaves its
 // back-off in the lock for the fleet.
 func TestFleetOrders(t *testing.T) {
-	old := fleetPoll
-	fleetPoll = 10 * time.Millisecond
-	t.Cleanup(func() { fleetPoll = old })
 	srv, f := newACMEServer(t, ServerConfig{}, "mail.example.com", "pop.example.com", "imap.example.com", "smtp.example.com")
 	a := srv.acme
+	a.fleetPoll = 10 * time.Millisecond
 	obs := &recordingObserver{}
 	a.obs.Store(observerBox{obs})
 	lock := &fakeFleetLock{held: map[string]string{}, until: map[string]time.Time{}}
