@@ -18,6 +18,10 @@ import (
 // restart or of a replica's first key.
 const TicketPoll = 5 * time.Second
 
+// maxTicketKeys is tlsconf.MaxTicketKeys: no more keys are accepted at
+// once.
+const maxTicketKeys = 32
+
 // ticketPickup is how long after the refresher's next run the keyring
 // asks for the keys again: the run, on a Redis that answers, is done by
 // then, and its keys are in the next handshakes.
@@ -104,11 +108,19 @@ func (t *TicketKeys) refresh(now time.Time) {
 	if !ok {
 		return
 	}
-	// A key the fleet replaced or lost stays accepted here.
+	// A key the fleet replaced or lost stays accepted here, once: whoever
+	// can write to Redis could replace the entries, or take one away
+	// and put it back, at every run.
 	for e, k := range t.shared {
-		if f, have := fresh[e]; !have || f != k {
+		if f, have := fresh[e]; (!have || f != k) && !slices.ContainsFunc(t.own, func(h heldKey) bool { return h.key == k }) {
 			t.own = append(t.own, heldKey{key: k, made: t.start(e)})
 		}
+	}
+	// The newest maxTicketKeys only: TicketKeys never gives more.
+	slices.SortFunc(t.own, func(a, b heldKey) int { return b.made.Compare(a.made) })
+	if len(t.own) > maxTicketKeys {
+		clear(t.own[maxTicketKeys:])
+		t.own = t.own[:maxTicketKeys]
 	}
 	t.shared = fresh
 }
@@ -171,8 +183,8 @@ func (t *TicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, error) {
 			keys = append(keys, k.key)
 		}
 	}
-	if len(keys) > 32 { // tlsconf.MaxTicketKeys; the oldest go first
-		keys = keys[:32]
+	if len(keys) > maxTicketKeys { // the oldest go first
+		keys = keys[:maxTicketKeys]
 	}
 	// Asked again just after the refresher's next run, and at the next
 	// epoch, whose key the refresher already holds.
