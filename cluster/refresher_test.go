@@ -272,3 +272,44 @@ func TestTicketsReplacedKeysBounded(t *testing.T) {
 		t.Errorf("%d keys held apart after 40 replacements of two entries, want %d (the test does not test what it says)", n, maxTicketKeys)
 	}
 }
+
+// TestTicketsEntryOfAnotherType: a ticket key's entry of another Redis
+// type (a key_prefix shared with something else, or whoever writes to
+// Redis) is never replaced (SET NX does not set it), so the fleet no
+// longer shares that period's key: it is refused like an entry that does
+// not open, with one ERROR line naming it, not ignored without a word.
+func TestTicketsEntryOfAnotherType(t *testing.T) {
+	r := startRedis(t)
+	logs := new(syncBuf)
+	c, err := Open(Config{Redis: r.URL(), KeyFile: writeKey(t), NodeName: "a"}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := c.newTicketKeys(time.Minute, 3*time.Minute, time.Hour) // refreshed here only
+	now := time.Now()
+	var names []string
+	for _, e := range []int64{src.epoch(now), src.epoch(now) + 1} {
+		n := src.name(e)
+		names = append(names, n)
+		if _, err := r.Do("DEL", n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Do("HSET", n, "a", "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.refresh(now)
+	src.refresh(now)
+	for _, n := range names {
+		if got := strings.Count(logs.String(), "refused and not used; this replica seals tickets with a key of its own meanwhile\" key="+n+" "); got != 1 {
+			t.Errorf("the entry %s of another type was logged %d times, want once:\n%s", n, got, logs)
+		}
+	}
+	if !c.Up() || c.Fallbacks()["tickets"] != 0 {
+		t.Errorf("ticket entries of another type: Up() = %v, fallbacks %v; want Redis up", c.Up(), c.Fallbacks())
+	}
+	if keys, _, err := src.TicketKeys(now); err != nil || len(keys) == 0 {
+		t.Errorf("TicketKeys = %d keys, %v: the replica must seal with a key of its own", len(keys), err)
+	}
+}

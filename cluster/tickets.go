@@ -234,8 +234,11 @@ func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool)
 	fresh := make(map[int64][32]byte, len(epochs))
 	for i, v := range vals {
 		s, isStr := v.(string)
+		if err, wrong := v.(error); wrong {
+			t.refuse(names[i], "", err)
+		}
 		if !isStr {
-			continue // expired, or never made
+			continue // expired, never made, or of another type
 		}
 		if k, ok := t.open(names[i], s); ok {
 			fresh[epochs[i]] = k
@@ -283,10 +286,11 @@ func getTicketEntries(ctx context.Context, p redis.Pipeliner, names []string) []
 	return cmds
 }
 
-// ticketEntries is what cmds read, as MGET answers: a string per entry,
-// nil for one missing or of another type; err is the pipeline's, which a
-// reply of the entries' own (another type; a SET NX that did not set)
-// does not make a failure of Redis.
+// ticketEntries is what cmds read: a string per entry, nil for one
+// missing, the error for one of another type (which is never replaced:
+// a SET NX does not set it); err is the pipeline's, which a reply of the
+// entries' own (another type; a SET NX that did not set) does not make a
+// failure of Redis.
 func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
 	if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, err
@@ -296,7 +300,9 @@ func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
 		switch v, err := c.Result(); {
 		case err == nil && v != "":
 			vals[i] = v
-		case err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE"):
+		case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"):
+			vals[i] = err
+		case err != nil:
 			return nil, err
 		}
 	}
@@ -317,18 +323,24 @@ func (t *TicketKeys) open(name, s string) ([32]byte, bool) {
 		err = fmt.Errorf("the entry holds %d bytes, not a 32-byte key", len(plain))
 	}
 	if err != nil {
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		if !t.refused[name+s] {
-			if len(t.refused) >= 64 {
-				clear(t.refused)
-			}
-			t.refused[name+s] = true
-			t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
-		}
+		t.refuse(name, s, err)
 		return k, false
 	}
 	copy(k[:], plain)
 	clear(plain)
 	return k, true
+}
+
+// refuse logs once that the entry s of the Redis key name is not used.
+func (t *TicketKeys) refuse(name, s string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.refused[name+s] {
+		return
+	}
+	if len(t.refused) >= 64 {
+		clear(t.refused)
+	}
+	t.refused[name+s] = true
+	t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
 }
