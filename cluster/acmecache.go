@@ -404,7 +404,7 @@ func (l *ACMELocks) TryLock(name string) (release func(backoff time.Duration), h
 			// Redis answered, with something else than the script's.
 			l.c.done(nil)
 			l.refuse(key, err)
-			return nil, false, time.Time{}, fmt.Errorf("cluster: the ACME order lock %s cannot be taken: %v", key, err)
+			return nil, false, time.Time{}, fmt.Errorf("cluster: Redis refused the ACME order lock %s (logged once at ERROR, with what to do): %v", key, err)
 		}
 		l.c.done(err)
 		l.pause.failed(err)
@@ -418,7 +418,7 @@ func (l *ACMELocks) TryLock(name string) (release func(backoff time.Duration), h
 				"err", err)
 		}
 		l.mu.Unlock()
-		return nil, false, time.Time{}, fmt.Errorf("cluster: the fleet's ACME order lock cannot be taken: %w", err)
+		return nil, false, time.Time{}, fmt.Errorf("cluster: Redis did not answer: %w", err)
 	}
 	l.waiting = false
 	l.mu.Unlock()

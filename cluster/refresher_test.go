@@ -210,3 +210,106 @@ func ticketLen(t *testing.T, r *dirrun.Redis, name string) string {
 	}
 	return strings.TrimSpace(v)
 }
+
+// TestTicketsReplacedKeysBounded: a key the fleet replaced or lost stays
+// accepted here, but whoever can write to Redis replaces the entries, or
+// takes one away and puts it back, as often as it likes: the keys held
+// apart (TicketKeys.own) grew by a key or two at every refresh, for a
+// key lifetime, each handshake's key list built from all of them. Each is
+// held once, and no more of them than TicketKeys ever gives.
+func TestTicketsReplacedKeysBounded(t *testing.T) {
+	r := startRedis(t)
+	c, err := Open(Config{Redis: r.URL(), KeyFile: writeKey(t), NodeName: "a"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := c.newTicketKeys(time.Minute, 3*time.Minute, time.Hour) // refreshed here only
+	now := time.Now()
+	prev := src.name(src.epoch(now) - 1)
+	var k [32]byte
+	k[0] = 7
+	if err := c.client.Set(t.Context(), prev, c.seal(prev, k[:]), time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	src.refresh(now)
+	// Taken away and put back, again and again.
+	for range 40 {
+		if _, err := r.Do("RENAME", prev, "elsewhere"); err != nil {
+			t.Fatal(err)
+		}
+		src.refresh(now)
+		if _, err := r.Do("RENAME", "elsewhere", prev); err != nil {
+			t.Fatal(err)
+		}
+		src.refresh(now)
+	}
+	src.mu.Lock()
+	copies := 0
+	for _, h := range src.own {
+		if h.key == k {
+			copies++
+		}
+	}
+	src.mu.Unlock()
+	if copies != 1 {
+		t.Errorf("the key taken away and put back 40 times is held apart %d times, want once", copies)
+	}
+	// Replaced at every refresh.
+	for range 40 {
+		if _, err := r.Do("DEL", src.name(src.epoch(now)), src.name(src.epoch(now)+1)); err != nil {
+			t.Fatal(err)
+		}
+		src.refresh(now)
+	}
+	src.mu.Lock()
+	n := len(src.own)
+	src.mu.Unlock()
+	if n > maxTicketKeys {
+		t.Errorf("%d keys held apart after 40 replacements, want at most %d", n, maxTicketKeys)
+	}
+	if n < maxTicketKeys {
+		t.Errorf("%d keys held apart after 40 replacements of two entries, want %d (the test does not test what it says)", n, maxTicketKeys)
+	}
+}
+
+// TestTicketsEntryOfAnotherType: a ticket key's entry of another Redis
+// type (a key_prefix shared with something else, or whoever writes to
+// Redis) is never replaced (SET NX does not set it), so the fleet no
+// longer shares that period's key: it is refused like an entry that does
+// not open, with one ERROR line naming it, not ignored without a word.
+func TestTicketsEntryOfAnotherType(t *testing.T) {
+	r := startRedis(t)
+	logs := new(syncBuf)
+	c, err := Open(Config{Redis: r.URL(), KeyFile: writeKey(t), NodeName: "a"}, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	src := c.newTicketKeys(time.Minute, 3*time.Minute, time.Hour) // refreshed here only
+	now := time.Now()
+	var names []string
+	for _, e := range []int64{src.epoch(now), src.epoch(now) + 1} {
+		n := src.name(e)
+		names = append(names, n)
+		if _, err := r.Do("DEL", n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Do("HSET", n, "a", "b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.refresh(now)
+	src.refresh(now)
+	for _, n := range names {
+		if got := strings.Count(logs.String(), "refused and not used; this replica seals tickets with a key of its own meanwhile\" key="+n+" "); got != 1 {
+			t.Errorf("the entry %s of another type was logged %d times, want once:\n%s", n, got, logs)
+		}
+	}
+	if !c.Up() || c.Fallbacks()["tickets"] != 0 {
+		t.Errorf("ticket entries of another type: Up() = %v, fallbacks %v; want Redis up", c.Up(), c.Fallbacks())
+	}
+	if keys, _, err := src.TicketKeys(now); err != nil || len(keys) == 0 {
+		t.Errorf("TicketKeys = %d keys, %v: the replica must seal with a key of its own", len(keys), err)
+	}
+}

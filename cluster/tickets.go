@@ -18,6 +18,10 @@ import (
 // restart or of a replica's first key.
 const TicketPoll = 5 * time.Second
 
+// maxTicketKeys is tlsconf.MaxTicketKeys: no more keys are accepted at
+// once.
+const maxTicketKeys = 32
+
 // ticketPickup is how long after the refresher's next run the keyring
 // asks for the keys again: the run, on a Redis that answers, is done by
 // then, and its keys are in the next handshakes.
@@ -104,11 +108,19 @@ func (t *TicketKeys) refresh(now time.Time) {
 	if !ok {
 		return
 	}
-	// A key the fleet replaced or lost stays accepted here.
+	// A key the fleet replaced or lost stays accepted here, once: whoever
+	// can write to Redis could replace the entries, or take one away
+	// and put it back, at every run.
 	for e, k := range t.shared {
-		if f, have := fresh[e]; !have || f != k {
+		if f, have := fresh[e]; (!have || f != k) && !slices.ContainsFunc(t.own, func(h heldKey) bool { return h.key == k }) {
 			t.own = append(t.own, heldKey{key: k, made: t.start(e)})
 		}
+	}
+	// The newest maxTicketKeys only: TicketKeys never gives more.
+	slices.SortFunc(t.own, func(a, b heldKey) int { return b.made.Compare(a.made) })
+	if len(t.own) > maxTicketKeys {
+		clear(t.own[maxTicketKeys:])
+		t.own = t.own[:maxTicketKeys]
 	}
 	t.shared = fresh
 }
@@ -171,8 +183,8 @@ func (t *TicketKeys) TicketKeys(now time.Time) ([][32]byte, time.Time, error) {
 			keys = append(keys, k.key)
 		}
 	}
-	if len(keys) > 32 { // tlsconf.MaxTicketKeys; the oldest go first
-		keys = keys[:32]
+	if len(keys) > maxTicketKeys { // the oldest go first
+		keys = keys[:maxTicketKeys]
 	}
 	// Asked again just after the refresher's next run, and at the next
 	// epoch, whose key the refresher already holds.
@@ -222,8 +234,11 @@ func (t *TicketKeys) fetch(cur int64, epochs []int64) (map[int64][32]byte, bool)
 	fresh := make(map[int64][32]byte, len(epochs))
 	for i, v := range vals {
 		s, isStr := v.(string)
+		if err, wrong := v.(error); wrong {
+			t.refuse(names[i], "", err)
+		}
 		if !isStr {
-			continue // expired, or never made
+			continue // expired, never made, or of another type
 		}
 		if k, ok := t.open(names[i], s); ok {
 			fresh[epochs[i]] = k
@@ -271,10 +286,11 @@ func getTicketEntries(ctx context.Context, p redis.Pipeliner, names []string) []
 	return cmds
 }
 
-// ticketEntries is what cmds read, as MGET answers: a string per entry,
-// nil for one missing or of another type; err is the pipeline's, which a
-// reply of the entries' own (another type; a SET NX that did not set)
-// does not make a failure of Redis.
+// ticketEntries is what cmds read: a string per entry, nil for one
+// missing, the error for one of another type (which is never replaced:
+// a SET NX does not set it); err is the pipeline's, which a reply of the
+// entries' own (another type; a SET NX that did not set) does not make a
+// failure of Redis.
 func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
 	if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, err
@@ -284,7 +300,9 @@ func ticketEntries(cmds []*redis.StringCmd, err error) ([]any, error) {
 		switch v, err := c.Result(); {
 		case err == nil && v != "":
 			vals[i] = v
-		case err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE"):
+		case err != nil && redis.HasErrorPrefix(err, "WRONGTYPE"):
+			vals[i] = err
+		case err != nil:
 			return nil, err
 		}
 	}
@@ -305,18 +323,24 @@ func (t *TicketKeys) open(name, s string) ([32]byte, bool) {
 		err = fmt.Errorf("the entry holds %d bytes, not a 32-byte key", len(plain))
 	}
 	if err != nil {
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		if !t.refused[name+s] {
-			if len(t.refused) >= 64 {
-				clear(t.refused)
-			}
-			t.refused[name+s] = true
-			t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
-		}
+		t.refuse(name, s, err)
 		return k, false
 	}
 	copy(k[:], plain)
 	clear(plain)
 	return k, true
+}
+
+// refuse logs once that the entry s of the Redis key name is not used.
+func (t *TicketKeys) refuse(name, s string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.refused[name+s] {
+		return
+	}
+	if len(t.refused) >= 64 {
+		clear(t.refused)
+	}
+	t.refused[name+s] = true
+	t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
 }

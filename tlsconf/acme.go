@@ -163,6 +163,9 @@ type acmeState struct {
 	dir    autocert.Cache // strictCache over cache_dir, or ACMEConfig.Cache made of it
 	// fleet is ACMEConfig.OrderLock; nil for a single node.
 	fleet OrderLock
+	// fleetPoll is how often an order waiting for another replica's
+	// reads the cache (fleetPoll).
+	fleetPoll time.Duration
 	// probe is a certificate with only an ECDSA P-256 key (wantsRSA).
 	probe *tls.Certificate
 	// seen holds the certificates served, by seenKey: autocert keeps
@@ -252,6 +255,7 @@ func newACME(cfg *ACMEConfig, log *slog.Logger) (*acmeState, error) {
 		limiter:   newOrderLimiter(cfg.OrderRetry),
 		dir:       &strictCache{dir: cfg.CacheDir, insecure: cfg.InsecureCachePermissions},
 		fleet:     cfg.OrderLock,
+		fleetPoll: fleetPoll,
 		flights:   map[seenKey]*flight{},
 		attempts:  map[context.Context]*attempt{},
 		tickets:   map[seenKey]*ticket{},

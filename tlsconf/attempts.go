@@ -422,12 +422,27 @@ func (t *caTransport) mayOrder(ctx context.Context, att *attempt) (payment, erro
 			t.a.attMu.Unlock()
 			return paidNothing, t.hold(att, &renewalHeldError{Name: k.name, Reason: "busy", Err: errOrderUnderWay})
 		}
+		var release func(backoff time.Duration)
 		if t.a.fleet != nil {
 			t.a.attMu.Unlock()
-			if held := t.a.fleetRenewal(ctx, att, k); held != nil {
+			var held *renewalHeldError
+			if release, held = t.a.fleetRenewal(ctx, att, k); held != nil {
 				return paidNothing, t.hold(att, held)
 			}
 			t.a.attMu.Lock()
+		}
+		if err := ctx.Err(); err != nil {
+			// The attempt has ended, and its end may have been
+			// handled already (attemptFor): what is added to it now
+			// would never be undone.
+			t.a.attMu.Unlock()
+			if release != nil {
+				release(0)
+			}
+			return paidNothing, err
+		}
+		if release != nil {
+			att.fleetRelease = release
 		}
 		if !att.renewing {
 			att.renewing = true

@@ -23,8 +23,9 @@ import (
 // CA counts failed validations per account, which the fleet shares.
 
 // fleetPoll is how often a replica waiting for another one's order reads
-// the cache (and tries the lock, should the other replica have died).
-var fleetPoll = 250 * time.Millisecond
+// the cache (and tries the lock, should the other replica have died):
+// acmeState.fleetPoll, which tests shorten.
+const fleetPoll = 250 * time.Millisecond
 
 // WithheldCluster is the reason of an order withheld because the fleet's
 // lock could not be taken (Redis unreachable).
@@ -82,7 +83,7 @@ func (a *acmeState) fleetLock(ctx context.Context, k seenKey, onDemand bool) (*t
 				"name", k.name, "key_type", k.keyType())
 		}
 		select {
-		case <-time.After(fleetPoll):
+		case <-time.After(a.fleetPoll):
 		case <-ctx.Done():
 			a.withheld(WithheldBusy)
 			return nil, nil, fmt.Errorf("waiting for another replica's order: %w", ctx.Err())
@@ -118,30 +119,28 @@ func (a *acmeState) renewedElsewhere(ctx context.Context, k seenKey) bool {
 	return leaf != nil && leaf.NotAfter.After(v.(seenCert).notAfter)
 }
 
-// fleetRenewal takes k.name's fleet lock for a renewal's order (att), or
-// says why the order is held back. a.attMu is not held.
-func (a *acmeState) fleetRenewal(ctx context.Context, att *attempt, k seenKey) *renewalHeldError {
+// fleetRenewal takes k.name's fleet lock for a renewal's order (att) and
+// returns its release, for att.fleetRelease (nil if att holds the lock
+// already), or says why the order is held back. a.attMu is not held.
+func (a *acmeState) fleetRenewal(ctx context.Context, att *attempt, k seenKey) (func(backoff time.Duration), *renewalHeldError) {
 	a.attMu.Lock()
 	have := att.fleetRelease != nil
 	a.attMu.Unlock()
 	if have {
-		return nil
+		return nil, nil
 	}
 	release, held, until, err := a.fleet.TryLock(k.name)
 	switch {
 	case err != nil:
-		return &renewalHeldError{Name: k.name, Reason: "cluster", Err: &fleetError{err}}
+		return nil, &renewalHeldError{Name: k.name, Reason: "cluster", Err: &fleetError{err}}
 	case !held && !until.IsZero():
-		return &renewalHeldError{Name: k.name, Reason: "backoff", Err: &heldBackError{until}}
+		return nil, &renewalHeldError{Name: k.name, Reason: "backoff", Err: &heldBackError{until}}
 	case !held:
-		return &renewalHeldError{Name: k.name, Reason: "busy", Err: errFleetOrdering}
+		return nil, &renewalHeldError{Name: k.name, Reason: "busy", Err: errFleetOrdering}
 	}
 	if a.renewedElsewhere(ctx, k) {
 		release(0)
-		return &renewalHeldError{Name: k.name, Reason: "renewed", Err: errRenewedElsewhere}
+		return nil, &renewalHeldError{Name: k.name, Reason: "renewed", Err: errRenewedElsewhere}
 	}
-	a.attMu.Lock()
-	att.fleetRelease = release
-	a.attMu.Unlock()
-	return nil
+	return release, nil
 }

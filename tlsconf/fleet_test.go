@@ -24,9 +24,14 @@ type fakeFleetLock struct {
 	err      error                // the store is unreachable
 	released int
 	backoffs []time.Duration // of every release
+	// onTry, if set, runs as TryLock begins (while Redis would answer).
+	onTry func()
 }
 
 func (l *fakeFleetLock) TryLock(name string) (func(time.Duration), bool, time.Time, error) {
+	if l.onTry != nil {
+		l.onTry()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
@@ -207,11 +212,9 @@ func TestFleetRenewalRules(t *testing.T) {
 // that cannot be taken, withhold the order; a failed order leaves its
 // back-off in the lock for the fleet.
 func TestFleetOrders(t *testing.T) {
-	old := fleetPoll
-	fleetPoll = 10 * time.Millisecond
-	t.Cleanup(func() { fleetPoll = old })
 	srv, f := newACMEServer(t, ServerConfig{}, "mail.example.com", "pop.example.com", "imap.example.com", "smtp.example.com")
 	a := srv.acme
+	a.fleetPoll = 10 * time.Millisecond
 	obs := &recordingObserver{}
 	a.obs.Store(observerBox{obs})
 	lock := &fakeFleetLock{held: map[string]string{}, until: map[string]time.Time{}}
@@ -309,5 +312,43 @@ func TestFleetOrders(t *testing.T) {
 	lock.mu.Unlock()
 	if last != domainOrderRetry || time.Until(until) <= 0 {
 		t.Errorf("a failed order released the lock with back-off %v (until %v), want %v", last, until, domainOrderRetry)
+	}
+}
+
+// TestFleetRenewalEndsWhileLocking: a renewal's attempt that ends while
+// the fleet's lock is being taken (autocert's deadline passes during the
+// round trip to Redis) has had its end handled already: the lock taken
+// was kept, extended for ever, and with it every renewal of the name on
+// every replica held back until the certificate expired; and the name
+// counted as renewing here, refusing popgate's own orders for it. Neither
+// is kept: the lock is released at once.
+func TestFleetRenewalEndsWhileLocking(t *testing.T) {
+	rt, _ := newScriptedTransport("http-01")
+	lock := &fakeFleetLock{held: map[string]string{}, until: map[string]time.Time{}}
+	rt.a.fleet, rt.a.dir = lock, &mapCache{m: map[string][]byte{}}
+	_ = send(t, rt, context.Background(), "GET", caDir)
+	const name = "pop.x.test"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lock.onTry = func() {
+		cancel()
+		waitFor(t, "the attempt's end handled", func() bool {
+			rt.a.attMu.Lock()
+			defer rt.a.attMu.Unlock()
+			return rt.a.attempts[ctx] == nil
+		})
+	}
+	rt.a.cacheRead(ctx, name)
+	if err := send(t, rt, ctx, "POST", caNewOrder); !errors.Is(err, context.Canceled) {
+		t.Errorf("renewal whose attempt ended while locking: %v, want %v", err, context.Canceled)
+	}
+	if h := lock.holder(name); h != "" {
+		t.Errorf("after the attempt ended, the fleet lock is held by %q, want it released", h)
+	}
+	rt.a.attMu.Lock()
+	n := rt.a.renewing[name]
+	rt.a.attMu.Unlock()
+	if n != 0 {
+		t.Errorf("after the attempt ended, the name counts %d renewals under way, want 0", n)
 	}
 }

@@ -174,10 +174,15 @@ func (t *Tickets) SetPeriods(rotation, lifetime time.Duration) {
 	if t.local == nil || !t.local.SetPeriods(rotation, lifetime) {
 		return
 	}
+	t.refreshNow()
+}
+
+// refreshNow makes the next handshake ask the key source again; the keys
+// in use stay until then.
+func (t *Tickets) refreshNow() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := t.cur.Load()
-	t.cur.Store(&ticketCodec{conf: c.conf}) // refresh at once
+	t.cur.Store(&ticketCodec{conf: t.cur.Load().conf})
 }
 
 // Apply makes conf seal and open session tickets with t's keys, so that
@@ -305,9 +310,7 @@ func (t *Tickets) HoldRotation() (release func()) {
 		t.local.mu.Lock()
 		t.local.held = false
 		t.local.mu.Unlock()
-		t.mu.Lock()
-		defer t.mu.Unlock()
-		t.cur.Store(&ticketCodec{conf: t.cur.Load().conf}) // refresh at once
+		t.refreshNow()
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 
 // sentinelUser is the ACL line of the user a Sentinel monitors a [Redis]
 // as (the commands of Redis's Sentinel documentation).
-var sentinelUser = "user sentinel on >" + Password + " allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill"
+const sentinelUser = "user sentinel on >" + Password + " allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info +client|setname +client|kill +script|kill"
 
 // SentinelMaster is the name a [Sentinel] monitors its master as.
 const SentinelMaster = "popgatemaster"
