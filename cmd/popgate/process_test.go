@@ -170,13 +170,28 @@ func (p *process) waitListening(names ...string) {
 // omitted) and returns it.
 func (p *process) waitLog(msg string, n ...int) map[string]any {
 	p.t.Helper()
+	return p.waitRecord(msg, n, func() []map[string]any { return p.logs.records(p.t, msg) })
+}
+
+// waitPlainLog is waitLog for a log where lines that are not JSON (what
+// a process that failed to start wrote) are skipped.
+func (p *process) waitPlainLog(msg string, n int) map[string]any {
+	p.t.Helper()
+	return p.waitRecord(msg, []int{n}, func() []map[string]any {
+		recs, _ := p.logs.jsonRecords(msg)
+		return recs
+	})
+}
+
+func (p *process) waitRecord(msg string, n []int, records func() []map[string]any) map[string]any {
+	p.t.Helper()
 	want := 1
 	if len(n) > 0 {
 		want = n[0]
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if recs := p.logs.records(p.t, msg); len(recs) >= want {
+		if recs := records(); len(recs) >= want {
 			return recs[want-1]
 		}
 		if time.Now().After(deadline) {
@@ -184,7 +199,7 @@ func (p *process) waitLog(msg string, n ...int) map[string]any {
 		}
 		select {
 		case <-p.done:
-			if recs := p.logs.records(p.t, msg); len(recs) >= want {
+			if recs := records(); len(recs) >= want {
 				return recs[want-1]
 			}
 			p.t.Fatalf("popgate exited (%v) before logging %q; log:\n%s", p.err, msg, p.logs)
@@ -303,7 +318,14 @@ func mailbox(t *testing.T, msgs ...[]byte) string {
 // mailboxServer is mailbox, with the server, for what it saw.
 func mailboxServer(t *testing.T, msgs ...[]byte) (*pop3test.Server, string) {
 	t.Helper()
-	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: msgs}}}
+	return mailboxesServer(t, map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: msgs}})
+}
+
+// mailboxesServer starts a pop3test backend holding boxes on loopback,
+// closed when the test ends, and returns it and its address.
+func mailboxesServer(t *testing.T, boxes map[string]*pop3test.Mailbox) (*pop3test.Server, string) {
+	t.Helper()
+	b := &pop3test.Server{Mailboxes: boxes}
 	addr, err := b.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -337,6 +359,36 @@ default = "mbox"
 [metrics]
 address = "127.0.0.1:0"
 `, addr, limits)
+}
+
+// oneTLSBackend is oneBackend with a POP3S listener "pop3s" serving
+// cert for localhost instead of the plaintext one.
+func oneTLSBackend(cert testCert, addr, limits string) string {
+	return fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+
+[tls]
+default_server_name = "localhost"
+certificates = [{ cert = %q, key = %q }]
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+%s
+[metrics]
+address = "127.0.0.1:0"
+`, cert.certFile, cert.keyFile, addr, limits)
 }
 
 func messages(n int) [][]byte {
@@ -497,47 +549,18 @@ func TestProcessDrain(t *testing.T) {
 	const bob, bobPass = "bob", "b0b-PASSWORD-never-logged"
 	big := pop3test.GenerateMessage(4 << 20)
 	small := messages(1)[0]
-	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{
+	b, baddr := mailboxesServer(t, map[string]*pop3test.Mailbox{
 		procUser: {Password: procPass, Messages: [][]byte{big, small}},
 		bob:      {Password: bobPass, Messages: messages(2)},
-	}}
-	baddr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	})
 	cert := writeTestCert(t, t.TempDir(), "mail", "localhost")
 	// shutdown_timeout, login_timeout and failure_delay all outlast the
 	// test's own patience (60 s): only the sessions ending can end the
 	// drain in time.
-	path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-
-[tls]
-default_server_name = "localhost"
-certificates = [{ cert = %q, key = %q }]
-
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-
-[route]
-default = "mbox"
-
-[limits]
-shutdown_timeout = "10m"
+	path := writeConfig(t, oneTLSBackend(cert, baddr, `shutdown_timeout = "10m"
 login_timeout = "10m"
 failure_delay = "10m"
-
-[metrics]
-address = "127.0.0.1:0"
-`, cert.certFile, cert.keyFile, baddr))
+`))
 	p := startPopgate(t, path, "pop3s")
 	dial := func() *popClient {
 		t.Helper()

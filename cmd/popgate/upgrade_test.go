@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -106,13 +105,8 @@ func loopMailboxes(boxes map[string]*pop3test.Mailbox, user, pass string, msg []
 // loopBackend starts a pop3test backend with loopMailboxes for user.
 func loopBackend(t *testing.T, user, pass string, msg []byte) string {
 	t.Helper()
-	b := &pop3test.Server{Mailboxes: loopMailboxes(map[string]*pop3test.Mailbox{}, user, pass, msg)}
-	addr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return addr.String()
+	_, addr := mailboxesServer(t, loopMailboxes(map[string]*pop3test.Mailbox{}, user, pass, msg))
+	return addr
 }
 
 func startClientLoop(addr string, cfg *tls.Config, user, pass string, msg []byte, max int) *clientLoop {
@@ -227,35 +221,11 @@ func (l *clientLoop) session(user string) error {
 // backend, with a drain long enough that only the sessions ending can end
 // it within the test.
 func upgradeConfig(t *testing.T, cert testCert, backend string) string {
-	return writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-
-[tls]
-default_server_name = "localhost"
-certificates = [{ cert = %q, key = %q }]
-
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-
-[route]
-default = "mbox"
-
-[limits]
-shutdown_timeout = "10m"
+	return writeConfig(t, oneTLSBackend(cert, backend, `shutdown_timeout = "10m"
 failure_delay = "0s"
 max_failures_per_ip = 0
 max_failures_per_user = 0
-
-[metrics]
-address = "127.0.0.1:0"
-`, cert.certFile, cert.keyFile, backend))
+`))
 }
 
 // servingVersion is the version popgate_build_info of the admin address
@@ -350,6 +320,29 @@ func killLater(t *testing.T, pid int) {
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 }
 
+// handedOver waits for the n-th handover of an upgrade in p's log (n = 1
+// when omitted) and returns the PID of the new process, which is ended
+// when the test ends if it still runs.
+func (p *process) handedOver(n ...int) int {
+	p.t.Helper()
+	rec := p.waitLog("upgrade: the new process serves; this one stops accepting and drains", n...)
+	pid := int(rec["new_pid"].(float64))
+	killLater(p.t, pid)
+	return pid
+}
+
+// waitExited is wait for the process itself: it does not wait for the
+// new processes of its upgrades, which hold its log open.
+func (p *process) waitExited() int {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(60 * time.Second):
+		p.t.Fatalf("popgate (pid %d) did not exit; log:\n%s", p.cmd.Process.Pid, p.logs)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
 // TestProcessUpgrade: SIGUSR2 with a new binary installed over the old
 // one. A client loop logs in and RETRs throughout: no session is refused,
 // reset or fails. A session in the middle of a slow RETR on the old
@@ -361,14 +354,9 @@ func TestProcessUpgrade(t *testing.T) {
 	big := pop3test.GenerateMessage(4 << 20)
 	small := messages(1)[0]
 	const slowUser, slowPass = "bob", "b0b-PASSWORD-never-logged"
-	b := &pop3test.Server{Mailboxes: loopMailboxes(map[string]*pop3test.Mailbox{
+	_, baddr := mailboxesServer(t, loopMailboxes(map[string]*pop3test.Mailbox{
 		slowUser: {Password: slowPass, Messages: [][]byte{big}},
-	}, procUser, procPass, small)}
-	baddr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	}, procUser, procPass, small))
 	dir := t.TempDir()
 	cert := writeTestCert(t, dir, "mail", "localhost")
 	exe := filepath.Join(dir, "popgate")
@@ -377,7 +365,7 @@ func TestProcessUpgrade(t *testing.T) {
 	pidFile := filepath.Join(dir, "popgate.pid")
 	// What systemd would hear, from every process.
 	notes := listenNotify(t)
-	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr.String()), "-pid-file", pidFile),
+	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr), "-pid-file", pidFile),
 		[]string{"NOTIFY_SOCKET=" + notes.path}, "pop3s")
 	logOnFailure(t, p)
 	tcfg := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}
@@ -423,9 +411,7 @@ func TestProcessUpgrade(t *testing.T) {
 	installBinary(t, newer, exe)
 	// The operator's command: it returns once the new process serves.
 	out, err := exec.Command(exe, "upgrade", "-pid-file", pidFile).CombinedOutput()
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid2 := int(handed["new_pid"].(float64))
-	killLater(t, pid2)
+	pid2 := p.handedOver()
 	if err != nil || !strings.Contains(string(out), fmt.Sprintf("upgraded: pid %d serves; pid %d finishes", pid2, p.cmd.Process.Pid)) {
 		t.Errorf("popgate upgrade: %v\n%s", err, out)
 	}
@@ -449,9 +435,7 @@ func TestProcessUpgrade(t *testing.T) {
 	if err := syscall.Kill(pid2, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	handed = p.waitLog("upgrade: the new process serves; this one stops accepting and drains", 2)
-	pid3 := int(handed["new_pid"].(float64))
-	killLater(t, pid3)
+	pid3 := p.handedOver(2)
 	loop.waitFor(t, 5)
 
 	// The old process still holds the slow session: all of the message
@@ -468,13 +452,8 @@ func TestProcessUpgrade(t *testing.T) {
 	if line := slow.cmd("QUIT"); !strings.HasPrefix(line, "+OK") {
 		t.Errorf("QUIT after the upgrade: %q", line)
 	}
-	select {
-	case <-p.exited:
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("old process exit code %d, want 0", code)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the old process did not exit after its last session")
+	if code := p.waitExited(); code != 0 {
+		t.Errorf("old process exit code %d, want 0", code)
 	}
 	loop.waitFor(t, 5)
 	loop.stop(t)
@@ -517,29 +496,6 @@ func TestProcessUpgrade(t *testing.T) {
 	checkLogs(t, p.logs)
 	if strings.Contains(p.logs.String(), slowPass) || strings.Contains(p.logs.String(), procPass) {
 		t.Errorf("the log contains a password")
-	}
-}
-
-// waitPlainLog is waitLog for a log where lines that are not JSON (what
-// a process that failed to start wrote) are skipped.
-func (p *process) waitPlainLog(msg string, n int) map[string]any {
-	p.t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // against a hang
-	for {
-		var recs []map[string]any
-		for line := range strings.Lines(p.logs.String()) {
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-				recs = append(recs, rec)
-			}
-		}
-		if len(recs) >= n {
-			return recs[n-1]
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("no %d× %q in the log", n, msg)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -698,12 +654,7 @@ func TestProcessUpgradeIdleSessions(t *testing.T) {
 	for i := range idle {
 		boxes[fmt.Sprintf("idle%d", i)] = &pop3test.Mailbox{Password: procPass, Messages: messages(1)}
 	}
-	b := &pop3test.Server{Mailboxes: boxes}
-	baddr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	_, baddr := mailboxesServer(t, boxes)
 	dir := t.TempDir()
 	exe := filepath.Join(dir, "popgate")
 	installBinary(t, popgateBinary(t), exe)
@@ -730,7 +681,7 @@ max_connections_per_ip = 0
 
 [metrics]
 address = "127.0.0.1:0"
-`, baddr.String()))
+`, baddr))
 	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", path), nil, "plain")
 	logOnFailure(t, p)
 	old := p.cmd.Process.Pid
@@ -758,20 +709,13 @@ address = "127.0.0.1:0"
 	}
 
 	p.signal(syscall.SIGUSR2)
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid := int(handed["new_pid"].(float64))
-	killLater(t, pid)
+	pid := p.handedOver()
 	// The new process: about what the old one had before its sessions.
 	if n := fdCount(t, pid); n > before+20 {
 		t.Errorf("new process holds %d descriptors, the old one %d before its %d sessions: it inherited more than the listeners", n, before, idle)
 	}
-	select {
-	case <-p.exited:
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("old process exit code %d", code)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the old process did not exit after shutdown_timeout")
+	if code := p.waitExited(); code != 0 {
+		t.Errorf("old process exit code %d", code)
 	}
 	p.waitLog("shutdown grace period over; closed remaining sessions")
 	for i, r := range conns {
@@ -852,9 +796,7 @@ address = "127.0.0.1:0"
 	p := startPopgate(t, path, "plain", "pp", "pop3s")
 	logOnFailure(t, p)
 	p.signal(syscall.SIGUSR2)
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid := int(handed["new_pid"].(float64))
-	killLater(t, pid)
+	pid := p.handedOver()
 	var got []string
 	for _, rec := range p.logs.records(t, "serving an inherited socket") {
 		got = append(got, rec["socket"].(string))
@@ -866,13 +808,8 @@ address = "127.0.0.1:0"
 	if !slices.Equal(got, want) {
 		t.Errorf("inherited sockets %q, want %q", got, want)
 	}
-	select { // the old process, without sessions
-	case <-p.exited:
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("old process exit code %d", code)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the old process did not exit")
+	if code := p.waitExited(); code != 0 { // the old process, without sessions
+		t.Errorf("old process exit code %d", code)
 	}
 
 	c := p.dial("plain")
