@@ -722,7 +722,9 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 				// after setting this, and the drain has not begun
 				// yet: a second upgrade would start a second new
 				// process, and its failure would write this
-				// process's PID over the new one's.
+				// process's PID over the new one's. The mark
+				// goes again: a later signal is told the same.
+				r.upgradeBusy.Store(false)
 				r.log.Warn("upgrade signal ignored", "reason", "this process has handed over and drains; signal the new one")
 				continue
 			}
