@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -782,40 +783,82 @@ func TestProcessAdminSessions(t *testing.T) {
 	}
 }
 
+// notifySocket collects what popgate sends to NOTIFY_SOCKET.
+type notifySocket struct {
+	path string
+	mu   sync.Mutex
+	msgs []string
+	read int // how many next has returned
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.msgs)
+}
+
+// next waits for the message after the last one next returned.
+func (n *notifySocket) next(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second) // against a hang
+	for {
+		n.mu.Lock()
+		if n.read < len(n.msgs) {
+			msg := n.msgs[n.read]
+			n.read++
+			n.mu.Unlock()
+			return msg
+		}
+		n.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("no notification after %q", n.all())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestProcessSystemdNotify: under Type=notify, popgate says READY=1 once it
 // listens, RELOADING=1 then READY=1 around a reload (with the
 // MONOTONIC_USEC that Type=notify-reload wants), STOPPING=1 at the drain.
 func TestProcessSystemdNotify(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	next := func() string {
-		t.Helper()
-		conn.SetReadDeadline(time.Now().Add(60 * time.Second)) // against a hang
-		buf := make([]byte, 4096)
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("no notification: %v", err)
-		}
-		return string(buf[:n])
-	}
+	notes := listenNotify(t)
 	path := writeConfig(t, oneBackend(mailbox(t, messages(1)...), ""))
-	p := startPopgateEnv(t, path, []string{"NOTIFY_SOCKET=" + sock}, "plain")
-	if got := next(); !strings.HasPrefix(got, "READY=1\n") {
+	p := startPopgateEnv(t, path, []string{"NOTIFY_SOCKET=" + notes.path}, "plain")
+	if got := notes.next(t); !strings.HasPrefix(got, "READY=1\n") {
 		t.Errorf("first notification %q, want READY=1", got)
 	}
 	p.signal(syscall.SIGHUP)
-	if got := next(); !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=[1-9][0-9]*$`).MatchString(got) {
+	if got := notes.next(t); !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=[1-9][0-9]*$`).MatchString(got) {
 		t.Errorf("notification at a reload %q, want RELOADING=1 with MONOTONIC_USEC", got)
 	}
-	if got := next(); got != "READY=1\nSTATUS=serving; configuration reloaded" {
+	if got := notes.next(t); got != "READY=1\nSTATUS=serving; configuration reloaded" {
 		t.Errorf("notification after the reload %q", got)
 	}
 	p.signal(syscall.SIGTERM)
-	if got := next(); !strings.HasPrefix(got, "STOPPING=1\n") {
+	if got := notes.next(t); !strings.HasPrefix(got, "STOPPING=1\n") {
 		t.Errorf("notification at SIGTERM %q, want STOPPING=1", got)
 	}
 	if code := p.wait(); code != 0 {

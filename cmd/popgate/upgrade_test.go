@@ -263,42 +263,6 @@ func logOnFailure(t *testing.T, p *process) {
 	})
 }
 
-// notifySocket collects what popgate sends to NOTIFY_SOCKET.
-type notifySocket struct {
-	path string
-	mu   sync.Mutex
-	msgs []string
-}
-
-func listenNotify(t *testing.T) *notifySocket {
-	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
-		}
-	}()
-	return n
-}
-
-func (n *notifySocket) all() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.msgs)
-}
-
 // resumed connects to addr with cfg (its ClientSessionCache keeps the
 // ticket), reads the greeting, which brings the TLS 1.3 session ticket
 // along, quits, and reports whether the handshake resumed a session.
