@@ -295,6 +295,23 @@ func parseMetrics(t *testing.T, body string) map[string]float64 {
 	return m
 }
 
+// readSlowly reads what c is sent into answer, 64 KiB at a time with a
+// pause after each, until answer holds upTo octets: a slow client, whose
+// session outlasts whatever happens meanwhile.
+func (c *popClient) readSlowly(answer *bytes.Buffer, upTo int, pause time.Duration) {
+	c.t.Helper()
+	buf := make([]byte, 64<<10)
+	for answer.Len() < upTo {
+		c.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
+		n, err := io.ReadFull(c.r, buf[:min(len(buf), upTo-answer.Len())])
+		answer.Write(buf[:n])
+		if err != nil {
+			c.t.Fatalf("RETR: %v after %d octets", err, answer.Len())
+		}
+		time.Sleep(pause)
+	}
+}
+
 // login logs in as user and returns the STAT answer.
 func (c *popClient) login(user, pass string) string {
 	c.t.Helper()
@@ -587,20 +604,7 @@ failure_delay = "10m"
 	c.cmd("RETR 1")
 	want := append(dotStuff(big), ".\r\n"...)
 	var answer bytes.Buffer
-	buf := make([]byte, 64<<10)
-	slowRead := func(upTo int) {
-		t.Helper()
-		for answer.Len() < upTo {
-			c.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
-			n, err := io.ReadFull(c.r, buf[:min(len(buf), upTo-answer.Len())])
-			answer.Write(buf[:n])
-			if err != nil {
-				t.Fatalf("RETR: %v after %d octets", err, answer.Len())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	slowRead(1 << 20)
+	c.readSlowly(&answer, 1<<20, 50*time.Millisecond)
 	p.signal(syscall.SIGTERM)
 	p.waitLog("shutting down")
 
@@ -621,7 +625,7 @@ failure_delay = "10m"
 	}
 	// The rest of the message arrives, all of it, then the commands
 	// after it are relayed as ever.
-	slowRead(len(want))
+	c.readSlowly(&answer, len(want), 50*time.Millisecond)
 	if !bytes.Equal(answer.Bytes(), want) {
 		t.Fatalf("RETR through the drain: %d octets, want the %d-octet message unchanged", answer.Len(), len(want))
 	}

@@ -347,20 +347,7 @@ func TestProcessUpgrade(t *testing.T) {
 	slow.cmd("RETR 1")
 	want := append(dotStuff(big), ".\r\n"...)
 	var answer bytes.Buffer
-	buf := make([]byte, 64<<10)
-	slowRead := func(upTo int) {
-		t.Helper()
-		for answer.Len() < upTo {
-			slow.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
-			n, err := io.ReadFull(slow.r, buf[:min(len(buf), upTo-answer.Len())])
-			answer.Write(buf[:n])
-			if err != nil {
-				t.Fatalf("RETR: %v after %d octets", err, answer.Len())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	slowRead(1 << 20)
+	slow.readSlowly(&answer, 1<<20, 20*time.Millisecond)
 
 	// A client with a session ticket from the old process.
 	resumer := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost", ClientSessionCache: tls.NewLRUClientSessionCache(4)}
@@ -409,7 +396,7 @@ func TestProcessUpgrade(t *testing.T) {
 		t.Fatalf("the old process exited with a session open (%v)", p.err)
 	default:
 	}
-	slowRead(len(want))
+	slow.readSlowly(&answer, len(want), 20*time.Millisecond)
 	if !bytes.Equal(answer.Bytes(), want) {
 		t.Fatalf("RETR through the upgrade: %d octets, want the %d-octet message unchanged", answer.Len(), len(want))
 	}
