@@ -216,7 +216,8 @@ func (p *process) signal(sig syscall.Signal) {
 	}
 }
 
-// wait waits for the process to exit and returns its exit code.
+// wait waits for the process to exit, and every process that inherited
+// its log (the new ones of its upgrades), and returns its exit code.
 func (p *process) wait() int {
 	p.t.Helper()
 	select {
