@@ -6,7 +6,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +27,8 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/proxy/pop3test"
+	"github.com/popgate/popgate/tlsconf"
+	"golang.org/x/sys/unix"
 )
 
 // upgradeVersion is the version of the binary an upgrade test moves to.
@@ -780,5 +784,62 @@ address = "127.0.0.1:0"
 	}
 	if code := p.wait(); code != 0 {
 		t.Errorf("exit code %d", code)
+	}
+}
+
+// TestUpgradeTicketKeysNotKept: the session ticket keys a process gets
+// from the one it replaces seed its first key source only. They stayed in
+// a package variable for the life of the process, and a reload that built
+// a key source anew (the first TLS listener of a configuration that had
+// none) took them again as if just handed over.
+func TestUpgradeTicketKeysNotKept(t *testing.T) {
+	dup := func(f *os.File) int {
+		t.Helper()
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readyR.Close()
+	keysR, keysW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := tlsconf.TicketKey{Made: time.Now().Add(-time.Minute)}
+	key.Key[0] = 1
+	keysW.Write(encodeTicketKeys([]tlsconf.TicketKey{key}))
+	keysW.Close()
+	// As the parent of an upgrade hands them over; the process that runs
+	// popgate here is this test's, whose parent is os.Getppid().
+	spec, err := json.Marshal(upgradeSpec{Ready: dup(readyW), Tickets: dup(keysR), Parent: os.Getppid()})
+	// popgate run owns the duplicates now: should it fail before it
+	// serves, the ready pipe ends and says so.
+	readyW.Close()
+	keysR.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(upgradeEnv, string(spec))
+	// No TLS listener: the keys have no key source to go to.
+	path := writeConfig(t, oneBackend(mailbox(t, messages(1)...), ""))
+	logs := &logSink{listening: make(chan [2]string, 4)}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- mainContext(ctx, []string{"run", "-config", path}, io.Discard, logs) }()
+	if line, err := bufio.NewReader(readyR).ReadString('\n'); line != readyLine {
+		t.Fatalf("ready pipe: %q %v; log:\n%s", line, err, logs)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("run after cancel = %d, want 0; log:\n%s", code, logs)
+	}
+	if len(inheritedTicketKeys) != 0 {
+		t.Errorf("%d inherited session ticket keys kept after the first instance was built", len(inheritedTicketKeys))
 	}
 }
