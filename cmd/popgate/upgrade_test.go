@@ -843,3 +843,15 @@ func TestUpgradeTicketKeysNotKept(t *testing.T) {
 		t.Errorf("%d inherited session ticket keys kept after the first instance was built", len(inheritedTicketKeys))
 	}
 }
+
+// TestUpgradeWithoutPIDFile: popgate upgrade with no PID file at the path
+// says what it needs and how to upgrade without one, not only that a file
+// is missing.
+func TestUpgradeWithoutPIDFile(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "popgate.pid")
+	var out, errb bytes.Buffer
+	err := cmdUpgrade([]string{"-pid-file", pidFile}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "popgate run -pid-file "+pidFile) || !strings.Contains(err.Error(), "SIGUSR2") {
+		t.Errorf("popgate upgrade without a PID file: %v; want the -pid-file popgate run needs and SIGUSR2", err)
+	}
+}
