@@ -31,9 +31,7 @@ func TestAttack7FleetUpgradeKick(t *testing.T) {
 	fleetList(t, p, f.token, 1)
 
 	p.signal(syscall.SIGUSR2)
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid := int(handed["new_pid"].(float64))
-	killLater(t, pid)
+	pid := p.handedOver()
 	// The new process registers too: both are listed, whichever wrote
 	// last.
 	time.Sleep(6 * time.Second) // a refresh of both
@@ -69,17 +67,9 @@ func TestAttack7FleetUpgradeKick(t *testing.T) {
 	if !closedByProxy(bob) {
 		t.Error("alice's session on the new process survived the kick")
 	}
-	select {
-	case <-p.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the old process did not exit once its last session ended")
-	}
+	p.waitExited() // once its last session ended
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the new process did not exit after SIGTERM")
-	}
+	p.wait() // the new processes too: they hold its log
 }

@@ -196,6 +196,15 @@ func TestAttack8SignalAfterHandover(t *testing.T) {
 	if b, _ := os.ReadFile(r.pidFile); string(b) != newPID {
 		t.Errorf("PID file after a SIGUSR2 to the old process: %q; want the new process's %q", b, newPID)
 	}
+	// A second signal is told the same, not that an upgrade is under
+	// way (none is).
+	sig <- syscall.SIGUSR2
+	for strings.Count(logs.String(), "upgrade signal ignored") < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := logs.String(); strings.Count(s, "has handed over") != 2 {
+		t.Errorf("two SIGUSR2 after the handover: log %q; want both ignored because this process has handed over", s)
+	}
 }
 
 // TestAttack8ShutdownDuringUpgrade: a SIGTERM while the new process

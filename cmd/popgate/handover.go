@@ -529,11 +529,8 @@ func (r *runner) upgrade(ctx context.Context) error {
 		// The ready line and no more: a process that writes without
 		// end is not buffered.
 		line, err := bufio.NewReader(io.LimitReader(pr, int64(len(readyLine)))).ReadString('\n')
-		switch {
-		case line != "" && line != readyLine:
+		if line != "" && line != readyLine {
 			err = garbled
-		case err == nil && line != readyLine:
-			err = fmt.Errorf("unexpected %q", line)
 		}
 		ready <- err
 	}()
@@ -551,6 +548,9 @@ func (r *runner) upgrade(ctx context.Context) error {
 		}
 		return why
 	}
+	exitedEarly := func(werr error) error {
+		return fmt.Errorf("the new process exited before it served (%v); its log lines above say why", werr)
+	}
 	timer := time.NewTimer(upgradeTimeout)
 	defer timer.Stop()
 	select {
@@ -563,13 +563,13 @@ func (r *runner) upgrade(ctx context.Context) error {
 			// own log says why) or is about to.
 			select {
 			case werr := <-exited:
-				return fmt.Errorf("the new process exited before it served (%v); its log lines above say why", werr)
+				return exitedEarly(werr)
 			case <-time.After(10 * time.Second):
 				return fail(errors.New("the new process closed its ready pipe without serving"))
 			}
 		}
 	case werr := <-exited:
-		return fmt.Errorf("the new process exited before it served (%v); its log lines above say why", werr)
+		return exitedEarly(werr)
 	case <-timer.C:
 		return fail(fmt.Errorf("the new process did not serve within %v", upgradeTimeout))
 	case <-ctx.Done():
@@ -722,7 +722,9 @@ func (r *runner) watchUpgrades(ctx context.Context, sig <-chan os.Signal) {
 				// after setting this, and the drain has not begun
 				// yet: a second upgrade would start a second new
 				// process, and its failure would write this
-				// process's PID over the new one's.
+				// process's PID over the new one's. The mark
+				// goes again: a later signal is told the same.
+				r.upgradeBusy.Store(false)
 				r.log.Warn("upgrade signal ignored", "reason", "this process has handed over and drains; signal the new one")
 				continue
 			}

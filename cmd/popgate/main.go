@@ -288,6 +288,11 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		log = log.With("node", node)
 	}
 	r, err := prepare(c, log)
+	// The first instance has taken the inherited ticket keys, or had no
+	// TLS listener to take them for: not kept in memory, nor given to the
+	// key source a later reload builds, which would take them as new.
+	clear(inheritedTicketKeys)
+	inheritedTicketKeys = nil
 	if err != nil {
 		return err
 	}

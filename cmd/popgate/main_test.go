@@ -238,21 +238,31 @@ func (s *logSink) String() string {
 	return s.buf.String()
 }
 
-// records returns the JSON log lines whose msg is msg.
+// records returns the JSON log lines whose msg is msg, and fails t for
+// every line that is not JSON.
 func (s *logSink) records(t *testing.T, msg string) []map[string]any {
 	t.Helper()
-	var recs []map[string]any
+	recs, plain := s.jsonRecords(msg)
+	for _, line := range plain {
+		t.Errorf("log line %q is not JSON", line)
+	}
+	return recs
+}
+
+// jsonRecords returns the JSON log lines whose msg is msg, and the lines
+// that are not JSON.
+func (s *logSink) jsonRecords(msg string) (recs []map[string]any, plain []string) {
 	for _, line := range strings.Split(strings.TrimSpace(s.String()), "\n") {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
-			t.Errorf("log line %q is not JSON: %v", line, err)
+			plain = append(plain, line)
 			continue
 		}
 		if rec["msg"] == msg {
 			recs = append(recs, rec)
 		}
 	}
-	return recs
+	return recs, plain
 }
 
 // popClient is a minimal POP3 client.
@@ -355,12 +365,7 @@ func TestRunEndToEnd(t *testing.T) {
 		Password: pass,
 		Messages: [][]byte{pop3test.GenerateMessage(200_000), sample.Messages[1]},
 	}
-	backend := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{user: mbox}}
-	baddr, err := backend.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { backend.Close() })
+	_, baddr := mailboxesServer(t, map[string]*pop3test.Mailbox{user: mbox})
 
 	cert := writeTestCert(t, t.TempDir(), "mail", "mail.example.com")
 	path := writeConfig(t, fmt.Sprintf(`[log]
@@ -394,7 +399,7 @@ shutdown_timeout = "10s"
 
 [metrics]
 address = "127.0.0.1:0"
-`, cert.certFile, cert.keyFile, baddr.String()))
+`, cert.certFile, cert.keyFile, baddr))
 
 	logs := &logSink{listening: make(chan [2]string, 4)}
 	ctx, cancel := context.WithCancel(t.Context())
@@ -423,7 +428,7 @@ address = "127.0.0.1:0"
 	}
 
 	// What the backend itself answers, to compare byte for byte.
-	direct, err := net.Dial("tcp", baddr.String())
+	direct, err := net.Dial("tcp", baddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -170,13 +171,28 @@ func (p *process) waitListening(names ...string) {
 // omitted) and returns it.
 func (p *process) waitLog(msg string, n ...int) map[string]any {
 	p.t.Helper()
+	return p.waitRecord(msg, n, func() []map[string]any { return p.logs.records(p.t, msg) })
+}
+
+// waitPlainLog is waitLog for a log where lines that are not JSON (what
+// a process that failed to start wrote) are skipped.
+func (p *process) waitPlainLog(msg string, n int) map[string]any {
+	p.t.Helper()
+	return p.waitRecord(msg, []int{n}, func() []map[string]any {
+		recs, _ := p.logs.jsonRecords(msg)
+		return recs
+	})
+}
+
+func (p *process) waitRecord(msg string, n []int, records func() []map[string]any) map[string]any {
+	p.t.Helper()
 	want := 1
 	if len(n) > 0 {
 		want = n[0]
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if recs := p.logs.records(p.t, msg); len(recs) >= want {
+		if recs := records(); len(recs) >= want {
 			return recs[want-1]
 		}
 		if time.Now().After(deadline) {
@@ -184,7 +200,7 @@ func (p *process) waitLog(msg string, n ...int) map[string]any {
 		}
 		select {
 		case <-p.done:
-			if recs := p.logs.records(p.t, msg); len(recs) >= want {
+			if recs := records(); len(recs) >= want {
 				return recs[want-1]
 			}
 			p.t.Fatalf("popgate exited (%v) before logging %q; log:\n%s", p.err, msg, p.logs)
@@ -200,7 +216,8 @@ func (p *process) signal(sig syscall.Signal) {
 	}
 }
 
-// wait waits for the process to exit and returns its exit code.
+// wait waits for the process to exit, and every process that inherited
+// its log (the new ones of its upgrades), and returns its exit code.
 func (p *process) wait() int {
 	p.t.Helper()
 	select {
@@ -279,6 +296,23 @@ func parseMetrics(t *testing.T, body string) map[string]float64 {
 	return m
 }
 
+// readSlowly reads what c is sent into answer, 64 KiB at a time with a
+// pause after each, until answer holds upTo octets: a slow client, whose
+// session outlasts whatever happens meanwhile.
+func (c *popClient) readSlowly(answer *bytes.Buffer, upTo int, pause time.Duration) {
+	c.t.Helper()
+	buf := make([]byte, 64<<10)
+	for answer.Len() < upTo {
+		c.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
+		n, err := io.ReadFull(c.r, buf[:min(len(buf), upTo-answer.Len())])
+		answer.Write(buf[:n])
+		if err != nil {
+			c.t.Fatalf("RETR: %v after %d octets", err, answer.Len())
+		}
+		time.Sleep(pause)
+	}
+}
+
 // login logs in as user and returns the STAT answer.
 func (c *popClient) login(user, pass string) string {
 	c.t.Helper()
@@ -303,7 +337,14 @@ func mailbox(t *testing.T, msgs ...[]byte) string {
 // mailboxServer is mailbox, with the server, for what it saw.
 func mailboxServer(t *testing.T, msgs ...[]byte) (*pop3test.Server, string) {
 	t.Helper()
-	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: msgs}}}
+	return mailboxesServer(t, map[string]*pop3test.Mailbox{procUser: {Password: procPass, Messages: msgs}})
+}
+
+// mailboxesServer starts a pop3test backend holding boxes on loopback,
+// closed when the test ends, and returns it and its address.
+func mailboxesServer(t *testing.T, boxes map[string]*pop3test.Mailbox) (*pop3test.Server, string) {
+	t.Helper()
+	b := &pop3test.Server{Mailboxes: boxes}
 	addr, err := b.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -337,6 +378,36 @@ default = "mbox"
 [metrics]
 address = "127.0.0.1:0"
 `, addr, limits)
+}
+
+// oneTLSBackend is oneBackend with a POP3S listener "pop3s" serving
+// cert for localhost instead of the plaintext one.
+func oneTLSBackend(cert testCert, addr, limits string) string {
+	return fmt.Sprintf(`[log]
+format = "json"
+
+[[listen]]
+name = "pop3s"
+address = "127.0.0.1:0"
+tls = "implicit"
+
+[tls]
+default_server_name = "localhost"
+certificates = [{ cert = %q, key = %q }]
+
+[[backend]]
+name = "mbox"
+address = %q
+tls = "none"
+
+[route]
+default = "mbox"
+
+[limits]
+%s
+[metrics]
+address = "127.0.0.1:0"
+`, cert.certFile, cert.keyFile, addr, limits)
 }
 
 func messages(n int) [][]byte {
@@ -497,47 +568,18 @@ func TestProcessDrain(t *testing.T) {
 	const bob, bobPass = "bob", "b0b-PASSWORD-never-logged"
 	big := pop3test.GenerateMessage(4 << 20)
 	small := messages(1)[0]
-	b := &pop3test.Server{Mailboxes: map[string]*pop3test.Mailbox{
+	b, baddr := mailboxesServer(t, map[string]*pop3test.Mailbox{
 		procUser: {Password: procPass, Messages: [][]byte{big, small}},
 		bob:      {Password: bobPass, Messages: messages(2)},
-	}}
-	baddr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	})
 	cert := writeTestCert(t, t.TempDir(), "mail", "localhost")
 	// shutdown_timeout, login_timeout and failure_delay all outlast the
 	// test's own patience (60 s): only the sessions ending can end the
 	// drain in time.
-	path := writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-
-[tls]
-default_server_name = "localhost"
-certificates = [{ cert = %q, key = %q }]
-
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-
-[route]
-default = "mbox"
-
-[limits]
-shutdown_timeout = "10m"
+	path := writeConfig(t, oneTLSBackend(cert, baddr, `shutdown_timeout = "10m"
 login_timeout = "10m"
 failure_delay = "10m"
-
-[metrics]
-address = "127.0.0.1:0"
-`, cert.certFile, cert.keyFile, baddr))
+`))
 	p := startPopgate(t, path, "pop3s")
 	dial := func() *popClient {
 		t.Helper()
@@ -563,20 +605,7 @@ address = "127.0.0.1:0"
 	c.cmd("RETR 1")
 	want := append(dotStuff(big), ".\r\n"...)
 	var answer bytes.Buffer
-	buf := make([]byte, 64<<10)
-	slowRead := func(upTo int) {
-		t.Helper()
-		for answer.Len() < upTo {
-			c.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
-			n, err := io.ReadFull(c.r, buf[:min(len(buf), upTo-answer.Len())])
-			answer.Write(buf[:n])
-			if err != nil {
-				t.Fatalf("RETR: %v after %d octets", err, answer.Len())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	slowRead(1 << 20)
+	c.readSlowly(&answer, 1<<20, 50*time.Millisecond)
 	p.signal(syscall.SIGTERM)
 	p.waitLog("shutting down")
 
@@ -597,7 +626,7 @@ address = "127.0.0.1:0"
 	}
 	// The rest of the message arrives, all of it, then the commands
 	// after it are relayed as ever.
-	slowRead(len(want))
+	c.readSlowly(&answer, len(want), 50*time.Millisecond)
 	if !bytes.Equal(answer.Bytes(), want) {
 		t.Fatalf("RETR through the drain: %d octets, want the %d-octet message unchanged", answer.Len(), len(want))
 	}
@@ -759,40 +788,82 @@ func TestProcessAdminSessions(t *testing.T) {
 	}
 }
 
+// notifySocket collects what popgate sends to NOTIFY_SOCKET.
+type notifySocket struct {
+	path string
+	mu   sync.Mutex
+	msgs []string
+	read int // how many next has returned
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.msgs)
+}
+
+// next waits for the message after the last one next returned.
+func (n *notifySocket) next(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second) // against a hang
+	for {
+		n.mu.Lock()
+		if n.read < len(n.msgs) {
+			msg := n.msgs[n.read]
+			n.read++
+			n.mu.Unlock()
+			return msg
+		}
+		n.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatalf("no notification after %q", n.all())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestProcessSystemdNotify: under Type=notify, popgate says READY=1 once it
 // listens, RELOADING=1 then READY=1 around a reload (with the
 // MONOTONIC_USEC that Type=notify-reload wants), STOPPING=1 at the drain.
 func TestProcessSystemdNotify(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	next := func() string {
-		t.Helper()
-		conn.SetReadDeadline(time.Now().Add(60 * time.Second)) // against a hang
-		buf := make([]byte, 4096)
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("no notification: %v", err)
-		}
-		return string(buf[:n])
-	}
+	notes := listenNotify(t)
 	path := writeConfig(t, oneBackend(mailbox(t, messages(1)...), ""))
-	p := startPopgateEnv(t, path, []string{"NOTIFY_SOCKET=" + sock}, "plain")
-	if got := next(); !strings.HasPrefix(got, "READY=1\n") {
+	p := startPopgateEnv(t, path, []string{"NOTIFY_SOCKET=" + notes.path}, "plain")
+	if got := notes.next(t); !strings.HasPrefix(got, "READY=1\n") {
 		t.Errorf("first notification %q, want READY=1", got)
 	}
 	p.signal(syscall.SIGHUP)
-	if got := next(); !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=[1-9][0-9]*$`).MatchString(got) {
+	if got := notes.next(t); !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=[1-9][0-9]*$`).MatchString(got) {
 		t.Errorf("notification at a reload %q, want RELOADING=1 with MONOTONIC_USEC", got)
 	}
-	if got := next(); got != "READY=1\nSTATUS=serving; configuration reloaded" {
+	if got := notes.next(t); got != "READY=1\nSTATUS=serving; configuration reloaded" {
 		t.Errorf("notification after the reload %q", got)
 	}
 	p.signal(syscall.SIGTERM)
-	if got := next(); !strings.HasPrefix(got, "STOPPING=1\n") {
+	if got := notes.next(t); !strings.HasPrefix(got, "STOPPING=1\n") {
 		t.Errorf("notification at SIGTERM %q, want STOPPING=1", got)
 	}
 	if code := p.wait(); code != 0 {

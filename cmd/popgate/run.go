@@ -290,22 +290,21 @@ func (r *runner) shutdown(err error) error {
 	r.mu.Lock()
 	r.draining.Store(true)
 	upgraded := r.handedOver.Load()
-	r.mu.Unlock()
 	if upgraded {
 		// The new process serves the admin address and the ACME
 		// answerers from now on; here they would only answer
 		// "draining" and stale figures. No STOPPING=1: this process
 		// is not the service's main process any more, and the service
 		// goes on.
-		r.mu.Lock()
 		if r.adminLn != nil {
 			r.adminLn.stop()
 		}
 		if r.stopChall != nil {
 			r.stopChall()
 		}
-		r.mu.Unlock()
-	} else {
+	}
+	r.mu.Unlock()
+	if !upgraded {
 		r.notify(fmt.Sprintf("STOPPING=1\nSTATUS=draining %d sessions", r.srv.Sessions()))
 	}
 	grace := r.current().cfg.Limits.ShutdownTimeout

@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,8 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/proxy/pop3test"
+	"github.com/popgate/popgate/tlsconf"
+	"golang.org/x/sys/unix"
 )
 
 // upgradeVersion is the version of the binary an upgrade test moves to.
@@ -106,13 +109,8 @@ func loopMailboxes(boxes map[string]*pop3test.Mailbox, user, pass string, msg []
 // loopBackend starts a pop3test backend with loopMailboxes for user.
 func loopBackend(t *testing.T, user, pass string, msg []byte) string {
 	t.Helper()
-	b := &pop3test.Server{Mailboxes: loopMailboxes(map[string]*pop3test.Mailbox{}, user, pass, msg)}
-	addr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	return addr.String()
+	_, addr := mailboxesServer(t, loopMailboxes(map[string]*pop3test.Mailbox{}, user, pass, msg))
+	return addr
 }
 
 func startClientLoop(addr string, cfg *tls.Config, user, pass string, msg []byte, max int) *clientLoop {
@@ -227,35 +225,11 @@ func (l *clientLoop) session(user string) error {
 // backend, with a drain long enough that only the sessions ending can end
 // it within the test.
 func upgradeConfig(t *testing.T, cert testCert, backend string) string {
-	return writeConfig(t, fmt.Sprintf(`[log]
-format = "json"
-
-[[listen]]
-name = "pop3s"
-address = "127.0.0.1:0"
-tls = "implicit"
-
-[tls]
-default_server_name = "localhost"
-certificates = [{ cert = %q, key = %q }]
-
-[[backend]]
-name = "mbox"
-address = %q
-tls = "none"
-
-[route]
-default = "mbox"
-
-[limits]
-shutdown_timeout = "10m"
+	return writeConfig(t, oneTLSBackend(cert, backend, `shutdown_timeout = "10m"
 failure_delay = "0s"
 max_failures_per_ip = 0
 max_failures_per_user = 0
-
-[metrics]
-address = "127.0.0.1:0"
-`, cert.certFile, cert.keyFile, backend))
+`))
 }
 
 // servingVersion is the version popgate_build_info of the admin address
@@ -293,42 +267,6 @@ func logOnFailure(t *testing.T, p *process) {
 	})
 }
 
-// notifySocket collects what popgate sends to NOTIFY_SOCKET.
-type notifySocket struct {
-	path string
-	mu   sync.Mutex
-	msgs []string
-}
-
-func listenNotify(t *testing.T) *notifySocket {
-	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
-		}
-	}()
-	return n
-}
-
-func (n *notifySocket) all() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.msgs)
-}
-
 // resumed connects to addr with cfg (its ClientSessionCache keeps the
 // ticket), reads the greeting, which brings the TLS 1.3 session ticket
 // along, quits, and reports whether the handshake resumed a session.
@@ -350,6 +288,29 @@ func killLater(t *testing.T, pid int) {
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 }
 
+// handedOver waits for the n-th handover of an upgrade in p's log (n = 1
+// when omitted) and returns the PID of the new process, which is ended
+// when the test ends if it still runs.
+func (p *process) handedOver(n ...int) int {
+	p.t.Helper()
+	rec := p.waitLog("upgrade: the new process serves; this one stops accepting and drains", n...)
+	pid := int(rec["new_pid"].(float64))
+	killLater(p.t, pid)
+	return pid
+}
+
+// waitExited is wait for the process itself: it does not wait for the
+// new processes of its upgrades, which hold its log open.
+func (p *process) waitExited() int {
+	p.t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(60 * time.Second):
+		p.t.Fatalf("popgate (pid %d) did not exit; log:\n%s", p.cmd.Process.Pid, p.logs)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
 // TestProcessUpgrade: SIGUSR2 with a new binary installed over the old
 // one. A client loop logs in and RETRs throughout: no session is refused,
 // reset or fails. A session in the middle of a slow RETR on the old
@@ -361,14 +322,9 @@ func TestProcessUpgrade(t *testing.T) {
 	big := pop3test.GenerateMessage(4 << 20)
 	small := messages(1)[0]
 	const slowUser, slowPass = "bob", "b0b-PASSWORD-never-logged"
-	b := &pop3test.Server{Mailboxes: loopMailboxes(map[string]*pop3test.Mailbox{
+	_, baddr := mailboxesServer(t, loopMailboxes(map[string]*pop3test.Mailbox{
 		slowUser: {Password: slowPass, Messages: [][]byte{big}},
-	}, procUser, procPass, small)}
-	baddr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	}, procUser, procPass, small))
 	dir := t.TempDir()
 	cert := writeTestCert(t, dir, "mail", "localhost")
 	exe := filepath.Join(dir, "popgate")
@@ -377,7 +333,7 @@ func TestProcessUpgrade(t *testing.T) {
 	pidFile := filepath.Join(dir, "popgate.pid")
 	// What systemd would hear, from every process.
 	notes := listenNotify(t)
-	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr.String()), "-pid-file", pidFile),
+	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", upgradeConfig(t, cert, baddr), "-pid-file", pidFile),
 		[]string{"NOTIFY_SOCKET=" + notes.path}, "pop3s")
 	logOnFailure(t, p)
 	tcfg := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost"}
@@ -395,20 +351,7 @@ func TestProcessUpgrade(t *testing.T) {
 	slow.cmd("RETR 1")
 	want := append(dotStuff(big), ".\r\n"...)
 	var answer bytes.Buffer
-	buf := make([]byte, 64<<10)
-	slowRead := func(upTo int) {
-		t.Helper()
-		for answer.Len() < upTo {
-			slow.c.SetDeadline(time.Now().Add(30 * time.Second)) // against a hang
-			n, err := io.ReadFull(slow.r, buf[:min(len(buf), upTo-answer.Len())])
-			answer.Write(buf[:n])
-			if err != nil {
-				t.Fatalf("RETR: %v after %d octets", err, answer.Len())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	slowRead(1 << 20)
+	slow.readSlowly(&answer, 1<<20, 20*time.Millisecond)
 
 	// A client with a session ticket from the old process.
 	resumer := &tls.Config{RootCAs: cert.pool(), ServerName: "localhost", ClientSessionCache: tls.NewLRUClientSessionCache(4)}
@@ -423,9 +366,7 @@ func TestProcessUpgrade(t *testing.T) {
 	installBinary(t, newer, exe)
 	// The operator's command: it returns once the new process serves.
 	out, err := exec.Command(exe, "upgrade", "-pid-file", pidFile).CombinedOutput()
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid2 := int(handed["new_pid"].(float64))
-	killLater(t, pid2)
+	pid2 := p.handedOver()
 	if err != nil || !strings.Contains(string(out), fmt.Sprintf("upgraded: pid %d serves; pid %d finishes", pid2, p.cmd.Process.Pid)) {
 		t.Errorf("popgate upgrade: %v\n%s", err, out)
 	}
@@ -449,9 +390,7 @@ func TestProcessUpgrade(t *testing.T) {
 	if err := syscall.Kill(pid2, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	handed = p.waitLog("upgrade: the new process serves; this one stops accepting and drains", 2)
-	pid3 := int(handed["new_pid"].(float64))
-	killLater(t, pid3)
+	pid3 := p.handedOver(2)
 	loop.waitFor(t, 5)
 
 	// The old process still holds the slow session: all of the message
@@ -461,20 +400,15 @@ func TestProcessUpgrade(t *testing.T) {
 		t.Fatalf("the old process exited with a session open (%v)", p.err)
 	default:
 	}
-	slowRead(len(want))
+	slow.readSlowly(&answer, len(want), 20*time.Millisecond)
 	if !bytes.Equal(answer.Bytes(), want) {
 		t.Fatalf("RETR through the upgrade: %d octets, want the %d-octet message unchanged", answer.Len(), len(want))
 	}
 	if line := slow.cmd("QUIT"); !strings.HasPrefix(line, "+OK") {
 		t.Errorf("QUIT after the upgrade: %q", line)
 	}
-	select {
-	case <-p.exited:
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("old process exit code %d, want 0", code)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the old process did not exit after its last session")
+	if code := p.waitExited(); code != 0 {
+		t.Errorf("old process exit code %d, want 0", code)
 	}
 	loop.waitFor(t, 5)
 	loop.stop(t)
@@ -491,11 +425,7 @@ func TestProcessUpgrade(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("the new processes did not exit after SIGTERM")
-	}
+	p.wait() // the new processes too: they hold its log
 	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
 		t.Errorf("pid file left behind after the last process exited: %v", err)
 	}
@@ -517,29 +447,6 @@ func TestProcessUpgrade(t *testing.T) {
 	checkLogs(t, p.logs)
 	if strings.Contains(p.logs.String(), slowPass) || strings.Contains(p.logs.String(), procPass) {
 		t.Errorf("the log contains a password")
-	}
-}
-
-// waitPlainLog is waitLog for a log where lines that are not JSON (what
-// a process that failed to start wrote) are skipped.
-func (p *process) waitPlainLog(msg string, n int) map[string]any {
-	p.t.Helper()
-	deadline := time.Now().Add(60 * time.Second) // against a hang
-	for {
-		var recs []map[string]any
-		for line := range strings.Lines(p.logs.String()) {
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-				recs = append(recs, rec)
-			}
-		}
-		if len(recs) >= n {
-			return recs[n-1]
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("no %d× %q in the log", n, msg)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -698,12 +605,7 @@ func TestProcessUpgradeIdleSessions(t *testing.T) {
 	for i := range idle {
 		boxes[fmt.Sprintf("idle%d", i)] = &pop3test.Mailbox{Password: procPass, Messages: messages(1)}
 	}
-	b := &pop3test.Server{Mailboxes: boxes}
-	baddr, err := b.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	_, baddr := mailboxesServer(t, boxes)
 	dir := t.TempDir()
 	exe := filepath.Join(dir, "popgate")
 	installBinary(t, popgateBinary(t), exe)
@@ -730,7 +632,7 @@ max_connections_per_ip = 0
 
 [metrics]
 address = "127.0.0.1:0"
-`, baddr.String()))
+`, baddr))
 	p := startPopgateCmd(t, exec.Command(exe, "run", "-config", path), nil, "plain")
 	logOnFailure(t, p)
 	old := p.cmd.Process.Pid
@@ -758,20 +660,13 @@ address = "127.0.0.1:0"
 	}
 
 	p.signal(syscall.SIGUSR2)
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid := int(handed["new_pid"].(float64))
-	killLater(t, pid)
+	pid := p.handedOver()
 	// The new process: about what the old one had before its sessions.
 	if n := fdCount(t, pid); n > before+20 {
 		t.Errorf("new process holds %d descriptors, the old one %d before its %d sessions: it inherited more than the listeners", n, before, idle)
 	}
-	select {
-	case <-p.exited:
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("old process exit code %d", code)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the old process did not exit after shutdown_timeout")
+	if code := p.waitExited(); code != 0 {
+		t.Errorf("old process exit code %d", code)
 	}
 	p.waitLog("shutdown grace period over; closed remaining sessions")
 	for i, r := range conns {
@@ -790,11 +685,7 @@ address = "127.0.0.1:0"
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the new process did not exit after SIGTERM")
-	}
+	p.wait() // the new processes too: they hold its log
 	checkLogs(t, p.logs)
 }
 
@@ -852,9 +743,7 @@ address = "127.0.0.1:0"
 	p := startPopgate(t, path, "plain", "pp", "pop3s")
 	logOnFailure(t, p)
 	p.signal(syscall.SIGUSR2)
-	handed := p.waitLog("upgrade: the new process serves; this one stops accepting and drains")
-	pid := int(handed["new_pid"].(float64))
-	killLater(t, pid)
+	pid := p.handedOver()
 	var got []string
 	for _, rec := range p.logs.records(t, "serving an inherited socket") {
 		got = append(got, rec["socket"].(string))
@@ -866,13 +755,8 @@ address = "127.0.0.1:0"
 	if !slices.Equal(got, want) {
 		t.Errorf("inherited sockets %q, want %q", got, want)
 	}
-	select { // the old process, without sessions
-	case <-p.exited:
-		if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("old process exit code %d", code)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the old process did not exit")
+	if code := p.waitExited(); code != 0 { // the old process, without sessions
+		t.Errorf("old process exit code %d", code)
 	}
 
 	c := p.dial("plain")
@@ -900,5 +784,74 @@ address = "127.0.0.1:0"
 	}
 	if code := p.wait(); code != 0 {
 		t.Errorf("exit code %d", code)
+	}
+}
+
+// TestUpgradeTicketKeysNotKept: the session ticket keys a process gets
+// from the one it replaces seed its first key source only. They stayed in
+// a package variable for the life of the process, and a reload that built
+// a key source anew (the first TLS listener of a configuration that had
+// none) took them again as if just handed over.
+func TestUpgradeTicketKeysNotKept(t *testing.T) {
+	dup := func(f *os.File) int {
+		t.Helper()
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readyR.Close()
+	keysR, keysW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := tlsconf.TicketKey{Made: time.Now().Add(-time.Minute)}
+	key.Key[0] = 1
+	keysW.Write(encodeTicketKeys([]tlsconf.TicketKey{key}))
+	keysW.Close()
+	// As the parent of an upgrade hands them over; the process that runs
+	// popgate here is this test's, whose parent is os.Getppid().
+	spec, err := json.Marshal(upgradeSpec{Ready: dup(readyW), Tickets: dup(keysR), Parent: os.Getppid()})
+	// popgate run owns the duplicates now: should it fail before it
+	// serves, the ready pipe ends and says so.
+	readyW.Close()
+	keysR.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(upgradeEnv, string(spec))
+	// No TLS listener: the keys have no key source to go to.
+	path := writeConfig(t, oneBackend(mailbox(t, messages(1)...), ""))
+	logs := &logSink{listening: make(chan [2]string, 4)}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- mainContext(ctx, []string{"run", "-config", path}, io.Discard, logs) }()
+	if line, err := bufio.NewReader(readyR).ReadString('\n'); line != readyLine {
+		t.Fatalf("ready pipe: %q %v; log:\n%s", line, err, logs)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("run after cancel = %d, want 0; log:\n%s", code, logs)
+	}
+	if len(inheritedTicketKeys) != 0 {
+		t.Errorf("%d inherited session ticket keys kept after the first instance was built", len(inheritedTicketKeys))
+	}
+}
+
+// TestUpgradeWithoutPIDFile: popgate upgrade with no PID file at the path
+// says what it needs and how to upgrade without one, not only that a file
+// is missing.
+func TestUpgradeWithoutPIDFile(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "popgate.pid")
+	var out, errb bytes.Buffer
+	err := cmdUpgrade([]string{"-pid-file", pidFile}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "popgate run -pid-file "+pidFile) || !strings.Contains(err.Error(), "SIGUSR2") {
+		t.Errorf("popgate upgrade without a PID file: %v; want the -pid-file popgate run needs and SIGUSR2", err)
 	}
 }

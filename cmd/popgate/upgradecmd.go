@@ -84,6 +84,9 @@ func cmdUpgrade(args []string, stdout, stderr io.Writer) error {
 		return errors.New("upgrade: no arguments besides the flags")
 	}
 	old, err := readPIDFile(*pidFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: is popgate running, started as popgate run -pid-file %s? Without a PID file, send SIGUSR2 to its process (docs/operations.md, Upgrading)", err, *pidFile)
+	}
 	if err != nil {
 		return err
 	}
