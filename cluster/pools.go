@@ -1,0 +1,539 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/popgate/popgate/pool"
+)
+
+// PoolRetry is how long a replica keeps the affinities of pool users on
+// its own state after Redis failed before it asks Redis again, so that
+// not every login pays a dead Redis's timeout.
+const PoolRetry = 2 * time.Second
+
+// maxPoolEntry bounds an affinity's sealed value; maxPoolAdmin the
+// operator's changes. Anything larger is not this fleet's.
+const (
+	maxPoolEntry = 4 << 10
+	maxPoolAdmin = 1 << 20
+)
+
+// PoolStore keeps the affinities of pool users in Redis (pool.Store), so
+// that every replica sends a user to the same backend, also while the
+// pool changes.
+//
+// An affinity is one key, <prefix>{pool:<hash>}, named by a keyed hash
+// of the pool and the folded user name, holding the sealed backend, pool
+// and user (the names, for the operator's list). Its expiry is the
+// affinity's end: a replica with a session of the user pushes it to at
+// least hold ahead (three heartbeats) every heartbeat, and when its last
+// session of the user ends, to at least affinity_ttl ahead; only PEXPIRE
+// GT is used, so that no replica shortens another's hold. A replica that
+// dies with sessions lets their hold run out. A user's first login
+// writes the key with SET NX: replicas that race agree on whichever came
+// first.
+//
+// When Redis fails, or holds what does not open, the replica assigns on
+// its own memory (the same hash, so the same backend unless an affinity
+// or a health view differs), logged once per outage and counted in
+// popgate_cluster_fallbacks_total{feature="pools"}.
+type PoolStore struct {
+	c         *Cluster
+	local     *pool.MemoryStore
+	heartbeat time.Duration
+	hold      time.Duration
+
+	mu       sync.Mutex
+	leases   map[string]*lease // this replica's sessions, by key
+	down     bool
+	retryAt  time.Time
+	unusable map[string]bool // keys logged as unusable
+}
+
+// lease is this replica's sessions of one user.
+type lease struct {
+	pool, backend string
+	val           []byte // the sealed affinity, to write again if it vanished
+	n             int
+}
+
+// NewPoolStore returns the fleet's affinity store. heartbeat is how often
+// the affinities of users with a session are renewed.
+func (c *Cluster) NewPoolStore(heartbeat time.Duration) *PoolStore {
+	s := &PoolStore{c: c, local: pool.NewMemoryStore(nil), heartbeat: heartbeat, hold: 3 * heartbeat,
+		leases: map[string]*lease{}, unusable: map[string]bool{}}
+	c.background(s.renew)
+	return s
+}
+
+// poolEntry is an affinity's sealed value.
+type poolEntry struct {
+	Backend string `json:"b"`
+	Pool    string `json:"p"`
+	User    string `json:"u"`
+}
+
+func (s *PoolStore) name(pool, user string) string {
+	return s.c.key("{pool:" + s.c.hashName("pool", pool+"\x00"+user) + "}")
+}
+
+// getExtendScript returns the affinity and pushes its end to at least
+// ARGV[1] ms ahead, in one round trip.
+var getExtendScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('PEXPIRE', KEYS[1], ARGV[1], 'GT') end
+return v
+`)
+
+// renewScript pushes an affinity's end to at least ARGV[1] ms ahead, or
+// writes it again (ARGV[2]) when it vanished: Redis lost it (a restart
+// without persistence, a failover) while the user has a session here.
+var renewScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1], 'NX')
+end
+return redis.call('PEXPIRE', KEYS[1], ARGV[1], 'GT')
+`)
+
+// try reports whether to ask Redis now; false while backing off.
+func (s *PoolStore) try() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.down {
+		return true
+	}
+	now := time.Now()
+	if now.Before(s.retryAt) {
+		return false
+	}
+	s.retryAt = now.Add(PoolRetry)
+	return true
+}
+
+// failed records a Redis failure: the next PoolRetry works locally.
+func (s *PoolStore) failed(err error) {
+	s.c.done(err)
+	s.mu.Lock()
+	s.down, s.retryAt = true, time.Now().Add(PoolRetry)
+	s.mu.Unlock()
+}
+
+func (s *PoolStore) ok() {
+	s.c.done(nil)
+	s.mu.Lock()
+	s.down = false
+	s.mu.Unlock()
+}
+
+// refuse logs, once per key, an entry that cannot be used.
+func (s *PoolStore) refuse(key, msg string, err error) {
+	s.mu.Lock()
+	seen := s.unusable[key]
+	if !seen && len(s.unusable) < maxUnusable {
+		s.unusable[key] = true
+	}
+	s.mu.Unlock()
+	if !seen {
+		s.c.log.Error("cluster: unusable pool affinity in Redis; replacing it", "key", key, "problem", msg, "err", err)
+	}
+}
+
+// read opens a raw affinity of key; ok false logs why it is unusable.
+func (s *PoolStore) read(key string, raw []byte, a pool.Acquire) (string, bool) {
+	if len(raw) > maxPoolEntry {
+		s.refuse(key, fmt.Sprintf("%d bytes, more than an affinity", len(raw)), nil)
+		return "", false
+	}
+	plain, err := s.c.open(key, raw)
+	if err != nil {
+		s.refuse(key, "does not open", err)
+		return "", false
+	}
+	var e poolEntry
+	if err := json.Unmarshal(plain, &e); err != nil || e.Pool != a.Pool || e.User != a.User || e.Backend == "" {
+		s.refuse(key, "not an affinity of this key's user", err)
+		return "", false
+	}
+	return e.Backend, true
+}
+
+func (s *PoolStore) seal(key, backend, poolName, user string) []byte {
+	plain, _ := json.Marshal(poolEntry{Backend: backend, Pool: poolName, User: user})
+	return s.c.seal(key, plain)
+}
+
+// Acquire implements pool.Store.
+func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, string, error) {
+	if !s.try() {
+		s.c.Fallback("pools")
+		return s.local.Acquire(ctx, a)
+	}
+	key := s.name(a.Pool, a.User)
+	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
+	defer cancel()
+	b, hit, prev, err := s.acquire(ctx, key, a)
+	if err != nil {
+		s.failed(err)
+		s.c.Fallback("pools")
+		return s.local.Acquire(context.Background(), a)
+	}
+	s.ok()
+	if b != "" {
+		s.mu.Lock()
+		l := s.leases[key]
+		if l == nil || l.backend != b {
+			l = &lease{pool: a.Pool, backend: b, val: s.seal(key, b, a.Pool, a.User)}
+			s.leases[key] = l
+		}
+		l.n++
+		s.mu.Unlock()
+	}
+	return b, hit, prev, nil
+}
+
+func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (string, bool, string, error) {
+	var prev string
+	for try := 0; ; try++ {
+		raw, err := getExtendScript.Run(ctx, s.c.client, []string{key}, s.hold.Milliseconds()).Text()
+		exists := err == nil
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil && isWrongType(err):
+			s.refuse(key, "not a string", err)
+			exists = true
+		case err != nil:
+			return "", false, "", err
+		default:
+			if b, ok := s.read(key, []byte(raw), a); ok {
+				if a.Keep(b) {
+					return b, true, "", nil
+				}
+				prev = b
+			}
+		}
+		b := a.Choose()
+		if b == "" {
+			return "", false, prev, nil
+		}
+		val := s.seal(key, b, a.Pool, a.User)
+		if exists {
+			// An affinity that no longer holds (or no affinity at
+			// all) is replaced: every replica that finds it so
+			// chooses alike.
+			err = s.c.client.Set(ctx, key, val, s.hold).Err()
+			return b, false, prev, err
+		}
+		set, err := s.c.client.SetNX(ctx, key, val, s.hold).Result()
+		if err != nil || set || try > 0 {
+			return b, false, prev, err
+		}
+		// Another replica assigned the user meanwhile: take its answer.
+	}
+}
+
+func isWrongType(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && len(re.Error()) >= 9 && re.Error()[:9] == "WRONGTYPE"
+}
+
+// Release implements pool.Store.
+func (s *PoolStore) Release(poolName, user, backend string, ttl time.Duration, fresh bool) {
+	s.local.Release(poolName, user, backend, ttl, fresh)
+	key := s.name(poolName, user)
+	s.mu.Lock()
+	l := s.leases[key]
+	if l == nil || l.backend != backend {
+		s.mu.Unlock()
+		return // a session of the fallback, or of an old affinity
+	}
+	l.n--
+	last := l.n <= 0
+	if last {
+		delete(s.leases, key)
+	}
+	s.mu.Unlock()
+	if !last || fresh || ttl <= 0 || !s.try() {
+		return
+	}
+	ctx, cancel := s.c.ctx()
+	defer cancel()
+	// A session that never logged in leaves its affinity to run out
+	// with its hold: deleting it could take it from under another
+	// replica's session of the user that found it meanwhile.
+	if err := s.c.client.Do(ctx, "PEXPIRE", key, ttl.Milliseconds(), "GT").Err(); err != nil {
+		s.failed(err)
+		return
+	}
+	s.ok()
+}
+
+// renew pushes the end of the affinities of users with a session here
+// forward, every heartbeat.
+func (s *PoolStore) renew(ctx context.Context) {
+	t := time.NewTicker(s.heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		keys := make([]string, 0, len(s.leases))
+		vals := make([][]byte, 0, len(s.leases))
+		for k, l := range s.leases {
+			keys = append(keys, k)
+			vals = append(vals, l.val)
+		}
+		s.mu.Unlock()
+		if len(keys) == 0 || !s.try() {
+			continue
+		}
+		octx, cancel := s.c.ctx()
+		_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
+			for i, k := range keys {
+				renewScript.Run(octx, p, []string{k}, s.hold.Milliseconds(), vals[i])
+			}
+			return nil
+		})
+		cancel()
+		if err != nil {
+			s.failed(err)
+		} else {
+			s.ok()
+		}
+	}
+}
+
+// Set implements pool.Store: an operator's move, on every replica.
+func (s *PoolStore) Set(ctx context.Context, poolName, user, backend string, ttl time.Duration) error {
+	s.local.Set(ctx, poolName, user, backend, ttl)
+	key := s.name(poolName, user)
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout+2*ioTimeout)
+	defer cancel()
+	var err error
+	if backend == "" {
+		err = s.c.client.Del(ctx, key).Err()
+	} else {
+		err = s.c.client.Set(ctx, key, s.seal(key, backend, poolName, user), max(ttl, s.hold)).Err()
+	}
+	s.c.done(err)
+	if err != nil {
+		return fmt.Errorf("cluster: the move is not stored in Redis, so other replicas do not know it: %w", err)
+	}
+	return nil
+}
+
+// maxPoolListed bounds the affinities Users reads.
+const maxPoolListed = 1_000_000
+
+// Users implements pool.Store: a scan of every affinity in Redis.
+func (s *PoolStore) Users(ctx context.Context, poolName string) (map[string][]string, string) {
+	users := map[string][]string{}
+	var keys []string
+	scan := func(ctx context.Context, c *redis.Client) error {
+		it := c.Scan(ctx, 0, s.c.key("{pool:*"), 1000).Iterator()
+		for it.Next(ctx) {
+			if len(keys) >= maxPoolListed {
+				return errors.New("too many affinities to list")
+			}
+			keys = append(keys, it.Val())
+		}
+		return it.Err()
+	}
+	var err error
+	var mu sync.Mutex
+	switch cl := s.c.client.(type) {
+	case *redis.ClusterClient:
+		err = cl.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return scan(ctx, c)
+		})
+	case *redis.Client:
+		err = scan(ctx, cl)
+	default:
+		err = errors.New("unknown Redis client")
+	}
+	if err != nil {
+		s.c.done(err)
+		return users, "the affinities in Redis could not all be read: " + err.Error()
+	}
+	cmds, err := s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		s.c.done(err)
+		return users, "the affinities in Redis could not all be read: " + err.Error()
+	}
+	for i, c := range cmds {
+		raw, err := c.(*redis.StringCmd).Bytes()
+		if err != nil || len(raw) > maxPoolEntry {
+			continue
+		}
+		plain, err := s.c.open(keys[i], raw)
+		if err != nil {
+			continue
+		}
+		var e poolEntry
+		if json.Unmarshal(plain, &e) == nil && e.Pool == poolName && s.name(e.Pool, e.User) == keys[i] {
+			users[e.Backend] = append(users[e.Backend], e.User)
+		}
+	}
+	return users, ""
+}
+
+// Sessions implements pool.Store: this replica's sessions.
+func (s *PoolStore) Sessions() map[string]map[string]int {
+	out := s.local.Sessions()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.leases {
+		if out[l.pool] == nil {
+			out[l.pool] = map[string]int{}
+		}
+		out[l.pool][l.backend] += l.n
+	}
+	return out
+}
+
+// PoolAdmin keeps the operator's changes to the pools in Redis
+// (pool.AdminStore): one sealed key, <prefix>pools:admin, so that a drain
+// made through one replica holds on every one. Replicas read it every
+// few seconds ([Cluster.WatchPools]).
+type PoolAdmin struct {
+	c       *Cluster
+	mu      sync.Mutex
+	refused bool
+}
+
+// PoolAdmin returns the store of the operator's changes to the pools.
+func (c *Cluster) PoolAdmin() *PoolAdmin { return &PoolAdmin{c: c} }
+
+func (a *PoolAdmin) key() string { return a.c.key("pools:admin") }
+
+func (a *PoolAdmin) decode(raw []byte) (pool.Overrides, error) {
+	if len(raw) > maxPoolAdmin {
+		return nil, fmt.Errorf("%d bytes, more than the pools' changes can be", len(raw))
+	}
+	plain, err := a.c.open(a.key(), raw)
+	if err != nil {
+		return nil, err
+	}
+	o := pool.Overrides{}
+	if err := json.Unmarshal(plain, &o); err != nil {
+		return nil, fmt.Errorf("not the pools' changes: %w", err)
+	}
+	return o, nil
+}
+
+// Load implements pool.AdminStore.
+func (a *PoolAdmin) Load(ctx context.Context) (pool.Overrides, error) {
+	raw, err := a.c.client.Get(ctx, a.key()).Bytes()
+	if errors.Is(err, redis.Nil) {
+		a.c.done(nil)
+		return pool.Overrides{}, nil
+	}
+	a.c.done(err)
+	if err != nil {
+		return nil, err
+	}
+	o, err := a.decode(raw)
+	a.mu.Lock()
+	first := err != nil && !a.refused
+	a.refused = err != nil
+	a.mu.Unlock()
+	if first {
+		a.c.log.Error("cluster: the pools' changes in Redis are unusable; keeping the last ones read (popgate pool reset POOL writes them anew)", "key", a.key(), "err", err)
+	}
+	return o, err
+}
+
+// Update implements pool.AdminStore, with WATCH: replicas that change the
+// pools at once each see the other's change.
+func (a *PoolAdmin) Update(ctx context.Context, f func(pool.Overrides) error) (pool.Overrides, error) {
+	key := a.key()
+	var out pool.Overrides
+	for range 5 {
+		err := a.c.client.Watch(ctx, func(tx *redis.Tx) error {
+			raw, err := tx.Get(ctx, key).Bytes()
+			o := pool.Overrides{}
+			switch {
+			case errors.Is(err, redis.Nil):
+			case err != nil:
+				return err
+			default:
+				if o, err = a.decode(raw); err != nil {
+					// Unusable: the change starts over from none, which
+					// is what a reset asks for.
+					a.c.log.Error("cluster: the pools' changes in Redis are unusable; writing them anew", "key", key, "err", err)
+					o = pool.Overrides{}
+				}
+			}
+			if err := f(o); err != nil {
+				return &opError{err}
+			}
+			plain, err := json.Marshal(o)
+			if err != nil {
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.Set(ctx, key, a.c.seal(key, plain), 0)
+				return nil
+			})
+			out = o
+			return err
+		}, key)
+		var oe *opError
+		switch {
+		case errors.As(err, &oe):
+			return nil, oe.err
+		case errors.Is(err, redis.TxFailedErr):
+			continue
+		case err != nil:
+			a.c.done(err)
+			return nil, fmt.Errorf("cluster: Redis is unreachable; the change was not made (it must reach every replica): %w", err)
+		}
+		a.c.done(nil)
+		return out, nil
+	}
+	return nil, errors.New("cluster: the pools changed on other replicas five times meanwhile; try again")
+}
+
+// opError is the operation's own refusal inside a WATCH.
+type opError struct{ err error }
+
+func (e *opError) Error() string { return e.err.Error() }
+
+// PoolRefresh is how often a replica reads the operator's changes to the
+// pools from Redis.
+const PoolRefresh = 2 * time.Second
+
+// WatchPools reads the operator's changes to the pools into d every
+// PoolRefresh until Close; with Redis failing, d keeps what it had.
+func (c *Cluster) WatchPools(d *pool.Director) {
+	c.background(func(ctx context.Context) {
+		t := time.NewTicker(PoolRefresh)
+		defer t.Stop()
+		for {
+			octx, cancel := c.ctx()
+			d.Refresh(octx)
+			cancel()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+}
