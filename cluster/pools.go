@@ -393,16 +393,20 @@ func (s *PoolStore) Users(ctx context.Context, poolName string) (map[string][]st
 	return users, ""
 }
 
-// Sessions implements pool.Store: this replica's sessions.
-func (s *PoolStore) Sessions() map[string]map[string]int {
-	out := s.local.Sessions()
+// Counts implements pool.Store: this replica's sessions, and the users
+// it has a session of (the fleet's users are counted by a scan, Users).
+func (s *PoolStore) Counts() map[string]map[string]pool.Count {
+	out := s.local.Counts()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.leases {
 		if out[l.pool] == nil {
-			out[l.pool] = map[string]int{}
+			out[l.pool] = map[string]pool.Count{}
 		}
-		out[l.pool][l.backend] += l.n
+		c := out[l.pool][l.backend]
+		c.Users++
+		c.Sessions += l.n
+		out[l.pool][l.backend] = c
 	}
 	return out
 }

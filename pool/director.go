@@ -431,7 +431,9 @@ type BackendStatus struct {
 	Drained    bool     `json:"drained"`
 	Down       bool     `json:"down"`
 	Override   Override `json:"override"`
-	// Sessions are this replica's; Users those whose affinity holds.
+	// Sessions are this replica's. Users are those whose affinity holds,
+	// listed when asked for; NUsers counts them, or without the list
+	// the users this replica knows of (see [Store.Counts]).
 	Sessions int      `json:"sessions"`
 	Users    []string `json:"users,omitempty"`
 	NUsers   int      `json:"user_count"`
@@ -454,7 +456,7 @@ func (d *Director) Status(ctx context.Context, withUsers bool) []PoolStatus {
 	over := d.over
 	d.mu.Unlock()
 	eff := *d.eff.Load()
-	sessions := d.store.Sessions()
+	counts := d.store.Counts()
 	var out []PoolStatus
 	for _, name := range slices.Sorted(maps.Keys(pools)) {
 		p, e := pools[name], eff[name]
@@ -469,10 +471,12 @@ func (d *Director) Status(ctx context.Context, withUsers bool) []PoolStatus {
 		}
 		for _, m := range e.members {
 			o := over[name][m.Backend]
-			bs := BackendStatus{Backend: m.Backend, Weight: m.Weight, Configured: configured[m.Backend], Drained: o.Drained, Down: d.isDown(m.Backend), Override: o, Sessions: sessions[name][m.Backend]}
-			u := users[m.Backend]
-			slices.Sort(u)
-			bs.Users, bs.NUsers = u, len(u)
+			bs := BackendStatus{Backend: m.Backend, Weight: m.Weight, Configured: configured[m.Backend], Drained: o.Drained, Down: d.isDown(m.Backend), Override: o, Sessions: counts[name][m.Backend].Sessions, NUsers: counts[name][m.Backend].Users}
+			if withUsers {
+				u := users[m.Backend]
+				slices.Sort(u)
+				bs.Users, bs.NUsers = u, len(u)
+			}
 			ps.Backends = append(ps.Backends, bs)
 		}
 		out = append(out, ps)
@@ -484,8 +488,9 @@ func (d *Director) Status(ctx context.Context, withUsers bool) []PoolStatus {
 type Stats struct {
 	Hits, Misses uint64
 	Moves        map[string]uint64
-	// Sessions are this replica's live sessions by pool and backend.
-	Sessions map[string]map[string]int
+	// Counts are this replica's sessions and users by pool and backend
+	// ([Store.Counts]).
+	Counts map[string]map[string]Count
 	// Weights are the effective weights by pool and backend.
 	Weights map[string]map[string]int
 }
@@ -495,7 +500,7 @@ func (d *Director) Stats() Stats {
 	d.movesMu.Lock()
 	moves := maps.Clone(d.moves)
 	d.movesMu.Unlock()
-	st := Stats{Hits: d.hits.Load(), Misses: d.misses.Load(), Moves: moves, Sessions: d.store.Sessions(), Weights: map[string]map[string]int{}}
+	st := Stats{Hits: d.hits.Load(), Misses: d.misses.Load(), Moves: moves, Counts: d.store.Counts(), Weights: map[string]map[string]int{}}
 	for name, e := range *d.eff.Load() {
 		w := map[string]int{}
 		for _, m := range e.members {

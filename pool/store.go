@@ -27,9 +27,14 @@ type Store interface {
 	// Users lists the affinities of pool that hold, by backend, as far
 	// as the store can tell; partial says what it could not.
 	Users(ctx context.Context, pool string) (users map[string][]string, partial string)
-	// Sessions counts this replica's live sessions by pool and backend.
-	Sessions() map[string]map[string]int
+	// Counts counts, by pool and backend, this replica's live sessions
+	// and the users the replica knows to be there: with an affinity in
+	// its memory, or with a session here when affinities live elsewhere.
+	Counts() map[string]map[string]Count
 }
+
+// Count is what [Store.Counts] counts of one backend.
+type Count struct{ Users, Sessions int }
 
 // Acquire is the question of [Store.Acquire].
 type Acquire struct {
@@ -152,18 +157,23 @@ func (s *MemoryStore) Users(_ context.Context, pool string) (map[string][]string
 	return users, ""
 }
 
-// Sessions implements [Store].
-func (s *MemoryStore) Sessions() map[string]map[string]int {
+// Counts implements [Store].
+func (s *MemoryStore) Counts() map[string]map[string]Count {
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := map[string]map[string]int{}
+	out := map[string]map[string]Count{}
 	for k, e := range s.m {
-		if e.sessions > 0 {
-			if out[k.pool] == nil {
-				out[k.pool] = map[string]int{}
-			}
-			out[k.pool][e.backend] += e.sessions
+		if e.sessions == 0 && !now.Before(e.until) {
+			continue
 		}
+		if out[k.pool] == nil {
+			out[k.pool] = map[string]Count{}
+		}
+		c := out[k.pool][e.backend]
+		c.Users++
+		c.Sessions += e.sessions
+		out[k.pool][e.backend] = c
 	}
 	return out
 }
