@@ -84,22 +84,81 @@ func (s *PoolStore) name(pool, user string) string {
 	return s.c.key("{pool:" + s.c.hashName("pool", pool+"\x00"+user) + "}")
 }
 
-// getExtendScript returns the affinity and pushes its end to at least
-// ARGV[1] ms ahead, in one round trip.
-var getExtendScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('PEXPIRE', KEYS[1], ARGV[1], 'GT') end
-return v
+// The affinity scripts. An affinity is a hash: v, the sealed backend;
+// n:<node>, for each replica with a session of the user, when its hold
+// ends (ms of the replica's clock). The key expires when the last hold
+// ends, or affinity_ttl after the last session ended, whichever is later.
+// A key of another type is not this fleet's: acquire deletes it and says
+// so; the others leave it to acquire.
+const poolLuaCommon = `
+local function ms(v) return string.format('%.0f', v) end
+local function kind() return redis.call('TYPE', KEYS[1]).ok end
+`
+
+// acquireScript: ARGV node, now, hold. It returns {0} without an
+// affinity, {1, v} with one (and holds it for node), {2} for a key of
+// another type, deleted.
+var acquireScript = redis.NewScript(poolLuaCommon + `
+local t = kind()
+if t == 'none' then return {0} end
+if t ~= 'hash' then redis.call('DEL', KEYS[1]) return {2} end
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return {0} end
+local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ms(now + hold))
+redis.call('PEXPIRE', KEYS[1], hold, 'GT')
+return {1, v}
 `)
 
-// renewScript pushes an affinity's end to at least ARGV[1] ms ahead, or
-// writes it again (ARGV[2]) when it vanished: Redis lost it (a restart
-// without persistence, a failover) while the user has a session here.
-var renewScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1], 'NX')
+// assignScript: ARGV node, now, hold, v, nx. It writes the affinity v,
+// held for node, unless nx is 1 and one exists; 1 when it wrote.
+var assignScript = redis.NewScript(poolLuaCommon + `
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[4], 'n:' .. ARGV[1], ms(now + hold))
+redis.call('PEXPIRE', KEYS[1], hold)
+return 1
+`)
+
+// releaseScript: ARGV node, now, ttl. node's last session of the user
+// ended: the affinity lasts ttl more, or while another replica holds it.
+var releaseScript = redis.NewScript(poolLuaCommon + `
+if kind() ~= 'hash' then return 0 end
+redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1])
+local now = tonumber(ARGV[2])
+local last = now + tonumber(ARGV[3])
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) == 'n:' then
+    local d = tonumber(h[i + 1])
+    if d and d > now then
+      if d > last then last = d end
+    else
+      redis.call('HDEL', KEYS[1], h[i])
+    end
+  end
 end
-return redis.call('PEXPIRE', KEYS[1], ARGV[1], 'GT')
+if last <= now then redis.call('DEL', KEYS[1]) return 0 end
+redis.call('PEXPIRE', KEYS[1], ms(last - now))
+return 1
+`)
+
+// renewScript: ARGV node, now, hold, v. node still has a session: its
+// hold goes on; an affinity that vanished (Redis lost it: a restart
+// without persistence, a failover) is written again.
+var renewScript = redis.NewScript(poolLuaCommon + `
+local t = kind()
+local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
+if t == 'none' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[4], 'n:' .. ARGV[1], ms(now + hold))
+  redis.call('PEXPIRE', KEYS[1], hold)
+  return 1
+end
+if t ~= 'hash' then return 0 end
+redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ms(now + hold))
+redis.call('PEXPIRE', KEYS[1], hold, 'GT')
+return 1
 `)
 
 // try reports whether to ask Redis now; false while backing off.
@@ -200,17 +259,20 @@ func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, 
 
 func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (string, bool, string, error) {
 	var prev string
+	node := s.c.Node()
 	for try := 0; ; try++ {
-		raw, err := getExtendScript.Run(ctx, s.c.client, []string{key}, s.hold.Milliseconds()).Text()
-		exists := err == nil
-		switch {
-		case errors.Is(err, redis.Nil):
-		case err != nil && isWrongType(err):
-			s.refuse(key, "not a string", err)
-			exists = true
-		case err != nil:
+		now := time.Now().UnixMilli()
+		res, err := acquireScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds()).Slice()
+		if err != nil {
 			return "", false, "", err
-		default:
+		}
+		exists := false
+		switch {
+		case len(res) == 1 && res[0] == int64(2):
+			s.refuse(key, "not a hash", nil)
+		case len(res) == 2 && res[0] == int64(1):
+			exists = true
+			raw, _ := res[1].(string)
 			if b, ok := s.read(key, []byte(raw), a); ok {
 				if a.Keep(b) {
 					return b, true, "", nil
@@ -222,25 +284,19 @@ func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (st
 		if b == "" {
 			return "", false, prev, nil
 		}
-		val := s.seal(key, b, a.Pool, a.User)
+		// An affinity that no longer holds is replaced: every replica
+		// that finds it so chooses alike. A user's first affinity is
+		// written only if no replica wrote one meanwhile.
+		nx := "1"
 		if exists {
-			// An affinity that no longer holds (or no affinity at
-			// all) is replaced: every replica that finds it so
-			// chooses alike.
-			err = s.c.client.Set(ctx, key, val, s.hold).Err()
-			return b, false, prev, err
+			nx = "0"
 		}
-		set, err := s.c.client.SetNX(ctx, key, val, s.hold).Result()
-		if err != nil || set || try > 0 {
+		set, err := assignScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds(), s.seal(key, b, a.Pool, a.User), nx).Int()
+		if err != nil || set == 1 || try > 0 {
 			return b, false, prev, err
 		}
 		// Another replica assigned the user meanwhile: take its answer.
 	}
-}
-
-func isWrongType(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re) && len(re.Error()) >= 9 && re.Error()[:9] == "WRONGTYPE"
 }
 
 // Release implements pool.Store.
@@ -259,15 +315,17 @@ func (s *PoolStore) Release(poolName, user, backend string, ttl time.Duration, f
 		delete(s.leases, key)
 	}
 	s.mu.Unlock()
-	if !last || fresh || ttl <= 0 || !s.try() {
+	if !last || !s.try() {
 		return
+	}
+	// A session that never logged in keeps no affinity: a made-up name
+	// costs no entry (another replica's hold keeps it, if any).
+	if fresh {
+		ttl = 0
 	}
 	ctx, cancel := s.c.ctx()
 	defer cancel()
-	// A session that never logged in leaves its affinity to run out
-	// with its hold: deleting it could take it from under another
-	// replica's session of the user that found it meanwhile.
-	if err := s.c.client.Do(ctx, "PEXPIRE", key, ttl.Milliseconds(), "GT").Err(); err != nil {
+	if err := releaseScript.Run(ctx, s.c.client, []string{key}, s.c.Node(), time.Now().UnixMilli(), ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		s.failed(err)
 		return
 	}
@@ -298,8 +356,9 @@ func (s *PoolStore) renew(ctx context.Context) {
 		}
 		octx, cancel := s.c.ctx()
 		_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
+			now := time.Now().UnixMilli()
 			for i, k := range keys {
-				renewScript.Run(octx, p, []string{k}, s.hold.Milliseconds(), vals[i])
+				renewScript.Run(octx, p, []string{k}, s.c.Node(), now, s.hold.Milliseconds(), vals[i])
 			}
 			return nil
 		})
@@ -322,7 +381,14 @@ func (s *PoolStore) Set(ctx context.Context, poolName, user, backend string, ttl
 	if backend == "" {
 		err = s.c.client.Del(ctx, key).Err()
 	} else {
-		err = s.c.client.Set(ctx, key, s.seal(key, backend, poolName, user), max(ttl, s.hold)).Err()
+		// Held by no replica: it lasts ttl (or a hold), and any
+		// session's login renews it.
+		_, err = s.c.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Del(ctx, key)
+			p.HSet(ctx, key, "v", s.seal(key, backend, poolName, user))
+			p.PExpire(ctx, key, max(ttl, s.hold))
+			return nil
+		})
 	}
 	s.c.done(err)
 	if err != nil {
@@ -368,7 +434,7 @@ func (s *PoolStore) Users(ctx context.Context, poolName string) (map[string][]st
 	}
 	cmds, err := s.c.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
-			p.Get(ctx, k)
+			p.HGet(ctx, k, "v")
 		}
 		return nil
 	})
