@@ -250,19 +250,11 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		return "", nil, false, nil
 	}
 	user = Fold(user)
-	var why string
 	keep := func(b string) bool {
-		if _, in := e.in[b]; !in {
-			// Gone from the pool (removed, or no longer in the
-			// configuration): sessions still there end there.
-			why = MoveRemoved
-			return false
-		}
-		if d.isDown(b) {
-			why = MoveDown
-			return false
-		}
-		return true
+		// Gone from the pool (removed, or no longer in the
+		// configuration), or down: sessions still there end there.
+		_, in := e.in[b]
+		return in && !d.isDown(b)
 	}
 	choose := func() string { return Pick(user, e.members, d.isDown) }
 	b, hit, prev, err := d.store.Acquire(ctx, Acquire{Pool: pool, User: user, TTL: e.pool.AffinityTTL, Keep: keep, Choose: choose})
@@ -277,13 +269,7 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 	} else {
 		d.misses.Add(1)
 		if prev != "" && prev != b {
-			if why == "" {
-				why = MoveRebalance
-				if m, in := e.in[prev]; in && m.Weight == 0 {
-					why = MoveDrain
-				}
-			}
-			d.countMove(why)
+			d.countMove(d.moveReason(e, prev))
 		}
 	}
 	var once atomic.Bool
@@ -293,6 +279,20 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		}
 	}
 	return b, release, true, nil
+}
+
+// moveReason says why a user left backend prev of pool e.
+func (d *Director) moveReason(e effective, prev string) string {
+	m, in := e.in[prev]
+	switch {
+	case !in:
+		return MoveRemoved
+	case d.isDown(prev):
+		return MoveDown
+	case m.Weight == 0:
+		return MoveDrain
+	}
+	return MoveRebalance
 }
 
 func (d *Director) countMove(reason string) {

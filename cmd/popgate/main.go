@@ -335,6 +335,7 @@ func prepare(c *settings, log *slog.Logger) (*runner, error) {
 		in.close()
 		return nil, err
 	}
+	in.director.SetDown(in.server.BackendDown)
 	r := newRunner(in, log)
 	r.metrics = metrics
 	return r, nil
