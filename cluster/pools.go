@@ -355,13 +355,24 @@ func (s *PoolStore) renew(ctx context.Context) {
 			continue
 		}
 		octx, cancel := s.c.ctx()
-		_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
-			now := time.Now().UnixMilli()
-			for i, k := range keys {
-				renewScript.Run(octx, p, []string{k}, s.c.Node(), now, s.hold.Milliseconds(), vals[i])
+		renew := func() error {
+			_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
+				now := time.Now().UnixMilli()
+				for i, k := range keys {
+					renewScript.EvalSha(octx, p, []string{k}, s.c.Node(), now, s.hold.Milliseconds(), vals[i])
+				}
+				return nil
+			})
+			return err
+		}
+		err := renew()
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// Scripts run in a pipeline are not loaded on demand: load
+			// it (a restarted Redis forgot it) and go again.
+			if err = renewScript.Load(octx, s.c.client).Err(); err == nil {
+				err = renew()
 			}
-			return nil
-		})
+		}
 		cancel()
 		if err != nil {
 			s.failed(err)

@@ -91,6 +91,16 @@ func TestPoolsFleetAgrees(t *testing.T) {
 			}
 		}
 	}
+	// Through a few heartbeats with the sessions open: they keep the
+	// affinities past their hold.
+	time.Sleep(3500 * time.Millisecond)
+	for u, was := range on {
+		if b, rel := rs[1].assign(t, u); b != was {
+			t.Fatalf("%s moved from %s to %s with its sessions open", u, was, b)
+		} else {
+			rel(true)
+		}
+	}
 	for _, rel := range releases {
 		rel(true)
 	}
@@ -119,6 +129,11 @@ func TestPoolsFleetAgrees(t *testing.T) {
 	for _, s := range []string{"user", "example", "@"} {
 		if strings.Contains(strings.ToLower(keys), s) {
 			t.Errorf("a Redis key names %q in clear: %s", s, keys)
+		}
+	}
+	for i, p := range rs {
+		if n := p.c.Fallbacks()["pools"]; n != 0 || strings.Contains(p.logs.String(), "unreachable") {
+			t.Errorf("node%d fell back %d times with Redis up:\n%s", i, n, p.logs.String())
 		}
 	}
 	st := rs[0].d.Status(ctx, true)
