@@ -96,7 +96,8 @@ local function kind() return redis.call('TYPE', KEYS[1]).ok end
 `
 
 // acquireScript: ARGV node, now, hold. It returns {0} without an
-// affinity, {1, v} with one (and holds it for node), {2} for a key of
+// affinity, {1, v, live} with one (and holds it for node; live is 1 when
+// a replica held it already: the user has a session), {2} for a key of
 // another type, deleted.
 var acquireScript = redis.NewScript(poolLuaCommon + `
 local t = kind()
@@ -105,9 +106,17 @@ if t ~= 'hash' then redis.call('DEL', KEYS[1]) return {2} end
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return {0} end
 local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
+local live = 0
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) == 'n:' then
+    local d = tonumber(h[i + 1])
+    if d and d > now then live = 1 end
+  end
+end
 redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ms(now + hold))
 redis.call('PEXPIRE', KEYS[1], hold, 'GT')
-return {1, v}
+return {1, v, live}
 `)
 
 // assignScript: ARGV node, now, hold, v, nx. It writes the affinity v,
@@ -270,11 +279,11 @@ func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (st
 		switch {
 		case len(res) == 1 && res[0] == int64(2):
 			s.refuse(key, "not a hash", nil)
-		case len(res) == 2 && res[0] == int64(1):
+		case len(res) == 3 && res[0] == int64(1):
 			exists = true
 			raw, _ := res[1].(string)
 			if b, ok := s.read(key, []byte(raw), a); ok {
-				if a.Keep(b) {
+				if a.Keep(b, res[2] == int64(1)) {
 					return b, true, "", nil
 				}
 				prev = b

@@ -78,10 +78,22 @@ func TestPoolsFleetAgrees(t *testing.T) {
 	if err := rs[0].d.Change(ctx, "p", pool.Op{Action: "add", Backend: "b3"}); err != nil {
 		t.Fatal(err)
 	}
+	// Before node1 reads the change: a new user node0 sends to b3 goes
+	// there from node1 too.
+	four := append(threeBackends[:3:3], pool.Member{Backend: "b3", Weight: 1})
+	for i := range 40 {
+		u := fmt.Sprint("new", i)
+		b0, rel0 := rs[0].assign(t, u)
+		b1, rel1 := rs[1].assign(t, u)
+		rel0(false)
+		rel1(false)
+		if b0 != b1 || b0 != pool.Pick(u, four, nil) {
+			t.Fatalf("%s, assigned on node0 after the change: node0 %s, node1 %s", u, b0, b1)
+		}
+	}
 	if err := rs[1].d.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	four := append(threeBackends[:3:3], pool.Member{Backend: "b3", Weight: 1})
 	for u, was := range on {
 		for i, p := range rs {
 			b, rel := p.assign(t, u)

@@ -92,6 +92,7 @@ func (r *poolRig) popgate(t *testing.T, extra string) *popgate {
 	secrets := []string{poolPassword}
 	return startPopgate(t, popgateConfig{
 		Backends: r.backends(), Default: "mx", PlainListener: true, LogLevel: "info", NoFailureLimits: true,
+		ExtraLimits: []string{"max_connections_per_ip = 0"},
 		Extra: poolSection + extra,
 	}, secrets...)
 }
@@ -120,14 +121,27 @@ func (p *popgate) admin(t *testing.T, method, path string, out any) {
 	}
 }
 
-// backendOf returns the backend of user's open session on p.
+// backendOf returns the backend of user's open sessions on p.
 func (p *popgate) backendOf(t *testing.T, user string) string {
 	t.Helper()
-	var list []struct {
+	return p.backendOn(t, user, "")
+}
+
+// backendOn is backendOf for replica node of a fleet: the fleet's list
+// holds the other replicas' sessions as they last published them.
+func (p *popgate) backendOn(t *testing.T, user, node string) string {
+	t.Helper()
+	var all, list []struct {
 		User    string `json:"user"`
 		Backend string `json:"backend"`
+		Node    string `json:"node"`
 	}
-	p.admin(t, "GET", "/sessions?user="+user, &list)
+	p.admin(t, "GET", "/sessions?user="+user, &all)
+	for _, s := range all {
+		if s.Node == node {
+			list = append(list, s)
+		}
+	}
 	if len(list) == 0 {
 		t.Fatalf("no session of %s", user)
 	}
@@ -149,10 +163,10 @@ func (r *poolRig) open(t *testing.T, p *popgate, user string) *popConn {
 }
 
 // visit logs user in, notes the backend and quits.
-func (r *poolRig) visit(t *testing.T, p *popgate, user string) string {
+func (r *poolRig) visit(t *testing.T, p *popgate, user string, node ...string) string {
 	t.Helper()
 	c := r.open(t, p, user)
-	b := p.backendOf(t, user)
+	b := p.backendOn(t, user, strings.Join(node, ""))
 	quit(t, c)
 	return b
 }
@@ -166,7 +180,7 @@ func quit(t *testing.T, c *popConn) {
 }
 
 // visitAll visits every user, eight at a time, and returns their backends.
-func (r *poolRig) visitAll(t *testing.T, p *popgate, users []string) map[string]string {
+func (r *poolRig) visitAll(t *testing.T, p *popgate, users []string, node ...string) map[string]string {
 	t.Helper()
 	on := map[string]string{}
 	var mu sync.Mutex
@@ -182,7 +196,7 @@ func (r *poolRig) visitAll(t *testing.T, p *popgate, users []string) map[string]
 				}
 			}()
 			for u := range ch {
-				b := r.visit(t, p, u)
+				b := r.visit(t, p, u, node...)
 				mu.Lock()
 				on[u] = b
 				mu.Unlock()
@@ -404,10 +418,11 @@ func TestPoolFleet(t *testing.T) {
 		return fmt.Sprintf("\n[cluster]\nredis = \"redis://%s/0\"\nuser = \"popgate\"\npassword_file = %q\nkey_file = %q\nnode_name = \"node%d\"\n", redis.Addr(), pw, key, i)
 	}
 	a, b := r.popgate(t, cluster(0)), r.popgate(t, cluster(1))
+	node := map[*popgate]string{a: "node0", b: "node1"}
 
 	users := r.users[:200]
-	onA := r.visitAll(t, a, users)
-	onB := r.visitAll(t, b, users)
+	onA := r.visitAll(t, a, users, "node0")
+	onB := r.visitAll(t, b, users, "node1")
 	for _, u := range users {
 		if onA[u] != onB[u] {
 			t.Errorf("%s: replica a sends it to %s, b to %s", u, onA[u], onB[u])
@@ -428,9 +443,9 @@ func TestPoolFleet(t *testing.T) {
 			first, second = b, a
 		}
 		c1 := r.open(t, first, u)
-		b1 := first.backendOf(t, u)
+		b1 := first.backendOn(t, u, node[first])
 		c2 := r.open(t, second, u)
-		b2 := second.backendOf(t, u)
+		b2 := second.backendOn(t, u, node[second])
 		if b1 != b2 {
 			t.Errorf("%s during the change: %s on one replica, %s on the other", u, b1, b2)
 		}
@@ -444,12 +459,17 @@ func TestPoolFleet(t *testing.T) {
 		quit(t, c)
 	}
 
-	// The load run: per user, sessions on both replicas at once, for a
-	// few seconds, with d1 drained in the middle.
+	// The load run: per user, sessions on both replicas at once, in
+	// bursts of 1.5 s with 2.5 s (more than affinity_ttl) between them,
+	// so that users may move between bursts; d1 is drained in the
+	// middle, d3's weight lowered later.
 	loadUsers := r.users[200:260]
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	start := time.Now()
+	const cycle, burst = 4 * time.Second, 1500 * time.Millisecond
 	for i, u := range loadUsers {
+		offset := time.Duration(i) * cycle / time.Duration(len(loadUsers))
 		for j, p := range []*popgate{a, b, a, b} {
 			wg.Go(func() {
 				for k := 0; ; k++ {
@@ -457,6 +477,10 @@ func TestPoolFleet(t *testing.T) {
 					case <-stop:
 						return
 					default:
+					}
+					if (time.Since(start)+offset)%cycle > burst {
+						time.Sleep(50 * time.Millisecond)
+						continue
 					}
 					c := r.open(t, p, u)
 					if resp := c.cmd("STAT"); !strings.HasPrefix(resp, "+OK") {

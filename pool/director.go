@@ -105,6 +105,7 @@ type Director struct {
 	eff      atomic.Pointer[map[string]effective]
 
 	hits, misses atomic.Uint64
+	refreshed    atomic.Int64 // when refreshStale last read the changes (UnixNano)
 	movesMu      sync.Mutex
 	moves        map[string]uint64
 }
@@ -250,10 +251,24 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		return "", nil, false, nil
 	}
 	user = Fold(user)
-	keep := func(b string) bool {
-		// Gone from the pool (removed, or no longer in the
-		// configuration), or down: sessions still there end there.
+	keep := func(b string, live bool) bool {
 		_, in := e.in[b]
+		if !in && d.defined(b) && d.refreshStale(ctx) {
+			// Another replica's affinity to a backend this one does
+			// not have in the pool: a change made there that this
+			// replica has not read yet, most likely (a backend
+			// added). Read the changes now, rather than undo it.
+			e, _ = (*d.eff.Load())[pool]
+			_, in = e.in[b]
+		}
+		if live {
+			// While the user has a session, it stays where that
+			// session is, whatever happened to the backend (drained,
+			// removed, down by its checks), as long as the
+			// configuration defines it: a mailbox is never open on
+			// two backends.
+			return in || d.defined(b)
+		}
 		return in && !d.isDown(b)
 	}
 	choose := func() string { return Pick(user, e.members, d.isDown) }
@@ -279,6 +294,28 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		}
 	}
 	return b, release, true, nil
+}
+
+// defined reports whether b is a [[backend]].
+func (d *Director) defined(b string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.backends[b]
+}
+
+// staleAfter bounds how often a login reads the operator's changes from
+// the AdminStore (refreshStale).
+const staleAfter = 500 * time.Millisecond
+
+// refreshStale reads the operator's changes unless that was done within
+// staleAfter; it reports whether it read them.
+func (d *Director) refreshStale(ctx context.Context) bool {
+	now := time.Now().UnixNano()
+	last := d.refreshed.Load()
+	if now-last < int64(staleAfter) || !d.refreshed.CompareAndSwap(last, now) {
+		return false
+	}
+	return d.Refresh(ctx) == nil
 }
 
 // moveReason says why a user left backend prev of pool e.

@@ -331,3 +331,28 @@ func BenchmarkAssign(b *testing.B) {
 		r(true)
 	}
 }
+
+func TestLiveSessionOutlastsDownAndRemove(t *testing.T) {
+	d, _ := newTestDirector(t, time.Hour)
+	down := false
+	d.SetDown(func(b string) bool { return down })
+	b, release := assign(t, d, "dora")
+	down = true
+	if err := d.Change(context.Background(), "p", Op{Action: "remove", Backend: b}); err != nil {
+		t.Fatal(err)
+	}
+	// Its backend down and out of the pool: a session still lives there,
+	// so the next one goes there too.
+	b2, r2 := assign(t, d, "dora")
+	if b2 != b {
+		t.Fatalf("with a session on %s (down, removed) the next went to %s", b, b2)
+	}
+	r2(true)
+	release(true)
+	down = false
+	if b3, r3 := assign(t, d, "dora"); b3 == b {
+		t.Errorf("after its sessions ended dora stayed on the removed %s", b)
+	} else {
+		r3(true)
+	}
+}

@@ -41,9 +41,10 @@ type Acquire struct {
 	Pool, User string
 	// TTL is the pool's affinity_ttl.
 	TTL time.Duration
-	// Keep reports whether an affinity to backend still holds (the
-	// backend is in the configuration and not down).
-	Keep func(backend string) bool
+	// Keep reports whether an affinity to backend still holds; live
+	// says whether the user has a session now (on any replica the
+	// store knows of).
+	Keep func(backend string, live bool) bool
 	// Choose picks the backend for a user without one.
 	Choose func() string
 }
@@ -88,7 +89,7 @@ func (s *MemoryStore) Acquire(_ context.Context, a Acquire) (string, bool, strin
 	var prev string
 	if e != nil {
 		if e.sessions > 0 || now.Before(e.until) {
-			if a.Keep(e.backend) {
+			if a.Keep(e.backend, e.sessions > 0) {
 				e.sessions++
 				return e.backend, true, "", nil
 			}
