@@ -93,7 +93,7 @@ func (r *poolRig) popgate(t *testing.T, extra string) *popgate {
 	return startPopgate(t, popgateConfig{
 		Backends: r.backends(), Default: "mx", PlainListener: true, LogLevel: "info", NoFailureLimits: true,
 		ExtraLimits: []string{"max_connections_per_ip = 0"},
-		Extra: poolSection + extra,
+		Extra:       poolSection + extra,
 	}, secrets...)
 }
 
