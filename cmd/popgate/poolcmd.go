@@ -147,10 +147,15 @@ func printPools(w io.Writer, st []pool.PoolStatus, users bool) {
 				state = append(state, "up")
 			}
 			fmt.Fprintf(tw, "  %s\t%d\t%d\t%s\t%d\t%d\n", b.Backend, b.Weight, b.Configured, strings.Join(state, ","), b.NUsers, b.Sessions)
-			if users {
+		}
+		tw.Flush()
+		if users {
+			for _, b := range p.Backends {
+				fmt.Fprintf(tw, "  users of %s:", b.Backend)
 				for _, u := range b.Users {
-					fmt.Fprintf(tw, "    %s\n", u)
+					fmt.Fprintf(tw, " %s", u)
 				}
+				fmt.Fprintln(tw)
 			}
 		}
 		if p.Partial != "" {
