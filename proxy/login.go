@@ -187,7 +187,7 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 			if aerr != nil {
 				return nil, &lookupError{aerr}
 			}
-			dec.Backend = backend
+			sess.pool, dec.Backend = dec.Backend, backend
 			sess.poolRelease = release
 			defer func() {
 				// A failed attempt holds no backend: the next one

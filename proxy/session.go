@@ -71,6 +71,9 @@ type session struct {
 	// (Config.Pools), once the backend socket is closed; nil when the
 	// login named no pool.
 	poolRelease func(loggedIn bool)
+	// pool is the pool the login's route named, when it named one;
+	// logged as pool.
+	pool string
 
 	// Guarded by srv.mu: the Server reads them under it (SessionList,
 	// the per-client limits, removeSession). remote is written only by
@@ -432,6 +435,9 @@ func (sess *session) logEnd() {
 	}
 	if sess.backend != "" {
 		attrs = append(attrs, slog.String("backend", sess.backend))
+	}
+	if sess.pool != "" {
+		attrs = append(attrs, slog.String("pool", sess.pool))
 	}
 	if sess.tls != nil {
 		attrs = append(attrs,

@@ -373,7 +373,7 @@ func (r *runner) startAdmin(ln net.Listener) {
 	r.adminLn = &bound{ln: ln, stop: stop}
 	h := admin.Handler(r.metrics, r.adminSessions(), r.ready, r.adminAccess, r.log, admin.WithPools(r.current().director))
 	a := r.adminAccess()
-	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /console/",
+	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /pools /console/",
 		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost,
 		"tls", r.current().adminTLS != nil)
 	r.wg.Go(func() {
