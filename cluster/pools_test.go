@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"testing"
@@ -303,5 +304,69 @@ func waitGoroutines(t *testing.T, want int) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestPoolsRedisCluster: replicas on a Redis Cluster of three masters,
+// each told one node, agree on every user (each affinity is one key, its
+// scripts single-key), renew their holds across the masters, see a drain
+// made on another, and list the users of every master.
+func TestPoolsRedisCluster(t *testing.T) {
+	rc := dirrun.RedisClusterFor(t)
+	key := writeKey(t)
+	pw := writeSecret(t, dirrun.Password)
+	var rs []*poolReplica
+	for i, addr := range rc.Addrs() {
+		logs := new(syncBuf)
+		c, err := Open(Config{Addresses: []string{addr}, User: "popgate", PasswordFile: pw, KeyFile: key, NodeName: fmt.Sprint("node", i)},
+			slog.New(slog.NewTextHandler(logs, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s := c.NewPoolStore(time.Second)
+		d := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour}}, Backends: allBackends, Store: s, Admin: c.PoolAdmin()})
+		rs = append(rs, &poolReplica{c: c, store: s, d: d, logs: logs})
+	}
+	ctx := context.Background()
+	if err := rs[2].d.Change(ctx, "p", pool.Op{Action: "drain", Backend: "b2"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rs[:2] {
+		if err := p.d.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var releases []func(bool)
+	for i := range 60 {
+		u := fmt.Sprint("user", i)
+		var first string
+		for j := range rs {
+			b, rel := rs[(i+j)%3].assign(t, u)
+			releases = append(releases, rel)
+			if j == 0 {
+				first = b
+			}
+			if b != first || b == "b2" {
+				t.Fatalf("%s: %s on node%d, %s first (b2 drained)", u, b, (i+j)%3, first)
+			}
+		}
+	}
+	time.Sleep(2500 * time.Millisecond) // heartbeats to every master
+	for _, rel := range releases {
+		rel(true)
+	}
+	st := rs[0].d.Status(ctx, true)
+	total := 0
+	for _, b := range st[0].Backends {
+		total += len(b.Users)
+	}
+	if total != 60 || st[0].Partial != "" {
+		t.Errorf("the list names %d users (partial %q), want 60", total, st[0].Partial)
+	}
+	for _, p := range rs {
+		if f := p.c.Fallbacks()["pools"]; f != 0 || strings.Contains(p.logs.String(), "level=WARN") || strings.Contains(p.logs.String(), "level=ERROR") {
+			t.Errorf("%s: %d fallbacks on the Redis Cluster:\n%s", p.c.Node(), f, p.logs)
+		}
 	}
 }

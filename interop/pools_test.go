@@ -22,7 +22,8 @@ import (
 
 // poolRig is four Dovecot instances over one shared Maildir tree, the
 // backends d1 to d4 of a popgate pool "mx" that starts with d1, d2 and d3
-// (weights 1, 1, 2).
+// (weights 3, 3, 6: shares of 1, 1, 2); d4 joins with weight 4, a quarter
+// of the users.
 type poolRig struct {
 	d     []*dovecot // d[0] is d1
 	users []string
@@ -83,7 +84,7 @@ const poolSection = `
 [[pool]]
 name = "mx"
 backends = ["d1", "d2", "d3"]
-weights = { d3 = 2 }
+weights = { d1 = 3, d2 = 3, d3 = 6 }
 affinity_ttl = "2s"
 `
 
@@ -234,8 +235,8 @@ func TestPoolDirector(t *testing.T) {
 	// The spread.
 	on := r.visitAll(t, pg, r.users)
 	n := count(on)
-	for b, w := range map[string]float64{"d1": 1, "d2": 1, "d3": 2} {
-		want := poolUsers * w / 4
+	for b, w := range map[string]float64{"d1": 3, "d2": 3, "d3": 6} {
+		want := poolUsers * w / 12
 		if got := float64(n[b]); math.Abs(got-want) > 0.15*want {
 			t.Errorf("%s has %v users, want %v ± 15%% (all: %v)", b, got, want, n)
 		}
@@ -251,7 +252,7 @@ func TestPoolDirector(t *testing.T) {
 	}
 
 	// A user whom the fourth backend will take, with a session open.
-	four := []pool.Member{{Backend: "d1", Weight: 1}, {Backend: "d2", Weight: 1}, {Backend: "d3", Weight: 2}, {Backend: "d4", Weight: 1}}
+	four := []pool.Member{{Backend: "d1", Weight: 3}, {Backend: "d2", Weight: 3}, {Backend: "d3", Weight: 6}, {Backend: "d4", Weight: 4}}
 	var held string
 	for _, u := range r.users {
 		if pool.Pick(u, four, nil) == "d4" {
@@ -262,7 +263,7 @@ func TestPoolDirector(t *testing.T) {
 	time.Sleep(poolTTL + 500*time.Millisecond) // every affinity of the spread ran out
 	heldConn := r.open(t, pg, held)
 	was := pg.backendOf(t, held)
-	pg.admin(t, "POST", "/pools/mx/add?backend=d4", nil)
+	pg.admin(t, "POST", "/pools/mx/add?backend=d4&weight=4", nil)
 	second := r.open(t, pg, held)
 	if b := pg.backendOf(t, held); b != was {
 		t.Fatalf("a second session of %s went to %s, the first is on %s", held, b, was)
@@ -284,8 +285,8 @@ func TestPoolDirector(t *testing.T) {
 			}
 		}
 	}
-	if f := float64(moved) / float64(len(others)); f < 0.14 || f > 0.26 {
-		t.Errorf("%.3f of the users without a session moved, want about a fifth (d4's weight 1 of 5)", f)
+	if f := float64(moved) / float64(len(others)); f < 0.2 || f > 0.3 {
+		t.Errorf("%.3f of the users without a session moved, want about a quarter (d4's weight 4 of 16)", f)
 	}
 	t.Logf("d4 joined: %d of %d users without a session moved (%v)", moved, len(others), count(after))
 	if resp := heldConn.cmd("STAT"); !strings.HasPrefix(resp, "+OK") {
@@ -436,7 +437,7 @@ func TestPoolFleet(t *testing.T) {
 	for _, u := range users[:20] {
 		held[u] = r.open(t, a, u)
 	}
-	a.admin(t, "POST", "/pools/mx/add?backend=d4", nil)
+	a.admin(t, "POST", "/pools/mx/add?backend=d4&weight=4", nil)
 	for i, u := range users {
 		first, second := a, b
 		if i%2 == 1 {
@@ -495,7 +496,7 @@ func TestPoolFleet(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	b.admin(t, "POST", "/pools/mx/drain?backend=d1", nil)
 	time.Sleep(5 * time.Second)
-	a.admin(t, "POST", "/pools/mx/weight?backend=d3&weight=1", nil)
+	a.admin(t, "POST", "/pools/mx/weight?backend=d3&weight=3", nil)
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()
