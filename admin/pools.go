@@ -92,13 +92,19 @@ func (h *handler) changePool(w http.ResponseWriter, r *http.Request) {
 		// The user's sessions end first, then the affinity moves, then
 		// any session that slipped in between on the old backend ends
 		// too: from then on every login goes to the new one.
-		res := endAll(r.Context(), h.sessions, ans.User, "")
+		end := func() endResult {
+			if h.sessions == nil {
+				return endResult{}
+			}
+			return endAll(r.Context(), h.sessions, ans.User, "")
+		}
+		res := end()
 		to, err := h.pools.Move(r.Context(), ans.Pool, ans.User, ans.Backend)
 		if err != nil {
 			fail(code(err), err)
 			return
 		}
-		again := endAll(r.Context(), h.sessions, ans.User, "")
+		again := end()
 		ans.Backend, ans.Ended, ans.Partial = to, res.Ended+again.Ended, res.Partial
 		h.log.Info("admin: pool user moved", "pool", ans.Pool, "user", ans.User, "backend", to, "ended", ans.Ended, "remote", r.RemoteAddr)
 		h.writeJSON(w, http.StatusOK, ans)

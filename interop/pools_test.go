@@ -229,6 +229,8 @@ func count(on map[string]string) map[string]int {
 // without cutting a session; an operator's move ends the user's session
 // and sends it elsewhere; a stopped backend's users land on the others.
 func TestPoolDirector(t *testing.T) {
+	requireInterop(t, "dovecot")
+	t.Parallel()
 	r := startPoolRig(t, 4)
 	pg := r.popgate(t, "")
 
@@ -409,6 +411,8 @@ func poolSeries(m map[string]float64) map[string]float64 {
 // with a pool change in the middle, in which no user ever has sessions
 // on two backends at once, by the backends' own logs.
 func TestPoolFleet(t *testing.T) {
+	requireInterop(t, "dovecot", "redis-server")
+	t.Parallel()
 	r := startPoolRig(t, 4)
 	redis := dirrun.RedisFor(t)
 	dir := t.TempDir()

@@ -452,7 +452,9 @@ func (d *Director) Move(ctx context.Context, pool, user, to string) (string, err
 	} else if _, in := e.in[to]; !in {
 		return "", fmt.Errorf("%w: backend %q is not in pool %q", ErrUnknown, to, pool)
 	}
-	if err := d.store.Set(ctx, pool, user, to, e.pool.AffinityTTL); err != nil {
+	// The move holds for affinity_ttl, and at least a minute: the
+	// user's next login must find it, also with affinity_ttl 0.
+	if err := d.store.Set(ctx, pool, user, to, max(e.pool.AffinityTTL, time.Minute)); err != nil {
 		return "", err
 	}
 	d.countMove(MoveAdmin)
