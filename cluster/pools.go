@@ -96,9 +96,9 @@ local function kind() return redis.call('TYPE', KEYS[1]).ok end
 `
 
 // acquireScript: ARGV node, now, hold. It returns {0} without an
-// affinity, {1, v, live} with one (and holds it for node; live is 1 when
-// a replica held it already: the user has a session), {2} for a key of
-// another type, deleted.
+// affinity, {1, v, live, pttl} with one (and holds it for node; live is
+// 1 when a replica held it already: the user has a session; pttl is what
+// was left of it, ms), {2} for a key of another type, deleted.
 var acquireScript = redis.NewScript(poolLuaCommon + `
 local t = kind()
 if t == 'none' then return {0} end
@@ -114,9 +114,10 @@ for i = 1, #h, 2 do
     if d and d > now then live = 1 end
   end
 end
+local pttl = redis.call('PTTL', KEYS[1])
 redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ms(now + hold))
 redis.call('PEXPIRE', KEYS[1], hold, 'GT')
-return {1, v, live}
+return {1, v, live, pttl}
 `)
 
 // assignScript: ARGV node, now, hold, v, nx. It writes the affinity v,
@@ -279,11 +280,15 @@ func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (st
 		switch {
 		case len(res) == 1 && res[0] == int64(2):
 			s.refuse(key, "not a hash", nil)
-		case len(res) == 3 && res[0] == int64(1):
+		case len(res) == 4 && res[0] == int64(1):
 			exists = true
 			raw, _ := res[1].(string)
+			// Without a session the affinity ends affinity_ttl after
+			// the last one ended: what is left of it dates that end.
+			pttl, _ := res[3].(int64)
+			idle := max(a.TTL-time.Duration(pttl)*time.Millisecond, 0)
 			if b, ok := s.read(key, []byte(raw), a); ok {
-				if a.Keep(b, res[2] == int64(1)) {
+				if a.Keep(b, res[2] == int64(1), idle) {
 					return b, true, "", nil
 				}
 				prev = b

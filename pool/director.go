@@ -251,7 +251,7 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		return "", nil, false, nil
 	}
 	user = Fold(user)
-	keep := func(b string, live bool) bool {
+	keep := func(b string, live bool, idle time.Duration) bool {
 		_, in := e.in[b]
 		if !in && d.defined(b) && d.refreshStale(ctx) {
 			// Another replica's affinity to a backend this one does
@@ -268,6 +268,13 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 			// configuration defines it: a mailbox is never open on
 			// two backends.
 			return in || d.defined(b)
+		}
+		if in && d.isDown(b) && idle < min(e.pool.AffinityTTL, DownGrace) {
+			// A backend the checks took down right after the user's
+			// last session ended may still be finishing it (a check
+			// fails as well on a backend that is only slow): the
+			// user waits a moment before it moves.
+			return true
 		}
 		return in && !d.isDown(b)
 	}
@@ -337,6 +344,12 @@ func (d *Director) countMove(reason string) {
 	d.moves[reason]++
 	d.movesMu.Unlock()
 }
+
+// DownGrace is how long after its last session ended a user stays on a
+// backend that health checks took down (affinity_ttl when shorter): a
+// backend that is only slow, not dead, may still be finishing that
+// session. A user with a session stays as long as it lives.
+const DownGrace = 5 * time.Second
 
 // ErrUnknown is an operation that names no pool or no backend of it.
 var ErrUnknown = errors.New("unknown pool or backend")

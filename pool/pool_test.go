@@ -221,8 +221,8 @@ func TestDrain(t *testing.T) {
 	}
 }
 
-func TestDownBackendLosesItsUsersAtOnce(t *testing.T) {
-	d, _ := newTestDirector(t, time.Hour)
+func TestDownBackendLosesItsUsersAfterTheGrace(t *testing.T) {
+	d, c := newTestDirector(t, time.Hour)
 	var down sync.Map
 	d.SetDown(func(b string) bool { _, ok := down.Load(b); return ok })
 	on := map[string]string{}
@@ -232,6 +232,16 @@ func TestDownBackendLosesItsUsersAtOnce(t *testing.T) {
 		on[u] = b
 	}
 	down.Store("b2", true)
+	// Within DownGrace of their last session they stay: a backend that
+	// is only slow may still be finishing it.
+	for u, was := range on {
+		b, r := assign(t, d, u)
+		r(true)
+		if b != was {
+			t.Fatalf("%s: %s → %s within DownGrace", u, was, b)
+		}
+	}
+	c.add(DownGrace)
 	for u, was := range on {
 		b, r := assign(t, d, u)
 		r(true)

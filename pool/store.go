@@ -43,8 +43,8 @@ type Acquire struct {
 	TTL time.Duration
 	// Keep reports whether an affinity to backend still holds; live
 	// says whether the user has a session now (on any replica the
-	// store knows of).
-	Keep func(backend string, live bool) bool
+	// store knows of), idle how long ago its last session ended.
+	Keep func(backend string, live bool, idle time.Duration) bool
 	// Choose picks the backend for a user without one.
 	Choose func() string
 }
@@ -89,7 +89,11 @@ func (s *MemoryStore) Acquire(_ context.Context, a Acquire) (string, bool, strin
 	var prev string
 	if e != nil {
 		if e.sessions > 0 || now.Before(e.until) {
-			if a.Keep(e.backend, e.sessions > 0) {
+			var idle time.Duration
+			if e.sessions == 0 {
+				idle = max(now.Sub(e.until.Add(-a.TTL)), 0)
+			}
+			if a.Keep(e.backend, e.sessions > 0, idle) {
 				e.sessions++
 				return e.backend, true, "", nil
 			}
