@@ -29,7 +29,7 @@ import (
 // after the Host and token checks of Access). With both m and access,
 // the operator's console is served under /console/ (console.go): it asks
 // for the token through its login form rather than a header.
-func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Access, log *slog.Logger) http.Handler {
+func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Access, log *slog.Logger, opts ...Option) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -49,6 +49,9 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Ac
 		mux.HandleFunc("GET /sessions", h.listSessions)
 		mux.HandleFunc("DELETE /sessions", h.endSessions)
 	}
+	for _, o := range opts {
+		o(h, mux)
+	}
 	if access == nil {
 		return mux
 	}
@@ -63,6 +66,7 @@ func Handler(m *Metrics, sessions Sessions, ready func() error, access func() Ac
 
 type handler struct {
 	sessions Sessions
+	pools    Pools // nil: no /pools (WithPools)
 	ready    func() error
 	log      *slog.Logger
 }
@@ -85,6 +89,10 @@ the header "Authorization: Bearer TOKEN".
 `
 
 func (h *handler) index(w http.ResponseWriter, r *http.Request) {
+	if h.pools != nil {
+		writeText(w, http.StatusOK, index+poolsIndex)
+		return
+	}
 	writeText(w, http.StatusOK, index)
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/popgate/popgate/pool"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -60,6 +61,9 @@ type Sources struct {
 	// popgate_backend_up{backend} and
 	// popgate_backend_address_up{backend,address}.
 	BackendHealth func() []proxy.BackendHealth
+	// Pools returns the backend pools' counters, for popgate_pool_*
+	// (pools.go); nil without pools.
+	Pools func() pool.Stats
 	// The operator's console reads the rest (types in sources.go) and
 	// BackendHealth; a nil one shows as unknown.
 	// Listeners lists the served listeners.
@@ -544,7 +548,7 @@ func (c *sourceCollector) set(src Sources) {
 
 // Describe implements prometheus.Collector.
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, clusterUpDesc, fallbacksDesc, backendUpDesc, addressUpDesc} {
+	for _, d := range []*prometheus.Desc{activeDesc, sessionsDesc, bytesDesc, certDesc, hitsDesc, missesDesc, poolDesc, budgetDesc, clusterUpDesc, fallbacksDesc, backendUpDesc, addressUpDesc, poolUsersDesc, poolSessionsDesc, poolWeightDesc, poolMovesDesc, poolAffinityDesc} {
 		ch <- d
 	}
 }
@@ -600,6 +604,9 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 		for f, n := range src.ClusterFallbacks() {
 			ch <- prometheus.MustNewConstMetric(fallbacksDesc, prometheus.CounterValue, float64(n), f)
 		}
+	}
+	if src.Pools != nil {
+		collectPools(ch, src.Pools())
 	}
 	if src.BackendHealth != nil {
 		up := map[string]bool{}

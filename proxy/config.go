@@ -204,6 +204,15 @@ func (b *Backend) timeout() time.Duration {
 	return 15 * time.Second
 }
 
+// Pools assigns a pool's users to its backends (a *pool.Director).
+type Pools interface {
+	// Assign returns the backend of pool for a new session of user (the
+	// mailbox's name), and release, which the session calls once it
+	// ended (loggedIn false: it never logged in). ok false: pool names
+	// no pool.
+	Assign(ctx context.Context, pool, user string) (backend string, release func(loggedIn bool), ok bool, err error)
+}
+
 // Config configures a [Server]. Only Router and Backends are required.
 type Config struct {
 	// Router decides where each login goes.
@@ -215,6 +224,11 @@ type Config struct {
 	OAuthError []byte
 	// Backends are the backends a Router's decision may name.
 	Backends map[string]*Backend
+	// Pools assigns the users of backend pools: a decision whose
+	// backend is no key of Backends but a pool's name gets one of the
+	// pool's backends from it, for the user's mailbox. nil: decisions
+	// name backends only.
+	Pools Pools
 	// Greeting is the text of the greeting after "+OK "; "" means
 	// "POP3 server ready". It carries no APOP timestamp: APOP cannot be
 	// relayed (RFC 1939 §7).

@@ -229,6 +229,28 @@ func (s *Server) recordHealth(c *addrCheck, b *Backend, start time.Time, took ti
 // orderByHealth returns backend's addrs with the addresses whose checks
 // say they are down moved to the end, in their order: while an address
 // is up they are not tried before it, and with none up every address is
+
+// BackendDown reports whether health checks took every address of the
+// backend named name down: a pool gives it no new users (see
+// [Config.Pools]). A backend whose addresses are not checked is never
+// down.
+func (s *Server) BackendDown(name string) bool {
+	view := s.health.view.Load()
+	if view == nil {
+		return false
+	}
+	b := s.config().Backends[name]
+	if b == nil {
+		return false
+	}
+	for _, a := range b.addresses() {
+		if c := (*view)[healthKey{name, a}]; c == nil || !c.down.Load() {
+			return false
+		}
+	}
+	return true
+}
+
 // still tried. A failed check never refuses a login on its own.
 func (s *Server) orderByHealth(backend string, addrs []string) []string {
 	view := s.health.view.Load()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -161,7 +162,7 @@ func (sess *session) entryName(user string) string {
 // tryLogin routes creds and logs in to the backend: it returns the
 // logged-in backend connection, or the failure as one of the typed errors
 // classify knows.
-func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (*backendConn, error) {
+func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attempt int) (_ *backendConn, err error) {
 	// A verdict on credentials already sent is awaited a little past the
 	// login deadline, so that it counts: a backend answers a right
 	// password at once and a wrong one after its failure delay, and a
@@ -196,6 +197,24 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 			return nil, err
 		}
 		return nil, &lookupError{err}
+	}
+	if p := sess.cfg.Pools; p != nil && dec.Backend != "" && sess.cfg.Backends[dec.Backend] == nil {
+		backend, release, ok, aerr := p.Assign(ctx, dec.Backend, sess.mailbox(creds, dec))
+		if ok {
+			if aerr != nil {
+				return nil, &lookupError{aerr}
+			}
+			sess.pool, dec.Backend = dec.Backend, backend
+			sess.poolRelease = release
+			defer func() {
+				// A failed attempt holds no backend: the next one
+				// asks again.
+				if err != nil {
+					release(false)
+					sess.poolRelease = nil
+				}
+			}()
+		}
 	}
 	name := creds.User
 	if name == "" && auth.IsTokenMethod(creds.Method) {
@@ -246,6 +265,26 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 	}
 	ci := clientInfo{remote: sess.remote, local: sess.local, connID: sess.id, tls: sess.tls, logger: sess.logger}
 	return sess.srv.dialBackend(ctx, sess.cfg, b, dec, ci)
+}
+
+// mailbox returns the name of the mailbox a login opens, which a pool
+// assigns a backend to: the authorization identity when one is named (a
+// master user opening another's mailbox), else the user the backend login
+// names without a master user's "*master" suffix.
+func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
+	switch {
+	case dec.AuthzID != "":
+		return dec.AuthzID
+	case creds.AuthzID != "" && dec.User == "":
+		return creds.AuthzID
+	}
+	user := cmp.Or(dec.User, creds.User)
+	if sep := sess.cfg.MasterUserSeparator; sep != "" {
+		if i := strings.LastIndex(user, sep); i > 0 {
+			user = user[:i]
+		}
+	}
+	return user
 }
 
 // authorizationID returns the SASL authorization identity to send to

@@ -588,11 +588,17 @@ func (s *Server) endWhere(match func(*session) bool) int {
 		}
 	}
 	s.mu.Unlock()
-	// Outside s.mu, as in Close: ending a parked session takes it.
+	// Outside s.mu, as in Close: ending a parked session takes it. A
+	// session already closed (by an earlier call, whose end is still
+	// under way) is not counted again.
+	n := 0
 	for _, sess := range ended {
+		if !sess.isClosed() {
+			n++
+		}
 		sess.endBy(endedByAdmin)
 	}
-	return len(ended)
+	return n
 }
 
 func (s *Server) newConnID() string {

@@ -67,6 +67,13 @@ type session struct {
 	badCmds     int // commands that were not understood
 	result      string
 	lastErr     error // cause of the last failure, for the log
+	// poolRelease ends the session's hold on its pool backend
+	// (Config.Pools), once the backend socket is closed; nil when the
+	// login named no pool.
+	poolRelease func(loggedIn bool)
+	// pool is the pool the login's route named, when it named one;
+	// logged as pool.
+	pool string
 
 	// Guarded by srv.mu: the Server reads them under it (SessionList,
 	// the per-client limits, removeSession). remote is written only by
@@ -278,6 +285,12 @@ func (sess *session) open(ctx context.Context) *backendConn {
 // it. It runs once, from whichever goroutine finishes the session.
 func (sess *session) end() {
 	sess.raw.Close()
+	if sess.poolRelease != nil {
+		// The backend socket is closed: the user may move once its
+		// other sessions are gone too.
+		sess.poolRelease(sess.result == resultOK)
+		sess.poolRelease = nil
+	}
 	sess.releaseBuffers()
 	sess.logEnd()
 	if sess.result == resultOK {
@@ -422,6 +435,9 @@ func (sess *session) logEnd() {
 	}
 	if sess.backend != "" {
 		attrs = append(attrs, slog.String("backend", sess.backend))
+	}
+	if sess.pool != "" {
+		attrs = append(attrs, slog.String("pool", sess.pool))
 	}
 	if sess.tls != nil {
 		attrs = append(attrs,

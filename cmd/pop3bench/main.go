@@ -128,6 +128,7 @@ type options struct {
 	IdleSettle  time.Duration
 	Concurrency []int // of the login workload
 	Cluster     bool  // run a second popgate with [cluster] on a private Redis
+	Pool        bool  // route every login through a [[pool]] of the one backend
 }
 
 // tokenWorkloadNames are the workloads of bearer-token logins, through
@@ -158,6 +159,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.LogLevel, "popgate-log-level", "warn", "popgate's log.level (debug, info, warn, error); info logs a line per session")
 	fs.BoolVar(&o.MLKEM, "mlkem", false, "let clients offer Go's default key exchanges (X25519MLKEM768 first) instead of X25519 only")
 	fs.BoolVar(&o.Cluster, "cluster", false, "run a second popgate with [cluster] on a private redis-server (side popgate-cluster): the cost per login of the fleet's shared failed-login counters")
+	fs.BoolVar(&o.Pool, "pool", false, "route the popgates' logins through a backend pool ([[pool]] of the one backend, affinity in Redis with -cluster): the cost per login of the assignment")
 	fs.DurationVar(&o.IdleSettle, "idle-settle", 2*time.Second, "wait before sampling popgate's memory in the idle workload")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -735,6 +737,12 @@ func (b *bench) startPopgate(ctx context.Context, name, backendAddr, extra strin
 		LogLevel: b.o.LogLevel, CertFile: b.pgCert, KeyFile: b.pgKey, ServerName: popgateName,
 		Backends: []popgateBackend{{Name: "backend", Address: backendAddr}},
 		Default:  "backend",
+	}
+	if b.o.Pool {
+		// Every login is assigned by the pool, and with [cluster] its
+		// affinity is read and held in Redis.
+		cfg.Default = "pool"
+		cfg.Extra = "\n[[pool]]\nname = \"pool\"\nbackends = [\"backend\"]\n" + cfg.Extra
 	}
 	conf := b.clientTLS(popgateName)
 	probe := func(addr string) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/popgate/popgate/auth/passhash"
 	"github.com/popgate/popgate/cluster"
 	"github.com/popgate/popgate/internal/safefile"
+	"github.com/popgate/popgate/pool"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -58,6 +59,10 @@ type instance struct {
 	pools    []sourcePool
 	lookups  lookupRelay
 	throttle *auth.Throttle // shared by every instance of the process
+	// director assigns the users of [[pool]]s; one for the life of the
+	// process, as the throttle, so that affinities and the operator's
+	// changes survive every reload (goLive gives it the new pools).
+	director *pool.Director
 	// hashes verifies the directory sources' password hashes; shared by
 	// every instance of the process, as the throttle is, so that its
 	// bound on concurrent bcrypt, SHA-crypt and Argon2 verifications
@@ -89,6 +94,7 @@ func build(c *settings, log *slog.Logger) (*instance, error) {
 		in.close()
 		return nil, err
 	}
+	in.director.SetDown(in.server.BackendDown)
 	return in, nil
 }
 
@@ -287,6 +293,11 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	if prev != nil {
 		in.hashes = prev.hashes
 	}
+	if prev != nil {
+		in.director = prev.director
+	} else {
+		in.director = newDirector(c, in.cluster, log)
+	}
 	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return nil, err
 	}
@@ -334,6 +345,7 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	in.proxyConfig = proxy.Config{
 		Router:              router,
 		Backends:            backends,
+		Pools:               in.director,
 		Throttle:            in.throttle,
 		Greeting:            c.POP3.Greeting,
 		ExtraCapabilities:   c.POP3.Capabilities,
@@ -365,6 +377,7 @@ func (in *instance) goLive() {
 	if in.throttleStore != nil {
 		in.throttleStore.SetHold(in.throttleHold)
 	}
+	in.director.Reconfigure(in.cfg.Pools, backendNames(in.cfg.Backends))
 	if in.tickets != nil {
 		in.tickets.SetPeriods(in.cfg.TLS.TicketRotation, in.cfg.TLS.TicketLifetime)
 	}
@@ -469,7 +482,12 @@ func readToken(path string) (string, error) {
 
 // buildRouter makes in's lookup chain (in.router) from [route]'s sources.
 func buildRouter(in *instance, r *routeSettings, backends map[string]*proxy.Backend) error {
-	known := func(name string) bool { return backends[name] != nil }
+	// A route may name a [[pool]] wherever it may name a backend.
+	pools := map[string]bool{}
+	for _, p := range in.cfg.Pools {
+		pools[p.Name] = true
+	}
+	known := func(name string) bool { return backends[name] != nil || pools[name] }
 	in.router = &auth.Chain{Default: r.Default}
 	for _, rs := range r.sources() {
 		s, err := rs.build(in, known)

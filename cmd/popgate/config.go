@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -33,8 +34,10 @@ type Config struct {
 	Listen  []ListenConfig  `toml:"listen"`
 	TLS     TLSConfig       `toml:"tls"`
 	Backend []BackendConfig `toml:"backend"`
-	Route   RouteConfig     `toml:"route"`
-	Limits  LimitsConfig    `toml:"limits"`
+	// Pool is [[pool]]: backends that share a pool's users (pools.go).
+	Pool   []PoolConfig `toml:"pool"`
+	Route  RouteConfig  `toml:"route"`
+	Limits LimitsConfig `toml:"limits"`
 	// OAuth is [oauth]; nil (no section): no bearer-token logins.
 	OAuth   *OAuthConfig  `toml:"oauth"`
 	POP3    POP3Config    `toml:"pop3"`
@@ -323,7 +326,9 @@ func (c *Config) settings() (*settings, []error) {
 	checkDefaultName(c, add)
 	var known map[string]bool
 	s.Backends, known = c.backends(add)
-	s.Route = c.Route.settings(known, add)
+	routes := maps.Clone(known)
+	s.Pools = c.pools(known, routes, add)
+	s.Route = c.Route.settings(routes, add)
 	if s.Route.LDAP != nil {
 		s.Route.LDAP.portFrom(s.Backends)
 	}

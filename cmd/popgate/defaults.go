@@ -157,6 +157,11 @@ var configKeys = []configKey{
 	{"backend.health_failures", defaultHealthFailures},
 	{"backend.health_timeout", defaultHealthTimeout},
 
+	{"pool.name", nil},
+	{"pool.backends", nil},
+	{"pool.weights", nil}, // 1 for each backend
+	{"pool.affinity_ttl", defaultAffinityTTL},
+
 	{"route.default", nil},
 	{"route.users", nil},
 	{"route.domains", nil},

@@ -30,6 +30,7 @@ import (
 	"github.com/popgate/popgate/admin"
 	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/osslsign"
+	"github.com/popgate/popgate/pool"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -44,6 +45,8 @@ Usage:
                                    one finishes its sessions
   popgate check -config FILE       validate FILE (and its certificates) and exit
   popgate route -config FILE USER  print the backend USER's logins go to
+  popgate pool -config FILE CMD    list or change the backend pools of the
+                                   running popgate (popgate pool help)
   popgate demo                     start a proxy and a sample mailbox on loopback
   popgate version                  print the version
 `
@@ -86,6 +89,8 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		err = cmdCheck(args[1:], stdout, stderr)
 	case "route":
 		err = cmdRoute(args[1:], stdout, stderr)
+	case "pool":
+		err = cmdPool(args[1:], stdout, stderr)
 	case "demo":
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
@@ -212,7 +217,7 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 	for _, b := range c.Backends {
 		backends[b.Name] = &b.Backend
 	}
-	in := &instance{log: newLogger(c.Log, stderr)}
+	in := &instance{cfg: c, log: newLogger(c.Log, stderr)}
 	if err := buildRouter(in, &c.Route, backends); err != nil {
 		return err
 	}
@@ -234,6 +239,13 @@ func cmdRoute(args []string, stdout, stderr io.Writer) error {
 	if b := backends[name]; b != nil {
 		fmt.Fprintf(stdout, "%s -> %s (%s, tls=%s)\n  why: %s\n", user, name, b.Address, b.TLS, why)
 		return nil
+	}
+	for _, p := range c.Pools {
+		if p.Name == name {
+			b := pool.Pick(pool.Fold(user), p.Members, nil)
+			fmt.Fprintf(stdout, "%s -> pool %s: %s by the hash, unless an affinity holds the user elsewhere (popgate pool list -users)\n  why: %s\n", user, name, b, why)
+			return nil
+		}
 	}
 	fmt.Fprintf(stdout, "%s: %s\n", user, why)
 	return nil
@@ -332,6 +344,7 @@ func prepare(c *settings, log *slog.Logger) (*runner, error) {
 		in.close()
 		return nil, err
 	}
+	in.director.SetDown(in.server.BackendDown)
 	r := newRunner(in, log)
 	r.metrics = metrics
 	return r, nil

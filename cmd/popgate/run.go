@@ -395,9 +395,9 @@ func (r *runner) startListener(key string, ln net.Listener, l proxy.Listener) {
 func (r *runner) startAdmin(ln net.Listener) {
 	ctx, stop := context.WithCancel(context.Background())
 	r.adminLn = &bound{ln: ln, stop: stop}
-	h := admin.Handler(r.metrics, r.adminSessions(), r.ready, r.adminAccess, r.log)
+	h := admin.Handler(r.metrics, r.adminSessions(), r.ready, r.adminAccess, r.log, admin.WithPools(r.current().director))
 	a := r.adminAccess()
-	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /console/",
+	r.log.Info("admin endpoints listening", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz /sessions /pools /console/",
 		"token_required", a.Token != "", "protect_metrics", a.ProtectMetrics && a.Token != "", "host_check", a.CheckHost,
 		"tls", r.current().adminTLS != nil)
 	r.wg.Go(func() {
@@ -482,6 +482,9 @@ func (r *runner) setSources(in *instance) {
 			}
 		}
 		src.Listeners = func() []admin.ListenerInfo { return ls }
+	}
+	if len(in.cfg.Pools) > 0 {
+		src.Pools = in.director.Stats
 	}
 	if in.cluster != nil {
 		src.ClusterUp = in.cluster.Up

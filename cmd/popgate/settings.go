@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/popgate/popgate/pool"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -19,6 +20,7 @@ type settings struct {
 	Listeners []listenerSettings
 	TLS       tlsSettings
 	Backends  []backendSettings
+	Pools     []pool.Pool // [[pool]]
 	Route     routeSettings
 	Limits    limitSettings
 	OAuth     *oauthSettings // nil without [oauth]; oauth.go

@@ -116,6 +116,12 @@ type Options struct {
 	// protocol pop3) may be opened again; Dovecot merges the settings.
 	ExtraConfig []string
 
+	// MailRoot holds the users' homes (MailRoot/USER/Maildir). Several
+	// instances may share one: a mail store their backends share, as
+	// behind a Director or a popgate pool. It must exist and be
+	// searchable by other users. Empty: Dir/mail.
+	MailRoot string
+
 	// Binary is the dovecot executable; "" looks it up in PATH and the
 	// sbin directories.
 	Binary string
@@ -264,9 +270,13 @@ func Start(opts Options) (_ *Instance, err error) {
 			return nil, err
 		}
 	}
-	d.mailDir = filepath.Join(d.Dir, "mail")
-	if err := os.Mkdir(d.mailDir, 0o755); err != nil {
-		return nil, fmt.Errorf("dovecotrun: %w", err)
+	if opts.MailRoot != "" {
+		d.mailDir = opts.MailRoot
+	} else {
+		d.mailDir = filepath.Join(d.Dir, "mail")
+		if err := os.Mkdir(d.mailDir, 0o755); err != nil {
+			return nil, fmt.Errorf("dovecotrun: %w", err)
+		}
 	}
 	for u := range d.Users {
 		if _, err := d.ensureMaildir(u); err != nil {
