@@ -95,8 +95,13 @@ func (r *poolRig) popgate(t *testing.T, extra string) *popgate {
 		Backends: r.backends(), Default: "mx", PlainListener: true, LogLevel: "info", NoFailureLimits: true,
 		ExtraLimits: []string{"max_connections_per_ip = 0"},
 		Extra:       poolSection + extra,
+		// /pools needs it; [cluster] requires one.
+		AdminToken: poolAdminToken,
 	}, secrets...)
 }
+
+// poolAdminToken is the admin token of the pool tests' popgates.
+const poolAdminToken = "pool-admin-token-0123456789abcdef"
 
 // admin calls popgate's admin endpoint; out, when set, takes the JSON.
 func (p *popgate) admin(t *testing.T, method, path string, out any) {
@@ -106,6 +111,7 @@ func (p *popgate) admin(t *testing.T, method, path string, out any) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+poolAdminToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
