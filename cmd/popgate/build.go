@@ -50,8 +50,10 @@ type instance struct {
 	router *auth.Chain
 	// oauth puts bearer-token logins through the issuer's verifier in
 	// front of router; nil without [oauth].
-	oauth   *auth.OAuthRouter
-	mapFile *auth.MapFile // among router's sources, for its file watch; nil without route.map_file
+	oauth *auth.OAuthRouter
+	// oauthPrint identifies the inputs of oauth's verifier (buildOAuth).
+	oauthPrint [32]byte
+	mapFile    *auth.MapFile // among router's sources, for its file watch; nil without route.map_file
 	// caches and pools are router's lookup caches and directory
 	// connection pools by source, for the metrics; lookups passes the
 	// directory sources' queries to them once the runner sets it.
@@ -334,7 +336,12 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	}
 	var router auth.Router = in.router
 	if c.OAuth != nil {
-		if in.oauth, err = buildOAuth(c.OAuth, c.Backends, in.router); err != nil {
+		var prevV *auth.OAuth
+		var prevPrint [32]byte
+		if prev != nil && prev.oauth != nil {
+			prevV, prevPrint = prev.oauth.Verifier, prev.oauthPrint
+		}
+		if in.oauth, in.oauthPrint, err = buildOAuth(c.OAuth, c.Backends, in.router, prevV, prevPrint); err != nil {
 			return nil, err
 		}
 		if len(c.OAuth.Domains) == 0 {

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -213,17 +214,27 @@ func readSecretFile(key, path string) (auth.Password, error) {
 // buildOAuth makes the verifier and the router that puts token logins
 // through it in front of next; backends with their own master login get
 // it.
-func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router) (*auth.OAuthRouter, error) {
+//
+// prev is the running instance's verifier (nil if none) and prevPrint what
+// buildOAuth returned with it: when the verifier's settings, CA file and
+// client secret are unchanged, prev is kept, with the issuer's keys and
+// the verified tokens it holds, so that a reload during an issuer outage
+// does not stop the token logins its caches serve. print identifies the
+// verifier's inputs.
+func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router, prev *auth.OAuth, prevPrint [32]byte) (_ *auth.OAuthRouter, print [32]byte, _ error) {
 	cfg := o.OAuthConfig
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	h := sha256.New()
+	fmt.Fprintf(h, "%#v\x00%v\x00", o.OAuthConfig, o.Timeout)
 	if o.CAFile != "" {
 		pem, err := safefile.ReadFile(o.CAFile, safefile.Options{Limit: 1 << 20})
 		if err != nil {
-			return nil, fmt.Errorf("oauth.ca_file: %w", err)
+			return nil, print, fmt.Errorf("oauth.ca_file: %w", err)
 		}
+		h.Write(pem)
 		tc.RootCAs = x509.NewCertPool()
 		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("oauth.ca_file: %s holds no PEM certificate", o.CAFile)
+			return nil, print, fmt.Errorf("oauth.ca_file: %s holds no PEM certificate", o.CAFile)
 		}
 	}
 	tr := &http.Transport{
@@ -240,23 +251,25 @@ func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router) 
 	if cfg.Introspect {
 		s, err := readSecretFile("oauth.client_secret_file", o.ClientSecretFile)
 		if err != nil {
-			return nil, err
+			return nil, print, err
 		}
 		cfg.ClientSecret = s
+		h.Write([]byte("\x00secret\x00" + string(s)))
 	}
+	h.Sum(print[:0])
 	r := &auth.OAuthRouter{Next: next, Masters: map[string]auth.MasterLogin{}, Domains: o.Domains}
 	if len(r.Domains) == 0 && r.IgnoresDomain() {
 		// The route of alice@anywhere would be local alice's entry, and
 		// a backend that ignores the domain too (Dovecot's %Ln) would
 		// open her mailbox for whoever had alice@anywhere verified at
 		// the issuer.
-		return nil, errors.New("oauth.domains: required: a [route] source compares local parts only (route.sql with :local, route.ldap with %n), " +
+		return nil, print, errors.New("oauth.domains: required: a [route] source compares local parts only (route.sql with :local, route.ldap with %n), " +
 			"so a token naming alice@any-domain would be routed to local alice; list the mailbox domains tokens may name")
 	}
 	if o.MasterUser != "" {
 		master, err := readSecretFile("oauth.master_password_file", o.MasterPasswordFile)
 		if err != nil {
-			return nil, err
+			return nil, print, err
 		}
 		r.Master = auth.MasterLogin{User: o.MasterUser, Password: master, Separator: o.MasterSeparator}
 	}
@@ -264,17 +277,21 @@ func buildOAuth(o *oauthSettings, backends []backendSettings, next auth.Router) 
 		if m := b.OAuthMaster; m != nil {
 			pw, err := readSecretFile("backend "+strconv.Quote(b.Name)+" oauth_master_password_file", m.PasswordFile)
 			if err != nil {
-				return nil, err
+				return nil, print, err
 			}
 			r.Masters[b.Name] = auth.MasterLogin{User: m.User, Password: pw, Separator: m.Separator}
 		}
 	}
+	if prev != nil && print == prevPrint {
+		r.Verifier = prev
+		return r, print, nil
+	}
 	v, err := auth.NewOAuth(cfg)
 	if err != nil {
-		return nil, err
+		return nil, print, err
 	}
 	r.Verifier = v
-	return r, nil
+	return r, print, nil
 }
 
 // checkOAuthIssuer asks the issuer for its discovery document and keys:

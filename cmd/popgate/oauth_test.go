@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/popgate/popgate/auth"
 	"github.com/popgate/popgate/internal/oidctest"
 )
 
@@ -129,5 +130,51 @@ func TestCheckOAuthIssuer(t *testing.T) {
 	errOut.Reset()
 	if code := mainErr([]string{"check", "-offline", "-config", write(idp.Issuer)}, &out, &errOut); code != 0 {
 		t.Fatalf("issuer down: check -offline = %d: %s", code, errOut.String())
+	}
+}
+
+// TestOAuthVerifierKeptOnReload: a reload with [oauth] unchanged keeps
+// the verifier, with the issuer's keys and the tokens it verified, so
+// that a reload during an issuer outage does not stop token logins; a
+// changed setting or client secret builds a new one.
+func TestOAuthVerifierKeptOnReload(t *testing.T) {
+	dir := t.TempDir()
+	master, secret := filepath.Join(dir, "master"), filepath.Join(dir, "secret")
+	writeFile(t, master, []byte("Master-Secret-9x\n"))
+	writeFile(t, secret, []byte("client-secret-1\n"))
+	conf := func(audience string) *settings {
+		t.Helper()
+		c, err := ParseConfig("oauth", []byte("[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n"+backendB+routeB+
+			fmt.Sprintf("[oauth]\nissuer = \"https://idp.example.com/realms/mail\"\naudience = [%q]\nintrospection = true\nclient_id = \"popgate\"\nclient_secret_file = %q\nmaster_user = \"m\"\nmaster_password_file = %q\n", audience, secret, master)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	build := func(c *settings, prev *auth.OAuthRouter, prevPrint [32]byte) (*auth.OAuthRouter, [32]byte) {
+		t.Helper()
+		var pv *auth.OAuth
+		if prev != nil {
+			pv = prev.Verifier
+		}
+		r, p, err := buildOAuth(c.OAuth, c.Backends, nil, pv, prevPrint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, p
+	}
+	first, p1 := build(conf("popgate"), nil, [32]byte{})
+	same, p2 := build(conf("popgate"), first, p1)
+	if same.Verifier != first.Verifier || p2 != p1 {
+		t.Error("an unchanged [oauth] built a new verifier")
+	}
+	other, p3 := build(conf("mail"), same, p2)
+	if other.Verifier == same.Verifier || p3 == p2 {
+		t.Error("a changed audience kept the old verifier")
+	}
+	writeFile(t, secret, []byte("client-secret-2\n"))
+	rotated, _ := build(conf("mail"), other, p3)
+	if rotated.Verifier == other.Verifier {
+		t.Error("a changed client secret kept the old verifier")
 	}
 }
