@@ -32,7 +32,7 @@ func TestAttack9OAuthDomainsForDomainBlindRoute(t *testing.T) {
 	check := func(oauthExtra, routeExtra string) (int, string) {
 		conf := filepath.Join(dir, "popgate.toml")
 		body := "[log]\nformat = \"json\"\n\n[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n" + backendB + routeB + routeExtra +
-			fmt.Sprintf("[oauth]\nissuer = %q\naudience = [\"popgate\"]\nca_file = %q\ntimeout = \"2s\"\nmaster_user = \"m\"\nmaster_password_file = %q\n", idp.Issuer, idp.CAFile, master) +
+			fmt.Sprintf("[oauth]\nissuer = %q\naudience = [\"popgate\"]\nca_file = %q\ntimeout = \"2s\"\nmaster_user = \"m\"\nmaster_password_file = %q\nmaster_separator = \"*\"\n", idp.Issuer, idp.CAFile, master) +
 			oauthExtra
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)

@@ -335,10 +335,20 @@ func (c *Config) settings() (*settings, []error) {
 	checkRouteNames(s, add)
 	s.Limits = c.Limits.settings(add)
 	s.OAuth = c.OAuth.settings(add)
-	if s.OAuth != nil && s.OAuth.MasterUser == "" {
+	if s.OAuth != nil {
 		for _, b := range s.Backends {
-			if b.OAuthMaster == nil {
+			sep, key := s.OAuth.MasterSeparator, "oauth.master_separator"
+			switch {
+			case b.OAuthMaster != nil:
+				sep, key = b.OAuthMaster.Separator, fmt.Sprintf("backend %q oauth_master_separator", b.Name)
+			case s.OAuth.MasterUser == "":
 				add("oauth.master_user and master_password_file: missing, and backend %q has no oauth_master_user; the backend login of a verified user goes through a master user", b.Name)
+				continue
+			}
+			if sep == "" && !b.RelayAuthzID {
+				// The token login would fail at the backend login,
+				// one user at a time, with [SYS/TEMP].
+				add("%s: \"\" logs in to backend %q with SASL PLAIN as the master, the user as authorization identity, which needs relay_authzid = true on the backend; set it, or the backend's master user separator (Dovecot's auth_master_user_separator, e.g. \"*\")", key, b.Name)
 			}
 		}
 	}

@@ -151,7 +151,7 @@ var configKeys = []configKey{
 	{"backend.relay_authzid", nil},
 	{"backend.oauth_master_user", nil}, // [oauth]'s master_user
 	{"backend.oauth_master_password_file", nil},
-	{"backend.oauth_master_separator", nil}, // [oauth]'s master_separator
+	{"backend.oauth_master_separator", nil}, // "": SASL PLAIN (never [oauth]'s)
 	{"backend.fallbacks", nil},
 	{"backend.health_interval", defaultHealthInterval},
 	{"backend.health_failures", defaultHealthFailures},

@@ -13,7 +13,7 @@ import (
 )
 
 func TestParseConfigOAuth(t *testing.T) {
-	const good = "[oauth]\nissuer = \"https://idp.example.com/realms/mail\"\naudience = [\"popgate\"]\nmaster_user = \"m\"\nmaster_password_file = \"/m\"\n"
+	const good = "[oauth]\nissuer = \"https://idp.example.com/realms/mail\"\naudience = [\"popgate\"]\nmaster_user = \"m\"\nmaster_password_file = \"/m\"\nmaster_separator = \"*\"\n"
 	listenOAuth := "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n"
 	c, err := ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good))
 	if err != nil {
@@ -21,7 +21,7 @@ func TestParseConfigOAuth(t *testing.T) {
 	}
 	o := c.OAuth
 	if o == nil || !c.Listeners[0].OAuth || o.UserClaim != defaultOAuthUserClaim || o.ClockSkew != defaultOAuthClockSkew ||
-		o.Timeout != defaultOAuthTimeout || o.CacheSize != defaultOAuthCacheSize || o.MasterSeparator != "" {
+		o.Timeout != defaultOAuthTimeout || o.CacheSize != defaultOAuthCacheSize || o.MasterSeparator != "*" {
 		t.Fatalf("settings %+v", o)
 	}
 	c, err = ParseConfig("oauth", []byte(listenOAuth+backendB+routeB+good+"domains = [\"Example.COM.\", \"example.org\"]\n"))
@@ -68,6 +68,7 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + good + "introspection = true\n", "oauth.introspection: needs client_id and client_secret_file"},
 		{minimal + good + "client_id = \"x\"\n", "only used with introspection = true"},
 		{minimal + strings.Replace(good, "master_user = \"m\"\n", "", 1), "oauth.master_user and master_password_file: missing"},
+		{minimal + strings.Replace(good, "master_separator = \"*\"\n", "", 1), "needs relay_authzid = true on the backend"},
 		{minimal + good + "clock_skew = \"1h\"\n", "oauth.clock_skew"},
 		{minimal + good + "surprise = 1\n", "unknown key \"oauth.surprise\""},
 		{minimal + strings.Replace(good, "master_user = \"m\"\nmaster_password_file = \"/m\"\n", "", 1), "backend \"b\" has no oauth_master_user"},
@@ -103,7 +104,7 @@ func TestCheckOAuthIssuer(t *testing.T) {
 	write := func(issuer string) string {
 		conf := filepath.Join(dir, "popgate.toml")
 		body := "[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n" + backendB + routeB +
-			fmt.Sprintf("[oauth]\nissuer = %q\naudience = [\"popgate\"]\nca_file = %q\ntimeout = \"2s\"\nmaster_user = \"m\"\nmaster_password_file = %q\n", issuer, idp.CAFile, master)
+			fmt.Sprintf("[oauth]\nissuer = %q\naudience = [\"popgate\"]\nca_file = %q\ntimeout = \"2s\"\nmaster_user = \"m\"\nmaster_password_file = %q\nmaster_separator = \"*\"\n", issuer, idp.CAFile, master)
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +146,7 @@ func TestOAuthVerifierKeptOnReload(t *testing.T) {
 	conf := func(audience string) *settings {
 		t.Helper()
 		c, err := ParseConfig("oauth", []byte("[[listen]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\noauth = true\n\n"+backendB+routeB+
-			fmt.Sprintf("[oauth]\nissuer = \"https://idp.example.com/realms/mail\"\naudience = [%q]\nintrospection = true\nclient_id = \"popgate\"\nclient_secret_file = %q\nmaster_user = \"m\"\nmaster_password_file = %q\n", audience, secret, master)))
+			fmt.Sprintf("[oauth]\nissuer = \"https://idp.example.com/realms/mail\"\naudience = [%q]\nintrospection = true\nclient_id = \"popgate\"\nclient_secret_file = %q\nmaster_user = \"m\"\nmaster_password_file = %q\nmaster_separator = \"*\"\n", audience, secret, master)))
 		if err != nil {
 			t.Fatal(err)
 		}
