@@ -199,7 +199,16 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		return nil, &lookupError{err}
 	}
 	if p := sess.cfg.Pools; p != nil && dec.Backend != "" && sess.cfg.Backends[dec.Backend] == nil {
-		backend, release, ok, aerr := p.Assign(ctx, dec.Backend, sess.mailbox(creds, dec))
+		// The session is the mailbox's before its backend is chosen:
+		// an operator's move that ends the mailbox's sessions around
+		// its change of the affinity ends this one too if it got the
+		// old backend.
+		mailbox := sess.mailbox(creds, dec)
+		sess.setPoolMailbox(auth.FoldUser(mailbox))
+		backend, release, ok, aerr := p.Assign(ctx, dec.Backend, mailbox)
+		if !ok || aerr != nil {
+			sess.setPoolMailbox("")
+		}
 		if ok {
 			if aerr != nil {
 				return nil, &lookupError{aerr}
@@ -212,6 +221,7 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 				if err != nil {
 					release(false)
 					sess.poolRelease = nil
+					sess.setPoolMailbox("")
 				}
 			}()
 		}
