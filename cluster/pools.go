@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +51,11 @@ type PoolStore struct {
 	local     *pool.MemoryStore
 	heartbeat time.Duration
 	hold      time.Duration
+	// holder names this process's holds in an affinity (n:<holder>):
+	// the node and a random instance, since during an upgrade two
+	// processes run as one node, and the new one's last session of a
+	// user ending must not end the old one's hold.
+	holder string
 
 	mu       sync.Mutex
 	leases   map[string]*lease // this replica's sessions, by key
@@ -67,8 +74,10 @@ type lease struct {
 // NewPoolStore returns the fleet's affinity store. heartbeat is how often
 // the affinities of users with a session are renewed.
 func (c *Cluster) NewPoolStore(heartbeat time.Duration) *PoolStore {
+	inst := make([]byte, 6)
+	rand.Read(inst)
 	s := &PoolStore{c: c, local: pool.NewMemoryStore(nil), heartbeat: heartbeat, hold: 3 * heartbeat,
-		leases: map[string]*lease{}, unusable: map[string]bool{}}
+		holder: c.Node() + "/" + hex.EncodeToString(inst), leases: map[string]*lease{}, unusable: map[string]bool{}}
 	c.background(s.renew)
 	return s
 }
@@ -85,7 +94,7 @@ func (s *PoolStore) name(pool, user string) string {
 }
 
 // The affinity scripts. An affinity is a hash: v, the sealed backend;
-// n:<node>, for each replica with a session of the user, when its hold
+// n:<node>/<instance>, for each process with a session of the user, when its hold
 // ends (ms of the replica's clock). The key expires when the last hold
 // ends, or affinity_ttl after the last session ended, whichever is later.
 // A key of another type is not this fleet's: acquire deletes it and says
@@ -269,7 +278,7 @@ func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, 
 
 func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (string, bool, string, error) {
 	var prev string
-	node := s.c.Node()
+	node := s.holder
 	for try := 0; ; try++ {
 		now := time.Now().UnixMilli()
 		res, err := acquireScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds()).Slice()
@@ -339,7 +348,7 @@ func (s *PoolStore) Release(poolName, user, backend string, ttl time.Duration, f
 	}
 	ctx, cancel := s.c.ctx()
 	defer cancel()
-	if err := releaseScript.Run(ctx, s.c.client, []string{key}, s.c.Node(), time.Now().UnixMilli(), ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, redis.Nil) {
+	if err := releaseScript.Run(ctx, s.c.client, []string{key}, s.holder, time.Now().UnixMilli(), ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		s.failed(err)
 		return
 	}
@@ -373,7 +382,7 @@ func (s *PoolStore) renew(ctx context.Context) {
 			_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
 				now := time.Now().UnixMilli()
 				for i, k := range keys {
-					renewScript.EvalSha(octx, p, []string{k}, s.c.Node(), now, s.hold.Milliseconds(), vals[i])
+					renewScript.EvalSha(octx, p, []string{k}, s.holder, now, s.hold.Milliseconds(), vals[i])
 				}
 				return nil
 			})
