@@ -2,6 +2,11 @@ package cluster
 
 import (
 	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,5 +56,92 @@ func TestAttack10UpgradeKeepsOldProcessHold(t *testing.T) {
 	defer release3(true)
 	if b3 != b {
 		t.Errorf("bob went to %s while the old process still relays a session on %s: one mailbox on two backends", b3, b)
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countWriter) Write(p []byte) (int, error) {
+	m, err := c.w.Write(p)
+	c.n.Add(int64(m))
+	return m, err
+}
+
+// countingProxy forwards loopback connections to addr and counts the
+// bytes that come back.
+func countingProxy(t *testing.T, addr string) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() {
+				io.Copy(countWriter{c, &n}, u)
+				c.Close()
+			}()
+			t.Cleanup(func() { c.Close(); u.Close() })
+		}
+	}()
+	return ln.Addr().String(), &n
+}
+
+// TestAttack10HugeEntriesNotRead: a hostile Redis's 16 MiB pools:admin,
+// which every replica reads every 2 s, or 16 MiB affinity, read at every
+// login of the user, costs no more than the bound of what such an entry
+// can be: the replica reads no more of it than that.
+func TestAttack10HugeEntriesNotRead(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	addr, got := countingProxy(t, r.Addr())
+	c, err := Open(Config{Redis: strings.Replace(r.URL(), r.Addr(), addr, 1), KeyFile: writeKey(t), NodeName: "node0"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s := c.NewPoolStore(time.Hour)
+	d := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour}}, Backends: allBackends, Store: s, Admin: c.PoolAdmin()})
+	ctx := context.Background()
+	huge := strings.Repeat("x", 16<<20)
+	if err := c.client.Set(ctx, c.PoolAdmin().key(), huge, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := got.Load()
+	if err := d.Refresh(ctx); err == nil {
+		t.Error("a 16 MiB pools:admin loaded")
+	}
+	if n := got.Load() - before; n > 2*maxPoolAdmin {
+		t.Errorf("reading the pools' changes took %d bytes from Redis, more than the %d they can be", n, maxPoolAdmin)
+	}
+	if err := c.client.Del(ctx, c.PoolAdmin().key()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	key := s.name("p", "bob")
+	if err := c.client.HSet(ctx, key, "v", huge).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before = got.Load()
+	_, release, _, err := d.Assign(ctx, "p", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release(true)
+	if n := got.Load() - before; n > 64<<10 {
+		t.Errorf("a login read %d bytes of an affinity from Redis, more than the %d one can be", n, maxPoolEntry)
 	}
 }

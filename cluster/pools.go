@@ -104,14 +104,16 @@ local function ms(v) return string.format('%.0f', v) end
 local function kind() return redis.call('TYPE', KEYS[1]).ok end
 `
 
-// acquireScript: ARGV node, now, hold. It returns {0} without an
+// acquireScript: ARGV node, now, hold, max. It returns {0} without an
 // affinity, {1, v, live, pttl} with one (and holds it for node; live is
 // 1 when a replica held it already: the user has a session; pttl is what
-// was left of it, ms), {2} for a key of another type, deleted.
+// was left of it, ms), {2} for a key of another type, deleted, {3} for a
+// v longer than max, which no replica wrote and none reads.
 var acquireScript = redis.NewScript(poolLuaCommon + `
 local t = kind()
 if t == 'none' then return {0} end
 if t ~= 'hash' then redis.call('DEL', KEYS[1]) return {2} end
+if redis.call('HSTRLEN', KEYS[1], 'v') > tonumber(ARGV[4]) then return {3} end
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return {0} end
 local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -281,7 +283,7 @@ func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (st
 	node := s.holder
 	for try := 0; ; try++ {
 		now := time.Now().UnixMilli()
-		res, err := acquireScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds()).Slice()
+		res, err := acquireScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds(), maxPoolEntry).Slice()
 		if err != nil {
 			return "", false, "", err
 		}
@@ -289,6 +291,9 @@ func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (st
 		switch {
 		case len(res) == 1 && res[0] == int64(2):
 			s.refuse(key, "not a hash", nil)
+		case len(res) == 1 && res[0] == int64(3):
+			exists = true
+			s.refuse(key, fmt.Sprintf("more than %d bytes, more than an affinity", maxPoolEntry), nil)
 		case len(res) == 4 && res[0] == int64(1):
 			exists = true
 			raw, _ := res[1].(string)
@@ -543,7 +548,7 @@ func (a *PoolAdmin) decode(raw []byte) (pool.Overrides, error) {
 
 // Load implements pool.AdminStore.
 func (a *PoolAdmin) Load(ctx context.Context) (pool.Overrides, error) {
-	raw, err := a.c.client.Get(ctx, a.key()).Bytes()
+	raw, err := getBounded(ctx, a.c.client, a.key(), maxPoolAdmin)
 	if errors.Is(err, redis.Nil) {
 		a.c.done(nil)
 		return pool.Overrides{}, nil
@@ -563,6 +568,19 @@ func (a *PoolAdmin) Load(ctx context.Context) (pool.Overrides, error) {
 	return o, err
 }
 
+// getBounded reads the string at key, but no more than max+1 bytes of
+// it: every replica reads the pools' changes every PoolRefresh, and a
+// hostile Redis's huge value must not cost each of them its size each
+// time (decode refuses what is longer than max). A missing key, or an
+// empty value, which no replica writes, is redis.Nil.
+func getBounded(ctx context.Context, c redis.Cmdable, key string, max int) ([]byte, error) {
+	raw, err := c.GetRange(ctx, key, 0, int64(max)).Bytes()
+	if err == nil && len(raw) == 0 {
+		return nil, redis.Nil
+	}
+	return raw, err
+}
+
 // Update implements pool.AdminStore, with WATCH: replicas that change the
 // pools at once each see the other's change.
 func (a *PoolAdmin) Update(ctx context.Context, f func(pool.Overrides) error) (pool.Overrides, error) {
@@ -570,7 +588,7 @@ func (a *PoolAdmin) Update(ctx context.Context, f func(pool.Overrides) error) (p
 	var out pool.Overrides
 	for range 5 {
 		err := a.c.client.Watch(ctx, func(tx *redis.Tx) error {
-			raw, err := tx.Get(ctx, key).Bytes()
+			raw, err := getBounded(ctx, tx, key, maxPoolAdmin)
 			o := pool.Overrides{}
 			switch {
 			case errors.Is(err, redis.Nil):
