@@ -283,6 +283,11 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 // names without a master user's "*master" suffix.
 func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
 	switch {
+	case dec.Mailbox != "":
+		// The router says (an OAuthRouter's master login, split by
+		// its own separator, which limits.master_user_separator need
+		// not be).
+		return dec.Mailbox
 	case dec.AuthzID != "":
 		return dec.AuthzID
 	case creds.AuthzID != "" && dec.User == "":
