@@ -22,3 +22,17 @@ func TestAttack10TokenLoginPoolKey(t *testing.T) {
 		t.Errorf("a token login of bob keys the pool by %q, his password login by %q", got, "bob")
 	}
 }
+
+// TestAttack10DomainBlindPoolKey: behind a route that compares local
+// parts only, "carol@a.example" and "carol@b.example" log in to one
+// directory entry, one mailbox: the pool keys them alike, and an
+// operator's move of either spelling moves that key.
+func TestAttack10DomainBlindPoolKey(t *testing.T) {
+	srv := &Server{}
+	sess := &session{srv: srv, cfg: &Config{Router: blindRouter{}}}
+	a := sess.mailbox(auth.Credentials{User: "carol@a.example"}, auth.Decision{Backend: "mx"})
+	b := sess.mailbox(auth.Credentials{User: "carol@b.example"}, auth.Decision{Backend: "mx"})
+	if a != b {
+		t.Errorf("one entry's mailbox keys the pool as %q and as %q", a, b)
+	}
+}

@@ -299,7 +299,24 @@ func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
 			user = user[:i]
 		}
 	}
+	return poolKey(user, domainBlind(sess.cfg.Router))
+}
+
+// poolKey is the name a pool keys user's mailbox by: behind a Router that
+// compares local parts only (blind), every domain of the name logs in to
+// one entry, one mailbox, so the local part.
+func poolKey(user string, blind bool) string {
+	if blind {
+		return localPart(user)
+	}
 	return user
+}
+
+// PoolKey is the name a pool keys user's mailbox by under the current
+// configuration, as logins key it: an operator's move of a user names
+// the affinity its logins use.
+func (s *Server) PoolKey(user string) string {
+	return poolKey(user, domainBlind(s.config().Router))
 }
 
 // authorizationID returns the SASL authorization identity to send to
