@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,5 +144,107 @@ func TestAttack10HugeEntriesNotRead(t *testing.T) {
 	release(true)
 	if n := got.Load() - before; n > 64<<10 {
 		t.Errorf("a login read %d bytes of an affinity from Redis, more than the %d one can be", n, maxPoolEntry)
+	}
+}
+
+// blockingProxy forwards loopback connections to addr until blocked,
+// which cuts every connection and refuses new ones until unblocked.
+type blockingProxy struct {
+	mu      sync.Mutex
+	blocked bool
+	conns   []net.Conn
+}
+
+func (p *blockingProxy) set(blocked bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.blocked = blocked
+	if blocked {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns = nil
+	}
+}
+
+func startBlockingProxy(t *testing.T, addr string) (string, *blockingProxy) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p := &blockingProxy{}
+	t.Cleanup(func() { p.set(true) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.blocked {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", addr)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return ln.Addr().String(), p
+}
+
+// TestAttack10OutageSessionHeldWhenBack: a session a replica assigned on
+// its own state while it could not reach Redis holds its user's backend
+// for the fleet once Redis is back, as any session does: another
+// replica's login of the user, after a drain of that backend, must not
+// open the mailbox on a second backend.
+func TestAttack10OutageSessionHeldWhenBack(t *testing.T) {
+	r := dirrun.RedisFor(t)
+	key := writeKey(t)
+	addr, px := startBlockingProxy(t, r.Addr())
+	ca, err := Open(Config{Redis: strings.Replace(r.URL(), r.Addr(), addr, 1), KeyFile: key, NodeName: "nodeA"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ca.Close() })
+	a := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour}}, Backends: allBackends, Store: ca.NewPoolStore(100 * time.Millisecond), Admin: ca.PoolAdmin()})
+	cb, _ := openNode(t, r, "nodeB", key)
+	sb := cb.NewPoolStore(100 * time.Millisecond)
+	b := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour}}, Backends: allBackends, Store: sb, Admin: cb.PoolAdmin()})
+	ctx := context.Background()
+	px.set(true)
+	on, release, _, err := a.Assign(ctx, "p", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release(true)
+	px.set(false)
+	// A's heartbeat writes its sessions' holds once Redis answers it
+	// again (after PoolRetry); the deadline only bounds a test that fails.
+	k := sb.name("p", "bob")
+	deadline := time.Now().Add(PoolRetry + 5*time.Second)
+	for cb.client.Exists(ctx, k).Val() == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := b.Change(ctx, "p", pool.Op{Action: "drain", Backend: on}); err != nil {
+		t.Fatal(err)
+	}
+	got, rb, _, err := b.Assign(ctx, "p", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rb(true)
+	if got != on {
+		t.Errorf("bob went to %s on B while A, Redis back, still relays the session it opened on %s during its outage", got, on)
 	}
 }

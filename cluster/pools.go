@@ -250,22 +250,15 @@ func (s *PoolStore) seal(key, backend, poolName, user string) []byte {
 }
 
 // Acquire implements pool.Store.
-func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, string, error) {
-	if !s.try() {
-		s.c.Fallback("pools")
-		return s.local.Acquire(ctx, a)
-	}
+func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (b string, hit bool, prev string, err error) {
 	key := s.name(a.Pool, a.User)
-	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
-	defer cancel()
-	b, hit, prev, err := s.acquire(ctx, key, a)
-	if err != nil {
-		s.failed(err)
-		s.c.Fallback("pools")
-		return s.local.Acquire(context.Background(), a)
-	}
-	s.ok()
-	if b != "" {
+	defer func() {
+		if err != nil || b == "" {
+			return
+		}
+		// Also a session assigned on local state holds its user's
+		// backend: the heartbeat writes the hold once Redis answers
+		// again, so that other replicas see the session from then on.
 		s.mu.Lock()
 		l := s.leases[key]
 		if l == nil || l.backend != b {
@@ -274,7 +267,20 @@ func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, 
 		}
 		l.n++
 		s.mu.Unlock()
+	}()
+	if !s.try() {
+		s.c.Fallback("pools")
+		return s.local.Acquire(ctx, a)
 	}
+	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
+	defer cancel()
+	b, hit, prev, err = s.acquire(ctx, key, a)
+	if err != nil {
+		s.failed(err)
+		s.c.Fallback("pools")
+		return s.local.Acquire(context.Background(), a)
+	}
+	s.ok()
 	return b, hit, prev, nil
 }
 
@@ -335,7 +341,7 @@ func (s *PoolStore) Release(poolName, user, backend string, ttl time.Duration, f
 	l := s.leases[key]
 	if l == nil || l.backend != backend {
 		s.mu.Unlock()
-		return // a session of the fallback, or of an old affinity
+		return // a session of an old affinity
 	}
 	l.n--
 	last := l.n <= 0
