@@ -94,8 +94,8 @@ func (s *PoolStore) name(pool, user string) string {
 }
 
 // The affinity scripts. An affinity is a hash: v, the sealed backend;
-// n:<node>/<instance>, for each process with a session of the user, when its hold
-// ends (ms of the replica's clock). The key expires when the last hold
+// n:<node>/<instance>, for each process with a session of the user, when
+// its hold ends (ms of the replica's clock). The key expires when the last hold
 // ends, or affinity_ttl after the last session ended, whichever is later.
 // A key of another type is not this fleet's: acquire deletes it and says
 // so; the others leave it to acquire.
