@@ -146,6 +146,12 @@ type Decision struct {
 	// (OAUTHBEARER without "a="), so that the session log, /sessions
 	// and ending a user's sessions see the user.
 	Name string
+	// Mailbox, when set, is the mailbox the login opens, when User and
+	// AuthzID do not say it in a form popgate can read: an
+	// [OAuthRouter]'s master login ("bob*master" with oauth's own
+	// separator). A backend pool keys the user's affinity by it, so that
+	// bob's token and password logins go to one backend.
+	Mailbox string
 }
 
 // Router decides where a login goes. Route returns [ErrNoRoute] when nothing

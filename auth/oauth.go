@@ -1039,7 +1039,7 @@ func (r *OAuthRouter) Route(ctx context.Context, req *Request) (Decision, error)
 		// name where the claim says, not where popgate meant.
 		return Decision{}, &DeniedError{Reason: "the mailbox name holds the master user separator"}
 	}
-	dec.Password, dec.Name = m.Password, user
+	dec.Password, dec.Name, dec.Mailbox = m.Password, user, mailbox
 	if m.Separator != "" {
 		dec.User, dec.AuthzID = mailbox+m.Separator+m.User, ""
 	} else {

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +51,11 @@ type PoolStore struct {
 	local     *pool.MemoryStore
 	heartbeat time.Duration
 	hold      time.Duration
+	// holder names this process's holds in an affinity (n:<holder>):
+	// the node and a random instance, since during an upgrade two
+	// processes run as one node, and the new one's last session of a
+	// user ending must not end the old one's hold.
+	holder string
 
 	mu       sync.Mutex
 	leases   map[string]*lease // this replica's sessions, by key
@@ -67,8 +74,10 @@ type lease struct {
 // NewPoolStore returns the fleet's affinity store. heartbeat is how often
 // the affinities of users with a session are renewed.
 func (c *Cluster) NewPoolStore(heartbeat time.Duration) *PoolStore {
+	inst := make([]byte, 6)
+	rand.Read(inst)
 	s := &PoolStore{c: c, local: pool.NewMemoryStore(nil), heartbeat: heartbeat, hold: 3 * heartbeat,
-		leases: map[string]*lease{}, unusable: map[string]bool{}}
+		holder: c.Node() + "/" + hex.EncodeToString(inst), leases: map[string]*lease{}, unusable: map[string]bool{}}
 	c.background(s.renew)
 	return s
 }
@@ -85,8 +94,8 @@ func (s *PoolStore) name(pool, user string) string {
 }
 
 // The affinity scripts. An affinity is a hash: v, the sealed backend;
-// n:<node>, for each replica with a session of the user, when its hold
-// ends (ms of the replica's clock). The key expires when the last hold
+// n:<node>/<instance>, for each process with a session of the user, when
+// its hold ends (ms of the replica's clock). The key expires when the last hold
 // ends, or affinity_ttl after the last session ended, whichever is later.
 // A key of another type is not this fleet's: acquire deletes it and says
 // so; the others leave it to acquire.
@@ -95,14 +104,16 @@ local function ms(v) return string.format('%.0f', v) end
 local function kind() return redis.call('TYPE', KEYS[1]).ok end
 `
 
-// acquireScript: ARGV node, now, hold. It returns {0} without an
+// acquireScript: ARGV node, now, hold, max. It returns {0} without an
 // affinity, {1, v, live, pttl} with one (and holds it for node; live is
 // 1 when a replica held it already: the user has a session; pttl is what
-// was left of it, ms), {2} for a key of another type, deleted.
+// was left of it, ms), {2} for a key of another type, deleted, {3} for a
+// v longer than max, which no replica wrote and none reads.
 var acquireScript = redis.NewScript(poolLuaCommon + `
 local t = kind()
 if t == 'none' then return {0} end
 if t ~= 'hash' then redis.call('DEL', KEYS[1]) return {2} end
+if redis.call('HSTRLEN', KEYS[1], 'v') > tonumber(ARGV[4]) then return {3} end
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return {0} end
 local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -239,22 +250,15 @@ func (s *PoolStore) seal(key, backend, poolName, user string) []byte {
 }
 
 // Acquire implements pool.Store.
-func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, string, error) {
-	if !s.try() {
-		s.c.Fallback("pools")
-		return s.local.Acquire(ctx, a)
-	}
+func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (b string, hit bool, prev string, err error) {
 	key := s.name(a.Pool, a.User)
-	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
-	defer cancel()
-	b, hit, prev, err := s.acquire(ctx, key, a)
-	if err != nil {
-		s.failed(err)
-		s.c.Fallback("pools")
-		return s.local.Acquire(context.Background(), a)
-	}
-	s.ok()
-	if b != "" {
+	defer func() {
+		if err != nil || b == "" {
+			return
+		}
+		// Also a session assigned on local state holds its user's
+		// backend: the heartbeat writes the hold once Redis answers
+		// again, so that other replicas see the session from then on.
 		s.mu.Lock()
 		l := s.leases[key]
 		if l == nil || l.backend != b {
@@ -263,16 +267,29 @@ func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (string, bool, 
 		}
 		l.n++
 		s.mu.Unlock()
+	}()
+	if !s.try() {
+		s.c.Fallback("pools")
+		return s.local.Acquire(ctx, a)
 	}
+	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
+	defer cancel()
+	b, hit, prev, err = s.acquire(ctx, key, a)
+	if err != nil {
+		s.failed(err)
+		s.c.Fallback("pools")
+		return s.local.Acquire(context.Background(), a)
+	}
+	s.ok()
 	return b, hit, prev, nil
 }
 
 func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (string, bool, string, error) {
 	var prev string
-	node := s.c.Node()
+	node := s.holder
 	for try := 0; ; try++ {
 		now := time.Now().UnixMilli()
-		res, err := acquireScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds()).Slice()
+		res, err := acquireScript.Run(ctx, s.c.client, []string{key}, node, now, s.hold.Milliseconds(), maxPoolEntry).Slice()
 		if err != nil {
 			return "", false, "", err
 		}
@@ -280,6 +297,9 @@ func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (st
 		switch {
 		case len(res) == 1 && res[0] == int64(2):
 			s.refuse(key, "not a hash", nil)
+		case len(res) == 1 && res[0] == int64(3):
+			exists = true
+			s.refuse(key, fmt.Sprintf("more than %d bytes, more than an affinity", maxPoolEntry), nil)
 		case len(res) == 4 && res[0] == int64(1):
 			exists = true
 			raw, _ := res[1].(string)
@@ -321,7 +341,7 @@ func (s *PoolStore) Release(poolName, user, backend string, ttl time.Duration, f
 	l := s.leases[key]
 	if l == nil || l.backend != backend {
 		s.mu.Unlock()
-		return // a session of the fallback, or of an old affinity
+		return // a session of an old affinity
 	}
 	l.n--
 	last := l.n <= 0
@@ -339,7 +359,7 @@ func (s *PoolStore) Release(poolName, user, backend string, ttl time.Duration, f
 	}
 	ctx, cancel := s.c.ctx()
 	defer cancel()
-	if err := releaseScript.Run(ctx, s.c.client, []string{key}, s.c.Node(), time.Now().UnixMilli(), ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, redis.Nil) {
+	if err := releaseScript.Run(ctx, s.c.client, []string{key}, s.holder, time.Now().UnixMilli(), ttl.Milliseconds()).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		s.failed(err)
 		return
 	}
@@ -373,7 +393,7 @@ func (s *PoolStore) renew(ctx context.Context) {
 			_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
 				now := time.Now().UnixMilli()
 				for i, k := range keys {
-					renewScript.EvalSha(octx, p, []string{k}, s.c.Node(), now, s.hold.Milliseconds(), vals[i])
+					renewScript.EvalSha(octx, p, []string{k}, s.holder, now, s.hold.Milliseconds(), vals[i])
 				}
 				return nil
 			})
@@ -534,7 +554,7 @@ func (a *PoolAdmin) decode(raw []byte) (pool.Overrides, error) {
 
 // Load implements pool.AdminStore.
 func (a *PoolAdmin) Load(ctx context.Context) (pool.Overrides, error) {
-	raw, err := a.c.client.Get(ctx, a.key()).Bytes()
+	raw, err := getBounded(ctx, a.c.client, a.key(), maxPoolAdmin)
 	if errors.Is(err, redis.Nil) {
 		a.c.done(nil)
 		return pool.Overrides{}, nil
@@ -554,6 +574,19 @@ func (a *PoolAdmin) Load(ctx context.Context) (pool.Overrides, error) {
 	return o, err
 }
 
+// getBounded reads the string at key, but no more than max+1 bytes of
+// it: every replica reads the pools' changes every PoolRefresh, and a
+// hostile Redis's huge value must not cost each of them its size each
+// time (decode refuses what is longer than max). A missing key, or an
+// empty value, which no replica writes, is redis.Nil.
+func getBounded(ctx context.Context, c redis.Cmdable, key string, max int) ([]byte, error) {
+	raw, err := c.GetRange(ctx, key, 0, int64(max)).Bytes()
+	if err == nil && len(raw) == 0 {
+		return nil, redis.Nil
+	}
+	return raw, err
+}
+
 // Update implements pool.AdminStore, with WATCH: replicas that change the
 // pools at once each see the other's change.
 func (a *PoolAdmin) Update(ctx context.Context, f func(pool.Overrides) error) (pool.Overrides, error) {
@@ -561,7 +594,7 @@ func (a *PoolAdmin) Update(ctx context.Context, f func(pool.Overrides) error) (p
 	var out pool.Overrides
 	for range 5 {
 		err := a.c.client.Watch(ctx, func(tx *redis.Tx) error {
-			raw, err := tx.Get(ctx, key).Bytes()
+			raw, err := getBounded(ctx, tx, key, maxPoolAdmin)
 			o := pool.Overrides{}
 			switch {
 			case errors.Is(err, redis.Nil):

@@ -97,6 +97,8 @@ type Director struct {
 	// down reports whether health checks took a backend down; nil: none
 	// is.
 	down atomic.Pointer[func(backend string) bool]
+	// key is SetKey's.
+	key atomic.Pointer[func(user string) string]
 
 	mu       sync.Mutex
 	pools    map[string]Pool // the configuration's
@@ -145,6 +147,18 @@ func New(cfg Config) *Director {
 	}
 	d.Reconfigure(cfg.Pools, cfg.Backends)
 	return d
+}
+
+// SetKey installs the form an operator's move names a user's affinity
+// by, the one logins key it by (the proxy's: behind a route that compares
+// local parts only, the local part); nil: the name as given.
+func (d *Director) SetKey(key func(user string) string) { d.key.Store(&key) }
+
+func (d *Director) keyOf(user string) string {
+	if f := d.key.Load(); f != nil && *f != nil {
+		user = (*f)(user)
+	}
+	return Fold(user)
 }
 
 // SetDown installs the health checks' verdict: a backend down takes no
@@ -456,7 +470,7 @@ func (d *Director) Move(ctx context.Context, pool, user, to string) (string, err
 	if !ok {
 		return "", fmt.Errorf("%w: no pool %q", ErrUnknown, pool)
 	}
-	user = Fold(user)
+	user = d.keyOf(user)
 	if to == "" {
 		to = Pick(user, e.members, d.isDown)
 		if to == "" {

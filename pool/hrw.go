@@ -12,7 +12,8 @@ package pool
 
 import (
 	"math"
-	"strings"
+
+	"github.com/popgate/popgate/auth"
 )
 
 // Member is one backend of a pool.
@@ -79,5 +80,9 @@ func mix(z uint64) uint64 {
 }
 
 // Fold is the form of a user name the assignment and the affinity key
-// on: lower case, as Director's default director_username_hash (%Lu).
-func Fold(user string) string { return strings.ToLower(user) }
+// on: [auth.FoldUser], lower case as Director's default
+// director_username_hash (%Lu) for plain ASCII names, and one form for
+// every spelling a directory takes for one entry (compatibility forms,
+// format characters, spaces), so that one mailbox has one affinity and is
+// never open on two backends because its user typed it two ways.
+func Fold(user string) string { return auth.FoldUser(user) }

@@ -199,7 +199,16 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 		return nil, &lookupError{err}
 	}
 	if p := sess.cfg.Pools; p != nil && dec.Backend != "" && sess.cfg.Backends[dec.Backend] == nil {
-		backend, release, ok, aerr := p.Assign(ctx, dec.Backend, sess.mailbox(creds, dec))
+		// The session is the mailbox's before its backend is chosen:
+		// an operator's move that ends the mailbox's sessions around
+		// its change of the affinity ends this one too if it got the
+		// old backend.
+		mailbox := sess.mailbox(creds, dec)
+		sess.setPoolMailbox(auth.FoldUser(mailbox))
+		backend, release, ok, aerr := p.Assign(ctx, dec.Backend, mailbox)
+		if !ok || aerr != nil {
+			sess.setPoolMailbox("")
+		}
 		if ok {
 			if aerr != nil {
 				return nil, &lookupError{aerr}
@@ -212,6 +221,7 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 				if err != nil {
 					release(false)
 					sess.poolRelease = nil
+					sess.setPoolMailbox("")
 				}
 			}()
 		}
@@ -273,6 +283,11 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 // names without a master user's "*master" suffix.
 func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
 	switch {
+	case dec.Mailbox != "":
+		// The router says (an OAuthRouter's master login, split by
+		// its own separator, which limits.master_user_separator need
+		// not be).
+		return dec.Mailbox
 	case dec.AuthzID != "":
 		return dec.AuthzID
 	case creds.AuthzID != "" && dec.User == "":
@@ -284,7 +299,24 @@ func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
 			user = user[:i]
 		}
 	}
+	return poolKey(user, domainBlind(sess.cfg.Router))
+}
+
+// poolKey is the name a pool keys user's mailbox by: behind a Router that
+// compares local parts only (blind), every domain of the name logs in to
+// one entry, one mailbox, so the local part.
+func poolKey(user string, blind bool) string {
+	if blind {
+		return localPart(user)
+	}
 	return user
+}
+
+// PoolKey is the name a pool keys user's mailbox by under the current
+// configuration, as logins key it: an operator's move of a user names
+// the affinity its logins use.
+func (s *Server) PoolKey(user string) string {
+	return poolKey(user, domainBlind(s.config().Router))
 }
 
 // authorizationID returns the SASL authorization identity to send to

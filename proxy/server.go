@@ -516,7 +516,9 @@ func (s *Server) SessionList() []SessionInfo {
 // EndSessions ends every session of user (the name the client logged in
 // with, compared as [auth.FoldUser] folds: every spelling the directory
 // takes for the same entry, every domain of it when the Router compares
-// local parts only), logged in or still logging in:
+// local parts only), and every session of a pool that opens user's
+// mailbox (a master user's, an authorization identity's), logged in or
+// still logging in:
 // both sockets are closed, no QUIT is sent. It returns how many it ended.
 // Moving a mailbox: change its route, reload, then end its sessions so
 // that the client's next login goes to the new backend.
@@ -524,8 +526,12 @@ func (s *Server) EndSessions(user string) int {
 	if auth.FoldUser(user) == "" {
 		return 0
 	}
+	k := auth.FoldUser(user)
 	return s.endWhere(func(sess *session) bool {
-		return userMatches(user, sess.userName(), domainBlind(sess.cfg.Router))
+		// A pool session of user's mailbox is user's, whoever logged in
+		// (a master user, an authorization identity): a move that missed
+		// it would leave the mailbox open on its old backend.
+		return userMatches(user, sess.userName(), domainBlind(sess.cfg.Router)) || sess.poolMailboxName() == k
 	})
 }
 

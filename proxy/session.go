@@ -95,11 +95,16 @@ type session struct {
 	// attempt while in AUTHORIZATION); "" before any. Logged as user.
 	clientUser string
 	backend    string // the backend of the last attempt, once routed
-	spliced    bool
-	closed     bool
-	stopLogin  context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
-	endedBy    string             // endedByAdmin or endedByShutdown when popgate closed the session, else ""
-	bconn      net.Conn           // the backend socket, once dialed for the splice
+	// poolMailbox is the mailbox, folded ([auth.FoldUser]), that a pool
+	// assigned the last attempt's backend to, when a pool did: a master
+	// user's or an authorization identity's session is the mailbox's
+	// too, and EndSessions of that mailbox's user must end it.
+	poolMailbox string
+	spliced     bool
+	closed      bool
+	stopLogin   context.CancelFunc // ends the AUTHORIZATION state's waits (router, backend login, failure delay); nil outside it
+	endedBy     string             // endedByAdmin or endedByShutdown when popgate closed the session, else ""
+	bconn       net.Conn           // the backend socket, once dialed for the splice
 
 	sp splice // the copy after the login; see its own guards
 }
@@ -143,6 +148,20 @@ func (sess *session) info() SessionInfo {
 		in.SNI = sess.tls.serverName
 	}
 	return in
+}
+
+// poolMailboxName is the folded mailbox a pool assigned the session's
+// backend to, or "".
+func (sess *session) poolMailboxName() string {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.poolMailbox
+}
+
+func (sess *session) setPoolMailbox(m string) {
+	sess.mu.Lock()
+	sess.poolMailbox = m
+	sess.mu.Unlock()
 }
 
 // userName is the user name of the session's (last) login attempt.

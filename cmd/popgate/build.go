@@ -97,6 +97,7 @@ func build(c *settings, log *slog.Logger) (*instance, error) {
 		return nil, err
 	}
 	in.director.SetDown(in.server.BackendDown)
+	in.director.SetKey(in.server.PoolKey)
 	return in, nil
 }
 

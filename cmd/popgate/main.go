@@ -345,6 +345,7 @@ func prepare(c *settings, log *slog.Logger) (*runner, error) {
 		return nil, err
 	}
 	in.director.SetDown(in.server.BackendDown)
+	in.director.SetKey(in.server.PoolKey)
 	r := newRunner(in, log)
 	r.metrics = metrics
 	return r, nil

@@ -1,0 +1,38 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/popgate/popgate/auth"
+)
+
+// TestAttack10TokenLoginPoolKey: a token login goes to the backend as
+// the master user, "bob*master" with oauth's own separator, whatever
+// limits.master_user_separator says (it may be unset). The pool must key
+// the session by bob's mailbox, as bob's password logins are, or bob's
+// mailbox is open on two backends: one for his password, one for his
+// token.
+func TestAttack10TokenLoginPoolKey(t *testing.T) {
+	sess := &session{cfg: &Config{}}
+	// What an OAuthRouter decides for bob's token with a master
+	// separator "*" (oauth.master_user_separator).
+	dec := auth.Decision{Backend: "mx", User: "bob*master", Password: "master-secret", Name: "bob", Mailbox: "bob"}
+	creds := auth.Credentials{Method: "OAUTHBEARER", Password: "token"}
+	if got := sess.mailbox(creds, dec); got != "bob" {
+		t.Errorf("a token login of bob keys the pool by %q, his password login by %q", got, "bob")
+	}
+}
+
+// TestAttack10DomainBlindPoolKey: behind a route that compares local
+// parts only, "carol@a.example" and "carol@b.example" log in to one
+// directory entry, one mailbox: the pool keys them alike, and an
+// operator's move of either spelling moves that key.
+func TestAttack10DomainBlindPoolKey(t *testing.T) {
+	srv := &Server{}
+	sess := &session{srv: srv, cfg: &Config{Router: blindRouter{}}}
+	a := sess.mailbox(auth.Credentials{User: "carol@a.example"}, auth.Decision{Backend: "mx"})
+	b := sess.mailbox(auth.Credentials{User: "carol@b.example"}, auth.Decision{Backend: "mx"})
+	if a != b {
+		t.Errorf("one entry's mailbox keys the pool as %q and as %q", a, b)
+	}
+}
