@@ -128,7 +128,7 @@ var (
 	poolMovesDesc = prometheus.NewDesc("popgate_pool_moves_total",
 		"Users of the pools that this replica sent to another backend than before, by reason (rebalance, drain, down, removed, admin).", []string{"reason"}, nil)
 	poolAffinityDesc = prometheus.NewDesc("popgate_pool_affinity_total",
-		"Pool logins that found the user's affinity (hit) or had to assign a backend (miss).", []string{"result"}, nil)
+		"Pool logins that found the user's affinity (hit), had to assign a backend (miss), or were refused for now because a replica of a fleet could not read the affinities in Redis (refused).", []string{"result"}, nil)
 )
 
 // collectPools sends the pools' series.
@@ -146,4 +146,5 @@ func collectPools(ch chan<- prometheus.Metric, st pool.Stats) {
 	}
 	ch <- prometheus.MustNewConstMetric(poolAffinityDesc, prometheus.CounterValue, float64(st.Hits), "hit")
 	ch <- prometheus.MustNewConstMetric(poolAffinityDesc, prometheus.CounterValue, float64(st.Misses), "miss")
+	ch <- prometheus.MustNewConstMetric(poolAffinityDesc, prometheus.CounterValue, float64(st.Refused), "refused")
 }

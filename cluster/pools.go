@@ -42,10 +42,14 @@ const (
 // writes the key with SET NX: replicas that race agree on whichever came
 // first.
 //
-// When Redis fails, or holds what does not open, the replica assigns on
-// its own memory (the same hash, so the same backend unless an affinity
-// or a health view differs), logged once per outage and counted in
-// popgate_cluster_fallbacks_total{feature="pools"}.
+// When Redis fails the replica cannot know where the fleet holds a
+// user: it assigns only the users it holds a live session of, to that
+// session's backend, and refuses the others for now ([pool.ErrUnavailable],
+// [SYS/TEMP]), logged once per outage and counted in
+// popgate_cluster_fallbacks_total{feature="pools"}; a pool with outage =
+// "hash" assigns on the replica's own memory instead (the same hash, so
+// the same backend unless an affinity or a health view differs). An
+// entry that does not open is replaced.
 type PoolStore struct {
 	c         *Cluster
 	local     *pool.MemoryStore
@@ -61,6 +65,7 @@ type PoolStore struct {
 	leases   map[string]*lease // this replica's sessions, by key
 	down     bool
 	retryAt  time.Time
+	refusing bool            // a refusal of this outage was logged
 	unusable map[string]bool // keys logged as unusable
 }
 
@@ -208,7 +213,7 @@ func (s *PoolStore) failed(err error) {
 func (s *PoolStore) ok() {
 	s.c.done(nil)
 	s.mu.Lock()
-	s.down = false
+	s.down, s.refusing = false, false
 	s.mu.Unlock()
 }
 
@@ -269,19 +274,45 @@ func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (b string, hit 
 		s.mu.Unlock()
 	}()
 	if !s.try() {
-		s.c.Fallback("pools")
-		return s.local.Acquire(ctx, a)
+		return s.fallback(key, a)
 	}
 	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
 	defer cancel()
 	b, hit, prev, err = s.acquire(ctx, key, a)
 	if err != nil {
 		s.failed(err)
-		s.c.Fallback("pools")
-		return s.local.Acquire(context.Background(), a)
+		return s.fallback(key, a)
 	}
 	s.ok()
 	return b, hit, prev, nil
+}
+
+// fallback assigns a login while Redis does not answer. The fleet may
+// hold the user on another backend than this replica's memory and the
+// hash say (a session on another replica after a pool change, a move, a
+// health view that differs): unless the pool says outage = "hash", only a
+// user this process holds a live session of is assigned, to that
+// session's backend, and the others are refused for now.
+func (s *PoolStore) fallback(key string, a pool.Acquire) (string, bool, string, error) {
+	s.c.Fallback("pools")
+	if a.Outage == pool.OutageHash {
+		return s.local.Acquire(context.Background(), a)
+	}
+	s.mu.Lock()
+	l := s.leases[key]
+	held := l != nil && l.n > 0
+	first := !held && !s.refusing
+	if first {
+		s.refusing = true
+	}
+	s.mu.Unlock()
+	if held {
+		return l.backend, true, "", nil
+	}
+	if first {
+		s.c.log.Warn("cluster: Redis is unreachable; pool logins of users without a session on this replica are refused with [SYS/TEMP] until it answers (outage = \"hash\" in a [[pool]] assigns them by the hash instead)", "pool", a.Pool)
+	}
+	return "", false, "", pool.ErrUnavailable
 }
 
 func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (string, bool, string, error) {
