@@ -107,6 +107,10 @@ const (
 	MoveDown      = "down"      // health checks took the backend down
 	MoveRemoved   = "removed"   // the backend left the pool
 	MoveAdmin     = "admin"     // an operator moved the user
+	// MoveConflict: the fleet's affinity named another backend than
+	// this replica's sessions of the user (its holds had not reached the
+	// fleet in time); those sessions ended.
+	MoveConflict = "conflict"
 )
 
 // Director assigns the users of the configured pools. It is safe for
@@ -120,6 +124,8 @@ type Director struct {
 	down atomic.Pointer[func(backend string) bool]
 	// key is SetKey's.
 	key atomic.Pointer[func(user string) string]
+	// end is SetEnd's.
+	end atomic.Pointer[func(pool, user, backend string) int]
 
 	mu       sync.Mutex
 	pools    map[string]Pool // the configuration's
@@ -181,6 +187,23 @@ func (d *Director) keyOf(user string) string {
 		user = (*f)(user)
 	}
 	return Fold(user)
+}
+
+// SetEnd installs what ends this replica's sessions of user (folded) of
+// pool on backend, without QUIT, as a move does: see [Director.Conflict].
+func (d *Director) SetEnd(end func(pool, user, backend string) int) { d.end.Store(&end) }
+
+// Conflict is a store's report that the fleet holds user (folded) of
+// pool on another backend than this replica's sessions on backend: they
+// end, counted as a move (reason conflict), so that the mailbox is open
+// on one backend only.
+func (d *Director) Conflict(pool, user, backend string) {
+	d.countMove(MoveConflict)
+	n := 0
+	if f := d.end.Load(); f != nil && *f != nil {
+		n = (*f)(pool, user, backend)
+	}
+	d.log.Error("pool user's sessions ended: the fleet holds the user on another backend", "pool", pool, "user", user, "backend", backend, "ended", n)
 }
 
 // SetDown installs the health checks' verdict: a backend down takes no

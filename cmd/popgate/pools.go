@@ -99,12 +99,15 @@ func poolHeartbeat(ps []pool.Pool) time.Duration {
 // affinities and the operator's changes live in Redis.
 func newDirector(c *settings, cl *cluster.Cluster, log *slog.Logger) *pool.Director {
 	pc := pool.Config{Pools: c.Pools, Backends: backendNames(c.Backends), Logger: log}
+	var ps *cluster.PoolStore
 	if cl != nil {
-		pc.Store = cl.NewPoolStore(poolHeartbeat(c.Pools))
+		ps = cl.NewPoolStore(poolHeartbeat(c.Pools))
+		pc.Store = ps
 		pc.Admin = cl.PoolAdmin()
 	}
 	d := pool.New(pc)
 	if cl != nil {
+		ps.OnConflict(d.Conflict)
 		cl.WatchPools(d)
 	}
 	return d
