@@ -126,9 +126,9 @@ var (
 	poolWeightDesc = prometheus.NewDesc("popgate_pool_weight",
 		"Effective weight of each backend of a pool: 0 when drained.", []string{"pool", "backend"}, nil)
 	poolMovesDesc = prometheus.NewDesc("popgate_pool_moves_total",
-		"Users of the pools that this replica sent to another backend than before, by reason (rebalance, drain, down, removed, admin).", []string{"reason"}, nil)
+		"Users of the pools that this replica sent to another backend than before, by reason (rebalance, drain, down, removed, admin, conflict: sessions ended because the fleet held the user on another backend).", []string{"reason"}, nil)
 	poolAffinityDesc = prometheus.NewDesc("popgate_pool_affinity_total",
-		"Pool logins that found the user's affinity (hit) or had to assign a backend (miss).", []string{"result"}, nil)
+		"Pool logins that found the user's affinity (hit), had to assign a backend (miss), or were refused for now because a replica of a fleet could not read the affinities in Redis (refused).", []string{"result"}, nil)
 )
 
 // collectPools sends the pools' series.
@@ -141,9 +141,10 @@ func collectPools(ch chan<- prometheus.Metric, st pool.Stats) {
 			ch <- prometheus.MustNewConstMetric(poolSessionsDesc, prometheus.GaugeValue, float64(c.Sessions), p, b)
 		}
 	}
-	for _, r := range []string{pool.MoveRebalance, pool.MoveDrain, pool.MoveDown, pool.MoveRemoved, pool.MoveAdmin} {
+	for _, r := range []string{pool.MoveRebalance, pool.MoveDrain, pool.MoveDown, pool.MoveRemoved, pool.MoveAdmin, pool.MoveConflict} {
 		ch <- prometheus.MustNewConstMetric(poolMovesDesc, prometheus.CounterValue, float64(st.Moves[r]), r)
 	}
 	ch <- prometheus.MustNewConstMetric(poolAffinityDesc, prometheus.CounterValue, float64(st.Hits), "hit")
 	ch <- prometheus.MustNewConstMetric(poolAffinityDesc, prometheus.CounterValue, float64(st.Misses), "miss")
+	ch <- prometheus.MustNewConstMetric(poolAffinityDesc, prometheus.CounterValue, float64(st.Refused), "refused")
 }

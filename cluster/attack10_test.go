@@ -204,7 +204,7 @@ func startBlockingProxy(t *testing.T, addr string) (string, *blockingProxy) {
 }
 
 // TestAttack10OutageSessionHeldWhenBack: a session a replica assigned on
-// its own state while it could not reach Redis holds its user's backend
+// its own state while it could not reach Redis (outage = "hash") holds its user's backend
 // for the fleet once Redis is back, as any session does: another
 // replica's login of the user, after a drain of that backend, must not
 // open the mailbox on a second backend.
@@ -217,7 +217,7 @@ func TestAttack10OutageSessionHeldWhenBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ca.Close() })
-	a := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour}}, Backends: allBackends, Store: ca.NewPoolStore(100 * time.Millisecond), Admin: ca.PoolAdmin()})
+	a := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour, Outage: pool.OutageHash}}, Backends: allBackends, Store: ca.NewPoolStore(100 * time.Millisecond), Admin: ca.PoolAdmin()})
 	cb, _ := openNode(t, r, "nodeB", key)
 	sb := cb.NewPoolStore(100 * time.Millisecond)
 	b := pool.New(pool.Config{Pools: []pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour}}, Backends: allBackends, Store: sb, Admin: cb.PoolAdmin()})

@@ -42,10 +42,14 @@ const (
 // writes the key with SET NX: replicas that race agree on whichever came
 // first.
 //
-// When Redis fails, or holds what does not open, the replica assigns on
-// its own memory (the same hash, so the same backend unless an affinity
-// or a health view differs), logged once per outage and counted in
-// popgate_cluster_fallbacks_total{feature="pools"}.
+// When Redis fails the replica cannot know where the fleet holds a
+// user: it assigns only the users it holds a live session of, to that
+// session's backend, and refuses the others for now ([pool.ErrUnavailable],
+// [SYS/TEMP]), logged once per outage and counted in
+// popgate_cluster_fallbacks_total{feature="pools"}; a pool with outage =
+// "hash" assigns on the replica's own memory instead (the same hash, so
+// the same backend unless an affinity or a health view differs). An
+// entry that does not open is replaced.
 type PoolStore struct {
 	c         *Cluster
 	local     *pool.MemoryStore
@@ -61,14 +65,25 @@ type PoolStore struct {
 	leases   map[string]*lease // this replica's sessions, by key
 	down     bool
 	retryAt  time.Time
+	refusing bool            // a refusal of this outage was logged
 	unusable map[string]bool // keys logged as unusable
+	conflict func(pool, user, backend string)
+}
+
+// OnConflict installs what ends this replica's sessions of a user on
+// backend when the fleet's affinity names another one (see renew).
+func (s *PoolStore) OnConflict(f func(pool, user, backend string)) {
+	s.mu.Lock()
+	s.conflict = f
+	s.mu.Unlock()
 }
 
 // lease is this replica's sessions of one user.
 type lease struct {
-	pool, backend string
-	val           []byte // the sealed affinity, to write again if it vanished
-	n             int
+	pool, user string
+	backend    string
+	val        []byte // the sealed affinity, to write again if it vanished
+	n          int
 }
 
 // NewPoolStore returns the fleet's affinity store. heartbeat is how often
@@ -165,21 +180,33 @@ redis.call('PEXPIRE', KEYS[1], ms(last - now))
 return 1
 `)
 
-// renewScript: ARGV node, now, hold, v. node still has a session: its
-// hold goes on; an affinity that vanished (Redis lost it: a restart
-// without persistence, a failover) is written again.
+// renewScript: ARGV node, now, hold, v, was, max. node still has a
+// session: its hold goes on, as long as the affinity is v (or was, which
+// it then replaces with v: a value this replica read and judged); an
+// affinity that vanished (Redis lost it: a restart without persistence,
+// a failover) is written again. It returns {1} when it held, {0} for a
+// key of another type, {2, v} for another affinity, which it does not
+// hold (the replica decides: the same backend sealed anew, or another
+// one: a conflict), {3} for a v longer than max.
 var renewScript = redis.NewScript(poolLuaCommon + `
 local t = kind()
 local now, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
 if t == 'none' then
   redis.call('HSET', KEYS[1], 'v', ARGV[4], 'n:' .. ARGV[1], ms(now + hold))
   redis.call('PEXPIRE', KEYS[1], hold)
-  return 1
+  return {1}
 end
-if t ~= 'hash' then return 0 end
+if t ~= 'hash' then return {0} end
+if redis.call('HSTRLEN', KEYS[1], 'v') > tonumber(ARGV[6]) then return {3} end
+local v = redis.call('HGET', KEYS[1], 'v')
+if v and v ~= ARGV[4] then
+  if ARGV[5] == '' or v ~= ARGV[5] then return {2, v} end
+  v = false
+end
+if not v then redis.call('HSET', KEYS[1], 'v', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ms(now + hold))
 redis.call('PEXPIRE', KEYS[1], hold, 'GT')
-return 1
+return {1}
 `)
 
 // try reports whether to ask Redis now; false while backing off.
@@ -208,7 +235,7 @@ func (s *PoolStore) failed(err error) {
 func (s *PoolStore) ok() {
 	s.c.done(nil)
 	s.mu.Lock()
-	s.down = false
+	s.down, s.refusing = false, false
 	s.mu.Unlock()
 }
 
@@ -262,26 +289,52 @@ func (s *PoolStore) Acquire(ctx context.Context, a pool.Acquire) (b string, hit 
 		s.mu.Lock()
 		l := s.leases[key]
 		if l == nil || l.backend != b {
-			l = &lease{pool: a.Pool, backend: b, val: s.seal(key, b, a.Pool, a.User)}
+			l = &lease{pool: a.Pool, user: a.User, backend: b, val: s.seal(key, b, a.Pool, a.User)}
 			s.leases[key] = l
 		}
 		l.n++
 		s.mu.Unlock()
 	}()
 	if !s.try() {
-		s.c.Fallback("pools")
-		return s.local.Acquire(ctx, a)
+		return s.fallback(key, a)
 	}
 	ctx, cancel := context.WithTimeout(ctx, throttleTimeout)
 	defer cancel()
 	b, hit, prev, err = s.acquire(ctx, key, a)
 	if err != nil {
 		s.failed(err)
-		s.c.Fallback("pools")
-		return s.local.Acquire(context.Background(), a)
+		return s.fallback(key, a)
 	}
 	s.ok()
 	return b, hit, prev, nil
+}
+
+// fallback assigns a login while Redis does not answer. The fleet may
+// hold the user on another backend than this replica's memory and the
+// hash say (a session on another replica after a pool change, a move, a
+// health view that differs): unless the pool says outage = "hash", only a
+// user this process holds a live session of is assigned, to that
+// session's backend, and the others are refused for now.
+func (s *PoolStore) fallback(key string, a pool.Acquire) (string, bool, string, error) {
+	s.c.Fallback("pools")
+	if a.Outage == pool.OutageHash {
+		return s.local.Acquire(context.Background(), a)
+	}
+	s.mu.Lock()
+	l := s.leases[key]
+	held := l != nil && l.n > 0
+	first := !held && !s.refusing
+	if first {
+		s.refusing = true
+	}
+	s.mu.Unlock()
+	if held {
+		return l.backend, true, "", nil
+	}
+	if first {
+		s.c.log.Warn("cluster: Redis is unreachable; pool logins of users without a session on this replica are refused with [SYS/TEMP] until it answers (outage = \"hash\" in a [[pool]] assigns them by the hash instead)", "pool", a.Pool)
+	}
+	return "", false, "", pool.ErrUnavailable
 }
 
 func (s *PoolStore) acquire(ctx context.Context, key string, a pool.Acquire) (string, bool, string, error) {
@@ -379,22 +432,40 @@ func (s *PoolStore) renew(ctx context.Context) {
 		}
 		s.mu.Lock()
 		keys := make([]string, 0, len(s.leases))
-		vals := make([][]byte, 0, len(s.leases))
+		ls := make([]*lease, 0, len(s.leases))
 		for k, l := range s.leases {
 			keys = append(keys, k)
-			vals = append(vals, l.val)
+			ls = append(ls, l)
 		}
 		s.mu.Unlock()
 		if len(keys) == 0 || !s.try() {
 			continue
 		}
-		octx, cancel := s.c.ctx()
+		s.renewAll(keys, ls)
+	}
+}
+
+// renewAll renews the holds of leases ls, of keys. An affinity that
+// names another backend than a lease's was written by another replica
+// while this one's holds did not reach Redis (a stalled replica, a
+// partition, Redis that lost its data and a login that came meanwhile):
+// the fleet sends the user there now, so this replica's sessions of the
+// user end, rather than hold (or take back) the affinity.
+func (s *PoolStore) renewAll(keys []string, ls []*lease) {
+	octx, cancel := s.c.ctx()
+	defer cancel()
+	was := make([][]byte, len(keys))
+	for range 2 {
+		var cmds []*redis.Cmd
 		renew := func() error {
+			cmds = cmds[:0]
 			_, err := s.c.client.Pipelined(octx, func(p redis.Pipeliner) error {
 				now := time.Now().UnixMilli()
+				s.mu.Lock()
 				for i, k := range keys {
-					renewScript.EvalSha(octx, p, []string{k}, s.holder, now, s.hold.Milliseconds(), vals[i])
+					cmds = append(cmds, renewScript.EvalSha(octx, p, []string{k}, s.holder, now, s.hold.Milliseconds(), ls[i].val, was[i], maxPoolEntry))
 				}
+				s.mu.Unlock()
 				return nil
 			})
 			return err
@@ -407,12 +478,57 @@ func (s *PoolStore) renew(ctx context.Context) {
 				err = renew()
 			}
 		}
-		cancel()
 		if err != nil {
 			s.failed(err)
-		} else {
-			s.ok()
+			return
 		}
+		s.ok()
+		var again []int
+		for i, cmd := range cmds {
+			res, _ := cmd.Slice()
+			if len(res) != 2 || res[0] != int64(2) {
+				continue
+			}
+			raw, _ := res[1].(string)
+			l := ls[i]
+			b, ok := s.read(keys[i], []byte(raw), pool.Acquire{Pool: l.pool, User: l.user})
+			if ok && b != l.backend {
+				s.conflicted(keys[i], l, b)
+				continue
+			}
+			// The same backend, sealed by another replica, or an entry
+			// that does not open (logged): hold it, as this lease's.
+			was[i] = []byte(raw)
+			again = append(again, i)
+		}
+		if len(again) == 0 {
+			return
+		}
+		k2, l2, w2 := make([]string, len(again)), make([]*lease, len(again)), make([][]byte, len(again))
+		for j, i := range again {
+			k2[j], l2[j], w2[j] = keys[i], ls[i], was[i]
+		}
+		keys, ls, was = k2, l2, w2
+	}
+}
+
+// conflicted ends lease l of key: the fleet's affinity names backend
+// other.
+func (s *PoolStore) conflicted(key string, l *lease, other string) {
+	s.mu.Lock()
+	mine := s.leases[key] == l
+	if mine {
+		delete(s.leases, key)
+	}
+	f := s.conflict
+	s.mu.Unlock()
+	if !mine {
+		return // a later session of the user took the lease meanwhile
+	}
+	s.c.log.Error("cluster: a pool user's affinity in Redis names another backend than this replica's sessions of the user (its holds did not reach Redis in time); ending those sessions, so that the mailbox is not open on two backends",
+		"pool", l.pool, "user", l.user, "backend", l.backend, "fleet_backend", other, "key", key)
+	if f != nil {
+		f(l.pool, l.user, l.backend)
 	}
 }
 

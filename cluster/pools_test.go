@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -245,8 +246,8 @@ func TestPoolsRedisUnusable(t *testing.T) {
 	}
 }
 
-// TestPoolsRedisDown: with Redis gone, logins are assigned at once on
-// local state, by the same hash; a change is refused (it could not reach
+// TestPoolsRedisDown: with Redis gone and outage = "hash", logins are
+// assigned at once on local state, by the same hash; a change is refused (it could not reach
 // the other replicas); once Redis is back, sharing resumes; no goroutine
 // is left behind.
 func TestPoolsRedisDown(t *testing.T) {
@@ -258,6 +259,12 @@ func TestPoolsRedisDown(t *testing.T) {
 	if err := r.Stop(); err != nil {
 		t.Fatal(err)
 	}
+	// By default a user without a session here is refused for now: the
+	// fleet may hold it elsewhere (TestAttack10OutageRefusesUnheldUser).
+	if _, _, _, err := p.d.Assign(ctx, "p", "u0"); !errors.Is(err, pool.ErrUnavailable) {
+		t.Errorf("with Redis down and outage unset, Assign(u0): %v, want ErrUnavailable", err)
+	}
+	p.d.Reconfigure([]pool.Pool{{Name: "p", Members: threeBackends, AffinityTTL: time.Hour, Outage: pool.OutageHash}}, allBackends)
 	for i := range 50 {
 		u := fmt.Sprint("u", i)
 		start := time.Now()

@@ -19,7 +19,28 @@ type Pool struct {
 	// AffinityTTL is how long a user stays on its backend after its last
 	// session ended.
 	AffinityTTL time.Duration
+	// Outage is what a fleet's replica does with a login while it cannot
+	// reach the shared affinities (Redis): OutageRefuse (""), or
+	// OutageHash.
+	Outage string
 }
+
+// Pool.Outage values.
+const (
+	// OutageRefuse assigns, while the shared affinities cannot be read,
+	// only a user this replica holds a live session of (to that
+	// session's backend), and refuses the others with [ErrUnavailable]:
+	// the fleet may hold them on another backend.
+	OutageRefuse = "refuse"
+	// OutageHash assigns on the replica's own memory and the hash: the
+	// logins go on, at the risk of a mailbox open on two backends while
+	// the fleet holds the user elsewhere.
+	OutageHash = "hash"
+)
+
+// ErrUnavailable is a login a store cannot assign for now (the shared
+// affinities cannot be read): the client is to try again later.
+var ErrUnavailable = errors.New("the pool's affinities cannot be read now (Redis unreachable); try again later")
 
 // Override is an operator's change to one backend of a pool, kept across
 // configuration reloads until reset.
@@ -86,6 +107,10 @@ const (
 	MoveDown      = "down"      // health checks took the backend down
 	MoveRemoved   = "removed"   // the backend left the pool
 	MoveAdmin     = "admin"     // an operator moved the user
+	// MoveConflict: the fleet's affinity named another backend than
+	// this replica's sessions of the user (its holds had not reached the
+	// fleet in time); those sessions ended.
+	MoveConflict = "conflict"
 )
 
 // Director assigns the users of the configured pools. It is safe for
@@ -99,6 +124,8 @@ type Director struct {
 	down atomic.Pointer[func(backend string) bool]
 	// key is SetKey's.
 	key atomic.Pointer[func(user string) string]
+	// end is SetEnd's.
+	end atomic.Pointer[func(pool, user, backend string) int]
 
 	mu       sync.Mutex
 	pools    map[string]Pool // the configuration's
@@ -107,7 +134,8 @@ type Director struct {
 	eff      atomic.Pointer[map[string]effective]
 
 	hits, misses atomic.Uint64
-	refreshed    atomic.Int64 // when refreshStale last read the changes (UnixNano)
+	refused      atomic.Uint64 // logins refused with ErrUnavailable
+	refreshed    atomic.Int64  // when refreshStale last read the changes (UnixNano)
 	movesMu      sync.Mutex
 	moves        map[string]uint64
 }
@@ -159,6 +187,23 @@ func (d *Director) keyOf(user string) string {
 		user = (*f)(user)
 	}
 	return Fold(user)
+}
+
+// SetEnd installs what ends this replica's sessions of user (folded) of
+// pool on backend, without QUIT, as a move does: see [Director.Conflict].
+func (d *Director) SetEnd(end func(pool, user, backend string) int) { d.end.Store(&end) }
+
+// Conflict is a store's report that the fleet holds user (folded) of
+// pool on another backend than this replica's sessions on backend: they
+// end, counted as a move (reason conflict), so that the mailbox is open
+// on one backend only.
+func (d *Director) Conflict(pool, user, backend string) {
+	d.countMove(MoveConflict)
+	n := 0
+	if f := d.end.Load(); f != nil && *f != nil {
+		n = (*f)(pool, user, backend)
+	}
+	d.log.Error("pool user's sessions ended: the fleet holds the user on another backend", "pool", pool, "user", user, "backend", backend, "ended", n)
 }
 
 // SetDown installs the health checks' verdict: a backend down takes no
@@ -293,8 +338,11 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		return in && !d.isDown(b)
 	}
 	choose := func() string { return Pick(user, e.members, d.isDown) }
-	b, hit, prev, err := d.store.Acquire(ctx, Acquire{Pool: pool, User: user, TTL: e.pool.AffinityTTL, Keep: keep, Choose: choose})
+	b, hit, prev, err := d.store.Acquire(ctx, Acquire{Pool: pool, User: user, TTL: e.pool.AffinityTTL, Outage: e.pool.Outage, Keep: keep, Choose: choose})
 	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			d.refused.Add(1)
+		}
 		return "", nil, true, err
 	}
 	if b == "" {
@@ -553,7 +601,9 @@ func (d *Director) Status(ctx context.Context, withUsers bool) []PoolStatus {
 // Stats are the Director's counters for metrics.
 type Stats struct {
 	Hits, Misses uint64
-	Moves        map[string]uint64
+	// Refused counts the logins refused with [ErrUnavailable].
+	Refused uint64
+	Moves   map[string]uint64
 	// Counts are this replica's sessions and users by pool and backend
 	// ([Store.Counts]).
 	Counts map[string]map[string]Count
@@ -566,7 +616,7 @@ func (d *Director) Stats() Stats {
 	d.movesMu.Lock()
 	moves := maps.Clone(d.moves)
 	d.movesMu.Unlock()
-	st := Stats{Hits: d.hits.Load(), Misses: d.misses.Load(), Moves: moves, Counts: d.store.Counts(), Weights: map[string]map[string]int{}}
+	st := Stats{Hits: d.hits.Load(), Misses: d.misses.Load(), Refused: d.refused.Load(), Moves: moves, Counts: d.store.Counts(), Weights: map[string]map[string]int{}}
 	for name, e := range *d.eff.Load() {
 		w := map[string]int{}
 		for _, m := range e.members {

@@ -41,6 +41,9 @@ type Acquire struct {
 	Pool, User string
 	// TTL is the pool's affinity_ttl.
 	TTL time.Duration
+	// Outage is the pool's [Pool.Outage]: what a store whose shared
+	// affinities cannot be read does (the memory store ignores it).
+	Outage string
 	// Keep reports whether an affinity to backend still holds; live
 	// says whether the user has a session now (on any replica the
 	// store knows of), idle how long ago its last session ended.

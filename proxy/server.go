@@ -535,6 +535,22 @@ func (s *Server) EndSessions(user string) int {
 	})
 }
 
+// EndPoolSessions ends, without QUIT, the sessions of this process that
+// a pool assigned to mailbox (folded) on backend, as a move does: the
+// fleet holds the mailbox on another backend now ([pool.Director.SetEnd]).
+// pool is the pool's name; a mailbox on backend is the same mailbox
+// whichever pool assigned it.
+func (s *Server) EndPoolSessions(pool, mailbox, backend string) int {
+	if mailbox == "" {
+		return 0
+	}
+	return s.endWhere(func(sess *session) bool {
+		sess.mu.Lock()
+		defer sess.mu.Unlock()
+		return sess.poolMailbox == mailbox && sess.backend == backend
+	})
+}
+
 // UserMatcher returns the test that tells the sessions of user, by their
 // user name ([SessionInfo.User]), as [Server.EndSessions] tells them under
 // the current configuration: the one function that a list filtered by

@@ -98,6 +98,7 @@ func build(c *settings, log *slog.Logger) (*instance, error) {
 	}
 	in.director.SetDown(in.server.BackendDown)
 	in.director.SetKey(in.server.PoolKey)
+	in.director.SetEnd(in.server.EndPoolSessions)
 	return in, nil
 }
 

@@ -161,6 +161,7 @@ var configKeys = []configKey{
 	{"pool.backends", nil},
 	{"pool.weights", nil}, // 1 for each backend
 	{"pool.affinity_ttl", defaultAffinityTTL},
+	{"pool.outage", defaultOutage},
 
 	{"route.default", nil},
 	{"route.users", nil},

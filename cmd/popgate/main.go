@@ -346,6 +346,7 @@ func prepare(c *settings, log *slog.Logger) (*runner, error) {
 	}
 	in.director.SetDown(in.server.BackendDown)
 	in.director.SetKey(in.server.PoolKey)
+	in.director.SetEnd(in.server.EndPoolSessions)
 	r := newRunner(in, log)
 	r.metrics = metrics
 	return r, nil

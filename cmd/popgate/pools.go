@@ -14,6 +14,10 @@ import (
 // director_user_expire.
 const defaultAffinityTTL = 15 * time.Minute
 
+// defaultOutage is pool.outage's default: a replica that cannot reach
+// Redis refuses the logins it cannot place safely.
+const defaultOutage = pool.OutageRefuse
+
 // PoolConfig is one [[pool]]: backends over one mail store that share a
 // pool's users, each user on one backend at a time (docs/pools.md).
 type PoolConfig struct {
@@ -21,6 +25,7 @@ type PoolConfig struct {
 	Backends    []string       `toml:"backends"`
 	Weights     map[string]int `toml:"weights"`
 	AffinityTTL Duration       `toml:"affinity_ttl"`
+	Outage      string         `toml:"outage"`
 }
 
 // pools checks [[pool]]; backends are the [[backend]] names. It returns
@@ -65,6 +70,14 @@ func (c *Config) pools(backends, routes map[string]bool, add func(string, ...any
 		if pc.AffinityTTL.Set && pc.AffinityTTL.Duration < 0 {
 			add("%s.affinity_ttl: must not be negative", key)
 		}
+		switch pc.Outage {
+		case "", pool.OutageRefuse:
+			p.Outage = pool.OutageRefuse
+		case pool.OutageHash:
+			p.Outage = pool.OutageHash
+		default:
+			add("%s.outage: %q, want %q or %q", key, pc.Outage, pool.OutageRefuse, pool.OutageHash)
+		}
 		ps = append(ps, p)
 	}
 	return ps
@@ -86,12 +99,15 @@ func poolHeartbeat(ps []pool.Pool) time.Duration {
 // affinities and the operator's changes live in Redis.
 func newDirector(c *settings, cl *cluster.Cluster, log *slog.Logger) *pool.Director {
 	pc := pool.Config{Pools: c.Pools, Backends: backendNames(c.Backends), Logger: log}
+	var ps *cluster.PoolStore
 	if cl != nil {
-		pc.Store = cl.NewPoolStore(poolHeartbeat(c.Pools))
+		ps = cl.NewPoolStore(poolHeartbeat(c.Pools))
+		pc.Store = ps
 		pc.Admin = cl.PoolAdmin()
 	}
 	d := pool.New(pc)
 	if cl != nil {
+		ps.OnConflict(d.Conflict)
 		cl.WatchPools(d)
 	}
 	return d
