@@ -786,7 +786,7 @@ func (lim LimitsConfig) settings(add func(string, ...any)) limitSettings {
 	if p := lim.IPv6Prefix; p != nil && (*p < 1 || *p > 128) {
 		add("limits.ipv6_prefix: must be between 1 and 128 (the length of the IPv6 prefix that counts as one client; 64 by default)")
 	}
-	if sep := lim.MasterUserSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+	if badSeparator(lim.MasterUserSeparator) {
 		add("limits.master_user_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\")")
 	}
 	var everyone []string
