@@ -147,16 +147,7 @@ func (sess *session) throttleUser(user string) string {
 	}
 	// A source that compares local parts only finds one entry for
 	// every domain: one budget for them all.
-	return sess.entryName(user)
-}
-
-// entryName is user as the Router finds its entry: its local part when
-// the Router compares local parts only ([auth.DomainBlind]).
-func (sess *session) entryName(user string) string {
-	if domainBlind(sess.cfg.Router) {
-		return localPart(user)
-	}
-	return user
+	return entryName(user, domainBlind(sess.cfg.Router))
 }
 
 // tryLogin routes creds and logs in to the backend: it returns the
@@ -299,13 +290,14 @@ func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
 			user = user[:i]
 		}
 	}
-	return poolKey(user, domainBlind(sess.cfg.Router))
+	return entryName(user, domainBlind(sess.cfg.Router))
 }
 
-// poolKey is the name a pool keys user's mailbox by: behind a Router that
+// entryName is user as the Router finds its entry, which the throttle
+// counts under and a pool keys the mailbox by: behind a Router that
 // compares local parts only (blind), every domain of the name logs in to
 // one entry, one mailbox, so the local part.
-func poolKey(user string, blind bool) string {
+func entryName(user string, blind bool) string {
 	if blind {
 		return localPart(user)
 	}
@@ -316,7 +308,7 @@ func poolKey(user string, blind bool) string {
 // configuration, as logins key it: an operator's move of a user names
 // the affinity its logins use.
 func (s *Server) PoolKey(user string) string {
-	return poolKey(user, domainBlind(s.config().Router))
+	return entryName(user, domainBlind(s.config().Router))
 }
 
 // authorizationID returns the SASL authorization identity to send to

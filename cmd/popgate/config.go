@@ -336,9 +336,22 @@ func (c *Config) settings() (*settings, []error) {
 	s.Limits = c.Limits.settings(add)
 	s.OAuth = c.OAuth.settings(add)
 	if s.OAuth != nil {
+		// A token login's master login is chosen by the route's
+		// backend name, before a pool assigns the member: a member's
+		// own master login would never be used, and [oauth]'s would
+		// go to it instead.
+		poolOf := map[string]string{}
+		for _, p := range s.Pools {
+			for _, m := range p.Members {
+				poolOf[m.Backend] = p.Name
+			}
+		}
 		for _, b := range s.Backends {
 			sep, key := s.OAuth.MasterSeparator, "oauth.master_separator"
 			switch {
+			case b.OAuthMaster != nil && poolOf[b.Name] != "":
+				add("backend %q oauth_master_user: not used for a member of pool %q (a token login's master login is the pool's, [oauth] master_user); remove it and set [oauth] master_user, master_password_file and master_separator for the pool's backends", b.Name, poolOf[b.Name])
+				continue
 			case b.OAuthMaster != nil:
 				sep, key = b.OAuthMaster.Separator, fmt.Sprintf("backend %q oauth_master_separator", b.Name)
 			case s.OAuth.MasterUser == "":
@@ -786,7 +799,7 @@ func (lim LimitsConfig) settings(add func(string, ...any)) limitSettings {
 	if p := lim.IPv6Prefix; p != nil && (*p < 1 || *p > 128) {
 		add("limits.ipv6_prefix: must be between 1 and 128 (the length of the IPv6 prefix that counts as one client; 64 by default)")
 	}
-	if sep := lim.MasterUserSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+	if badSeparator(lim.MasterUserSeparator) {
 		add("limits.master_user_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\")")
 	}
 	var everyone []string

@@ -64,7 +64,7 @@ func (b BackendConfig) oauthMaster(key string, add func(string, ...any)) *master
 	m := &masterSettings{User: b.OAuthMasterUser, PasswordFile: b.OAuthMasterPasswordFile}
 	if b.OAuthMasterSeparator != nil {
 		m.Separator = *b.OAuthMasterSeparator
-		if sep := m.Separator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+		if badSeparator(m.Separator) {
 			add("%s.oauth_master_separator: must be a few characters without spaces (Dovecot's auth_master_user_separator, e.g. \"*\"), or \"\"", key)
 		}
 	}
@@ -149,7 +149,7 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 	if (o.MasterUser == "") != (o.MasterPasswordFile == "") {
 		add("oauth.master_user and master_password_file: set both, or neither when every backend has its own (oauth_master_user)")
 	}
-	if sep := o.MasterSeparator; len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00") {
+	if badSeparator(o.MasterSeparator) {
 		add("oauth.master_separator: must be a few characters without spaces, as the backends' (Dovecot's auth_master_user_separator, e.g. \"*\"), or \"\"")
 	}
 	return &oauthSettings{
@@ -176,6 +176,13 @@ func (o *OAuthConfig) settings(add func(string, ...any)) *oauthSettings {
 		MasterSeparator:    o.MasterSeparator,
 		Domains:            domains,
 	}
+}
+
+// badSeparator reports whether sep cannot be a backend's master user
+// separator (Dovecot's auth_master_user_separator): more than a few
+// characters, or a space or line break that would split the login.
+func badSeparator(sep string) bool {
+	return len(sep) > 8 || strings.ContainsAny(sep, " \t\r\n\x00")
 }
 
 // validDomainName reports whether s is a DNS name: labels of ASCII

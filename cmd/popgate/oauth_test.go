@@ -80,6 +80,9 @@ func TestParseConfigOAuth(t *testing.T) {
 		{minimal + good + "domains = [\"*.example.com\"]\n", "is not a domain name"},
 		{minimal + good + "domains = [\"a@example.com\"]\n", "is not a domain name"},
 		{strings.Replace(minimal, "tls = \"none\"\n\n[route]", "tls = \"none\"\noauth_master_user = \"x\"\n\n[route]", 1) + good, "backend[0].oauth_master_user and oauth_master_password_file: set both"},
+		// A pool's member is logged in to with the master login of the
+		// pool's name, which only [oauth] gives.
+		{listenOAuth + perBackend + "[[pool]]\nname = \"mx\"\nbackends = [\"b\"]\n\n[route]\ndefault = \"mx\"\n\n" + good, "backend \"b\" oauth_master_user: not used for a member of pool \"mx\""},
 	} {
 		_, err := ParseConfig("oauth", []byte(tc.conf))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
