@@ -431,11 +431,7 @@ func (c *console) end(w http.ResponseWriter, r *http.Request, l *consoleLogin) {
 	if r.Method == http.MethodPost && q.Get("confirm") == "yes" {
 		p.Result = endAll(r.Context(), c.sessions, p.User, p.ID)
 		p.Ended = p.Result.Ended
-		if p.User != "" {
-			c.log.Info("admin: sessions ended", append([]any{"user", p.User, "ended", p.Ended, "remote", r.RemoteAddr, "via", "console"}, p.Result.logAttrs()...)...)
-		} else {
-			c.log.Info("admin: sessions ended", append([]any{"conn", p.ID, "ended", p.Ended, "remote", r.RemoteAddr, "via", "console"}, p.Result.logAttrs()...)...)
-		}
+		p.Result.logEnded(c.log, p.User, p.ID, "remote", r.RemoteAddr, "via", "console")
 		p.Done = true
 		c.render(w, http.StatusOK, "end", l, p)
 		return

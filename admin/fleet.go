@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -65,6 +66,17 @@ func endAll(ctx context.Context, s Sessions, user, id string) endResult {
 		return endResult{Ended: 1}
 	}
 	return endResult{}
+}
+
+// logEnded logs what ending the sessions of user (or the one with id)
+// did; attrs (remote, ...) come before the fleet's part.
+func (r endResult) logEnded(log *slog.Logger, user, id string, attrs ...any) {
+	a := []any{"user", user}
+	if user == "" {
+		a = []any{"conn", id}
+	}
+	a = append(append(append(a, "ended", r.Ended), attrs...), r.logAttrs()...)
+	log.Info("admin: sessions ended", a...)
 }
 
 // logAttrs are the fleet's part of the "sessions ended" log line.

@@ -161,11 +161,7 @@ func (h *handler) endSessions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res := endAll(r.Context(), h.sessions, user, id)
-	if user != "" {
-		h.log.Info("admin: sessions ended", append([]any{"user", user, "ended", res.Ended, "remote", r.RemoteAddr}, res.logAttrs()...)...)
-	} else {
-		h.log.Info("admin: sessions ended", append([]any{"conn", id, "ended", res.Ended, "remote", r.RemoteAddr}, res.logAttrs()...)...)
-	}
+	res.logEnded(h.log, user, id, "remote", r.RemoteAddr)
 	if res.Partial != "" {
 		w.Header().Set(PartialHeader, res.Partial)
 	}

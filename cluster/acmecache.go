@@ -95,7 +95,7 @@ type ACMECache struct {
 	pause pause
 
 	mu      sync.Mutex
-	refused map[string]bool // entries refused and logged, by key and digest
+	refused refusals // entries refused and logged, by key and digest
 }
 
 // ACMECache returns the fleet's ACME cache (an *ACMECache), with local (may
@@ -245,13 +245,7 @@ func (a *ACMECache) refuse(name, val string, err error) error {
 	sum := sha256.Sum256([]byte(val))
 	id := name + " " + hex.EncodeToString(sum[:8])
 	a.mu.Lock()
-	first := !a.refused[id]
-	if first {
-		if len(a.refused) >= 256 {
-			clear(a.refused)
-		}
-		a.refused[id] = true
-	}
+	first := a.refused.first(id, 256)
 	a.mu.Unlock()
 	if first {
 		a.c.log.Error("cluster: an ACME cache entry in Redis is refused: it is neither served nor replaced by a new order "+
@@ -342,8 +336,8 @@ type ACMELocks struct {
 	pause      pause
 
 	mu      sync.Mutex
-	waiting bool            // an outage has been logged
-	refused map[string]bool // lock keys refused and logged
+	waiting bool     // an outage has been logged
+	refused refusals // lock keys refused and logged
 }
 
 // ACMELocks returns the fleet's ACME order locks.
@@ -463,13 +457,7 @@ func (l *ACMELocks) refuse(key string, err error) {
 		id = "NOPERM" // one line, whatever the name
 	}
 	l.mu.Lock()
-	first := !l.refused[id]
-	if first {
-		if len(l.refused) >= 256 {
-			clear(l.refused)
-		}
-		l.refused[id] = true
-	}
+	first := l.refused.first(id, 256)
 	l.mu.Unlock()
 	switch {
 	case !first:

@@ -65,8 +65,8 @@ type PoolStore struct {
 	leases   map[string]*lease // this replica's sessions, by key
 	down     bool
 	retryAt  time.Time
-	refusing bool            // a refusal of this outage was logged
-	unusable map[string]bool // keys logged as unusable
+	refusing bool     // a refusal of this outage was logged
+	unusable refusals // keys logged as unusable
 	conflict func(pool, user, backend string)
 }
 
@@ -242,12 +242,9 @@ func (s *PoolStore) ok() {
 // refuse logs, once per key, an entry that cannot be used.
 func (s *PoolStore) refuse(key, msg string, err error) {
 	s.mu.Lock()
-	seen := s.unusable[key]
-	if !seen && len(s.unusable) < maxUnusable {
-		s.unusable[key] = true
-	}
+	first := s.unusable.first(key, maxUnusable)
 	s.mu.Unlock()
-	if !seen {
+	if first {
 		s.c.log.Error("cluster: unusable pool affinity in Redis; replacing it", "key", key, "problem", msg, "err", err)
 	}
 }

@@ -64,8 +64,8 @@ type ThrottleStore struct {
 	mu       sync.Mutex
 	down     bool      // Redis failed and has not answered since
 	retryAt  time.Time // when down: when to ask again
-	unusable map[string]bool
-	refused  bool // logged that Redis refuses the scripts
+	unusable refusals  // budgets logged as unusable
+	refused  bool      // logged that Redis refuses the scripts
 }
 
 // maxUnusable bounds the unusable keys remembered so as to log each once.
@@ -383,10 +383,9 @@ func (s *ThrottleStore) expireUnusable(names []string, window time.Duration) {
 func (s *ThrottleStore) logUnusable(name, flight string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.unusable[name] || len(s.unusable) >= maxUnusable {
+	if !s.unusable.first(name, maxUnusable) {
 		return
 	}
-	s.unusable[name] = true
 	s.c.log.Error("cluster: a failed-login count in Redis is unusable (corrupted, or written by something else); "+
 		"this replica counts the attempts of its key on its own state until the key is deleted or expires",
 		"key", name, "flight_key", flight, "err", err)

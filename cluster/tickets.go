@@ -58,7 +58,7 @@ type TicketKeys struct {
 	mu      sync.Mutex
 	shared  map[int64][32]byte // epoch → key read from Redis
 	own     []heldKey          // keys held outside the shared set, newest first
-	refused map[string]bool    // entries refused and logged
+	refused refusals           // entries refused and logged
 	next    time.Time          // when the refresher runs next
 }
 
@@ -335,12 +335,8 @@ func (t *TicketKeys) open(name, s string) ([32]byte, bool) {
 func (t *TicketKeys) refuse(name, s string, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.refused[name+s] {
+	if !t.refused.first(name+s, 64) {
 		return
 	}
-	if len(t.refused) >= 64 {
-		clear(t.refused)
-	}
-	t.refused[name+s] = true
 	t.c.log.Error("cluster: a session ticket key in Redis is refused and not used; this replica seals tickets with a key of its own meanwhile", "key", name, "err", err)
 }

@@ -312,6 +312,9 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 		Window:     lim.FailureWindow,
 		IPv6Prefix: lim.IPv6Prefix,
 	}
+	// The fleet's budgets, in Redis. An attempt lasts until the login
+	// deadline and the wait for a verdict past it.
+	in.throttleHold = lim.LoginTimeout + time.Minute
 	if prev != nil {
 		// One throttle for the life of the process: counts, locks and
 		// attempts in flight survive every reload; the new limits apply
@@ -320,14 +323,11 @@ func buildInstance(c *settings, log *slog.Logger, prev *instance, current func()
 	} else {
 		tc := in.throttleConfig
 		if in.cluster != nil {
-			in.throttleStore = in.cluster.NewThrottleStore(lim.LoginTimeout + time.Minute)
+			in.throttleStore = in.cluster.NewThrottleStore(in.throttleHold)
 			tc.Store = in.throttleStore
 		}
 		in.throttle = auth.NewThrottle(tc)
 	}
-	// The fleet's budgets, in Redis. An attempt lasts until the login
-	// deadline and the wait for a verdict past it.
-	in.throttleHold = lim.LoginTimeout + time.Minute
 	if lim.IdleTimeout < defaultIdleTimeout {
 		log.Warn("limits.idle_timeout is below the 10 minutes RFC 1939 §3 asks for", "idle_timeout", lim.IdleTimeout)
 	}
