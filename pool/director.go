@@ -346,7 +346,7 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		return "", nil, true, err
 	}
 	if b == "" {
-		return "", nil, true, fmt.Errorf("pool %q has no backend to take a user: every one is drained, down or removed", pool)
+		return "", nil, true, errNoBackend(pool)
 	}
 	if hit {
 		d.hits.Add(1)
@@ -363,6 +363,11 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		}
 	}
 	return b, release, true, nil
+}
+
+// errNoBackend is a pool none of whose backends can take a user.
+func errNoBackend(pool string) error {
+	return fmt.Errorf("pool %q has no backend to take a user: every one is drained, down or removed (undrain or add one)", pool)
 }
 
 // defined reports whether b is a [[backend]].
@@ -522,7 +527,7 @@ func (d *Director) Move(ctx context.Context, pool, user, to string) (string, err
 	if to == "" {
 		to = Pick(user, e.members, d.isDown)
 		if to == "" {
-			return "", fmt.Errorf("pool %q has no backend to take a user", pool)
+			return "", errNoBackend(pool)
 		}
 	} else if _, in := e.in[to]; !in {
 		return "", fmt.Errorf("%w: backend %q is not in pool %q", ErrUnknown, to, pool)
