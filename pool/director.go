@@ -264,27 +264,14 @@ func (d *Director) rebuild() {
 			if o.Removed || !d.backends[m.Backend] {
 				continue
 			}
-			if o.Weight != nil {
-				m.Weight = *o.Weight
-			}
-			if o.Drained {
-				m.Weight = 0
-			}
-			e.members = append(e.members, m)
+			e.members = append(e.members, o.apply(m))
 		}
 		for _, b := range slices.Sorted(maps.Keys(ov)) {
 			o := ov[b]
 			if !o.Added || o.Removed || !d.backends[b] || slices.ContainsFunc(e.members, func(m Member) bool { return m.Backend == b }) {
 				continue
 			}
-			m := Member{Backend: b, Weight: 1}
-			if o.Weight != nil {
-				m.Weight = *o.Weight
-			}
-			if o.Drained {
-				m.Weight = 0
-			}
-			e.members = append(e.members, m)
+			e.members = append(e.members, o.apply(Member{Backend: b, Weight: 1}))
 		}
 		for _, m := range e.members {
 			e.in[m.Backend] = m
@@ -292,6 +279,17 @@ func (d *Director) rebuild() {
 		eff[name] = e
 	}
 	d.eff.Store(&eff)
+}
+
+// apply returns m with the weight o gives it: 0 when drained.
+func (o Override) apply(m Member) Member {
+	if o.Weight != nil {
+		m.Weight = *o.Weight
+	}
+	if o.Drained {
+		m.Weight = 0
+	}
+	return m
 }
 
 // IsPool reports whether name is a configured pool.
