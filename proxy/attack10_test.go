@@ -36,3 +36,24 @@ func TestAttack10DomainBlindPoolKey(t *testing.T) {
 		t.Errorf("one entry's mailbox keys the pool as %q and as %q", a, b)
 	}
 }
+
+// TestDomainBlindPoolKeyAuthzID: behind a route that compares local
+// parts only, a login that opens carol's mailbox through an
+// authorization identity keys the pool as carol's own logins do, or her
+// mailbox could be open on two backends at once.
+func TestDomainBlindPoolKeyAuthzID(t *testing.T) {
+	sess := &session{srv: &Server{}, cfg: &Config{Router: blindRouter{}}}
+	own := sess.mailbox(auth.Credentials{User: "carol@b.example"}, auth.Decision{Backend: "mx"})
+	for _, tc := range []struct {
+		creds auth.Credentials
+		dec   auth.Decision
+	}{
+		{auth.Credentials{User: "admin", AuthzID: "carol@a.example"}, auth.Decision{Backend: "mx"}},
+		{auth.Credentials{User: "admin"}, auth.Decision{Backend: "mx", User: "admin", AuthzID: "carol@a.example"}},
+		{auth.Credentials{Method: "OAUTHBEARER"}, auth.Decision{Backend: "mx", Mailbox: "carol@a.example"}},
+	} {
+		if got := sess.mailbox(tc.creds, tc.dec); got != own {
+			t.Errorf("mailbox(authzid %q, %+v) = %q, carol's own logins key %q", tc.creds.AuthzID, tc.dec, got, own)
+		}
+	}
+}
