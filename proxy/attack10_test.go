@@ -57,3 +57,20 @@ func TestDomainBlindPoolKeyAuthzID(t *testing.T) {
 		}
 	}
 }
+
+// TestDomainBlindEndPoolMailbox: behind a route that compares local
+// parts only, ending the sessions of carol@a.example ends a master
+// user's session on carol's mailbox, which the pool keys as "carol": an
+// operator's move would otherwise leave it open on the old backend.
+func TestDomainBlindEndPoolMailbox(t *testing.T) {
+	sess := &session{srv: &Server{}, cfg: &Config{Router: blindRouter{}}, clientUser: "admin*master", poolMailbox: "carol"}
+	if !sessionsOf("Carol@a.example")(sess) {
+		t.Errorf("ending carol@a.example's sessions spares the one on her mailbox %q", sess.poolMailbox)
+	}
+	if sessionsOf("dave@a.example")(sess) {
+		t.Errorf("ending dave@a.example's sessions ends the one on carol's mailbox")
+	}
+	if sessionsOf("") != nil {
+		t.Errorf("an empty user matches sessions")
+	}
+}
