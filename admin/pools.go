@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -106,6 +107,12 @@ func (h *handler) changePool(w http.ResponseWriter, r *http.Request) {
 		}
 		again := end()
 		ans.Backend, ans.Ended, ans.Partial = to, res.Ended+again.Ended, res.Partial
+		if again.Partial != "" && again.Partial != res.Partial {
+			// The second round may miss replicas the first reached: a
+			// session it left on the old backend is the operator's to
+			// know of.
+			ans.Partial = strings.TrimPrefix(res.Partial+"; "+again.Partial, "; ")
+		}
 		h.log.Info("admin: pool user moved", "pool", ans.Pool, "user", ans.User, "backend", to, "ended", ans.Ended, "remote", r.RemoteAddr)
 		h.writeJSON(w, http.StatusOK, ans)
 		return

@@ -89,3 +89,40 @@ func TestPoolEndpoints(t *testing.T) {
 		t.Errorf("the index does not name /pools:\n%s", w.Body)
 	}
 }
+
+// flakyFleet is a fleet whose replicas answer the first end and not the
+// second.
+type flakyFleet struct {
+	*fakeFleet
+	calls int
+}
+
+func (f *flakyFleet) FleetEnd(ctx context.Context, user, id string) (map[string]int, []string, string) {
+	f.calls++
+	if f.calls > 1 {
+		f.partial = "there unreached"
+	}
+	return f.fakeFleet.FleetEnd(ctx, user, id)
+}
+
+// TestPoolMovePartial: a move whose second round of ends misses a
+// replica says so, though the first round reached every one.
+func TestPoolMovePartial(t *testing.T) {
+	d := pool.New(pool.Config{
+		Pools:    []pool.Pool{{Name: "mx", Members: []pool.Member{{Backend: "a", Weight: 1}, {Backend: "b", Weight: 1}}}},
+		Backends: []string{"a", "b"},
+	})
+	f := &flakyFleet{fakeFleet: newFakeFleet()}
+	h := Handler(nil, f, nil, func() Access { return Access{Token: "tok"} }, nil, WithPools(d))
+	req := httptest.NewRequest("POST", "/pools/mx/move?user=alice&backend=b", nil)
+	req.Header.Set("Authorization", "Bearer tok")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	var ans poolAnswer
+	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("move: %d %s %v", w.Code, w.Body, err)
+	}
+	if f.calls != 2 || ans.Partial != "there unreached" {
+		t.Errorf("move after %d ends: partial %q, want %q", f.calls, ans.Partial, "there unreached")
+	}
+}

@@ -264,27 +264,14 @@ func (d *Director) rebuild() {
 			if o.Removed || !d.backends[m.Backend] {
 				continue
 			}
-			if o.Weight != nil {
-				m.Weight = *o.Weight
-			}
-			if o.Drained {
-				m.Weight = 0
-			}
-			e.members = append(e.members, m)
+			e.members = append(e.members, o.apply(m))
 		}
 		for _, b := range slices.Sorted(maps.Keys(ov)) {
 			o := ov[b]
 			if !o.Added || o.Removed || !d.backends[b] || slices.ContainsFunc(e.members, func(m Member) bool { return m.Backend == b }) {
 				continue
 			}
-			m := Member{Backend: b, Weight: 1}
-			if o.Weight != nil {
-				m.Weight = *o.Weight
-			}
-			if o.Drained {
-				m.Weight = 0
-			}
-			e.members = append(e.members, m)
+			e.members = append(e.members, o.apply(Member{Backend: b, Weight: 1}))
 		}
 		for _, m := range e.members {
 			e.in[m.Backend] = m
@@ -292,6 +279,17 @@ func (d *Director) rebuild() {
 		eff[name] = e
 	}
 	d.eff.Store(&eff)
+}
+
+// apply returns m with the weight o gives it: 0 when drained.
+func (o Override) apply(m Member) Member {
+	if o.Weight != nil {
+		m.Weight = *o.Weight
+	}
+	if o.Drained {
+		m.Weight = 0
+	}
+	return m
 }
 
 // IsPool reports whether name is a configured pool.
@@ -346,7 +344,7 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		return "", nil, true, err
 	}
 	if b == "" {
-		return "", nil, true, fmt.Errorf("pool %q has no backend to take a user: every one is drained, down or removed", pool)
+		return "", nil, true, errNoBackend(pool)
 	}
 	if hit {
 		d.hits.Add(1)
@@ -363,6 +361,11 @@ func (d *Director) Assign(ctx context.Context, pool, user string) (backend strin
 		}
 	}
 	return b, release, true, nil
+}
+
+// errNoBackend is a pool none of whose backends can take a user.
+func errNoBackend(pool string) error {
+	return fmt.Errorf("pool %q has no backend to take a user: every one is drained, down or removed (undrain or add one)", pool)
 }
 
 // defined reports whether b is a [[backend]].
@@ -522,7 +525,7 @@ func (d *Director) Move(ctx context.Context, pool, user, to string) (string, err
 	if to == "" {
 		to = Pick(user, e.members, d.isDown)
 		if to == "" {
-			return "", fmt.Errorf("pool %q has no backend to take a user", pool)
+			return "", errNoBackend(pool)
 		}
 	} else if _, in := e.in[to]; !in {
 		return "", fmt.Errorf("%w: backend %q is not in pool %q", ErrUnknown, to, pool)

@@ -272,7 +272,16 @@ func (sess *session) tryLogin(ctx context.Context, creds auth.Credentials, attem
 // assigns a backend to: the authorization identity when one is named (a
 // master user opening another's mailbox), else the user the backend login
 // names without a master user's "*master" suffix.
+//
+// Every branch keys alike: behind a Router that compares local parts
+// only, an authorization identity's spelling of the mailbox is one entry
+// with the user's own logins, so one affinity.
 func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
+	return entryName(sess.mailboxName(creds, dec), domainBlind(sess.cfg.Router))
+}
+
+// mailboxName is mailbox's name before entryName.
+func (sess *session) mailboxName(creds auth.Credentials, dec auth.Decision) string {
 	switch {
 	case dec.Mailbox != "":
 		// The router says (an OAuthRouter's master login, split by
@@ -290,7 +299,7 @@ func (sess *session) mailbox(creds auth.Credentials, dec auth.Decision) string {
 			user = user[:i]
 		}
 	}
-	return entryName(user, domainBlind(sess.cfg.Router))
+	return user
 }
 
 // entryName is user as the Router finds its entry, which the throttle

@@ -523,16 +523,34 @@ func (s *Server) SessionList() []SessionInfo {
 // Moving a mailbox: change its route, reload, then end its sessions so
 // that the client's next login goes to the new backend.
 func (s *Server) EndSessions(user string) int {
-	if auth.FoldUser(user) == "" {
+	match := sessionsOf(user)
+	if match == nil {
 		return 0
 	}
+	return s.endWhere(match)
+}
+
+// sessionsOf returns the test EndSessions tells user's sessions by; nil
+// for an empty user.
+func sessionsOf(user string) func(*session) bool {
 	k := auth.FoldUser(user)
-	return s.endWhere(func(sess *session) bool {
+	if k == "" {
+		return nil
+	}
+	// Behind a Router that compares local parts only, a pool keys the
+	// mailbox by its local part (poolKey).
+	local := auth.FoldUser(localPart(user))
+	return func(sess *session) bool {
+		blind := domainBlind(sess.cfg.Router)
+		if userMatches(user, sess.userName(), blind) {
+			return true
+		}
 		// A pool session of user's mailbox is user's, whoever logged in
 		// (a master user, an authorization identity): a move that missed
 		// it would leave the mailbox open on its old backend.
-		return userMatches(user, sess.userName(), domainBlind(sess.cfg.Router)) || sess.poolMailboxName() == k
-	})
+		m := sess.poolMailboxName()
+		return m != "" && (m == k || blind && m == local)
+	}
 }
 
 // EndPoolSessions ends, without QUIT, the sessions of this process that
