@@ -67,6 +67,9 @@ func (c *Config) pools(backends, routes map[string]bool, add func(string, ...any
 				add("%s.weights.%s: %d, must be 0 to %d", key, b, w, pool.MaxWeight)
 			}
 		}
+		if len(p.Members) > 0 && !slices.ContainsFunc(p.Members, func(m pool.Member) bool { return m.Weight > 0 }) {
+			add("%s.weights: every backend has weight 0, so the pool takes no user; give at least one a weight above 0 (drain a backend with `popgate pool drain` instead)", key)
+		}
 		if pc.AffinityTTL.Set && pc.AffinityTTL.Duration < 0 {
 			add("%s.affinity_ttl: must not be negative", key)
 		}

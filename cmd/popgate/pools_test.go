@@ -35,6 +35,7 @@ tls = "none"
 		{`name = "mx"` + "\nbackends = [\"a\", \"c\", \"a\"]", `default = "mx"`, []string{`pool[0].backends[1]: backend "c" is not defined`, `pool[0].backends[2]: "a" listed twice`}},
 		{`name = "mx"` + "\nbackends = [\"a\"]\nweights = { b = 1, a = -1 }", `default = "mx"`, []string{`pool[0].weights: "b" is not in backends`, `pool[0].weights.a: -1, must be 0 to 10000`}},
 		{`name = "mx"`, `default = "mx"`, []string{"pool[0].backends: missing"}},
+		{`name = "mx"` + "\nbackends = [\"a\", \"b\"]\nweights = { a = 0, b = 0 }", `default = "mx"`, []string{"pool[0].weights: every backend has weight 0"}},
 		{`name = "mx"` + "\nbackends = [\"a\"]\noutage = \"open\"", `default = "mx"`, []string{`pool[0].outage: "open", want "refuse" or "hash"`}},
 		{`name = "mx"` + "\nbackends = [\"a\"]", `default = "nx"`, []string{`route.default: backend "nx" is not defined`}},
 	} {
